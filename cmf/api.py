@@ -1,0 +1,39 @@
+"""The small public API, mirroring ``safetensors.numpy``: save_file, load_file, open."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from .limits import DEFAULT_LIMITS, Limits
+from .reader import CmfFile
+from .writer import Writer
+
+
+def save_file(
+    tensors: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    attachments: Mapping[str, bytes] | None = None,
+    level: int = 3,
+) -> None:
+    """Write ``tensors`` (name -> array) to ``path`` losslessly and atomically."""
+    with Writer(path, metadata=dict(metadata or {}), level=level) as w:
+        for name, array in tensors.items():
+            w.add_tensor(name, array)
+        for name, data in (attachments or {}).items():
+            w.add_attachment(name, data)
+
+
+def load_file(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+    """Read every tensor of ``path`` into memory."""
+    with CmfFile(path, limits=limits) as f:
+        return {name: f.get_tensor(name) for name in f.keys()}
+
+
+def open(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> CmfFile:  # noqa: A001
+    """Open ``path`` lazily: ``keys()``, ``metadata()``, ``get_tensor(name)``."""
+    return CmfFile(path, limits=limits)

@@ -1,0 +1,241 @@
+"""Command line: ``cmf pack | unpack | info | validate``.
+
+Bad input gives one line on stderr and a non-zero exit code (1: bad input or invalid file,
+2: usage), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .atomic import AtomicFile
+from .convert import open_source, write_safetensors
+from .errors import CmfError
+from .index import iter_leaves
+from .pipeline import describe
+from .reader import CmfFile
+from .validate import validate as validate_file
+from .writer import Writer
+
+
+def _emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _progress(items: list[str], label: str, quiet: bool) -> Any:
+    return click.progressbar(
+        length=len(items), label=label, file=sys.stderr, hidden=quiet, show_pos=True
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cmf")
+def main() -> None:
+    """cmf: compressed model container. Pack, inspect, validate and unpack .cmf files."""
+
+
+@main.command()
+@click.argument("source", type=click.Path(dir_okay=True, path_type=str))
+@click.option("-o", "--output", type=click.Path(path_type=str), help="Output .cmf (default: SOURCE with .cmf).")
+@click.option("--level", type=click.IntRange(-7, 22), default=3, show_default=True, help="zstd level for the lossless candidates.")
+@click.option("--attach", "attach", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=str), help="Carry this file inside the .cmf (repeatable).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def pack(source: str, output: str | None, level: int, attach: tuple[str, ...], quiet: bool, as_json: bool) -> None:
+    """Pack a model (a .safetensors file) into one .cmf file, losslessly."""
+    src = open_source(source)
+    output = output or os.path.splitext(source.rstrip("/"))[0] + ".cmf"
+    start = time.perf_counter()
+    aliases = 0
+    with Writer(output, metadata=src.metadata, level=level) as w:
+        with _progress(src.names(), "packing", quiet or as_json) as bar:
+            for name, array in src.items():
+                if w.add_tensor(name, array).alias is not None:
+                    aliases += 1
+                bar.update(1)
+        for name, data in src.attachments.items():
+            w.add_attachment(name, data)
+        for path in attach:
+            with open(path, "rb") as fh:
+                w.add_attachment(os.path.basename(path), fh.read())
+    seconds = time.perf_counter() - start
+    stored = os.path.getsize(output)
+    summary = {
+        "source": source,
+        "output": output,
+        "tensors": len(src),
+        "aliases": aliases,
+        "attachments": len(src.attachments) + len(attach),
+        "raw_bytes": w.raw_bytes,
+        "stored_bytes": stored,
+        "ratio": round(w.raw_bytes / stored, 4) if stored else None,
+        "seconds": round(seconds, 3),
+    }
+    if as_json:
+        _emit_json(summary)
+    elif not quiet:
+        click.echo(
+            f"{output}: {summary['tensors']} tensors, {_human_bytes(w.raw_bytes)} -> "
+            f"{_human_bytes(stored)} ({summary['ratio']}x) in {seconds:.1f} s"
+        )
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("-o", "--output", type=click.Path(path_type=str), help="Output .safetensors, or a directory (ends with /) for model.safetensors + attachments.")
+@click.option("-q", "--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def unpack(path: str, output: str | None, quiet: bool, as_json: bool) -> None:
+    """Unpack a .cmf file back to safetensors (bit-exact for lossless files)."""
+    with CmfFile(path) as f:
+        output = output or os.path.splitext(path)[0] + ".safetensors"
+        to_dir = output.endswith(("/", os.sep)) or os.path.isdir(output)
+        target = os.path.join(output, "model.safetensors") if to_dir else output
+        if to_dir:
+            os.makedirs(output, exist_ok=True)
+        specs = [(name, f.spec(name)) for name in f.keys()]
+        with _progress(f.keys(), "unpacking", quiet or as_json) as bar:
+            write_safetensors(target, specs, f.get_tensor, f.metadata(), lambda _: bar.update(1))
+        written = [target]
+        if to_dir:
+            for name in f.attachments():
+                written.append(_write_attachment(output, name, f.get_attachment(name)))
+    if as_json:
+        _emit_json({"source": path, "written": written})
+    elif not quiet:
+        click.echo(f"wrote {', '.join(written)}")
+
+
+def _write_attachment(directory: str, name: str, data: bytes) -> str:
+    """Write attachment ``name`` under ``directory``, never through a symlink or outside it."""
+    root = os.path.realpath(directory)
+    target = os.path.join(root, *name.split("/"))
+    parent = root
+    for part in name.split("/")[:-1]:
+        parent = os.path.join(parent, part)
+        if os.path.islink(parent):
+            raise CmfError(f"refusing to write attachment {name!r}: {parent} is a symlink")
+        os.makedirs(parent, exist_ok=True)
+    if os.path.islink(target) or os.path.commonpath([root, os.path.realpath(target)]) != root:
+        raise CmfError(f"refusing to write attachment {name!r} outside {root}")
+    with AtomicFile(target) as out:
+        out.file.write(data)
+    return target
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(path: str, as_json: bool) -> None:
+    """List tensors, dtypes, shapes, encodings, sizes and ratios."""
+    with CmfFile(path) as f:
+        rows = []
+        for entry in f.index.tensors:
+            if entry.alias is not None:
+                stored, encoding = 0, f"alias of {entry.alias}"
+            else:
+                stored = sum(f.index.segments[leaf.segment].length for leaf in iter_leaves(entry.encoding))
+                encoding = describe(entry.encoding)
+            raw = entry.spec.nbytes
+            rows.append({
+                "name": entry.name,
+                "dtype": entry.spec.dtype.name,
+                "shape": list(entry.spec.shape),
+                "encoding": encoding,
+                "raw_bytes": raw,
+                "stored_bytes": stored,
+                "ratio": round(raw / stored, 4) if stored else None,
+            })
+        raw_total = sum(r["raw_bytes"] for r in rows)
+        summary = {
+            "path": path,
+            "version": f"1.{f.minor}",
+            "file_bytes": f.size,
+            "tensors": len(rows),
+            "raw_bytes": raw_total,
+            "ratio": round(raw_total / f.size, 4) if f.size else None,
+            "attachments": [{"name": a.name, "size": a.size} for a in f.index.attachments],
+            "metadata": f.metadata(),
+        }
+    if as_json:
+        _emit_json({**summary, "tensor_list": rows})
+        return
+    width = min(max((len(r["name"]) for r in rows), default=4), 60)
+    click.echo(f"{'name':<{width}}  {'dtype':<7} {'shape':<18} {'stored':>10} {'ratio':>7}  encoding")
+    for r in rows:
+        shape = "x".join(map(str, r["shape"])) or "scalar"
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
+        click.echo(
+            f"{r['name'][:width]:<{width}}  {r['dtype']:<7} {shape:<18} "
+            f"{_human_bytes(r['stored_bytes']):>10} {ratio:>7}  {r['encoding']}"
+        )
+    click.echo(
+        f"{summary['tensors']} tensors, {_human_bytes(raw_total)} raw -> "
+        f"{_human_bytes(f.size)} file ({summary['ratio']}x), cmf {summary['version']}"
+    )
+    for a in summary["attachments"]:
+        click.echo(f"attachment {a['name']} ({_human_bytes(a['size'])})")
+    if summary["metadata"]:
+        click.echo(f"metadata: {len(summary['metadata'])} keys")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing; the exit code tells.")
+def validate(path: str, as_json: bool, quiet: bool) -> None:
+    """Check a .cmf file against the spec; exit 0 only if it is valid."""
+    report = validate_file(path)
+    if as_json:
+        _emit_json(report.to_json())
+    elif not quiet:
+        for e in report.errors:
+            click.echo(f"error: {e}")
+        for w in report.warnings:
+            click.echo(f"warning: {w}")
+        state = "valid" if report.valid else f"INVALID ({len(report.errors)} problems)"
+        click.echo(
+            f"{path}: {state}; {report.segments_checked} segments, "
+            f"{report.tensors_checked} tensors, {report.attachments_checked} attachments checked"
+        )
+    sys.exit(0 if report.valid else 1)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console entry point: one clear line and exit code 1 for any bad input."""
+    try:
+        main.main(args=argv, prog_name="cmf", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("cmf: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CmfError as exc:
+        click.echo(f"cmf: error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"cmf: error: {exc.filename or ''}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("cmf: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

@@ -1,0 +1,112 @@
+"""The codec contract (DESIGN.md) and the specs that flow through a codec tree.
+
+A codec turns one value into named *parts* and back:
+
+* ``name``      registered, never reused (spec/codecs/<name>.md);
+* ``to_config`` / ``from_config``: a JSON-able map that is the codec's identity (same name +
+  config => same bytes); ``from_config`` rejects unknown keys and bad values with CmfError;
+* ``resolve(spec) -> {part: spec}``: data-free; given the spec of the value this codec decodes
+  to, the spec of each part (raises CmfError if the codec cannot produce that spec);
+* ``encode(value, spec) -> {part: value}`` and ``decode(parts, spec) -> value``: pure.
+
+A value is a numpy array (ArraySpec) or a bytes-like object (BytesSpec). Decoders treat their
+input as hostile: they check every value that drives decoding and raise CmfError.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+import numpy as np
+
+from ..dtypes import DType
+from ..errors import FormatError
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """An array of ``dtype`` and ``shape`` (C order)."""
+
+    dtype: DType
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)  # Python ints: never wraps
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    def describe(self) -> str:
+        return f"{self.dtype.name}{list(self.shape)}"
+
+
+@dataclass(frozen=True)
+class BytesSpec:
+    """A byte string of ``length`` bytes, or of any length when ``length`` is None."""
+
+    length: int | None
+
+    def describe(self) -> str:
+        return f"bytes[{'?' if self.length is None else self.length}]"
+
+
+Spec = Union[ArraySpec, BytesSpec]
+Value = Union[np.ndarray, bytes, bytearray, memoryview]
+
+
+class Codec:
+    """Base class of all codecs; subclasses are frozen dataclasses with keyword-only config."""
+
+    name: ClassVar[str]
+    lossless: ClassVar[bool] = True
+
+    def to_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Codec":
+        raise NotImplementedError
+
+    def resolve(self, spec: Spec) -> dict[str, Spec]:
+        raise NotImplementedError
+
+    def encode(self, value: Value, spec: Spec) -> dict[str, Value]:
+        raise NotImplementedError
+
+    def decode(self, parts: dict[str, Value], spec: Spec) -> Value:
+        raise NotImplementedError
+
+
+def check_config_keys(name: str, config: Any, allowed: dict[str, type]) -> dict[str, Any]:
+    """Check that ``config`` is a map whose keys are all in ``allowed`` with the right types."""
+    if not isinstance(config, dict):
+        raise FormatError(f"codec {name!r}: config must be a map, found {type(config).__name__}")
+    for key, value in config.items():
+        if key not in allowed:
+            raise FormatError(
+                f"codec {name!r}: unknown config key {key!r}; expected {sorted(allowed)}"
+            )
+        want = allowed[key]
+        # bool is a subclass of int: keep them apart both ways.
+        if isinstance(value, bool) != (want is bool) or not isinstance(value, want):
+            raise FormatError(
+                f"codec {name!r}: config {key!r} must be {want.__name__}, "
+                f"found {type(value).__name__}"
+            )
+    return config
+
+
+def require_array_spec(name: str, spec: Spec) -> ArraySpec:
+    if not isinstance(spec, ArraySpec):
+        raise FormatError(f"codec {name!r} decodes to an array, but {spec.describe()} is expected")
+    return spec
+
+
+def require_bytes_spec(name: str, spec: Spec) -> BytesSpec:
+    if not isinstance(spec, BytesSpec):
+        raise FormatError(f"codec {name!r} decodes to bytes, but {spec.describe()} is expected")
+    return spec

@@ -1,0 +1,24 @@
+"""Errors raised by cmf. Every bad input surfaces as a :class:`CmfError` subclass."""
+
+from __future__ import annotations
+
+
+class CmfError(ValueError):
+    """A file, input or argument that cmf cannot accept. The message says what was expected
+    and what was found."""
+
+
+class FormatError(CmfError):
+    """The bytes do not follow spec/format.md (layout, index structure, codec tree)."""
+
+
+class ChecksumError(FormatError):
+    """A CRC-32C of a segment or of the index does not match."""
+
+
+class LimitError(CmfError):
+    """A declared size, count or depth exceeds a reader limit (spec/format.md §6)."""
+
+
+class UnsupportedError(CmfError):
+    """A feature this reader does not implement: major version, flags, codec name, dtype."""

@@ -1,0 +1,439 @@
+"""The index (spec/format.md §3): parse hostile msgpack into checked objects, and back.
+
+``parse_index`` checks everything that can be checked without reading segment bytes: types,
+names, shapes, segment tiling, codec trees resolved against their specs (spec §5), references.
+Problems go to a :class:`Problems` sink: a reader raises on the first, ``cmf validate``
+collects them all (one per bad entry).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Union
+
+import msgpack
+
+from . import dtypes
+from .codecs import ArraySpec, BytesSpec, Codec, Spec, codec_from_config
+from .errors import CmfError, FormatError, LimitError
+from .format import ALIGN, DATA_START, align
+from .limits import Limits
+
+MAX_DIM = 1 << 53
+MAX_ATTACHMENT_NAME = 4096
+TOP_LEVEL_KEYS = ("segments", "tensors", "attachments", "metadata")
+
+
+# ----------------------------------------------------------------------------- objects
+
+
+@dataclass(frozen=True)
+class Segment:
+    offset: int
+    length: int
+    crc32c: int
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A byte string stored as ``segments[segment]``."""
+
+    segment: int
+    spec: BytesSpec
+
+
+@dataclass(frozen=True)
+class CodecNode:
+    codec: Codec
+    parts: dict[str, "Node"]
+    spec: Spec
+
+
+Node = Union[Leaf, CodecNode]
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    spec: ArraySpec
+    encoding: Node | None = None  # exactly one of encoding / alias
+    alias: str | None = None
+
+
+@dataclass(frozen=True)
+class Attachment:
+    name: str
+    size: int
+    encoding: Node
+
+
+@dataclass
+class Index:
+    segments: list[Segment] = field(default_factory=list)
+    tensors: list[TensorEntry] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    unknown_keys: list[str] = field(default_factory=list)
+
+    def data_end(self) -> int:
+        """Where the index must start: end of the last segment, aligned."""
+        if not self.segments:
+            return DATA_START
+        last = self.segments[-1]
+        return align(last.offset + last.length)
+
+
+class Problems:
+    """Sink for problems: raise at once (``collect=False``) or keep a list."""
+
+    def __init__(self, collect: bool = False) -> None:
+        self.collect = collect
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def error(self, exc: CmfError) -> None:
+        if not self.collect:
+            raise exc
+        self.errors.append(str(exc))
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+# ----------------------------------------------------------------------------- msgpack
+
+
+def _no_duplicates(pairs: list[tuple[Any, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if not isinstance(key, str):
+            raise FormatError(f"index: map key must be a string, found {type(key).__name__}")
+        if key in out:
+            raise FormatError(f"index: duplicate map key {key[:100]!r}")
+        out[key] = value
+    return out
+
+
+def unpack(data: bytes | memoryview, limits: Limits) -> Any:
+    """Parse msgpack bytes with every length bounded; CmfError on anything odd."""
+    n = len(data)
+    if n > limits.max_index_bytes:
+        raise LimitError(f"index is {n} bytes, limit {limits.max_index_bytes}")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,  # _no_duplicates checks key types with a clearer message
+            object_pairs_hook=_no_duplicates,
+            max_str_len=n,
+            max_bin_len=n,
+            max_array_len=n,
+            max_map_len=n,
+            max_ext_len=0,
+            ext_hook=_reject_ext,
+            timestamp=0,
+        )
+    except CmfError:
+        raise
+    except Exception as exc:  # msgpack raises many types: ExtraData, StackError, ValueError...
+        raise FormatError(f"index is not valid msgpack: {type(exc).__name__}: {exc}") from None
+    _check_nesting(obj, limits.max_nesting)
+    return obj
+
+
+def _reject_ext(code: int, data: bytes) -> None:
+    raise FormatError(f"index: msgpack extension type {code} is not allowed")
+
+
+def _check_nesting(obj: Any, limit: int) -> None:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limit:
+                raise LimitError(f"index nests deeper than {limit} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif not isinstance(item, (str, int, float, bool, bytes, type(None))):
+            raise FormatError(f"index: value of type {type(item).__name__} is not allowed")
+
+
+def pack(index: Index) -> bytes:
+    """Serialize ``index`` to msgpack bytes (the writer's side)."""
+    obj: dict[str, Any] = {
+        "segments": [[s.offset, s.length, s.crc32c] for s in index.segments],
+        "tensors": [_tensor_obj(t) for t in index.tensors],
+    }
+    if index.attachments:
+        obj["attachments"] = [
+            {"name": a.name, "size": a.size, "encoding": node_obj(a.encoding)}
+            for a in index.attachments
+        ]
+    if index.metadata:
+        obj["metadata"] = index.metadata
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _tensor_obj(t: TensorEntry) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": t.name, "dtype": t.spec.dtype.name, "shape": list(t.spec.shape)}
+    if t.alias is not None:
+        out["alias"] = t.alias
+    else:
+        out["encoding"] = node_obj(t.encoding)
+    return out
+
+
+def node_obj(node: Node) -> dict[str, Any]:
+    if isinstance(node, Leaf):
+        return {"segment": node.segment}
+    return {
+        "codec": node.codec.name,
+        "config": node.codec.to_config(),
+        "parts": {name: node_obj(child) for name, child in node.parts.items()},
+    }
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _map(obj: Any, what: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    if not isinstance(obj, dict):
+        raise FormatError(f"{what} must be a map, found {type(obj).__name__}")
+    for key in required:
+        if key not in obj:
+            raise FormatError(f"{what} lacks required key {key!r}")
+    for key in obj:
+        if key not in required and key not in optional:
+            raise FormatError(f"{what} has unknown key {key[:100]!r}")
+    return obj
+
+
+def _uint(value: Any, what: str, bound: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < bound:
+        raise FormatError(f"{what} must be an integer in [0, {bound}), found {value!r:.100}")
+    return value
+
+
+def _name(value: Any, what: str, max_bytes: int) -> str:
+    if not isinstance(value, str):
+        raise FormatError(f"{what} must be a string, found {type(value).__name__}")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if not 1 <= size <= max_bytes:
+        raise FormatError(f"{what} must be 1 to {max_bytes} bytes, found {size}")
+    if "\x00" in value:
+        raise FormatError(f"{what} contains a NUL character")
+    return value
+
+
+def check_attachment_name(value: Any) -> str:
+    """A safe relative POSIX path (spec §3.3); FormatError otherwise."""
+    name = _name(value, "attachment name", MAX_ATTACHMENT_NAME)
+    if name.startswith("/") or "\\" in name or (len(name) >= 2 and name[1] == ":"):
+        raise FormatError(f"attachment name {name[:200]!r} is not a relative POSIX path")
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise FormatError(f"attachment name {name[:200]!r} has an empty, '.' or '..' component")
+    return name
+
+
+def _shape(value: Any, limits: Limits) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise FormatError(f"shape must be an array, found {type(value).__name__}")
+    if len(value) > limits.max_rank:
+        raise LimitError(f"rank {len(value)} exceeds the limit {limits.max_rank}")
+    return tuple(_uint(d, "shape dimension", MAX_DIM) for d in value)
+
+
+class _TreeParser:
+    """Parses encoding trees, resolving specs and counting segment references."""
+
+    def __init__(self, segments: list[Segment], limits: Limits) -> None:
+        self.segments = segments
+        self.limits = limits
+        self.refs = [0] * len(segments)
+
+    def parse(self, obj: Any, spec: Spec, where: str, depth: int = 0) -> Node:
+        if isinstance(obj, dict) and "segment" in obj:
+            _map(obj, f"{where}: leaf", ("segment",))
+            i = _uint(obj["segment"], f"{where}: segment number", max(len(self.segments), 1))
+            if i >= len(self.segments):
+                raise FormatError(f"{where}: segment {i} does not exist")
+            if not isinstance(spec, BytesSpec):
+                raise FormatError(f"{where}: a segment holds bytes, {spec.describe()} expected")
+            seg = self.segments[i]
+            if spec.length is not None and seg.length != spec.length:
+                raise FormatError(
+                    f"{where}: segment {i} holds {seg.length} bytes, {spec.length} expected"
+                )
+            self.refs[i] += 1
+            return Leaf(i, spec)
+        node = _map(obj, f"{where}: node", ("codec", "config", "parts"))
+        if depth >= self.limits.max_tree_depth:
+            raise LimitError(f"{where}: codec tree deeper than {self.limits.max_tree_depth}")
+        codec = codec_from_config(node["codec"], node["config"])
+        part_specs = codec.resolve(spec)
+        parts = node["parts"]
+        if not isinstance(parts, dict) or set(parts) != set(part_specs):
+            found = sorted(parts) if isinstance(parts, dict) else type(parts).__name__
+            raise FormatError(
+                f"{where}: codec {codec.name!r} has parts {found}, expected {sorted(part_specs)}"
+            )
+        children = {
+            name: self.parse(parts[name], part_specs[name], f"{where}/{name}", depth + 1)
+            for name in part_specs
+        }
+        return CodecNode(codec, children, spec)
+
+
+def _segments(obj: Any, index_offset: int | None) -> list[Segment]:
+    if not isinstance(obj, list):
+        raise FormatError(f"index 'segments' must be an array, found {type(obj).__name__}")
+    out: list[Segment] = []
+    expected = DATA_START
+    for i, item in enumerate(obj):
+        if not isinstance(item, list) or len(item) != 3:
+            raise FormatError(f"segment {i} must be [offset, length, crc32c]")
+        offset = _uint(item[0], f"segment {i} offset", 1 << 64)
+        length = _uint(item[1], f"segment {i} length", 1 << 64)
+        crc = _uint(item[2], f"segment {i} crc32c", 1 << 32)
+        if offset != expected:
+            raise FormatError(
+                f"segment {i} starts at {offset}, expected {expected} "
+                f"(segments must tile the data area in order, {ALIGN}-byte aligned)"
+            )
+        expected = align(offset + length)
+        if index_offset is not None and expected > index_offset:
+            raise FormatError(
+                f"segment {i} ends at {offset + length}, past the index at {index_offset}"
+            )
+        out.append(Segment(offset, length, crc))
+    if index_offset is not None and expected != index_offset:
+        raise FormatError(
+            f"index starts at {index_offset}, expected {expected} right after the last segment"
+        )
+    return out
+
+
+def _metadata_value(value: Any, depth: int) -> None:
+    if depth > 8:
+        raise LimitError("metadata nests deeper than 8 levels")
+    if isinstance(value, dict):
+        for v in value.values():  # keys are strings (checked by the msgpack hook)
+            _metadata_value(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _metadata_value(v, depth + 1)
+    elif isinstance(value, bytes):
+        raise FormatError("metadata values must not be binary")
+    elif isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < (1 << 64):
+        raise FormatError("metadata integer out of range")
+
+
+def check_metadata(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise FormatError(f"metadata must be a map, found {type(value).__name__}")
+    _metadata_value(value, 1)
+    return value
+
+
+def parse_index(
+    obj: Any, limits: Limits, index_offset: int | None, problems: Problems
+) -> Index:
+    """Check a parsed msgpack object against spec §3 and build an :class:`Index`."""
+    top = obj
+    if not isinstance(top, dict):
+        raise FormatError(f"index must be a map, found {type(top).__name__}")
+    for key in ("segments", "tensors"):
+        if key not in top:
+            raise FormatError(f"index lacks required key {key!r}")
+    index = Index(unknown_keys=[k for k in top if k not in TOP_LEVEL_KEYS])
+    for key in index.unknown_keys:
+        problems.warn(f"index has unknown top-level key {key[:100]!r} (ignored)")
+    index.segments = _segments(top["segments"], index_offset)
+    trees = _TreeParser(index.segments, limits)
+
+    tensors = top["tensors"]
+    if not isinstance(tensors, list):
+        raise FormatError(f"index 'tensors' must be an array, found {type(tensors).__name__}")
+    if len(tensors) > limits.max_tensors:
+        raise LimitError(f"{len(tensors)} tensors exceed the limit {limits.max_tensors}")
+    by_name: dict[str, TensorEntry] = {}
+    for i, obj_t in enumerate(tensors):
+        try:
+            entry = _tensor(obj_t, i, limits, trees, by_name)
+        except CmfError as exc:
+            problems.error(exc)
+            continue
+        by_name[entry.name] = entry
+        index.tensors.append(entry)
+
+    attachments = top.get("attachments", [])
+    if not isinstance(attachments, list):
+        problems.error(FormatError("index 'attachments' must be an array"))
+        attachments = []
+    seen: set[str] = set()
+    for i, obj_a in enumerate(attachments):
+        try:
+            a = _map(obj_a, f"attachment {i}", ("name", "size", "encoding"))
+            name = check_attachment_name(a["name"])
+            if name in seen:
+                raise FormatError(f"duplicate attachment name {name[:200]!r}")
+            size = _uint(a["size"], f"attachment {name!r} size", 1 << 64)
+            if size > limits.max_attachment_bytes:
+                raise LimitError(
+                    f"attachment {name!r} is {size} bytes, limit {limits.max_attachment_bytes}"
+                )
+            node = trees.parse(a["encoding"], BytesSpec(size), f"attachment {name!r}")
+        except CmfError as exc:
+            problems.error(exc)
+            continue
+        seen.add(name)
+        index.attachments.append(Attachment(name, size, node))
+
+    try:
+        index.metadata = check_metadata(top.get("metadata", {}))
+    except CmfError as exc:
+        problems.error(exc)
+
+    entries_ok = len(problems.errors) == 0  # a bad entry leaves its segments unreferenced
+    for i, count in enumerate(trees.refs):
+        if count > 1 or (count == 0 and entries_ok):
+            state = "not referenced" if count == 0 else f"referenced {count} times"
+            problems.error(FormatError(f"segment {i} is {state}; each must be used exactly once"))
+    return index
+
+
+def _tensor(
+    obj: Any, i: int, limits: Limits, trees: _TreeParser, earlier: dict[str, TensorEntry]
+) -> TensorEntry:
+    t = _map(obj, f"tensor {i}", ("name", "dtype", "shape"), ("encoding", "alias"))
+    name = _name(t["name"], f"tensor {i} name", limits.max_name_bytes)
+    where = f"tensor {name[:200]!r}"
+    if name in earlier:
+        raise FormatError(f"duplicate tensor name {name[:200]!r}")
+    spec = ArraySpec(dtypes.by_name(t["dtype"]), _shape(t["shape"], limits))
+    if ("encoding" in t) == ("alias" in t):
+        raise FormatError(f"{where} must have exactly one of 'encoding' and 'alias'")
+    if "alias" in t:
+        target = earlier.get(t["alias"]) if isinstance(t["alias"], str) else None
+        if target is None or target.alias is not None:
+            raise FormatError(f"{where}: alias must name an earlier tensor that has an encoding")
+        if target.spec != spec:
+            raise FormatError(
+                f"{where}: alias of {target.name!r} has spec {spec.describe()}, "
+                f"target has {target.spec.describe()}"
+            )
+        return TensorEntry(name, spec, alias=target.name)
+    return TensorEntry(name, spec, encoding=trees.parse(t["encoding"], spec, where))
+
+
+def iter_leaves(node: Node) -> Iterator[Leaf]:
+    if isinstance(node, Leaf):
+        yield node
+    else:
+        for child in node.parts.values():
+            yield from iter_leaves(child)
+
+
+def tensor_nbytes(entry: TensorEntry) -> int:
+    return math.prod(entry.spec.shape) * entry.spec.dtype.itemsize

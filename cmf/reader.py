@@ -1,0 +1,196 @@
+"""Lazy, hostile-input reader: one bounded read primitive over an mmap (spec/format.md).
+
+``CmfFile`` checks the preamble, trailer, index CRC and the whole index structure at open;
+``get_tensor`` reads and CRC-checks only that tensor's segments.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import format as fmt
+from .checksum import crc32c
+from .codecs import ArraySpec
+from .errors import CmfError, ChecksumError, FormatError, LimitError, UnsupportedError
+from .index import Index, Node, Problems, TensorEntry, parse_index, unpack
+from .limits import DEFAULT_LIMITS, Limits
+from .pipeline import decode
+
+
+class CmfFile:
+    """An open ``.cmf`` file. Use as a context manager, or call :meth:`close`.
+
+    Thread-safe for concurrent reads (``get_tensor`` only reads the mapping).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        problems: Problems | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.limits = limits
+        self.problems = problems or Problems()
+        self._mm: mmap.mmap | None = None
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise CmfError(f"cannot open {self.path}: {exc.strerror}") from None
+        try:
+            self.size = os.fstat(fd).st_size
+            if self.size < fmt.MIN_FILE_SIZE:
+                raise FormatError(
+                    f"file is {self.size} bytes; a cmf file has at least {fmt.MIN_FILE_SIZE}"
+                )
+            self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            raise CmfError(f"cannot map {self.path}: {exc}") from None
+        finally:
+            os.close(fd)
+        try:
+            self.minor = self._check_preamble()
+            self.index_offset, self.index_length = self._check_trailer()
+            self.index: Index = self._read_index()
+        except BaseException:
+            self.close()
+            raise
+        self._entries = {t.name: t for t in self.index.tensors}
+        self._attachments = {a.name: a for a in self.index.attachments}
+
+    # -- the one bounded read primitive ------------------------------------------------
+    def _read(self, offset: int, length: int) -> memoryview:
+        if self._mm is None:
+            raise CmfError("file is closed")
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise FormatError(
+                f"read of {length} bytes at {offset} is outside the {self.size}-byte file"
+            )
+        return memoryview(self._mm)[offset : offset + length]
+
+    def _check_preamble(self) -> int:
+        magic, major, minor, flags = fmt.PREAMBLE.unpack(self._read(0, fmt.PREAMBLE.size))
+        if magic != fmt.MAGIC:
+            raise FormatError(f"not a cmf file: magic is {bytes(magic)!r}, expected {fmt.MAGIC!r}")
+        if major != fmt.MAJOR:
+            raise UnsupportedError(
+                f"cmf major version {major} is not supported (this reader reads {fmt.MAJOR}.x)"
+            )
+        if flags != 0:
+            raise UnsupportedError(f"preamble flags {flags:#x} are not supported (expected 0)")
+        return minor
+
+    def _check_trailer(self) -> tuple[int, int]:
+        start = self.size - fmt.TRAILER_SIZE
+        off, length, crc, reserved, magic = fmt.TRAILER.unpack(self._read(start, fmt.TRAILER_SIZE))
+        if magic != fmt.TRAILER_MAGIC:
+            raise FormatError(
+                f"trailer magic is {bytes(magic)!r}, expected {fmt.TRAILER_MAGIC!r} "
+                "(truncated or not a cmf file)"
+            )
+        if reserved != 0:
+            raise FormatError(f"trailer reserved field is {reserved}, expected 0")
+        if off % fmt.ALIGN or off < fmt.DATA_START:
+            raise FormatError(f"index offset {off} is not a multiple of 64 at or after 64")
+        if not 1 <= length <= self.limits.max_index_bytes:
+            raise LimitError(
+                f"index length {length} is outside [1, {self.limits.max_index_bytes}]"
+            )
+        if off + length + fmt.TRAILER_SIZE != self.size:
+            raise FormatError(
+                f"index at {off} of {length} bytes plus the trailer gives "
+                f"{off + length + fmt.TRAILER_SIZE} bytes, but the file has {self.size}"
+            )
+        self._index_crc = crc
+        return off, length
+
+    def _read_index(self) -> Index:
+        raw = self._read(self.index_offset, self.index_length)
+        actual = crc32c(raw)
+        if actual != self._index_crc:
+            raise ChecksumError(
+                f"index CRC-32C is {actual:#010x}, trailer says {self._index_crc:#010x}"
+            )
+        return parse_index(unpack(raw, self.limits), self.limits, self.index_offset, self.problems)
+
+    # -- segments -------------------------------------------------------------------
+    def segment(self, i: int) -> memoryview:
+        """Segment ``i``'s bytes (a view into the mapping), CRC-checked."""
+        seg = self.index.segments[i]
+        data = self._read(seg.offset, seg.length)
+        actual = crc32c(data)
+        if actual != seg.crc32c:
+            raise ChecksumError(
+                f"segment {i} CRC-32C is {actual:#010x}, index says {seg.crc32c:#010x}"
+            )
+        return data
+
+    def decode_node(self, node: Node) -> Any:
+        return decode(node, self.segment, self.limits)
+
+    # -- safetensors-like API ---------------------------------------------------------
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def metadata(self) -> dict[str, Any]:
+        return dict(self.index.metadata)
+
+    def entry(self, name: str) -> TensorEntry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise CmfError(f"no tensor named {name!r} in {self.path}") from None
+
+    def spec(self, name: str) -> ArraySpec:
+        return self.entry(name).spec
+
+    def get_tensor(self, name: str) -> np.ndarray:
+        """Decode tensor ``name`` into a new writable array (its original dtype and shape)."""
+        entry = self.entry(name)
+        if entry.alias is not None:
+            entry = self._entries[entry.alias]
+        array = self.decode_node(entry.encoding)
+        if not (array.flags.owndata and array.flags.writeable):
+            array = array.copy()  # never hand out views of the mapping or of immutable bytes
+        return array
+
+    def attachments(self) -> list[str]:
+        return list(self._attachments)
+
+    def get_attachment(self, name: str) -> bytes:
+        try:
+            att = self._attachments[name]
+        except KeyError:
+            raise CmfError(f"no attachment named {name!r} in {self.path}") from None
+        return bytes(self.decode_node(att.encoding))
+
+    def close(self) -> None:
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                pass  # views still exported; the mapping is freed when they go
+            self._mm = None
+
+    def __enter__(self) -> "CmfFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()

@@ -1,0 +1,178 @@
+"""Streaming, atomic writer (spec/format.md §7).
+
+States: ``open`` -> (add_tensor / add_attachment)* -> ``closed`` | ``aborted``. Each tensor's
+segments go to disk as soon as it is encoded, so peak memory is about one tensor. Output goes to
+a temporary file beside the target that replaces it only when complete (fsync + os.replace).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+
+from . import dtypes
+from . import format as fmt
+from .atomic import AtomicFile
+from .checksum import crc32c
+from .codecs import ArraySpec, BytesSpec
+from .errors import CmfError
+from .index import (
+    Attachment,
+    CodecNode,
+    Index,
+    Leaf,
+    Node,
+    Segment,
+    TensorEntry,
+    check_attachment_name,
+    check_metadata,
+    pack,
+)
+from .limits import DEFAULT_LIMITS, Limits
+from .pipeline import Encoder, Pending, PendingLeaf, best_bytes, encode_lossless
+
+Progress = Callable[[str, int], None]
+
+
+class Writer:
+    """Write a ``.cmf`` file tensor by tensor.
+
+    ``encoder(array, spec) -> pending tree`` chooses each tensor's encoding (lossless by default).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        metadata: dict[str, Any] | None = None,
+        encoder: Encoder | None = None,
+        level: int = 3,
+        dedupe: bool = True,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.level = level
+        self.encoder: Encoder = encoder or (lambda a, s: encode_lossless(a, s, level))
+        self.dedupe = dedupe
+        self.limits = limits
+        self.index = Index(metadata=check_metadata(dict(metadata or {})))
+        self._names: set[str] = set()
+        self._hashes: dict[bytes, str] = {}
+        self.raw_bytes = 0  # sum of decoded tensor sizes written
+        self._out = AtomicFile(self.path)
+        self._file: BinaryIO = self._out.file
+        self._pos = 0
+        self.state = "open"
+        self._write(fmt.pack_preamble())
+
+    # -- state ----------------------------------------------------------------------
+    def _expect(self, state: str, action: str) -> None:
+        if self.state != state:
+            raise CmfError(f"cannot {action}: writer is {self.state}, expected {state}")
+
+    def _write(self, data: Any) -> None:
+        self._file.write(data)
+        self._pos += memoryview(data).nbytes
+
+    def _write_segment(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        pad = fmt.align(self._pos) - self._pos
+        if pad:
+            self._write(bytes(pad))
+        seg = Segment(self._pos, len(view), crc32c(view))
+        self._write(view)
+        self.index.segments.append(seg)
+        return len(self.index.segments) - 1
+
+    def _commit(self, pending: Pending) -> Node:
+        """Write the leaves of a pending tree as segments; return the index tree."""
+        if isinstance(pending, PendingLeaf):
+            return Leaf(self._write_segment(pending.data), pending.spec)
+        parts = {name: self._commit(child) for name, child in pending.parts.items()}
+        return CodecNode(pending.codec, parts, pending.spec)
+
+    # -- public ---------------------------------------------------------------------
+    def add_tensor(self, name: str, array: np.ndarray, encoder: Encoder | None = None) -> TensorEntry:
+        """Encode and write one tensor. Identical tensors become aliases of the first."""
+        self._expect("open", "add a tensor")
+        if not isinstance(name, str) or not name or "\x00" in name or len(
+            name.encode("utf-8", "surrogatepass")
+        ) > self.limits.max_name_bytes:
+            raise CmfError(f"bad tensor name {name!r}: 1 to 1024 bytes of UTF-8, no NUL")
+        if name in self._names:
+            raise CmfError(f"duplicate tensor name {name!r}")
+        array = np.asarray(array)
+        spec = ArraySpec(dtypes.of_array(array), tuple(int(d) for d in array.shape))
+        if len(spec.shape) > self.limits.max_rank:
+            raise CmfError(f"tensor {name!r} has rank {len(spec.shape)}, limit {self.limits.max_rank}")
+        array = np.ascontiguousarray(array, dtype=spec.dtype.numpy)  # little-endian, C order
+        self._names.add(name)
+        self.raw_bytes += spec.nbytes
+        if self.dedupe:
+            digest = hashlib.blake2b(array.reshape(-1).view(np.uint8), digest_size=32)
+            digest.update(f"|{spec.dtype.name}|{spec.shape}".encode())
+            key = digest.digest()
+            if key in self._hashes:
+                entry = TensorEntry(name, spec, alias=self._hashes[key])
+                self.index.tensors.append(entry)
+                return entry
+            self._hashes[key] = name
+        pending = (encoder or self.encoder)(array, spec)
+        entry = TensorEntry(name, spec, encoding=self._commit(pending))
+        self.index.tensors.append(entry)
+        return entry
+
+    def add_attachment(self, name: str, data: bytes) -> None:
+        """Carry a small file (config.json, tokenizer.json, ...) inside the cmf file."""
+        self._expect("open", "add an attachment")
+        name = check_attachment_name(name)
+        if any(a.name == name for a in self.index.attachments):
+            raise CmfError(f"duplicate attachment name {name!r}")
+        data = bytes(data)
+        if len(data) > self.limits.max_attachment_bytes:
+            raise CmfError(f"attachment {name!r} is over {self.limits.max_attachment_bytes} bytes")
+        spec = BytesSpec(len(data))
+        node = self._commit(best_bytes(data, spec, self.level))
+        self.index.attachments.append(Attachment(name, len(data), node))
+
+    def close(self) -> None:
+        """Write index and trailer, then atomically replace the target."""
+        self._expect("open", "close")
+        try:
+            pad = fmt.align(self._pos) - self._pos
+            if pad:
+                self._write(bytes(pad))
+            index_offset = self._pos
+            blob = pack(self.index)
+            if len(blob) > self.limits.max_index_bytes:
+                raise CmfError(f"index of {len(blob)} bytes exceeds {self.limits.max_index_bytes}")
+            self._write(blob)
+            self._write(fmt.pack_trailer(index_offset, len(blob), crc32c(blob)))
+            self._out.commit()
+        except BaseException:
+            self.abort()
+            raise
+        self.state = "closed"
+
+    def abort(self) -> None:
+        """Drop the temporary file; the target is left as it was."""
+        if self.state == "open":
+            self.state = "aborted"
+        self._out.discard()
+
+    @property
+    def stored_bytes(self) -> int:
+        return self._pos
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            if self.state == "open":
+                self.abort()
+        elif self.state == "open":
+            self.close()
