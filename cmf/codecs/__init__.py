@@ -1,6 +1,9 @@
 """Codecs: one module each, registered by name. Importing this package registers them all."""
 
-from . import byteplanes, raw, zstd  # noqa: F401  (registration side effect)
+# Each import registers one codec (side effect); one line per module.
+from . import byteplanes  # noqa: F401
+from . import raw  # noqa: F401
+from . import zstd  # noqa: F401
 from .base import ArraySpec, BytesSpec, Codec, Spec, Value
 from .registry import codec_class, codec_from_config, register, registered
 
