@@ -57,9 +57,11 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def pack(source: str, output: str | None, level: int, attach: tuple[str, ...], quiet: bool, as_json: bool) -> None:
-    """Pack a model (a .safetensors file) into one .cmf file, losslessly."""
+    """Pack a model (.safetensors file or Hugging Face model directory) into one .cmf file."""
     src = open_source(source)
-    output = output or os.path.splitext(source.rstrip("/"))[0] + ".cmf"
+    if output is None:
+        base = source.rstrip("/" + os.sep)
+        output = (base if os.path.isdir(source) else os.path.splitext(base)[0]) + ".cmf"
     start = time.perf_counter()
     aliases = 0
     with Writer(output, metadata=src.metadata, level=level) as w:

@@ -9,17 +9,20 @@ from __future__ import annotations
 import os
 
 from ..errors import CmfError
+from .hfdir import HFDirectorySource
 from .safetensors import SafetensorsSource, write_safetensors
 
+Source = SafetensorsSource | HFDirectorySource
 
-def open_source(path: str | os.PathLike) -> SafetensorsSource:
-    """Open a model file for packing, choosing the reader by content."""
+
+def open_source(path: str | os.PathLike) -> Source:
+    """Open a model for packing: a safetensors file or a Hugging Face model directory."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise CmfError(f"{path} is a directory; packing model directories is not supported yet")
+        return HFDirectorySource(path)
     if not os.path.isfile(path):
         raise CmfError(f"{path}: no such file")
     return SafetensorsSource(path)
 
 
-__all__ = ["SafetensorsSource", "open_source", "write_safetensors"]
+__all__ = ["HFDirectorySource", "SafetensorsSource", "Source", "open_source", "write_safetensors"]
