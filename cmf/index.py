@@ -59,6 +59,7 @@ class TensorEntry:
     spec: ArraySpec
     encoding: Node | None = None  # exactly one of encoding / alias
     alias: str | None = None
+    error: dict[str, float] | None = None  # measured error of a lossy encoding (informative)
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,8 @@ def _tensor_obj(t: TensorEntry) -> dict[str, Any]:
         out["alias"] = t.alias
     else:
         out["encoding"] = node_obj(t.encoding)
+    if t.error is not None:
+        out["error"] = t.error
     return out
 
 
@@ -406,7 +409,7 @@ def parse_index(
 def _tensor(
     obj: Any, i: int, limits: Limits, trees: _TreeParser, earlier: dict[str, TensorEntry]
 ) -> TensorEntry:
-    t = _map(obj, f"tensor {i}", ("name", "dtype", "shape"), ("encoding", "alias"))
+    t = _map(obj, f"tensor {i}", ("name", "dtype", "shape"), ("encoding", "alias", "error"))
     name = _name(t["name"], f"tensor {i} name", limits.max_name_bytes)
     where = f"tensor {name[:200]!r}"
     if name in earlier:
@@ -415,6 +418,8 @@ def _tensor(
     if ("encoding" in t) == ("alias" in t):
         raise FormatError(f"{where} must have exactly one of 'encoding' and 'alias'")
     if "alias" in t:
+        if "error" in t:
+            raise FormatError(f"{where}: an alias has no encoding, so it cannot have 'error'")
         target = earlier.get(t["alias"]) if isinstance(t["alias"], str) else None
         if target is None or target.alias is not None:
             raise FormatError(f"{where}: alias must name an earlier tensor that has an encoding")
@@ -424,7 +429,19 @@ def _tensor(
                 f"target has {target.spec.describe()}"
             )
         return TensorEntry(name, spec, alias=target.name)
-    return TensorEntry(name, spec, encoding=trees.parse(t["encoding"], spec, where))
+    error = _error_stats(t.get("error"), where)
+    return TensorEntry(name, spec, encoding=trees.parse(t["encoding"], spec, where), error=error)
+
+
+def _error_stats(value: Any, where: str) -> dict[str, float] | None:
+    """The optional ``error`` map: metric name -> number (informative, never used to decode)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > 16 or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+    ):
+        raise FormatError(f"{where}: 'error' must be a map of at most 16 metric names to numbers")
+    return value
 
 
 def iter_leaves(node: Node) -> Iterator[Leaf]:
