@@ -33,6 +33,7 @@ from .index import (
 )
 from .limits import DEFAULT_LIMITS, Limits
 from .pipeline import Encoder, Pending, PendingLeaf, best_bytes, encode_lossless
+from .plan.measure import decode_pending, is_lossy
 
 Progress = Callable[[str, int], None]
 
@@ -94,9 +95,8 @@ class Writer:
         parts = {name: self._commit(child) for name, child in pending.parts.items()}
         return CodecNode(pending.codec, parts, pending.spec)
 
-    # -- public ---------------------------------------------------------------------
-    def add_tensor(self, name: str, array: np.ndarray, encoder: Encoder | None = None) -> TensorEntry:
-        """Encode and write one tensor. Identical tensors become aliases of the first."""
+    def _claim(self, name: str) -> None:
+        """Check a new tensor name (spec §3.2) and reserve it."""
         self._expect("open", "add a tensor")
         if not isinstance(name, str) or not name or "\x00" in name or len(
             name.encode("utf-8", "surrogatepass")
@@ -104,26 +104,47 @@ class Writer:
             raise CmfError(f"bad tensor name {name!r}: 1 to 1024 bytes of UTF-8, no NUL")
         if name in self._names:
             raise CmfError(f"duplicate tensor name {name!r}")
+        self._names.add(name)
+
+    def _append(self, entry: TensorEntry) -> TensorEntry:
+        self.index.tensors.append(entry)
+        self.raw_bytes += entry.spec.nbytes
+        return entry
+
+    # -- public ---------------------------------------------------------------------
+    def add_tensor(self, name: str, array: np.ndarray, encoder: Encoder | None = None) -> TensorEntry:
+        """Encode and write one tensor. Identical tensors become aliases of the first.
+
+        If the encoding is lossy, its measured error goes into the index entry.
+        """
+        self._expect("open", "add a tensor")
         array = np.asarray(array)
         spec = ArraySpec(dtypes.of_array(array), tuple(int(d) for d in array.shape))
         if len(spec.shape) > self.limits.max_rank:
             raise CmfError(f"tensor {name!r} has rank {len(spec.shape)}, limit {self.limits.max_rank}")
+        self._claim(name)
         array = np.ascontiguousarray(array, dtype=spec.dtype.numpy)  # little-endian, C order
-        self._names.add(name)
-        self.raw_bytes += spec.nbytes
         if self.dedupe:
             digest = hashlib.blake2b(array.reshape(-1).view(np.uint8), digest_size=32)
             digest.update(f"|{spec.dtype.name}|{spec.shape}".encode())
             key = digest.digest()
             if key in self._hashes:
-                entry = TensorEntry(name, spec, alias=self._hashes[key])
-                self.index.tensors.append(entry)
-                return entry
+                return self._append(TensorEntry(name, spec, alias=self._hashes[key]))
             self._hashes[key] = name
         pending = (encoder or self.encoder)(array, spec)
-        entry = TensorEntry(name, spec, encoding=self._commit(pending))
-        self.index.tensors.append(entry)
-        return entry
+        error = None
+        if is_lossy(pending):
+            from .metrics import error_stats  # numeric helpers, only needed for lossy encodings
+
+            error = error_stats(array, decode_pending(pending))
+        return self._append(TensorEntry(name, spec, encoding=self._commit(pending), error=error))
+
+    def add_encoded(
+        self, name: str, spec: ArraySpec, pending: Pending, error: dict[str, float] | None = None
+    ) -> TensorEntry:
+        """Write a tensor that is already encoded (e.g. GGUF blocks kept as they are)."""
+        self._claim(name)
+        return self._append(TensorEntry(name, spec, encoding=self._commit(pending), error=error))
 
     def add_attachment(self, name: str, data: bytes) -> None:
         """Carry a small file (config.json, tokenizer.json, ...) inside the cmf file."""
