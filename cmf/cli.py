@@ -109,6 +109,9 @@ def unpack(path: str, output: str | None, quiet: bool, as_json: bool) -> None:
         to_dir = output.endswith(("/", os.sep)) or os.path.isdir(output)
         target = os.path.join(output, "model.safetensors") if to_dir else output
         if to_dir:
+            clash = [a for a in f.attachments() if a.casefold() == "model.safetensors"]
+            if clash:  # it would silently replace the tensors written below
+                raise CmfError(f"refusing to write attachment {clash[0]!r} over {target}")
             os.makedirs(output, exist_ok=True)
         specs = [(name, f.spec(name)) for name in f.keys()]
         with _progress(f.keys(), "unpacking", quiet or as_json) as bar:

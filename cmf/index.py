@@ -105,15 +105,32 @@ class Problems:
 # ----------------------------------------------------------------------------- msgpack
 
 
-def _no_duplicates(pairs: list[tuple[Any, Any]]) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if not isinstance(key, str):
-            raise FormatError(f"index: map key must be a string, found {type(key).__name__}")
-        if key in out:
-            raise FormatError(f"index: duplicate map key {key[:100]!r}")
-        out[key] = value
-    return out
+class _Hooks:
+    """msgpack hooks: reject duplicate/non-string keys and count containers as they are built,
+    so a small index of empty maps cannot make the parser allocate without bound."""
+
+    def __init__(self, max_objects: int) -> None:
+        self.left = max_objects
+
+    def _spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise LimitError("index holds more maps and arrays than the reader's limit")
+
+    def pairs(self, pairs: list[tuple[Any, Any]]) -> dict:
+        self._spend()
+        out: dict = {}
+        for key, value in pairs:
+            if not isinstance(key, str):
+                raise FormatError(f"index: map key must be a string, found {type(key).__name__}")
+            if key in out:
+                raise FormatError(f"index: duplicate map key {key[:100]!r}")
+            out[key] = value
+        return out
+
+    def array(self, items: list) -> list:
+        self._spend()
+        return items
 
 
 def unpack(data: bytes | memoryview, limits: Limits) -> Any:
@@ -121,23 +138,29 @@ def unpack(data: bytes | memoryview, limits: Limits) -> Any:
     n = len(data)
     if n > limits.max_index_bytes:
         raise LimitError(f"index is {n} bytes, limit {limits.max_index_bytes}")
+    hooks = _Hooks(limits.max_index_objects)
     try:
         obj = msgpack.unpackb(
             data,
             raw=False,
-            strict_map_key=False,  # _no_duplicates checks key types with a clearer message
-            object_pairs_hook=_no_duplicates,
+            strict_map_key=False,  # the pairs hook checks key types with a clearer message
+            object_pairs_hook=hooks.pairs,
+            list_hook=hooks.array,
             max_str_len=n,
             max_bin_len=n,
             max_array_len=n,
             max_map_len=n,
-            max_ext_len=0,
+            max_ext_len=n,  # so that _reject_ext names the type (timestamps: _check_nesting)
             ext_hook=_reject_ext,
             timestamp=0,
         )
     except CmfError:
         raise
-    except Exception as exc:  # msgpack raises many types: ExtraData, StackError, ValueError...
+    except msgpack.StackError:  # msgpack's own depth cap (far above max_nesting); no message
+        raise LimitError(f"index nests deeper than {limits.max_nesting} levels") from None
+    except msgpack.FormatError:  # msgpack's class of that name carries no message
+        raise FormatError("index is not valid msgpack: a reserved type byte (0xc1)") from None
+    except Exception as exc:  # msgpack raises many types: ExtraData, ValueError...
         raise FormatError(f"index is not valid msgpack: {type(exc).__name__}: {exc}") from None
     _check_nesting(obj, limits.max_nesting)
     return obj
@@ -147,6 +170,9 @@ def _reject_ext(code: int, data: bytes) -> None:
     raise FormatError(f"index: msgpack extension type {code} is not allowed")
 
 
+_SCALARS = (str, int, float, bool, bytes, type(None))
+
+
 def _check_nesting(obj: Any, limit: int) -> None:
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
@@ -154,9 +180,12 @@ def _check_nesting(obj: Any, limit: int) -> None:
         if isinstance(item, (list, dict)):
             if depth > limit:
                 raise LimitError(f"index nests deeper than {limit} levels")
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-        elif not isinstance(item, (str, int, float, bool, bytes, type(None))):
+            for child in item.values() if isinstance(item, dict) else item:
+                if isinstance(child, (list, dict)):
+                    stack.append((child, depth + 1))
+                elif not isinstance(child, _SCALARS):
+                    raise FormatError(f"index: value of type {type(child).__name__} is not allowed")
+        elif not isinstance(item, _SCALARS):
             raise FormatError(f"index: value of type {type(item).__name__} is not allowed")
 
 
@@ -232,7 +261,7 @@ def _name(value: Any, what: str, max_bytes: int) -> str:
 def check_attachment_name(value: Any) -> str:
     """A safe relative POSIX path (spec §3.3); FormatError otherwise."""
     name = _name(value, "attachment name", MAX_ATTACHMENT_NAME)
-    if name.startswith("/") or "\\" in name or (len(name) >= 2 and name[1] == ":"):
+    if name.startswith("/") or "\\" in name or (len(name) >= 2 and name[0].isalpha() and name[1] == ":"):
         raise FormatError(f"attachment name {name[:200]!r} is not a relative POSIX path")
     if any(part in ("", ".", "..") for part in name.split("/")):
         raise FormatError(f"attachment name {name[:200]!r} has an empty, '.' or '..' component")
@@ -317,25 +346,28 @@ def _segments(obj: Any, index_offset: int | None) -> list[Segment]:
     return out
 
 
-def _metadata_value(value: Any, depth: int) -> None:
-    if depth > 8:
-        raise LimitError("metadata nests deeper than 8 levels")
+def _metadata_value(value: Any, depth: int, max_depth: int) -> None:
+    if depth > max_depth:
+        raise LimitError(f"metadata nests deeper than {max_depth} levels")
     if isinstance(value, dict):
-        for v in value.values():  # keys are strings (checked by the msgpack hook)
-            _metadata_value(v, depth + 1)
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise FormatError(f"metadata keys must be strings, found {type(k).__name__}")
+            _metadata_value(v, depth + 1, max_depth)
     elif isinstance(value, list):
         for v in value:
-            _metadata_value(v, depth + 1)
+            _metadata_value(v, depth + 1, max_depth)
     elif isinstance(value, bytes):
         raise FormatError("metadata values must not be binary")
     elif isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < (1 << 64):
         raise FormatError("metadata integer out of range")
 
 
-def check_metadata(value: Any) -> dict[str, Any]:
+def check_metadata(value: Any, max_depth: int = 8) -> dict[str, Any]:
+    """Check metadata per spec §3.4 (JSON-like values, string keys, bounded depth)."""
     if not isinstance(value, dict):
         raise FormatError(f"metadata must be a map, found {type(value).__name__}")
-    _metadata_value(value, 1)
+    _metadata_value(value, 1, max_depth)
     return value
 
 
@@ -394,7 +426,7 @@ def parse_index(
         index.attachments.append(Attachment(name, size, node))
 
     try:
-        index.metadata = check_metadata(top.get("metadata", {}))
+        index.metadata = check_metadata(top.get("metadata", {}), limits.max_metadata_depth)
     except CmfError as exc:
         problems.error(exc)
 
@@ -414,7 +446,10 @@ def _tensor(
     where = f"tensor {name[:200]!r}"
     if name in earlier:
         raise FormatError(f"duplicate tensor name {name[:200]!r}")
-    spec = ArraySpec(dtypes.by_name(t["dtype"]), _shape(t["shape"], limits))
+    try:
+        spec = ArraySpec(dtypes.by_name(t["dtype"]), _shape(t["shape"], limits))
+    except CmfError as exc:  # say which tensor: validate lists many of these
+        raise type(exc)(f"{where}: {exc}") from None
     if ("encoding" in t) == ("alias" in t):
         raise FormatError(f"{where} must have exactly one of 'encoding' and 'alias'")
     if "alias" in t:

@@ -11,7 +11,8 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 class Limits:
     """Bounds a reader enforces on a file before trusting it."""
 
-    max_index_bytes: int = 256 * MiB
+    max_index_bytes: int = 64 * MiB
+    max_index_objects: int = 2_000_000  # maps + arrays built while parsing the index
     max_nesting: int = 64
     max_rank: int = 32
     max_tensor_bytes: int = 16 * GiB

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 from typing import Any, Iterator
 
 import numpy as np
@@ -39,11 +40,14 @@ class CmfFile:
         self.problems = problems or Problems()
         self._mm: mmap.mmap | None = None
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO won't hang
         except OSError as exc:
             raise CmfError(f"cannot open {self.path}: {exc.strerror}") from None
         try:
-            self.size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            self.size = st.st_size
+            if not stat.S_ISREG(st.st_mode):
+                raise FormatError(f"{self.path} is not a regular file")
             if self.size < fmt.MIN_FILE_SIZE:
                 raise FormatError(
                     f"file is {self.size} bytes; a cmf file has at least {fmt.MIN_FILE_SIZE}"
@@ -164,7 +168,15 @@ class CmfFile:
         if entry.alias is not None:
             entry = self._entries[entry.alias]
         array = self.decode_node(entry.encoding)
-        if not (array.flags.owndata and array.flags.writeable):
+        root = array
+        while isinstance(root, np.ndarray) and root.base is not None:
+            root = root.base  # a decoder's fresh array seen through .view()/.reshape() is fine
+        if not (
+            array.flags.writeable
+            and isinstance(root, np.ndarray)
+            and root.flags.owndata
+            and root.nbytes == array.nbytes
+        ):
             array = array.copy()  # never hand out views of the mapping or of immutable bytes
         return array
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import zstandard
@@ -13,6 +14,18 @@ from .registry import register
 _LITERALS_PARAMS = dict(
     strategy=zstandard.STRATEGY_FAST, min_match=7, search_log=1, hash_log=6, window_log=17
 )
+# RFC 8878: every block has a 3-byte header and regenerates at most 128 KiB, so no frame decodes
+# to more than 128 KiB per 4 bytes (an RLE block). A frame declaring more is rejected unread.
+_MAX_RATIO = (128 << 10) // 4
+_LOCAL = threading.local()  # per-thread (de)compressor cache: zstandard's are not thread-safe
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor (one-shot decompress() resets it; no dictionary)."""
+    d = getattr(_LOCAL, "decompressor", None)
+    if d is None:
+        d = _LOCAL.decompressor = zstandard.ZstdDecompressor()
+    return d
 
 
 @register
@@ -43,6 +56,14 @@ class Zstd(Codec):
         return {"data": BytesSpec(None)}
 
     def _compressor(self) -> zstandard.ZstdCompressor:
+        """This config's compressor, made once per thread (one-shot compress() resets it)."""
+        cache = _LOCAL.__dict__.setdefault("compressors", {})
+        key = (self.level, self.literals_only)
+        if key not in cache:
+            cache[key] = self._new_compressor()
+        return cache[key]
+
+    def _new_compressor(self) -> zstandard.ZstdCompressor:
         if self.literals_only:
             params = zstandard.ZstdCompressionParameters(
                 write_content_size=True, write_checksum=False, **_LITERALS_PARAMS
@@ -69,8 +90,13 @@ class Zstd(Codec):
             )
         if params.dict_id != 0:
             raise FormatError(f"zstd: frame needs dictionary {params.dict_id}; none are used")
+        if expected > len(data) * _MAX_RATIO:  # python-zstandard allocates `expected` up front
+            raise FormatError(
+                f"zstd: a {len(data)}-byte frame cannot hold {expected} bytes "
+                f"(at most {_MAX_RATIO}x: 4-byte RLE blocks of 128 KiB)"
+            )
         try:
-            out = zstandard.ZstdDecompressor().decompress(
+            out = _decompressor().decompress(
                 data, max_output_size=expected, allow_extra_data=False
             )
         except zstandard.ZstdError as exc:
