@@ -37,6 +37,13 @@ def _human_bytes(n: float) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def _printable(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _progress(items: list[str], label: str, quiet: bool) -> Any:
     return click.progressbar(
         length=len(items), label=label, file=sys.stderr, hidden=quiet, show_pos=True
@@ -180,13 +187,15 @@ def info(path: str, as_json: bool) -> None:
     if as_json:
         _emit_json({**summary, "tensor_list": rows})
         return
-    width = min(max((len(r["name"]) for r in rows), default=4), 60)
+    for r in rows:  # names come from the file: never let them print control characters
+        r["shown"] = _printable(r["name"])
+    width = min(max((len(r["shown"]) for r in rows), default=4), 60)
     click.echo(f"{'name':<{width}}  {'dtype':<7} {'shape':<18} {'stored':>10} {'ratio':>7}  encoding")
     for r in rows:
         shape = "x".join(map(str, r["shape"])) or "scalar"
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
         click.echo(
-            f"{r['name'][:width]:<{width}}  {r['dtype']:<7} {shape:<18} "
+            f"{r['shown'][:width]:<{width}}  {r['dtype']:<7} {shape:<18} "
             f"{_human_bytes(r['stored_bytes']):>10} {ratio:>7}  {r['encoding']}"
         )
     click.echo(
@@ -194,7 +203,7 @@ def info(path: str, as_json: bool) -> None:
         f"{_human_bytes(f.size)} file ({summary['ratio']}x), cmf {summary['version']}"
     )
     for a in summary["attachments"]:
-        click.echo(f"attachment {a['name']} ({_human_bytes(a['size'])})")
+        click.echo(f"attachment {_printable(a['name'])} ({_human_bytes(a['size'])})")
     if summary["metadata"]:
         click.echo(f"metadata: {len(summary['metadata'])} keys")
 
