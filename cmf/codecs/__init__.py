@@ -2,6 +2,7 @@
 
 # Each import registers one codec (side effect); one line per module.
 from . import byteplanes  # noqa: F401
+from . import huffman  # noqa: F401
 from . import raw  # noqa: F401
 from . import zstd  # noqa: F401
 from .base import ArraySpec, BytesSpec, Codec, Spec, Value
