@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .limits import DEFAULT_LIMITS, Limits
+from .plan.recipe import encoder_for, resolve_recipe
 from .reader import CmfFile
 from .writer import Writer
 
@@ -18,12 +19,19 @@ def save_file(
     metadata: Mapping[str, Any] | None = None,
     *,
     attachments: Mapping[str, bytes] | None = None,
+    preset: str | None = None,
+    recipe: Any = None,
     level: int = 3,
 ) -> None:
-    """Write ``tensors`` (name -> array) to ``path`` losslessly and atomically."""
+    """Write ``tensors`` (name -> array) to ``path`` atomically.
+
+    Lossless unless ``preset`` ("lossless", "q8", "q4") or ``recipe`` (a Recipe, a dict as in
+    cmf.plan.recipe, or a path to a JSON recipe) says otherwise.
+    """
+    chosen, fallback = resolve_recipe(preset, recipe)
     with Writer(path, metadata=dict(metadata or {}), level=level) as w:
         for name, array in tensors.items():
-            w.add_tensor(name, array)
+            w.add_tensor(name, array, encoder_for(chosen, name, level, fallback))
         for name, data in (attachments or {}).items():
             w.add_attachment(name, data)
 

@@ -16,10 +16,11 @@ import click
 
 from . import __version__
 from .atomic import AtomicFile
-from .convert import open_source, write_safetensors
+from .convert import Encoded, open_source, write_safetensors
 from .errors import CmfError
 from .index import iter_leaves
 from .pipeline import describe
+from .plan.recipe import encoder_for, resolve_recipe
 from .reader import CmfFile
 from .validate import validate as validate_file
 from .writer import Writer
@@ -59,23 +60,30 @@ def main() -> None:
 @main.command()
 @click.argument("source", type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str), help="Output .cmf (default: SOURCE with .cmf).")
+@click.option("--preset", type=click.Choice(["lossless", "q8", "q4"]), help="Named recipe (default: lossless).")
+@click.option("--recipe", "recipe_path", type=click.Path(exists=True, dir_okay=False, path_type=str), help="JSON recipe: tensor-name globs -> codec trees, first match wins.")
 @click.option("--level", type=click.IntRange(-7, 22), default=3, show_default=True, help="zstd level for the lossless candidates.")
 @click.option("--attach", "attach", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=str), help="Carry this file inside the .cmf (repeatable).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def pack(source: str, output: str | None, level: int, attach: tuple[str, ...], quiet: bool, as_json: bool) -> None:
+def pack(source: str, output: str | None, preset: str | None, recipe_path: str | None, level: int, attach: tuple[str, ...], quiet: bool, as_json: bool) -> None:
     """Pack a model (.safetensors file or Hugging Face model directory) into one .cmf file."""
+    recipe, fallback = resolve_recipe(preset, recipe_path)
     src = open_source(source)
     if output is None:
         base = source.rstrip("/" + os.sep)
         output = (base if os.path.isdir(source) else os.path.splitext(base)[0]) + ".cmf"
     start = time.perf_counter()
-    aliases = 0
+    aliases = lossy = 0
     with Writer(output, metadata=src.metadata, level=level) as w:
         with _progress(src.names(), "packing", quiet or as_json) as bar:
-            for name, array in src.items():
-                if w.add_tensor(name, array).alias is not None:
-                    aliases += 1
+            for name, value in src.items():
+                if isinstance(value, Encoded):  # arrives encoded (GGUF blocks kept as they are)
+                    entry = w.add_encoded(name, value.spec, value.pending)
+                else:
+                    entry = w.add_tensor(name, value, encoder_for(recipe, name, level, fallback))
+                aliases += entry.alias is not None
+                lossy += entry.error is not None
                 bar.update(1)
         for name, data in src.attachments.items():
             w.add_attachment(name, data)
@@ -89,6 +97,8 @@ def pack(source: str, output: str | None, level: int, attach: tuple[str, ...], q
         "output": output,
         "tensors": len(src),
         "aliases": aliases,
+        "recipe": recipe.name,
+        "lossy_tensors": lossy,
         "attachments": len(src.attachments) + len(attach),
         "raw_bytes": w.raw_bytes,
         "stored_bytes": stored,

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 
 from ..errors import CmfError
+from .gguf import Encoded, GGUFSource
 from .hfdir import HFDirectorySource
 from .safetensors import SafetensorsSource, write_safetensors
 
-Source = SafetensorsSource | HFDirectorySource
+Source = SafetensorsSource | HFDirectorySource | GGUFSource
 
 
 def open_source(path: str | os.PathLike) -> Source:
@@ -22,7 +23,11 @@ def open_source(path: str | os.PathLike) -> Source:
         return HFDirectorySource(path)
     if not os.path.isfile(path):
         raise CmfError(f"{path}: no such file")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic == b"GGUF":
+        return GGUFSource(path)
     return SafetensorsSource(path)
 
 
-__all__ = ["HFDirectorySource", "SafetensorsSource", "Source", "open_source", "write_safetensors"]
+__all__ = ["Encoded", "GGUFSource", "HFDirectorySource", "SafetensorsSource", "Source", "open_source", "write_safetensors"]

@@ -28,7 +28,7 @@ import numpy as np
 from ..codecs import ArraySpec, Spec, Value, codec_from_config
 from ..codecs.raw import Raw
 from ..errors import CmfError
-from ..pipeline import Pending, PendingLeaf, PendingNode, apply, best_bytes, encode_lossless
+from ..pipeline import Encoder, Pending, PendingLeaf, PendingNode, apply, best_bytes, encode_lossless
 
 Template = Any  # str | dict, checked by check_template
 
@@ -153,3 +153,34 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     except (OSError, ValueError) as exc:
         raise CmfError(f"cannot read recipe {path}: {exc}") from None
     return recipe_from_obj(obj, os.path.basename(os.fspath(path)))
+
+
+def encoder_for(recipe: Recipe, name: str, level: int = 3, fallback: bool = False) -> Encoder:
+    """The encoder for tensor ``name``. With ``fallback`` (presets), a tensor the chosen lossy
+    codecs refuse (e.g. NaN or Inf values) is stored losslessly instead of failing the pack."""
+
+    def encode(array: np.ndarray, spec: ArraySpec) -> Pending:
+        template = recipe.template_for(name, spec)
+        try:
+            return encode_template(template, array, spec, level)
+        except CmfError:
+            if not fallback or template == "lossless":
+                raise
+            return encode_lossless(array, spec, level)
+
+    return encode
+
+
+def resolve_recipe(preset: str | None = None, recipe: Any = None) -> tuple[Recipe, bool]:
+    """(recipe, fallback) from a preset name, a recipe (object, dict or JSON path), or neither."""
+    from .presets import preset as preset_recipe
+
+    if preset is not None and recipe is not None:
+        raise CmfError("give a preset or a recipe, not both")
+    if recipe is None:
+        return preset_recipe(preset or "lossless"), True
+    if isinstance(recipe, Recipe):
+        return recipe, False
+    if isinstance(recipe, (str, os.PathLike)):
+        return load_recipe(recipe), False
+    return recipe_from_obj(recipe), False

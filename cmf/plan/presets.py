@@ -1,0 +1,51 @@
+"""Presets: named recipes that need no planning (issue: lossless, q8, q4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import CmfError
+from .recipe import Recipe, recipe_from_obj
+
+# Quantize only what is worth it: float matrices (and conv kernels) with enough elements that
+# per-block scales are cheap; norms, biases and small tensors stay lossless.
+_FLOATS = ["f32", "f16", "bf16", "f64"]
+_MIN_ELEMENTS = 4096
+
+
+def _codes(bits: int) -> Any:
+    """Entropy-code quantized codes: the smallest of zstd literals (Huffman in C), our Huffman,
+    and plain bit packing."""
+    return {
+        "choose": [
+            {"codec": "raw", "parts": {"data": {"codec": "zstd", "config": {"level": 1, "literals_only": True}}}},
+            {"codec": "huffman", "config": {"chunk": 1024, "max_length": 12}},
+            {"codec": "bitpack", "config": {"bits": bits}},
+        ]
+    }
+
+
+def _quantized(bits: int, block: int) -> dict[str, Any]:
+    return {
+        "codec": "quantize",
+        "config": {"bits": bits, "block": block, "axis": -1, "scheme": "symmetric", "scale_dtype": "f16", "search": True},
+        "parts": {"q": _codes(bits)},
+    }
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "lossless": {"rules": [], "default": "lossless"},
+    # 8-bit, one scale per output channel (row), entropy-coded codes
+    "q8": {"rules": [{"match": "*", "dtypes": _FLOATS, "min_rank": 2, "min_elements": _MIN_ELEMENTS,
+                      "encoding": _quantized(8, 0)}]},
+    # 4-bit, groups of 32 along each row, entropy-coded codes
+    "q4": {"rules": [{"match": "*", "dtypes": _FLOATS, "min_rank": 2, "min_elements": _MIN_ELEMENTS,
+                      "encoding": _quantized(4, 32)}]},
+}
+
+
+def preset(name: str) -> Recipe:
+    """The recipe called ``name``; CmfError naming the choices otherwise."""
+    if name not in PRESETS:
+        raise CmfError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return recipe_from_obj(PRESETS[name], name)
