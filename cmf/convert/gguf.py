@@ -41,7 +41,10 @@ class GGUFSource:
     """A GGUF file opened for packing (see module docstring)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        import gguf
+        try:
+            import gguf
+        except ImportError:
+            raise CmfError("reading GGUF files needs the gguf package: pip install 'cmf[gguf]'") from None
 
         self._gguf = gguf
         self.path = os.fspath(path)
