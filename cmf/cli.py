@@ -46,8 +46,10 @@ def _printable(text: str) -> str:
 
 
 def _progress(items: list[str], label: str, quiet: bool) -> Any:
+    # Off a terminal click prints only the label, which would make an error two lines on stderr.
+    hidden = quiet or not sys.stderr.isatty()
     return click.progressbar(
-        length=len(items), label=label, file=sys.stderr, hidden=quiet, show_pos=True
+        length=len(items), label=label, file=sys.stderr, hidden=hidden, show_pos=True
     )
 
 
@@ -67,7 +69,7 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def pack(source: str, output: str | None, preset: str | None, recipe_path: str | None, level: int, attach: tuple[str, ...], quiet: bool, as_json: bool) -> None:
-    """Pack a model (.safetensors file or Hugging Face model directory) into one .cmf file."""
+    """Pack a model (.safetensors, .gguf or .onnx file, or Hugging Face model directory) into one .cmf file."""
     recipe, fallback = resolve_recipe(preset, recipe_path)
     src = open_source(source)
     if output is None:
@@ -116,13 +118,22 @@ def pack(source: str, output: str | None, preset: str | None, recipe_path: str |
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=str))
-@click.option("-o", "--output", type=click.Path(path_type=str), help="Output .safetensors, or a directory (ends with /) for model.safetensors + attachments.")
+@click.option("-o", "--output", type=click.Path(path_type=str), help="Output .safetensors, .onnx (a model packed from ONNX), or a directory (ends with /) for model.safetensors + attachments.")
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def unpack(path: str, output: str | None, quiet: bool, as_json: bool) -> None:
-    """Unpack a .cmf file back to safetensors (bit-exact for lossless files)."""
+    """Unpack a .cmf file back to safetensors, or to ONNX if packed from ONNX (bit-exact for lossless files)."""
     with CmfFile(path) as f:
         output = output or os.path.splitext(path)[0] + ".safetensors"
+        if output.lower().endswith(".onnx") and not os.path.isdir(output):
+            from .convert.onnx import write_onnx  # graph from the attachment, weights from tensors
+
+            written = write_onnx(f, output)
+            if as_json:
+                _emit_json({"source": path, "written": written})
+            elif not quiet:
+                click.echo(f"wrote {', '.join(written)}")
+            return
         to_dir = output.endswith(("/", os.sep)) or os.path.isdir(output)
         target = os.path.join(output, "model.safetensors") if to_dir else output
         if to_dir:

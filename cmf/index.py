@@ -255,6 +255,8 @@ def _name(value: Any, what: str, max_bytes: int) -> str:
         raise FormatError(f"{what} must be 1 to {max_bytes} bytes, found {size}")
     if "\x00" in value:
         raise FormatError(f"{what} contains a NUL character")
+    if any("\ud800" <= c <= "\udfff" for c in value):  # a writer's str that UTF-8 cannot encode
+        raise FormatError(f"{what} contains a lone surrogate (not UTF-8)")
     return value
 
 
@@ -353,14 +355,25 @@ def _metadata_value(value: Any, depth: int, max_depth: int) -> None:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise FormatError(f"metadata keys must be strings, found {type(k).__name__}")
+            _metadata_value(k, depth, max_depth)
             _metadata_value(v, depth + 1, max_depth)
-    elif isinstance(value, list):
+    elif isinstance(value, (list, tuple)):  # a writer's tuple is stored as an array
         for v in value:
             _metadata_value(v, depth + 1, max_depth)
     elif isinstance(value, bytes):
         raise FormatError("metadata values must not be binary")
     elif isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < (1 << 64):
         raise FormatError("metadata integer out of range")
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FormatError("metadata strings must be valid UTF-8 (no lone surrogates)") from None
+    elif not isinstance(value, (int, float, type(None))):  # bool is an int
+        raise FormatError(
+            f"metadata values are nil, bool, int, float, str, arrays and maps; "
+            f"found {type(value).__name__}"
+        )
 
 
 def check_metadata(value: Any, max_depth: int = 8) -> dict[str, Any]:
@@ -464,14 +477,12 @@ def _tensor(
                 f"target has {target.spec.describe()}"
             )
         return TensorEntry(name, spec, alias=target.name)
-    error = _error_stats(t.get("error"), where)
+    error = _error_stats(t["error"], where) if "error" in t else None
     return TensorEntry(name, spec, encoding=trees.parse(t["encoding"], spec, where), error=error)
 
 
 def _error_stats(value: Any, where: str) -> dict[str, float] | None:
     """The optional ``error`` map: metric name -> number (informative, never used to decode)."""
-    if value is None:
-        return None
     if not isinstance(value, dict) or len(value) > 16 or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
     ):

@@ -102,6 +102,8 @@ class Writer:
             name.encode("utf-8", "surrogatepass")
         ) > self.limits.max_name_bytes:
             raise CmfError(f"bad tensor name {name!r}: 1 to 1024 bytes of UTF-8, no NUL")
+        if any("\ud800" <= c <= "\udfff" for c in name):  # not encodable as UTF-8
+            raise CmfError(f"bad tensor name {name!r}: a lone surrogate is not UTF-8")
         if name in self._names:
             raise CmfError(f"duplicate tensor name {name!r}")
         self._names.add(name)
@@ -124,6 +126,7 @@ class Writer:
             raise CmfError(f"tensor {name!r} has rank {len(spec.shape)}, limit {self.limits.max_rank}")
         self._claim(name)
         array = np.ascontiguousarray(array, dtype=spec.dtype.numpy)  # little-endian, C order
+        array = array.reshape(spec.shape)  # ascontiguousarray makes a 0-d array 1-d
         if self.dedupe:
             digest = hashlib.blake2b(array.reshape(-1).view(np.uint8), digest_size=32)
             digest.update(f"|{spec.dtype.name}|{spec.shape}".encode())

@@ -1,32 +1,73 @@
 """Write the golden vectors in spec/vectors/ and their manifest.
 
-Run only when the spec deliberately changes (a new vector, a new minor version): the committed
-bytes are what tests/test_vectors.py decodes forever. Each vector is built from deterministic
-inputs by ``VECTORS[name]()``; the manifest records, per tensor, dtype, shape, the encoding tree
-summary and the SHA-256 of its little-endian bytes, and the zstd library version that wrote it.
+    python tools/make_vectors.py                # write the vectors that are missing, refresh manifest.json
+    python tools/make_vectors.py --check        # rebuild every writer vector in a temp dir and compare
+    python tools/make_vectors.py --force NAME   # overwrite NAME: only when the spec deliberately changes it
+
+A committed vector is never overwritten without ``--force``: its bytes are what
+tests/test_vectors.py decodes forever. Each builder makes its file from deterministic inputs and
+returns what a reader must get back (the *inputs*, not what cmf reads: the manifest is checked
+against cmf's decoding here before it is written, so a writer/reader pair that agree on a wrong
+answer is caught).
+
+Two kinds of vector:
+
+* ``cmf.save_file`` vectors come from cmf's writer (future_minor.cmf too: the writer's file with
+  its minor and index edited). tests/test_vectors.py checks that today's writer still writes them
+  byte for byte (see spec/vectors/README.md for how libzstd versions are handled).
+* ``crafted`` vectors are assembled here byte by byte, without cmf's writer: valid files that
+  another writer may produce (non-shortest msgpack forms, other key orders, zero-length
+  segments, segments referenced out of order, zstd frames with raw/RLE blocks and every
+  Frame_Content_Size width, a frame checksum).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
+import shutil
 import struct
 import sys
+import tempfile
 from typing import Any, Callable
 
 import ml_dtypes
+import msgpack
 import numpy as np
 import zstandard
 
 import cmf
 from cmf import format as fmt
 from cmf.checksum import crc32c
-from cmf.index import unpack
+from cmf.index import node_obj, unpack
 from cmf.limits import DEFAULT_LIMITS
 from cmf.pipeline import describe
 
-HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "spec", "vectors")
+HERE = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "spec", "vectors"))
+TINY = 64  # tensors and attachments of at most this many bytes are also recorded as hex
+
+
+class Expect(dict):
+    """What a reader must get: tensors (name -> array, or name -> alias target name),
+    attachments (name -> bytes), metadata, minor, errors (name -> error map)."""
+
+
+def _expect(tensors, metadata=None, attachments=None, minor=0, aliases=None, errors=None) -> Expect:
+    return Expect(
+        tensors=dict(tensors),
+        aliases=dict(aliases or {}),
+        metadata=dict(metadata or {}),
+        attachments=dict(attachments or {}),
+        minor=minor,
+        errors=dict(errors or {}),
+    )
+
+
+# ----------------------------------------------------------------------------- writer vectors
+# The bytes of the first five are committed: changing what a builder writes breaks
+# tests/test_vectors.py (that is the point). Only add builders.
 
 
 def _bits(dtype: Any, n: int, seed: int) -> np.ndarray:
@@ -37,7 +78,7 @@ def _bits(dtype: Any, n: int, seed: int) -> np.ndarray:
     return rng.integers(0, 256, n * dtype.itemsize, dtype=np.uint8).view(dtype)
 
 
-def dtypes_vector(path: str) -> None:
+def dtypes_vector(path: str) -> Expect:
     """One tensor per dtype (every bit pattern), plus rank 0 and empty tensors."""
     tensors = {d.name: _bits(d.numpy, 37, i).reshape(37) for i, d in enumerate(cmf.dtypes.BY_NAME.values())}
     tensors["scalar_f32"] = np.array(-2.5, np.float32)
@@ -45,9 +86,10 @@ def dtypes_vector(path: str) -> None:
     tensors["empty_f16"] = np.zeros((3, 0, 2), np.float16)
     tensors["empty_i64"] = np.zeros((0,), np.int64)
     cmf.save_file(tensors, path)
+    return _expect(tensors)
 
 
-def lossless_paths_vector(path: str) -> None:
+def lossless_paths_vector(path: str) -> Expect:
     """Every lossless path: rotated planes (f32/bf16/f16/f64), unrotated int planes, raw>zstd,
     raw leaf, an alias, attachments and metadata of every JSON-like type."""
     rng = np.random.default_rng(7)
@@ -65,88 +107,440 @@ def lossless_paths_vector(path: str) -> None:
     metadata = {"s": "text", "i": -7, "u": 2**64 - 1, "f": 0.25, "b": False, "n": None, "l": [1, "x", [2.5]], "m": {"k": {"v": True}}}
     attachments = {"config.json": b'{"model_type": "golden"}' * 20, "sub/vocab.txt": b"a\nb\nc\n"}
     cmf.save_file(tensors, path, metadata, attachments=attachments)
+    tensors.pop("tied")
+    return _expect(tensors, metadata, attachments, aliases={"tied": "w_f32"})
 
 
-def nan_payloads_vector(path: str) -> None:
+def nan_payloads_vector(path: str) -> Expect:
     """Distinct NaN payloads, infinities, signed zeros and subnormals in f32, f16 and bf16."""
     f32 = np.array([0x7FC00000, 0x7FC00001, 0xFFBFFFFF, 0x7F800001, 0x7F800000, 0xFF800000, 0x00000001, 0x80000000], np.uint32)
     f16 = np.array([0x7E01, 0xFC01, 0x7C00, 0xFC00, 0x0001, 0x8000], np.uint16)
     bf = np.array([0x7FC1, 0xFF81, 0x7F80, 0x0001], np.uint16)
-    cmf.save_file({
+    tensors = {
         "f32": np.tile(f32, 512).view(np.float32),
         "f16": f16.view(np.float16),
         "bf16": bf.view(ml_dtypes.bfloat16),
-    }, path)
+    }
+    cmf.save_file(tensors, path)
+    return _expect(tensors)
 
 
-def huffman_vector(path: str) -> None:
+def huffman_vector(path: str) -> Expect:
     """4-bit codes (u8) and a u16 alphabet through the huffman codec."""
     rng = np.random.default_rng(11)
     codes = np.clip(np.round(rng.standard_normal(5000) * 2.5 + 8), 0, 15).astype(np.uint8)
     wide = (rng.zipf(1.3, 3000) % 40000).astype(np.uint16)
     recipe = {"rules": [{"match": "*", "encoding": {"codec": "huffman", "config": {"chunk": 256, "max_length": 12}}}]}
-    cmf.save_file({"codes_u8": codes.reshape(50, 100), "wide_u16": wide}, path, recipe=recipe)
+    tensors = {"codes_u8": codes.reshape(50, 100), "wide_u16": wide}
+    cmf.save_file(tensors, path, recipe=recipe)
+    return _expect(tensors)
 
 
-def future_minor_vector(path: str) -> None:
+def future_minor_vector(path: str) -> Expect:
     """Minor version 7 with an unknown top-level index key: a 1.0 reader must still read it."""
-    cmf.save_file({"x": np.arange(12, dtype=np.int16).reshape(3, 4)}, path)
+    tensors = {"x": np.arange(12, dtype=np.int16).reshape(3, 4)}
+    cmf.save_file(tensors, path)
     data = bytearray(open(path, "rb").read())
     off, length, _, _, _ = fmt.TRAILER.unpack(data[-fmt.TRAILER_SIZE:])
     index = unpack(bytes(data[off : off + length]), DEFAULT_LIMITS)
     index["x-future"] = {"note": "ignored by 1.0 readers"}
-    import msgpack
-
     blob = msgpack.packb(index, use_bin_type=True)
     struct.pack_into("<H", data, 10, 7)  # minor
     out = bytes(data[:off]) + blob + fmt.pack_trailer(off, len(blob), crc32c(blob))
     with open(path, "wb") as fh:
         fh.write(out)
+    return _expect(tensors, minor=7)
 
 
-VECTORS: dict[str, Callable[[str], None]] = {
+def empty_vector(path: str) -> Expect:
+    """No tensors, segments, attachments or metadata: the index starts at 64 (116 bytes)."""
+    cmf.save_file({}, path)
+    return _expect({})
+
+
+def specials_vector(path: str) -> Expect:
+    """f64 NaN payloads through rotated byte planes, stored (zstd-free); fp8 NaNs, infinities,
+    signed zeros and subnormals; u64/i64 extremes; bool all false and all true."""
+    f64 = np.array([
+        0x7FF8000000000000, 0x7FF8000000000001, 0xFFF0000000000001, 0x7FF7FFFFFFFFFFFF,
+        0x7FF0000000000000, 0xFFF0000000000000, 0x8000000000000000, 0x0000000000000001,
+        0x3FF0000000000000, 0xBFF0000000000000,
+    ], np.uint64).view(np.float64)
+    e4m3 = np.array([0x7F, 0xFF, 0x7E, 0x80, 0x00, 0x01, 0x81, 0x08], np.uint8).view(ml_dtypes.float8_e4m3fn)
+    e5m2 = np.array([0x7D, 0x7E, 0x7F, 0xFD, 0x7C, 0xFC, 0x80, 0x01], np.uint8).view(ml_dtypes.float8_e5m2)
+    tensors = {
+        "f64_planes": f64.reshape(2, 5),
+        "f8_e4m3": e4m3,
+        "f8_e5m2": e5m2,
+        "u64_extremes": np.array([0, 1, 2**63, 2**64 - 1], np.uint64),
+        "i64_extremes": np.array([-(2**63), -1, 0, 2**63 - 1], np.int64),
+        "bool_false": np.zeros((2, 2), bool),
+        "bool_true": np.ones(3, bool),
+    }
+    stored = {"codec": "byteplanes", "config": {"rotate": True},
+              "parts": {f"p{j}": "stored" for j in range(8)}}
+    recipe = {"rules": [{"match": "f64_planes", "encoding": stored}], "default": "stored"}
+    cmf.save_file(tensors, path, recipe=recipe)
+    return _expect(tensors)
+
+
+# ----------------------------------------------------------------------------- crafted vectors
+
+
+class F32(float):
+    """A float to be written as msgpack float 32."""
+
+
+class Fmt:
+    """A value written with an explicit msgpack format byte (e.g. a positive int as int 64)."""
+
+    def __init__(self, value: Any, code: int) -> None:
+        self.value, self.code = value, code
+
+
+def mp(obj: Any) -> bytes:
+    """msgpack, deliberately NOT in shortest form: ints as 64-bit, strings as str 8/16, arrays
+    and maps with 16-bit headers, unless ``Fmt`` says otherwise. Dicts keep their order."""
+    if isinstance(obj, Fmt):
+        v, c = obj.value, obj.code
+        if c in (0xCC, 0xCD, 0xCE, 0xCF, 0xD0, 0xD1, 0xD2, 0xD3):
+            spec = {0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q", 0xD0: ">b", 0xD1: ">h", 0xD2: ">i", 0xD3: ">q"}[c]
+            return bytes([c]) + struct.pack(spec, v)
+        if c == 0xDB:  # str 32
+            b = v.encode()
+            return b"\xdb" + struct.pack(">I", len(b)) + b
+        if c == 0xDD:  # array 32
+            return b"\xdd" + struct.pack(">I", len(v)) + b"".join(mp(x) for x in v)
+        if c == 0xDF:  # map 32
+            return b"\xdf" + struct.pack(">I", len(v)) + b"".join(mp(k) + mp(x) for k, x in v.items())
+        if c == 0xA0:  # fixstr
+            b = v.encode()
+            return bytes([0xA0 | len(b)]) + b
+        if c == 0x90:  # fixarray
+            return bytes([0x90 | len(v)]) + b"".join(mp(x) for x in v)
+        if c == 0x80:  # fixmap
+            return bytes([0x80 | len(v)]) + b"".join(mp(k) + mp(x) for k, x in v.items())
+        raise ValueError(hex(c))
+    if obj is None or isinstance(obj, bool):
+        return msgpack.packb(obj)
+    if isinstance(obj, int):
+        return (b"\xcf" + struct.pack(">Q", obj)) if obj >= 0 else (b"\xd3" + struct.pack(">q", obj))
+    if isinstance(obj, F32):
+        return b"\xca" + struct.pack(">f", obj)
+    if isinstance(obj, float):
+        return b"\xcb" + struct.pack(">d", obj)
+    if isinstance(obj, str):
+        b = obj.encode("utf-8")
+        return (b"\xd9" + struct.pack(">B", len(b)) if len(b) < 256 else b"\xda" + struct.pack(">H", len(b))) + b
+    if isinstance(obj, (list, tuple)):
+        return b"\xdc" + struct.pack(">H", len(obj)) + b"".join(mp(x) for x in obj)
+    if isinstance(obj, dict):
+        return b"\xde" + struct.pack(">H", len(obj)) + b"".join(mp(k) + mp(v) for k, v in obj.items())
+    raise TypeError(type(obj))
+
+
+def zstd_frame(content: bytes, blocks: list[tuple[str, bytes]], *, fcs_bytes: int, single_segment: bool,
+               window: int = 0) -> bytes:
+    """A Zstandard frame (RFC 8878) built by hand: ``blocks`` are ("raw", bytes) or
+    ("rle", bytes of one repeated value); no checksum, no dictionary. ``window`` is the
+    Window_Descriptor byte (only when not single-segment)."""
+    assert b"".join(b for _, b in blocks) == content
+    assert fcs_bytes != 1 or single_segment  # flag 0 means 1 byte only in a single-segment frame
+    flag = {1: 0, 2: 1, 4: 2, 8: 3}[fcs_bytes]
+    fhd = flag << 6 | (0x20 if single_segment else 0)
+    head = b"\x28\xb5\x2f\xfd" + bytes([fhd]) + (b"" if single_segment else bytes([window]))
+    size = len(content)
+    if fcs_bytes == 2:
+        head += struct.pack("<H", size - 256)  # the 2-byte field stores size - 256
+    else:
+        head += struct.pack({1: "<B", 4: "<I", 8: "<Q"}[fcs_bytes], size)
+    out = head
+    for i, (kind, data) in enumerate(blocks):
+        last = i == len(blocks) - 1
+        if kind == "raw":
+            out += ((len(data) << 3) | last).to_bytes(3, "little") + data
+        else:
+            assert len(set(data)) == 1
+            out += ((len(data) << 3) | (1 << 1) | last).to_bytes(3, "little") + data[:1]
+    return out
+
+
+def _planes(words: list[int], k: int, rotate: bool) -> list[bytes]:
+    """spec/codecs/byteplanes.md, straight from the text (Python ints, no cmf)."""
+    bits = 8 * k
+    planes = [bytearray() for _ in range(k)]
+    for u in words:
+        if rotate:
+            u = ((u << 1) | (u >> (bits - 1))) % (1 << bits)
+        for j in range(k):
+            planes[j].append((u >> (8 * j)) & 0xFF)
+    return [bytes(p) for p in planes]
+
+
+def foreign_writer_vector(path: str) -> Expect:
+    """A valid file as another writer might lay it out (assembled here, not by cmf's writer):
+    every msgpack value in a non-shortest form (64-bit ints, also signed int 64 for sizes; str 8,
+    str 16 and str 32; array 16/32; map 16/32; float 32), keys in other orders, an attachment
+    before the tensors in the data area, two zero-length segments at the same offset, segments
+    referenced out of order (p1 before p0), zstd frames with raw and RLE blocks, 1/2/8-byte
+    Frame_Content_Size fields, single-segment and windowed frames, a frame checksum, a tensor
+    with an 'error' map and an alias whose keys come first."""
+    wide = np.array([[0, 1, 256], [65535, 0x1234, 0xABCD]], np.uint16)
+    f32 = np.array([0x3F800000, 0x80000000, 0x7F800000, 0x7FA00001], np.uint32).view(np.float32)
+    rle = np.concatenate([np.zeros(200, np.uint8), np.arange(100, dtype=np.uint8)])
+    bf = [0x3F80, 0xBF80, 0x7FC1]
+    bf16 = np.array(bf, np.uint16).view(ml_dtypes.bfloat16)
+    small = np.array([-128, -1, 0, 1, 127], np.int8)
+    license_text = b"Golden vector text, stored as one segment.\n"
+    readme = (b"# readme\n\nThis attachment is a zstd frame with a content checksum, "
+              b"written by libzstd at level 19.\n") * 4
+
+    p0, p1 = _planes(bf, 2, rotate=True)
+    frame_a = zstd_frame(f32.tobytes(), [("raw", f32.tobytes())], fcs_bytes=1, single_segment=True)
+    frame_b = zstd_frame(rle.tobytes(), [("rle", rle[:200].tobytes()), ("raw", rle[200:].tobytes())],
+                         fcs_bytes=2, single_segment=False, window=0x00)  # 1 KiB window
+    frame_c = zstd_frame(p1, [("raw", p1)], fcs_bytes=8, single_segment=True)
+    frame_d = zstandard.ZstdCompressor(level=19, write_checksum=True, write_content_size=True).compress(readme)
+    assert zstandard.get_frame_parameters(frame_d).has_checksum
+
+    payloads = [
+        license_text,             # 0: attachment LICENSE, a bare segment
+        b"",                      # 1: attachment empty.txt
+        b"",                      # 2: tensor empty (f32 [0, 5])
+        wide.tobytes(),           # 3: tensor wide_ints
+        frame_a,                  # 4: tensor zstd_raw_block
+        frame_b,                  # 5: tensor zstd_rle
+        frame_c,                  # 6: planes_bf16 p1
+        p0,                       # 7: planes_bf16 p0
+        small.tobytes(),          # 8: tensor with_error
+        frame_d,                  # 9: attachment notes/readme.md
+    ]
+    data = bytearray(fmt.pack_preamble())
+    segments = []
+    for payload in payloads:
+        data += bytes(fmt.align(len(data)) - len(data))
+        segments.append([Fmt(len(data), 0xCE), len(payload), Fmt(crc32c(payload), 0xCE)])
+        data += payload
+    data += bytes(fmt.align(len(data)) - len(data))
+    index_offset = len(data)
+
+    def raw(seg: Any) -> dict:
+        return {"parts": {"data": seg}, "config": {}, "codec": "raw"}
+
+    def zstd(seg: Any, level: int = 19) -> dict:
+        return {"codec": "zstd", "parts": {"data": seg}, "config": {"literals_only": False, "level": level}}
+
+    tensors = [
+        {"name": "wide_ints", "dtype": "u16", "shape": [Fmt(2, 0xD3), Fmt(3, 0xCC)],
+         "encoding": raw({"segment": Fmt(3, 0xD0)})},
+        {"shape": [0, 5], "name": Fmt("empty", 0xDB), "dtype": "f32", "encoding": raw({"segment": 2})},
+        {"name": "zstd_raw_block", "dtype": "f32", "shape": [4],
+         "encoding": {"codec": "raw", "config": {}, "parts": {"data": zstd({"segment": 4}, level=-5)}}},
+        {"encoding": {"codec": "raw", "config": Fmt({}, 0xDF),
+                      "parts": {"data": zstd({"segment": 5}, level=22)}},
+         "dtype": Fmt("u8", 0xA0), "shape": Fmt([300], 0xDD), "name": "zstd_rle"},
+        {"name": "planes_bf16", "dtype": "bf16", "shape": [3],
+         "encoding": {"config": {"rotate": True}, "codec": "byteplanes",
+                      "parts": {"p1": zstd({"segment": 6}, level=1), "p0": {"segment": 7}}}},
+        {"alias": "wide_ints", "shape": [2, 3], "dtype": "u16", "name": "alias_of_wide"},
+        {"name": "with_error", "dtype": "i8", "shape": Fmt([5], 0x90),
+         "error": {"rel_rmse": F32(0.0), "max_abs": 0, "sqnr_db": float("inf")},
+         "encoding": raw({"segment": 8})},
+    ]
+    deep = "leaf"
+    for _ in range(6):  # metadata map = depth 1, "deep" value = 2, ... the string at depth 8
+        deep = [deep]
+    metadata = {
+        "": "",
+        "unicode \u2713": "\u00fcn\u00efc\u00f8d\u00e9 \u20ac \U0001F600",
+        "f32": F32(0.1),
+        "f64_integral": 1.0,
+        "big_float": 1e300,
+        "i64_min": -(2**63),
+        "neg_small": Fmt(-3, 0xD0),
+        "u32": Fmt(4000000000, 0xCE),
+        "empty_list": [],
+        "empty_map": {},
+        "nested": Fmt({"z": Fmt([True, None, Fmt("s", 0xA0)], 0x90), "a": {}}, 0xDF),
+        "deep": deep,
+        "long": "x" * 300,  # str 16
+    }
+    index = {
+        "attachments": [
+            {"size": len(license_text), "encoding": {"segment": 0}, "name": "LICENSE"},
+            {"name": "empty.txt", "size": 0, "encoding": {"segment": Fmt(1, 0xCC)}},
+            {"name": "notes/readme.md", "size": Fmt(len(readme), 0xD3), "encoding": zstd({"segment": 9})},
+        ],
+        "metadata": metadata,
+        "tensors": tensors,
+        "segments": segments,
+    }
+    blob = mp(index)
+    data += blob
+    data += fmt.pack_trailer(index_offset, len(blob), crc32c(blob))
+    with open(path, "wb") as fh:
+        fh.write(bytes(data))
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Fmt):
+            return plain(v.value)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if isinstance(v, F32):
+            return float(np.float32(v))
+        return v
+
+    return _expect(
+        {"wide_ints": wide, "empty": np.zeros((0, 5), np.float32), "zstd_raw_block": f32,
+         "zstd_rle": rle, "planes_bf16": bf16, "with_error": small},
+        plain(metadata),
+        {"LICENSE": license_text, "empty.txt": b"", "notes/readme.md": readme},
+        aliases={"alias_of_wide": "wide_ints"},
+        errors={"with_error": {"rel_rmse": 0.0, "max_abs": 0, "sqnr_db": float("inf")}},
+    )
+
+
+# ----------------------------------------------------------------------------- the list
+
+VECTORS: dict[str, Callable[[str], Expect]] = {
     "dtypes.cmf": dtypes_vector,
     "lossless_paths.cmf": lossless_paths_vector,
     "nan_payloads.cmf": nan_payloads_vector,
     "huffman.cmf": huffman_vector,
     "future_minor.cmf": future_minor_vector,
+    "empty.cmf": empty_vector,
+    "specials.cmf": specials_vector,
+    "foreign_writer.cmf": foreign_writer_vector,
 }
+CRAFTED = {"foreign_writer.cmf"}
 
 
-def describe_file(path: str) -> dict[str, Any]:
-    """What a reader must get from ``path``: the manifest entry."""
+# ----------------------------------------------------------------------------- manifest
+
+
+def _le(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array).tobytes()  # all inputs here are little-endian
+
+
+def _json_float(x: Any) -> Any:
+    """Non-finite floats as strings (JSON has none); everything else as is."""
+    if isinstance(x, float) and not np.isfinite(x):
+        return "nan" if np.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def manifest_entry(name: str, path: str, expect: Expect, zstd_version: list[int]) -> dict[str, Any]:
+    """The manifest entry of ``path``, from the builder's inputs; checked against cmf's decoding."""
+    blob = open(path, "rb").read()
+    entry: dict[str, Any] = {
+        "writer": "crafted" if name in CRAFTED else "cmf.save_file",
+        "zstd_version": zstd_version,
+        "uses_zstd": False,
+        "minor": expect["minor"],
+        "bytes": len(blob),
+        "sha256_file": hashlib.sha256(blob).hexdigest(),
+        "tensors": {},
+        "attachments": {},
+        "metadata": expect["metadata"],
+    }
     with cmf.open(path) as f:
-        tensors = {}
-        for entry in f.index.tensors:
-            t = f.get_tensor(entry.name)
-            tensors[entry.name] = {
-                "dtype": entry.spec.dtype.name,
-                "shape": list(entry.spec.shape),
-                "encoding": f"alias of {entry.alias}" if entry.alias else describe(entry.encoding),
-                "sha256": hashlib.sha256(t.tobytes()).hexdigest(),
-            }
-        return {
-            "minor": f.minor,
-            "bytes": f.size,
-            "sha256_file": hashlib.sha256(open(path, "rb").read()).hexdigest(),
-            "tensors": tensors,
-            "attachments": {a: hashlib.sha256(f.get_attachment(a)).hexdigest() for a in f.attachments()},
-            "metadata": f.metadata(),
-        }
+        assert f.minor == expect["minor"], name
+        assert f.metadata() == expect["metadata"], name
+        names = list(expect["tensors"]) + list(expect["aliases"])
+        assert sorted(f.keys()) == sorted(names), (name, f.keys())
+        for entry_t in f.index.tensors:
+            t: dict[str, Any] = {"dtype": entry_t.spec.dtype.name, "shape": list(entry_t.spec.shape)}
+            if entry_t.alias is not None:
+                assert expect["aliases"][entry_t.name] == entry_t.alias
+                target = expect["tensors"][entry_t.alias]
+                t["alias"] = entry_t.alias
+                want = _le(target)
+            else:
+                array = expect["tensors"][entry_t.name]
+                assert cmf.dtypes.of_array(array).name == t["dtype"] and list(array.shape) == t["shape"]
+                want = _le(array)
+                tree = node_obj(entry_t.encoding)
+                t["encoding"] = describe(entry_t.encoding)
+                t["tree"] = tree
+                if '"zstd"' in json.dumps(tree):
+                    entry["uses_zstd"] = True
+            got = f.get_tensor(entry_t.name)
+            assert got.tobytes() == want, (name, entry_t.name)
+            t["sha256"] = hashlib.sha256(want).hexdigest()
+            if len(want) <= TINY:
+                t["hex"] = want.hex()
+            if entry_t.name in expect["errors"]:
+                assert entry_t.error == expect["errors"][entry_t.name]
+                t["error"] = {k: _json_float(v) for k, v in entry_t.error.items()}
+            entry["tensors"][entry_t.name] = t
+        assert sorted(f.attachments()) == sorted(expect["attachments"]), name
+        for att in f.index.attachments:
+            want = expect["attachments"][att.name]
+            assert f.get_attachment(att.name) == want
+            a: dict[str, Any] = {"size": len(want), "sha256": hashlib.sha256(want).hexdigest()}
+            a["tree"] = node_obj(att.encoding)
+            if '"zstd"' in json.dumps(a["tree"]):
+                entry["uses_zstd"] = True
+            if len(want) <= TINY:
+                a["hex"] = want.hex()
+            entry["attachments"][att.name] = a
+    report = cmf.validate(path)
+    assert report.valid and (report.warnings == []) == (expect["minor"] == 0), report.to_json()
+    return entry
 
 
-def main(out_dir: str = HERE) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    manifest: dict[str, Any] = {"zstd_version": zstandard.ZSTD_VERSION, "vectors": {}}
+def build_manifest(out_dir: str, old: dict[str, Any], rebuilt: set[str]) -> dict[str, Any]:
+    manifest: dict[str, Any] = {"format": "cmf golden vectors manifest 2", "vectors": {}}
     for name, build in VECTORS.items():
         path = os.path.join(out_dir, name)
-        build(path)
-        manifest["vectors"][name] = describe_file(path)
-    with open(os.path.join(out_dir, "manifest.json"), "w") as fh:
-        json.dump(manifest, fh, indent=1)  # key order = tensor order
+        with tempfile.TemporaryDirectory() as tmp:  # the inputs, without touching the vector
+            expect = build(os.path.join(tmp, name))
+        version = list(zstandard.ZSTD_VERSION)
+        if name not in rebuilt and name in old.get("vectors", {}):
+            version = old["vectors"][name].get("zstd_version", old.get("zstd_version", version))
+        manifest["vectors"][name] = manifest_entry(name, path, expect, version)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=HERE)
+    ap.add_argument("--force", action="append", default=[], metavar="NAME",
+                    help="overwrite this committed vector (the spec changed it on purpose)")
+    ap.add_argument("--check", action="store_true",
+                    help="rebuild every vector in a temporary directory and report which differ")
+    args = ap.parse_args(argv)
+    if args.check:
+        differ = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, build in VECTORS.items():
+                build(os.path.join(tmp, name))
+                same = open(os.path.join(tmp, name), "rb").read() == open(os.path.join(args.out, name), "rb").read()
+                print(f"{'same   ' if same else 'DIFFERS'} {name}")
+                differ += [] if same else [name]
+        return 1 if differ else 0
+    os.makedirs(args.out, exist_ok=True)
+    manifest_path = os.path.join(args.out, "manifest.json")
+    old = json.load(open(manifest_path)) if os.path.exists(manifest_path) else {}
+    rebuilt = set()
+    for name, build in VECTORS.items():
+        path = os.path.join(args.out, name)
+        if os.path.exists(path) and name not in args.force:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            build(os.path.join(tmp, name))
+            shutil.copyfile(os.path.join(tmp, name), path)
+        rebuilt.add(name)
+        print(f"wrote {name} ({os.path.getsize(path)} bytes)")
+    manifest = build_manifest(args.out, old, rebuilt)
+    with open(manifest_path, "w") as fh:
+        json.dump(manifest, fh, indent=1, ensure_ascii=False)  # key order = file order
         fh.write("\n")
-    print(f"wrote {len(VECTORS)} vectors to {out_dir}")
+    print(f"manifest: {len(manifest['vectors'])} vectors")
+    return 0
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    sys.exit(main())

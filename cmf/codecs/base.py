@@ -82,9 +82,13 @@ class Codec:
 
 
 def check_config_keys(name: str, config: Any, allowed: dict[str, type]) -> dict[str, Any]:
-    """Check that ``config`` is a map whose keys are all in ``allowed`` with the right types."""
+    """Check that ``config`` is a map with exactly the keys of ``allowed`` (every key is
+    required: a default would change how bytes decode), each of the right type."""
     if not isinstance(config, dict):
         raise FormatError(f"codec {name!r}: config must be a map, found {type(config).__name__}")
+    missing = sorted(set(allowed) - set(config))
+    if missing:
+        raise FormatError(f"codec {name!r}: config lacks required keys {missing}")
     for key, value in config.items():
         if key not in allowed:
             raise FormatError(

@@ -171,9 +171,6 @@ class Huffman(Codec):
     @classmethod
     def from_config(cls, config) -> "Huffman":
         check_config_keys(cls.name, config, {"chunk": int, "max_length": int})
-        missing = {"chunk", "max_length"} - set(config)
-        if missing:
-            raise _fail(f"config needs keys chunk and max_length, missing {sorted(missing)}")
         return cls(**config)
 
     def _target(self, spec: Spec) -> tuple[int, int, np.dtype]:

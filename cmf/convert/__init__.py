@@ -17,7 +17,8 @@ Source = SafetensorsSource | HFDirectorySource | GGUFSource
 
 
 def open_source(path: str | os.PathLike) -> Source:
-    """Open a model for packing: a safetensors file or a Hugging Face model directory."""
+    """Open a model for packing: a safetensors, GGUF or ONNX (``.onnx``) file, or a Hugging Face
+    model directory."""
     path = os.fspath(path)
     if os.path.isdir(path):
         return HFDirectorySource(path)
@@ -27,6 +28,10 @@ def open_source(path: str | os.PathLike) -> Source:
         magic = fh.read(4)
     if magic == b"GGUF":
         return GGUFSource(path)
+    if path.lower().endswith(".onnx"):
+        from .onnx import OnnxSource  # graph + weights; the graph becomes an attachment
+
+        return OnnxSource(path)
     return SafetensorsSource(path)
 
 
