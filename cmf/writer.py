@@ -155,6 +155,8 @@ class Writer:
         name = check_attachment_name(name)
         if any(a.name == name for a in self.index.attachments):
             raise CmfError(f"duplicate attachment name {name!r}")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise CmfError(f"attachment {name!r} must be bytes, found {type(data).__name__}")
         data = bytes(data)
         if len(data) > self.limits.max_attachment_bytes:
             raise CmfError(f"attachment {name!r} is over {self.limits.max_attachment_bytes} bytes")

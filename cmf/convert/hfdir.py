@@ -18,7 +18,7 @@ from ..errors import CmfError
 from .safetensors import SafetensorsSource
 
 SHARD_INDEX = "model.safetensors.index.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".gguf", ".h5", ".msgpack", ".npz", ".tflite")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".gguf", ".h5", ".msgpack", ".npz", ".tflite", ".cmf")
 MAX_SIDE_FILE = 64 << 20  # tokenizer.json of large vocabularies is tens of MB
 
 
