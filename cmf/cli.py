@@ -7,6 +7,7 @@ Bad input gives one line on stderr and a non-zero exit code (1: bad input or inv
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -26,8 +27,19 @@ from .validate import validate as validate_file
 from .writer import Writer
 
 
+def _json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats as the strings "inf", "-inf", "nan" (strict JSON has none)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+    click.echo(json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False))
 
 
 def _human_bytes(n: float) -> str:
@@ -154,6 +166,14 @@ def unpack(path: str, output: str | None, quiet: bool, as_json: bool) -> None:
         click.echo(f"wrote {', '.join(written)}")
 
 
+def _error_cell(error: dict | None) -> str:
+    """A lossy tensor's recorded relative RMSE ('-' for lossless; the map may hold anything)."""
+    value = (error or {}).get("rel_rmse")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-"
+    return f"{value:.2e}"
+
+
 def _write_attachment(directory: str, name: str, data: bytes) -> str:
     """Write attachment ``name`` under ``directory``, never through a symlink or outside it."""
     root = os.path.realpath(directory)
@@ -193,6 +213,7 @@ def info(path: str, as_json: bool) -> None:
                 "raw_bytes": raw,
                 "stored_bytes": stored,
                 "ratio": round(raw / stored, 4) if stored else None,
+                "error": dict(entry.error) if entry.error is not None else None,
             })
         raw_total = sum(r["raw_bytes"] for r in rows)
         summary = {
@@ -211,13 +232,13 @@ def info(path: str, as_json: bool) -> None:
     for r in rows:  # names come from the file: never let them print control characters
         r["shown"] = _printable(r["name"])
     width = min(max((len(r["shown"]) for r in rows), default=4), 60)
-    click.echo(f"{'name':<{width}}  {'dtype':<7} {'shape':<18} {'stored':>10} {'ratio':>7}  encoding")
+    click.echo(f"{'name':<{width}}  {'dtype':<7} {'shape':<18} {'stored':>10} {'ratio':>7} {'rel_rmse':>9}  encoding")
     for r in rows:
         shape = "x".join(map(str, r["shape"])) or "scalar"
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
         click.echo(
             f"{r['shown'][:width]:<{width}}  {r['dtype']:<7} {shape:<18} "
-            f"{_human_bytes(r['stored_bytes']):>10} {ratio:>7}  {r['encoding']}"
+            f"{_human_bytes(r['stored_bytes']):>10} {ratio:>7} {_error_cell(r['error']):>9}  {r['encoding']}"
         )
     click.echo(
         f"{summary['tensors']} tensors, {_human_bytes(raw_total)} raw -> "

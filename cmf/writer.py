@@ -32,6 +32,7 @@ from .index import (
     pack,
 )
 from .limits import DEFAULT_LIMITS, Limits
+from .metrics import error_stats
 from .pipeline import Encoder, Pending, PendingLeaf, best_bytes, encode_lossless
 from .plan.measure import decode_pending, is_lossy
 
@@ -137,8 +138,6 @@ class Writer:
         pending = (encoder or self.encoder)(array, spec)
         error = None
         if is_lossy(pending):
-            from .metrics import error_stats  # numeric helpers, only needed for lossy encodings
-
             error = error_stats(array, decode_pending(pending))
         return self._append(TensorEntry(name, spec, encoding=self._commit(pending), error=error))
 

@@ -1,8 +1,10 @@
 """Codecs: one module each, registered by name. Importing this package registers them all."""
 
 # Each import registers one codec (side effect); one line per module.
+from . import bitpack  # noqa: F401
 from . import byteplanes  # noqa: F401
 from . import huffman  # noqa: F401
+from . import quantize  # noqa: F401
 from . import raw  # noqa: F401
 from . import zstd  # noqa: F401
 from .base import ArraySpec, BytesSpec, Codec, Spec, Value

@@ -7,7 +7,11 @@ A codec turns one value into named *parts* and back:
   config => same bytes); ``from_config`` rejects unknown keys and bad values with CmfError;
 * ``resolve(spec) -> {part: spec}``: data-free; given the spec of the value this codec decodes
   to, the spec of each part (raises CmfError if the codec cannot produce that spec);
-* ``encode(value, spec) -> {part: value}`` and ``decode(parts, spec) -> value``: pure.
+* ``encode(value, spec) -> {part: value}`` and ``decode(parts, spec) -> value``: pure;
+* ``fit(value, spec, options) -> (codec, value)`` (optional, encoder side only): choose a config
+  from the data and encode-time *options* (a target rank energy, a sparsity, a codebook size),
+  returning the configured codec and the value it is to encode (transformed when fitting is
+  itself lossy, e.g. pruned). Recipes use it through ``{"codec": name, "fit": {...}}``.
 
 A value is a numpy array (ArraySpec) or a bytes-like object (BytesSpec). Decoders treat their
 input as hostile: they check every value that drives decoding and raise CmfError.
@@ -79,6 +83,17 @@ class Codec:
 
     def decode(self, parts: dict[str, Value], spec: Spec) -> Value:
         raise NotImplementedError
+
+    @classmethod
+    def check_fit(cls, options: Any) -> None:
+        """Raise CmfError unless ``options`` are fit options this codec accepts."""
+        raise FormatError(f"codec {cls.name!r} takes no fit options; give its 'config'")
+
+    @classmethod
+    def fit(cls, value: Value, spec: Spec, options: dict[str, Any]) -> tuple["Codec", Value]:
+        """The codec configured for ``value`` by ``options`` (checked by check_fit), and the
+        value to encode with it."""
+        raise FormatError(f"codec {cls.name!r} takes no fit options; give its 'config'")
 
 
 def check_config_keys(name: str, config: Any, allowed: dict[str, type]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ A TEMPLATE says how to encode one value (the tensor, or a part of a codec):
 * ``"stored"``   — bytes kept as they are (arrays go through ``raw``);
 * ``{"codec": NAME, "config": {...}, "parts": {PART: TEMPLATE}}`` — apply a codec, then each
   part by its template (parts not listed: ``"lossless"``);
+* ``{"codec": NAME, "fit": {...}, "parts": {...}}`` — the same, with the config chosen from the
+  data by the codec's ``fit`` (e.g. ``{"codec": "lowrank", "fit": {"rel_error": 0.05}}``);
 * ``{"choose": [TEMPLATE, ...]}`` — encode with each, keep the smallest.
 """
 
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..codecs import ArraySpec, Spec, Value, codec_from_config
+from ..codecs import ArraySpec, Spec, Value, codec_class, codec_from_config
 from ..codecs.raw import Raw
 from ..errors import CmfError
 from ..pipeline import Encoder, Pending, PendingLeaf, PendingNode, apply, best_bytes, encode_lossless
@@ -43,8 +45,13 @@ def check_template(t: Template, where: str = "template") -> None:
         for i, sub in enumerate(t["choose"]):
             check_template(sub, f"{where}.choose[{i}]")
         return
-    if isinstance(t, dict) and "codec" in t and set(t) <= {"codec", "config", "parts"}:
-        codec_from_config(t["codec"], t.get("config", {}))
+    if isinstance(t, dict) and "codec" in t and set(t) <= {"codec", "config", "fit", "parts"}:
+        if "fit" in t:
+            if "config" in t:
+                raise CmfError(f"{where}: give a codec's 'config' or its 'fit' options, not both")
+            codec_class(t["codec"]).check_fit(t["fit"])
+        else:
+            codec_from_config(t["codec"], t.get("config", {}))
         parts = t.get("parts", {})
         if not isinstance(parts, dict):
             raise CmfError(f"{where}: 'parts' must be a map")
@@ -53,7 +60,7 @@ def check_template(t: Template, where: str = "template") -> None:
         return
     raise CmfError(
         f"{where}: expected 'lossless', 'stored', {{'choose': [...]}} or "
-        f"{{'codec', 'config', 'parts'}}, found {json.dumps(t)[:200]}"
+        f"{{'codec', 'config' | 'fit', 'parts'}}, found {json.dumps(t)[:200]}"
     )
 
 
@@ -70,7 +77,10 @@ def encode_template(t: Template, value: Value, spec: Spec, level: int = 3) -> Pe
     if "choose" in t:
         candidates = [encode_template(sub, value, spec, level) for sub in t["choose"]]
         return min(candidates, key=lambda p: p.stored)
-    codec = codec_from_config(t["codec"], t.get("config", {}))
+    if "fit" in t:
+        codec, value = codec_class(t["codec"]).fit(value, spec, t["fit"])
+    else:
+        codec = codec_from_config(t["codec"], t.get("config", {}))
     part_templates = t.get("parts", {})
     part_specs = codec.resolve(spec)
     unknown = set(part_templates) - set(part_specs)

@@ -1,0 +1,46 @@
+"""Error of a lossy encoding, as recorded in a tensor's ``error`` map (spec/format.md §3.2).
+
+All metrics are computed in float64 over every element:
+
+* ``rel_rmse`` = ||x̂ - x|| / ||x||  (0 if both are 0; inf if only x is 0);
+* ``max_abs``  = max |x̂ - x|  (0 for an empty tensor);
+* ``sqnr_db``  = 10 log10(||x||² / ||x̂ - x||²)  (inf for an exact reconstruction).
+
+A non-finite value in either tensor makes the metrics it touches non-finite (NaN or inf); the
+quantizer rejects such inputs, so this only shows up for hand-made trees.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import CmfError
+
+
+def error_stats(original: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
+    """``{"rel_rmse", "max_abs", "sqnr_db"}`` of ``decoded`` against ``original`` (same shape;
+    any real dtypes, bf16 and fp8 included)."""
+    x = np.asarray(original)
+    y = np.asarray(decoded)
+    if x.shape != y.shape:
+        raise CmfError(f"error_stats: shapes differ: {list(x.shape)} and {list(y.shape)}")
+    try:
+        x64 = x.astype(np.float64).reshape(-1)
+        y64 = y.astype(np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise CmfError(f"error_stats: needs real arrays, found {x.dtype} and {y.dtype}") from None
+    if x64.size == 0:
+        return {"rel_rmse": 0.0, "max_abs": 0.0, "sqnr_db": math.inf}
+    with np.errstate(all="ignore"):
+        d = y64 - x64
+        noise = np.float64(np.dot(d, d))
+        signal = np.float64(np.dot(x64, x64))
+        max_abs = float(np.max(np.abs(d)))
+        if noise == 0.0:
+            rel, sqnr = 0.0, math.inf
+        else:
+            rel = float(np.sqrt(noise / signal))  # inf if the original is all zeros
+            sqnr = float(10.0 * np.log10(signal / noise))
+    return {"rel_rmse": rel, "max_abs": max_abs, "sqnr_db": sqnr}
