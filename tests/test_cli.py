@@ -26,7 +26,7 @@ PACK_FIELDS = {"source", "output", "tensors", "aliases", "recipe", "lossy_tensor
                "raw_bytes", "stored_bytes", "ratio", "seconds"}
 INFO_FIELDS = {"path", "version", "file_bytes", "tensors", "raw_bytes", "ratio", "attachments",
                "metadata", "tensor_list"}
-ROW_FIELDS = {"name", "dtype", "shape", "encoding", "raw_bytes", "stored_bytes", "ratio"}
+ROW_FIELDS = {"name", "dtype", "shape", "encoding", "raw_bytes", "stored_bytes", "ratio", "error"}
 VALIDATE_FIELDS = {"path", "valid", "errors", "warnings", "tensors_checked",
                    "attachments_checked", "segments_checked"}
 

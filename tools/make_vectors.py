@@ -402,6 +402,94 @@ def foreign_writer_vector(path: str) -> Expect:
     )
 
 
+def _f32(x: Any) -> np.ndarray:
+    return np.asarray(x).astype(np.float32)
+
+
+def quantize_vector(path: str) -> Expect:
+    """The ``quantize`` codec with ``bitpack`` code leaves (no zstd): every scheme, scale dtype,
+    axis form, a partial last block, 1-, 3-, 4-, 8- and 12-bit codes and a double-quantized scale.
+    The codes and scales are made here; the expected values come from spec/codecs/quantize.md's
+    formulas computed with numpy float32 (one rounding per operation), not from cmf's decoder."""
+    from cmf.codecs import ArraySpec as A
+    from cmf.codecs.bitpack import BitPack
+    from cmf.codecs.quantize import Quantize
+    from cmf.dtypes import BY_NAME
+    from cmf.pipeline import PendingLeaf, PendingNode, apply
+    from cmf.writer import Writer
+
+    rng = np.random.default_rng(17)
+    stored = lambda v, s: PendingLeaf(v, s)  # noqa: E731
+
+    def leaf_raw(array: np.ndarray, name: str) -> Any:
+        from cmf.codecs.raw import Raw
+        return apply(Raw(), array, A(BY_NAME[name], array.shape), stored)
+
+    def codes(bits: int, shape: tuple[int, ...]) -> tuple[np.ndarray, Any]:
+        u = rng.integers(0, 2**bits, shape).astype(np.uint8 if bits <= 8 else np.uint16)
+        return u, apply(BitPack(bits=bits), u, A(BY_NAME["u8" if bits <= 8 else "u16"], shape), stored)
+
+    def cast(v32: np.ndarray, dtype: str) -> np.ndarray:
+        return v32.astype({"f32": np.float32, "f64": np.float64, "f16": np.float16, "bf16": ml_dtypes.bfloat16}[dtype])
+
+    tensors: dict[str, np.ndarray] = {}
+    pendings: dict[str, tuple[A, Any]] = {}
+
+    # symmetric, 8 bits, one f16 scale per row (axis -1, block 0), f32 tensor; negative scales too
+    u, q = codes(8, (6, 40))
+    s = (rng.standard_normal((6, 1)) * 0.02).astype(np.float16)
+    v = _f32(s) * _f32(u.astype(np.int32) - 128)
+    spec = A(BY_NAME["f32"], (6, 40))
+    pendings["sym8_rows_f32"] = (spec, PendingNode(Quantize(bits=8, block=0, axis=-1, scheme="symmetric", scale_dtype="f16", search=False), {"q": q, "scale": leaf_raw(s, "f16")}, spec))
+    tensors["sym8_rows_f32"] = cast(v, "f32")
+
+    # asymmetric, 4 bits, bf16 scale and min, groups of 16 along rows of 50 (last group: 2), bf16 tensor
+    u, q = codes(4, (3, 50))
+    s = np.abs(rng.standard_normal((3, 4)) * 0.1).astype(ml_dtypes.bfloat16)
+    m = (rng.standard_normal((3, 4)) * 0.5).astype(ml_dtypes.bfloat16)
+    per = lambda p: np.repeat(_f32(p), 16, axis=1)[:, :50]  # noqa: E731  block j covers 16j..16j+15
+    v = (per(s) * _f32(u)).astype(np.float32) + per(m)
+    spec = A(BY_NAME["bf16"], (3, 50))
+    pendings["asym4_g16_bf16"] = (spec, PendingNode(Quantize(bits=4, block=16, axis=-1, scheme="asymmetric", scale_dtype="bf16", search=False), {"q": q, "scale": leaf_raw(s, "bf16"), "min": leaf_raw(m, "bf16")}, spec))
+    tensors["asym4_g16_bf16"] = cast(v, "bf16")
+
+    # zero point, 3 bits, blocks of 4 down the columns (axis 0) of a (10, 7) f16 tensor, f32 scales
+    u, q = codes(3, (10, 7))
+    z = rng.integers(0, 8, (3, 7)).astype(np.uint8)
+    s = (rng.standard_normal((3, 7)) * 3).astype(np.float32)
+    down = lambda p: np.repeat(p, 4, axis=0)[:10]  # noqa: E731
+    v = _f32(s)[np.arange(10) // 4] * _f32(u.astype(np.int32) - down(z).astype(np.int32))
+    spec = A(BY_NAME["f16"], (10, 7))
+    zleaf = apply(BitPack(bits=8), z, A(BY_NAME["u8"], z.shape), stored)
+    pendings["zp3_cols_f16"] = (spec, PendingNode(Quantize(bits=3, block=4, axis=0, scheme="zero_point", scale_dtype="f32", search=False), {"q": q, "scale": leaf_raw(s, "f32"), "zero": zleaf}, spec))
+    tensors["zp3_cols_f16"] = cast(v, "f16")
+
+    # symmetric, 12 bits (u16 codes), whole tensor flattened (axis nil), f64 tensor
+    u, q = codes(12, (2, 3, 5))
+    s = np.array([1.5e-3], np.float32)
+    v = _f32(s) * _f32(u.astype(np.int32) - 2048)
+    spec = A(BY_NAME["f64"], (2, 3, 5))
+    pendings["sym12_flat_f64"] = (spec, PendingNode(Quantize(bits=12, block=0, axis=None, scheme="symmetric", scale_dtype="f32", search=False), {"q": q, "scale": leaf_raw(s, "f32")}, spec))
+    tensors["sym12_flat_f64"] = cast(v, "f64")
+
+    # 1-bit symmetric in groups of 8; the f16 scales are themselves quantized (8 bits, per tensor)
+    u, q = codes(1, (4, 24))
+    su, sq = codes(8, (4, 3))
+    ss = np.array([2.0**-9], np.float32)
+    s16 = (_f32(ss) * _f32(su.astype(np.int32) - 128)).astype(np.float16)  # the inner decode
+    v = np.repeat(_f32(s16), 8, axis=1) * _f32(u.astype(np.int32) - 1)
+    sspec = A(BY_NAME["f16"], (4, 3))
+    inner = PendingNode(Quantize(bits=8, block=0, axis=None, scheme="symmetric", scale_dtype="f32", search=False), {"q": sq, "scale": leaf_raw(ss, "f32")}, sspec)
+    spec = A(BY_NAME["f32"], (4, 24))
+    pendings["sym1_doubleq_f32"] = (spec, PendingNode(Quantize(bits=1, block=8, axis=-1, scheme="symmetric", scale_dtype="f16", search=False), {"q": q, "scale": inner}, spec))
+    tensors["sym1_doubleq_f32"] = cast(v, "f32")
+
+    with Writer(path) as w:
+        for name, (spec, pending) in pendings.items():
+            w.add_encoded(name, spec, pending)
+    return _expect(tensors)
+
+
 # ----------------------------------------------------------------------------- the list
 
 VECTORS: dict[str, Callable[[str], Expect]] = {
@@ -413,6 +501,7 @@ VECTORS: dict[str, Callable[[str], Expect]] = {
     "empty.cmf": empty_vector,
     "specials.cmf": specials_vector,
     "foreign_writer.cmf": foreign_writer_vector,
+    "quantize.cmf": quantize_vector,
 }
 CRAFTED = {"foreign_writer.cmf"}
 
