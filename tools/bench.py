@@ -1,6 +1,13 @@
 """Side-by-side benchmarks for cmf.
 
     python tools/bench.py [container] [--repeat N] [--json] [--model PATH] [--generated]
+    python tools/bench.py codecs [--repeat N] [--json] [--model PATH] [--generated]
+
+``codecs`` compares lossy encodings of the model's 2-D float weights (the tensors GGUF
+quantizes): gguf-py's quantizers (Q8_0, Q5_1, Q5_0, Q4_1, Q4_0), the same GGUF blocks kept by
+cmf with entropy-coded codes, and cmf's presets and recipes. It prints bits per weight, the
+error (relative RMSE over all weights, and SQNR), encode time and decode time relative to
+``safetensors.numpy.load_file`` of the same fp32 weights.
 
 ``container`` (the default subcommand) packs and loads one model with every method below and
 prints, for the model as stored (fp32 for MiniLM) and for a bf16 view of it (floats cast with
@@ -500,11 +507,127 @@ def cmd_container(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- codecs
+
+
+def _q(bits: int, block: int, scheme: str = "symmetric", codes: Any = None) -> dict[str, Any]:
+    """A quantize template (cmf/plan/presets.py's code choice unless ``codes`` is given)."""
+    from cmf.plan.presets import _codes
+
+    return {"codec": "quantize",
+            "config": {"bits": bits, "block": block, "axis": -1, "scheme": scheme, "scale_dtype": "f16", "search": True},
+            "parts": {"q": codes or _codes(bits)}}
+
+
+def codec_recipes() -> dict[str, Any]:
+    """label -> cmf preset name or recipe (applied to every 2-D float weight)."""
+    one = lambda t: {"rules": [{"match": "*", "encoding": t}]}  # noqa: E731
+    return {
+        "cmf q8 (preset)": "q8",
+        "cmf q4 (preset)": "q4",
+        "cmf q8 g32": one(_q(8, 32)),
+        "cmf q5 g32": one(_q(5, 32)),
+        "cmf q4 g32 asym": one(_q(4, 32, "asymmetric")),
+        "cmf q4 g64": one(_q(4, 64)),
+        "cmf q3 g32": one(_q(3, 32)),
+        "cmf q4 g32 rtn": one({**_q(4, 32), "config": {**_q(4, 32)["config"], "search": False}}),
+    }
+
+
+def _error(orig: Tensors, got: Tensors) -> tuple[float, float]:
+    """(relative RMSE over all weights, SQNR dB)."""
+    noise = sum(float(np.sum((got[k].astype(np.float64) - v.astype(np.float64)) ** 2)) for k, v in orig.items())
+    signal = sum(float(np.sum(v.astype(np.float64) ** 2)) for v in orig.values())
+    rel = (noise / signal) ** 0.5
+    return rel, (10 * np.log10(signal / noise) if noise else float("inf"))
+
+
+def bench_codecs(weights: Tensors, repeat: int, work: str, log: Callable[[str], None]) -> list[dict]:
+    """One row per method: bits/weight, error, encode s, decode s and decode/safetensors."""
+    import gguf
+    from gguf import quants
+
+    from cmf.codecs.ggml import gguf_tensor_to_pending
+    from cmf.writer import Writer
+
+    numel = sum(v.size for v in weights.values())
+    st_path = os.path.join(work, "weights.safetensors")
+    st_save_file(weights, st_path)
+    st_load = statistics.median(_timed(lambda: st_load_file(st_path)) for _ in range(repeat))
+    rows = []
+
+    def row(method: str, nbytes: int, got: Tensors, enc: float, dec: float) -> None:
+        rel, sqnr = _error(weights, got)
+        rows.append({"method": method, "bits_per_weight": nbytes * 8 / numel, "rel_rmse": rel, "sqnr_db": sqnr,
+                     "encode_s": enc, "decode_s": dec, "decode_vs_safetensors": dec / st_load})
+        log(f"  {method}: {nbytes * 8 / numel:.3f} bits/weight, rel_rmse {rel:.5f}")
+
+    for tname in ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"):
+        qt = getattr(gguf.GGMLQuantizationType, tname)
+        t0 = time.perf_counter()
+        blocks = {k: quants.quantize(v, qt) for k, v in weights.items()}
+        enc = time.perf_counter() - t0
+        decs, got = [], {}
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            got = {k: quants.dequantize(b, qt).reshape(weights[k].shape) for k, b in blocks.items()}
+            decs.append(time.perf_counter() - t0)
+        row(f"gguf-py {tname}", sum(b.nbytes for b in blocks.values()), got, enc, statistics.median(decs))
+        if tname in ("Q8_0", "Q4_0", "Q5_0"):  # the same blocks, kept by cmf and entropy coded
+            path = os.path.join(work, f"kept-{tname}.cmf")
+            t0 = time.perf_counter()
+            with Writer(path) as w:
+                for k, b in blocks.items():
+                    pending = gguf_tensor_to_pending(b, qt, weights[k].shape)
+                    w.add_encoded(k, pending.spec, pending)
+            enc_kept = enc + time.perf_counter() - t0
+            dec = statistics.median(_timed(lambda: cmf.load_file(path)) for _ in range(repeat))
+            kept = cmf.load_file(path)
+            assert all(np.array_equal(kept[k].view(np.uint32), got[k].view(np.uint32)) for k in got), tname
+            row(f"cmf kept {tname}", os.path.getsize(path), kept, enc_kept, dec)
+    for label, recipe in codec_recipes().items():
+        path = os.path.join(work, "recipe.cmf")
+        kw = {"preset": recipe} if isinstance(recipe, str) else {"recipe": recipe}
+        enc = _timed(lambda: cmf.save_file(weights, path, **kw))
+        dec = statistics.median(_timed(lambda: cmf.load_file(path)) for _ in range(repeat))
+        row(label, os.path.getsize(path), cmf.load_file(path), enc, dec)
+    return rows
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def cmd_codecs(args: argparse.Namespace) -> int:
+    log = (lambda s: print(s, file=sys.stderr)) if not args.json else (lambda s: None)
+    path = None if args.generated else (args.model or minilm_path())
+    tensors = generated_model() if path is None else st_load_file(path)
+    weights = {k: v.astype(np.float32) for k, v in tensors.items()
+               if v.ndim == 2 and v.dtype.kind == "f" and v.shape[-1] % 32 == 0 and v.size >= 4096}
+    with tempfile.TemporaryDirectory(prefix="cmf-bench-") as work:
+        rows = bench_codecs(weights, args.repeat, work, log)
+    meta = {"model": path or "generated", "weights": len(weights),
+            "parameters": sum(v.size for v in weights.values()), "repeat": args.repeat}
+    if args.json:
+        print(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+        return 0
+    print(f"model: {meta['model']}: {meta['weights']} 2-D weights, {meta['parameters'] / 1e6:.1f} M parameters")
+    print(f"medians of {args.repeat} decodes; decode/st = decode time / safetensors.numpy.load_file of the fp32 weights")
+    print(f"{'method':<20} {'bits/w':>7} {'rel_rmse':>9} {'SQNR dB':>8} {'enc s':>7} {'dec s':>7} {'dec/st':>7}")
+    for r in rows:
+        print(f"{r['method']:<20} {r['bits_per_weight']:>7.3f} {r['rel_rmse']:>9.5f} {r['sqnr_db']:>8.2f} "
+              f"{r['encode_s']:>7.2f} {r['decode_s']:>7.3f} {r['decode_vs_safetensors']:>6.1f}x")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
     c = sub.add_parser("container", help="cmf vs zstd, byte planes, ZipNN, safetensors (default)")
-    for p, top in ((parser, True), (c, False)):  # options go before or after the subcommand
+    k = sub.add_parser("codecs", help="lossy: cmf presets/recipes vs gguf-py quantizers")
+    for p, top in ((parser, True), (c, False), (k, False)):  # options go before or after the subcommand
         def opt(*names: str, default: Any, **kw: Any) -> None:
             p.add_argument(*names, default=default if top else argparse.SUPPRESS, **kw)
 
@@ -517,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    return cmd_container(args)
+    return cmd_codecs(args) if args.command == "codecs" else cmd_container(args)
 
 
 if __name__ == "__main__":
