@@ -26,21 +26,35 @@ def error_stats(original: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
     y = np.asarray(decoded)
     if x.shape != y.shape:
         raise CmfError(f"error_stats: shapes differ: {list(x.shape)} and {list(y.shape)}")
-    try:
-        x64 = x.astype(np.float64).reshape(-1)
-        y64 = y.astype(np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise CmfError(f"error_stats: needs real arrays, found {x.dtype} and {y.dtype}") from None
-    if x64.size == 0:
+    if not (_real(x.dtype) and _real(y.dtype)):
+        raise CmfError(f"error_stats: needs real arrays, found {x.dtype} and {y.dtype}")
+    x, y = x.reshape(-1), y.reshape(-1)
+    if x.size == 0:
         return {"rel_rmse": 0.0, "max_abs": 0.0, "sqnr_db": math.inf}
+    noise = signal = max_abs = np.float64(0.0)
     with np.errstate(all="ignore"):
-        d = y64 - x64
-        noise = np.float64(np.dot(d, d))
-        signal = np.float64(np.dot(x64, x64))
-        max_abs = float(np.max(np.abs(d)))
+        for start in range(0, x.size, _CHUNK):  # float64 scratch of one chunk, not of the tensor
+            x64 = x[start : start + _CHUNK].astype(np.float64)
+            d = y[start : start + _CHUNK].astype(np.float64) - x64
+            noise += np.dot(d, d)
+            signal += np.dot(x64, x64)
+            max_abs = np.maximum(max_abs, np.max(np.abs(d)))  # NaN propagates
         if noise == 0.0:
             rel, sqnr = 0.0, math.inf
         else:
             rel = float(np.sqrt(noise / signal))  # inf if the original is all zeros
             sqnr = float(10.0 * np.log10(signal / noise))
+    max_abs = float(max_abs)
     return {"rel_rmse": rel, "max_abs": max_abs, "sqnr_db": sqnr}
+
+
+_CHUNK = 1 << 20
+
+
+def _real(dtype: np.dtype) -> bool:
+    """Ints, bools and real floats (ml_dtypes' bf16/fp8 included); not complex or objects."""
+    try:
+        np.zeros(1, dtype).astype(np.float64)
+    except (TypeError, ValueError):
+        return False
+    return dtype.kind in "biuf" or dtype.kind == "V" and dtype.itemsize <= 2
