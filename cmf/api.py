@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .limits import DEFAULT_LIMITS, Limits
-from .plan.recipe import encoder_for, resolve_recipe
+from .plan.recipe import encoder_for, prepare, resolve_recipe
 from .reader import CmfFile
 from .writer import Writer
 
@@ -30,6 +30,7 @@ def save_file(
     cmf.plan.recipe, or a path to a JSON recipe) says otherwise.
     """
     chosen, fallback = resolve_recipe(preset, recipe)
+    chosen = prepare(chosen, tensors.items(), level)  # fits shared groups (a no-op without)
     with Writer(path, metadata=dict(metadata or {}), level=level) as w:
         for name, array in tensors.items():
             w.add_tensor(name, array, encoder_for(chosen, name, level, fallback))

@@ -21,7 +21,7 @@ from .convert import Encoded, open_source, write_safetensors
 from .errors import CmfError
 from .index import iter_leaves
 from .pipeline import describe
-from .plan.recipe import encoder_for, resolve_recipe
+from .plan.recipe import encoder_for, prepare, resolve_recipe
 from .reader import CmfFile
 from .validate import validate as validate_file
 from .writer import Writer
@@ -84,6 +84,7 @@ def pack(source: str, output: str | None, preset: str | None, recipe_path: str |
     """Pack a model (.safetensors, .gguf or .onnx file, or Hugging Face model directory) into one .cmf file."""
     recipe, fallback = resolve_recipe(preset, recipe_path)
     src = open_source(source)
+    recipe = prepare(recipe, src.items(), level)  # a first pass only for shared groups
     if output is None:
         base = source.rstrip("/" + os.sep)
         output = (base if os.path.isdir(source) else os.path.splitext(base)[0]) + ".cmf"
@@ -131,13 +132,20 @@ def pack(source: str, output: str | None, preset: str | None, recipe_path: str |
 @main.command()
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str), help="Output .safetensors, .onnx (a model packed from ONNX), or a directory (ends with /) for model.safetensors + attachments.")
+@click.option("--dtype", "cast", type=click.Choice(["bf16", "f16", "f32"]), help="Cast float tensors to this dtype (ints and bools untouched; default: each tensor's own dtype).")
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def unpack(path: str, output: str | None, quiet: bool, as_json: bool) -> None:
-    """Unpack a .cmf file back to safetensors, or to ONNX if packed from ONNX (bit-exact for lossless files)."""
+def unpack(path: str, output: str | None, cast: str | None, quiet: bool, as_json: bool) -> None:
+    """Unpack a .cmf file back to safetensors, or to ONNX if packed from ONNX (bit-exact for lossless files).
+
+    With --dtype, float tensors (f64, f32, f16, bf16, fp8) are converted to that dtype
+    (round to nearest even; overflow to infinity); integer and bool tensors are written as stored.
+    """
     with CmfFile(path) as f:
         output = output or os.path.splitext(path)[0] + ".safetensors"
         if output.lower().endswith(".onnx") and not os.path.isdir(output):
+            if cast is not None:  # the skeleton's markers pin each weight's data type
+                raise click.UsageError("--dtype applies to safetensors output, not ONNX")
             from .convert.onnx import write_onnx  # graph from the attachment, weights from tensors
 
             written = write_onnx(f, output)
@@ -154,8 +162,24 @@ def unpack(path: str, output: str | None, quiet: bool, as_json: bool) -> None:
                 raise CmfError(f"refusing to write attachment {clash[0]!r} over {target}")
             os.makedirs(output, exist_ok=True)
         specs = [(name, f.spec(name)) for name in f.keys()]
+        get: Callable[[str], Any] = f.get_tensor
+        if cast is not None:
+            import numpy as np
+
+            from .codecs import ArraySpec
+            from .dtypes import BY_NAME
+
+            to = BY_NAME[cast]
+            specs = [(n, ArraySpec(to, s.shape) if s.dtype.is_float else s) for n, s in specs]
+            wanted = {n: s.dtype.numpy for n, s in specs}
+
+            def get_cast(name: str) -> Any:  # one tensor at a time, as write_safetensors asks
+                with np.errstate(over="ignore"):  # overflow to infinity is the contract
+                    return f.get_tensor(name).astype(wanted[name], copy=False)
+
+            get = get_cast
         with _progress(f.keys(), "unpacking", quiet or as_json) as bar:
-            write_safetensors(target, specs, f.get_tensor, f.metadata(), lambda _: bar.update(1))
+            write_safetensors(target, specs, get, f.metadata(), lambda _: bar.update(1))
         written = [target]
         if to_dir:
             for name in f.attachments():
@@ -270,6 +294,12 @@ def validate(path: str, as_json: bool, quiet: bool) -> None:
             f"{report.tensors_checked} tensors, {report.attachments_checked} attachments checked"
         )
     sys.exit(0 if report.valid else 1)
+
+
+from .cli_runtime import eval_command, run_command  # noqa: E402  (cmf run, cmf eval: cmf.runtime)
+
+main.add_command(run_command)
+main.add_command(eval_command)
 
 
 def run(argv: list[str] | None = None) -> None:

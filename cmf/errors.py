@@ -22,3 +22,8 @@ class LimitError(CmfError):
 
 class UnsupportedError(CmfError):
     """A feature this reader does not implement: major version, flags, codec name, dtype."""
+
+
+class FitRefused(CmfError):
+    """An encoder's ``fit`` declines a tensor (e.g. low rank would save nothing): a recipe's
+    ``choose`` then tries its other candidates."""

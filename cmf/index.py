@@ -22,7 +22,8 @@ from .limits import Limits
 
 MAX_DIM = 1 << 53
 MAX_ATTACHMENT_NAME = 4096
-TOP_LEVEL_KEYS = ("segments", "tensors", "attachments", "metadata")
+TOP_LEVEL_KEYS = ("segments", "shared", "tensors", "attachments", "metadata")
+SHARED_MINOR = 1  # the minor version that defines shared values (spec §3.5, §8)
 
 
 # ----------------------------------------------------------------------------- objects
@@ -50,7 +51,23 @@ class CodecNode:
     spec: Spec
 
 
-Node = Union[Leaf, CodecNode]
+@dataclass(frozen=True)
+class SharedRef:
+    """The value of ``shared[index]`` (spec §3.5); ``spec`` equals that value's spec."""
+
+    index: int
+    spec: ArraySpec
+
+
+Node = Union[Leaf, CodecNode, SharedRef]
+
+
+@dataclass(frozen=True)
+class SharedEntry:
+    """A shared value: an array stored once, referenced by :class:`SharedRef` nodes."""
+
+    spec: ArraySpec
+    encoding: Node  # never contains a SharedRef
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,7 @@ class Attachment:
 @dataclass
 class Index:
     segments: list[Segment] = field(default_factory=list)
+    shared: list[SharedEntry | None] = field(default_factory=list)  # None: failed to parse
     tensors: list[TensorEntry] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -193,8 +211,17 @@ def pack(index: Index) -> bytes:
     """Serialize ``index`` to msgpack bytes (the writer's side)."""
     obj: dict[str, Any] = {
         "segments": [[s.offset, s.length, s.crc32c] for s in index.segments],
-        "tensors": [_tensor_obj(t) for t in index.tensors],
     }
+    if index.shared:
+        obj["shared"] = [
+            {
+                "dtype": e.spec.dtype.name,
+                "shape": list(e.spec.shape),
+                "encoding": node_obj(e.encoding),
+            }
+            for e in index.shared
+        ]
+    obj["tensors"] = [_tensor_obj(t) for t in index.tensors]
     if index.attachments:
         obj["attachments"] = [
             {"name": a.name, "size": a.size, "encoding": node_obj(a.encoding)}
@@ -219,6 +246,8 @@ def _tensor_obj(t: TensorEntry) -> dict[str, Any]:
 def node_obj(node: Node) -> dict[str, Any]:
     if isinstance(node, Leaf):
         return {"segment": node.segment}
+    if isinstance(node, SharedRef):
+        return {"shared": node.index}
     return {
         "codec": node.codec.name,
         "config": node.codec.to_config(),
@@ -279,14 +308,23 @@ def _shape(value: Any, limits: Limits) -> tuple[int, ...]:
 
 
 class _TreeParser:
-    """Parses encoding trees, resolving specs and counting segment references."""
+    """Parses encoding trees, resolving specs and counting segment and shared references.
+
+    ``shared`` holds the parsed shared values, None for one that failed to parse (a reference
+    to it is an error too) and is filled in before any tensor tree is parsed."""
 
     def __init__(self, segments: list[Segment], limits: Limits) -> None:
         self.segments = segments
         self.limits = limits
         self.refs = [0] * len(segments)
+        self.shared: list[SharedEntry | None] = []
+        self.shared_refs: list[int] = []
 
-    def parse(self, obj: Any, spec: Spec, where: str, depth: int = 0) -> Node:
+    def parse(
+        self, obj: Any, spec: Spec, where: str, depth: int = 0, in_shared: bool = False
+    ) -> Node:
+        if isinstance(obj, dict) and "shared" in obj and "segment" not in obj:
+            return self._shared_ref(obj, spec, where, in_shared)
         if isinstance(obj, dict) and "segment" in obj:
             _map(obj, f"{where}: leaf", ("segment",))
             i = _uint(obj["segment"], f"{where}: segment number", max(len(self.segments), 1))
@@ -313,10 +351,60 @@ class _TreeParser:
                 f"{where}: codec {codec.name!r} has parts {found}, expected {sorted(part_specs)}"
             )
         children = {
-            name: self.parse(parts[name], part_specs[name], f"{where}/{name}", depth + 1)
+            name: self.parse(parts[name], part_specs[name], f"{where}/{name}", depth + 1, in_shared)
             for name in part_specs
         }
         return CodecNode(codec, children, spec)
+
+    def _shared_ref(self, obj: dict, spec: Spec, where: str, in_shared: bool) -> SharedRef:
+        _map(obj, f"{where}: shared reference", ("shared",))
+        if in_shared:
+            raise FormatError(
+                f"{where}: a shared value's encoding must not reference a shared value"
+            )
+        count = len(self.shared)
+        i = _uint(obj["shared"], f"{where}: shared value number", 1 << 64)
+        if i >= count:
+            raise FormatError(f"{where}: shared value {i} does not exist ({count} in the index)")
+        entry = self.shared[i]
+        if entry is None:
+            raise FormatError(f"{where}: shared value {i} is invalid (reported above)")
+        if spec != entry.spec:
+            raise FormatError(
+                f"{where}: shared value {i} is {entry.spec.describe()}, {spec.describe()} expected"
+            )
+        self.shared_refs[i] += 1
+        return SharedRef(i, entry.spec)
+
+    def shared_values(self, obj: Any, problems: "Problems") -> list[SharedEntry | None]:
+        """Parse the top-level ``shared`` array (spec §3.5); bad entries go to ``problems``
+        and are None in the result (only a collecting sink gets that far)."""
+        if not isinstance(obj, list):
+            raise FormatError(f"index 'shared' must be an array, found {type(obj).__name__}")
+        if len(obj) > self.limits.max_shared:
+            raise LimitError(f"{len(obj)} shared values exceed the limit {self.limits.max_shared}")
+        self.shared = [None] * len(obj)
+        self.shared_refs = [0] * len(obj)
+        total = 0
+        for i, item in enumerate(obj):
+            where = f"shared value {i}"
+            try:
+                e = _map(item, where, ("dtype", "shape", "encoding"))
+                try:
+                    spec = ArraySpec(dtypes.by_name(e["dtype"]), _shape(e["shape"], self.limits))
+                except CmfError as exc:
+                    raise type(exc)(f"{where}: {exc}") from None
+                total += spec.nbytes
+                if total > self.limits.max_shared_bytes:
+                    raise LimitError(
+                        f"{where}: shared values decode to more than "
+                        f"{self.limits.max_shared_bytes} bytes together (the reader keeps them)"
+                    )
+                node = self.parse(e["encoding"], spec, where, in_shared=True)
+                self.shared[i] = SharedEntry(spec, node)
+            except CmfError as exc:
+                problems.error(exc)
+        return list(self.shared)
 
 
 def _segments(obj: Any, index_offset: int | None) -> list[Segment]:
@@ -399,6 +487,8 @@ def parse_index(
         problems.warn(f"index has unknown top-level key {key[:100]!r} (ignored)")
     index.segments = _segments(top["segments"], index_offset)
     trees = _TreeParser(index.segments, limits)
+    if "shared" in top:
+        index.shared = trees.shared_values(top["shared"], problems)
 
     tensors = top["tensors"]
     if not isinstance(tensors, list):
@@ -448,6 +538,9 @@ def parse_index(
         if count > 1 or (count == 0 and entries_ok):
             state = "not referenced" if count == 0 else f"referenced {count} times"
             problems.error(FormatError(f"segment {i} is {state}; each must be used exactly once"))
+    for i, count in enumerate(trees.shared_refs):
+        if count == 0 and entries_ok:
+            problems.error(FormatError(f"shared value {i} is not referenced; each must be used"))
     return index
 
 
@@ -491,9 +584,10 @@ def _error_stats(value: Any, where: str) -> dict[str, float] | None:
 
 
 def iter_leaves(node: Node) -> Iterator[Leaf]:
+    """The leaves of ``node``'s own tree (not those of shared values it references)."""
     if isinstance(node, Leaf):
         yield node
-    else:
+    elif isinstance(node, CodecNode):
         for child in node.parts.values():
             yield from iter_leaves(child)
 

@@ -21,6 +21,8 @@ class Limits:
     max_tensors: int = 1_000_000
     max_name_bytes: int = 1024
     max_metadata_depth: int = 8
+    max_shared: int = 65_536  # shared values in the index (spec §3.5)
+    max_shared_bytes: int = 1 * GiB  # their decoded sizes together (a reader caches them)
 
 
 DEFAULT_LIMITS = Limits()

@@ -1,7 +1,10 @@
 """Encode a tensor as a codec tree, and decode a tree back (DESIGN.md, spec/format.md §5).
 
 Encoding builds a *pending* tree whose leaves hold bytes not yet written; the writer turns them
-into segments. Decoding walks a parsed tree bottom-up, fetching (CRC-checked) segment bytes.
+into segments. A :class:`PendingShared` node stands for a :class:`SharedValue` (an array stored
+once in the file, spec/format.md §3.5): the writer writes the value's own tree when it first
+commits a reference to it. Decoding walks a parsed tree bottom-up, fetching (CRC-checked)
+segment bytes, and shared values through a callback (the reader decodes each once).
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from .codecs import ArraySpec, BytesSpec, Codec, Spec, Value
 from .codecs.byteplanes import BytePlanes
 from .codecs.raw import Raw
 from .codecs.zstd import Zstd
-from .errors import FormatError, LimitError
-from .index import CodecNode, Leaf, Node
+from .errors import CmfError, FormatError, LimitError
+from .index import CodecNode, Leaf, Node, SharedRef
 from .limits import Limits
 
 
@@ -43,8 +46,94 @@ class PendingNode:
         return sum(p.stored for p in self.parts.values())
 
 
-Pending = Union[PendingLeaf, PendingNode]
+class SharedValue:
+    """An array to be stored once and referenced from many trees (``PendingShared``).
+
+    ``encoding`` is its own pending tree (lossless by default); it must not reference shared
+    values. Compared by identity: two SharedValue objects are two shared values in the file.
+    """
+
+    def __init__(
+        self,
+        value: np.ndarray,
+        encoding: "Pending | None" = None,
+        *,
+        level: int = 3,
+        label: str = "",
+    ) -> None:
+        from . import dtypes
+
+        array = np.array(value, copy=True)  # private and read-only: it is decoded from here
+        self.spec = ArraySpec(dtypes.of_array(array), tuple(int(d) for d in array.shape))
+        array = np.ascontiguousarray(array, dtype=self.spec.dtype.numpy).reshape(self.spec.shape)
+        array.setflags(write=False)
+        self.value = array
+        if encoding is None:
+            encoding = encode_lossless(array, self.spec, level)
+        self.encoding: Pending = encoding
+        if self.encoding.spec != self.spec:
+            raise CmfError(
+                f"shared value: encoding decodes to {self.encoding.spec.describe()}, "
+                f"{self.spec.describe()} expected"
+            )
+        if _has_shared(self.encoding):
+            raise CmfError("shared value: its encoding must not reference shared values")
+        self.label = label
+
+    def __repr__(self) -> str:
+        return f"SharedValue({self.label or '?'}: {self.spec.describe()})"
+
+
+@dataclass(frozen=True, eq=False)
+class PendingShared:
+    """A reference to ``target`` standing for a part (or a whole tensor) of the same spec."""
+
+    target: SharedValue
+    spec: ArraySpec
+
+    def __post_init__(self) -> None:
+        if self.spec != self.target.spec:
+            raise CmfError(
+                f"shared reference: {self.target.spec.describe()} cannot stand for "
+                f"{self.spec.describe()}"
+            )
+
+    @property
+    def stored(self) -> int:
+        return 0  # stored once, with the shared value
+
+
+Pending = Union[PendingLeaf, PendingNode, PendingShared]
 Encoder = Callable[[np.ndarray, ArraySpec], Pending]
+
+
+def shared_ref(target: SharedValue) -> PendingShared:
+    return PendingShared(target, target.spec)
+
+
+def _has_shared(p: Pending) -> bool:
+    if isinstance(p, PendingShared):
+        return True
+    return isinstance(p, PendingNode) and any(_has_shared(c) for c in p.parts.values())
+
+
+def decode_pending(p: Pending) -> Value:
+    """The value ``p`` decodes to, exactly as a reader would decode the written tree."""
+    if isinstance(p, PendingLeaf):
+        return bytes(memoryview(p.data).cast("B")) if not isinstance(p.data, bytes) else p.data
+    if isinstance(p, PendingShared):
+        return p.target.value
+    parts = {name: decode_pending(child) for name, child in p.parts.items()}
+    return p.codec.decode(parts, p.spec)
+
+
+def is_lossy(p: Pending) -> bool:
+    """True if any codec in the tree (shared values included) is lossy."""
+    if isinstance(p, PendingLeaf):
+        return False
+    if isinstance(p, PendingShared):
+        return is_lossy(p.target.encoding)
+    return (not p.codec.lossless) or any(is_lossy(c) for c in p.parts.values())
 
 
 def apply(codec: Codec, value: Value, spec: Spec, encode_part: Callable[[Value, Spec], Pending]) -> PendingNode:
@@ -137,8 +226,14 @@ def spec_nbytes(spec: Spec) -> int:
     return spec.length or 0
 
 
-def decode(node: Node, fetch: Callable[[int], Value], limits: Limits) -> Value:
-    """Decode ``node``; ``fetch(i)`` returns segment ``i``'s bytes, already CRC-checked."""
+def decode(
+    node: Node,
+    fetch: Callable[[int], Value],
+    limits: Limits,
+    shared: Callable[[int], np.ndarray] | None = None,
+) -> Value:
+    """Decode ``node``; ``fetch(i)`` returns segment ``i``'s bytes, already CRC-checked, and
+    ``shared(i)`` shared value ``i`` (read-only; codecs never write to their parts)."""
     size = spec_nbytes(node.spec)
     if size > limits.max_tensor_bytes:
         raise LimitError(
@@ -147,7 +242,13 @@ def decode(node: Node, fetch: Callable[[int], Value], limits: Limits) -> Value:
         )
     if isinstance(node, Leaf):
         return fetch(node.segment)
-    parts = {name: decode(child, fetch, limits) for name, child in node.parts.items()}
+    if isinstance(node, SharedRef):
+        if shared is None:
+            raise FormatError(f"shared value {node.index} referenced where none can be")
+        value = shared(node.index)
+        _check_matches(value, node.spec, "shared")
+        return value
+    parts = {name: decode(child, fetch, limits, shared) for name, child in node.parts.items()}
     value = node.codec.decode(parts, node.spec)
     _check_matches(value, node.spec, node.codec.name)
     return value
@@ -170,6 +271,10 @@ def describe(node: Node | Pending) -> str:
     """A one-line summary of a tree, e.g. ``byteplanes(p0=zstd*,p1=zstd,p2=seg,p3=seg)``."""
     if isinstance(node, (Leaf, PendingLeaf)):
         return "seg"
+    if isinstance(node, SharedRef):
+        return f"shared#{node.index}"
+    if isinstance(node, PendingShared):
+        return "shared"
     name = node.codec.name
     if isinstance(node.codec, Zstd) and node.codec.literals_only:
         name = "zstd-lit"

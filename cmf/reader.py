@@ -1,7 +1,8 @@
 """Lazy, hostile-input reader: one bounded read primitive over an mmap (spec/format.md).
 
 ``CmfFile`` checks the preamble, trailer, index CRC and the whole index structure at open;
-``get_tensor`` reads and CRC-checks only that tensor's segments.
+``get_tensor`` reads and CRC-checks only that tensor's segments, and decodes a shared value
+(spec §3.5) the first time a tensor references it, keeping it read-only for later tensors.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 import stat
+import threading
 from typing import Any, Iterator
 
 import numpy as np
@@ -17,7 +19,7 @@ from . import format as fmt
 from .checksum import crc32c
 from .codecs import ArraySpec
 from .errors import CmfError, ChecksumError, FormatError, LimitError, UnsupportedError
-from .index import Index, Node, Problems, TensorEntry, parse_index, unpack
+from .index import Index, Node, Problems, SharedEntry, TensorEntry, parse_index, unpack
 from .limits import DEFAULT_LIMITS, Limits
 from .pipeline import decode
 
@@ -39,6 +41,8 @@ class CmfFile:
         self.limits = limits
         self.problems = problems or Problems()
         self._mm: mmap.mmap | None = None
+        self._shared_cache: dict[int, np.ndarray | CmfError] = {}
+        self._shared_lock = threading.Lock()
         try:
             fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO won't hang
         except OSError as exc:
@@ -135,7 +139,30 @@ class CmfFile:
         return data
 
     def decode_node(self, node: Node) -> Any:
-        return decode(node, self.segment, self.limits)
+        return decode(node, self.segment, self.limits, self.shared_value)
+
+    def shared_value(self, i: int) -> np.ndarray:
+        """Shared value ``i``, decoded once and kept (read-only; the index bounds their total
+        size by ``limits.max_shared_bytes``). A failure is kept too and raised again."""
+        with self._shared_lock:
+            got = self._shared_cache.get(i)
+            if got is None:
+                got = self._decode_shared(i, self.index.shared[i])
+                self._shared_cache[i] = got
+        if isinstance(got, CmfError):
+            raise type(got)(str(got))
+        return got
+
+    def _decode_shared(self, i: int, entry: SharedEntry | None) -> np.ndarray | CmfError:
+        if entry is None:
+            return FormatError(f"shared value {i} is invalid")
+        try:
+            value = decode(entry.encoding, self.segment, self.limits)  # no shared refs inside
+        except CmfError as exc:
+            return type(exc)(f"shared value {i}: {exc}")
+        value = np.array(value, copy=True)  # own memory, never a view of the mapping
+        value.setflags(write=False)
+        return value
 
     # -- safetensors-like API ---------------------------------------------------------
     def keys(self) -> list[str]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from . import format as fmt
 from .errors import CmfError
-from .index import Problems, iter_leaves
+from .index import SHARED_MINOR, CodecNode, Index, Leaf, Node, Problems, SharedRef
 from .limits import DEFAULT_LIMITS, Limits
 from .reader import CmfFile
 
@@ -19,6 +19,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     tensors_checked: int = 0
     attachments_checked: int = 0
+    shared_checked: int = 0
     segments_checked: int = 0
 
     @property
@@ -57,10 +58,21 @@ def validate(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Rep
                 problems.error(exc)
                 bad_segments.add(i)
             report.segments_checked += 1
+        needed, what = _needed_minor(f.index)
+        if needed > f.minor:
+            problems.warn(f"file uses {what} (cmf 1.{needed}) but its minor version is {f.minor}")
+        for i, shared in enumerate(f.index.shared):
+            if shared is None or _segments(shared.encoding, f.index) & bad_segments:
+                continue  # already reported (parse error or checksum)
+            try:
+                f.shared_value(i)
+                report.shared_checked += 1
+            except CmfError as exc:
+                problems.error(exc)
         for entry in f.index.tensors:
             if entry.alias is not None:
                 continue
-            if any(leaf.segment in bad_segments for leaf in iter_leaves(entry.encoding)):
+            if _segments(entry.encoding, f.index) & bad_segments:
                 continue  # already reported as a checksum error
             try:
                 f.decode_node(entry.encoding)
@@ -68,7 +80,7 @@ def validate(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Rep
             except CmfError as exc:
                 problems.error(CmfError(f"tensor {entry.name!r}: {exc}"))
         for att in f.index.attachments:
-            if any(leaf.segment in bad_segments for leaf in iter_leaves(att.encoding)):
+            if _segments(att.encoding, f.index) & bad_segments:
                 continue
             try:
                 f.decode_node(att.encoding)
@@ -78,6 +90,36 @@ def validate(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Rep
     report.errors = problems.errors
     report.warnings = problems.warnings
     return report
+
+
+def _segments(node: Node, index: Index) -> set[int]:
+    """Every segment decoding ``node`` reads, those of the shared values it references too."""
+    if isinstance(node, Leaf):
+        return {node.segment}
+    if isinstance(node, SharedRef):
+        shared = index.shared[node.index]
+        return _segments(shared.encoding, index) if shared is not None else set()
+    if isinstance(node, CodecNode):
+        return set().union(*(_segments(c, index) for c in node.parts.values()))
+    return set()
+
+
+def _needed_minor(index: Index) -> tuple[int, str]:
+    """The minor version that defines what ``index`` uses (spec §8), and what needs it."""
+    best, what = 0, ""
+    if any(e is not None for e in index.shared):
+        best, what = SHARED_MINOR, "shared values"
+    stack: list[Node] = [e.encoding for e in index.shared if e is not None]
+    stack += [t.encoding for t in index.tensors if t.encoding is not None]
+    stack += [a.encoding for a in index.attachments]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, CodecNode):
+            since = getattr(node.codec, "since_minor", 0)
+            if since > best:
+                best, what = since, f"codec {node.codec.name!r}"
+            stack.extend(node.parts.values())
+    return best, what
 
 
 def _check_padding(f: CmfFile, problems: Problems) -> None:

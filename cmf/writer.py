@@ -1,14 +1,17 @@
 """Streaming, atomic writer (spec/format.md §7).
 
-States: ``open`` -> (add_tensor / add_attachment)* -> ``closed`` | ``aborted``. Each tensor's
-segments go to disk as soon as it is encoded, so peak memory is about one tensor. Output goes to
-a temporary file beside the target that replaces it only when complete (fsync + os.replace).
+States: ``open`` -> (add_tensor / add_attachment / add_shared)* -> ``closed`` | ``aborted``.
+Each tensor's segments go to disk as soon as it is encoded, so peak memory is about one tensor.
+A shared value (spec §3.5) is written when it is added, or just before the first tensor that
+references it. Output goes to a temporary file beside the target that replaces it only when
+complete (fsync + os.replace).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from typing import Any, BinaryIO, Callable
 
 import numpy as np
@@ -24,8 +27,11 @@ from .index import (
     CodecNode,
     Index,
     Leaf,
+    SHARED_MINOR,
     Node,
     Segment,
+    SharedEntry,
+    SharedRef,
     TensorEntry,
     check_attachment_name,
     check_metadata,
@@ -33,8 +39,19 @@ from .index import (
 )
 from .limits import DEFAULT_LIMITS, Limits
 from .metrics import error_stats
-from .pipeline import Encoder, Pending, PendingLeaf, best_bytes, encode_lossless
-from .plan.measure import decode_pending, is_lossy
+from .pipeline import (
+    Encoder,
+    Pending,
+    PendingLeaf,
+    PendingNode,
+    PendingShared,
+    SharedValue,
+    best_bytes,
+    decode_pending,
+    encode_lossless,
+    is_lossy,
+    shared_ref,
+)
 
 Progress = Callable[[str, int], None]
 
@@ -63,6 +80,11 @@ class Writer:
         self.index = Index(metadata=check_metadata(dict(metadata or {})))
         self._names: set[str] = set()
         self._hashes: dict[bytes, str] = {}
+        self._shared: dict[int, tuple[int, SharedValue]] = {}  # id(value) -> (number, value)
+        self._shared_values: list[SharedValue] = []
+        self._shared_uses: list[int] = []
+        self._shared_bytes = 0
+        self.minor = 0  # raised to what the file uses (spec §8)
         self.raw_bytes = 0  # sum of decoded tensor sizes written
         self._out = AtomicFile(self.path)
         self._file: BinaryIO = self._out.file
@@ -89,12 +111,53 @@ class Writer:
         self.index.segments.append(seg)
         return len(self.index.segments) - 1
 
+    def _commit_root(self, pending: Pending) -> Node:
+        """Write the shared values a tree references that are not written yet, then the tree."""
+        stack = [pending]
+        while stack:
+            p = stack.pop()
+            if isinstance(p, PendingShared):
+                self._shared_number(p.target)
+            elif isinstance(p, PendingNode):
+                stack.extend(reversed(list(p.parts.values())))
+        return self._commit(pending)
+
     def _commit(self, pending: Pending) -> Node:
-        """Write the leaves of a pending tree as segments; return the index tree."""
+        """Write the leaves of a pending tree as segments; return the index tree.
+        (:func:`_check_refs` has checked its shared references: nothing fails half-written.)"""
         if isinstance(pending, PendingLeaf):
             return Leaf(self._write_segment(pending.data), pending.spec)
+        if isinstance(pending, PendingShared):
+            number = self._shared_number(pending.target)
+            self._shared_uses[number] += 1
+            return SharedRef(number, pending.spec)
+        self.minor = max(self.minor, getattr(pending.codec, "since_minor", 0))
         parts = {name: self._commit(child) for name, child in pending.parts.items()}
         return CodecNode(pending.codec, parts, pending.spec)
+
+    def _shared_number(self, value: SharedValue) -> int:
+        """The number of shared value ``value``, writing it first if it is new."""
+        known = self._shared.get(id(value))
+        if known is not None and known[1] is value:
+            return known[0]
+        if len(self.index.shared) >= self.limits.max_shared:
+            raise CmfError(f"more than {self.limits.max_shared} shared values")
+        if self._shared_bytes + value.spec.nbytes > self.limits.max_shared_bytes:
+            raise CmfError(
+                f"shared values would decode to more than {self.limits.max_shared_bytes} bytes"
+            )
+        if value.spec.nbytes > self.limits.max_tensor_bytes:
+            raise CmfError(f"a shared value of {value.spec.nbytes} bytes is over the memory budget")
+        _check_refs(value.encoding, in_shared=True)
+        node = self._commit(value.encoding)
+        self.index.shared.append(SharedEntry(value.spec, node))
+        self._shared_bytes += value.spec.nbytes
+        self._shared_values.append(value)
+        self._shared_uses.append(0)
+        number = len(self.index.shared) - 1
+        self._shared[id(value)] = (number, value)  # the value is kept: ids are never reused
+        self.minor = max(self.minor, SHARED_MINOR)
+        return number
 
     def _claim(self, name: str) -> None:
         """Check a new tensor name (spec §3.2) and reserve it."""
@@ -128,25 +191,50 @@ class Writer:
         self._claim(name)
         array = np.ascontiguousarray(array, dtype=spec.dtype.numpy)  # little-endian, C order
         array = array.reshape(spec.shape)  # ascontiguousarray makes a 0-d array 1-d
+        key = None
         if self.dedupe:
             digest = hashlib.blake2b(array.reshape(-1).view(np.uint8), digest_size=32)
             digest.update(f"|{spec.dtype.name}|{spec.shape}".encode())
             key = digest.digest()
             if key in self._hashes:
                 return self._append(TensorEntry(name, spec, alias=self._hashes[key]))
-            self._hashes[key] = name
         pending = (encoder or self.encoder)(array, spec)
+        _check_root(name, pending, spec)
         error = None
         if is_lossy(pending):
             error = error_stats(array, decode_pending(pending))
-        return self._append(TensorEntry(name, spec, encoding=self._commit(pending), error=error))
+        node = self._commit_root(pending)
+        entry = self._append(TensorEntry(name, spec, encoding=node, error=error))
+        if key is not None:  # only now: a tensor whose encoding failed is no alias target
+            self._hashes[key] = name
+        return entry
+
+    def add_shared(self, value: np.ndarray | SharedValue, encoding: Pending | None = None) -> int:
+        """Write a shared value now (an array, encoded losslessly unless ``encoding`` is given,
+        or a :class:`SharedValue`); return its number. ``shared_ref(number)`` makes the node
+        that references it; a SharedValue may also be referenced before it is added."""
+        self._expect("open", "add a shared value")
+        if not isinstance(value, SharedValue):
+            value = SharedValue(value, encoding, level=self.level)
+        elif encoding is not None:
+            raise CmfError("a SharedValue carries its own encoding")
+        return self._shared_number(value)
+
+    def shared_ref(self, number: int) -> PendingShared:
+        """A pending node that stands for shared value ``number`` (from :meth:`add_shared`)."""
+        if not 0 <= number < len(self._shared_values):
+            raise CmfError(f"no shared value {number}; {len(self._shared_values)} were added")
+        return shared_ref(self._shared_values[number])
 
     def add_encoded(
         self, name: str, spec: ArraySpec, pending: Pending, error: dict[str, float] | None = None
     ) -> TensorEntry:
         """Write a tensor that is already encoded (e.g. GGUF blocks kept as they are)."""
+        self._expect("open", "add a tensor")
+        _check_root(name, pending, spec)
         self._claim(name)
-        return self._append(TensorEntry(name, spec, encoding=self._commit(pending), error=error))
+        node = self._commit_root(pending)
+        return self._append(TensorEntry(name, spec, encoding=node, error=error))
 
     def add_attachment(self, name: str, data: bytes) -> None:
         """Carry a small file (config.json, tokenizer.json, ...) inside the cmf file."""
@@ -167,10 +255,17 @@ class Writer:
         """Write index and trailer, then atomically replace the target."""
         self._expect("open", "close")
         try:
+            unused = [i for i, uses in enumerate(self._shared_uses) if not uses]
+            if unused:  # spec §3.5: every shared value is referenced
+                raise CmfError(f"shared values {unused} were added but no tree references them")
             pad = fmt.align(self._pos) - self._pos
             if pad:
                 self._write(bytes(pad))
             index_offset = self._pos
+            if self.minor:  # the preamble went out first: patch its minor version field
+                self._file.seek(10)
+                self._file.write(struct.pack("<H", self.minor))
+                self._file.seek(0, os.SEEK_END)
             blob = pack(self.index)
             if len(blob) > self.limits.max_index_bytes:
                 raise CmfError(f"index of {len(blob)} bytes exceeds {self.limits.max_index_bytes}")
@@ -201,3 +296,33 @@ class Writer:
                 self.abort()
         elif self.state == "open":
             self.close()
+
+
+def _check_root(name: str, pending: Pending, spec: ArraySpec) -> None:
+    if isinstance(pending, PendingShared) and pending.spec != spec:
+        raise CmfError(
+            f"tensor {name!r} is {spec.describe()}; "
+            f"a shared {pending.spec.describe()} cannot stand for it"
+        )
+    _check_refs(pending)
+
+
+def _check_refs(pending: Pending, in_shared: bool = False) -> None:
+    """Every shared reference in ``pending`` stands for a part of its own spec (spec §5) and
+    none is inside a shared value's encoding; CmfError before anything is written otherwise."""
+    if isinstance(pending, PendingShared):
+        if in_shared:
+            raise CmfError("a shared value's encoding must not reference a shared value")
+        return
+    if isinstance(pending, PendingLeaf):
+        return
+    shared = [n for n, c in pending.parts.items() if isinstance(c, PendingShared)]
+    resolved = pending.codec.resolve(pending.spec) if shared else {}
+    for name, child in pending.parts.items():
+        if name in shared and resolved.get(name) != child.spec:
+            found = resolved[name].describe() if name in resolved else "not a part"
+            raise CmfError(
+                f"codec {pending.codec.name!r} part {name!r} is {found}; "
+                f"a shared {child.spec.describe()} cannot stand for it"
+            )
+        _check_refs(child, in_shared)

@@ -25,7 +25,7 @@ from cmf.pipeline import (
     describe,
     encode_lossless,
 )
-from cmf.plan.measure import decode_pending
+from cmf.pipeline import decode_pending
 
 
 def spec_of(array: np.ndarray) -> ArraySpec:

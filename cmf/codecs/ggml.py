@@ -5,7 +5,8 @@ cmf's last axis) with an f16 scale ``d`` and, for the ``_1`` types, an f16 min `
 dequantizes them as ``d * (u - o)`` or ``d * u + m`` in float32, which is exactly this codec's
 ``symmetric`` / ``asymmetric`` formula with ``block 32, axis -1, scale_dtype f16``. Every bit of
 a block maps to one part value, so blocks -> parts -> blocks gives the same bytes (non-finite
-scales included: the conversion keeps them; ``quantize`` decoding rejects them).
+scales included: the conversion keeps them; ``quantize`` decoding rejects them, so
+:func:`gguf_tensor_to_pending` declines such tensors).
 
 Block layouts (all little-endian; ``qs`` nibbles: byte ``j`` holds element ``j`` in its low
 half and element ``j + 16`` in its high half; ``qh`` bit ``j`` is bit 4 of element ``j``)::
@@ -165,21 +166,25 @@ def parts_to_gguf_blocks(parts: dict[str, np.ndarray], ggml_type: Any) -> np.nda
     return np.concatenate(fields, axis=1).reshape(-1)
 
 
-def gguf_tensor_to_pending(raw: Any, ggml_type: Any, shape: tuple[int, ...]):
-    """A pending ``quantize`` tree (cmf.pipeline) for a GGUF tensor of GGML blocks: decodes to
-    float32 exactly as gguf-py's ``dequantize``. Codes take the smallest of bit packing, zstd
-    literals and Huffman; scales and mins the lossless rule."""
+def gguf_tensor_to_pending(raw: Any, ggml_type: Any, shape: tuple[int, ...], level: int = 3):
+    """A pending ``quantize`` tree (cmf.pipeline) for a GGUF tensor of GGML blocks that decodes
+    to float32 exactly as gguf-py's ``dequantize``, or None if some block's scale or min is not
+    finite (``quantize`` rejects those; the caller stores gguf-py's dequantization instead).
+    Codes take the smallest of bit packing, zstd literals and Huffman; scales and mins the
+    lossless rule (byte planes or raw, each stored or zstd-coded at ``level``)."""
     from ..pipeline import PendingNode, encode_lossless
 
     bt = block_type(ggml_type)
     spec = ArraySpec(BY_NAME["f32"], tuple(int(d) for d in shape))
     codec = bt.codec()
     parts = gguf_blocks_to_parts(raw, bt.name, spec.shape)
+    if not all(np.isfinite(parts[k]).all() for k in ("scale", "min") if k in parts):
+        return None
     specs = codec.resolve(spec)
     children = {
         name: encode_codes(parts[name], specs[name], bt.bits)
         if name == "q"
-        else encode_lossless(parts[name], specs[name])
+        else encode_lossless(parts[name], specs[name], level)
         for name in specs
     }
     return PendingNode(codec, children, spec)

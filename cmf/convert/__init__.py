@@ -26,8 +26,8 @@ def open_source(path: str | os.PathLike) -> Source:
         raise CmfError(f"{path}: no such file")
     with open(path, "rb") as fh:
         magic = fh.read(4)
-    if magic == b"GGUF":
-        return GGUFSource(path)
+    if magic == b"GGUF" or path.lower().endswith(".gguf"):
+        return GGUFSource(path)  # a .gguf without the magic gets GGUF's "not a GGUF file" error
     if path.lower().endswith(".onnx"):
         from .onnx import OnnxSource  # graph + weights; the graph becomes an attachment
 

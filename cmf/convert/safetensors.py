@@ -1,11 +1,12 @@
-"""safetensors in and out: read tensor by tensor (mmap), write streaming and atomically."""
+"""safetensors in and out: read tensor by tensor (positioned reads), write streaming, atomically."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -21,43 +22,57 @@ _ST_NAMES = {
     "i8": "I8", "i16": "I16", "i32": "I32", "i64": "I64",
     "u8": "U8", "u16": "U16", "u32": "U32", "u64": "U64", "bool": "BOOL",
 }
-# safetensors' numpy reader cannot make fp8 arrays (numpy has no such attribute; safetensors#682)
-_FP8 = {"F8_E4M3": BY_NAME["f8_e4m3"].numpy, "F8_E5M2": BY_NAME["f8_e5m2"].numpy}
+_BY_ST = {st: BY_NAME[name].numpy for name, st in _ST_NAMES.items()}
 
 
 class SafetensorsSource:
-    """A safetensors file opened for reading one tensor at a time."""
+    """A safetensors file opened for reading one tensor at a time.
+
+    ``safe_open`` checks the header (names, dtypes, shapes, offsets inside the file); each tensor
+    is then read with one positioned read into a fresh array, nothing else kept. Memory is one
+    tensor: no mapping of the file grows the process's resident set as the model is read, so
+    packing a model larger than RAM works (tests/convert/test_shards_memory.py measures it).
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         from safetensors import SafetensorError, safe_open
 
         self.path = os.fspath(path)
-        self._error = SafetensorError
         try:
-            self._handle = safe_open(self.path, framework="numpy")
-            self._names = list(self._handle.keys())
-            self.metadata: dict[str, str] = dict(self._handle.metadata() or {})
-        except (SafetensorError, OSError, ValueError) as exc:
+            with safe_open(self.path, framework="numpy") as handle:
+                self._names = list(handle.keys())
+                self.metadata: dict[str, str] = dict(handle.metadata() or {})
+            with open(self.path, "rb") as fh:  # the header safe_open has just checked
+                (n,) = struct.unpack("<Q", fh.read(8))
+                self._header: dict[str, Any] = json.loads(fh.read(n))
+            self._start = 8 + n
+        except (SafetensorError, OSError, ValueError, struct.error) as exc:
             raise CmfError(f"{self.path}: not a readable safetensors file ({exc})") from None
         self.attachments: dict[str, bytes] = {}
-        self._header: tuple[int, dict] | None = None  # (data start, header), read for fp8 only
 
-    def _get(self, name: str) -> np.ndarray:
-        st_dtype = self._handle.get_slice(name).get_dtype()
-        if st_dtype not in _FP8:
-            if st_dtype not in _ST_NAMES.values():
-                raise CmfError(f"dtype {st_dtype} is not one cmf stores")  # items() names the tensor
-            return self._handle.get_tensor(name)
-        # fp8: read the bytes at the header's offsets (safe_open has checked the header)
-        with open(self.path, "rb") as fh:
-            if self._header is None:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                self._header = (8 + n, json.loads(fh.read(n)))
-            start, header = self._header
-            begin, end = header[name]["data_offsets"]
-            fh.seek(start + begin)
-            data = bytearray(fh.read(end - begin))
-        return np.frombuffer(data, dtype=_FP8[st_dtype]).reshape(header[name]["shape"])
+    def _get(self, name: str, fh: BinaryIO | None = None) -> np.ndarray:
+        """Tensor ``name`` read from ``fh`` (this file, opened by the caller) or a fresh handle."""
+        if fh is None:
+            with open(self.path, "rb", buffering=0) as own:
+                return self._get(name, own)
+        info = self._header[name]
+        dtype = _BY_ST.get(info["dtype"])
+        if dtype is None:
+            raise CmfError(f"dtype {info['dtype']} is not one cmf stores")  # items() adds the name
+        shape = tuple(int(d) for d in info["shape"])
+        begin, end = (int(x) for x in info["data_offsets"])
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            raise CmfError(f"{end - begin} bytes for shape {list(shape)} of {info['dtype']}")
+        array = np.empty(shape, dtype)
+        view = memoryview(array.reshape(-1).view(np.uint8))
+        fh.seek(self._start + begin)
+        done = 0
+        while done < len(view):  # one read returns at most about 2 GiB on Linux
+            got = fh.readinto(view[done:])
+            if not got:
+                raise CmfError("file ends inside the tensor's data")
+            done += got
+        return array
 
     def __len__(self) -> int:
         return len(self._names)
@@ -66,12 +81,13 @@ class SafetensorsSource:
         return list(self._names)
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
-        for name in self._names:
-            try:
-                array = self._get(name)
-            except (self._error, OSError, ValueError, TypeError, KeyError) as exc:
-                raise CmfError(f"{self.path}: cannot read tensor {name!r} ({exc})") from None
-            yield name, array
+        with open(self.path, "rb", buffering=0) as fh:
+            for name in self._names:
+                try:
+                    array = self._get(name, fh)
+                except (CmfError, OSError, ValueError, TypeError, KeyError) as exc:
+                    raise CmfError(f"{self.path}: cannot read tensor {name!r} ({exc})") from None
+                yield name, array
 
 
 def write_safetensors(

@@ -610,7 +610,7 @@ from cmf.codecs.ggml import (  # noqa: E402
     gguf_tensor_to_pending,
     parts_to_gguf_blocks,
 )
-from cmf.plan.measure import decode_pending  # noqa: E402
+from cmf.pipeline import decode_pending  # noqa: E402
 
 GGML = list(BLOCK_TYPES)
 

@@ -12,7 +12,7 @@ import cmf
 from cmf.codecs import ArraySpec
 from cmf.dtypes import BY_NAME
 from cmf.errors import CmfError
-from cmf.plan.measure import decode_pending, is_lossy
+from cmf.pipeline import decode_pending, is_lossy
 from cmf.plan.recipe import (
     Recipe,
     check_template,

@@ -1,0 +1,252 @@
+"""Fidelity: run the original and the compressed model side by side and compare their outputs.
+
+``evaluate(original, compressed, inputs=None)`` loads one model at a time (outputs are kept, the
+weights are dropped before the other model loads) and returns a JSON-able report:
+
+* ONNX models: per output, cosine similarity of each sample's output (mean, min), max absolute
+  error, top-1 agreement (argmax over the last axis) for float outputs of rank >= 2, and the
+  fraction of equal elements for integer/bool outputs. Inputs: a ``.npz`` (named arrays), a
+  ``.npy`` (a model with one input), a dict or a list of dicts; by default 8 generated sets that
+  fit the graph's input specs.
+* BERT-family encoders: cosine of each sentence's embedding (mean, min), max absolute error.
+  Inputs: a ``.txt`` (one text per line) or a list of strings; by default the 40 English
+  sentences bundled in ``cmf/runtime/data/sentences.txt``.
+* decoders: on one text (the file's content, or the bundled sentences as one paragraph) cut to
+  ``max_tokens`` tokens: perplexity of each model, mean and max KL(original || compressed) of the
+  next-token distributions, top-1 agreement of the next token, cosine of the logits.
+
+Every report has ``cosine_mean``, ``cosine_min``, ``max_abs_error`` and ``identical`` (every
+output equal bit for bit) at the top level.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+import zipfile
+from importlib import resources
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import CmfError
+from .rebuild import detect_kind, kind_of, load_runner, open_model
+
+DEFAULT_ONNX_SAMPLES = 8
+KIND_NAMES = {"onnx": "an ONNX model", "encoder": "a BERT-family encoder", "decoder": "a Llama-family decoder"}
+DEFAULT_MAX_TOKENS = 256
+
+
+def sample_sentences() -> list[str]:
+    """The built-in English sentences (varied topics, lengths and punctuation)."""
+    text = resources.files("cmf.runtime").joinpath("data/sentences.txt").read_text("utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_texts(path: str | os.PathLike) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [line.strip() for line in fh]
+    except OSError as exc:
+        raise CmfError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CmfError(f"{path} is not UTF-8 text") from None
+    texts = [line for line in lines if line]
+    if not texts:
+        raise CmfError(f"{path} has no text")
+    return texts
+
+
+def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray] | np.ndarray:
+    """A .npz as name -> array, or a .npy as one array (never unpickles)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return loaded
+        with loaded:
+            return {name: loaded[name] for name in loaded.files}
+    except OSError as exc:
+        raise CmfError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise CmfError(f"{path}: not a .npy/.npz of plain arrays ({type(exc).__name__}: {exc})") from None
+
+
+def onnx_feeds(runner: Any, data: Any) -> dict[str, np.ndarray]:
+    """Named inputs for an OnnxRunner from a dict, or one array for a model with one input."""
+    if isinstance(data, dict):
+        return {str(k): np.asarray(v) for k, v in data.items()}
+    names = [i.name for i in runner.input_specs()]
+    if len(names) != 1:
+        raise CmfError(f"the model has {len(names)} inputs ({', '.join(names)}); give them by name "
+                       "(a .npz, or NAME=file.npy)")
+    return {names[0]: np.asarray(data)}
+
+
+# -- metrics --------------------------------------------------------------------------------------
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays (flattened, float64); 1.0 when both are zero."""
+    x, y = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
+    na, nb = float(np.dot(x, x)), float(np.dot(y, y))
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(np.clip(np.dot(x, y) / np.sqrt(na * nb), -1.0, 1.0))
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size == 0:
+        return 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+def _summary(cosines: Sequence[float], max_abs: float, identical: bool) -> dict[str, Any]:
+    return {
+        "cosine_mean": float(np.mean(cosines)) if len(cosines) else None,
+        "cosine_min": float(np.min(cosines)) if len(cosines) else None,
+        "max_abs_error": max_abs,
+        "identical": identical,
+    }
+
+
+def compare_outputs(a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Per-output and overall agreement of two runs over the same list of input sets."""
+    per: dict[str, Any] = {}
+    all_cos: list[float] = []
+    worst, same = 0.0, True
+    for name in a[0]:
+        xs, ys = [s[name] for s in a], [s[name] for s in b]
+        if any(x.shape != y.shape for x, y in zip(xs, ys)):
+            raise CmfError(f"output {name!r} has different shapes in the two models")
+        identical = all(_identical(x, y) for x, y in zip(xs, ys))
+        max_abs = max((_max_abs(x, y) for x, y in zip(xs, ys)), default=0.0)
+        row: dict[str, Any] = {"shape": list(xs[0].shape), "dtype": str(xs[0].dtype)}
+        if xs[0].dtype.kind in "fc":
+            cos = [cosine(x, y) for x, y in zip(xs, ys)]
+            row.update(_summary(cos, max_abs, identical))
+            all_cos += cos
+            if xs[0].ndim >= 2 and xs[0].shape[-1] >= 2:
+                agree = [np.mean(np.argmax(x, -1) == np.argmax(y, -1)) for x, y in zip(xs, ys)]
+                row["top1_agreement"] = float(np.mean(agree))
+        else:
+            row.update({"max_abs_error": max_abs, "identical": identical,
+                        "equal_fraction": float(np.mean([np.mean(x == y) if x.size else 1.0 for x, y in zip(xs, ys)]))})
+        per[name] = row
+        worst = max(worst, max_abs)
+        same = same and identical
+    return {**_summary(all_cos, worst, same), "outputs": per}
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def compare_logits(ids: Sequence[int], a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Perplexities, KL(a || b) of next-token distributions, top-1 agreement, cosine of logits."""
+    if a.shape != b.shape:
+        raise CmfError(f"the models' logits differ in shape: {list(a.shape)} and {list(b.shape)}")
+    la, lb = log_softmax(a.astype(np.float64)), log_softmax(b.astype(np.float64))  # [n, V]
+    nxt, rows = np.asarray(ids[1:]), np.arange(len(ids) - 1)
+    kl = np.sum(np.exp(la) * (la - lb), axis=-1)  # [n]
+    cos = [cosine(x, y) for x, y in zip(a, b)]
+    return {
+        **_summary(cos, _max_abs(a, b), _identical(a, b)),
+        "tokens": len(ids),
+        "perplexity_original": float(np.exp(-la[rows, nxt].mean())),
+        "perplexity_compressed": float(np.exp(-lb[rows, nxt].mean())),
+        "kl_mean": float(kl.mean()),
+        "kl_max": float(kl.max()),
+        "top1_agreement": float(np.mean(np.argmax(a, -1) == np.argmax(b, -1))),
+    }
+
+
+# -- the report -------------------------------------------------------------------------------------
+def evaluate(original: str | os.PathLike, compressed: str | os.PathLike, inputs: Any = None, *,
+             max_tokens: int = DEFAULT_MAX_TOKENS, samples: int = DEFAULT_ONNX_SAMPLES) -> dict[str, Any]:
+    """Run ``original`` and ``compressed`` on the same inputs and report how far the outputs
+    moved (see the module docstring for ``inputs`` and the fields)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        path = os.fspath(inputs)
+        inputs = read_arrays(path) if path.lower().endswith((".npz", ".npy")) else read_texts(path)
+    srcs = [open_model(original), open_model(compressed)]
+    try:
+        srcs[0].borrow(srcs[1])
+        srcs[1].borrow(srcs[0])
+        kinds = [detect_kind(src)[0] for src in srcs]
+        if kinds[0] != kinds[1]:
+            raise CmfError(f"{original} is {KIND_NAMES[kinds[0]]} but {compressed} is {KIND_NAMES[kinds[1]]}")
+        results, seconds = [], []
+        prepared: Any = None
+        for src in srcs:
+            runner = load_runner(src)
+            kind = kind_of(runner)
+            if prepared is None:
+                prepared = _prepare(kind, runner, inputs, max_tokens, samples)
+                signature = _signature(kind, runner)
+            elif _signature(kind, runner) != signature:
+                raise CmfError(f"{original} and {compressed} are different models: "
+                               f"{_signature(kind, runner)} vs {signature}")
+            start = time.perf_counter()
+            results.append(_run(kind, runner, prepared))
+            seconds.append(time.perf_counter() - start)
+            del runner
+            gc.collect()
+    finally:
+        for src in srcs:
+            src.close()
+    kind = kinds[0]
+    head = {"kind": kind, "original": os.fspath(original), "compressed": os.fspath(compressed),
+            "seconds": {"original": round(seconds[0], 3), "compressed": round(seconds[1], 3)}}
+    if kind == "onnx":
+        return {**head, "samples": len(prepared), **compare_outputs(results[0], results[1])}
+    if kind == "encoder":
+        a, b = results
+        cos = [cosine(x, y) for x, y in zip(a, b)]
+        return {**head, "samples": len(prepared), "dim": int(a.shape[1]),
+                **_summary(cos, _max_abs(a, b), _identical(a, b))}
+    return {**head, **compare_logits(prepared, results[0], results[1])}
+
+
+def _signature(kind: str, runner: Any) -> str:
+    """What must agree for two models' outputs to be comparable."""
+    if kind == "onnx":
+        inputs = ", ".join(f"{i.name} {i.dtype}" for i in runner.input_specs())
+        return f"inputs ({inputs}) -> outputs ({', '.join(runner.output_names)})"
+    if kind == "encoder":
+        return f"embeddings of size {runner.dim}"
+    return f"vocabulary of {runner.runner.vocab_size if hasattr(runner.runner, 'vocab_size') else '?'} tokens"
+
+
+def _prepare(kind: str, runner: Any, inputs: Any, max_tokens: int, samples: int) -> Any:
+    if kind == "onnx":
+        if inputs is None:
+            return [runner.sample_inputs(seed) for seed in range(samples)]
+        if isinstance(inputs, list) and all(isinstance(x, dict) for x in inputs):
+            return [onnx_feeds(runner, x) for x in inputs]
+        if isinstance(inputs, (dict, np.ndarray)):
+            return [onnx_feeds(runner, inputs)]
+        raise CmfError("inputs for an ONNX model: a .npz/.npy, a dict of arrays or a list of dicts")
+    if isinstance(inputs, dict) or isinstance(inputs, np.ndarray):
+        raise CmfError(f"inputs for a text model ({kind}): a .txt file or a list of strings")
+    texts = sample_sentences() if inputs is None else [str(t) for t in inputs]
+    if not texts:
+        raise CmfError("no inputs to evaluate on")
+    if kind == "encoder":
+        return texts
+    ids = runner.encode(" ".join(texts))[:max_tokens]
+    if len(ids) < 2:
+        raise CmfError("the evaluation text is shorter than 2 tokens")
+    return ids
+
+
+def _run(kind: str, runner: Any, prepared: Any) -> Any:
+    if kind == "onnx":
+        return [runner.run(feeds) for feeds in prepared]
+    if kind == "encoder":
+        return runner.embed(prepared)
+    return runner.logits(prepared)
