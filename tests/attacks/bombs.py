@@ -1,7 +1,7 @@
 """Memory bombs, measured in a fresh process: ``python -m tests.attacks.bombs NAME DIR``.
 
 Prints one JSON line: the error (type and message), the tracemalloc peak of the attempt, and
-ru_maxrss before and after. The address space is capped (RLIMIT_AS) a little above what the
+peak RSS (VmHWM) before and after. The address space is capped (RLIMIT_AS) a little above what the
 process uses, so a regression shows up as a MemoryError instead of a swapping machine.
 """
 
@@ -90,6 +90,21 @@ def _vm_bytes() -> int:
     raise OSError("no VmSize")
 
 
+def _peak_rss() -> int:
+    """This process's peak resident set in bytes: VmHWM from /proc (ru_maxrss is inherited
+    from the parent across fork + exec on Linux, so a big pytest parent would hide growth)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def main(name: str, directory: str) -> None:
     import resource
     import tracemalloc
@@ -108,7 +123,7 @@ def main(name: str, directory: str) -> None:
     except (OSError, ValueError):
         cap = None
     limits = cmf.Limits(**limits_kw)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_before = _peak_rss()
     tracemalloc.start()
     try:
         read_all(path, limits)
@@ -117,7 +132,7 @@ def main(name: str, directory: str) -> None:
         error, message, is_cmf = type(exc).__name__, str(exc), isinstance(exc, cmf.CmfError)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_after = _peak_rss()
     print(json.dumps({
         "name": name, "file_bytes": os.path.getsize(path), "error": error, "message": message,
         "is_cmf_error": is_cmf, "tracemalloc_peak": peak, "rss_before": rss_before,
