@@ -1,5 +1,5 @@
 """Build the optional C kernels (cmf/_speedups.c). Without a compiler cmf still works: the
-byteplanes codec falls back to numpy (same bytes, slower)."""
+byteplanes and huffman codecs fall back to numpy (same bytes, slower)."""
 
 from setuptools import Extension, setup
 

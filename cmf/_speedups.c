@@ -1,10 +1,17 @@
-/* Optional C kernels for the byteplanes codec (spec/codecs/byteplanes.md).
+/* Optional C kernels for the byteplanes and huffman codecs (spec/codecs/byteplanes.md,
+ * spec/codecs/huffman.md).
  *
  * interleave(out, planes, rotate): out[i] = word built from byte i of each plane, rotated
  *     right by one bit when rotate (undoing the encoder's left rotation).
  * split(src, planes, rotate): the inverse: plane j gets byte j of each (rotated) word.
  *
- * Pure byte shuffling over caller-checked buffers; the GIL is released while it runs.
+ * huffman_chunks(stream, starts, steps, last, sym_tab, len_tab, longest, out, ends): decode
+ *     `steps` symbols of every chunk c from bit starts[c] of the MSB-first `stream` by looking
+ *     up the next `longest` bits in sym_tab/len_tab (2**longest entries); bits past the end
+ *     read as zero. out[c * steps + s] = symbol s of chunk c; ends[c] = bit after the last
+ *     symbol (for the last chunk: after `last` symbols). The caller checks ends (spec rules).
+ *
+ * Pure byte shuffling / table lookups over caller-checked buffers; the GIL is released.
  * Byte order: words are little-endian on disk; this code builds them with shifts, so it is
  * independent of the host's byte order.
  */
@@ -136,12 +143,83 @@ static PyObject *split(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *huffman_chunks(PyObject *self, PyObject *args) {
+    PyObject *o_stream, *o_starts, *o_sym, *o_len, *o_out, *o_ends;
+    Py_ssize_t steps, last;
+    int longest;
+    if (!PyArg_ParseTuple(args, "OOnnOOiOO", &o_stream, &o_starts, &steps, &last, &o_sym, &o_len,
+                          &longest, &o_out, &o_ends)) return NULL;
+    Py_buffer st, sa, sy, ln, out, en;
+    int got = 0;
+    if (PyObject_GetBuffer(o_stream, &st, PyBUF_C_CONTIGUOUS) < 0) goto fail;
+    got = 1;
+    if (PyObject_GetBuffer(o_starts, &sa, PyBUF_C_CONTIGUOUS) < 0) goto fail;
+    got = 2;
+    if (PyObject_GetBuffer(o_sym, &sy, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto fail;
+    got = 3;
+    if (PyObject_GetBuffer(o_len, &ln, PyBUF_C_CONTIGUOUS) < 0) goto fail;
+    got = 4;
+    if (PyObject_GetBuffer(o_out, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto fail;
+    got = 5;
+    if (PyObject_GetBuffer(o_ends, &en, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto fail;
+    got = 6;
+    Py_ssize_t n_chunks = sa.len / 8, isz = sy.itemsize, table = (Py_ssize_t)1 << longest;
+    if (longest < 1 || longest > 16 || (isz != 1 && isz != 2) || sa.len % 8 || en.len != sa.len
+        || sy.len != table * isz || ln.len != table || out.len != n_chunks * steps * isz
+        || steps < 0 || last < 0 || last > steps || n_chunks < 1) {
+        PyErr_SetString(PyExc_ValueError, "huffman_chunks: inconsistent buffers");
+        goto fail;
+    }
+    {
+        const uint8_t *src = (const uint8_t *)st.buf, *lens = (const uint8_t *)ln.buf;
+        const int64_t *starts = (const int64_t *)sa.buf;
+        int64_t *ends = (int64_t *)en.buf;
+        Py_ssize_t size = st.len;
+        int down = 64 - longest;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t c = 0; c < n_chunks; c++) {
+            uint64_t pos = (uint64_t)starts[c];
+            Py_ssize_t count = c == n_chunks - 1 ? last : steps;
+            for (Py_ssize_t s = 0; s < count; s++) {
+                uint64_t byte = pos >> 3, w = 0;
+                if (byte + 8 <= (uint64_t)size) {
+                    const uint8_t *b = src + byte;
+                    w = ((uint64_t)b[0] << 56) | ((uint64_t)b[1] << 48) | ((uint64_t)b[2] << 40) |
+                        ((uint64_t)b[3] << 32) | ((uint64_t)b[4] << 24) | ((uint64_t)b[5] << 16) |
+                        ((uint64_t)b[6] << 8) | (uint64_t)b[7];
+                } else {
+                    for (int i = 0; i < 8; i++)
+                        w = (w << 8) | (byte + i < (uint64_t)size ? src[byte + i] : 0);
+                }
+                uint64_t peek = (w << (pos & 7)) >> down;
+                if (isz == 1) ((uint8_t *)out.buf)[c * steps + s] = ((const uint8_t *)sy.buf)[peek];
+                else ((uint16_t *)out.buf)[c * steps + s] = ((const uint16_t *)sy.buf)[peek];
+                pos += lens[peek];
+            }
+            ends[c] = (int64_t)pos;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&en); PyBuffer_Release(&out); PyBuffer_Release(&ln);
+    PyBuffer_Release(&sy); PyBuffer_Release(&sa); PyBuffer_Release(&st);
+    Py_RETURN_NONE;
+fail:
+    if (got >= 6) PyBuffer_Release(&en);
+    if (got >= 5) PyBuffer_Release(&out);
+    if (got >= 4) PyBuffer_Release(&ln);
+    if (got >= 3) PyBuffer_Release(&sy);
+    if (got >= 2) PyBuffer_Release(&sa);
+    if (got >= 1) PyBuffer_Release(&st);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"interleave", interleave, METH_VARARGS, "interleave(out, planes, rotate): planes -> words"},
     {"split", split, METH_VARARGS, "split(src, planes, rotate): words -> planes"},
+    {"huffman_chunks", huffman_chunks, METH_VARARGS, "decode every huffman chunk (see top)"},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups", "byteplanes kernels", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups", "byteplanes and huffman kernels", -1, methods};
 
 PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }

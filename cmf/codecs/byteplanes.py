@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,12 +18,7 @@ from .base import (
 )
 from .registry import register
 
-try:  # optional C kernels (setup.py builds them when a compiler is there); same bytes either way
-    if os.environ.get("CMF_NO_SPEEDUPS"):
-        raise ImportError
-    from .. import _speedups
-except ImportError:
-    _speedups = None
+from .kernels import speedups as _speedups  # optional C kernels; same bytes either way
 
 _UINT = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 _CHUNK = 1 << 16  # elements per decode step: chunk + planes stay in L2 (measured best of 2^14..2^18)

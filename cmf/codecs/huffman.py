@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import CmfError, FormatError
 from .base import ArraySpec, BytesSpec, Codec, Spec, Value, check_config_keys
+from .kernels import speedups
 from .registry import register
 
 MAX_LENGTH = 16  # longest code a table may hold: 2**16 symbols, 4-bit length fields
@@ -32,7 +33,7 @@ _MAX_JUMP_BITS = 1 << 22  # pointer jumping keeps ~3 int64 arrays of this many e
 # position, per bit position and doubling, per numpy call and per symbol for pointer jumping.
 _NS_STEP, _NS_LANE = 4500, 9
 _NS_BIT, _NS_ROUND, _NS_CALL, _NS_ROW = 13, 2, 1200, 4
-_FORCE: str | None = None  # "lanes" or "jumps" overrides the cost model (tests only)
+_FORCE: str | None = None  # "lanes", "jumps" or "c" overrides the choice (tests only)
 
 # Layout sizes (spec/codecs/huffman.md, "Format").
 _COUNT = 8  # n: u64
@@ -392,9 +393,16 @@ class Huffman(Codec):
             for r in range(max(steps, 1).bit_length())
         )
         use_jumps = jumps_ns < lanes_ns and nbits <= _MAX_JUMP_BITS
-        if _FORCE is not None:  # tests exercise both decoders
+        use_c = speedups is not None and _FORCE in (None, "c")
+        if _FORCE is not None:  # tests exercise every decoder
             use_jumps = _FORCE == "jumps"
-        if use_jumps:
+        if use_c:  # one sequential table lookup per symbol, GIL released: same result
+            by_chunk = np.empty((n_chunks, steps), sym_tab.dtype)
+            ends = np.empty(n_chunks, np.int64)
+            speedups.huffman_chunks(stream, starts, steps, last, sym_tab, len_tab.astype(np.uint8),
+                                    longest, by_chunk, ends)
+            out = by_chunk.T  # out[s, c], as the numpy decoders give it
+        elif use_jumps:
             out, ends = _jumps(stream, starts, steps, last, sym_tab, len_tab, longest, rounds)
         else:
             out, ends = _lanes(stream, starts, steps, last, sym_tab, len_tab, longest)

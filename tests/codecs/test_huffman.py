@@ -20,7 +20,7 @@ from cmf.dtypes import by_name
 from cmf.errors import CmfError, FormatError
 
 U8, U16 = by_name("u8"), by_name("u16")
-DECODERS = [None, "lanes", "jumps"]  # None: the cost model chooses
+DECODERS = [None, "lanes", "jumps"] + (["c"] if hm.speedups is not None else [])  # None: default choice
 FIXTURE = [HealthCheck.function_scoped_fixture]  # the decoder fixture is the same per example
 
 # Golden vectors of spec/codecs/huffman.md, "Example".
@@ -427,7 +427,7 @@ def test_corruption_gives_format_error_or_a_value(decoder, data):
 def test_decoders_agree_on_errors(monkeypatch):
     data = HOSTILE["chunk end mismatch"][0]
     messages = set()
-    for force in ("lanes", "jumps"):
+    for force in DECODERS:
         monkeypatch.setattr(hm, "_FORCE", force)
         with pytest.raises(FormatError) as info:
             ABRA_CODEC.decode({"data": data}, BytesSpec(11))
