@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
 import numpy as np
 
+from .errors import CmfError
 from .limits import DEFAULT_LIMITS, Limits
 from .plan.recipe import encoder_for, prepare, resolve_recipe
 from .reader import CmfFile
+from .shards import ShardedFile, load_all, open_model
 from .writer import Writer
 
 
@@ -23,14 +24,40 @@ def save_file(
     preset: str | None = None,
     recipe: Any = None,
     level: int = 3,
+    jobs: int = 1,
 ) -> None:
     """Write ``tensors`` (name -> array) to ``path`` atomically.
 
     Lossless unless ``preset`` ("lossless", "q8", "q4") or ``recipe`` (a Recipe, a dict as in
-    cmf.plan.recipe, or a path to a JSON recipe) says otherwise.
+    cmf.plan.recipe, or a path to a JSON recipe) says otherwise. The planning presets
+    "balanced" and "small" choose each tensor's encoding with the data-free proxy (relative
+    weight error; a dict of arrays is no model that can be run): cmf.plan.planner.plan_and_write
+    plans a model directory or .onnx file on its measured output error. ``jobs`` > 1 encodes in that
+    many worker processes (the same bytes; a script calling it needs the
+    ``if __name__ == "__main__":`` guard of multiprocessing's spawn start method).
     """
+    if preset in ("balanced", "small"):  # planned per tensor; a dict has no model to run
+        from .plan.planner import PlanOptions, save_planned
+
+        if recipe is not None:
+            raise CmfError("give a preset or a recipe, not both")
+        save_planned(tensors, path, PlanOptions(preset=preset, level=level), metadata=metadata,
+                     attachments=attachments)
+        return
     chosen, fallback = resolve_recipe(preset, recipe)
     chosen = prepare(chosen, tensors.items(), level)  # fits shared groups (a no-op without)
+    if jobs != 1:
+        from .parallel import Plan, WriterSink, make_executor, pack_tasks
+
+        executor = make_executor(jobs)
+        try:
+            with Writer(path, metadata=dict(metadata or {}), level=level) as w:
+                pack_tasks(WriterSink(w), tensors.items(), Plan(chosen, level, fallback), executor)
+                for name, data in (attachments or {}).items():
+                    w.add_attachment(name, data)
+        finally:
+            executor.close(cancel=True)
+        return
     with Writer(path, metadata=dict(metadata or {}), level=level) as w:
         for name, array in tensors.items():
             w.add_tensor(name, array, encoder_for(chosen, name, level, fallback))
@@ -41,22 +68,17 @@ def save_file(
 def load_file(
     path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS, workers: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Read every tensor of ``path`` into memory, in file order.
+    """Read every tensor of ``path`` (a .cmf file or a sharded set) into memory, in file order.
 
     Tensors are decoded by ``workers`` threads (default: CPUs, at most 4), largest first; zstd
     and the byte-plane kernels release the GIL, so this scales with cores.
     """
     workers = workers or min(os.cpu_count() or 1, 4)
-    with CmfFile(path, limits=limits) as f:
-        names = f.keys()
-        if workers <= 1 or len(names) <= 1:
-            return {name: f.get_tensor(name) for name in names}
-        largest_first = sorted(names, key=lambda n: -f.spec(n).nbytes)
-        with ThreadPoolExecutor(workers) as pool:
-            decoded = dict(zip(largest_first, pool.map(f.get_tensor, largest_first)))
-        return {name: decoded[name] for name in names}
+    with open_model(path, limits=limits) as f:
+        return load_all(f, workers)
 
 
-def open(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> CmfFile:  # noqa: A001
-    """Open ``path`` lazily: ``keys()``, ``metadata()``, ``get_tensor(name)``."""
-    return CmfFile(path, limits=limits)
+def open(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> CmfFile | ShardedFile:  # noqa: A001
+    """Open ``path`` lazily: ``keys()``, ``metadata()``, ``get_tensor(name)``. A shard index
+    (``model.cmf.index.json``) or its directory opens a sharded set as one model."""
+    return open_model(path, limits=limits)

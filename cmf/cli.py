@@ -22,7 +22,7 @@ from .errors import CmfError
 from .index import iter_leaves
 from .pipeline import describe
 from .plan.recipe import encoder_for, prepare, resolve_recipe
-from .reader import CmfFile
+from .shards import ShardedFile, is_sharded, open_model, set_paths
 from .validate import validate as validate_file
 from .writer import Writer
 
@@ -74,14 +74,31 @@ def main() -> None:
 @main.command()
 @click.argument("source", type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str), help="Output .cmf (default: SOURCE with .cmf).")
-@click.option("--preset", type=click.Choice(["lossless", "q8", "q4"]), help="Named recipe (default: lossless).")
+@click.option("--preset", type=click.Choice(["lossless", "q8", "q4", "balanced", "small"]), help="Named recipe (default: lossless); balanced and small are planned per tensor from measured sensitivity (cmf.plan.planner).")
 @click.option("--recipe", "recipe_path", type=click.Path(exists=True, dir_okay=False, path_type=str), help="JSON recipe: tensor-name globs -> codec trees, first match wins.")
 @click.option("--level", type=click.IntRange(-7, 22), default=3, show_default=True, help="zstd level for the lossless candidates.")
 @click.option("--attach", "attach", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=str), help="Carry this file inside the .cmf (repeatable).")
+@click.option("--jobs", type=click.IntRange(1, 1024), default=1, show_default=True, help="Encode tensors in this many worker processes (the same bytes as --jobs 1).")
+@click.option("--executor", type=click.Choice(["process", "dask"]), default="process", show_default=True, help="Where tensors are encoded: local processes, or a dask.distributed cluster (needs --scheduler; workers read SOURCE from shared storage).")
+@click.option("--scheduler", help="dask scheduler address (tcp://host:8786) for --executor dask.")
+@click.option("--shard-size", "shard_size", help="Write a sharded set (OUTPUT-00001-of-0000N.cmf + OUTPUT.cmf.index.json), shards of about this size (e.g. 2GB, 500MiB).")
+@click.option("--target-size", "target_size", help="Planner: the best output error within this size, as bits per parameter (4.0bpp) or bytes (12MB, 500KiB).")
+@click.option("--target-error", "target_error", type=float, help="Planner: the smallest file whose output error (1 - mean cosine on the calibration inputs) is at most this.")
+@click.option("--calibrate", type=click.Path(exists=True, dir_okay=False, path_type=str), help="Planner: calibration inputs, a .txt (one text per line) or .npz/.npy (ONNX inputs); default: built-in.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def pack(source: str, output: str | None, preset: str | None, recipe_path: str | None, level: int, attach: tuple[str, ...], quiet: bool, as_json: bool) -> None:
+def pack(source: str, output: str | None, preset: str | None, recipe_path: str | None, level: int, attach: tuple[str, ...], jobs: int, executor: str, scheduler: str | None, shard_size: str | None, target_size: str | None, target_error: float | None, calibrate: str | None, quiet: bool, as_json: bool) -> None:
     """Pack a model (.safetensors, .gguf or .onnx file, or Hugging Face model directory) into one .cmf file."""
+    from .cli_plan import check_planner_flags, pack_planned, wants_planner
+
+    if wants_planner(preset, target_size, target_error, calibrate):  # cmf.plan.planner
+        check_planner_flags(preset, target_size, target_error, calibrate, recipe_path, jobs, shard_size)
+        if output is None:
+            base = source.rstrip("/" + os.sep)
+            output = (base if os.path.isdir(source) else os.path.splitext(base)[0]) + ".cmf"
+        pack_planned(source, output, preset=preset, target_size=target_size, target_error=target_error,
+                     calibrate=calibrate, level=level, attach=attach, quiet=quiet, as_json=as_json)
+        return
     recipe, fallback = resolve_recipe(preset, recipe_path)
     src = open_source(source)
     recipe = prepare(recipe, src.items(), level)  # a first pass only for shared groups
@@ -90,6 +107,30 @@ def pack(source: str, output: str | None, preset: str | None, recipe_path: str |
         output = (base if os.path.isdir(source) else os.path.splitext(base)[0]) + ".cmf"
     start = time.perf_counter()
     aliases = lossy = 0
+    if jobs > 1 or executor != "process" or shard_size is not None:  # cmf.parallel, cmf.shards
+        from .parallel import Plan, pack_source
+        from .shards import parse_size
+
+        if executor == "dask" and not scheduler:
+            raise click.UsageError("--executor dask needs --scheduler ADDRESS")
+        size = parse_size(shard_size) if shard_size is not None else None
+        extra = []
+        for path in attach:
+            with open(path, "rb") as fh:
+                extra.append((os.path.basename(path), fh.read()))
+        with _progress(src.names(), "packing", quiet or as_json) as bar:
+            def counted(entry: Any) -> None:
+                nonlocal aliases, lossy
+                aliases += entry.alias is not None
+                lossy += entry.error is not None
+                bar.update(1)
+
+            packed = pack_source(src, output, Plan(recipe, level, fallback), jobs=jobs, executor=executor,
+                                 scheduler=scheduler, shard_size=size, attachments=extra, on_entry=counted)
+        _pack_summary(source, packed.files[-1], len(src), aliases, recipe.name, lossy,
+                      len(src.attachments) + len(attach), packed.raw_bytes, packed.stored_bytes,
+                      time.perf_counter() - start, quiet, as_json, files=packed.files)
+        return
     with Writer(output, metadata=src.metadata, level=level) as w:
         with _progress(src.names(), "packing", quiet or as_json) as bar:
             for name, value in src.items():
@@ -105,26 +146,33 @@ def pack(source: str, output: str | None, preset: str | None, recipe_path: str |
         for path in attach:
             with open(path, "rb") as fh:
                 w.add_attachment(os.path.basename(path), fh.read())
-    seconds = time.perf_counter() - start
-    stored = os.path.getsize(output)
+    _pack_summary(source, output, len(src), aliases, recipe.name, lossy, len(src.attachments) + len(attach),
+                  w.raw_bytes, os.path.getsize(output), time.perf_counter() - start, quiet, as_json)
+
+
+def _pack_summary(source: str, output: str, tensors: int, aliases: int, recipe: str, lossy: int, attachments: int,
+                  raw: int, stored: int, seconds: float, quiet: bool, as_json: bool, files: list[str] | None = None) -> None:
     summary = {
         "source": source,
         "output": output,
-        "tensors": len(src),
+        "tensors": tensors,
         "aliases": aliases,
-        "recipe": recipe.name,
+        "recipe": recipe,
         "lossy_tensors": lossy,
-        "attachments": len(src.attachments) + len(attach),
-        "raw_bytes": w.raw_bytes,
+        "attachments": attachments,
+        "raw_bytes": raw,
         "stored_bytes": stored,
-        "ratio": round(w.raw_bytes / stored, 4) if stored else None,
+        "ratio": round(raw / stored, 4) if stored else None,
         "seconds": round(seconds, 3),
     }
+    if files is not None and len(files) > 1:
+        summary["files"] = files
     if as_json:
         _emit_json(summary)
     elif not quiet:
+        shards = f" in {len(files) - 1} shards" if files is not None and len(files) > 1 else ""
         click.echo(
-            f"{output}: {summary['tensors']} tensors, {_human_bytes(w.raw_bytes)} -> "
+            f"{output}: {tensors} tensors{shards}, {_human_bytes(raw)} -> "
             f"{_human_bytes(stored)} ({summary['ratio']}x) in {seconds:.1f} s"
         )
 
@@ -141,7 +189,10 @@ def unpack(path: str, output: str | None, cast: str | None, quiet: bool, as_json
     With --dtype, float tensors (f64, f32, f16, bf16, fp8) are converted to that dtype
     (round to nearest even; overflow to infinity); integer and bool tensors are written as stored.
     """
-    with CmfFile(path) as f:
+    with open_model(path) as f:
+        if output is None and is_sharded(path):  # model.cmf.index.json -> model.safetensors
+            directory, stem = set_paths(f.path)
+            output = os.path.join(directory, stem + ".safetensors")
         output = output or os.path.splitext(path)[0] + ".safetensors"
         if output.lower().endswith(".onnx") and not os.path.isdir(output):
             if cast is not None:  # the skeleton's markers pin each weight's data type
@@ -220,25 +271,29 @@ def _write_attachment(directory: str, name: str, data: bytes) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(path: str, as_json: bool) -> None:
     """List tensors, dtypes, shapes, encodings, sizes and ratios."""
-    with CmfFile(path) as f:
+    with open_model(path) as f:
+        files = f.shards if isinstance(f, ShardedFile) else [f]
         rows = []
-        for entry in f.index.tensors:
-            if entry.alias is not None:
-                stored, encoding = 0, f"alias of {entry.alias}"
-            else:
-                stored = sum(f.index.segments[leaf.segment].length for leaf in iter_leaves(entry.encoding))
-                encoding = describe(entry.encoding)
-            raw = entry.spec.nbytes
-            rows.append({
-                "name": entry.name,
-                "dtype": entry.spec.dtype.name,
-                "shape": list(entry.spec.shape),
-                "encoding": encoding,
-                "raw_bytes": raw,
-                "stored_bytes": stored,
-                "ratio": round(raw / stored, 4) if stored else None,
-                "error": dict(entry.error) if entry.error is not None else None,
-            })
+        for shard in files:
+            for entry in shard.index.tensors:
+                if entry.alias is not None:
+                    stored, encoding = 0, f"alias of {entry.alias}"
+                else:
+                    stored = sum(shard.index.segments[leaf.segment].length for leaf in iter_leaves(entry.encoding))
+                    encoding = describe(entry.encoding)
+                raw = entry.spec.nbytes
+                rows.append({
+                    "name": entry.name,
+                    "dtype": entry.spec.dtype.name,
+                    "shape": list(entry.spec.shape),
+                    "encoding": encoding,
+                    "raw_bytes": raw,
+                    "stored_bytes": stored,
+                    "ratio": round(raw / stored, 4) if stored else None,
+                    "error": dict(entry.error) if entry.error is not None else None,
+                })
+                if isinstance(f, ShardedFile):
+                    rows[-1]["shard"] = os.path.basename(shard.path)
         raw_total = sum(r["raw_bytes"] for r in rows)
         summary = {
             "path": path,
@@ -247,9 +302,11 @@ def info(path: str, as_json: bool) -> None:
             "tensors": len(rows),
             "raw_bytes": raw_total,
             "ratio": round(raw_total / f.size, 4) if f.size else None,
-            "attachments": [{"name": a.name, "size": a.size} for a in f.index.attachments],
+            "attachments": [{"name": a.name, "size": a.size} for a in files[-1].index.attachments],
             "metadata": f.metadata(),
         }
+        if isinstance(f, ShardedFile):
+            summary["shards"] = list(f.shard_names)
     if as_json:
         _emit_json({**summary, "tensor_list": rows})
         return
@@ -266,7 +323,8 @@ def info(path: str, as_json: bool) -> None:
         )
     click.echo(
         f"{summary['tensors']} tensors, {_human_bytes(raw_total)} raw -> "
-        f"{_human_bytes(f.size)} file ({summary['ratio']}x), cmf {summary['version']}"
+        f"{_human_bytes(f.size)} {'in ' + str(len(summary['shards'])) + ' shards' if 'shards' in summary else 'file'} "
+        f"({summary['ratio']}x), cmf {summary['version']}"
     )
     for a in summary["attachments"]:
         click.echo(f"attachment {_printable(a['name'])} ({_human_bytes(a['size'])})")
@@ -279,7 +337,7 @@ def info(path: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing; the exit code tells.")
 def validate(path: str, as_json: bool, quiet: bool) -> None:
-    """Check a .cmf file against the spec; exit 0 only if it is valid."""
+    """Check a .cmf file (or a sharded set: its .cmf.index.json or directory) against the spec; exit 0 only if it is valid."""
     report = validate_file(path)
     if as_json:
         _emit_json(report.to_json())
@@ -300,6 +358,10 @@ from .cli_runtime import eval_command, run_command  # noqa: E402  (cmf run, cmf 
 
 main.add_command(run_command)
 main.add_command(eval_command)
+
+from .cli_plan import report_command  # noqa: E402  (cmf report: cmf.plan.report)
+
+main.add_command(report_command)
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -36,8 +36,10 @@ def error_stats(original: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
         for start in range(0, x.size, _CHUNK):  # float64 scratch of one chunk, not of the tensor
             x64 = x[start : start + _CHUNK].astype(np.float64)
             d = y[start : start + _CHUNK].astype(np.float64) - x64
-            noise += np.dot(d, d)
-            signal += np.dot(x64, x64)
+            # einsum, not np.dot: BLAS splits long dot products across its threads, so the
+            # last bits would depend on the thread count (parallel packs must record the same)
+            noise += np.einsum("i,i->", d, d)
+            signal += np.einsum("i,i->", x64, x64)
             max_abs = np.maximum(max_abs, np.max(np.abs(d)))  # NaN propagates
         if noise == 0.0:
             rel, sqnr = 0.0, math.inf

@@ -9,6 +9,7 @@ segment bytes, and shared values through a callback (the reader decodes each onc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -226,6 +227,25 @@ def spec_nbytes(spec: Spec) -> int:
     return spec.length or 0
 
 
+_NUMPY_MAX = (1 << 63) - 1  # numpy refuses shapes whose non-zero dims x itemsize exceed this
+
+
+def check_decodable(spec: Spec, limits: Limits) -> None:
+    """LimitError unless a value of ``spec`` fits the memory budget and numpy's shape limit
+    (checked for every node before it is decoded)."""
+    size = spec_nbytes(spec)
+    if size > limits.max_tensor_bytes:
+        raise LimitError(
+            f"decoding needs {size} bytes for {spec.describe()}, "
+            f"over the memory budget of {limits.max_tensor_bytes}"
+        )
+    if isinstance(spec, ArraySpec) and math.prod(d for d in spec.shape if d) * spec.dtype.itemsize > _NUMPY_MAX:
+        raise LimitError(  # e.g. [0, 2^40, 2^40]: empty, yet numpy cannot make that shape
+            f"{spec.describe()} cannot be an array here: its non-zero dimensions times the "
+            f"item size exceed {_NUMPY_MAX} (numpy's limit, even for an empty array)"
+        )
+
+
 def decode(
     node: Node,
     fetch: Callable[[int], Value],
@@ -234,12 +254,7 @@ def decode(
 ) -> Value:
     """Decode ``node``; ``fetch(i)`` returns segment ``i``'s bytes, already CRC-checked, and
     ``shared(i)`` shared value ``i`` (read-only; codecs never write to their parts)."""
-    size = spec_nbytes(node.spec)
-    if size > limits.max_tensor_bytes:
-        raise LimitError(
-            f"decoding needs {size} bytes for {node.spec.describe()}, "
-            f"over the memory budget of {limits.max_tensor_bytes}"
-        )
+    check_decodable(node.spec, limits)
     if isinstance(node, Leaf):
         return fetch(node.segment)
     if isinstance(node, SharedRef):

@@ -36,6 +36,7 @@ class CmfFile:
         *,
         limits: Limits = DEFAULT_LIMITS,
         problems: Problems | None = None,
+        follow_symlinks: bool = True,
     ) -> None:
         self.path = os.fspath(path)
         self.limits = limits
@@ -44,7 +45,10 @@ class CmfFile:
         self._shared_cache: dict[int, np.ndarray | CmfError] = {}
         self._shared_lock = threading.Lock()
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO won't hang
+            flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)  # a FIFO won't hang
+            if not follow_symlinks:  # shards of a sharded set (spec/sharding.md §1)
+                flags |= getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(self.path, flags)
         except OSError as exc:
             raise CmfError(f"cannot open {self.path}: {exc.strerror}") from None
         try:

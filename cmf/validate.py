@@ -38,12 +38,19 @@ class Report:
         }
 
 
-def validate(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Report:
-    """Check ``path`` completely: structure, padding, every CRC, every tensor decoded."""
+def validate(
+    path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS, follow_symlinks: bool = True
+) -> Report:
+    """Check ``path`` completely: structure, padding, every CRC, every tensor decoded.
+    A shard index (``*.json``) or a directory is checked as a sharded set (spec/sharding.md)."""
+    from .shards import is_sharded, validate_set
+
+    if is_sharded(path):
+        return validate_set(path, limits=limits)
     report = Report(os.fspath(path))
     problems = Problems(collect=True)
     try:
-        f = CmfFile(path, limits=limits, problems=problems)
+        f = CmfFile(path, limits=limits, problems=problems, follow_symlinks=follow_symlinks)
     except CmfError as exc:
         report.errors = problems.errors + [str(exc)]
         report.warnings = problems.warnings

@@ -162,12 +162,7 @@ class Writer:
     def _claim(self, name: str) -> None:
         """Check a new tensor name (spec §3.2) and reserve it."""
         self._expect("open", "add a tensor")
-        if not isinstance(name, str) or not name or "\x00" in name or len(
-            name.encode("utf-8", "surrogatepass")
-        ) > self.limits.max_name_bytes:
-            raise CmfError(f"bad tensor name {name!r}: 1 to 1024 bytes of UTF-8, no NUL")
-        if any("\ud800" <= c <= "\udfff" for c in name):  # not encodable as UTF-8
-            raise CmfError(f"bad tensor name {name!r}: a lone surrogate is not UTF-8")
+        check_tensor_name(name, self.limits)
         if name in self._names:
             raise CmfError(f"duplicate tensor name {name!r}")
         self._names.add(name)
@@ -184,30 +179,49 @@ class Writer:
         If the encoding is lossy, its measured error goes into the index entry.
         """
         self._expect("open", "add a tensor")
-        array = np.asarray(array)
-        spec = ArraySpec(dtypes.of_array(array), tuple(int(d) for d in array.shape))
+        spec, array = tensor_array(name, array, self.limits)
+        self._claim(name)
+        key = tensor_key(array, spec) if self.dedupe else None
+        if key is not None and key in self._hashes:
+            return self._append(TensorEntry(name, spec, alias=self._hashes[key]))
+        pending = (encoder or self.encoder)(array, spec)
+        _check_root(name, pending, spec)
+        return self._add_result(name, spec, pending, tensor_error(array, pending), key)
+
+    def add_result(
+        self,
+        name: str,
+        spec: ArraySpec,
+        pending: Pending | None,
+        error: dict[str, float] | None = None,
+        key: bytes | None = None,
+    ) -> TensorEntry:
+        """Write a tensor encoded elsewhere (cmf.parallel: a worker ran :func:`tensor_array`,
+        :func:`tensor_key`, the encoder and :func:`tensor_error`), exactly as :meth:`add_tensor`
+        would have: an alias if ``key`` is an earlier tensor's (``pending`` may then be None)."""
+        self._expect("open", "add a tensor")
         if len(spec.shape) > self.limits.max_rank:
             raise CmfError(f"tensor {name!r} has rank {len(spec.shape)}, limit {self.limits.max_rank}")
         self._claim(name)
-        array = np.ascontiguousarray(array, dtype=spec.dtype.numpy)  # little-endian, C order
-        array = array.reshape(spec.shape)  # ascontiguousarray makes a 0-d array 1-d
-        key = None
-        if self.dedupe:
-            digest = hashlib.blake2b(array.reshape(-1).view(np.uint8), digest_size=32)
-            digest.update(f"|{spec.dtype.name}|{spec.shape}".encode())
-            key = digest.digest()
-            if key in self._hashes:
-                return self._append(TensorEntry(name, spec, alias=self._hashes[key]))
-        pending = (encoder or self.encoder)(array, spec)
+        if key is not None and self.dedupe and key in self._hashes:
+            return self._append(TensorEntry(name, spec, alias=self._hashes[key]))
+        if pending is None:
+            raise CmfError(f"tensor {name!r}: no encoding given and no earlier identical tensor")
         _check_root(name, pending, spec)
-        error = None
-        if is_lossy(pending):
-            error = error_stats(array, decode_pending(pending))
+        return self._add_result(name, spec, pending, error, key if self.dedupe else None)
+
+    def _add_result(
+        self, name: str, spec: ArraySpec, pending: Pending, error: dict | None, key: bytes | None
+    ) -> TensorEntry:
         node = self._commit_root(pending)
         entry = self._append(TensorEntry(name, spec, encoding=node, error=error))
         if key is not None:  # only now: a tensor whose encoding failed is no alias target
             self._hashes[key] = name
         return entry
+
+    def has_key(self, key: bytes) -> bool:
+        """True if a tensor with dedupe digest ``key`` (:func:`tensor_key`) is written."""
+        return key in self._hashes
 
     def add_shared(self, value: np.ndarray | SharedValue, encoding: Pending | None = None) -> int:
         """Write a shared value now (an array, encoded losslessly unless ``encoding`` is given,
@@ -296,6 +310,38 @@ class Writer:
                 self.abort()
         elif self.state == "open":
             self.close()
+
+
+def check_tensor_name(name: str, limits: Limits = DEFAULT_LIMITS) -> None:
+    """CmfError unless ``name`` is a valid tensor name (spec §3.2)."""
+    if not isinstance(name, str) or not name or "\x00" in name or len(
+        name.encode("utf-8", "surrogatepass")
+    ) > limits.max_name_bytes:
+        raise CmfError(f"bad tensor name {name!r}: 1 to 1024 bytes of UTF-8, no NUL")
+    if any("\ud800" <= c <= "\udfff" for c in name):  # not encodable as UTF-8
+        raise CmfError(f"bad tensor name {name!r}: a lone surrogate is not UTF-8")
+
+
+def tensor_array(name: str, array: np.ndarray, limits: Limits = DEFAULT_LIMITS) -> tuple[ArraySpec, np.ndarray]:
+    """(spec, the array as stored: little-endian, C order); CmfError if its rank is too high."""
+    array = np.asarray(array)
+    spec = ArraySpec(dtypes.of_array(array), tuple(int(d) for d in array.shape))
+    if len(spec.shape) > limits.max_rank:
+        raise CmfError(f"tensor {name!r} has rank {len(spec.shape)}, limit {limits.max_rank}")
+    array = np.ascontiguousarray(array, dtype=spec.dtype.numpy)  # little-endian, C order
+    return spec, array.reshape(spec.shape)  # ascontiguousarray makes a 0-d array 1-d
+
+
+def tensor_key(array: np.ndarray, spec: ArraySpec) -> bytes:
+    """The dedupe digest of a stored array (tensor_array): equal digests => identical tensors."""
+    digest = hashlib.blake2b(array.reshape(-1).view(np.uint8), digest_size=32)
+    digest.update(f"|{spec.dtype.name}|{spec.shape}".encode())
+    return digest.digest()
+
+
+def tensor_error(array: np.ndarray, pending: Pending) -> dict[str, float] | None:
+    """The error a lossy encoding introduces (recorded in the index), None if lossless."""
+    return error_stats(array, decode_pending(pending)) if is_lossy(pending) else None
 
 
 def _check_root(name: str, pending: Pending, spec: ArraySpec) -> None:

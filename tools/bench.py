@@ -2,6 +2,8 @@
 
     python tools/bench.py [container] [--repeat N] [--json] [--model PATH] [--generated]
     python tools/bench.py codecs [--repeat N] [--json] [--model PATH] [--generated]
+    python tools/bench.py scale [--jobs N] [--gib G] [--presets ...] [--dask] (tools/bench_scale.py)
+    python tools/bench.py plan [--json] [--no-onnx] [--no-llama] (tools/bench_plan.py)
 
 ``codecs`` compares lossy encodings of the model's 2-D float weights (the tensors GGUF
 quantizes): gguf-py's quantizers (Q8_0, Q5_1, Q5_0, Q4_1, Q4_0), the same GGUF blocks kept by
@@ -627,6 +629,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     c = sub.add_parser("container", help="cmf vs zstd, byte planes, ZipNN, safetensors (default)")
     k = sub.add_parser("codecs", help="lossy: cmf presets/recipes vs gguf-py quantizers")
+    import bench_scale  # tools/bench_scale.py: --jobs speed-up, peak memory, decode vs safetensors
+
+    bench_scale.add_arguments(sub.add_parser("scale", help="--jobs speed-up and memory, decode speed, dask"))
+    import bench_plan  # tools/bench_plan.py: planner presets vs q8/q4 and gguf-py, output cosine
+
+    bench_plan.add_arguments(sub.add_parser("plan", help="planner presets vs q8/q4 and gguf-py: bits/param, cosine"))
     for p, top in ((parser, True), (c, False), (k, False)):  # options go before or after the subcommand
         def opt(*names: str, default: Any, **kw: Any) -> None:
             p.add_argument(*names, default=default if top else argparse.SUPPRESS, **kw)
@@ -638,6 +646,10 @@ def main(argv: list[str] | None = None) -> int:
         opt("--no-bf16", action="store_true", default=False, help="skip the bf16 view")
         opt("--no-zipnn", action="store_true", default=False, help="skip ZipNN")
     args = parser.parse_args(argv)
+    if args.command == "scale":
+        return bench_scale.run(args)
+    if args.command == "plan":
+        return bench_plan.run(args)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return cmd_codecs(args) if args.command == "codecs" else cmd_container(args)

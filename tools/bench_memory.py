@@ -26,16 +26,29 @@ import time
 import numpy as np
 
 # The child: pack with the CLI entry point, then report its own peak resident set.
+# With --jobs, each worker process's peak is read from /proc just before the pool shuts down.
 _CHILD = """
-import json, sys
-from cmf import cli
+import json, os, resource, sys
+from cmf import cli, parallel
+workers, worker_cpu = [], []
+close = parallel.ProcessExecutor.close
+def peaks_then_close(self, cancel):
+    workers.extend(self.peaks())
+    for pid in list(getattr(self.pool, "_processes", None) or {}):
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        worker_cpu.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    close(self, cancel)
+parallel.ProcessExecutor.close = peaks_then_close
 try:
     cli.run(sys.argv[1:])
 except SystemExit as exc:
     if exc.code:
         raise
 status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
-print(json.dumps({"peak": int(status["VmHWM"].split()[0]) * 1024}))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"peak": int(status["VmHWM"].split()[0]) * 1024, "workers": workers,
+                  "cpu": usage.ru_utime + usage.ru_stime, "worker_cpu": worker_cpu}))
 """
 
 
@@ -68,12 +81,14 @@ def make_sharded_model(
     return written
 
 
-def measure_pack(source: str, output: str) -> dict:
+def measure_pack(source: str, output: str, jobs: int = 1, extra: tuple[str, ...] = ()) -> dict:
     """Pack ``source`` to ``output`` with ``cmf pack`` in a child process: its peak resident
-    set in bytes (``peak``) and the wall time (``seconds``)."""
+    set in bytes (``peak``), each worker's with ``jobs`` > 1 (``workers``), the CPU seconds of
+    the writer process (``cpu``) and of each worker (``worker_cpu``), and the wall time
+    (``seconds``)."""
     start = time.perf_counter()
     r = subprocess.run(
-        [sys.executable, "-c", _CHILD, "pack", source, "-o", output, "-q"],
+        [sys.executable, "-c", _CHILD, "pack", source, "-o", output, "-q", "--jobs", str(jobs), *extra],
         capture_output=True, text=True, check=False,
     )
     if r.returncode:

@@ -202,7 +202,8 @@ class Codebook(Codec):
         if self.scaled:
             lay = self.layout(spec.shape)
             scale = _finite(_part(parts, "scale", specs["scale"]).astype(_F32), "scale")
-            _blockwise(t.reshape(lay.pre, lay.n, lay.post), scale, lay, np.multiply)  # one rounding
+            with np.errstate(over="ignore"):  # IEEE overflow to infinity (spec): no warning
+                _blockwise(t.reshape(lay.pre, lay.n, lay.post), scale, lay, np.multiply)
         with np.errstate(over="ignore"):  # f16/bf16: IEEE overflow to infinity (spec)
             return t.astype(spec.dtype.numpy, copy=False)
 

@@ -394,7 +394,8 @@ def _factor(parts: dict[str, Value], name: str, spec: ArraySpec) -> np.ndarray:
         raise _fail(f"part {name!r} must be a {spec.describe()} array, found {found}")
     if value.shape != spec.shape:
         raise _fail(f"part {name!r} has shape {list(value.shape)}, {spec.describe()} expected")
-    finite = np.isfinite(value)
+    with np.errstate(invalid="ignore"):  # ml_dtypes flags a bf16 signalling NaN as invalid
+        finite = np.isfinite(value)
     if not finite.all():
         bad = value[~finite].reshape(-1)[0]
         raise _fail(f"part {name!r} holds a non-finite value ({bad}); factors must be finite")

@@ -30,6 +30,7 @@ from .sparse import (
     check_int,
     check_keys,
     choose_index_bits,
+    delta_chunks,
     delta_decode,
     delta_encode,
     index_dtype,
@@ -38,6 +39,7 @@ from .sparse import (
     magnitudes,
     part_array,
     round_count,
+    scatter,
 )
 
 _KEYS = ("count", "bits", "entries")
@@ -99,9 +101,9 @@ class Outlier(Codec):
         dense = part_array(self.name, parts, "dense", spec)
         codes = part_array(self.name, parts, "index", specs["index"])  # type: ignore[arg-type]
         values = part_array(self.name, parts, "values", specs["values"])  # type: ignore[arg-type]
-        where = delta_decode(self.name, codes, self.count, spec.numel, self.bits)
+        chunks = delta_chunks(self.name, codes, self.count, spec.numel, self.bits)
         out = bits_view(dense).copy()  # the dense part may be read-only (a segment's bytes)
-        out[where] = bits_view(values)
+        scatter(out, chunks, bits_view(values))  # positions a chunk at a time: bounded scratch
         return out.view(spec.dtype.numpy).reshape(spec.shape)
 
     def encode(self, value: Value, spec: Spec) -> dict[str, Value]:

@@ -192,11 +192,11 @@ class Quantize(Codec):
             if zero.size and int(zero.max()) >= limit:
                 raise _fail(f"zero point {int(zero.max())} is out of range for {self.bits} bits")
             _blockwise(t, zero.astype(_F32), lay, np.subtract)  # exact
-        _blockwise(t, scale, lay, np.multiply)  # one rounding
-        if self.scheme == "asymmetric":
-            _blockwise(t, _finite_part(parts, "min", specs["min"]), lay, np.add)  # one rounding
-        with np.errstate(over="ignore"):  # f16/bf16: IEEE overflow to infinity (spec)
-            return t.reshape(spec.shape).astype(spec.dtype.numpy, copy=False)
+        with np.errstate(over="ignore"):  # IEEE overflow to infinity, f32 too (spec): no warning
+            _blockwise(t, scale, lay, np.multiply)  # one rounding
+            if self.scheme == "asymmetric":
+                _blockwise(t, _finite_part(parts, "min", specs["min"]), lay, np.add)  # one rounding
+            return t.reshape(spec.shape).astype(spec.dtype.numpy, copy=False)  # f16/bf16 too
 
     # ------------------------------------------------------------------------- encode
 

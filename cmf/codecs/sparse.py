@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
@@ -37,6 +37,9 @@ _UINT = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype(
 _KEYS = {"bitmask": ("layout", "nnz"), "delta": ("layout", "nnz", "bits", "entries")}
 _FIT_KEYS = ("sparsity", "pattern", "structured", "layout", "index_bits")
 _AUTO_BITS = (8, 16)  # delta widths fit tries when index_bits is not given
+_CHUNK = 1 << 20  # delta codes decoded at once (scratch ~17 bytes each)
+_MASK_CHUNK = 1 << 17  # mask bytes decoded at once (1 Mi elements: scratch <= 9 MiB)
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def fail(who: str, msg: str) -> FormatError:
@@ -190,31 +193,62 @@ def delta_encode(positions: np.ndarray, bits: int) -> np.ndarray:
 def delta_decode(who: str, codes: np.ndarray, count: int, numel: int, bits: int) -> np.ndarray:
     """The positions (int64, strictly increasing, all < ``numel``) that ``codes`` stand for;
     FormatError unless there are exactly ``count`` of them and the coding is canonical."""
+    chunks = list(delta_chunks(who, codes, count, numel, bits))
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+
+
+def delta_chunks(who: str, codes: np.ndarray, count: int, numel: int, bits: int) -> Iterator[np.ndarray]:
+    """:func:`delta_decode`'s positions, a chunk of codes at a time, so that decoding needs
+    O(chunk) scratch memory beside the output (not ~25 bytes per code). A chunk is checked
+    before it is yielded (a caller's output is garbage after a FormatError)."""
     m = (1 << bits) - 1
     if codes.size == 0:
         if count:
             raise fail(who, f"the index holds no positions, {count} expected")
-        return np.zeros(0, dtype=np.int64)
+        return
     top = int(codes.max())
     if top > m:
         raise fail(who, f"index code {top} is out of range for {bits}-bit codes (<= {m})")
-    fill = codes == m
-    values = codes.size - int(np.count_nonzero(fill))
+    pieces = range(0, codes.size, _CHUNK)
+    fills = sum(int(np.count_nonzero(codes[a : a + _CHUNK] == m)) for a in pieces)
+    values = codes.size - fills
     if values != count:
         raise fail(who, f"the index holds {values} positions, {count} expected")
-    if fill[-1]:
+    if int(codes[-1]) == m:
         raise fail(who, "the index ends with a filler code (a writer never emits one)")
-    step = codes.astype(np.int64)
-    step += 1
-    step[fill] = m  # a filler skips m zeros; a value code c skips c zeros and lands on 1
-    pos = np.cumsum(step)
-    pos -= 1
-    positions = pos[~fill]
-    if int(positions[-1]) >= numel:
-        raise fail(
-            who, f"index position {int(positions[-1])} is out of range for {numel} elements"
-        )
-    return positions
+    base = -1  # the position reached before the chunk
+    for a in pieces:
+        c = codes[a : a + _CHUNK]
+        fill = c == m
+        step = c.astype(np.int64)
+        step += 1  # a value code c skips c zeros and lands on 1 ...
+        step[fill] = m  # ... a filler skips m zeros
+        np.cumsum(step, out=step)
+        step += base
+        base = int(step[-1])
+        positions = step[~fill]
+        if positions.size and int(positions[-1]) >= numel:  # increasing: the last is the largest
+            raise fail(
+                who, f"index position {int(positions[-1])} is out of range for {numel} elements"
+            )
+        yield positions
+
+
+def _mask_positions(raw: np.ndarray, pieces: range) -> Iterator[np.ndarray]:
+    """The set bits of a bitmask (LSB-first), a chunk of bytes at a time."""
+    for a in pieces:
+        bits = np.unpackbits(raw[a : a + _MASK_CHUNK], bitorder="little").view(bool)
+        where = np.flatnonzero(bits)  # bool: fast nonzero, then a gather (8x a boolean scatter)
+        where += 8 * a  # padding bits are zero: no position past n
+        yield where
+
+
+def scatter(out: np.ndarray, chunks: Iterator[np.ndarray], values: np.ndarray) -> None:
+    """``out[positions] = values`` with the positions arriving in chunks, in order."""
+    k = 0
+    for where in chunks:
+        out[where] = values[k : k + where.size]
+        k += where.size
 
 
 def lossless_size(codes: np.ndarray, bits: int) -> int:
@@ -411,16 +445,18 @@ class Sparse(Codec):
                 raise fail(
                     self.name, f"the {8 - used} padding bits of the mask's last byte must be zero"
                 )
-            mask = np.unpackbits(raw, count=n, bitorder="little").view(bool)  # bool: fast nonzero
-            where = np.flatnonzero(mask)  # then a gather: 8x faster than a boolean scatter
-            if where.size != self.nnz:
-                raise fail(self.name, f"the mask has {where.size} bits set, nnz is {self.nnz}")
+            pieces = range(0, raw.size, _MASK_CHUNK)
+            set_bits = sum(int(_POPCOUNT.take(raw[a : a + _MASK_CHUNK]).sum(dtype=np.int64))
+                           for a in pieces)
+            if set_bits != self.nnz:
+                raise fail(self.name, f"the mask has {set_bits} bits set, nnz is {self.nnz}")
+            chunks: Iterator[np.ndarray] = _mask_positions(raw, pieces)
         else:
             assert self.bits is not None
             codes = part_array(self.name, parts, "index", specs["index"])  # type: ignore[arg-type]
-            where = delta_decode(self.name, codes, self.nnz, n, self.bits)
+            chunks = delta_chunks(self.name, codes, self.nnz, n, self.bits)
         out = np.zeros(n, dtype=_UINT[spec.dtype.itemsize])
-        out[where] = bits_view(values)
+        scatter(out, chunks, bits_view(values))
         return out.view(spec.dtype.numpy).reshape(spec.shape)
 
     # ------------------------------------------------------------------------- encode

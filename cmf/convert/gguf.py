@@ -61,6 +61,7 @@ class GGUFSource:
 
         self._gguf = gguf
         self.path = os.fspath(path)
+        check_layout(self.path)  # gguf-py trusts counts: a 500-byte file could make it loop forever
         try:
             self._reader = reader = gguf.GGUFReader(self.path, "r")
             self._tensors = list(reader.tensors)
@@ -144,6 +145,106 @@ class GGUFSource:
         rows = data.reshape(-1, data.shape[-1]) if data.size else data
         values = self._gguf.quants.dequantize(rows, t.tensor_type)
         return np.asarray(values, dtype=np.float32).reshape(shape)
+
+
+# -- a bounded pre-scan of the header: gguf-py's reader trusts every count it reads (an array of
+# 2^60 integers past the end of a 500-byte file makes it append empty views until memory runs
+# out), so every count is checked against the bytes left before gguf-py sees the file.
+MAX_ITEMS = 1 << 22  # key/values + array elements + tensors: gguf-py keeps ~250 B per item
+MAX_DEPTH = 8  # arrays of arrays
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+
+
+class _Scan:
+    def __init__(self, fh: Any, size: int, path: str) -> None:
+        self.fh, self.size, self.path, self.pos, self.items = fh, size, path, 0, 0
+        self.order = "<"
+
+    def fail(self, what: str) -> CmfError:
+        return CmfError(f"{self.path}: not a valid GGUF file ({what})")
+
+    def need(self, n: int, what: str) -> None:
+        if n > self.size - self.pos:
+            raise self.fail(f"{what} needs {n} bytes at offset {self.pos}, "
+                            f"{self.size - self.pos} left in the file")
+
+    def read(self, n: int, what: str) -> bytes:
+        self.need(n, what)
+        self.fh.seek(self.pos)
+        data = self.fh.read(n)
+        if len(data) != n:
+            raise self.fail(f"file ends inside {what}")
+        self.pos += n
+        return data
+
+    def uint(self, n: int, what: str) -> int:
+        return int.from_bytes(self.read(n, what), "little" if self.order == "<" else "big")
+
+    def count(self, n: int, each: int, what: str) -> None:
+        """``n`` items of at least ``each`` bytes must fit what is left, and the item budget."""
+        self.need(n * each, f"{n} {what}")
+        self.items += n
+        if self.items > MAX_ITEMS:
+            raise CmfError(f"{self.path}: GGUF header declares more than {MAX_ITEMS} key/values, "
+                           "array elements and tensors; refusing to parse it")
+
+    def string(self, what: str) -> None:
+        n = self.uint(8, f"the length of {what}")
+        self.need(n, what)
+        self.pos += n
+
+    def value(self, kind: int, depth: int, what: str) -> None:
+        if kind in _SCALAR_SIZES:
+            self.read(_SCALAR_SIZES[kind], what)
+        elif kind == _STRING:
+            self.string(what)
+        elif kind == _ARRAY:
+            if depth >= MAX_DEPTH:
+                raise self.fail(f"{what}: arrays nested deeper than {MAX_DEPTH}")
+            item = self.uint(4, f"the item type of {what}")
+            n = self.uint(8, f"the length of {what}")
+            if item in _SCALAR_SIZES:
+                self.count(n, _SCALAR_SIZES[item], f"items of {what}")
+                self.pos += n * _SCALAR_SIZES[item]
+            elif item in (_STRING, _ARRAY):
+                self.count(n, 8 if item == _STRING else 12, f"items of {what}")
+                for _ in range(n):
+                    self.value(item, depth + 1, what)
+            else:
+                raise self.fail(f"{what}: unknown array item type {item}")
+        else:
+            raise self.fail(f"{what}: unknown value type {kind}")
+
+
+def check_layout(path: str) -> None:
+    """Walk the GGUF header (key/values and tensor infos) checking that every declared length
+    and count fits in the file and a bounded budget; CmfError otherwise. Data is not read."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            s = _Scan(fh, size, path)
+            if s.read(4, "the magic") != b"GGUF":
+                raise s.fail("no GGUF magic")
+            raw = s.read(4, "the version")
+            if int.from_bytes(raw, "little") & 0xFFFF == 0:
+                s.order = ">"  # a file of the other byte order (as gguf-py detects it)
+            s.pos = 8
+            n_tensors = s.uint(8, "the tensor count")
+            n_kv = s.uint(8, "the key/value count")
+            s.count(n_kv, 8 + 4 + 1, "key/values")
+            for i in range(n_kv):
+                s.string(f"key {i}")
+                s.value(s.uint(4, f"the type of key/value {i}"), 0, f"key/value {i}")
+            s.count(n_tensors, 8 + 4 + 4 + 8, "tensor infos")
+            for i in range(n_tensors):
+                s.string(f"the name of tensor {i}")
+                n_dims = s.uint(4, f"the rank of tensor {i}")
+                s.count(n_dims, 8, f"dimensions of tensor {i}")
+                s.pos += 8 * n_dims
+                s.read(4 + 8, f"the type and offset of tensor {i}")
+    except OSError as exc:
+        raise CmfError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def _plain(value: Any) -> Any:

@@ -3,13 +3,16 @@
 Shards come from ``model.safetensors.index.json`` when present (sharded checkpoints), else every
 ``*.safetensors`` file in the directory. Side files (config, tokenizer, sentence-transformers
 module configs, ...) become attachments so one ``.cmf`` is a complete model. Tensors are read one
-shard and one tensor at a time.
+shard and one tensor at a time. A shard or side file that is a symlink to a file outside the
+directory is refused (a Hugging Face cache snapshot's links into its own ``blobs`` directory are
+allowed); FIFOs, devices and symlinked subdirectories are not side files.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import Iterator
 
 import numpy as np
@@ -20,6 +23,20 @@ from .safetensors import SafetensorsSource
 SHARD_INDEX = "model.safetensors.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".gguf", ".h5", ".msgpack", ".npz", ".tflite", ".cmf")
 MAX_SIDE_FILE = 64 << 20  # tokenizer.json of large vocabularies is tens of MB
+
+
+def _read_regular(path: str) -> bytes | None:
+    """The bytes of ``path`` if it is (still) a regular file of at most MAX_SIDE_FILE bytes:
+    opened without following a symlink and without blocking on a FIFO swapped in meanwhile."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SIDE_FILE:
+            return None
+        return fh.read(MAX_SIDE_FILE + 1)[:MAX_SIDE_FILE]
 
 
 class HFDirectorySource:
@@ -55,8 +72,38 @@ class HFDirectorySource:
                     raise CmfError(f"{index_path}: shard name {f!r} is not a file in the directory")
                 if not os.path.isfile(os.path.join(self.path, f)):
                     raise CmfError(f"{index_path}: shard {f} is missing")
-            return files
-        return sorted(f for f in os.listdir(self.path) if f.endswith(".safetensors"))
+        else:
+            files = sorted(f for f in os.listdir(self.path) if f.endswith(".safetensors"))
+        for f in files:
+            self._check_inside(f)
+        return files
+
+    def _roots(self) -> list[str]:
+        """Where the files of this model may really be: the directory itself, and for a Hugging
+        Face cache snapshot (``models--*/snapshots/<rev>``, whose files are symlinks to
+        ``../../blobs/<hash>``) that repository's ``blobs`` directory."""
+        real = os.path.realpath(self.path)
+        roots = [real]
+        snapshots = os.path.dirname(real)
+        repo = os.path.dirname(snapshots)
+        if os.path.basename(snapshots) == "snapshots" and os.path.basename(repo).startswith(
+            ("models--", "datasets--", "spaces--")
+        ):
+            roots.append(os.path.join(repo, "blobs"))
+        return roots
+
+    def _check_inside(self, rel: str) -> str:
+        """The real path of ``rel`` (a file of the model); CmfError if a symlink takes it
+        outside the model directory (a hostile directory could otherwise make ``cmf pack`` carry
+        ``~/.ssh/id_rsa`` into the .cmf as a side file)."""
+        full = os.path.join(self.path, rel)
+        real = os.path.realpath(full)
+        if not any(os.path.commonpath([root, real]) == root for root in self._roots()):
+            raise CmfError(
+                f"{self.path}: refusing to read {rel}: it is a symlink to {real}, outside the "
+                "model directory"
+            )
+        return real
 
     def _side_files(self) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
@@ -68,9 +115,10 @@ class HFDirectorySource:
                 if f.startswith(".") or f.endswith(WEIGHT_SUFFIXES) or f == SHARD_INDEX:
                     continue
                 if not os.path.isfile(full) or os.path.getsize(full) > MAX_SIDE_FILE:
-                    continue
-                with open(full, "rb") as fh:
-                    out[rel] = fh.read()
+                    continue  # FIFOs, devices, dangling links, huge files: not side files
+                data = _read_regular(self._check_inside(rel))
+                if data is not None:
+                    out[rel] = data
         return out
 
     def __len__(self) -> int:

@@ -171,6 +171,8 @@ def model_slots(model: ModelProto) -> Iterator[Slot]:
 def _numel(t: TensorProto, what: str) -> int:
     if any(d < 0 for d in t.dims):
         raise CmfError(f"{what}: inconsistent shape, negative dimension in {list(t.dims)}")
+    if math.prod(int(d) for d in t.dims if d) > 1 << 59:  # numpy refuses such a shape, even empty
+        raise CmfError(f"{what}: inconsistent shape, dims {list(t.dims)} are too large for an array")
     return math.prod(int(d) for d in t.dims)
 
 
@@ -364,7 +366,27 @@ def load_model_proto(path: str) -> ModelProto:
         raise CmfError(f"{path}: not an ONNX model, or truncated ({type(exc).__name__}: {exc})") from None
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise CmfError(f"{path}: not an ONNX model (no ir_version or no graph)")
+    check_strings(model, path)
     return model
+
+
+def check_strings(message: Any, what: str) -> None:
+    """CmfError if a string field anywhere in ``message`` is not valid UTF-8: protobuf (proto2,
+    as onnx.proto) then hands out ``bytes`` where every other string is ``str``."""
+    stack = [message]
+    while stack:
+        msg = stack.pop()
+        for f, value in msg.ListFields():
+            repeated = getattr(f, "is_repeated", None)
+            if repeated is None:  # protobuf < 5.28
+                repeated = f.label == f.LABEL_REPEATED
+            elif callable(repeated):
+                repeated = repeated()
+            values = value if repeated else (value,)
+            if f.type == f.TYPE_MESSAGE:
+                stack.extend(values)
+            elif f.type == f.TYPE_STRING and not all(isinstance(v, str) for v in values):
+                raise CmfError(f"{what}: not a valid ONNX model: {f.full_name} is not UTF-8 text")
 
 
 class OnnxSource:
@@ -478,6 +500,7 @@ def _skeleton(cmf_file: CmfFile) -> ModelProto:
         raise CmfError(f"attachment {SKELETON!r} is not a serialized ONNX model ({exc})") from None
     if not model.HasField("graph"):
         raise CmfError(f"attachment {SKELETON!r} is not an ONNX model (no graph)")
+    check_strings(model, f"attachment {SKELETON!r}")
     return model
 
 

@@ -1,0 +1,161 @@
+"""``cmf pack`` with a planner (``--preset balanced|small``, ``--target-size``,
+``--target-error``, ``--calibrate``) and ``cmf report``: cmf.plan.planner / cmf.plan.report.
+
+Registered by cmf/cli.py; errors are CmfError (one ``cmf: error:`` line).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from .errors import CmfError
+
+PLANNED = ("balanced", "small")
+
+
+class _Stages:
+    """One progress bar per planner stage on stderr (hidden off a terminal, as cmf pack's)."""
+
+    def __init__(self, hidden: bool) -> None:
+        self.hidden = hidden or not sys.stderr.isatty()
+        self.stage: str | None = None
+        self.bar: Any = None
+        self.done = 0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.hidden:
+            return
+        if stage != self.stage:
+            self.close()
+            self.stage, self.done = stage, 0
+            self.bar = click.progressbar(length=total, label=stage, file=sys.stderr, show_pos=True)
+            self.bar.__enter__()
+        step = done - self.done
+        if step > 0:
+            self.bar.update(step)
+            self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def wants_planner(preset: str | None, target_size: str | None, target_error: float | None,
+                  calibrate: str | None) -> bool:
+    return preset in PLANNED or target_size is not None or target_error is not None or calibrate is not None
+
+
+def pack_planned(source: str, output: str, *, preset: str | None, target_size: str | None,
+                 target_error: float | None, calibrate: str | None, level: int,
+                 attach: tuple[str, ...], quiet: bool, as_json: bool) -> None:
+    from .plan.planner import PlanOptions, plan_and_write
+
+    given = [n for n, v in (("--preset", preset), ("--target-size", target_size),
+                            ("--target-error", target_error)) if v is not None]
+    if len(given) > 1:
+        raise CmfError(f"give one of --preset, --target-size and --target-error, not {' and '.join(given)}")
+    if not given:
+        raise CmfError("--calibrate needs --preset balanced|small, --target-size or --target-error")
+    if preset is not None and preset not in PLANNED:
+        raise CmfError(f"--preset {preset} is a fixed recipe: it takes no --calibrate")
+    extra = {}
+    for path in attach:
+        with open(path, "rb") as fh:
+            extra[os.path.basename(path)] = fh.read()
+    stages = _Stages(quiet or as_json)
+    start = time.perf_counter()
+    try:
+        result = plan_and_write(source, output, PlanOptions(
+            preset=preset, target_error=target_error, target_size=target_size, calibrate=calibrate,
+            level=level, progress=stages), extra_attachments=extra)
+    finally:
+        stages.close()
+    seconds = time.perf_counter() - start
+    from .plan.report import report
+
+    rep = report(output)
+    summary = {
+        "source": source,
+        "output": output,
+        "tensors": len(rep["tensors"]),
+        "recipe": preset or ("target-size" if target_size is not None else "target-error"),
+        "lossy_tensors": sum(1 for r in rep["tensors"] if r["rel_rmse"] is not None),
+        "raw_bytes": sum(r["parameters"] * _itemsize(r["dtype"]) for r in rep["tensors"]),
+        "stored_bytes": rep["file_bytes"],
+        "seconds": round(seconds, 3),
+        "parameters": rep["parameters"],
+        "bits_per_parameter": rep["bits_per_parameter"],
+        "weights_bits_per_parameter": rep["weights_bits_per_parameter"],
+        "predicted_error": result.predicted_error,
+        "measured_error": result.measured_error,
+        "verified_error": result.file_error,
+        "target_met": result.target_met,
+        "plan": result.summary(),
+    }
+    summary["ratio"] = round(summary["raw_bytes"] / rep["file_bytes"], 4) if rep["file_bytes"] else None
+    if not result.target_met:
+        click.echo(f"cmf: warning: {'; '.join(result.notes) or 'the target was not met'}", err=True)
+    if as_json:
+        from .cli import _emit_json
+
+        _emit_json(summary)
+        return
+    if quiet:
+        return
+    from .cli import _human_bytes
+
+    click.echo(f"{output}: {summary['tensors']} tensors, {_human_bytes(summary['raw_bytes'])} -> "
+               f"{_human_bytes(rep['file_bytes'])} ({summary['ratio']}x) in {seconds:.1f} s")
+    line = f"plan: {rep['bits_per_parameter']:.3f} bits/parameter, {result.metric}"
+    if result.measured_error is not None:
+        line += (f" predicted {result.predicted_error:.3g}, measured {result.measured_error:.3g} "
+                 f"(cosine mean {result.cosine_mean:.5f}, min {result.cosine_min:.5f}) "
+                 f"on {result.calibration.get('samples')} calibration samples")
+    else:
+        line += f" predicted {result.predicted_error:.3g} (data-free)"
+    click.echo(line)
+
+
+def _itemsize(dtype: str) -> int:
+    from .dtypes import BY_NAME
+
+    return BY_NAME[dtype].itemsize
+
+
+@click.command("report")
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--png", "png", type=click.Path(dir_okay=False, path_type=str), help="Also draw the report to this PNG (needs matplotlib: pip install 'cmf[report]').")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def report_command(path: str, png: str | None, as_json: bool) -> None:
+    """Per-tensor bits per weight, recorded error and (for a planned file) sensitivity and share of the output error."""
+    from .cli import _emit_json, _printable
+    from .plan.report import render_png, render_text, report
+
+    rep = report(path)
+    if png is not None:
+        render_png(rep, png)
+    if as_json:
+        _emit_json(rep)
+        return
+    for line in render_text(rep, _printable):
+        click.echo(line)
+    if png is not None:
+        click.echo(f"wrote {png}")
+
+
+def check_planner_flags(preset: str | None, target_size: str | None, target_error: float | None,
+                        calibrate: str | None, recipe: str | None, jobs: int = 1, shard_size: str | None = None) -> None:
+    """Flags that do not go with the planner: CmfError (one ``cmf: error:`` line)."""
+    if recipe is not None:
+        raise CmfError("--recipe does not go with --preset balanced|small, --target-size, --target-error or --calibrate")
+    if jobs != 1 or shard_size is not None:
+        raise CmfError("the planner writes one file in one process: drop --jobs/--shard-size")
+
+
+__all__ = ["PLANNED", "check_planner_flags", "pack_planned", "report_command", "wants_planner"]

@@ -1,0 +1,491 @@
+"""Parallel and distributed packing: tensors encoded by worker processes (``jobs``) or by a
+dask.distributed cluster, written in input order by one writer.
+
+The output is byte-identical to a serial pack (``Writer.add_tensor`` one tensor after the
+other): a worker runs exactly what ``add_tensor`` runs before writing (dtype and layout, the
+dedupe digest, the encoder of the recipe, the recorded error of a lossy encoding) and returns
+the *pending tree*; the writer commits results strictly in input order, so segments, aliases of
+tied weights and shared values come out as in a serial pack.
+
+Bounded work in flight: tensors submitted and not yet written are at most ``jobs + 1`` of any
+size, or more while their sizes add up to at most ``jobs`` times the largest tensor seen so far
+(so small tensors keep the workers busy while one large tensor is encoded, and at most
+``MAX_AHEAD`` per job). Memory is therefore about ``jobs`` times the largest tensor (arrays being
+encoded, and encoded results waiting to be written) plus each process's baseline. A worker reads its tensor
+itself when the source is a safetensors file or a Hugging Face directory (the task carries the
+path and the tensor name, not the array); other sources (ONNX, GGUF, in-memory tensors) send the
+array with the task. Tied weights: each task carries the digests of the tensors of the same size
+already written, and a worker whose tensor matches one returns no encoding (the writer writes an
+alias, as a serial pack does); a duplicate of a tensor still in flight is encoded and then
+written as an alias all the same.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+
+from .codecs import ArraySpec
+from .errors import CmfError
+from .limits import DEFAULT_LIMITS, Limits
+from .pipeline import Pending, PendingLeaf, PendingNode, PendingShared, SharedValue
+from .plan.recipe import Recipe, encoder_for
+from .writer import _check_root, check_tensor_name, tensor_array, tensor_error, tensor_key
+
+# ----------------------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True)
+class FileTensor:
+    """Tensor ``name`` of the safetensors file ``path`` (absolute: workers may run elsewhere)."""
+
+    path: str
+    name: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every worker needs to encode any tensor: the recipe (with its prepared shared
+    groups), the zstd level, whether lossy presets fall back to lossless, the writer's limits."""
+
+    recipe: Recipe
+    level: int = 3
+    fallback: bool = True
+    dedupe: bool = True
+    limits: Limits = DEFAULT_LIMITS
+
+
+@dataclass(frozen=True)
+class SharedToken:
+    """Stands for shared value ``number`` of the plan (see :func:`plan_shared`) in a tree sent
+    between processes: each process has its own copy of the value, the writer must see its own
+    (shared values are compared by identity)."""
+
+    number: int
+    spec: ArraySpec
+
+
+@dataclass(frozen=True)
+class Result:
+    """An encoded tensor: ``pending`` is None when the worker found it identical to an earlier
+    tensor (``key`` in the task's ``skip``)."""
+
+    name: str
+    spec: ArraySpec
+    key: bytes | None
+    pending: Any  # a portable pending tree (leaves as bytes/uint8 arrays, SharedToken)
+    error: dict[str, float] | None
+
+
+def plan_shared(recipe: Recipe) -> list[SharedValue]:
+    """The shared values of a recipe's prepared groups, in a fixed order (the same in every
+    process that unpickled the same recipe)."""
+    return [sv for g in sorted(recipe.groups) for sv in recipe.groups[g].shared.values()]
+
+
+_SOURCES: dict[str, Any] = {}  # per process: path -> SafetensorsSource (headers parsed once)
+
+
+def read_tensor(ref: FileTensor) -> np.ndarray:
+    """Read one tensor of a safetensors file (positioned read; the header parsed once per
+    process), with the error a serial pack reading the source would give."""
+    from .convert.safetensors import SafetensorsSource
+
+    src = _SOURCES.get(ref.path)
+    if src is None:
+        if len(_SOURCES) >= 64:
+            _SOURCES.clear()
+        src = _SOURCES[ref.path] = SafetensorsSource(ref.path)
+    try:
+        return src._get(ref.name)
+    except (CmfError, OSError, ValueError, TypeError, KeyError) as exc:
+        raise CmfError(f"{src.path}: cannot read tensor {ref.name!r} ({exc})") from None
+
+
+def encode_task(name: str, source: FileTensor | np.ndarray, skip: frozenset, plan: Plan) -> Result:
+    """Encode one tensor as ``Writer.add_tensor`` would (runs in a worker; top-level so that
+    spawned processes and dask workers can import it)."""
+    array = read_tensor(source) if isinstance(source, FileTensor) else source
+    spec, array = tensor_array(name, array, plan.limits)
+    key = tensor_key(array, spec) if plan.dedupe else None
+    if key is not None and key in skip:
+        return Result(name, spec, key, None, None)
+    pending = encoder_for(plan.recipe, name, plan.level, plan.fallback)(array, spec)
+    _check_root(name, pending, spec)
+    error = tensor_error(array, pending)
+    shared = {id(v): i for i, v in enumerate(plan_shared(plan.recipe))}
+    return Result(name, spec, key, to_portable(pending, shared), error)
+
+
+def to_portable(p: Pending, shared: dict[int, int]) -> Any:
+    """``p`` with leaves as picklable bytes-likes and shared references as SharedToken."""
+    if isinstance(p, PendingLeaf):
+        data = p.data
+        if not isinstance(data, (bytes, np.ndarray)):
+            try:
+                data = np.frombuffer(memoryview(data).cast("B"), np.uint8)
+            except TypeError:  # not C-contiguous
+                data = bytes(memoryview(data))
+        elif isinstance(data, np.ndarray) and data.dtype != np.uint8:
+            data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        return PendingLeaf(data, p.spec)
+    if isinstance(p, PendingShared):
+        number = shared.get(id(p.target))
+        if number is None:
+            raise CmfError(
+                "a shared value that is not one of the recipe's prepared groups cannot be "
+                "encoded in a worker process"
+            )
+        return SharedToken(number, p.spec)
+    return PendingNode(p.codec, {n: to_portable(c, shared) for n, c in p.parts.items()}, p.spec)
+
+
+def from_portable(p: Any, shared: list[SharedValue]) -> Pending:
+    """The inverse of :func:`to_portable`, with this process's shared values."""
+    if isinstance(p, SharedToken):
+        if not 0 <= p.number < len(shared):
+            raise CmfError(f"a worker referenced shared value {p.number} of {len(shared)}")
+        return PendingShared(shared[p.number], p.spec)
+    if isinstance(p, PendingNode):
+        return PendingNode(p.codec, {n: from_portable(c, shared) for n, c in p.parts.items()}, p.spec)
+    return p
+
+
+# ----------------------------------------------------------------------------- executors
+
+
+class Executor(Protocol):
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any: ...  # a future: .result()
+
+    def close(self, cancel: bool) -> None: ...
+
+
+class InlineExecutor:
+    """Runs each task when it is submitted (``jobs=1``: the same code path, no processes)."""
+
+    window = 0  # tasks ahead of the writer regardless of size
+    jobs = 0  # multiplies the byte budget of tasks ahead
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # raised in order, when the writer gets there
+            future.set_exception(exc)
+        return future
+
+    def close(self, cancel: bool) -> None:
+        pass
+
+
+class ProcessExecutor:
+    """``jobs`` spawned worker processes (spawn: no inherited threads or locks, the same on
+    every platform). ``peaks()`` gives their peak resident sets (Linux) before closing."""
+
+    def __init__(self, jobs: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.window, self.jobs = jobs + 1, jobs
+        self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        return self.pool.submit(fn, *args)
+
+    def peaks(self) -> list[int]:
+        """VmHWM of each live worker, in bytes (empty where /proc is not readable)."""
+        out = []
+        for pid in list(getattr(self.pool, "_processes", {}) or {}):
+            try:
+                with open(f"/proc/{pid}/status") as fh:
+                    for line in fh:
+                        if line.startswith("VmHWM:"):
+                            out.append(int(line.split()[1]) * 1024)
+            except OSError:
+                pass
+        return out
+
+    def close(self, cancel: bool) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+class DaskExecutor:
+    """Tasks run on a dask.distributed cluster (``scheduler``: an address, or a Client). The
+    workers must be able to import cmf and read the source path (shared storage)."""
+
+    def __init__(self, scheduler: Any, window: int | None = None, timeout: str = "30s") -> None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise CmfError(
+                "--executor dask needs dask.distributed: pip install 'cmf[dask]'"
+            ) from None
+        if isinstance(scheduler, Client):
+            self.client, self._own = scheduler, False
+        else:
+            try:
+                self.client, self._own = Client(scheduler, timeout=timeout), True
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise CmfError(f"cannot connect to the dask scheduler {scheduler}: {exc}") from None
+        workers = max(1, sum(self.client.nthreads().values()))
+        self.window, self.jobs = (window or workers + 1), workers
+        self._scattered: dict[int, Any] = {}
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        args = tuple(self._plan(a) if isinstance(a, Plan) else a for a in args)
+        return self.client.submit(fn, *args, pure=False)
+
+    def _plan(self, plan: Plan) -> Any:
+        """The plan is sent to the cluster once (it may hold shared values)."""
+        got = self._scattered.get(id(plan))
+        if got is None or got[0] is not plan:
+            got = (plan, self.client.scatter(plan, broadcast=True, hash=False))
+            self._scattered[id(plan)] = got
+        return got[1]
+
+    def close(self, cancel: bool) -> None:
+        self._scattered.clear()
+        if self._own:
+            self.client.close()
+
+
+def make_executor(jobs: int = 1, executor: str = "process", scheduler: Any = None) -> Any:
+    if executor == "dask":
+        if scheduler is None:
+            raise CmfError("--executor dask needs --scheduler ADDRESS")
+        return DaskExecutor(scheduler)
+    if executor != "process":
+        raise CmfError(f"unknown executor {executor!r}; choose 'process' or 'dask'")
+    if jobs < 1:
+        raise CmfError(f"jobs must be at least 1, found {jobs}")
+    return InlineExecutor() if jobs == 1 else ProcessExecutor(jobs)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def source_tasks(src: Any) -> Iterator[tuple[str, Any]]:
+    """``(name, value)`` in the source's order: a FileTensor where a worker can read the tensor
+    itself (safetensors files, Hugging Face directories), else what ``src.items()`` yields (an
+    array, or an already encoded ``Encoded`` tensor)."""
+    from .convert.hfdir import HFDirectorySource
+    from .convert.safetensors import SafetensorsSource
+
+    files = [src] if isinstance(src, SafetensorsSource) else getattr(src, "shards", None)
+    if isinstance(src, (SafetensorsSource, HFDirectorySource)) and files:
+        for shard in files:
+            path = os.path.abspath(shard.path)
+            for name in shard.names():
+                yield name, FileTensor(path, name, _header_nbytes(shard, name))
+        return
+    yield from src.items()
+
+
+def _header_nbytes(shard: Any, name: str) -> int:
+    try:
+        begin, end = shard._header[name]["data_offsets"]
+        return int(end) - int(begin)
+    except (KeyError, TypeError, ValueError):
+        return -1
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+class Sink(Protocol):
+    """Where results go in order: a Writer, or cmf.shards.ShardedWriter."""
+
+    def check_name(self, name: str) -> None: ...
+
+    def has_key(self, key: bytes) -> bool: ...
+
+    def add_result(self, name: str, spec: ArraySpec, pending: Pending | None,
+                   error: dict | None = None, key: bytes | None = None) -> Any: ...
+
+    def add_encoded(self, name: str, spec: ArraySpec, pending: Pending, error: dict | None = None) -> Any: ...
+
+
+class WriterSink:
+    """A single-file :class:`cmf.writer.Writer` as a sink (names checked in order)."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self._names: set[str] = set()
+
+    def check_name(self, name: str) -> None:
+        check_tensor_name(name, self.writer.limits)
+        if name in self._names:
+            raise CmfError(f"duplicate tensor name {name!r}")
+        self._names.add(name)
+
+    def has_key(self, key: bytes) -> bool:
+        return self.writer.has_key(key)
+
+    def add_result(self, *args: Any, **kw: Any) -> Any:
+        return self.writer.add_result(*args, **kw)
+
+    def add_encoded(self, *args: Any, **kw: Any) -> Any:
+        return self.writer.add_encoded(*args, **kw)
+
+
+MAX_AHEAD = 256  # tasks ahead of the writer per job, however small (the bytes bound them too)
+
+
+def _nbytes(value: Any) -> int:
+    """Decoded bytes of a task's tensor (-1 if unknown: an Encoded tensor is not submitted)."""
+    return value.nbytes if isinstance(value, (FileTensor, np.ndarray)) else -1
+
+
+def _result(future: Any, name: str) -> Result:
+    try:
+        return future.result()
+    except CmfError:
+        raise
+    except Exception as exc:
+        if type(exc).__name__ in ("BrokenProcessPool", "KilledWorker", "CancelledError"):
+            raise CmfError(
+                f"a worker died while encoding tensor {name!r} ({type(exc).__name__}: {exc}); "
+                "out of memory? try fewer jobs"
+            ) from None
+        raise
+
+
+def pack_tasks(
+    sink: Any,
+    tasks: Iterable[tuple[str, Any]],
+    plan: Plan,
+    executor: Any,
+    on_entry: Callable[[Any], None] | None = None,
+) -> None:
+    """Encode ``(name, value)`` tasks on ``executor`` and write them to ``sink`` in order.
+
+    ``value`` is a FileTensor, an array, or an ``Encoded`` tensor (written as it is). Tasks are
+    submitted ahead of the one being written while fewer than ``executor.window`` are, or while
+    their sizes add up to at most ``executor.jobs`` times the largest (see the module
+    docstring); an InlineExecutor runs each as it is submitted. Any error is raised
+    when the writer reaches that tensor, as a serial pack would raise it; outstanding tasks are
+    then cancelled (the caller aborts the writer)."""
+    from .convert.gguf import Encoded
+
+    window = int(getattr(executor, "window", 0))
+    jobs = int(getattr(executor, "jobs", 0))
+    shared = plan_shared(plan.recipe)
+    for value in shared:  # picklable leaves (same bytes), so that the plan can be sent
+        value.encoding = to_portable(value.encoding, {})
+    ahead = {"bytes": 0, "largest": 0}
+    written: dict[int, set[bytes]] = {}  # nbytes -> digests written (skip sets for tasks)
+    slots: deque = deque()
+
+    def submit(name: str, value: Any) -> None:
+        if isinstance(value, Encoded):
+            slots.append((name, value, None))
+            return
+        nbytes = _nbytes(value)
+        skip = frozenset(k for k in written.get(nbytes, ()) if sink.has_key(k))
+        slots.append((name, value, executor.submit(encode_task, name, value, skip, plan)))
+        ahead["bytes"] += max(nbytes, 0)
+
+    def room(nbytes: int) -> bool:
+        """May one more task of ``nbytes`` be submitted before the oldest is written?"""
+        if len(slots) < window:
+            return True
+        budget = jobs * max(ahead["largest"], nbytes)
+        return len(slots) < MAX_AHEAD * jobs and ahead["bytes"] + nbytes <= budget
+
+    def commit() -> None:
+        name, value, future = slots.popleft()
+        ahead["bytes"] -= max(_nbytes(value), 0) if future is not None else 0
+        if future is None:
+            sink.check_name(name)
+            entry = sink.add_encoded(name, value.spec, value.pending)
+        else:
+            sink.check_name(name)
+            result: Result = _result(future, name)
+            pending = from_portable(result.pending, shared) if result.pending is not None else None
+            error = result.error
+            if pending is None and not sink.has_key(result.key):  # e.g. a new shard began
+                again = encode_task(name, value, frozenset(), plan)
+                pending, error = from_portable(again.pending, shared), again.error
+            entry = sink.add_result(name, result.spec, pending, error, result.key)
+            if result.key is not None and entry.alias is None:
+                written.setdefault(result.spec.nbytes, set()).add(result.key)
+        if on_entry is not None:
+            on_entry(entry)
+
+    try:
+        for name, value in tasks:
+            nbytes = _nbytes(value)
+            while slots and not room(nbytes):
+                commit()
+            ahead["largest"] = max(ahead["largest"], nbytes)
+            submit(name, value)
+        while slots:
+            commit()
+    except BaseException:
+        for _, _, future in slots:
+            if future is not None:
+                future.cancel()
+        raise
+
+
+# ----------------------------------------------------------------------------- one call
+
+
+@dataclass
+class Packed:
+    """What :func:`pack_source` wrote: the files (shards first, then the shard index),
+    the decoded bytes of all tensors, and the peak resident set of each worker process."""
+
+    files: list[str]
+    raw_bytes: int
+    worker_peaks: list[int]
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(os.path.getsize(f) for f in self.files if f.endswith(".cmf"))
+
+
+def pack_source(
+    src: Any,
+    output: str,
+    plan: Plan,
+    *,
+    jobs: int = 1,
+    executor: str = "process",
+    scheduler: Any = None,
+    shard_size: int | None = None,
+    attachments: Iterable[tuple[str, bytes]] = (),
+    on_entry: Callable[[Any], None] | None = None,
+) -> Packed:
+    """Pack a converter source (cmf.convert) to ``output`` (one .cmf, or a sharded set when
+    ``shard_size`` is given) with ``jobs`` processes or a dask cluster; attachments of the
+    source, then ``attachments``, follow the tensors."""
+    from .shards import ShardedWriter
+    from .writer import Writer
+
+    ex = make_executor(jobs, executor, scheduler)
+    peaks: list[int] = []
+    try:
+        if shard_size is not None:
+            sink: Any = ShardedWriter(output, shard_size, metadata=src.metadata, level=plan.level,
+                                      limits=plan.limits)
+            target = sink
+        else:
+            target = Writer(output, metadata=src.metadata, level=plan.level, limits=plan.limits)
+            sink = WriterSink(target)
+        with target:
+            pack_tasks(sink, source_tasks(src), plan, ex, on_entry)
+            if isinstance(ex, ProcessExecutor):
+                peaks = ex.peaks()
+            for name, data in [*src.attachments.items(), *attachments]:
+                target.add_attachment(name, data)
+    finally:
+        ex.close(cancel=True)
+    files = [*target.files, target.index_file] if shard_size is not None else [target.path]
+    return Packed(files, target.raw_bytes, peaks)

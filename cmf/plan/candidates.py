@@ -1,0 +1,343 @@
+"""Per-tensor candidates and their rate-distortion curves (spec/planner.md).
+
+For one float weight the planner tries a set of *choices* — ways to encode it — and measures
+each on the real tensor: the bytes it really takes (the encoded tree, entropy coding included)
+and the error it really makes (decoded as a reader decodes it). The curve keeps the lower convex
+hull of (bytes, error) points, the only ones an optimal allocation picks.
+
+Families of choices:
+
+* ``step``: entropy-coded uniform quantization (ECSQ). One step size per input channel,
+  ``s_j = step / sqrt(w_j)`` with ``w_j`` the channel's importance (mean 1; all 1 without
+  activations), codes rounded to nearest and entropy coded. Stored as a plain ``quantize`` node
+  (one scale per input channel, ``search: false``); values beyond the code range are kept exact
+  by an ``outlier`` node around it. At equal bytes this beats block-scaled fixed-rate codes
+  by 1-2 dB on trained weights, and the importance puts the accuracy where activations are.
+* ``quantize``: fixed-rate block quantization with an error-minimizing scale search
+  (cmf.plan.presets' q8/q4 family), several bits, block sizes and schemes.
+* ``codebook``: k-means palettes with entropy-coded indices.
+* ``lowrank``: a truncated SVD with 8-bit factors, where it stores fewer bytes.
+* ``lossless``: the top point, zero error.
+
+The *error* of a choice is the importance-weighted squared error ``sum_ij w_j dW_ij^2`` (plain
+squared error without activations); the sensitivity (cmf.plan.sensitivity) turns it into
+output error. Fixed-rate and codebook candidates of a large tensor are measured on a sample of
+its rows (``SAMPLE_ELEMENTS``) and scaled; step candidates always on the whole tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .. import dtypes
+from ..codecs import ArraySpec
+from ..codecs.outlier import Outlier
+from ..codecs.quantize import Quantize
+from ..codecs.sparse import choose_index_bits, delta_encode
+from ..errors import CmfError
+from ..pipeline import Pending, PendingNode, decode_pending, encode_lossless
+from .recipe import encode_template
+
+SAMPLE_ELEMENTS = 1 << 20  # template candidates of bigger tensors are measured on this many
+MAX_OUTLIERS = 1e-3  # a step choice needing more exact values than this fraction is dropped
+MAX_STEP_BITS = 12  # widest codes of a step choice (u16 codes beyond 8 bits)
+FLOATS = ("f32", "f16", "bf16", "f64")
+MIN_ELEMENTS = 4096  # as the q8/q4 presets: smaller tensors stay lossless
+
+
+def plannable(spec: ArraySpec) -> bool:
+    """Tensors the planner chooses an encoding for (the others are stored losslessly)."""
+    return spec.dtype.name in FLOATS and len(spec.shape) >= 2 and spec.numel >= MIN_ELEMENTS
+
+
+def codes_template(bits: int) -> Any:
+    """Entropy coding of codes: the smallest of zstd literals, cmf's Huffman and bit packing."""
+    return {"choose": [
+        {"codec": "raw", "parts": {"data": {"codec": "zstd", "config": {"level": 1, "literals_only": True}}}},
+        {"codec": "huffman", "config": {"chunk": 1024, "max_length": 12}},
+        {"codec": "bitpack", "config": {"bits": bits}, "parts": {"data": "stored"}},
+    ]}
+
+
+# ----------------------------------------------------------------------------- choices
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One way to encode a tensor: ``family`` and its JSON-able ``params``."""
+
+    family: str
+    params: dict = field(default_factory=dict)
+    label: str = ""
+
+    def to_json(self) -> dict:
+        return {"family": self.family, **self.params}
+
+
+def step_choices(levels: Sequence[float] | None = None, per_bit: int = 4) -> list[Choice]:
+    """Step sizes relative to the tensor's RMS, ``1 / per_bit`` bit apart (about 1 to 10
+    bits)."""
+    rel = levels if levels is not None else [2.0 ** (1 - k / per_bit) for k in range(9 * per_bit + 1)]
+    return [Choice("step", {"rel_step": float(r)}, f"step {r:.3g}") for r in rel]
+
+
+def _qt(bits: int, block: int, scheme: str = "symmetric") -> dict:
+    return {"codec": "quantize",
+            "config": {"bits": bits, "block": block, "axis": -1, "scheme": scheme,
+                       "scale_dtype": "f16", "search": True},
+            "parts": {"q": codes_template(bits)}}
+
+
+def template_choices(thorough: bool = False) -> list[Choice]:
+    """Fixed-rate quantize, codebook and low-rank templates (a few; more with ``thorough``)."""
+    out = []
+    grid = [(2, 32, "asymmetric"), (3, 32, "asymmetric"), (3, 64, "symmetric"), (4, 32, "symmetric"),
+            (4, 128, "symmetric")]
+    if thorough:
+        grid += [(2, 64, "asymmetric"), (3, 32, "symmetric"), (4, 64, "symmetric"), (5, 32, "symmetric"),
+                 (5, 0, "symmetric"), (6, 0, "symmetric"), (8, 0, "symmetric"), (4, 32, "asymmetric")]
+    for bits, block, scheme in grid:
+        label = f"q{bits} {'row' if block == 0 else f'g{block}'}{' asym' if scheme == 'asymmetric' else ''}"
+        out.append(Choice("template", {"template": _qt(bits, block, scheme)}, label))
+    for k in ((4, 8, 16) if not thorough else (4, 8, 16, 32, 64)):
+        t = {"codec": "codebook", "fit": {"k": k}, "parts": {"indices": codes_template(8)}}
+        out.append(Choice("template", {"template": t}, f"codebook k{k}"))
+    if thorough:
+        for r in (0.1, 0.2):
+            t = {"codec": "lowrank", "fit": {"rel_error": r},
+                 "parts": {p: _qt(8, 0) for p in ("u", "v")}}
+            out.append(Choice("template", {"template": t}, f"lowrank {r}"))
+    return out
+
+
+LOSSLESS = Choice("lossless", {}, "lossless")
+
+
+# ----------------------------------------------------------------------------- importance
+
+
+def channel_weights(shape: tuple[int, ...], moments: tuple[int, np.ndarray] | None,
+                    damping: float = 0.05) -> tuple[int | None, np.ndarray | None]:
+    """``(axis, w)``: per-input-channel importance along ``axis`` of a 2-D weight, mean 1
+    (``E[x_j^2]`` plus ``damping`` times its mean, so channels the calibration barely saw
+    still count), or ``(None, None)`` for uniform importance."""
+    if moments is None or len(shape) != 2:
+        return None, None
+    axis, m = moments
+    axis = axis % 2
+    m = np.asarray(m, np.float64).reshape(-1)
+    if m.size != shape[axis] or not np.all(np.isfinite(m)) or m.mean() <= 0:
+        return None, None
+    m = m + damping * m.mean()
+    return axis, m / m.mean()
+
+
+def weighted_error(x: np.ndarray, y: np.ndarray, axis: int | None, w: np.ndarray | None) -> tuple[float, float]:
+    """(plain, weighted) squared error of ``y`` against ``x`` in float64, in row chunks."""
+    x2 = np.asarray(x).reshape(x.shape[0], -1) if x.ndim >= 2 else np.asarray(x).reshape(1, -1)
+    y2 = np.asarray(y).reshape(x2.shape)
+    plain = weighted = 0.0
+    step = max(1, (1 << 20) // max(1, x2.shape[1]))
+    for i in range(0, x2.shape[0], step):
+        d = y2[i : i + step].astype(np.float64) - x2[i : i + step].astype(np.float64)
+        d *= d
+        plain += float(d.sum())
+        if w is not None:
+            ww = w[None, :] if axis == 1 else w[i : i + step, None]
+            weighted += float((d * ww).sum())
+    return plain, (weighted if w is not None else plain)
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def encode_step(x: np.ndarray, spec: ArraySpec, rel_step: float, axis: int | None,
+                w: np.ndarray | None, level: int = 3) -> tuple[Pending, np.ndarray]:
+    """The step (ECSQ) encoding of ``x`` (module docstring) and the array it decodes to;
+    CmfError if it cannot be made."""
+    xf = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(xf).all():
+        raise CmfError("step: the tensor has non-finite values")
+    rms = float(np.sqrt(np.mean(np.square(xf, dtype=np.float64)))) or 1.0
+    base = rel_step * rms
+    if axis is None or w is None:  # one step for the whole tensor
+        qaxis: int | None = None
+        scales = np.full((1,), base)
+    else:  # one step per input channel: quantize blocks run along the other axis
+        qaxis = 1 - axis
+        scales = (base / np.sqrt(w)).reshape((1, spec.shape[1]) if axis == 1 else (spec.shape[0], 1))
+    sdt = "f16" if (scales.min() >= 6.2e-5 and scales.max() <= 6.0e4) else "f32"
+    s_stored = scales.astype(dtypes.BY_NAME[sdt].numpy)
+    s32 = s_stored.astype(np.float32)
+    if not (np.isfinite(s32).all() and (s32 > 0).all()):
+        raise CmfError("step: a step size does not fit the scale dtype")
+    levels = np.rint(xf / (s32 if qaxis is not None else s32[0])) + np.float32(0)  # no -0.0
+    limit = (1 << (MAX_STEP_BITS - 1)) - 1
+    outliers = np.abs(levels) > limit
+    count = int(outliers.sum())
+    if count > MAX_OUTLIERS * xf.size:
+        raise CmfError("step: too many values beyond the code range")
+    if count:
+        levels[outliers] = 0
+    lo, hi = (int(levels.min()), int(levels.max())) if levels.size else (0, 0)
+    bits = 2
+    while -lo > (1 << (bits - 1)) or hi > (1 << (bits - 1)) - 1:  # [-2^(b-1), 2^(b-1) - 1]
+        bits += 1
+    codec = Quantize(bits=bits, block=0, axis=qaxis, scheme="symmetric", scale_dtype=sdt, search=False)
+    q = (levels + (1 << (bits - 1))).astype(np.uint8 if bits <= 8 else np.uint16)
+    parts_spec = codec.resolve(spec)
+    quant = PendingNode(codec, {
+        "q": encode_template(codes_template(bits), q, parts_spec["q"], level),
+        "scale": encode_lossless(s_stored.reshape(parts_spec["scale"].shape), parts_spec["scale"], level),
+    }, spec)
+    # what the quantize decoder computes: f32(level) * f32(scale), one rounding, then the dtype
+    with np.errstate(over="ignore"):
+        y = (levels.astype(np.float32) * (s32 if qaxis is not None else s32[0])).astype(spec.dtype.numpy)
+    if not count:
+        return quant, y
+    flat = np.flatnonzero(outliers.reshape(-1))
+    nbits, entries, _ = choose_index_bits(flat, (8, 16))
+    ocodec = Outlier(count=count, bits=nbits, entries=entries)
+    ospec = ocodec.resolve(spec)
+    codes = delta_encode(flat, nbits)
+    values = np.ascontiguousarray(np.asarray(x).reshape(-1)[flat], dtype=spec.dtype.numpy)
+    y.reshape(-1)[flat] = values
+    return PendingNode(ocodec, {
+        "dense": quant,  # the quantized values at the outlier positions are replaced on decode
+        "index": encode_lossless(codes, ospec["index"], level),
+        "values": encode_lossless(values, ospec["values"], level),
+    }, spec), y
+
+
+def encode_choice(choice: Choice, x: np.ndarray, spec: ArraySpec, axis: int | None,
+                  w: np.ndarray | None, level: int = 3) -> Pending:
+    """The pending tree of ``choice`` for ``x`` (CmfError / FitRefused if it does not apply)."""
+    return encode_decoded(choice, x, spec, axis, w, level)[0]
+
+
+def encode_decoded(choice: Choice, x: np.ndarray, spec: ArraySpec, axis: int | None,
+                   w: np.ndarray | None, level: int = 3) -> tuple[Pending, np.ndarray]:
+    """The pending tree of ``choice`` for ``x`` and the array a reader decodes it to."""
+    if choice.family == "lossless":
+        return encode_lossless(np.asarray(x), spec, level), np.asarray(x)
+    if choice.family == "step":
+        return encode_step(x, spec, choice.params["rel_step"], axis, w, level)
+    if choice.family == "template":
+        pending = encode_template(choice.params["template"], x, spec, level)
+        return pending, decode_pending(pending)
+    raise CmfError(f"unknown choice family {choice.family!r}")
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+@dataclass
+class Point:
+    choice: Choice
+    bytes: int  # stored bytes (scaled up from the sample for sampled points)
+    error: float  # weighted squared error (plain without importance)
+    plain: float  # plain squared error
+    sampled: bool = False
+
+    def to_json(self) -> dict:
+        return {"choice": self.choice.label, "bytes": self.bytes, "error": self.error,
+                "sampled": self.sampled}
+
+
+@dataclass
+class Curve:
+    name: str
+    numel: int
+    energy: float  # weighted sum of squares of the tensor (error of storing zeros)
+    points: list[Point]
+    hull: list[Point]
+    axis: int | None = None
+    weights: np.ndarray | None = None
+    seconds: float = 0.0
+
+
+def lower_hull(points: Sequence[Point]) -> list[Point]:
+    """The lower convex hull of (bytes, error): bytes increasing, error strictly decreasing,
+    slopes (error saved per byte) decreasing."""
+    pts = sorted(points, key=lambda p: (p.bytes, p.error))
+    mono: list[Point] = []
+    for p in pts:  # Pareto front: each point must beat every cheaper one
+        if not mono or p.error < mono[-1].error:
+            if mono and p.bytes == mono[-1].bytes:
+                mono[-1] = p
+            else:
+                mono.append(p)
+    hull: list[Point] = []
+    for p in mono:
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # b is above the segment a-p (or on it): drop it
+            cross = (b.bytes - a.bytes) * (p.error - a.error) - (b.error - a.error) * (p.bytes - a.bytes)
+            if cross <= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return hull
+
+
+def _sample_rows(x: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Evenly spaced stripes of rows holding about ``limit`` elements: (sample, row indices or
+    None for all rows, numel / sample numel)."""
+    rows = x.shape[0]
+    per_row = x.size // max(rows, 1)
+    take = max(1, limit // max(per_row, 1))
+    if take >= rows:
+        return x, None, 1.0
+    stripes = 16
+    size = max(1, take // stripes)
+    starts = np.linspace(0, rows - size, stripes).astype(int)
+    idx = np.unique(np.concatenate([np.arange(s, s + size) for s in starts]))
+    return np.ascontiguousarray(x[idx]), idx, rows / idx.size
+
+
+def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
+            moments: tuple[int, np.ndarray] | None = None, *, level: int = 3,
+            sample: int = SAMPLE_ELEMENTS, damping: float = 0.05,
+            progress: Callable[[], None] | None = None) -> Curve:
+    """Measure every choice on ``x`` (module docstring) and return its curve."""
+    import time
+
+    start = time.perf_counter()
+    x = np.asarray(x)
+    spec = ArraySpec(dtypes.of_array(x), tuple(int(d) for d in x.shape))
+    axis, w = channel_weights(spec.shape, moments, damping)
+    energy = weighted_error(x, np.zeros_like(x), axis, w)[1]
+    points = []
+    sample_of: tuple | None = None
+    for choice in choices:
+        try:
+            if choice.family == "template" and x.size > sample:
+                if sample_of is None:
+                    sx, idx, factor = _sample_rows(x, sample)
+                    sw = w if (w is None or axis == 1 or idx is None) else w[idx]
+                    sspec = ArraySpec(spec.dtype, tuple(int(d) for d in sx.shape))
+                    sample_of = (sx, sw, sspec, factor)
+                sx, sw, sspec, factor = sample_of
+                pending, y = encode_decoded(choice, sx, sspec, axis, sw, level)
+                plain, werr = weighted_error(sx, y, axis, sw)
+                point = Point(choice, round(pending.stored * factor), werr * factor, plain * factor,
+                              factor != 1.0)
+            else:
+                pending, y = encode_decoded(choice, x, spec, axis, w, level)
+                plain, werr = weighted_error(x, y, axis, w)
+                point = Point(choice, pending.stored, werr, plain)
+        except CmfError:
+            continue  # this choice does not apply here (FitRefused, non-finite values...)
+        finally:
+            if progress is not None:
+                progress()
+        points.append(point)
+    if not any(p.choice.family == "lossless" for p in points):
+        pending = encode_lossless(x, spec, level)
+        points.append(Point(LOSSLESS, pending.stored, 0.0, 0.0))
+    return Curve(name, x.size, energy, points, lower_hull(points), axis, w,
+                 time.perf_counter() - start)

@@ -1,0 +1,419 @@
+"""Run a model with some of its tensors replaced, and say how far its outputs moved.
+
+The planner measures everything it predicts at the model's output. A :class:`Harness` holds a
+model's original tensors (float32), its calibration inputs, and a way to run it with any tensors
+swapped for others (noisy or decoded ones) on the reference decoder (cmf.runtime):
+
+* ``encoder`` (BERT family): sentence embeddings of the calibration texts;
+* ``decoder`` (Llama family): next-token logits over the calibration text (cut to 256 tokens);
+* ``onnx``: every float output of every calibration input set.
+
+**The output error** (what ``--target-error`` bounds, spec/planner.md) is ``1 - mean cosine``:
+the cosine similarity of each sentence embedding (encoder) or each position's logit row
+(decoder) with the original's, averaged; for ONNX models each float output is taken over all
+calibration samples at once (one vector per output), and the mean is over the outputs. It is
+``1 - cosine_mean`` of ``cmf eval`` for encoders and decoders.
+
+``input_moments()`` runs the original model once and returns, for each weight matrix that
+multiplies an activation, the mean square of every input channel over the calibration tokens:
+``E[x_j^2]`` (the diagonal of the input covariance), with the weight axis it runs along. The
+quantization error of a weight ``W`` then moves the layer's output by
+``E|dW x|^2 ~= sum_ij dW_ij^2 E[x_j^2]`` (errors of different elements are uncorrelated).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import CmfError
+
+DEFAULT_ONNX_SAMPLES = 8
+DEFAULT_MAX_TOKENS = 256
+METRIC = "1 - mean cosine"
+
+Moments = dict[str, tuple[int, np.ndarray]]  # tensor name -> (input-channel axis, E[x^2])
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two [n, d] arrays, float64 (1 where both rows are zero)."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    na, nb = np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)
+    dot = np.einsum("ij,ij->i", x, y)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = dot / np.sqrt(na * nb)
+    c = np.where((na == 0) & (nb == 0), 1.0, np.where((na == 0) | (nb == 0), 0.0, c))
+    return np.clip(c, -1.0, 1.0)
+
+
+def output_error(kind: str, ref: Any, out: Any) -> float:
+    """The output error (module docstring) of outputs ``out`` against ``ref``."""
+    if kind in ("encoder", "decoder"):
+        return float(1.0 - _cosines(ref, out).mean())
+    errs = []
+    for name in ref[0]:
+        if ref[0][name].dtype.kind != "f":
+            continue
+        a = np.concatenate([s[name].reshape(-1) for s in ref])[None]
+        b = np.concatenate([s[name].reshape(-1) for s in out])[None]
+        errs.append(1.0 - float(_cosines(a, b)[0]))
+    return float(np.mean(errs)) if errs else 0.0
+
+
+def cosine_stats(kind: str, ref: Any, out: Any) -> dict[str, float]:
+    """``{"cosine_mean", "cosine_min"}`` of the rows (encoder/decoder) or outputs (onnx)."""
+    if kind in ("encoder", "decoder"):
+        c = _cosines(ref, out)
+    else:
+        c = np.array([1.0 - output_error(kind, [{k: s[k]} for s in ref], [{k: s[k]} for s in out])
+                      for k in ref[0] if ref[0][k].dtype.kind == "f"] or [1.0])
+    return {"cosine_mean": float(c.mean()), "cosine_min": float(c.min())}
+
+
+class Harness:
+    """A runnable model (see the module docstring). ``tensors``: name -> original array."""
+
+    kind = "?"
+
+    def __init__(self, tensors: Mapping[str, np.ndarray]) -> None:
+        self.tensors = dict(tensors)
+        self._ref: Any = None
+        self.samples = 0
+
+    # -- running
+    def _run(self, get: Callable[[str], np.ndarray]) -> Any:
+        raise NotImplementedError
+
+    def run(self, overrides: Mapping[str, np.ndarray] | None = None) -> Any:
+        """Outputs on the calibration inputs with ``overrides`` in place of the originals."""
+        over = overrides or {}
+
+        def get(name: str) -> np.ndarray:
+            if name in over:
+                return np.asarray(over[name])
+            if name not in self.tensors:
+                raise CmfError(f"the model has no tensor {name!r}")
+            return self.tensors[name]
+
+        return self._run(get)
+
+    @property
+    def reference(self) -> Any:
+        if self._ref is None:
+            self._ref = self.run()
+        return self._ref
+
+    def error(self, overrides: Mapping[str, np.ndarray] | None = None) -> float:
+        return output_error(self.kind, self.reference, self.run(overrides))
+
+    def stats(self, overrides: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+        out = self.run(overrides)
+        return {"error": output_error(self.kind, self.reference, out),
+                **cosine_stats(self.kind, self.reference, out)}
+
+    def input_moments(self) -> Moments:
+        return {}
+
+
+# ----------------------------------------------------------------------------- encoders
+
+
+class EncoderHarness(Harness):
+    kind = "encoder"
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], config: dict, pipeline: Any,
+                 tokenizer: Any, texts: Sequence[str]) -> None:
+        from ..runtime.bert import BertEncoder
+
+        super().__init__(tensors)
+        self.config, self.pipeline = config, pipeline
+        probe = BertEncoder.from_tensors(self.tensors.__getitem__, list(self.tensors), config, pipeline, tokenizer)
+        encodings = probe.tokenize(texts)
+        self.batches = []  # (ids, mask, types) padded per batch of 32, longest first
+        order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
+        for start in range(0, len(order), 32):
+            chunk = order[start : start + 32]
+            s = max(len(encodings[i].ids) for i in chunk)
+            ids = np.full((len(chunk), s), probe.pad_id, np.int64)
+            types, mask = np.zeros_like(ids), np.zeros_like(ids)
+            for row, i in enumerate(chunk):
+                e = encodings[i]
+                n = len(e.ids)
+                ids[row, :n], types[row, :n], mask[row, :n] = e.ids, e.type_ids, 1
+            self.batches.append((ids, mask, types))
+        self.samples = len(encodings)
+        self.tokens = int(sum(m.sum() for _, m, _ in self.batches))
+
+    def runner(self, get: Callable[[str], np.ndarray]) -> Any:
+        from ..runtime.bert import BertEncoder
+
+        return BertEncoder.from_tensors(get, list(self.tensors), self.config, self.pipeline)
+
+    def _run(self, get: Callable[[str], np.ndarray]) -> np.ndarray:
+        enc = self.runner(get)
+        return np.concatenate([enc.embed_ids(ids, mask, types) for ids, mask, types in self.batches])
+
+    def input_moments(self) -> Moments:
+        from ..runtime import bert
+
+        enc = self.runner(self.tensors.__getitem__)
+        pre = bert._prefix(list(self.tensors))
+        owners: dict[int, list[str]] = {}
+        for i, p in enumerate(enc.params["blocks"]):
+            L = f"{pre}encoder.layer.{i}."
+            for key, subs in (("qkv", ["attention.self.query", "attention.self.key", "attention.self.value"]),
+                              ("o", ["attention.output.dense"]), ("fc", ["intermediate.dense"]),
+                              ("proj", ["output.dense"])):
+                owners[id(p[key])] = [L + s + ".weight" for s in subs]
+        sums: dict[int, list] = {}
+
+        def linear(x: np.ndarray, w: dict) -> np.ndarray:
+            if id(w) in owners:  # padded positions do not count
+                flat = x.reshape(-1, x.shape[-1])
+                keep = self._mask_rows(flat.shape[0])
+                rows = flat[keep] if keep is not None else flat
+                acc = sums.setdefault(id(w), [np.zeros(x.shape[-1]), 0])
+                acc[0] += np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
+                acc[1] += rows.shape[0]
+            return original(x, w)
+
+        original = bert.linear
+        with _patched(bert, "linear", linear):
+            for ids, mask, types in self.batches:
+                self._current_mask = mask.reshape(-1).astype(bool)
+                enc.embed_ids(ids, mask, types)
+        self._current_mask = None
+        out: Moments = {}
+        for key, names in owners.items():
+            if key in sums and sums[key][1]:
+                m = sums[key][0] / sums[key][1]
+                for n in names:
+                    out[n] = (1, m)  # weights are [out, in]: input channels along axis 1
+        return out
+
+    _current_mask: np.ndarray | None = None
+
+    def _mask_rows(self, n: int) -> np.ndarray | None:
+        m = self._current_mask
+        return m if m is not None and m.size == n else None
+
+
+@contextmanager
+def _patched(module: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+# ----------------------------------------------------------------------------- decoders
+
+
+class DecoderHarness(Harness):
+    kind = "decoder"
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], config: dict, ids: Sequence[int],
+                 build: Callable[[Callable[[str], np.ndarray]], Any]) -> None:
+        super().__init__(tensors)
+        self.config, self.ids, self.build = config, list(ids), build
+        self.samples = len(self.ids)
+        self.tokens = len(self.ids)
+
+    def _run(self, get: Callable[[str], np.ndarray]) -> np.ndarray:
+        return np.asarray(self.build(get).logits(np.asarray(self.ids, np.int64)), np.float32)
+
+    def input_moments(self) -> Moments:
+        from ..runtime import llama
+
+        runner = self.build(self.tensors.__getitem__)
+        owners: dict[int, list[str]] = {}
+        names = set(self.tensors)
+        for i, layer in enumerate(runner.layers):
+            p = f"model.layers.{i}."
+            for w, subs in ((layer.w_qkv, ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+                            (layer.w_o, ["self_attn.o_proj"]), (layer.w_gate_up, ["mlp.gate_proj", "mlp.up_proj"]),
+                            (layer.w_down, ["mlp.down_proj"])):
+                owners[id(w)] = [p + s + ".weight" for s in subs if p + s + ".weight" in names]
+        tied = runner.lm_head is runner.embed
+        if not tied and "lm_head.weight" in names:
+            owners[id(runner.lm_head)] = ["lm_head.weight"]
+        sums: dict[int, list] = {}
+        original = llama.linear
+
+        def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+            if id(w) in owners:
+                acc = sums.setdefault(id(w), [np.zeros(x.shape[-1]), 0])
+                flat = x.reshape(-1, x.shape[-1])
+                acc[0] += np.einsum("ij,ij->j", flat, flat, dtype=np.float64)
+                acc[1] += flat.shape[0]
+            return original(x, w, b)
+
+        with _patched(llama, "linear", linear):
+            runner.logits(np.asarray(self.ids, np.int64))
+        out: Moments = {}
+        for key, names_ in owners.items():
+            if key in sums and sums[key][1]:
+                for n in names_:
+                    out[n] = (1, sums[key][0] / sums[key][1])
+        return out
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+
+class OnnxHarness(Harness):
+    kind = "onnx"
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], skeleton: bytes, where: str,
+                 feeds: list[dict[str, np.ndarray]] | None, samples: int = DEFAULT_ONNX_SAMPLES) -> None:
+        from ..runtime import onnx_runner
+
+        super().__init__(tensors)
+        self.skeleton, self.where = skeleton, where
+        probe = self._runner(self.tensors.__getitem__)
+        from ..runtime.evaluate import onnx_feeds
+
+        if feeds is None:
+            self.feeds = [probe.sample_inputs(seed) for seed in range(samples)]
+        else:
+            self.feeds = [onnx_feeds(probe, f) for f in feeds]
+        self.samples = len(self.feeds)
+        self.tokens = self.samples
+        self._onnx_runner = onnx_runner
+
+    def _model(self, get: Callable[[str], np.ndarray]) -> Any:
+        from ..convert.onnx import _markers
+        from ..runtime import onnx_runner
+
+        model = onnx_runner.skeleton_from(self.skeleton, self.where)
+        wanted = {name for name, _, _, _ in _markers(model)}
+        return onnx_runner.rebuild(model, ((n, get(n)) for n in self.tensors if n in wanted))
+
+    def _runner(self, get: Callable[[str], np.ndarray], extra: Sequence[str] = ()) -> Any:
+        from onnx import helper
+
+        from ..runtime import onnx_runner
+
+        model = self._model(get)
+        for name in extra:
+            model.graph.output.append(helper.make_empty_tensor_value_info(name))
+        return onnx_runner.OnnxRunner(model)
+
+    def _run(self, get: Callable[[str], np.ndarray]) -> list[dict[str, np.ndarray]]:
+        runner = self._runner(get)
+        return [runner.run(f) for f in self.feeds]
+
+    def input_moments(self) -> Moments:
+        """MatMul/Gemm nodes whose weight (B) is one of the tensors: E[x^2] of input A."""
+        from ..runtime import onnx_runner
+
+        model = onnx_runner.skeleton_from(self.skeleton, self.where)
+        uses: dict[str, list[tuple[str, int, int]]] = {}  # activation -> (weight, weight axis, act axis)
+        for node in model.graph.node:
+            if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+                continue
+            a, b = node.input[0], node.input[1]
+            if b not in self.tensors or self.tensors[b].ndim != 2:
+                continue
+            attrs = {x.name: x.i for x in node.attribute}
+            w_axis = 1 if node.op_type == "Gemm" and attrs.get("transB", 0) else 0
+            a_axis = 0 if node.op_type == "Gemm" and attrs.get("transA", 0) else -1
+            uses.setdefault(a, []).append((b, w_axis, a_axis))
+        if not uses:
+            return {}
+        graph_outputs = {o.name for o in model.graph.output}
+        extra = [a for a in uses if a not in graph_outputs and a not in self.tensors]
+        try:
+            runner = self._runner(self.tensors.__getitem__, extra)
+        except CmfError:
+            return {}
+        names = runner.output_names
+        sums: dict[str, list] = {}
+        for feeds in self.feeds:
+            outs = runner.run(feeds)
+            for a, users in uses.items():
+                if a in self.tensors:
+                    continue
+                x = outs.get(a) if a in names else feeds.get(a)
+                if x is None or x.dtype.kind != "f":
+                    continue
+                for w, w_axis, a_axis in users:
+                    k = self.tensors[w].shape[w_axis]
+                    xa = np.moveaxis(np.asarray(x, np.float64), a_axis, -1)
+                    if xa.shape[-1] != k:
+                        continue
+                    flat = xa.reshape(-1, k)
+                    acc = sums.setdefault(w, [np.zeros(k), 0, w_axis])
+                    acc[0] += np.einsum("ij,ij->j", flat, flat)
+                    acc[1] += flat.shape[0]
+        return {w: (acc[2], acc[0] / acc[1]) for w, acc in sums.items() if acc[1]}
+
+
+# ----------------------------------------------------------------------------- opening
+
+
+def open_harness(path: str | os.PathLike, calibrate: Any = None, *,
+                 max_tokens: int = DEFAULT_MAX_TOKENS, samples: int = DEFAULT_ONNX_SAMPLES,
+                 tensors: Mapping[str, np.ndarray] | None = None) -> Harness:
+    """The harness of the model at ``path`` (a model directory, .onnx, .safetensors with side
+    files, .gguf or .cmf); CmfError when no runner fits it (the planner then goes data-free).
+
+    ``calibrate``: a .txt (one text per line), a .npz/.npy (ONNX inputs), a list of strings or
+    of input dicts; default: the built-in sentences (text models) or generated inputs (ONNX).
+    """
+    from ..runtime.evaluate import read_arrays, read_texts, sample_sentences
+    from ..runtime.rebuild import ONNX_SKELETON, detect_kind, load_tokenizer, open_model
+    from ..runtime.bert import pipeline_from
+
+    if isinstance(calibrate, (str, os.PathLike)):
+        p = os.fspath(calibrate)
+        calibrate = read_arrays(p) if p.lower().endswith((".npz", ".npy")) else read_texts(p)
+    with open_model(path) as src:
+        kind, config = detect_kind(src)
+        if tensors is None:
+            tensors = {n: _as_float32(src.get_tensor(n)) for n in src.keys()}
+        if kind == "onnx":
+            if calibrate is not None and not (isinstance(calibrate, (dict, np.ndarray))
+                                              or (isinstance(calibrate, list) and all(isinstance(x, dict) for x in calibrate))):
+                raise CmfError("calibration inputs for an ONNX model: a .npz/.npy, a dict of arrays or a list of dicts")
+            feeds = None
+            if calibrate is not None:
+                feeds = calibrate if isinstance(calibrate, list) else [calibrate]
+            return OnnxHarness(tensors, src.attachment(ONNX_SKELETON), os.fspath(path), feeds, samples)
+        if calibrate is not None and not (isinstance(calibrate, list) and all(isinstance(t, str) for t in calibrate)):
+            raise CmfError(f"calibration inputs for a text model ({kind}): a .txt file or a list of strings")
+        texts = list(calibrate) if calibrate else sample_sentences()
+        tokenizer = load_tokenizer(src)
+        if kind == "encoder":
+            return EncoderHarness(tensors, config, pipeline_from(src.json), tokenizer, texts)
+        from ..runtime import llama
+
+        meta = dict(src.metadata)
+        gguf = meta.get("cmf.source_format") == "gguf" and src.json("config.json") is None
+
+        def build(get: Callable[[str], np.ndarray]) -> Any:
+            if gguf:
+                return llama.LlamaRunner.from_gguf(get, meta)
+            return llama.LlamaRunner.from_tensors(get, config)
+
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        ids = list(tokenizer.encode(" ".join(texts)).ids)[:max_tokens]
+        if len(ids) < 2:
+            raise CmfError("the calibration text is shorter than 2 tokens")
+        return DecoderHarness(tensors, config, ids, build)
+
+
+def _as_float32(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype.kind == "f" or a.dtype.kind == "V":
+        try:
+            return np.ascontiguousarray(a, dtype=np.float32)
+        except (TypeError, ValueError):
+            return a
+    return a

@@ -1,0 +1,672 @@
+"""The planner: the smallest file for a given output error (or the best output error for a given
+size), chosen per tensor from measured rate-distortion curves and measured sensitivities, then
+verified by running the file (spec/planner.md).
+
+Stages (``plan_and_write``):
+
+1. **curves** (cmf.plan.candidates): every float weight matrix is encoded with every candidate
+   choice; bytes and (importance-weighted) error are measured, the lower convex hull is kept;
+2. **sensitivity** (cmf.plan.sensitivity): noise of known size in one tensor at a time, the
+   model run on the calibration inputs (cmf.plan.harness), the output error measured — or the
+   data-free proxy when the model cannot be run;
+3. **allocation** (cmf.plan.allocate): greedy marginal analysis on the hulls;
+4. **verification**: the chosen encodings are decoded as a reader decodes them, the model is run
+   with them, and the measured output error is compared with the prediction. If it misses an
+   error target the prediction budget is scaled by ``target / measured`` and the allocation
+   redone (at most ``rounds`` times); a size target is checked on the written file and the
+   byte budget shrunk by the excess;
+5. the file is written with the planner's decisions in its metadata (``cmf.plan``,
+   ``cmf.plan.tensors``) and, for a model that runs, run again from the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .. import dtypes
+from ..codecs import ArraySpec, BytesSpec
+from ..errors import CmfError
+from ..pipeline import Pending, best_bytes, encode_lossless
+from . import sensitivity as sens_mod
+from .allocate import Allocation, Item, allocate
+from .candidates import (
+    LOSSLESS,
+    Curve,
+    Point,
+    encode_decoded,
+    measure,
+    plannable,
+    step_choices,
+    template_choices,
+)
+from .harness import METRIC, Harness, open_harness
+
+# Presets: output-error targets (1 - mean cosine on the calibration inputs), and the data-free
+# equivalents (parameter-weighted mean squared relative weight error) for models that cannot run.
+PLANNED_PRESETS: dict[str, dict[str, float]] = {
+    # 1 - mean cosine on the calibration inputs, with a margin for other inputs (on MiniLM the
+    # error on 300 held-out sentences came out 7-11 % above the calibration error)
+    "balanced": {"error": 8e-4, "data_free": 10 ** -3.4},  # cosine >= 0.999; weights ~34 dB SQNR
+    "small": {"error": 8.5e-3, "data_free": 10 ** -2.4},  # cosine >= 0.99; weights ~24 dB SQNR
+}
+DEFAULT_ROUNDS = 4
+REFINE_FACTOR = 3.0  # re-measure a sensitivity where the chosen error is this far from the noise
+INDEX_BYTES_PER_TENSOR = 400  # estimate of a tensor's share of the index (names, trees, crcs)
+SEGMENT_PADDING = 32  # mean zero padding per segment (segments are 64-byte aligned)
+ATTACHMENT_LEVEL = 19  # zstd level of what the plan does not choose (a few hundred KB at most)
+META_PLAN = "cmf.plan"
+META_TENSORS = "cmf.plan.tensors"
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def parse_target_size(text: str | int | float) -> tuple[str, float]:
+    """``("bpp", x)`` for "4.0bpp" or ``("bytes", n)`` for "12MB", "500KiB", "1e7"."""
+    if isinstance(text, bool):
+        raise CmfError(f"target size: expected e.g. 4.0bpp or 12MB, found {text!r}")
+    if isinstance(text, (int, float)):
+        if not math.isfinite(text) or text <= 0:
+            raise CmfError(f"target size must be positive, found {text!r}")
+        return "bytes", float(text)
+    s = str(text).strip()
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)", s)
+    if not m:
+        raise CmfError(f"target size: expected e.g. 4.0bpp or 12MB, found {text!r}")
+    value, unit = float(m.group(1)), m.group(2).lower()
+    if value <= 0 or not math.isfinite(value):
+        raise CmfError(f"target size must be positive, found {text!r}")
+    if unit in ("bpp", "bpw", "bits"):
+        if value > 64:
+            raise CmfError(f"target size {text!r}: more than 64 bits per parameter")
+        return "bpp", value
+    units = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+             "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "k": 1e3, "m": 1e6, "g": 1e9}
+    if unit not in units:
+        raise CmfError(f"target size {text!r}: unknown unit {m.group(2)!r} (bpp, B, KB, MB, GB, KiB, MiB, GiB)")
+    return "bytes", value * units[unit]
+
+
+@dataclass
+class PlanOptions:
+    preset: str | None = None
+    target_error: float | None = None
+    target_size: str | int | float | None = None
+    calibrate: Any = None  # path (.txt, .npz, .npy) or list of texts / input dicts
+    data_free: bool = False
+    level: int = 3
+    rounds: int = DEFAULT_ROUNDS
+    thorough: bool = False  # more candidate families (fixed-rate grid, bigger codebooks, low rank)
+    steps_per_bit: int = 4  # step choices per bit of rate (fewer: faster, coarser curves)
+    templates: bool = True  # also fixed-rate quantize and codebook candidates
+    progress: Progress | None = None
+
+    def check(self) -> None:
+        given = [k for k, v in (("preset", self.preset), ("target_error", self.target_error),
+                                ("target_size", self.target_size)) if v is not None]
+        if len(given) != 1:
+            raise CmfError("give one of a planning preset (balanced, small), a target error or a "
+                           f"target size; found {', '.join(given) or 'none'}")
+        if self.preset is not None and self.preset not in PLANNED_PRESETS:
+            raise CmfError(f"unknown planning preset {self.preset!r}; choose one of {', '.join(PLANNED_PRESETS)}")
+        if self.target_error is not None:
+            e = self.target_error
+            if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or not 0 < e < 1:
+                raise CmfError(f"target error must be a number in (0, 1), found {e!r}")
+        if self.target_size is not None:
+            parse_target_size(self.target_size)
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise CmfError(f"rounds must be a positive integer, found {self.rounds!r}")
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class TensorPlan:
+    name: str
+    curve: Curve
+    sensitivity: float
+    point: Point | None = None
+    pending: Pending | None = None
+    decoded: np.ndarray | None = None
+
+
+@dataclass
+class PlanResult:
+    """What the planner did (``summary()`` is the JSON the CLI prints and the file stores)."""
+
+    kind: str  # encoder, decoder, onnx, or data-free
+    metric: str
+    target: dict
+    preset: str | None
+    parameters: int
+    tensors: dict[str, TensorPlan]
+    predicted_error: float = 0.0
+    measured_error: float | None = None
+    cosine_mean: float | None = None
+    cosine_min: float | None = None
+    file_error: float | None = None
+    file_bytes: int = 0
+    rounds: list[dict] = field(default_factory=list)
+    copies: dict[str, list[str]] = field(default_factory=dict)  # planned name -> its identical tensors
+    seconds: dict[str, float] = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    target_met: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bits_per_parameter(self) -> float:
+        return self.file_bytes * 8 / self.parameters if self.parameters else 0.0
+
+    def summary(self) -> dict:
+        out = {
+            "version": 1,
+            "kind": self.kind,
+            "metric": self.metric,
+            "preset": self.preset,
+            "target": self.target,
+            "target_met": self.target_met,
+            "predicted_error": self.predicted_error,
+            "measured_error": self.measured_error,
+            "cosine_mean": self.cosine_mean,
+            "cosine_min": self.cosine_min,
+            "parameters": self.parameters,
+            "planned_tensors": len(self.tensors),
+            "rounds": self.rounds,
+            "calibration": self.calibration,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+    def decoded(self) -> dict[str, np.ndarray]:
+        """Every planned tensor (and its copies) as the file will decode it."""
+        out = {}
+        for name, tp in self.tensors.items():
+            if tp.decoded is not None:
+                for n in [name, *self.copies.get(name, ())]:
+                    out[n] = tp.decoded
+        return out
+
+    def tensor_table(self) -> dict[str, dict]:
+        table = {}
+        for name, tp in self.tensors.items():
+            if tp.point is None:
+                continue
+            table[name] = {
+                "choice": tp.point.choice.label,
+                "bits": round(tp.point.bytes * 8 / max(tp.curve.numel, 1), 4),
+                "bytes": int(tp.point.bytes),
+                "error": float(tp.point.error),
+                "sensitivity": float(tp.sensitivity),
+                "predicted": float(tp.sensitivity * tp.point.error),
+                "hull": [[int(p.bytes), float(p.error)] for p in tp.curve.hull],
+            }
+        return table
+
+
+def _progress(options: PlanOptions, stage: str, done: int, total: int) -> None:
+    if options.progress is not None:
+        options.progress(stage, done, total)
+
+
+def _digest(x: np.ndarray) -> bytes:
+    h = hashlib.blake2b(np.ascontiguousarray(x).reshape(-1).view(np.uint8), digest_size=16)
+    h.update(f"|{x.dtype.str}|{x.shape}".encode())
+    return h.digest()
+
+
+def _spec(x: np.ndarray) -> ArraySpec:
+    return ArraySpec(dtypes.of_array(x), tuple(int(d) for d in x.shape))
+
+
+def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | None = None, *,
+         fixed_bytes: int = 0) -> PlanResult:
+    """Plan the encodings of ``tensors`` (name -> array; other values are left alone) and
+    return the result with every planned tensor's pending tree (not yet written).
+
+    ``harness``: the runnable model (None: data-free). ``fixed_bytes``: bytes of the file that
+    the plan does not choose (other tensors, attachments, index), for a size target."""
+    options.check()
+    t_start = time.perf_counter()
+    parameters = sum(int(np.asarray(v).size) for v in tensors.values() if isinstance(v, np.ndarray))
+    # which tensors to plan: float matrices, each distinct content once (copies become aliases)
+    seen: dict[bytes, str] = {}
+    copies: dict[str, list[str]] = {}  # planned name -> identical tensors (written as aliases)
+    names = []
+    for name, x in tensors.items():
+        if not isinstance(x, np.ndarray):
+            continue
+        try:
+            spec = _spec(x)
+        except CmfError:
+            continue
+        if not plannable(spec) or not np.isfinite(np.asarray(x, np.float32)).all():
+            continue
+        d = _digest(x)
+        if d in seen:
+            copies.setdefault(seen[d], []).append(name)
+            continue
+        seen[d] = name
+        names.append(name)
+    kind = harness.kind if harness is not None else "data-free"
+    metric = METRIC if harness is not None else "relative weight error"
+    if options.preset is not None:
+        key = "error" if harness is not None else "data_free"
+        target = {"error": PLANNED_PRESETS[options.preset][key]}
+    elif options.target_error is not None:
+        target = {"error": float(options.target_error)}
+    else:
+        unit, value = parse_target_size(options.target_size)  # type: ignore[arg-type]
+        target = {"bits_per_parameter": value} if unit == "bpp" else {"bytes": int(value)}
+    if "bytes" in target or "bits_per_parameter" in target:
+        goal = target.get("bytes") or target["bits_per_parameter"] * parameters / 8
+        if goal <= fixed_bytes:  # fail before measuring anything
+            raise CmfError(f"target size {int(goal)} bytes is below the smallest file the planner can make "
+                           f"(the tensors it does not plan, the attachments and the index alone take "
+                           f"about {fixed_bytes} bytes)")
+    result = PlanResult(kind, metric, target, options.preset, parameters, {})
+    result.copies = copies
+    if harness is not None:
+        result.calibration = {"samples": harness.samples, "tokens": getattr(harness, "tokens", harness.samples)}
+
+    # 1. moments and curves
+    t0 = time.perf_counter()
+    moments = harness.input_moments() if harness is not None else {}
+    result.seconds["moments"] = time.perf_counter() - t0
+    choices = step_choices(per_bit=options.steps_per_bit)
+    choices += template_choices(options.thorough) if options.templates else []
+    choices.append(LOSSLESS)
+    total = len(names) * len(choices)
+    done = 0
+    t0 = time.perf_counter()
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        _progress(options, "measuring candidates", done, total)
+
+    curves: dict[str, Curve] = {}
+    for name in names:
+        curves[name] = measure(name, tensors[name], choices, moments.get(name), level=options.level, progress=tick)
+    result.seconds["curves"] = time.perf_counter() - t0
+
+    # 2. sensitivity
+    t0 = time.perf_counter()
+    if harness is not None:
+        k = 0
+
+        def tick_s(_: str) -> None:
+            nonlocal k
+            k += 1
+            _progress(options, "measuring sensitivity", k, len(names))
+
+        items = [(n, tensors[n], curves[n].axis, curves[n].weights, curves[n].energy) for n in names]
+        sens = sens_mod.measured(harness, items, copies=copies, progress=tick_s)
+    else:
+        plain = {n: float(np.sum(np.square(np.asarray(tensors[n], np.float64)))) for n in names}
+        total_planned = sum(int(np.asarray(tensors[n]).size) for n in names) or 1
+        sens = sens_mod.data_free([(n, int(np.asarray(tensors[n]).size), plain[n]) for n in names], total_planned)
+    for n in names:
+        result.tensors[n] = TensorPlan(n, curves[n], float(sens[n]["sensitivity"]))
+    if harness is not None:  # again where the first allocation puts each tensor
+        _refine_sensitivity(result, tensors, harness, options, fixed_bytes)
+    result.seconds["sensitivity"] = time.perf_counter() - t0
+
+    # 3-4. allocate, encode, verify
+    t0 = time.perf_counter()
+    _allocate_and_verify(result, tensors, options, harness, fixed_bytes)
+    result.seconds["allocate_and_verify"] = time.perf_counter() - t0
+    result.seconds["total"] = time.perf_counter() - t_start
+    return result
+
+
+def _refine_sensitivity(result: PlanResult, tensors: Mapping[str, Any], harness: Harness,
+                        options: PlanOptions, fixed_bytes: int) -> None:
+    """Output error is not exactly quadratic in a tensor's error (saturating nonlinearities):
+    measure the sensitivity again, at the relative error the first allocation chose, for the
+    tensors whose choice is more than ``REFINE_FACTOR`` away from the noise first measured."""
+    items = _items(result)
+    if "error" in result.target:
+        alloc = allocate(items, max_error=result.target["error"])
+    else:
+        alloc = allocate(items, max_bytes=max(_byte_budget(result, fixed_bytes), 0))
+    redo = []
+    for name, tp in result.tensors.items():
+        e = _point_of(tp, alloc.choice[name]).error
+        if e <= 0 or tp.curve.energy <= 0 or tp.sensitivity <= 0:
+            continue
+        rel = math.sqrt(e / tp.curve.energy)
+        if not sens_mod.REL_NOISE / REFINE_FACTOR <= rel <= sens_mod.REL_NOISE * REFINE_FACTOR:
+            redo.append((name, min(max(rel, 1e-4), 0.3)))
+    for k, (name, rel) in enumerate(redo):
+        tp = result.tensors[name]
+        got = sens_mod.measured(harness, [(name, tensors[name], tp.curve.axis, tp.curve.weights, tp.curve.energy)],
+                                rel=rel, copies=result.copies)
+        tp.sensitivity = float(got[name]["sensitivity"])
+        _progress(options, "refining sensitivity", k + 1, len(redo))
+
+
+def _byte_budget(result: PlanResult, fixed_bytes: int) -> int:
+    """The bytes the planned tensors may take under a size target."""
+    t = result.target
+    goal = int(t["bytes"]) if "bytes" in t else int(math.floor(t["bits_per_parameter"] * result.parameters / 8))
+    return goal - fixed_bytes - SEGMENT_PADDING * sum(_segments(tp.curve) for tp in result.tensors.values())
+
+
+def _items(result: PlanResult) -> list[Item]:
+    return [Item(n, [(p.bytes, p.error) for p in tp.curve.hull], tp.sensitivity,
+                 [(p.bytes, p.error) for p in tp.curve.points])
+            for n, tp in result.tensors.items()]
+
+
+def _point_of(tp: TensorPlan, k: int) -> Point:
+    return tp.curve.hull[k] if k >= 0 else tp.curve.points[-1 - k]
+
+
+def _encode_choices(result: PlanResult, alloc: Allocation, tensors: Mapping[str, Any],
+                    options: PlanOptions, cache: dict) -> None:
+    total = len(result.tensors)
+    for i, (name, tp) in enumerate(result.tensors.items()):
+        point = _point_of(tp, alloc.choice[name])
+        key = (name, point.choice.label)
+        if key not in cache:
+            x = tensors[name]
+            pending, decoded = encode_decoded(point.choice, x, _spec(x), tp.curve.axis, tp.curve.weights, options.level)
+            cache[key] = (pending, decoded)
+        tp.point = point
+        tp.pending, tp.decoded = cache[key]
+        _progress(options, "encoding", i + 1, total)
+
+
+def _allocate_and_verify(result: PlanResult, tensors: Mapping[str, Any], options: PlanOptions,
+                         harness: Harness | None, fixed_bytes: int) -> None:
+    items = _items(result)
+    cache: dict = {}
+    target = result.target
+    if "error" in target:
+        goal = target["error"]
+        budget = goal
+        best = None
+        for r in range(options.rounds):
+            alloc = allocate(items, max_error=budget)
+            _encode_choices(result, alloc, tensors, options, cache)
+            planned = sum(tp.pending.stored for tp in result.tensors.values())  # type: ignore[union-attr]
+            row = {"round": r + 1, "budget": budget, "predicted_error": alloc.error, "planned_bytes": planned}
+            measured = None
+            if harness is not None:
+                _progress(options, "verifying", r + 1, options.rounds)
+                stats = harness.stats(result.decoded())
+                measured = stats["error"]
+                row.update({"measured_error": measured, "cosine_mean": stats["cosine_mean"], "cosine_min": stats["cosine_min"]})
+            result.rounds.append(row)
+            ok = measured is None or measured <= goal
+            if ok and (best is None or planned < best[0]):
+                best = (planned, alloc, row)
+            if ok:
+                break
+            ratio = measured / max(alloc.error, 1e-300)  # type: ignore[operator]
+            new_budget = min(budget * 0.97, goal / max(ratio, 1e-12) * 0.97)
+            if alloc.error <= 0:
+                break  # everything is already at its most accurate point
+            budget = new_budget
+        if best is None:
+            result.target_met = False
+            result.notes.append(f"the measured error stayed above the target {goal:g} after "
+                                f"{options.rounds} rounds; the most accurate allocation tried is kept")
+            alloc = allocate(items, max_error=budget)
+            _encode_choices(result, alloc, tensors, options, cache)
+            row = result.rounds[-1]
+        else:
+            _, alloc, row = best
+            _encode_choices(result, alloc, tensors, options, cache)
+        _finish(result, alloc, row)
+        return
+    # a size target: bytes of the whole file
+    if "bytes" in target:
+        goal_bytes = int(target["bytes"])
+    else:
+        goal_bytes = int(math.floor(target["bits_per_parameter"] * result.parameters / 8))
+    result.target["file_bytes"] = goal_bytes
+    segments = sum(_segments(tp.curve) for tp in result.tensors.values())
+    overhead = fixed_bytes + SEGMENT_PADDING * segments
+    budget = goal_bytes - overhead
+    minimum = sum(tp.curve.hull[0].bytes for tp in result.tensors.values())
+    if budget < minimum:
+        raise CmfError(f"target size {goal_bytes} bytes is below the smallest file the planner can make "
+                       f"(about {minimum + overhead} bytes: {minimum} for the planned tensors, "
+                       f"{overhead} for the rest)")
+    alloc = allocate(items, max_bytes=budget)
+    _encode_choices(result, alloc, tensors, options, cache)
+    planned = sum(tp.pending.stored for tp in result.tensors.values())  # type: ignore[union-attr]
+    row = {"round": 1, "budget": budget, "predicted_error": alloc.error, "planned_bytes": planned}
+    if harness is not None:
+        stats = harness.stats(result.decoded())
+        row.update({"measured_error": stats["error"], "cosine_mean": stats["cosine_mean"], "cosine_min": stats["cosine_min"]})
+    result.rounds.append(row)
+    result._size_state = (items, cache, budget, goal_bytes)  # type: ignore[attr-defined]
+    _finish(result, alloc, row)
+
+
+def shrink_for_size(result: PlanResult, tensors: Mapping[str, Any], options: PlanOptions,
+                    harness: Harness | None, excess: int) -> bool:
+    """After a written file came out ``excess`` bytes over a size target: allocate again with a
+    smaller byte budget. False when nothing smaller is possible."""
+    items, cache, budget, goal = result._size_state  # type: ignore[attr-defined]
+    budget -= excess + 64
+    if budget < sum(tp.curve.hull[0].bytes for tp in result.tensors.values()):
+        return False
+    alloc = allocate(items, max_bytes=budget)
+    _encode_choices(result, alloc, tensors, options, cache)
+    planned = sum(tp.pending.stored for tp in result.tensors.values())  # type: ignore[union-attr]
+    row = {"round": len(result.rounds) + 1, "budget": budget, "predicted_error": alloc.error, "planned_bytes": planned}
+    if harness is not None:
+        stats = harness.stats(result.decoded())
+        row.update({"measured_error": stats["error"], "cosine_mean": stats["cosine_mean"], "cosine_min": stats["cosine_min"]})
+    result.rounds.append(row)
+    result._size_state = (items, cache, budget, goal)  # type: ignore[attr-defined]
+    _finish(result, alloc, row)
+    return True
+
+
+def _segments(curve: Curve) -> int:
+    return 6  # a step choice with outliers has 5 leaves; an estimate is enough for padding
+
+
+def _finish(result: PlanResult, alloc: Allocation, row: dict) -> None:
+    result.predicted_error = float(alloc.error)
+    result.measured_error = row.get("measured_error")
+    result.cosine_mean = row.get("cosine_mean")
+    result.cosine_min = row.get("cosine_min")
+    if "error" in result.target and result.measured_error is None:
+        result.target_met = result.predicted_error <= result.target["error"] * (1 + 1e-9)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def fixed_bytes_of(tensors: Mapping[str, Any], planned: set[str], attachments: Mapping[str, bytes],
+                   metadata_bytes: int, level: int) -> int:
+    """Bytes of everything in the file the plan does not choose (lossless tensors, attachments,
+    index)."""
+    total = 64 + metadata_bytes  # preamble, trailer
+    seen: set[bytes] = set()
+    for name, x in tensors.items():
+        total += INDEX_BYTES_PER_TENSOR
+        if name in planned or not isinstance(x, np.ndarray):
+            continue
+        d = _digest(x)
+        if d in seen:
+            continue
+        seen.add(d)
+        try:
+            total += encode_lossless(x, _spec(x), max(level, ATTACHMENT_LEVEL)).stored + 2 * SEGMENT_PADDING
+        except CmfError:
+            total += x.nbytes
+    for name, data in attachments.items():
+        total += best_bytes(data, BytesSpec(len(data)), max(level, ATTACHMENT_LEVEL)).stored + INDEX_BYTES_PER_TENSOR // 2 + SEGMENT_PADDING
+    return total
+
+
+def write_planned(path: str | os.PathLike, tensors: Mapping[str, Any], result: PlanResult, *,
+                  metadata: Mapping[str, Any] | None = None, attachments: Mapping[str, bytes] | None = None,
+                  level: int = 3, on_tensor: Callable[[str], None] | None = None) -> int:
+    """Write the planned file; returns its size in bytes."""
+    from ..convert import Encoded
+    from ..writer import Writer
+
+    meta = dict(metadata or {})
+    meta[META_PLAN] = _json_safe(result.summary())
+    meta[META_TENSORS] = _json_safe(result.tensor_table())
+    # the planned tensors arrive encoded; what is left (small tensors, scales' lossless trees,
+    # attachments such as tokenizer.json) is worth zstd's slower levels
+    with Writer(path, metadata=meta, level=max(level, ATTACHMENT_LEVEL)) as w:
+        for name, x in tensors.items():
+            if isinstance(x, Encoded):
+                w.add_encoded(name, x.spec, x.pending)
+            elif name in result.tensors and result.tensors[name].pending is not None:
+                pending = result.tensors[name].pending
+                w.add_tensor(name, x, lambda a, s, p=pending: p)
+            else:
+                w.add_tensor(name, x, lambda a, s: encode_lossless(a, s, max(level, ATTACHMENT_LEVEL)))
+            if on_tensor is not None:
+                on_tensor(name)
+        for name, data in (attachments or {}).items():
+            w.add_attachment(name, data)
+    size = os.path.getsize(path)
+    result.file_bytes = size
+    return size
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def verify_file(path: str | os.PathLike, harness: Harness) -> dict[str, float]:
+    """Run the written file (its tensors decoded by the reader) on the calibration inputs."""
+    from ..reader import CmfFile
+
+    with CmfFile(path) as f:
+        over = {n: f.get_tensor(n) for n in f.keys() if n in harness.tensors}
+    return harness.stats(over)
+
+
+# ----------------------------------------------------------------------------- one call
+
+
+def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options: PlanOptions, *,
+                   extra_attachments: Mapping[str, bytes] | None = None,
+                   on_tensor: Callable[[str], None] | None = None) -> PlanResult:
+    """Pack the model at ``source`` (as ``cmf pack``) into ``output`` with a planned recipe."""
+    from ..convert import Encoded, open_source
+
+    options.check()
+    src = open_source(source)
+    tensors: dict[str, Any] = {}
+    for name, value in src.items():
+        tensors[name] = value
+    attachments = dict(src.attachments)
+    attachments.update(extra_attachments or {})
+    harness = None
+    notes = []
+    if not options.data_free:
+        if any(isinstance(v, Encoded) for v in tensors.values()):
+            notes.append("the source holds pre-quantized GGUF blocks: planned data-free")
+        else:
+            try:
+                floats = {n: (np.asarray(v, np.float32) if isinstance(v, np.ndarray) and _is_float(v) else v)
+                          for n, v in tensors.items()}
+                harness = open_harness(source, options.calibrate, tensors=floats)
+            except CmfError as exc:
+                if options.calibrate is not None:
+                    raise CmfError(f"cannot calibrate on this model: {exc}") from None
+                notes.append(f"the model cannot be run ({exc}): planned data-free")
+    if harness is None and options.calibrate is not None and options.data_free:
+        raise CmfError("--calibrate needs a model that runs; it cannot go with a data-free plan")
+    if harness is not None:
+        harness.calibration_source = (os.fspath(options.calibrate) if isinstance(options.calibrate, (str, os.PathLike))
+                                      else ("given" if options.calibrate is not None else "built-in"))
+    planned_names = {n for n, v in tensors.items() if isinstance(v, np.ndarray) and plannable(_spec_or_none(v))}
+    meta_guess = 4096 + 600 * len(planned_names)  # the plan's own metadata
+    fixed = fixed_bytes_of(tensors, planned_names, attachments, meta_guess, options.level)
+    result = plan(tensors, options, harness, fixed_bytes=fixed)
+    result.notes[:0] = notes
+    if harness is not None:
+        result.calibration["source"] = harness.calibration_source
+    for _ in range(options.rounds + 1):
+        size = write_planned(output, tensors, result, metadata=src.metadata, attachments=attachments,
+                             level=options.level, on_tensor=on_tensor)
+        goal = result.target.get("file_bytes")
+        if goal is None or size <= goal:
+            break
+        if not shrink_for_size(result, tensors, options, harness, size - goal):
+            break
+    goal = result.target.get("file_bytes")
+    if goal is not None and result.file_bytes > goal:
+        result.target_met = False
+        result.notes.append(f"the file is {result.file_bytes} bytes, over the target {goal}")
+    if harness is not None:
+        t0 = time.perf_counter()
+        stats = verify_file(output, harness)
+        result.file_error = stats["error"]
+        result.seconds["verify_file"] = time.perf_counter() - t0
+    return result
+
+
+def _is_float(x: np.ndarray) -> bool:
+    try:
+        return dtypes.of_array(x).is_float
+    except CmfError:
+        return False
+
+
+def _spec_or_none(x: np.ndarray) -> ArraySpec:
+    try:
+        return _spec(x)
+    except CmfError:
+        return ArraySpec(dtypes.BY_NAME["u8"], (0,))
+
+
+def save_planned(tensors: Mapping[str, np.ndarray], path: str | os.PathLike, options: PlanOptions, *,
+                 metadata: Mapping[str, Any] | None = None, attachments: Mapping[str, bytes] | None = None) -> PlanResult:
+    """``cmf.save_file(..., preset="balanced")``: plan a dict of arrays with the data-free proxy
+    (no model to run), write it, check a size target on the file."""
+    options.check()
+    if options.calibrate is not None:
+        raise CmfError("calibration needs a model that runs: use cmf.plan.planner.plan_and_write "
+                       "on a model directory, .onnx or .safetensors with its config")
+    tensors = dict(tensors)
+    planned_names = {n for n, v in tensors.items() if isinstance(v, np.ndarray) and plannable(_spec_or_none(v))}
+    fixed = fixed_bytes_of(tensors, planned_names, attachments or {}, 4096 + 600 * len(planned_names), options.level)
+    result = plan(tensors, options, None, fixed_bytes=fixed)
+    for _ in range(options.rounds + 1):
+        size = write_planned(path, tensors, result, metadata=metadata, attachments=attachments, level=options.level)
+        goal = result.target.get("file_bytes")
+        if goal is None or size <= goal:
+            break
+        if not shrink_for_size(result, tensors, options, None, size - goal):
+            break
+    goal = result.target.get("file_bytes")
+    if goal is not None and result.file_bytes > goal:
+        result.target_met = False
+    return result

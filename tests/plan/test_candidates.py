@@ -1,0 +1,155 @@
+"""Per-tensor candidates (cmf.plan.candidates): the step encoding decodes to what the planner
+measured, curves are measured on the real tensor, and the hull is convex and monotone."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from cmf import dtypes
+from cmf.codecs import ArraySpec
+from cmf.pipeline import decode_pending, describe
+from cmf.plan.candidates import (
+    LOSSLESS,
+    Choice,
+    Point,
+    channel_weights,
+    encode_decoded,
+    encode_step,
+    lower_hull,
+    measure,
+    plannable,
+    step_choices,
+    template_choices,
+    weighted_error,
+)
+
+
+def spec_of(x):
+    return ArraySpec(dtypes.of_array(x), x.shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16, np.float64])
+@pytest.mark.parametrize("rel", [2.0, 0.3, 0.01, 0.0004])
+def test_step_decodes_bit_for_bit_to_what_was_measured(dtype, rel):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((48, 80)) * 0.1).astype(dtype)
+    x[3, 4] = 60  # far beyond the code range at fine steps: kept exact by an outlier node
+    for axis, w in ((None, None), (1, rng.random(80) + 0.1), (0, rng.random(48) + 0.1)):
+        pending, y = encode_step(x, spec_of(x), rel, axis, w)
+        got = decode_pending(pending)
+        assert got.dtype == y.dtype and got.shape == x.shape
+        assert got.tobytes() == y.tobytes(), (rel, axis)
+    # fine steps need wide codes and keep the outlier exact
+    if rel == 0.0004:
+        assert "outlier" in describe(pending) and got[3, 4] == x[3, 4]
+
+
+def test_step_rate_and_error_move_with_the_step():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    sizes, errors = [], []
+    for c in step_choices([1.0, 0.5, 0.25, 0.125]):
+        pending, y = encode_decoded(c, x, spec_of(x), None, None)
+        sizes.append(pending.stored)
+        errors.append(weighted_error(x, y, None, None)[0])
+    assert sizes == sorted(sizes) and errors == sorted(errors, reverse=True)
+    # ECSQ: halving the step costs about one bit and quarters the error
+    assert 0.8 < (sizes[3] - sizes[2]) * 8 / x.size < 1.2
+    assert 3.3 < errors[2] / errors[3] < 4.7
+
+
+def test_importance_puts_the_accuracy_where_the_activations_are():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((128, 64)).astype(np.float32)
+    moments = (1, np.r_[np.full(8, 100.0), np.ones(56)])  # 8 loud input channels
+    axis, w = channel_weights(x.shape, moments)
+    assert axis == 1 and abs(w.mean() - 1) < 1e-12
+    shaped, ys = encode_step(x, spec_of(x), 0.25, axis, w)
+    flat, yf = encode_step(x, spec_of(x), 0.25, None, None)
+    # the same weighted (output) error for far fewer bytes: quiet channels get coarse steps
+    es, ef = weighted_error(x, ys, axis, w)[1], weighted_error(x, yf, axis, w)[1]
+    assert es == pytest.approx(ef, rel=0.1)
+    assert shaped.stored < 0.9 * flat.stored
+
+
+def test_channel_weights_refuse_what_does_not_fit():
+    assert channel_weights((4, 5), None) == (None, None)
+    assert channel_weights((4, 5), (1, np.ones(4))) == (None, None)  # wrong length
+    assert channel_weights((4, 5, 6), (1, np.ones(5))) == (None, None)  # not a matrix
+    assert channel_weights((4, 5), (1, np.zeros(5))) == (None, None)
+
+
+def test_plannable():
+    f32 = dtypes.BY_NAME["f32"]
+    assert plannable(ArraySpec(f32, (64, 64)))
+    assert not plannable(ArraySpec(f32, (32, 64)))  # under 4096 elements
+    assert not plannable(ArraySpec(f32, (8192,)))  # a vector
+    assert not plannable(ArraySpec(dtypes.BY_NAME["i32"], (64, 64)))
+
+
+def _random_points(rng, n):
+    return [Point(LOSSLESS, int(b), float(e), float(e)) for b, e in
+            zip(rng.integers(1, 1000, n), rng.random(n) * 10)]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_hull_is_convex_monotone_and_below_every_point(seed):
+    rng = np.random.default_rng(seed)
+    pts = _random_points(rng, int(rng.integers(1, 40)))
+    hull = lower_hull(pts)
+    assert hull and all(any(h is p for p in pts) for h in hull)
+    b = [p.bytes for p in hull]
+    e = [p.error for p in hull]
+    assert b == sorted(set(b)) and all(x > y for x, y in zip(e, e[1:]))  # monotone
+    slopes = [(e[i] - e[i + 1]) / (b[i + 1] - b[i]) for i in range(len(hull) - 1)]
+    assert all(s1 > s2 for s1, s2 in zip(slopes, slopes[1:]))  # convex: savings per byte fall
+    assert hull[0].bytes == min(p.bytes for p in pts)
+    assert hull[-1].error == min(p.error for p in pts)
+    for p in pts:  # no point lies below the hull
+        if p.bytes >= hull[-1].bytes:
+            assert p.error >= hull[-1].error
+            continue
+        i = max(k for k in range(len(hull)) if hull[k].bytes <= p.bytes)
+        a, c = hull[i], hull[min(i + 1, len(hull) - 1)]
+        if a is c or c.bytes == a.bytes:
+            assert p.error >= a.error - 1e-12
+        else:
+            t = (p.bytes - a.bytes) / (c.bytes - a.bytes)
+            assert p.error >= a.error + t * (c.error - a.error) - 1e-9
+
+
+def test_measure_gives_a_curve_from_cheap_to_lossless():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((96, 128)).astype(np.float32)
+    choices = step_choices(per_bit=1) + template_choices() + [LOSSLESS]
+    calls = []
+    curve = measure("w", x, choices, progress=lambda: calls.append(1))
+    assert len(calls) == len(choices)
+    assert curve.hull[-1].choice.family == "lossless" and curve.hull[-1].error == 0
+    assert curve.hull[0].bytes * 8 / x.size < 2  # the coarsest step: under 2 bits a weight
+    assert curve.energy == pytest.approx(float(np.sum(x.astype(np.float64) ** 2)))
+    # every measured point is what encoding it gives
+    for p in curve.points[:5]:
+        pending, y = encode_decoded(p.choice, x, spec_of(x), None, None)
+        assert pending.stored == p.bytes
+        assert weighted_error(x, y, None, None)[0] == pytest.approx(p.error)
+
+
+def test_big_tensors_measure_templates_on_a_sample():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((512, 64)).astype(np.float32)
+    q4 = [c for c in template_choices() if c.label == "q4 g32"]
+    full = measure("w", x, q4, sample=1 << 30).points[0]
+    sampled = measure("w", x, q4, sample=8192).points[0]
+    assert sampled.sampled and not full.sampled
+    assert sampled.bytes == pytest.approx(full.bytes, rel=0.05)
+    assert sampled.error == pytest.approx(full.error, rel=0.15)
+
+
+def test_choices_that_do_not_apply_are_left_out():
+    x = np.zeros((64, 64), np.float32)
+    x[0, 0] = np.nan
+    curve = measure("w", x, step_choices([0.5]) + [Choice("template", {"template": {"codec": "lowrank", "fit": {"rank": 1}}}, "lr")])
+    assert [p.choice.family for p in curve.points] == ["lossless"]
