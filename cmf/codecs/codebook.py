@@ -28,7 +28,7 @@ import numpy as np
 from ..dtypes import BY_NAME
 from ..errors import CmfError, FormatError
 from .base import ArraySpec, Codec, Spec, Value, require_array_spec
-from .quantize import Layout, _blockwise, _full_blocks
+from .quantize import Layout, _blockwise, _full_blocks, block_layout
 from .registry import register
 
 MAX_K = 1 << 16
@@ -159,23 +159,7 @@ class Codebook(Codec):
 
     def layout(self, shape: tuple[int, ...]) -> Layout:
         """The scale blocks of a tensor of ``shape`` (as quantize's; FormatError on a bad axis)."""
-        if self.axis is None:
-            pre, n, post = 1, math.prod(shape), 1
-        else:
-            rank = len(shape)
-            if not -rank <= self.axis < rank:
-                raise _fail(f"axis {self.axis} is out of range for a rank-{rank} tensor")
-            a = self.axis % rank
-            pre, n, post = math.prod(shape[:a]), shape[a], math.prod(shape[a + 1 :])
-        size = self.block if self.block > 0 else max(n, 1)
-        full, tail = divmod(n, size)
-        nblocks = full + (1 if tail else 0)
-        if self.axis is None:
-            blocks_shape: tuple[int, ...] = (nblocks,)
-        else:
-            a = self.axis % len(shape)
-            blocks_shape = shape[:a] + (nblocks,) + shape[a + 1 :]
-        return Layout(pre, n, post, size, full, tail, blocks_shape)
+        return block_layout(shape, self.axis, self.block, self.name)
 
     def resolve(self, spec: Spec) -> dict[str, Spec]:
         spec = self._check(spec)

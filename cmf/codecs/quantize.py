@@ -78,6 +78,29 @@ class Layout:
         return self.full + (1 if self.tail else 0)
 
 
+def block_layout(shape: tuple[int, ...], axis: int | None, block: int, codec: str = "quantize") -> Layout:
+    """How a tensor of ``shape`` splits into blocks of ``block`` elements along ``axis``
+    (spec/codecs/quantize.md § Blocks; codebook's scales use the same rule). FormatError naming
+    ``codec`` if ``axis`` is out of range for the rank."""
+    if axis is None:
+        pre, n, post = 1, math.prod(shape), 1
+    else:
+        rank = len(shape)
+        if not -rank <= axis < rank:
+            raise FormatError(f"{codec}: axis {axis} is out of range for a rank-{rank} tensor")
+        a = axis % rank
+        pre, n, post = math.prod(shape[:a]), shape[a], math.prod(shape[a + 1 :])
+    size = block if block > 0 else max(n, 1)
+    full, tail = divmod(n, size)
+    nblocks = full + (1 if tail else 0)
+    if axis is None:
+        blocks_shape: tuple[int, ...] = (nblocks,)
+    else:
+        a = axis % len(shape)
+        blocks_shape = shape[:a] + (nblocks,) + shape[a + 1 :]
+    return Layout(pre, n, post, size, full, tail, blocks_shape)
+
+
 @register
 @dataclass(frozen=True, kw_only=True)
 class Quantize(Codec):
@@ -143,23 +166,7 @@ class Quantize(Codec):
 
     def layout(self, shape: tuple[int, ...]) -> Layout:
         """The block layout of a tensor of ``shape`` (FormatError if ``axis`` is out of range)."""
-        if self.axis is None:
-            pre, n, post = 1, math.prod(shape), 1
-        else:
-            rank = len(shape)
-            if not -rank <= self.axis < rank:
-                raise _fail(f"axis {self.axis} is out of range for a rank-{rank} tensor")
-            a = self.axis % rank
-            pre, n, post = math.prod(shape[:a]), shape[a], math.prod(shape[a + 1 :])
-        size = self.block if self.block > 0 else max(n, 1)
-        full, tail = divmod(n, size)
-        nblocks = full + (1 if tail else 0)
-        if self.axis is None:
-            blocks_shape: tuple[int, ...] = (nblocks,)
-        else:
-            a = self.axis % len(shape)
-            blocks_shape = shape[:a] + (nblocks,) + shape[a + 1 :]
-        return Layout(pre, n, post, size, full, tail, blocks_shape)
+        return block_layout(shape, self.axis, self.block, self.name)
 
     def resolve(self, spec: Spec) -> dict[str, Spec]:
         spec = self._check(spec)

@@ -7,7 +7,7 @@
 
   | file | bug (fixed) |
   |------|-------------|
-  | container/zero-dim-2e40x2e40-shape.cmf | a tensor ``f32[0, 2^40, 2^40]`` (empty) made numpy raise ValueError in get_tensor and in ``cmf validate`` |
+  | container/zero-dim-2e40x2e40-shape.bin | a tensor ``f32[0, 2^40, 2^40]`` (empty) made numpy raise ValueError in get_tensor and in ``cmf validate`` |
   | codec-byteplanes/zero-dim-2e31x2e32-shape.bin | the same in ``byteplanes`` (found by the codec fuzzer) |
   | onnx/non-utf8-*.bin | a protobuf string field that is not UTF-8 comes back as bytes: TypeError while packing |
   | onnx/zero-dim-2e62-shape.bin | an initializer of dims ``[0, 2^62]`` (empty): ValueError from numpy while packing |
@@ -40,6 +40,7 @@ FILES = sorted(
 def test_corpus_targets_exist():
     assert FILES, "tests/attacks/corpus is empty"
     assert {t for t, _ in FILES} <= set(TARGETS)
+    assert not [n for _, n in FILES if n.endswith(".cmf")], "*.cmf is git-ignored: name them .bin"
 
 
 @pytest.mark.parametrize("target, name", FILES, ids=[f"{t}/{n}" for t, n in FILES])
