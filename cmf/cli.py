@@ -303,6 +303,12 @@ def info(path: str, as_json: bool) -> None:
             "raw_bytes": raw_total,
             "ratio": round(raw_total / f.size, 4) if f.size else None,
             "attachments": [{"name": a.name, "size": a.size} for a in files[-1].index.attachments],
+            "shared": [  # values stored once and referenced from trees (e.g. group codebooks)
+                {"dtype": e.spec.dtype.name, "shape": list(e.spec.shape), "encoding": describe(e.encoding),
+                 "raw_bytes": e.spec.nbytes,
+                 "stored_bytes": sum(shard.index.segments[leaf.segment].length for leaf in iter_leaves(e.encoding))}
+                for shard in files for e in shard.index.shared if e is not None
+            ],
             "metadata": f.metadata(),
         }
         if isinstance(f, ShardedFile):
@@ -326,6 +332,9 @@ def info(path: str, as_json: bool) -> None:
         f"{_human_bytes(f.size)} {'in ' + str(len(summary['shards'])) + ' shards' if 'shards' in summary else 'file'} "
         f"({summary['ratio']}x), cmf {summary['version']}"
     )
+    for i, v in enumerate(summary["shared"]):
+        shape = "x".join(map(str, v["shape"])) or "scalar"
+        click.echo(f"shared value {i}: {v['dtype']} {shape}, {_human_bytes(v['stored_bytes'])}, {v['encoding']}")
     for a in summary["attachments"]:
         click.echo(f"attachment {_printable(a['name'])} ({_human_bytes(a['size'])})")
     if summary["metadata"]:

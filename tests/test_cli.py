@@ -24,7 +24,7 @@ from cmf import cli
 
 PACK_FIELDS = {"source", "output", "tensors", "aliases", "recipe", "lossy_tensors", "attachments",
                "raw_bytes", "stored_bytes", "ratio", "seconds"}
-INFO_FIELDS = {"path", "version", "file_bytes", "tensors", "raw_bytes", "ratio", "attachments",
+INFO_FIELDS = {"path", "version", "file_bytes", "tensors", "raw_bytes", "ratio", "attachments", "shared",
                "metadata", "tensor_list"}
 ROW_FIELDS = {"name", "dtype", "shape", "encoding", "raw_bytes", "stored_bytes", "ratio", "error"}
 VALIDATE_FIELDS = {"path", "valid", "errors", "warnings", "tensors_checked",

@@ -234,6 +234,10 @@ def test_three_tensors_share_one_codebook_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output.count("codebook(indices=") == 3 and result.output.count("codebook=shared#0") == 3
     assert "cmf 1.1" in result.output
+    assert "shared value 0: f32 16," in result.output  # the one codebook, listed once
+    result = CliRunner().invoke(cmf.cli.main, ["info", str(path), "--json"])
+    shared = json.loads(result.output)["shared"]
+    assert len(shared) == 1 and shared[0]["shape"] == [16] and shared[0]["raw_bytes"] == 64
     result = CliRunner().invoke(cmf.cli.main, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     jsonschema = pytest.importorskip("jsonschema")
