@@ -257,6 +257,7 @@ class Curve:
     axis: int | None = None
     weights: np.ndarray | None = None
     seconds: float = 0.0
+    plain_energy: float = 0.0  # plain sum of squares of the tensor
 
 
 def lower_hull(points: Sequence[Point]) -> list[Point]:
@@ -310,7 +311,7 @@ def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
     x = np.asarray(x)
     spec = ArraySpec(dtypes.of_array(x), tuple(int(d) for d in x.shape))
     axis, w = channel_weights(spec.shape, moments, damping)
-    energy = weighted_error(x, np.zeros_like(x), axis, w)[1]
+    plain_energy, energy = weighted_error(x, np.zeros_like(x), axis, w)
     points = []
     sample_of: tuple | None = None
     for choice in choices:
@@ -340,4 +341,4 @@ def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
         pending = encode_lossless(x, spec, level)
         points.append(Point(LOSSLESS, pending.stored, 0.0, 0.0))
     return Curve(name, x.size, energy, points, lower_hull(points), axis, w,
-                 time.perf_counter() - start)
+                 time.perf_counter() - start, plain_energy)

@@ -80,6 +80,21 @@ def _short(name: str, width: int) -> str:
     return "…" + name[-(width - 1):]
 
 
+def _target_text(plan: dict) -> str:
+    """"balanced", "error <= 0.001", "<= 4.5 bits/parameter" or "<= 12000000 bytes"."""
+    if plan.get("preset"):
+        return str(plan["preset"])
+    t = plan.get("target")
+    if isinstance(t, dict):
+        if _number(t.get("error")) is not None:
+            return f"error <= {t['error']:g}"
+        if _number(t.get("bits_per_parameter")) is not None:
+            return f"<= {t['bits_per_parameter']:g} bits/parameter"
+        if _number(t.get("bytes")) is not None:
+            return f"<= {int(t['bytes'])} bytes"
+    return str(t)
+
+
 def render_text(rep: dict[str, Any], printable: Any = str) -> list[str]:
     rows = rep["tensors"]
     width = min(max((len(printable(r["name"])) for r in rows), default=4), 56)
@@ -107,7 +122,7 @@ def render_text(rep: dict[str, Any], printable: Any = str) -> list[str]:
                  if bpp is not None else f"{len(rows)} tensors, {rep['file_bytes']} bytes")
     plan = rep.get("plan")
     if isinstance(plan, dict):
-        parts = [f"plan: {printable(str(plan.get('preset') or plan.get('target')))[:200]}"]
+        parts = [f"plan: {printable(_target_text(plan))[:200]}"]
         for key, label in (("predicted_error", "predicted"), ("measured_error", "measured")):
             v = _number(plan.get(key))
             if v is not None:
@@ -136,6 +151,9 @@ def render_png(rep: dict[str, Any], path: str | os.PathLike) -> None:
     except ImportError:
         raise CmfError("--png needs matplotlib: pip install 'cmf[report]'") from None
     rows = [r for r in rep["tensors"] if r["parameters"] > 0]
+    planned = [r for r in rows if r.get("sensitivity") is not None or r.get("predicted_error") is not None]
+    lossy = [r for r in rows if r["rel_rmse"] is not None]
+    rows = planned or lossy or rows  # the tensors worth a bar; small lossless ones only if nothing else
     if not rows:
         raise CmfError("the file holds no tensors to draw")
     names = [_plain(_short(r["name"], 48)) for r in rows]
@@ -156,8 +174,10 @@ def render_png(rep: dict[str, Any], path: str | os.PathLike) -> None:
     a2.set_xlabel("share of predicted output error (%)" if has_plan else "recorded relative RMSE")
     plan = rep.get("plan") or {}
     title = f"{os.path.basename(str(rep['path']))}: {rep['bits_per_parameter']:.3f} bits/parameter"
+    if len(rows) < len(rep["tensors"]):
+        title += f" ({len(rows)} of {len(rep['tensors'])} tensors shown)"
     if isinstance(plan, dict) and plan:
-        title += f", plan {str(plan.get('preset') or plan.get('target'))[:80]}"
+        title += f", plan {_target_text(plan)[:80]}"
         if _number(plan.get("measured_error")) is not None:
             title += f", measured {str(plan.get('metric'))[:40]} {plan['measured_error']:.3g}"
     fig.suptitle(_plain(title), fontsize=10)

@@ -69,6 +69,11 @@ def test_target_error_is_met_on_the_written_file(tmp_path, bert_dir):
     assert set(table) == set(result.tensors) and len(table) >= 10
     for row in table.values():
         assert row["bits"] > 0 and row["sensitivity"] >= 0 and row["hull"]
+    # the pooler never moves a sentence embedding, yet it is kept usable, and the plan says so
+    pooler = result.tensors["pooler.dense.weight"]
+    assert pooler.sensitivity == 0
+    assert pooler.point.plain / pooler.curve.plain_energy <= 10 ** -2.4
+    assert any("pooler.dense.weight" in n for n in plan["notes"])
 
 
 def test_a_tighter_error_target_takes_more_bytes(tmp_path, bert_dir):

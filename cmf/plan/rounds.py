@@ -1,0 +1,193 @@
+"""The planner's allocation rounds (cmf.plan.planner): allocate on the hulls, encode the
+chosen points, run the model with them, and allocate again while the measured error misses an
+error target; re-measure sensitivities at the chosen errors; shrink a byte budget after a file
+came out over a size target. The ``result`` is a cmf.plan.planner.PlanResult."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .. import dtypes
+from ..codecs import ArraySpec
+from ..errors import CmfError
+from . import sensitivity as sens_mod
+from .allocate import Allocation, Item, allocate
+from .candidates import Curve, Point, encode_decoded
+from .harness import Harness
+
+if TYPE_CHECKING:
+    from .planner import PlanOptions, PlanResult, TensorPlan
+
+REFINE_FACTOR = 3.0  # re-measure a sensitivity where the chosen error is this far from the noise
+SEGMENT_PADDING = 32  # mean zero padding per segment (segments are 64-byte aligned)
+
+
+def _progress(options: "PlanOptions", stage: str, done: int, total: int) -> None:
+    if options.progress is not None:
+        options.progress(stage, done, total)
+
+
+def _spec(x: Any) -> ArraySpec:
+    return ArraySpec(dtypes.of_array(x), tuple(int(d) for d in x.shape))
+
+
+def refine_sensitivity(result: PlanResult, tensors: Mapping[str, Any], harness: Harness,
+                        options: PlanOptions, fixed_bytes: int) -> None:
+    """Output error is not exactly quadratic in a tensor's error (saturating nonlinearities):
+    measure the sensitivity again, at the relative error the first allocation chose, for the
+    tensors whose choice is more than ``REFINE_FACTOR`` away from the noise first measured."""
+    items = _items(result)
+    if "error" in result.target:
+        alloc = allocate(items, max_error=result.target["error"])
+    else:
+        alloc = allocate(items, max_bytes=max(_byte_budget(result, fixed_bytes), 0))
+    redo = []
+    for name, tp in result.tensors.items():
+        e = _point_of(tp, alloc.choice[name]).error
+        if e <= 0 or tp.curve.energy <= 0 or tp.sensitivity <= 0:
+            continue
+        rel = math.sqrt(e / tp.curve.energy)
+        if not sens_mod.REL_NOISE / REFINE_FACTOR <= rel <= sens_mod.REL_NOISE * REFINE_FACTOR:
+            redo.append((name, min(max(rel, 1e-4), 0.3)))
+    for k, (name, rel) in enumerate(redo):
+        tp = result.tensors[name]
+        got = sens_mod.measured(harness, [(name, tensors[name], tp.curve.axis, tp.curve.weights, tp.curve.energy)],
+                                rel=rel, copies=result.copies)
+        tp.sensitivity = float(got[name]["sensitivity"])
+        _progress(options, "refining sensitivity", k + 1, len(redo))
+
+
+def _byte_budget(result: PlanResult, fixed_bytes: int) -> int:
+    """The bytes the planned tensors may take under a size target."""
+    t = result.target
+    goal = int(t["bytes"]) if "bytes" in t else int(math.floor(t["bits_per_parameter"] * result.parameters / 8))
+    return goal - fixed_bytes - SEGMENT_PADDING * sum(_segments(tp.curve) for tp in result.tensors.values())
+
+
+def _items(result: PlanResult) -> list[Item]:
+    return [Item(n, [(p.bytes, p.error) for p in tp.curve.hull], tp.sensitivity,
+                 [(p.bytes, p.error) for p in tp.curve.points])
+            for n, tp in result.tensors.items()]
+
+
+def _point_of(tp: TensorPlan, k: int) -> Point:
+    return tp.curve.hull[k] if k >= 0 else tp.curve.points[-1 - k]
+
+
+def _encode_choices(result: PlanResult, alloc: Allocation, tensors: Mapping[str, Any],
+                    options: PlanOptions, cache: dict) -> None:
+    total = len(result.tensors)
+    for i, (name, tp) in enumerate(result.tensors.items()):
+        point = _point_of(tp, alloc.choice[name])
+        key = (name, point.choice.label)
+        if key not in cache:
+            x = tensors[name]
+            pending, decoded = encode_decoded(point.choice, x, _spec(x), tp.curve.axis, tp.curve.weights, options.level)
+            cache[key] = (pending, decoded)
+        tp.point = point
+        tp.pending, tp.decoded = cache[key]
+        _progress(options, "encoding", i + 1, total)
+
+
+def allocate_and_verify(result: PlanResult, tensors: Mapping[str, Any], options: PlanOptions,
+                         harness: Harness | None, fixed_bytes: int) -> None:
+    items = _items(result)
+    cache: dict = {}
+    target = result.target
+    if "error" in target:
+        goal = target["error"]
+        budget = goal
+        best = None
+        for r in range(options.rounds):
+            alloc = allocate(items, max_error=budget)
+            _encode_choices(result, alloc, tensors, options, cache)
+            planned = sum(tp.pending.stored for tp in result.tensors.values())  # type: ignore[union-attr]
+            row = {"round": r + 1, "budget": budget, "predicted_error": alloc.error, "planned_bytes": planned}
+            measured = None
+            if harness is not None:
+                _progress(options, "verifying", r + 1, options.rounds)
+                stats = harness.stats(result.decoded())
+                measured = stats["error"]
+                row.update({"measured_error": measured, "cosine_mean": stats["cosine_mean"], "cosine_min": stats["cosine_min"]})
+            result.rounds.append(row)
+            ok = measured is None or measured <= goal
+            if ok and (best is None or planned < best[0]):
+                best = (planned, alloc, row)
+            if ok:
+                break
+            ratio = measured / max(alloc.error, 1e-300)  # type: ignore[operator]
+            new_budget = min(budget * 0.97, goal / max(ratio, 1e-12) * 0.97)
+            if alloc.error <= 0:
+                break  # everything is already at its most accurate point
+            budget = new_budget
+        if best is None:
+            result.target_met = False
+            result.notes.append(f"the measured error stayed above the target {goal:g} after "
+                                f"{options.rounds} rounds; the most accurate allocation tried is kept")
+            alloc = allocate(items, max_error=budget)
+            _encode_choices(result, alloc, tensors, options, cache)
+            row = result.rounds[-1]
+        else:
+            _, alloc, row = best
+            _encode_choices(result, alloc, tensors, options, cache)
+        _finish(result, alloc, row)
+        return
+    # a size target: bytes of the whole file
+    if "bytes" in target:
+        goal_bytes = int(target["bytes"])
+    else:
+        goal_bytes = int(math.floor(target["bits_per_parameter"] * result.parameters / 8))
+    result.target["file_bytes"] = goal_bytes
+    segments = sum(_segments(tp.curve) for tp in result.tensors.values())
+    overhead = fixed_bytes + SEGMENT_PADDING * segments
+    budget = goal_bytes - overhead
+    minimum = sum(tp.curve.hull[0].bytes for tp in result.tensors.values())
+    if budget < minimum:
+        raise CmfError(f"target size {goal_bytes} bytes is below the smallest file the planner can make "
+                       f"(about {minimum + overhead} bytes: {minimum} for the planned tensors, "
+                       f"{overhead} for the rest)")
+    alloc = allocate(items, max_bytes=budget)
+    _encode_choices(result, alloc, tensors, options, cache)
+    planned = sum(tp.pending.stored for tp in result.tensors.values())  # type: ignore[union-attr]
+    row = {"round": 1, "budget": budget, "predicted_error": alloc.error, "planned_bytes": planned}
+    if harness is not None:
+        stats = harness.stats(result.decoded())
+        row.update({"measured_error": stats["error"], "cosine_mean": stats["cosine_mean"], "cosine_min": stats["cosine_min"]})
+    result.rounds.append(row)
+    result._size_state = (items, cache, budget, goal_bytes)  # type: ignore[attr-defined]
+    _finish(result, alloc, row)
+
+
+def shrink_for_size(result: PlanResult, tensors: Mapping[str, Any], options: PlanOptions,
+                    harness: Harness | None, excess: int) -> bool:
+    """After a written file came out ``excess`` bytes over a size target: allocate again with a
+    smaller byte budget. False when nothing smaller is possible."""
+    items, cache, budget, goal = result._size_state  # type: ignore[attr-defined]
+    budget -= excess + 64
+    if budget < sum(tp.curve.hull[0].bytes for tp in result.tensors.values()):
+        return False
+    alloc = allocate(items, max_bytes=budget)
+    _encode_choices(result, alloc, tensors, options, cache)
+    planned = sum(tp.pending.stored for tp in result.tensors.values())  # type: ignore[union-attr]
+    row = {"round": len(result.rounds) + 1, "budget": budget, "predicted_error": alloc.error, "planned_bytes": planned}
+    if harness is not None:
+        stats = harness.stats(result.decoded())
+        row.update({"measured_error": stats["error"], "cosine_mean": stats["cosine_mean"], "cosine_min": stats["cosine_min"]})
+    result.rounds.append(row)
+    result._size_state = (items, cache, budget, goal)  # type: ignore[attr-defined]
+    _finish(result, alloc, row)
+    return True
+
+
+def _segments(curve: Curve) -> int:
+    return 6  # a step choice with outliers has 5 leaves; an estimate is enough for padding
+
+
+def _finish(result: PlanResult, alloc: Allocation, row: dict) -> None:
+    result.predicted_error = float(alloc.error)
+    result.measured_error = row.get("measured_error")
+    result.cosine_mean = row.get("cosine_mean")
+    result.cosine_min = row.get("cosine_min")
+    if "error" in result.target and result.measured_error is None:
+        result.target_met = result.predicted_error <= result.target["error"] * (1 + 1e-9)
