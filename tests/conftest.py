@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import ml_dtypes  # noqa: F401  (registers bf16/fp8 with numpy, as safetensors.numpy needs)
 import numpy as np
@@ -125,3 +125,34 @@ def segment_of():
             ]
 
     return find
+
+
+class CliResult(NamedTuple):
+    """What one in-process ``cmf`` call gave: exit code, stdout, stderr."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def run(capsys) -> Callable[..., CliResult]:
+    """``run(*args)``: the console entry point (cmf.cli.run) in-process -> CliResult; asserts
+    that no traceback was printed."""
+    from cmf import cli
+
+    def invoke(*args) -> CliResult:
+        capsys.readouterr()
+        try:
+            cli.run([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        assert "Traceback" not in out + err, out + err
+        return CliResult(code, out, err)
+
+    return invoke

@@ -22,6 +22,8 @@ from safetensors.numpy import save_file as st_save
 import cmf
 from cmf import cli
 
+from .conftest import CliResult
+
 PACK_FIELDS = {"source", "output", "tensors", "aliases", "recipe", "lossy_tensors", "attachments",
                "raw_bytes", "stored_bytes", "ratio", "seconds"}
 INFO_FIELDS = {"path", "version", "file_bytes", "tensors", "raw_bytes", "ratio", "attachments", "shared",
@@ -31,30 +33,7 @@ VALIDATE_FIELDS = {"path", "valid", "errors", "warnings", "tensors_checked",
                    "attachments_checked", "segments_checked"}
 
 
-class Result:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-    def json(self):
-        return json.loads(self.out)
-
-
-@pytest.fixture
-def run(capsys):
-    """``run(*args)``: the console entry point in-process -> Result(code, stdout, stderr)."""
-
-    def invoke(*args) -> Result:
-        capsys.readouterr()
-        try:
-            cli.run([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capsys.readouterr()
-        assert "Traceback" not in out + err, out + err
-        return Result(code, out, err)
-
-    return invoke
+Result = CliResult  # the shared `run` fixture (tests/conftest.py) returns these
 
 
 def assert_one_error_line(r: Result) -> None:

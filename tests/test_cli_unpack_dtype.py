@@ -12,29 +12,10 @@ import numpy as np
 import pytest
 
 import cmf
-from cmf import cli
 
 ST_DTYPE = {"bf16": "BF16", "f16": "F16", "f32": "F32"}
 NOT_FLOAT = {"ids": "I64", "i8": "I8", "u8": "U8", "mask": "BOOL"}  # name -> safetensors dtype
 NUMPY = {"bf16": np.dtype(ml_dtypes.bfloat16), "f16": np.dtype("<f2"), "f32": np.dtype("<f4")}
-
-
-@pytest.fixture
-def run(capsys):
-    """``run(*args)``: the console entry point in-process -> (exit code, stdout, stderr)."""
-
-    def invoke(*args):
-        capsys.readouterr()
-        try:
-            cli.run([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        assert "Traceback" not in out + err, out + err
-        return code, out, err
-
-    return invoke
 
 
 @pytest.fixture

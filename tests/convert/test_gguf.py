@@ -19,7 +19,6 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 import cmf  # noqa: E402
-from cmf import cli  # noqa: E402
 from cmf.convert import Encoded, GGUFSource, open_source  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
@@ -28,24 +27,6 @@ TOKENS = ["<unk>", "<s>", "</s>", "▁the", "▁héllo", "\n", "🙂", ""]
 
 
 # ------------------------------------------------------------------------- helpers
-
-@pytest.fixture
-def run(capsys):
-    """``run(*args)``: the console entry point in-process -> (exit code, stdout, stderr)."""
-
-    def invoke(*args):
-        capsys.readouterr()
-        try:
-            cli.run([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        assert "Traceback" not in out + err, out + err
-        return code, out, err
-
-    return invoke
-
 
 def _weights(rng, shape):
     """Weight-like values: normal, a per-row magnitude, a few zeros."""

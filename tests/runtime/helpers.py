@@ -16,6 +16,8 @@ from onnx import TensorProto as TP
 from onnx import helper as oh
 from onnx import numpy_helper as nh
 
+from ..conftest import CliResult
+
 WORDS = ("the a cat dog sat on mat ran fast slow red blue big small house tree river city night day "
          "light dark music plays loud quiet bird sings song over under near far old new happy sad").split()
 PIECES = ["##s", "##ing", "##ed", "##er", "##ly"]
@@ -210,35 +212,13 @@ def padded(encodings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # -- the CLI in-process ---------------------------------------------------------------------------------
-class Result:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-    def json(self):
-        return json.loads(self.out)
-
-
 @pytest.fixture
-def cli(capsys):
-    """``cli(*args)``: the console entry point in-process -> Result(code, stdout, stderr); never
-    a traceback."""
-    from cmf import cli as cmf_cli
-
-    def invoke(*args) -> Result:
-        capsys.readouterr()
-        try:
-            cmf_cli.run([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capsys.readouterr()
-        assert "Traceback" not in out + err, out + err
-        return Result(code, out, err)
-
-    return invoke
+def cli(run):
+    """``cli(*args)``: the shared in-process console entry point (tests/conftest.py ``run``)."""
+    return run
 
 
-def assert_one_error_line(r: Result, *fragments: str) -> None:
+def assert_one_error_line(r: CliResult, *fragments: str) -> None:
     assert r.code == 1, (r.code, r.out, r.err)
     assert r.err.startswith("cmf: error:") and r.err.count("\n") == 1, r.err
     for f in fragments:
