@@ -119,6 +119,20 @@ def check_config_keys(name: str, config: Any, allowed: dict[str, type]) -> dict[
     return config
 
 
+def require_config_keys(name: str, config: Any, keys: Any) -> dict[str, Any]:
+    """``config`` checked to be a map with exactly ``keys`` (every key required), for codecs
+    that check the values themselves; FormatError naming codec ``name`` otherwise."""
+    if not isinstance(config, dict):
+        raise FormatError(f"{name}: config must be a map, found {type(config).__name__}")
+    unknown = set(config) - set(keys)
+    if unknown:
+        raise FormatError(f"{name}: unknown config keys {sorted(map(str, unknown))}; expected {list(keys)}")
+    missing = [key for key in keys if key not in config]
+    if missing:
+        raise FormatError(f"{name}: config is missing {missing}; every key of {list(keys)} is required")
+    return config
+
+
 def require_array_spec(name: str, spec: Spec) -> ArraySpec:
     if not isinstance(spec, ArraySpec):
         raise FormatError(f"codec {name!r} decodes to an array, but {spec.describe()} is expected")

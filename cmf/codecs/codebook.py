@@ -27,7 +27,7 @@ import numpy as np
 
 from ..dtypes import BY_NAME
 from ..errors import CmfError, FormatError
-from .base import ArraySpec, Codec, Spec, Value, require_array_spec
+from .base import ArraySpec, Codec, Spec, Value, require_array_spec, require_config_keys
 from .quantize import Layout, _blockwise, _full_blocks, block_layout
 from .registry import register
 
@@ -134,16 +134,7 @@ class Codebook(Codec):
 
     @classmethod
     def from_config(cls, config: Any) -> "Codebook":
-        if not isinstance(config, dict):
-            raise _fail(f"config must be a map, found {type(config).__name__}")
-        unknown = set(config) - set(_CONFIG)
-        if unknown:
-            keys = sorted(map(str, unknown))
-            raise _fail(f"unknown config keys {keys}; expected {list(_CONFIG)}")
-        missing = [key for key in _CONFIG if key not in config]
-        if missing:
-            raise _fail(f"config is missing {missing}; every key of {list(_CONFIG)} is required")
-        return cls(**config)
+        return cls(**require_config_keys(cls.name, config, _CONFIG))
 
     # ------------------------------------------------------------------------- specs
 

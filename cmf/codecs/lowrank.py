@@ -32,7 +32,7 @@ import numpy as np
 
 from ..dtypes import BY_NAME
 from ..errors import CmfError, FitRefused, FormatError
-from .base import ArraySpec, Codec, Spec, Value, require_array_spec
+from .base import ArraySpec, Codec, Spec, Value, require_array_spec, require_config_keys
 from .registry import register
 
 TENSOR_DTYPES = ("f32", "f16", "bf16", "f64")
@@ -108,17 +108,7 @@ class LowRank(Codec):
 
     @classmethod
     def from_config(cls, config: Any) -> "LowRank":
-        if not isinstance(config, dict):
-            raise _fail(f"config must be a map, found {type(config).__name__}")
-        unknown = set(config) - set(_CONFIG)
-        if unknown:
-            raise _fail(
-                f"unknown config keys {sorted(map(str, unknown))}; expected {list(_CONFIG)}"
-            )
-        missing = [key for key in _CONFIG if key not in config]
-        if missing:
-            raise _fail(f"config is missing {missing}; every key of {list(_CONFIG)} is required")
-        return cls(**config)
+        return cls(**require_config_keys(cls.name, config, _CONFIG))
 
     # ------------------------------------------------------------------------- specs
 
