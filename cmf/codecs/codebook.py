@@ -28,7 +28,7 @@ import numpy as np
 from ..dtypes import BY_NAME
 from ..errors import CmfError, FormatError
 from .base import ArraySpec, Codec, Spec, Value, require_array_spec, require_config_keys
-from .quantize import Layout, _blockwise, _full_blocks, block_layout
+from .quantize import Layout, _blockwise, _full_blocks, block_layout, finite_f32
 from .registry import register
 
 MAX_K = 1 << 16
@@ -191,7 +191,7 @@ class Codebook(Codec):
         x = np.asarray(value)
         if x.shape != spec.shape:
             raise CmfError(f"codebook: array of shape {x.shape}, {spec.describe()} expected")
-        xf = _finite_f32(np.ascontiguousarray(x, dtype=spec.dtype.numpy))
+        xf = finite_f32(np.ascontiguousarray(x, dtype=spec.dtype.numpy), self.name, "encode")
         if not self.scaled:
             return xf.reshape(-1), None
         lay = self.layout(spec.shape)
@@ -568,22 +568,3 @@ def _finite(value: np.ndarray, name: str) -> np.ndarray:
         bad = value[~np.isfinite(value)].reshape(-1)[0]
         raise _fail(f"part {name!r} holds a non-finite value ({bad}); every entry must be finite")
     return value
-
-
-def _finite_f32(x: np.ndarray) -> np.ndarray:
-    """``x`` as float32 (the input array itself when it already is); CmfError on NaN or inf."""
-    finite = np.isfinite(x)
-    if not finite.all():
-        bad = x[~finite].reshape(-1)[0]
-        where = np.unravel_index(int(np.argmin(finite.reshape(-1))), x.shape)
-        raise CmfError(
-            f"codebook: cannot encode a non-finite value ({bad} at index "
-            f"{list(map(int, where))}); store the tensor losslessly or clean it first"
-        )
-    if x.dtype == _F32:
-        return x
-    with np.errstate(over="ignore"):
-        xf = x.astype(_F32)
-    if not np.isfinite(xf).all():
-        raise CmfError("codebook: a value is beyond the float32 range that decoding computes in")
-    return xf

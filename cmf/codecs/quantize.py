@@ -204,7 +204,7 @@ class Quantize(Codec):
         if x.shape != spec.shape:
             raise CmfError(f"quantize: array of shape {x.shape}, {spec.describe()} expected")
         x = np.ascontiguousarray(x, dtype=spec.dtype.numpy)
-        xf = _finite_f32(x)
+        xf = finite_f32(x)
         x3 = xf.reshape(lay.pre, lay.n, lay.post)
         q3 = np.empty((lay.pre, lay.n, lay.post), dtype=BY_NAME[code_dtype(self.bits)].numpy)
         specs = self.resolve(spec)
@@ -454,14 +454,15 @@ def _finite_part(parts: dict[str, Value], name: str, spec: ArraySpec) -> np.ndar
     return value
 
 
-def _finite_f32(x: np.ndarray) -> np.ndarray:
-    """``x`` as float32; CmfError on NaN or infinity (or f64 values beyond float32)."""
+def finite_f32(x: np.ndarray, codec: str = "quantize", verb: str = "quantize") -> np.ndarray:
+    """``x`` as float32 (the input array itself when it already is); CmfError naming ``codec``
+    on NaN or infinity (or f64 values beyond float32)."""
     finite = np.isfinite(x)
     if not finite.all():
         bad = x[~finite].reshape(-1)[0]
         where = np.unravel_index(int(np.argmin(finite.reshape(-1))), x.shape)
         raise CmfError(
-            f"quantize: cannot quantize a non-finite value ({bad} at index "
+            f"{codec}: cannot {verb} a non-finite value ({bad} at index "
             f"{list(map(int, where))}); store the tensor losslessly or clean it first"
         )
     if x.dtype == _F32:
@@ -469,7 +470,7 @@ def _finite_f32(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         xf = x.astype(_F32)
     if not np.isfinite(xf).all():
-        raise CmfError("quantize: a value is beyond the float32 range that decoding computes in")
+        raise CmfError(f"{codec}: a value is beyond the float32 range that decoding computes in")
     return xf
 
 
