@@ -577,17 +577,22 @@ def write_onnx(
     if not outside:
         for name, marker, attr, _ in markers:
             _fill(marker, attr, cmf_file.get_tensor(name))
-        if model.ByteSize() > MAX_PROTOBUF:
-            raise CmfError(f"the rebuilt model is {model.ByteSize()} bytes, over protobuf's 2 GiB "
-                           "limit; write it with external data")
-        try:
-            onnx.checker.check_model(model)
-        except onnx.checker.ValidationError as exc:
-            raise CmfError(f"the rebuilt model fails onnx.checker: {_first_line(exc)}") from None
+        check_rebuilt(model, "write it with external data")
         with AtomicFile(path) as out:
             out.file.write(model.SerializeToString())
         return [path]
     return _write_with_sidecar(cmf_file, model, markers, outside, path)
+
+
+def check_rebuilt(model: Any, too_big: str) -> None:
+    """CmfError unless the rebuilt ``model`` fits in one protobuf (``too_big`` says what to do
+    instead) and passes onnx.checker."""
+    if model.ByteSize() > MAX_PROTOBUF:
+        raise CmfError(f"the rebuilt model is {model.ByteSize()} bytes, over protobuf's 2 GiB limit; {too_big}")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise CmfError(f"the rebuilt model fails onnx.checker: {_first_line(exc)}") from None
 
 
 def _first_line(exc: Exception) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto
 
-from ..convert.onnx import MAX_PROTOBUF, SKELETON, _check_spec, _fill, _markers
+from ..convert.onnx import SKELETON, _check_spec, _fill, _markers, check_rebuilt
 from ..errors import CmfError
 
 
@@ -68,13 +68,7 @@ def rebuild(skeleton: ModelProto, items: Iterable[tuple[str, np.ndarray]],
     if missing:
         raise CmfError(f"the graph needs tensor {missing[0]!r}, which the model does not have"
                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    if skeleton.ByteSize() > MAX_PROTOBUF:
-        raise CmfError(f"the rebuilt model is {skeleton.ByteSize()} bytes, over protobuf's 2 GiB limit; "
-                       "cmf run handles ONNX models up to 2 GiB")
-    try:
-        onnx.checker.check_model(skeleton)
-    except onnx.checker.ValidationError as exc:
-        raise CmfError(f"the rebuilt model fails onnx.checker: {(str(exc).strip().splitlines() or ['?'])[0]}") from None
+    check_rebuilt(skeleton, "cmf run handles ONNX models up to 2 GiB")
     return skeleton
 
 
