@@ -1,5 +1,6 @@
-"""``cmf run`` and ``cmf eval``: run a model rebuilt from a .cmf file (or its original), and
-measure how far a compressed model's outputs moved from the original's (cmf.runtime).
+"""``cmf run`` and ``cmf eval``: run a model rebuilt from a .cmf file or a sharded set (its
+``*.cmf.index.json`` or its directory), or from its original, and measure how far a compressed
+model's outputs moved from the original's (cmf.runtime).
 
 Registered on the main group by cmf/cli.py; errors are CmfError (one ``cmf: error:`` line).
 """
@@ -80,8 +81,8 @@ def _feeds(runner: Any, items: tuple[str, ...]) -> dict[str, np.ndarray]:
 def run_command(model: str, inputs: tuple[str, ...], texts: tuple[str, ...], prompt: str | None, n: int,
                 output: str | None, engine: str | None, as_json: bool) -> None:
     """Run a model: an ONNX-origin .cmf on --input arrays, a BERT-family encoder on --text, a
-    Llama-family decoder on --prompt. MODEL may also be the original (.onnx, .safetensors,
-    model directory, .gguf)."""
+    Llama-family decoder on --prompt. MODEL may be a sharded set (its .cmf.index.json or the
+    directory holding it) or the original (.onnx, .safetensors, model directory, .gguf)."""
     from .runtime.evaluate import KIND_NAMES
     from .runtime.rebuild import kind_of, load_runner
 
@@ -174,7 +175,8 @@ def _run_decoder(runner: Any, prompt: str | None, n: int, output: str | None, as
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def eval_command(original: str, compressed: str, data: str | None, max_tokens: int, as_json: bool) -> None:
     """Run ORIGINAL and COMPRESSED side by side and report how far the outputs moved: cosine
-    similarity, max abs error, top-1 agreement; perplexity and KL divergence for decoders."""
+    similarity, max abs error, top-1 agreement; perplexity and KL divergence for decoders.
+    Either may be a sharded set (its .cmf.index.json or the directory holding it)."""
     from .runtime.evaluate import KIND_NAMES, evaluate
 
     report = evaluate(original, compressed, data, max_tokens=max_tokens)

@@ -53,12 +53,20 @@ def is_sharded(path: str | os.PathLike) -> bool:
     return os.path.isdir(path) or path.lower().endswith(".json")
 
 
+def index_names(directory: str | os.PathLike) -> list[str]:
+    """The names of the ``*.cmf.index.json`` files in ``directory``, sorted."""
+    try:
+        return sorted(f for f in os.listdir(directory) if f.endswith(INDEX_SUFFIX))
+    except OSError as exc:
+        raise CmfError(f"cannot list {os.fspath(directory)}: {exc.strerror or exc}") from None
+
+
 def index_path(path: str | os.PathLike) -> str:
     """The shard index of ``path``: itself, or the one ``*.cmf.index.json`` in a directory."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         return path
-    found = sorted(f for f in os.listdir(path) if f.endswith(INDEX_SUFFIX))
+    found = index_names(path)
     if len(found) != 1:
         what = "none" if not found else ", ".join(found)
         raise FormatError(

@@ -215,7 +215,8 @@ def _first_line(exc: Exception) -> str:
 
 
 def from_cmf(f: Any, engine: str | None = None) -> OnnxRunner:
-    """Rebuild and load the ONNX model of an open CmfFile ``f``."""
+    """Rebuild and load the ONNX model of an open CmfFile or ShardedFile ``f`` (a sharded set's
+    skeleton is an attachment of its last shard; its tensors come from every shard)."""
     if SKELETON not in f.attachments():
         raise CmfError(f"{f.path} has no ONNX graph (attachment {SKELETON!r})")
     model = skeleton_from(f.get_attachment(SKELETON), f.path)

@@ -1,11 +1,13 @@
 """Rebuild a model from a ``.cmf`` file, or from its original, and pick the runner that runs it.
 
-``open_model(path)`` gives one view (``ModelSource``) of a ``.cmf`` file, a ``.safetensors`` file,
-a Hugging Face model directory, an ``.onnx`` file or a ``.gguf`` file: tensor names, tensors
-fetched (and for a .cmf decoded) one at a time, side files (attachments of a .cmf, files of a
-directory: ``config.json``, ``tokenizer.json``, ``modules.json``, ``1_Pooling/config.json`` ...
-named by their path relative to the model directory, as cmf.convert.hfdir stores them) and
-metadata. The same runners take originals and .cmf files, so ``cmf eval`` compares like with like.
+``open_model(path)`` gives one view (``ModelSource``) of a ``.cmf`` file, a sharded cmf set (its
+``*.cmf.index.json`` or the directory holding it, read by cmf.shards as ``cmf.open`` reads it), a
+``.safetensors`` file, a Hugging Face model directory, an ``.onnx`` file or a ``.gguf`` file:
+tensor names, tensors fetched (and for a .cmf decoded) one at a time, side files (attachments
+of a .cmf, of a sharded set's last shard, files of a directory: ``config.json``,
+``tokenizer.json``, ``modules.json``, ``1_Pooling/config.json`` ... named by their path relative
+to the model directory, as cmf.convert.hfdir stores them) and metadata. The same runners take
+originals and .cmf files, so ``cmf eval`` compares like with like.
 
 ``detect_kind`` tells the model apart:
 
@@ -104,14 +106,21 @@ class ModelSource:
 
 
 class CmfModel(ModelSource):
+    """A .cmf file, or a sharded set read as one model (cmf.shards.ShardedFile: tensors from every
+    shard, metadata and attachments from the last, spec/sharding.md §3)."""
+
     origin = "cmf"
 
     def __init__(self, path: str) -> None:
-        from ..reader import CmfFile
+        from ..shards import open_model as open_cmf
 
         super().__init__(path)
-        self.file = CmfFile(path)
-        self.metadata = self.file.metadata()
+        self.file = open_cmf(path)  # a CmfFile, or a ShardedFile for an index or its directory
+        try:
+            self.metadata = self.file.metadata()
+        except BaseException:
+            self.file.close()
+            raise
 
     def keys(self) -> list[str]:
         return self.file.keys()
@@ -232,12 +241,19 @@ class GGUFModel(ModelSource):
 
 
 def open_model(path: str | os.PathLike) -> ModelSource:
-    """Open a .cmf, .safetensors, .onnx or .gguf file or a Hugging Face model directory."""
+    """Open a .cmf, .safetensors, .onnx or .gguf file, a sharded cmf set (its ``*.cmf.index.json``
+    or a directory holding one) or a Hugging Face model directory."""
+    from ..shards import index_names, is_sharded
+
     path = os.fspath(path)
     if os.path.isdir(path):
+        if index_names(path):  # a sharded set: cmf.shards finds its one index (several: an error)
+            return CmfModel(path)
         return SafetensorsModel(path)
     if not os.path.exists(path):
         raise CmfError(f"{path}: no such file or directory")
+    if is_sharded(path):  # a .json: a shard index (cmf.shards says what is wrong with a bad one)
+        return CmfModel(path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(len(MAGIC))
