@@ -2,6 +2,7 @@
 
     python tools/fuzz_campaign.py --seconds 120                 # every target, 2 min each
     python tools/fuzz_campaign.py --seconds 600 index onnx      # some targets
+    python tools/fuzz_campaign.py --executions 10000000         # each target up to 10 M in all
     python tools/fuzz_campaign.py --report                      # print the table so far
 
 One target at a time, each in its own process under ``nice -n 10``; the corpus of each target
@@ -53,8 +54,10 @@ def parse_log(text: str) -> dict:
     return out
 
 
-def run_one(target: str, seconds: float, work: str, engine: str, seed: int) -> list[dict]:
-    """Run ``target`` for ``seconds`` (restarting after a finding); one record per process."""
+def run_one(target: str, seconds: float, work: str, engine: str, seed: int,
+            runs: int | None = None) -> list[dict]:
+    """Run ``target`` for ``seconds`` or ``runs`` executions, whichever ends first (restarting
+    after a finding); one record per process."""
     records = []
     deadline = time.monotonic() + seconds
     while True:
@@ -68,7 +71,12 @@ def run_one(target: str, seconds: float, work: str, engine: str, seed: int) -> l
                target, "--engine", engine, "--seconds", str(int(left)), "--seed", str(seed),
                "--corpus", os.path.join(work, "corpus", target),
                "--findings", os.path.join(work, "findings"), "--stats", stats_path]
-        if engine == "python":
+        if runs is not None:
+            done = sum(r.get("runs", 0) for r in records)
+            if done >= runs:
+                break
+            cmd += ["--runs", str(runs - done)]
+        elif engine == "python":
             cmd += ["--runs", str(10 ** 12)]
         start = time.monotonic()
         with open(log_path, "w") as log:
@@ -94,6 +102,11 @@ def run_one(target: str, seconds: float, work: str, engine: str, seed: int) -> l
         if rc == 0:
             break
     return records
+
+
+def executions(records: list[dict], target: str) -> int:
+    """Executions of ``target`` over every recorded run."""
+    return sum(r.get("runs", 0) for r in records if r["target"] == target)
 
 
 def load(work: str) -> list[dict]:
@@ -134,7 +147,9 @@ def table(records: list[dict]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("targets", nargs="*", default=None)
-    p.add_argument("--seconds", type=float, default=120, help="per target")
+    p.add_argument("--seconds", type=float, default=120, help="per target (at most, with --executions)")
+    p.add_argument("--executions", type=int, default=None,
+                   help="run each target until its executions over all runs reach this many")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cmf-fuzz"))
     p.add_argument("--engine", choices=("atheris", "python"), default="atheris")
     p.add_argument("--seed", type=int, default=1)
@@ -149,7 +164,12 @@ def main() -> int:
         if t not in SCRIPT:
             p.error(f"unknown target {t}; expected some of {', '.join(ALL)}")
     for t in a.targets or ALL:
-        new = run_one(t, a.seconds, a.work, a.engine, a.seed)
+        runs = None
+        if a.executions is not None:
+            runs = a.executions - executions(records, t)
+            if runs <= 0:
+                continue
+        new = run_one(t, a.seconds, a.work, a.engine, a.seed, runs)
         records = load(a.work) + new
         save(a.work, records)
         for r in new:
