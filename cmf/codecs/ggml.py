@@ -210,5 +210,5 @@ def encode_codes(codes: np.ndarray, spec: ArraySpec, bits: int):
         apply(Raw(), codes, spec, literals),
     ]
     if spec.numel:
-        candidates.append(apply(Huffman(chunk=1024, max_length=12), codes, spec, stored))
+        candidates.append(apply(Huffman(chunk=1024, max_length=16), codes, spec, stored))
     return min(candidates, key=lambda p: p.stored)
