@@ -32,8 +32,9 @@ def save_file(
     cmf.plan.recipe, or a path to a JSON recipe) says otherwise. The planning presets
     "balanced" and "small" choose each tensor's encoding with the data-free proxy (relative
     weight error; a dict of arrays is no model that can be run): cmf.plan.planner.plan_and_write
-    plans a model directory or .onnx file on its measured output error. ``jobs`` > 1 encodes in that
-    many worker processes (the same bytes; a script calling it needs the
+    plans a model directory or .onnx file on its measured output error. ``jobs`` > 1 encodes (for
+    a planning preset: measures the candidates) in that many worker processes (the same bytes; a
+    script calling it needs the
     ``if __name__ == "__main__":`` guard of multiprocessing's spawn start method).
     """
     if preset in ("balanced", "small"):  # planned per tensor; a dict has no model to run
@@ -41,7 +42,7 @@ def save_file(
 
         if recipe is not None:
             raise CmfError("give a preset or a recipe, not both")
-        save_planned(tensors, path, PlanOptions(preset=preset, level=level), metadata=metadata,
+        save_planned(tensors, path, PlanOptions(preset=preset, level=level, jobs=jobs), metadata=metadata,
                      attachments=attachments)
         return
     chosen, fallback = resolve_recipe(preset, recipe)

@@ -78,8 +78,8 @@ def main() -> None:
 @click.option("--recipe", "recipe_path", type=click.Path(exists=True, dir_okay=False, path_type=str), help="JSON recipe: tensor-name globs -> codec trees, first match wins.")
 @click.option("--level", type=click.IntRange(-7, 22), default=3, show_default=True, help="zstd level for the lossless candidates.")
 @click.option("--attach", "attach", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=str), help="Carry this file inside the .cmf (repeatable).")
-@click.option("--jobs", type=click.IntRange(1, 1024), default=1, show_default=True, help="Encode tensors in this many worker processes (the same bytes as --jobs 1).")
-@click.option("--executor", type=click.Choice(["process", "dask"]), default="process", show_default=True, help="Where tensors are encoded: local processes, or a dask.distributed cluster (needs --scheduler; workers read SOURCE from shared storage).")
+@click.option("--jobs", type=click.IntRange(1, 1024), default=1, show_default=True, help="Encode tensors in this many worker processes (the same bytes as --jobs 1); with a planner, measure the candidates in them.")
+@click.option("--executor", type=click.Choice(["process", "dask"]), default="process", show_default=True, help="Where tensors are encoded (with a planner: where the candidates are measured): local processes, or a dask.distributed cluster (needs --scheduler; workers read SOURCE from shared storage).")
 @click.option("--scheduler", help="dask scheduler address (tcp://host:8786) for --executor dask.")
 @click.option("--shard-size", "shard_size", help="Write a sharded set (OUTPUT-00001-of-0000N.cmf + OUTPUT.cmf.index.json), shards of about this size (e.g. 2GB, 500MiB).")
 @click.option("--target-size", "target_size", help="Planner: the best output error within this size, as bits per parameter (4.0bpp) or bytes (12MB, 500KiB).")
@@ -92,12 +92,15 @@ def pack(source: str, output: str | None, preset: str | None, recipe_path: str |
     from .cli_plan import check_planner_flags, pack_planned, wants_planner
 
     if wants_planner(preset, target_size, target_error, calibrate):  # cmf.plan.planner
-        check_planner_flags(preset, target_size, target_error, calibrate, recipe_path, jobs, shard_size)
+        check_planner_flags(preset, target_size, target_error, calibrate, recipe_path)
+        if executor == "dask" and not scheduler:
+            raise click.UsageError("--executor dask needs --scheduler ADDRESS")
         if output is None:
             base = source.rstrip("/" + os.sep)
             output = (base if os.path.isdir(source) else os.path.splitext(base)[0]) + ".cmf"
         pack_planned(source, output, preset=preset, target_size=target_size, target_error=target_error,
-                     calibrate=calibrate, level=level, attach=attach, quiet=quiet, as_json=as_json)
+                     calibrate=calibrate, level=level, attach=attach, quiet=quiet, as_json=as_json,
+                     jobs=jobs, executor=executor, scheduler=scheduler, shard_size=shard_size)
         return
     recipe, fallback = resolve_recipe(preset, recipe_path)
     src = open_source(source)

@@ -53,8 +53,12 @@ def wants_planner(preset: str | None, target_size: str | None, target_error: flo
 
 def pack_planned(source: str, output: str, *, preset: str | None, target_size: str | None,
                  target_error: float | None, calibrate: str | None, level: int,
-                 attach: tuple[str, ...], quiet: bool, as_json: bool) -> None:
+                 attach: tuple[str, ...], quiet: bool, as_json: bool, jobs: int = 1,
+                 executor: str = "process", scheduler: str | None = None, shard_size: str | None = None) -> None:
+    """``cmf pack`` with a planner: ``jobs`` processes (or a dask cluster) measure the
+    candidates; ``shard_size`` writes a sharded set as ``cmf pack --shard-size`` does."""
     from .plan.planner import PlanOptions, plan_and_write
+    from .shards import parse_size
 
     given = [n for n, v in (("--preset", preset), ("--target-size", target_size),
                             ("--target-error", target_error)) if v is not None]
@@ -64,6 +68,7 @@ def pack_planned(source: str, output: str, *, preset: str | None, target_size: s
         raise CmfError("--calibrate needs --preset balanced|small, --target-size or --target-error")
     if preset is not None and preset not in PLANNED:
         raise CmfError(f"--preset {preset} is a fixed recipe: it takes no --calibrate")
+    size = parse_size(shard_size) if shard_size is not None else None
     extra = {}
     for path in attach:
         with open(path, "rb") as fh:
@@ -73,12 +78,14 @@ def pack_planned(source: str, output: str, *, preset: str | None, target_size: s
     try:
         result = plan_and_write(source, output, PlanOptions(
             preset=preset, target_error=target_error, target_size=target_size, calibrate=calibrate,
-            level=level, progress=stages), extra_attachments=extra)
+            level=level, progress=stages, jobs=jobs, executor=executor, scheduler=scheduler),
+            extra_attachments=extra, shard_size=size)
     finally:
         stages.close()
     seconds = time.perf_counter() - start
     from .plan.report import report
 
+    output = result.path or output  # a sharded set: its shard index
     rep = report(output)
     summary = {
         "source": source,
@@ -98,6 +105,8 @@ def pack_planned(source: str, output: str, *, preset: str | None, target_size: s
         "target_met": result.target_met,
         "plan": result.summary(),
     }
+    if size is not None:
+        summary["files"] = list(result.files)
     summary["ratio"] = round(summary["raw_bytes"] / rep["file_bytes"], 4) if rep["file_bytes"] else None
     if not result.target_met:
         click.echo(f"cmf: warning: {'; '.join(result.notes) or 'the target was not met'}", err=True)
@@ -110,7 +119,8 @@ def pack_planned(source: str, output: str, *, preset: str | None, target_size: s
         return
     from .cli import _human_bytes
 
-    click.echo(f"{output}: {summary['tensors']} tensors, {_human_bytes(summary['raw_bytes'])} -> "
+    shards = f" in {len(rep['shards'])} shards" if rep.get("shards") else ""
+    click.echo(f"{output}: {summary['tensors']} tensors{shards}, {_human_bytes(summary['raw_bytes'])} -> "
                f"{_human_bytes(rep['file_bytes'])} ({summary['ratio']}x) in {seconds:.1f} s")
     line = f"plan: {rep['bits_per_parameter']:.3f} bits/parameter, {result.metric}"
     if result.measured_error is not None:
@@ -150,12 +160,11 @@ def report_command(path: str, png: str | None, as_json: bool) -> None:
 
 
 def check_planner_flags(preset: str | None, target_size: str | None, target_error: float | None,
-                        calibrate: str | None, recipe: str | None, jobs: int = 1, shard_size: str | None = None) -> None:
-    """Flags that do not go with the planner: CmfError (one ``cmf: error:`` line)."""
+                        calibrate: str | None, recipe: str | None) -> None:
+    """Flags that do not go with the planner: CmfError (one ``cmf: error:`` line). --jobs,
+    --executor and --shard-size do (pack_planned)."""
     if recipe is not None:
         raise CmfError("--recipe does not go with --preset balanced|small, --target-size, --target-error or --calibrate")
-    if jobs != 1 or shard_size is not None:
-        raise CmfError("the planner writes one file in one process: drop --jobs/--shard-size")
 
 
 __all__ = ["PLANNED", "check_planner_flags", "pack_planned", "report_command", "wants_planner"]

@@ -18,6 +18,10 @@ array with the task. Tied weights: each task carries the digests of the tensors 
 already written, and a worker whose tensor matches one returns no encoding (the writer writes an
 alias, as a serial pack does); a duplicate of a tensor still in flight is encoded and then
 written as an alias all the same.
+
+The planner (cmf.plan.planner, ``--jobs`` with a planning preset) uses the same executors for
+its candidates stage: :func:`measure_task` measures one tensor's candidates in a worker and
+:func:`map_in_order` returns the curves in order.
 """
 
 from __future__ import annotations
@@ -121,6 +125,15 @@ def encode_task(name: str, source: FileTensor | np.ndarray, skip: frozenset, pla
     error = tensor_error(array, pending)
     shared = {id(v): i for i, v in enumerate(plan_shared(plan.recipe))}
     return Result(name, spec, key, to_portable(pending, shared), error)
+
+
+def measure_task(name: str, source: FileTensor | np.ndarray, choices: Any, moments: Any, level: int) -> Any:
+    """The planner's curves stage for one tensor (cmf.plan.candidates.measure) in a worker: the
+    tensor read from its file (a FileTensor) or sent as an array; returns its Curve."""
+    from .plan.candidates import measure
+
+    array = read_tensor(source) if isinstance(source, FileTensor) else source
+    return measure(name, array, choices, moments, level=level)
 
 
 def to_portable(p: Pending, shared: dict[int, int]) -> Any:
@@ -287,6 +300,17 @@ def source_tasks(src: Any) -> Iterator[tuple[str, Any]]:
     yield from src.items()
 
 
+def file_refs(src: Any) -> dict[str, FileTensor]:
+    """name -> FileTensor for a source whose tensors a worker can read itself (a safetensors
+    file, a Hugging Face directory); empty for other sources (their arrays are sent)."""
+    from .convert.hfdir import HFDirectorySource
+    from .convert.safetensors import SafetensorsSource
+
+    if not isinstance(src, (SafetensorsSource, HFDirectorySource)):
+        return {}
+    return {name: ref for name, ref in source_tasks(src) if isinstance(ref, FileTensor)}
+
+
 def _header_nbytes(shard: Any, name: str) -> int:
     try:
         begin, end = shard._header[name]["data_offsets"]
@@ -342,7 +366,7 @@ def _nbytes(value: Any) -> int:
     return value.nbytes if isinstance(value, (FileTensor, np.ndarray)) else -1
 
 
-def _result(future: Any, name: str) -> Result:
+def _result(future: Any, name: str, doing: str = "encoding") -> Any:
     try:
         return future.result()
     except CmfError:
@@ -350,10 +374,33 @@ def _result(future: Any, name: str) -> Result:
     except Exception as exc:
         if type(exc).__name__ in ("BrokenProcessPool", "KilledWorker", "CancelledError"):
             raise CmfError(
-                f"a worker died while encoding tensor {name!r} ({type(exc).__name__}: {exc}); "
+                f"a worker died while {doing} tensor {name!r} ({type(exc).__name__}: {exc}); "
                 "out of memory? try fewer jobs"
             ) from None
         raise
+
+
+def map_in_order(executor: Any, fn: Callable[..., Any], calls: Iterable[tuple[str, tuple]],
+                 doing: str = "encoding", ahead: int | None = None) -> Iterator[tuple[str, Any]]:
+    """``(name, fn(*args))`` for each ``(name, args)`` of ``calls``, in order, run on
+    ``executor`` with at most ``ahead`` (default ``executor.window``) calls in flight (an
+    InlineExecutor runs each as it is submitted). An error is raised when its call is reached;
+    the calls still in flight are then cancelled. ``doing`` names the work in a dead worker's
+    error."""
+    window = max(int(ahead if ahead is not None else getattr(executor, "window", 0)), 1)
+    slots: deque = deque()
+    try:
+        for name, args in calls:
+            while len(slots) >= window:
+                done, future = slots.popleft()
+                yield done, _result(future, done, doing)
+            slots.append((name, executor.submit(fn, *args)))
+        while slots:
+            done, future = slots.popleft()
+            yield done, _result(future, done, doing)
+    finally:  # an error, or the consumer stopped early
+        for _, future in slots:
+            future.cancel()
 
 
 def pack_tasks(

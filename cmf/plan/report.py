@@ -1,6 +1,7 @@
 """``cmf report``: where a file's bytes went and which tensors carry the error.
 
-``report(path)`` reads a .cmf file's index (no tensor is decoded) and returns a JSON-able map:
+``report(path)`` reads a .cmf file's index — or every shard's of a sharded set, named by its
+``.cmf.index.json`` or directory — (no tensor is decoded) and returns a JSON-able map:
 per tensor its shape, parameters, stored bytes, bits per weight, encoding, recorded error (the
 index's ``rel_rmse``) and — for a file the planner wrote (metadata ``cmf.plan.tensors``) — the
 planner's choice, its sensitivity and predicted share of the output error; plus the file totals
@@ -24,21 +25,23 @@ def _number(v: Any) -> float | None:
 
 
 def report(path: str | os.PathLike) -> dict[str, Any]:
-    from ..reader import CmfFile
+    from ..shards import ShardedFile, open_model
 
-    with CmfFile(path) as f:
+    with open_model(path) as f:
         meta = f.metadata()
         plan = meta.get(META_PLAN) if isinstance(meta.get(META_PLAN), dict) else None
         planned = meta.get(META_TENSORS) if isinstance(meta.get(META_TENSORS), dict) else {}
         rows = []
         params = tensor_bytes = 0
-        for entry in f.index.tensors:
+        files = f.shards if isinstance(f, ShardedFile) else [f]
+        entries = [(shard, entry) for shard in files for entry in shard.index.tensors]
+        for shard, entry in entries:
             numel = entry.spec.numel
             params += numel
             if entry.alias is not None:
                 stored, encoding = 0, f"alias of {entry.alias}"
             else:
-                stored = sum(f.index.segments[leaf.segment].length for leaf in iter_leaves(entry.encoding))
+                stored = sum(shard.index.segments[leaf.segment].length for leaf in iter_leaves(entry.encoding))
                 encoding = describe(entry.encoding)
             tensor_bytes += stored
             row: dict[str, Any] = {
@@ -56,13 +59,16 @@ def report(path: str | os.PathLike) -> dict[str, Any]:
                 row["choice"] = p.get("choice")
                 row["sensitivity"] = _number(p.get("sensitivity"))
                 row["predicted_error"] = _number(p.get("predicted"))
+            if len(files) > 1:
+                row["shard"] = os.path.basename(shard.path)
             rows.append(row)
-        size = f.size
+        size = f.size  # a sharded set: its shards' bytes
+        shards = list(f.shard_names) if isinstance(f, ShardedFile) else None
     predicted_total = sum(r.get("predicted_error") or 0.0 for r in rows)
     for r in rows:
         if r.get("predicted_error") is not None and predicted_total > 0:
             r["error_share"] = r["predicted_error"] / predicted_total
-    return {
+    out = {
         "path": os.fspath(path),
         "file_bytes": size,
         "tensor_bytes": tensor_bytes,
@@ -72,6 +78,9 @@ def report(path: str | os.PathLike) -> dict[str, Any]:
         "plan": plan,
         "tensors": rows,
     }
+    if shards is not None:
+        out["shards"] = shards
+    return out
 
 
 def _short(name: str, width: int) -> str:
@@ -117,9 +126,10 @@ def render_text(rep: dict[str, Any], printable: Any = str) -> list[str]:
             line += f"  {r['encoding']}"
         lines.append(line)
     bpp = rep["bits_per_parameter"]
-    lines.append(f"{len(rows)} tensors, {rep['parameters']} parameters, {rep['file_bytes']} bytes: "
+    where = f" in {len(rep['shards'])} shards" if rep.get("shards") else ""
+    lines.append(f"{len(rows)} tensors, {rep['parameters']} parameters, {rep['file_bytes']} bytes{where}: "
                  f"{bpp:.3f} bits/parameter (whole file), {rep['weights_bits_per_parameter']:.3f} (tensor data)"
-                 if bpp is not None else f"{len(rows)} tensors, {rep['file_bytes']} bytes")
+                 if bpp is not None else f"{len(rows)} tensors, {rep['file_bytes']} bytes{where}")
     plan = rep.get("plan")
     if isinstance(plan, dict):
         parts = [f"plan: {printable(_target_text(plan))[:200]}"]

@@ -237,7 +237,7 @@ def test_cli_report_png(tmp_path, bert_dir, cli, monkeypatch):
     (["--preset", "q8", "--calibrate", "CAL"], "fixed recipe"),
     (["--calibrate", "CAL"], "--calibrate needs"),
     (["--preset", "small", "--recipe", "RECIPE"], "--recipe does not go"),
-    (["--preset", "small", "--jobs", "2"], "--jobs"),
+    (["--preset", "small", "--shard-size", "lots"], "size 'lots'"),
     (["--target-size", "1KB"], "below the smallest file"),
 ])
 def test_cli_bad_options_give_one_error_line(tmp_path, bert_dir, cli, args, fragment):
