@@ -19,6 +19,12 @@ multiplies an activation, the mean square of every input channel over the calibr
 ``E[x_j^2]`` (the diagonal of the input covariance), with the weight axis it runs along. The
 quantization error of a weight ``W`` then moves the layer's output by
 ``E|dW x|^2 ~= sum_ij dW_ij^2 E[x_j^2]`` (errors of different elements are uncorrelated).
+Where the input has at most ``MAX_HESSIAN_DIM`` channels (and all such matrices together stay
+under ``MAX_HESSIAN_BYTES``) it also returns the second-moment matrix ``E[x x^T]`` of each of two
+*folds* of the calibration inputs (alternate sentences; for one sequence its two halves; for
+ONNX alternate input sets): the planner's step quantizer chooses codes with error feedback
+through one fold's matrix (GPTQ-style) and measures their error ``tr(dW E[x x^T] dW^T)`` on the
+other's — on inputs the codes were not fitted to, so the error is not flattered.
 """
 
 from __future__ import annotations
@@ -35,7 +41,52 @@ DEFAULT_ONNX_SAMPLES = 8
 DEFAULT_MAX_TOKENS = 256
 METRIC = "1 - mean cosine"
 
-Moments = dict[str, tuple[int, np.ndarray]]  # tensor name -> (input-channel axis, E[x^2])
+# tensor name -> (input-channel axis, E[x_j^2] (n,), (E[x x^T] of fold 0, of fold 1) or None)
+Moments = dict[str, tuple[int, np.ndarray, "tuple[np.ndarray, np.ndarray] | None"]]
+MAX_HESSIAN_DIM = 4096  # input channels up to which E[x x^T] is kept (2 x 128 MiB at 4096)
+MAX_HESSIAN_BYTES = 1 << 30  # all kept matrices together
+
+
+class MomentSums:
+    """Running sums of input activations per key: ``sum x_j^2``, the row count, and per fold
+    ``sum x x^T`` and its row count, while the matrices fit ``MAX_HESSIAN_DIM`` /
+    ``MAX_HESSIAN_BYTES`` (one budget per instance)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[Any, list] = {}  # key -> [sum x^2, rows, [sum x x^T] * 2 | None, [rows] * 2]
+        self.budget = MAX_HESSIAN_BYTES
+
+    def add(self, key: Any, rows: np.ndarray, fold: np.ndarray | int = 0) -> None:
+        """Add ``rows`` (tokens, n) of one activation; ``fold``: 0 or 1, for all rows or per row."""
+        rows = np.asarray(rows, np.float64)
+        n = rows.shape[-1]
+        acc = self.sums.get(key)
+        if acc is None:
+            full = None
+            if n <= MAX_HESSIAN_DIM and 2 * n * n * 8 <= self.budget:
+                self.budget -= 2 * n * n * 8
+                full = [np.zeros((n, n)), np.zeros((n, n))]
+            acc = self.sums[key] = [np.zeros(n), 0, full, [0, 0]]
+        acc[0] += np.einsum("ij,ij->j", rows, rows)
+        acc[1] += rows.shape[0]
+        if acc[2] is not None:
+            folds = np.broadcast_to(np.asarray(fold) % 2, (rows.shape[0],))
+            for f in (0, 1):
+                part = rows[folds == f]
+                if part.shape[0]:
+                    acc[2][f] += part.T @ part
+                    acc[3][f] += part.shape[0]
+
+    def result(self, key: Any) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None] | None:
+        """``(E[x_j^2], (E[x x^T] of each fold) or None)`` of ``key``; None if it saw no rows.
+        The matrices are None unless both folds saw rows."""
+        acc = self.sums.get(key)
+        if acc is None or not acc[1]:
+            return None
+        full = None
+        if acc[2] is not None and min(acc[3]) > 0:
+            full = (acc[2][0] / acc[3][0], acc[2][1] / acc[3][1])
+        return acc[0] / acc[1], full
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -168,33 +219,36 @@ class EncoderHarness(Harness):
                               ("o", ["attention.output.dense"]), ("fc", ["intermediate.dense"]),
                               ("proj", ["output.dense"])):
                 owners[id(p[key])] = [L + s + ".weight" for s in subs]
-        sums: dict[int, list] = {}
+        sums = MomentSums()
 
         def linear(x: np.ndarray, w: dict) -> np.ndarray:
             if id(w) in owners:  # padded positions do not count
                 flat = x.reshape(-1, x.shape[-1])
                 keep = self._mask_rows(flat.shape[0])
-                rows = flat[keep] if keep is not None else flat
-                acc = sums.setdefault(id(w), [np.zeros(x.shape[-1]), 0])
-                acc[0] += np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
-                acc[1] += rows.shape[0]
+                per = x.shape[1] if x.ndim == 3 else 1  # [b, s, d]: fold = the sentence's parity
+                fold = (self._sentence0 + np.arange(flat.shape[0]) // per) % 2
+                sums.add(id(w), flat[keep] if keep is not None else flat,
+                         fold[keep] if keep is not None else fold)
             return original(x, w)
 
         original = bert.linear
         with _patched(bert, "linear", linear):
+            self._sentence0 = 0
             for ids, mask, types in self.batches:
                 self._current_mask = mask.reshape(-1).astype(bool)
                 enc.embed_ids(ids, mask, types)
+                self._sentence0 += ids.shape[0]
         self._current_mask = None
         out: Moments = {}
         for key, names in owners.items():
-            if key in sums and sums[key][1]:
-                m = sums[key][0] / sums[key][1]
+            got = sums.result(key)
+            if got is not None:
                 for n in names:
-                    out[n] = (1, m)  # weights are [out, in]: input channels along axis 1
+                    out[n] = (1, *got)  # weights are [out, in]: input channels along axis 1
         return out
 
     _current_mask: np.ndarray | None = None
+    _sentence0 = 0  # index of the batch's first sentence (folds of input_moments)
 
     def _mask_rows(self, n: int) -> np.ndarray | None:
         m = self._current_mask
@@ -242,24 +296,23 @@ class DecoderHarness(Harness):
         tied = runner.lm_head is runner.embed
         if not tied and "lm_head.weight" in names:
             owners[id(runner.lm_head)] = ["lm_head.weight"]
-        sums: dict[int, list] = {}
+        sums = MomentSums()
         original = llama.linear
 
         def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-            if id(w) in owners:
-                acc = sums.setdefault(id(w), [np.zeros(x.shape[-1]), 0])
+            if id(w) in owners:  # fold: first or second half of the sequence
                 flat = x.reshape(-1, x.shape[-1])
-                acc[0] += np.einsum("ij,ij->j", flat, flat, dtype=np.float64)
-                acc[1] += flat.shape[0]
+                sums.add(id(w), flat, (2 * np.arange(flat.shape[0])) // max(flat.shape[0], 1))
             return original(x, w, b)
 
         with _patched(llama, "linear", linear):
             runner.logits(np.asarray(self.ids, np.int64))
         out: Moments = {}
         for key, names_ in owners.items():
-            if key in sums and sums[key][1]:
+            got = sums.result(key)
+            if got is not None:
                 for n in names_:
-                    out[n] = (1, sums[key][0] / sums[key][1])
+                    out[n] = (1, *got)
         return out
 
 
@@ -333,8 +386,9 @@ class OnnxHarness(Harness):
         except CmfError:
             return {}
         names = runner.output_names
-        sums: dict[str, list] = {}
-        for feeds in self.feeds:
+        sums = MomentSums()
+        axes: dict[str, int] = {}
+        for i_set, feeds in enumerate(self.feeds):
             outs = runner.run(feeds)
             for a, users in uses.items():
                 if a in self.tensors:
@@ -347,11 +401,19 @@ class OnnxHarness(Harness):
                     xa = np.moveaxis(np.asarray(x, np.float64), a_axis, -1)
                     if xa.shape[-1] != k:
                         continue
-                    flat = xa.reshape(-1, k)
-                    acc = sums.setdefault(w, [np.zeros(k), 0, w_axis])
-                    acc[0] += np.einsum("ij,ij->j", flat, flat)
-                    acc[1] += flat.shape[0]
-        return {w: (acc[2], acc[0] / acc[1]) for w, acc in sums.items() if acc[1]}
+                    axes[w] = w_axis
+                    flat = xa.reshape(-1, k)  # fold: the input set's parity (one set: halves)
+                    if len(self.feeds) > 1:
+                        fold: Any = i_set % 2
+                    else:
+                        fold = (2 * np.arange(flat.shape[0])) // max(flat.shape[0], 1)
+                    sums.add(w, flat, fold)
+        out: Moments = {}
+        for w, w_axis in axes.items():
+            got = sums.result(w)
+            if got is not None:
+                out[w] = (w_axis, *got)
+        return out
 
 
 # ----------------------------------------------------------------------------- opening

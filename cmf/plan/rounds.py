@@ -83,7 +83,8 @@ def _encode_choices(result: PlanResult, alloc: Allocation, tensors: Mapping[str,
         key = (name, point.choice.label)
         if key not in cache:
             x = tensors[name]
-            pending, decoded = encode_decoded(point.choice, x, _spec(x), tp.curve.axis, tp.curve.weights, options.level)
+            pending, decoded = encode_decoded(point.choice, x, _spec(x), tp.curve.axis, tp.curve.weights,
+                                              options.level, tp.curve.feedback)
             cache[key] = (pending, decoded)
         tp.point = point
         tp.pending, tp.decoded = cache[key]

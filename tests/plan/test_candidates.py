@@ -14,9 +14,11 @@ from cmf.plan.candidates import (
     LOSSLESS,
     Choice,
     Point,
+    channel_hessian,
     channel_weights,
     encode_decoded,
     encode_step,
+    gptq_levels,
     lower_hull,
     measure,
     plannable,
@@ -153,3 +155,78 @@ def test_choices_that_do_not_apply_are_left_out():
     x[0, 0] = np.nan
     curve = measure("w", x, step_choices([0.5]) + [Choice("template", {"template": {"codec": "lowrank", "fit": {"rank": 1}}}, "lr")])
     assert [p.choice.family for p in curve.points] == ["lossless"]
+
+
+# ----------------------------------------------------------------------------- error feedback
+
+
+def correlated_inputs(rng, tokens, basis):
+    """Activations (tokens, n) with a few strong shared directions (``basis``: (rank, n)), as a
+    layer's inputs have."""
+    return rng.standard_normal((tokens, len(basis))) @ basis + rng.standard_normal((tokens, basis.shape[1])) * 0.3
+
+
+def fold_moments(x):
+    """cmf.plan.harness's moments of inputs ``x``: alternate tokens in two folds."""
+    return (1, np.mean(x * x, axis=0), (x[0::2].T @ x[0::2] / len(x[0::2]), x[1::2].T @ x[1::2] / len(x[1::2])))
+
+
+def test_error_feedback_lowers_the_output_error_on_inputs_it_never_saw():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((96, 64)).astype(np.float32)
+    basis = rng.standard_normal((6, 64)) * 3
+    moments = fold_moments(correlated_inputs(rng, 4000, basis))
+    test = correlated_inputs(rng, 4000, basis)
+    h_test = test.T @ test / len(test)
+    axis, iw = channel_weights(w.shape, moments)
+    u, hn = channel_hessian(w.shape, moments)
+    assert u.shape == hn.shape == (64, 64) and np.allclose(np.triu(u), u)
+    for rel in (0.5, 0.1):
+        fed, yf = encode_step(w, spec_of(w), rel, axis, iw, feedback=u)
+        plain, yp = encode_step(w, spec_of(w), rel, axis, iw)
+        assert decode_pending(fed).tobytes() == yf.tobytes()
+        out_f = np.einsum("ij,jk,ik->", yf - w, h_test, yf - w)
+        out_p = np.einsum("ij,jk,ik->", yp - w, h_test, yp - w)
+        assert out_f < 0.8 * out_p, rel  # at least 1 dB less output error
+        assert fed.stored < 1.05 * plain.stored  # for the same bytes
+        # the error the planner measures (other fold) sees the gain too
+        assert weighted_error(w, yf, axis, iw, hn)[1] < weighted_error(w, yp, axis, iw, hn)[1]
+
+
+def test_error_feedback_works_along_either_axis_and_keeps_outliers_exact():
+    rng = np.random.default_rng(6)
+    x = correlated_inputs(rng, 2000, rng.standard_normal((4, 48)) * 3)
+    moments = fold_moments(x)
+    w = (rng.standard_normal((48, 40)) * 0.1).astype(np.float32)  # [in, out]: channels on axis 0
+    w[5, 7] = 300.0  # beyond 12-bit codes at this step: kept exact, its error not fed forward
+    mom0 = (0, moments[1], moments[2])
+    axis, iw = channel_weights(w.shape, mom0)
+    u, hn = channel_hessian(w.shape, mom0)
+    pending, y = encode_step(w, spec_of(w), 0.01, axis, iw, feedback=u)
+    got = decode_pending(pending)
+    assert "outlier" in describe(pending) and got.tobytes() == y.tobytes()
+    assert abs(float(got[5, 7]) - 300.0) < 0.01  # kept: the original plus the error fed into it
+    rtn = encode_step(w, spec_of(w), 0.01, axis, iw)[1]
+    assert weighted_error(w, y, axis, iw, hn)[1] < weighted_error(w, rtn, axis, iw, hn)[1]
+    # levels beyond the limit carry no error forward: the same codes elsewhere as without it
+    steps = np.full(48, 0.05)
+    base = w.T.astype(np.float64).copy()
+    a, _ = gptq_levels(base, steps, u, 2047)
+    base[7, 5] = 1e6
+    b, kept = gptq_levels(base, steps, u, 2047)
+    assert abs(b[7, 5]) > 2047 and kept[7, 5] == pytest.approx(1e6)
+    mask = np.ones_like(a, bool)
+    mask[7, 5] = False
+    assert np.array_equal(a[mask], b[mask])
+
+
+def test_channel_hessian_refuses_what_does_not_fit():
+    ok = (1, np.ones(5), (np.eye(5), np.eye(5)))
+    assert channel_hessian((4, 5), ok)[0] is not None
+    assert channel_hessian((4, 5), (1, np.ones(5))) == (None, None)  # no matrices
+    assert channel_hessian((4, 5), (1, np.ones(5), None)) == (None, None)
+    assert channel_hessian((4, 6), ok) == (None, None)  # wrong size
+    bad = (1, np.ones(5), (np.full((5, 5), np.nan), np.eye(5)))
+    assert channel_hessian((4, 5), bad) == (None, None)
+    zero = (1, np.ones(5), (np.zeros((5, 5)), np.eye(5)))
+    assert channel_hessian((4, 5), zero) == (None, None)
