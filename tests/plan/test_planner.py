@@ -18,21 +18,14 @@ from cmf.plan.planner import META_PLAN, META_TENSORS, PlanOptions, parse_target_
 from cmf.runtime import evaluate
 
 from ..runtime import helpers
-from ..runtime.helpers import assert_one_error_line, mlp_onnx, write_bert_dir, write_llama_dir
+from ..runtime.helpers import assert_one_error_line, mlp_onnx, write_llama_dir
+from .conftest import FAST
 
 cli = helpers.cli
 
 pytest.importorskip("tokenizers")
 pytest.importorskip("onnxruntime")
 
-# coarser curves and 8 calibration texts: the same code paths, faster
-FAST = {"steps_per_bit": 2, "templates": False, "calibrate": list(helpers.TEXTS)}
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    path, _ = write_bert_dir(tmp_path_factory.mktemp("plan") / "tiny-bert")
-    return str(path)
 
 
 @pytest.fixture(scope="module")

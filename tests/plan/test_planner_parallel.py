@@ -14,20 +14,12 @@ import cmf
 from cmf.plan.planner import META_PLAN, META_TENSORS, PlanOptions, plan_and_write, save_planned
 
 from ..runtime import helpers
-from ..runtime.helpers import write_bert_dir
+from .conftest import FAST
 
 cli = helpers.cli
 
 pytest.importorskip("tokenizers")
 
-# coarser curves and 8 calibration texts (as tests/plan/test_planner.py): the same code paths, faster
-FAST = {"steps_per_bit": 2, "templates": False, "calibrate": list(helpers.TEXTS)}
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    path, _ = write_bert_dir(tmp_path_factory.mktemp("plan-par") / "tiny-bert")
-    return str(path)
 
 
 @pytest.fixture(scope="module")
