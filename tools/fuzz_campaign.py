@@ -32,6 +32,7 @@ GROUPS = {
                                               "lowrank", "outlier", "quantize", "raw", "sparse",
                                               "zstd")],
     "fuzz_convert.py": ["safetensors", "onnx", "gguf"],
+    "fuzz_shards.py": ["shards"],
 }
 SCRIPT = {t: s for s, ts in GROUPS.items() for t in ts}
 ALL = [t for ts in GROUPS.values() for t in ts]

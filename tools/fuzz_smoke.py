@@ -21,14 +21,16 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools import fuzz_codecs, fuzz_container, fuzz_convert  # noqa: E402
+from tools import fuzz_codecs, fuzz_container, fuzz_convert, fuzz_shards  # noqa: E402
 from tools.fuzz_common import fuzz_python  # noqa: E402
 
-TARGETS = {**fuzz_container.TARGETS, **fuzz_codecs.TARGETS, **fuzz_convert.TARGETS}
-RUNS = {"container": 12000, "index": 12000, "safetensors": 10000, "onnx": 8000, "gguf": 10000}
+TARGETS = {**fuzz_container.TARGETS, **fuzz_codecs.TARGETS, **fuzz_convert.TARGETS,
+           **fuzz_shards.TARGETS}
+RUNS = {"container": 12000, "index": 12000, "safetensors": 10000, "onnx": 8000, "gguf": 10000,
+        "shards": 10000}
 CODEC_RUNS = 6000
 SCRIPTS = {"fuzz_container.py": fuzz_container.TARGETS, "fuzz_codecs.py": fuzz_codecs.TARGETS,
-           "fuzz_convert.py": fuzz_convert.TARGETS}
+           "fuzz_convert.py": fuzz_convert.TARGETS, "fuzz_shards.py": fuzz_shards.TARGETS}
 
 
 def main() -> int:

@@ -25,10 +25,11 @@ import os
 
 import pytest
 
-from tools import fuzz_codecs, fuzz_container, fuzz_convert
+from tools import fuzz_codecs, fuzz_container, fuzz_convert, fuzz_shards
 from tools.fuzz_common import Finding, Stats, cap_memory, execute, fuzz_python, restore_memory
 
-TARGETS = {**fuzz_container.TARGETS, **fuzz_codecs.TARGETS, **fuzz_convert.TARGETS}
+TARGETS = {**fuzz_container.TARGETS, **fuzz_codecs.TARGETS, **fuzz_convert.TARGETS,
+           **fuzz_shards.TARGETS}
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 FILES = sorted(
     (target, name)
