@@ -20,11 +20,12 @@ multiplies an activation, the mean square of every input channel over the calibr
 quantization error of a weight ``W`` then moves the layer's output by
 ``E|dW x|^2 ~= sum_ij dW_ij^2 E[x_j^2]`` (errors of different elements are uncorrelated).
 Where the input has at most ``MAX_HESSIAN_DIM`` channels (and all such matrices together stay
-under ``MAX_HESSIAN_BYTES``) it also returns the second-moment matrix ``E[x x^T]`` of each of two
-*folds* of the calibration inputs (alternate sentences; for one sequence its two halves; for
-ONNX alternate input sets): the planner's step quantizer chooses codes with error feedback
+under ``MAX_HESSIAN_BYTES``) encoders and decoders also return the second-moment matrix
+``E[x x^T]`` of each of two *folds* of the calibration inputs (alternate sentences; for one
+sequence its two halves): the planner's step quantizer chooses codes with error feedback
 through one fold's matrix (GPTQ-style) and measures their error ``tr(dW E[x x^T] dW^T)`` on the
-other's — on inputs the codes were not fitted to, so the error is not flattered.
+other's, inputs the codes were not fitted to. ONNX graphs get the diagonal only (see
+``OnnxHarness.input_moments``).
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class MomentSums:
     ``sum x x^T`` and its row count, while the matrices fit ``MAX_HESSIAN_DIM`` /
     ``MAX_HESSIAN_BYTES`` (one budget per instance)."""
 
-    def __init__(self) -> None:
+    def __init__(self, full: bool = True) -> None:
         self.sums: dict[Any, list] = {}  # key -> [sum x^2, rows, [sum x x^T] * 2 | None, [rows] * 2]
-        self.budget = MAX_HESSIAN_BYTES
+        self.budget = MAX_HESSIAN_BYTES if full else 0
 
     def add(self, key: Any, rows: np.ndarray, fold: np.ndarray | int = 0) -> None:
         """Add ``rows`` (tokens, n) of one activation; ``fold``: 0 or 1, for all rows or per row."""
@@ -386,9 +387,11 @@ class OnnxHarness(Harness):
         except CmfError:
             return {}
         names = runner.output_names
-        sums = MomentSums()
+        # diagonal only: error feedback is measured on encoders and decoders (tools/bench.py
+        # plan), not yet on an ONNX graph it applies to (silero-vad's weights are convolutions)
+        sums = MomentSums(full=False)
         axes: dict[str, int] = {}
-        for i_set, feeds in enumerate(self.feeds):
+        for feeds in self.feeds:
             outs = runner.run(feeds)
             for a, users in uses.items():
                 if a in self.tensors:
@@ -402,12 +405,7 @@ class OnnxHarness(Harness):
                     if xa.shape[-1] != k:
                         continue
                     axes[w] = w_axis
-                    flat = xa.reshape(-1, k)  # fold: the input set's parity (one set: halves)
-                    if len(self.feeds) > 1:
-                        fold: Any = i_set % 2
-                    else:
-                        fold = (2 * np.arange(flat.shape[0])) // max(flat.shape[0], 1)
-                    sums.add(w, flat, fold)
+                    sums.add(w, xa.reshape(-1, k))
         out: Moments = {}
         for w, w_axis in axes.items():
             got = sums.result(w)
