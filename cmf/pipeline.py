@@ -149,6 +149,7 @@ def apply(codec: Codec, value: Value, spec: Spec, encode_part: Callable[[Value, 
 # from the middle of each of 4..32 equal stretches, about 1/16 of it, each slice on its own),
 # and a candidate whose sample size is over _SKIP_MARGIN times the best plus _SKIP_SLACK of the
 # sample is not tried on the whole value. On MiniLM (f32, bf16, f16) the files stay identical.
+PARALLEL_PART_BYTES = 1 << 20  # parts this big decode on threads when a node has two or more
 _SAMPLE_SLICE = 16 << 10
 _SAMPLE_MIN = 256 << 10
 _SKIP_MARGIN = 1.05
@@ -251,9 +252,11 @@ def decode(
     fetch: Callable[[int], Value],
     limits: Limits,
     shared: Callable[[int], np.ndarray] | None = None,
+    _top: bool = True,
 ) -> Value:
     """Decode ``node``; ``fetch(i)`` returns segment ``i``'s bytes, already CRC-checked, and
-    ``shared(i)`` shared value ``i`` (read-only; codecs never write to their parts)."""
+    ``shared(i)`` shared value ``i`` (read-only; codecs never write to their parts). ``fetch``
+    and ``shared`` may be called from several threads."""
     check_decodable(node.spec, limits)
     if isinstance(node, Leaf):
         return fetch(node.segment)
@@ -263,10 +266,25 @@ def decode(
         value = shared(node.index)
         _check_matches(value, node.spec, "shared")
         return value
-    parts = {name: decode(child, fetch, limits, shared) for name, child in node.parts.items()}
+    big = [n for n, c in node.parts.items() if _nbytes(c.spec) >= PARALLEL_PART_BYTES] if _top else []
+    jobs = {}
+    if len(big) > 1:
+        # big parts (byte planes; not a small scale next to codes) decode at once on threads:
+        # zstd and the C kernels release the GIL; below the top level it stays serial
+        from .codecs.kernels import executor
+
+        jobs = {n: executor("parts").submit(decode, node.parts[n], fetch, limits, shared, _top=False) for n in big}
+    parts = {name: jobs[name].result() if name in jobs else decode(child, fetch, limits, shared, _top=False)
+             for name, child in node.parts.items()}
     value = node.codec.decode(parts, node.spec)
     _check_matches(value, node.spec, node.codec.name)
     return value
+
+
+def _nbytes(spec: Spec) -> int:
+    if isinstance(spec, ArraySpec):
+        return spec.numel * spec.dtype.itemsize
+    return spec.length or 0
 
 
 def _check_matches(value: Value, spec: Spec, codec: str) -> None:

@@ -271,3 +271,27 @@ def test_reader_leaves_no_file_descriptors(cmf_file):
         with pytest.raises(cmf.CmfError):
             cmf.open(cmf_file.parent / "missing.cmf")
     assert len(os.listdir(fd_dir)) <= before
+
+
+def test_big_tensors_decode_their_parts_on_threads(tmp_path):
+    """Parts of at least PARALLEL_PART_BYTES (byte planes here) decode at once: same values,
+    and a damaged plane is still one clear error."""
+    from cmf import pipeline
+
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(1 << 21) * 0.02).astype(np.float32)  # 4 planes of 2 MiB
+    x[7] = np.float32("nan")
+    path = str(tmp_path / "big.cmf")
+    cmf.save_file({"x": x}, path)
+    with cmf.open(path) as f:
+        leaves = [leaf.segment for leaf in iter_leaves(f.entry("x").encoding)]
+        big = [n for n, c in f.entry("x").encoding.parts.items()
+               if pipeline._nbytes(c.spec) >= pipeline.PARALLEL_PART_BYTES]
+        assert len(big) >= 2
+        assert f.get_tensor("x").tobytes() == x.tobytes()
+        seg = f.index.segments[leaves[-1]]
+    data = bytearray(open(path, "rb").read())
+    data[seg.offset + seg.length // 2] ^= 0x01
+    open(path, "wb").write(bytes(data))
+    with cmf.open(path) as f, pytest.raises(cmf.CmfError, match="CRC"):
+        f.get_tensor("x")

@@ -18,6 +18,7 @@ from .base import (
 )
 from .registry import register
 
+from .kernels import in_pieces
 from .kernels import speedups as _speedups  # optional C kernels; same bytes either way
 
 _UINT = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
@@ -97,8 +98,8 @@ class BytePlanes(Codec):
         # Build the words with shifts/ors on cache-sized chunks (u = p{k-1} << 8(k-1) | ... | p0),
         # rotating each chunk while it is hot: about 2x faster than writing strided byte columns.
         u = np.empty(n, dtype=_UINT[k])  # (n,) owned, writable: the reader need not copy it
-        if _speedups is not None and n:
-            _speedups.interleave(u, planes, self.rotate)
+        if _speedups is not None and n:  # big tensors: ranges of words on several threads
+            in_pieces(lambda a, b: _speedups.interleave(u[a:b], [p[a:b] for p in planes], self.rotate), n)
             return u.view(spec.dtype.numpy).reshape(spec.shape)
         tmp = np.empty(min(n, _CHUNK), dtype=_UINT[k])
         for a in range(0, n, _CHUNK):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import CmfError, FormatError
 from .base import ArraySpec, BytesSpec, Codec, Spec, Value, check_config_keys
-from .kernels import speedups
+from .kernels import PIECE_MIN, in_pieces, speedups
 from .registry import register
 
 MAX_LENGTH = 16  # longest code a table may hold: 2**16 symbols, 4-bit length fields
@@ -399,8 +399,13 @@ class Huffman(Codec):
         if use_c:  # one sequential table lookup per symbol, GIL released: same result
             by_chunk = np.empty((n_chunks, steps), sym_tab.dtype)
             ends = np.empty(n_chunks, np.int64)
-            speedups.huffman_chunks(stream, starts, steps, last, sym_tab, len_tab.astype(np.uint8),
-                                    longest, by_chunk, ends)
+            lens8 = len_tab.astype(np.uint8)
+
+            def decode_range(a: int, b: int) -> None:  # chunks [a, b); only the final one is short
+                speedups.huffman_chunks(stream, starts[a:b], steps, last if b == n_chunks else steps,
+                                        sym_tab, lens8, longest, by_chunk[a:b], ends[a:b])
+
+            in_pieces(decode_range, n_chunks, max(1, PIECE_MIN // max(steps, 1)))
             out = by_chunk.T  # out[s, c], as the numpy decoders give it
         elif use_jumps:
             out, ends = _jumps(stream, starts, steps, last, sym_tab, len_tab, longest, rounds)

@@ -1,10 +1,14 @@
 """The optional C kernels (cmf/_speedups.c: byte-plane shuffles, Huffman chunk decoding), or
 None when they were not built or ``CMF_NO_SPEEDUPS`` is set. Codecs give the same bytes
-either way; the kernels are only faster."""
+either way; the kernels are only faster. ``in_pieces`` runs a kernel over ranges of a big input
+on several threads."""
 
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 try:
     if os.environ.get("CMF_NO_SPEEDUPS"):
@@ -12,3 +16,33 @@ try:
     from .. import _speedups as speedups
 except ImportError:
     speedups = None
+
+
+# ----------------------------------------------------------------------------- pieces in threads
+
+PIECE_MIN = 1 << 18  # items (symbols, words) per piece worth handing to another thread
+_pools: dict[str, ThreadPoolExecutor] = {}
+_pool_lock = threading.Lock()
+
+
+def in_pieces(fn: Callable[[int, int], None], n: int, min_piece: int = PIECE_MIN) -> None:
+    """Call ``fn(a, b)`` over ranges covering ``[0, n)``: one per core while each holds at least
+    ``min_piece`` items, run in a thread pool of their own (the C kernels release the GIL, so the
+    pieces run at once; no piece waits on another task, so nesting cannot deadlock).
+    Small ``n`` runs in the caller's thread. Exceptions are raised in the caller."""
+    k = max(1, min(os.cpu_count() or 1, n // max(min_piece, 1)))
+    if k == 1:
+        fn(0, n)
+        return
+    cuts = [n * i // k for i in range(k + 1)]
+    for future in [executor("pieces").submit(fn, a, b) for a, b in zip(cuts, cuts[1:])]:
+        future.result()
+
+
+def executor(kind: str) -> ThreadPoolExecutor:
+    """The process's thread pool ``kind`` (one thread per core). Each kind has its own pool so
+    that a task of one kind may wait on tasks of another without exhausting its own pool."""
+    with _pool_lock:
+        if kind not in _pools:
+            _pools[kind] = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix=f"cmf-{kind}")
+        return _pools[kind]
