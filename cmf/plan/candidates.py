@@ -182,6 +182,15 @@ def weighted_error(x: np.ndarray, y: np.ndarray, axis: int | None, w: np.ndarray
     return plain, (weighted if w is not None else plain)
 
 
+def step_feedback(shape: tuple[int, ...], moments: tuple | None, damping: float = 0.05) -> np.ndarray | None:
+    """The ``feedback`` that :func:`measure` used for the step choices of a tensor of ``shape``
+    with ``moments`` (None where it used none): recomputed rather than kept, so a plan holds
+    one matrix pair per layer input, not a factor per tensor."""
+    if channel_weights(shape, moments, damping)[1] is None:
+        return None
+    return channel_hessian(shape, moments, damping)[0]
+
+
 def gptq_levels(x: np.ndarray, steps: np.ndarray, u: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """``(levels, values)`` (rows, n) float64: codes of ``x`` (rows, n) with per-channel ``steps``
     (n,), rounded channel by channel with error feedback through ``u`` (:func:`channel_hessian`),
@@ -325,7 +334,6 @@ class Curve:
     weights: np.ndarray | None = None
     seconds: float = 0.0
     plain_energy: float = 0.0  # plain sum of squares of the tensor
-    feedback: np.ndarray | None = None  # u of channel_hessian: step codes chosen with feedback
 
 
 def lower_hull(points: Sequence[Point]) -> list[Point]:
@@ -373,7 +381,8 @@ def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
             sample: int = SAMPLE_ELEMENTS, damping: float = 0.05,
             progress: Callable[[], None] | None = None) -> Curve:
     """Measure every choice on ``x`` (module docstring) and return its curve. ``moments``:
-    cmf.plan.harness's ``(axis, E[x_j^2][, E[x x^T]])`` of the tensor's input, or None."""
+    cmf.plan.harness's ``(axis, E[x_j^2][, fold matrices])`` of the tensor's input, or None.
+    Encoding a step point again (:func:`step_feedback`) needs the same ``moments``."""
     import time
 
     start = time.perf_counter()
@@ -412,4 +421,4 @@ def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
         pending = encode_lossless(x, spec, level)
         points.append(Point(LOSSLESS, pending.stored, 0.0, 0.0))
     return Curve(name, x.size, energy, points, lower_hull(points), axis, w,
-                 time.perf_counter() - start, plain_energy, u)
+                 time.perf_counter() - start, plain_energy)

@@ -170,6 +170,7 @@ class PlanResult:
     target_met: bool = True
     notes: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # written: the file, or the shards then the shard index
+    moments: dict = field(default_factory=dict, repr=False)  # the harness's input moments (not stored)
 
     @property
     def path(self) -> str | None:
@@ -301,6 +302,7 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
     # 1. moments and curves
     t0 = time.perf_counter()
     moments = harness.input_moments() if harness is not None else {}
+    result.moments = moments
     result.seconds["moments"] = time.perf_counter() - t0
     choices = step_choices(per_bit=options.steps_per_bit)
     choices += template_choices(options.thorough) if options.templates else []

@@ -8,12 +8,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Mapping
 
+import numpy as np
+
 from .. import dtypes
 from ..codecs import ArraySpec
 from ..errors import CmfError
 from . import sensitivity as sens_mod
 from .allocate import Allocation, Item, allocate
-from .candidates import Curve, Point, encode_decoded
+from .candidates import Curve, Point, encode_decoded, step_feedback
 from .harness import Harness
 
 if TYPE_CHECKING:
@@ -83,8 +85,11 @@ def _encode_choices(result: PlanResult, alloc: Allocation, tensors: Mapping[str,
         key = (name, point.choice.label)
         if key not in cache:
             x = tensors[name]
+            feedback = None
+            if point.choice.family == "step":
+                feedback = step_feedback(tuple(np.shape(x)), result.moments.get(name))
             pending, decoded = encode_decoded(point.choice, x, _spec(x), tp.curve.axis, tp.curve.weights,
-                                              options.level, tp.curve.feedback)
+                                              options.level, feedback)
             cache[key] = (pending, decoded)
         tp.point = point
         tp.pending, tp.decoded = cache[key]

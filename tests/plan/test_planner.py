@@ -13,6 +13,7 @@ import pytest
 import cmf
 from cmf.errors import CmfError
 from cmf.plan import sensitivity
+from cmf.plan.candidates import channel_hessian, channel_weights, weighted_error
 from cmf.plan.harness import open_harness
 from cmf.plan.planner import META_PLAN, META_TENSORS, PlanOptions, parse_target_size, plan_and_write
 from cmf.runtime import evaluate
@@ -309,3 +310,23 @@ def test_report_survives_odd_metadata(tmp_path, cli):
     except ImportError:
         return
     assert cli("report", path, "--png", tmp_path / "odd.png").code == 0
+
+
+def test_feedback_codes_in_the_file_are_the_ones_measured(tmp_path, bert_dir):
+    """Step points chosen with error feedback are encoded again for the file (the factor is not
+    kept); the file must hold the very codes the curve measured."""
+    out = tmp_path / "f.cmf"
+    result = plan_and_write(bert_dir, out, PlanOptions(preset="small", **FAST))
+    originals = open_harness(bert_dir, list(helpers.TEXTS)).tensors
+    checked = 0
+    with cmf.open(out) as f:
+        for name, tp in result.tensors.items():
+            moments = result.moments.get(name)
+            if tp.point.choice.family != "step" or moments is None or moments[2] is None:
+                continue
+            x = originals[name]
+            axis, w = channel_weights(x.shape, moments)
+            hn = channel_hessian(x.shape, moments)[1]
+            assert weighted_error(x, f.get_tensor(name), axis, w, hn)[1] == pytest.approx(tp.point.error, rel=1e-9)
+            checked += 1
+    assert checked >= 4
