@@ -252,11 +252,13 @@ def decode(
     fetch: Callable[[int], Value],
     limits: Limits,
     shared: Callable[[int], np.ndarray] | None = None,
-    _top: bool = True,
+    parallel: bool = True,
 ) -> Value:
     """Decode ``node``; ``fetch(i)`` returns segment ``i``'s bytes, already CRC-checked, and
-    ``shared(i)`` shared value ``i`` (read-only; codecs never write to their parts). ``fetch``
-    and ``shared`` may be called from several threads."""
+    ``shared(i)`` shared value ``i`` (read-only; codecs never write to their parts). With
+    ``parallel``, the big parts of the top node decode on the "parts" thread pool (``fetch``
+    and ``shared`` are then called from several threads); callers running on that pool, or
+    holding a lock those threads may need, pass ``parallel=False``."""
     check_decodable(node.spec, limits)
     if isinstance(node, Leaf):
         return fetch(node.segment)
@@ -266,16 +268,26 @@ def decode(
         value = shared(node.index)
         _check_matches(value, node.spec, "shared")
         return value
-    big = [n for n, c in node.parts.items() if _nbytes(c.spec) >= PARALLEL_PART_BYTES] if _top else []
-    jobs = {}
-    if len(big) > 1:
-        # big parts (byte planes; not a small scale next to codes) decode at once on threads:
+    big = [n for n, c in node.parts.items() if _nbytes(c.spec) >= PARALLEL_PART_BYTES] if parallel else []
+    if len(big) < 2:
+        parts = {name: decode(child, fetch, limits, shared, parallel=False) for name, child in node.parts.items()}
+    else:  # big parts (byte planes; not a small scale next to codes) decode at once on threads:
         # zstd and the C kernels release the GIL; below the top level it stays serial
+        from concurrent.futures import wait
+
         from .codecs.kernels import executor
 
-        jobs = {n: executor("parts").submit(decode, node.parts[n], fetch, limits, shared, _top=False) for n in big}
-    parts = {name: jobs[name].result() if name in jobs else decode(child, fetch, limits, shared, _top=False)
-             for name, child in node.parts.items()}
+        jobs = {n: executor("parts").submit(decode, node.parts[n], fetch, limits, shared, parallel=False)
+                for n in big}
+        try:
+            parts = {name: jobs[name].result() if name in jobs else decode(child, fetch, limits, shared,
+                                                                           parallel=False)
+                     for name, child in node.parts.items()}
+        except BaseException:
+            for job in jobs.values():  # no orphaned work after an error: cancel or wait
+                job.cancel()
+            wait(list(jobs.values()))
+            raise
     value = node.codec.decode(parts, node.spec)
     _check_matches(value, node.spec, node.codec.name)
     return value

@@ -161,7 +161,9 @@ class CmfFile:
         if entry is None:
             return FormatError(f"shared value {i} is invalid")
         try:
-            value = decode(entry.encoding, self.segment, self.limits)  # no shared refs inside
+            # no shared refs inside; serial: this runs under _shared_lock, maybe on a thread of
+            # the pipeline's "parts" pool, and must not wait on that pool
+            value = decode(entry.encoding, self.segment, self.limits, parallel=False)
         except CmfError as exc:
             return type(exc)(f"shared value {i}: {exc}")
         value = np.array(value, copy=True)  # own memory, never a view of the mapping

@@ -295,3 +295,83 @@ def test_big_tensors_decode_their_parts_on_threads(tmp_path):
     open(path, "wb").write(bytes(data))
     with cmf.open(path) as f, pytest.raises(cmf.CmfError, match="CRC"):
         f.get_tensor("x")
+
+
+def _in_thread(fn, seconds=60):
+    """Run ``fn`` on a daemon thread; its result, or a failure if it hangs."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "decoding hung"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_shared_values_with_big_parts_under_big_parts_do_not_deadlock(tmp_path):
+    """A big node's parts that are shared values whose own parts are big: the shared values
+    decode serially under the reader's lock, never waiting on the pool they may run on."""
+    from cmf import dtypes
+    from cmf.codecs import ArraySpec
+    from cmf.codecs.byteplanes import BytePlanes
+    from cmf.codecs.lowrank import LowRank
+    from cmf.codecs.zstd import Zstd
+    from cmf.pipeline import PendingLeaf, PendingNode, SharedValue, apply, shared_ref
+    from cmf.writer import Writer
+
+    n = 1024  # f32 factors of 4 MiB: four 1 MiB planes each
+
+    def factor(seed):
+        a = (np.random.default_rng(seed).standard_normal((n, n)) * 1e-3).astype(np.float32)
+        spec = ArraySpec(dtypes.of_array(a), a.shape)
+        enc = apply(BytePlanes(), a, spec, lambda v, s: apply(Zstd(level=1), v, s, PendingLeaf))
+        return SharedValue(a, enc, label=f"f{seed}")
+
+    u, v = factor(1), factor(2)
+    spec = ArraySpec(dtypes.of_array(np.zeros(1, np.float32)), (n, n))
+    path = str(tmp_path / "shared.cmf")
+    with Writer(path) as w:
+        w.add_shared(u)
+        w.add_shared(v)
+        w.add_encoded("t", spec, PendingNode(LowRank(rank=n), {"u": shared_ref(u), "v": shared_ref(v)}, spec))
+    expected = u.value.astype(np.float64) @ v.value.astype(np.float64)
+    for _ in range(3):
+        got = _in_thread(lambda: cmf.load_file(path)["t"])
+        assert np.allclose(got, expected, atol=1e-6)
+    assert _in_thread(lambda: cmf.validate(path)).valid
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_decodes_with_fresh_thread_pools(tmp_path):
+    """Thread pools made before a fork have no threads in the child: the child starts new ones."""
+    x = np.arange(1 << 21, dtype=np.float32)  # big enough for the parts pool
+    path = str(tmp_path / "big.cmf")
+    cmf.save_file({"x": x}, path)
+    assert np.array_equal(cmf.load_file(path)["x"], x)  # the parent's pools exist now
+    pid = os.fork()
+    if pid == 0:  # child: exit 0 on success, 1 on a wrong result; a hang is killed below
+        try:
+            ok = np.array_equal(cmf.load_file(path, workers=1)["x"], x)
+        finally:
+            pass
+        os._exit(0 if ok else 1)
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung decoding")

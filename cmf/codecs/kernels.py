@@ -30,7 +30,7 @@ def in_pieces(fn: Callable[[int, int], None], n: int, min_piece: int = PIECE_MIN
     ``min_piece`` items, run in a thread pool of their own (the C kernels release the GIL, so the
     pieces run at once; no piece waits on another task, so nesting cannot deadlock).
     Small ``n`` runs in the caller's thread. Exceptions are raised in the caller."""
-    k = max(1, min(os.cpu_count() or 1, n // max(min_piece, 1)))
+    k = max(1, min(_cores(), n // max(min_piece, 1)))
     if k == 1:
         fn(0, n)
         return
@@ -40,9 +40,28 @@ def in_pieces(fn: Callable[[int, int], None], n: int, min_piece: int = PIECE_MIN
 
 
 def executor(kind: str) -> ThreadPoolExecutor:
-    """The process's thread pool ``kind`` (one thread per core). Each kind has its own pool so
-    that a task of one kind may wait on tasks of another without exhausting its own pool."""
+    """The process's thread pool ``kind`` (one thread per usable core). A task must never wait
+    on tasks of its own pool (``in_pieces`` pieces wait on nothing; cmf.pipeline's "parts"
+    tasks decode serially below them)."""
     with _pool_lock:
         if kind not in _pools:
-            _pools[kind] = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix=f"cmf-{kind}")
+            _pools[kind] = ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix=f"cmf-{kind}")
         return _pools[kind]
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _after_fork() -> None:
+    """A forked child inherits the pools but not their threads: start afresh."""
+    global _pool_lock
+    _pools.clear()
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
