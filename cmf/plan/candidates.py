@@ -194,9 +194,9 @@ def step_feedback(shape: tuple[int, ...], moments: tuple | None, damping: float 
 def gptq_levels(x: np.ndarray, steps: np.ndarray, u: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """``(levels, values)`` (rows, n) float64: codes of ``x`` (rows, n) with per-channel ``steps``
     (n,), rounded channel by channel with error feedback through ``u`` (:func:`channel_hessian`),
-    and the values they stand for. A code beyond ``limit`` marks a value kept exact (as the step
-    encoding keeps it, in an ``outlier`` node): it makes no error, so none is fed forward, and
-    ``values`` holds the (error-adjusted) value to keep there."""
+    and the values they stand for. A code beyond ``limit`` marks a value the step encoding keeps
+    in an ``outlier`` node: ``values`` holds the error-adjusted value to keep there (stored in
+    the tensor's dtype, so exact up to that rounding), and no error is fed forward from it."""
     wt = np.array(np.asarray(x, dtype=np.float64).T, order="C")  # (n, rows): a channel per row
     n = wt.shape[0]
     levels = np.empty_like(wt)
