@@ -107,16 +107,10 @@ def allocate_and_verify(result: PlanResult, tensors: Mapping[str, Any], options:
         best = None
         for r in range(options.rounds):
             alloc = allocate(items, max_error=budget)
-            _encode_choices(result, alloc, tensors, options, cache)
-            planned = sum(tp.pending.stored for tp in result.tensors.values())  # type: ignore[union-attr]
-            row = {"round": r + 1, "budget": budget, "predicted_error": alloc.error, "planned_bytes": planned}
-            measured = None
             if harness is not None:
                 _progress(options, "verifying", r + 1, options.rounds)
-                stats = harness.stats(result.decoded())
-                measured = stats["error"]
-                row.update({"measured_error": measured, "cosine_mean": stats["cosine_mean"], "cosine_min": stats["cosine_min"]})
-            result.rounds.append(row)
+            row = _round(result, alloc, budget, tensors, options, cache, harness)
+            planned, measured = row["planned_bytes"], row.get("measured_error")
             ok = measured is None or measured <= goal
             if ok and (best is None or planned < best[0]):
                 best = (planned, alloc, row)
@@ -154,13 +148,7 @@ def allocate_and_verify(result: PlanResult, tensors: Mapping[str, Any], options:
                        f"(about {minimum + overhead} bytes: {minimum} for the planned tensors, "
                        f"{overhead} for the rest)")
     alloc = allocate(items, max_bytes=budget)
-    _encode_choices(result, alloc, tensors, options, cache)
-    planned = sum(tp.pending.stored for tp in result.tensors.values())  # type: ignore[union-attr]
-    row = {"round": 1, "budget": budget, "predicted_error": alloc.error, "planned_bytes": planned}
-    if harness is not None:
-        stats = harness.stats(result.decoded())
-        row.update({"measured_error": stats["error"], "cosine_mean": stats["cosine_mean"], "cosine_min": stats["cosine_min"]})
-    result.rounds.append(row)
+    row = _round(result, alloc, budget, tensors, options, cache, harness)
     result._size_state = (items, cache, budget, goal_bytes)  # type: ignore[attr-defined]
     _finish(result, alloc, row)
 
@@ -174,16 +162,26 @@ def shrink_for_size(result: PlanResult, tensors: Mapping[str, Any], options: Pla
     if budget < sum(tp.curve.hull[0].bytes for tp in result.tensors.values()):
         return False
     alloc = allocate(items, max_bytes=budget)
-    _encode_choices(result, alloc, tensors, options, cache)
-    planned = sum(tp.pending.stored for tp in result.tensors.values())  # type: ignore[union-attr]
-    row = {"round": len(result.rounds) + 1, "budget": budget, "predicted_error": alloc.error, "planned_bytes": planned}
-    if harness is not None:
-        stats = harness.stats(result.decoded())
-        row.update({"measured_error": stats["error"], "cosine_mean": stats["cosine_mean"], "cosine_min": stats["cosine_min"]})
-    result.rounds.append(row)
+    row = _round(result, alloc, budget, tensors, options, cache, harness)
     result._size_state = (items, cache, budget, goal)  # type: ignore[attr-defined]
     _finish(result, alloc, row)
     return True
+
+
+def _round(result: PlanResult, alloc: Allocation, budget: float, tensors: Mapping[str, Any],
+           options: PlanOptions, cache: dict, harness: Harness | None) -> dict:
+    """One round: encode ``alloc``'s choices, run the model with them (if it runs), and append
+    the round's row (budget, predicted and measured error, planned bytes) to ``result.rounds``."""
+    _encode_choices(result, alloc, tensors, options, cache)
+    planned = sum(tp.pending.stored for tp in result.tensors.values())  # type: ignore[union-attr]
+    row = {"round": len(result.rounds) + 1, "budget": budget, "predicted_error": alloc.error,
+           "planned_bytes": planned}
+    if harness is not None:
+        stats = harness.stats(result.decoded())
+        row.update({"measured_error": stats["error"], "cosine_mean": stats["cosine_mean"],
+                    "cosine_min": stats["cosine_min"]})
+    result.rounds.append(row)
+    return row
 
 
 def _segments(curve: Curve) -> int:
