@@ -10,6 +10,7 @@ segment bytes, and shared values through a callback (the reader decodes each onc
 from __future__ import annotations
 
 import math
+from concurrent.futures import wait
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from .codecs import ArraySpec, BytesSpec, Codec, Spec, Value
 from .codecs.byteplanes import BytePlanes
+from .codecs.kernels import executor
 from .codecs.raw import Raw
 from .codecs.zstd import Zstd
 from .errors import CmfError, FormatError, LimitError
@@ -273,10 +275,6 @@ def decode(
         parts = {name: decode(child, fetch, limits, shared, parallel=False) for name, child in node.parts.items()}
     else:  # big parts (byte planes; not a small scale next to codes) decode at once on threads:
         # zstd and the C kernels release the GIL; below the top level it stays serial
-        from concurrent.futures import wait
-
-        from .codecs.kernels import executor
-
         jobs = {n: executor("parts").submit(decode, node.parts[n], fetch, limits, shared, parallel=False)
                 for n in big}
         try:
