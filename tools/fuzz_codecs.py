@@ -13,7 +13,9 @@ spec (bool array parts hold only 0/1, as ``raw`` ensures), and the spec and part
 Checks besides the harness's (tools/fuzz_common.py): the result has the spec's dtype and shape
 (or length); a ``bool`` result holds only 0/1; and for lossless codecs, re-encoding the result
 and decoding again gives the same bytes (when the codec accepts the value: ``sparse`` and
-``outlier`` refuse values that do not fit their config with a CmfError, which is fine).
+``outlier`` refuse values that do not fit their config with a CmfError, which is fine;
+``partition`` re-encodes the result with the ``class`` part it was decoded from, and must
+accept it).
 
 Seeds are the codec nodes of tools/fuzz_seeds.py's files and spec/vectors/, with the values
 their parts decode to. The structure-aware mutator edits the header (config values at
@@ -38,6 +40,7 @@ import numpy as np
 
 import cmf
 from cmf.codecs import ArraySpec, BytesSpec, Spec, codec_class, registered
+from cmf.codecs.partition import Partitioned
 from cmf.dtypes import BY_NAME
 from cmf.errors import CmfError
 from cmf.index import CodecNode, _shape
@@ -46,7 +49,10 @@ from tools.fuzz_common import Finding, Target, byte_mutate, main, scratch_file
 
 MAX_PART = 4 << 20  # harness bound on any spec's decoded size
 LIMITS = cmf.Limits(max_tensor_bytes=MAX_PART)
-LOSSLESS_CHECKED = {"raw", "byteplanes", "zstd", "huffman", "bitpack", "sparse", "outlier"}
+LOSSLESS_CHECKED = {"raw", "byteplanes", "zstd", "huffman", "bitpack", "sparse", "outlier",
+                    "partition"}
+# codecs whose encode takes more than the decoded value: what to encode, from it and its parts
+ENCODE_INPUT = {"partition": lambda value, parts: Partitioned(value, parts["class"])}
 
 
 class BadCase(CmfError):
@@ -169,9 +175,12 @@ def run_case(name: str, data: bytes) -> None:
     _check(value, spec, name)
     if name not in LOSSLESS_CHECKED or not codec.lossless:
         return
+    make = ENCODE_INPUT.get(name)
     try:
-        again = codec.encode(value, spec)
-    except CmfError:
+        again = codec.encode(make(value, parts) if make else value, spec)
+    except CmfError as exc:
+        if make:  # the decoder checked the classes: its encoder must take them back
+            raise Finding(f"{name}: encode rejects a decoded value with its own parts: {exc}") from None
         return  # the value does not fit this config (sparse nnz, outlier entries ...)
     if set(again) != set(part_specs):
         raise Finding(f"{name}: encode gave parts {sorted(again)}, resolve {sorted(part_specs)}")

@@ -106,6 +106,27 @@ def _lowrank() -> tuple[dict, dict]:
     return tensors, recipe
 
 
+def _partition() -> tuple[dict, dict]:
+    r = _rng(9)
+    e = (r.standard_normal((12, 8)) * 0.1).astype(np.float32)
+    e[::4] *= 20  # class 0: rows of a wider range, their own scale
+    b = r.standard_normal((5, 2, 3)).astype(np.float16)
+    tensors = {"e": e, "b": b}
+    q = {"codec": "quantize",
+         "config": {"bits": 4, "block": 0, "axis": None, "scheme": "symmetric",
+                    "scale_dtype": "f16", "search": False},
+         "parts": {"q": {"codec": "bitpack", "config": {"bits": 4}}, "scale": "stored"}}
+    recipe = {"rules": [
+        {"match": "e", "encoding": {"codec": "partition",
+                                    "fit": {"classes": [0 if i % 4 == 0 else 1 for i in range(12)]},
+                                    "parts": {"class": "stored", "p0": q, "p1": q}}},
+        {"match": "b", "encoding": {"codec": "partition", "fit": {"classes": [2, 0, 2, 2, 0]},
+                                    "parts": {"class": "stored", "p0": "stored", "p1": "stored",
+                                              "p2": "stored"}}},
+    ], "default": "lossless"}
+    return tensors, recipe
+
+
 def _huffman() -> tuple[dict, dict]:
     r = _rng(6)
     codes = np.minimum(r.geometric(0.35, 300) - 1, 15).astype(np.uint8)
@@ -152,6 +173,7 @@ BUILDERS = {
     "sparse": (_sparse, {"sparse", "bitpack"}),
     "outlier": (_outlier, {"outlier", "quantize"}),
     "lowrank": (_lowrank, {"lowrank"}),
+    "partition": (_partition, {"partition", "quantize", "bitpack"}),
     "huffman": (_huffman, {"huffman"}),
     "bitpack": (_bitpack, {"bitpack"}),
     "lossless": (_lossless, {"byteplanes", "zstd", "raw"}),

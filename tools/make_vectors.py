@@ -50,7 +50,7 @@ from cmf.pipeline import describe
 
 HERE = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "spec", "vectors"))
 TINY = 64  # tensors and attachments of at most this many bytes are also recorded as hex
-KNOWN_MINOR = 1  # format 1.1: a file of minor <= 1 validates without warnings
+KNOWN_MINOR = 2  # format 1.2: a file of minor <= 2 validates without warnings
 LOWRANK_COMPARE = "lowrank tolerance"  # manifest: compared with lowrank.same_decoding
 
 
@@ -923,6 +923,92 @@ def lowrank_vector(path: str) -> Expect:
     return _expect(tensors, minor=1)
 
 
+# ----------------------------------------------------------------------------- 1.2 codec vectors
+
+
+def _rows_by_class(classes: list[int], parts: list[np.ndarray],
+                   rest: tuple[int, ...]) -> np.ndarray:
+    """partition.md "Decoding", step 3, row by row: row i is row j of part p{c}, c = class[i],
+    j = the number of earlier rows of class c; bytes copied as they are."""
+    dtype = parts[0].dtype
+    item = dtype.itemsize * int(np.prod(rest, dtype=np.int64))
+    out = bytearray()
+    seen = [0] * len(parts)
+    for c in classes:
+        raw = np.ascontiguousarray(parts[c]).tobytes()
+        out += raw[seen[c] * item : (seen[c] + 1) * item]
+        seen[c] += 1
+    return np.frombuffer(bytes(out), dtype).reshape((len(classes), *rest)).copy()
+
+
+def partition_vector(path: str) -> Expect:
+    """``partition`` (minor 2): an f32 ``(6, 4)`` tensor in 3 classes (class 0 stored raw with a
+    signalling-NaN payload, ``-0.0`` and a subnormal; class 1 a ``quantize`` node, symmetric
+    4-bit with one f32 scale and ``bitpack`` codes; class 2 ``raw``; no zstd, so the writer
+    test runs with any libzstd), a bf16 ``(4, 3, 2)``
+    tensor in 2 classes (NaN payloads, ±inf), an i16 ``(3, 0)`` tensor of empty rows whose
+    middle class is empty, an f8_e5m2 tensor whose rows alternate between 2 classes, and an
+    empty ``(0, 3)`` f32 tensor with K = 1. Expected: quantize.md's formula in numpy float32
+    for the quantized class, then the rows put back one by one by partition.md's rule."""
+    from cmf.codecs.partition import Partition
+    from cmf.codecs.quantize import Quantize
+    from cmf.codecs import ArraySpec
+    from cmf.dtypes import BY_NAME
+    from cmf.pipeline import PendingNode
+
+    rng = np.random.default_rng(43)
+    tensors: dict[str, np.ndarray] = {}
+    pendings: dict[str, tuple[Any, Any]] = {}
+
+    def add(name: str, dtype: str, classes: list[int], rest: tuple[int, ...],
+            parts: list[tuple[np.ndarray, Any]]) -> None:
+        codec = Partition(counts=tuple(int(v.shape[0]) for v, _ in parts))
+        nodes = {"class": _raw(np.array(classes, np.uint8), "u8")}
+        nodes.update({f"p{k}": node for k, (_, node) in enumerate(parts)})
+        pendings[name] = _node(codec, nodes, dtype, (len(classes), *rest))
+        tensors[name] = _rows_by_class(classes, [v for v, _ in parts], rest)
+
+    # f32 (6, 4): classes [2, 0, 1, 2, 0, 1]
+    p0 = _u32f(0x7FA00001, 0x80000000, 0x00000001, 0x3F800000,  # sNaN payload, -0, min subnormal, 1
+               0xC2C80000, 0x7F800000, 0x7FC12345, 0x00000000)  # -100, inf, qNaN payload, +0
+    p0 = p0.reshape(2, 4)
+    u = rng.integers(0, 16, (2, 4)).astype(np.uint8)
+    u[0, 0], u[1, 3] = 0, 15  # the extreme codes: -8 and +7 steps
+    scale = np.array([0.0625], np.float32)
+    p1 = scale[0] * (u.astype(np.float32) - np.float32(8))  # symmetric: s * (u - 2^(bits-1))
+    spec1 = ArraySpec(BY_NAME["f32"], (2, 4))
+    q = Quantize(bits=4, block=0, axis=None, scheme="symmetric", scale_dtype="f32", search=False)
+    node1 = PendingNode(q, {"q": _bitpack(u, 4), "scale": _raw(scale, "f32")}, spec1)
+    p2 = np.array([[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, -0.75]], np.float32)
+    add("f32_3_classes", "f32", [2, 0, 1, 2, 0, 1], (4,),
+        [(p0, _raw(p0, "f32")), (p1, node1), (p2, _raw(p2, "f32"))])
+
+    # bf16 (4, 3, 2): classes [1, 1, 0, 1]; NaN payloads (quiet, signalling, negative), ±inf
+    words = np.array([0x7FC1, 0x7F81, 0xFFAA, 0x7F80, 0xFF80, 0x8000], np.uint16)
+    b0 = words.view(ml_dtypes.bfloat16).reshape(1, 3, 2)
+    b1 = rng.standard_normal((3, 3, 2)).astype(ml_dtypes.bfloat16)
+    add("bf16_rank3_2_classes", "bf16", [1, 1, 0, 1], (3, 2),
+        [(b0, _raw(b0, "bf16")), (b1, _raw(b1, "bf16"))])
+
+    # i16 (3, 0): rows of no elements still have a class each; class 1 is empty
+    e0, e1, e2 = (np.zeros((n, 0), np.int16) for n in (2, 0, 1))
+    add("i16_empty_rows", "i16", [2, 0, 0], (0,),
+        [(e0, _raw(e0, "i16")), (e1, _raw(e1, "i16")), (e2, _raw(e2, "i16"))])
+
+    # f8_e5m2 (5, 2): classes alternate; NaNs (0x7D, 0xFE), ±inf, -0, a subnormal
+    f0 = np.array([[0x7D, 0xFC], [0x01, 0x3C], [0x80, 0x7C]], np.uint8).view(ml_dtypes.float8_e5m2)
+    f1 = np.array([[0xFE, 0x00], [0x42, 0xC0]], np.uint8).view(ml_dtypes.float8_e5m2)
+    add("f8_e5m2_alternating", "f8_e5m2", [0, 1, 0, 1, 0], (2,),
+        [(f0, _raw(f0, "f8_e5m2")), (f1, _raw(f1, "f8_e5m2"))])
+
+    # f32 (0, 3), K = 1: every part empty
+    z = np.zeros((0, 3), np.float32)
+    add("empty_k1", "f32", [], (3,), [(z, _raw(z, "f32"))])
+
+    _write(path, pendings)
+    return _expect(tensors, minor=2)
+
+
 # ----------------------------------------------------------------------------- the list
 
 VECTORS: dict[str, Callable[[str], Expect]] = {
@@ -939,6 +1025,7 @@ VECTORS: dict[str, Callable[[str], Expect]] = {
     "sparse.cmf": sparse_vector,
     "outlier.cmf": outlier_vector,
     "lowrank.cmf": lowrank_vector,
+    "partition.cmf": partition_vector,
 }
 CRAFTED = {"foreign_writer.cmf"}
 

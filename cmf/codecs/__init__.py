@@ -7,6 +7,7 @@ from . import codebook  # noqa: F401
 from . import huffman  # noqa: F401
 from . import lowrank  # noqa: F401
 from . import outlier  # noqa: F401
+from . import partition  # noqa: F401
 from . import quantize  # noqa: F401
 from . import raw  # noqa: F401
 from . import sparse  # noqa: F401
