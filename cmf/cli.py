@@ -85,9 +85,10 @@ def main() -> None:
 @click.option("--target-size", "target_size", help="Planner: the best output error within this size, as bits per parameter (4.0bpp) or bytes (12MB, 500KiB).")
 @click.option("--target-error", "target_error", type=float, help="Planner: the smallest file whose output error (1 - mean cosine on the calibration inputs) is at most this.")
 @click.option("--calibrate", type=click.Path(exists=True, dir_okay=False, path_type=str), help="Planner: calibration inputs, a .txt (one text per line) or .npz/.npy (ONNX inputs); default: built-in.")
+@click.option("--token-prior", "token_prior", default="en", show_default=True, metavar="LANG|none", help="Planner: language whose word frequencies weigh the token-embedding rows (needs wordfreq: pip install 'cmf[plan]'); 'none' weighs every row alike.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def pack(source: str, output: str | None, preset: str | None, recipe_path: str | None, level: int, attach: tuple[str, ...], jobs: int, executor: str, scheduler: str | None, shard_size: str | None, target_size: str | None, target_error: float | None, calibrate: str | None, quiet: bool, as_json: bool) -> None:
+def pack(source: str, output: str | None, preset: str | None, recipe_path: str | None, level: int, attach: tuple[str, ...], jobs: int, executor: str, scheduler: str | None, shard_size: str | None, target_size: str | None, target_error: float | None, calibrate: str | None, token_prior: str, quiet: bool, as_json: bool) -> None:
     """Pack a model (.safetensors, .gguf or .onnx file, or Hugging Face model directory) into one .cmf file."""
     from .cli_plan import check_planner_flags, pack_planned, wants_planner
 
@@ -100,7 +101,8 @@ def pack(source: str, output: str | None, preset: str | None, recipe_path: str |
             output = (base if os.path.isdir(source) else os.path.splitext(base)[0]) + ".cmf"
         pack_planned(source, output, preset=preset, target_size=target_size, target_error=target_error,
                      calibrate=calibrate, level=level, attach=attach, quiet=quiet, as_json=as_json,
-                     jobs=jobs, executor=executor, scheduler=scheduler, shard_size=shard_size)
+                     jobs=jobs, executor=executor, scheduler=scheduler, shard_size=shard_size,
+                     token_prior=token_prior)
         return
     recipe, fallback = resolve_recipe(preset, recipe_path)
     src = open_source(source)

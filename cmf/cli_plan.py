@@ -54,7 +54,8 @@ def wants_planner(preset: str | None, target_size: str | None, target_error: flo
 def pack_planned(source: str, output: str, *, preset: str | None, target_size: str | None,
                  target_error: float | None, calibrate: str | None, level: int,
                  attach: tuple[str, ...], quiet: bool, as_json: bool, jobs: int = 1,
-                 executor: str = "process", scheduler: str | None = None, shard_size: str | None = None) -> None:
+                 executor: str = "process", scheduler: str | None = None, shard_size: str | None = None,
+                 token_prior: str = "en") -> None:
     """``cmf pack`` with a planner: ``jobs`` processes (or a dask cluster) measure the
     candidates; ``shard_size`` writes a sharded set as ``cmf pack --shard-size`` does."""
     from .plan.planner import PlanOptions, plan_and_write
@@ -78,7 +79,8 @@ def pack_planned(source: str, output: str, *, preset: str | None, target_size: s
     try:
         result = plan_and_write(source, output, PlanOptions(
             preset=preset, target_error=target_error, target_size=target_size, calibrate=calibrate,
-            level=level, progress=stages, jobs=jobs, executor=executor, scheduler=scheduler),
+            level=level, progress=stages, jobs=jobs, executor=executor, scheduler=scheduler,
+            token_prior=None if token_prior == "none" else token_prior),
             extra_attachments=extra, shard_size=size)
     finally:
         stages.close()

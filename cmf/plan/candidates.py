@@ -42,6 +42,7 @@ import numpy as np
 from .. import dtypes
 from ..codecs import ArraySpec
 from ..codecs.outlier import Outlier
+from ..codecs.partition import Partition
 from ..codecs.quantize import Quantize
 from ..codecs.sparse import choose_index_bits, delta_encode
 from ..errors import CmfError
@@ -54,6 +55,8 @@ MAX_OUTLIERS = 1e-3  # a step choice needing more exact values than this fractio
 MAX_STEP_BITS = 12  # widest codes of a step choice (u16 codes beyond 8 bits)
 FLOATS = ("f32", "f16", "bf16", "f64")
 MIN_ELEMENTS = 4096  # as the q8/q4 presets: smaller tensors stay lossless
+ROW_CLASS_SPREAD = 2.0  # per-row steps spanning this ratio or more are stored as row classes
+ROW_CLASS_ELEMENTS = 1 << 16  # ... in tensors of at least this many elements
 GPTQ_DAMPING = 1.0  # of mean(diag H0), added before inverting (best of 0.1-3 on held-out MiniLM)
 GPTQ_BLOCK = 128  # channels per lazy-update block (the trailing update is one matmul)
 
@@ -229,11 +232,47 @@ def encode_step(x: np.ndarray, spec: ArraySpec, rel_step: float, axis: int | Non
     rms = float(np.sqrt(np.mean(np.square(xf, dtype=np.float64)))) or 1.0
     base = rel_step * rms
     if axis is None or w is None:  # one step for the whole tensor
-        qaxis: int | None = None
-        scales = np.full((1,), base)
-    else:  # one step per input channel: quantize blocks run along the other axis
-        qaxis = 1 - axis
-        scales = (base / np.sqrt(w)).reshape((1, spec.shape[1]) if axis == 1 else (spec.shape[0], 1))
+        return _encode_scaled(x, xf, spec, np.full((1,), base), None, level, None)
+    steps = base / np.sqrt(w)  # one step per input channel: quantize blocks run along the other axis
+    if (axis == 0 and feedback is None and spec.numel >= ROW_CLASS_ELEMENTS
+            and steps.max() >= ROW_CLASS_SPREAD * steps.min()):
+        return _encode_row_classes(x, xf, spec, steps, level)
+    scales = steps.reshape((1, spec.shape[1]) if axis == 1 else (spec.shape[0], 1))
+    return _encode_scaled(x, xf, spec, scales, 1 - axis, level, feedback)
+
+
+def _encode_row_classes(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, steps: np.ndarray,
+                        level: int) -> tuple[Pending, np.ndarray]:
+    """Per-row ``steps`` (rows,) rounded to a grid ``sqrt(2)`` apart, each group of rows with
+    one step its own single-scale node under a ``partition`` node (spec/codecs/partition.md):
+    each class's codes get their own entropy-coder table. A class's step is raised where its
+    largest value would need codes beyond ``MAX_STEP_BITS``."""
+    k = np.rint(2 * np.log2(steps / steps.min())).astype(np.int64)  # (rows,) grid index
+    grid, classes = np.unique(k, return_inverse=True)
+    if grid.size > 256:
+        raise CmfError("step: the row steps span more than 256 classes")
+    limit = (1 << (MAX_STEP_BITS - 1)) - 1
+    rest = spec.shape[1:]
+    counts, parts = [], {}
+    y = np.empty(spec.shape, spec.dtype.numpy)
+    for c, g in enumerate(grid):
+        rows = np.flatnonzero(classes == c)
+        xc = np.ascontiguousarray(np.asarray(x)[rows])
+        peak = float(np.abs(xf[rows]).max()) if xc.size else 0.0
+        step = max(float(steps.min()) * 2.0 ** (g / 2), peak / (limit - 2))  # f16 rounding: margin
+        cspec = ArraySpec(spec.dtype, (rows.size, *rest))
+        parts[f"p{c}"], y[rows] = _encode_scaled(xc, xf[rows], cspec, np.full((1,), step), None, level, None)
+        counts.append(int(rows.size))
+    codec = Partition(counts=tuple(counts))
+    pspec = codec.resolve(spec)
+    parts["class"] = encode_lossless(classes.astype(np.uint8), pspec["class"], level)
+    return PendingNode(codec, {"class": parts.pop("class"), **parts}, spec), y
+
+
+def _encode_scaled(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, scales: np.ndarray, qaxis: int | None,
+                   level: int, feedback: np.ndarray | None) -> tuple[Pending, np.ndarray]:
+    """The step encoding of ``x`` (``xf`` its float32 copy) with ``scales`` (``(1,)``, or the
+    blocks shape of per-channel steps with quantize axis ``qaxis``)."""
     sdt = "f16" if (scales.min() >= 6.2e-5 and scales.max() <= 6.0e4) else "f32"
     s_stored = scales.astype(dtypes.BY_NAME[sdt].numpy)
     s32 = s_stored.astype(np.float32)
@@ -243,7 +282,7 @@ def encode_step(x: np.ndarray, spec: ArraySpec, rel_step: float, axis: int | Non
     kept = np.asarray(x)  # the values outliers keep exactly
     if feedback is not None and qaxis is not None:
         steps = s32.reshape(-1).astype(np.float64)
-        if axis == 1:  # (rows, n): channels along columns
+        if qaxis == 0:  # (rows, n): channels along columns
             levels, kept = gptq_levels(xf, steps, feedback, limit)
         else:
             levels, kept = (a.T for a in gptq_levels(xf.T, steps, feedback, limit))

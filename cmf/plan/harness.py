@@ -25,7 +25,8 @@ under ``MAX_HESSIAN_BYTES``) encoders and decoders also return the second-moment
 sequence its two halves): the planner's step quantizer chooses codes with error feedback
 through one fold's matrix (GPTQ-style) and measures their error ``tr(dW E[x x^T] dW^T)`` on the
 other's, inputs the codes were not fitted to. ONNX graphs get the diagonal only (see
-``OnnxHarness.input_moments``).
+``OnnxHarness.input_moments``). A token-embedding matrix (a lookup: one-hot inputs) gets its
+rows' importance from token frequencies instead (cmf.plan.tokens), along axis 0.
 """
 
 from __future__ import annotations
@@ -169,6 +170,25 @@ class Harness:
     def input_moments(self) -> Moments:
         return {}
 
+    token_prior: str | None = "en"  # language of the token-frequency prior (cmf.plan.tokens), None: off
+    token_note: str | None = None  # why the token-embedding rows got no weights, if they should have
+
+    def _token_rows(self, out: Moments, name: str | None, tokenizer: Any, ids: Sequence[Sequence[int]]) -> None:
+        """Add the token-embedding matrix ``name``'s rows as input channels weighted by token
+        frequency (cmf.plan.tokens) to ``out``, where a prior is at hand."""
+        from .tokens import row_importance, token_frequencies, word_prior
+
+        if name is None or name not in self.tensors or tokenizer is None or self.tensors[name].ndim != 2:
+            return
+        vocab = self.tensors[name].shape[0]
+        prior = word_prior(tokenizer, vocab, self.token_prior)
+        if prior is None and self.token_prior is not None:
+            self.token_note = (f"no word frequencies for --token-prior {self.token_prior} (needs wordfreq: pip "
+                               f"install 'cmf[plan]', and a language it knows): {name}'s rows weighed alike")
+        p = token_frequencies(ids, vocab, prior)
+        if p is not None:  # one-hot inputs: E[x_t^2] = p_t (weighed as its square root), E[x x^T] diagonal
+            out[name] = (0, row_importance(p), None)
+
 
 # ----------------------------------------------------------------------------- encoders
 
@@ -178,12 +198,15 @@ class EncoderHarness(Harness):
 
     def __init__(self, tensors: Mapping[str, np.ndarray], config: dict, pipeline: Any,
                  tokenizer: Any, texts: Sequence[str]) -> None:
+        from ..runtime import bert
         from ..runtime.bert import BertEncoder
 
         super().__init__(tensors)
         self.config, self.pipeline = config, pipeline
         probe = BertEncoder.from_tensors(self.tensors.__getitem__, list(self.tensors), config, pipeline, tokenizer)
         encodings = probe.tokenize(texts)
+        self.tokenizer, self.calibration_ids = probe.tokenizer, [e.ids for e in encodings]
+        self.embedding = f"{bert._prefix(list(self.tensors))}embeddings.word_embeddings.weight"
         self.batches = []  # (ids, mask, types) padded per batch of 32, longest first
         order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
         for start in range(0, len(order), 32):
@@ -246,6 +269,7 @@ class EncoderHarness(Harness):
             if got is not None:
                 for n in names:
                     out[n] = (1, *got)  # weights are [out, in]: input channels along axis 1
+        self._token_rows(out, self.embedding, self.tokenizer, self.calibration_ids)
         return out
 
     _current_mask: np.ndarray | None = None
@@ -273,9 +297,9 @@ class DecoderHarness(Harness):
     kind = "decoder"
 
     def __init__(self, tensors: Mapping[str, np.ndarray], config: dict, ids: Sequence[int],
-                 build: Callable[[Callable[[str], np.ndarray]], Any]) -> None:
+                 build: Callable[[Callable[[str], np.ndarray]], Any], tokenizer: Any = None) -> None:
         super().__init__(tensors)
-        self.config, self.ids, self.build = config, list(ids), build
+        self.config, self.ids, self.build, self.tokenizer = config, list(ids), build, tokenizer
         self.samples = len(self.ids)
         self.tokens = len(self.ids)
 
@@ -314,6 +338,11 @@ class DecoderHarness(Harness):
             if got is not None:
                 for n in names_:
                     out[n] = (1, *got)
+        head = next((n for n in ("lm_head.weight", "output.weight") if n in names), None)
+        embedding = next((n for n in ("model.embed_tokens.weight", "token_embd.weight") if n in names), None)
+        if not tied and embedding is not None and not (  # a tied matrix is also the output head...
+                head is not None and np.array_equal(self.tensors[head], self.tensors[embedding])):  # ...so is a copy
+            self._token_rows(out, embedding, self.tokenizer, [self.ids])
         return out
 
 
@@ -466,7 +495,7 @@ def open_harness(path: str | os.PathLike, calibrate: Any = None, *,
         ids = list(tokenizer.encode(" ".join(texts)).ids)[:max_tokens]
         if len(ids) < 2:
             raise CmfError("the calibration text is shorter than 2 tokens")
-        return DecoderHarness(tensors, config, ids, build)
+        return DecoderHarness(tensors, config, ids, build, tokenizer)
 
 
 def _as_float32(a: np.ndarray) -> np.ndarray:

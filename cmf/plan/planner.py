@@ -99,6 +99,7 @@ class PlanOptions:
     target_error: float | None = None
     target_size: str | int | float | None = None
     calibrate: Any = None  # path (.txt, .npz, .npy) or list of texts / input dicts
+    token_prior: str | None = "en"  # language of the token-embedding rows' frequency prior; None: off
     data_free: bool = False
     level: int = 3
     rounds: int = DEFAULT_ROUNDS
@@ -303,6 +304,8 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
     t0 = time.perf_counter()
     moments = harness.input_moments() if harness is not None else {}
     result.moments = moments
+    if harness is not None and harness.token_note:
+        result.notes.append(harness.token_note)
     result.seconds["moments"] = time.perf_counter() - t0
     choices = step_choices(per_bit=options.steps_per_bit)
     choices += template_choices(options.thorough) if options.templates else []
@@ -583,6 +586,7 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
                 floats = {n: (np.asarray(v, np.float32) if isinstance(v, np.ndarray) and _is_float(v) else v)
                           for n, v in tensors.items()}
                 harness = open_harness(source, options.calibrate, tensors=floats)
+                harness.token_prior = options.token_prior
             except CmfError as exc:
                 if options.calibrate is not None:
                     raise CmfError(f"cannot calibrate on this model: {exc}") from None

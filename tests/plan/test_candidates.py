@@ -230,3 +230,46 @@ def test_channel_hessian_refuses_what_does_not_fit():
     assert channel_hessian((4, 5), bad) == (None, None)
     zero = (1, np.ones(5), (np.zeros((5, 5)), np.eye(5)))
     assert channel_hessian((4, 5), zero) == (None, None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16])
+def test_row_steps_spanning_2x_are_stored_as_partition_classes(dtype):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((512, 160)) * 0.05).astype(dtype)  # 81,920 elements
+    x[5, 7] = 40  # one huge value in the finest class: its step rises, no outlier needed
+    w = np.r_[np.full(16, 400.0), rng.random(496) * 2 + 0.05]  # 16 frequent rows, the rest rare-ish
+    w = w / w.mean()
+    pending, y = encode_step(x, spec_of(x), 0.3, 0, w)
+    tree = describe(pending)
+    assert tree.startswith("partition") and "quantize" in tree
+    got = decode_pending(pending)
+    assert got.dtype == y.dtype and got.tobytes() == y.tobytes()
+    assert abs(float(got[5, 7]) - 40) < 0.05 * 40
+    # frequent rows are finer than rare ones
+    d = np.abs(got.astype(np.float64) - x.astype(np.float64))
+    assert d[:16].mean() < 0.3 * d[16:].mean()
+
+
+def test_row_classes_beat_one_table_for_the_same_steps(monkeypatch):
+    import cmf.plan.candidates as cand
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1024, 128)).astype(np.float32)
+    w = np.where(np.arange(1024) % 4 == 0, 64.0, 0.25)
+    w = w / w.mean()
+    classes, yc = encode_step(x, spec_of(x), 0.2, 0, w)
+    monkeypatch.setattr(cand, "ROW_CLASS_SPREAD", 1e9)  # the same per-row steps, one quantize node
+    single, ys = encode_step(x, spec_of(x), 0.2, 0, w)
+    assert describe(classes).startswith("partition") and describe(single).startswith("quantize")
+    assert weighted_error(x, yc, 0, w)[1] == pytest.approx(weighted_error(x, ys, 0, w)[1], rel=0.05)
+    assert classes.stored < 0.9 * single.stored
+
+
+def test_small_or_flat_row_steps_stay_one_quantize_node():
+    rng = np.random.default_rng(9)
+    small = rng.standard_normal((64, 64)).astype(np.float32)  # under ROW_CLASS_ELEMENTS
+    w = np.r_[np.full(8, 50.0), np.ones(56)]
+    assert describe(encode_step(small, spec_of(small), 0.3, 0, w / w.mean())[0]).startswith("quantize")
+    flat = rng.standard_normal((1024, 128)).astype(np.float32)
+    w = 1 + 0.5 * rng.random(1024)  # spread under 2x
+    assert describe(encode_step(flat, spec_of(flat), 0.3, 0, w / w.mean())[0]).startswith("quantize")

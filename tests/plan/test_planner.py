@@ -124,6 +124,43 @@ def test_input_moments_of_an_encoder(bert_dir):
     assert m["encoder.layer.1.output.dense.weight"][1].shape == (128,)
 
 
+@pytest.fixture
+def word_list(monkeypatch):
+    from cmf.plan import tokens
+
+    table = (("the", "cat", "dog", "house"), np.array([0.5, 0.2, 0.2, 0.1]))
+    monkeypatch.setattr(tokens, "_words", lambda lang: table if lang == "en" else None)
+
+
+def test_token_embedding_rows_weighted_by_token_frequency(bert_dir, word_list):
+    h = open_harness(bert_dir, list(helpers.TEXTS))
+    emb = h.tensors["embeddings.word_embeddings.weight"]
+    axis, w, full = h.input_moments()["embeddings.word_embeddings.weight"]
+    assert axis == 0 and full is None and w.shape == (emb.shape[0],) and w.mean() == pytest.approx(1.0)
+    ids = h.tokenizer.encode("the house", add_special_tokens=False).ids
+    unused = next(t for t in helpers.WORDS if t not in " ".join(helpers.TEXTS).split() + ["the", "cat", "dog", "house"])
+    never = h.tokenizer.encode(unused, add_special_tokens=False).ids  # neither calibrated nor in the list
+    assert w[ids[0]] > w[ids[1]] > w[never[0]] == 0  # "the" > "house" > a word nobody gave
+    h.token_prior = None  # --token-prior none: rows alike
+    assert "embeddings.word_embeddings.weight" not in h.input_moments()
+
+
+def test_token_rows_of_a_llama_only_when_not_tied(tmp_path, word_list):
+    from safetensors.numpy import load_file, save_file
+
+    untied, _ = write_llama_dir(tmp_path / "untied", helpers.llama_config(tie_word_embeddings=False))
+    st = str(tmp_path / "untied" / "model.safetensors")
+    t = load_file(st)
+    t["lm_head.weight"] = t["model.embed_tokens.weight"].copy()
+    save_file(t, st)  # a head equal to the embedding: stored once, so every row counts
+    assert "model.embed_tokens.weight" not in open_harness(untied).input_moments()
+    t["lm_head.weight"] = np.random.default_rng(3).standard_normal(t["lm_head.weight"].shape).astype(np.float32)
+    save_file(t, st)
+    assert open_harness(untied).input_moments()["model.embed_tokens.weight"][0] == 0
+    tied, _ = write_llama_dir(tmp_path / "tied", helpers.llama_config(tie_word_embeddings=True))
+    assert "model.embed_tokens.weight" not in open_harness(tied).input_moments()  # also the output head
+
+
 def test_onnx_model_with_generated_and_given_inputs(tmp_path, onnx_path):
     out = tmp_path / "m.cmf"
     r = plan_and_write(onnx_path, out, PlanOptions(target_error=1e-3, **{**FAST, "calibrate": None}))
@@ -330,3 +367,11 @@ def test_feedback_codes_in_the_file_are_the_ones_measured(tmp_path, bert_dir):
             assert weighted_error(x, f.get_tensor(name), axis, w, hn)[1] == pytest.approx(tp.point.error, rel=1e-9)
             checked += 1
     assert checked >= 4
+
+
+def test_cli_token_prior(tmp_path, bert_dir, cli, word_list):
+    r = cli("pack", bert_dir, "-o", tmp_path / "a.cmf", "--preset", "small", "--token-prior", "xx", "--json")
+    assert r.code == 0
+    assert any("--token-prior xx" in n for n in r.json()["plan"]["notes"])  # no word list: said so
+    r = cli("pack", bert_dir, "-o", tmp_path / "b.cmf", "--preset", "small", "--token-prior", "none", "--json")
+    assert r.code == 0 and not any("token-prior" in n for n in r.json()["plan"]["notes"])
