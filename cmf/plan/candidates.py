@@ -35,7 +35,7 @@ its rows (``SAMPLE_ELEMENTS``) and scaled; step candidates always on the whole t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 

@@ -17,33 +17,15 @@ import cmf.codecs.bitpack  # noqa: F401  (registers the codec)
 import cmf.codecs.outlier as outlier_mod
 import cmf.codecs.quantize  # noqa: F401  (registers the codec)
 import cmf.codecs.sparse as sparse_mod
-from cmf.codecs import ArraySpec, codec_from_config
+from cmf.codecs import codec_from_config
 from cmf.codecs.outlier import TENSOR_DTYPES, Outlier, outlier_positions
 from cmf.codecs.quantize import Quantize
-from cmf.dtypes import BY_NAME
 from cmf.errors import CmfError, FormatError
 from cmf.metrics import error_stats
 
+from .helpers import bits, random_bits, spec, spec_of
+
 F32 = np.float32
-
-
-def spec(dtype: str, shape) -> ArraySpec:
-    return ArraySpec(BY_NAME[dtype], tuple(shape))
-
-
-def spec_of(x: np.ndarray) -> ArraySpec:
-    return ArraySpec(cmf.dtypes.of_array(x), x.shape)
-
-
-def bits(x: np.ndarray) -> bytes:
-    return np.ascontiguousarray(x).tobytes()
-
-
-def random_bits(dtype: str, shape, seed: int) -> np.ndarray:
-    dt = BY_NAME[dtype].numpy
-    n = math.prod(shape)
-    raw = np.random.default_rng(seed).integers(0, 256, n * dt.itemsize, dtype=np.uint8)
-    return raw.view(dt).reshape(shape)
 
 
 def test_position_coding_is_the_sparse_one():

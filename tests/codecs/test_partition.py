@@ -5,7 +5,6 @@ file that reads back and validates with minor 2."""
 
 from __future__ import annotations
 
-import math
 import struct
 import tracemalloc
 
@@ -14,37 +13,17 @@ import numpy as np
 import pytest
 
 import cmf
-from cmf.codecs import ArraySpec, codec_class, codec_from_config
+from cmf.codecs import codec_class, codec_from_config
 from cmf.codecs.partition import Partition, Partitioned
 from cmf.codecs.quantize import Quantize
 from cmf.dtypes import BY_NAME
 from cmf.errors import CmfError, FormatError
 from cmf.pipeline import PendingNode, apply, describe, encode_lossless
 
+from .helpers import bits, random_bits, spec, spec_of
+
 F32 = np.float32
 ALL_DTYPES = sorted(BY_NAME)
-
-
-def spec(dtype: str, shape) -> ArraySpec:
-    return ArraySpec(BY_NAME[dtype], tuple(shape))
-
-
-def spec_of(x: np.ndarray) -> ArraySpec:
-    return ArraySpec(cmf.dtypes.of_array(x), x.shape)
-
-
-def bits(x: np.ndarray) -> bytes:
-    return np.ascontiguousarray(x).tobytes()
-
-
-def random_bits(dtype: str, shape, seed: int) -> np.ndarray:
-    """Random bit patterns (NaN payloads, infinities, -0.0, subnormals); bool 0/1."""
-    rng = np.random.default_rng(seed)
-    dt = BY_NAME[dtype].numpy
-    n = math.prod(shape)
-    if dtype == "bool":
-        return rng.integers(0, 2, n).astype(bool).reshape(shape)
-    return rng.integers(0, 256, n * dt.itemsize, dtype=np.uint8).view(dt).reshape(shape)
 
 
 def round_trip(x: np.ndarray, classes) -> tuple[Partition, dict]:

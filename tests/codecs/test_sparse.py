@@ -15,7 +15,7 @@ import cmf
 import cmf.codecs.quantize  # noqa: F401  (registers the codec)
 import cmf.codecs.sparse as sparse_mod
 from cmf.cli import run as cli_run
-from cmf.codecs import ArraySpec, BytesSpec, codec_from_config
+from cmf.codecs import BytesSpec, codec_from_config
 from cmf.codecs.raw import Raw
 from cmf.codecs.sparse import (
     Sparse,
@@ -30,17 +30,11 @@ from cmf.metrics import error_stats
 from cmf.pipeline import PendingLeaf, PendingNode, apply
 from cmf.writer import Writer
 
+from .helpers import bits, spec, spec_of
+
 F32 = np.float32
 DTYPES = sorted(BY_NAME)
 FLOATS = [n for n, d in BY_NAME.items() if d.is_float]
-
-
-def spec(dtype: str, shape) -> ArraySpec:
-    return ArraySpec(BY_NAME[dtype], tuple(shape))
-
-
-def spec_of(x: np.ndarray) -> ArraySpec:
-    return ArraySpec(cmf.dtypes.of_array(x), x.shape)
 
 
 def random_sparse(dtype: str, shape, density: float, seed: int = 0) -> np.ndarray:
@@ -54,10 +48,6 @@ def random_sparse(dtype: str, shape, density: float, seed: int = 0) -> np.ndarra
         x = rng.integers(0, 256, n * dt.itemsize, dtype=np.uint8).view(dt).copy()
         x[rng.random(n) >= density] = np.zeros((), dt)
     return x.reshape(shape)
-
-
-def bits(x: np.ndarray) -> bytes:
-    return np.ascontiguousarray(x).tobytes()
 
 
 def fitted_round_trip(x: np.ndarray, options: dict):
