@@ -5,7 +5,8 @@ The rows (slices along the first axis) of an array of any dtype and rank >= 1 ar
 ``p{k}`` holds the ``counts[k]`` rows of class ``k`` in row order, so that each class gets a
 sub-tree of its own (its own quantizer step, its own entropy-coder table). Decoding checks
 ``class`` (every value ``< K``, value ``k`` exactly ``counts[k]`` times) and puts every row back,
-bit for bit, with scratch memory of O(d_0) beside the output.
+bit for bit, a chunk of rows at a time: scratch memory of O(CHUNK_ROWS) beside the output,
+however many (or however narrow) the rows.
 
 The encoder takes a :class:`Partitioned` value (the array and one class per row); ``fit`` makes
 one from the recipe option ``{"classes": [...]}``.
@@ -27,6 +28,7 @@ from .sparse import bits_view, check_keys, fail, input_array, part_array
 
 MAX_CLASSES = 256  # classes are u8
 MAX_ROWS = 1 << 53  # a count is below 2^53 (exact in a JSON number)
+CHUNK_ROWS = 1 << 16  # rows placed at a time: O(CHUNK_ROWS) scratch beside the output
 _U8 = BY_NAME["u8"]
 _UINT = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 
@@ -122,7 +124,9 @@ class Partition(Codec):
             top = int(cls.max())
             if top >= k:
                 raise fail(self.name, f"class value {top} is out of range for {k} classes")
-            found = np.bincount(cls, minlength=k)
+            found = np.zeros(k, np.int64)
+            for start in range(0, d0, CHUNK_ROWS):  # bincount widens to intp: a chunk at a time
+                found += np.bincount(cls[start : start + CHUNK_ROWS], minlength=k)
             bad = np.flatnonzero(found != np.asarray(self.counts, dtype=np.int64))
             if bad.size:
                 j = int(bad[0])
@@ -130,12 +134,18 @@ class Partition(Codec):
                                       f"{self.counts[j]}")
         uint = _UINT[spec.dtype.itemsize]
         out = np.empty((d0, width), dtype=uint)  # owned, writable; bits copied, never converted
-        order = np.argsort(cls, kind="stable")  # rows grouped by class, row order kept: O(d0)
-        start = 0
-        for name, n in zip(rows, self.counts):
-            if n:
-                out[order[start : start + n]] = bits_view(rows[name]).reshape(n, width)
-            start += n
+        src = [bits_view(rows[n]).reshape(c, width) for n, c in zip(rows, self.counts)]
+        cursor = [0] * k  # rows of each class placed so far
+        for start in range(0, d0, CHUNK_ROWS):  # scratch: one chunk's order, whatever d0 is
+            chunk = cls[start : start + CHUNK_ROWS]
+            order = np.argsort(chunk, kind="stable")  # the chunk's rows grouped by class, in order
+            per = np.bincount(chunk, minlength=k)
+            at = 0
+            for j in np.flatnonzero(per).tolist():
+                n = int(per[j])
+                out[start + order[at : at + n]] = src[j][cursor[j] : cursor[j] + n]
+                cursor[j] += n
+                at += n
         return out.view(spec.dtype.numpy).reshape(spec.shape)
 
     def encode(self, value: Value, spec: Spec) -> dict[str, Value]:
