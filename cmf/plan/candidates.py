@@ -233,6 +233,9 @@ def encode_step(x: np.ndarray, spec: ArraySpec, rel_step: float, axis: int | Non
     base = rel_step * rms
     if axis is None or w is None:  # one step for the whole tensor
         return _encode_scaled(x, xf, spec, np.full((1,), base), None, level, None)
+    w = np.asarray(w, np.float64)
+    if not (np.isfinite(w).all() and (w > 0).all()):
+        raise CmfError("step: channel importances must be finite and positive")
     steps = base / np.sqrt(w)  # one step per input channel: quantize blocks run along the other axis
     if (axis == 0 and feedback is None and spec.numel >= ROW_CLASS_ELEMENTS
             and steps.max() >= ROW_CLASS_SPREAD * steps.min()):

@@ -302,6 +302,8 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
 
     # 1. moments and curves
     t0 = time.perf_counter()
+    if harness is not None:
+        harness.token_prior = options.token_prior
     moments = harness.input_moments() if harness is not None else {}
     result.moments = moments
     if harness is not None and harness.token_note:
@@ -586,7 +588,6 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
                 floats = {n: (np.asarray(v, np.float32) if isinstance(v, np.ndarray) and _is_float(v) else v)
                           for n, v in tensors.items()}
                 harness = open_harness(source, options.calibrate, tensors=floats)
-                harness.token_prior = options.token_prior
             except CmfError as exc:
                 if options.calibrate is not None:
                     raise CmfError(f"cannot calibrate on this model: {exc}") from None

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 PRIOR_WORDS = 100_000  # most frequent words of the language (96 % of English running text)
+CONTEXT_FORMS = 256  # words tokenized together, as running text
 CALIBRATION_HALF = 20_000  # calibration tokens at which the counts weigh as much as the prior
 CAPITALIZED_SHARE = 0.15  # of a word's frequency given to its capitalized form (sentence starts)
 # Punctuation, which word lists leave out: rough rates per word of English prose (straight and
@@ -59,23 +60,54 @@ def _words(lang: str) -> tuple[tuple[str, ...], np.ndarray] | None:
 def word_prior(tokenizer: Any, vocab: int, lang: str | None = "en") -> np.ndarray | None:
     """``p`` (vocab,) summing to 1: the prior token frequencies of ``lang`` (its words, and
     ``PUNCTUATION``) under ``tokenizer`` (a ``tokenizers.Tokenizer``), or None without
-    ``wordfreq`` or a word list for ``lang``."""
+    ``wordfreq`` or a word list for ``lang``. Words are tokenized in running text (see
+    :func:`_spread`), as the model sees them."""
     got = _words(lang) if lang else None
     if got is None:
         return None
     words, freqs = got
-    marks = list(PUNCTUATION)
-    forms = [" " + w for w in words] + [" " + w[:1].upper() + w[1:] for w in words] + marks
-    mass = np.concatenate([freqs * (1 - CAPITALIZED_SHARE), freqs * CAPITALIZED_SHARE,
-                           np.array([PUNCTUATION[m] for m in marks]) * freqs.sum()])
-    encoded = tokenizer.encode_batch(forms, add_special_tokens=False)
+    tok = _plain(tokenizer)
     p = np.zeros(vocab, np.float64)
-    for e, m in zip(encoded, mass):
-        ids = [i for i in e.ids if 0 <= i < vocab]
-        if ids:
-            np.add.at(p, ids, m / len(ids))
+    _spread(tok, list(words), freqs * (1 - CAPITALIZED_SHARE), p)
+    _spread(tok, [w[:1].upper() + w[1:] for w in words], freqs * CAPITALIZED_SHARE, p)
+    marks = list(PUNCTUATION)  # after a word, as they are written: "a," (the "a" not counted)
+    _spread(tok, ["a" + m for m in marks], np.array([PUNCTUATION[m] for m in marks]) * freqs.sum(), p, skip=1)
     total = p.sum()
     return p / total if total > 0 else None
+
+
+def _plain(tokenizer: Any) -> Any:
+    """A copy of ``tokenizer`` without padding or truncation (the caller's is left alone)."""
+    if not (hasattr(tokenizer, "to_str") and hasattr(type(tokenizer), "from_str")):
+        return tokenizer  # not a tokenizers.Tokenizer: used as it is
+    tok = type(tokenizer).from_str(tokenizer.to_str())
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def _spread(tokenizer: Any, forms: Sequence[str], mass: np.ndarray, p: np.ndarray, skip: int = 0) -> None:
+    """Add ``mass[i]`` to ``p``, shared equally by the tokens of ``forms[i]``. The forms are
+    tokenized ``CONTEXT_FORMS`` at a time joined by spaces, so each is tokenized as in running
+    text (a word-initial marker or space prefix included, whatever the tokenizer's convention);
+    a token belongs to the form its last character falls in, after the form's first ``skip``
+    characters (context, not counted). Ids outside ``p`` are dropped."""
+    vocab = p.size
+    for i in range(0, len(forms), CONTEXT_FORMS):
+        chunk = forms[i : i + CONTEXT_FORMS]
+        starts = np.cumsum([0] + [len(f) + 1 for f in chunk[:-1]])  # (n,) each form's offset
+        enc = tokenizer.encode_batch([" ".join(chunk)], add_special_tokens=False)[0]
+        if not enc.ids:
+            continue
+        ids = np.asarray(enc.ids, np.int64)
+        offs = np.asarray(enc.offsets, np.int64).reshape(-1, 2)
+        last = offs[:, 1] - 1  # the token's last character
+        form = np.searchsorted(starts, last, side="right") - 1
+        keep = (offs[:, 1] > offs[:, 0]) & (form >= 0) & (last >= starts[np.maximum(form, 0)] + skip)
+        keep &= (ids >= 0) & (ids < vocab)
+        ids, form = ids[keep], form[keep]
+        per = np.bincount(form, minlength=len(chunk))  # tokens of each form
+        np.add.at(p, ids, mass[i : i + len(chunk)][form] / per[form])
 
 
 def token_frequencies(calibration_ids: Sequence[Sequence[int]], vocab: int,

@@ -9,6 +9,7 @@ import pytest
 
 from cmf import dtypes
 from cmf.codecs import ArraySpec
+from cmf.errors import CmfError
 from cmf.pipeline import decode_pending, describe
 from cmf.plan.candidates import (
     LOSSLESS,
@@ -273,3 +274,12 @@ def test_small_or_flat_row_steps_stay_one_quantize_node():
     flat = rng.standard_normal((1024, 128)).astype(np.float32)
     w = 1 + 0.5 * rng.random(1024)  # spread under 2x
     assert describe(encode_step(flat, spec_of(flat), 0.3, 0, w / w.mean())[0]).startswith("quantize")
+
+
+@pytest.mark.parametrize("bad", [0.0, np.inf, np.nan, -1.0])
+def test_step_refuses_importances_that_are_not_finite_and_positive(bad):
+    x = np.random.default_rng(10).standard_normal((512, 160)).astype(np.float32)
+    w = np.ones(512)
+    w[3] = bad
+    with pytest.raises(CmfError, match="finite and positive"):
+        encode_step(x, spec_of(x), 0.3, 0, w)

@@ -4,6 +4,8 @@ without it)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -11,19 +13,29 @@ from cmf.plan import tokens
 
 
 class FakeTokenizer:
-    """Word-level: each known word one id, unknown words split into letters (ids 100+)."""
+    """Word-level over whitespace: each known word one id, unknown words split into characters
+    (ids 100+), with character offsets as ``tokenizers`` gives them."""
 
     vocab = {"the": 1, "cat": 2, "sat": 3, "zebra": 4}
 
     class _Enc:
-        def __init__(self, ids):
-            self.ids = ids
+        def __init__(self, ids, offsets):
+            self.ids, self.offsets = ids, offsets
 
     def encode_batch(self, texts, add_special_tokens=True):
         out = []
         for t in texts:
-            w = t.strip().lower()
-            out.append(self._Enc([self.vocab[w]] if w in self.vocab else [100 + (ord(c) % 20) for c in w]))
+            ids, offsets = [], []
+            for m in re.finditer(r"\S+", t):
+                w = m.group().lower()
+                if w in self.vocab:
+                    ids.append(self.vocab[w])
+                    offsets.append((m.start(), m.end()))
+                else:
+                    for j, c in enumerate(w):
+                        ids.append(100 + ord(c) % 20)
+                        offsets.append((m.start() + j, m.start() + j + 1))
+            out.append(self._Enc(ids, offsets))
         return out
 
 
@@ -84,3 +96,18 @@ def test_wordfreq_prior_on_a_real_tokenizer():
     p = tokens.word_prior(t, 5, "en")
     assert p[1] > p[2] > p[3] > p[4] > 0  # "the" most frequent, "quixotic" rare
     assert p[0] > 0.5  # every other word is unknown here
+
+
+def test_words_are_tokenized_in_running_text():
+    """A SentencePiece tokenizer that prepends its word marker in the normalizer ("legacy", as
+    Llama 2's): " the" alone would give a lone marker; in running text each word is "▁word"."""
+    tok = pytest.importorskip("tokenizers")
+    from tokenizers import models, normalizers
+
+    vocab = {"<unk>": 0, "\u2581": 1, "\u2581the": 2, "\u2581cat": 3, "\u2581\u2581": 4}
+    t = tok.Tokenizer(models.WordPiece(vocab, unk_token="<unk>", continuing_subword_prefix="",
+                                       max_input_chars_per_word=100))
+    t.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    p = np.zeros(5)
+    tokens._spread(t, ["the", "cat", "the"], np.array([0.5, 0.3, 0.2]), p)
+    assert p[2] == pytest.approx(0.7) and p[3] == pytest.approx(0.3) and p[1] == 0 and p[4] == 0
