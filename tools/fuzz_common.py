@@ -96,12 +96,20 @@ def scratch_dir() -> str:
 
 def scratch_file(data: bytes, name: str = "input.cmf", directory: str | None = None) -> str:
     """Write ``data`` to ``name`` in the scratch directory (atomically: readers of the previous
-    input keep their mapping) and return its path."""
+    input keep their mapping) and return its path.
+
+    Plain ``os.open``/``os.write`` (no buffered file object: ~5 us less per input, the same
+    file, mode 0o666 & ~umask as ``open(..., "wb")``)."""
     d = directory or scratch_dir()
     path = os.path.join(d, name)
     tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # non-inheritable (PEP 446)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
     return path
 
@@ -172,6 +180,7 @@ class Stats:
 
 
 _NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+")
+_QUOTED = re.compile(r"'[^']*'")
 
 
 def outcome_key(exc: BaseException | None) -> str:
@@ -182,12 +191,14 @@ def outcome_key(exc: BaseException | None) -> str:
     if _SCRATCH:
         msg = msg.replace(_SCRATCH, "")
     msg = _NUMBER.sub("#", msg)
-    msg = re.sub(r"'[^']*'", "'_'", msg)
+    msg = _QUOTED.sub("'_'", msg)
     return f"{type(exc).__name__}:{msg[:120]}"
 
 
-def execute(target: Target, data: bytes, stats: Stats) -> str:
-    """Run ``target`` on ``data`` once with every check; Finding on a violation."""
+def execute(target: Target, data: bytes, stats: Stats, key: bool = True) -> str:
+    """Run ``target`` on ``data`` once with every check; Finding on a violation. Returns the
+    outcome key (``outcome_key``), or "" with ``key=False`` (atheris: libFuzzer's coverage
+    picks the corpus, the key would only be thrown away)."""
     start = time.perf_counter()
     exc: BaseException | None = None
     try:
@@ -221,7 +232,7 @@ def execute(target: Target, data: bytes, stats: Stats) -> str:
     if elapsed > stats.slowest:
         stats.slowest = elapsed
         stats.slowest_sha1 = hashlib.sha1(data).hexdigest()
-    return outcome_key(exc)
+    return outcome_key(exc) if key else ""
 
 
 # ----------------------------------------------------------------------------- byte mutations
@@ -449,6 +460,28 @@ def instrument(prefixes: tuple[str, ...], dataflow: bool = True) -> int:
     return count
 
 
+def plain_functions(module: Any, names: tuple[str, ...]) -> dict[str, Callable]:
+    """Copies of the functions ``names`` of ``module``, calling one another (not the originals),
+    that ``instrument()`` leaves alone (their ``__module__`` is not the module's name).
+
+    For a mutator that reuses code under test: atheris would trace its branches and comparisons
+    on every mutation, for nothing (libFuzzer only counts what the input's run covers). Make
+    them before ``instrument()`` runs (both engines call a target's ``seeds()`` first); made
+    later they would copy the instrumented code (slower, still correct)."""
+    import types
+
+    namespace = dict(vars(module))
+    namespace["__name__"] = f"uninstrumented:{module.__name__}"
+    out: dict[str, Callable] = {}
+    for name in names:
+        f = getattr(module, name)
+        copy = types.FunctionType(f.__code__, namespace, f.__name__, f.__defaults__, f.__closure__)
+        copy.__kwdefaults__ = f.__kwdefaults__
+        copy.__qualname__ = f.__qualname__
+        namespace[name] = out[name] = copy
+    return out
+
+
 def fuzz_atheris(target: Target, corpus_dir: str, findings_dir: str, stats_path: str | None,
                  libfuzzer_args: list[str]) -> None:
     """Hand over to libFuzzer (never returns). Seeds are written to ``corpus_dir`` first."""
@@ -471,7 +504,7 @@ def fuzz_atheris(target: Target, corpus_dir: str, findings_dir: str, stats_path:
 
     def one_input(data: bytes) -> None:
         try:
-            execute(target, data, stats)
+            execute(target, data, stats, key=False)
         except Finding as f:
             record(target, data, str(f), stats, findings_dir, quiet=True)
             if stats_path:

@@ -39,7 +39,16 @@ from cmf.convert import Encoded, open_source
 from cmf.errors import CmfError
 from cmf.index import check_metadata
 from cmf.pipeline import decode_pending
-from tools.fuzz_common import INTERESTING, Finding, Target, byte_mutate, main, scratch_dir, scratch_file
+from tools.fuzz_common import (
+    INTERESTING,
+    Finding,
+    Target,
+    byte_mutate,
+    main,
+    plain_functions,
+    scratch_dir,
+    scratch_file,
+)
 
 SECRET = b"\xde\xad\xbe\xefSECRET-OUTSIDE!" * 256  # 5120 bytes nothing inside may contain
 MARK = b"SECRET-OUTSIDE"
@@ -184,7 +193,25 @@ def run_onnx(data: bytes) -> None:
             raise Finding(f"tensor {name!r} holds bytes of a file outside the model's directory")
 
 
+_ONNX_SLOTS: Any = None  # cmf.convert.onnx.model_slots, uninstrumented (for the mutator)
+
+
+def _model_slots() -> Any:
+    """The reader's own walk over a model's tensors, copied so that atheris does not instrument
+    the mutator's calls (see fuzz_common.plain_functions); onnx_seeds() makes it before the
+    instrumentation."""
+    global _ONNX_SLOTS
+    if _ONNX_SLOTS is None:
+        from cmf.convert import onnx as reader
+
+        _ONNX_SLOTS = plain_functions(
+            reader, ("model_slots", "_graph_slots", "_node_slots", "_sparse", "_node_ids")
+        )["model_slots"]
+    return _ONNX_SLOTS
+
+
 def onnx_seeds() -> list[bytes]:
+    _model_slots()  # before instrument(): the mutator's copy stays plain
     import onnx
     from onnx import TensorProto as TP
     from onnx import helper as oh
@@ -221,8 +248,7 @@ def onnx_seeds() -> list[bytes]:
 def mutate_onnx(data: bytes, rng: random.Random) -> bytes:
     from onnx import ModelProto, TensorProto
 
-    from cmf.convert.onnx import model_slots
-
+    model_slots = _model_slots()
     m = ModelProto()
     try:
         m.ParseFromString(data)

@@ -153,6 +153,7 @@ class _Fixture:
                 }
         self.tensor_names = sorted({t for c in self.contents.values() for t in c["tensors"]}
                                    | {"secret"})
+        self.index_path = os.path.join(self.dir, INDEX)  # where each input goes
         self.real_dir = os.path.realpath(self.dir)
         self.real_secret = os.path.realpath(self.secret)
         self.real_root = os.path.realpath(self.root)
@@ -173,10 +174,54 @@ def fixture() -> _Fixture:
 
 _WATCH: list | None = None  # during a run: the paths opened outside set/
 _HOOKED = False
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_APPEND", 0)
+
+# The verdict on an open of an absolute path, by (path, O_NOFOLLOW): None (a symlink refused by
+# the kernel, or a file of the set) or the resolved path (outside the set). os.path.realpath is
+# an lstat per path component, ~20 us, 3 to 4 opens a run: a tenth of a run, for answers that
+# only change when a symlink or a directory does. So the cache is dropped on anything that could
+# change how a path resolves (renaming, removing or linking anything, mkdir, chdir; during a
+# run, an open that writes or creates too), at any time, except the rename that puts each input
+# in place as the index (a new regular file: it resolves as before); relative paths (they depend
+# on the cwd) are not cached.
+_VERDICTS: dict[tuple[str, bool], str | None] = {}
+_RESOLVING_EVENTS = frozenset({  # os.rename: rename, replace; os.remove: remove, unlink
+    "os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.symlink", "os.link", "os.chdir",
+    "os.truncate", "shutil.move", "shutil.rmtree", "shutil.copytree", "shutil.copyfile",
+    "shutil.unpack_archive",
+})
+
+
+def _verdict(path: str, nofollow: bool, f: _Fixture) -> str | None:
+    """What the checks below say about opening ``path``: None, or its resolved path when it is
+    ``secret.cmf``, elsewhere under the fixture's root, or a ``*.cmf`` outside ``set/``."""
+    if nofollow:
+        parent = os.path.realpath(os.path.dirname(path) or ".")
+        real = os.path.join(parent, os.path.basename(path))
+        if os.path.islink(real):
+            return None  # refused by the kernel (ELOOP): not a read
+    else:
+        real = os.path.realpath(path)
+    inside = real.startswith(f.real_dir + os.sep)
+    if real == f.real_secret or (not inside and (real.startswith(f.real_root + os.sep)
+                                                 or real.endswith(".cmf"))):
+        return real
+    return None
 
 
 def _audit(event: str, args: tuple) -> None:
-    if event != "open" or _WATCH is None:
+    if event != "open":
+        if event in _RESOLVING_EVENTS and _VERDICTS:
+            try:
+                ours = (_WATCH is None and event == "os.rename" and _FIXTURE is not None
+                        and args[1] == _FIXTURE.index_path)  # scratch_file's, outside a run
+            except Exception:  # noqa: BLE001 - never break the audited call
+                ours = False
+            if not ours:
+                _VERDICTS.clear()
+        return
+    if _WATCH is None:
         return
     try:
         path, flags = args[0], args[2]
@@ -186,16 +231,21 @@ def _audit(event: str, args: tuple) -> None:
             return  # a file descriptor
         f = _FIXTURE
         assert f is not None
-        if isinstance(flags, int) and flags >= 0 and flags & getattr(os, "O_NOFOLLOW", 0):
-            parent = os.path.realpath(os.path.dirname(path) or ".")
-            real = os.path.join(parent, os.path.basename(path))
-            if os.path.islink(real):
-                return  # refused by the kernel (ELOOP): not a read
+        nofollow = isinstance(flags, int) and flags >= 0 and bool(flags & _O_NOFOLLOW)
+        if isinstance(flags, int) and flags >= 0 and flags & _O_WRITE:
+            _VERDICTS.clear()  # a reader that creates files: be exact from here on
+        if not os.path.isabs(path):
+            real = _verdict(path, nofollow, f)
         else:
-            real = os.path.realpath(path)
-        inside = real.startswith(f.real_dir + os.sep)
-        if real == f.real_secret or (not inside and (real.startswith(f.real_root + os.sep)
-                                                     or real.endswith(".cmf"))):
+            key = (path, nofollow)
+            try:
+                real = _VERDICTS[key]
+            except KeyError:
+                real = _verdict(path, nofollow, f)
+                if len(_VERDICTS) >= 4096:
+                    _VERDICTS.clear()
+                _VERDICTS[key] = real
+        if real is not None:
             _WATCH.append(f"{path} -> {real}")
     except Exception as exc:  # noqa: BLE001 - never break the audited call
         _WATCH.append(f"audit hook failed on {args!r}: {exc}")
@@ -291,7 +341,7 @@ def check_set(path: str, data: bytes, fx: _Fixture) -> None:
 def run_shards(data: bytes) -> None:
     global _WATCH
     fx = fixture()
-    path = scratch_file(data, INDEX, fx.dir)
+    path = scratch_file(data, INDEX, fx.dir)  # its rename keeps the open watch's cache
     _WATCH = []
     try:
         check_set(path, data, fx)
@@ -422,8 +472,10 @@ def _edit_shards(doc: _Doc, fx: _Fixture, rng: random.Random) -> None:
     idx = doc.obj
     shards = idx.get("shards")
     if not isinstance(shards, list) or rng.random() < 0.05:
-        idx["shards"] = rng.choice([list(fx.shards), [], None, "x.cmf", {"a": 1},
-                                    [f"s{i}.cmf" for i in range(rng.choice((2, 100, 3000)))]])
+        n = rng.choice((2, 100, 3000))  # drawn first, as when the list below was built eagerly
+        idx["shards"] = rng.choice((lambda: list(fx.shards), list, lambda: None, lambda: "x.cmf",
+                                    lambda: {"a": 1},
+                                    lambda: [f"s{i}.cmf" for i in range(n)]))()  # built if drawn
         return
     op = rng.randrange(9)
     if op == 0 and shards:  # rename consistently in shards and weight_map: gets past membership
@@ -458,8 +510,9 @@ def _edit_weight_map(doc: _Doc, fx: _Fixture, rng: random.Random) -> None:
     idx = doc.obj
     wm = idx.get("weight_map")
     if not isinstance(wm, dict) or rng.random() < 0.05:
-        idx["weight_map"] = rng.choice([dict(fx.index["weight_map"]), {}, [], None, "x",
-                                        {f"t{i}": fx.shards[0] for i in range(2000)}])
+        idx["weight_map"] = rng.choice((lambda: dict(fx.index["weight_map"]), dict, list,
+                                        lambda: None, lambda: "x",
+                                        lambda: {f"t{i}": fx.shards[0] for i in range(2000)}))()
         return
     shards = idx.get("shards") if isinstance(idx.get("shards"), list) else fx.shards
     op = rng.randrange(7)
