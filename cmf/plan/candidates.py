@@ -267,9 +267,8 @@ def _encode_row_classes(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, steps: n
         parts[f"p{c}"], y[rows] = _encode_scaled(xc, xf[rows], cspec, np.full((1,), step), None, level, None)
         counts.append(int(rows.size))
     codec = Partition(counts=tuple(counts))
-    pspec = codec.resolve(spec)
-    parts["class"] = encode_lossless(classes.astype(np.uint8), pspec["class"], level)
-    return PendingNode(codec, {"class": parts.pop("class"), **parts}, spec), y
+    cls = encode_lossless(classes.astype(np.uint8), codec.resolve(spec)["class"], level)
+    return PendingNode(codec, {"class": cls, **parts}, spec), y
 
 
 def _encode_scaled(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, scales: np.ndarray, qaxis: int | None,

@@ -178,6 +178,7 @@ class Harness:
         frequency (cmf.plan.tokens) to ``out``, where a prior is at hand."""
         from .tokens import row_importance, token_frequencies, word_prior
 
+        self.token_note = None
         if name is None or name not in self.tensors or tokenizer is None or self.tensors[name].ndim != 2:
             return
         vocab = self.tensors[name].shape[0]

@@ -302,12 +302,13 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
 
     # 1. moments and curves
     t0 = time.perf_counter()
+    moments: dict = {}
     if harness is not None:
         harness.token_prior = options.token_prior
-    moments = harness.input_moments() if harness is not None else {}
+        moments = harness.input_moments()
+        if harness.token_note:
+            result.notes.append(harness.token_note)
     result.moments = moments
-    if harness is not None and harness.token_note:
-        result.notes.append(harness.token_note)
     result.seconds["moments"] = time.perf_counter() - t0
     choices = step_choices(per_bit=options.steps_per_bit)
     choices += template_choices(options.thorough) if options.templates else []

@@ -116,11 +116,8 @@ def token_frequencies(calibration_ids: Sequence[Sequence[int]], vocab: int,
     sequences (module docstring); None without a prior or without calibration tokens."""
     if prior is None or prior.shape != (vocab,):
         return None
-    counts = np.zeros(vocab, np.float64)
-    for ids in calibration_ids:
-        ids = np.asarray(ids, np.int64)
-        ids = ids[(ids >= 0) & (ids < vocab)]
-        np.add.at(counts, ids, 1.0)
+    ids = np.concatenate([np.asarray(s, np.int64).reshape(-1) for s in calibration_ids] or [np.zeros(0, np.int64)])
+    counts = np.bincount(ids[(ids >= 0) & (ids < vocab)], minlength=vocab).astype(np.float64)
     n = counts.sum()
     if n <= 0:
         return None
