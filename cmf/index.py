@@ -130,25 +130,43 @@ class _Hooks:
     def __init__(self, max_objects: int) -> None:
         self.left = max_objects
 
-    def _spend(self) -> None:
-        self.left -= 1
-        if self.left < 0:
-            raise LimitError("index holds more maps and arrays than the reader's limit")
+    @staticmethod
+    def _too_many() -> None:
+        raise LimitError("index holds more maps and arrays than the reader's limit")
 
     def pairs(self, pairs: list[tuple[Any, Any]]) -> dict:
-        self._spend()
-        out: dict = {}
-        for key, value in pairs:
-            if not isinstance(key, str):
-                raise FormatError(f"index: map key must be a string, found {type(key).__name__}")
-            if key in out:
-                raise FormatError(f"index: duplicate map key {key[:100]!r}")
-            out[key] = value
+        self.left -= 1
+        if self.left < 0:
+            self._too_many()
+        try:
+            out = dict(pairs)
+        except TypeError:  # an unhashable key (an array or a map): explained below
+            out = None
+        if out is None or len(out) != len(pairs) or (out and set(map(type, out)) != _STR_ONLY):
+            _explain_keys(pairs)
         return out
 
     def array(self, items: list) -> list:
-        self._spend()
+        self.left -= 1
+        if self.left < 0:
+            self._too_many()
         return items
+
+
+_STR_ONLY = {str}
+
+
+def _explain_keys(pairs: list[tuple[Any, Any]]) -> None:
+    """Raise the FormatError for the first non-string or repeated key of ``pairs`` (the slow
+    path of ``_Hooks.pairs``, taken only when there is one)."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if type(key) is not str:
+            raise FormatError(f"index: map key must be a string, found {type(key).__name__}")
+        if key in seen:
+            raise FormatError(f"index: duplicate map key {key[:100]!r}")
+        seen.add(key)
+    raise AssertionError("unreachable: the keys are distinct strings")
 
 
 def unpack(data: bytes | memoryview, limits: Limits) -> Any:
@@ -188,23 +206,36 @@ def _reject_ext(code: int, data: bytes) -> None:
     raise FormatError(f"index: msgpack extension type {code} is not allowed")
 
 
-_SCALARS = (str, int, float, bool, bytes, type(None))
+_SCALARS = frozenset((str, int, float, bool, bytes, type(None)))
 
 
 def _check_nesting(obj: Any, limit: int) -> None:
-    stack: list[tuple[Any, int]] = [(obj, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (list, dict)):
+    """LimitError if ``obj`` nests deeper than ``limit``; FormatError on a value msgpack can
+    build that the index never holds (a timestamp). Walks one level at a time, looking at each
+    container's set of child types rather than at each child."""
+    level = [obj]
+    for depth in range(1, limit + 2):
+        below: list = []
+        for item in level:
+            kind = type(item)
+            if kind is dict:
+                children = item.values()
+            elif kind is list:
+                children = item
+            elif kind in _SCALARS:
+                continue
+            else:
+                raise FormatError(f"index: value of type {kind.__name__} is not allowed")
             if depth > limit:
                 raise LimitError(f"index nests deeper than {limit} levels")
-            for child in item.values() if isinstance(item, dict) else item:
-                if isinstance(child, (list, dict)):
-                    stack.append((child, depth + 1))
-                elif not isinstance(child, _SCALARS):
-                    raise FormatError(f"index: value of type {type(child).__name__} is not allowed")
-        elif not isinstance(item, _SCALARS):
-            raise FormatError(f"index: value of type {type(item).__name__} is not allowed")
+            kinds = set(map(type, children))
+            if kinds.isdisjoint(_SCALARS):  # e.g. the segments: an array of arrays
+                below.extend(children)
+            elif not kinds <= _SCALARS:
+                below.extend([child for child in children if type(child) not in _SCALARS])
+        if not below:
+            return
+        level = below
 
 
 def pack(index: Index) -> bytes:

@@ -309,6 +309,30 @@ def test_unpack_rejects_duplicate_and_non_string_keys():
         unpack(msgpack.packb({1: 2}), LIMITS)
 
 
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"\x81\x91\x01\x02", "map key must be a string, found list"),  # unhashable key
+        (b"\x81\x80\x02", "map key must be a string, found dict"),
+        (b"\x82\x01\x02\xc3\x03", "map key must be a string, found int"),  # 1 and True collide
+        (b"\x82\xa1a\x01\xa1a\x02", "duplicate map key 'a'"),
+        (b"\x83\xa1a\x01\xa1a\x02\x05\x06", "duplicate map key 'a'"),  # the first problem
+        (b"\x83\x05\x06\xa1a\x01\xa1a\x02", "map key must be a string, found int"),
+        (b"\x81\xc4\x01a\x01", "map key must be a string, found bytes"),
+    ],
+)
+def test_unpack_names_the_first_bad_key(data, message):
+    with pytest.raises(FormatError, match=message):
+        unpack(data, LIMITS)
+
+
+def test_unpack_rejects_timestamps_at_any_depth():
+    stamp = msgpack.packb(msgpack.Timestamp(1, 2))
+    for data in (stamp, b"\x92\x01" + stamp, b"\x81\xa1k\x91\x92\x80" + stamp):
+        with pytest.raises(FormatError, match="type Timestamp is not allowed"):
+            unpack(data, LIMITS)
+
+
 def test_unpack_rejects_ext_types_and_bad_bytes():
     with pytest.raises(FormatError, match="extension type 5"):
         unpack(msgpack.packb(msgpack.ExtType(5, b"x")), LIMITS)
@@ -325,6 +349,10 @@ def test_unpack_bounds_nesting_and_objects():
     with pytest.raises(LimitError, match="nests deeper than 64"):
         unpack(deep, LIMITS)
     unpack(b"\x91" * 63 + b"\x00", LIMITS)
+    unpack(b"\x91" * 63 + b"\x90", LIMITS)  # 64 arrays, the innermost empty
+    with pytest.raises(LimitError, match="nests deeper than 64"):
+        unpack(b"\x92\x01" + b"\x81\xa1k" * 64 + b"\x80", LIMITS)  # maps, beside a scalar
+    assert unpack(b"\x93\x01\x91\x90\xa1s", LIMITS) == [1, [[]], "s"]
     many = msgpack.packb([[] for _ in range(100)])
     with pytest.raises(LimitError, match="more maps and arrays"):
         unpack(many, Limits(max_index_objects=50))
