@@ -370,23 +370,40 @@ def load_model_proto(path: str) -> ModelProto:
     return model
 
 
+_OTHER, _MESSAGE, _STRING = 0, 1, 2
+_FIELD_KINDS: dict[Any, tuple[int, bool]] = {}  # descriptor -> (kind, repeated); onnx.proto's few
+
+
+def _field_kind(f: Any) -> tuple[int, bool]:
+    kind = _FIELD_KINDS.get(f)
+    if kind is None:
+        repeated = getattr(f, "is_repeated", None)
+        if repeated is None:  # protobuf < 5.28
+            repeated = f.label == f.LABEL_REPEATED
+        elif callable(repeated):
+            repeated = repeated()
+        what = _MESSAGE if f.type == f.TYPE_MESSAGE else _STRING if f.type == f.TYPE_STRING else _OTHER
+        kind = _FIELD_KINDS[f] = (what, bool(repeated))
+    return kind
+
+
 def check_strings(message: Any, what: str) -> None:
     """CmfError if a string field anywhere in ``message`` is not valid UTF-8: protobuf (proto2,
     as onnx.proto) then hands out ``bytes`` where every other string is ``str``."""
     stack = [message]
     while stack:
-        msg = stack.pop()
-        for f, value in msg.ListFields():
-            repeated = getattr(f, "is_repeated", None)
-            if repeated is None:  # protobuf < 5.28
-                repeated = f.label == f.LABEL_REPEATED
-            elif callable(repeated):
-                repeated = repeated()
-            values = value if repeated else (value,)
-            if f.type == f.TYPE_MESSAGE:
-                stack.extend(values)
-            elif f.type == f.TYPE_STRING and not all(isinstance(v, str) for v in values):
+        for f, value in stack.pop().ListFields():
+            kind, repeated = _field_kind(f)
+            if kind == _MESSAGE:
+                if repeated:
+                    stack.extend(value)
+                else:
+                    stack.append(value)
+            elif kind == _STRING and not (set(map(type, value)) <= _STR if repeated else type(value) is str):
                 raise CmfError(f"{what}: not a valid ONNX model: {f.full_name} is not UTF-8 text")
+
+
+_STR = {str}
 
 
 class OnnxSource:

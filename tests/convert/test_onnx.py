@@ -549,6 +549,46 @@ def test_not_onnx_files(tmp_path):
         OnnxSource(tmp_path)
 
 
+def _with_bad_utf8(model, marker: str):
+    """``model`` serialized with ``marker`` (ASCII, set in some string field) replaced by as many
+    bytes that are not UTF-8."""
+    data = model.SerializeToString()
+    assert data.count(marker.encode()) == 1
+    return data.replace(marker.encode(), b"\xff" * len(marker))
+
+
+@pytest.mark.parametrize("where", ["producer", "node input", "branch node name", "function doc"])
+def test_strings_must_be_utf8(tmp_path, where):
+    m = if_model() if where == "branch node name" else mlp_model()
+    marker = "MARKER_NOT_UTF8"
+    if where == "producer":
+        m.producer_name, field = marker, "onnx.ModelProto.producer_name"
+    elif where == "node input":
+        m.graph.node[0].input.append(marker)
+        field = "onnx.NodeProto.input"
+    elif where == "branch node name":
+        m.graph.node[0].attribute[0].g.node[0].name, field = marker, "onnx.NodeProto.name"
+    else:
+        fn = oh.make_function("local", "F", ["a"], ["b"], [oh.make_node("Identity", ["a"], ["b"])],
+                              [oh.make_opsetid("", OPSET)])
+        fn.doc_string, field = marker, "onnx.FunctionProto.doc_string"
+        m.functions.append(fn)
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(_with_bad_utf8(m, marker))
+    with pytest.raises(CmfError, match=f"{field} is not UTF-8 text"):
+        OnnxSource(path)
+
+
+def test_bytes_fields_may_hold_any_bytes(tmp_path):
+    m = mlp_model()
+    m.graph.node[0].attribute.append(oh.make_attribute("blob", b"MARKER_BYTES"))
+    m.graph.node[0].attribute.append(oh.make_attribute("blobs", [b"x", b"MARKER_LIST"]))
+    data = m.SerializeToString().replace(b"MARKER_BYTES", b"\xff" * 12).replace(b"MARKER_LIST", b"\xfe" * 11)
+    path = tmp_path / "bytes.onnx"
+    path.write_bytes(data)
+    assert OnnxSource(path).names() == OnnxSource(save(mlp_model(), tmp_path / "plain.onnx")).names()
+
+
 def test_inconsistent_inline_tensors(tmp_path):
     m = mlp_model()
     m.graph.initializer[1].raw_data = m.graph.initializer[1].raw_data[:-4]
