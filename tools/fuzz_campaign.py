@@ -12,6 +12,9 @@ features ``ft``, peak RSS) and the harness's (slowest input, findings) in ``<wor
 (runs are appended: executions and seconds add up). A run that ends on a finding is restarted
 for the rest of its time, so one crash does not stop the campaign; the failing inputs are in
 ``<work>/findings``. ``--engine python`` runs the dependency-free engine instead.
+
+Stopping the campaign (Ctrl-C, or SIGTERM: ``kill PID``) stops the running target cleanly and
+records what it did so far, marked ``interrupted``, so no executions are lost.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,10 +59,38 @@ def parse_log(text: str) -> dict:
     return out
 
 
+class Interrupted(Exception):
+    """The campaign was stopped; ``records`` holds the runs done so far, the last one cut short."""
+
+    def __init__(self, records: list[dict]) -> None:
+        super().__init__("interrupted")
+        self.records = records
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int, bool]:
+    """(exit code, interrupted): wait for the target's process; on Ctrl-C or SIGTERM ask it to
+    stop (SIGINT: libFuzzer and the python engine both end a run on it) and wait for that."""
+    try:
+        return proc.wait(timeout=timeout), False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(), False
+    except KeyboardInterrupt:
+        try:  # a Ctrl-C at the terminal reached the target too
+            return proc.wait(timeout=2), True
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout=60), True
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(), True
+
+
 def run_one(target: str, seconds: float, work: str, engine: str, seed: int,
             runs: int | None = None) -> list[dict]:
     """Run ``target`` for ``seconds`` or ``runs`` executions, whichever ends first (restarting
-    after a finding); one record per process."""
+    after a finding); one record per process. Interrupted (with the records) if stopped."""
     records = []
     deadline = time.monotonic() + seconds
     while True:
@@ -81,8 +113,8 @@ def run_one(target: str, seconds: float, work: str, engine: str, seed: int,
             cmd += ["--runs", str(10 ** 12)]
         start = time.monotonic()
         with open(log_path, "w") as log:
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work,
-                                 timeout=left + 120)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work)
+            rc, interrupted = _wait(proc, left + 120)
         wall = time.monotonic() - start
         with open(log_path) as fh:
             text = fh.read()
@@ -96,9 +128,14 @@ def run_one(target: str, seconds: float, work: str, engine: str, seed: int,
                        findings=h["findings"], peak_rss=h["peak_rss"])
             if engine == "python":
                 rec.update(runs=h["execs"], exec_per_s=h.get("exec_per_s"))
+            elif interrupted:  # libFuzzer's last status line may be old; the harness's count is not
+                rec["runs"] = max(rec.get("runs", 0), h["execs"])
         except (OSError, ValueError, KeyError):
             pass
         records.append(rec)
+        if interrupted:
+            rec["interrupted"] = True
+            raise Interrupted(records)
         seed += 1
         if rc == 0:
             break
@@ -164,20 +201,32 @@ def main() -> int:
     for t in a.targets or ALL:
         if t not in SCRIPT:
             p.error(f"unknown target {t}; expected some of {', '.join(ALL)}")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    status = 0
     for t in a.targets or ALL:
         runs = None
         if a.executions is not None:
             runs = a.executions - executions(records, t)
             if runs <= 0:
                 continue
-        new = run_one(t, a.seconds, a.work, a.engine, a.seed, runs)
-        records = load(a.work) + new
+        try:
+            new = run_one(t, a.seconds, a.work, a.engine, a.seed, runs)
+        except Interrupted as stop:
+            new, status = stop.records, 130
+        records = load(a.work) + new  # other campaigns may share the work directory
         save(a.work, records)
         for r in new:
             print(json.dumps({k: r.get(k) for k in ("target", "rc", "runs", "exec_per_s", "cov",
-                                                    "ft", "slowest", "findings")}), flush=True)
+                                                    "ft", "slowest", "findings", "interrupted")}),
+                  flush=True)
+        if status:
+            break
     print(table(records))
-    return 0
+    return status
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -309,7 +309,7 @@ def fuzz_python(target: Target, *, runs: int | None, seconds: float | None, seed
     good: list[bytes] = []  # accepted inputs: half the parents (mutants of broken files stay broken)
     seen: set[str] = set()
     start = time.perf_counter()
-    last_report = start
+    last_report = start - 10  # the first figures right after the seeds
 
     def alarm(signum: int, frame: Any) -> None:
         raise Finding(f"hang: no result after {HANG_LIMIT} s")
