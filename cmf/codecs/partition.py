@@ -126,7 +126,11 @@ class Partition(Codec):
                 raise fail(self.name, f"class value {top} is out of range for {k} classes")
             found = np.zeros(k, np.int64)
             for start in range(0, d0, CHUNK_ROWS):  # bincount widens to intp: a chunk at a time
-                found += np.bincount(cls[start : start + CHUNK_ROWS], minlength=k)
+                chunk = cls[start : start + CHUNK_ROWS]
+                if chunk[0] == chunk.min() == chunk.max():  # one class (no widening)
+                    found[chunk[0]] += chunk.size
+                else:
+                    found += np.bincount(chunk, minlength=k)
             bad = np.flatnonzero(found != np.asarray(self.counts, dtype=np.int64))
             if bad.size:
                 j = int(bad[0])
@@ -138,6 +142,12 @@ class Partition(Codec):
         cursor = [0] * k  # rows of each class placed so far
         for start in range(0, d0, CHUNK_ROWS):  # scratch: one chunk's order, whatever d0 is
             chunk = cls[start : start + CHUNK_ROWS]
+            j = int(chunk[0])
+            if int(chunk.min()) == int(chunk.max()) == j:  # one class: its next rows, in order
+                n = chunk.size
+                out[start : start + n] = src[j][cursor[j] : cursor[j] + n]
+                cursor[j] += n
+                continue
             order = np.argsort(chunk, kind="stable")  # the chunk's rows grouped by class, in order
             per = np.bincount(chunk, minlength=k)
             at = 0

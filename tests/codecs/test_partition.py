@@ -245,6 +245,28 @@ def test_hostile_parts():
     assert bits(codec.decode(parts, s)) == bits(x)  # the hostile inputs changed nothing
 
 
+@pytest.mark.parametrize(
+    "classes",
+    [
+        [0] * 12,  # every chunk one class
+        [1] * 12 + [0] * 4,  # the runs aligned with the chunks
+        [0] * 6 + [2] * 7 + [1] * 3,  # runs across chunk edges
+        [0, 1, 2] * 5,  # every chunk mixed
+        [2] * 4 + [0, 1, 0, 1] + [1] * 4 + [2, 2, 0],  # single and mixed chunks
+    ],
+)
+def test_chunked_decode_single_and_mixed_chunks(monkeypatch, classes):
+    monkeypatch.setattr("cmf.codecs.partition.CHUNK_ROWS", 4)
+    x = random_bits("bf16", (len(classes), 3), 11)
+    codec, parts = round_trip(x, classes)
+    s = spec_of(x)
+    k = len(codec.counts)
+    wrong = np.full(len(classes), k - 1, np.uint8)  # one class only: the others' counts are off
+    if k > 1:
+        with pytest.raises(FormatError, match="occurs"):
+            codec.decode(dict(parts, **{"class": wrong}), s)
+
+
 def test_decode_scratch_is_output_plus_order_n():
     d0, width = 1 << 15, 128  # f32: 16 MiB out, 256 classes
     x = np.zeros((d0, width), F32)
