@@ -135,9 +135,12 @@ def build_parts(part_specs: dict[str, Spec], payload: bytes) -> dict[str, Any]:
             if ps.nbytes > MAX_PART:
                 raise BadCase("part too large for the harness")
             raw, at = _cut(view, at, ps.nbytes)
-            if ps.dtype.name == "bool":
-                raw = memoryview(bytes(b & 1 for b in raw))
-            parts[name] = np.frombuffer(raw, dtype=ps.dtype.numpy).reshape(ps.shape)
+            if ps.dtype.name == "bool":  # a valid bool byte is 0 or 1; read-only like the rest
+                bools = (np.frombuffer(raw, dtype=np.uint8) & 1).view(np.bool_)
+                bools.flags.writeable = False
+                parts[name] = bools.reshape(ps.shape)
+            else:
+                parts[name] = np.frombuffer(raw, dtype=ps.dtype.numpy).reshape(ps.shape)
     return parts
 
 
