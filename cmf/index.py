@@ -166,7 +166,7 @@ def _explain_keys(pairs: list[tuple[Any, Any]]) -> None:
         if key in seen:
             raise FormatError(f"index: duplicate map key {key[:100]!r}")
         seen.add(key)
-    raise AssertionError("unreachable: the keys are distinct strings")
+    raise FormatError("index: a map's keys are not distinct strings")  # not reached
 
 
 def unpack(data: bytes | memoryview, limits: Limits) -> Any:
