@@ -120,6 +120,7 @@ class Partition(Codec):
                 for n in part_names(len(self.counts))}
         k = len(self.counts)
         d0, width = spec.shape[0], math.prod(spec.shape[1:])
+        uniform: list[int] = []  # per chunk: its one class, or -1 if it holds several
         if d0:
             top = int(cls.max())
             if top >= k:
@@ -127,8 +128,10 @@ class Partition(Codec):
             found = np.zeros(k, np.int64)
             for start in range(0, d0, CHUNK_ROWS):  # bincount widens to intp: a chunk at a time
                 chunk = cls[start : start + CHUNK_ROWS]
-                if chunk[0] == chunk.min() == chunk.max():  # one class (no widening)
-                    found[chunk[0]] += chunk.size
+                j = int(chunk[0])
+                uniform.append(j if int(chunk.min()) == int(chunk.max()) == j else -1)
+                if uniform[-1] >= 0:  # one class: counted without widening
+                    found[j] += chunk.size
                 else:
                     found += np.bincount(chunk, minlength=k)
             bad = np.flatnonzero(found != np.asarray(self.counts, dtype=np.int64))
@@ -140,10 +143,9 @@ class Partition(Codec):
         out = np.empty((d0, width), dtype=uint)  # owned, writable; bits copied, never converted
         src = [bits_view(rows[n]).reshape(c, width) for n, c in zip(rows, self.counts)]
         cursor = [0] * k  # rows of each class placed so far
-        for start in range(0, d0, CHUNK_ROWS):  # scratch: one chunk's order, whatever d0 is
+        for start, j in zip(range(0, d0, CHUNK_ROWS), uniform):  # scratch: one chunk's order
             chunk = cls[start : start + CHUNK_ROWS]
-            j = int(chunk[0])
-            if int(chunk.min()) == int(chunk.max()) == j:  # one class: its next rows, in order
+            if j >= 0:  # one class: its next rows, in order (no sort, no scatter)
                 n = chunk.size
                 out[start : start + n] = src[j][cursor[j] : cursor[j] + n]
                 cursor[j] += n

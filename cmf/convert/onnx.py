@@ -372,6 +372,7 @@ def load_model_proto(path: str) -> ModelProto:
 
 _OTHER, _MESSAGE, _STRING = 0, 1, 2
 _FIELD_KINDS: dict[Any, tuple[int, bool]] = {}  # descriptor -> (kind, repeated); onnx.proto's few
+_STR = {str}
 
 
 def _field_kind(f: Any) -> tuple[int, bool]:
@@ -401,9 +402,6 @@ def check_strings(message: Any, what: str) -> None:
                     stack.append(value)
             elif kind == _STRING and not (set(map(type, value)) <= _STR if repeated else type(value) is str):
                 raise CmfError(f"{what}: not a valid ONNX model: {f.full_name} is not UTF-8 text")
-
-
-_STR = {str}
 
 
 class OnnxSource:
