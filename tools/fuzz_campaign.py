@@ -13,6 +13,10 @@ features ``ft``, peak RSS) and the harness's (slowest input, findings) in ``<wor
 for the rest of its time, so one crash does not stop the campaign; the failing inputs are in
 ``<work>/findings``. ``--engine python`` runs the dependency-free engine instead.
 
+Each run gets its own seed, recorded with it: by default one more than the highest seed any
+earlier run of that target used, so a continued campaign does not replay the mutations of the
+first one (``--seed N`` starts at N instead).
+
 Stopping the campaign (Ctrl-C, or SIGTERM: ``kill PID``) stops the running target cleanly and
 records what it did so far, marked ``interrupted``, so no executions are lost.
 """
@@ -118,7 +122,7 @@ def run_one(target: str, seconds: float, work: str, engine: str, seed: int,
         wall = time.monotonic() - start
         with open(log_path) as fh:
             text = fh.read()
-        rec = {"target": target, "engine": engine, "rc": rc, "wall_seconds": round(wall, 1),
+        rec = {"target": target, "engine": engine, "seed": seed, "rc": rc, "wall_seconds": round(wall, 1),
                "log": log_path, **parse_log(text)}
         try:
             with open(stats_path) as fh:
@@ -145,6 +149,13 @@ def run_one(target: str, seconds: float, work: str, engine: str, seed: int,
 def executions(records: list[dict], target: str) -> int:
     """Executions of ``target`` over every recorded run."""
     return sum(r.get("runs", 0) for r in records if r["target"] == target)
+
+
+def next_seed(records: list[dict], target: str) -> int:
+    """One more than the highest seed recorded for ``target`` (runs before seeds were recorded
+    count as seeds 1, 2, ...); 1 for a target never run."""
+    rs = [r for r in records if r["target"] == target]
+    return max((r.get("seed", i + 1) for i, r in enumerate(rs)), default=0) + 1
 
 
 def load(work: str) -> list[dict]:
@@ -190,7 +201,8 @@ def main() -> int:
                    help="run each target until its executions over all runs reach this many")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cmf-fuzz"))
     p.add_argument("--engine", choices=("atheris", "python"), default="atheris")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=None,
+                   help="first run's seed (default: one more than the target's last recorded seed)")
     p.add_argument("--report", action="store_true", help="print the table of the runs so far")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
@@ -210,7 +222,8 @@ def main() -> int:
             if runs <= 0:
                 continue
         try:
-            new = run_one(t, a.seconds, a.work, a.engine, a.seed, runs)
+            seed = a.seed if a.seed is not None else next_seed(records, t)
+            new = run_one(t, a.seconds, a.work, a.engine, seed, runs)
         except Interrupted as stop:
             new, status = stop.records, 130
         records = load(a.work) + new  # other campaigns may share the work directory
