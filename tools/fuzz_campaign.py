@@ -122,8 +122,8 @@ def run_one(target: str, seconds: float, work: str, engine: str, seed: int,
         wall = time.monotonic() - start
         with open(log_path) as fh:
             text = fh.read()
-        rec = {"target": target, "engine": engine, "seed": seed, "rc": rc, "wall_seconds": round(wall, 1),
-               "log": log_path, **parse_log(text)}
+        rec = {"target": target, "engine": engine, "seed": seed, "rc": rc,
+               "wall_seconds": round(wall, 1), "log": log_path, **parse_log(text)}
         try:
             with open(stats_path) as fh:
                 h = json.load(fh)
