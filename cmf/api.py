@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import CmfError
+from .errors import UsageError
 from .limits import DEFAULT_LIMITS, Limits
 from .plan.recipe import encoder_for, prepare, resolve_recipe
 from .reader import CmfFile
@@ -41,23 +41,20 @@ def save_file(
         from .plan.planner import PlanOptions, save_planned
 
         if recipe is not None:
-            raise CmfError("give a preset or a recipe, not both")
+            raise UsageError("give a preset or a recipe, not both")
         save_planned(tensors, path, PlanOptions(preset=preset, level=level, jobs=jobs), metadata=metadata,
                      attachments=attachments)
         return
     chosen, fallback = resolve_recipe(preset, recipe)
     chosen = prepare(chosen, tensors.items(), level)  # fits shared groups (a no-op without)
     if jobs != 1:
-        from .parallel import Plan, WriterSink, make_executor, pack_tasks
+        from .parallel import Plan, WriterSink, closing, make_executor, pack_tasks
 
-        executor = make_executor(jobs)
-        try:
+        with closing(make_executor(jobs)) as executor:
             with Writer(path, metadata=dict(metadata or {}), level=level) as w:
                 pack_tasks(WriterSink(w), tensors.items(), Plan(chosen, level, fallback), executor)
                 for name, data in (attachments or {}).items():
                     w.add_attachment(name, data)
-        finally:
-            executor.close(cancel=True)
         return
     with Writer(path, metadata=dict(metadata or {}), level=level) as w:
         for name, array in tensors.items():

@@ -1,7 +1,7 @@
 """``cmf pack`` with a planner (``--preset balanced|small``, ``--target-size``,
 ``--target-error``, ``--calibrate``) and ``cmf report``: cmf.plan.planner / cmf.plan.report.
 
-Registered by cmf/cli.py; errors are CmfError (one ``cmf: error:`` line).
+Registered by cmf/cli.py; errors are CmfError (one ``cmf: error:`` line; UsageError: exit 2).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from typing import Any
 
 import click
 
-from .errors import CmfError
+from .cli_output import emit_json, human_bytes, printable, progress, warn
+from .errors import UsageError
+from .extras import install_hint
 
 PLANNED = ("balanced", "small")
 
@@ -33,7 +35,7 @@ class _Stages:
         if stage != self.stage:
             self.close()
             self.stage, self.done = stage, 0
-            self.bar = click.progressbar(length=total, label=stage, file=sys.stderr, show_pos=True)
+            self.bar = progress(total, stage, quiet=False)
             self.bar.__enter__()
         step = done - self.done
         if step > 0:
@@ -54,22 +56,21 @@ def wants_planner(preset: str | None, target_size: str | None, target_error: flo
 def pack_planned(source: str, output: str, *, preset: str | None, target_size: str | None,
                  target_error: float | None, calibrate: str | None, level: int,
                  attach: tuple[str, ...], quiet: bool, as_json: bool, jobs: int = 1,
-                 executor: str = "process", scheduler: str | None = None, shard_size: str | None = None,
+                 executor: str = "process", scheduler: str | None = None, shard_size: int | None = None,
                  token_prior: str = "en") -> None:
     """``cmf pack`` with a planner: ``jobs`` processes (or a dask cluster) measure the
     candidates; ``shard_size`` writes a sharded set as ``cmf pack --shard-size`` does."""
     from .plan.planner import PlanOptions, plan_and_write
-    from .shards import parse_size
 
     given = [n for n, v in (("--preset", preset), ("--target-size", target_size),
                             ("--target-error", target_error)) if v is not None]
     if len(given) > 1:
-        raise CmfError(f"give one of --preset, --target-size and --target-error, not {' and '.join(given)}")
+        raise UsageError(f"give one of --preset, --target-size and --target-error, not {' and '.join(given)}")
     if not given:
-        raise CmfError("--calibrate needs --preset balanced|small, --target-size or --target-error")
+        raise UsageError("--calibrate needs --preset balanced|small, --target-size or --target-error")
     if preset is not None and preset not in PLANNED:
-        raise CmfError(f"--preset {preset} is a fixed recipe: it takes no --calibrate")
-    size = parse_size(shard_size) if shard_size is not None else None
+        raise UsageError(f"--preset {preset} is a fixed recipe: it takes no --calibrate")
+    size = shard_size
     extra = {}
     for path in attach:
         with open(path, "rb") as fh:
@@ -110,20 +111,18 @@ def pack_planned(source: str, output: str, *, preset: str | None, target_size: s
     if size is not None:
         summary["files"] = list(result.files)
     summary["ratio"] = round(summary["raw_bytes"] / rep["file_bytes"], 4) if rep["file_bytes"] else None
+    for message in result.warnings:  # fallbacks: what the plan could not use
+        warn(message)
     if not result.target_met:
-        click.echo(f"cmf: warning: {'; '.join(result.notes) or 'the target was not met'}", err=True)
+        warn('; '.join(result.notes) or 'the target was not met')
     if as_json:
-        from .cli import _emit_json
-
-        _emit_json(summary)
+        emit_json(summary)
         return
     if quiet:
         return
-    from .cli import _human_bytes
-
     shards = f" in {len(rep['shards'])} shards" if rep.get("shards") else ""
-    click.echo(f"{output}: {summary['tensors']} tensors{shards}, {_human_bytes(summary['raw_bytes'])} -> "
-               f"{_human_bytes(rep['file_bytes'])} ({summary['ratio']}x) in {seconds:.1f} s")
+    click.echo(f"{output}: {summary['tensors']} tensors{shards}, {human_bytes(summary['raw_bytes'])} -> "
+               f"{human_bytes(rep['file_bytes'])} ({summary['ratio']}x) in {seconds:.1f} s")
     line = f"plan: {rep['bits_per_parameter']:.3f} bits/parameter, {result.metric}"
     if result.measured_error is not None:
         line += (f" predicted {result.predicted_error:.3g}, measured {result.measured_error:.3g} "
@@ -142,20 +141,19 @@ def _itemsize(dtype: str) -> int:
 
 @click.command("report")
 @click.argument("path", type=click.Path(path_type=str))
-@click.option("--png", "png", type=click.Path(dir_okay=False, path_type=str), help="Also draw the report to this PNG (needs matplotlib: pip install 'cmf[report]').")
+@click.option("--png", "png", type=click.Path(dir_okay=False, path_type=str), help="Also draw the report to this PNG (needs matplotlib: " + install_hint("report") + ").")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def report_command(path: str, png: str | None, as_json: bool) -> None:
     """Per-tensor bits per weight, recorded error and (for a planned file) sensitivity and share of the output error."""
-    from .cli import _emit_json, _printable
     from .plan.report import render_png, render_text, report
 
     rep = report(path)
     if png is not None:
         render_png(rep, png)
     if as_json:
-        _emit_json(rep)
+        emit_json(rep)
         return
-    for line in render_text(rep, _printable):
+    for line in render_text(rep, printable):
         click.echo(line)
     if png is not None:
         click.echo(f"wrote {png}")
@@ -163,10 +161,10 @@ def report_command(path: str, png: str | None, as_json: bool) -> None:
 
 def check_planner_flags(preset: str | None, target_size: str | None, target_error: float | None,
                         calibrate: str | None, recipe: str | None) -> None:
-    """Flags that do not go with the planner: CmfError (one ``cmf: error:`` line). --jobs,
-    --executor and --shard-size do (pack_planned)."""
+    """Flags that do not go with the planner: UsageError (exit 2). --jobs, --executor and
+    --shard-size do (pack_planned)."""
     if recipe is not None:
-        raise CmfError("--recipe does not go with --preset balanced|small, --target-size, --target-error or --calibrate")
+        raise UsageError("--recipe does not go with --preset balanced|small, --target-size, --target-error or --calibrate")
 
 
 __all__ = ["PLANNED", "check_planner_flags", "pack_planned", "report_command", "wants_planner"]

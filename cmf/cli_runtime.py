@@ -15,15 +15,10 @@ import click
 import numpy as np
 
 from .atomic import AtomicFile
+from .cli_output import emit_json
 from .errors import CmfError
 
 _SHOWN = 6  # values printed per output / embedding
-
-
-def _emit_json(obj: Any) -> None:
-    from .cli import _emit_json as emit  # strict JSON (non-finite floats as strings)
-
-    emit(obj)
 
 
 def _first(array: np.ndarray) -> list[Any]:
@@ -112,7 +107,7 @@ def _run_onnx(runner: Any, inputs: tuple[str, ...], output: str | None, as_json:
         _save(output, outputs)
     rows = [{"name": k, "dtype": str(v.dtype), "shape": list(v.shape), "first": _first(v)} for k, v in outputs.items()]
     if as_json:
-        _emit_json({**head, "engine": runner.engine, "generated_inputs": not inputs,
+        emit_json({**head, "engine": runner.engine, "generated_inputs": not inputs,
                     "inputs": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in feeds.items()},
                     "outputs": rows, "seconds": round(seconds, 4), "saved": output})
         return
@@ -132,7 +127,7 @@ def _run_encoder(runner: Any, texts: tuple[str, ...], output: str | None, as_jso
     if output:
         _save(output, {"embeddings": emb})
     if as_json:
-        _emit_json({**head, "shape": list(emb.shape), "normalized": runner.pipeline.normalize,
+        emit_json({**head, "shape": list(emb.shape), "normalized": runner.pipeline.normalize,
                     "pooling": list(runner.pipeline.modes), "embeddings": emb.tolist(),
                     "seconds": round(seconds, 4), "saved": output})
         return
@@ -158,7 +153,7 @@ def _run_decoder(runner: Any, prompt: str | None, n: int, output: str | None, as
         _save(output, {"prompt_ids": np.asarray(ids, np.int64), "ids": np.asarray(new, np.int64)})
     rate = len(new) / seconds if seconds > 0 and new else None
     if as_json:
-        _emit_json({**head, "prompt": prompt, "prompt_ids": ids, "ids": new, "text": text,
+        emit_json({**head, "prompt": prompt, "prompt_ids": ids, "ids": new, "text": text,
                     "seconds": round(seconds, 4), "tokens_per_second": rate and round(rate, 2), "saved": output})
         return
     click.echo(prompt + text)
@@ -181,7 +176,7 @@ def eval_command(original: str, compressed: str, data: str | None, max_tokens: i
 
     report = evaluate(original, compressed, data, max_tokens=max_tokens)
     if as_json:
-        _emit_json(report)
+        emit_json(report)
         return
     kind, sec = report["kind"], report["seconds"]
     count = f"{report['tokens']} tokens" if kind == "decoder" else f"{report['samples']} samples"

@@ -27,3 +27,9 @@ class UnsupportedError(CmfError):
 class FitRefused(CmfError):
     """An encoder's ``fit`` declines a tensor (e.g. low rank would save nothing): a recipe's
     ``choose`` then tries its other candidates."""
+
+
+class UsageError(CmfError):
+    """A request that cannot be carried out as asked: a flag combination, an output name of no
+    kind cmf writes, an output that is an input or already exists. Exit code 2 at the command
+    line (bad input gives 1)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -36,6 +37,7 @@ import numpy as np
 
 from .codecs import ArraySpec
 from .errors import CmfError
+from .extras import install_hint
 from .limits import DEFAULT_LIMITS, Limits
 from .pipeline import Pending, PendingLeaf, PendingNode, PendingShared, SharedValue
 from .plan.recipe import Recipe, encoder_for
@@ -199,24 +201,32 @@ class InlineExecutor:
 
 class ProcessExecutor:
     """``jobs`` spawned worker processes (spawn: no inherited threads or locks, the same on
-    every platform). ``peaks()`` gives their peak resident sets (Linux) before closing."""
+    every platform). ``peaks()`` gives their peak resident sets (Linux) before closing.
+
+    The workers ignore SIGINT: Ctrl-C at a terminal reaches the whole process group, and the
+    writer, not each worker, decides what stops. ``close(cancel=True)`` (an error or an
+    interruption) terminates workers still busy instead of waiting for their tasks."""
 
     def __init__(self, jobs: int) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         self.window, self.jobs = jobs + 1, jobs
-        self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_ignore_sigint)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         return self.pool.submit(fn, *args)
 
+    def _processes(self) -> list[Any]:
+        return list((getattr(self.pool, "_processes", None) or {}).values())
+
     def peaks(self) -> list[int]:
         """VmHWM of each live worker, in bytes (empty where /proc is not readable)."""
         out = []
-        for pid in list(getattr(self.pool, "_processes", {}) or {}):
+        for proc in self._processes():
             try:
-                with open(f"/proc/{pid}/status") as fh:
+                with open(f"/proc/{proc.pid}/status") as fh:
                     for line in fh:
                         if line.startswith("VmHWM:"):
                             out.append(int(line.split()[1]) * 1024)
@@ -225,7 +235,22 @@ class ProcessExecutor:
         return out
 
     def close(self, cancel: bool) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=cancel)
+        if not cancel:
+            self.pool.shutdown(wait=True)
+            return
+        procs = self._processes()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:  # their tasks' results are wanted no more
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=5)
+
+
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class DaskExecutor:
@@ -237,7 +262,7 @@ class DaskExecutor:
             from distributed import Client
         except ImportError:
             raise CmfError(
-                "--executor dask needs dask.distributed: pip install 'cmf[dask]'"
+                f"the dask executor needs dask.distributed: {install_hint('dask')}"
             ) from None
         if isinstance(scheduler, Client):
             self.client, self._own = scheduler, False
@@ -249,10 +274,14 @@ class DaskExecutor:
         workers = max(1, sum(self.client.nthreads().values()))
         self.window, self.jobs = (window or workers + 1), workers
         self._scattered: dict[int, Any] = {}
+        self._pending: set[Any] = set()  # futures not yet done (cancelled on an interruption)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         args = tuple(self._plan(a) if isinstance(a, Plan) else a for a in args)
-        return self.client.submit(fn, *args, pure=False)
+        future = self.client.submit(fn, *args, pure=False)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        return future
 
     def _plan(self, plan: Plan) -> Any:
         """The plan is sent to the cluster once (it may hold shared values)."""
@@ -263,15 +292,38 @@ class DaskExecutor:
         return got[1]
 
     def close(self, cancel: bool) -> None:
+        """Release the cluster; with ``cancel`` (an error or an interruption) the tasks still
+        queued or running are cancelled first, without waiting for them."""
         self._scattered.clear()
+        pending, self._pending = list(self._pending), set()
+        if cancel and pending:
+            try:
+                self.client.cancel(pending, asynchronous=False, force=True)
+            except Exception:  # a lost scheduler: nothing left to cancel
+                pass
         if self._own:
-            self.client.close()
+            if cancel:
+                self.client.close(timeout=2)
+            else:
+                self.client.close()
+
+
+@contextmanager
+def closing(executor: Any) -> Iterator[Any]:
+    """``with closing(make_executor(...)) as ex``: closed when the block ends; on an error or an
+    interruption its work in flight is cancelled (busy worker processes terminated) at once."""
+    try:
+        yield executor
+    except BaseException:
+        executor.close(cancel=True)
+        raise
+    executor.close(cancel=False)
 
 
 def make_executor(jobs: int = 1, executor: str = "process", scheduler: Any = None) -> Any:
     if executor == "dask":
         if scheduler is None:
-            raise CmfError("--executor dask needs --scheduler ADDRESS")
+            raise CmfError("the dask executor needs a scheduler address")
         return DaskExecutor(scheduler)
     if executor != "process":
         raise CmfError(f"unknown executor {executor!r}; choose 'process' or 'dask'")
@@ -283,30 +335,38 @@ def make_executor(jobs: int = 1, executor: str = "process", scheduler: Any = Non
 # ----------------------------------------------------------------------------- sources
 
 
+def _safetensors_files(src: Any) -> list[Any] | None:
+    """The safetensors files of a source whose tensors a worker can read itself (a safetensors
+    file, a Hugging Face directory of safetensors shards); None for any other source."""
+    from .convert.hfdir import HFDirectorySource
+    from .convert.safetensors import SafetensorsSource
+
+    if isinstance(src, SafetensorsSource):
+        return [src]
+    files = getattr(src, "shards", None) if isinstance(src, HFDirectorySource) else None
+    if files and all(isinstance(f, SafetensorsSource) for f in files):
+        return list(files)
+    return None
+
+
 def source_tasks(src: Any) -> Iterator[tuple[str, Any]]:
     """``(name, value)`` in the source's order: a FileTensor where a worker can read the tensor
     itself (safetensors files, Hugging Face directories), else what ``src.items()`` yields (an
     array, or an already encoded ``Encoded`` tensor)."""
-    from .convert.hfdir import HFDirectorySource
-    from .convert.safetensors import SafetensorsSource
-
-    files = [src] if isinstance(src, SafetensorsSource) else getattr(src, "shards", None)
-    if isinstance(src, (SafetensorsSource, HFDirectorySource)) and files:
-        for shard in files:
-            path = os.path.abspath(shard.path)
-            for name in shard.names():
-                yield name, FileTensor(path, name, _header_nbytes(shard, name))
+    files = _safetensors_files(src)
+    if files is None:
+        yield from src.items()
         return
-    yield from src.items()
+    for shard in files:
+        path = os.path.abspath(shard.path)
+        for name in shard.names():
+            yield name, FileTensor(path, name, _header_nbytes(shard, name))
 
 
 def file_refs(src: Any) -> dict[str, FileTensor]:
     """name -> FileTensor for a source whose tensors a worker can read itself (a safetensors
     file, a Hugging Face directory); empty for other sources (their arrays are sent)."""
-    from .convert.hfdir import HFDirectorySource
-    from .convert.safetensors import SafetensorsSource
-
-    if not isinstance(src, (SafetensorsSource, HFDirectorySource)):
+    if _safetensors_files(src) is None:
         return {}
     return {name: ref for name, ref in source_tasks(src) if isinstance(ref, FileTensor)}
 
@@ -518,7 +578,7 @@ def pack_source(
 
     ex = make_executor(jobs, executor, scheduler)
     peaks: list[int] = []
-    try:
+    with closing(ex):
         if shard_size is not None:
             sink: Any = ShardedWriter(output, shard_size, metadata=src.metadata, level=plan.level,
                                       limits=plan.limits)
@@ -532,7 +592,5 @@ def pack_source(
                 peaks = ex.peaks()
             for name, data in [*src.attachments.items(), *attachments]:
                 target.add_attachment(name, data)
-    finally:
-        ex.close(cancel=True)
     files = [*target.files, target.index_file] if shard_size is not None else [target.path]
     return Packed(files, target.raw_bytes, peaks)

@@ -19,7 +19,17 @@ from . import format as fmt
 from .checksum import crc32c
 from .codecs import ArraySpec
 from .errors import CmfError, ChecksumError, FormatError, LimitError, UnsupportedError
-from .index import Index, Node, Problems, SharedEntry, TensorEntry, parse_index, unpack
+from .index import (
+    Index,
+    Node,
+    Problems,
+    SharedEntry,
+    SharedRef,
+    TensorEntry,
+    iter_leaves,
+    parse_index,
+    unpack,
+)
 from .limits import DEFAULT_LIMITS, Limits
 from .pipeline import decode
 
@@ -44,6 +54,7 @@ class CmfFile:
         self._mm: mmap.mmap | None = None
         self._shared_cache: dict[int, np.ndarray | CmfError] = {}
         self._shared_lock = threading.Lock()
+        self._owners: dict[int, list[str]] | None = None
         try:
             flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)  # a FIFO won't hang
             if not follow_symlinks:  # shards of a sharded set (spec/sharding.md §1)
@@ -137,10 +148,46 @@ class CmfFile:
         data = self._read(seg.offset, seg.length)
         actual = crc32c(data)
         if actual != seg.crc32c:
-            raise ChecksumError(
-                f"segment {i} CRC-32C is {actual:#010x}, index says {seg.crc32c:#010x}"
+            owners = self.segment_owners(i)
+            err = ChecksumError(
+                f"segment {i} CRC-32C is {actual:#010x}, index says {seg.crc32c:#010x}: damaged "
+                f"{', '.join(owners) or 'data nothing uses'} in {self.path}"
             )
+            err.segment, err.owners, err.path = i, owners, self.path
+            raise err
         return data
+
+    def segment_owners(self, i: int) -> list[str]:
+        """What segment ``i`` holds data of: ``tensor 'name'`` (its aliases too),
+        ``attachment 'name'``, ``shared value k of tensor 'a', ...`` (names as Python reprs:
+        control characters from the file escaped)."""
+        if self._owners is None:
+            owners: dict[int, list[str]] = {}
+            users: dict[int, list[str]] = {}  # shared value -> tensors referencing it
+            aliases: dict[str, list[str]] = {}
+            for t in self.index.tensors:
+                if t.alias is not None:
+                    aliases.setdefault(t.alias, []).append(t.name)
+            for t in self.index.tensors:
+                if t.encoding is None:
+                    continue
+                names = ", ".join(repr(n) for n in [t.name, *aliases.get(t.name, ())])
+                for leaf in iter_leaves(t.encoding):
+                    owners.setdefault(leaf.segment, []).append(f"tensor {names}")
+                for ref in _shared_refs(t.encoding):
+                    users.setdefault(ref, []).append(repr(t.name))
+            for a in self.index.attachments:
+                for leaf in iter_leaves(a.encoding):
+                    owners.setdefault(leaf.segment, []).append(f"attachment {a.name!r}")
+            for k, entry in enumerate(self.index.shared):
+                if entry is None:
+                    continue
+                used = users.get(k, [])
+                by = f" of tensor {', '.join(used[:3])}{' ...' if len(used) > 3 else ''}" if used else ""
+                for leaf in iter_leaves(entry.encoding):
+                    owners.setdefault(leaf.segment, []).append(f"shared value {k}{by}")
+            self._owners = owners
+        return list(dict.fromkeys(self._owners.get(i, [])))
 
     def decode_node(self, node: Node) -> Any:
         return decode(node, self.segment, self.limits, self.shared_value)
@@ -239,3 +286,12 @@ class CmfFile:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _shared_refs(node: Node) -> Iterator[int]:
+    """The shared values ``node``'s tree references."""
+    if isinstance(node, SharedRef):
+        yield node.index
+    for child in getattr(node, "parts", {}).values():
+        yield from _shared_refs(child)
+

@@ -387,6 +387,7 @@ def validate_set(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) ->
         sub = validate(shard_path, limits=limits, follow_symlinks=False)
         report.errors += [f"shard {name!r}: {e}" for e in sub.errors]
         report.warnings += [f"shard {name!r}: {w}" for w in sub.warnings]
+        report.damaged += [{**d, "shard": name} for d in sub.damaged]
         for counter in ("tensors_checked", "attachments_checked", "shared_checked", "segments_checked"):
             setattr(report, counter, getattr(report, counter) + getattr(sub, counter))
         try:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import format as fmt
-from .errors import CmfError
+from .errors import ChecksumError, CmfError
 from .index import SHARED_MINOR, CodecNode, Index, Leaf, Node, Problems, SharedRef
 from .limits import DEFAULT_LIMITS, Limits
 from .reader import CmfFile
@@ -21,6 +21,7 @@ class Report:
     attachments_checked: int = 0
     shared_checked: int = 0
     segments_checked: int = 0
+    damaged: list[dict] = field(default_factory=list)  # segments failing their CRC: what they hold
 
     @property
     def valid(self) -> bool:
@@ -35,6 +36,7 @@ class Report:
             "tensors_checked": self.tensors_checked,
             "attachments_checked": self.attachments_checked,
             "segments_checked": self.segments_checked,
+            "damaged": self.damaged,
         }
 
 
@@ -61,6 +63,10 @@ def validate(
         for i in range(len(f.index.segments)):
             try:
                 f.segment(i)
+            except ChecksumError as exc:
+                problems.error(exc)
+                bad_segments.add(i)
+                report.damaged.append({"segment": i, "owners": f.segment_owners(i)})
             except CmfError as exc:
                 problems.error(exc)
                 bad_segments.add(i)

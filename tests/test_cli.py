@@ -29,7 +29,7 @@ PACK_FIELDS = {"source", "output", "tensors", "aliases", "recipe", "lossy_tensor
 INFO_FIELDS = {"path", "version", "file_bytes", "tensors", "raw_bytes", "ratio", "attachments", "shared",
                "metadata", "tensor_list"}
 ROW_FIELDS = {"name", "dtype", "shape", "encoding", "raw_bytes", "stored_bytes", "ratio", "error"}
-VALIDATE_FIELDS = {"path", "valid", "errors", "warnings", "tensors_checked",
+VALIDATE_FIELDS = {"path", "valid", "errors", "warnings", "tensors_checked", "damaged",
                    "attachments_checked", "segments_checked"}
 
 
@@ -169,7 +169,7 @@ def test_unpack_is_bit_exact(tmp_path, packed, model, run, read_safetensors):
     out = tmp_path / "back.safetensors"
     r = run("unpack", path, "-o", out, "--json")
     assert r.code == 0
-    assert r.json() == {"source": str(path), "written": [str(out)]}
+    assert r.json() == {"source": str(path), "written": [str(out)], "attachments_not_written": []}
     before, meta_before = read_safetensors(src)
     after, meta_after = read_safetensors(out)
     assert after == before and meta_after == meta_before  # every dtype, fp8 included
@@ -178,6 +178,8 @@ def test_unpack_is_bit_exact(tmp_path, packed, model, run, read_safetensors):
     os.makedirs(tmp_path / "plain")
     st_save(plain, str(tmp_path / "plain" / "in.safetensors"))
     assert run("pack", tmp_path / "plain" / "in.safetensors", "-q").code == 0
+    assert run("unpack", tmp_path / "plain" / "in.cmf", "-q").code == 2  # in.safetensors exists
+    os.remove(tmp_path / "plain" / "in.safetensors")
     assert run("unpack", tmp_path / "plain" / "in.cmf", "-q").code == 0  # default: in.safetensors
     a = st_load(str(tmp_path / "plain" / "in.safetensors"))
     assert a.keys() == plain.keys()
@@ -201,8 +203,10 @@ def test_unpack_to_directory_writes_attachments(tmp_path, model, run, read_safet
     assert (dest / "config.json").read_text() == '{"a": 1}'
     assert (dest / "tokenizer.json").read_bytes() == b"\x00binary\xff"
     assert read_safetensors(dest / "model.safetensors")[0] == read_safetensors(src)[0]
-    # an existing directory without the trailing slash works the same
+    # an existing directory without the trailing slash works the same (its files replaced on --force)
     r = run("unpack", out, "-o", dest, "-q")
+    assert r.code == 2 and "already exist; use --force" in r.err
+    r = run("unpack", out, "-o", dest, "-q", "--force")
     assert r.code == 0 and sorted(os.listdir(dest)) == ["config.json", "model.safetensors", "tokenizer.json"]
 
 
@@ -276,11 +280,10 @@ def test_corrupt_segment_on_unpack_is_one_line(tmp_path, packed, run):
 def test_bad_output_locations(tmp_path, model, packed, run):
     src, _ = model
     path, _ = packed
-    (tmp_path / "adir").mkdir()
-    assert_one_error_line(run("pack", src, "-o", tmp_path / "adir"))
-    assert_one_error_line(run("pack", src, "-o", tmp_path / "no" / "such" / "x.cmf"))
-    assert_one_error_line(run("unpack", path, "-o", tmp_path / "no" / "such" / "x.safetensors"))
-    assert_one_error_line(run("info", tmp_path / "adir"))
+    (tmp_path / "afile").write_text("x")
+    r = run("pack", src, "-o", tmp_path / "afile" / "x.cmf")  # a file where a directory must be
+    assert r.code == 2 and "a file of that name exists" in r.err
+    assert_one_error_line(run("info", tmp_path))
 
 
 def test_usage_errors_exit_2(tmp_path, run):

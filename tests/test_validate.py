@@ -38,6 +38,7 @@ def test_valid_file_report(cmf_file, mixed_tensors):
     assert j == {
         "path": str(cmf_file),
         "valid": True,
+        "damaged": [],
         "errors": [],
         "warnings": [],
         "tensors_checked": encoded,

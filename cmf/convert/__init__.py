@@ -12,27 +12,30 @@ from ..errors import CmfError
 from .gguf import Encoded, GGUFSource
 from .hfdir import HFDirectorySource
 from .safetensors import SafetensorsSource, write_safetensors
+from .torch_pickle import TorchPickleSource, looks_like_pickle
 
-Source = SafetensorsSource | HFDirectorySource | GGUFSource
+Source = SafetensorsSource | HFDirectorySource | GGUFSource | TorchPickleSource
 
 
 def open_source(path: str | os.PathLike) -> Source:
-    """Open a model for packing: a safetensors, GGUF or ONNX (``.onnx``) file, or a Hugging Face
-    model directory."""
+    """Open a model for packing: a safetensors, GGUF or ONNX (``.onnx``) file, a PyTorch
+    checkpoint (read weights-only, with PyTorch installed), or a Hugging Face model directory."""
     path = os.fspath(path)
     if os.path.isdir(path):
         return HFDirectorySource(path)
     if not os.path.isfile(path):
         raise CmfError(f"{path}: no such file")
     with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic == b"GGUF" or path.lower().endswith(".gguf"):
+        magic = fh.read(8)
+    if magic[:4] == b"GGUF" or path.lower().endswith(".gguf"):
         return GGUFSource(path)  # a .gguf without the magic gets GGUF's "not a GGUF file" error
     if path.lower().endswith(".onnx"):
         from .onnx import OnnxSource  # graph + weights; the graph becomes an attachment
 
         return OnnxSource(path)
+    if looks_like_pickle(path, magic) and not path.lower().endswith(".safetensors"):
+        return TorchPickleSource(path)
     return SafetensorsSource(path)
 
 
-__all__ = ["Encoded", "GGUFSource", "HFDirectorySource", "SafetensorsSource", "Source", "open_source", "write_safetensors"]
+__all__ = ["Encoded", "GGUFSource", "HFDirectorySource", "SafetensorsSource", "Source", "TorchPickleSource", "open_source", "write_safetensors"]

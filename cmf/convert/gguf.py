@@ -30,6 +30,7 @@ import numpy as np
 from ..codecs import ArraySpec
 from ..dtypes import BY_NAME
 from ..errors import CmfError
+from ..extras import install_hint
 from ..pipeline import Pending
 
 _PLAIN = {  # GGML type name -> numpy dtype of its elements (little-endian)
@@ -56,7 +57,7 @@ class GGUFSource:
             import gguf
         except ImportError:
             raise CmfError(
-                "reading GGUF files needs the gguf package: pip install 'cmf[gguf]'"
+                f"reading GGUF files needs the gguf package: {install_hint('gguf')}"
             ) from None
 
         self._gguf = gguf

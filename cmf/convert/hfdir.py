@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import CmfError
 from .safetensors import SafetensorsSource
+from .torch_pickle import WEIGHTS_INDEX, TorchPickleSource
 
 SHARD_INDEX = "model.safetensors.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".gguf", ".h5", ".msgpack", ".npz", ".tflite", ".cmf")
@@ -45,9 +46,16 @@ class HFDirectorySource:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.path.abspath(os.fspath(path))
         shard_names = self._shard_names()
-        if not shard_names:
-            raise CmfError(f"{self.path}: no *.safetensors files in this directory")
-        self.shards = [SafetensorsSource(os.path.join(self.path, s)) for s in shard_names]
+        self.shards: list[SafetensorsSource | TorchPickleSource]
+        if shard_names:
+            self.shards = [SafetensorsSource(os.path.join(self.path, s)) for s in shard_names]
+        else:  # a PyTorch checkpoint (pytorch_model.bin, or its shards): read weights-only
+            shard_names = self._pickle_names()
+            if not shard_names:
+                raise CmfError(f"{self.path}: no *.safetensors files (nor pytorch_model*.bin) in this directory")
+            paths = [os.path.join(self.path, s) for s in shard_names]
+            self.shards = [TorchPickleSource(paths[0], paths)]
+            shard_names = shard_names[:1]
         self.metadata: dict[str, str] = dict(self.shards[0].metadata)
         seen: dict[str, str] = {}
         for shard, fname in zip(self.shards, shard_names):
@@ -74,6 +82,26 @@ class HFDirectorySource:
                     raise CmfError(f"{index_path}: shard {f} is missing")
         else:
             files = sorted(f for f in os.listdir(self.path) if f.endswith(".safetensors"))
+        for f in files:
+            self._check_inside(f)
+        return files
+
+    def _pickle_names(self) -> list[str]:
+        """The PyTorch checkpoint files of the model: those of ``pytorch_model.bin.index.json``,
+        else every ``pytorch_model*.bin`` (never ``training_args.bin`` and other pickles)."""
+        index_path = os.path.join(self.path, WEIGHTS_INDEX)
+        if os.path.isfile(index_path):
+            try:
+                with open(index_path, encoding="utf-8") as fh:
+                    files = list(dict.fromkeys(json.load(fh)["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise CmfError(f"{index_path}: not a valid shard index ({exc})") from None
+            for f in files:
+                if not isinstance(f, str) or os.path.basename(f) != f or f in ("", ".", ".."):
+                    raise CmfError(f"{index_path}: shard name {f!r} is not a file in the directory")
+        else:
+            files = sorted(f for f in os.listdir(self.path)
+                           if f.startswith("pytorch_model") and f.endswith(".bin"))
         for f in files:
             self._check_inside(f)
         return files
@@ -112,7 +140,7 @@ class HFDirectorySource:
             for f in sorted(files):
                 full = os.path.join(root, f)
                 rel = os.path.relpath(full, self.path).replace(os.sep, "/")
-                if f.startswith(".") or f.endswith(WEIGHT_SUFFIXES) or f == SHARD_INDEX:
+                if f.startswith(".") or f.endswith(WEIGHT_SUFFIXES) or f in (SHARD_INDEX, WEIGHTS_INDEX):
                     continue
                 if not os.path.isfile(full) or os.path.getsize(full) > MAX_SIDE_FILE:
                     continue  # FIFOs, devices, dangling links, huge files: not side files

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import CmfError
+from ..extras import install_hint
 
 DEFAULT_ONNX_SAMPLES = 8
 DEFAULT_MAX_TOKENS = 256
@@ -126,6 +127,21 @@ def cosine_stats(kind: str, ref: Any, out: Any) -> dict[str, float]:
     return {"cosine_mean": float(c.mean()), "cosine_min": float(c.min())}
 
 
+def fallback_warnings(harness: "Harness") -> list[str]:
+    """What a user must know about the data ``harness`` calibrates on: generated rather than
+    real inputs, or less text than the planner asks for."""
+    out = []
+    if getattr(harness, "generated", False):
+        out.append("calibrated on generated inputs (no --calibrate): errors are measured on data made "
+                   "from the graph's input types, not on what the model is fed; pass real inputs "
+                   "with --calibrate inputs.npz")
+    asked = getattr(harness, "asked_tokens", None)
+    if asked is not None and harness.samples < asked:
+        out.append(f"the calibration text gave {harness.samples} tokens, fewer than the {asked} the planner "
+                   "uses: sensitivities are measured on less data")
+    return out
+
+
 class Harness:
     """A runnable model (see the module docstring). ``tensors``: name -> original array."""
 
@@ -184,8 +200,8 @@ class Harness:
         vocab = self.tensors[name].shape[0]
         prior = word_prior(tokenizer, vocab, self.token_prior)
         if prior is None and self.token_prior is not None:
-            self.token_note = (f"no word frequencies for --token-prior {self.token_prior} (needs wordfreq: pip "
-                               f"install 'cmf[plan]', and a language it knows): {name}'s rows weighed alike")
+            self.token_note = (f"no word frequencies for --token-prior {self.token_prior} (needs wordfreq: "
+                               f"{install_hint('plan')}, and a language it knows): {name}'s rows weighed alike")
         p = token_frequencies(ids, vocab, prior)
         if p is not None:  # one-hot inputs: E[x_t^2] = p_t (weighed as its square root), E[x x^T] diagonal
             out[name] = (0, row_importance(p), None)
@@ -362,6 +378,7 @@ class OnnxHarness(Harness):
         probe = self._runner(self.tensors.__getitem__)
         from ..runtime.evaluate import onnx_feeds
 
+        self.generated = feeds is None  # inputs made from the graph's input types, not real data
         if feeds is None:
             self.feeds = [probe.sample_inputs(seed) for seed in range(samples)]
         else:
@@ -496,7 +513,9 @@ def open_harness(path: str | os.PathLike, calibrate: Any = None, *,
         ids = list(tokenizer.encode(" ".join(texts)).ids)[:max_tokens]
         if len(ids) < 2:
             raise CmfError("the calibration text is shorter than 2 tokens")
-        return DecoderHarness(tensors, config, ids, build, tokenizer)
+        harness = DecoderHarness(tensors, config, ids, build, tokenizer)
+        harness.asked_tokens = max_tokens
+        return harness
 
 
 def _as_float32(a: np.ndarray) -> np.ndarray:

@@ -39,11 +39,11 @@ import numpy as np
 
 from .. import dtypes
 from ..codecs import ArraySpec, BytesSpec
-from ..errors import CmfError
+from ..errors import CmfError, UsageError
 from ..pipeline import Pending, best_bytes, encode_lossless
 from . import sensitivity as sens_mod
 from .candidates import LOSSLESS, Curve, Point, measure, plannable, step_choices, template_choices
-from .harness import METRIC, Harness, open_harness
+from .harness import METRIC, Harness, fallback_warnings, open_harness
 from .rounds import SEGMENT_PADDING, allocate_and_verify, refine_sensitivity, shrink_for_size
 
 # Presets: output-error targets (1 - mean cosine on the calibration inputs), and the data-free
@@ -70,26 +70,26 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 def parse_target_size(text: str | int | float) -> tuple[str, float]:
     """``("bpp", x)`` for "4.0bpp" or ``("bytes", n)`` for "12MB", "500KiB", "1e7"."""
     if isinstance(text, bool):
-        raise CmfError(f"target size: expected e.g. 4.0bpp or 12MB, found {text!r}")
+        raise UsageError(f"target size: expected e.g. 4.0bpp or 12MB, found {text!r}")
     if isinstance(text, (int, float)):
         if not math.isfinite(text) or text <= 0:
-            raise CmfError(f"target size must be positive, found {text!r}")
+            raise UsageError(f"target size must be positive, found {text!r}")
         return "bytes", float(text)
     s = str(text).strip()
     m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)", s)
     if not m:
-        raise CmfError(f"target size: expected e.g. 4.0bpp or 12MB, found {text!r}")
+        raise UsageError(f"target size: expected e.g. 4.0bpp or 12MB, found {text!r}")
     value, unit = float(m.group(1)), m.group(2).lower()
     if value <= 0 or not math.isfinite(value):
-        raise CmfError(f"target size must be positive, found {text!r}")
+        raise UsageError(f"target size must be positive, found {text!r}")
     if unit in ("bpp", "bpw", "bits"):
         if value > 64:
-            raise CmfError(f"target size {text!r}: more than 64 bits per parameter")
+            raise UsageError(f"target size {text!r}: more than 64 bits per parameter")
         return "bpp", value
     units = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
              "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "k": 1e3, "m": 1e6, "g": 1e9}
     if unit not in units:
-        raise CmfError(f"target size {text!r}: unknown unit {m.group(2)!r} (bpp, B, KB, MB, GB, KiB, MiB, GiB)")
+        raise UsageError(f"target size {text!r}: unknown unit {m.group(2)!r} (bpp, B, KB, MB, GB, KiB, MiB, GiB)")
     return "bytes", value * units[unit]
 
 
@@ -112,27 +112,28 @@ class PlanOptions:
     scheduler: Any = None  # the dask scheduler address (or a distributed.Client)
 
     def check(self) -> None:
+        """UsageError for options that cannot go together or are out of range."""
         given = [k for k, v in (("preset", self.preset), ("target_error", self.target_error),
                                 ("target_size", self.target_size)) if v is not None]
         if len(given) != 1:
-            raise CmfError("give one of a planning preset (balanced, small), a target error or a "
+            raise UsageError("give one of a planning preset (balanced, small), a target error or a "
                            f"target size; found {', '.join(given) or 'none'}")
         if self.preset is not None and self.preset not in PLANNED_PRESETS:
-            raise CmfError(f"unknown planning preset {self.preset!r}; choose one of {', '.join(PLANNED_PRESETS)}")
+            raise UsageError(f"unknown planning preset {self.preset!r}; choose one of {', '.join(PLANNED_PRESETS)}")
         if self.target_error is not None:
             e = self.target_error
             if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or not 0 < e < 1:
-                raise CmfError(f"target error must be a number in (0, 1), found {e!r}")
+                raise UsageError(f"target error must be a number in (0, 1), found {e!r}")
         if self.target_size is not None:
             parse_target_size(self.target_size)
         if not isinstance(self.rounds, int) or self.rounds < 1:
-            raise CmfError(f"rounds must be a positive integer, found {self.rounds!r}")
+            raise UsageError(f"rounds must be a positive integer, found {self.rounds!r}")
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
-            raise CmfError(f"jobs must be a positive integer, found {self.jobs!r}")
+            raise UsageError(f"jobs must be a positive integer, found {self.jobs!r}")
         if self.executor not in ("process", "dask"):
-            raise CmfError(f"unknown executor {self.executor!r}; choose 'process' or 'dask'")
+            raise UsageError(f"unknown executor {self.executor!r}; choose 'process' or 'dask'")
         if self.executor == "dask" and self.scheduler is None:
-            raise CmfError("--executor dask needs --scheduler ADDRESS")
+            raise UsageError("the dask executor needs a scheduler address")
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -170,6 +171,7 @@ class PlanResult:
     calibration: dict = field(default_factory=dict)
     target_met: bool = True
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # fallbacks: what the plan could not use
     files: list[str] = field(default_factory=list)  # written: the file, or the shards then the shard index
     moments: dict = field(default_factory=dict, repr=False)  # the harness's input moments (not stored)
 
@@ -205,6 +207,8 @@ class PlanResult:
             out["seconds"] = {k: round(v, 3) for k, v in self.seconds.items()}
         if self.notes:
             out["notes"] = list(self.notes)
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
     def decoded(self) -> dict[str, np.ndarray]:
@@ -307,7 +311,7 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
         harness.token_prior = options.token_prior
         moments = harness.input_moments()
         if harness.token_note:
-            result.notes.append(harness.token_note)
+            result.warnings.append(harness.token_note)
     result.moments = moments
     result.seconds["moments"] = time.perf_counter() - t0
     choices = step_choices(per_bit=options.steps_per_bit)
@@ -373,19 +377,17 @@ def _measure_in_workers(names: list[str], tensors: Mapping[str, Any], choices: l
     embedding table can be half of a model). Local processes get every task at once (the pool
     holds references to arrays already in memory and sends ``jobs + 1`` at a time); a dask
     cluster gets ``executor.window`` at a time (arrays are sent when submitted)."""
-    from ..parallel import ProcessExecutor, make_executor, map_in_order, measure_task
+    from ..parallel import ProcessExecutor, closing, make_executor, map_in_order, measure_task
 
     order = sorted(names, key=lambda n: -int(np.asarray(tensors[n]).size))  # stable: ties in file order
     calls = ((n, (n, sources.get(n, tensors[n]), choices, moments.get(n), options.level)) for n in order)
     executor = make_executor(options.jobs, options.executor, options.scheduler)
     got: dict[str, Curve] = {}
-    try:
+    with closing(executor):
         ahead = len(order) if isinstance(executor, ProcessExecutor) else None
         for name, curve in map_in_order(executor, measure_task, calls, doing="measuring", ahead=ahead):
             got[name] = curve
             _progress(options, "measuring candidates", len(got) * len(choices), len(names) * len(choices))
-    finally:
-        executor.close(cancel=True)
     return {n: got[n] for n in names}
 
 
@@ -580,10 +582,11 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
     attachments = dict(src.attachments)
     attachments.update(extra_attachments or {})
     harness = None
-    notes = []
+    warnings = []
     if not options.data_free:
         if any(isinstance(v, Encoded) for v in tensors.values()):
-            notes.append("the source holds pre-quantized GGUF blocks: planned data-free")
+            warnings.append("the source holds pre-quantized GGUF blocks: planned data-free (on weight error, "
+                            "not on the model's outputs)")
         else:
             try:
                 floats = {n: (np.asarray(v, np.float32) if isinstance(v, np.ndarray) and _is_float(v) else v)
@@ -592,7 +595,8 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
             except CmfError as exc:
                 if options.calibrate is not None:
                     raise CmfError(f"cannot calibrate on this model: {exc}") from None
-                notes.append(f"the model cannot be run ({exc}): planned data-free")
+                warnings.append(f"the model cannot be run ({exc}): planned data-free (on weight error, "
+                                "not on the model's outputs)")
     if harness is None and options.calibrate is not None and options.data_free:
         raise CmfError("--calibrate needs a model that runs; it cannot go with a data-free plan")
     if harness is not None:
@@ -603,7 +607,7 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
     fixed = fixed_bytes_of(tensors, planned_names, attachments, meta_guess, options.level)
     parallel = options.jobs > 1 or options.executor != "process"
     result = plan(tensors, options, harness, fixed_bytes=fixed, sources=file_refs(src) if parallel else None)
-    result.notes[:0] = notes
+    result.warnings[:0] = warnings + (fallback_warnings(harness) if harness is not None else [])
     if harness is not None:
         result.calibration["source"] = harness.calibration_source
     _write_and_fit(output, tensors, result, options, harness, metadata=src.metadata, attachments=attachments,

@@ -39,7 +39,7 @@ import numpy as np
 from .. import dtypes
 from ..codecs import ArraySpec, Codec, Spec, Value, codec_class, codec_from_config
 from ..codecs.raw import Raw
-from ..errors import CmfError, FitRefused
+from ..errors import CmfError, FitRefused, UsageError
 from ..pipeline import (
     Encoder,
     Pending,
@@ -323,7 +323,7 @@ def resolve_recipe(preset: str | None = None, recipe: Any = None) -> tuple[Recip
     from .presets import preset as preset_recipe
 
     if preset is not None and recipe is not None:
-        raise CmfError("give a preset or a recipe, not both")
+        raise UsageError("give a preset or a recipe, not both")
     if recipe is None:
         return preset_recipe(preset or "lossless"), True
     if isinstance(recipe, Recipe):

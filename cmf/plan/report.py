@@ -6,7 +6,7 @@ per tensor its shape, parameters, stored bytes, bits per weight, encoding, recor
 index's ``rel_rmse``) and — for a file the planner wrote (metadata ``cmf.plan.tensors``) — the
 planner's choice, its sensitivity and predicted share of the output error; plus the file totals
 and the plan summary (``cmf.plan``). ``render_png`` draws it with matplotlib (``pip install
-'cmf[report]'``); the text and JSON reports need nothing beyond cmf.
+'cmf-container[report]'``); the text and JSON reports need nothing beyond cmf.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from ..errors import CmfError
+from ..extras import install_hint
 from ..index import iter_leaves
 from ..pipeline import describe
 from .planner import META_PLAN, META_TENSORS
@@ -142,6 +143,8 @@ def render_text(rep: dict[str, Any], printable: Any = str) -> list[str]:
             parts.append(f"cosine mean {cm:.5f}")
         parts.append(f"({printable(str(plan.get('metric', '?')))}, {printable(str(plan.get('kind', '?')))})")
         lines.append(", ".join(parts[:-1]) + " " + parts[-1])
+        for message in plan.get("warnings") or []:  # the fallbacks the pack printed
+            lines.append(f"warning: {printable(str(message))[:500]}")
     return lines
 
 
@@ -159,7 +162,7 @@ def render_png(rep: dict[str, Any], path: str | os.PathLike) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise CmfError("--png needs matplotlib: pip install 'cmf[report]'") from None
+        raise CmfError(f"--png needs matplotlib: {install_hint('report')}") from None
     rows = [r for r in rep["tensors"] if r["parameters"] > 0]
     planned = [r for r in rows if r.get("sensitivity") is not None or r.get("predicted_error") is not None]
     lossy = [r for r in rows if r["rel_rmse"] is not None]

@@ -6,7 +6,7 @@ with ``E``: its input channels are its rows, and ``E[x_t^2]`` is the frequency `
 
 The calibration text alone names a few hundred tokens; most of the vocabulary a user's text
 will use is not in it. So ``p`` mixes the calibration counts with a *prior*: the word
-frequencies of a language (the ``wordfreq`` package, extra ``cmf[plan]``), each word tokenized by
+frequencies of a language (the ``wordfreq`` package, extra ``cmf-container[plan]``), each word tokenized by
 the model's own tokenizer and its frequency shared by its tokens. The calibration counts get a
 share ``n / (n + CALIBRATION_HALF)`` for ``n`` calibration tokens: a few sentences barely move
 the prior (and the error measured on them stays an honest estimate), a large user corpus

@@ -6,7 +6,7 @@
 * ``evaluate(original, compressed, inputs=None)``: how far the outputs moved (cosine, max abs
   error, top-1 agreement; perplexity and KL divergence for decoders).
 
-Text models need the ``tokenizers`` package (``pip install 'cmf[run]'``).
+Text models need the ``tokenizers`` package (``pip install 'cmf-container[run]'``).
 """
 
 from .evaluate import evaluate, sample_sentences

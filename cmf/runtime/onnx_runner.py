@@ -4,7 +4,7 @@ The skeleton (``model.onnx.skeleton``, spec/converters.md) gets its markers fill
 cmf.convert.onnx's own rebuilding functions, one tensor at a time; an original ``.onnx`` goes
 through ``OnnxSource`` (cmf's checked reader of inline and external data) into the same skeleton,
 so original and compressed run through one code path. The model is run by onnxruntime when it is
-installed (``pip install 'cmf[run]'``), else by ``onnx.reference.ReferenceEvaluator``.
+installed (``pip install 'cmf-container[run]'``), else by ``onnx.reference.ReferenceEvaluator``.
 
 ``input_specs()`` describes the graph inputs; ``sample_inputs(seed)`` makes a set of inputs that
 fits them (symbolic dims: 1 for the first, 8 for the others; ids that index a Gather table stay

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import CmfError
+from ..extras import install_hint
 from ..format import MAGIC
 from .bert import ENCODER_TYPES, BertEncoder, pipeline_from
 
@@ -312,7 +313,7 @@ def load_tokenizer(src: ModelSource) -> Any:
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        raise CmfError("running text models needs the tokenizers package: pip install 'cmf[run]'") from None
+        raise CmfError(f"running text models needs the tokenizers package: {install_hint('run')}") from None
     try:
         return Tokenizer.from_str(data.decode("utf-8"))
     except Exception as exc:  # tokenizers raises a bare Exception for malformed files

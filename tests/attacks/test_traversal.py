@@ -236,11 +236,11 @@ def _with_attachment(name: str, extra: tuple[str, ...] = ()) -> bytes:
     return c.assemble(segments, index)
 
 
-def _unpack(tmp_path, data: bytes, out) -> tuple[int, str]:
+def _unpack(tmp_path, data: bytes, out, *flags: str) -> tuple[int, str]:
     path = tmp_path / "in.cmf"
     path.write_bytes(data)
     try:
-        cli_run(["unpack", os.fspath(path), "-o", os.fspath(out) + "/", "--quiet"])
+        cli_run(["unpack", os.fspath(path), "-o", os.fspath(out) + "/", "--quiet", *flags])
         return 0, ""
     except SystemExit as exc:
         return int(exc.code), ""
@@ -294,6 +294,11 @@ def test_unpack_refuses_symlinks_in_the_output(tmp_path, name, plant, capsys):
         os.symlink(tmp_path / "nowhere", out / "sub")
     rc, _ = _unpack(tmp_path, _with_attachment(name), out)
     err = capsys.readouterr().err
+    if plant == "file-link":  # an existing output: refused before anything is written
+        assert rc == 2 and "already exists; use --force" in err, err
+        assert (keep / "victim.json").read_text() == "untouched"
+        rc, _ = _unpack(tmp_path, _with_attachment(name), out, "--force")
+        err = capsys.readouterr().err
     assert rc == 1 and "refusing to write attachment" in err and "Traceback" not in err, err
     assert (keep / "victim.json").read_text() == "untouched"
     assert os.listdir(keep) == ["victim.json"] and not (tmp_path / "nowhere").exists()

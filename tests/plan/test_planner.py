@@ -12,6 +12,7 @@ import pytest
 
 import cmf
 from cmf.errors import CmfError
+from cmf.extras import install_hint
 from cmf.plan import sensitivity
 from cmf.plan.candidates import channel_hessian, channel_weights, weighted_error
 from cmf.plan.harness import open_harness
@@ -213,7 +214,7 @@ def test_cli_pack_and_report(tmp_path, bert_dir, cli):
     assert s["verified_error"] <= 0.003 and s["target_met"]
     assert s["bits_per_parameter"] == pytest.approx(out.stat().st_size * 8 / s["parameters"])
     assert {"predicted_error", "measured_error", "plan", "weights_bits_per_parameter"} <= set(s)
-    r = cli("pack", bert_dir, "-o", out, "--preset", "small")
+    r = cli("pack", bert_dir, "-o", out, "--preset", "small", "--force")
     assert r.code == 0 and "plan:" in r.out and "bits/parameter" in r.out
     r = cli("report", out)
     assert r.code == 0 and "sensitivity" in r.out and "bits/parameter" in r.out
@@ -254,31 +255,32 @@ def test_cli_report_png(tmp_path, bert_dir, cli, monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    assert_one_error_line(cli("report", out, "--png", png), "pip install 'cmf[report]'")
+    assert_one_error_line(cli("report", out, "--png", png), install_hint("report"))
     assert cli("report", out).code == 0  # the text report needs no matplotlib
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--target-size", "3 parsecs"], "unknown unit"),
-    (["--target-size", "-1MB"], "target size"),
-    (["--target-error", "2"], "target error"),
-    (["--target-error", "0"], "target error"),
-    (["--target-error", "0.01", "--preset", "small"], "one of --preset"),
-    (["--target-error", "0.01", "--target-size", "1MB"], "one of --preset"),
-    (["--preset", "q8", "--calibrate", "CAL"], "fixed recipe"),
-    (["--calibrate", "CAL"], "--calibrate needs"),
-    (["--preset", "small", "--recipe", "RECIPE"], "--recipe does not go"),
-    (["--preset", "small", "--shard-size", "lots"], "size 'lots'"),
-    (["--target-size", "1KB"], "below the smallest file"),
+@pytest.mark.parametrize("args, fragment, code", [  # usage errors exit 2, bad input 1
+    (["--target-size", "3 parsecs"], "unknown unit", 2),
+    (["--target-size", "-1MB"], "target size", 2),
+    (["--target-error", "2"], "target error", 2),
+    (["--target-error", "0"], "target error", 2),
+    (["--target-error", "0.01", "--preset", "small"], "one of --preset", 2),
+    (["--target-error", "0.01", "--target-size", "1MB"], "one of --preset", 2),
+    (["--preset", "q8", "--calibrate", "CAL"], "fixed recipe", 2),
+    (["--calibrate", "CAL"], "--calibrate needs", 2),
+    (["--preset", "small", "--recipe", "RECIPE"], "--recipe does not go", 2),
+    (["--preset", "q8", "--recipe", "RECIPE"], "a preset or a recipe", 2),
+    (["--preset", "small", "--shard-size", "lots"], "size 'lots'", 2),
+    (["--target-size", "1KB"], "below the smallest file", 1),
 ])
-def test_cli_bad_options_give_one_error_line(tmp_path, bert_dir, cli, args, fragment):
+def test_cli_bad_options_give_one_error_line(tmp_path, bert_dir, cli, args, fragment, code):
     cal = tmp_path / "cal.txt"
     cal.write_text("the cat sat\n")
     recipe = tmp_path / "r.json"
     recipe.write_text(json.dumps({"rules": []}))
     args = [str(cal) if a == "CAL" else str(recipe) if a == "RECIPE" else a for a in args]
     r = cli("pack", bert_dir, "-o", tmp_path / "x.cmf", *args)
-    assert_one_error_line(r, fragment)
+    assert_one_error_line(r, fragment, code=code)
     assert not (tmp_path / "x.cmf").exists()
 
 
@@ -293,7 +295,8 @@ def test_cli_calibrate_needs_a_model_that_runs(tmp_path, cli):
     # without --calibrate the same model is planned data-free
     r = cli("pack", bare, "-o", tmp_path / "b.cmf", "--preset", "small", "--json")
     assert r.code == 0 and r.json()["plan"]["kind"] == "data-free"
-    assert any("data-free" in n for n in r.json()["plan"]["notes"])
+    assert any("data-free" in n for n in r.json()["plan"]["warnings"])
+    assert "cmf: warning: the model cannot be run" in r.err  # said at pack time, not only stored
 
 
 def test_cli_calibration_texts(tmp_path, bert_dir, cli):
@@ -304,7 +307,7 @@ def test_cli_calibration_texts(tmp_path, bert_dir, cli):
     assert r.json()["plan"]["calibration"]["samples"] == 3
     bad = tmp_path / "x.npz"
     np.savez(bad, x=np.ones(3))
-    assert_one_error_line(cli("pack", bert_dir, "-o", tmp_path / "c.cmf", "--preset", "small", "--calibrate", bad),
+    assert_one_error_line(cli("pack", bert_dir, "-o", tmp_path / "d.cmf", "--preset", "small", "--calibrate", bad),
                           "text model")
 
 
@@ -372,6 +375,9 @@ def test_feedback_codes_in_the_file_are_the_ones_measured(tmp_path, bert_dir):
 def test_cli_token_prior(tmp_path, bert_dir, cli, word_list):
     r = cli("pack", bert_dir, "-o", tmp_path / "a.cmf", "--preset", "small", "--token-prior", "xx", "--json")
     assert r.code == 0
-    assert any("--token-prior xx" in n for n in r.json()["plan"]["notes"])  # no word list: said so
+    assert any("--token-prior xx" in n for n in r.json()["plan"]["warnings"])  # no word list: said so
+    assert "cmf: warning: no word frequencies for --token-prior xx" in r.err
+    report = cli("report", tmp_path / "a.cmf")
+    assert report.code == 0 and "warning: no word frequencies for --token-prior xx" in report.out
     r = cli("pack", bert_dir, "-o", tmp_path / "b.cmf", "--preset", "small", "--token-prior", "none", "--json")
-    assert r.code == 0 and not any("token-prior" in n for n in r.json()["plan"]["notes"])
+    assert r.code == 0 and "token-prior" not in json.dumps(r.json()["plan"]) and "warning" not in r.err

@@ -218,8 +218,9 @@ def cli(run):
     return run
 
 
-def assert_one_error_line(r: CliResult, *fragments: str) -> None:
-    assert r.code == 1, (r.code, r.out, r.err)
+def assert_one_error_line(r: CliResult, *fragments: str, code: int = 1) -> None:
+    """One ``cmf: error:`` line holding every fragment, exit ``code`` (1: bad input, 2: usage)."""
+    assert r.code == code, (r.code, r.out, r.err)
     assert r.err.startswith("cmf: error:") and r.err.count("\n") == 1, r.err
     for f in fragments:
         assert f in r.err, (f, r.err)

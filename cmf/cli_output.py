@@ -1,0 +1,58 @@
+"""What every cmf command prints: strict JSON, sizes, names from files made printable,
+progress bars on stderr, paths shown as the user gave them, warnings. Imported by the
+commands (cli, cli_plan, cli_runtime); imports none of them."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+import click
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats as the strings "inf", "-inf", "nan" (strict JSON has none)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def emit_json(obj: Any) -> None:
+    """Print ``obj`` as strict JSON on stdout."""
+    click.echo(json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def printable(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def progress(length: int, label: str, quiet: bool) -> Any:
+    """A click progress bar on stderr, hidden when ``quiet`` or off a terminal (there click
+    prints only the label, which would make an error two lines on stderr)."""
+    hidden = quiet or not sys.stderr.isatty()
+    return click.progressbar(length=length, label=label, file=sys.stderr, hidden=hidden, show_pos=True)
+
+
+def warn(message: str) -> None:
+    """One ``cmf: warning:`` line on stderr."""
+    click.echo(f"cmf: warning: {printable(message)}", err=True)
+
+
+__all__ = ["emit_json", "human_bytes", "json_safe", "printable", "progress", "warn"]
