@@ -97,8 +97,10 @@ def pack(source: str, output: str | None, force: bool, preset: str | None, recip
     if executor == "dask" and not scheduler:
         raise UsageError("--executor dask needs --scheduler ADDRESS")
     size = _size(shard_size, "--shard-size")
-    target = pack_output(source, output)
     inputs = [source, *attach, *(p for p in (calibrate, recipe_path) if p is not None)]
+    if output is not None:  # an input named as the output: say so before anything else
+        check_outputs([output], inputs, force=True)
+    target = pack_output(source, output)
     check_outputs(shard_set_files(target) if size is not None else [target], inputs, force)
     if not os.path.exists(source):
         raise CmfError(f"{source}: no such file or directory")
@@ -402,9 +404,10 @@ def run(argv: list[str] | None = None) -> None:
     try:
         with _sigterm_interrupts():
             main.main(args=argv, prog_name="cmf", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("cmf: aborted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:  # click's form of Ctrl-C (and of SIGTERM, see above)
+        interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
+        click.echo("cmf: interrupted" if interrupted else "cmf: aborted", err=True)
+        sys.exit(143 if isinstance(exc.__cause__, _Terminated) else 130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -574,7 +574,10 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
     from ..convert import Encoded, open_source
     from ..parallel import file_refs
 
+    from ..outputs import check_outputs
+
     options.check()
+    check_outputs([os.fspath(output)], [os.fspath(source)], force=True)  # never onto the model
     src = open_source(source)
     tensors: dict[str, Any] = {}
     for name, value in src.items():
