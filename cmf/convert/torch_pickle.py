@@ -82,7 +82,7 @@ class TorchPickleSource:
         self.paths = list(paths or [self.path])
         if _torch() is None:
             raise _no_torch(self.path)
-        self.metadata: dict[str, str] = {"cmf.source_format": "pytorch"}
+        self.metadata: dict[str, str] = {"format": "pt"}  # as transformers' safetensors files say
         self.attachments: dict[str, bytes] = {}
         self._names: list[str] = []
         self._where: dict[str, str] = {}
