@@ -88,7 +88,7 @@ def measure_pack(source: str, output: str, jobs: int = 1, extra: tuple[str, ...]
     (``seconds``)."""
     start = time.perf_counter()
     r = subprocess.run(
-        [sys.executable, "-c", _CHILD, "pack", source, "-o", output, "-q", "--jobs", str(jobs), *extra],
+        [sys.executable, "-c", _CHILD, "pack", source, "-o", output, "-q", "--force", "--jobs", str(jobs), *extra],
         capture_output=True, text=True, check=False,
     )
     if r.returncode:

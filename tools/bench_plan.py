@@ -118,7 +118,7 @@ def cmf_rows(src: str, work: str, evaluate: Callable[[dict], dict], params: int,
             plan = {"predicted_error": result.predicted_error, "calibration_error": result.measured_error,
                     "verified_error": result.file_error, "seconds": result.seconds}
         else:
-            _cli("pack", src, "-o", out, "--preset", m, "-q")
+            _cli("pack", src, "-o", out, "--preset", m, "-q", "--force")
         seconds = time.perf_counter() - t0
         with cmf.open(out) as f:
             decoded = {n: f.get_tensor(n) for n in f.keys()}

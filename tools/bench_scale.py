@@ -175,7 +175,7 @@ def dask_rows(source: str, label: str, workers: int, presets: list[str], work: s
         for preset in presets:
             out = os.path.join(work, f"{label}-{preset}-dask.cmf")
             t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-m", "cmf.cli", "pack", source, "-o", out, "-q",
+            r = subprocess.run([sys.executable, "-m", "cmf.cli", "pack", source, "-o", out, "-q", "--force",
                                 "--preset", preset, "--executor", "dask",
                                 "--scheduler", cluster.scheduler_address],
                                capture_output=True, text=True, check=False)

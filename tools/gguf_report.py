@@ -107,7 +107,7 @@ def main() -> None:
             g = os.path.join(out, f"minilm-{name}.gguf")
             c = os.path.join(out, f"minilm-{name}.cmf")
             params = write_gguf(g, model_dir, qtype)
-            subprocess.run([sys.executable, "-m", "cmf.cli", "pack", g, "-o", c, "-q"], check=True)
+            subprocess.run([sys.executable, "-m", "cmf.cli", "pack", g, "-o", c, "-q", "--force"], check=True)
             n = check_equal(g, c)
             gb, cb = os.path.getsize(g), os.path.getsize(c)
             rows.append((name, gb, cb, gb / cb, 8 * gb / params, 8 * cb / params, n))

@@ -47,7 +47,7 @@ print("go", flush=True)
 if mode == "api":
     cmf.save_file(tensors, target, {{"version": "new"}})
 else:
-    cli_run(["pack", source, "-o", target, "--quiet"])
+    cli_run(["pack", source, "-o", target, "--quiet", "--force"])
 print("done", flush=True)
 """
 

@@ -106,7 +106,7 @@ def main() -> None:
         for preset in ("lossless", "q8", "q4"):
             files[preset] = os.path.join(tmp, f"minilm-{preset}.cmf")
             start = time.perf_counter()
-            cmf_cli(["pack", model, "-o", files[preset], "--preset", preset, "-q"])
+            cmf_cli(["pack", model, "-o", files[preset], "--preset", preset, "-q", "--force"])
             packed = time.perf_counter() - start
             rep = evaluate(model, files[preset])
             size = os.path.getsize(files[preset])
