@@ -34,6 +34,8 @@ SHARD_INDEX_SUFFIX = ".cmf.index.json"
 def output_kind(path: str, kinds: dict[str, str]) -> str:
     """``DIRECTORY`` or ``kinds[suffix]`` for the output name ``path`` (see the module
     docstring); UsageError for a suffix ``kinds`` does not name."""
+    if not path:
+        raise UsageError("the output name is empty")
     if path.endswith(("/", os.sep)) or os.path.isdir(path):
         return DIRECTORY
     base = os.path.basename(path)

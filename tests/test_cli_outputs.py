@@ -124,10 +124,11 @@ def test_2_pack_into_a_new_directory(tmp_path, model, run):
 # -- 3. output names are checked before any work ------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["out.gguf", "out.npz", "out.safetensors", "out.onnx", "out.CMF.bak"])
+@pytest.mark.parametrize("name", ["out.gguf", "out.npz", "out.safetensors", "out.onnx", "out.CMF.bak", ""])
 def test_3_pack_writes_only_cmf(tmp_path, model, run, name):
-    r = run("pack", model, "-o", tmp_path / name)
-    assert r.code == 2 and "cannot tell what to write" in r.err and ".cmf" in r.err, r.err
+    r = run("pack", model, "-o", tmp_path / name if name else "")
+    assert r.code == 2, r.err
+    assert ("cannot tell what to write" in r.err and ".cmf" in r.err) if name else "name is empty" in r.err
     assert sorted(os.listdir(tmp_path)) == ["t.safetensors"]
 
 
