@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import CmfError, UsageError
 from .limits import DEFAULT_LIMITS, Limits
 from .plan.recipe import encoder_for, prepare, resolve_recipe
 from .reader import CmfFile
 from .shards import ShardedFile, load_all, open_model
 from .writer import Writer
+
+if TYPE_CHECKING:
+    from .torch import TorchFile
 
 
 def save_file(
@@ -76,7 +79,27 @@ def load_file(
         return load_all(f, workers)
 
 
-def open(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> CmfFile | ShardedFile:  # noqa: A001
+def open(  # noqa: A001
+    path: str | os.PathLike,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    framework: str = "np",
+    device: Any = "cpu",
+) -> "CmfFile | ShardedFile | TorchFile":
     """Open ``path`` lazily: ``keys()``, ``metadata()``, ``get_tensor(name)``. A shard index
-    (``model.cmf.index.json``) or its directory opens a sharded set as one model."""
-    return open_model(path, limits=limits)
+    (``model.cmf.index.json``) or its directory opens a sharded set as one model.
+
+    ``framework="np"`` gives numpy arrays (a CmfFile or ShardedFile); ``"pt"`` gives a
+    cmf.torch.TorchFile whose tensors are torch tensors on ``device``, with ``get_slice(name)``
+    as in safetensors (needs PyTorch)."""
+    if framework in ("np", "numpy"):
+        if device is not None and str(device) != "cpu":
+            raise UsageError(f"device {device!r} needs framework='pt'; numpy arrays are on the cpu")
+        return open_model(path, limits=limits)
+    if framework in ("pt", "torch"):
+        try:
+            from .torch import TorchFile
+        except ImportError as exc:
+            raise CmfError(str(exc)) from None
+        return TorchFile(open_model(path, limits=limits), device)
+    raise UsageError(f"framework {framework!r} is not one cmf.open serves; expected 'np' or 'pt'")
