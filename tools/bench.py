@@ -4,6 +4,7 @@
     python tools/bench.py codecs [--repeat N] [--json] [--model PATH] [--generated]
     python tools/bench.py scale [--jobs N] [--gib G] [--presets ...] [--dask] (tools/bench_scale.py)
     python tools/bench.py plan [--json] [--no-onnx] [--no-llama] (tools/bench_plan.py)
+    python tools/bench.py torch [--repeat N] [--json] [--model PATH] (tools/bench_torch.py)
 
 ``codecs`` compares lossy encodings of the model's 2-D float weights (the tensors GGUF
 quantizes): gguf-py's quantizers (Q8_0, Q5_1, Q5_0, Q4_1, Q4_0), the same GGUF blocks kept by
@@ -635,6 +636,9 @@ def main(argv: list[str] | None = None) -> int:
     import bench_plan  # tools/bench_plan.py: planner presets vs q8/q4 and gguf-py, output cosine
 
     bench_plan.add_arguments(sub.add_parser("plan", help="planner presets vs q8/q4 and gguf-py: bits/param, cosine"))
+    import bench_torch  # tools/bench_torch.py: cmf.torch.load_file vs safetensors.torch, time and memory
+
+    bench_torch.add_arguments(sub.add_parser("torch", help="cmf.torch.load_file vs safetensors.torch: time, peak RSS"))
     for p, top in ((parser, True), (c, False), (k, False)):  # options go before or after the subcommand
         def opt(*names: str, default: Any, **kw: Any) -> None:
             p.add_argument(*names, default=default if top else argparse.SUPPRESS, **kw)
@@ -650,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench_scale.run(args)
     if args.command == "plan":
         return bench_plan.run(args)
+    if args.command == "torch":
+        return bench_torch.run(args)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return cmd_codecs(args) if args.command == "codecs" else cmd_container(args)
