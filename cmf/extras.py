@@ -16,7 +16,8 @@ EXTRAS = {  # extra -> what it brings (pyproject.toml's optional-dependencies)
     "onnx": "onnxruntime: running ONNX models",
     "dask": "dask.distributed: --executor dask",
     "report": "matplotlib: cmf report --png",
-    "torch": "PyTorch: packing pytorch_model.bin / .pt checkpoints",
+    "torch": "PyTorch: cmf.torch, packing pytorch_model.bin / .pt checkpoints",
+    "transformers": "transformers and sentence-transformers: cmf.transformers",
 }
 
 

@@ -18,14 +18,14 @@ import threading
 from typing import Any, Iterator
 
 from .errors import CmfError
-from .extras import DISTRIBUTION
+from .extras import install_hint
 
 try:
     import torch
     import transformers
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(f"cmf.transformers needs transformers and PyTorch: "
-                      f"pip install '{DISTRIBUTION}[transformers]'") from exc
+                      f"{install_hint('transformers')}") from exc
 
 from .limits import DEFAULT_LIMITS, Limits
 from .shards import open_model
@@ -263,7 +263,7 @@ def sentence_transformer(path: str | os.PathLike, *, device: Any = None,
         from sentence_transformers.models import Transformer
     except ImportError as exc:
         raise CmfError(f"sentence_transformer needs sentence-transformers: "
-                       f"pip install '{DISTRIBUTION}[transformers]'") from exc
+                       f"{install_hint('transformers')}") from exc
     model = from_pretrained(path, transformers.AutoModel, limits=limits, **kwargs)
     with open_model(path, limits=limits) as f:
         if "modules.json" not in f.attachments():
