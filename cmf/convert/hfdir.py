@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -67,7 +67,19 @@ class HFDirectorySource:
         self.attachments = self._side_files()
 
     def _shard_names(self) -> list[str]:
-        index_path = os.path.join(self.path, SHARD_INDEX)
+        """The safetensors files of the model: those of ``model.safetensors.index.json``, else
+        every ``*.safetensors``."""
+        return self._weight_files(SHARD_INDEX, lambda f: f.endswith(".safetensors"))
+
+    def _pickle_names(self) -> list[str]:
+        """The PyTorch checkpoint files of the model: those of ``pytorch_model.bin.index.json``,
+        else every ``pytorch_model*.bin`` (never ``training_args.bin`` and other pickles)."""
+        return self._weight_files(WEIGHTS_INDEX, lambda f: f.startswith("pytorch_model") and f.endswith(".bin"))
+
+    def _weight_files(self, index_name: str, matches: Callable[[str], bool]) -> list[str]:
+        """The files named by the shard index ``index_name`` (each a plain name of an existing
+        file of the directory), else every file ``matches`` accepts, sorted."""
+        index_path = os.path.join(self.path, index_name)
         if os.path.isfile(index_path):
             try:
                 with open(index_path, encoding="utf-8") as fh:
@@ -81,27 +93,7 @@ class HFDirectorySource:
                 if not os.path.isfile(os.path.join(self.path, f)):
                     raise CmfError(f"{index_path}: shard {f} is missing")
         else:
-            files = sorted(f for f in os.listdir(self.path) if f.endswith(".safetensors"))
-        for f in files:
-            self._check_inside(f)
-        return files
-
-    def _pickle_names(self) -> list[str]:
-        """The PyTorch checkpoint files of the model: those of ``pytorch_model.bin.index.json``,
-        else every ``pytorch_model*.bin`` (never ``training_args.bin`` and other pickles)."""
-        index_path = os.path.join(self.path, WEIGHTS_INDEX)
-        if os.path.isfile(index_path):
-            try:
-                with open(index_path, encoding="utf-8") as fh:
-                    files = list(dict.fromkeys(json.load(fh)["weight_map"].values()))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise CmfError(f"{index_path}: not a valid shard index ({exc})") from None
-            for f in files:
-                if not isinstance(f, str) or os.path.basename(f) != f or f in ("", ".", ".."):
-                    raise CmfError(f"{index_path}: shard name {f!r} is not a file in the directory")
-        else:
-            files = sorted(f for f in os.listdir(self.path)
-                           if f.startswith("pytorch_model") and f.endswith(".bin"))
+            files = sorted(f for f in os.listdir(self.path) if matches(f))
         for f in files:
             self._check_inside(f)
         return files
