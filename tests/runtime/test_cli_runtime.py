@@ -51,7 +51,7 @@ def test_run_onnx_with_npy_npz_and_named_inputs(models, cli):
 def test_run_onnx_text_output_and_generated_inputs(models, cli):
     r = cli("run", models / "embed.cmf")
     assert r.code == 0, r.err
-    assert "generated inputs ids int64 [1, 8], mask int64 [1, 8]" in r.out
+    assert "generated inputs ids int64 [1, 16], mask int64 [1, 16]" in r.out
     assert "pooled: float32 [1, 16]" in r.out and "onnxruntime" in r.out
     r = cli("run", models / "embed.onnx", "--engine", "reference", "--json")  # the original, too
     assert r.code == 0 and r.json()["engine"] == "reference"

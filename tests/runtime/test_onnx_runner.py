@@ -79,7 +79,7 @@ def test_sample_inputs_fit_the_graph(tmp_path, cli):
     assert specs["ids"].shape == ("batch", "seq") and specs["ids"].dtype == np.int64
     for seed in range(5):
         feeds = runner.sample_inputs(seed)
-        assert feeds["ids"].shape == feeds["mask"].shape == (1, 8)  # batch 1, other symbolic dims 8
+        assert feeds["ids"].shape == feeds["mask"].shape == (1, 16)  # batch 1, a sequence of 16
         assert 0 <= feeds["ids"].min() and feeds["ids"].max() < 50  # inside the Gather table
         assert (feeds["mask"] == 1).all()
         assert runner.run(feeds)["pooled"].shape == (1, 16)
