@@ -57,7 +57,7 @@ def pack_planned(source: str, output: str, *, preset: str | None, target_size: s
                  target_error: float | None, calibrate: str | None, level: int,
                  attach: tuple[str, ...], quiet: bool, as_json: bool, jobs: int = 1,
                  executor: str = "process", scheduler: str | None = None, shard_size: int | None = None,
-                 token_prior: str = "en") -> None:
+                 token_prior: str = "en,world") -> None:
     """``cmf pack`` with a planner: ``jobs`` processes (or a dask cluster) measure the
     candidates; ``shard_size`` writes a sharded set as ``cmf pack --shard-size`` does."""
     from .plan.planner import PlanOptions, plan_and_write

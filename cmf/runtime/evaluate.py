@@ -44,6 +44,25 @@ def sample_sentences() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+CALIBRATION_DOMAINS = ("prose", "technical", "code", "multilingual")
+
+
+def calibration_texts() -> list[tuple[str, str]]:
+    """The planner's built-in calibration texts as ``(domain, text)``: everyday English prose
+    (``data/sentences.txt``), technical and API documentation, source code and shell lines, and
+    short texts in other languages and scripts (``data/calibration/<domain>.txt``), interleaved
+    domain by domain so that any prefix covers every domain."""
+    root = resources.files("cmf.runtime").joinpath("data")
+    lists = [[(CALIBRATION_DOMAINS[0], t) for t in sample_sentences()]]
+    for domain in CALIBRATION_DOMAINS[1:]:
+        text = root.joinpath("calibration", f"{domain}.txt").read_text("utf-8")
+        lists.append([(domain, line.strip()) for line in text.splitlines() if line.strip()])
+    out = []
+    for i in range(max(len(x) for x in lists)):
+        out.extend(x[i] for x in lists if i < len(x))
+    return out
+
+
 def read_texts(path: str | os.PathLike) -> list[str]:
     try:
         with open(path, encoding="utf-8") as fh:

@@ -42,7 +42,7 @@ class FakeTokenizer:
 @pytest.fixture
 def words(monkeypatch):
     table = (("the", "cat", "sat", "xy"), np.array([0.6, 0.2, 0.1, 0.1]))
-    monkeypatch.setattr(tokens, "_words", lambda lang: table if lang == "en" else None)
+    monkeypatch.setattr(tokens, "_words", lambda lang, n=0: table if lang == "en" else None)
 
 
 def test_word_prior_shares_each_words_frequency_among_its_tokens(words, monkeypatch):
@@ -59,6 +59,19 @@ def test_punctuation_gets_its_rate_per_word(words, monkeypatch):
     p = tokens.word_prior(FakeTokenizer(), 128, "en")
     bang = 100 + ord("!") % 20
     assert p[bang] == pytest.approx(0.2) and p[1] == pytest.approx(0.6 / 1.25)
+
+
+def test_several_languages_share_the_prior(monkeypatch):
+    monkeypatch.setattr(tokens, "PUNCTUATION", {})
+    tables = {"en": (("the", "cat"), np.array([0.5, 0.5])), "de": (("sat",), np.array([1.0])),
+              "fr": (("zebra",), np.array([1.0]))}
+    monkeypatch.setattr(tokens, "_words", lambda lang, n=0: tables.get(lang))
+    p = tokens.word_prior(FakeTokenizer(), 128, "en,de,fr,xx")  # xx: no word list, left out
+    assert p.sum() == pytest.approx(1.0)
+    assert p[1] == pytest.approx(0.375) and p[2] == pytest.approx(0.375)  # the main language: 3/4
+    assert p[3] == pytest.approx(0.125) and p[4] == pytest.approx(0.125)  # the others share 1/4
+    assert tokens.languages("en,world")[:3] == ["en", "de", "fr"] and len(tokens.languages("en,world")) == 21
+    assert tokens.word_prior(FakeTokenizer(), 128, "xx,de") is None  # the main language has none
 
 
 def test_no_prior_without_a_word_list_or_a_language(words):
@@ -83,6 +96,16 @@ def test_row_importance_is_the_square_root_with_mean_one():
     r = tokens.row_importance(np.array([0.64, 0.16, 0.16, 0.04]))
     assert r.mean() == pytest.approx(1.0)
     assert r[0] / r[3] == pytest.approx(4.0)
+
+
+def test_row_importance_never_starves_a_row():
+    p = np.zeros(1000)
+    p[:10] = 0.1  # ten frequent tokens; 990 the prior never saw
+    r = tokens.row_importance(p)
+    assert r.mean() == pytest.approx(1.0)
+    assert r[999] > 0 and r[999] == r[10:].max() == r.min()  # a floor, not zero
+    # sqrt(p) / mean is 100 for the frequent rows, 0 -> ROW_FLOOR for the others
+    assert r[0] / r[999] == pytest.approx(100 / tokens.ROW_FLOOR)
 
 
 def test_wordfreq_prior_on_a_real_tokenizer():
