@@ -103,10 +103,15 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.clip(c, -1.0, 1.0)
 
 
-def output_error(kind: str, ref: Any, out: Any) -> float:
-    """The output error (module docstring) of outputs ``out`` against ``ref``."""
+def output_error(kind: str, ref: Any, out: Any, groups: np.ndarray | None = None) -> float:
+    """The output error (module docstring) of outputs ``out`` against ``ref``; with ``groups``
+    (a domain number per output row) the error of the worst domain, so that a plan holds on
+    every kind of text the calibration covers, not only on average."""
     if kind in ("encoder", "decoder"):
-        return float(1.0 - _cosines(ref, out).mean())
+        c = _cosines(ref, out)
+        if groups is None:
+            return float(1.0 - c.mean())
+        return float(1.0 - min(c[groups == g].mean() for g in np.unique(groups)))
     errs = []
     for name in ref[0]:
         if ref[0][name].dtype.kind != "f":
@@ -175,18 +180,27 @@ class Harness:
             self._ref = self.run()
         return self._ref
 
-    def error(self, overrides: Mapping[str, np.ndarray] | None = None) -> float:
-        return output_error(self.kind, self.reference, self.run(overrides))
+    groups: np.ndarray | None = None  # domain number of each output row (run order), or None
+    group_names: Sequence[str] = ()
 
-    def stats(self, overrides: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+    def error(self, overrides: Mapping[str, np.ndarray] | None = None) -> float:
+        return output_error(self.kind, self.reference, self.run(overrides), self.groups)
+
+    def stats(self, overrides: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
         out = self.run(overrides)
-        return {"error": output_error(self.kind, self.reference, out),
-                **cosine_stats(self.kind, self.reference, out)}
+        got: dict[str, Any] = {"error": output_error(self.kind, self.reference, out, self.groups),
+                               **cosine_stats(self.kind, self.reference, out)}
+        if self.groups is not None:
+            c = _cosines(self.reference, out)
+            got["domains"] = {name: {"cosine_mean": float(c[self.groups == g].mean()),
+                                     "cosine_min": float(c[self.groups == g].min())}
+                              for g, name in enumerate(self.group_names) if np.any(self.groups == g)}
+        return got
 
     def input_moments(self) -> Moments:
         return {}
 
-    token_prior: str | None = "en"  # language of the token-frequency prior (cmf.plan.tokens), None: off
+    token_prior: str | None = "en,world"  # languages of the token-frequency prior (cmf.plan.tokens), None: off
     token_note: str | None = None  # why the token-embedding rows got no weights, if they should have
 
     def _token_rows(self, out: Moments, name: str | None, tokenizer: Any, ids: Sequence[Sequence[int]]) -> None:
@@ -214,7 +228,7 @@ class EncoderHarness(Harness):
     kind = "encoder"
 
     def __init__(self, tensors: Mapping[str, np.ndarray], config: dict, pipeline: Any,
-                 tokenizer: Any, texts: Sequence[str]) -> None:
+                 tokenizer: Any, texts: Sequence[str], domains: Sequence[str] | None = None) -> None:
         from ..runtime import bert
         from ..runtime.bert import BertEncoder
 
@@ -238,6 +252,10 @@ class EncoderHarness(Harness):
             self.batches.append((ids, mask, types))
         self.samples = len(encodings)
         self.tokens = int(sum(m.sum() for _, m, _ in self.batches))
+        if domains is not None and len(set(domains)) > 1:  # outputs come in `order`
+            self.group_names = sorted(set(domains))
+            number = {name: g for g, name in enumerate(self.group_names)}
+            self.groups = np.array([number[domains[i]] for i in order], np.int64)
 
     def runner(self, get: Callable[[str], np.ndarray]) -> Any:
         from ..runtime.bert import BertEncoder
@@ -379,7 +397,7 @@ class OnnxHarness(Harness):
         from ..runtime.evaluate import onnx_feeds
 
         self.generated = feeds is None  # inputs made from the graph's input types, not real data
-        if feeds is None:
+        if feeds is None:  # at shapes the model was seen to run on (OnnxRunner.fitting_shapes)
             self.feeds = [probe.sample_inputs(seed) for seed in range(samples)]
         else:
             self.feeds = [onnx_feeds(probe, f) for f in feeds]
@@ -408,6 +426,14 @@ class OnnxHarness(Harness):
     def _run(self, get: Callable[[str], np.ndarray]) -> list[dict[str, np.ndarray]]:
         runner = self._runner(get)
         return [runner.run(f) for f in self.feeds]
+
+    def output_weights(self) -> set[str]:
+        """The tensors that feed a graph output directly (a final classifier, a detector's last
+        convolution; cmf.runtime.onnx_runner.output_weights)."""
+        from ..runtime import onnx_runner
+
+        model = onnx_runner.skeleton_from(self.skeleton, self.where)
+        return onnx_runner.output_weights(model, self.tensors)
 
     def input_moments(self) -> Moments:
         """MatMul/Gemm nodes whose weight (B) is one of the tensors: E[x^2] of input A."""
@@ -473,7 +499,7 @@ def open_harness(path: str | os.PathLike, calibrate: Any = None, *,
     ``calibrate``: a .txt (one text per line), a .npz/.npy (ONNX inputs), a list of strings or
     of input dicts; default: the built-in sentences (text models) or generated inputs (ONNX).
     """
-    from ..runtime.evaluate import read_arrays, read_texts, sample_sentences
+    from ..runtime.evaluate import calibration_texts, read_arrays, read_texts
     from ..runtime.rebuild import ONNX_SKELETON, detect_kind, load_tokenizer, open_model
     from ..runtime.bert import pipeline_from
 
@@ -494,10 +520,14 @@ def open_harness(path: str | os.PathLike, calibrate: Any = None, *,
             return OnnxHarness(tensors, src.attachment(ONNX_SKELETON), os.fspath(path), feeds, samples)
         if calibrate is not None and not (isinstance(calibrate, list) and all(isinstance(t, str) for t in calibrate)):
             raise CmfError(f"calibration inputs for a text model ({kind}): a .txt file or a list of strings")
-        texts = list(calibrate) if calibrate else sample_sentences()
+        domains = None
+        if calibrate:
+            texts = list(calibrate)
+        else:  # every kind of text, interleaved (a decoder reads the first tokens only)
+            domains, texts = (list(x) for x in zip(*calibration_texts()))
         tokenizer = load_tokenizer(src)
         if kind == "encoder":
-            return EncoderHarness(tensors, config, pipeline_from(src.json), tokenizer, texts)
+            return EncoderHarness(tensors, config, pipeline_from(src.json), tokenizer, texts, domains)
         from ..runtime import llama
 
         meta = dict(src.metadata)

@@ -99,7 +99,7 @@ class PlanOptions:
     target_error: float | None = None
     target_size: str | int | float | None = None
     calibrate: Any = None  # path (.txt, .npz, .npy) or list of texts / input dicts
-    token_prior: str | None = "en"  # language of the token-embedding rows' frequency prior; None: off
+    token_prior: str | None = "en,world"  # languages of the token-embedding rows' frequency prior; None: off
     data_free: bool = False
     level: int = 3
     rounds: int = DEFAULT_ROUNDS
@@ -285,6 +285,8 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
         names.append(name)
     kind = harness.kind if harness is not None else "data-free"
     metric = METRIC if harness is not None else "relative weight error"
+    if harness is not None and harness.groups is not None:
+        metric = f"{METRIC} of the worst of {len(harness.group_names)} kinds of text"
     if options.preset is not None:
         key = "error" if harness is not None else "data_free"
         target = {"error": PLANNED_PRESETS[options.preset][key]}
@@ -356,6 +358,7 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
     if harness is not None:
         _floor_unexercised(result, options)
         refine_sensitivity(result, tensors, harness, options, fixed_bytes)  # at the chosen errors
+        _floor_generated(result, options, harness, fixed_bytes)
     result.seconds["sensitivity"] = time.perf_counter() - t0
 
     # 3-4. allocate, encode, verify
@@ -406,6 +409,73 @@ def _floor_unexercised(result: PlanResult, options: PlanOptions) -> None:
             tp.curve.hull = keep
             result.notes.append(f"{name}: the calibration inputs never moved the outputs through it; "
                                 f"kept at relative weight error <= {floor ** 0.5:.3g}")
+
+
+GENERATED_OUTPUT_FACTOR = 0.25  # tensors feeding an output: a quarter of the floor (half the error)
+
+
+def _floor_generated(result: PlanResult, options: PlanOptions, harness: Harness,
+                     fixed_bytes: int) -> None:
+    """Generated calibration inputs (``harness.generated``: made from the graph's input types)
+    may leave a tensor nearly idle that real inputs use — a classifier whose classes random
+    pictures never call measures as insensitive and would be driven to a large error. So, from
+    data-free measures only, every planned tensor keeps a relative weight error
+    ``|dW|^2 / |W|^2`` within the preset's data-free target (``small``'s for explicit targets)
+    and one that feeds a graph output directly (``harness.output_weights()``) within
+    ``GENERATED_OUTPUT_FACTOR`` of it: hull points beyond the bound are dropped, as for
+    unexercised tensors. Under a size target the bounds are loosened 4x at a time (2x the
+    relative error) until the floored tensors fit the byte budget, or dropped. A note names
+    what held and what it cost against the allocation without the floor (the verification
+    rounds may still move the others). Real inputs (``--calibrate``) are trusted: no floor."""
+    if not getattr(harness, "generated", False):
+        return
+    from .allocate import allocate
+    from .rounds import _byte_budget, _items
+
+    base = PLANNED_PRESETS["balanced" if options.preset == "balanced" else "small"]["data_free"]
+    outputs = harness.output_weights() if hasattr(harness, "output_weights") else set()
+    outputs |= {n for n, cs in result.copies.items() if outputs & set(cs)}
+    sized = "error" not in result.target
+    start = {n: 0 for n in result.tensors}  # the hull point each tensor gets without the floor
+    if not sized:
+        start = dict(allocate(_items(result), max_error=result.target["error"]).choice)
+    for loosen in (1, 4, 16) if sized else (1,):
+        hulls: dict[str, list[Point]] = {}
+        for name, tp in result.tensors.items():
+            if tp.curve.plain_energy <= 0:
+                continue
+            bound = base * loosen * (GENERATED_OUTPUT_FACTOR if name in outputs else 1.0)
+            keep = [p for p in tp.curve.hull if p.plain / tp.curve.plain_energy <= bound]
+            if keep and len(keep) < len(tp.curve.hull):
+                hulls[name] = keep
+        least = sum((hulls.get(n) or tp.curve.hull)[0].bytes for n, tp in result.tensors.items())
+        if not sized or not hulls or least <= _byte_budget(result, fixed_bytes):
+            break
+    else:
+        result.notes.append("calibrated on generated inputs: the data-free floor on each "
+                            "tensor's relative weight error does not fit the size target and was "
+                            "not applied")
+        return
+    held, added = [], 0
+    for name, keep in hulls.items():
+        tp = result.tensors[name]
+        chosen = tp.curve.hull[start[name]]
+        if chosen not in keep:  # the floor changes its choice
+            held.append(name)
+            added += keep[0].bytes - chosen.bytes
+        tp.curve.hull = keep
+    if not held:
+        return
+    params = sum(result.tensors[n].curve.numel for n in held)
+    at_output = [n for n in held if n in outputs]
+    bound = base * loosen
+    tight = (bound * GENERATED_OUTPUT_FACTOR) ** 0.5
+    result.notes.append(
+        f"calibrated on generated inputs: {len(held)} tensors ({params} parameters) held at "
+        f"relative weight error <= {bound ** 0.5:.3g}"
+        + (f", {', '.join(at_output)} (feeding an output) <= {tight:.3g}" if at_output else "")
+        + (" (loosened to fit the size target)" if loosen > 1
+           else f", {added * 8 / max(result.parameters, 1):.3g} bits per parameter more"))
 
 
 # ----------------------------------------------------------------------------- writing
