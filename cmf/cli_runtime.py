@@ -19,6 +19,10 @@ from .cli_output import emit_json
 from .errors import CmfError
 
 _SHOWN = 6  # values printed per output / embedding
+ENGINES = ["torch", "reference", "onnxruntime"]  # cmf.runtime.torch_engine.ENGINES (not imported)
+ENGINE_HELP = ("Text models: torch (transformers) or reference (numpy); default torch when torch "
+               "and transformers are installed and the model has a config.json. ONNX graphs: "
+               "onnxruntime (default when installed) or reference.")
 
 
 def _first(array: np.ndarray) -> list[Any]:
@@ -71,7 +75,7 @@ def _feeds(runner: Any, items: tuple[str, ...]) -> dict[str, np.ndarray]:
 @click.option("-p", "--prompt", help="A prompt to continue greedily (Llama-family decoder).")
 @click.option("-n", "--max-new-tokens", "n", type=click.IntRange(0, 1 << 20), default=32, show_default=True, help="Tokens to generate after --prompt.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Save the outputs: .npz (ONNX outputs by name, 'embeddings', or 'prompt_ids'/'ids'), or .npy for one array.")
-@click.option("--engine", type=click.Choice(["onnxruntime", "reference"]), help="ONNX engine (default: onnxruntime when installed).")
+@click.option("--engine", type=click.Choice(ENGINES), help=ENGINE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def run_command(model: str, inputs: tuple[str, ...], texts: tuple[str, ...], prompt: str | None, n: int,
                 output: str | None, engine: str | None, as_json: bool) -> None:
@@ -82,14 +86,14 @@ def run_command(model: str, inputs: tuple[str, ...], texts: tuple[str, ...], pro
     from .runtime.rebuild import kind_of, load_runner
 
     start = time.perf_counter()
-    runner = load_runner(model, engine=engine)
+    runner = load_runner(model, engine=engine or "auto")
     loaded = time.perf_counter() - start
     kind = kind_of(runner)
     given = [flag for flag, value in (("--input", inputs), ("--text", texts), ("--prompt", prompt)) if value]
     wants = {"onnx": "--input", "encoder": "--text", "decoder": "--prompt"}[kind]
     if any(flag != wants for flag in given):
         raise CmfError(f"{model} is {KIND_NAMES[kind]}: it takes {wants}, not {', '.join(f for f in given if f != wants)}")
-    head = {"model": model, "kind": kind, "load_seconds": round(loaded, 3)}
+    head = {"model": model, "kind": kind, "engine": runner.engine, "load_seconds": round(loaded, 3)}
     if kind == "onnx":
         _run_onnx(runner, inputs, output, as_json, head)
     elif kind == "encoder":
@@ -107,7 +111,7 @@ def _run_onnx(runner: Any, inputs: tuple[str, ...], output: str | None, as_json:
         _save(output, outputs)
     rows = [{"name": k, "dtype": str(v.dtype), "shape": list(v.shape), "first": _first(v)} for k, v in outputs.items()]
     if as_json:
-        emit_json({**head, "engine": runner.engine, "generated_inputs": not inputs,
+        emit_json({**head, "generated_inputs": not inputs,
                     "inputs": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in feeds.items()},
                     "outputs": rows, "seconds": round(seconds, 4), "saved": output})
         return
@@ -133,7 +137,8 @@ def _run_encoder(runner: Any, texts: tuple[str, ...], output: str | None, as_jso
         return
     norm = "L2-normalised" if runner.pipeline.normalize else "not normalised"
     click.echo(f"embeddings: {emb.shape[0]} x {emb.shape[1]} ({'+'.join(runner.pipeline.modes)} pooling, {norm}), "
-               f"{seconds * 1000:.1f} ms" + (f"; saved {output}" if output else ""))
+               f"{runner.engine}, {seconds * 1000:.1f} ms"
+               + (f"; saved {output}" if output else ""))
     for text, row in zip(texts, emb):
         shown = text if len(text) <= 40 else text[:37] + "..."
         click.echo(f"{_fmt(_first(row))} ...  {shown!r}")
@@ -157,7 +162,8 @@ def _run_decoder(runner: Any, prompt: str | None, n: int, output: str | None, as
                     "seconds": round(seconds, 4), "tokens_per_second": rate and round(rate, 2), "saved": output})
         return
     click.echo(prompt + text)
-    click.echo(f"({len(ids)} prompt tokens, {len(new)} generated in {seconds:.2f} s"
+    click.echo(f"({len(ids)} prompt tokens, {len(new)} generated in {seconds:.2f} s "
+               f"on {runner.engine}"
                + (f", {rate:.1f} tokens/s" if rate else "") + ")", err=True)
 
 
@@ -167,20 +173,25 @@ def _run_decoder(runner: Any, prompt: str | None, n: int, output: str | None, as
 @click.option("--data", type=click.Path(dir_okay=False, path_type=str),
               help="Inputs: .npz/.npy for ONNX models, a .txt (one text per line) for text models. Default: built-in samples.")
 @click.option("--max-tokens", type=click.IntRange(2, 1 << 20), default=256, show_default=True, help="Decoders: tokens of text scored.")
+@click.option("--engine", type=click.Choice(ENGINES), help=ENGINE_HELP + " Both models run on it.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def eval_command(original: str, compressed: str, data: str | None, max_tokens: int, as_json: bool) -> None:
+def eval_command(original: str, compressed: str, data: str | None, max_tokens: int,
+                 engine: str | None, as_json: bool) -> None:
     """Run ORIGINAL and COMPRESSED side by side and report how far the outputs moved: cosine
     similarity, max abs error, top-1 agreement; perplexity and KL divergence for decoders.
     Either may be a sharded set (its .cmf.index.json or the directory holding it)."""
     from .runtime.evaluate import KIND_NAMES, evaluate
 
-    report = evaluate(original, compressed, data, max_tokens=max_tokens)
+    report = evaluate(original, compressed, data, max_tokens=max_tokens, engine=engine or "auto")
     if as_json:
         emit_json(report)
         return
     kind, sec = report["kind"], report["seconds"]
     count = f"{report['tokens']} tokens" if kind == "decoder" else f"{report['samples']} samples"
-    click.echo(f"{KIND_NAMES[kind]}, {count} ({'given' if data else 'built-in'}); "
+    eng = report["engines"]
+    on = eng["original"] if eng["original"] == eng["compressed"] else \
+        f"{eng['original']} / {eng['compressed']}"
+    click.echo(f"{KIND_NAMES[kind]}, {count} ({'given' if data else 'built-in'}), {on}; "
                f"original {sec['original']:.2f} s, compressed {sec['compressed']:.2f} s")
     if kind == "onnx":
         for name, row in report["outputs"].items():

@@ -259,6 +259,8 @@ def _pooling_modes(config: Any, name: str) -> tuple[str, ...]:
 class BertEncoder:
     """A BERT-family sentence encoder: ``embed(texts)`` -> [n, d] float32."""
 
+    engine = "reference"  # the numpy reference engine (cmf.runtime.torch_engine: "torch")
+
     def __init__(self, params: dict, config: dict, pipeline: Pipeline, tokenizer: Any = None) -> None:
         self.params, self.config, self.pipeline, self.tokenizer = params, config, pipeline, tokenizer
         self.model_type = config.get("model_type", "bert")

@@ -186,9 +186,11 @@ def compare_logits(ids: Sequence[int], a: np.ndarray, b: np.ndarray) -> dict[str
 
 # -- the report -------------------------------------------------------------------------------------
 def evaluate(original: str | os.PathLike, compressed: str | os.PathLike, inputs: Any = None, *,
-             max_tokens: int = DEFAULT_MAX_TOKENS, samples: int = DEFAULT_ONNX_SAMPLES) -> dict[str, Any]:
+             max_tokens: int = DEFAULT_MAX_TOKENS, samples: int = DEFAULT_ONNX_SAMPLES,
+             engine: str | None = None) -> dict[str, Any]:
     """Run ``original`` and ``compressed`` on the same inputs and report how far the outputs
-    moved (see the module docstring for ``inputs`` and the fields)."""
+    moved (see the module docstring for ``inputs`` and the fields). ``engine`` as
+    cmf.runtime.rebuild.load_runner takes it; the report's ``engines`` names the one each ran on."""
     if isinstance(inputs, (str, os.PathLike)):
         path = os.fspath(inputs)
         inputs = read_arrays(path) if path.lower().endswith((".npz", ".npy")) else read_texts(path)
@@ -199,11 +201,12 @@ def evaluate(original: str | os.PathLike, compressed: str | os.PathLike, inputs:
         kinds = [detect_kind(src)[0] for src in srcs]
         if kinds[0] != kinds[1]:
             raise CmfError(f"{original} is {KIND_NAMES[kinds[0]]} but {compressed} is {KIND_NAMES[kinds[1]]}")
-        results, seconds = [], []
+        results, seconds, engines = [], [], []
         prepared: Any = None
         for src in srcs:
-            runner = load_runner(src)
+            runner = load_runner(src, engine=engine)
             kind = kind_of(runner)
+            engines.append(getattr(runner, "engine", "reference"))
             if prepared is None:
                 prepared = _prepare(kind, runner, inputs, max_tokens, samples)
                 signature = _signature(kind, runner)
@@ -220,7 +223,8 @@ def evaluate(original: str | os.PathLike, compressed: str | os.PathLike, inputs:
             src.close()
     kind = kinds[0]
     head = {"kind": kind, "original": os.fspath(original), "compressed": os.fspath(compressed),
-            "seconds": {"original": round(seconds[0], 3), "compressed": round(seconds[1], 3)}}
+            "seconds": {"original": round(seconds[0], 3), "compressed": round(seconds[1], 3)},
+            "engines": {"original": engines[0], "compressed": engines[1]}}
     if kind == "onnx":
         return {**head, "samples": len(prepared), **compare_outputs(results[0], results[1])}
     if kind == "encoder":

@@ -326,6 +326,7 @@ class Decoder:
 
     def __init__(self, runner: Any, tokenizer: Any, config: dict[str, Any]) -> None:
         self.runner, self.tokenizer, self.config = runner, tokenizer, config
+        self.engine = getattr(runner, "engine", "reference")
 
     def encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
@@ -358,16 +359,53 @@ class Decoder:
         return np.asarray(self.runner.logits(np.asarray(ids, np.int64)), np.float32)
 
 
+def has_hf_config(src: ModelSource) -> bool:
+    """True when the model carries (or borrows) a ``config.json``: transformers can build it
+    (a GGUF import without one cannot)."""
+    return src.json("config.json") is not None
+
+
+def pick_engine(kind: str, src: ModelSource, engine: str | None) -> str | None:
+    """The engine that runs a model of ``kind``: ``engine`` checked against the kind (UsageError
+    for a mismatch), or for "auto" the default (text models: torch when torch and transformers
+    are importable and the model has a config.json, else reference; ONNX graphs: None, i.e.
+    onnxruntime when installed). None for a text model means reference."""
+    from ..errors import UsageError
+    from .torch_engine import ENGINES, available
+
+    if engine not in (None, "auto") + ENGINES:
+        raise UsageError(f"engine {engine!r} is not one of auto, {', '.join(ENGINES)}")
+    if kind == "onnx":
+        if engine == "torch":
+            raise UsageError(f"{src.path} is an ONNX graph: it runs on --engine onnxruntime or "
+                             "reference, not torch")
+        return None if engine == "auto" else engine
+    if engine == "onnxruntime":
+        raise UsageError(f"{src.path} is a text model: it runs on --engine torch or reference, "
+                         "not onnxruntime (that is for ONNX graphs)")
+    if engine == "torch" and not has_hf_config(src):
+        raise UsageError(f"{src.path} has no config.json (a GGUF import): transformers cannot "
+                         "build it, so only --engine reference runs it")
+    if engine == "auto":
+        return "torch" if available() and has_hf_config(src) else "reference"
+    return engine or "reference"
+
+
 def load_runner(source: str | os.PathLike | ModelSource, *, borrow: ModelSource | None = None,
                 engine: str | None = None) -> Any:
     """The runner of a model: OnnxRunner, BertEncoder or Decoder (see module docstring).
 
     ``borrow``: another model whose side files fill in missing ones (see ModelSource.borrow).
+    ``engine``: "onnxruntime" or "reference" for ONNX graphs, "torch" or "reference" for text
+    models (cmf.runtime.torch_engine), "auto" for the default of each (``pick_engine``); None:
+    onnxruntime when installed for ONNX graphs, the numpy reference for text models.
+    The runner's ``engine`` attribute names the engine that runs it.
     """
     src = source if isinstance(source, ModelSource) else open_model(source)
     if borrow is not None:
         src.borrow(borrow)
     kind, config = detect_kind(src)
+    engine = pick_engine(kind, src, engine)
     if kind == "onnx":
         from . import onnx_runner
 
@@ -381,7 +419,16 @@ def load_runner(source: str | os.PathLike | ModelSource, *, borrow: ModelSource 
     if kind == "encoder":
         pipeline = pipeline_from(src.json)
         tokenizer = load_tokenizer(src) if src.attachment("tokenizer.json") is not None else None
+        if engine == "torch":
+            from .torch_engine import TorchEncoder
+
+            return TorchEncoder.from_source(src, config, pipeline, tokenizer)
         return BertEncoder.from_tensors(src.get_tensor, src.keys(), config, pipeline, tokenizer)
+    if engine == "torch":
+        from .torch_engine import TorchCausalLM
+
+        tokenizer = load_tokenizer(src) if src.attachment("tokenizer.json") is not None else None
+        return Decoder(TorchCausalLM.from_source(src, config), tokenizer, config)
     llama = _llama()
     names = set(src.keys())
 

@@ -152,7 +152,7 @@ def test_pack_run_and_eval(tmp_path, bert_dir, cli):
     path, tensors = bert_dir
     cmf_path = tmp_path / "tiny.cmf"
     assert cli("pack", path, "-o", cmf_path, "-q").code == 0
-    r = cli("run", cmf_path, "--text", TEXTS[0], "--text", TEXTS[2], "--json")
+    r = cli("run", cmf_path, "--text", TEXTS[0], "--text", TEXTS[2], "--json", "--engine", "reference")
     assert r.code == 0, r.err
     out = r.json()
     assert out["kind"] == "encoder" and out["shape"] == [2, 64] and out["normalized"] is True
@@ -163,7 +163,7 @@ def test_pack_run_and_eval(tmp_path, bert_dir, cli):
     ids, mask, types = padded(enc.tokenize([TEXTS[0], TEXTS[2]]))
     _, ref = ort_run(bert_onnx(tensors, bert_config()), {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
     assert cos_rows(direct, ref).min() > 0.999999
-    text = cli("run", cmf_path, "--text", "the cat", "-o", tmp_path / "e.npy")
+    text = cli("run", cmf_path, "--text", "the cat", "-o", tmp_path / "e.npy", "--engine", "reference")
     assert text.code == 0 and "1 x 64" in text.out and "L2-normalised" in text.out
     np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), load_runner(path).embed(["the cat"]))
 
