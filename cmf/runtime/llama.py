@@ -326,6 +326,20 @@ def _load(get_tensor: GetTensor, name: str, shape: tuple[int | None, ...]) -> np
         raise CmfError(f"tensor {name!r}: cannot convert {array.dtype} to float32 ({exc})") from None
 
 
+def check_ids(ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
+    """``ids`` as int64 (n,): a non-empty 1-D sequence of integers in ``[0, vocab_size)``;
+    CmfError otherwise."""
+    try:
+        arr = np.asarray(ids)
+    except (TypeError, ValueError):
+        raise CmfError("token ids: expected a sequence of integers") from None
+    if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "iu":
+        raise CmfError(f"token ids: expected a non-empty 1-D sequence of integers, found shape {arr.shape} {arr.dtype}")
+    if arr.min() < 0 or arr.max() >= vocab_size:
+        raise CmfError(f"token ids: expected values in [0, {vocab_size}), found {int(arr.min())}..{int(arr.max())}")
+    return arr.astype(np.int64)
+
+
 class LlamaRunner:
     """A Llama-family causal LM: ``logits``, ``next_logits`` (KV cache), ``generate``, ``perplexity``."""
 
@@ -405,15 +419,7 @@ class LlamaRunner:
         return KVCache(self.config.n_layers, self.config.n_kv_heads, self.config.head_dim)
 
     def _ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        try:
-            arr = np.asarray(ids)
-        except (TypeError, ValueError):
-            raise CmfError("token ids: expected a sequence of integers") from None
-        if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "iu":
-            raise CmfError(f"token ids: expected a non-empty 1-D sequence of integers, found shape {arr.shape} {arr.dtype}")
-        if arr.min() < 0 or arr.max() >= self.vocab_size:
-            raise CmfError(f"token ids: expected values in [0, {self.vocab_size}), found {int(arr.min())}..{int(arr.max())}")
-        return arr.astype(np.int64)
+        return check_ids(ids, self.vocab_size)
 
     def forward(self, ids: Sequence[int] | np.ndarray, cache: KVCache | None = None, *, last_only: bool = False) -> np.ndarray:
         """Logits [n, V] of the n given tokens (after ``cache``'s positions, which it extends);

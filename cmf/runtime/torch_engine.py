@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import CmfError
 from ..extras import install_hint
 from .bert import BertEncoder, Pipeline, _int
+from .llama import check_ids
 
 ENGINES = ("torch", "reference", "onnxruntime")  # every engine name load_runner takes
 
@@ -171,17 +172,7 @@ class TorchCausalLM:
     def _ids(self, ids: Sequence[int] | np.ndarray) -> Any:
         import torch
 
-        try:
-            arr = np.asarray(ids)
-        except (TypeError, ValueError):
-            raise CmfError("token ids: expected a sequence of integers") from None
-        if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "iu":
-            raise CmfError("token ids: expected a non-empty 1-D sequence of integers, "
-                           f"found shape {arr.shape} {arr.dtype}")
-        if arr.min() < 0 or arr.max() >= self.vocab_size:
-            raise CmfError(f"token ids: expected values in [0, {self.vocab_size}), "
-                           f"found {int(arr.min())}..{int(arr.max())}")
-        return torch.from_numpy(arr.astype(np.int64))[None]
+        return torch.from_numpy(check_ids(ids, self.vocab_size))[None]
 
     def logits(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """float32 [len(ids), V]: row i is the distribution of the token after ids[: i + 1]."""
