@@ -12,6 +12,7 @@ from .limits import DEFAULT_LIMITS, Limits
 from .plan.recipe import encoder_for, prepare, resolve_recipe
 from .reader import CmfFile
 from .shards import ShardedFile, load_all, open_model
+from .parallel import WriterSink, write_tensors
 from .writer import Writer
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def save_file(
     chosen, fallback = resolve_recipe(preset, recipe)
     chosen = prepare(chosen, tensors.items(), level)  # fits shared groups (a no-op without)
     if jobs != 1:
-        from .parallel import Plan, WriterSink, closing, make_executor, pack_tasks
+        from .parallel import Plan, closing, make_executor, pack_tasks
 
         with closing(make_executor(jobs)) as executor:
             with Writer(path, metadata=dict(metadata or {}), level=level) as w:
@@ -60,10 +61,8 @@ def save_file(
                     w.add_attachment(name, data)
         return
     with Writer(path, metadata=dict(metadata or {}), level=level) as w:
-        for name, array in tensors.items():
-            w.add_tensor(name, array, encoder_for(chosen, name, level, fallback))
-        for name, data in (attachments or {}).items():
-            w.add_attachment(name, data)
+        write_tensors(WriterSink(w), tensors.items(), lambda name: encoder_for(chosen, name, level, fallback),
+                      (attachments or {}).items())
 
 
 def load_file(

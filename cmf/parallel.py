@@ -417,6 +417,42 @@ class WriterSink:
     def add_encoded(self, *args: Any, **kw: Any) -> Any:
         return self.writer.add_encoded(*args, **kw)
 
+    def add_attachment(self, name: str, data: bytes) -> Any:
+        return self.writer.add_attachment(name, data)
+
+    @property
+    def limits(self) -> Limits:
+        return self.writer.limits
+
+
+def write_tensors(sink: Any, items: Iterable[tuple[str, Any]],
+                  encoder_of: Callable[[str], Callable[[np.ndarray, ArraySpec], Pending]],
+                  attachments: Iterable[tuple[str, bytes]] = (),
+                  on_entry: Callable[[Any], None] | None = None) -> None:
+    """The one serial write path: each ``(name, value)`` written to ``sink`` (a WriterSink or a
+    cmf.shards.ShardedWriter) as ``Writer.add_tensor`` writes it — an ``Encoded`` value as it
+    is, an array encoded by ``encoder_of(name)`` (or an alias of an identical tensor the sink
+    holds) with its measured error — then the attachments. ``on_entry`` sees each index entry."""
+    from .convert.gguf import Encoded
+
+    for name, value in items:
+        sink.check_name(name)
+        if isinstance(value, Encoded):
+            entry = sink.add_encoded(name, value.spec, value.pending)
+        else:
+            spec, array = tensor_array(name, value, sink.limits)
+            key = tensor_key(array, spec)
+            pending = error = None
+            if not sink.has_key(key):  # else an alias of the identical tensor
+                pending = encoder_of(name)(array, spec)
+                _check_root(name, pending, spec)
+                error = tensor_error(array, pending)
+            entry = sink.add_result(name, spec, pending, error, key)
+        if on_entry is not None:
+            on_entry(entry)
+    for name, data in attachments:
+        sink.add_attachment(name, data)
+
 
 MAX_AHEAD = 256  # tasks ahead of the writer per job, however small (the bytes bound them too)
 

@@ -512,12 +512,15 @@ def write_planned(path: str | os.PathLike, tensors: Mapping[str, Any], result: P
     ``cmf pack --shard-size`` writes one (cmf.shards.ShardedWriter; the plan's metadata in the
     last shard) — and return its size in bytes (the shards' sizes for a set). ``result.files``
     lists what was written (for a set: the shards, then the shard index)."""
-    from ..convert import Encoded
+    from ..parallel import WriterSink, write_tensors
+    from ..shards import ShardedWriter
     from ..writer import Writer
 
     meta = dict(metadata or {})
     meta[META_PLAN] = _json_safe(result.summary(timings=False))  # no timings: reproducible bytes
     meta[META_TENSORS] = _json_safe(result.tensor_table())
+    # the planned tensors arrive encoded; what is left (small tensors, scales' lossless trees,
+    # attachments such as tokenizer.json) is worth zstd's slower levels
     lossless_level = max(level, ATTACHMENT_LEVEL)
     copy_of = {c: n for n, cs in result.copies.items() for c in cs}
 
@@ -527,58 +530,21 @@ def write_planned(path: str | os.PathLike, tensors: Mapping[str, Any], result: P
             return lambda a, s, p=tp.pending: p
         return lambda a, s: encode_lossless(a, s, lossless_level)
 
+    def entry_written(entry: Any) -> None:
+        if on_tensor is not None:
+            on_tensor(entry.name)
+
     if shard_size is not None:
-        return _write_planned_set(path, tensors, result, meta, attachments or {}, lossless_level, encoder,
-                                  on_tensor, shard_size)
-    # the planned tensors arrive encoded; what is left (small tensors, scales' lossless trees,
-    # attachments such as tokenizer.json) is worth zstd's slower levels
+        with ShardedWriter(path, shard_size, metadata=meta, level=lossless_level) as sink:
+            write_tensors(sink, tensors.items(), encoder, (attachments or {}).items(), entry_written)
+        result.file_bytes = sink.stored_bytes
+        result.files = [*sink.files, sink.index_file]
+        return result.file_bytes
     with Writer(path, metadata=meta, level=lossless_level) as w:
-        for name, x in tensors.items():
-            if isinstance(x, Encoded):
-                w.add_encoded(name, x.spec, x.pending)
-            else:
-                w.add_tensor(name, x, encoder(name))
-            if on_tensor is not None:
-                on_tensor(name)
-        for name, data in (attachments or {}).items():
-            w.add_attachment(name, data)
-    size = os.path.getsize(path)
-    result.file_bytes = size
+        write_tensors(WriterSink(w), tensors.items(), encoder, (attachments or {}).items(), entry_written)
+    result.file_bytes = os.path.getsize(path)
     result.files = [os.fspath(path)]
-    return size
-
-
-def _write_planned_set(path: str | os.PathLike, tensors: Mapping[str, Any], result: PlanResult, meta: dict,
-                       attachments: Mapping[str, bytes], level: int, encoder: Callable[[str], Any],
-                       on_tensor: Callable[[str], None] | None, shard_size: int) -> int:
-    """:func:`write_planned` to a sharded set: each tensor goes to the sink as
-    ``Writer.add_tensor`` would write it (cmf.parallel's encode_task, without a worker)."""
-    from ..convert import Encoded
-    from ..shards import ShardedWriter
-    from ..writer import _check_root, tensor_array, tensor_error, tensor_key
-
-    with ShardedWriter(path, shard_size, metadata=meta, level=level) as sink:
-        for name, x in tensors.items():
-            sink.check_name(name)
-            if isinstance(x, Encoded):
-                sink.add_encoded(name, x.spec, x.pending)
-            else:
-                spec, array = tensor_array(name, x, sink.limits)
-                key = tensor_key(array, spec)
-                pending = error = None
-                if not sink.has_key(key):  # else an alias of the identical tensor in this shard
-                    pending = encoder(name)(array, spec)
-                    _check_root(name, pending, spec)
-                    error = tensor_error(array, pending)
-                sink.add_result(name, spec, pending, error, key)
-            if on_tensor is not None:
-                on_tensor(name)
-        for name, data in attachments.items():
-            sink.add_attachment(name, data)
-    size = sink.stored_bytes
-    result.file_bytes = size
-    result.files = [*sink.files, sink.index_file]
-    return size
+    return result.file_bytes
 
 
 def _write_and_fit(output: str | os.PathLike, tensors: Mapping[str, Any], result: PlanResult,
