@@ -272,7 +272,7 @@ class ShardedFile:
                     raise type(exc)(f"shard {name!r}: {exc}") from None
             contents = {n: f.keys() for n, f in zip(self.shard_names, self.shards)}
             problems = check_membership(self.shard_names, weight_map, contents)
-            problems += _model_data_problems(self.shard_names, self.shards)
+            problems += model_data_problems(self.shard_names, self.shards)
             if problems:
                 more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
                 raise FormatError(f"shard index {self.path}: {problems[0]}{more}")
@@ -337,7 +337,7 @@ class ShardedFile:
         self.close()
 
 
-def _model_data_problems(names: list[str], files: list[CmfFile]) -> list[str]:
+def model_data_problems(names: list[str], files: list[CmfFile]) -> list[str]:
     out = []
     for name, f in zip(names[:-1], files[:-1]):
         if f.index.metadata or f.index.attachments:
@@ -361,54 +361,6 @@ def load_all(f: Any, workers: int) -> dict[str, np.ndarray]:
     with ThreadPoolExecutor(workers) as pool:
         decoded = dict(zip(largest_first, pool.map(f.get_tensor, largest_first)))
     return {name: decoded[name] for name in names}
-
-
-def validate_set(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Any:
-    """Validate a sharded set: the index, then every shard completely (errors name the shard)."""
-    from .validate import Report, validate
-
-    report = Report(os.fspath(path))
-    try:
-        report.path = ipath = index_path(path)
-        shards, weight_map, meta = read_index(ipath, limits)
-    except CmfError as exc:
-        report.errors.append(str(exc))
-        return report
-    report.warnings += [f"shard index: unknown top-level key {k[:100]!r}" for k in meta["unknown_keys"]]
-    directory = os.path.dirname(os.path.abspath(ipath))
-    contents: dict[str, list[str]] = {}
-    opened: list[tuple[str, CmfFile]] = []
-    for name in shards:
-        try:
-            shard_path = shard_file(directory, name)
-        except CmfError as exc:
-            report.errors.append(str(exc))
-            continue
-        sub = validate(shard_path, limits=limits, follow_symlinks=False)
-        report.errors += [f"shard {name!r}: {e}" for e in sub.errors]
-        report.warnings += [f"shard {name!r}: {w}" for w in sub.warnings]
-        report.damaged += [{**d, "shard": name} for d in sub.damaged]
-        for counter in ("tensors_checked", "attachments_checked", "shared_checked", "segments_checked"):
-            setattr(report, counter, getattr(report, counter) + getattr(sub, counter))
-        try:
-            f = CmfFile(shard_path, limits=limits, problems=Problems(collect=True), follow_symlinks=False)
-        except CmfError:
-            continue  # reported by validate()
-        opened.append((name, f))
-        contents[name] = [t.name for t in f.index.tensors]
-    try:
-        if len(contents) == len(shards):
-            report.errors += [f"shard index: {p}" for p in check_membership(shards, weight_map, contents)]
-            names, files = zip(*opened) if opened else ((), ())
-            report.errors += [f"shard index: {p}" for p in _model_data_problems(list(names), list(files))]
-        else:  # some shards unreadable: report what can be checked
-            for p in check_membership(shards, weight_map, contents):
-                if "in both" in p or "is not in the weight_map" in p or ", the weight_map says" in p:
-                    report.errors.append(f"shard index: {p}")
-    finally:
-        for _, f in opened:
-            f.close()
-    return report
 
 
 # ----------------------------------------------------------------------------- writing

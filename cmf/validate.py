@@ -1,4 +1,6 @@
-"""Strict validation (``cmf validate``): every check of spec/format.md, every problem listed."""
+"""Strict validation (``cmf validate``): every check of spec/format.md, every problem listed;
+for a sharded set, every check of spec/sharding.md too (cmf.shards reads the set, this module
+judges it)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,14 @@ from .errors import ChecksumError, CmfError
 from .index import SHARED_MINOR, CodecNode, Index, Leaf, Node, Problems, SharedRef
 from .limits import DEFAULT_LIMITS, Limits
 from .reader import CmfFile
+from .shards import (
+    check_membership,
+    index_path,
+    is_sharded,
+    model_data_problems,
+    read_index,
+    shard_file,
+)
 
 
 @dataclass
@@ -45,8 +55,6 @@ def validate(
 ) -> Report:
     """Check ``path`` completely: structure, padding, every CRC, every tensor decoded.
     A shard index (``*.json``) or a directory is checked as a sharded set (spec/sharding.md)."""
-    from .shards import is_sharded, validate_set
-
     if is_sharded(path):
         return validate_set(path, limits=limits)
     report = Report(os.fspath(path))
@@ -144,3 +152,49 @@ def _check_padding(f: CmfFile, problems: Problems) -> None:
     for start, stop in gaps:
         if stop > start and any(f._read(start, stop - start)):
             problems.error(CmfError(f"padding bytes {start}..{stop} are not all zero"))
+
+
+def validate_set(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Report:
+    """Validate a sharded set: the index, then every shard completely (errors name the shard)."""
+    report = Report(os.fspath(path))
+    try:
+        report.path = ipath = index_path(path)
+        shards, weight_map, meta = read_index(ipath, limits)
+    except CmfError as exc:
+        report.errors.append(str(exc))
+        return report
+    report.warnings += [f"shard index: unknown top-level key {k[:100]!r}" for k in meta["unknown_keys"]]
+    directory = os.path.dirname(os.path.abspath(ipath))
+    contents: dict[str, list[str]] = {}
+    opened: list[tuple[str, CmfFile]] = []
+    for name in shards:
+        try:
+            shard_path = shard_file(directory, name)
+        except CmfError as exc:
+            report.errors.append(str(exc))
+            continue
+        sub = validate(shard_path, limits=limits, follow_symlinks=False)
+        report.errors += [f"shard {name!r}: {e}" for e in sub.errors]
+        report.warnings += [f"shard {name!r}: {w}" for w in sub.warnings]
+        report.damaged += [{**d, "shard": name} for d in sub.damaged]
+        for counter in ("tensors_checked", "attachments_checked", "shared_checked", "segments_checked"):
+            setattr(report, counter, getattr(report, counter) + getattr(sub, counter))
+        try:
+            f = CmfFile(shard_path, limits=limits, problems=Problems(collect=True), follow_symlinks=False)
+        except CmfError:
+            continue  # reported by validate()
+        opened.append((name, f))
+        contents[name] = [t.name for t in f.index.tensors]
+    try:
+        if len(contents) == len(shards):
+            report.errors += [f"shard index: {p}" for p in check_membership(shards, weight_map, contents)]
+            names, files = zip(*opened) if opened else ((), ())
+            report.errors += [f"shard index: {p}" for p in model_data_problems(list(names), list(files))]
+        else:  # some shards unreadable: report what can be checked
+            for p in check_membership(shards, weight_map, contents):
+                if "in both" in p or "is not in the weight_map" in p or ", the weight_map says" in p:
+                    report.errors.append(f"shard index: {p}")
+    finally:
+        for _, f in opened:
+            f.close()
+    return report
