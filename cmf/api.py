@@ -9,7 +9,8 @@ import numpy as np
 
 from .errors import CmfError, UsageError
 from .limits import DEFAULT_LIMITS, Limits
-from .plan.recipe import encoder_for, prepare, resolve_recipe
+from .plan.presets import resolve_recipe
+from .plan.recipe import encoder_for, prepare
 from .reader import CmfFile
 from .shards import ShardedFile, load_all, open_model
 from .parallel import WriterSink, write_tensors

@@ -35,7 +35,8 @@ from .outputs import (
 )
 from .parallel import Plan, pack_source
 from .pipeline import describe
-from .plan.recipe import prepare, resolve_recipe
+from .plan.presets import resolve_recipe
+from .plan.recipe import prepare
 from .shards import ShardedFile, is_sharded, open_model, parse_size, set_paths
 from .validate import validate as validate_file
 

@@ -34,7 +34,8 @@ from cmf.parallel import (
     pack_tasks,
     plan_shared,
 )
-from cmf.plan.recipe import recipe_from_obj, resolve_recipe
+from cmf.plan.presets import resolve_recipe
+from cmf.plan.recipe import recipe_from_obj
 from cmf.writer import Writer
 
 

@@ -124,7 +124,7 @@ def test_tied_weights_across_shards_are_stored_again(tmp_path):
     with ShardedWriter(tmp_path / "t.cmf", 16 << 10) as sw:  # one matrix per shard
         for name, array in tensors.items():
             from cmf.parallel import InlineExecutor, Plan, pack_tasks
-            from cmf.plan.recipe import resolve_recipe
+            from cmf.plan.presets import resolve_recipe
 
             recipe, fallback = resolve_recipe("lossless")
             pack_tasks(sw, [(name, array)], Plan(recipe, 3, fallback), InlineExecutor())

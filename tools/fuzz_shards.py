@@ -86,7 +86,7 @@ class _Fixture:
 
     def __init__(self) -> None:
         from cmf.parallel import InlineExecutor, Plan, pack_tasks
-        from cmf.plan.recipe import resolve_recipe
+        from cmf.plan.presets import resolve_recipe
         from cmf.shards import ShardedWriter
 
         self.root = os.path.join(scratch_dir(), "shards")

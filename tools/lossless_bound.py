@@ -219,7 +219,8 @@ def cmf_bits(tensors) -> tuple[float, dict]:
     """cmf's lossless preset, tensor by tensor: total bits, and bits per byte plane."""
     from cmf import dtypes
     from cmf.codecs import ArraySpec
-    from cmf.plan.recipe import encoder_for, resolve_recipe
+    from cmf.plan.presets import resolve_recipe
+    from cmf.plan.recipe import encoder_for
 
     recipe, fallback = resolve_recipe("lossless")
     total, planes = 0, {}

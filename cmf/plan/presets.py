@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from ..errors import CmfError
-from .recipe import Recipe, recipe_from_obj
+from ..errors import CmfError, UsageError
+from .recipe import Recipe, load_recipe, recipe_from_obj
 
 # Quantize only what is worth it: float matrices (and conv kernels) with enough elements that
 # per-block scales are cheap; norms, biases and small tensors stay lossless.
@@ -53,3 +54,19 @@ def preset(name: str) -> Recipe:
     if name not in PRESETS:
         raise CmfError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return recipe_from_obj(PRESETS[name], name)
+
+
+_preset_recipe = preset  # resolve_recipe's parameter shadows the name
+
+
+def resolve_recipe(preset: str | None = None, recipe: Any = None) -> tuple[Recipe, bool]:
+    """(recipe, fallback) from a preset name, a recipe (object, dict or JSON path), or neither."""
+    if preset is not None and recipe is not None:
+        raise UsageError("give a preset or a recipe, not both")
+    if recipe is None:
+        return _preset_recipe(preset or "lossless"), True
+    if isinstance(recipe, Recipe):
+        return recipe, False
+    if isinstance(recipe, (str, os.PathLike)):
+        return load_recipe(recipe), False
+    return recipe_from_obj(recipe), False

@@ -39,7 +39,7 @@ import numpy as np
 from .. import dtypes
 from ..codecs import ArraySpec, Codec, Spec, Value, codec_class, codec_from_config
 from ..codecs.raw import Raw
-from ..errors import CmfError, FitRefused, UsageError
+from ..errors import CmfError, FitRefused
 from ..pipeline import (
     Encoder,
     Pending,
@@ -318,16 +318,3 @@ def encoder_for(recipe: Recipe, name: str, level: int = 3, fallback: bool = Fals
     return encode
 
 
-def resolve_recipe(preset: str | None = None, recipe: Any = None) -> tuple[Recipe, bool]:
-    """(recipe, fallback) from a preset name, a recipe (object, dict or JSON path), or neither."""
-    from .presets import preset as preset_recipe
-
-    if preset is not None and recipe is not None:
-        raise UsageError("give a preset or a recipe, not both")
-    if recipe is None:
-        return preset_recipe(preset or "lossless"), True
-    if isinstance(recipe, Recipe):
-        return recipe, False
-    if isinstance(recipe, (str, os.PathLike)):
-        return load_recipe(recipe), False
-    return recipe_from_obj(recipe), False

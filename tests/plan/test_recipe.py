@@ -13,6 +13,7 @@ from cmf.codecs import ArraySpec
 from cmf.dtypes import BY_NAME
 from cmf.errors import CmfError
 from cmf.pipeline import decode_pending, is_lossy
+from cmf.plan.presets import resolve_recipe
 from cmf.plan.recipe import (
     Recipe,
     check_template,
@@ -20,7 +21,6 @@ from cmf.plan.recipe import (
     encoder_for,
     load_recipe,
     recipe_from_obj,
-    resolve_recipe,
 )
 
 Q8 = {"codec": "quantize", "config": {"bits": 8, "block": 0, "axis": -1, "scheme": "symmetric",
