@@ -1,82 +1,18 @@
-"""The small public API, mirroring ``safetensors.numpy``: save_file, load_file, open."""
+"""The small public API, mirroring ``safetensors.numpy``: save_file, load_file (cmf.files), open."""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Mapping
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .errors import CmfError, UsageError
+from .files import load_file, save_file
 from .limits import DEFAULT_LIMITS, Limits
-from .plan.presets import resolve_recipe
-from .plan.recipe import encoder_for, prepare
 from .reader import CmfFile
-from .shards import ShardedFile, load_all, open_model
-from .parallel import WriterSink, write_tensors
-from .writer import Writer
+from .shards import ShardedFile, open_model
 
 if TYPE_CHECKING:
     from .torch import TorchFile
-
-
-def save_file(
-    tensors: Mapping[str, np.ndarray],
-    path: str | os.PathLike,
-    metadata: Mapping[str, Any] | None = None,
-    *,
-    attachments: Mapping[str, bytes] | None = None,
-    preset: str | None = None,
-    recipe: Any = None,
-    level: int = 3,
-    jobs: int = 1,
-) -> None:
-    """Write ``tensors`` (name -> array) to ``path`` atomically.
-
-    Lossless unless ``preset`` ("lossless", "q8", "q4") or ``recipe`` (a Recipe, a dict as in
-    cmf.plan.recipe, or a path to a JSON recipe) says otherwise. The planning presets
-    "balanced" and "small" choose each tensor's encoding with the data-free proxy (relative
-    weight error; a dict of arrays is no model that can be run): cmf.plan.planner.plan_and_write
-    plans a model directory or .onnx file on its measured output error. ``jobs`` > 1 encodes (for
-    a planning preset: measures the candidates) in that many worker processes (the same bytes; a
-    script calling it needs the
-    ``if __name__ == "__main__":`` guard of multiprocessing's spawn start method).
-    """
-    if preset in ("balanced", "small"):  # planned per tensor; a dict has no model to run
-        from .plan.planner import PlanOptions, save_planned
-
-        if recipe is not None:
-            raise UsageError("give a preset or a recipe, not both")
-        save_planned(tensors, path, PlanOptions(preset=preset, level=level, jobs=jobs), metadata=metadata,
-                     attachments=attachments)
-        return
-    chosen, fallback = resolve_recipe(preset, recipe)
-    chosen = prepare(chosen, tensors.items(), level)  # fits shared groups (a no-op without)
-    if jobs != 1:
-        from .parallel import Plan, closing, make_executor, pack_tasks
-
-        with closing(make_executor(jobs)) as executor:
-            with Writer(path, metadata=dict(metadata or {}), level=level) as w:
-                pack_tasks(WriterSink(w), tensors.items(), Plan(chosen, level, fallback), executor)
-                for name, data in (attachments or {}).items():
-                    w.add_attachment(name, data)
-        return
-    with Writer(path, metadata=dict(metadata or {}), level=level) as w:
-        write_tensors(WriterSink(w), tensors.items(), lambda name: encoder_for(chosen, name, level, fallback),
-                      (attachments or {}).items())
-
-
-def load_file(
-    path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS, workers: int | None = None
-) -> dict[str, np.ndarray]:
-    """Read every tensor of ``path`` (a .cmf file or a sharded set) into memory, in file order.
-
-    Tensors are decoded by ``workers`` threads (default: CPUs, at most 4), largest first; zstd
-    and the byte-plane kernels release the GIL, so this scales with cores.
-    """
-    workers = workers or min(os.cpu_count() or 1, 4)
-    with open_model(path, limits=limits) as f:
-        return load_all(f, workers)
 
 
 def open(  # noqa: A001
@@ -103,3 +39,6 @@ def open(  # noqa: A001
             raise CmfError(str(exc)) from None
         return TorchFile(open_model(path, limits=limits), device)
     raise UsageError(f"framework {framework!r} is not one cmf.open serves; expected 'np' or 'pt'")
+
+
+__all__ = ["load_file", "open", "save_file"]

@@ -21,7 +21,7 @@ import numpy as np
 from .atomic import AtomicFile
 from .codecs import ArraySpec
 from .errors import CmfError, FormatError, LimitError, UnsupportedError
-from .index import Problems, TensorEntry, check_metadata
+from .index import TensorEntry, check_metadata
 from .limits import DEFAULT_LIMITS, Limits
 from .pipeline import Pending
 from .reader import CmfFile

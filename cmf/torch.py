@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Mapping
 
-import numpy as np
-
 from .extras import install_hint
 
 try:
@@ -23,69 +21,12 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError(f"cmf.torch needs PyTorch: {install_hint('torch')}") from exc
 
-from . import api
-from .convert.torch_pickle import _TORCH_TO_CMF
-from .dtypes import BY_NAME
+from . import files
 from .errors import CmfError
 from .limits import DEFAULT_LIMITS, Limits
 from .shards import ShardedFile, open_model
 from .slicing import slice_of
-
-# cmf dtype name <-> torch dtype (a torch without uint16/32/64, before 2.3, lacks those three)
-TORCH_DTYPES: dict[str, Any] = {
-    cmf: getattr(torch, name) for name, cmf in _TORCH_TO_CMF.items() if hasattr(torch, name)
-}
-_CMF_OF: dict[Any, str] = {t: cmf for cmf, t in TORCH_DTYPES.items()}
-_NATIVE = {"f64", "f32", "f16", "i8", "i16", "i32", "i64", "u8", "bool"}  # torch.from_numpy's
-_CARRIER = {1: (np.uint8, torch.uint8), 2: (np.int16, torch.int16), 4: (np.int32, torch.int32),
-            8: (np.int64, torch.int64)}  # same-size integers that carry other dtypes' bytes
-
-
-# ----------------------------------------------------------------------------- conversion
-def to_torch(array: np.ndarray, device: Any = "cpu") -> "torch.Tensor":
-    """``array`` (a cmf dtype) as a tensor of the same dtype and bytes, sharing its memory on the
-    CPU (a copy only if ``array`` is read-only or not C-contiguous), then moved to ``device``."""
-    name = _cmf_name_of_array(array)
-    if name not in TORCH_DTYPES:
-        raise CmfError(f"dtype {name} has no torch equivalent in torch {torch.__version__}")
-    if not (array.flags.writeable and array.flags.c_contiguous):
-        array = np.array(array, copy=True, order="C")
-    if name in _NATIVE:
-        tensor = torch.from_numpy(array)
-    else:
-        carrier, _ = _CARRIER[array.dtype.itemsize]
-        tensor = torch.from_numpy(array.view(carrier)).view(TORCH_DTYPES[name])
-    return _to_device(tensor, device)
-
-
-def to_numpy(name: str, tensor: "torch.Tensor") -> np.ndarray:
-    """The exact values of ``tensor`` as a C-contiguous numpy array (a view of its memory when
-    it is a contiguous CPU tensor). CmfError for dtypes and layouts cmf does not store."""
-    if not isinstance(tensor, torch.Tensor):
-        raise CmfError(f"tensor {name!r}: expected a torch.Tensor, found {type(tensor).__name__}")
-    cmf = _CMF_OF.get(tensor.dtype)
-    if cmf is None:
-        raise CmfError(f"tensor {name!r}: torch dtype {tensor.dtype} is not one cmf stores "
-                       f"({', '.join(TORCH_DTYPES)})")
-    if tensor.layout != torch.strided or tensor.is_quantized or tensor.device.type == "meta":
-        raise CmfError(f"tensor {name!r}: only dense tensors with data are stored "
-                       f"(found layout {tensor.layout}, device {tensor.device})")
-    t = tensor.detach().to("cpu").contiguous()
-    if cmf in _NATIVE:
-        return t.numpy()
-    _, carrier = _CARRIER[t.element_size()]
-    return t.view(carrier).numpy().view(BY_NAME[cmf].numpy)
-
-
-def _cmf_name_of_array(array: np.ndarray) -> str:
-    from .dtypes import of_array
-
-    return of_array(array).name
-
-
-def _to_device(tensor: "torch.Tensor", device: Any) -> "torch.Tensor":
-    return tensor if device is None or str(device) == "cpu" else tensor.to(device)
-
+from .torch_arrays import CMF_OF, TORCH_DTYPES, to_numpy, to_torch
 
 # ----------------------------------------------------------------------------- files
 def save_file(
@@ -101,13 +42,13 @@ def save_file(
         raise CmfError(f"save_file takes a dict of name -> torch.Tensor, not "
                        f"{type(tensors).__name__}")
     arrays = {name: to_numpy(name, t) for name, t in tensors.items()}
-    api.save_file(arrays, path, metadata, **options)
+    files.save_file(arrays, path, metadata, **options)
 
 
 def load_file(path: str | os.PathLike, device: Any = "cpu", *,
               limits: Limits = DEFAULT_LIMITS) -> dict[str, "torch.Tensor"]:
     """Every tensor of ``path`` (a .cmf file or a sharded set), in file order, on ``device``."""
-    return {name: to_torch(a, device) for name, a in api.load_file(path, limits=limits).items()}
+    return {name: to_torch(a, device) for name, a in files.load_file(path, limits=limits).items()}
 
 
 def save_model(model: "torch.nn.Module", path: str | os.PathLike,
@@ -139,7 +80,7 @@ def check_compatible(path: Any, f: Any, state: Mapping[str, "torch.Tensor"]) -> 
         spec, want = f.spec(name), state[name]
         got_dtype = TORCH_DTYPES.get(spec.dtype.name)
         if tuple(spec.shape) != tuple(want.shape) or got_dtype != want.dtype:
-            model = f"{_CMF_OF.get(want.dtype, str(want.dtype))}{list(want.shape)}"
+            model = f"{CMF_OF.get(want.dtype, str(want.dtype))}{list(want.shape)}"
             bad.append(f"{name}: file {spec.describe()}, model {model}")
     if bad:
         raise CmfError(f"{os.fspath(path)}: {len(bad)} tensor(s) differ from the model: "

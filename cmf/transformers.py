@@ -29,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from .limits import DEFAULT_LIMITS, Limits
 from .shards import open_model
-from .torch import TORCH_DTYPES, to_torch
+from .torch_arrays import TORCH_DTYPES, to_torch
 
 CONFIG = "config.json"
 _MAJOR = int(transformers.__version__.split(".")[0])

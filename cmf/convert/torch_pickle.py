@@ -17,7 +17,6 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..dtypes import BY_NAME
 from ..errors import CmfError
 from ..extras import install_hint
 
@@ -25,12 +24,6 @@ SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 PICKLE_PROTOCOL = 0x80  # the first byte of a protocol-2+ pickle (torch's legacy format)
 WEIGHTS_INDEX = "pytorch_model.bin.index.json"
 
-_TORCH_TO_CMF = {  # torch dtype name -> cmf dtype name
-    "float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16",
-    "float8_e4m3fn": "f8_e4m3", "float8_e5m2": "f8_e5m2",
-    "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64",
-    "uint8": "u8", "uint16": "u16", "uint32": "u32", "uint64": "u64", "bool": "bool",
-}
 
 
 def looks_like_pickle(path: str, head: bytes) -> bool:
@@ -54,23 +47,6 @@ def _no_torch(path: str) -> CmfError:
         f"loader ({install_hint('torch')}), or convert it to safetensors first "
         "(safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors'))"
     )
-
-
-def to_numpy(name: str, tensor: Any) -> np.ndarray:
-    """The exact values of a CPU torch tensor as a C-contiguous numpy array of the same dtype."""
-    torch = _torch()
-    key = str(tensor.dtype).removeprefix("torch.")
-    cmf_name = _TORCH_TO_CMF.get(key)
-    if cmf_name is None:
-        raise CmfError(f"tensor {name!r}: torch dtype {key} is not one cmf stores")
-    t = tensor.detach().to("cpu").contiguous()
-    if t.is_quantized or t.is_sparse or t.is_complex():
-        raise CmfError(f"tensor {name!r}: quantized, sparse or complex torch tensors are not stored")
-    dtype = BY_NAME[cmf_name].numpy
-    if t.numel() == 0:
-        return np.zeros(tuple(t.shape), dtype)
-    raw = t.reshape(-1).view(torch.uint8).numpy()  # the bytes, whatever the dtype
-    return raw.view(dtype).reshape(tuple(t.shape)).copy()
 
 
 class TorchPickleSource:
@@ -115,10 +91,12 @@ class TorchPickleSource:
         return list(self._names)
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
+        from ..torch_arrays import to_numpy  # needs torch, which this source has
+
         for p in self.paths:
             state = self._state(p)
             for name, tensor in state.items():
-                yield name, to_numpy(name, tensor)
+                yield name, to_numpy(name, tensor)  # its bytes, bf16 and fp8 never through f32
             del state
 
 
@@ -143,4 +121,4 @@ def _state_dict(path: str, obj: Any, torch: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["SUFFIXES", "WEIGHTS_INDEX", "TorchPickleSource", "looks_like_pickle", "to_numpy"]
+__all__ = ["SUFFIXES", "WEIGHTS_INDEX", "TorchPickleSource", "looks_like_pickle"]

@@ -6,7 +6,7 @@ came out over a size target. The ``result`` is a cmf.plan.planner.PlanResult."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -16,17 +16,16 @@ from ..errors import CmfError
 from . import sensitivity as sens_mod
 from .allocate import Allocation, Item, allocate
 from .candidates import Curve, Point, encode_decoded, step_feedback
+from .contracts import PlanOptions, PlanResult, TensorPlan
 from .harness import Harness
 
-if TYPE_CHECKING:
-    from .planner import PlanOptions, PlanResult, TensorPlan
 
 LOOSEN_BELOW = 0.9  # a measured error under this share of an error target: allocate again, looser
 REFINE_FACTOR = 3.0  # re-measure a sensitivity where the chosen error is this far from the noise
 SEGMENT_PADDING = 32  # mean zero padding per segment (segments are 64-byte aligned)
 
 
-def _progress(options: "PlanOptions", stage: str, done: int, total: int) -> None:
+def _progress(options: PlanOptions, stage: str, done: int, total: int) -> None:
     if options.progress is not None:
         options.progress(stage, done, total)
 

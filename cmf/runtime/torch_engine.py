@@ -50,10 +50,8 @@ def build_model(src: Any, config: dict, auto_class: str, **kwargs: Any) -> Any:
     """The transformers model (``transformers.<auto_class>``, float32, eval mode) of ``src``, a
     cmf.runtime.rebuild ``ModelSource`` whose ``config.json`` is ``config``."""
     torch, transformers = _modules()
-    from .rebuild import CmfModel
-
     cls = getattr(transformers, auto_class)
-    if isinstance(src, CmfModel) and "config.json" in src._own_attachments():
+    if getattr(src, "origin", None) == "cmf" and "config.json" in src._own_attachments():  # a CmfModel
         from .. import transformers as cmf_transformers
 
         return cmf_transformers.from_pretrained(src.path, cls, dtype=torch.float32, **kwargs)

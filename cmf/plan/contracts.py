@@ -1,0 +1,205 @@
+"""The planner's contracts: the options it takes (``PlanOptions``, the presets' targets, the
+size-target syntax) and the result it gives (``PlanResult``, one ``TensorPlan`` per planned
+tensor). cmf.plan.planner and cmf.plan.rounds both work on these; neither imports the other
+for them."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import UsageError
+from ..pipeline import Pending
+from .candidates import Curve, Point
+
+PLANNED_PRESETS: dict[str, dict[str, float]] = {
+    # 1 - mean cosine on the calibration inputs, with a margin for other inputs (on MiniLM the
+    # error on 300 held-out sentences came out 7-11 % above the calibration error)
+    "balanced": {"error": 8e-4, "data_free": 10 ** -3.4},  # cosine >= 0.999; weights ~34 dB SQNR
+    # small: with error-feedback (GPTQ) codes the held-out error came out 19 % above the prediction
+    "small": {"error": 7.8e-3, "data_free": 10 ** -2.4},  # cosine >= 0.99; weights ~24 dB SQNR
+}
+DEFAULT_ROUNDS = 4
+INDEX_BYTES_PER_TENSOR = 400  # estimate of a tensor's share of the index (names, trees, crcs)
+ATTACHMENT_LEVEL = 19  # zstd level of what the plan does not choose (a few hundred KB at most)
+META_PLAN = "cmf.plan"
+META_TENSORS = "cmf.plan.tensors"
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def parse_target_size(text: str | int | float) -> tuple[str, float]:
+    """``("bpp", x)`` for "4.0bpp" or ``("bytes", n)`` for "12MB", "500KiB", "1e7"."""
+    if isinstance(text, bool):
+        raise UsageError(f"target size: expected e.g. 4.0bpp or 12MB, found {text!r}")
+    if isinstance(text, (int, float)):
+        if not math.isfinite(text) or text <= 0:
+            raise UsageError(f"target size must be positive, found {text!r}")
+        return "bytes", float(text)
+    s = str(text).strip()
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)", s)
+    if not m:
+        raise UsageError(f"target size: expected e.g. 4.0bpp or 12MB, found {text!r}")
+    value, unit = float(m.group(1)), m.group(2).lower()
+    if value <= 0 or not math.isfinite(value):
+        raise UsageError(f"target size must be positive, found {text!r}")
+    if unit in ("bpp", "bpw", "bits"):
+        if value > 64:
+            raise UsageError(f"target size {text!r}: more than 64 bits per parameter")
+        return "bpp", value
+    units = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+             "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "k": 1e3, "m": 1e6, "g": 1e9}
+    if unit not in units:
+        raise UsageError(f"target size {text!r}: unknown unit {m.group(2)!r} (bpp, B, KB, MB, GB, KiB, MiB, GiB)")
+    return "bytes", value * units[unit]
+
+
+@dataclass
+class PlanOptions:
+    preset: str | None = None
+    target_error: float | None = None
+    target_size: str | int | float | None = None
+    calibrate: Any = None  # path (.txt, .npz, .npy) or list of texts / input dicts
+    token_prior: str | None = "en,world"  # languages of the token-embedding rows' frequency prior; None: off
+    data_free: bool = False
+    level: int = 3
+    rounds: int = DEFAULT_ROUNDS
+    thorough: bool = False  # more candidate families (fixed-rate grid, bigger codebooks, low rank)
+    steps_per_bit: int = 4  # step choices per bit of rate (fewer: faster, coarser curves)
+    templates: bool = True  # also fixed-rate quantize and codebook candidates
+    progress: Progress | None = None
+    jobs: int = 1  # worker processes measuring the candidates (the same curves, plan and file)
+    executor: str = "process"  # or "dask": the candidates measured on a dask.distributed cluster
+    scheduler: Any = None  # the dask scheduler address (or a distributed.Client)
+
+    def check(self) -> None:
+        """UsageError for options that cannot go together or are out of range."""
+        given = [k for k, v in (("preset", self.preset), ("target_error", self.target_error),
+                                ("target_size", self.target_size)) if v is not None]
+        if len(given) != 1:
+            raise UsageError("give one of a planning preset (balanced, small), a target error or a "
+                           f"target size; found {', '.join(given) or 'none'}")
+        if self.preset is not None and self.preset not in PLANNED_PRESETS:
+            raise UsageError(f"unknown planning preset {self.preset!r}; choose one of {', '.join(PLANNED_PRESETS)}")
+        if self.target_error is not None:
+            e = self.target_error
+            if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or not 0 < e < 1:
+                raise UsageError(f"target error must be a number in (0, 1), found {e!r}")
+        if self.target_size is not None:
+            parse_target_size(self.target_size)
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise UsageError(f"rounds must be a positive integer, found {self.rounds!r}")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise UsageError(f"jobs must be a positive integer, found {self.jobs!r}")
+        if self.executor not in ("process", "dask"):
+            raise UsageError(f"unknown executor {self.executor!r}; choose 'process' or 'dask'")
+        if self.executor == "dask" and self.scheduler is None:
+            raise UsageError("the dask executor needs a scheduler address")
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class TensorPlan:
+    name: str
+    curve: Curve
+    sensitivity: float
+    point: Point | None = None
+    pending: Pending | None = None
+    decoded: np.ndarray | None = None
+
+
+@dataclass
+class PlanResult:
+    """What the planner did (``summary()`` is the JSON the CLI prints and the file stores)."""
+
+    kind: str  # encoder, decoder, onnx, or data-free
+    metric: str
+    target: dict
+    preset: str | None
+    parameters: int
+    tensors: dict[str, TensorPlan]
+    predicted_error: float = 0.0
+    measured_error: float | None = None
+    cosine_mean: float | None = None
+    cosine_min: float | None = None
+    file_error: float | None = None
+    file_bytes: int = 0
+    rounds: list[dict] = field(default_factory=list)
+    copies: dict[str, list[str]] = field(default_factory=dict)  # planned name -> its identical tensors
+    seconds: dict[str, float] = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    target_met: bool = True
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # fallbacks: what the plan could not use
+    files: list[str] = field(default_factory=list)  # written: the file, or the shards then the shard index
+    moments: dict = field(default_factory=dict, repr=False)  # the harness's input moments (not stored)
+
+    @property
+    def path(self) -> str | None:
+        """What to open: the written file, or the shard index of a sharded set."""
+        return self.files[-1] if self.files else None
+
+    @property
+    def bits_per_parameter(self) -> float:
+        return self.file_bytes * 8 / self.parameters if self.parameters else 0.0
+
+    def summary(self, timings: bool = True) -> dict:
+        """The plan as JSON; ``timings=False`` leaves out ``seconds`` (what the file stores, so
+        that planning the same model twice, with any ``jobs``, writes the same bytes)."""
+        out = {
+            "version": 1,
+            "kind": self.kind,
+            "metric": self.metric,
+            "preset": self.preset,
+            "target": self.target,
+            "target_met": self.target_met,
+            "predicted_error": self.predicted_error,
+            "measured_error": self.measured_error,
+            "cosine_mean": self.cosine_mean,
+            "cosine_min": self.cosine_min,
+            "parameters": self.parameters,
+            "planned_tensors": len(self.tensors),
+            "rounds": self.rounds,
+            "calibration": self.calibration,
+        }
+        if timings:
+            out["seconds"] = {k: round(v, 3) for k, v in self.seconds.items()}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
+
+    def decoded(self) -> dict[str, np.ndarray]:
+        """Every planned tensor (and its copies) as the file will decode it."""
+        out = {}
+        for name, tp in self.tensors.items():
+            if tp.decoded is not None:
+                for n in [name, *self.copies.get(name, ())]:
+                    out[n] = tp.decoded
+        return out
+
+    def tensor_table(self) -> dict[str, dict]:
+        table = {}
+        for name, tp in self.tensors.items():
+            if tp.point is None:
+                continue
+            table[name] = {
+                "choice": tp.point.choice.label,
+                "bits": round(tp.point.bytes * 8 / max(tp.curve.numel, 1), 4),
+                "bytes": int(tp.point.bytes),
+                "error": float(tp.point.error),
+                "sensitivity": float(tp.sensitivity),
+                "predicted": float(tp.sensitivity * tp.point.error),
+                "hull": [[int(p.bytes), float(p.error)] for p in tp.curve.hull],
+            }
+        return table
