@@ -23,10 +23,11 @@ def _module_name(path: str) -> str:
     return rel[: -len(".__init__")] if rel.endswith(".__init__") else rel
 
 
-def import_graph(root: str = ROOT) -> dict[str, set[str]]:
+def import_graph(root: str = ROOT, packages_too: bool = False) -> dict[str, set[str]]:
     """module -> the cmf modules it imports (``from .x import y`` resolved to ``x.y`` when
-    ``y`` is a module, else ``x``). Packages' ``__init__`` modules are left out of the graph:
-    their re-exports would put every submodule in one cycle."""
+    ``y`` is a module, else ``x``). Packages' ``__init__`` modules are left out of the graph
+    unless ``packages_too``: their re-exports put a package's submodules in one cycle with
+    any of them that imports the package rather than the submodule."""
     files = {}
     for dirpath, _, names in os.walk(root):
         for n in names:
@@ -34,7 +35,7 @@ def import_graph(root: str = ROOT) -> dict[str, set[str]]:
                 path = os.path.join(dirpath, n)
                 files[_module_name(path)] = path
     modules = set(files)
-    packages = {m for m, p in files.items() if p.endswith("__init__.py")}
+    packages = set() if packages_too else {m for m, p in files.items() if p.endswith("__init__.py")}
     graph: dict[str, set[str]] = {}
     for mod, path in files.items():
         if mod in packages:
@@ -104,8 +105,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true")
+    p.add_argument("--packages", action="store_true", help="count packages' __init__ re-exports too")
     args = p.parse_args()
-    graph = import_graph()
+    graph = import_graph(packages_too=args.packages)
     found = cycles(graph)
     if args.json:
         print(json.dumps({"modules": len(graph), "cycles": found}, indent=2))
