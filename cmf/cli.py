@@ -25,6 +25,7 @@ from .extras import install_hint
 from .index import iter_leaves
 from .outputs import (
     DIRECTORY,
+    SHARD_INDEX_SUFFIX,
     UNPACK_KINDS,
     check_outputs,
     make_directory,
@@ -102,6 +103,8 @@ def pack(source: str, output: str | None, force: bool, preset: str | None, recip
     if output is not None:  # an input named as the output: say so before anything else
         check_outputs([output], inputs, force=True)
     target = pack_output(source, output)
+    if size is None and target.lower().endswith(SHARD_INDEX_SUFFIX):
+        raise UsageError(f"{target} names a sharded set's index: add --shard-size, or name a .cmf file")
     check_outputs(shard_set_files(target) if size is not None else [target], inputs, force)
     if not os.path.exists(source):
         raise CmfError(f"{source}: no such file or directory")

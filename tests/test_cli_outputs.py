@@ -209,6 +209,10 @@ def test_6_shard_size_creates_the_directory(tmp_path, model, run):
     assert cmf.validate(tmp_path / "out" / "model.cmf.index.json").valid
     r = run("pack", model, "--shard-size", "10KB", "-o", tmp_path / "out" / "model.cmf")
     assert r.code == 2 and "already exist" in r.err  # the set is an existing output
+    r = run("pack", model, "-o", tmp_path / "x.cmf.index.json")  # an index name without shards
+    assert r.code == 2 and "add --shard-size" in r.err and not (tmp_path / "x.cmf.index.json").exists()
+    r = run("pack", model, "--shard-size", "10KB", "-o", tmp_path / "set" / "m.cmf.index.json", "-q")
+    assert r.code == 0 and (tmp_path / "set" / "m.cmf.index.json").exists()
 
 
 # -- 8. integrity errors name what they damage --------------------------------------------------
