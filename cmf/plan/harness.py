@@ -394,13 +394,13 @@ class OnnxHarness(Harness):
         super().__init__(tensors)
         self.skeleton, self.where = skeleton, where
         probe = self._runner(self.tensors.__getitem__)
-        from ..runtime.evaluate import onnx_feeds
+        from ..runtime.evaluate import onnx_feeds, split_samples
 
         self.generated = feeds is None  # inputs made from the graph's input types, not real data
         if feeds is None:  # at shapes the model was seen to run on (OnnxRunner.fitting_shapes)
             self.feeds = [probe.sample_inputs(seed) for seed in range(samples)]
         else:
-            self.feeds = [onnx_feeds(probe, f) for f in feeds]
+            self.feeds = [x for f in feeds for x in split_samples(probe, onnx_feeds(probe, f))]
         self.samples = len(self.feeds)
         self.tokens = self.samples
         self._onnx_runner = onnx_runner

@@ -102,6 +102,24 @@ def onnx_feeds(runner: Any, data: Any) -> dict[str, np.ndarray]:
     return {names[0]: np.asarray(data)}
 
 
+def split_samples(runner: Any, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """``feeds`` as a list of input sets: split along a leading *sample* axis when every given
+    array has one more dimension than its graph input (``np.savez("inputs.npz", x=np.stack(
+    samples))`` for a model whose batch is fixed at 1, or samples of different runs), else the
+    one set as it is. CmfError when the arrays disagree on the number of samples."""
+    ranks = {i.name: len(i.shape) for i in runner.input_specs()}
+    if not feeds or any(k not in ranks or np.ndim(v) != ranks[k] + 1 for k, v in feeds.items()):
+        return [feeds]
+    counts = {len(v) for v in feeds.values()}
+    if len(counts) != 1:
+        raise CmfError(f"calibration inputs with a leading sample axis must agree on its length, "
+                       f"found {sorted(counts)}")
+    n = counts.pop()
+    if n == 0:
+        raise CmfError("calibration inputs: the sample axis is empty")
+    return [{k: np.asarray(v[i]) for k, v in feeds.items()} for i in range(n)]
+
+
 # -- metrics --------------------------------------------------------------------------------------
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine similarity of two arrays (flattened, float64); 1.0 when both are zero."""

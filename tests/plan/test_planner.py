@@ -405,3 +405,26 @@ def test_error_targets_are_not_overshot(tmp_path, bert_dir):
     rows = r.rounds
     if len(rows) > 1 or rows[0]["measured_error"] < 0.8 * 3e-3:  # loosened, or could not loosen further
         assert max(x["measured_error"] for x in rows if x["measured_error"] <= 3e-3) >= 0.3 * 3e-3 or len(rows) >= 4
+
+
+def test_onnx_calibration_with_a_leading_sample_axis(tmp_path, onnx_path):
+    """``np.savez("inputs.npz", x=np.stack(samples))``: one more dimension than the graph input
+    is a sample axis (each sample one run); arrays that disagree on it are one error."""
+    rng = np.random.default_rng(1)
+    npz = tmp_path / "samples.npz"
+    np.savez(npz, x=rng.standard_normal((5, 16, 64)).astype(np.float32))  # 5 samples of [16, 64]
+    h = open_harness(onnx_path, str(npz))
+    assert h.samples == 5 and h.feeds[0]["x"].shape == (16, 64)
+    one = tmp_path / "one.npz"
+    np.savez(one, x=rng.standard_normal((16, 64)).astype(np.float32))
+    assert open_harness(onnx_path, str(one)).samples == 1
+    from cmf.runtime.evaluate import split_samples
+
+    class Runner:
+        def input_specs(self):
+            from cmf.runtime.onnx_runner import InputSpec
+
+            return [InputSpec("a", np.dtype("f4"), (None, 4)), InputSpec("b", np.dtype("f4"), (None, 4))]
+
+    with pytest.raises(CmfError, match="agree on its length"):
+        split_samples(Runner(), {"a": np.zeros((2, 3, 4)), "b": np.zeros((3, 3, 4))})
