@@ -41,9 +41,6 @@ from .plan.recipe import prepare
 from .shards import ShardedFile, is_sharded, open_model, parse_size, set_paths
 from .validate import validate as validate_file
 
-ONNX_GRAPH = "model.onnx.skeleton"  # the attachment of an ONNX-origin file (cmf.convert.onnx)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cmf")
 def main() -> None:
@@ -211,19 +208,21 @@ def unpack(path: str, output: str | None, force: bool, cast: str | None, quiet: 
     (round to nearest even; overflow to infinity); integer and bool tensors are written as stored.
     A single .safetensors file holds no attachments: those left out are named on stderr.
     """
+    from .runtime.rebuild import ONNX_SKELETON  # the graph attachment of an ONNX-origin file
+
     kind = output_kind(output, UNPACK_KINDS) if output is not None else None
     with open_model(path) as f:
         output = output if output is not None else _unpack_default(path, f)
         kind = kind or output_kind(output, UNPACK_KINDS)
         attachments = f.attachments()
         inputs = _model_files(path, f)
-        choices = ".safetensors file or a directory" + (", or an .onnx file" if ONNX_GRAPH in attachments else "")
+        choices = ".safetensors file or a directory" + (", or an .onnx file" if ONNX_SKELETON in attachments else "")
         if kind == "gguf":
             raise UsageError(f"cannot write {output}: writing GGUF is not supported yet; write a {choices}")
         if kind == "onnx":
-            if ONNX_GRAPH not in attachments:
+            if ONNX_SKELETON not in attachments:
                 raise UsageError(f"cannot write {output}: {path} was not packed from an ONNX model "
-                                 f"(no {ONNX_GRAPH!r} attachment); write a {choices}")
+                                 f"(no {ONNX_SKELETON!r} attachment); write a {choices}")
             if cast is not None:  # the skeleton's markers pin each weight's data type
                 raise UsageError("--dtype applies to safetensors output, not ONNX")
             check_outputs([output, output + ".data"], inputs, force)

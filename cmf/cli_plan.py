@@ -70,7 +70,6 @@ def pack_planned(source: str, output: str, *, preset: str | None, target_size: s
         raise UsageError("--calibrate needs --preset balanced|small, --target-size or --target-error")
     if preset is not None and preset not in PLANNED:
         raise UsageError(f"--preset {preset} is a fixed recipe: it takes no --calibrate")
-    size = shard_size
     extra = {}
     for path in attach:
         with open(path, "rb") as fh:
@@ -82,7 +81,7 @@ def pack_planned(source: str, output: str, *, preset: str | None, target_size: s
             preset=preset, target_error=target_error, target_size=target_size, calibrate=calibrate,
             level=level, progress=stages, jobs=jobs, executor=executor, scheduler=scheduler,
             token_prior=None if token_prior == "none" else token_prior),
-            extra_attachments=extra, shard_size=size)
+            extra_attachments=extra, shard_size=shard_size)
     finally:
         stages.close()
     seconds = time.perf_counter() - start
@@ -108,7 +107,7 @@ def pack_planned(source: str, output: str, *, preset: str | None, target_size: s
         "target_met": result.target_met,
         "plan": result.summary(),
     }
-    if size is not None:
+    if shard_size is not None:
         summary["files"] = list(result.files)
     summary["ratio"] = round(summary["raw_bytes"] / rep["file_bytes"], 4) if rep["file_bytes"] else None
     for message in result.warnings:  # fallbacks: what the plan could not use

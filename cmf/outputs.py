@@ -38,10 +38,7 @@ def output_kind(path: str, kinds: dict[str, str]) -> str:
         raise UsageError("the output name is empty")
     if path.endswith(("/", os.sep)) or os.path.isdir(path):
         return DIRECTORY
-    base = os.path.basename(path)
-    if kinds is PACK_KINDS and base.lower().endswith(SHARD_INDEX_SUFFIX):
-        return "cmf"
-    suffix = os.path.splitext(base)[1].lower()
+    suffix = os.path.splitext(os.path.basename(path))[1].lower()
     if not suffix:
         return DIRECTORY
     if suffix in kinds:
@@ -122,6 +119,8 @@ def pack_output(source: str, output: str | None) -> str:
     if output is None:
         base = source.rstrip("/" + os.sep)
         return (base if os.path.isdir(source) else os.path.splitext(base)[0]) + ".cmf"
+    if output.lower().endswith(SHARD_INDEX_SUFFIX):  # a sharded set named by its index
+        return output
     if output_kind(output, PACK_KINDS) == DIRECTORY:
         return os.path.join(output, "model.cmf")
     return output
