@@ -62,8 +62,12 @@ class TorchPickleSource:
         self.attachments: dict[str, bytes] = {}
         self._names: list[str] = []
         self._where: dict[str, str] = {}
+        self._kept: dict[str, Any] | None = None  # a one-file checkpoint's state, loaded once
         for p in self.paths:
-            for name in self._state(p):
+            state = self._state(p)
+            if len(self.paths) == 1:
+                self._kept = state
+            for name in state:
                 if name in self._where:
                     raise CmfError(f"tensor {name!r} is in both {self._where[name]} and {p}")
                 self._where[name] = p
@@ -94,7 +98,7 @@ class TorchPickleSource:
         from ..torch_arrays import to_numpy  # needs torch, which this source has
 
         for p in self.paths:
-            state = self._state(p)
+            state = self._kept if self._kept is not None else self._state(p)
             for name, tensor in state.items():
                 yield name, to_numpy(name, tensor)  # its bytes, bf16 and fp8 never through f32
             del state
