@@ -202,7 +202,8 @@ def _apply_cast(f: Any, specs: list[tuple[str, Any]], cast: str) -> tuple[list[t
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def unpack(path: str, output: str | None, force: bool, cast: str | None, quiet: bool, as_json: bool) -> None:
-    """Unpack a .cmf file back to safetensors, or to ONNX if packed from ONNX (bit-exact for lossless files).
+    """Unpack a .cmf file back to safetensors, to ONNX if packed from ONNX, or to GGUF (-o x.gguf) if packed
+    from GGUF (the same bytes for lossless files) or from a Llama/Mistral/Qwen2 directory.
 
     With --dtype, float tensors (f64, f32, f16, bf16, fp8) are converted to that dtype
     (round to nearest even; overflow to infinity); integer and bool tensors are written as stored.
@@ -218,7 +219,8 @@ def unpack(path: str, output: str | None, force: bool, cast: str | None, quiet: 
         inputs = _model_files(path, f)
         choices = ".safetensors file or a directory" + (", or an .onnx file" if ONNX_SKELETON in attachments else "")
         if kind == "gguf":
-            raise UsageError(f"cannot write {output}: writing GGUF is not supported yet; write a {choices}")
+            _unpack_gguf(path, f, output, inputs, force, cast, quiet, as_json)
+            return
         if kind == "onnx":
             if ONNX_SKELETON not in attachments:
                 raise UsageError(f"cannot write {output}: {path} was not packed from an ONNX model "
@@ -256,6 +258,23 @@ def unpack(path: str, output: str | None, force: bool, cast: str | None, quiet: 
         else:
             left_out = list(attachments)
     _unpack_summary(path, written, left_out, quiet, as_json)
+
+
+def _unpack_gguf(path: str, f: Any, output: str, inputs: list[str], force: bool, cast: str | None,
+                 quiet: bool, as_json: bool) -> None:
+    """``cmf unpack -o x.gguf`` (spec/converters.md § GGUF out); UsageError when it cannot apply."""
+    from .convert.gguf_write import gguf_writable, write_gguf
+
+    why = gguf_writable(f)
+    if why is not None:
+        raise UsageError(f"cannot write {output}: {why}; write a .safetensors file or a directory")
+    if cast is not None:  # the GGML types are the file's
+        raise UsageError("--dtype applies to safetensors output, not GGUF")
+    check_outputs([output], inputs, force)
+    make_directory(os.path.dirname(os.path.abspath(output)))
+    with progress(len(f.keys()), "unpacking", quiet or as_json) as bar:
+        write_gguf(f, output, progress=lambda _: bar.update(1))
+    _unpack_summary(path, [output], [], quiet, as_json)
 
 
 def _unpack_summary(path: str, written: list[str], left_out: list[str], quiet: bool, as_json: bool) -> None:

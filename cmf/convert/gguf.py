@@ -76,6 +76,9 @@ class GGUFSource:
                 },
                 "cmf.gguf.tensor_types": {t.name: t.tensor_type.name for t in self._tensors},
             }
+            from .gguf_layout import record_layout  # what writing the same bytes back needs
+
+            self.metadata["cmf.gguf.layout"] = record_layout(reader, self.metadata)
         except CmfError:
             raise
         except Exception as exc:  # gguf-py raises ValueError, IndexError, KeyError, numpy errors

@@ -1,0 +1,3 @@
+"""placeholder"""
+def hf_refusal(f, meta):
+    return "not packed from GGUF"
