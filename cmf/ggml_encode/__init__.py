@@ -1,0 +1,113 @@
+"""Encode float32 matrices into GGML block bytes (K-quants and IQ4), with importance weighting.
+
+``quantize_blocks(x, "Q4_K", importance)`` returns the bytes llama.cpp would store for ``x``
+(rows x cols, GGUF rows = the last numpy axis): ``rows * cols / block`` blocks of the type's
+size, row after row, decodable by ``gguf.quants.dequantize`` and by llama.cpp. ``importance``
+(per column, ``(cols,)``, or per element, ``(rows, cols)``) is what llama.cpp's imatrix holds:
+the mean square of the activations that multiply each column; the searches then minimise the
+importance-weighted squared error. The method is described in spec/planner.md ("GGML encoders").
+``naive_blocks`` is the baseline: max-abs scales, round to nearest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import CmfError
+from . import kquants as kq
+
+
+@dataclass(frozen=True)
+class EncodedType:
+    """A GGML type this package encodes: elements per block, bytes per block, encoder."""
+
+    name: str
+    block: int
+    nbytes: int
+    encode: Callable[..., np.ndarray]
+
+
+TYPES = {
+    t.name: t
+    for t in (
+        EncodedType("Q2_K", 256, 84, kq.encode_q2_k),
+        EncodedType("Q3_K", 256, 110, kq.encode_q3_k),
+        EncodedType("Q4_K", 256, 144, kq.encode_q4_k),
+        EncodedType("Q5_K", 256, 176, kq.encode_q5_k),
+        EncodedType("Q6_K", 256, 210, kq.encode_q6_k),
+        EncodedType("IQ4_NL", 32, 18, kq.encode_iq4_nl),
+        EncodedType("IQ4_XS", 256, 136, kq.encode_iq4_xs),
+    )
+}
+
+CHUNK_BLOCKS = 4096  # blocks encoded at a time (bounds the searches' temporaries)
+
+
+def _check(x, ggml_type: str, importance):
+    """Validated ``(x (rows, cols) float32, type, importance (rows, cols) float32 or None)``."""
+    if not isinstance(ggml_type, str) or ggml_type.upper() not in TYPES:
+        raise CmfError(f"GGML type to encode: expected one of {sorted(TYPES)}, found {ggml_type!r}")
+    t = TYPES[ggml_type.upper()]
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise CmfError(f"GGML encoding: expected a (rows, cols) matrix, found shape {x.shape}")
+    if x.dtype.kind not in "fiu":
+        raise CmfError(f"GGML encoding: expected a real float array, found dtype {x.dtype}")
+    rows, cols = x.shape
+    if cols == 0 or cols % t.block:
+        raise CmfError(
+            f"{t.name}: row length must be a positive multiple of {t.block}, found {cols} "
+            f"(GGUF rows are the last axis)"
+        )
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise CmfError(f"{t.name}: the input holds NaN or infinite values (or overflows float32)")
+    if importance is not None:
+        imp = np.asarray(importance)
+        if imp.dtype.kind not in "fiu" or imp.shape not in ((cols,), (rows, cols)):
+            raise CmfError(
+                f"{t.name}: importance must be real, of shape ({cols},) or ({rows}, {cols}); "
+                f"found {imp.dtype} {imp.shape}"
+            )
+        imp = imp.astype(np.float32)
+        if not np.isfinite(imp).all() or (imp < 0).any():
+            raise CmfError(f"{t.name}: importance values must be finite and >= 0")
+        mean = float(imp.mean(dtype=np.float64))
+        # a small floor keeps every weight positive (all-zero importance = unweighted)
+        imp = imp + np.float32(1e-6 * mean) if mean > 0 else np.ones_like(imp)
+        importance = np.broadcast_to(imp, (rows, cols))
+    return x, t, importance
+
+
+def _run(x, ggml_type, importance, search: bool) -> np.ndarray:
+    x, t, imp = _check(x, ggml_type, importance)
+    rows, cols = x.shape
+    blocks = x.reshape(-1, t.block)  # (rows * cols / block, block)
+    wblocks = None if imp is None else np.ascontiguousarray(imp).reshape(-1, t.block)
+    out = np.empty((blocks.shape[0], t.nbytes), dtype=np.uint8)
+    for s in range(0, blocks.shape[0], CHUNK_BLOCKS):
+        e = s + CHUNK_BLOCKS
+        out[s:e] = t.encode(blocks[s:e], None if wblocks is None else wblocks[s:e], search=search)
+    return out.reshape(rows, cols // t.block * t.nbytes)
+
+
+def quantize_blocks(x, ggml_type: str, importance=None) -> np.ndarray:
+    """GGML block bytes of ``x`` (rows, cols) for ``ggml_type`` (a name of :data:`TYPES`).
+
+    Returns ``(rows, cols // block * nbytes)`` uint8: each row's blocks in order, as GGUF stores
+    them. Raises CmfError for a row length not a multiple of the block size, a non-2-D or
+    non-finite input, an importance of the wrong shape or with negative/non-finite values.
+    Values beyond what float16 scales can reach (about 6e7 for Q4_K) saturate.
+    """
+    return _run(x, ggml_type, importance, search=True)
+
+
+def naive_blocks(x, ggml_type: str) -> np.ndarray:
+    """The baseline encoding of ``x``: max-abs (max - min) scales at every level, round to nearest."""
+    return _run(x, ggml_type, None, search=False)
+
+
+__all__ = ["TYPES", "EncodedType", "naive_blocks", "quantize_blocks"]
