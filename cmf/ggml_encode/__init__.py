@@ -62,7 +62,8 @@ def _check(x, ggml_type: str, importance):
             f"{t.name}: row length must be a positive multiple of {t.block}, found {cols} "
             f"(GGUF rows are the last axis)"
         )
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: refused
+        x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
         raise CmfError(f"{t.name}: the input holds NaN or infinite values (or overflows float32)")
     if importance is not None:
@@ -72,7 +73,8 @@ def _check(x, ggml_type: str, importance):
                 f"{t.name}: importance must be real, of shape ({cols},) or ({rows}, {cols}); "
                 f"found {imp.dtype} {imp.shape}"
             )
-        imp = imp.astype(np.float32)
+        with np.errstate(over="ignore"):
+            imp = imp.astype(np.float32)
         if not np.isfinite(imp).all() or (imp < 0).any():
             raise CmfError(f"{t.name}: importance values must be finite and >= 0")
         mean = float(imp.mean(dtype=np.float64))

@@ -60,7 +60,9 @@ def fit_affine(
     best = error(scale, low, wl.sum(axis=1, dtype=np.float64), _dot(wl, codes), _dot(wl, x))
     best = np.where(ok, best, 0.0)
     for r in steps:
-        inv = np.where(ok, (nmax + r) / np.where(ok, hi - low, 1), 0.0).astype(np.float32)
+        cur = hi - low  # the best offset so far can sit at or near the max
+        inv = np.where(ok & (cur > 0), (nmax + r) / np.where(cur > 0, cur, 1.0), 0.0)
+        inv = np.minimum(inv, 1e30).astype(np.float32)
         codes = np.clip(np.rint((x - low[:, None].astype(np.float32)) * inv[:, None]), 0, nmax)
         wl = w * codes  # (N, n)
         sl = wl.sum(axis=1, dtype=np.float64)
