@@ -5,8 +5,8 @@ stored as ``ggml_type``, one tensor decoded at a time:
 
 - plain types (F32, F16, BF16, F64, I8 ... I64): the decoded tensor, whose cmf dtype must be the
   type's, in the file's byte order;
-- legacy blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1): the parts of the tensor's ``quantize`` tree,
-  which must be exactly the type's codec (cmf.codecs.ggml), packed back into blocks;
+- block types: the parts of the tensor's ``ggml`` tree, or of a legacy ``quantize`` tree of
+  exactly the type's codec (Q8_0, Q4_*, Q5_*), packed back into blocks (cmf.convert.gguf_blocks);
 - anything else, or a block type stored another way (an f32 dequantization):
   :class:`InexactBlocks`, a CmfError saying the blocks cannot be given back.
 """
@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import CmfError
-from ..index import CodecNode
 
 PLAIN = {  # GGML type -> cmf dtype name of its elements
     "F64": "f64", "F32": "f32", "F16": "f16", "BF16": "bf16",
@@ -53,49 +52,32 @@ def _plain(f: Any, name: str, ggml_type: str, order: str) -> np.ndarray:
     return array.view(np.uint8)
 
 
-def _legacy_kept(entry: Any, ggml_type: str) -> bool:
-    from ..codecs.ggml import ggml_codec
-
-    node = entry.encoding
-    return (isinstance(node, CodecNode) and node.codec == ggml_codec(ggml_type)
-            and entry.spec.dtype.name == "f32")
-
-
 def kept_exactly(f: Any, name: str, ggml_type: str) -> bool:
     """Whether :func:`gguf_tensor_bytes` can give ``name``'s ``ggml_type`` bytes back (from the
     index alone, nothing decoded; plain types: always, their dtype is checked when written)."""
-    from ..codecs.ggml import BLOCK_TYPES
+    from .gguf_blocks import stored_type
 
     if ggml_type in PLAIN:
         return True
-    if ggml_type in BLOCK_TYPES:
-        return _legacy_kept(_entry_and_decoder(f, name)[0], ggml_type)
-    return False
+    return stored_type(f, name) == ggml_type
 
 
 def _blocks(f: Any, name: str, ggml_type: str) -> np.ndarray:
-    from ..codecs.ggml import parts_to_gguf_blocks
+    from .gguf_blocks import block_bytes, stored_type
 
     entry, decode = _entry_and_decoder(f, name)
-    node = entry.encoding
-    if not _legacy_kept(entry, ggml_type):
+    if stored_type(f, name) != ggml_type:
         raise InexactBlocks(
             f"tensor {name!r}: its {ggml_type} blocks are not stored as such in this file "
             f"(it holds {entry.spec.dtype.name} values, e.g. a dequantization), so it cannot "
             "be written back as the same GGUF bytes")
-    parts = {key: decode(child) for key, child in node.parts.items()}
-    return parts_to_gguf_blocks(parts, ggml_type)
+    return block_bytes(f, name, decode)
 
 
 def gguf_tensor_bytes(f: Any, name: str, ggml_type: str, order: str = "<") -> np.ndarray:
     """GGML bytes of tensor ``name`` as ``ggml_type`` (see the module docstring)."""
-    from ..codecs.ggml import BLOCK_TYPES
-
     if ggml_type in PLAIN:
         return _plain(f, name, ggml_type, order)
-    if ggml_type in BLOCK_TYPES:
-        if order != "<":
-            raise CmfError(f"tensor {name!r}: {ggml_type} blocks in a big-endian GGUF")
-        return _blocks(f, name, ggml_type)
-    raise InexactBlocks(f"tensor {name!r}: GGML type {ggml_type} cannot be written from this "
-                        "file (its blocks are not kept exactly)")
+    if order != "<":
+        raise CmfError(f"tensor {name!r}: {ggml_type} blocks in a big-endian GGUF")
+    return _blocks(f, name, ggml_type)
