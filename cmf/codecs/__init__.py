@@ -4,6 +4,7 @@
 from . import bitpack  # noqa: F401
 from . import byteplanes  # noqa: F401
 from . import codebook  # noqa: F401
+from . import ggml_codec  # noqa: F401
 from . import huffman  # noqa: F401
 from . import lowrank  # noqa: F401
 from . import outlier  # noqa: F401

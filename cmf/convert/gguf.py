@@ -4,11 +4,11 @@ Contract of :class:`GGUFSource` (a converter source, see cmf.convert):
 
 - Tensors, in file order, shapes in numpy order (GGUF lists dimensions fastest first):
   F32/F16/BF16/F64/I8/I16/I32/I64 as numpy arrays of that dtype, bit for bit (big-endian files
-  are converted to little-endian); Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 as :class:`Encoded` ``quantize``
-  trees holding the blocks as they are (cmf.codecs.ggml), decoding to f32 equal to
-  ``gguf.quants.dequantize`` bit for bit; every other type gguf-py can dequantize (K-quants,
-  IQ*, TQ*, MXFP4 ...) as gguf-py's f32 dequantization, for the chosen preset to encode. A
-  kept-type tensor with a non-finite block scale takes that last path too.
+  are converted to little-endian); every block type gguf-py can dequantize (Q4_0 ... Q8_0,
+  K-quants, IQ*, TQ*, MXFP4, NVFP4) as an :class:`Encoded` ``ggml`` tree holding the blocks as
+  they are, one part per field (spec/codecs/ggml.md), decoding to f32 equal to
+  ``gguf.quants.dequantize`` bit for bit, non-finite scales included; a block type the ggml
+  codec does not know (none today) as gguf-py's f32 dequantization.
 - Metadata: ``cmf.source_format`` = ``"gguf"``; every GGUF key/value as ``gguf.<key>``
   (strings, ints, floats, bools, arrays as lists), so architecture, hyper-parameters and
   tokenizer can be read back; ``cmf.gguf.value_types`` maps each key to its GGUF type
@@ -28,6 +28,7 @@ import ml_dtypes
 import numpy as np
 
 from ..codecs import ArraySpec
+from ..codecs.ggml_types import LAYOUTS
 from ..dtypes import BY_NAME
 from ..errors import CmfError
 from ..extras import install_hint
@@ -37,7 +38,7 @@ _PLAIN = {  # GGML type name -> numpy dtype of its elements (little-endian)
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "I8": np.dtype("i1"), "I16": np.dtype("<i2"), "I32": np.dtype("<i4"), "I64": np.dtype("<i8"),
 }
-KEPT_BLOCKS = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+KEPT_BLOCKS = tuple(LAYOUTS)  # held exactly by the ggml codec (spec/codecs/ggml.md)
 _READER_FIELDS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")  # not key/values
 
 
@@ -140,12 +141,10 @@ class GGUFSource:
             order = ">u2" if self._swapped else "<u2"
             bits = np.ascontiguousarray(data).reshape(-1).view(order).astype("<u2")
             return bits.view(ml_dtypes.bfloat16).reshape(shape)
-        if kind in KEPT_BLOCKS:
-            from ..codecs.ggml import gguf_tensor_to_pending  # exact block representation
+        if kind in KEPT_BLOCKS:  # every block type gguf-py dequantizes: the blocks as they are
+            from ..codecs.ggml_pack import blocks_to_pending
 
-            pending = gguf_tensor_to_pending(data, kind, shape)
-            if pending is not None:
-                return Encoded(ArraySpec(BY_NAME["f32"], shape), pending)
+            return Encoded(ArraySpec(BY_NAME["f32"], shape), blocks_to_pending(data, kind, shape))
         rows = data.reshape(-1, data.shape[-1]) if data.size else data
         values = self._gguf.quants.dequantize(rows, t.tensor_type)
         return np.asarray(values, dtype=np.float32).reshape(shape)

@@ -1,9 +1,8 @@
 """GGUF import (cmf.convert.gguf): files written here with gguf-py's GGUFWriter, packed through
 the CLI and through ``open_source``.
 
-Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 blocks are kept as ``quantize`` trees that decode bit for bit to
-``gguf.quants.dequantize``; other quant types are stored as gguf-py's dequantization (lossless
-preset); plain floats and ints bit for bit; shapes in numpy order; GGUF metadata kept as
+Every block type gguf-py dequantizes is kept as a ``ggml`` tree that decodes bit for bit to
+``gguf.quants.dequantize`` (older files' ``quantize`` trees are still read); plain floats and ints bit for bit; shapes in numpy order; GGUF metadata kept as
 ``gguf.<key>``; bad files give one ``cmf: error:`` line and leave no output.
 """
 
@@ -19,7 +18,9 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 import cmf  # noqa: E402
+import cmf.convert.gguf  # noqa: E402
 from cmf.convert import Encoded, GGUFSource, open_source  # noqa: E402
+from cmf.convert.gguf_blocks import block_bytes  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 KEPT = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
@@ -156,15 +157,15 @@ def test_cli_pack_decodes_like_gguf_py(model, run, tmp_path):
     assert code == 0 and "valid" in stdout, stdout + err
     code, stdout, _ = run("info", out, "--json")
     rows = {r["name"]: r for r in json.loads(stdout)["tensor_list"]}
-    for name in KEPT:
-        enc = rows[f"blk.{name}"]["encoding"]
-        assert enc.startswith("quantize(q="), enc
-        assert ("min=" in enc) == name.endswith("_1"), enc
-    for name in ("blk.MXFP4", "blk.TQ2_0", "blk.Q6_K", "blk.Q4_K", "f32"):
-        if name in rows:
-            assert not rows[name]["encoding"].startswith("quantize"), rows[name]
+    for name in KEPT + ("MXFP4", "TQ2_0", "Q6_K", "Q4_K"):  # every block type: its fields
+        if f"blk.{name}" in rows:
+            enc = rows[f"blk.{name}"]["encoding"]
+            assert enc.startswith("ggml(") and "q=" in enc, enc
+            if name in KEPT:
+                assert (",m=" in enc) == name.endswith("_1"), enc
+    assert not rows["f32"]["encoding"].startswith("ggml"), rows["f32"]
     code, stdout, _ = run("info", out)
-    assert code == 0 and "quantize(q=" in stdout
+    assert code == 0 and "ggml(" in stdout
 
 
 def test_shapes_are_numpy_order(model, tmp_path):
@@ -194,8 +195,10 @@ def test_open_source_yields_kept_blocks_encoded(model):
         kind = tensors[name][1]
         if kind is not None and kind.name in KEPT:
             assert isinstance(value, Encoded), name
-            assert value.spec.dtype.name == "f32" and value.pending.codec.name == "quantize"
-            assert value.pending.codec.to_config()["scale_dtype"] == "f16"
+            assert value.spec.dtype.name == "f32" and value.pending.codec.name == "ggml"
+            assert value.pending.codec.to_config() == {"type": kind.name}
+        elif kind is not None and kind.name in cmf.convert.gguf.KEPT_BLOCKS:
+            assert isinstance(value, Encoded) and value.pending.codec.name == "ggml", name
         else:
             assert isinstance(value, np.ndarray), name
             assert_bits(value, expected(*tensors[name]), name)
@@ -237,7 +240,8 @@ def test_metadata_keeps_architecture_hyperparameters_tokenizer(model, tmp_path, 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # gguf-py: inf * 0
 def test_non_finite_block_scale_is_stored_as_gguf_py_decodes_it(tmp_path, run):
-    """quantize refuses non-finite scales: such a tensor is stored dequantized, NaNs and all."""
+    """Non-finite scales are kept in the blocks (ggml codec): decoded as gguf-py does, NaNs and
+    all, and the blocks come back byte for byte."""
     rng = np.random.default_rng(1)
     blocks = gguf.quants.quantize(_weights(rng, (4, 64)), Q.Q8_0)
     blocks[1, 0:2] = np.array([np.inf], "<f2").view(np.uint8)
@@ -247,6 +251,8 @@ def test_non_finite_block_scale_is_stored_as_gguf_py_decodes_it(tmp_path, run):
     assert run("pack", path, "-o", out, "-q")[0] == 0
     with cmf.open(out) as f:
         assert_bits(f.get_tensor("w"), gguf.quants.dequantize(blocks, Q.Q8_0), "w")
+        assert f.entry("w").encoding.codec.name == "ggml"
+        assert block_bytes(f, "w").tobytes() == blocks.tobytes()
     assert run("validate", out, "-q")[0] == 0
 
 

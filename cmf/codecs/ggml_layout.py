@@ -1,0 +1,205 @@
+"""GGML block layouts as bit fields (spec/codecs/ggml.md, "Layouts").
+
+A block of ``nbytes`` bytes is read as one little-endian bit string: bit ``8 * b + i`` is bit
+``i`` of byte ``b``. Each *field* of a layout holds ``count`` values per block; value ``e`` is
+made of one or more *runs* of consecutive bits of the block (a run has a start bit and a width
+per value), the first run its lowest bits. Every bit of a block belongs to exactly one value of
+one field (checked when a layout is built), so blocks -> fields -> blocks is the identity.
+
+Fields of kind ``"f16"`` are 16-bit values seen as IEEE binary16; ``"u"`` fields are unsigned
+integers of ``bits`` bits (u8 parts up to 8 bits, u16 parts above).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import CmfError
+
+QK_K = 256  # elements of a K-quant / I-quant super-block
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field: ``count`` values of ``bits`` bits per block, from ``runs``."""
+
+    name: str
+    count: int
+    bits: int
+    kind: str  # "u" or "f16"
+    runs: tuple[tuple[np.ndarray, np.ndarray], ...] = field(repr=False)  # (start[count], width[count])
+
+    @property
+    def dtype(self) -> str:
+        if self.kind == "f16":
+            return "f16"
+        return "u8" if self.bits <= 8 else "u16"
+
+
+@dataclass(frozen=True)
+class Group:
+    """Pieces of one field that share a shift in the byte, a width and an offset in the value:
+    ``value[elems] |= ((block[bytes] >> shift) & (2**width - 1)) << out``."""
+
+    elems: np.ndarray | slice
+    bytes: np.ndarray | slice
+    shift: int
+    width: int
+    out: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One GGML block type: ``block`` elements in ``nbytes`` bytes, split into ``fields``."""
+
+    name: str
+    block: int
+    nbytes: int
+    fields: tuple[Field, ...]
+    groups: dict[str, tuple[Group, ...]] = field(repr=False, compare=False)
+
+
+def _as_index(a: np.ndarray) -> np.ndarray | slice:
+    """A contiguous ascending index as a slice (faster numpy paths), else the array."""
+    if a.size and np.array_equal(a, np.arange(a[0], a[0] + a.size)):
+        return slice(int(a[0]), int(a[0]) + a.size)
+    return a
+
+
+def _groups(f: Field) -> tuple[Group, ...]:
+    """The runs of ``f`` cut at byte boundaries and grouped by (shift, width, out)."""
+    pieces: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
+    out = np.zeros(f.count, np.int64)
+    for start, width in f.runs:
+        for e in range(f.count):
+            pos, left, o = int(start[e]), int(width[e]), int(out[e])
+            while left > 0:
+                shift = pos % 8
+                w = min(8 - shift, left)
+                pieces.setdefault((shift, w, o), []).append((e, pos // 8))
+                pos, left, o = pos + w, left - w, o + w
+        out = out + width
+    if not np.all(out == f.bits):
+        raise CmfError(f"layout field {f.name}: runs give {sorted(set(out.tolist()))} bits, {f.bits} declared")
+    groups = []
+    for (shift, w, o), items in sorted(pieces.items()):
+        elems = np.array([e for e, _ in items], np.intp)
+        where = np.array([b for _, b in items], np.intp)
+        groups.append(Group(_as_index(elems), _as_index(where), shift, w, o))
+    return tuple(groups)
+
+
+def layout(name: str, block: int, nbytes: int, fields: list[Field]) -> Layout:
+    """A checked layout: every bit of the block in exactly one field value."""
+    seen = np.zeros(nbytes * 8, np.int64)
+    for f in fields:
+        for start, width in f.runs:
+            for s, w in zip(start.tolist(), width.tolist()):
+                seen[s : s + w] += 1
+                if s + w > nbytes * 8:
+                    raise CmfError(f"layout {name}: field {f.name} runs past the block")
+    if not np.all(seen == 1):
+        raise CmfError(f"layout {name}: bits {np.flatnonzero(seen != 1)[:8].tolist()} not covered once")
+    return Layout(name, block, nbytes, tuple(fields), {f.name: _groups(f) for f in fields})
+
+
+# ----------------------------------------------------------------------------- field builders
+
+
+def run(start, width) -> tuple[np.ndarray, np.ndarray]:
+    start = np.asarray(start, np.int64).reshape(-1)
+    width = np.broadcast_to(np.asarray(width, np.int64), start.shape).copy()
+    return start, width
+
+
+def f16(name: str, byte: int) -> Field:
+    return Field(name, 1, 16, "f16", (run([8 * byte], 16),))
+
+
+def u(name: str, bits: int, *runs: tuple[np.ndarray, np.ndarray]) -> Field:
+    return Field(name, int(runs[0][0].size), bits, "u", tuple(runs))
+
+
+def u8s(name: str, at: int, n: int) -> Field:
+    """``n`` whole bytes from byte ``at``."""
+    return u(name, 8, run(8 * (at + np.arange(n)), 8))
+
+
+def bits_at(byte: np.ndarray, shift: np.ndarray | int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of ``width`` bits at bit ``shift`` of bytes ``byte``."""
+    return run(8 * np.asarray(byte) + np.asarray(shift), width)
+
+
+def halves(at: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Element ``e`` of ``2 n`` in nibble ``e // n`` of byte ``at + e % n`` (Q4_0 order)."""
+    e = np.arange(2 * n)
+    return bits_at(at + e % n, 4 * (e // n), 4)
+
+
+def crumbs(at: int, n: int, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """2-bit values: element ``i = h * 4 n + s * n + j`` in bits ``2 s`` of byte ``at + h n + j``
+    (Q2_K order, ``total`` elements)."""
+    i = np.arange(total)
+    h, s, j = i // (4 * n), (i % (4 * n)) // n, i % n
+    return bits_at(at + h * n + j, 2 * s, 2)
+
+
+def bit_planes(at: int, n: int, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """1-bit values: element ``i`` in bit ``i // n`` of byte ``at + i % n``."""
+    i = np.arange(total)
+    return bits_at(at + i % n, i // n, 1)
+
+
+def nibble_chunks(at: int, n: int, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nibbles: element ``i = c * 2 n + h * n + j`` in nibble ``h`` of byte ``at + c n + j``."""
+    i = np.arange(total)
+    c, h, j = i // (2 * n), (i % (2 * n)) // n, i % n
+    return bits_at(at + c * n + j, 4 * h, 4)
+
+
+def nbits(count: int) -> int:
+    return max(1, math.ceil(math.log2(count)))
+
+
+# ----------------------------------------------------------------------------- blocks <-> fields
+
+_NP = {"u8": np.dtype("u1"), "u16": np.dtype("<u2"), "f16": np.dtype("<f2")}
+
+
+def part_dtype(f: Field) -> np.dtype:
+    return _NP[f.dtype]
+
+
+def split(lay: Layout, blocks: np.ndarray) -> dict[str, np.ndarray]:
+    """The fields of ``blocks`` (n, nbytes) u8: ``{name: (n, count)}`` of each field's dtype."""
+    n = blocks.shape[0]
+    out = {}
+    for f in lay.fields:
+        wide = np.uint16 if f.bits > 8 else np.uint8
+        v = np.zeros((n, f.count), wide)  # (n, count)
+        for g in lay.groups[f.name]:
+            piece = (blocks[:, g.bytes] >> np.uint8(g.shift)) & np.uint8((1 << g.width) - 1)
+            if g.out:
+                piece = piece.astype(wide) << wide(g.out)
+            v[:, g.elems] |= piece
+        out[f.name] = v.view(np.float16) if f.kind == "f16" else v
+    return out
+
+
+def join(lay: Layout, fields: dict[str, np.ndarray]) -> np.ndarray:
+    """The blocks (n, nbytes) u8 of ``fields`` (each (n, count), values already checked to fit
+    their bits): the inverse of :func:`split`."""
+    n = next(iter(fields.values())).shape[0]
+    blocks = np.zeros((n, lay.nbytes), np.uint8)  # (n, nbytes)
+    for f in lay.fields:
+        v = fields[f.name]
+        if f.kind == "f16":
+            v = v.view(np.uint16)
+        wide = v.dtype.type
+        for g in lay.groups[f.name]:
+            piece = (v[:, g.elems] >> wide(g.out)) & wide((1 << g.width) - 1)
+            blocks[:, g.bytes] |= piece.astype(np.uint8) << np.uint8(g.shift)
+    return blocks
