@@ -86,10 +86,41 @@ def _affine(x, imp, sub: int, nmax: int, snmax: int, search: bool):
         codes = _reround(codes, s * amax[:, None], d * amax, d16, 0, snmax)
         levels.append((d16, codes))
     (d16, sc), (m16, mc) = levels
+    xk, wk = x.reshape(n, k, sub), w.reshape(n, k, sub)
+    if search:
+        sc, mc = _polish(xk, wk, d16, sc, m16, mc, 0, nmax, 0, snmax)
     step = d16.astype(np.float64)[:, None] * sc  # (N, k)
     off = m16.astype(np.float64)[:, None] * mc
-    L = _round_codes(x.reshape(n, k, sub), step, off, 0, nmax).reshape(n, QK_K)
+    L = _round_codes(xk, step, off, 0, nmax).reshape(n, QK_K)
     return L, sc, mc, d16, m16
+
+
+def _polish(xk, wk, d16, sc, m16, mc, lo, hi, slo, shi):
+    """Local search on the stored sub-block codes: each scale code (and min code, when ``m16``
+    is given) moved by -1, 0, +1, the elements re-rounded, the combination of smallest weighted
+    error kept per sub-block. ``xk``, ``wk`` (N, k, n); codes (N, k); ``lo = None``: elements
+    take the IQ4 table's values. Returns the codes."""
+    d = d16.astype(np.float64)[:, None]
+    m = None if m16 is None else m16.astype(np.float64)[:, None]
+    best = np.full(sc.shape, np.inf)
+    out_s, out_m = sc, mc
+    for ds in (0, -1, 1):
+        for dm in (0, -1, 1) if m is not None else (0,):
+            s2 = np.clip(sc + ds, slo, shi)
+            m2 = None if m is None else np.clip(mc + dm, slo, shi)
+            step = d * s2
+            off = np.zeros_like(step) if m is None else m * m2
+            if lo is None:  # IQ4 table
+                q = IQ4_VALUES[_grid_codes(xk, step)]
+            else:
+                q = _round_codes(xk, step, off, lo, hi)
+            err = np.einsum("ijk,ijk->ij", wk, (step[..., None] * q - off[..., None] - xk) ** 2)
+            take = err < best
+            best = np.where(take, err, best)
+            out_s = np.where(take, s2, out_s)
+            if m is not None:
+                out_m = np.where(take, m2, out_m)
+    return out_s, out_m
 
 
 def _symmetric(x, imp, sub: int, nmax: int, snmax: int, search: bool):
@@ -110,8 +141,12 @@ def _symmetric(x, imp, sub: int, nmax: int, snmax: int, search: bool):
     codes = np.where((d != 0)[:, None], np.clip(np.rint(scale / safe[:, None]), -snmax, snmax - 1), 0)
     d16 = lay.f16(d * amax)
     codes = _reround(codes.astype(np.int64), scale * amax[:, None], d * amax, d16, -snmax, snmax - 1)
+    xk = x.reshape(n, k, sub)
+    if search:
+        codes, _ = _polish(xk, w.reshape(n, k, sub), d16, codes, None, None, -nmax, nmax - 1,
+                           -snmax, snmax - 1)
     step = d16.astype(np.float64)[:, None] * codes
-    L = _round_codes(x.reshape(n, k, sub), step, np.zeros_like(step), -nmax, nmax - 1)
+    L = _round_codes(xk, step, np.zeros_like(step), -nmax, nmax - 1)
     return L.reshape(n, QK_K) + nmax, codes, d16
 
 
@@ -183,5 +218,8 @@ def encode_iq4_xs(x, imp, search=True):
     codes = np.where((d != 0)[:, None], np.clip(np.rint(scale / safe[:, None]), -32, 31), 0)
     d16 = lay.f16(d * amax)
     codes = _reround(codes.astype(np.int64), scale * amax[:, None], d * amax, d16, -32, 31)
-    L = _grid_codes(x.reshape(n, 8, 32), d16.astype(np.float64)[:, None] * codes)
+    xk = x.reshape(n, 8, 32)
+    if search:
+        codes, _ = _polish(xk, w.reshape(n, 8, 32), d16, codes, None, None, None, None, -32, 31)
+    L = _grid_codes(xk, d16.astype(np.float64)[:, None] * codes)
     return lay.pack_iq4_xs(L.reshape(n, QK_K), codes + 32, d16)
