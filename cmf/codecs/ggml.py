@@ -191,8 +191,9 @@ def gguf_tensor_to_pending(raw: Any, ggml_type: Any, shape: tuple[int, ...], lev
 
 
 def encode_codes(codes: np.ndarray, spec: ArraySpec, bits: int):
-    """The smallest of: ``bitpack``, ``raw`` + entropy-only ``zstd``, ``huffman`` (codes of
-    ``bits`` bits, a u8/u16 array of ``spec``)."""
+    """The smallest of: ``bitpack``, ``raw`` + entropy-only ``zstd``, ``huffman`` and, for 1-,
+    2- and 4-bit codes, ``bitpack`` + entropy-only ``zstd`` (a byte holds whole codes, so the
+    byte coder codes them jointly) (codes of ``bits`` bits, a u8/u16 array of ``spec``)."""
     from ..pipeline import PendingLeaf, apply
     from .bitpack import BitPack
     from .huffman import Huffman
@@ -209,6 +210,8 @@ def encode_codes(codes: np.ndarray, spec: ArraySpec, bits: int):
         apply(BitPack(bits=bits), codes, spec, stored),
         apply(Raw(), codes, spec, literals),
     ]
+    if bits in (1, 2, 4) and spec.numel:  # whole codes per byte: Huffman on 8 / bits codes at once
+        candidates.append(apply(BitPack(bits=bits), codes, spec, literals))
     if spec.numel:
         candidates.append(apply(Huffman(chunk=1024, max_length=16), codes, spec, stored))
     return min(candidates, key=lambda p: p.stored)

@@ -1,0 +1,134 @@
+"""GGUF bytes vs .cmf bytes per GGML type, on real weights, with each field's entropy bound.
+
+    python tools/ggml_measure.py /work/models/smollm2-hf [--layers 4] [--types Q4_K,Q6_K,...]
+
+For each type: the 2-D weights of the first ``--layers`` layers of a safetensors checkpoint
+(each flattened to rows of 256 elements, so that every block type applies), quantized to the
+type (cmf.ggml_encode's importance-free K-quant/IQ4 encoders, gguf-py's quantizer for the
+others), written as a GGUF with gguf-py's GGUFWriter, packed with ``cmf pack`` (the ``ggml``
+codec), checked bit-equal to ``gguf.quants.dequantize`` and block-identical, and measured:
+GGUF tensor-data bytes, .cmf file bytes, ratio, and per field the stored bytes and the order-0
+entropy bound (bits per value x values; f16 fields at the entropy of each byte plane). The
+order-0 bound of all fields is the best any per-field table coder can reach with this layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+GGUF_PY_QUANTIZES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "TQ1_0", "TQ2_0", "MXFP4")
+DEFAULT = ("Q8_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL")
+
+
+def weights(model_dir: str, layers: int) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    sd = load_file(os.path.join(model_dir, "model.safetensors"))
+    keep = {}
+    for k, v in sd.items():
+        if v.ndim == 2 and any(f".layers.{i}." in k for i in range(layers)):
+            keep[k] = v.astype(np.float32).reshape(-1, 256)  # (rows, 256)
+    return keep
+
+
+def quantize(x: np.ndarray, kind: str) -> np.ndarray:
+    import gguf
+
+    if kind in GGUF_PY_QUANTIZES:
+        return gguf.quants.quantize(x, gguf.GGMLQuantizationType[kind])
+    from cmf.ggml_encode import quantize_blocks
+
+    return quantize_blocks(x, kind)
+
+
+def entropy_bytes(values: np.ndarray) -> float:
+    """Order-0 entropy of ``values`` in bytes (f16: of each byte plane)."""
+    if values.dtype == np.float16:
+        b = values.view(np.uint8).reshape(-1, 2)
+        return sum(entropy_bytes(b[:, k].copy()) for k in range(2))
+    counts = np.bincount(values.reshape(-1).astype(np.int64))
+    p = counts[counts > 0] / values.size
+    return float(-(p * np.log2(p)).sum() * values.size / 8)
+
+
+def stored(f, node) -> int:
+    """Bytes of the segments under ``node`` of the open file ``f``."""
+    from cmf.index import CodecNode, Leaf
+
+    if isinstance(node, Leaf):
+        return len(f.segment(node.segment))
+    return sum(stored(f, c) for c in node.parts.values()) if isinstance(node, CodecNode) else 0
+
+
+def measure(kind: str, tensors: dict[str, np.ndarray], tmp: str) -> dict:
+    import gguf
+
+    import cmf
+    from cmf.codecs.ggml_codec import Blocks, Ggml
+    from cmf.convert.gguf_blocks import block_bytes
+
+    qt = gguf.GGMLQuantizationType[kind]
+    path, out = os.path.join(tmp, f"{kind}.gguf"), os.path.join(tmp, f"{kind}.cmf")
+    w = gguf.GGUFWriter(path, "llama")
+    blocks = {}
+    for name, x in tensors.items():
+        b = quantize(x, kind)
+        blocks[name] = b
+        w.add_tensor(name, b, raw_shape=b.shape, raw_dtype=qt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    subprocess.run([sys.executable, "-m", "cmf.cli", "pack", path, "-o", out, "-q", "--force"], check=True)
+    data = sum(b.nbytes for b in blocks.values())
+    fields: dict[str, list[float]] = {}
+    with cmf.open(out) as f:
+        for name, b in blocks.items():
+            got = f.get_tensor(name)
+            want = gguf.quants.dequantize(b, qt)
+            assert got.tobytes() == want.tobytes(), (kind, name)
+            assert block_bytes(f, name).tobytes() == b.tobytes(), (kind, name)
+            node = f.entry(name).encoding
+            codec = node.codec
+            assert isinstance(codec, Ggml)
+            parts = codec.encode(Blocks(b), f.spec(name))
+            for field, child in node.parts.items():
+                acc = fields.setdefault(field, [0.0, 0.0, 0.0])
+                acc[0] += parts[field].nbytes  # as stored in the GGUF (bits rounded up to the part dtype)
+                acc[1] += stored(f, child)
+                acc[2] += entropy_bytes(parts[field])
+    return {"type": kind, "gguf": os.path.getsize(path), "data": data, "cmf": os.path.getsize(out),
+            "fields": fields}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model_dir")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--types", default=",".join(DEFAULT))
+    args = ap.parse_args(argv)
+    tensors = weights(args.model_dir, args.layers)
+    n = sum(x.size for x in tensors.values())
+    print(f"{len(tensors)} tensors, {n / 1e6:.1f} M weights (layers 0..{args.layers - 1})")
+    print(f"{'type':8} {'GGUF B':>11} {'.cmf B':>11} {'ratio':>6} {'bound':>6}  fields: stored/bound bytes")
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.types.split(","):
+            r = measure(kind, tensors, tmp)
+            bound = sum(v[2] for v in r["fields"].values())
+            desc = "  ".join(f"{k} {v[1] / 1e3:.0f}/{v[2] / 1e3:.0f}K" for k, v in r["fields"].items())
+            print(f"{kind:8} {r['gguf']:>11} {r['cmf']:>11} {r['cmf'] / r['gguf']:6.3f} "
+                  f"{bound / r['data']:6.3f}  {desc}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
