@@ -50,7 +50,7 @@ from cmf.pipeline import describe
 
 HERE = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "spec", "vectors"))
 TINY = 64  # tensors and attachments of at most this many bytes are also recorded as hex
-KNOWN_MINOR = 2  # format 1.2: a file of minor <= 2 validates without warnings
+KNOWN_MINOR = 3  # format 1.3: a file of minor <= 3 validates without warnings
 LOWRANK_COMPARE = "lowrank tolerance"  # manifest: compared with lowrank.same_decoding
 
 
@@ -1009,6 +1009,56 @@ def partition_vector(path: str) -> Expect:
     return _expect(tensors, minor=2)
 
 
+def ggml_vector(path: str) -> Expect:
+    """``ggml`` (minor 3): one tensor of every GGML type the codec holds (two blocks, or one
+    super-block of 256 elements; block
+    bytes drawn at random with chosen f16 scales: small normal, negative, ``-0.0``, a
+    subnormal, ``+inf`` where no code gives ``inf * 0``, and the largest f16), each field a
+    ``raw`` (f16 scales), ``bitpack`` (codes at their bits) or ``huffman`` (the ``q`` field of
+    Q4_K and IQ4_XS) leaf; the IQ types' grid indices include the largest and 0. Expected:
+    gguf-py's ``gguf.quants.dequantize`` of the block bytes (an independent implementation)."""
+    import gguf
+
+    from cmf.codecs.ggml_codec import Blocks, Ggml
+    from cmf.codecs.ggml_types import LAYOUTS
+
+    rng = np.random.default_rng(47)
+    scales = np.array([0.0123, -0.5, -0.0, 2.0 ** -20, 65504.0, 3.0e-3], np.float16)
+    tensors: dict[str, np.ndarray] = {}
+    pendings: dict[str, tuple[Any, Any]] = {}
+    for t, (name, lay) in enumerate(LAYOUTS.items()):
+        codec = Ggml(type=name)
+        from cmf.codecs import ArraySpec
+        from cmf.dtypes import BY_NAME
+        n = 2 if lay.block < 256 else 1  # (super-blocks: one, to keep the file small)
+        spec = ArraySpec(BY_NAME["f32"], (n, lay.block))
+        parts = codec.encode(Blocks(rng.integers(0, 256, (n, lay.nbytes), dtype=np.uint8)), spec)
+        for f in lay.fields:
+            if f.kind == "f16":
+                parts[f.name] = scales[[t % 6, (t + 1) % 6][:n]].reshape(n, 1).copy()
+            elif f.name == "grid":
+                parts[f.name][0, 0], parts[f.name][0, -1] = (1 << f.bits) - 1, 0
+        if name == "Q4_0":  # +inf scale; codes never 8, so no inf * 0
+            parts["d"][1, 0] = np.inf
+            parts["q"][1] = np.where(parts["q"][1] == 8, 9, parts["q"][1])
+        blocks = codec.blocks_of(parts, spec)
+        with np.errstate(all="ignore"):
+            want = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType[name])
+        tensors[f"{name}"] = np.asarray(want, np.float32).reshape(spec.shape)
+        nodes = {}
+        for f in lay.fields:
+            v = parts[f.name]
+            if f.kind == "f16":
+                nodes[f.name] = _raw(v, "f16")
+            elif f.name == "q" and name in ("Q4_K", "IQ4_XS"):
+                nodes[f.name] = _huffman(v)
+            else:
+                nodes[f.name] = _bitpack(v, f.bits)
+        pendings[name] = _node(codec, nodes, "f32", spec.shape)
+    _write(path, pendings)
+    return _expect(tensors, minor=3)
+
+
 # ----------------------------------------------------------------------------- the list
 
 VECTORS: dict[str, Callable[[str], Expect]] = {
@@ -1026,6 +1076,7 @@ VECTORS: dict[str, Callable[[str], Expect]] = {
     "outlier.cmf": outlier_vector,
     "lowrank.cmf": lowrank_vector,
     "partition.cmf": partition_vector,
+    "ggml.cmf": ggml_vector,
 }
 CRAFTED = {"foreign_writer.cmf"}
 
