@@ -444,6 +444,10 @@ def load_runner(source: str | os.PathLike | ModelSource, *, borrow: ModelSource 
     else:
         runner = llama.LlamaRunner.from_tensors(get, config)
     tokenizer = load_tokenizer(src) if src.attachment("tokenizer.json") is not None else None
+    if tokenizer is None and "gguf.tokenizer.ggml.model" in src.metadata:  # a GGUF import's own
+        from .gguf_tokenizer import LazyTokenizer
+
+        tokenizer = LazyTokenizer(src.metadata)
     return Decoder(runner, tokenizer, config)
 
 
