@@ -36,9 +36,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS = {
     "fuzz_container.py": ["container", "index"],
-    "fuzz_codecs.py": [f"codec-{n}" for n in ("bitpack", "byteplanes", "codebook", "huffman",
-                                              "lowrank", "outlier", "partition", "quantize", "raw",
-                                              "sparse", "zstd")],
+    "fuzz_codecs.py": [f"codec-{n}" for n in ("bitpack", "byteplanes", "codebook", "ggml",
+                                              "huffman", "lowrank", "outlier", "partition",
+                                              "quantize", "raw", "sparse", "zstd")],
     "fuzz_convert.py": ["safetensors", "onnx", "gguf"],
     "fuzz_shards.py": ["shards"],
 }

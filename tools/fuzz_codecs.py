@@ -15,7 +15,7 @@ Checks besides the harness's (tools/fuzz_common.py): the result has the spec's d
 and decoding again gives the same bytes (when the codec accepts the value: ``sparse`` and
 ``outlier`` refuse values that do not fit their config with a CmfError, which is fine;
 ``partition`` re-encodes the result with the ``class`` part it was decoded from, and must
-accept it).
+accept it); for ``ggml``, the parts turned into blocks and split again are the same parts.
 
 Seeds are the codec nodes of tools/fuzz_seeds.py's files and spec/vectors/, with the values
 their parts decode to. The structure-aware mutator edits the header (config values at
@@ -40,6 +40,7 @@ import numpy as np
 
 import cmf
 from cmf.codecs import ArraySpec, BytesSpec, Spec, codec_class, registered
+from cmf.codecs.ggml_codec import Blocks
 from cmf.codecs.partition import Partitioned
 from cmf.dtypes import BY_NAME
 from cmf.errors import CmfError
@@ -164,6 +165,18 @@ def _as_bytes(value: Any) -> bytes:
     return bytes(memoryview(value).cast("B"))
 
 
+def _check_blocks(codec: Any, parts: dict[str, Any], spec: Spec, value: np.ndarray) -> None:
+    """``ggml``: the parts a decoder accepted make blocks, and those blocks give the same parts
+    (and so the same values) back."""
+    blocks = codec.blocks_of(parts, spec)
+    again = codec.encode(Blocks(blocks), spec)
+    for pname, part in parts.items():
+        if _as_bytes(again[pname]) != _as_bytes(part):
+            raise Finding(f"ggml {codec.type}: part {pname!r} differs after parts -> blocks -> parts")
+    if _as_bytes(codec.decode(again, spec)) != _as_bytes(value):
+        raise Finding(f"ggml {codec.type}: decoding the re-split blocks differs")
+
+
 def run_case(name: str, data: bytes) -> None:
     config, spec, payload = decode_case(data)
     codec = codec_class(name).from_config(config)
@@ -176,6 +189,8 @@ def run_case(name: str, data: bytes) -> None:
     parts = build_parts(part_specs, payload)
     value = codec.decode(parts, spec)
     _check(value, spec, name)
+    if name == "ggml":
+        _check_blocks(codec, parts, spec, value)
     if name not in LOSSLESS_CHECKED or not codec.lossless:
         return
     make = ENCODE_INPUT.get(name)
