@@ -44,8 +44,8 @@ class Group:
     """Pieces of one field that share a shift in the byte, a width and an offset in the value:
     ``value[elems] |= ((block[bytes] >> shift) & (2**width - 1)) << out``."""
 
-    elems: np.ndarray | slice
-    bytes: np.ndarray | slice
+    elems: "np.ndarray | slice | Runs"
+    bytes: "np.ndarray | slice | Runs"
     shift: int
     width: int
     out: int
@@ -62,10 +62,32 @@ class Layout:
     groups: dict[str, tuple[Group, ...]] = field(repr=False, compare=False)
 
 
-def _as_index(a: np.ndarray) -> np.ndarray | slice:
-    """A contiguous ascending index as a slice (faster numpy paths), else the array."""
+@dataclass(frozen=True)
+class Runs:
+    """An index of ``m`` runs of ``r`` consecutive positions, run ``k`` starting at
+    ``start + k * step``: a strided view of the first axis, no gather needed."""
+
+    start: int
+    m: int
+    r: int
+    step: int
+
+
+def _as_index(a: np.ndarray) -> np.ndarray | slice | Runs:
+    """An index as a slice if contiguous, as :class:`Runs` if equal runs at a constant step
+    (the faster numpy paths), else the array."""
     if a.size and np.array_equal(a, np.arange(a[0], a[0] + a.size)):
         return slice(int(a[0]), int(a[0]) + a.size)
+    steps = np.diff(a)
+    breaks = np.flatnonzero(steps != 1)
+    if a.size and breaks.size:
+        r = int(breaks[0]) + 1
+        if a.size % r == 0:
+            m = a.size // r
+            step = int(a[r] - a[0])
+            want = a[0] + (np.arange(m)[:, None] * step + np.arange(r)).reshape(-1)
+            if step >= r and np.array_equal(a, want):
+                return Runs(int(a[0]), m, r, step)
     return a
 
 
@@ -173,6 +195,31 @@ def part_dtype(f: Field) -> np.dtype:
     return _NP[f.dtype]
 
 
+def _sliced(lay: Layout) -> bool:
+    """Whether every group indexes with slices (then blocks are cut in place, row-major)."""
+    return all(isinstance(g.elems, slice) and isinstance(g.bytes, slice)
+               for gs in lay.groups.values() for g in gs)
+
+
+def _view(a: np.ndarray, idx, writeable: bool = False) -> np.ndarray:
+    """``a[:, idx]`` as a view (slices and runs) of shape (n, len), or a gather (arrays)."""
+    if isinstance(idx, Runs):
+        s0, s1 = a.strides
+        return np.lib.stride_tricks.as_strided(
+            a[:, idx.start :], shape=(a.shape[0], idx.m, idx.r), strides=(s0, idx.step * s1, s1),
+            writeable=writeable)
+    return a[:, idx]
+
+
+def _or(a: np.ndarray, idx, piece: np.ndarray) -> None:
+    """``a[:, idx] |= piece`` (positions of ``idx`` distinct)."""
+    if isinstance(idx, Runs):
+        view = _view(a, idx, writeable=True)
+        view |= piece.reshape(view.shape)
+    else:
+        a[:, idx] |= piece.reshape(a.shape[0], math.prod(piece.shape[1:]))
+
+
 def split(lay: Layout, blocks: np.ndarray) -> dict[str, np.ndarray]:
     """The fields of ``blocks`` (n, nbytes) u8: ``{name: (n, count)}`` of each field's dtype."""
     n = blocks.shape[0]
@@ -181,10 +228,8 @@ def split(lay: Layout, blocks: np.ndarray) -> dict[str, np.ndarray]:
         wide = np.uint16 if f.bits > 8 else np.uint8
         v = np.zeros((n, f.count), wide)  # (n, count)
         for g in lay.groups[f.name]:
-            piece = (blocks[:, g.bytes] >> np.uint8(g.shift)) & np.uint8((1 << g.width) - 1)
-            if g.out:
-                piece = piece.astype(wide) << wide(g.out)
-            v[:, g.elems] |= piece
+            piece = (_view(blocks, g.bytes) >> np.uint8(g.shift)) & np.uint8((1 << g.width) - 1)
+            _or(v, g.elems, piece.astype(wide) << wide(g.out) if g.out else piece)
         out[f.name] = v.view(np.float16) if f.kind == "f16" else v
     return out
 
@@ -200,6 +245,6 @@ def join(lay: Layout, fields: dict[str, np.ndarray]) -> np.ndarray:
             v = v.view(np.uint16)
         wide = v.dtype.type
         for g in lay.groups[f.name]:
-            piece = (v[:, g.elems] >> wide(g.out)) & wide((1 << g.width) - 1)
-            blocks[:, g.bytes] |= piece.astype(np.uint8) << np.uint8(g.shift)
+            piece = ((_view(v, g.elems) >> wide(g.out)) & wide((1 << g.width) - 1)).astype(np.uint8)
+            _or(blocks, g.bytes, piece << np.uint8(g.shift))
     return blocks

@@ -192,12 +192,15 @@ def test_encode_refuses_wrong_bytes():
         codec.encode(np.zeros(32, np.float32), ArraySpec(F32, (32,)))
 
 
-def test_empty_tensor():
-    codec = Ggml(type="Q6_K")
-    spec = ArraySpec(F32, (0, 256))
-    parts = codec.encode(Blocks(b""), spec)
-    assert codec.decode(parts, spec).shape == (0, 256)
-    assert codec.blocks_of(parts, spec).size == 0
+@pytest.mark.parametrize("name", TYPES)
+def test_empty_tensors(name):
+    codec = Ggml(type=name)
+    block = LAYOUTS[name].block
+    for shape in ((0, block), (2, 0), (1, block, 0)):
+        spec = ArraySpec(F32, shape)
+        parts = codec.encode(Blocks(b""), spec)
+        assert codec.decode(parts, spec).shape == shape
+        assert codec.blocks_of(parts, spec).size == 0
 
 
 def _write_gguf(path, tensors):
