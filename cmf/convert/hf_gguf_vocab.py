@@ -101,7 +101,7 @@ def vocab_keys(tokenizer_json: bytes, config: dict[str, Any], tokenizer_config: 
     for i in range(size):
         text, kind = by_id.get(i, (f"[PAD{i}]", UNUSED))
         tokens.append(text)
-        types.append(UNKNOWN if text == unk and kind == NORMAL else kind)
+        types.append(UNKNOWN if text == unk else kind)
     merges = _merges(model)
     keys: list[tuple[str, str, Any]] = [("tokenizer.ggml.model", "STRING", "llama" if spm else "gpt2")]
     if not spm:
