@@ -324,6 +324,10 @@ def info(path: str, as_json: bool) -> None:
                 })
                 if isinstance(f, ShardedFile):
                     rows[-1]["shard"] = os.path.basename(shard.path)
+        ggml = f.metadata().get("cmf.gguf.tensor_types") if f.metadata().get("cmf.source_format") == "gguf" else None
+        if isinstance(ggml, dict):  # a GGUF import: each tensor's GGML type in the source file
+            for r in rows:
+                r["ggml_type"] = ggml[r["name"]] if isinstance(ggml.get(r["name"]), str) else None
         raw_total = sum(r["raw_bytes"] for r in rows)
         summary = {
             "path": path,
@@ -349,12 +353,15 @@ def info(path: str, as_json: bool) -> None:
     for r in rows:  # names come from the file: never let them print control characters
         r["shown"] = printable(r["name"])
     width = min(max((len(r["shown"]) for r in rows), default=4), 60)
-    click.echo(f"{'name':<{width}}  {'dtype':<7} {'shape':<18} {'stored':>10} {'ratio':>7} {'rel_rmse':>9}  encoding")
+    has_ggml = any("ggml_type" in r for r in rows)
+    ggml_head = f"{'ggml':<8} " if has_ggml else ""
+    click.echo(f"{'name':<{width}}  {'dtype':<7} {ggml_head}{'shape':<18} {'stored':>10} {'ratio':>7} {'rel_rmse':>9}  encoding")
     for r in rows:
         shape = "x".join(map(str, r["shape"])) or "scalar"
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
+        ggml_cell = f"{printable(r.get('ggml_type') or '-')[:8]:<8} " if has_ggml else ""
         click.echo(
-            f"{r['shown'][:width]:<{width}}  {r['dtype']:<7} {shape:<18} "
+            f"{r['shown'][:width]:<{width}}  {r['dtype']:<7} {ggml_cell}{shape:<18} "
             f"{human_bytes(r['stored_bytes']):>10} {ratio:>7} {_error_cell(r['error']):>9}  {r['encoding']}"
         )
     click.echo(

@@ -132,7 +132,7 @@ def test_3_pack_writes_only_cmf(tmp_path, model, run, name):
     assert sorted(os.listdir(tmp_path)) == ["t.safetensors"]
 
 
-@pytest.mark.parametrize("name, says", [("x.npz", "cannot tell what to write"), ("x.gguf", "GGUF is not supported"),
+@pytest.mark.parametrize("name, says", [("x.npz", "cannot tell what to write"), ("x.gguf", "cmf writes as GGUF"),
                                         ("x.onnx", "not packed from an ONNX model"), ("x.cmf", "cannot tell")])
 def test_3_unpack_names(tmp_path, hf_dir, run, name, says):
     packed = tmp_path / "m.cmf"

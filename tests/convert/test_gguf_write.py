@@ -264,3 +264,16 @@ def test_dtype_with_gguf_output_is_a_usage_error(run, tmp_path):
     r = run("unpack", packed, "-o", tmp_path / "out.gguf", "--dtype", "f16")
     assert r.code == 2 and "--dtype" in r.err
     _no_output(tmp_path)
+
+
+def test_info_shows_each_tensors_ggml_type(run, tmp_path):
+    import json
+
+    src = write_with_gguf_py(tmp_path / "i.gguf", every_type(np.random.default_rng(5)))
+    packed, _ = roundtrip(run, src, tmp_path)
+    r = run("info", packed)
+    assert r.code == 0 and "ggml" in r.out.splitlines()[0]
+    row = next(line for line in r.out.splitlines() if line.startswith("blk.Q4_1"))
+    assert "Q4_1" in row.split()[2]
+    rows = {t["name"]: t for t in json.loads(run("info", packed, "--json").out)["tensor_list"]}
+    assert rows["bf16"]["ggml_type"] == "BF16" and rows["blk.Q5_0"]["ggml_type"] == "Q5_0"
