@@ -360,6 +360,9 @@ TARGETS = {
     "gguf": Target("gguf", run_gguf, gguf_seeds,
                    instrument=("cmf.convert", "cmf.codecs.ggml", "gguf.gguf_reader", "gguf.quants")),
 }
+from tools.fuzz_gguf_write import TARGETS as _GGUF_WRITE  # noqa: E402  (the GGUF writer)
+
+TARGETS.update(_GGUF_WRITE)
 
 if __name__ == "__main__":
     sys.exit(main(TARGETS))

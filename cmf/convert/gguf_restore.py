@@ -99,7 +99,8 @@ def restore_out(f: Any, meta: dict[str, Any], *, blocks_as_f32: bool = False) ->
                        "pack the GGUF again to write it back as GGUF")
     if "inexact" in layout:
         raise CmfError(f"the source GGUF cannot be rebuilt byte for byte: {layout['inexact']}")
-    order = {"little": "<", "big": ">"}.get(layout.get("byte_order"))
+    byte_order = layout.get("byte_order")
+    order = {"little": "<", "big": ">"}.get(byte_order) if isinstance(byte_order, str) else None
     if order is None:
         raise CmfError(f"{LAYOUT}.byte_order: expected 'little' or 'big', found {layout.get('byte_order')!r}")
     version = _get(meta, "cmf.gguf.version", int)

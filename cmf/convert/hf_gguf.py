@@ -87,7 +87,7 @@ def _check(f: Any, meta: dict[str, Any]) -> tuple[dict[str, Any], str]:
     if config is None:
         raise CmfError("it has no config.json attachment (pack a Hugging Face model directory)")
     model_type = config.get("model_type")
-    if model_type not in ARCHITECTURES:
+    if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
         raise CmfError(f"model_type {model_type!r} is not one cmf writes as GGUF "
                        f"({', '.join(ARCHITECTURES)} are)")
     if "tokenizer.json" not in f.attachments():

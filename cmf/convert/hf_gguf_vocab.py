@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import CmfError
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+MAX_TOKENS = 1 << 22  # GGUF array items a file may hold (cmf.convert.gguf_kv)
 
 
 def _pre_name(pre: Any) -> str | None:
@@ -73,6 +74,12 @@ def _merges(model: dict[str, Any]) -> list[str]:
     return out
 
 
+def _check_id(i: Any, what: str) -> None:
+    if not isinstance(i, int) or isinstance(i, bool) or not -1 <= i < MAX_TOKENS:
+        raise CmfError(f"tokenizer.json: token id {str(i)[:20]} of {str(what)[:40]!r} is not in "
+                       f"[0, {MAX_TOKENS})")
+
+
 def vocab_keys(tokenizer_json: bytes, config: dict[str, Any], tokenizer_config: dict[str, Any],
                chat_template: str | None) -> list[tuple[str, str, Any]]:
     """``tokenizer.ggml.*`` key/values of ``tokenizer_json`` (see the module docstring)."""
@@ -92,11 +99,19 @@ def vocab_keys(tokenizer_json: bytes, config: dict[str, Any], tokenizer_config: 
                        "(its pre-tokenizer is not ByteLevel or Metaspace)")
     by_id: dict[int, tuple[str, int]] = {}
     for text, i in model["vocab"].items():
+        _check_id(i, text)
         by_id[i] = (text, BYTE if spm and len(text) == 6 and text.startswith("<0x") and text.endswith(">") else NORMAL)
-    for added in tok.get("added_tokens") or []:
-        by_id[added["id"]] = (added["content"], CONTROL if added.get("special") else USER_DEFINED)
+    added_tokens = tok.get("added_tokens") or []
+    for added in added_tokens if isinstance(added_tokens, list) else [None]:
+        if not (isinstance(added, dict) and isinstance(added.get("content"), str)):
+            raise CmfError("tokenizer.json: an added token is not {id, content}")
+        _check_id(added.get("id"), added["content"])
+        by_id[added["id"]] = (added["content"], CONTROL if added.get("special") is True else USER_DEFINED)
     unk = model.get("unk_token")
-    size = max(int(config.get("vocab_size") or 0), max(by_id) + 1 if by_id else 0)
+    vocab_size = config.get("vocab_size")
+    vocab_size = vocab_size if isinstance(vocab_size, int) and not isinstance(vocab_size, bool) else 0
+    _check_id(vocab_size - 1, "config.json vocab_size")
+    size = max(vocab_size, max(by_id) + 1 if by_id else 0)
     tokens, types = [], []
     for i in range(size):
         text, kind = by_id.get(i, (f"[PAD{i}]", UNUSED))

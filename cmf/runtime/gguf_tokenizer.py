@@ -128,7 +128,8 @@ def tokenizer_from_gguf(meta: Mapping[str, Any]) -> Any:
                 raise CmfError("GGUF metadata: a gpt2 tokenizer without tokenizer.ggml.merges")
             tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
                                       end_of_word_suffix="", fuse_unk=False))
-            split = SPLITS.get(meta.get(P + "pre"))
+            pre = meta.get(P + "pre")
+            split = SPLITS.get(pre) if isinstance(pre, str) else None
             tk.pre_tokenizer = (pre_tokenizers.ByteLevel(add_prefix_space=False) if split is None else
                                 pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
                                                          pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]))

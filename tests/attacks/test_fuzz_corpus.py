@@ -13,6 +13,7 @@
   | onnx/zero-dim-2e62-shape.bin | an initializer of dims ``[0, 2^62]`` (empty): ValueError from numpy while packing |
   | codec-lowrank/bf16-signalling-nan-factor.bin | a bf16 signalling NaN in a factor raised a RuntimeWarning before the FormatError |
   | gguf/array-of-2e60-items.bin | a 524-byte GGUF file declaring an array of 2^60 items: gguf-py appended empty views until the machine ran out of memory |
+  | gguf-write/byte-order-list.bin | a ``cmf.gguf.layout`` byte order that is a list: TypeError (unhashable) in the GGUF writer |
   | codec-quantize/ok-*, codec-codebook/ok-* | f32 overflow to infinity (a valid result) raised numpy RuntimeWarnings |
 
 - Smoke: every target runs its seeds and 150 mutated inputs (python engine, fixed seed) with no
