@@ -5,7 +5,7 @@
 For each type: the 2-D weights of the first ``--layers`` layers of a safetensors checkpoint
 (each flattened to rows of 256 elements, so that every block type applies), quantized to the
 type (cmf.ggml_encode's importance-free K-quant/IQ4 encoders, gguf-py's quantizer for the
-others), written as a GGUF with gguf-py's GGUFWriter, packed with ``cmf pack`` (the ``ggml``
+others; or, with ``--llama-lib``, llama.cpp's own quantizer for every type), written as a GGUF with gguf-py's GGUFWriter, packed with ``cmf pack`` (the ``ggml``
 codec), checked bit-equal to ``gguf.quants.dequantize`` and block-identical, and measured:
 GGUF tensor-data bytes, .cmf file bytes, ratio, and per field the stored bytes and the order-0
 entropy bound (bits per value x values; f16 fields at the entropy of each byte plane). The
@@ -40,9 +40,39 @@ def weights(model_dir: str, layers: int) -> dict[str, np.ndarray]:
     return keep
 
 
+LLAMA = None  # ggml_quantize_chunk of a libggml-base.so, when --llama-lib is given
+
+
+def llama_quantize(lib_path: str):
+    """``f(x, kind) -> blocks`` through llama.cpp's ggml_quantize_chunk (an importance of ones
+    for the types that require one: IQ1_*, IQ2_*)."""
+    import ctypes
+
+    import gguf
+
+    lib = ctypes.CDLL(lib_path)
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+
+    def f(x: np.ndarray, kind: str) -> np.ndarray:
+        qt = gguf.GGMLQuantizationType[kind]
+        block, size = gguf.GGML_QUANT_SIZES[qt]
+        x = np.ascontiguousarray(x, np.float32)
+        out = np.zeros((x.shape[0], x.shape[1] // block * size), np.uint8)
+        imp = np.ones(x.shape[1], np.float32)
+        lib.ggml_quantize_init(int(qt))
+        lib.ggml_quantize_chunk(int(qt), x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], imp.ctypes.data)
+        return out
+
+    return f
+
+
 def quantize(x: np.ndarray, kind: str) -> np.ndarray:
     import gguf
 
+    if LLAMA is not None:
+        return LLAMA(x, kind)
     if kind in GGUF_PY_QUANTIZES:
         return gguf.quants.quantize(x, gguf.GGMLQuantizationType[kind])
     from cmf.ggml_encode import quantize_blocks
@@ -115,7 +145,11 @@ def main(argv=None) -> int:
     ap.add_argument("model_dir")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--types", default=",".join(DEFAULT))
+    ap.add_argument("--llama-lib", help="quantize with llama.cpp's ggml_quantize_chunk from this libggml-base.so")
     args = ap.parse_args(argv)
+    global LLAMA
+    if args.llama_lib:
+        LLAMA = llama_quantize(args.llama_lib)
     tensors = weights(args.model_dir, args.layers)
     n = sum(x.size for x in tensors.values())
     print(f"{len(tensors)} tensors, {n / 1e6:.1f} M weights (layers 0..{args.layers - 1})")
