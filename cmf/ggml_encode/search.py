@@ -46,6 +46,7 @@ def fit_affine(
     hi = x.max(axis=1).astype(np.float64)  # (N,)
     low = np.minimum(x.min(axis=1), 0).astype(np.float64)  # (N,)
     span = hi - low
+    low0 = low
     ok = span > 0
     scale = np.where(ok, span / nmax, 0.0)  # (N,)
     sw = w.sum(axis=1, dtype=np.float64)  # (N,)
@@ -77,11 +78,63 @@ def fit_affine(
         s = np.where(clamp, sxl / np.where(sll > 0, sll, 1.0), s)
         m = np.where(clamp, 0.0, m)
         err = error(s, m, sl, sll, sxl)
-        take = good & ok & (s > 0) & (err < best)
+        # a fit must stay near the data's range: one element of overwhelming weight can
+        # otherwise pull the scale and offset far out (exact there, useless for the rest, and
+        # impossible to share one super-block scale with the other sub-blocks)
+        sane = (s * nmax <= 1.5 * span) & (m >= low0 - 0.5 * span)
+        take = good & ok & sane & (s > 0) & (err < best)
         best = np.where(take, err, best)
         scale = np.where(take, s, scale)
         low = np.where(take, m, low)
     return scale, low
+
+
+def _scan(x, w, invs, levels, state):
+    """Least-squares scales of ``x ~ scale * levels(x * inv)`` for each candidate ``inv`` (N,);
+    keeps, per group, the candidate of the largest ``sum(w q x)^2 / sum(w q^2)`` (the smallest
+    weighted error). ``state`` = ``(best (N,), scale (N,), q (N, n) or None)``, updated and
+    returned (``q``, the chosen level values, only when given)."""
+    best, scale, kept = state
+    for inv in invs:
+        q = levels(x * inv.astype(np.float32)[:, None])  # (N, n) level values
+        wq = w * q
+        sqx = _dot(wq, x)
+        sqq = _dot(wq, q)
+        pos = sqq > 0
+        score = np.where(pos, sqx * sqx / np.where(pos, sqq, 1.0), -1.0)
+        take = pos & np.isfinite(inv) & (score > best)
+        best = np.where(take, score, best)
+        scale = np.where(take, sqx / np.where(pos, sqq, 1.0), scale)
+        if kept is not None:
+            kept = np.where(take[:, None], q, kept)
+    return best, scale, kept
+
+
+DOMINANT = 0.3  # share of a group's weighted energy that makes one element dominant
+
+
+def _anchored(x, w, anchors, levels, state):
+    """Extra candidates for groups where one element carries more than ``DOMINANT`` of the
+    weighted energy ``sum(w x^2)`` (an imatrix column of overwhelming importance): that element
+    is put exactly on each level ``a`` of ``anchors`` (``inv = a / x_dom``), so it is not left at
+    code 0 by scales fitted to the group's max. Updates and returns ``state`` (see :func:`_scan`)."""
+    e = w * x * x  # (N, n)
+    j = e.argmax(axis=1)
+    top = np.take_along_axis(e, j[:, None], axis=1)[:, 0]
+    xd = np.take_along_axis(x, j[:, None], axis=1)[:, 0].astype(np.float64)
+    sub = np.flatnonzero((top > DOMINANT * e.sum(axis=1)) & (np.abs(xd) > EPS))
+    if sub.size == 0:
+        return state
+    best, scale, kept = state
+    invs = [np.full(sub.size, float(a)) / xd[sub] for a in anchors]
+    part = (best[sub], scale[sub], None if kept is None else kept[sub])
+    b, s, k = _scan(x[sub], w[sub], invs, levels, part)
+    best, scale = best.copy(), scale.copy()
+    best[sub], scale[sub] = b, s
+    if kept is not None:
+        kept = kept.copy()
+        kept[sub] = k
+    return best, scale, kept
 
 
 def fit_symmetric(
@@ -92,27 +145,23 @@ def fit_symmetric(
     The value of largest magnitude is mapped near ``-nmax`` (the longer side of the range):
     inverse scale ``-(nmax + r) / xmax`` for each step ``r``; each rounding is refitted by
     weighted least squares and the one with the smallest weighted error (the largest
-    ``sum(w x L)^2 / sum(w L^2)``) wins. All-zero groups get scale 0. Returns ``(N,)`` float64.
+    ``sum(w x L)^2 / sum(w L^2)``) wins; a dominant element also gets candidates that put it
+    exactly on each level (:func:`_anchored`). All-zero groups get scale 0. Returns ``(N,)``.
     """
     # x, w: (N, n)
     arg = np.abs(x).argmax(axis=1)
     xmax = np.take_along_axis(x, arg[:, None], axis=1)[:, 0].astype(np.float64)  # (N,) signed
     ok = np.abs(xmax) > EPS
-    safe_max = np.where(ok, xmax, 1.0)
-    best = np.full(x.shape[0], -1.0)
-    scale = np.where(ok, -xmax / nmax, 0.0)
-    for r in np.concatenate([[0.0], steps[steps != 0]]):
-        inv = (-(nmax + r) / safe_max).astype(np.float32)
-        codes = np.clip(np.rint(x * inv[:, None]), -nmax, nmax - 1)  # (N, n)
-        wl = w * codes
-        slx = _dot(wl, x)
-        sll = _dot(wl, codes)
-        pos = sll > 0
-        score = np.where(pos, slx * slx / np.where(pos, sll, 1.0), -1.0)
-        take = ok & pos & (score > best)
-        best = np.where(take, score, best)
-        scale = np.where(take, slx / np.where(pos, sll, 1.0), scale)
-    return scale
+    safe = np.where(ok, xmax, 1.0)
+
+    def levels(y):
+        return np.clip(np.rint(y), -nmax, nmax - 1)
+
+    invs = [np.where(ok, -(nmax + r) / safe, 0.0) for r in np.concatenate([[0.0], steps[steps != 0]])]
+    state = (np.full(x.shape[0], -1.0), np.where(ok, -xmax / nmax, 0.0), None)
+    state = _scan(x, w, invs, levels, state)
+    _, scale, _ = _anchored(x, w, range(-1, -nmax - 1, -1), levels, state)
+    return np.where(ok, scale, 0.0)
 
 
 def fit_positive(
@@ -120,10 +169,11 @@ def fit_positive(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scale and codes of non-negative ``x ~ scale * L`` (``L = 0..nmax``), N groups of n.
 
-    Tries inverse scales ``(nmax + r) / max(x)``, refits each by weighted least squares, keeps the
-    best; then ``passes`` rounds of coordinate descent move single codes to their least-squares
-    optimum while that lowers the weighted error. Returns ``(scale (N,) float64, L (N, n) int)``;
-    all-zero groups give scale 0 and codes 0.
+    Tries inverse scales ``(nmax + r) / max(x)`` (and, for a dominant element, each level for
+    it), refits each by weighted least squares, keeps the best; then ``passes`` rounds of
+    coordinate descent move single codes to their least-squares optimum while that lowers the
+    weighted error. Returns ``(scale (N,) float64, L (N, n) int)``; all-zero groups give scale 0
+    and codes 0.
     """
     # x, w: (N, n), x >= 0
     xd = x.astype(np.float64)
@@ -131,17 +181,14 @@ def fit_positive(
     xmax = xd.max(axis=1)
     ok = xmax > EPS
     safe = np.where(ok, xmax, 1.0)
-    codes = np.zeros(x.shape, dtype=np.float64)
-    best = np.full(x.shape[0], -1.0)
-    for r in np.concatenate([[0.0], steps[steps != 0]]):
-        cand = np.clip(np.rint(xd * ((nmax + r) / safe)[:, None]), 0, nmax)
-        slx = np.einsum("ij,ij->i", wd * cand, xd)
-        sll = np.einsum("ij,ij->i", wd * cand, cand)
-        pos = sll > 0
-        score = np.where(pos, slx * slx / np.where(pos, sll, 1.0), -1.0)
-        take = ok & pos & (score > best)
-        best = np.where(take, score, best)
-        codes = np.where(take[:, None], cand, codes)
+
+    def levels(y):
+        return np.clip(np.rint(y), 0, nmax)
+
+    invs = [np.where(ok, (nmax + r) / safe, 0.0) for r in np.concatenate([[0.0], steps[steps != 0]])]
+    state = (np.full(x.shape[0], -1.0), np.zeros(x.shape[0]), np.zeros(x.shape))
+    state = _scan(xd, wd, invs, levels, state)
+    _, _, codes = _anchored(xd, wd, range(1, nmax + 1), levels, state)
     slx = np.einsum("ij,ij->i", wd * codes, xd)
     sll = np.einsum("ij,ij->i", wd * codes, codes)
     for _ in range(passes):
@@ -187,9 +234,10 @@ def fit_grid(
     """Signed scale of ``x ~ scale * values[L]`` for each of N groups (``values`` sorted ints).
 
     Candidates map the largest magnitude ``xmax`` to the far positive end (``max(values)``) and
-    to ``values[0] + r`` for each step ``r``; codes are the nearest table entries, the scale of
-    each candidate is refitted by weighted least squares, the smallest weighted error wins.
-    Returns ``(N,)`` float64 (0 for all-zero groups).
+    to ``values[0] + r`` for each step ``r`` (and a dominant element onto each table value);
+    codes are the nearest table entries, the scale of each candidate is refitted by weighted
+    least squares, the smallest weighted error wins. Returns ``(N,)`` float64 (0 for all-zero
+    groups).
     """
     # x, w: (N, n)
     index = nearest_index(values)
@@ -198,17 +246,13 @@ def fit_grid(
     xmax = np.take_along_axis(x, arg[:, None], axis=1)[:, 0].astype(np.float64)
     ok = np.abs(xmax) > EPS
     safe = np.where(ok, xmax, 1.0)
-    best = np.full(x.shape[0], -1.0)
-    scale = np.where(ok, xmax / table[0], 0.0)
-    for target in np.concatenate([[float(table[-1])], float(table[0]) + steps]):
-        inv = (target / safe).astype(np.float32)
-        q = table[index(x * inv[:, None])]  # (N, n)
-        wq = w * q
-        sqx = _dot(wq, x)
-        sqq = _dot(wq, q)
-        pos = sqq > 0
-        score = np.where(pos, sqx * sqx / np.where(pos, sqq, 1.0), -1.0)
-        take = ok & pos & (score > best)
-        best = np.where(take, score, best)
-        scale = np.where(take, sqx / np.where(pos, sqq, 1.0), scale)
-    return scale
+
+    def levels(y):
+        return table[index(y)]
+
+    targets = np.concatenate([[float(table[-1])], float(table[0]) + steps])
+    invs = [np.where(ok, t / safe, 0.0) for t in targets]
+    state = (np.full(x.shape[0], -1.0), np.where(ok, xmax / table[0], 0.0), None)
+    state = _scan(x, w, invs, levels, state)
+    _, scale, _ = _anchored(x, w, table, levels, state)
+    return np.where(ok, scale, 0.0)
