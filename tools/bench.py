@@ -5,6 +5,7 @@
     python tools/bench.py scale [--jobs N] [--gib G] [--presets ...] [--dask] (tools/bench_scale.py)
     python tools/bench.py plan [--json] [--no-onnx] [--no-llama] (tools/bench_plan.py)
     python tools/bench.py torch [--repeat N] [--json] [--model PATH] (tools/bench_torch.py)
+    python tools/bench.py gguf [--gguf FILE ...] [--repeat N] [--json] (tools/bench_gguf.py)
 
 ``codecs`` compares lossy encodings of the model's 2-D float weights (the tensors GGUF
 quantizes): gguf-py's quantizers (Q8_0, Q5_1, Q5_0, Q4_1, Q4_0), the same GGUF blocks kept by
@@ -639,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     import bench_torch  # tools/bench_torch.py: cmf.torch.load_file vs safetensors.torch, time and memory
 
     bench_torch.add_arguments(sub.add_parser("torch", help="cmf.torch.load_file vs safetensors.torch: time, peak RSS"))
+    import bench_gguf  # tools/bench_gguf.py: GGUF -> .cmf -> GGUF sizes, speeds, sha256
+
+    bench_gguf.add_arguments(sub.add_parser("gguf", help="GGUF -> .cmf -> GGUF: ratio, MB/s, same sha256"))
     for p, top in ((parser, True), (c, False), (k, False)):  # options go before or after the subcommand
         def opt(*names: str, default: Any, **kw: Any) -> None:
             p.add_argument(*names, default=default if top else argparse.SUPPRESS, **kw)
@@ -656,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench_plan.run(args)
     if args.command == "torch":
         return bench_torch.run(args)
+    if args.command == "gguf":
+        return bench_gguf.run(args)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return cmd_codecs(args) if args.command == "codecs" else cmd_container(args)

@@ -54,6 +54,20 @@ def string_bytes(text: Any, what: str, order: str) -> bytes:
     return struct.pack(order + "Q", len(data)) + data
 
 
+def _strings(values: list[Any], what: str, order: str) -> bytes:
+    """GGUF strings back to back (one pass: tokenizer vocabularies hold ~10^5 of them)."""
+    if not all(type(v) is str for v in values):
+        bad = next(v for v in values if not isinstance(v, str))
+        if not isinstance(bad, str):
+            raise CmfError(f"{what}: expected a string, found {type(bad).__name__}")
+    try:
+        encoded = [v.encode("utf-8") for v in values]
+    except UnicodeEncodeError:
+        raise CmfError(f"{what}: string is not valid Unicode (lone surrogate)") from None
+    length = struct.Struct(order + "Q").pack
+    return b"".join([length(len(e)) + e for e in encoded])
+
+
 def _scalars(name: str, values: list[Any], what: str, order: str) -> bytes:
     """Scalars of type ``name`` (numbers range-checked, floats kept bit for bit as float64 holds them)."""
     if name == "BOOL":
@@ -97,7 +111,7 @@ def encode_value(types: list[str], value: Any, what: str, order: str = "<") -> b
     item = types[1]
     head_bytes = struct.pack(order + "IQ", TYPES[item][0], len(value))
     if item == "STRING":
-        return head_bytes + b"".join(string_bytes(v, what, order) for v in value)
+        return head_bytes + _strings(value, what, order)
     return head_bytes + _scalars(item, value, what, order)
 
 

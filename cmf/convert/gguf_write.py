@@ -6,7 +6,8 @@ Contract:
   with a producer of their bytes, alignment, and the optional layout of a packed GGUF: data
   offsets, non-zero padding, file size); :func:`check_out` refuses an inconsistent one.
 - :func:`write_gguf_file` streams it to ``path`` atomically (a temp file beside it, renamed at the
-  end): at most one tensor's bytes in memory; any CmfError leaves no output.
+  end): tensors are produced on ``AHEAD`` threads a few tensors ahead of the writer, so at most
+  ``AHEAD + 1`` tensors' bytes are in memory; any CmfError leaves no output.
 - :func:`write_gguf` writes a .cmf file (or sharded set) as GGUF: a GGUF-origin file as its source
   bytes (cmf.convert.gguf_restore), a Llama-family Hugging Face model in llama.cpp's layout
   (cmf.convert.hf_gguf); anything else is a CmfError.
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,6 +29,7 @@ from .gguf_kv import TYPES, aligned, gguf_nbytes, string_bytes, tensor_info
 MAX_FILL = 1 << 20  # non-zero padding bytes a layout may carry
 MAX_PADDING = 64 << 20  # zero padding beyond the tensors' own bytes
 _CHUNK = 1 << 20
+AHEAD = 1  # tensors decoded ahead of the one being written (threads): memory is AHEAD + 1 tensors
 
 
 @dataclass
@@ -159,12 +163,20 @@ def write_gguf_file(path: str | os.PathLike, out: GGUFOut,
     if size - tensors_end > MAX_PADDING:
         raise CmfError(f"the recorded GGUF size {size} leaves {size - tensors_end} bytes after "
                        f"the tensors; at most {MAX_PADDING} are written")
-    with AtomicFile(path) as target:
+    with AtomicFile(path) as target, ThreadPoolExecutor(max(1, AHEAD)) as pool:
         sink = _Sink(target.file, out.fill)
         sink.write(header)
-        for t, off in zip(out.tensors, offsets):
+        queued: deque = deque(pool.submit(t.data) for t in out.tensors[:AHEAD])
+        for i, (t, off) in enumerate(zip(out.tensors, offsets)):
             sink.gap(data_start + off)
-            data = t.data()
+            if i + AHEAD < len(out.tensors):  # decode the next ones while this one is written
+                queued.append(pool.submit(out.tensors[i + AHEAD].data))
+            try:
+                data = queued.popleft().result()
+            except BaseException:
+                for job in queued:
+                    job.cancel()
+                raise
             n = len(memoryview(data).cast("B"))
             if n != t.nbytes:
                 raise CmfError(f"tensor {t.name!r}: {n} bytes for {t.ggml_type} {t.dims}, "
