@@ -309,6 +309,22 @@ def run_gguf(data: bytes) -> None:
     _items(scratch_file(data, "input.gguf"))
 
 
+def _blocks(name: str, rng: np.random.Generator) -> np.ndarray:
+    """One row of two random blocks of GGML type ``name`` whose f16 scales are small and finite."""
+    from cmf.codecs import ArraySpec
+    from cmf.codecs.ggml_codec import Blocks, Ggml
+    from cmf.dtypes import BY_NAME
+
+    codec = Ggml(type=name)
+    lay = codec.layout
+    spec = ArraySpec(BY_NAME["f32"], (1, 2 * lay.block))
+    parts = codec.encode(Blocks(rng.integers(0, 256, 2 * lay.nbytes, dtype=np.uint8)), spec)
+    for f in lay.fields:
+        if f.kind == "f16":
+            parts[f.name] = (rng.standard_normal((2, 1)) * 0.01).astype(np.float16)
+    return codec.blocks_of(parts, spec).reshape(1, -1)
+
+
 def gguf_seeds() -> list[bytes]:
     import tempfile
 
@@ -326,6 +342,8 @@ def gguf_seeds() -> list[bytes]:
          "q51": (gguf.quants.quantize(rng.standard_normal((1, 32)).astype(np.float32), Q.Q5_1), Q.Q5_1),
          "f16": (rng.standard_normal(5).astype(np.float16), None),
          "i32": (np.arange(4, dtype=np.int32), None)},
+        {f"k.{name}": (_blocks(name, rng), Q[name])  # K-/I-quants: the ggml codec's fields
+         for name in ("Q4_K", "Q6_K", "IQ4_XS", "IQ2_XS", "IQ1_M", "TQ1_0", "MXFP4")},
     ]
     with tempfile.TemporaryDirectory() as d:
         for i, tensors in enumerate(sets):
@@ -358,7 +376,9 @@ TARGETS = {
     "onnx": Target("onnx", run_onnx, onnx_seeds, mutate=mutate_onnx,
                    instrument=("cmf.convert", "cmf.errors")),
     "gguf": Target("gguf", run_gguf, gguf_seeds,
-                   instrument=("cmf.convert", "cmf.codecs.ggml", "gguf.gguf_reader", "gguf.quants")),
+                   instrument=("cmf.convert", "cmf.codecs.ggml", "gguf.gguf_reader", "gguf.quants",
+                               "cmf.codecs.ggml_codec", "cmf.codecs.ggml_layout",
+                               "cmf.codecs.ggml_dequant")),
 }
 from tools.fuzz_gguf_write import TARGETS as _GGUF_WRITE  # noqa: E402  (the GGUF writer)
 
