@@ -60,6 +60,7 @@ class Layout:
     nbytes: int
     fields: tuple[Field, ...]
     groups: dict[str, tuple[Group, ...]] = field(repr=False, compare=False)
+    whole: dict[str, slice] = field(repr=False, compare=False)  # fields that are whole bytes in order
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,14 @@ def layout(name: str, block: int, nbytes: int, fields: list[Field]) -> Layout:
                     raise CmfError(f"layout {name}: field {f.name} runs past the block")
     if not np.all(seen == 1):
         raise CmfError(f"layout {name}: bits {np.flatnonzero(seen != 1)[:8].tolist()} not covered once")
-    return Layout(name, block, nbytes, tuple(fields), {f.name: _groups(f) for f in fields})
+    whole = {}
+    for f in fields:  # one run of consecutive whole bytes, values in order: a plain byte range
+        if len(f.runs) == 1 and f.bits in (8, 16):
+            start, width = f.runs[0]
+            at = int(start[0])
+            if at % 8 == 0 and np.all(width == f.bits) and np.array_equal(start, at + f.bits * np.arange(f.count)):
+                whole[f.name] = slice(at // 8, at // 8 + f.count * f.bits // 8)
+    return Layout(name, block, nbytes, tuple(fields), {f.name: _groups(f) for f in fields}, whole)
 
 
 # ----------------------------------------------------------------------------- field builders
@@ -225,6 +233,10 @@ def split(lay: Layout, blocks: np.ndarray) -> dict[str, np.ndarray]:
     n = blocks.shape[0]
     out = {}
     for f in lay.fields:
+        if f.name in lay.whole:  # a byte range: copied as is
+            v = np.ascontiguousarray(blocks[:, lay.whole[f.name]]).view(part_dtype(f))
+            out[f.name] = v.reshape(n, f.count)
+            continue
         wide = np.uint16 if f.bits > 8 else np.uint8
         v = np.zeros((n, f.count), wide)  # (n, count)
         for g in lay.groups[f.name]:
@@ -241,6 +253,9 @@ def join(lay: Layout, fields: dict[str, np.ndarray]) -> np.ndarray:
     blocks = np.zeros((n, lay.nbytes), np.uint8)  # (n, nbytes)
     for f in lay.fields:
         v = fields[f.name]
+        if f.name in lay.whole:  # a byte range: copied as is
+            blocks[:, lay.whole[f.name]] = np.ascontiguousarray(v).view(np.uint8).reshape(n, -1)
+            continue
         if f.kind == "f16":
             v = v.view(np.uint16)
         wide = v.dtype.type
