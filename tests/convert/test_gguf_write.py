@@ -277,3 +277,29 @@ def test_info_shows_each_tensors_ggml_type(run, tmp_path):
     assert "Q4_1" in row.split()[2]
     rows = {t["name"]: t for t in json.loads(run("info", packed, "--json").out)["tensor_list"]}
     assert rows["bf16"]["ggml_type"] == "BF16" and rows["blk.Q5_0"]["ggml_type"] == "Q5_0"
+
+
+def test_sharded_set_round_trips(run, tmp_path):
+    src = write_with_gguf_py(tmp_path / "s.gguf", every_type(np.random.default_rng(6)), kv=ALL_VALUES[:4])
+    sharded = tmp_path / "set" / "model.cmf"
+    assert run("pack", src, "-o", sharded, "--shard-size", "2KB", "-q").code == 0
+    assert len(os.listdir(tmp_path / "set")) > 2
+    r = run("unpack", tmp_path / "set" / "model.cmf.index.json", "-o", tmp_path / "back.gguf", "-q")
+    assert r.code == 0, r.err
+    assert sha(tmp_path / "back.gguf") == sha(src)
+
+
+def test_a_tensor_failing_mid_write_leaves_no_output(run, tmp_path):
+    src = write_with_gguf_py(tmp_path / "c.gguf", every_type(np.random.default_rng(7)))
+    packed = tmp_path / "c.cmf"
+    assert run("pack", src, "-o", packed, "-q").code == 0
+    with cmf.CmfFile(packed) as f:
+        seg = f.index.segments[len(f.index.segments) // 2]  # a tensor in the middle of the file
+    with open(packed, "r+b") as fh:
+        fh.seek(seg.offset)
+        byte = fh.read(1)
+        fh.seek(seg.offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    r = run("unpack", packed, "-o", tmp_path / "out.gguf")
+    assert r.code == 1 and "crc" in r.err.lower(), r.err
+    _no_output(tmp_path)
