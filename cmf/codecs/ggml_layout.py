@@ -49,6 +49,7 @@ class Group:
     shift: int
     width: int
     out: int
+    plane: bool = False  # one bit per value, values in consecutive bits: np.packbits / unpackbits
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,15 @@ def _groups(f: Field) -> tuple[Group, ...]:
     """The runs of ``f`` cut at byte boundaries and grouped by (shift, width, out)."""
     pieces: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
     out = np.zeros(f.count, np.int64)
+    groups = []
     for start, width in f.runs:
+        at = int(start[0])
+        if (np.all(width == 1) and np.all(out == out[0]) and at % 8 == 0 and f.count % 8 == 0
+                and np.array_equal(start, at + np.arange(f.count))):
+            groups.append(Group(slice(0, f.count), slice(at // 8, at // 8 + f.count // 8), 0, 1,
+                                int(out[0]), plane=True))
+            out = out + width
+            continue
         for e in range(f.count):
             pos, left, o = int(start[e]), int(width[e]), int(out[e])
             while left > 0:
@@ -107,7 +116,6 @@ def _groups(f: Field) -> tuple[Group, ...]:
         out = out + width
     if not np.all(out == f.bits):
         raise CmfError(f"layout field {f.name}: runs give {sorted(set(out.tolist()))} bits, {f.bits} declared")
-    groups = []
     for (shift, w, o), items in sorted(pieces.items()):
         elems = np.array([e for e, _ in items], np.intp)
         where = np.array([b for _, b in items], np.intp)
@@ -240,7 +248,10 @@ def split(lay: Layout, blocks: np.ndarray) -> dict[str, np.ndarray]:
         wide = np.uint16 if f.bits > 8 else np.uint8
         v = np.zeros((n, f.count), wide)  # (n, count)
         for g in lay.groups[f.name]:
-            piece = (_view(blocks, g.bytes) >> np.uint8(g.shift)) & np.uint8((1 << g.width) - 1)
+            if g.plane:
+                piece = np.unpackbits(blocks[:, g.bytes], axis=1, bitorder="little")  # (n, count)
+            else:
+                piece = (_view(blocks, g.bytes) >> np.uint8(g.shift)) & np.uint8((1 << g.width) - 1)
             _or(v, g.elems, piece.astype(wide) << wide(g.out) if g.out else piece)
         out[f.name] = v.view(np.float16) if f.kind == "f16" else v
     return out
@@ -260,6 +271,13 @@ def join(lay: Layout, fields: dict[str, np.ndarray]) -> np.ndarray:
             v = v.view(np.uint16)
         wide = v.dtype.type
         for g in lay.groups[f.name]:
-            piece = ((_view(v, g.elems) >> wide(g.out)) & wide((1 << g.width) - 1)).astype(np.uint8)
-            _or(blocks, g.bytes, piece << np.uint8(g.shift))
+            piece = _view(v, g.elems)
+            if g.out:
+                piece = piece >> wide(g.out)
+            if g.out + g.width < f.bits:  # bits above this piece's: masked off
+                piece = piece & wide((1 << g.width) - 1)
+            piece = piece.astype(np.uint8, copy=False)
+            if g.plane:
+                piece = np.packbits(piece, axis=1, bitorder="little")  # (n, count / 8)
+            _or(blocks, g.bytes, piece << np.uint8(g.shift) if g.shift else piece)
     return blocks
