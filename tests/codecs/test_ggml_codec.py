@@ -232,3 +232,39 @@ def test_gguf_of_every_type_packs_and_decodes_equal(tmp_path):
         for tname, (b, kind) in tensors.items():
             assert f.get_tensor(tname).tobytes() == dequantized(b, kind).tobytes(), tname
             assert block_bytes(f, tname).tobytes() == b.tobytes(), tname
+
+
+@pytest.mark.parametrize("name", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"])
+def test_blocks_from_cmf_encoders(name):
+    """Real-looking K-quant / IQ4 blocks (cmf.ggml_encode from weight-like values)."""
+    ggml_encode = pytest.importorskip("cmf.ggml_encode")
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((4, 512)) * 0.02 * rng.uniform(0.5, 2, (4, 1))).astype(np.float32)
+    blocks = ggml_encode.quantize_blocks(x, name)
+    spec = ArraySpec(F32, x.shape)
+    codec = Ggml(type=name)
+    parts = codec.encode(Blocks(blocks), spec)
+    assert codec.blocks_of(parts, spec).tobytes() == blocks.tobytes()
+    assert codec.decode(parts, spec).tobytes() == gguf.quants.dequantize(blocks, Q[name]).tobytes()
+
+
+def test_block_bytes_of_legacy_quantize_trees_and_plain_tensors(tmp_path):
+    """Files written before the ggml codec hold Q8_0 ... Q5_1 as quantize trees: their blocks
+    come back too; a plain tensor gives None."""
+    from cmf.codecs.ggml import gguf_tensor_to_pending
+    from cmf.convert.gguf_blocks import stored_type
+
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal((3, 64)) * 0.1).astype(np.float32)
+    path = tmp_path / "legacy.cmf"
+    with cmf.Writer(path) as w:
+        for name in ("Q8_0", "Q4_1", "Q5_0"):
+            blocks = gguf.quants.quantize(x, Q[name])
+            w.add_encoded(name, ArraySpec(F32, x.shape), gguf_tensor_to_pending(blocks, name, x.shape))
+        w.add_tensor("plain", x)
+    with cmf.open(path) as f:
+        for name in ("Q8_0", "Q4_1", "Q5_0"):
+            assert f.entry(name).encoding.codec.name == "quantize"
+            assert stored_type(f, name) == name
+            assert block_bytes(f, name).tobytes() == gguf.quants.quantize(x, Q[name]).tobytes()
+        assert stored_type(f, "plain") is None and block_bytes(f, "plain") is None
