@@ -10,7 +10,8 @@ Contract:
   architecture keys, the tokenizer keys (cmf.convert.hf_gguf_vocab), llama.cpp's tensor names
   in the model's order, q/k rows of the ``llama`` architecture interleaved per head
   (:func:`permute_qk`), each tensor as F32 / F16 / BF16 from its cmf dtype, or as the legacy GGML
-  block type its ``quantize`` tree already is; tensors are decoded one at a time when written.
+  block type whose blocks decode to exactly its ``quantize`` tree's values (``--preset q8``:
+  Q8_0); tensors are decoded one at a time when written.
 """
 
 from __future__ import annotations
@@ -134,17 +135,51 @@ def _arch_keys(arch: str, config: dict[str, Any]) -> list[tuple[str, str, Any]]:
     return keys
 
 
+_AS_BLOCKS = {(8, "symmetric"): "Q8_0", (4, "symmetric"): "Q4_0", (4, "asymmetric"): "Q4_1",
+              (5, "symmetric"): "Q5_0", (5, "asymmetric"): "Q5_1"}
+
+
+def _blocks_held(f: Any, name: str) -> str | None:
+    """The legacy GGML type whose blocks decode to exactly the values a tensor's ``quantize``
+    tree decodes to (f16 scales along the last axis, blocks of a multiple of 32 elements or
+    the whole row: each 32-element block takes its block's scale and min), else None."""
+    from .gguf_blocks import stored_type
+
+    kind = stored_type(f, name)
+    if kind is not None:
+        return kind
+    entry = f.entry(f.entry(name).alias or name)
+    node, shape = entry.encoding, entry.spec.shape
+    codec = getattr(node, "codec", None)
+    if (getattr(codec, "name", None) != "quantize" or entry.spec.dtype.name != "f32" or not shape
+            or shape[-1] % 32 or codec.scale_dtype != "f16" or codec.axis not in (-1, len(shape) - 1)
+            or codec.block % 32):
+        return None
+    return _AS_BLOCKS.get((codec.bits, codec.scheme))
+
+
+def _requantized(f: Any, name: str, ggml_type: str) -> np.ndarray:
+    """Blocks of ``ggml_type`` from a ``quantize`` tree :func:`_blocks_held` accepted."""
+    from ..codecs.ggml import parts_to_gguf_blocks
+    from .gguf_blocks import stored_type
+    from .gguf_tensor_out import _entry_and_decoder, gguf_tensor_bytes
+
+    if stored_type(f, name) == ggml_type:
+        return gguf_tensor_bytes(f, name, ggml_type)
+    entry, decode = _entry_and_decoder(f, name)
+    n, block = entry.spec.shape[-1], entry.encoding.codec.block or entry.spec.shape[-1]
+    which = np.arange(n // 32) * 32 // block  # the quantize block of each 32-element block
+    parts = {k: decode(c) for k, c in entry.encoding.parts.items()}
+    return parts_to_gguf_blocks({k: v if k == "q" else np.ascontiguousarray(v[..., which])
+                                 for k, v in parts.items()}, ggml_type)
+
+
 def _ggml_type(f: Any, name: str) -> str:
-    """The legacy block type a tensor's tree already is, else its plain type."""
-    from .gguf_tensor_out import kept_exactly
-
+    """The legacy block type a tensor's tree holds, else its plain type."""
     dtype = f.spec(name).dtype.name
-    if dtype == "f32" and len(f.spec(name).shape) == 2:
-        from ..codecs.ggml import BLOCK_TYPES
-
-        for block in BLOCK_TYPES:
-            if kept_exactly(f, name, block):
-                return block
+    held = _blocks_held(f, name)
+    if held is not None:
+        return held
     if dtype not in DTYPES:
         raise CmfError(f"tensor {name!r} is {dtype}; GGUF models hold f32/f16/bf16")
     return DTYPES[dtype]
@@ -154,12 +189,13 @@ def _producer(f: Any, name: str, ggml_type: str, heads: int | None):
     from .gguf_tensor_out import gguf_tensor_bytes
 
     def data() -> Any:
+        plain = ggml_type in DTYPES.values()
         if heads is None:
-            return gguf_tensor_bytes(f, name, ggml_type)
-        if ggml_type in DTYPES.values():
+            return gguf_tensor_bytes(f, name, ggml_type) if plain else _requantized(f, name, ggml_type)
+        if plain:
             array = f.get_tensor(name)
             return permute_qk(np.ascontiguousarray(array), heads).reshape(-1).view(np.uint8)
-        row_bytes = gguf_tensor_bytes(f, name, ggml_type).reshape(f.spec(name).shape[0], -1)
+        row_bytes = _requantized(f, name, ggml_type).reshape(f.spec(name).shape[0], -1)
         return permute_qk(row_bytes, heads).reshape(-1)  # blocks never cross rows: permute rows of blocks
 
     return data

@@ -162,3 +162,17 @@ def test_other_models_are_refused(run, tmp_path):
     (bert / "config.json").write_text(json.dumps(cfg))
     assert run("pack", bert, "-o", tmp_path / "notok.cmf", "-q").code == 0
     _refused(run, tmp_path / "notok.cmf", tmp_path, "no tokenizer.json")
+
+
+@pytest.mark.parametrize("preset, block", [("q8", "Q8_0"), ("q4", "Q4_0")])
+def test_quantized_presets_are_written_as_the_blocks_they_hold(run, tmp_path, preset, block):
+    hf = write_model(tmp_path / "m", "llama", gpt2_tokenizer_json(), tie_word_embeddings=False)
+    packed = tmp_path / "q.cmf"
+    assert run("pack", hf, "-o", packed, "--preset", preset, "-q").code == 0
+    out = tmp_path / "out" / "q.gguf"
+    assert run("unpack", packed, "-o", out, "-q").code == 0
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(out)).tensors}
+    assert types["blk.0.attn_q.weight"] == block and types["blk.0.attn_norm.weight"] == "F32"
+    decoded = tmp_path / "decoded"
+    assert run("unpack", packed, "-o", f"{decoded}/", "-q").code == 0  # the same values as safetensors
+    assert_same_logits(str(decoded), str(out))
