@@ -1,4 +1,4 @@
-"""Encode float32 matrices into GGML block bytes (K-quants and IQ4), with importance weighting.
+"""Encode float32 matrices into GGML block bytes (K-quants, IQ4, legacy 32-blocks), importance-weighted.
 
 ``quantize_blocks(x, "Q4_K", importance)`` returns the bytes llama.cpp would store for ``x``
 (rows x cols, GGUF rows = the last numpy axis): ``rows * cols / block`` blocks of the type's
@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import CmfError
 from . import kquants as kq
+from . import legacy as lg
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,31 @@ TYPES = {
         EncodedType("Q6_K", 256, 210, kq.encode_q6_k),
         EncodedType("IQ4_NL", 32, 18, kq.encode_iq4_nl),
         EncodedType("IQ4_XS", 256, 136, kq.encode_iq4_xs),
+        EncodedType("Q4_0", 32, 18, lg.encode_q4_0),
+        EncodedType("Q4_1", 32, 20, lg.encode_q4_1),
+        EncodedType("Q5_0", 32, 22, lg.encode_q5_0),
+        EncodedType("Q5_1", 32, 24, lg.encode_q5_1),
+        EncodedType("Q8_0", 32, 34, lg.encode_q8_0),
     )
 }
+
+# What llama.cpp's quantizer uses when a row length is not a multiple of a type's block
+# (llama-quant.cpp ``tensor_type_fallback``, llama.cpp as vendored by llama-cpp-python 0.3.36);
+# a row that does not fit the fallback either is stored as F16.
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
+            "IQ4_XS": "IQ4_NL"}
+
+
+def fallback_type(ggml_type: str, cols: int) -> str:
+    """The GGML type llama.cpp stores a tensor of row length ``cols`` in when asked for
+    ``ggml_type``: the type itself when its block divides ``cols``, else its fallback, else "F16"."""
+    name = ggml_type.upper()
+    if name not in TYPES:
+        raise CmfError(f"GGML type: expected one of {sorted(TYPES)}, found {ggml_type!r}")
+    for t in (name, FALLBACK.get(name)):
+        if t is not None and cols > 0 and cols % TYPES[t].block == 0:
+            return t
+    return "F16"
 
 CHUNK_BLOCKS = 4096  # blocks encoded at a time (bounds the searches' temporaries)
 
@@ -112,4 +136,4 @@ def naive_blocks(x, ggml_type: str) -> np.ndarray:
     return _run(x, ggml_type, None, search=False)
 
 
-__all__ = ["TYPES", "EncodedType", "naive_blocks", "quantize_blocks"]
+__all__ = ["FALLBACK", "TYPES", "EncodedType", "fallback_type", "naive_blocks", "quantize_blocks"]

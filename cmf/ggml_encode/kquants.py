@@ -28,7 +28,7 @@ IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 
 _iq4_index = nearest_index(IQ4_VALUES)
 
 
-def _prepare(x: np.ndarray, imp: np.ndarray | None):
+def prepare(x: np.ndarray, imp: np.ndarray | None):
     """Normalise blocks by their max-abs and build error weights.
     ``x`` (N, B) -> ``(xn (N, B) float32, w (N, B) float32, amax (N,) float64)``."""
     amax = np.abs(x).max(axis=1).astype(np.float64)  # (N,)
@@ -53,7 +53,7 @@ def _reround(codes, s_real, d_real, d16, lo, hi):
     return np.where(moved[:, None], again, codes).astype(np.int64)
 
 
-def _round_codes(x, step, off, lo, hi):
+def round_codes(x, step, off, lo, hi):
     """Nearest codes ``clip(rint((x + off) / step), lo, hi)``; 0 where the step is 0.
     ``x`` (N, k, n); ``step``, ``off`` (N, k) float64."""
     ok = step != 0
@@ -65,7 +65,7 @@ def _affine(x, imp, sub: int, nmax: int, snmax: int, search: bool):
     """Q2_K / Q4_K / Q5_K fields: codes (N,256), scale and min codes (N,k), d, dmin (N,) f16."""
     n = x.shape[0]
     k = QK_K // sub
-    xn, w, amax = _prepare(x, imp)
+    xn, w, amax = prepare(x, imp)
     xs, ws = xn.reshape(n * k, sub), w.reshape(n * k, sub)
     if search:
         scale, low = fit_affine(xs, ws, nmax)
@@ -91,7 +91,7 @@ def _affine(x, imp, sub: int, nmax: int, snmax: int, search: bool):
         sc, mc = _polish(xk, wk, d16, sc, m16, mc, 0, nmax, 0, snmax)
     step = d16.astype(np.float64)[:, None] * sc  # (N, k)
     off = m16.astype(np.float64)[:, None] * mc
-    L = _round_codes(xk, step, off, 0, nmax).reshape(n, QK_K)
+    L = round_codes(xk, step, off, 0, nmax).reshape(n, QK_K)
     return L, sc, mc, d16, m16
 
 
@@ -113,7 +113,7 @@ def _polish(xk, wk, d16, sc, m16, mc, lo, hi, slo, shi):
             if lo is None:  # IQ4 table
                 q = IQ4_VALUES[_grid_codes(xk, step)]
             else:
-                q = _round_codes(xk, step, off, lo, hi)
+                q = round_codes(xk, step, off, lo, hi)
             err = np.einsum("ijk,ijk->ij", wk, (step[..., None] * q - off[..., None] - xk) ** 2)
             take = err < best
             best = np.where(take, err, best)
@@ -127,7 +127,7 @@ def _symmetric(x, imp, sub: int, nmax: int, snmax: int, search: bool):
     """Q3_K / Q6_K fields: codes + nmax (N,256), signed scale codes (N,k), d (N,) f16."""
     n = x.shape[0]
     k = QK_K // sub
-    xn, w, amax = _prepare(x, imp)
+    xn, w, amax = prepare(x, imp)
     xs, ws = xn.reshape(n * k, sub), w.reshape(n * k, sub)
     if search:
         scale = fit_symmetric(xs, ws, nmax)
@@ -146,7 +146,7 @@ def _symmetric(x, imp, sub: int, nmax: int, snmax: int, search: bool):
         codes, _ = _polish(xk, w.reshape(n, k, sub), d16, codes, None, None, -nmax, nmax - 1,
                            -snmax, snmax - 1)
     step = d16.astype(np.float64)[:, None] * codes
-    L = _round_codes(xk, step, np.zeros_like(step), -nmax, nmax - 1)
+    L = round_codes(xk, step, np.zeros_like(step), -nmax, nmax - 1)
     return L.reshape(n, QK_K) + nmax, codes, d16
 
 
@@ -200,7 +200,7 @@ def _grid_codes(x, step):
 
 def encode_iq4_nl(x, imp, search=True):
     """IQ4_NL: ``x`` (N, 32) blocks."""
-    xn, w, amax = _prepare(x, imp)
+    xn, w, amax = prepare(x, imp)
     d16 = lay.f16(_grid_scales(xn, w, search) * amax)
     L = _grid_codes(x[:, None, :], d16.astype(np.float64)[:, None])[:, 0]
     return lay.pack_iq4_nl(L, d16)
@@ -209,7 +209,7 @@ def encode_iq4_nl(x, imp, search=True):
 def encode_iq4_xs(x, imp, search=True):
     """IQ4_XS: ``x`` (N, 256) super-blocks of eight 32-blocks with 6-bit signed scales."""
     n = x.shape[0]
-    xn, w, amax = _prepare(x, imp)
+    xn, w, amax = prepare(x, imp)
     xs, ws = xn.reshape(n * 8, 32), w.reshape(n * 8, 32)
     scale = _grid_scales(xs, ws, search).reshape(n, 8)
     sw = ws.sum(axis=1, dtype=np.float64).reshape(n, 8)
