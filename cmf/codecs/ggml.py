@@ -212,6 +212,16 @@ def encode_codes(codes: np.ndarray, spec: ArraySpec, bits: int):
     ]
     if bits in (1, 2, 4) and spec.numel:  # whole codes per byte: Huffman on 8 / bits codes at once
         candidates.append(apply(BitPack(bits=bits), codes, spec, literals))
-    if spec.numel:
+    best = min(candidates, key=lambda p: p.stored)
+    if spec.numel and _huffman_bits(codes, 16) // 8 < best.stored:  # else it cannot win: skipped
         candidates.append(apply(Huffman(chunk=1024, max_length=16), codes, spec, stored))
     return min(candidates, key=lambda p: p.stored)
+
+
+def _huffman_bits(codes: np.ndarray, max_length: int) -> int:
+    """The bits of the code words alone (a lower bound on the ``huffman`` codec's output)."""
+    from .huffman import limited_lengths
+
+    counts = np.bincount(np.asarray(codes).reshape(-1))
+    used = counts[counts > 0]
+    return int(used @ limited_lengths(used, max_length))
