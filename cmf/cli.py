@@ -263,7 +263,7 @@ def unpack(path: str, output: str | None, force: bool, cast: str | None, quiet: 
 def _unpack_gguf(path: str, f: Any, output: str, inputs: list[str], force: bool, cast: str | None,
                  quiet: bool, as_json: bool) -> None:
     """``cmf unpack -o x.gguf`` (spec/converters.md § GGUF out); UsageError when it cannot apply."""
-    from .convert.gguf_write import gguf_writable, write_gguf
+    from .convert.gguf_export import gguf_writable, write_gguf
 
     why = gguf_writable(f)
     if why is not None:

@@ -67,7 +67,7 @@ def _inputs(args: argparse.Namespace, work: str) -> list[tuple[str, str]]:
 def bench_one(label: str, path: str, work: str, repeat: int) -> dict[str, Any]:
     import cmf
     from cmf.cli import run
-    from cmf.convert.gguf_write import write_gguf
+    from cmf.convert.gguf_export import write_gguf
 
     packed, back = os.path.join(work, "x.cmf"), os.path.join(work, "x.gguf")
     size = os.path.getsize(path)

@@ -96,7 +96,7 @@ class _View:
 
 
 def run_gguf_write(data: bytes) -> None:
-    from cmf.convert.gguf_write import write_gguf
+    from cmf.convert.gguf_export import write_gguf
 
     try:
         meta = json.loads(data)
@@ -180,6 +180,6 @@ def mutate_gguf_write(data: bytes, rng: random.Random) -> bytes:
 
 TARGETS = {
     "gguf-write": Target("gguf-write", run_gguf_write, gguf_write_seeds, mutate=mutate_gguf_write,
-                         instrument=("cmf.convert.gguf_write", "cmf.convert.gguf_restore",
+                         instrument=("cmf.convert.gguf_export", "cmf.convert.gguf_write", "cmf.convert.gguf_restore",
                                      "cmf.convert.gguf_kv", "cmf.convert.gguf_tensor_out")),
 }

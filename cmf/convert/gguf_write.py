@@ -8,9 +8,8 @@ Contract:
 - :func:`write_gguf_file` streams it to ``path`` atomically (a temp file beside it, renamed at the
   end): tensors are produced on ``AHEAD`` threads a few tensors ahead of the writer, so at most
   ``AHEAD + 1`` tensors' bytes are in memory; any CmfError leaves no output.
-- :func:`write_gguf` writes a .cmf file (or sharded set) as GGUF: a GGUF-origin file as its source
-  bytes (cmf.convert.gguf_restore), a Llama-family Hugging Face model in llama.cpp's layout
-  (cmf.convert.hf_gguf); anything else is a CmfError.
+
+Which file a .cmf becomes is cmf.convert.gguf_export's choice (``write_gguf``).
 """
 
 from __future__ import annotations
@@ -188,34 +187,3 @@ def write_gguf_file(path: str | os.PathLike, out: GGUFOut,
         sink.gap(size)
         if sink.fill:
             raise CmfError(f"padding bytes (fill) at offset {sink.fill[0][0]} lie past the end of the file")
-
-
-def is_gguf_origin(metadata: dict[str, Any]) -> bool:
-    return metadata.get("cmf.source_format") == "gguf"
-
-
-def write_gguf(f: Any, path: str | os.PathLike, *, blocks_as_f32: bool = False,
-               progress: Callable[[str], None] | None = None) -> None:
-    """Write the open .cmf file or set ``f`` as the GGUF ``path`` (see the module docstring).
-    ``blocks_as_f32``: a block-type tensor not kept exactly is written as F32 (with a warning
-    through ``warnings``) instead of refusing the file."""
-    meta = f.metadata()
-    if is_gguf_origin(meta):
-        from .gguf_restore import restore_out
-
-        out = restore_out(f, meta, blocks_as_f32=blocks_as_f32)
-    else:
-        from .hf_gguf import hf_out
-
-        out = hf_out(f, meta)
-    write_gguf_file(path, out, progress)
-
-
-def gguf_writable(f: Any) -> str | None:
-    """None if :func:`write_gguf` can write ``f``, else why not (a sentence)."""
-    meta = f.metadata()
-    if is_gguf_origin(meta):
-        return None
-    from .hf_gguf import hf_refusal
-
-    return hf_refusal(f, meta)

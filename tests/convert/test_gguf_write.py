@@ -18,7 +18,8 @@ gguf = pytest.importorskip("gguf")
 
 import cmf  # noqa: E402
 from cmf.convert.gguf_kv import encode_value  # noqa: E402
-from cmf.convert.gguf_write import GGUFOut, TensorOut, write_gguf, write_gguf_file  # noqa: E402
+from cmf.convert.gguf_export import write_gguf  # noqa: E402
+from cmf.convert.gguf_write import GGUFOut, TensorOut, write_gguf_file  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
