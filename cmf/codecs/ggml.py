@@ -1,5 +1,10 @@
 """GGML's legacy block types as ``quantize`` parts, losslessly both ways (spec/codecs/quantize.md).
 
+Files written since format 1.3 hold every GGML block type in the ``ggml`` codec
+(cmf.codecs.ggml_codec); this module stays for files written before (their blocks come back
+through :func:`parts_to_gguf_blocks`) and for :func:`encode_codes`, the code-field encoder
+both use.
+
 Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 blocks hold 32 consecutive elements of a row (GGUF rows are
 cmf's last axis) with an f16 scale ``d`` and, for the ``_1`` types, an f16 min ``m``; gguf-py
 dequantizes them as ``d * (u - o)`` or ``d * u + m`` in float32, which is exactly this codec's
