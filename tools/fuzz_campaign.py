@@ -39,7 +39,7 @@ GROUPS = {
     "fuzz_codecs.py": [f"codec-{n}" for n in ("bitpack", "byteplanes", "codebook", "ggml",
                                               "huffman", "lowrank", "outlier", "partition",
                                               "quantize", "raw", "sparse", "zstd")],
-    "fuzz_convert.py": ["safetensors", "onnx", "gguf", "gguf-write"],
+    "fuzz_convert.py": ["safetensors", "onnx", "gguf", "gguf-write", "gguf-write-hf"],
     "fuzz_shards.py": ["shards"],
 }
 SCRIPT = {t: s for s, ts in GROUPS.items() for t in ts}

@@ -1,4 +1,4 @@
-"""Fuzz target ``gguf-write``: the GGUF writer (cmf.convert.gguf_write) on hostile metadata.
+"""Fuzz targets ``gguf-write`` and ``gguf-write-hf``: the GGUF writer on hostile metadata.
 
 The input is the JSON metadata of a GGUF-origin .cmf (``cmf.gguf.layout``, value and tensor
 types, ``gguf.<key>`` values); it replaces the metadata of a real .cmf packed from a small GGUF
@@ -7,6 +7,10 @@ CmfError" (tools/fuzz_common.py):
 
 - a refused write leaves nothing: no output file, no temporary file beside it;
 - a written file is read by gguf-py, with the tensors the layout names.
+
+``gguf-write-hf``: the input is ``{"config": ..., "tokenizer": ..., "tokenizer_config": ...}``,
+the attachments of a tiny Llama directory's .cmf (a value that is a string is the file's text),
+written back as llama.cpp's GGUF (cmf.convert.hf_gguf); the same checks.
 
 The mutator edits the JSON structurally (values swapped for other types or interesting integers,
 keys dropped, list items duplicated, types renamed, layout offsets/fill/size/raw changed) and
@@ -96,21 +100,27 @@ class _View:
 
 
 def run_gguf_write(data: bytes) -> None:
-    from cmf.convert.gguf_export import write_gguf
-
     try:
         meta = json.loads(data)
         check_metadata(meta)  # only what a .cmf index can hold
     except (ValueError, UnicodeDecodeError, RecursionError, CmfError):
         return
     f, _ = _base()
+    layout = meta.get("cmf.gguf.layout")
+    _write_checked(_View(f, meta), layout.get("tensors") if isinstance(layout, dict) else None)
+
+
+def _write_checked(f: Any, tensors: Any) -> None:
+    """Write ``f`` as GGUF: CmfError with nothing left behind, or a file gguf-py reads."""
+    from cmf.convert.gguf_export import write_gguf
+
     d = os.path.join(scratch_dir(), "gguf-out")
     os.makedirs(d, exist_ok=True)
     out = os.path.join(d, "out.gguf")
     if os.path.exists(out):
         os.unlink(out)
     try:
-        write_gguf(_View(f, meta), out)
+        write_gguf(f, out)
     except CmfError:
         if os.listdir(d):
             raise Finding(f"a refused GGUF write left {os.listdir(d)}") from None
@@ -122,9 +132,8 @@ def run_gguf_write(data: bytes) -> None:
         names = [t.name for t in r.tensors]
     except Exception as exc:  # noqa: BLE001 - any failure of gguf-py on our output is the finding
         raise Finding(f"gguf-py cannot read the GGUF written ({type(exc).__name__}: {exc})") from None
-    layout = meta.get("cmf.gguf.layout")
-    if isinstance(layout, dict) and names != layout.get("tensors"):
-        raise Finding(f"the GGUF written holds tensors {names[:4]}, the layout names {layout.get('tensors')}")
+    if tensors is not None and names != tensors:
+        raise Finding(f"the GGUF written holds tensors {names[:4]}, the layout names {str(tensors)[:80]}")
 
 
 def gguf_write_seeds() -> list[bytes]:
@@ -178,8 +187,97 @@ def mutate_gguf_write(data: bytes, rng: random.Random) -> bytes:
     return json.dumps(meta).encode()
 
 
+# ----------------------------------------------------------------------------- HF models
+
+_HF: Any = None  # the .cmf of a tiny Llama directory, and its attachments as JSON values
+
+
+def _hf_base() -> tuple[Any, dict[str, Any]]:
+    global _HF
+    if _HF is None:
+        from safetensors.numpy import save_file
+        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+        import cmf
+        from cmf.cli import run
+
+        d = os.path.join(scratch_dir(), "gguf-write-hf", "model")
+        os.makedirs(d, exist_ok=True)
+        tk = Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.train_from_iterator(["hello world, 123 spaces  here"] * 10, trainers.BpeTrainer(
+            vocab_size=270, special_tokens=["<|endoftext|>"], show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tokenizer = json.loads(tk.to_str())
+        vocab, dim, ff = tk.get_vocab_size(), 32, 48
+        config = {"model_type": "llama", "hidden_size": dim, "intermediate_size": ff, "num_hidden_layers": 1,
+                  "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": vocab,
+                  "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 64,
+                  "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 0}
+        rng = np.random.default_rng(4)
+        shapes = {"model.embed_tokens.weight": (vocab, dim), "lm_head.weight": (vocab, dim),
+                  "model.norm.weight": (dim,), "model.layers.0.input_layernorm.weight": (dim,),
+                  "model.layers.0.post_attention_layernorm.weight": (dim,),
+                  "model.layers.0.self_attn.q_proj.weight": (dim, dim),
+                  "model.layers.0.self_attn.k_proj.weight": (dim // 2, dim),
+                  "model.layers.0.self_attn.v_proj.weight": (dim // 2, dim),
+                  "model.layers.0.self_attn.o_proj.weight": (dim, dim),
+                  "model.layers.0.mlp.gate_proj.weight": (ff, dim), "model.layers.0.mlp.up_proj.weight": (ff, dim),
+                  "model.layers.0.mlp.down_proj.weight": (dim, ff)}
+        save_file({k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()},
+                  os.path.join(d, "model.safetensors"))
+        for name, value in (("config.json", config), ("tokenizer.json", tokenizer)):
+            with open(os.path.join(d, name), "w") as fh:
+                json.dump(value, fh)
+        packed = os.path.join(d, "..", "model.cmf")
+        try:
+            run(["pack", d, "-o", packed, "-q", "--force"])
+        except SystemExit as exc:
+            if exc.code:
+                raise RuntimeError("packing the gguf-write-hf seed failed") from None
+        _HF = (cmf.CmfFile(packed), {"config": config, "tokenizer": tokenizer, "tokenizer_config": {}})
+    return _HF
+
+
+class _HFView(_View):
+    """A .cmf file seen with other attachments (JSON values, or text kept as it is)."""
+
+    def __init__(self, f: Any, files: dict[str, Any]) -> None:
+        super().__init__(f, f.metadata())
+        self._files = {f"{k}.json": (v if isinstance(v, str) else json.dumps(v)).encode("utf-8", "replace")
+                       for k, v in files.items()}
+
+    def attachments(self) -> list[str]:
+        return list(self._files)
+
+    def get_attachment(self, name: str) -> bytes:
+        return self._files[name]
+
+
+def run_gguf_write_hf(data: bytes) -> None:
+    try:
+        files = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return
+    if not isinstance(files, dict):
+        return
+    f, _ = _hf_base()
+    _write_checked(_HFView(f, {k: v for k, v in files.items() if isinstance(k, str)}), None)
+
+
+def gguf_write_hf_seeds() -> list[bytes]:
+    _, files = _hf_base()
+    spm = json.loads(json.dumps(files))
+    spm["tokenizer"]["model"]["byte_fallback"] = True
+    spm["tokenizer"]["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first"}
+    return [json.dumps(files).encode(), json.dumps(spm).encode()]
+
+
 TARGETS = {
     "gguf-write": Target("gguf-write", run_gguf_write, gguf_write_seeds, mutate=mutate_gguf_write,
                          instrument=("cmf.convert.gguf_export", "cmf.convert.gguf_write", "cmf.convert.gguf_restore",
                                      "cmf.convert.gguf_kv", "cmf.convert.gguf_tensor_out")),
+    "gguf-write-hf": Target("gguf-write-hf", run_gguf_write_hf, gguf_write_hf_seeds, mutate=mutate_gguf_write,
+                            instrument=("cmf.convert.hf_gguf", "cmf.convert.hf_gguf_vocab",
+                                        "cmf.convert.gguf_write", "cmf.convert.gguf_kv")),
 }

@@ -26,7 +26,7 @@ from tools.fuzz_common import fuzz_python  # noqa: E402
 
 TARGETS = {**fuzz_container.TARGETS, **fuzz_codecs.TARGETS, **fuzz_convert.TARGETS,
            **fuzz_shards.TARGETS}
-RUNS = {"container": 12000, "index": 12000, "safetensors": 10000, "onnx": 8000, "gguf": 10000, "gguf-write": 3000,
+RUNS = {"container": 12000, "index": 12000, "safetensors": 10000, "onnx": 8000, "gguf": 10000, "gguf-write": 3000, "gguf-write-hf": 3000,
         "shards": 10000}
 CODEC_RUNS = 6000
 SCRIPTS = {"fuzz_container.py": fuzz_container.TARGETS, "fuzz_codecs.py": fuzz_codecs.TARGETS,

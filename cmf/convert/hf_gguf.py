@@ -56,6 +56,8 @@ def _json(f: Any, name: str) -> dict[str, Any] | None:
 def _rope_theta(config: dict[str, Any]) -> float:
     params = config.get("rope_parameters") or {}
     scaling = config.get("rope_scaling") or {}
+    if not isinstance(params, dict) or not isinstance(scaling, dict):
+        raise CmfError("config.json: rope_parameters / rope_scaling is not a map")
     kind = params.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
     if kind not in (None, "default"):
         raise CmfError(f"rope scaling {kind!r} is not written to GGUF by cmf")
@@ -105,13 +107,22 @@ def _check(f: Any, meta: dict[str, Any]) -> tuple[dict[str, Any], str]:
 def hf_refusal(f: Any, meta: dict[str, Any]) -> str | None:
     """None if :func:`hf_out` can write ``f``, else why not."""
     try:
-        config, _ = _check(f, meta)
+        config, arch = _check(f, meta)
+        _arch_keys(arch, config)
         for name, _ in _names(f, config):
             if f.spec(name).dtype.name not in DTYPES:
                 raise CmfError(f"tensor {name!r} is {f.spec(name).dtype.name}; GGUF models hold f32/f16/bf16")
     except CmfError as exc:
         return str(exc)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
+        return f"config.json holds an unexpected value ({type(exc).__name__})"
     return None
+
+
+def _positive(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 1 << 32:
+        raise CmfError(f"config.json: {what} {str(value)[:40]} is not a positive 32-bit integer")
+    return value
 
 
 def _arch_keys(arch: str, config: dict[str, Any]) -> list[tuple[str, str, Any]]:
@@ -120,11 +131,14 @@ def _arch_keys(arch: str, config: dict[str, Any]) -> list[tuple[str, str, Any]]:
               "feed_forward_length": config.get("intermediate_size"), "attention.head_count": heads,
               "attention.head_count_kv": config.get("num_key_value_heads", heads)}
     for key, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise CmfError(f"config.json: {key} {value!r} is not a positive integer")
-    head_dim = config.get("head_dim") or d // heads
-    eps = float(np.float32(config.get("rms_norm_eps", 1e-6)))
-    keys = [(f"{arch}.context_length", "UINT32", int(config.get("max_position_embeddings", 2048)))]
+        _positive(value, key)
+    head_dim = _positive(config.get("head_dim") or d // heads, "head_dim")
+    eps = config.get("rms_norm_eps", 1e-6)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+        raise CmfError(f"config.json: rms_norm_eps {str(eps)[:40]} is not a number")
+    eps = float(np.float32(eps))
+    context = _positive(config.get("max_position_embeddings", 2048), "max_position_embeddings")
+    keys = [(f"{arch}.context_length", "UINT32", context)]
     keys += [(f"{arch}.{k}", "UINT32", v) for k, v in values.items()]
     keys += [(f"{arch}.rope.freq_base", "FLOAT32", float(np.float32(_rope_theta(config)))),
              (f"{arch}.attention.layer_norm_rms_epsilon", "FLOAT32", eps),
@@ -203,6 +217,16 @@ def _producer(f: Any, name: str, ggml_type: str, heads: int | None):
 
 def hf_out(f: Any, meta: dict[str, Any]) -> GGUFOut:
     """The GGUF of a Llama-family model packed from a Hugging Face directory (module docstring)."""
+    try:
+        return _hf_out(f, meta)
+    except RecursionError:
+        raise CmfError("config.json or tokenizer.json nests too deeply") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a value of an unexpected kind
+        raise CmfError(f"config.json or tokenizer.json holds an unexpected value "
+                       f"({type(exc).__name__}: {str(exc)[:80]})") from None
+
+
+def _hf_out(f: Any, meta: dict[str, Any]) -> GGUFOut:
     from .hf_gguf_vocab import vocab_keys
 
     config, arch = _check(f, meta)
@@ -211,6 +235,7 @@ def hf_out(f: Any, meta: dict[str, Any]) -> GGUFOut:
         if "chat_template.jinja" in f.attachments() else None
     vocab = vocab_keys(f.get_attachment("tokenizer.json"), config, tok_config, template)
     names = _names(f, config)
+    arch_keys = _arch_keys(arch, config)  # checks the sizes used below
     heads = {"attn_q": config["num_attention_heads"],
              "attn_k": config.get("num_key_value_heads", config["num_attention_heads"])}
     tensors, counts = [], {}
@@ -226,7 +251,7 @@ def hf_out(f: Any, meta: dict[str, Any]) -> GGUFOut:
     name = config.get("_name_or_path") or config.get("_model_name_or_path")
     if isinstance(name, str) and name:
         keys.append(("general.name", "STRING", name))
-    keys += _arch_keys(arch, config)
+    keys += arch_keys
     if main in FILE_TYPES:
         keys.append(("general.file_type", "UINT32", FILE_TYPES[main]))
     tokens = next(v for k, _, v in vocab if k == "tokenizer.ggml.tokens")

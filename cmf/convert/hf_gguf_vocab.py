@@ -38,7 +38,8 @@ def _pre_name(pre: Any) -> str | None:
             and steps[0].get("type") == "Split" and isinstance(steps[1], dict)
             and steps[1].get("type") == "ByteLevel" and not steps[1].get("use_regex", True)):
         return None
-    regex = (steps[0].get("pattern") or {}).get("Regex")
+    pattern = steps[0].get("pattern")
+    regex = pattern.get("Regex") if isinstance(pattern, dict) else None
     for name in ("llama-bpe", "qwen2", "gpt-4o", "tekken", "qwen35"):
         if SPLITS.get(name) == regex:
             return name
@@ -56,16 +57,19 @@ def _template_adds(tok: dict[str, Any]) -> tuple[bool, bool]:
     """Whether the post-processor adds a special token before / after a single sequence."""
     post = tok.get("post_processor")
     steps = post.get("processors", [post]) if isinstance(post, dict) else []
-    for step in steps:
+    for step in steps if isinstance(steps, list) else []:
         single = step.get("single") if isinstance(step, dict) and step.get("type") == "TemplateProcessing" else None
-        if isinstance(single, list) and single:
+        if isinstance(single, list) and single and isinstance(single[0], dict) and isinstance(single[-1], dict):
             return "SpecialToken" in single[0], "SpecialToken" in single[-1]
     return False, False
 
 
 def _merges(model: dict[str, Any]) -> list[str]:
     out = []
-    for m in model.get("merges") or []:
+    merges = model.get("merges") or []
+    if not isinstance(merges, list):
+        raise CmfError("tokenizer.json: merges is not a list")
+    for m in merges:
         pair = m.split(" ") if isinstance(m, str) else m
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)
                 and " " not in pair[0] + pair[1]):
