@@ -270,6 +270,7 @@ def join(lay: Layout, fields: dict[str, np.ndarray]) -> np.ndarray:
         if f.kind == "f16":
             v = v.view(np.uint16)
         wide = v.dtype.type
+        merged: dict[str, tuple] = {}  # pieces of one field bound for the same bytes, OR-ed first
         for g in lay.groups[f.name]:
             piece = _view(v, g.elems)
             if g.out:
@@ -279,5 +280,13 @@ def join(lay: Layout, fields: dict[str, np.ndarray]) -> np.ndarray:
             piece = piece.astype(np.uint8, copy=False)
             if g.plane:
                 piece = np.packbits(piece, axis=1, bitorder="little")  # (n, count / 8)
-            _or(blocks, g.bytes, piece << np.uint8(g.shift) if g.shift else piece)
+            piece = (piece << np.uint8(g.shift)) if g.shift else piece
+            key = repr(g.bytes) if not isinstance(g.bytes, np.ndarray) else g.bytes.tobytes()
+            if key in merged:
+                idx, acc = merged[key]
+                merged[key] = (idx, acc | piece.reshape(acc.shape))
+            else:
+                merged[key] = (g.bytes, piece)
+        for idx, acc in merged.values():
+            _or(blocks, idx, acc)
     return blocks
