@@ -1,8 +1,8 @@
 """cmf.ggml_encode on a real checkpoint: error vs naive rounding (and llama.cpp), with and without
 an importance vector from real activations, and encode speed.
 
-    python tools/ggml_encode_measure.py /work/models/smollm2-hf [--texts 16] [--heldout 32] [--layers N]
-        [--llama-lib /path/to/libggml-base.so]
+    python tools/ggml_encode_measure.py /work/models/smollm2-hf [--texts 16] [--heldout 32]
+        [--layers N] [--types Q4_K,Q6_K] [--llama-lib /path/to/libggml-base.so]
 
 For every 2-D weight (GGUF rows = the last numpy axis) and every type of ``cmf.ggml_encode.TYPES``
 whose block divides the row length: relative RMS error ``|W' - W| / |W|`` of the naive rounding
@@ -17,7 +17,8 @@ over ``--heldout`` sentences of tools/data/heldout_sentences.txt (the expected `
 no diagonal approximation, texts never used for calibration). The importance of a Linear layer's
 weight is the mean square of its inputs per column over ``--texts`` of cmf's calibration
 sentences, run through ``transformers`` (CPU). ``--llama-lib`` adds llama.cpp's own quantizer (``ggml_quantize_chunk`` of
-a ``libggml-base.so`` built from the llama-cpp-python sdist) as a reference column.
+a ``libggml-base.so`` built from the llama-cpp-python sdist) as a reference column, and checks
+that llama.cpp's own dequantizer decodes cmf's bytes exactly as gguf-py does.
 """
 
 from __future__ import annotations
@@ -92,6 +93,24 @@ def llama_quantizer(path: str):
                                 x.shape[1], None if imp is None else imp.ctypes.data)
         return out
 
+    class Traits(ctypes.Structure):  # ggml.h struct ggml_type_traits
+        _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
+                    ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
+                    ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p),
+                    ("from_float_ref", ctypes.c_void_p)]
+
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(Traits)
+    to_float_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+    def decode(b, name, n):
+        """llama.cpp's own dequantizer (type traits ``to_float``) on block bytes."""
+        qt = gguf.GGMLQuantizationType[name]
+        b = np.ascontiguousarray(b)
+        out = np.empty(n, np.float32)
+        to_float_t(lib.ggml_get_type_traits(int(qt)).contents.to_float)(b.ctypes.data, out.ctypes.data, n)
+        return out
+
+    quantize.decode = decode
     return quantize
 
 
@@ -102,6 +121,7 @@ def main(argv=None) -> None:
     ap.add_argument("--heldout", type=int, default=32, help="held-out sentences (output error)")
     ap.add_argument("--layers", type=int, default=None, help="only the first N layers' tensors")
     ap.add_argument("--llama-lib", default=None)
+    ap.add_argument("--types", default=",".join(TYPES), help="comma-separated GGML types")
     args = ap.parse_args(argv)
     import gguf
     from gguf.quants import dequantize
@@ -119,7 +139,9 @@ def main(argv=None) -> None:
     methods = ["naive", "cmf", "cmf+imp"] + (["llama", "llama+imp"] if ref else [])
     print(f"{len(weights)} 2-D tensors; importance from {args.texts} calibration texts, "
           f"output error on {args.heldout} held-out texts")
-    fits = {n: [k for k, v in weights.items() if v.shape[1] % TYPES[n].block == 0] for n in TYPES}
+    checks: list[str] = []
+    names = [t.strip().upper() for t in args.types.split(",") if t.strip()]
+    fits = {n: [k for k, v in weights.items() if v.shape[1] % TYPES[n].block == 0] for n in names}
     for n, ks in fits.items():
         print(f"  {n:7s} can take {len(ks):3d} tensors: "
               f"{sorted({tuple(weights[k].shape) for k in ks})}")
@@ -142,6 +164,10 @@ def main(argv=None) -> None:
                 if m == "cmf":
                     secs += time.perf_counter() - t0
                     mb += x.nbytes / 1e6
+                    if ref and k == ks[0]:  # llama.cpp decodes cmf's bytes as gguf-py does
+                        same = np.array_equal(ref.decode(b, n, x.size),
+                                              dequantize(b, qt).reshape(-1))
+                        checks.append(f"{n}: llama.cpp decode {'==' if same else '!='} gguf-py")
                 e2 = (dequantize(b, qt).reshape(x.shape) - x).astype(np.float64) ** 2
                 x2 = x.astype(np.float64) ** 2
                 err[m][0].append(np.sqrt(e2.sum() / x2.sum()))
@@ -155,6 +181,9 @@ def main(argv=None) -> None:
         orel = " ".join(f"{np.mean(err[m][2]) if err[m][2] else np.nan:9.5f}" for m in methods)
         print(f"{n:7s} {len(ks):7d} | {'':19s}{rel} | {'':20s}{wrel} | {'':19s}{orel} "
               f"| {mb / max(secs, 1e-9):7.1f}")
+
+    if checks:
+        print("\n" + "; ".join(checks))
 
 
 if __name__ == "__main__":
