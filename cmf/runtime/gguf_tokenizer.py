@@ -28,6 +28,7 @@ from ..extras import install_hint
 
 P = "gguf.tokenizer.ggml."
 CONTROL, USER_DEFINED = 3, 4
+MAX_SPLIT_WORK = 1 << 28  # characters sliced deriving merges (real vocabularies: ~10^6)
 _SPECIAL_IDS = ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id")
 
 _LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -80,6 +81,10 @@ def _merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[st
     """SentencePiece BPE as merges: every split of a token into two tokens, ordered by the
     joined token's score (highest first), then longer left and right pieces first; ties keep
     token order, then the pieces' ids."""
+    work = sum(len(t) ** 2 for t in tokens)  # every split of every token, each a slice
+    if work > MAX_SPLIT_WORK:
+        raise CmfError(f"GGUF metadata: tokens too long to derive merges from scores "
+                       f"({work} > {MAX_SPLIT_WORK} characters of splits)")
     ids = {t: i for i, t in enumerate(tokens)}
     score = dict(zip(tokens, scores))
     found = []
@@ -126,6 +131,7 @@ def tokenizer_from_gguf(meta: Mapping[str, Any]) -> Any:
                      for i, t in enumerate(tokens)}
             if merges is None:
                 raise CmfError("GGUF metadata: a gpt2 tokenizer without tokenizer.ggml.merges")
+            _check_merges(merges, vocab)
             tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
                                       end_of_word_suffix="", fuse_unk=False))
             pre = meta.get(P + "pre")
@@ -141,6 +147,7 @@ def tokenizer_from_gguf(meta: Mapping[str, Any]) -> Any:
                     raise CmfError(f"GGUF metadata: {len(scores)} scores for {len(tokens)} tokens")
                 merges = _merges_from_scores(tokens, scores)
             vocab = {t: i for i, t in enumerate(tokens)}
+            _check_merges(merges, vocab)
             tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, dropout=None))
             tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
             tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
@@ -149,9 +156,19 @@ def tokenizer_from_gguf(meta: Mapping[str, Any]) -> Any:
         tk.post_processor = _post_processor(meta, kind, tokens, processors)
     except CmfError:
         raise
-    except Exception as exc:  # tokenizers raises bare Exceptions for bad vocabularies
-        raise CmfError(f"GGUF tokenizer cannot be built ({type(exc).__name__}: {exc})") from None
+    except BaseException as exc:  # bare Exceptions for bad vocabularies; a Rust panic is a BaseException
+        if isinstance(exc, Exception) or type(exc).__name__ == "PanicException":
+            raise CmfError(f"GGUF tokenizer cannot be built ({type(exc).__name__}: {exc})") from None
+        raise
     return tk
+
+
+def _check_merges(merges: list[tuple[str, str]], vocab: dict[str, int]) -> None:
+    """Each merge joins two tokens into a token (tokenizers panics on a merged token it lacks)."""
+    for left, right in merges:
+        if left not in vocab or right not in vocab or left + right not in vocab:
+            raise CmfError(f"GGUF metadata: merge {left[:20]!r} + {right[:20]!r} names a token "
+                           "the vocabulary lacks")
 
 
 def _token(meta: Mapping[str, Any], key: str, tokens: list[str]) -> tuple[str, int] | None:
