@@ -67,7 +67,7 @@ def fallback_type(ggml_type: str, cols: int) -> str:
             return t
     return "F16"
 
-CHUNK_BLOCKS = 4096  # blocks encoded at a time (bounds the searches' temporaries)
+CHUNK_ELEMENTS = 1 << 20  # elements encoded at a time (bounds the searches' temporaries)
 
 
 def _check(x, ggml_type: str, importance):
@@ -114,8 +114,9 @@ def _run(x, ggml_type, importance, search: bool) -> np.ndarray:
     blocks = x.reshape(-1, t.block)  # (rows * cols / block, block)
     wblocks = None if imp is None else np.ascontiguousarray(imp).reshape(-1, t.block)
     out = np.empty((blocks.shape[0], t.nbytes), dtype=np.uint8)
-    for s in range(0, blocks.shape[0], CHUNK_BLOCKS):
-        e = s + CHUNK_BLOCKS
+    step = max(1, CHUNK_ELEMENTS // t.block)
+    for s in range(0, blocks.shape[0], step):
+        e = s + step
         out[s:e] = t.encode(blocks[s:e], None if wblocks is None else wblocks[s:e], search=search)
     return out.reshape(rows, cols // t.block * t.nbytes)
 
