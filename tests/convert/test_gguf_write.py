@@ -304,3 +304,19 @@ def test_a_tensor_failing_mid_write_leaves_no_output(run, tmp_path):
     r = run("unpack", packed, "-o", tmp_path / "out.gguf")
     assert r.code == 1 and "crc" in r.err.lower(), r.err
     _no_output(tmp_path)
+
+
+def test_overlapping_tensors_are_packed_but_not_written_back(run, tmp_path):
+    a = np.arange(32, dtype=np.float32)
+    src = write_with_gguf_py(tmp_path / "o.gguf", {"a": (a, None), "b": (a + 1, None)})
+    info = gguf.GGUFReader(src).tensors[1].field
+    at = info.offset + sum(int(p.nbytes) for p in info.parts[:-1])  # tensor b's data offset
+    with open(src, "r+b") as fh:
+        fh.seek(at)
+        fh.write(struct.pack("<Q", 0))  # b now shares a's bytes
+    packed = tmp_path / "o.cmf"
+    assert run("pack", src, "-o", packed, "-q").code == 0
+    assert "overlap" in cmf.CmfFile(packed).metadata()["cmf.gguf.layout"]["inexact"]
+    r = run("unpack", packed, "-o", tmp_path / "out.gguf")
+    assert r.code == 1 and "byte for byte" in r.err
+    _no_output(tmp_path)
