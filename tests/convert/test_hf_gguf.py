@@ -176,3 +176,14 @@ def test_quantized_presets_are_written_as_the_blocks_they_hold(run, tmp_path, pr
     decoded = tmp_path / "decoded"
     assert run("unpack", packed, "-o", f"{decoded}/", "-q").code == 0  # the same values as safetensors
     assert_same_logits(str(decoded), str(out))
+
+
+REAL_HF = "/work/models/smollm2-hf"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(REAL_HF), reason="the real SmolLM2 directory is not here")
+def test_real_smollm2_directory(run, tmp_path):
+    out = to_gguf(run, REAL_HF, tmp_path, "smol.gguf")
+    assert_same_logits(REAL_HF, out)
+    assert_same_ids(REAL_HF, out)
