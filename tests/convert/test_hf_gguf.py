@@ -187,3 +187,26 @@ def test_real_smollm2_directory(run, tmp_path):
     out = to_gguf(run, REAL_HF, tmp_path, "smol.gguf")
     assert_same_logits(REAL_HF, out)
     assert_same_ids(REAL_HF, out)
+
+
+def test_llama_attention_biases_are_permuted_like_their_rows(run, tmp_path):
+    """transformers' GGUF loader drops Llama attention biases (no attention_bias in its config),
+    so the GGUF is checked through cmf's own GGUF runner, which undoes llama.cpp's row order."""
+    from safetensors.torch import load_file, save_file
+
+    from cmf.runtime.rebuild import load_runner
+
+    hf = write_model(tmp_path / "b", "llama", gpt2_tokenizer_json(), attention_bias=True, tie_word_embeddings=False)
+    weights = load_file(os.path.join(hf, "model.safetensors"))
+    gen = torch.Generator().manual_seed(1)
+    for name in [n for n in weights if n.endswith(".bias")]:
+        weights[name] = torch.randn(weights[name].shape, generator=gen)
+    save_file(weights, os.path.join(hf, "model.safetensors"), metadata={"format": "pt"})
+    out = to_gguf(run, hf, tmp_path)
+    assert run("pack", out, "-o", tmp_path / "g.cmf", "-q").code == 0
+    ids = [1, 5, 30, 250, 77, 12, 9, 100]
+    got = load_runner(str(tmp_path / "g.cmf")).logits(ids)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    with torch.no_grad():
+        want = ref(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
