@@ -316,8 +316,10 @@ def load_tokenizer(src: ModelSource) -> Any:
         raise CmfError(f"running text models needs the tokenizers package: {install_hint('run')}") from None
     try:
         return Tokenizer.from_str(data.decode("utf-8"))
-    except Exception as exc:  # tokenizers raises a bare Exception for malformed files
-        raise CmfError(f"{src.path}: tokenizer.json cannot be loaded ({exc})") from None
+    except BaseException as exc:  # a bare Exception for malformed files; a Rust panic (merges naming
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":  # missing tokens)
+            raise  # is a BaseException
+        raise CmfError(f"{src.path}: tokenizer.json cannot be loaded ({type(exc).__name__}: {exc})") from None
 
 
 # -- decoders: the Llama-family runner plus a tokenizer ---------------------------------------------------

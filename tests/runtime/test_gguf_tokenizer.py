@@ -190,3 +190,15 @@ def test_cmf_run_on_a_gguf_import_tokenizes_from_its_keys(tmp_path, run):
     assert r.code == 0, r.err
     got = np.load(ids)["prompt_ids"].tolist()
     assert got == _reference(str(tmp_path / "m.gguf")).encode("Grüße  aus 123")
+
+
+def test_a_tokenizer_json_that_makes_tokenizers_panic_is_a_cmf_error():
+    import json
+    from types import SimpleNamespace
+
+    from cmf.runtime.rebuild import load_tokenizer
+
+    bad = {"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}}
+    src = SimpleNamespace(path="x.cmf", attachment=lambda name: json.dumps(bad).encode())
+    with pytest.raises(CmfError, match="cannot be loaded"):
+        load_tokenizer(src)
