@@ -5,14 +5,18 @@ model's original tensors (float32), its calibration inputs, and a way to run it 
 swapped for others (noisy or decoded ones) on the reference decoder (cmf.runtime):
 
 * ``encoder`` (BERT family): sentence embeddings of the calibration texts;
-* ``decoder`` (Llama family): next-token logits over the calibration text (cut to 256 tokens);
+* ``decoder`` (Llama family): next-token logits over the calibration text (cut to 256 tokens),
+  run one decoder block at a time (weights fetched per block, never all held as float32 at once;
+  a run that changes only block ``i`` and later starts from block ``i``'s cached input);
 * ``onnx``: every float output of every calibration input set.
 
 **The output error** (what ``--target-error`` bounds, spec/planner.md) is ``1 - mean cosine``:
-the cosine similarity of each sentence embedding (encoder) or each position's logit row
-(decoder) with the original's, averaged; for ONNX models each float output is taken over all
-calibration samples at once (one vector per output), and the mean is over the outputs. It is
-``1 - cosine_mean`` of ``cmf eval`` for encoders and decoders.
+the cosine similarity of each sentence embedding (encoder) with the original's, averaged; for
+ONNX models each float output is taken over all calibration samples at once (one vector per
+output), and the mean is over the outputs. It is ``1 - cosine_mean`` of ``cmf eval``. For
+decoders (causal LMs) it is the mean KL divergence ``KL(original || compressed)`` of the
+next-token distributions over the calibration tokens, in nats: ``kl_mean`` of ``cmf eval`` and
+what llama.cpp's ``--kl-divergence`` reports.
 
 ``input_moments()`` runs the original model once and returns, for each weight matrix that
 multiplies an activation, the mean square of every input channel over the calibration tokens:
@@ -40,186 +44,24 @@ import numpy as np
 from ..errors import CmfError
 from ..extras import install_hint
 
-DEFAULT_ONNX_SAMPLES = 8
-DEFAULT_MAX_TOKENS = 256
-METRIC = "1 - mean cosine"
-
-# tensor name -> (input-channel axis, E[x_j^2] (n,), (E[x x^T] of fold 0, of fold 1) or None)
-Moments = dict[str, tuple[int, np.ndarray, "tuple[np.ndarray, np.ndarray] | None"]]
-MAX_HESSIAN_DIM = 4096  # input channels up to which E[x x^T] is kept (2 x 128 MiB at 4096)
-MAX_HESSIAN_BYTES = 1 << 30  # all kept matrices together
-
-
-class MomentSums:
-    """Running sums of input activations per key: ``sum x_j^2``, the row count, and per fold
-    ``sum x x^T`` and its row count, while the matrices fit ``MAX_HESSIAN_DIM`` /
-    ``MAX_HESSIAN_BYTES`` (one budget per instance)."""
-
-    def __init__(self, full: bool = True) -> None:
-        self.sums: dict[Any, list] = {}  # key -> [sum x^2, rows, [sum x x^T] * 2 | None, [rows] * 2]
-        self.budget = MAX_HESSIAN_BYTES if full else 0
-
-    def add(self, key: Any, rows: np.ndarray, fold: np.ndarray | int = 0) -> None:
-        """Add ``rows`` (tokens, n) of one activation; ``fold``: 0 or 1, for all rows or per row."""
-        rows = np.asarray(rows, np.float64)
-        n = rows.shape[-1]
-        acc = self.sums.get(key)
-        if acc is None:
-            full = None
-            if n <= MAX_HESSIAN_DIM and 2 * n * n * 8 <= self.budget:
-                self.budget -= 2 * n * n * 8
-                full = [np.zeros((n, n)), np.zeros((n, n))]
-            acc = self.sums[key] = [np.zeros(n), 0, full, [0, 0]]
-        acc[0] += np.einsum("ij,ij->j", rows, rows)
-        acc[1] += rows.shape[0]
-        if acc[2] is not None:
-            folds = np.broadcast_to(np.asarray(fold) % 2, (rows.shape[0],))
-            for f in (0, 1):
-                part = rows[folds == f]
-                if part.shape[0]:
-                    acc[2][f] += part.T @ part
-                    acc[3][f] += part.shape[0]
-
-    def result(self, key: Any) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None] | None:
-        """``(E[x_j^2], (E[x x^T] of each fold) or None)`` of ``key``; None if it saw no rows.
-        The matrices are None unless both folds saw rows."""
-        acc = self.sums.get(key)
-        if acc is None or not acc[1]:
-            return None
-        full = None
-        if acc[2] is not None and min(acc[3]) > 0:
-            full = (acc[2][0] / acc[3][0], acc[2][1] / acc[3][1])
-        return acc[0] / acc[1], full
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two [n, d] arrays, float64 (1 where both rows are zero)."""
-    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    na, nb = np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)
-    dot = np.einsum("ij,ij->i", x, y)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = dot / np.sqrt(na * nb)
-    c = np.where((na == 0) & (nb == 0), 1.0, np.where((na == 0) | (nb == 0), 0.0, c))
-    return np.clip(c, -1.0, 1.0)
-
-
-def output_error(kind: str, ref: Any, out: Any, groups: np.ndarray | None = None) -> float:
-    """The output error (module docstring) of outputs ``out`` against ``ref``; with ``groups``
-    (a domain number per output row) the error of the worst domain, so that a plan holds on
-    every kind of text the calibration covers, not only on average."""
-    if kind in ("encoder", "decoder"):
-        c = _cosines(ref, out)
-        if groups is None:
-            return float(1.0 - c.mean())
-        return float(1.0 - min(c[groups == g].mean() for g in np.unique(groups)))
-    errs = []
-    for name in ref[0]:
-        if ref[0][name].dtype.kind != "f":
-            continue
-        a = np.concatenate([s[name].reshape(-1) for s in ref])[None]
-        b = np.concatenate([s[name].reshape(-1) for s in out])[None]
-        errs.append(1.0 - float(_cosines(a, b)[0]))
-    return float(np.mean(errs)) if errs else 0.0
-
-
-def cosine_stats(kind: str, ref: Any, out: Any) -> dict[str, float]:
-    """``{"cosine_mean", "cosine_min"}`` of the rows (encoder/decoder) or outputs (onnx)."""
-    if kind in ("encoder", "decoder"):
-        c = _cosines(ref, out)
-    else:
-        c = np.array([1.0 - output_error(kind, [{k: s[k]} for s in ref], [{k: s[k]} for s in out])
-                      for k in ref[0] if ref[0][k].dtype.kind == "f"] or [1.0])
-    return {"cosine_mean": float(c.mean()), "cosine_min": float(c.min())}
-
-
-def fallback_warnings(harness: "Harness") -> list[str]:
-    """What a user must know about the data ``harness`` calibrates on: generated rather than
-    real inputs, or less text than the planner asks for."""
-    out = []
-    if getattr(harness, "generated", False):
-        out.append("calibrated on generated inputs (no --calibrate): errors are measured on data made "
-                   "from the graph's input types, not on what the model is fed; pass real inputs "
-                   "with --calibrate inputs.npz")
-    asked = getattr(harness, "asked_tokens", None)
-    if asked is not None and harness.samples < asked:
-        out.append(f"the calibration text gave {harness.samples} tokens, fewer than the {asked} the planner "
-                   "uses: sensitivities are measured on less data")
-    return out
-
-
-class Harness:
-    """A runnable model (see the module docstring). ``tensors``: name -> original array."""
-
-    kind = "?"
-
-    def __init__(self, tensors: Mapping[str, np.ndarray]) -> None:
-        self.tensors = dict(tensors)
-        self._ref: Any = None
-        self.samples = 0
-
-    # -- running
-    def _run(self, get: Callable[[str], np.ndarray]) -> Any:
-        raise NotImplementedError
-
-    def run(self, overrides: Mapping[str, np.ndarray] | None = None) -> Any:
-        """Outputs on the calibration inputs with ``overrides`` in place of the originals."""
-        over = overrides or {}
-
-        def get(name: str) -> np.ndarray:
-            if name in over:
-                return np.asarray(over[name])
-            if name not in self.tensors:
-                raise CmfError(f"the model has no tensor {name!r}")
-            return self.tensors[name]
-
-        return self._run(get)
-
-    @property
-    def reference(self) -> Any:
-        if self._ref is None:
-            self._ref = self.run()
-        return self._ref
-
-    groups: np.ndarray | None = None  # domain number of each output row (run order), or None
-    group_names: Sequence[str] = ()
-
-    def error(self, overrides: Mapping[str, np.ndarray] | None = None) -> float:
-        return output_error(self.kind, self.reference, self.run(overrides), self.groups)
-
-    def stats(self, overrides: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
-        out = self.run(overrides)
-        got: dict[str, Any] = {"error": output_error(self.kind, self.reference, out, self.groups),
-                               **cosine_stats(self.kind, self.reference, out)}
-        if self.groups is not None:
-            c = _cosines(self.reference, out)
-            got["domains"] = {name: {"cosine_mean": float(c[self.groups == g].mean()),
-                                     "cosine_min": float(c[self.groups == g].min())}
-                              for g, name in enumerate(self.group_names) if np.any(self.groups == g)}
-        return got
-
-    def input_moments(self) -> Moments:
-        return {}
-
-    token_prior: str | None = "en,world"  # languages of the token-frequency prior (cmf.plan.tokens), None: off
-    token_note: str | None = None  # why the token-embedding rows got no weights, if they should have
-
-    def _token_rows(self, out: Moments, name: str | None, tokenizer: Any, ids: Sequence[Sequence[int]]) -> None:
-        """Add the token-embedding matrix ``name``'s rows as input channels weighted by token
-        frequency (cmf.plan.tokens) to ``out``, where a prior is at hand."""
-        from .tokens import row_importance, token_frequencies, word_prior
-
-        self.token_note = None
-        if name is None or name not in self.tensors or tokenizer is None or self.tensors[name].ndim != 2:
-            return
-        vocab = self.tensors[name].shape[0]
-        prior = word_prior(tokenizer, vocab, self.token_prior)
-        if prior is None and self.token_prior is not None:
-            self.token_note = (f"no word frequencies for --token-prior {self.token_prior} (needs wordfreq: "
-                               f"{install_hint('plan')}, and a language it knows): {name}'s rows weighed alike")
-        p = token_frequencies(ids, vocab, prior)
-        if p is not None:  # one-hot inputs: E[x_t^2] = p_t (weighed as its square root), E[x x^T] diagonal
-            out[name] = (0, row_importance(p), None)
-
+from .harness_base import (  # noqa: F401  (re-exported: the harness API lives here)
+    DEFAULT_ONNX_SAMPLES,
+    DEFAULT_MAX_TOKENS,
+    METRIC,
+    DECODER_METRIC,
+    Moments,
+    MAX_HESSIAN_DIM,
+    MAX_HESSIAN_BYTES,
+    MomentSums,
+    _cosines,
+    output_error,
+    kl_rows,
+    cosine_stats,
+    fallback_warnings,
+    Harness,
+    _patched,
+)
+from .decoder import DecoderHarness
 
 # ----------------------------------------------------------------------------- encoders
 
@@ -313,72 +155,6 @@ class EncoderHarness(Harness):
     def _mask_rows(self, n: int) -> np.ndarray | None:
         m = self._current_mask
         return m if m is not None and m.size == n else None
-
-
-@contextmanager
-def _patched(module: Any, name: str, value: Any) -> Iterator[None]:
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
-
-
-# ----------------------------------------------------------------------------- decoders
-
-
-class DecoderHarness(Harness):
-    kind = "decoder"
-
-    def __init__(self, tensors: Mapping[str, np.ndarray], config: dict, ids: Sequence[int],
-                 build: Callable[[Callable[[str], np.ndarray]], Any], tokenizer: Any = None) -> None:
-        super().__init__(tensors)
-        self.config, self.ids, self.build, self.tokenizer = config, list(ids), build, tokenizer
-        self.samples = len(self.ids)
-        self.tokens = len(self.ids)
-
-    def _run(self, get: Callable[[str], np.ndarray]) -> np.ndarray:
-        return np.asarray(self.build(get).logits(np.asarray(self.ids, np.int64)), np.float32)
-
-    def input_moments(self) -> Moments:
-        from ..runtime import llama
-
-        runner = self.build(self.tensors.__getitem__)
-        owners: dict[int, list[str]] = {}
-        names = set(self.tensors)
-        for i, layer in enumerate(runner.layers):
-            p = f"model.layers.{i}."
-            for w, subs in ((layer.w_qkv, ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
-                            (layer.w_o, ["self_attn.o_proj"]), (layer.w_gate_up, ["mlp.gate_proj", "mlp.up_proj"]),
-                            (layer.w_down, ["mlp.down_proj"])):
-                owners[id(w)] = [p + s + ".weight" for s in subs if p + s + ".weight" in names]
-        tied = runner.lm_head is runner.embed
-        if not tied and "lm_head.weight" in names:
-            owners[id(runner.lm_head)] = ["lm_head.weight"]
-        sums = MomentSums()
-        original = llama.linear
-
-        def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-            if id(w) in owners:  # fold: first or second half of the sequence
-                flat = x.reshape(-1, x.shape[-1])
-                sums.add(id(w), flat, (2 * np.arange(flat.shape[0])) // max(flat.shape[0], 1))
-            return original(x, w, b)
-
-        with _patched(llama, "linear", linear):
-            runner.logits(np.asarray(self.ids, np.int64))
-        out: Moments = {}
-        for key, names_ in owners.items():
-            got = sums.result(key)
-            if got is not None:
-                for n in names_:
-                    out[n] = (1, *got)
-        head = next((n for n in ("lm_head.weight", "output.weight") if n in names), None)
-        embedding = next((n for n in ("model.embed_tokens.weight", "token_embd.weight") if n in names), None)
-        if not tied and embedding is not None and not (  # a tied matrix is also the output head...
-                head is not None and np.array_equal(self.tensors[head], self.tensors[embedding])):  # ...so is a copy
-            self._token_rows(out, embedding, self.tokenizer, [self.ids])
-        return out
 
 
 # ----------------------------------------------------------------------------- ONNX
@@ -533,10 +309,10 @@ def open_harness(path: str | os.PathLike, calibrate: Any = None, *,
         meta = dict(src.metadata)
         gguf = meta.get("cmf.source_format") == "gguf" and src.json("config.json") is None
 
-        def build(get: Callable[[str], np.ndarray]) -> Any:
+        def build(get: Callable[[str], np.ndarray], lazy: bool = False) -> Any:
             if gguf:
-                return llama.LlamaRunner.from_gguf(get, meta)
-            return llama.LlamaRunner.from_tensors(get, config)
+                return llama.LlamaRunner.from_gguf(get, meta, lazy=lazy)
+            return llama.LlamaRunner.from_tensors(get, config, lazy=lazy)
 
         tokenizer.no_padding()
         tokenizer.no_truncation()

@@ -41,7 +41,7 @@ from ..errors import CmfError
 from ..pipeline import Pending, best_bytes, encode_lossless
 from . import sensitivity as sens_mod
 from .candidates import LOSSLESS, Curve, Point, measure, plannable, step_choices, template_choices
-from .harness import METRIC, Harness, fallback_warnings, open_harness
+from .harness import DECODER_METRIC, METRIC, Harness, fallback_warnings, open_harness
 from .contracts import (
     ATTACHMENT_LEVEL,
     INDEX_BYTES_PER_TENSOR,
@@ -104,11 +104,11 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
         seen[d] = name
         names.append(name)
     kind = harness.kind if harness is not None else "data-free"
-    metric = METRIC if harness is not None else "relative weight error"
+    metric = (DECODER_METRIC if kind == "decoder" else METRIC) if harness is not None else "relative weight error"
     if harness is not None and harness.groups is not None:
         metric = f"{METRIC} of the worst of {len(harness.group_names)} kinds of text"
     if options.preset is not None:
-        key = "error" if harness is not None else "data_free"
+        key = ("kl" if kind == "decoder" else "error") if harness is not None else "data_free"
         target = {"error": PLANNED_PRESETS[options.preset][key]}
     elif options.target_error is not None:
         target = {"error": float(options.target_error)}
@@ -168,7 +168,10 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
             _progress(options, "measuring sensitivity", k, len(names))
 
         items = [(n, tensors[n], curves[n].axis, curves[n].weights, curves[n].energy) for n in names]
-        sens = sens_mod.measured(harness, items, copies=copies, progress=tick_s)
+        fisher = getattr(harness, "sensitivities", None)  # decoders with torch: all at once
+        sens = (fisher(items, copies=copies, progress=tick_s) if fisher is not None else None) or {}
+        rest = [it for it in items if it[0] not in sens]
+        sens.update(sens_mod.measured(harness, rest, copies=copies, progress=tick_s) if rest else {})
     else:
         plain = {n: float(np.sum(np.square(np.asarray(tensors[n], np.float64)))) for n in names}
         total_planned = sum(int(np.asarray(tensors[n]).size) for n in names) or 1

@@ -138,8 +138,17 @@ def render_text(rep: dict[str, Any], printable: Any = str) -> list[str]:
             v = _number(plan.get(key))
             if v is not None:
                 parts.append(f"{label} {v:.3g}")
+        output = plan.get("output") if isinstance(plan.get("output"), dict) else {}
+        kl, top1, ppl = (_number(output.get(k)) for k in ("kl_mean", "top1_agreement", "perplexity"))
+        ppl0 = _number(output.get("perplexity_original"))
+        if kl is not None:  # a decoder: next-token distributions
+            parts.append(f"KL {kl:.4g}")
+        if top1 is not None:
+            parts.append(f"top-1 agreement {top1:.4f}")
+        if ppl is not None:
+            parts.append(f"perplexity {ppl:.4g}" + (f" (original {ppl0:.4g})" if ppl0 is not None else ""))
         cm = _number(plan.get("cosine_mean"))
-        if cm is not None:
+        if cm is not None and kl is None:
             parts.append(f"cosine mean {cm:.5f}")
         parts.append(f"({printable(str(plan.get('metric', '?')))}, {printable(str(plan.get('kind', '?')))})")
         lines.append(", ".join(parts[:-1]) + " " + parts[-1])

@@ -22,6 +22,7 @@ from .harness import Harness
 
 LOOSEN_BELOW = 0.9  # a measured error under this share of an error target: allocate again, looser
 REFINE_FACTOR = 3.0  # re-measure a sensitivity where the chosen error is this far from the noise
+OUTPUT_KEYS = ("kl_mean", "kl_max", "top1_agreement", "perplexity_original", "perplexity")  # decoders
 SEGMENT_PADDING = 32  # mean zero padding per segment (segments are 64-byte aligned)
 
 
@@ -88,11 +89,11 @@ def _encode_choices(result: PlanResult, alloc: Allocation, tensors: Mapping[str,
             feedback = None
             if point.choice.family == "step":
                 feedback = step_feedback(tuple(np.shape(x)), result.moments.get(name))
-            pending, decoded = encode_decoded(point.choice, x, _spec(x), tp.curve.axis, tp.curve.weights,
-                                              options.level, feedback)
-            cache[key] = (pending, decoded)
+            pending, _ = encode_decoded(point.choice, x, _spec(x), tp.curve.axis, tp.curve.weights,
+                                        options.level, feedback)
+            cache[key] = pending  # decoded again when a run asks for it (result.decoded()): bounded memory
         tp.point = point
-        tp.pending, tp.decoded = cache[key]
+        tp.pending, tp.decoded = cache[key], None
         _progress(options, "encoding", i + 1, total)
 
 
@@ -183,6 +184,7 @@ def _round(result: PlanResult, alloc: Allocation, budget: float, tensors: Mappin
         stats = harness.stats(result.decoded())
         row.update({"measured_error": stats["error"], "cosine_mean": stats["cosine_mean"],
                     "cosine_min": stats["cosine_min"]})
+        row.update({k: stats[k] for k in OUTPUT_KEYS if k in stats})
         if "domains" in stats:  # per kind of calibration text; the error is the worst one's
             row["domains"] = stats["domains"]
     result.rounds.append(row)
@@ -198,5 +200,6 @@ def _finish(result: PlanResult, alloc: Allocation, row: dict) -> None:
     result.measured_error = row.get("measured_error")
     result.cosine_mean = row.get("cosine_mean")
     result.cosine_min = row.get("cosine_min")
+    result.output = {k: row[k] for k in OUTPUT_KEYS if k in row}
     if "error" in result.target and result.measured_error is None:
         result.target_met = result.predicted_error <= result.target["error"] * (1 + 1e-9)

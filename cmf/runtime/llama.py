@@ -340,6 +340,24 @@ def check_ids(ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+class LazyLayers(Sequence):
+    """The decoder blocks of a runner built with ``lazy=True``: ``layers[i]`` fetches block
+    ``i``'s weights (``make(i)``) on each access and keeps none, so a pass holds one block."""
+
+    def __init__(self, make: Callable[[int], "Layer"], n: int) -> None:
+        self._make, self._n = make, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self._make(j) for j in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        return self._make(i % self._n)
+
+
 class LlamaRunner:
     """A Llama-family causal LM: ``logits``, ``next_logits`` (KV cache), ``generate``, ``perplexity``."""
 
@@ -357,12 +375,14 @@ class LlamaRunner:
 
     @classmethod
     def from_tensors(
-        cls, get_tensor: GetTensor, config: Mapping[str, Any], *, rope_freq_factors: np.ndarray | None = None
+        cls, get_tensor: GetTensor, config: Mapping[str, Any], *, rope_freq_factors: np.ndarray | None = None,
+        lazy: bool = False,
     ) -> LlamaRunner:
         """Build from Hugging Face tensor names (``model.layers.{i}.self_attn.q_proj.weight``...).
 
         ``get_tensor`` may raise KeyError or CmfError for a missing tensor; tensors are fetched one
-        at a time and converted to float32.
+        at a time and converted to float32. ``lazy``: each block's weights are fetched when a pass
+        reaches it and dropped after (:class:`LazyLayers`): memory holds one block, not the model.
         """
         cfg = LlamaConfig.from_hf(config)
         d, ff, H, K, hd = cfg.hidden_size, cfg.intermediate_size, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -372,14 +392,13 @@ class LlamaRunner:
         def get(name: str, shape: tuple[int, ...], present: bool = True) -> np.ndarray | None:
             return _load(get_tensor, name, shape) if present else None
 
-        layers = []
-        for i in range(cfg.n_layers):
+        def layer(i: int) -> Layer:
             p = f"model.layers.{i}."
             qkv = [get(p + f"self_attn.{x}_proj.weight", (rows, d)) for x, rows in (("q", H * hd), ("k", K * hd), ("v", K * hd))]
             qkv_b = [get(p + f"self_attn.{x}_proj.bias", (rows,), cfg.qkv_bias) for x, rows in (("q", H * hd), ("k", K * hd), ("v", K * hd))]
             gate_up = [get(p + f"mlp.{x}_proj.weight", (ff, d)) for x in ("gate", "up")]
             gate_up_b = [get(p + f"mlp.{x}_proj.bias", (ff,), cfg.mlp_bias) for x in ("gate", "up")]
-            layers.append(Layer(
+            return Layer(
                 attn_norm=get(p + "input_layernorm.weight", (d,)),
                 w_qkv=np.concatenate(qkv), b_qkv=np.concatenate(qkv_b) if cfg.qkv_bias else None,
                 w_o=get(p + "self_attn.o_proj.weight", (d, H * hd)),
@@ -389,7 +408,9 @@ class LlamaRunner:
                 w_down=get(p + "mlp.down_proj.weight", (d, ff)),
                 b_down=get(p + "mlp.down_proj.bias", (d,), cfg.mlp_bias),
                 window=cfg.windows[i],
-            ))
+            )
+
+        layers: Sequence[Layer] = LazyLayers(layer, cfg.n_layers) if lazy else [layer(i) for i in range(cfg.n_layers)]
         norm = get("model.norm.weight", (d,))
         if cfg.tie_word_embeddings:
             lm_head = embed
@@ -407,11 +428,11 @@ class LlamaRunner:
         return cls(cfg, embed, layers, norm, lm_head, inv_freq)
 
     @classmethod
-    def from_gguf(cls, get_tensor: GetTensor, metadata: Mapping[str, Any]) -> LlamaRunner:
+    def from_gguf(cls, get_tensor: GetTensor, metadata: Mapping[str, Any], *, lazy: bool = False) -> LlamaRunner:
         """Build from a GGUF import: GGUF tensor names, ``gguf.*`` metadata as cmf keeps them."""
         config = from_gguf_metadata(metadata)
         factors = get_tensor("rope_freqs.weight") if "rope_freqs.weight" in _tensor_types(metadata) else None
-        return cls.from_tensors(gguf_tensor_getter(get_tensor, metadata), config, rope_freq_factors=factors)
+        return cls.from_tensors(gguf_tensor_getter(get_tensor, metadata), config, rope_freq_factors=factors, lazy=lazy)
 
     # -- running
 
@@ -439,6 +460,20 @@ class LlamaRunner:
     def logits(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """float32 [len(ids), V]: row i is the distribution of the token after ids[: i + 1]."""
         return self.forward(ids)
+
+    def logits_from(self, start: int, x: np.ndarray,
+                    keep: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+        """float32 [n, V]: a whole-sequence pass (positions 0..n-1, no cache) entered at block
+        ``start`` with hidden states ``x`` [n, d] (``embed[ids]`` for ``start`` 0). ``keep(i,
+        x_i)`` sees each block's input, and the final hidden states as ``keep(n_layers, x)``."""
+        cos, sin = rope_cos_sin(np.arange(len(x)), self.inv_freq)  # [n, hd] each
+        for i in range(start, self.config.n_layers):
+            if keep is not None:
+                keep(i, x)
+            x = block(x, self.layers[i], self.config, cos, sin)
+        if keep is not None:
+            keep(self.config.n_layers, x)
+        return linear(rms_norm(x, self.norm, self.config.rms_norm_eps), self.lm_head).astype(np.float32, copy=False)
 
     def next_logits(self, ids: Sequence[int] | np.ndarray, cache: KVCache | None = None) -> np.ndarray:
         """float32 [V] for the token after ``ids``. With a cache (``new_cache()``), pass only the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cmf.plan import harness
+from cmf.plan import harness_base as harness
 from cmf.plan.harness import MomentSums
 
 

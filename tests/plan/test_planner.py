@@ -183,6 +183,15 @@ def test_llama_decoder(tmp_path):
     r = plan_and_write(str(path), out, PlanOptions(target_error=1e-3, **FAST))
     assert r.kind == "decoder" and r.file_error <= 1e-3
     assert any(n.endswith("mlp.down_proj.weight") for n in r.tensors)
+    # the error is the mean KL of next-token distributions; the plan records KL, top-1, perplexity
+    assert "KL" in r.metric and r.output["kl_mean"] == pytest.approx(r.measured_error)
+    assert 0 <= r.output["top1_agreement"] <= 1 and r.output["perplexity"] > 0
+    from cmf.plan.report import render_text, report
+
+    stored = cmf.open(out).metadata()[META_PLAN]
+    assert stored["output"]["kl_mean"] == pytest.approx(r.measured_error)
+    text = "\n".join(render_text(report(out)))
+    assert "KL " in text and "top-1 agreement" in text and "perplexity" in text
 
 
 def test_dict_of_arrays_is_planned_data_free(tmp_path):

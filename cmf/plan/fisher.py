@@ -1,0 +1,141 @@
+"""Fisher-information traces of a Llama-family decoder's weights, one streamed backward pass per
+drawn sample (cmf.plan.decoder explains why they are the sensitivities of the mean KL).
+
+The forward pass is the one the harness already made (its cached block inputs); the backward
+pass goes from the head down, one block at a time: the block's weights are fetched, the block is
+run again on its cached input with gradients on, and the gradient is carried to its input. Memory
+holds one block's weights and activations, the head, and ``samples`` gradients of the hidden
+states ([n, d] each). The arithmetic mirrors cmf.runtime.llama.block in torch float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..runtime import llama
+
+_HEADS = ("lm_head.weight", "output.weight")
+
+
+def _rms(torch: Any, x: Any, w: Any, eps: float) -> Any:  # [n, d], [d] -> [n, d]
+    return x / torch.sqrt(torch.mean(x * x, dim=-1, keepdim=True) + eps) * w
+
+
+def _rope(torch: Any, x: Any, cos: Any, sin: Any) -> Any:  # [h, n, hd] -> [h, n, hd]
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+def _linear(x: Any, w: Any, b: Any) -> Any:
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+def _block(torch: Any, x: Any, w: dict, layer: Any, cfg: Any, cos: Any, sin: Any, mask: Any) -> Any:
+    """cmf.runtime.llama.block in torch; ``w`` the fused weights (tensors that may need grad)."""
+    n, H, K, hd = x.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    t = torch.from_numpy
+    h = _rms(torch, x, t(layer.attn_norm), cfg.rms_norm_eps)  # [n, d]
+    qkv = _linear(h, w["w_qkv"], None if layer.b_qkv is None else t(layer.b_qkv))  # [n, (H + 2K) hd]
+    q = qkv[:, : H * hd].reshape(n, H, hd).transpose(0, 1)  # [H, n, hd]
+    k = qkv[:, H * hd:(H + K) * hd].reshape(n, K, hd).transpose(0, 1)  # [K, n, hd]
+    v = qkv[:, (H + K) * hd:].reshape(n, K, hd).transpose(0, 1)  # [K, n, hd]
+    q, k = _rope(torch, q, cos, sin), _rope(torch, k, cos, sin)
+    q4 = q.reshape(K, H // K, n, hd)  # query head = kv * g + r
+    scores = torch.einsum("kgnd,ktd->kgnt", q4, k) * (1.0 / math.sqrt(hd)) + mask  # [K, g, n, n]
+    a = torch.einsum("kgnt,ktd->kgnd", torch.softmax(scores, dim=-1), v)  # [K, g, n, hd]
+    a = a.reshape(H, n, hd).transpose(0, 1).reshape(n, H * hd)  # [n, H hd]
+    x = x + _linear(a, w["w_o"], None if layer.b_o is None else t(layer.b_o))  # [n, d]
+    h2 = _rms(torch, x, t(layer.mlp_norm), cfg.rms_norm_eps)
+    gu = _linear(h2, w["w_gate_up"], None if layer.b_gate_up is None else t(layer.b_gate_up))  # [n, 2 ff]
+    gate, up = gu.chunk(2, dim=-1)
+    return x + _linear(torch.nn.functional.silu(gate) * up, w["w_down"],
+                       None if layer.b_down is None else t(layer.b_down))  # [n, d]
+
+
+def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str, float]:
+    """``{tensor name: mean over samples of |d log p(y) / d W|^2}`` for every weight matrix of the
+    decoder ``harness`` (a cmf.plan.decoder.DecoderHarness whose reference pass has run), ``y``
+    drawn at each position from the original next-token distribution."""
+    _ = harness.reference
+    inputs = harness._inputs
+    runner = harness._runner(harness.tensors.__getitem__)
+    cfg = runner.config
+    n_layers = cfg.n_layers
+    ids = torch.from_numpy(np.asarray(harness.ids, np.int64))
+    n = len(harness.ids)
+    traces: dict[str, float] = {}
+    gen = torch.Generator().manual_seed(seed)
+    with torch.enable_grad():
+        # the head: log p of drawn tokens, gradients to the final hidden states and the head matrix
+        x_n = torch.from_numpy(np.array(inputs[n_layers], np.float32)).requires_grad_(True)
+        head = torch.from_numpy(np.asarray(runner.lm_head, np.float32)).requires_grad_(True)
+        logp = torch.log_softmax(_rms(torch, x_n, torch.from_numpy(runner.norm), cfg.rms_norm_eps) @ head.T, dim=-1)
+        drawn = [torch.multinomial(logp.detach().exp(), 1, generator=gen) for _ in range(samples)]  # [n, 1] each
+        grads_x, head_sq, head_rows = [], 0.0, []
+        uniq, inverse = torch.unique(ids, return_inverse=True)
+        for y in drawn:
+            gx, gh = torch.autograd.grad(logp.gather(1, y).sum(), [x_n, head], retain_graph=True)
+            grads_x.append(gx)
+            head_sq += float((gh.double() ** 2).sum())
+            head_rows.append(gh[uniq])  # [u, d]: for the tied embedding's cross term
+            del gh
+        del logp
+        head_name = next((h for h in _HEADS if h in harness.tensors), None)
+        tied = runner.lm_head is runner.embed
+        cos_np, sin_np = llama.rope_cos_sin(np.arange(n), runner.inv_freq)
+        cos, sin = torch.from_numpy(cos_np), torch.from_numpy(sin_np)
+        # the blocks, last first
+        for i in reversed(range(n_layers)):
+            layer = runner.layers[i]
+            mask = torch.from_numpy(llama.causal_mask(n, 0, layer.window))
+            w = {a: torch.from_numpy(getattr(layer, a)).requires_grad_(True)
+                 for a in ("w_qkv", "w_o", "w_gate_up", "w_down")}
+            x_i = torch.from_numpy(np.array(inputs[i], np.float32)).requires_grad_(True)
+            out = _block(torch, x_i, w, layer, cfg, cos, sin, mask)
+            names = dict(harness.layer_names(i))
+            for k in range(samples):
+                got = torch.autograd.grad(out, [x_i, *w.values()], grad_outputs=grads_x[k],
+                                          retain_graph=k + 1 < samples)
+                grads_x[k] = got[0]
+                for (attr, wt), g in zip(w.items(), got[1:]):
+                    group = names.get(attr) or []
+                    if not group:
+                        continue
+                    rows = g.shape[0] // len(group) if attr != "w_qkv" else None
+                    spans = _spans(attr, group, cfg, rows)
+                    for name, (a, b) in zip(group, spans):
+                        traces[name] = traces.get(name, 0.0) + float((g[a:b].double() ** 2).sum()) / samples
+            del out, w, x_i
+        # the embedding: a lookup of the input tokens (and the head too when tied)
+        embed_name = next((e for e in ("model.embed_tokens.weight", "token_embd.weight") if e in harness.tensors), None)
+        embed_sq = head_sq / samples if tied else 0.0  # mean |g_head|^2, then the lookup's part
+        for k in range(samples):
+            rows = torch.zeros(len(uniq), grads_x[k].shape[1], dtype=torch.float64)
+            rows.index_add_(0, inverse, grads_x[k].double())  # [u, d]: gradient of the looked-up rows
+            sq = float((rows ** 2).sum())
+            if tied:  # |g_head + g_lookup|^2 = |g_head|^2 + 2 <g_head, g_lookup> + |g_lookup|^2
+                sq += 2.0 * float((rows * head_rows[k].double()).sum())
+            embed_sq += sq / samples
+        if embed_name is not None:
+            traces[embed_name] = embed_sq
+        if head_name is not None and not tied:
+            traces[head_name] = head_sq / samples
+    return traces
+
+
+def _spans(attr: str, group: list[str], cfg: Any, rows: int | None) -> list[tuple[int, int]]:
+    """Row ranges of each tensor inside a fused weight."""
+    if attr == "w_qkv":
+        H, K, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        sizes = [H * hd, K * hd, K * hd]
+    else:
+        sizes = [rows] * len(group)
+    out, at = [], 0
+    for s in sizes[: len(group)]:
+        out.append((at, at + s))
+        at += s
+    return out
