@@ -34,7 +34,7 @@ from .outputs import (
     shard_set_files,
     write_attachment,
 )
-from .parallel import Plan, pack_source
+from .parallel import EncodeSettings, pack_source
 from .pipeline import describe
 from .plan.presets import resolve_recipe
 from .plan.recipe import prepare
@@ -126,7 +126,7 @@ def pack(source: str, output: str | None, force: bool, preset: str | None, recip
             lossy += entry.error is not None
             bar.update(1)
 
-        packed = pack_source(src, target, Plan(recipe, level, fallback), jobs=jobs, executor=executor,
+        packed = pack_source(src, target, EncodeSettings(recipe, level, fallback), jobs=jobs, executor=executor,
                              scheduler=scheduler, shard_size=size, attachments=extra, on_entry=counted)
     files = [os.path.join(os.path.dirname(target), os.path.basename(f)) for f in packed.files]
     _pack_summary(source, files[-1] if size is not None else target, len(src), aliases, recipe.name, lossy,

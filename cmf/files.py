@@ -50,11 +50,11 @@ def save_file(
     chosen, fallback = resolve_recipe(preset, recipe)
     chosen = prepare(chosen, tensors.items(), level)  # fits shared groups (a no-op without)
     if jobs != 1:
-        from .parallel import Plan, closing, make_executor, pack_tasks
+        from .parallel import EncodeSettings, closing, make_executor, pack_tasks
 
         with closing(make_executor(jobs)) as executor:
             with Writer(path, metadata=dict(metadata or {}), level=level) as w:
-                pack_tasks(WriterSink(w), tensors.items(), Plan(chosen, level, fallback), executor)
+                pack_tasks(WriterSink(w), tensors.items(), EncodeSettings(chosen, level, fallback), executor)
                 for name, data in (attachments or {}).items():
                     w.add_attachment(name, data)
         return

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import numpy as np
 
 from .codecs import ArraySpec
+from .encoded import Encoded
 from .errors import CmfError
 from .extras import install_hint
 from .limits import DEFAULT_LIMITS, Limits
@@ -56,7 +57,7 @@ class FileTensor:
 
 
 @dataclass(frozen=True)
-class Plan:
+class EncodeSettings:
     """What every worker needs to encode any tensor: the recipe (with its prepared shared
     groups), the zstd level, whether lossy presets fall back to lossless, the writer's limits."""
 
@@ -69,7 +70,7 @@ class Plan:
 
 @dataclass(frozen=True)
 class SharedToken:
-    """Stands for shared value ``number`` of the plan (see :func:`plan_shared`) in a tree sent
+    """Stands for shared value ``number`` of the recipe (see :func:`plan_shared`) in a tree sent
     between processes: each process has its own copy of the value, the writer must see its own
     (shared values are compared by identity)."""
 
@@ -114,18 +115,18 @@ def read_tensor(ref: FileTensor) -> np.ndarray:
         raise CmfError(f"{src.path}: cannot read tensor {ref.name!r} ({exc})") from None
 
 
-def encode_task(name: str, source: FileTensor | np.ndarray, skip: frozenset, plan: Plan) -> Result:
+def encode_task(name: str, source: FileTensor | np.ndarray, skip: frozenset, settings: EncodeSettings) -> Result:
     """Encode one tensor as ``Writer.add_tensor`` would (runs in a worker; top-level so that
     spawned processes and dask workers can import it)."""
     array = read_tensor(source) if isinstance(source, FileTensor) else source
-    spec, array = tensor_array(name, array, plan.limits)
-    key = tensor_key(array, spec) if plan.dedupe else None
+    spec, array = tensor_array(name, array, settings.limits)
+    key = tensor_key(array, spec) if settings.dedupe else None
     if key is not None and key in skip:
         return Result(name, spec, key, None, None)
-    pending = encoder_for(plan.recipe, name, plan.level, plan.fallback)(array, spec)
+    pending = encoder_for(settings.recipe, name, settings.level, settings.fallback)(array, spec)
     _check_root(name, pending, spec)
     error = tensor_error(array, pending)
-    shared = {id(v): i for i, v in enumerate(plan_shared(plan.recipe))}
+    shared = {id(v): i for i, v in enumerate(plan_shared(settings.recipe))}
     return Result(name, spec, key, to_portable(pending, shared), error)
 
 
@@ -277,18 +278,18 @@ class DaskExecutor:
         self._pending: set[Any] = set()  # futures not yet done (cancelled on an interruption)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        args = tuple(self._plan(a) if isinstance(a, Plan) else a for a in args)
+        args = tuple(self._scatter(a) if isinstance(a, EncodeSettings) else a for a in args)
         future = self.client.submit(fn, *args, pure=False)
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
         return future
 
-    def _plan(self, plan: Plan) -> Any:
-        """The plan is sent to the cluster once (it may hold shared values)."""
-        got = self._scattered.get(id(plan))
-        if got is None or got[0] is not plan:
-            got = (plan, self.client.scatter(plan, broadcast=True, hash=False))
-            self._scattered[id(plan)] = got
+    def _scatter(self, settings: EncodeSettings) -> Any:
+        """The settings are sent to the cluster once (they may hold shared values)."""
+        got = self._scattered.get(id(settings))
+        if got is None or got[0] is not settings:
+            got = (settings, self.client.scatter(settings, broadcast=True, hash=False))
+            self._scattered[id(settings)] = got
         return got[1]
 
     def close(self, cancel: bool) -> None:
@@ -433,7 +434,6 @@ def write_tensors(sink: Any, items: Iterable[tuple[str, Any]],
     cmf.shards.ShardedWriter) as ``Writer.add_tensor`` writes it — an ``Encoded`` value as it
     is, an array encoded by ``encoder_of(name)`` (or an alias of an identical tensor the sink
     holds) with its measured error — then the attachments. ``on_entry`` sees each index entry."""
-    from .convert.gguf import Encoded
 
     for name, value in items:
         sink.check_name(name)
@@ -502,7 +502,7 @@ def map_in_order(executor: Any, fn: Callable[..., Any], calls: Iterable[tuple[st
 def pack_tasks(
     sink: Any,
     tasks: Iterable[tuple[str, Any]],
-    plan: Plan,
+    settings: EncodeSettings,
     executor: Any,
     on_entry: Callable[[Any], None] | None = None,
 ) -> None:
@@ -514,12 +514,11 @@ def pack_tasks(
     docstring); an InlineExecutor runs each as it is submitted. Any error is raised
     when the writer reaches that tensor, as a serial pack would raise it; outstanding tasks are
     then cancelled (the caller aborts the writer)."""
-    from .convert.gguf import Encoded
 
     window = int(getattr(executor, "window", 0))
     jobs = int(getattr(executor, "jobs", 0))
-    shared = plan_shared(plan.recipe)
-    for value in shared:  # picklable leaves (same bytes), so that the plan can be sent
+    shared = plan_shared(settings.recipe)
+    for value in shared:  # picklable leaves (same bytes), so that the settings can be sent
         value.encoding = to_portable(value.encoding, {})
     ahead = {"bytes": 0, "largest": 0}
     written: dict[int, set[bytes]] = {}  # nbytes -> digests written (skip sets for tasks)
@@ -531,7 +530,7 @@ def pack_tasks(
             return
         nbytes = _nbytes(value)
         skip = frozenset(k for k in written.get(nbytes, ()) if sink.has_key(k))
-        slots.append((name, value, executor.submit(encode_task, name, value, skip, plan)))
+        slots.append((name, value, executor.submit(encode_task, name, value, skip, settings)))
         ahead["bytes"] += max(nbytes, 0)
 
     def room(nbytes: int) -> bool:
@@ -553,7 +552,7 @@ def pack_tasks(
             pending = from_portable(result.pending, shared) if result.pending is not None else None
             error = result.error
             if pending is None and not sink.has_key(result.key):  # e.g. a new shard began
-                again = encode_task(name, value, frozenset(), plan)
+                again = encode_task(name, value, frozenset(), settings)
                 pending, error = from_portable(again.pending, shared), again.error
             entry = sink.add_result(name, result.spec, pending, error, result.key)
             if result.key is not None and entry.alias is None:
@@ -597,7 +596,7 @@ class Packed:
 def pack_source(
     src: Any,
     output: str,
-    plan: Plan,
+    settings: EncodeSettings,
     *,
     jobs: int = 1,
     executor: str = "process",
@@ -616,14 +615,14 @@ def pack_source(
     peaks: list[int] = []
     with closing(ex):
         if shard_size is not None:
-            sink: Any = ShardedWriter(output, shard_size, metadata=src.metadata, level=plan.level,
-                                      limits=plan.limits)
+            sink: Any = ShardedWriter(output, shard_size, metadata=src.metadata, level=settings.level,
+                                      limits=settings.limits)
             target = sink
         else:
-            target = Writer(output, metadata=src.metadata, level=plan.level, limits=plan.limits)
+            target = Writer(output, metadata=src.metadata, level=settings.level, limits=settings.limits)
             sink = WriterSink(target)
         with target:
-            pack_tasks(sink, source_tasks(src), plan, ex, on_entry)
+            pack_tasks(sink, source_tasks(src), settings, ex, on_entry)
             if isinstance(ex, ProcessExecutor):
                 peaks = ex.peaks()
             for name, data in [*src.attachments.items(), *attachments]:

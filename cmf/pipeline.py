@@ -18,7 +18,7 @@ import numpy as np
 
 from .codecs import ArraySpec, BytesSpec, Codec, Spec, Value
 from .codecs.byteplanes import BytePlanes
-from .codecs.kernels import executor
+from .kernels import executor
 from .codecs.raw import Raw
 from .codecs.zstd import Zstd
 from .errors import CmfError, FormatError, LimitError

@@ -25,9 +25,9 @@ from cmf import cli
 from cmf.codecs import ArraySpec
 from cmf.dtypes import BY_NAME
 from cmf.parallel import (
+    EncodeSettings,
     FileTensor,
     InlineExecutor,
-    Plan,
     WriterSink,
     encode_task,
     from_portable,
@@ -127,7 +127,7 @@ def test_shared_group_recipe_in_workers(tmp_path):
 
 def test_results_pickle_and_round_trip(model):
     recipe, fallback = resolve_recipe("q4")
-    plan = Plan(recipe, 3, fallback)
+    plan = EncodeSettings(recipe, 3, fallback)
     ref = FileTensor(os.path.abspath(model), "layer.0.q.weight", 64 * 128 * 4)
     result = pickle.loads(pickle.dumps(encode_task(ref.name, ref, frozenset(), plan)))
     assert result.spec == ArraySpec(BY_NAME["f32"], (64, 128)) and result.error is not None
@@ -152,7 +152,7 @@ def test_duplicate_name_from_a_sink_is_reported(tmp_path):
     with pytest.raises(cmf.CmfError, match="duplicate tensor name"):
         with Writer(tmp_path / "d.cmf") as w:
             tasks = [("a", np.ones(3)), ("a", np.zeros(3))]
-            pack_tasks(WriterSink(w), tasks, Plan(recipe, 3, fallback), InlineExecutor())
+            pack_tasks(WriterSink(w), tasks, EncodeSettings(recipe, 3, fallback), InlineExecutor())
 
 
 def test_usage_errors(tmp_path, model, capsys):

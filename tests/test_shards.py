@@ -123,11 +123,11 @@ def test_tied_weights_across_shards_are_stored_again(tmp_path):
     tensors = {"a": w, "big": rng.standard_normal((64, 64)).astype(np.float32), "b": w.copy(), "c": w.copy()}
     with ShardedWriter(tmp_path / "t.cmf", 16 << 10) as sw:  # one matrix per shard
         for name, array in tensors.items():
-            from cmf.parallel import InlineExecutor, Plan, pack_tasks
+            from cmf.parallel import EncodeSettings, InlineExecutor, pack_tasks
             from cmf.plan.presets import resolve_recipe
 
             recipe, fallback = resolve_recipe("lossless")
-            pack_tasks(sw, [(name, array)], Plan(recipe, 3, fallback), InlineExecutor())
+            pack_tasks(sw, [(name, array)], EncodeSettings(recipe, 3, fallback), InlineExecutor())
     with cmf.open(tmp_path / "t.cmf.index.json") as f:
         assert len(f.shards) == 3
         assert f.entry("c").alias == "b" and f.entry("b").alias is None

@@ -551,7 +551,7 @@ def bench_codecs(weights: Tensors, repeat: int, work: str, log: Callable[[str], 
     import gguf
     from gguf import quants
 
-    from cmf.codecs.ggml import gguf_tensor_to_pending
+    from cmf.convert.gguf_legacy import gguf_tensor_to_pending
     from cmf.writer import Writer
 
     numel = sum(v.size for v in weights.values())

@@ -376,7 +376,7 @@ TARGETS = {
     "onnx": Target("onnx", run_onnx, onnx_seeds, mutate=mutate_onnx,
                    instrument=("cmf.convert", "cmf.errors")),
     "gguf": Target("gguf", run_gguf, gguf_seeds,
-                   instrument=("cmf.convert", "cmf.codecs.ggml", "gguf.gguf_reader", "gguf.quants",
+                   instrument=("cmf.convert", "cmf.convert.gguf_legacy", "gguf.gguf_reader", "gguf.quants",
                                "cmf.codecs.ggml_codec", "cmf.codecs.ggml_layout",
                                "cmf.codecs.ggml_dequant")),
 }

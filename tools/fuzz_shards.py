@@ -85,7 +85,7 @@ class _Fixture:
     """The directories above, and what every valid file in ``set/`` holds."""
 
     def __init__(self) -> None:
-        from cmf.parallel import InlineExecutor, Plan, pack_tasks
+        from cmf.parallel import EncodeSettings, InlineExecutor, pack_tasks
         from cmf.plan.presets import resolve_recipe
         from cmf.shards import ShardedWriter
 
@@ -115,7 +115,7 @@ class _Fixture:
         recipe, fallback = resolve_recipe("lossless")
         with ShardedWriter(os.path.join(self.dir, "model.cmf"), 400,
                            metadata={"format": "pt", "name": "fuzz"}) as sw:
-            pack_tasks(sw, list(tensors.items()), Plan(recipe, 3, fallback), InlineExecutor())
+            pack_tasks(sw, list(tensors.items()), EncodeSettings(recipe, 3, fallback), InlineExecutor())
             sw.add_attachment("config.json", b'{"hidden_size": 8}')
         with open(os.path.join(self.dir, INDEX), "rb") as fh:
             self.index_bytes = fh.read()

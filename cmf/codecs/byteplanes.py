@@ -18,8 +18,8 @@ from .base import (
 )
 from .registry import register
 
-from .kernels import in_pieces
-from .kernels import speedups as _speedups  # optional C kernels; same bytes either way
+from ..kernels import in_pieces
+from ..kernels import speedups as _speedups  # optional C kernels; same bytes either way
 
 _UINT = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 _CHUNK = 1 << 16  # elements per decode step: chunk + planes stay in L2 (measured best of 2^14..2^18)

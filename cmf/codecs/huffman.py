@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import CmfError, FormatError
 from .base import ArraySpec, BytesSpec, Codec, Spec, Value, check_config_keys
-from .kernels import PIECE_MIN, in_pieces, speedups
+from ..kernels import PIECE_MIN, in_pieces, speedups
 from .registry import register
 
 MAX_LENGTH = 16  # longest code a table may hold: 2**16 symbols, 4-bit length fields

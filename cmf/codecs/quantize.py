@@ -6,7 +6,7 @@ A float tensor becomes one unsigned code per element (part ``q``) and one scale 
 whole axis when ``block`` is 0; the whole tensor, flattened, when ``axis`` is null); the last
 block of a run may be shorter. Decoding is pinned to float32 with one rounding per operation,
 in a fixed order, so every decoder gives the same bits, and GGML's Q8_0/Q4_0/Q4_1/Q5_0/Q5_1
-blocks decode exactly as gguf-py's ``dequantize`` (cmf.codecs.ggml converts them)::
+blocks decode exactly as gguf-py's ``dequantize`` (cmf.convert.gguf_legacy converts them)::
 
     symmetric   x = s * (u - 2**(bits-1))
     zero_point  x = s * (u - z)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 
 from ..errors import CmfError
-from .gguf import Encoded, GGUFSource
+from ..encoded import Encoded
+from .gguf import GGUFSource
 from .hfdir import HFDirectorySource
 from .safetensors import SafetensorsSource, write_safetensors
 from .torch_pickle import TorchPickleSource, looks_like_pickle

@@ -21,7 +21,6 @@ Contract of :class:`GGUFSource` (a converter source, see cmf.convert):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import ml_dtypes
@@ -30,9 +29,9 @@ import numpy as np
 from ..codecs import ArraySpec
 from ..codecs.ggml_types import LAYOUTS
 from ..dtypes import BY_NAME
+from ..encoded import Encoded
 from ..errors import CmfError
 from ..extras import install_hint
-from ..pipeline import Pending
 
 _PLAIN = {  # GGML type name -> numpy dtype of its elements (little-endian)
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -40,14 +39,6 @@ _PLAIN = {  # GGML type name -> numpy dtype of its elements (little-endian)
 }
 KEPT_BLOCKS = tuple(LAYOUTS)  # held exactly by the ggml codec (spec/codecs/ggml.md)
 _READER_FIELDS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")  # not key/values
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """A tensor that arrives already encoded; the writer stores the tree as it is."""
-
-    spec: ArraySpec
-    pending: Pending
 
 
 class GGUFSource:

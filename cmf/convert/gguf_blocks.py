@@ -2,7 +2,7 @@
 
 :func:`block_bytes` reads the tensor's tree, not its floats: a ``ggml`` node (spec/codecs/ggml.md)
 or a legacy ``quantize`` node of a GGML-compatible configuration (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
-as cmf.codecs.ggml wrote them before the ``ggml`` codec) gives the blocks back; anything else
+as cmf.convert.gguf_legacy wrote them before the ``ggml`` codec) gives the blocks back; anything else
 gives None.
 """
 
@@ -17,7 +17,7 @@ from ..index import CodecNode
 
 def stored_type(f: Any, name: str) -> str | None:
     """The GGML type whose blocks tensor ``name`` holds exactly (from the index alone), or None."""
-    from ..codecs.ggml import BLOCK_TYPES
+    from .gguf_legacy import BLOCK_TYPES
     from ..codecs.ggml_codec import Ggml
 
     entry = f.entry(name)
@@ -38,7 +38,7 @@ def block_bytes(f: Any, name: str, decode_node: Any = None) -> np.ndarray | None
     """The original GGML block bytes (flat uint8) of tensor ``name`` of the open file ``f``
     (a CmfFile; ``decode_node`` decodes a sub-tree, ``f.decode_node`` by default), or None when
     the file does not hold them exactly. CmfError if the parts are damaged."""
-    from ..codecs.ggml import parts_to_gguf_blocks
+    from .gguf_legacy import parts_to_gguf_blocks
     from ..codecs.ggml_codec import Ggml
 
     kind = stored_type(f, name)

@@ -454,7 +454,7 @@ def test_big_streams_decode_in_pieces_on_threads(monkeypatch):
 
 
 def test_in_pieces_covers_the_range_once_and_raises():
-    from cmf.codecs.kernels import in_pieces
+    from cmf.kernels import in_pieces
 
     seen = []
     in_pieces(lambda a, b: seen.append((a, b)), 10_000, min_piece=100)

@@ -603,7 +603,7 @@ def test_double_quantization_in_a_file(tmp_path):
 # ----------------------------------------------------------------------------- GGUF blocks
 
 gguf = pytest.importorskip("gguf")
-from cmf.codecs.ggml import (  # noqa: E402
+from cmf.convert.gguf_legacy import (  # noqa: E402
     BLOCK_TYPES,
     ggml_codec,
     gguf_blocks_to_parts,

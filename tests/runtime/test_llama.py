@@ -364,7 +364,8 @@ def write_gguf(path, cfg: dict, w: dict[str, np.ndarray], *, q8: bool = False) -
 
 
 def pack_gguf(gguf_path, cmf_path) -> None:
-    from cmf.convert.gguf import Encoded, GGUFSource
+    from cmf.convert.gguf import GGUFSource
+    from cmf.encoded import Encoded
     from cmf.writer import Writer
 
     src = GGUFSource(gguf_path)

@@ -2,8 +2,8 @@
 
 Files written since format 1.3 hold every GGML block type in the ``ggml`` codec
 (cmf.codecs.ggml_codec); this module stays for files written before (their blocks come back
-through :func:`parts_to_gguf_blocks`) and for :func:`encode_codes`, the code-field encoder
-both use.
+through :func:`parts_to_gguf_blocks`). Both code their code fields with
+:func:`cmf.codecs.ggml_pack.encode_codes`.
 
 Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 blocks hold 32 consecutive elements of a row (GGUF rows are
 cmf's last axis) with an f16 scale ``d`` and, for the ``_1`` types, an f16 min ``m``; gguf-py
@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from ..codecs.base import ArraySpec
+from ..codecs.ggml_pack import encode_codes
+from ..codecs.quantize import Quantize
 from ..dtypes import BY_NAME
 from ..errors import CmfError
-from .base import ArraySpec
-from .quantize import Quantize
 
 QK = 32  # elements per block, every legacy type
 
@@ -193,40 +194,3 @@ def gguf_tensor_to_pending(raw: Any, ggml_type: Any, shape: tuple[int, ...], lev
         for name in specs
     }
     return PendingNode(codec, children, spec)
-
-
-def encode_codes(codes: np.ndarray, spec: ArraySpec, bits: int):
-    """The smallest of: ``bitpack``, ``raw`` + entropy-only ``zstd``, ``huffman`` and, for 1-,
-    2- and 4-bit codes, ``bitpack`` + entropy-only ``zstd`` (a byte holds whole codes, so the
-    byte coder codes them jointly) (codes of ``bits`` bits, a u8/u16 array of ``spec``)."""
-    from ..pipeline import PendingLeaf, apply
-    from .bitpack import BitPack
-    from .huffman import Huffman
-    from .raw import Raw
-    from .zstd import Zstd
-
-    def stored(v, s):
-        return PendingLeaf(v, s)
-
-    def literals(v, s):
-        return apply(Zstd(level=1, literals_only=True), v, s, stored) if s.length else stored(v, s)
-
-    candidates = [
-        apply(BitPack(bits=bits), codes, spec, stored),
-        apply(Raw(), codes, spec, literals),
-    ]
-    if bits in (1, 2, 4) and spec.numel:  # whole codes per byte: Huffman on 8 / bits codes at once
-        candidates.append(apply(BitPack(bits=bits), codes, spec, literals))
-    best = min(candidates, key=lambda p: p.stored)
-    if spec.numel and _huffman_bits(codes, 16) // 8 < best.stored:  # else it cannot win: skipped
-        candidates.append(apply(Huffman(chunk=1024, max_length=16), codes, spec, stored))
-    return min(candidates, key=lambda p: p.stored)
-
-
-def _huffman_bits(codes: np.ndarray, max_length: int) -> int:
-    """The bits of the code words alone (a lower bound on the ``huffman`` codec's output)."""
-    from .huffman import limited_lengths
-
-    counts = np.bincount(np.asarray(codes).reshape(-1))
-    used = counts[counts > 0]
-    return int(used @ limited_lengths(used, max_length))

@@ -13,7 +13,7 @@ from typing import Callable
 try:
     if os.environ.get("CMF_NO_SPEEDUPS"):
         raise ImportError
-    from .. import _speedups as speedups
+    from . import _speedups as speedups
 except ImportError:
     speedups = None
 
