@@ -16,8 +16,9 @@ And the output error on held-out text,
 over ``--heldout`` sentences of tools/data/heldout_sentences.txt (the expected ``|dW x| / |W x|``,
 no diagonal approximation, texts never used for calibration). The importance of a Linear layer's
 weight is the mean square of its inputs per column over ``--texts`` of cmf's calibration
-sentences, run through ``transformers`` (CPU). ``--llama-lib`` adds llama.cpp's own quantizer (``ggml_quantize_chunk`` of
-a ``libggml-base.so`` built from the llama-cpp-python sdist) as a reference column, and checks
+sentences, run through ``transformers`` (CPU). ``--llama-lib`` adds llama.cpp's own quantizer
+(``ggml_quantize_chunk`` of a ``libggml-base.so`` built from the llama-cpp-python sdist) as a
+reference column, and checks
 that llama.cpp's own dequantizer decodes cmf's bytes exactly as gguf-py does.
 """
 
@@ -107,7 +108,8 @@ def llama_quantizer(path: str):
         qt = gguf.GGMLQuantizationType[name]
         b = np.ascontiguousarray(b)
         out = np.empty(n, np.float32)
-        to_float_t(lib.ggml_get_type_traits(int(qt)).contents.to_float)(b.ctypes.data, out.ctypes.data, n)
+        fn = to_float_t(lib.ggml_get_type_traits(int(qt)).contents.to_float)
+        fn(b.ctypes.data, out.ctypes.data, n)
         return out
 
     quantize.decode = decode
@@ -131,7 +133,8 @@ def main(argv=None) -> None:
                if v.ndim == 2 and v.dtype == np.float32}
     if args.layers is not None:
         weights = {k: v for k, v in weights.items()
-                   if ".layers." not in k or int(k.split(".layers.")[1].split(".")[0]) < args.layers}
+                   if ".layers." not in k
+                   or int(k.split(".layers.")[1].split(".")[0]) < args.layers}
     imps = {k: v.astype(np.float32) for k, v in
             activation_stats(args.model_dir, _texts(SENTENCES, args.texts), False).items()}
     covs = activation_stats(args.model_dir, _texts(HELDOUT, args.heldout), True)
@@ -145,9 +148,9 @@ def main(argv=None) -> None:
     for n, ks in fits.items():
         print(f"  {n:7s} can take {len(ks):3d} tensors: "
               f"{sorted({tuple(weights[k].shape) for k in ks})}")
-    print(f"\n{'type':7s} {'tensors':>7s} | relative RMS error " + " ".join(f"{m:>9s}" for m in methods)
-          + " | importance-weighted " + " ".join(f"{m:>9s}" for m in methods)
-          + " | held-out output err " + " ".join(f"{m:>9s}" for m in methods) + " | cmf MB/s")
+    heads = " ".join(f"{m:>9s}" for m in methods)
+    print(f"\n{'type':7s} {'tensors':>7s} | relative RMS error " + heads
+          + " | importance-weighted " + heads + " | held-out output err " + heads + " | cmf MB/s")
     for n, ks in fits.items():
         qt = gguf.GGMLQuantizationType[n]
         err = {m: [[], [], []] for m in methods}  # per tensor: relative, imp-weighted, output

@@ -1,4 +1,4 @@
-"""Encode float32 matrices into GGML block bytes (K-quants, IQ4, legacy 32-blocks), importance-weighted.
+"""Encode float32 matrices into GGML block bytes (K-quants, IQ4, legacy types), importance-weighted.
 
 ``quantize_blocks(x, "Q4_K", importance)`` returns the bytes llama.cpp would store for ``x``
 (rows x cols, GGUF rows = the last numpy axis): ``rows * cols / block`` blocks of the type's
@@ -58,7 +58,8 @@ FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_
 
 def fallback_type(ggml_type: str, cols: int) -> str:
     """The GGML type llama.cpp stores a tensor of row length ``cols`` in when asked for
-    ``ggml_type``: the type itself when its block divides ``cols``, else its fallback, else "F16"."""
+    ``ggml_type``: the type itself when its block divides ``cols``, else its fallback, else
+    "F16"."""
     name = ggml_type.upper()
     if name not in TYPES:
         raise CmfError(f"GGML type: expected one of {sorted(TYPES)}, found {ggml_type!r}")
@@ -133,7 +134,8 @@ def quantize_blocks(x, ggml_type: str, importance=None) -> np.ndarray:
 
 
 def naive_blocks(x, ggml_type: str) -> np.ndarray:
-    """The baseline encoding of ``x``: max-abs (max - min) scales at every level, round to nearest."""
+    """The baseline encoding of ``x``: max-abs (max - min) scales at every level, rounding to
+    nearest."""
     return _run(x, ggml_type, None, search=False)
 
 

@@ -138,9 +138,10 @@ def _symmetric(x, imp, sub: int, nmax: int, snmax: int, search: bool):
     sw = ws.sum(axis=1, dtype=np.float64).reshape(n, k)
     d = _super_scale(scale, sw, snmax, search)
     safe = np.where(d != 0, d, 1.0)
-    codes = np.where((d != 0)[:, None], np.clip(np.rint(scale / safe[:, None]), -snmax, snmax - 1), 0)
+    codes = np.clip(np.rint(scale / safe[:, None]), -snmax, snmax - 1)
+    codes = np.where((d != 0)[:, None], codes, 0).astype(np.int64)
     d16 = lay.f16(d * amax)
-    codes = _reround(codes.astype(np.int64), scale * amax[:, None], d * amax, d16, -snmax, snmax - 1)
+    codes = _reround(codes, scale * amax[:, None], d * amax, d16, -snmax, snmax - 1)
     xk = x.reshape(n, k, sub)
     if search:
         codes, _ = _polish(xk, w.reshape(n, k, sub), d16, codes, None, None, -nmax, nmax - 1,

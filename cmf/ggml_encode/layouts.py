@@ -25,7 +25,8 @@ def _half_bytes(d: np.ndarray) -> np.ndarray:
 
 
 def _nibbles_64(L: np.ndarray) -> np.ndarray:
-    """``(N, 256)`` 4-bit values -> ``(N, 128)``: per 64 elements, byte ``l`` = ``L[l] | L[l+32] << 4``."""
+    """``(N, 256)`` 4-bit values -> ``(N, 128)``: per 64 elements, byte ``l`` =
+    ``L[l] | L[l+32] << 4``."""
     q = (L & 0xF).astype(np.uint8).reshape(-1, 4, 2, 32)
     return (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(-1, 128)
 
@@ -106,7 +107,9 @@ def pack_q6_k(L, sc, d) -> np.ndarray:
     qh[32h + l] = bits 4-5 of elements l, l+32, l+64, l+96 at bits 0, 2, 4, 6."""
     q = L.astype(np.uint8).reshape(-1, 2, 4, 32)  # (N, h, quarter, l)
     lo = q & 0xF
-    ql = np.concatenate([lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)], axis=2)
+    ql = np.concatenate(
+        [lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)], axis=2
+    )
     hi = q >> 4
     qh = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)
     scales = sc.astype(np.int8).view(np.uint8)

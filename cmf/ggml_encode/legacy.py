@@ -29,7 +29,7 @@ from .search import fit_affine, fit_symmetric
 
 
 def _nibbles(L: np.ndarray) -> np.ndarray:
-    """``(N, 32)`` codes -> ``(N, 16)``: byte j = low nibble of L[j] | low nibble of L[j+16] << 4."""
+    """``(N, 32)`` codes -> ``(N, 16)``: byte j = low nibble of L[j] | that of L[j+16] << 4."""
     q = (L & 0xF).astype(np.uint8).reshape(-1, 2, 16)
     return q[:, 0] | (q[:, 1] << 4)
 

@@ -57,7 +57,8 @@ def fit_affine(
     def error(s, m, sl, sll, sxl):  # weighted squared error of s * L + m, from the sums
         return s * s * sll + 2 * s * m * sl - 2 * s * sxl + m * m * sw - 2 * m * sx + sxx
 
-    codes = np.clip(np.rint((x - low[:, None].astype(np.float32)) / np.where(ok, scale, 1)[:, None]), 0, nmax)
+    shifted = x - low[:, None].astype(np.float32)  # (N, n) >= 0
+    codes = np.clip(np.rint(shifted / np.where(ok, scale, 1)[:, None]), 0, nmax)
     wl = w * codes
     best = error(scale, low, wl.sum(axis=1, dtype=np.float64), _dot(wl, codes), _dot(wl, x))
     best = np.where(ok, best, 0.0)
@@ -119,7 +120,8 @@ def _anchored(x, w, anchors, levels, state):
     """Extra candidates for groups where one element carries more than ``DOMINANT`` of the
     weighted energy ``sum(w x^2)`` (an imatrix column of overwhelming importance): that element
     is put exactly on each level ``a`` of ``anchors`` (``inv = a / x_dom``), so it is not left at
-    code 0 by scales fitted to the group's max. Updates and returns ``state`` (see :func:`_scan`)."""
+    code 0 by scales fitted to the group's max. Updates and returns ``state`` (as
+    :func:`_scan`)."""
     e = w * x * x  # (N, n)
     j = e.argmax(axis=1)
     top = np.take_along_axis(e, j[:, None], axis=1)[:, 0]
@@ -159,7 +161,8 @@ def fit_symmetric(
     def levels(y):
         return np.clip(np.rint(y), -nmax, nmax - 1)
 
-    invs = [np.where(ok, -(nmax + r) / safe, 0.0) for r in np.concatenate([[0.0], steps[steps != 0]])]
+    rs = np.concatenate([[0.0], steps[steps != 0]])
+    invs = [np.where(ok, -(nmax + r) / safe, 0.0) for r in rs]
     state = (np.full(x.shape[0], -1.0), np.where(ok, -xmax / nmax, 0.0), None)
     state = _scan(x, w, invs, levels, state)
     _, scale, _ = _anchored(x, w, range(-1, -min(nmax, ANCHOR_LEVELS) - 1, -1), levels, state)
@@ -187,7 +190,8 @@ def fit_positive(
     def levels(y):
         return np.clip(np.rint(y), 0, nmax)
 
-    invs = [np.where(ok, (nmax + r) / safe, 0.0) for r in np.concatenate([[0.0], steps[steps != 0]])]
+    rs = np.concatenate([[0.0], steps[steps != 0]])
+    invs = [np.where(ok, (nmax + r) / safe, 0.0) for r in rs]
     state = (np.full(x.shape[0], -1.0), np.zeros(x.shape[0]), np.zeros(x.shape))
     state = _scan(xd, wd, invs, levels, state)
     _, _, codes = _anchored(xd, wd, range(1, min(nmax, ANCHOR_LEVELS) + 1), levels, state)
