@@ -172,12 +172,20 @@ def test_edge_values_stay_finite(name):
     assert np.isfinite(decode(quantize_blocks(x, name, zero_imp), name, x.shape)).all()
 
 
-def test_deterministic_and_chunk_independent():
+def test_deterministic_and_chunk_independent(monkeypatch):
+    import cmf.ggml_encode as ge
+
     rng = np.random.default_rng(5)
     x = real_looking(rng, 8, 512)
+    imp = rng.uniform(0, 2, 512).astype(np.float32)
     a = quantize_blocks(x, "Q4_K")
     assert np.array_equal(a, quantize_blocks(x.copy(), "q4_k"))
     assert np.array_equal(a[3:5], quantize_blocks(x[3:5], "Q4_K"))
+    whole = {t: quantize_blocks(x, t, imp) for t in ("Q4_K", "IQ4_NL")}
+    monkeypatch.setattr(ge, "CHUNK_ELEMENTS", 700)  # chunks end inside rows
+    for t, b in whole.items():
+        assert np.array_equal(b, quantize_blocks(x, t, imp))
+        assert np.array_equal(b, quantize_blocks(x, t, np.broadcast_to(imp, x.shape)))
 
 
 @pytest.mark.parametrize(

@@ -72,14 +72,14 @@ CHUNK_ELEMENTS = 1 << 20  # elements encoded at a time (bounds the searches' tem
 
 
 def _check(x, ggml_type: str, importance):
-    """Validated ``(x (rows, cols) float32, type, importance (rows, cols) float32 or None)``."""
+    """Validated ``(x (rows, cols) float32, type, importance (cols,) or (rows, cols) or None)``."""
     if not isinstance(ggml_type, str) or ggml_type.upper() not in TYPES:
         raise CmfError(f"GGML type to encode: expected one of {sorted(TYPES)}, found {ggml_type!r}")
     t = TYPES[ggml_type.upper()]
     x = np.asarray(x)
     if x.ndim != 2:
         raise CmfError(f"GGML encoding: expected a (rows, cols) matrix, found shape {x.shape}")
-    if x.dtype.kind not in "fiu":
+    if x.dtype.kind not in "fiu" and x.dtype.name != "bfloat16":
         raise CmfError(f"GGML encoding: expected a real float array, found dtype {x.dtype}")
     rows, cols = x.shape
     if cols == 0 or cols % t.block:
@@ -105,7 +105,7 @@ def _check(x, ggml_type: str, importance):
         mean = float(imp.mean(dtype=np.float64))
         # a small floor keeps every weight positive (all-zero importance = unweighted)
         imp = imp + np.float32(1e-6 * mean) if mean > 0 else np.ones_like(imp)
-        importance = np.broadcast_to(imp, (rows, cols))
+        importance = np.ascontiguousarray(imp)
     return x, t, importance
 
 
@@ -113,12 +113,19 @@ def _run(x, ggml_type, importance, search: bool) -> np.ndarray:
     x, t, imp = _check(x, ggml_type, importance)
     rows, cols = x.shape
     blocks = x.reshape(-1, t.block)  # (rows * cols / block, block)
-    wblocks = None if imp is None else np.ascontiguousarray(imp).reshape(-1, t.block)
+    per_row = cols // t.block
+    wblocks = None if imp is None else imp.reshape(-1, t.block)  # (per_row or all blocks, block)
     out = np.empty((blocks.shape[0], t.nbytes), dtype=np.uint8)
     step = max(1, CHUNK_ELEMENTS // t.block)
     for s in range(0, blocks.shape[0], step):
-        e = s + step
-        out[s:e] = t.encode(blocks[s:e], None if wblocks is None else wblocks[s:e], search=search)
+        e = min(s + step, blocks.shape[0])
+        if wblocks is None:
+            w = None
+        elif imp.ndim == 1:  # one importance per column: block j of every row shares it
+            w = wblocks[np.arange(s, e) % per_row]
+        else:
+            w = wblocks[s:e]
+        out[s:e] = t.encode(blocks[s:e], w, search=search)
     return out.reshape(rows, cols // t.block * t.nbytes)
 
 
