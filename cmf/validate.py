@@ -136,7 +136,7 @@ def _needed_minor(index: Index) -> tuple[int, str]:
     while stack:
         node = stack.pop()
         if isinstance(node, CodecNode):
-            since = getattr(node.codec, "since_minor", 0)
+            since = node.codec.since_minor
             if since > best:
                 best, what = since, f"codec {node.codec.name!r}"
             stack.extend(node.parts.values())

@@ -131,7 +131,7 @@ class Writer:
             number = self._shared_number(pending.target)
             self._shared_uses[number] += 1
             return SharedRef(number, pending.spec)
-        self.minor = max(self.minor, getattr(pending.codec, "since_minor", 0))
+        self.minor = max(self.minor, pending.codec.since_minor)
         parts = {name: self._commit(child) for name, child in pending.parts.items()}
         return CodecNode(pending.codec, parts, pending.spec)
 

@@ -1,25 +1,41 @@
-"""The codec contract (DESIGN.md) and the specs that flow through a codec tree.
+"""The codec contract and the specs that flow through a codec tree.
 
-A codec turns one value into named *parts* and back:
+A codec turns one value into named *parts* and back. Every codec is a frozen dataclass with
+keyword-only config, subclassing :class:`Codec`, registered under its name
+(cmf.codecs.registry); the abstract methods below are what it must implement, the rest has a
+default it may override without changing what the method means:
 
-* ``name``      registered, never reused (spec/codecs/<name>.md);
-* ``to_config`` / ``from_config``: a JSON-able map that is the codec's identity (same name +
-  config => same bytes); ``from_config`` rejects unknown keys and bad values with CmfError;
-* ``resolve(spec) -> {part: spec}``: data-free; given the spec of the value this codec decodes
-  to, the spec of each part (raises CmfError if the codec cannot produce that spec);
-* ``encode(value, spec) -> {part: value}`` and ``decode(parts, spec) -> value``: pure;
-* ``fit(value, spec, options) -> (codec, value)`` (optional, encoder side only): choose a config
-  from the data and encode-time *options* (a target rank energy, a sparsity, a codebook size),
-  returning the configured codec and the value it is to encode (transformed when fitting is
-  itself lossy, e.g. pruned). Recipes use it through ``{"codec": name, "fit": {...}}``.
+* ``name``      (class attribute) registered, never reused (spec/codecs/<name>.md);
+* ``since_minor`` (class attribute, default 0) the format minor version that defined the codec:
+  a writer that uses it writes at least that minor version (spec/format.md §8);
+* ``lossless``  (class attribute, default True) False when ``decode(encode(x))`` may differ
+  from ``x`` (quantize, lowrank, ...) or when the codec decodes to values it does not encode
+  from (``ggml``: GGML blocks in, floats out);
+* ``to_config()`` / ``from_config(config)`` (abstract): a JSON-able map that is the codec's
+  identity (same name + config => same bytes); ``from_config(c.to_config()) == c``;
+  ``from_config`` rejects unknown keys and bad values with CmfError;
+* ``resolve(spec) -> {part: spec}`` (abstract): data-free; given the spec of the value this
+  codec decodes to, the spec of each part (CmfError if the codec cannot produce that spec);
+* ``encode(value, spec) -> {part: value}`` and ``decode(parts, spec) -> value`` (abstract):
+  pure; every part ``encode`` returns matches its ``resolve`` spec, and ``decode`` of them
+  gives a value of ``spec`` — equal to ``value`` bit for bit when ``lossless``, within the
+  codec's own error contract (its spec page) otherwise;
+* ``check_fit(options)`` and ``fit(value, spec, options) -> (codec, value)`` (class methods,
+  encoder side only; by default the codec takes no fit options): choose a config from the data
+  and encode-time *options* (a target rank energy, a sparsity, a codebook size), returning the
+  configured codec and the value it is to encode (transformed when fitting is itself lossy,
+  e.g. pruned). Recipes use it through ``{"codec": name, "fit": {...}}``. A codec's own
+  helpers take other names (``Quantize.quantize_blocks``, ``Codebook.fit_group``).
 
 A value is a numpy array (ArraySpec) or a bytes-like object (BytesSpec). Decoders treat their
 input as hostile: they check every value that drives decoding and raise CmfError.
+tests/codecs/test_registry.py checks the contract for every registered codec (a spec page, a
+config that round-trips, encode -> decode within the contract).
 """
-
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
@@ -62,27 +78,36 @@ Spec = Union[ArraySpec, BytesSpec]
 Value = Union[np.ndarray, bytes, bytearray, memoryview]
 
 
-class Codec:
-    """Base class of all codecs; subclasses are frozen dataclasses with keyword-only config."""
+class Codec(ABC):
+    """Base class of all codecs; subclasses are frozen dataclasses with keyword-only config.
+    The contract is the module docstring."""
 
     name: ClassVar[str]
+    since_minor: ClassVar[int] = 0  # the format minor version that defined the codec
     lossless: ClassVar[bool] = True
 
+    @abstractmethod
     def to_config(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The codec's configuration: a JSON-able map, its identity."""
 
     @classmethod
+    @abstractmethod
     def from_config(cls, config: dict[str, Any]) -> "Codec":
-        raise NotImplementedError
+        """The codec of ``config`` (as ``to_config`` gives it); CmfError for unknown keys,
+        missing keys and bad values."""
 
+    @abstractmethod
     def resolve(self, spec: Spec) -> dict[str, Spec]:
-        raise NotImplementedError
+        """The spec of each part, from the spec of the decoded value alone (no data)."""
 
+    @abstractmethod
     def encode(self, value: Value, spec: Spec) -> dict[str, Value]:
-        raise NotImplementedError
+        """The parts of ``value`` (of ``spec``), each matching its ``resolve`` spec."""
 
+    @abstractmethod
     def decode(self, parts: dict[str, Value], spec: Spec) -> Value:
-        raise NotImplementedError
+        """The value of ``spec`` from ``parts`` (hostile: CmfError for anything that does not
+        decode)."""
 
     @classmethod
     def check_fit(cls, options: Any) -> None:

@@ -224,11 +224,11 @@ class Quantize(Codec):
             m = pre * nb * post
             if length < m:  # blocks as columns (length, m): per-block values broadcast along rows
                 blocks = np.ascontiguousarray(xv.transpose(2, 0, 1, 3)).reshape(length, m)
-                fitted, codes = self.fit(blocks, spec.dtype.numpy, axis=0)
+                fitted, codes = self.quantize_blocks(blocks, spec.dtype.numpy, axis=0)
                 qv[...] = codes.reshape(length, pre, nb, post).transpose(1, 2, 0, 3)
             else:  # blocks as rows (m, length)
                 blocks = np.ascontiguousarray(xv.transpose(0, 1, 3, 2)).reshape(m, length)
-                fitted, codes = self.fit(blocks, spec.dtype.numpy, axis=1)
+                fitted, codes = self.quantize_blocks(blocks, spec.dtype.numpy, axis=1)
                 qv[...] = codes.reshape(pre, nb, post, length).transpose(0, 1, 3, 2)
             for name, p in fitted.items():
                 params[name][:, first : first + nb, :] = p.reshape(pre, nb, post)
@@ -236,7 +236,7 @@ class Quantize(Codec):
         out.update({name: p.reshape(lay.blocks_shape) for name, p in params.items()})
         return out
 
-    def fit(
+    def quantize_blocks(
         self, x: np.ndarray, dtype: np.dtype, axis: int = 1
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Quantize the blocks of ``x`` (2-D float32, finite; each block is a row if ``axis`` is
