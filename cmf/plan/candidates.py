@@ -29,7 +29,9 @@ The *error* of a choice is the importance-weighted squared error ``sum_ij w_j dW
 squared error without activations), or with the fold matrices the quadratic form
 ``tr(dW Hn dW^T)``, ``Hn`` the damped ``H1`` scaled to a mean diagonal of 1 (as ``w``); the
 sensitivity (cmf.plan.sensitivity) turns it into output error. Fixed-rate and codebook candidates of a large tensor are measured on a sample of
-its rows (``SAMPLE_ELEMENTS``) and scaled; step candidates always on the whole tensor.
+its rows (``SAMPLE_ELEMENTS``) and scaled; step candidates on the whole tensor, except those with
+error feedback (rows are rounded independently of each other) on a tensor of more than
+``STEP_SAMPLE_ELEMENTS``: those on a row sample of that size, scaled.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from .presets import codes_template
 from .recipe import encode_template
 
 SAMPLE_ELEMENTS = 1 << 20  # template candidates of bigger tensors are measured on this many
+STEP_SAMPLE_ELEMENTS = 1 << 18  # error-feedback step candidates of bigger tensors: rows sampled to this many
 MAX_OUTLIERS = 1e-3  # a step choice needing more exact values than this fraction is dropped
 MAX_STEP_BITS = 12  # widest codes of a step choice (u16 codes beyond 8 bits)
 FLOATS = ("f32", "f16", "bf16", "f64")
@@ -419,7 +422,7 @@ def _sample_rows(x: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray | No
 
 def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
             moments: tuple | None = None, *, level: int = 3,
-            sample: int = SAMPLE_ELEMENTS, damping: float = 0.05,
+            sample: int = SAMPLE_ELEMENTS, damping: float = 0.05, step_sample: int = STEP_SAMPLE_ELEMENTS,
             progress: Callable[[], None] | None = None) -> Curve:
     """Measure every choice on ``x`` (module docstring) and return its curve. ``moments``:
     cmf.plan.harness's ``(axis, E[x_j^2][, fold matrices])`` of the tensor's input, or None.
@@ -434,6 +437,7 @@ def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
     plain_energy, energy = weighted_error(x, np.zeros_like(x), axis, w, h)
     points = []
     sample_of: tuple | None = None
+    step_of: tuple | None = None
     for choice in choices:
         try:
             if choice.family == "template" and x.size > sample:
@@ -448,6 +452,16 @@ def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
                 plain, werr = weighted_error(sx, y, axis, sw, sh)
                 point = Point(choice, round(pending.stored * factor), werr * factor, plain * factor,
                               factor != 1.0)
+            elif choice.family == "step" and u is not None and axis == 1 and x.size > step_sample:
+                # error feedback runs along each row alone: a sample of rows measures the curve
+                # (the chosen point is encoded on the whole tensor, and measured, by the rounds)
+                if step_of is None:
+                    step_of = _sample_rows(x, step_sample)
+                sx, _, factor = step_of
+                sspec = ArraySpec(spec.dtype, tuple(int(d) for d in sx.shape))
+                pending, y = encode_decoded(choice, sx, sspec, axis, w, level, u)
+                plain, werr = weighted_error(sx, y, axis, w, h)
+                point = Point(choice, round(pending.stored * factor), werr * factor, plain * factor, factor != 1.0)
             else:
                 pending, y = encode_decoded(choice, x, spec, axis, w, level, u)
                 plain, werr = weighted_error(x, y, axis, w, h)

@@ -133,6 +133,9 @@ class DecodedView(MappingABC):
 
         return np.asarray(decode_pending(tp.pending))
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._plans
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._plans)
 

@@ -31,6 +31,7 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Mapping as MappingABC
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -415,9 +416,30 @@ def verify_file(path: str | os.PathLike, harness: Harness) -> dict[str, float]:
     calibration inputs."""
     from ..shards import open_model
 
-    with open_model(path) as f:
-        over = {n: f.get_tensor(n) for n in f.keys() if n in harness.tensors}
-    return harness.stats(over)
+    with open_model(path) as f:  # read as the run asks: a streamed decoder holds one block
+        return harness.stats(_FileTensors(f, [n for n in f.keys() if n in harness.tensors]))
+
+
+class _FileTensors(MappingABC):
+    """name -> the tensor as the open file decodes it, read on each access (nothing kept)."""
+
+    def __init__(self, f: Any, names: list[str]) -> None:
+        self._f, self._names = f, names
+        self._set = set(names)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._set:
+            raise KeyError(name)
+        return self._f.get_tensor(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._set
+
+    def __iter__(self) -> Any:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 # ----------------------------------------------------------------------------- one call
