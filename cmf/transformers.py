@@ -4,7 +4,9 @@
 PyTorch's meta device (no memory, no random init), then assigns the decoded tensors
 (``load_state_dict(assign=True)``) and re-ties tied weights: the weights never go through a
 temporary file. ``tokenizer`` and ``sentence_transformer`` write only the small side files
-(tokenizer, module configs) to a temporary directory. Nothing from the file is executed:
+(tokenizer, module configs) to a temporary directory. A GGUF import (no config.json: packed from
+a ``.gguf``) gives the model and tokenizer transformers builds from the ``.gguf``
+(cmf.transformers_gguf). Nothing from the file is executed:
 configs that need remote code are refused. Needs ``pip install 'cmf-container[transformers]'``.
 """
 
@@ -30,6 +32,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from .limits import DEFAULT_LIMITS, Limits
 from .shards import open_model
 from .torch_arrays import TORCH_DTYPES, to_torch
+from .transformers_gguf import config_dict as gguf_config_dict
+from .transformers_gguf import hf_tensors as gguf_hf_tensors
+from .transformers_gguf import is_gguf_import
+from .transformers_gguf import tokenizer as gguf_tokenizer
 
 CONFIG = "config.json"
 _MAJOR = int(transformers.__version__.split(".")[0])
@@ -147,6 +153,28 @@ def _key_map(model_keys: list[str], file_keys: list[str], prefix: str) -> dict[s
     return out
 
 
+def _config_and_tensors(path: Any, f: Any) -> tuple[Any, Any, list[str], Any]:
+    """``(config, generation_config or None, file tensor names, get_tensor)`` of an open file:
+    from its config.json attachment, or for a GGUF import from its GGUF metadata (Hugging Face
+    names, q/k rows in Hugging Face order: cmf.transformers_gguf)."""
+    meta = f.metadata()
+    if is_gguf_import(meta, f.attachments()):
+        try:
+            config = transformers.AutoConfig.for_model(**gguf_config_dict(meta))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CmfError(f"transformers cannot build a config from {os.fspath(path)}'s GGUF "
+                           f"metadata: {exc}") from None
+        names, get = gguf_hf_tensors(meta, f.keys(), f.get_tensor)
+        return config, None, names, get
+    _require_config(path, f)
+    with side_files(f) as tmp:
+        config = transformers.AutoConfig.from_pretrained(tmp, trust_remote_code=False)
+        generation = None
+        if "generation_config.json" in f.attachments():
+            generation = transformers.GenerationConfig.from_pretrained(tmp)
+    return config, generation, f.keys(), f.get_tensor
+
+
 def from_pretrained(path: str | os.PathLike, model_class: Any = None, *, device: Any = None,
                     limits: Limits = DEFAULT_LIMITS, **kwargs: Any) -> Any:
     """The transformers model packed in ``path`` (a .cmf file or sharded set), in eval mode.
@@ -155,16 +183,13 @@ def from_pretrained(path: str | os.PathLike, model_class: Any = None, *, device:
     or the first of config.json's ``architectures``; ``dtype``/``torch_dtype`` as transformers
     takes them (a torch dtype, its name, or "auto"); ``device`` where the model ends up; other
     keyword arguments go to the class's ``from_config`` (e.g. ``attn_implementation``).
-    Weights the file lacks are initialised as transformers does and reported by a warning."""
+    Weights the file lacks are initialised as transformers does and reported by a warning.
+    A GGUF import (packed from a ``.gguf``, no config.json) is built as transformers builds
+    the ``.gguf``: config from its metadata, float32 unless told otherwise."""
     requested = kwargs.pop("dtype", None)
     requested = kwargs.pop("torch_dtype", requested)
     with open_model(path, limits=limits) as f:
-        _require_config(path, f)
-        with side_files(f) as tmp:
-            config = transformers.AutoConfig.from_pretrained(tmp, trust_remote_code=False)
-            generation = None
-            if "generation_config.json" in f.attachments():
-                generation = transformers.GenerationConfig.from_pretrained(tmp)
+        config, generation, file_keys, get_tensor = _config_and_tensors(path, f)
         dtype = _dtype(requested, config, f)
         cls = _model_class(config, model_class)
         build = cls.from_config if hasattr(cls, "_model_mapping") else cls._from_config
@@ -173,14 +198,14 @@ def from_pretrained(path: str | os.PathLike, model_class: Any = None, *, device:
                 model = build(config, **{_DTYPE_KW: dtype}, **kwargs)
         except (ValueError, KeyError) as exc:
             raise CmfError(f"transformers cannot build {getattr(cls, '__name__', cls)} from "
-                           f"{os.fspath(path)}'s config.json: {exc}") from None
+                           f"{os.fspath(path)}'s config: {exc}") from None
         state = model.state_dict()
-        names = _key_map(list(state), f.keys(), getattr(model, "base_model_prefix", ""))
+        names = _key_map(list(state), file_keys, getattr(model, "base_model_prefix", ""))
         loaded = {}
         for name, key in names.items():
             if key not in state:
                 continue
-            t = to_torch(f.get_tensor(name))
+            t = to_torch(get_tensor(name))
             want = state[key]
             if tuple(t.shape) != tuple(want.shape):
                 raise CmfError(f"{os.fspath(path)}: tensor {name!r} has shape {list(t.shape)}, "
@@ -223,10 +248,15 @@ def _init_missing(model: Any) -> None:
 
 # ----------------------------------------------------------------------------- tokenizers
 def tokenizer(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS, **kwargs: Any) -> Any:
-    """``transformers.AutoTokenizer`` from the tokenizer attachments of ``path``."""
+    """``transformers.AutoTokenizer`` from the tokenizer attachments of ``path``; for a GGUF
+    import without them, the ``PreTrainedTokenizerFast`` transformers' GGUF loader gives
+    (vocabulary, merges, special tokens and chat template from the GGUF metadata)."""
     with open_model(path, limits=limits) as f:
         if not any(n.startswith(("tokenizer", "vocab", "merges", "spiece", "sentencepiece"))
                    for n in f.attachments()):
+            meta = f.metadata()
+            if is_gguf_import(meta) and "gguf.tokenizer.ggml.model" in meta:
+                return gguf_tokenizer(meta, **kwargs)
             raise CmfError(f"{os.fspath(path)} has no tokenizer attachments (tokenizer.json, "
                            "tokenizer_config.json, vocab.txt ...): pack the model directory")
         with side_files(f) as tmp:

@@ -362,16 +362,17 @@ class Decoder:
 
 
 def has_hf_config(src: ModelSource) -> bool:
-    """True when the model carries (or borrows) a ``config.json``: transformers can build it
-    (a GGUF import without one cannot)."""
-    return src.json("config.json") is not None
+    """True when the model carries (or borrows) a ``config.json``, or is a GGUF model (its
+    config comes from the GGUF metadata, cmf.transformers_gguf): transformers can build it."""
+    return src.json("config.json") is not None or src.metadata.get("cmf.source_format") == "gguf"
 
 
 def pick_engine(kind: str, src: ModelSource, engine: str | None) -> str | None:
     """The engine that runs a model of ``kind``: ``engine`` checked against the kind (UsageError
     for a mismatch), or for "auto" the default (text models: torch when torch and transformers
     are importable and the model has a config.json, else reference; ONNX graphs: None, i.e.
-    onnxruntime when installed). None for a text model means reference."""
+    onnxruntime when installed). None for a text model means reference. A model with neither a
+    config.json nor GGUF metadata runs on the reference only."""
     from ..errors import UsageError
     from .torch_engine import ENGINES, available
 
@@ -386,8 +387,8 @@ def pick_engine(kind: str, src: ModelSource, engine: str | None) -> str | None:
         raise UsageError(f"{src.path} is a text model: it runs on --engine torch or reference, "
                          "not onnxruntime (that is for ONNX graphs)")
     if engine == "torch" and not has_hf_config(src):
-        raise UsageError(f"{src.path} has no config.json (a GGUF import): transformers cannot "
-                         "build it, so only --engine reference runs it")
+        raise UsageError(f"{src.path} has no config.json (nor GGUF metadata to build one from): "
+                         "transformers cannot build it, so only --engine reference runs it")
     if engine == "auto":
         return "torch" if available() and has_hf_config(src) else "reference"
     return engine or "reference"
@@ -429,8 +430,7 @@ def load_runner(source: str | os.PathLike | ModelSource, *, borrow: ModelSource 
     if engine == "torch":
         from .torch_engine import TorchCausalLM
 
-        tokenizer = load_tokenizer(src) if src.attachment("tokenizer.json") is not None else None
-        return Decoder(TorchCausalLM.from_source(src, config), tokenizer, config)
+        return Decoder(TorchCausalLM.from_source(src, config), _decoder_tokenizer(src), config)
     llama = _llama()
     names = set(src.keys())
 
@@ -445,12 +445,18 @@ def load_runner(source: str | os.PathLike | ModelSource, *, borrow: ModelSource 
         runner = llama.LlamaRunner.from_gguf(get, src.metadata)
     else:
         runner = llama.LlamaRunner.from_tensors(get, config)
-    tokenizer = load_tokenizer(src) if src.attachment("tokenizer.json") is not None else None
-    if tokenizer is None and "gguf.tokenizer.ggml.model" in src.metadata:  # a GGUF import's own
+    return Decoder(runner, _decoder_tokenizer(src), config)
+
+
+def _decoder_tokenizer(src: ModelSource) -> Any:
+    """tokenizer.json's tokenizer, else a GGUF model's own (built on first use), else None."""
+    if src.attachment("tokenizer.json") is not None:
+        return load_tokenizer(src)
+    if "gguf.tokenizer.ggml.model" in src.metadata:
         from .gguf_tokenizer import LazyTokenizer
 
-        tokenizer = LazyTokenizer(src.metadata)
-    return Decoder(runner, tokenizer, config)
+        return LazyTokenizer(src.metadata)
+    return None
 
 
 def kind_of(runner: Any) -> str:

@@ -8,11 +8,12 @@
   wrapped by cmf.runtime.rebuild's ``Decoder`` as the numpy ``LlamaRunner`` is.
 
 Models are built in float32 on the CPU: from a ``.cmf`` (or a sharded set) with its own
-``config.json`` through ``cmf.transformers.from_pretrained``; from anything else (a Hugging Face
-directory, a .safetensors file with a borrowed config) from the config, then the weights loaded
-through cmf.runtime.rebuild's ``ModelSource``. A GGUF import without ``config.json`` has no
-transformers model here: the reference engine runs it. torch and transformers are imported only
-when a model is built.
+``config.json``, or packed from a ``.gguf``, through ``cmf.transformers.from_pretrained``; from
+anything else (a Hugging Face directory, a .safetensors file with a borrowed config, an original
+``.gguf``) from the config, then the weights loaded through cmf.runtime.rebuild's
+``ModelSource``. A GGUF model (no ``config.json``) is built as transformers builds the ``.gguf``:
+config from its metadata, Hugging Face names, q/k rows un-permuted (cmf.transformers_gguf).
+torch and transformers are imported only when a model is built.
 """
 
 from __future__ import annotations
@@ -48,25 +49,31 @@ def _modules() -> tuple[Any, Any]:
 
 def build_model(src: Any, config: dict, auto_class: str, **kwargs: Any) -> Any:
     """The transformers model (``transformers.<auto_class>``, float32, eval mode) of ``src``, a
-    cmf.runtime.rebuild ``ModelSource`` whose ``config.json`` is ``config``."""
+    cmf.runtime.rebuild ``ModelSource`` whose ``config.json`` is ``config`` (for a GGUF model
+    without one, the config comes from its metadata)."""
+    from ..transformers_gguf import config_dict, hf_tensors, is_gguf_import
+
     torch, transformers = _modules()
     cls = getattr(transformers, auto_class)
-    if getattr(src, "origin", None) == "cmf" and "config.json" in src._own_attachments():  # a CmfModel
+    gguf = is_gguf_import(src.metadata, ["config.json"] if src.json("config.json") is not None else [])
+    if getattr(src, "origin", None) == "cmf" and (gguf or "config.json" in src._own_attachments()):
         from .. import transformers as cmf_transformers
 
         return cmf_transformers.from_pretrained(src.path, cls, dtype=torch.float32, **kwargs)
+    names, get = (hf_tensors(src.metadata, src.keys(), src.get_tensor) if gguf
+                  else (src.keys(), src.get_tensor))
     try:
-        cfg = transformers.AutoConfig.for_model(**config)
+        cfg = transformers.AutoConfig.for_model(**(config_dict(src.metadata) if gguf else config))
         dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         model = cls.from_config(cfg, **{dtype_kw: torch.float32}, **kwargs)
     except (ValueError, KeyError, TypeError) as exc:
-        raise CmfError(f"transformers cannot build a model from {src.path}'s config.json: "
+        raise CmfError(f"transformers cannot build a model from {src.path}'s config: "
                        f"{exc}") from None
     state = model.state_dict()
     prefix = getattr(model, "base_model_prefix", "")
     dot = f"{prefix}." if prefix else ""
     loaded = {}
-    for name in src.keys():
+    for name in names:
         key = name
         if key not in state and dot and key.startswith(dot) and key[len(dot):] in state:
             key = key[len(dot):]
@@ -74,7 +81,7 @@ def build_model(src: Any, config: dict, auto_class: str, **kwargs: Any) -> Any:
             key = dot + key
         if key not in state:
             continue
-        t = torch.from_numpy(np.array(src.get_tensor(name), copy=True))
+        t = torch.from_numpy(np.array(get(name), copy=True))
         if tuple(t.shape) != tuple(state[key].shape):
             raise CmfError(f"{src.path}: tensor {name!r} has shape {list(t.shape)}, "
                            f"{type(model).__name__} expects {list(state[key].shape)}")

@@ -154,7 +154,8 @@ def test_engine_mismatches_are_usage_errors(models, cli, tmp_path):
 
 
 def test_a_model_without_config_json_stays_on_the_reference():
-    """A GGUF import (no config.json): the default is the reference, torch a usage error."""
+    """No config.json and no GGUF metadata to build one from: the default is the reference, torch
+    a usage error (GGUF imports run on torch: tests/test_transformers_gguf.py)."""
 
     class NoConfig(ModelSource):
         pass
