@@ -212,6 +212,12 @@ def test_hostile_arguments(x, kwargs, match):
         quantize_blocks(x, **kwargs)
 
 
+def test_no_rows():
+    x = np.zeros((0, 512), np.float32)
+    assert quantize_blocks(x, "Q4_K").shape == (0, 288)
+    assert quantize_blocks(x, "Q4_K", np.ones((0, 512))).shape == (0, 288)
+
+
 def test_iq4_nl_row_of_32():
     x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
     y = decode(quantize_blocks(x, "IQ4_NL"), "IQ4_NL", x.shape)

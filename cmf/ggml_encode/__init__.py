@@ -102,7 +102,7 @@ def _check(x, ggml_type: str, importance):
             imp = imp.astype(np.float32)
         if not np.isfinite(imp).all() or (imp < 0).any():
             raise CmfError(f"{t.name}: importance values must be finite and >= 0")
-        mean = float(imp.mean(dtype=np.float64))
+        mean = float(imp.mean(dtype=np.float64)) if imp.size else 0.0
         # a small floor keeps every weight positive (all-zero importance = unweighted)
         imp = imp + np.float32(1e-6 * mean) if mean > 0 else np.ones_like(imp)
         importance = np.ascontiguousarray(imp)
