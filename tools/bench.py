@@ -5,6 +5,7 @@
     python tools/bench.py scale [--jobs N] [--gib G] [--presets ...] [--dask] (tools/bench_scale.py)
     python tools/bench.py plan [--json] [--no-onnx] [--no-llama] (tools/bench_plan.py)
     python tools/bench.py torch [--repeat N] [--json] [--model PATH] (tools/bench_torch.py)
+    python tools/bench.py llm [--model DIR | --gguf FILE] [--methods ...] [--json] (tools/bench_llm.py)
     python tools/bench.py gguf [--gguf FILE ...] [--repeat N] [--json] (tools/bench_gguf.py)
 
 ``codecs`` compares lossy encodings of the model's 2-D float weights (the tensors GGUF
@@ -643,6 +644,9 @@ def main(argv: list[str] | None = None) -> int:
     import bench_gguf  # tools/bench_gguf.py: GGUF -> .cmf -> GGUF sizes, speeds, sha256
 
     bench_gguf.add_arguments(sub.add_parser("gguf", help="GGUF -> .cmf -> GGUF: ratio, MB/s, same sha256"))
+    import bench_llm  # tools/bench_llm.py: the planner on a real causal LM, held-out KL, pack time and RSS
+
+    bench_llm.add_arguments(sub.add_parser("llm", help="planner on a real causal LM: KL, perplexity, pack time, peak RSS"))
     for p, top in ((parser, True), (c, False), (k, False)):  # options go before or after the subcommand
         def opt(*names: str, default: Any, **kw: Any) -> None:
             p.add_argument(*names, default=default if top else argparse.SUPPRESS, **kw)
@@ -662,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench_torch.run(args)
     if args.command == "gguf":
         return bench_gguf.run(args)
+    if args.command == "llm":
+        return bench_llm.run(args)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return cmd_codecs(args) if args.command == "codecs" else cmd_container(args)

@@ -292,7 +292,8 @@ def llama_table(work: str, log: Callable[[str], None], methods: list[str]) -> di
 
     path, cal, ev = llama_dir(work)
     base = open_harness(path, [" ".join(f"w{i}" for i in cal)])
-    h = DecoderHarness(base.tensors, base.config, ev, lambda get: llama.LlamaRunner.from_tensors(get, base.config))
+    h = DecoderHarness(base.tensors, base.config, ev,
+                       lambda get, lazy=False: llama.LlamaRunner.from_tensors(get, base.config, lazy=lazy))
     params = sum(int(v.size) for v in base.tensors.values())
     log(f"Llama (generated): {params} parameters")
     rows = cmf_rows(path, work, _evaluator(h), params, [m for m in methods if m in ("balanced", "small", "q8", "q4")],
