@@ -158,8 +158,9 @@ def assert_same_tokenizer(gguf_path, cmf_path):
     for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
         assert getattr(got, name) == getattr(ref, name), name
     assert got.chat_template == ref.chat_template
-    assert got.apply_chat_template(CHAT, add_generation_prompt=True) == \
-        ref.apply_chat_template(CHAT, add_generation_prompt=True)
+    chat = got.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    assert chat == ref.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    assert "Grüße" in chat and got(chat)["input_ids"] == ref(chat)["input_ids"]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -226,6 +227,6 @@ def test_bad_gguf_metadata_is_a_cmf_error(models, tmp_path):
 def test_real_smollm2_gguf(tmp_path):
     cli.run(["pack", REAL, "-o", str(tmp_path / "smol.cmf"), "--quiet"])
     tk = reference_tokenizer(REAL)
-    ids = torch.tensor([tk.apply_chat_template(CHAT, add_generation_prompt=True)])
+    ids = torch.tensor([tk(tk.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False))["input_ids"]])
     assert_same_model(REAL, tmp_path / "smol.cmf", ids)
     assert_same_tokenizer(REAL, tmp_path / "smol.cmf")
