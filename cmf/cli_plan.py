@@ -57,7 +57,7 @@ def pack_planned(source: str, output: str, *, preset: str | None, target_size: s
                  target_error: float | None, calibrate: str | None, level: int,
                  attach: tuple[str, ...], quiet: bool, as_json: bool, jobs: int = 1,
                  executor: str = "process", scheduler: str | None = None, shard_size: int | None = None,
-                 token_prior: str = "en,world") -> None:
+                 token_prior: str = "en,world", gguf: bool = False) -> None:
     """``cmf pack`` with a planner: ``jobs`` processes (or a dask cluster) measure the
     candidates; ``shard_size`` writes a sharded set as ``cmf pack --shard-size`` does."""
     from .plan.planner import PlanOptions, plan_and_write
@@ -80,7 +80,7 @@ def pack_planned(source: str, output: str, *, preset: str | None, target_size: s
         result = plan_and_write(source, output, PlanOptions(
             preset=preset, target_error=target_error, target_size=target_size, calibrate=calibrate,
             level=level, progress=stages, jobs=jobs, executor=executor, scheduler=scheduler,
-            token_prior=None if token_prior == "none" else token_prior),
+            token_prior=None if token_prior == "none" else token_prior, gguf=gguf),
             extra_attachments=extra, shard_size=shard_size)
     finally:
         stages.close()
@@ -114,6 +114,10 @@ def pack_planned(source: str, output: str, *, preset: str | None, target_size: s
         warn(message)
     if not result.target_met:
         warn('; '.join(result.notes) or 'the target was not met')
+    if gguf:
+        summary["gguf_bytes"] = getattr(result, "gguf_bytes", None)
+        summary["gguf_bits_per_parameter"] = (summary["gguf_bytes"] * 8 / rep["parameters"]
+                                              if summary["gguf_bytes"] and rep["parameters"] else None)
     if as_json:
         emit_json(summary)
         return
@@ -130,6 +134,9 @@ def pack_planned(source: str, output: str, *, preset: str | None, target_size: s
     else:
         line += f" predicted {result.predicted_error:.3g} (data-free)"
     click.echo(line)
+    if summary.get("gguf_bytes"):
+        click.echo(f"GGUF (cmf unpack -o x.gguf): {summary['gguf_bytes']} bytes, "
+                   f"{summary['gguf_bits_per_parameter']:.3f} bits/parameter")
 
 
 def _itemsize(dtype: str) -> int:
@@ -159,9 +166,20 @@ def report_command(path: str, png: str | None, as_json: bool) -> None:
 
 
 def check_planner_flags(preset: str | None, target_size: str | None, target_error: float | None,
-                        calibrate: str | None, recipe: str | None) -> None:
+                        calibrate: str | None, recipe: str | None, *, gguf: bool = False,
+                        shard_size: str | None = None) -> None:
     """Flags that do not go with the planner: UsageError (exit 2). --jobs, --executor and
-    --shard-size do (pack_planned)."""
+    --shard-size do (pack_planned), except --shard-size with --gguf (one GGUF)."""
+    if gguf:
+        if recipe is not None:
+            raise UsageError("--gguf plans GGML types itself: it does not go with --recipe")
+        if preset is not None and preset not in PLANNED:
+            raise UsageError(f"--gguf does not go with --preset {preset}: use --preset balanced|small, "
+                             "--target-size or --target-error")
+        if preset is None and target_size is None and target_error is None:
+            raise UsageError("--gguf needs --preset balanced|small, --target-size or --target-error")
+        if shard_size is not None:
+            raise UsageError("--gguf writes one .cmf (one GGUF): it does not go with --shard-size")
     if recipe is not None:
         raise UsageError("--recipe does not go with --preset balanced|small, --target-size, --target-error or --calibrate")
 

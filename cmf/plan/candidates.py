@@ -348,6 +348,10 @@ def encode_decoded(choice: Choice, x: np.ndarray, spec: ArraySpec, axis: int | N
     if choice.family == "template":
         pending = encode_template(choice.params["template"], x, spec, level)
         return pending, decode_pending(pending)
+    if choice.family == "ggml":  # a GGML type (cmf.plan.ggml_candidates)
+        from .ggml_candidates import encode_ggml
+
+        return encode_ggml(x, spec, choice.params["type"], axis, w, level)
     raise CmfError(f"unknown choice family {choice.family!r}")
 
 

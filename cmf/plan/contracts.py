@@ -80,6 +80,7 @@ class PlanOptions:
     jobs: int = 1  # worker processes measuring the candidates (the same curves, plan and file)
     executor: str = "process"  # or "dask": the candidates measured on a dask.distributed cluster
     scheduler: Any = None  # the dask scheduler address (or a distributed.Client)
+    gguf: bool = False  # candidates are GGML types; sizes count the GGUF (cmf.plan.ggml_candidates)
 
     def check(self) -> None:
         """UsageError for options that cannot go together or are out of range."""

@@ -140,6 +140,11 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
     choices = step_choices(per_bit=options.steps_per_bit)
     choices += template_choices(options.thorough) if options.templates else []
     choices.append(LOSSLESS)
+    if options.gguf:  # GGML types only, bytes counted as the GGUF's (cmf.plan.ggml_candidates)
+        from .ggml_candidates import PLANNED_TYPES
+
+        result.target["gguf"] = True
+        choices = list(PLANNED_TYPES)
     total = len(names) * len(choices)
     done = 0
     t0 = time.perf_counter()
@@ -150,7 +155,12 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
         _progress(options, "measuring candidates", done, total)
 
     curves: dict[str, Curve] = {}
-    if options.jobs > 1 or options.executor != "process":
+    if options.gguf:
+        from .ggml_candidates import measure_gguf
+
+        for name in names:
+            curves[name] = measure_gguf(name, tensors[name], moments.get(name), level=options.level, progress=tick)
+    elif options.jobs > 1 or options.executor != "process":
         curves = _measure_in_workers(names, tensors, choices, moments, options, sources or {})
     else:
         for name in names:
@@ -382,6 +392,10 @@ def _write_and_fit(output: str | os.PathLike, tensors: Mapping[str, Any], result
     for _ in range(options.rounds + 1):
         size = write_planned(output, tensors, result, metadata=metadata, attachments=attachments,
                              level=options.level, on_tensor=on_tensor, shard_size=shard_size)
+        if options.gguf:  # a size target counts the GGUF the file unpacks to
+            from .ggml_size import gguf_file_bytes
+
+            size = result.gguf_bytes = gguf_file_bytes(output)
         earlier.update(result.files)
         goal = result.target.get("file_bytes")
         if goal is None or size <= goal:
@@ -394,9 +408,10 @@ def _write_and_fit(output: str | os.PathLike, tensors: Mapping[str, Any], result
         except FileNotFoundError:
             pass
     goal = result.target.get("file_bytes")
-    if goal is not None and result.file_bytes > goal:
+    size = getattr(result, "gguf_bytes", None) if options.gguf else result.file_bytes
+    if goal is not None and size is not None and size > goal:
         result.target_met = False
-        result.notes.append(f"the file is {result.file_bytes} bytes, over the target {goal}")
+        result.notes.append(f"the {'GGUF' if options.gguf else 'file'} is {size} bytes, over the target {goal}")
 
 
 def _json_safe(obj: Any) -> Any:
@@ -465,6 +480,10 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
         tensors[name] = value
     attachments = dict(src.attachments)
     attachments.update(extra_attachments or {})
+    if options.gguf:  # refused before any work; float tensors as f32 (the ggml codec decodes to f32)
+        from .ggml_plan import gguf_source
+
+        tensors = gguf_source(tensors, attachments, shard_size)
     harness = None
     warnings = []
     if not options.data_free:
@@ -488,7 +507,12 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
                                       else ("given" if options.calibrate is not None else "built-in"))
     planned_names = {n for n, v in tensors.items() if isinstance(v, np.ndarray) and plannable(_spec_or_none(v))}
     meta_guess = 4096 + 600 * len(planned_names)  # the plan's own metadata
-    fixed = fixed_bytes_of(tensors, planned_names, attachments, meta_guess, options.level)
+    if options.gguf:  # checked before any work; sizes are the GGUF's
+        from .ggml_plan import gguf_fixed
+
+        fixed = gguf_fixed(tensors, planned_names, attachments, options)
+    else:
+        fixed = fixed_bytes_of(tensors, planned_names, attachments, meta_guess, options.level)
     parallel = options.jobs > 1 or options.executor != "process"
     result = plan(tensors, options, harness, fixed_bytes=fixed, sources=file_refs(src) if parallel else None)
     result.warnings[:0] = warnings + (fallback_warnings(harness) if harness is not None else [])

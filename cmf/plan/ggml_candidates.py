@@ -1,0 +1,150 @@
+"""The planner's candidates under ``--gguf`` (spec/planner.md, "Planning into GGML types").
+
+Each planned tensor's choices are GGML types: Q8_0, Q6_K, Q5_K, Q4_K, Q3_K, Q2_K, IQ4_XS, IQ4_NL,
+each mapped through llama.cpp's fallback for its row length (cmf.ggml_encode.fallback_type:
+a 576-wide row takes Q5_0 for Q4_K, Q8_0 for Q6_K...) and the duplicates dropped; a row no
+type takes (not a multiple of 32) leaves only the lossless point (F32 in the GGUF). A choice
+is encoded with cmf.ggml_encode.quantize_blocks, the per-column importance the calibration's
+input moments give (llama.cpp's imatrix: ``E[x_j^2]`` plus 5 % of its mean, as the planner's
+``w``) where the importance runs along the rows' axis, and stored as a ``ggml`` tree
+(cmf.codecs.ggml_pack: every field entropy coded).
+
+A point's ``bytes`` are the **GGUF's** bytes of the tensor (blocks x block bytes; 4 per
+element for the lossless F32 point), not the .cmf's: a size target counts the GGUF. Its error is
+the planner's weighted error (candidates.weighted_error), measured on a row sample of
+``SAMPLE_ELEMENTS`` for bigger tensors (rows are encoded independently) and scaled.
+
+Curves are kept per process (:data:`_CURVES`, keyed by the tensor's and its moments' digests),
+so planning the same model for several targets in one process measures them once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import replace
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import dtypes
+from ..codecs import ArraySpec
+from ..errors import CmfError
+from ..ggml_encode import TYPES, fallback_type, quantize_blocks
+from ..pipeline import Pending, decode_pending
+from .candidates import (LOSSLESS, Choice, Curve, Point, _sample_rows, channel_hessian, channel_weights,
+                         lower_hull, weighted_error)
+
+PLANNED_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL")
+SAMPLE_ELEMENTS = 1 << 18  # curves of bigger tensors are measured on a row sample of this many
+_CURVES: dict[bytes, Curve] = {}
+_CURVES_MAX = 4096
+
+
+def ggml_choices(cols: int) -> list[Choice]:
+    """The GGML-type choices for rows of ``cols`` elements (fallbacks applied, each type once,
+    F16 fallbacks dropped: the lossless point stands for them)."""
+    seen: list[str] = []
+    for t in PLANNED_TYPES:
+        got = fallback_type(t, cols)
+        if got != "F16" and got not in seen:
+            seen.append(got)
+    return [Choice("ggml", {"type": t}, t) for t in seen]
+
+
+def gguf_tensor_bytes(ggml_type: str, shape: tuple[int, ...]) -> int:
+    """Bytes of a tensor of numpy ``shape`` in the GGUF as ``ggml_type`` (F32/F16 or a block
+    type of cmf.ggml_encode)."""
+    numel = math.prod(int(d) for d in shape)
+    if ggml_type in ("F32", "F16", "BF16"):
+        return numel * (4 if ggml_type == "F32" else 2)
+    t = TYPES[ggml_type]
+    return numel // t.block * t.nbytes
+
+
+def importance_of(axis: int | None, w: np.ndarray | None) -> np.ndarray | None:
+    """The imatrix for quantize_blocks: ``w`` when it weighs columns (the GGUF rows' axis);
+    a per-row weight scales whole rows, which changes no rounding: None."""
+    return np.asarray(w, np.float32) if (axis == 1 and w is not None) else None
+
+
+def encode_ggml(x: np.ndarray, spec: ArraySpec, ggml_type: str, axis: int | None,
+                w: np.ndarray | None, level: int = 3) -> tuple[Pending, np.ndarray]:
+    """The ``ggml`` tree of ``x`` in ``ggml_type`` and the f32 array a reader decodes it to.
+    CmfError where the type does not take the rows."""
+    from ..codecs.ggml_pack import blocks_to_pending
+
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise CmfError(f"{ggml_type}: a planned GGML tensor has rank >= 2, found shape {x.shape}")
+    if spec.dtype.name != "f32":
+        raise CmfError(f"{ggml_type}: the ggml codec decodes to f32, the tensor is {spec.dtype.name}")
+    rows = x.reshape(-1, x.shape[-1])
+    blocks = quantize_blocks(rows, ggml_type, importance_of(axis, w))
+    pending = blocks_to_pending(blocks, ggml_type, tuple(int(d) for d in x.shape), level)
+    return pending, decode_pending(pending)
+
+
+def _digest(x: np.ndarray, moments: Any) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(x).reshape(-1).view(np.uint8))
+    h.update(f"|{x.dtype.str}|{x.shape}|".encode())
+
+    def add(v: Any) -> None:
+        if isinstance(v, np.ndarray):
+            h.update(np.ascontiguousarray(v).reshape(-1).view(np.uint8))
+            h.update(str(v.shape).encode())
+        elif isinstance(v, (tuple, list)):
+            h.update(b"(")
+            for item in v:
+                add(item)
+            h.update(b")")
+        else:
+            h.update(repr(v).encode())
+
+    add(moments)
+    return h.digest()
+
+
+def measure_gguf(name: str, x: np.ndarray, moments: tuple | None = None, *, level: int = 3,
+                 damping: float = 0.05, sample: int = SAMPLE_ELEMENTS,
+                 progress: Callable[[], None] | None = None) -> Curve:
+    """The curve of ``x`` over its GGML choices (module docstring): points of (GGUF bytes,
+    weighted error), the lossless F32 point at the top."""
+    start = time.perf_counter()
+    x = np.asarray(x)
+    key = _digest(x, moments) + name.encode()
+    if key in _CURVES:  # a copy: the planner trims hulls of its own
+        got = _CURVES[key]
+        return replace(got, points=list(got.points), hull=list(got.hull))
+    spec = ArraySpec(dtypes.of_array(x), tuple(int(d) for d in x.shape))
+    axis, w = channel_weights(spec.shape, moments, damping)
+    _, h = channel_hessian(spec.shape, moments, damping) if w is not None else (None, None)
+    plain_energy, energy = weighted_error(x, np.zeros_like(x), axis, w, h)
+    sx, idx, factor = _sample_rows(x, sample) if x.ndim == 2 else (x, None, 1.0)
+    sw = w if (w is None or axis == 1 or idx is None) else w[idx]
+    sh = h if (h is None or axis == 1 or idx is None) else h[np.ix_(idx, idx)]
+    sspec = ArraySpec(spec.dtype, tuple(int(d) for d in sx.shape))
+    points = []
+    for choice in ggml_choices(spec.shape[-1]) if spec.dtype.name == "f32" else []:
+        try:
+            _, y = encode_ggml(sx, sspec, choice.params["type"], axis, sw, level)
+        except CmfError:
+            continue
+        finally:
+            if progress is not None:
+                progress()
+        plain, werr = weighted_error(sx, y, axis, sw, sh)
+        points.append(Point(choice, gguf_tensor_bytes(choice.params["type"], spec.shape), werr * factor,
+                            plain * factor, factor != 1.0))
+    points.append(Point(LOSSLESS, gguf_tensor_bytes("F32", spec.shape), 0.0, 0.0))
+    curve = Curve(name, x.size, energy, points, lower_hull(points), axis, w,
+                  time.perf_counter() - start, plain_energy)
+    if len(_CURVES) < _CURVES_MAX:
+        _CURVES[key] = replace(curve, points=list(points), hull=list(curve.hull))
+    return curve
+
+
+__all__ = ["PLANNED_TYPES", "encode_ggml", "ggml_choices", "gguf_tensor_bytes", "importance_of",
+           "measure_gguf"]
