@@ -647,6 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     import bench_llm  # tools/bench_llm.py: the planner on a real causal LM, held-out KL, pack time and RSS
 
     bench_llm.add_arguments(sub.add_parser("llm", help="planner on a real causal LM: KL, perplexity, pack time, peak RSS"))
+    import bench_gguf_plan  # tools/bench_gguf_plan.py: cmf --gguf vs llama.cpp's recipes at equal GGUF size
+
+    bench_gguf_plan.add_arguments(sub.add_parser("gguf-plan", help="cmf --gguf vs llama.cpp recipes: GGUF size, KL, perplexity"))
     for p, top in ((parser, True), (c, False), (k, False)):  # options go before or after the subcommand
         def opt(*names: str, default: Any, **kw: Any) -> None:
             p.add_argument(*names, default=default if top else argparse.SUPPRESS, **kw)
@@ -668,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench_gguf.run(args)
     if args.command == "llm":
         return bench_llm.run(args)
+    if args.command == "gguf-plan":
+        return bench_gguf_plan.run(args)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return cmd_codecs(args) if args.command == "codecs" else cmd_container(args)
