@@ -133,21 +133,25 @@ def gguf_min_bytes(tensors: Mapping[str, Any], planned: Iterable[str]) -> int:
     return total
 
 
+def gguf_out_bytes(out: Any) -> int:
+    """The size of the GGUF cmf.convert.gguf_write writes for ``out`` (a GGUFOut)."""
+    from ..convert.gguf_kv import aligned
+    from ..convert.gguf_write import check_out, header_bytes
+
+    offsets = check_out(out)
+    head = aligned(len(header_bytes(out, offsets)), out.alignment)
+    if not out.tensors:
+        return head
+    return head + aligned(offsets[-1] + out.tensors[-1].nbytes, out.alignment)
+
+
 def gguf_file_bytes(path: str | os.PathLike) -> int:
     """The exact size of the GGUF written from the .cmf at ``path`` (cmf.convert.hf_gguf)."""
     from .. import open as cmf_open
-    from ..convert.gguf_kv import aligned
-    from ..convert.gguf_write import check_out, header_bytes
     from ..convert.hf_gguf import hf_out
 
     with cmf_open(path) as f:
-        out = hf_out(f, f.metadata())
-        offsets = check_out(out)
-        head = len(header_bytes(out, offsets))
-    if not out.tensors:
-        return aligned(head, out.alignment)
-    end = offsets[-1] + out.tensors[-1].nbytes
-    return aligned(head, out.alignment) + aligned(end, out.alignment)
+        return gguf_out_bytes(hf_out(f, f.metadata()))
 
 
-__all__ = ["check_gguf_source", "gguf_file_bytes", "gguf_fixed_bytes", "gguf_min_bytes"]
+__all__ = ["check_gguf_source", "gguf_file_bytes", "gguf_out_bytes", "gguf_fixed_bytes", "gguf_min_bytes"]

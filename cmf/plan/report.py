@@ -65,6 +65,14 @@ def report(path: str | os.PathLike) -> dict[str, Any]:
             rows.append(row)
         size = f.size  # a sharded set: its shards' bytes
         shards = list(f.shard_names) if isinstance(f, ShardedFile) else None
+        gguf = None
+        if isinstance(plan, dict) and isinstance(plan.get("target"), dict) and plan["target"].get("gguf"):
+            from .ggml_report import gguf_columns  # a --gguf plan: types beside llama.cpp's recipes
+
+            gguf = gguf_columns(f)
+    for r in rows:
+        if gguf is not None and r["name"] in gguf["types"]:
+            r["ggml"] = gguf["types"][r["name"]]
     predicted_total = sum(r.get("predicted_error") or 0.0 for r in rows)
     for r in rows:
         if r.get("predicted_error") is not None and predicted_total > 0:
@@ -81,6 +89,9 @@ def report(path: str | os.PathLike) -> dict[str, Any]:
     }
     if shards is not None:
         out["shards"] = shards
+    if gguf is not None:
+        out["gguf_bytes"] = gguf["gguf_bytes"]
+        out["gguf_bits_per_parameter"] = gguf["gguf_bytes"] * 8 / params if params else None
     return out
 
 
@@ -110,7 +121,10 @@ def render_text(rep: dict[str, Any], printable: Any = str) -> list[str]:
     width = min(max((len(printable(r["name"])) for r in rows), default=4), 56)
     has_plan = any("sensitivity" in r for r in rows)
     head = f"{'tensor':<{width}}  {'params':>9} {'bits/w':>7} {'rel_rmse':>9}"
-    if has_plan:
+    recipes = next((list(r["ggml"])[1:] for r in rows if isinstance(r.get("ggml"), dict)), [])
+    if recipes:  # a --gguf plan: the GGUF's type, then llama.cpp's recipes' types
+        head += f" {'sensitivity':>11} {'err share':>9} {'GGUF':>7} " + " ".join(f"{t:>7}" for t in recipes)
+    elif has_plan:
         head += f" {'sensitivity':>11} {'err share':>9}  choice"
     else:
         head += "  encoding"
@@ -119,7 +133,13 @@ def render_text(rep: dict[str, Any], printable: Any = str) -> list[str]:
         rel = f"{r['rel_rmse']:.2e}" if r["rel_rmse"] is not None else "-"
         line = (f"{_short(printable(r['name']), width):<{width}}  {r['parameters']:>9} "
                 f"{r['bits_per_weight']:>7.3f} {rel:>9}")
-        if has_plan:
+        if recipes:
+            sens = f"{r['sensitivity']:.3e}" if r.get("sensitivity") is not None else "-"
+            share = f"{100 * r['error_share']:.1f}%" if r.get("error_share") is not None else "-"
+            g = r.get("ggml") or {}
+            line += f" {sens:>11} {share:>9} {g.get('gguf') or '-':>7} " + " ".join(
+                f"{g.get(t) or '-':>7}" for t in recipes)
+        elif has_plan:
             sens = f"{r['sensitivity']:.3e}" if r.get("sensitivity") is not None else "-"
             share = f"{100 * r['error_share']:.1f}%" if r.get("error_share") is not None else "-"
             line += f" {sens:>11} {share:>9}  {printable(str(r.get('choice') or r['encoding']))}"
@@ -131,6 +151,10 @@ def render_text(rep: dict[str, Any], printable: Any = str) -> list[str]:
     lines.append(f"{len(rows)} tensors, {rep['parameters']} parameters, {rep['file_bytes']} bytes{where}: "
                  f"{bpp:.3f} bits/parameter (whole file), {rep['weights_bits_per_parameter']:.3f} (tensor data)"
                  if bpp is not None else f"{len(rows)} tensors, {rep['file_bytes']} bytes{where}")
+    if rep.get("gguf_bytes") is not None:
+        lines.append(f"GGUF (cmf unpack -o x.gguf): {rep['gguf_bytes']} bytes, "
+                     f"{rep['gguf_bits_per_parameter']:.3f} bits/parameter; beside it, the types "
+                     f"llama.cpp's {', '.join(recipes)} recipes give each tensor")
     plan = rep.get("plan")
     if isinstance(plan, dict):
         parts = [f"plan: {printable(_target_text(plan))[:200]}"]
