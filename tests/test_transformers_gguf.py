@@ -222,6 +222,14 @@ def test_bad_gguf_metadata_is_a_cmf_error(models, tmp_path):
                 ctf.from_pretrained(bad)
 
 
+def test_bench_engines_smoke(models):
+    from tools import bench_engines
+
+    rows = bench_engines.measure([("tiny", "decoder", models["llama"][1])], prompt=12, gen=2)
+    assert [r["engine"] for r in rows][-1] == "reference" and rows[0]["engine"] == "torch"
+    assert all(r["prompt_tok_per_s"] > 0 and r["gen_tok_per_s"] > 0 for r in rows)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(REAL), reason="the real SmolLM2 GGUF is not here")
 def test_real_smollm2_gguf(tmp_path):
