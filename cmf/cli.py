@@ -38,7 +38,8 @@ from .parallel import EncodeSettings, pack_source
 from .pipeline import describe
 from .plan.presets import resolve_recipe
 from .plan.recipe import prepare
-from .shards import ShardedFile, is_sharded, open_model, parse_size, set_paths
+from .shards import ShardedFile, is_sharded, open_model, set_paths
+from .sizes import parse_size
 from .validate import validate as validate_file
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,12 +55,7 @@ def main() -> None:
 
 
 def _size(text: str | None, flag: str) -> int | None:
-    if text is None:
-        return None
-    try:
-        return parse_size(text)
-    except CmfError as exc:
-        raise UsageError(f"{flag}: {exc}") from None
+    return None if text is None else parse_size(text, flag)  # a UsageError naming the flag
 
 
 def _read_attachments(paths: tuple[str, ...]) -> list[tuple[str, bytes]]:

@@ -5,26 +5,16 @@ commands (cli, cli_plan, cli_runtime); imports none of them."""
 from __future__ import annotations
 
 import json
-import math
 import sys
 from typing import Any
 
 import click
 
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with non-finite floats as the strings "inf", "-inf", "nan" (strict JSON has none)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
+from .jsonable import json_safe
 
 
 def emit_json(obj: Any) -> None:
-    """Print ``obj`` as strict JSON on stdout."""
+    """Print ``obj`` as strict JSON on stdout (non-finite numbers as null: cmf.jsonable)."""
     click.echo(json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False))
 
 

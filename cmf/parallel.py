@@ -177,6 +177,13 @@ def from_portable(p: Any, shared: list[SharedValue]) -> Pending:
 
 
 class Executor(Protocol):
+    """What runs tasks for :func:`pack_tasks` and the planner (InlineExecutor, ProcessExecutor,
+    DaskExecutor): ``window`` tasks may run ahead of the writer regardless of size, and more
+    while their sizes add up to at most ``jobs`` times the largest."""
+
+    window: int
+    jobs: int
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any: ...  # a future: .result()
 
     def close(self, cancel: bool) -> None: ...
@@ -310,7 +317,7 @@ class DaskExecutor:
 
 
 @contextmanager
-def closing(executor: Any) -> Iterator[Any]:
+def closing(executor: Executor) -> Iterator[Executor]:
     """``with closing(make_executor(...)) as ex``: closed when the block ends; on an error or an
     interruption its work in flight is cancelled (busy worker processes terminated) at once."""
     try:
@@ -321,7 +328,9 @@ def closing(executor: Any) -> Iterator[Any]:
     executor.close(cancel=False)
 
 
-def make_executor(jobs: int = 1, executor: str = "process", scheduler: Any = None) -> Any:
+def make_executor(jobs: int = 1, executor: str = "process", scheduler: Any = None) -> Executor:
+    """The executor of ``jobs`` worker processes (an InlineExecutor for 1), or of the dask
+    cluster at ``scheduler`` (``executor="dask"``); CmfError for other values."""
     if executor == "dask":
         if scheduler is None:
             raise CmfError("the dask executor needs a scheduler address")
@@ -476,7 +485,7 @@ def _result(future: Any, name: str, doing: str = "encoding") -> Any:
         raise
 
 
-def map_in_order(executor: Any, fn: Callable[..., Any], calls: Iterable[tuple[str, tuple]],
+def map_in_order(executor: Executor, fn: Callable[..., Any], calls: Iterable[tuple[str, tuple]],
                  doing: str = "encoding", ahead: int | None = None) -> Iterator[tuple[str, Any]]:
     """``(name, fn(*args))`` for each ``(name, args)`` of ``calls``, in order, run on
     ``executor`` with at most ``ahead`` (default ``executor.window``) calls in flight (an
@@ -503,7 +512,7 @@ def pack_tasks(
     sink: Any,
     tasks: Iterable[tuple[str, Any]],
     settings: EncodeSettings,
-    executor: Any,
+    executor: Executor,
     on_entry: Callable[[Any], None] | None = None,
 ) -> None:
     """Encode ``(name, value)`` tasks on ``executor`` and write them to ``sink`` in order.

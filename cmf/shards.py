@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
@@ -32,21 +31,6 @@ VERSION = 1
 INDEX_SUFFIX = ".cmf.index.json"
 MAX_SHARDS = 100_000
 MAX_SHARD_NAME = 255
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """``"2GB"`` -> 2_000_000_000, ``"512MiB"`` -> 536_870_912, ``"1000"`` -> 1000 bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise CmfError(f"size {text!r}: expected a number with an optional unit (KB, MB, GB, MiB, GiB ...)")
-    size = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    if size < 1:
-        raise CmfError(f"size {text!r} must be at least 1 byte")
-    return size
-
-
 def is_sharded(path: str | os.PathLike) -> bool:
     """True if ``path`` names a shard index (a ``.json`` file) or a directory."""
     path = os.fspath(path)

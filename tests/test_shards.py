@@ -16,7 +16,8 @@ from safetensors.numpy import save_file as st_save
 
 import cmf
 from cmf import cli
-from cmf.shards import ShardedWriter, check_shard_name, parse_size, set_paths
+from cmf.shards import ShardedWriter, check_shard_name, set_paths
+from cmf.sizes import parse_size
 from tests.test_parallel import model_tensors
 
 

@@ -1,21 +1,27 @@
 """Converters: open a model in another format as a *source* of tensors, write cmf back out.
 
 A source has ``metadata`` (dict), ``attachments`` (name -> bytes), ``names()``, ``len()`` and
-``items()`` yielding ``(name, array)`` one tensor at a time.
+``items()`` yielding ``(name, array)`` one tensor at a time (``(name, Encoded)`` for a tensor
+that arrives encoded, as GGUF's GGML blocks do). ``Source`` names every one.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Union
 
-from ..errors import CmfError
 from ..encoded import Encoded
+from ..errors import CmfError
 from .gguf import GGUFSource
 from .hfdir import HFDirectorySource
 from .safetensors import SafetensorsSource, write_safetensors
 from .torch_pickle import TorchPickleSource, looks_like_pickle
 
-Source = SafetensorsSource | HFDirectorySource | GGUFSource | TorchPickleSource
+if TYPE_CHECKING:  # imported when an .onnx is opened (it brings the onnx package)
+    from .onnx import OnnxSource
+
+# Every source open_source returns; each has metadata, attachments, names(), len() and items().
+Source = Union[SafetensorsSource, HFDirectorySource, GGUFSource, TorchPickleSource, "OnnxSource"]
 
 
 def open_source(path: str | os.PathLike) -> Source:

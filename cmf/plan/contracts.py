@@ -6,7 +6,6 @@ for them."""
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from collections.abc import Mapping as MappingABC
 from typing import Any, Callable, Iterator, Mapping
@@ -15,6 +14,8 @@ import numpy as np
 
 from ..errors import UsageError
 from ..pipeline import Pending
+from ..sizes import UNITS as SIZE_UNITS
+from ..sizes import size_bytes, split_size
 from .candidates import Curve, Point
 
 PLANNED_PRESETS: dict[str, dict[str, float]] = {
@@ -45,22 +46,19 @@ def parse_target_size(text: str | int | float) -> tuple[str, float]:
         if not math.isfinite(text) or text <= 0:
             raise UsageError(f"target size must be positive, found {text!r}")
         return "bytes", float(text)
-    s = str(text).strip()
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)", s)
-    if not m:
-        raise UsageError(f"target size: expected e.g. 4.0bpp or 12MB, found {text!r}")
-    value, unit = float(m.group(1)), m.group(2).lower()
+    try:
+        value, unit = split_size(text)  # sizes and their units: cmf.sizes, the one parser
+    except UsageError:
+        raise UsageError(f"target size: expected e.g. 4.0bpp or 12MB, found {text!r}") from None
     if value <= 0 or not math.isfinite(value):
         raise UsageError(f"target size must be positive, found {text!r}")
     if unit in ("bpp", "bpw", "bits"):
         if value > 64:
             raise UsageError(f"target size {text!r}: more than 64 bits per parameter")
         return "bpp", value
-    units = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-             "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "k": 1e3, "m": 1e6, "g": 1e9}
-    if unit not in units:
-        raise UsageError(f"target size {text!r}: unknown unit {m.group(2)!r} (bpp, B, KB, MB, GB, KiB, MiB, GiB)")
-    return "bytes", value * units[unit]
+    if unit not in SIZE_UNITS:
+        raise UsageError(f"target size {text!r}: unknown unit {unit!r} (bpp, B, KB, MB, GB, KiB, MiB, GiB)")
+    return "bytes", size_bytes(text, "target size")
 
 
 @dataclass

@@ -28,7 +28,6 @@ hence the same plan and the same bytes as one process. ``shard_size`` writes a s
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
 from collections.abc import Mapping as MappingABC
@@ -39,6 +38,7 @@ import numpy as np
 from .. import dtypes
 from ..codecs import ArraySpec, BytesSpec
 from ..errors import CmfError
+from ..jsonable import json_safe
 from ..pipeline import Pending, best_bytes, encode_lossless
 from . import sensitivity as sens_mod
 from .candidates import LOSSLESS, Curve, Point, measure, plannable, step_choices, template_choices
@@ -351,8 +351,8 @@ def write_planned(path: str | os.PathLike, tensors: Mapping[str, Any], result: P
     from ..writer import Writer
 
     meta = dict(metadata or {})
-    meta[META_PLAN] = _json_safe(result.summary(timings=False))  # no timings: reproducible bytes
-    meta[META_TENSORS] = _json_safe(result.tensor_table())
+    meta[META_PLAN] = json_safe(result.summary(timings=False))  # no timings: reproducible bytes
+    meta[META_TENSORS] = json_safe(result.tensor_table())
     # the planned tensors arrive encoded; what is left (small tensors, scales' lossless trees,
     # attachments such as tokenizer.json) is worth zstd's slower levels
     lossless_level = max(level, ATTACHMENT_LEVEL)
@@ -412,18 +412,6 @@ def _write_and_fit(output: str | os.PathLike, tensors: Mapping[str, Any], result
     if goal is not None and size is not None and size > goal:
         result.target_met = False
         result.notes.append(f"the {'GGUF' if options.gguf else 'file'} is {size} bytes, over the target {goal}")
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def verify_file(path: str | os.PathLike, harness: Harness) -> dict[str, float]:
