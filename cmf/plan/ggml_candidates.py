@@ -33,8 +33,7 @@ from ..codecs import ArraySpec
 from ..errors import CmfError
 from ..ggml_encode import TYPES, fallback_type, quantize_blocks
 from ..pipeline import Pending, decode_pending
-from .candidates import (LOSSLESS, Choice, Curve, Point, _sample_rows, channel_hessian, channel_weights,
-                         lower_hull, weighted_error)
+from .candidates import LOSSLESS, Choice, Curve, Point, _sample_rows, channel_weights, lower_hull, weighted_error
 
 PLANNED_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL")
 SAMPLE_ELEMENTS = 1 << 18  # curves of bigger tensors are measured on a row sample of this many
@@ -86,6 +85,21 @@ def encode_ggml(x: np.ndarray, spec: ArraySpec, ggml_type: str, axis: int | None
     return pending, decode_pending(pending)
 
 
+def fold_matrix(shape: tuple[int, ...], moments: tuple | None, damping: float = 0.05) -> np.ndarray | None:
+    """``Hn`` of candidates.channel_hessian (fold 1's input matrix, damped, mean diagonal 1)
+    without the factor the step candidates' error feedback needs (GGML rounding uses none)."""
+    if moments is None or len(moments) < 3 or moments[2] is None or len(shape) != 2:
+        return None
+    n = shape[moments[0] % 2]
+    h1 = np.asarray(moments[2][1], np.float64)
+    if h1.shape != (n, n) or not np.isfinite(h1).all():
+        return None
+    m1 = float(np.mean(np.diag(h1)))
+    if m1 <= 0:
+        return None
+    return ((h1 + h1.T) / 2 + damping * m1 * np.eye(n)) / (m1 * (1 + damping))
+
+
 def _digest(x: np.ndarray, moments: Any) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     h.update(np.ascontiguousarray(x).reshape(-1).view(np.uint8))
@@ -120,7 +134,7 @@ def measure_gguf(name: str, x: np.ndarray, moments: tuple | None = None, *, leve
         return replace(got, points=list(got.points), hull=list(got.hull))
     spec = ArraySpec(dtypes.of_array(x), tuple(int(d) for d in x.shape))
     axis, w = channel_weights(spec.shape, moments, damping)
-    _, h = channel_hessian(spec.shape, moments, damping) if w is not None else (None, None)
+    h = fold_matrix(spec.shape, moments, damping) if w is not None else None
     plain_energy, energy = weighted_error(x, np.zeros_like(x), axis, w, h)
     sx, idx, factor = _sample_rows(x, sample) if x.ndim == 2 else (x, None, 1.0)
     sw = w if (w is None or axis == 1 or idx is None) else w[idx]

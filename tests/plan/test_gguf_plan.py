@@ -1,0 +1,151 @@
+"""``cmf pack --gguf`` (issue 20): GGML-type candidates with llama.cpp's fallbacks, a size target
+that counts the GGUF, the GGUF written from the plan holding exactly the planned blocks (gguf-py
+and transformers' GGUF loader read it), ``cmf report``'s columns beside llama.cpp's recipes, and
+the refusals before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from cmf.errors import CmfError  # noqa: E402
+from cmf.plan.contracts import PlanOptions  # noqa: E402
+from cmf.plan.ggml_candidates import ggml_choices, gguf_tensor_bytes  # noqa: E402
+from cmf.plan.ggml_recipes import recipe_types, use_more_bits  # noqa: E402
+
+from ..runtime import helpers  # noqa: E402
+from .gguf_helpers import write_gguf_llama  # noqa: E402
+
+
+def _shapes(n_layers: int = 8, d: int = 576, f: int = 1536, kv: int = 192, tied: bool = True) -> dict:
+    out = {"token_embd.weight": (1000, d)}
+    for i in range(n_layers):
+        p = f"blk.{i}."
+        out.update({p + "attn_norm.weight": (d,), p + "attn_q.weight": (d, d), p + "attn_k.weight": (kv, d),
+                    p + "attn_v.weight": (kv, d), p + "attn_output.weight": (d, d), p + "ffn_norm.weight": (d,),
+                    p + "ffn_gate.weight": (f, d), p + "ffn_up.weight": (f, d), p + "ffn_down.weight": (d, f)})
+    out["output_norm.weight"] = (d,)
+    if not tied:
+        out["output.weight"] = (1000, d)
+    return out
+
+
+def test_recipes_follow_llama_cpp_rules_and_fallbacks():
+    more = [i for i in range(8) if use_more_bits(i, 8)]
+    assert more == [0, 3, 6, 7]
+    q4 = recipe_types(_shapes(), "Q4_K_M", n_gqa=3)
+    assert q4["token_embd.weight"] == "Q8_0"  # tied output, 576 % 256 != 0
+    assert q4["blk.0.attn_norm.weight"] is None
+    for i in range(8):
+        want = "Q8_0" if i in more else "Q5_0"  # Q6_K / Q4_K fall back for rows of 576
+        assert q4[f"blk.{i}.attn_v.weight"] == want
+        assert q4[f"blk.{i}.attn_q.weight"] == "Q5_0"
+        assert q4[f"blk.{i}.ffn_down.weight"] == ("Q6_K" if i in more else "Q4_K")  # rows of 1536
+    wide = recipe_types(_shapes(d=512, f=1024, kv=256, tied=False), "Q4_K_M")
+    assert wide["output.weight"] == "Q6_K" and wide["token_embd.weight"] == "Q4_K"
+    assert wide["blk.1.attn_q.weight"] == "Q4_K" and wide["blk.0.attn_v.weight"] == "Q6_K"
+    iq = recipe_types(_shapes(d=512, f=1024, kv=128), "IQ4_XS", n_gqa=4, imatrix=False)
+    assert iq["blk.0.attn_v.weight"] == "Q5_K" and iq["blk.0.ffn_down.weight"] == "Q5_K"
+    assert iq["blk.1.ffn_down.weight"] == "IQ4_XS" and iq["token_embd.weight"] == "Q6_K"
+    assert recipe_types(_shapes(), "Q6_K")["blk.2.ffn_down.weight"] == "Q6_K"
+
+
+def test_choices_take_llama_cpp_fallbacks():
+    assert [c.label for c in ggml_choices(576)] == ["Q8_0", "Q5_1", "Q5_0", "Q4_0", "IQ4_NL"]
+    assert len(ggml_choices(512)) == 8
+    assert ggml_choices(40) == []  # no type takes the rows: only the lossless (F32) point
+    assert gguf_tensor_bytes("Q4_K", (4, 512)) == 4 * 2 * 144
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    pytest.importorskip("tokenizers")
+    from cmf.plan.planner import plan_and_write
+
+    tmp = tmp_path_factory.mktemp("gguf-plan")
+    model = write_gguf_llama(tmp / "llama", num_hidden_layers=1)
+    path = str(tmp / "m.cmf")
+    target = 600_000
+    result = plan_and_write(model, path, PlanOptions(target_size=target, gguf=True, rounds=2,
+                                                     calibrate=list(helpers.TEXTS)))
+    return model, path, result, target
+
+
+def test_size_target_counts_the_gguf_and_unpack_writes_the_planned_blocks(planned, run, tmp_path):
+    model, path, result, target = planned
+    assert result.target["gguf"] is True and result.target_met
+    labels = {tp.point.choice.label for tp in result.tensors.values()}
+    assert labels and labels <= {"Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL", "lossless"}
+    out = tmp_path / "out" / "m.gguf"
+    assert run("unpack", path, "-o", out, "-q").code == 0
+    assert os.path.getsize(out) == result.gguf_bytes <= target
+    reader = gguf.GGUFReader(str(out))
+    got = {t.name: t for t in reader.tensors}
+    import cmf
+    from cmf.runtime.llama import hf_to_gguf_name, unpermute_qk
+
+    config = json.load(open(os.path.join(model, "config.json")))
+    with cmf.open(path) as f:
+        for name, tp in result.tensors.items():
+            t = got[hf_to_gguf_name(name)]
+            want = "F32" if tp.point.choice.family == "lossless" else tp.point.choice.label
+            assert t.tensor_type.name == want, name
+            values = gguf.quants.dequantize(t.data, t.tensor_type).reshape(f.spec(name).shape)
+            if ".q_proj." in name or ".k_proj." in name:
+                heads = config["num_attention_heads"] if ".q_proj." in name else config["num_key_value_heads"]
+                values = unpermute_qk(values, heads)
+            np.testing.assert_array_equal(values, f.get_tensor(name))  # the planned blocks, exactly
+    # transformers' GGUF loader runs it
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(out.parent), gguf_file=out.name, dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 30, 250, 77]])
+    with torch.no_grad():
+        assert torch.isfinite(hf(ids).logits).all()
+
+
+def test_report_shows_types_beside_llama_cpp_recipes(planned):
+    from cmf.plan.report import render_text, report
+
+    _, path, result, _ = planned
+    rep = report(path)
+    assert rep["gguf_bytes"] == result.gguf_bytes
+    row = next(r for r in rep["tensors"] if r["name"].endswith("mlp.down_proj.weight"))
+    assert set(row["ggml"]) == {"gguf", "Q4_K_M", "Q5_K_M", "Q6_K"}
+    assert row["ggml"]["Q4_K_M"] == "Q6_K"  # the last layer is a use_more_bits layer
+    text = "\n".join(render_text(rep))
+    assert "Q4_K_M" in text and "GGUF (cmf unpack -o x.gguf)" in text
+    assert result.file_error is not None and np.isfinite(result.file_error)  # the file runs
+
+
+def test_bad_input_is_refused_before_any_work(planned, run, tmp_path):
+    model = planned[0]
+    recipe = tmp_path / "r.json"
+    recipe.write_text("{}")
+    r = run("pack", model, "-o", tmp_path / "a.cmf", "--gguf", "--recipe", recipe)
+    assert r.code == 2 and "--recipe" in r.err
+    r = run("pack", model, "-o", tmp_path / "a.cmf", "--gguf")
+    assert r.code == 2 and "--target-size" in r.err
+    r = run("pack", model, "-o", tmp_path / "a.cmf", "--gguf", "--preset", "q8")
+    assert r.code == 2
+    r = run("pack", model, "-o", tmp_path / "a.cmf", "--gguf", "--target-size", "1bpp")
+    assert r.code == 1 and "below the smallest GGUF" in r.err
+    other = tmp_path / "other"
+    shutil.copytree(model, other)
+    config = json.load(open(other / "config.json"))
+    config["model_type"] = "phi3"
+    (other / "config.json").write_text(json.dumps(config))
+    r = run("pack", other, "-o", tmp_path / "b.cmf", "--gguf", "--preset", "small")
+    assert r.code == 1 and "no GGUF mapping" in r.err
+    assert not os.path.exists(tmp_path / "a.cmf") and not os.path.exists(tmp_path / "b.cmf")
+    with pytest.raises(CmfError, match="shard"):
+        from cmf.plan.planner import plan_and_write
+
+        plan_and_write(model, tmp_path / "c.cmf", PlanOptions(preset="small", gguf=True), shard_size=1 << 20)
