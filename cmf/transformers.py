@@ -155,16 +155,19 @@ def _key_map(model_keys: list[str], file_keys: list[str], prefix: str) -> dict[s
 
 def _config_and_tensors(path: Any, f: Any) -> tuple[Any, Any, list[str], Any]:
     """``(config, generation_config or None, file tensor names, get_tensor)`` of an open file:
-    from its config.json attachment, or for a GGUF import from its GGUF metadata (Hugging Face
-    names, q/k rows in Hugging Face order: cmf.transformers_gguf)."""
+    from its config.json attachment, or for a GGUF import without one from its GGUF metadata.
+    A GGUF import's tensors go by their Hugging Face names, q/k rows in Hugging Face order
+    (cmf.transformers_gguf)."""
     meta = f.metadata()
+    names, get = f.keys(), f.get_tensor
+    if is_gguf_import(meta):  # GGUF names and row order, whichever config comes with them
+        names, get = gguf_hf_tensors(meta, names, get)
     if is_gguf_import(meta, f.attachments()):
         try:
             config = transformers.AutoConfig.for_model(**gguf_config_dict(meta))
         except (ValueError, KeyError, TypeError) as exc:
             raise CmfError(f"transformers cannot build a config from {os.fspath(path)}'s GGUF "
                            f"metadata: {exc}") from None
-        names, get = gguf_hf_tensors(meta, f.keys(), f.get_tensor)
         return config, None, names, get
     _require_config(path, f)
     with side_files(f) as tmp:
@@ -172,7 +175,7 @@ def _config_and_tensors(path: Any, f: Any) -> tuple[Any, Any, list[str], Any]:
         generation = None
         if "generation_config.json" in f.attachments():
             generation = transformers.GenerationConfig.from_pretrained(tmp)
-    return config, generation, f.keys(), f.get_tensor
+    return config, generation, names, get
 
 
 def from_pretrained(path: str | os.PathLike, model_class: Any = None, *, device: Any = None,

@@ -54,8 +54,11 @@ def config_dict(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
+GetTensor = Callable[[str], np.ndarray]
+
+
 def hf_tensors(metadata: Mapping[str, Any], names: list[str],
-               get_tensor: Callable[[str], np.ndarray]) -> tuple[list[str], Callable[[str], np.ndarray]]:
+               get_tensor: GetTensor) -> tuple[list[str], GetTensor]:
     """``(hf_names, get)``: the Hugging Face names of the GGUF tensors ``names`` (in file order;
     tensors the model has no place for, e.g. ``rope_freqs.weight``, left out) and ``get(hf_name)``
     returning the tensor renamed, q/k rows un-permuted for llama."""
@@ -93,7 +96,8 @@ def tokenizer(metadata: Mapping[str, Any], **overrides: Any) -> Any:
         value = metadata.get(P + "ggml." + flag, kind == "llama" and flag == "add_bos_token")
         kwargs[flag] = value is True and name in kwargs  # as cmf's tokenizer: no token, not added
     try:
-        return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **{**kwargs, **overrides})
+        return transformers.PreTrainedTokenizerFast(tokenizer_object=backend,
+                                                    **{**kwargs, **overrides})
     except (ValueError, TypeError, KeyError) as exc:
         raise CmfError(f"GGUF tokenizer cannot be built by transformers ({exc})") from None
 

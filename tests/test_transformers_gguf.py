@@ -186,6 +186,24 @@ def test_qk_rows_are_unpermuted_and_dtype_honoured(models):
     assert config_dict(cmf.open(cmf_path).metadata())["dtype"] == "float32"
 
 
+def test_gguf_import_with_an_attached_config_json(models, tmp_path):
+    """config.json attached at pack time: it is the config; tensors still go by GGUF names."""
+    gguf_path, cmf_path = models["llama"]
+    (tmp_path / "config.json").write_text(json.dumps(config_dict(cmf.open(cmf_path).metadata())))
+    cli.run(["pack", gguf_path, "-o", str(tmp_path / "m.cmf"), "--attach",
+             str(tmp_path / "config.json"), "--quiet"])
+    assert "config.json" in cmf.open(tmp_path / "m.cmf").attachments()
+    ids = torch.tensor([[1, 5, 30, 250]])
+    with torch.no_grad():
+        a = ctf.from_pretrained(tmp_path / "m.cmf")(ids).logits
+        b = ctf.from_pretrained(cmf_path)(ids).logits
+    assert torch.equal(a, b)
+    with open_model(tmp_path / "m.cmf") as src:
+        assert pick_engine("decoder", src, "auto") == "torch"
+    np.testing.assert_array_equal(load_runner(tmp_path / "m.cmf", engine="torch").logits([1, 5, 30, 250]),
+                                  b[0].numpy())
+
+
 def test_torch_engine_runs_gguf_imports_and_originals(models, run):
     gguf_path, cmf_path = models["llama"]
     with open_model(cmf_path) as src:

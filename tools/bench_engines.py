@@ -95,7 +95,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     ref = {(r["model"], r["kind"]): r for r in rows if r["engine"] == "reference"}
     for r in rows:
         base = ref.get((r["model"], r["kind"]))
-        keys = ("sentences_per_s",) if r["kind"] == "encoder" else ("prompt_tok_per_s", "gen_tok_per_s")
+        keys = (("sentences_per_s",) if r["kind"] == "encoder"
+                else ("prompt_tok_per_s", "gen_tok_per_s"))
         speedup = "" if base is None or r["engine"] != "torch" else \
             " / ".join(f"{r[k] / base[k]:.2f}x" for k in keys)
         cell = {k: f"{r[k]:.1f}" for k in keys}

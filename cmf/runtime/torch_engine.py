@@ -55,7 +55,9 @@ def build_model(src: Any, config: dict, auto_class: str, **kwargs: Any) -> Any:
 
     torch, transformers = _modules()
     cls = getattr(transformers, auto_class)
-    gguf = is_gguf_import(src.metadata, ["config.json"] if src.json("config.json") is not None else [])
+    gguf = is_gguf_import(src.metadata)  # GGUF tensor names and q/k row order
+    has_config = src.json("config.json") is not None
+    own_config = not is_gguf_import(src.metadata, ["config.json"] if has_config else [])
     if getattr(src, "origin", None) == "cmf" and (gguf or "config.json" in src._own_attachments()):
         from .. import transformers as cmf_transformers
 
@@ -63,7 +65,8 @@ def build_model(src: Any, config: dict, auto_class: str, **kwargs: Any) -> Any:
     names, get = (hf_tensors(src.metadata, src.keys(), src.get_tensor) if gguf
                   else (src.keys(), src.get_tensor))
     try:
-        cfg = transformers.AutoConfig.for_model(**(config_dict(src.metadata) if gguf else config))
+        cfg = transformers.AutoConfig.for_model(
+            **(config if own_config else config_dict(src.metadata)))
         dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         model = cls.from_config(cfg, **{dtype_kw: torch.float32}, **kwargs)
     except (ValueError, KeyError, TypeError) as exc:
