@@ -139,7 +139,8 @@ class Harness:
     kind = "?"
 
     def __init__(self, tensors: Mapping[str, np.ndarray]) -> None:
-        self.tensors = dict(tensors)
+        # a plain dict is copied; a lazy mapping (cmf.plan.lazy) is kept: its tensors are read as runs ask
+        self.tensors = dict(tensors) if isinstance(tensors, dict) else tensors
         self._ref: Any = None
         self.samples = 0
 

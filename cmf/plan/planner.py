@@ -42,6 +42,7 @@ from ..jsonable import json_safe
 from ..pipeline import Pending, best_bytes, encode_lossless
 from . import sensitivity as sens_mod
 from .candidates import LOSSLESS, Curve, Point, measure, plannable, step_choices, template_choices
+from .lazy import FileTensors, Float32View, LazyItems
 from .harness import DECODER_METRIC, METRIC, Harness, fallback_warnings, open_harness
 from .contracts import (
     ATTACHMENT_LEVEL,
@@ -178,11 +179,11 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
             k += 1
             _progress(options, "measuring sensitivity", k, len(names))
 
-        items = [(n, tensors[n], curves[n].axis, curves[n].weights, curves[n].energy) for n in names]
+        rows = [(n, curves[n].axis, curves[n].weights, curves[n].energy) for n in names]
         fisher = getattr(harness, "sensitivities", None)  # decoders with torch: all at once
-        sens = (fisher(items, copies=copies, progress=tick_s) if fisher is not None else None) or {}
-        rest = [it for it in items if it[0] not in sens]
-        sens.update(sens_mod.measured(harness, rest, copies=copies, progress=tick_s) if rest else {})
+        sens = (fisher(LazyItems(tensors, rows), copies=copies, progress=tick_s) if fisher is not None else None) or {}
+        rest = LazyItems(tensors, [r for r in rows if r[0] not in sens])  # each array read when measured
+        sens.update(sens_mod.measured(harness, rest, copies=copies, progress=tick_s) if len(rest) else {})
     else:
         plain = {n: float(np.sum(np.square(np.asarray(tensors[n], np.float64)))) for n in names}
         total_planned = sum(int(np.asarray(tensors[n]).size) for n in names) or 1
@@ -463,9 +464,8 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
     options.check()
     check_outputs([os.fspath(output)], [os.fspath(source)], force=True)  # never onto the model
     src = open_source(source)
-    tensors: dict[str, Any] = {}
-    for name, value in src.items():
-        tensors[name] = value
+    refs = file_refs(src)  # safetensors-backed: tensors read from the files as the plan asks
+    tensors: Mapping[str, Any] = FileTensors(refs) if refs else dict(src.items())
     attachments = dict(src.attachments)
     attachments.update(extra_attachments or {})
     if options.gguf:  # refused before any work; float tensors as f32 (the ggml codec decodes to f32)
@@ -475,13 +475,12 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
     harness = None
     warnings = []
     if not options.data_free:
-        if any(isinstance(v, Encoded) for v in tensors.values()):
+        if not refs and any(isinstance(v, Encoded) for v in tensors.values()):
             warnings.append("the source holds pre-quantized GGUF blocks: planned data-free (on weight error, "
                             "not on the model's outputs)")
         else:
             try:
-                floats = {n: (np.asarray(v, np.float32) if isinstance(v, np.ndarray) and _is_float(v) else v)
-                          for n, v in tensors.items()}
+                floats = Float32View(tensors, _as_float32)
                 harness = open_harness(source, options.calibrate, tensors=floats)
             except CmfError as exc:
                 if options.calibrate is not None:
@@ -502,7 +501,7 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
     else:
         fixed = fixed_bytes_of(tensors, planned_names, attachments, meta_guess, options.level)
     parallel = options.jobs > 1 or options.executor != "process"
-    result = plan(tensors, options, harness, fixed_bytes=fixed, sources=file_refs(src) if parallel else None)
+    result = plan(tensors, options, harness, fixed_bytes=fixed, sources=refs if parallel else None)
     result.warnings[:0] = warnings + (fallback_warnings(harness) if harness is not None else [])
     if harness is not None:
         result.calibration["source"] = harness.calibration_source
@@ -514,6 +513,10 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
         result.file_error = stats["error"]
         result.seconds["verify_file"] = time.perf_counter() - t0
     return result
+
+
+def _as_float32(v: Any) -> Any:
+    return np.asarray(v, np.float32) if isinstance(v, np.ndarray) and _is_float(v) else v
 
 
 def _is_float(x: np.ndarray) -> bool:
