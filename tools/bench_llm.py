@@ -42,6 +42,10 @@ import cmf  # noqa: E402
 
 HELDOUT = os.path.join(HERE, "data", "heldout")
 DEFAULT_METHODS = "balanced,small,q8,q4,size:Q6_K,size:Q4_K_M,size:IQ4_XS"
+GENERATED = {  # TinyLlama-1.1B's shape (with the real model's vocabulary)
+    "1b": {"hidden_size": 2048, "num_hidden_layers": 22, "num_attention_heads": 32, "num_key_value_heads": 4,
+           "intermediate_size": 5632},
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int, default=384, help="held-out tokens per kind of text")
     p.add_argument("--jobs", type=int, default=1, help="cmf pack --jobs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--generated", choices=sorted(GENERATED), default=None,
+                   help="instead: a generated Llama-shaped model of that size (random weights, the real "
+                        "model's tokenizer): pack time and peak RSS only")
 
 
 # ----------------------------------------------------------------------------- the model
@@ -86,6 +93,49 @@ def dequantized_dir(gguf_path: str, out: str) -> str:
     config.pop("quantization_config", None)
     with open(path, "w") as fh:
         json.dump(config, fh, indent=2)
+    return out
+
+
+def generated_dir(shape: dict, tokenizer_dir: str, out: str, seed: int = 0) -> str:
+    """A Llama directory of random weights (scaled as trained ones roughly are) with ``shape``
+    and the tokenizer of ``tokenizer_dir``, written one layer per safetensors shard."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(tokenizer_dir, "config.json")) as fh:
+        base = json.load(fh)
+    config = {**base, **shape, "architectures": ["LlamaForCausalLM"], "tie_word_embeddings": True}
+    config.pop("head_dim", None)
+    d, f, L = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    kv = shape["num_key_value_heads"] * d // shape["num_attention_heads"]
+    rng = np.random.default_rng(seed)
+
+    def w(*s: int) -> np.ndarray:
+        return (rng.standard_normal(s, dtype=np.float32) / np.float32(np.sqrt(s[-1])))
+
+    index = {}
+    shards = [("model.embed_tokens.weight", lambda: {"model.embed_tokens.weight": w(config["vocab_size"], d),
+                                                     "model.norm.weight": np.ones(d, np.float32)})]
+    for i in range(L):
+        p = f"model.layers.{i}."
+        shards.append((p, lambda p=p: {p + "self_attn.q_proj.weight": w(d, d), p + "self_attn.k_proj.weight": w(kv, d),
+                                       p + "self_attn.v_proj.weight": w(kv, d), p + "self_attn.o_proj.weight": w(d, d),
+                                       p + "mlp.gate_proj.weight": w(f, d), p + "mlp.up_proj.weight": w(f, d),
+                                       p + "mlp.down_proj.weight": w(d, f),
+                                       p + "input_layernorm.weight": np.ones(d, np.float32),
+                                       p + "post_attention_layernorm.weight": np.ones(d, np.float32)}))
+    for k, (_, make) in enumerate(shards):
+        name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = make()
+        save_file(tensors, os.path.join(out, name))
+        index.update({t: name for t in tensors})
+    with open(os.path.join(out, "model.safetensors.index.json"), "w") as fh:
+        json.dump({"metadata": {}, "weight_map": index}, fh)
+    with open(os.path.join(out, "config.json"), "w") as fh:
+        json.dump(config, fh, indent=2)
+    for f_ in ("tokenizer.json", "tokenizer_config.json"):
+        if os.path.exists(os.path.join(tokenizer_dir, f_)):
+            shutil.copy(os.path.join(tokenizer_dir, f_), os.path.join(out, f_))
     return out
 
 
@@ -235,6 +285,23 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             log(f"dequantizing {source}")
             model = dequantized_dir(source, os.path.join(work, "model"))
+        if args.generated:
+            gen = generated_dir(GENERATED[args.generated], model, os.path.join(work, "generated"))
+            params = 0
+            from safetensors import safe_open
+
+            for f_ in os.listdir(gen):
+                if f_.endswith(".safetensors"):
+                    with safe_open(os.path.join(gen, f_), "numpy") as h:
+                        params += sum(int(np.prod(h.get_slice(n).get_shape())) for n in h.keys())
+            log(f"generated {args.generated}: {params / 1e9:.2f} B parameters")
+            rows = []
+            for method in [m for m in args.methods.split(",") if m in ("balanced", "small", "q8", "q4")]:
+                seconds, rss, _ = pack(gen, os.path.join(work, f"gen-{method}.cmf"), ["--preset", method], args.jobs)
+                rows.append({"method": method, "parameters": params, "seconds": seconds, "peak_rss": rss})
+                log(f"  {method}: {seconds:.0f} s, peak RSS {rss / 2**20:.0f} MiB")
+            print(json.dumps({"generated": args.generated, "parameters": params, "rows": rows}, indent=2))
+            return 0
         with open(os.path.join(model, "config.json")) as fh:
             config = json.load(fh)
         from safetensors import safe_open
