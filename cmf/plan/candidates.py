@@ -29,9 +29,10 @@ The *error* of a choice is the importance-weighted squared error ``sum_ij w_j dW
 squared error without activations), or with the fold matrices the quadratic form
 ``tr(dW Hn dW^T)``, ``Hn`` the damped ``H1`` scaled to a mean diagonal of 1 (as ``w``); the
 sensitivity (cmf.plan.sensitivity) turns it into output error. Fixed-rate and codebook candidates of a large tensor are measured on a sample of
-its rows (``SAMPLE_ELEMENTS``) and scaled; step candidates on the whole tensor, except those with
-error feedback (rows are rounded independently of each other) on a tensor of more than
-``STEP_SAMPLE_ELEMENTS``: those on a row sample of that size, scaled.
+its rows (``SAMPLE_ELEMENTS``) and scaled; so are step candidates of a matrix of more than
+``STEP_SAMPLE_ELEMENTS`` whose steps run along its columns or are one for all (each row is
+rounded on its own, error feedback included): on a row sample of that size. Per-row steps
+(token-embedding rows) are measured on the whole tensor.
 """
 
 from __future__ import annotations
@@ -456,9 +457,10 @@ def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
                 plain, werr = weighted_error(sx, y, axis, sw, sh)
                 point = Point(choice, round(pending.stored * factor), werr * factor, plain * factor,
                               factor != 1.0)
-            elif choice.family == "step" and u is not None and axis == 1 and x.size > step_sample:
-                # error feedback runs along each row alone: a sample of rows measures the curve
-                # (the chosen point is encoded on the whole tensor, and measured, by the rounds)
+            elif choice.family == "step" and axis in (1, None) and x.ndim == 2 and x.size > step_sample:
+                # steps per input column (or one step) and error feedback along each row alone: a
+                # sample of rows measures the curve (the chosen point is encoded on the whole
+                # tensor, and measured, by the rounds)
                 if step_of is None:
                     step_of = _sample_rows(x, step_sample)
                 sx, _, factor = step_of
