@@ -113,7 +113,6 @@ def _scan(x, w, invs, levels, state):
 
 
 DOMINANT = 0.3  # share of a group's weighted energy that makes one element dominant
-ANCHOR_LEVELS = 32  # a dominant element is tried on levels 1..32 (beyond, rounding costs little)
 
 
 def _anchored(x, w, anchors, levels, state):
@@ -165,7 +164,7 @@ def fit_symmetric(
     invs = [np.where(ok, -(nmax + r) / safe, 0.0) for r in rs]
     state = (np.full(x.shape[0], -1.0), np.where(ok, -xmax / nmax, 0.0), None)
     state = _scan(x, w, invs, levels, state)
-    _, scale, _ = _anchored(x, w, range(-1, -min(nmax, ANCHOR_LEVELS) - 1, -1), levels, state)
+    _, scale, _ = _anchored(x, w, range(-1, -nmax - 1, -1), levels, state)
     return np.where(ok, scale, 0.0)
 
 
@@ -194,7 +193,7 @@ def fit_positive(
     invs = [np.where(ok, (nmax + r) / safe, 0.0) for r in rs]
     state = (np.full(x.shape[0], -1.0), np.zeros(x.shape[0]), np.zeros(x.shape))
     state = _scan(xd, wd, invs, levels, state)
-    _, _, codes = _anchored(xd, wd, range(1, min(nmax, ANCHOR_LEVELS) + 1), levels, state)
+    _, _, codes = _anchored(xd, wd, range(1, nmax + 1), levels, state)
     slx = np.einsum("ij,ij->i", wd * codes, xd)
     sll = np.einsum("ij,ij->i", wd * codes, codes)
     for _ in range(passes):
