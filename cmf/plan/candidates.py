@@ -50,6 +50,7 @@ from ..codecs.quantize import Quantize
 from ..codecs.sparse import choose_index_bits, delta_encode
 from ..errors import CmfError
 from ..pipeline import Pending, PendingNode, decode_pending, encode_lossless
+from .ggml_encoding import encode_ggml
 from .presets import codes_template
 from .recipe import encode_template
 
@@ -350,8 +351,6 @@ def encode_decoded(choice: Choice, x: np.ndarray, spec: ArraySpec, axis: int | N
         pending = encode_template(choice.params["template"], x, spec, level)
         return pending, decode_pending(pending)
     if choice.family == "ggml":  # a GGML type (cmf.plan.ggml_candidates)
-        from .ggml_candidates import encode_ggml
-
         return encode_ggml(x, spec, choice.params["type"], axis, w, level)
     raise CmfError(f"unknown choice family {choice.family!r}")
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from collections.abc import Mapping as MappingABC
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -17,6 +16,7 @@ from ..pipeline import Pending
 from ..sizes import UNITS as SIZE_UNITS
 from ..sizes import size_bytes, split_size
 from .candidates import Curve, Point
+from .lazy import LazyMapping
 
 PLANNED_PRESETS: dict[str, dict[str, float]] = {
     # 1 - mean cosine on the calibration inputs, with a margin for other inputs (on MiniLM the
@@ -118,28 +118,13 @@ class TensorPlan:
     decoded: np.ndarray | None = None
 
 
-class DecodedView(MappingABC):
-    """name -> the array a reader decodes ``TensorPlan.pending`` to, decoded on each access."""
+def _decoded(tp: TensorPlan) -> np.ndarray:
+    """The array a reader decodes ``tp.pending`` to."""
+    if tp.decoded is not None:
+        return tp.decoded
+    from ..pipeline import decode_pending
 
-    def __init__(self, plans: dict[str, TensorPlan]) -> None:
-        self._plans = plans
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        tp = self._plans[name]
-        if tp.decoded is not None:
-            return tp.decoded
-        from ..pipeline import decode_pending
-
-        return np.asarray(decode_pending(tp.pending))
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._plans
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._plans)
-
-    def __len__(self) -> int:
-        return len(self._plans)
+    return np.asarray(decode_pending(tp.pending))
 
 
 @dataclass
@@ -210,8 +195,9 @@ class PlanResult:
         """Every encoded planned tensor (and its copies) as the file will decode it: a mapping
         that decodes a tensor's pending tree each time it is asked for and keeps nothing, so a
         harness that runs one block at a time holds one block of decoded weights."""
-        return DecodedView({n: tp for name, tp in self.tensors.items() if tp.pending is not None
-                            for n in [name, *self.copies.get(name, ())]})
+        plans = {n: tp for name, tp in self.tensors.items() if tp.pending is not None
+                 for n in [name, *self.copies.get(name, ())]}
+        return LazyMapping(plans, lambda n: _decoded(plans[n]))
 
     def tensor_table(self) -> dict[str, dict]:
         table = {}

@@ -31,8 +31,8 @@ import numpy as np
 from .. import dtypes
 from ..codecs import ArraySpec
 from ..errors import CmfError
-from ..ggml_encode import TYPES, fallback_type, quantize_blocks
-from ..pipeline import Pending, decode_pending
+from ..ggml_encode import TYPES, fallback_type
+from .ggml_encoding import encode_ggml, importance_of  # noqa: F401  (re-exported)
 from .candidates import LOSSLESS, Choice, Curve, Point, _sample_rows, channel_weights, lower_hull, weighted_error
 
 PLANNED_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL")
@@ -60,29 +60,6 @@ def gguf_tensor_bytes(ggml_type: str, shape: tuple[int, ...]) -> int:
         return numel * (4 if ggml_type == "F32" else 2)
     t = TYPES[ggml_type]
     return numel // t.block * t.nbytes
-
-
-def importance_of(axis: int | None, w: np.ndarray | None) -> np.ndarray | None:
-    """The imatrix for quantize_blocks: ``w`` when it weighs columns (the GGUF rows' axis);
-    a per-row weight scales whole rows, which changes no rounding: None."""
-    return np.asarray(w, np.float32) if (axis == 1 and w is not None) else None
-
-
-def encode_ggml(x: np.ndarray, spec: ArraySpec, ggml_type: str, axis: int | None,
-                w: np.ndarray | None, level: int = 3) -> tuple[Pending, np.ndarray]:
-    """The ``ggml`` tree of ``x`` in ``ggml_type`` and the f32 array a reader decodes it to.
-    CmfError where the type does not take the rows."""
-    from ..codecs.ggml_pack import blocks_to_pending
-
-    x = np.asarray(x)
-    if x.ndim < 2:
-        raise CmfError(f"{ggml_type}: a planned GGML tensor has rank >= 2, found shape {x.shape}")
-    if spec.dtype.name != "f32":
-        raise CmfError(f"{ggml_type}: the ggml codec decodes to f32, the tensor is {spec.dtype.name}")
-    rows = x.reshape(-1, x.shape[-1])
-    blocks = quantize_blocks(rows, ggml_type, importance_of(axis, w))
-    pending = blocks_to_pending(blocks, ggml_type, tuple(int(d) for d in x.shape), level)
-    return pending, decode_pending(pending)
 
 
 def fold_matrix(shape: tuple[int, ...], moments: tuple | None, damping: float = 0.05) -> np.ndarray | None:

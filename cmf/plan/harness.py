@@ -36,13 +36,11 @@ rows' importance from token frequencies instead (cmf.plan.tokens), along axis 0.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import CmfError
-from ..extras import install_hint
 
 from .harness_base import (  # noqa: F401  (re-exported: the harness API lives here)
     DEFAULT_ONNX_SAMPLES,
@@ -53,7 +51,6 @@ from .harness_base import (  # noqa: F401  (re-exported: the harness API lives h
     MAX_HESSIAN_DIM,
     MAX_HESSIAN_BYTES,
     MomentSums,
-    _cosines,
     output_error,
     kl_rows,
     cosine_stats,
@@ -62,6 +59,12 @@ from .harness_base import (  # noqa: F401  (re-exported: the harness API lives h
     _patched,
 )
 from .decoder import DecoderHarness
+
+__all__ = [  # the harness API: the base pieces live in cmf.plan.harness_base, decoders in cmf.plan.decoder
+    "DEFAULT_MAX_TOKENS", "DEFAULT_ONNX_SAMPLES", "DECODER_METRIC", "MAX_HESSIAN_BYTES", "MAX_HESSIAN_DIM",
+    "METRIC", "DecoderHarness", "EncoderHarness", "Harness", "MomentSums", "Moments", "OnnxHarness",
+    "cosine_stats", "fallback_warnings", "kl_rows", "open_harness", "output_error",
+]
 
 # ----------------------------------------------------------------------------- encoders
 

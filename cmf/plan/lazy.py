@@ -1,58 +1,52 @@
 """Mappings the planner reads tensors through without holding a model in memory.
 
 A model bigger than memory is planned one tensor (one decoder block) at a time: the source's
-tensors are read from its files when asked for and dropped after use (``FileTensors``), seen as
-float32 (``Float32View``), and lists of per-tensor work items read their arrays as they are
+tensors are read from its files when asked for and dropped after use (``file_tensors``), seen as
+float32 (``float32_view``), and lists of per-tensor work items read their arrays as they are
 iterated (``LazyItems``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping as MappingABC
 from collections.abc import Sequence as SequenceABC
-from typing import Any, Callable, Iterator, Mapping
-
-import numpy as np
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 
-class FileTensors(MappingABC):
-    """name -> the array of a safetensors-backed source, read from its file on each access
-    (cmf.parallel.read_tensor), in the source's order; nothing is kept."""
+class LazyMapping(MappingABC):
+    """``names`` -> ``get(name)``, called on each access; nothing is kept (membership and
+    iteration never call ``get``)."""
 
-    def __init__(self, refs: Mapping[str, Any]) -> None:
-        self._refs = dict(refs)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        from ..parallel import read_tensor
-
-        return read_tensor(self._refs[name])
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._refs
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._refs)
-
-    def __len__(self) -> int:
-        return len(self._refs)
-
-
-class Float32View(MappingABC):
-    """name -> ``convert(base[name])`` on each access (the planner's float32 view of a source)."""
-
-    def __init__(self, base: Mapping[str, Any], convert: Callable[[Any], Any]) -> None:
-        self._base, self._convert = base, convert
+    def __init__(self, names: Iterable[str], get: Callable[[str], Any]) -> None:
+        self._names = list(names)
+        self._set = set(self._names)
+        self._get = get
 
     def __getitem__(self, name: str) -> Any:
-        return self._convert(self._base[name])
+        if name not in self._set:
+            raise KeyError(name)
+        return self._get(name)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._base
+        return name in self._set
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._base)
+        return iter(self._names)
 
     def __len__(self) -> int:
-        return len(self._base)
+        return len(self._names)
+
+
+def file_tensors(refs: Mapping[str, Any]) -> LazyMapping:
+    """name -> the array of a safetensors-backed source (cmf.parallel's FileTensor refs), read
+    from its file on each access (cmf.parallel.read_tensor), in the source's order."""
+    from ..parallel import read_tensor
+
+    return LazyMapping(refs, lambda name: read_tensor(refs[name]))
+
+
+def float32_view(base: Mapping[str, Any], convert: Callable[[Any], Any]) -> LazyMapping:
+    """name -> ``convert(base[name])`` on each access (the planner's float32 view of a source)."""
+    return LazyMapping(base, lambda name: convert(base[name]))
 
 
 class LazyItems(SequenceABC):

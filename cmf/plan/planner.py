@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Mapping as MappingABC
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -42,7 +41,7 @@ from ..jsonable import json_safe
 from ..pipeline import Pending, best_bytes, encode_lossless
 from . import sensitivity as sens_mod
 from .candidates import LOSSLESS, Curve, Point, measure, plannable, step_choices, template_choices
-from .lazy import FileTensors, Float32View, LazyItems
+from .lazy import LazyItems, LazyMapping, file_tensors, float32_view
 from .harness import DECODER_METRIC, METRIC, Harness, fallback_warnings, open_harness
 from .contracts import (
     ATTACHMENT_LEVEL,
@@ -421,29 +420,8 @@ def verify_file(path: str | os.PathLike, harness: Harness) -> dict[str, float]:
     from ..shards import open_model
 
     with open_model(path) as f:  # read as the run asks: a streamed decoder holds one block
-        return harness.stats(_FileTensors(f, [n for n in f.keys() if n in harness.tensors]))
+        return harness.stats(LazyMapping([n for n in f.keys() if n in harness.tensors], f.get_tensor))
 
-
-class _FileTensors(MappingABC):
-    """name -> the tensor as the open file decodes it, read on each access (nothing kept)."""
-
-    def __init__(self, f: Any, names: list[str]) -> None:
-        self._f, self._names = f, names
-        self._set = set(names)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._set:
-            raise KeyError(name)
-        return self._f.get_tensor(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._set
-
-    def __iter__(self) -> Any:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
 
 
 # ----------------------------------------------------------------------------- one call
@@ -465,7 +443,7 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
     check_outputs([os.fspath(output)], [os.fspath(source)], force=True)  # never onto the model
     src = open_source(source)
     refs = file_refs(src)  # safetensors-backed: tensors read from the files as the plan asks
-    tensors: Mapping[str, Any] = FileTensors(refs) if refs else dict(src.items())
+    tensors: Mapping[str, Any] = file_tensors(refs) if refs else dict(src.items())
     attachments = dict(src.attachments)
     attachments.update(extra_attachments or {})
     if options.gguf:  # refused before any work; float tensors as f32 (the ggml codec decodes to f32)
@@ -480,7 +458,7 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
                             "not on the model's outputs)")
         else:
             try:
-                floats = Float32View(tensors, _as_float32)
+                floats = float32_view(tensors, _as_float32)
                 harness = open_harness(source, options.calibrate, tensors=floats)
             except CmfError as exc:
                 if options.calibrate is not None:
