@@ -142,28 +142,12 @@ def generated_dir(shape: dict, tokenizer_dir: str, out: str, seed: int = 0) -> s
 # ----------------------------------------------------------------------------- llama.cpp's mixes
 
 
-def _more_bits(i: int, n: int) -> bool:
-    """llama.cpp's ``use_more_bits``: the first and last eighth of the layers and every third between."""
-    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+def mix_types(names_shapes: dict[str, tuple[int, ...]], mix: str, config: dict) -> dict[str, str]:
+    """GGML type per weight for llama.cpp's ``mix`` (Q4_K_M, Q5_K_M, Q6_K, IQ4_XS) without an
+    importance matrix (cmf.plan.ggml_recipes, llama.cpp's rules and fallbacks); the rest F32."""
+    from cmf.plan.ggml_recipes import hf_recipe_types
 
-
-def mix_types(names_shapes: dict[str, tuple[int, ...]], mix: str, n_layers: int, tied: bool) -> dict[str, str]:
-    """GGML type per 2-D weight for llama.cpp's ``mix`` (Q4_K_M, Q5_K_M, Q6_K, IQ4_XS), fallbacks applied."""
-    from cmf.ggml_encode import fallback_type
-
-    base = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K", "IQ4_XS": "IQ4_XS"}[mix]
-    out = {}
-    for name, shape in names_shapes.items():
-        if len(shape) != 2:
-            continue
-        m = re.match(r"model\.layers\.(\d+)\.", name)
-        t = base
-        if name == "lm_head.weight" or (tied and name == "model.embed_tokens.weight"):
-            t = "Q6_K"
-        elif m and mix in ("Q4_K_M", "Q5_K_M") and (name.endswith("v_proj.weight") or name.endswith("down_proj.weight")):
-            t = "Q6_K" if _more_bits(int(m.group(1)), n_layers) else base
-        out[name] = fallback_type(t, shape[1])
-    return out
+    return {n: t for n, t in hf_recipe_types(names_shapes, config, mix, imatrix=False).items() if t is not None}
 
 
 def mix_bytes(names_shapes: dict[str, tuple[int, ...]], types: dict[str, str]) -> int:
@@ -318,8 +302,6 @@ def run(args: argparse.Namespace) -> int:
         data = heldout_ids(model, args.tokens)
         log(f"{model}: {params / 1e6:.1f} M parameters; held out: " + ", ".join(f"{k} {len(v)}" for k, v in data.items()))
         refs = {k: run_logits(original, config, ids) for k, ids in data.items()}
-        n_layers = int(config["num_hidden_layers"])
-        tied = bool(config.get("tie_word_embeddings"))
         rows = []
         for method in [m for m in args.methods.split(",") if m]:
             cli: list[str]
@@ -327,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
             mix_row = None
             if method.startswith("size:"):
                 mix = method[5:]
-                types = mix_types(shapes, mix, n_layers, tied)
+                types = mix_types(shapes, mix, config)
                 nbytes = mix_bytes(shapes, types)
                 t0 = time.perf_counter()
                 stats = evaluate(mix_tensors(original, types), config, data, refs)
