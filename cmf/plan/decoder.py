@@ -203,6 +203,8 @@ class DecoderMoments(MappingABC):
         self.embedding = next((n_ for n_ in _EMBED_NAMES if n_ in names), None)
         if not tied and self.head is not None:
             self._keys.append(self.head)
+        elif tied and self.head is None and self.embedding is not None:
+            self.head = self.embedding  # the output head too: its columns weigh by the final states
         if not tied and self.embedding is not None and not (
                 self.head is not None and np.array_equal(harness.tensors[self.head], harness.tensors[self.embedding])):
             rows: dict = {}
@@ -210,6 +212,8 @@ class DecoderMoments(MappingABC):
             if self.embedding in rows:
                 self._global[self.embedding] = rows[self.embedding]
                 self._keys.append(self.embedding)
+        if tied and self.head == self.embedding and self.embedding is not None:
+            self._keys.append(self.embedding)
         self._key_set = set(self._keys)
 
     def __len__(self) -> int:
