@@ -38,7 +38,7 @@ rounded on its own, error feedback included): on a row sample of that size. Per-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -58,6 +58,7 @@ SAMPLE_ELEMENTS = 1 << 20  # template candidates of bigger tensors are measured 
 STEP_SAMPLE_ELEMENTS = 1 << 18  # error-feedback step candidates of bigger tensors: rows sampled to this many
 MAX_OUTLIERS = 1e-3  # a step choice needing more exact values than this fraction is dropped
 MAX_STEP_BITS = 12  # widest codes of a step choice (u16 codes beyond 8 bits)
+STEP_LIMIT = (1 << (MAX_STEP_BITS - 1)) - 1  # largest code magnitude; beyond it a value is an outlier
 FLOATS = ("f32", "f16", "bf16", "f64")
 MIN_ELEMENTS = 4096  # as the q8/q4 presets: smaller tensors stay lossless
 ROW_CLASS_SPREAD = 2.0  # per-row steps spanning this ratio or more are stored as row classes
@@ -222,12 +223,46 @@ def gptq_levels(x: np.ndarray, steps: np.ndarray, u: np.ndarray, limit: int) -> 
     return levels.T, wt.T
 
 
+GPTQ_BATCH_ELEMENTS = 1 << 23  # codes of all step sizes rounded together (bounds the batch's arrays)
+
+
+def gptq_levels_many(x: np.ndarray, steps: Sequence[np.ndarray], u: np.ndarray,
+                     limit: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`gptq_levels` of ``x`` for each step vector of ``steps``, the channels' loop run
+    once over a batch of them side by side (the same arithmetic per element; a batch of up to
+    ``GPTQ_BATCH_ELEMENTS`` values)."""
+    rows, n = x.shape
+    per = max(1, GPTQ_BATCH_ELEMENTS // max(rows * n, 1))
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    base = np.asarray(x, dtype=np.float64).T  # (n, rows)
+    for k0 in range(0, len(steps), per):
+        group = steps[k0 : k0 + per]
+        wt = np.tile(base, (1, len(group)))  # (n, S * rows): copy k in columns k*rows..(k+1)*rows
+        st = np.repeat(np.stack([np.asarray(g, np.float64) for g in group], axis=1), rows, axis=1)  # (n, S * rows)
+        levels = np.empty_like(wt)
+        for b0 in range(0, n, GPTQ_BLOCK):
+            b1 = min(b0 + GPTQ_BLOCK, n)
+            err = np.empty((b1 - b0, wt.shape[1]))  # (b, S * rows)
+            for j in range(b0, b1):
+                c = np.rint(wt[j] / st[j])
+                levels[j] = c
+                e = np.where(np.abs(c) > limit, 0.0, wt[j] - c * st[j]) / u[j, j]
+                wt[j + 1 : b1] -= u[j, j + 1 : b1, None] * e[None, :]
+                err[j - b0] = e
+            if b1 < n:
+                wt[b1:] -= u[b0:b1, b1:].T @ err
+        for k in range(len(group)):
+            cols = slice(k * rows, (k + 1) * rows)
+            out.append((np.ascontiguousarray(levels[:, cols].T), np.ascontiguousarray(wt[:, cols].T)))
+    return out
+
+
 # ----------------------------------------------------------------------------- encoding
 
 
 def encode_step(x: np.ndarray, spec: ArraySpec, rel_step: float, axis: int | None,
-                w: np.ndarray | None, level: int = 3,
-                feedback: np.ndarray | None = None) -> tuple[Pending, np.ndarray]:
+                w: np.ndarray | None, level: int = 3, feedback: np.ndarray | None = None,
+                levels_of: Callable[[np.ndarray], Any] | None = None) -> tuple[Pending, np.ndarray]:
     """The step (ECSQ) encoding of ``x`` (module docstring) and the array it decodes to;
     CmfError if it cannot be made. With ``feedback`` (``u`` of :func:`channel_hessian`; per-channel
     steps only) the codes are chosen with error feedback (:func:`gptq_levels`)."""
@@ -246,7 +281,7 @@ def encode_step(x: np.ndarray, spec: ArraySpec, rel_step: float, axis: int | Non
             and steps.max() >= ROW_CLASS_SPREAD * steps.min()):
         return _encode_row_classes(x, xf, spec, steps, level)
     scales = steps.reshape((1, spec.shape[1]) if axis == 1 else (spec.shape[0], 1))
-    return _encode_scaled(x, xf, spec, scales, 1 - axis, level, feedback)
+    return _encode_scaled(x, xf, spec, scales, 1 - axis, level, feedback, levels_of)
 
 
 def _encode_row_classes(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, steps: np.ndarray,
@@ -259,7 +294,7 @@ def _encode_row_classes(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, steps: n
     grid, classes = np.unique(k, return_inverse=True)
     if grid.size > 256:
         raise CmfError("step: the row steps span more than 256 classes")
-    limit = (1 << (MAX_STEP_BITS - 1)) - 1
+    limit = STEP_LIMIT
     rest = spec.shape[1:]
     counts, parts = [], {}
     y = np.empty(spec.shape, spec.dtype.numpy)
@@ -276,21 +311,30 @@ def _encode_row_classes(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, steps: n
     return PendingNode(codec, {"class": cls, **parts}, spec), y
 
 
-def _encode_scaled(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, scales: np.ndarray, qaxis: int | None,
-                   level: int, feedback: np.ndarray | None) -> tuple[Pending, np.ndarray]:
-    """The step encoding of ``x`` (``xf`` its float32 copy) with ``scales`` (``(1,)``, or the
-    blocks shape of per-channel steps with quantize axis ``qaxis``)."""
+def stored_steps(scales: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
+    """(scale dtype, the steps as stored, as float32) of step sizes ``scales``; CmfError if one
+    does not fit the dtype."""
     sdt = "f16" if (scales.min() >= 6.2e-5 and scales.max() <= 6.0e4) else "f32"
     s_stored = scales.astype(dtypes.BY_NAME[sdt].numpy)
     s32 = s_stored.astype(np.float32)
     if not (np.isfinite(s32).all() and (s32 > 0).all()):
         raise CmfError("step: a step size does not fit the scale dtype")
-    limit = (1 << (MAX_STEP_BITS - 1)) - 1
+    return sdt, s_stored, s32
+
+
+def _encode_scaled(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, scales: np.ndarray, qaxis: int | None,
+                   level: int, feedback: np.ndarray | None,
+                   levels_of: Callable[[np.ndarray], Any] | None = None) -> tuple[Pending, np.ndarray]:
+    """The step encoding of ``x`` (``xf`` its float32 copy) with ``scales`` (``(1,)``, or the
+    blocks shape of per-channel steps with quantize axis ``qaxis``)."""
+    sdt, s_stored, s32 = stored_steps(scales)
+    limit = STEP_LIMIT
     kept = np.asarray(x)  # the values outliers keep exactly
     if feedback is not None and qaxis is not None:
         steps = s32.reshape(-1).astype(np.float64)
         if qaxis == 0:  # (rows, n): channels along columns
-            levels, kept = gptq_levels(xf, steps, feedback, limit)
+            got = levels_of(steps) if levels_of is not None else None
+            levels, kept = got if got is not None else gptq_levels(xf, steps, feedback, limit)
         else:
             levels, kept = (a.T for a in gptq_levels(xf.T, steps, feedback, limit))
         levels = np.ascontiguousarray(levels, dtype=np.float32) + np.float32(0)  # no -0.0
@@ -339,14 +383,15 @@ def encode_choice(choice: Choice, x: np.ndarray, spec: ArraySpec, axis: int | No
 
 
 def encode_decoded(choice: Choice, x: np.ndarray, spec: ArraySpec, axis: int | None,
-                   w: np.ndarray | None, level: int = 3,
-                   feedback: np.ndarray | None = None) -> tuple[Pending, np.ndarray]:
+                   w: np.ndarray | None, level: int = 3, feedback: np.ndarray | None = None,
+                   levels_of: Callable[[np.ndarray], Any] | None = None) -> tuple[Pending, np.ndarray]:
     """The pending tree of ``choice`` for ``x`` and the array a reader decodes it to
-    (``feedback``: see :func:`encode_step`)."""
+    (``feedback``: see :func:`encode_step`; ``levels_of(steps)``: error-feedback codes and
+    values already rounded for those steps, or None)."""
     if choice.family == "lossless":
         return encode_lossless(np.asarray(x), spec, level), np.asarray(x)
     if choice.family == "step":
-        return encode_step(x, spec, choice.params["rel_step"], axis, w, level, feedback)
+        return encode_step(x, spec, choice.params["rel_step"], axis, w, level, feedback, levels_of)
     if choice.family == "template":
         pending = encode_template(choice.params["template"], x, spec, level)
         return pending, decode_pending(pending)
@@ -424,6 +469,30 @@ def _sample_rows(x: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray | No
     return np.ascontiguousarray(x[idx]), idx, rows / idx.size
 
 
+def _feedback_batch(x: np.ndarray, choices: Sequence[Choice], w: np.ndarray | None,
+                    u: np.ndarray) -> dict[bytes, tuple[np.ndarray, np.ndarray]]:
+    """Error-feedback codes and values of ``x`` (rows, n) for every step choice at once
+    (:func:`gptq_levels_many`), keyed by the stored steps' bytes as :func:`encode_step`
+    computes them (per-column steps ``rel * rms / sqrt(w)``)."""
+    if w is None:
+        return {}
+    xf = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(xf).all():
+        return {}
+    rms = float(np.sqrt(np.mean(np.square(xf, dtype=np.float64)))) or 1.0
+    w = np.asarray(w, np.float64)
+    vectors = []
+    for choice in choices:
+        if choice.family != "step":
+            continue
+        try:
+            _, _, s32 = stored_steps((choice.params["rel_step"] * rms / np.sqrt(w)).reshape(1, -1))
+        except CmfError:
+            continue
+        vectors.append(s32.reshape(-1).astype(np.float64))
+    return {v.tobytes(): r for v, r in zip(vectors, gptq_levels_many(xf, vectors, u, STEP_LIMIT))}
+
+
 def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
             moments: tuple | None = None, *, level: int = 3,
             sample: int = SAMPLE_ELEMENTS, damping: float = 0.05, step_sample: int = STEP_SAMPLE_ELEMENTS,
@@ -442,6 +511,8 @@ def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
     points = []
     sample_of: tuple | None = None
     step_of: tuple | None = None
+    batch: dict = {}  # error-feedback codes of the row sample, and of the whole tensor, per steps
+    whole: dict = {}
     for choice in choices:
         try:
             if choice.family == "template" and x.size > sample:
@@ -462,13 +533,18 @@ def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
                 # tensor, and measured, by the rounds)
                 if step_of is None:
                     step_of = _sample_rows(x, step_sample)
+                    batch = _feedback_batch(step_of[0], choices, w, u) if u is not None else {}
                 sx, _, factor = step_of
                 sspec = ArraySpec(spec.dtype, tuple(int(d) for d in sx.shape))
-                pending, y = encode_decoded(choice, sx, sspec, axis, w, level, u)
+                pending, y = encode_decoded(choice, sx, sspec, axis, w, level, u,
+                                            lambda steps: batch.get(steps.tobytes()))
                 plain, werr = weighted_error(sx, y, axis, w, h)
                 point = Point(choice, round(pending.stored * factor), werr * factor, plain * factor, factor != 1.0)
             else:
-                pending, y = encode_decoded(choice, x, spec, axis, w, level, u)
+                if choice.family == "step" and u is not None and axis == 1 and x.ndim == 2 and not whole:
+                    whole = _feedback_batch(x, choices, w, u)  # every step's codes in one pass
+                pending, y = encode_decoded(choice, x, spec, axis, w, level, u,
+                                            lambda steps: whole.get(steps.tobytes()))
                 plain, werr = weighted_error(x, y, axis, w, h)
                 point = Point(choice, pending.stored, werr, plain)
         except CmfError:
