@@ -115,6 +115,7 @@ def allocate_and_verify(result: PlanResult, tensors: Mapping[str, Any], options:
             ok = measured is None or measured <= goal
             if ok and (best is None or planned < best[0]):
                 best = (planned, alloc, row)
+            _evict(cache, result, [alloc] + ([best[1]] if best is not None else []))
             if measured is None or (ok and measured >= LOOSEN_BELOW * goal):
                 break
             ratio = measured / max(alloc.error, 1e-300)  # type: ignore[operator]
@@ -189,6 +190,15 @@ def _round(result: PlanResult, alloc: Allocation, budget: float, tensors: Mappin
             row["domains"] = stats["domains"]
     result.rounds.append(row)
     return row
+
+
+def _evict(cache: dict, result: PlanResult, keep: list[Allocation]) -> None:
+    """Drop the encodings of ``cache`` that no allocation of ``keep`` chooses (the current and
+    the best so far): the cache holds at most two encoded models, not one per round."""
+    wanted = {(name, _point_of(tp, a.choice[name]).choice.label)
+              for a in keep for name, tp in result.tensors.items()}
+    for key in [k for k in cache if k not in wanted]:
+        del cache[key]
 
 
 def _segments(curve: Curve) -> int:
