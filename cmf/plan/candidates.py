@@ -206,21 +206,7 @@ def gptq_levels(x: np.ndarray, steps: np.ndarray, u: np.ndarray, limit: int) -> 
     and the values they stand for. A code beyond ``limit`` marks a value the step encoding keeps
     in an ``outlier`` node: ``values`` holds the error-adjusted value to keep there (stored in
     the tensor's dtype, so exact up to that rounding), and no error is fed forward from it."""
-    wt = np.array(np.asarray(x, dtype=np.float64).T, order="C")  # (n, rows): a channel per row
-    n = wt.shape[0]
-    levels = np.empty_like(wt)
-    for b0 in range(0, n, GPTQ_BLOCK):
-        b1 = min(b0 + GPTQ_BLOCK, n)
-        err = np.empty((b1 - b0, wt.shape[1]))  # (b, rows)
-        for j in range(b0, b1):
-            c = np.rint(wt[j] / steps[j])
-            levels[j] = c
-            e = np.where(np.abs(c) > limit, 0.0, wt[j] - c * steps[j]) / u[j, j]
-            wt[j + 1 : b1] -= u[j, j + 1 : b1, None] * e[None, :]
-            err[j - b0] = e
-        if b1 < n:
-            wt[b1:] -= u[b0:b1, b1:].T @ err
-    return levels.T, wt.T
+    return gptq_levels_many(x, [steps], u, limit)[0]
 
 
 GPTQ_BATCH_ELEMENTS = 1 << 23  # codes of all step sizes rounded together (bounds the batch's arrays)
