@@ -1,4 +1,4 @@
-"""Encode a tensor as a codec tree, and decode a tree back (DESIGN.md, spec/format.md §5).
+"""Encode a tensor as a codec tree, and decode a tree back (spec/format.md §5).
 
 Encoding builds a *pending* tree whose leaves hold bytes not yet written; the writer turns them
 into segments. A :class:`PendingShared` node stands for a :class:`SharedValue` (an array stored
