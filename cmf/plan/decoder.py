@@ -62,6 +62,7 @@ class DecoderHarness(Harness):
         self.tokens = len(self.ids)
         self._inputs: list[np.ndarray] | None = None  # each block's input in the reference pass, then the final states
         self._n_layers: int | None = None
+        self.fisher_note: str | None = None  # why the Fisher sensitivities were not used, if so
 
     # -- running
     def _runner(self, get: Callable[[str], np.ndarray]) -> Any:
@@ -165,7 +166,11 @@ class DecoderHarness(Harness):
         from .fisher import fisher_traces
 
         start = time.perf_counter()
-        traces = fisher_traces(torch, self, FISHER_SAMPLES, FISHER_SEED)
+        try:
+            traces = fisher_traces(torch, self, FISHER_SAMPLES, FISHER_SEED)
+        except (RuntimeError, ValueError) as exc:  # torch refused this model: measure with noise
+            self.fisher_note = f"Fisher sensitivities failed ({type(exc).__name__}: {exc}); measured with noise"
+            return None
         n = max(len(self.ids), 1)
         out: dict[str, dict] = {}
         seconds = (time.perf_counter() - start) / max(len(items), 1)

@@ -181,6 +181,8 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
         rows = [(n, curves[n].axis, curves[n].weights, curves[n].energy) for n in names]
         fisher = getattr(harness, "sensitivities", None)  # decoders with torch: all at once
         sens = (fisher(LazyItems(tensors, rows), copies=copies, progress=tick_s) if fisher is not None else None) or {}
+        if getattr(harness, "fisher_note", None):
+            result.warnings.append(harness.fisher_note)
         rest = LazyItems(tensors, [r for r in rows if r[0] not in sens])  # each array read when measured
         sens.update(sens_mod.measured(harness, rest, copies=copies, progress=tick_s) if len(rest) else {})
     else:

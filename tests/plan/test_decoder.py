@@ -154,3 +154,17 @@ def test_fisher_sensitivities_predict_the_measured_noise_effect(tmp_path):
     noise = sensitivity.measured(h, items, rel=0.003)
     ratios = [fisher[n]["sensitivity"] / noise[n]["sensitivity"] for n, *_ in items]
     assert 0.5 < float(np.median(ratios)) < 2.0
+
+
+def test_a_failing_fisher_pass_falls_back_to_noise_with_a_warning(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from cmf.plan import fisher
+
+    h = _harness(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(fisher, "fisher_traces", broken)
+    items = [(n, x, None, None, 1.0) for n, x in h.tensors.items() if x.ndim == 2]
+    assert h.sensitivities(items) is None and "shape mismatch" in h.fisher_note
