@@ -222,24 +222,24 @@ def gptq_levels_many(x: np.ndarray, steps: Sequence[np.ndarray], u: np.ndarray,
     out: list[tuple[np.ndarray, np.ndarray]] = []
     base = np.asarray(x, dtype=np.float64).T  # (n, rows)
     for k0 in range(0, len(steps), per):
-        group = steps[k0 : k0 + per]
-        wt = np.tile(base, (1, len(group)))  # (n, S * rows): copy k in columns k*rows..(k+1)*rows
-        st = np.repeat(np.stack([np.asarray(g, np.float64) for g in group], axis=1), rows, axis=1)  # (n, S * rows)
+        group = np.stack([np.asarray(g, np.float64) for g in steps[k0 : k0 + per]], axis=1)  # (n, S)
+        wt = np.tile(base, (1, group.shape[1]))  # (n, S * rows): copy k in columns k*rows..(k+1)*rows
         levels = np.empty_like(wt)
         for b0 in range(0, n, GPTQ_BLOCK):
             b1 = min(b0 + GPTQ_BLOCK, n)
             err = np.empty((b1 - b0, wt.shape[1]))  # (b, S * rows)
             for j in range(b0, b1):
-                c = np.rint(wt[j] / st[j])
+                st = np.repeat(group[j], rows)  # (S * rows,) the step of channel j in each copy
+                c = np.rint(wt[j] / st)
                 levels[j] = c
-                e = np.where(np.abs(c) > limit, 0.0, wt[j] - c * st[j]) / u[j, j]
+                e = np.where(np.abs(c) > limit, 0.0, wt[j] - c * st) / u[j, j]
                 wt[j + 1 : b1] -= u[j, j + 1 : b1, None] * e[None, :]
                 err[j - b0] = e
             if b1 < n:
                 wt[b1:] -= u[b0:b1, b1:].T @ err
-        for k in range(len(group)):
+        for k in range(group.shape[1]):  # (rows, n) views, as one call each would return
             cols = slice(k * rows, (k + 1) * rows)
-            out.append((np.ascontiguousarray(levels[:, cols].T), np.ascontiguousarray(wt[:, cols].T)))
+            out.append((levels[:, cols].T, wt[:, cols].T))
     return out
 
 
