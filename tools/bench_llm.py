@@ -318,9 +318,7 @@ def run(args: argparse.Namespace) -> int:
                 rows.append(mix_row)
                 log(f"  {mix_row['method']}: {mix_row['bits']:.3f} bits, KL {stats['kl_mean']:.4f}")
                 cli, label = ["--target-size", str(nbytes)], f"cmf at {mix} size"
-            elif method in ("balanced", "small"):
-                cli = ["--preset", method]
-            else:
+            else:  # a preset: balanced, small (planned), q8, q4 (fixed recipes)
                 cli = ["--preset", method]
             out = os.path.join(work, re.sub(r"[^\w]", "_", method) + ".cmf")
             seconds, rss, report = pack(model, out, cli, args.jobs)

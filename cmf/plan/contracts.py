@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..errors import UsageError
-from ..pipeline import Pending
+from ..pipeline import Pending, decode_pending
 from ..sizes import UNITS as SIZE_UNITS
 from ..sizes import size_bytes, split_size
 from .candidates import Curve, Point
@@ -115,16 +115,6 @@ class TensorPlan:
     sensitivity: float
     point: Point | None = None
     pending: Pending | None = None
-    decoded: np.ndarray | None = None
-
-
-def _decoded(tp: TensorPlan) -> np.ndarray:
-    """The array a reader decodes ``tp.pending`` to."""
-    if tp.decoded is not None:
-        return tp.decoded
-    from ..pipeline import decode_pending
-
-    return np.asarray(decode_pending(tp.pending))
 
 
 @dataclass
@@ -197,7 +187,7 @@ class PlanResult:
         harness that runs one block at a time holds one block of decoded weights."""
         plans = {n: tp for name, tp in self.tensors.items() if tp.pending is not None
                  for n in [name, *self.copies.get(name, ())]}
-        return LazyMapping(plans, lambda n: _decoded(plans[n]))
+        return LazyMapping(plans, lambda n: np.asarray(decode_pending(plans[n].pending)))
 
     def tensor_table(self) -> dict[str, dict]:
         table = {}

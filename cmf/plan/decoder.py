@@ -35,7 +35,8 @@ from .harness_base import Harness, MomentSums, _cosines, _patched, kl_rows
 FISHER_SAMPLES = 4  # drawn next tokens per position: backward passes of the Fisher estimate
 FISHER_SEED = 0x5EED
 _BLOCK_RE = re.compile(r"(?:model\.layers|blk)\.(\d+)\.")
-_HEAD_NAMES = ("lm_head.weight", "output.weight", "model.norm.weight", "output_norm.weight")
+_HEADS = ("lm_head.weight", "output.weight")  # an output head of its own (Hugging Face, GGUF names)
+_HEAD_NAMES = (*_HEADS, "model.norm.weight", "output_norm.weight")  # what sits after the last block
 _EMBED_NAMES = ("model.embed_tokens.weight", "token_embd.weight")
 _SUBS = (  # fused weight of a Layer -> its tensors, Hugging Face and GGUF names
     ("w_qkv", (("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"))),
@@ -63,6 +64,8 @@ class DecoderHarness(Harness):
         self._inputs: list[np.ndarray] | None = None  # each block's input in the reference pass, then the final states
         self._n_layers: int | None = None
         self.fisher_note: str | None = None  # why the Fisher sensitivities were not used, if so
+        self._recording = False  # the reference pass is running: keep each block's input
+        self._start = 0  # the block the current run starts at (run() sets it)
 
     # -- running
     def _runner(self, get: Callable[[str], np.ndarray]) -> Any:
@@ -72,14 +75,13 @@ class DecoderHarness(Harness):
         runner = self._runner(get)
         ids = np.asarray(self.ids, np.int64)
         self._n_layers = runner.config.n_layers
-        if self._inputs is None and getattr(self, "_recording", False):
+        if self._inputs is None and self._recording:
             kept: list[np.ndarray] = []
             out = runner.logits_from(0, runner.embed[runner._ids(ids)], lambda i, x: kept.append(x))
             self._inputs = kept
             return np.asarray(out, np.float32)
-        start = getattr(self, "_start", 0)
-        if start > 0 and self._inputs is not None:
-            return np.asarray(runner.logits_from(start, self._inputs[start]), np.float32)
+        if self._start > 0 and self._inputs is not None:
+            return np.asarray(runner.logits_from(self._start, self._inputs[self._start]), np.float32)
         return np.asarray(runner.logits_from(0, runner.embed[runner._ids(ids)]), np.float32)
 
     @property
@@ -113,9 +115,16 @@ class DecoderHarness(Harness):
             first = min(first, b)
         return first
 
+    def head_name(self) -> str | None:
+        """The output head's own tensor (None when the model reads it from the embedding)."""
+        return next((n for n in _HEADS if n in self.tensors), None)
+
+    def embedding_name(self) -> str | None:
+        return next((n for n in _EMBED_NAMES if n in self.tensors), None)
+
     def _tied(self, name: str) -> bool:
         """True if ``name`` is the output head and the model reads its embedding from it too."""
-        return name in ("lm_head.weight", "output.weight") and bool(self.config.get("tie_word_embeddings"))
+        return name in _HEADS and bool(self.config.get("tie_word_embeddings"))
 
     def stats(self, overrides: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
         """The error (mean KL), KL max, top-1 agreement, perplexities and logit cosines."""
@@ -196,7 +205,6 @@ class DecoderMoments(MappingABC):
     def __init__(self, harness: DecoderHarness) -> None:
         self.h = harness
         n = harness._n_layers or 0
-        names = set(harness.tensors)
         self._keys: list[str] = []
         for i in range(n):
             for _, group in harness.layer_names(i):
@@ -204,12 +212,13 @@ class DecoderMoments(MappingABC):
         self._cached: tuple[int, dict] | None = None
         self._global: dict[str, Any] = {}
         tied = bool(harness.config.get("tie_word_embeddings"))
-        self.head = next((n_ for n_ in ("lm_head.weight", "output.weight") if n_ in names), None)
-        self.embedding = next((n_ for n_ in _EMBED_NAMES if n_ in names), None)
+        self.head = harness.head_name()
+        self.embedding = harness.embedding_name()
         if not tied and self.head is not None:
             self._keys.append(self.head)
         elif tied and self.head is None and self.embedding is not None:
             self.head = self.embedding  # the output head too: its columns weigh by the final states
+            self._keys.append(self.embedding)
         if not tied and self.embedding is not None and not (
                 self.head is not None and np.array_equal(harness.tensors[self.head], harness.tensors[self.embedding])):
             rows: dict = {}
@@ -217,8 +226,6 @@ class DecoderMoments(MappingABC):
             if self.embedding in rows:
                 self._global[self.embedding] = rows[self.embedding]
                 self._keys.append(self.embedding)
-        if tied and self.head == self.embedding and self.embedding is not None:
-            self._keys.append(self.embedding)
         self._key_set = set(self._keys)
 
     def __len__(self) -> int:

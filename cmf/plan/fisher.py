@@ -17,7 +17,6 @@ import numpy as np
 
 from ..runtime import llama
 
-_HEADS = ("lm_head.weight", "output.weight")
 
 
 def _rms(torch: Any, x: Any, w: Any, eps: float) -> Any:  # [n, d], [d] -> [n, d]
@@ -84,7 +83,7 @@ def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str
             head_rows.append(gh[uniq])  # [u, d]: for the tied embedding's cross term
             del gh
         del logp
-        head_name = next((h for h in _HEADS if h in harness.tensors), None)
+        head_name = harness.head_name()
         tied = runner.lm_head is runner.embed
         cos_np, sin_np = llama.rope_cos_sin(np.arange(n), runner.inv_freq)
         cos, sin = torch.from_numpy(cos_np), torch.from_numpy(sin_np)
@@ -96,22 +95,18 @@ def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str
                  for a in ("w_qkv", "w_o", "w_gate_up", "w_down")}
             x_i = torch.from_numpy(np.array(inputs[i], np.float32)).requires_grad_(True)
             out = _block(torch, x_i, w, layer, cfg, cos, sin, mask)
-            names = dict(harness.layer_names(i))
+            spans = {attr: list(zip(group, _spans(attr, w[attr].shape[0], cfg)))  # name, fused rows
+                     for attr, group in harness.layer_names(i) if group}
             for k in range(samples):
                 got = torch.autograd.grad(out, [x_i, *w.values()], grad_outputs=grads_x[k],
                                           retain_graph=k + 1 < samples)
                 grads_x[k] = got[0]
-                for (attr, wt), g in zip(w.items(), got[1:]):
-                    group = names.get(attr) or []
-                    if not group:
-                        continue
-                    rows = g.shape[0] // len(group) if attr != "w_qkv" else None
-                    spans = _spans(attr, group, cfg, rows)
-                    for name, (a, b) in zip(group, spans):
+                for attr, g in zip(w, got[1:]):
+                    for name, (a, b) in spans.get(attr, ()):
                         traces[name] = traces.get(name, 0.0) + float((g[a:b].double() ** 2).sum()) / samples
             del out, w, x_i
         # the embedding: a lookup of the input tokens (and the head too when tied)
-        embed_name = next((e for e in ("model.embed_tokens.weight", "token_embd.weight") if e in harness.tensors), None)
+        embed_name = harness.embedding_name()
         embed_sq = head_sq / samples if tied else 0.0  # mean |g_head|^2, then the lookup's part
         for k in range(samples):
             rows = torch.zeros(len(uniq), grads_x[k].shape[1], dtype=torch.float64)
@@ -127,15 +122,14 @@ def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str
     return traces
 
 
-def _spans(attr: str, group: list[str], cfg: Any, rows: int | None) -> list[tuple[int, int]]:
-    """Row ranges of each tensor inside a fused weight."""
+def _spans(attr: str, rows: int, cfg: Any) -> list[tuple[int, int]]:
+    """Row ranges of the tensors fused into weight ``attr`` of ``rows`` rows: q, k, v (by head
+    counts) or gate, up (halves); one range for the others."""
     if attr == "w_qkv":
-        H, K, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        sizes = [H * hd, K * hd, K * hd]
+        sizes = [cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim]
+    elif attr == "w_gate_up":
+        sizes = [rows // 2, rows // 2]
     else:
-        sizes = [rows] * len(group)
-    out, at = [], 0
-    for s in sizes[: len(group)]:
-        out.append((at, at + s))
-        at += s
-    return out
+        sizes = [rows]
+    bounds = np.cumsum([0, *sizes])
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]

@@ -93,7 +93,7 @@ def _encode_choices(result: PlanResult, alloc: Allocation, tensors: Mapping[str,
                                         options.level, feedback)
             cache[key] = pending  # decoded again when a run asks for it (result.decoded()): bounded memory
         tp.point = point
-        tp.pending, tp.decoded = cache[key], None
+        tp.pending = cache[key]
         _progress(options, "encoding", i + 1, total)
 
 
