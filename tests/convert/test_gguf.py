@@ -75,6 +75,12 @@ def write_gguf(path, tensors, kv=True, endian=None):
         w.add_token_types([2, 3, 3, 1, 1, 6, 1, 1])
         w.add_bos_token_id(1)
         w.add_eos_token_id(2)
+    return finish_gguf(w, tensors, path)
+
+
+def finish_gguf(w, tensors, path):
+    """Add ``tensors`` (name -> (array, GGML type or None)) to the gguf-py writer ``w``, write the
+    file and return its path."""
     for name, (array, kind) in tensors.items():
         if kind is None:
             w.add_tensor(name, array)

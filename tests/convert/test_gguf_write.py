@@ -21,6 +21,8 @@ from cmf.convert.gguf_kv import encode_value  # noqa: E402
 from cmf.convert.gguf_export import write_gguf  # noqa: E402
 from cmf.convert.gguf_write import GGUFOut, TensorOut, write_gguf_file  # noqa: E402
 
+from .test_gguf import finish_gguf  # noqa: E402
+
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
 KEPT = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
@@ -61,16 +63,7 @@ def write_with_gguf_py(path, tensors, alignment=None, endian=None, kv=None):
         w.add_custom_alignment(alignment)
     for key, value, vtype, sub in kv or []:
         w.add_key_value(key, value, vtype, sub)
-    for name, (array, kind) in tensors.items():
-        if kind is None:
-            w.add_tensor(name, array)
-        else:
-            w.add_tensor(name, array, raw_shape=array.shape, raw_dtype=kind)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return str(path)
+    return finish_gguf(w, tensors, path)
 
 
 ALL_VALUES = [
