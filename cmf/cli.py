@@ -82,7 +82,7 @@ def _read_attachments(paths: tuple[str, ...]) -> list[tuple[str, bytes]]:
 @click.option("--target-error", "target_error", type=float, help="Planner: the smallest file whose output error (1 - mean cosine on the calibration inputs) is at most this.")
 @click.option("--calibrate", type=click.Path(exists=True, dir_okay=False, path_type=str), help="Planner: calibration inputs, a .txt (one text per line) or .npz/.npy (ONNX inputs); default: built-in.")
 @click.option("--token-prior", "token_prior", default="en,world", show_default=True, metavar="LANG[,LANG...]|none", help="Planner: languages whose word frequencies weigh the token-embedding rows, the first with 3/4 of the weight ('world': 20 major languages; needs wordfreq: " + install_hint("plan") + "); every row keeps a floor; 'none' weighs every row alike.")
-@click.option("--gguf", is_flag=True, help="Planner: choose each tensor's GGML type (Q8_0 ... Q2_K, IQ4_XS, IQ4_NL; llama.cpp's fallbacks) for a GGUF (cmf unpack -o x.gguf); --target-size counts the GGUF.")
+@click.option("--gguf", is_flag=True, help="Planner: choose each tensor's GGML type (F16, BF16, Q8_0 ... Q2_K, IQ4_XS, IQ4_NL; llama.cpp's fallbacks) for a GGUF (cmf unpack -o x.gguf); --target-size counts the GGUF.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def pack(source: str, output: str | None, force: bool, preset: str | None, recipe_path: str | None, level: int, attach: tuple[str, ...], jobs: int, executor: str, scheduler: str | None, shard_size: str | None, target_size: str | None, target_error: float | None, calibrate: str | None, token_prior: str, gguf: bool, quiet: bool, as_json: bool) -> None:

@@ -1,13 +1,14 @@
 """The planner's candidates under ``--gguf`` (spec/planner.md, "Planning into GGML types").
 
-Each planned tensor's choices are GGML types: Q8_0, Q6_K, Q5_K, Q4_K, Q3_K, Q2_K, IQ4_XS, IQ4_NL,
-each mapped through llama.cpp's fallback for its row length (cmf.ggml_encode.fallback_type:
-a 576-wide row takes Q5_0 for Q4_K, Q8_0 for Q6_K...) and the duplicates dropped; a row no
-type takes (not a multiple of 32) leaves only the lossless point (F32 in the GGUF). A choice
-is encoded with cmf.ggml_encode.quantize_blocks, the per-column importance the calibration's
-input moments give (llama.cpp's imatrix: ``E[x_j^2]`` plus 5 % of its mean, as the planner's
-``w``) where the importance runs along the rows' axis, and stored as a ``ggml`` tree
-(cmf.codecs.ggml_pack: every field entropy coded).
+Each planned tensor's choices are GGML types: F16 and BF16 (any row length), and Q8_0, Q6_K,
+Q5_K, Q4_K, Q3_K, Q2_K, IQ4_XS, IQ4_NL, each mapped through llama.cpp's fallback for its row
+length (cmf.ggml_encode.fallback_type: a 576-wide row takes Q5_0 for Q4_K, Q8_0 for Q6_K...)
+and the duplicates dropped (a fallback to F16 is the F16 choice); the lossless point is F32 in
+the GGUF. A block type is encoded with cmf.ggml_encode.quantize_blocks, the per-column
+importance the calibration's input moments give (llama.cpp's imatrix: ``E[x_j^2]`` plus 5 % of
+its mean, as the planner's ``w``) where the importance runs along the rows' axis, and stored as
+a ``ggml`` tree (cmf.codecs.ggml_pack: every field entropy coded); F16 / BF16 is the tensor
+rounded to that dtype and stored as it (cmf.plan.ggml_encoding).
 
 A point's ``bytes`` are the **GGUF's** bytes of the tensor (blocks x block bytes; 4 per
 element for the lossless F32 point), not the .cmf's: a size target counts the GGUF. Its error is
@@ -15,7 +16,9 @@ the planner's weighted error (candidates.weighted_error), measured on a row samp
 ``SAMPLE_ELEMENTS`` for bigger tensors (rows are encoded independently) and scaled.
 
 Curves are kept per process (:data:`_CURVES`, keyed by the tensor's and its moments' digests),
-so planning the same model for several targets in one process measures them once.
+so planning the same model for several targets in one process measures them once. With
+``--jobs N`` (:func:`measure_gguf_curves`) the tensors not yet measured are measured in the
+planner's worker processes (cmf.parallel), each exactly as :func:`measure_gguf` does here.
 """
 
 from __future__ import annotations
@@ -32,22 +35,22 @@ from .. import dtypes
 from ..codecs import ArraySpec
 from ..errors import CmfError
 from ..ggml_encode import TYPES, fallback_type
-from .ggml_encoding import encode_ggml, importance_of  # noqa: F401  (re-exported)
+from .ggml_encoding import PLAIN_TYPES, encode_ggml, importance_of, plain_rounded  # noqa: F401  (re-exported)
 from .candidates import LOSSLESS, Choice, Curve, Point, _sample_rows, channel_weights, lower_hull, weighted_error
 
-PLANNED_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL")
+PLANNED_TYPES = ("F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL")
 SAMPLE_ELEMENTS = 1 << 18  # curves of bigger tensors are measured on a row sample of this many
 _CURVES: dict[bytes, Curve] = {}
 _CURVES_MAX = 4096
 
 
 def ggml_choices(cols: int) -> list[Choice]:
-    """The GGML-type choices for rows of ``cols`` elements (fallbacks applied, each type once,
-    F16 fallbacks dropped: the lossless point stands for them)."""
+    """The GGML-type choices for rows of ``cols`` elements (fallbacks applied, each type once;
+    F16 and BF16 take any row)."""
     seen: list[str] = []
     for t in PLANNED_TYPES:
-        got = fallback_type(t, cols)
-        if got != "F16" and got not in seen:
+        got = t if t in PLAIN_TYPES else fallback_type(t, cols)
+        if got not in seen:
             seen.append(got)
     return [Choice("ggml", {"type": t}, t) for t in seen]
 
@@ -120,7 +123,11 @@ def measure_gguf(name: str, x: np.ndarray, moments: tuple | None = None, *, leve
     points = []
     for choice in ggml_choices(spec.shape[-1]) if spec.dtype.name == "f32" else []:
         try:
-            _, y = encode_ggml(sx, sspec, choice.params["type"], axis, sw, level)
+            t = choice.params["type"]
+            if t in PLAIN_TYPES:  # the rounding alone (the lossless tree is not measured)
+                y = np.asarray(plain_rounded(sx, t), np.float32)
+            else:
+                _, y = encode_ggml(sx, sspec, t, axis, sw, level)
         except CmfError:
             continue
         finally:
@@ -137,5 +144,49 @@ def measure_gguf(name: str, x: np.ndarray, moments: tuple | None = None, *, leve
     return curve
 
 
-__all__ = ["PLANNED_TYPES", "encode_ggml", "ggml_choices", "gguf_tensor_bytes", "importance_of",
-           "measure_gguf"]
+def gguf_measure_task(name: str, source: Any, choices: Any, moments: Any, level: int) -> Curve:
+    """cmf.parallel.measure_task under ``--gguf`` (in a worker): the tensor read from its file
+    (a cmf.parallel.FileTensor) or sent as an array, float values as float32 (as
+    cmf.plan.ggml_plan.gguf_source gives them), then :func:`measure_gguf`. ``choices`` is
+    unused (the GGML choices follow from the row length)."""
+    from ..parallel import FileTensor, read_tensor
+
+    array = read_tensor(source) if isinstance(source, FileTensor) else np.asarray(source)
+    if array.dtype.kind == "f" or array.dtype.name == "bfloat16":
+        array = np.asarray(array, np.float32)
+    return measure_gguf(name, array, moments, level=level)
+
+
+def measure_gguf_curves(names: list[str], tensors: Any, moments: Any, *, level: int = 3,
+                        progress: Callable[[], None] | None = None,
+                        in_workers: Callable[[list[str]], dict[str, Curve]] | None = None) -> dict[str, Curve]:
+    """The curves stage under ``--gguf``: each tensor's :func:`measure_gguf` curve, from this
+    process's cache where it has one; the others measured here, or, with ``in_workers`` (the
+    planner's worker processes running :func:`gguf_measure_task` on a list of names), there,
+    and cached here. The same curves either way."""
+    curves: dict[str, Curve] = {}
+    todo = []
+    for name in names:
+        key = _digest(np.asarray(tensors[name]), moments.get(name)) + name.encode()
+        got = _CURVES.get(key)
+        if got is not None:
+            curves[name] = replace(got, points=list(got.points), hull=list(got.hull))
+            for _ in ggml_choices(int(np.shape(tensors[name])[-1])):
+                if progress is not None:
+                    progress()
+        else:
+            todo.append((name, key))
+    if in_workers is not None and len(todo) > 1:
+        got_all = in_workers([n for n, _ in todo])
+        for name, key in todo:
+            curve = curves[name] = got_all[name]
+            if len(_CURVES) < _CURVES_MAX:
+                _CURVES[key] = replace(curve, points=list(curve.points), hull=list(curve.hull))
+    else:
+        for name, _ in todo:
+            curves[name] = measure_gguf(name, tensors[name], moments.get(name), level=level, progress=progress)
+    return {n: curves[n] for n in names}
+
+
+__all__ = ["PLANNED_TYPES", "encode_ggml", "ggml_choices", "gguf_measure_task", "gguf_tensor_bytes", "importance_of",
+           "measure_gguf", "measure_gguf_curves"]

@@ -1,7 +1,8 @@
 """A .cmf holding given GGML types per tensor (a fixed recipe, e.g. llama.cpp's Q4_K_M from
 cmf.plan.ggml_recipes), written as a ``--gguf`` plan writes its tensors: each typed tensor a
 ``ggml`` tree encoded by cmf.ggml_encode with the planner's importance (``moments``: the
-calibration's input moments, cmf.plan.harness), the others lossless. ``cmf unpack -o x.gguf``
+calibration's input moments, cmf.plan.harness), F16 / BF16 tensors rounded to that dtype (as
+llama.cpp's converter stores them), the others lossless. ``cmf unpack -o x.gguf``
 then writes those blocks. Used by ``tools/bench.py gguf-plan`` as the fixed-recipe baseline."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from ..codecs import ArraySpec
 from .candidates import channel_weights
-from .ggml_candidates import encode_ggml
+from .ggml_candidates import PLAIN_TYPES, encode_ggml, plain_rounded
 
 
 def write_ggml_types(path: str | os.PathLike, tensors: Mapping[str, Any], types: Mapping[str, str | None],
@@ -32,7 +33,7 @@ def write_ggml_types(path: str | os.PathLike, tensors: Mapping[str, Any], types:
         t = types.get(name)
 
         def encode(a: np.ndarray, spec: ArraySpec):
-            if t is None or t in ("F32", "F16", "BF16"):
+            if t is None or t == "F32" or t in PLAIN_TYPES:  # rounded already (items below)
                 return encode_lossless(a, spec, level)
             axis, w = channel_weights(spec.shape, moments.get(name))
             return encode_ggml(a, spec, t, axis, w, level)[0]
@@ -40,7 +41,8 @@ def write_ggml_types(path: str | os.PathLike, tensors: Mapping[str, Any], types:
         return encode
 
     with Writer(path, metadata=dict(metadata or {}), level=level) as w:
-        write_tensors(WriterSink(w), tensors.items(), encoder, (attachments or {}).items())
+        items = ((n, plain_rounded(x, types[n]) if types.get(n) in PLAIN_TYPES else x) for n, x in tensors.items())
+        write_tensors(WriterSink(w), items, encoder, (attachments or {}).items())
     return os.path.getsize(path)
 
 

@@ -38,7 +38,7 @@ from .. import dtypes
 from ..codecs import ArraySpec, BytesSpec
 from ..errors import CmfError
 from ..jsonable import json_safe
-from ..pipeline import Pending, best_bytes, encode_lossless
+from ..pipeline import Pending, best_bytes, decode_pending, encode_lossless
 from . import sensitivity as sens_mod
 from .candidates import LOSSLESS, Curve, Point, measure, plannable, step_choices, template_choices
 from .lazy import LazyItems, LazyMapping, file_tensors, float32_view
@@ -155,12 +155,16 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
         _progress(options, "measuring candidates", done, total)
 
     curves: dict[str, Curve] = {}
-    if options.gguf:
-        from .ggml_candidates import measure_gguf
+    parallel = options.jobs > 1 or options.executor != "process"
+    if options.gguf:  # cached curves reused; the others in the workers when parallel
+        from .ggml_candidates import gguf_measure_task, measure_gguf_curves
 
-        for name in names:
-            curves[name] = measure_gguf(name, tensors[name], moments.get(name), level=options.level, progress=tick)
-    elif options.jobs > 1 or options.executor != "process":
+        def in_workers(todo: list[str]) -> dict[str, Curve]:
+            return _measure_in_workers(todo, tensors, choices, moments, options, sources or {}, gguf_measure_task)
+
+        curves = measure_gguf_curves(names, tensors, moments, level=options.level, progress=tick,
+                                     in_workers=in_workers if parallel else None)
+    elif parallel:
         curves = _measure_in_workers(names, tensors, choices, moments, options, sources or {})
     else:
         for name in names:
@@ -206,7 +210,7 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
 
 
 def _measure_in_workers(names: list[str], tensors: Mapping[str, Any], choices: list, moments: Mapping[str, Any],
-                        options: PlanOptions, sources: Mapping[str, Any]) -> dict[str, Curve]:
+                        options: PlanOptions, sources: Mapping[str, Any], task: Any = None) -> dict[str, Curve]:
     """The curves stage on ``options.jobs`` spawned processes (or a dask cluster) with
     cmf.parallel's executors: each worker measures one tensor at a time, exactly as
     :func:`measure` does here, so the curves are the same as with one process. A worker reads
@@ -215,7 +219,8 @@ def _measure_in_workers(names: list[str], tensors: Mapping[str, Any], choices: l
     Largest tensors first, so that no worker is left alone with a big one at the end (an
     embedding table can be half of a model). Local processes get every task at once (the pool
     holds references to arrays already in memory and sends ``jobs + 1`` at a time); a dask
-    cluster gets ``executor.window`` at a time (arrays are sent when submitted)."""
+    cluster gets ``executor.window`` at a time (arrays are sent when submitted). ``task``: the
+    worker function (default cmf.parallel.measure_task; ``--gguf``: its GGML counterpart)."""
     from ..parallel import ProcessExecutor, closing, make_executor, map_in_order, measure_task
 
     order = sorted(names, key=lambda n: -int(np.asarray(tensors[n]).size))  # stable: ties in file order
@@ -224,7 +229,7 @@ def _measure_in_workers(names: list[str], tensors: Mapping[str, Any], choices: l
     got: dict[str, Curve] = {}
     with closing(executor):
         ahead = len(order) if isinstance(executor, ProcessExecutor) else None
-        for name, curve in map_in_order(executor, measure_task, calls, doing="measuring", ahead=ahead):
+        for name, curve in map_in_order(executor, task or measure_task, calls, doing="measuring", ahead=ahead):
             got[name] = curve
             _progress(options, "measuring candidates", len(got) * len(choices), len(names) * len(choices))
     return {n: got[n] for n in names}
@@ -370,14 +375,22 @@ def write_planned(path: str | os.PathLike, tensors: Mapping[str, Any], result: P
         if on_tensor is not None:
             on_tensor(entry.name)
 
+    def as_stored(name: str, x: Any) -> Any:  # a --gguf F16 / BF16 choice: the tensor is that dtype
+        tp = result.tensors.get(name) or result.tensors.get(copy_of.get(name, ""))
+        p = tp.pending if tp is not None else None
+        if p is not None and isinstance(x, np.ndarray) and isinstance(p.spec, ArraySpec) and p.spec.dtype != _spec(x).dtype:
+            return decode_pending(p)
+        return x
+
+    items = ((n, as_stored(n, x)) for n, x in tensors.items())
     if shard_size is not None:
         with ShardedWriter(path, shard_size, metadata=meta, level=lossless_level) as sink:
-            write_tensors(sink, tensors.items(), encoder, (attachments or {}).items(), entry_written)
+            write_tensors(sink, items, encoder, (attachments or {}).items(), entry_written)
         result.file_bytes = sink.stored_bytes
         result.files = [*sink.files, sink.index_file]
         return result.file_bytes
     with Writer(path, metadata=meta, level=lossless_level) as w:
-        write_tensors(WriterSink(w), tensors.items(), encoder, (attachments or {}).items(), entry_written)
+        write_tensors(WriterSink(w), items, encoder, (attachments or {}).items(), entry_written)
     result.file_bytes = os.path.getsize(path)
     result.files = [os.fspath(path)]
     return result.file_bytes
@@ -451,7 +464,7 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
     if options.gguf:  # refused before any work; float tensors as f32 (the ggml codec decodes to f32)
         from .ggml_plan import gguf_source
 
-        tensors = gguf_source(tensors, attachments, shard_size)
+        tensors = gguf_source(tensors, attachments, shard_size, options)
     harness = None
     warnings = []
     if not options.data_free:
@@ -474,7 +487,7 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
                                       else ("given" if options.calibrate is not None else "built-in"))
     planned_names = {n for n, v in tensors.items() if isinstance(v, np.ndarray) and plannable(_spec_or_none(v))}
     meta_guess = 4096 + 600 * len(planned_names)  # the plan's own metadata
-    if options.gguf:  # checked before any work; sizes are the GGUF's
+    if options.gguf:  # sizes are the GGUF's (the target was checked by gguf_source)
         from .ggml_plan import gguf_fixed
 
         fixed = gguf_fixed(tensors, planned_names, attachments, options)

@@ -1,13 +1,15 @@
-"""``cmf pack --gguf`` (issue 20): GGML-type candidates with llama.cpp's fallbacks, a size target
-that counts the GGUF, the GGUF written from the plan holding exactly the planned blocks (gguf-py
-and transformers' GGUF loader read it), ``cmf report``'s columns beside llama.cpp's recipes, and
-the refusals before any work."""
+"""``cmf pack --gguf`` (issue 20): GGML-type candidates (F16, BF16 and the block types with
+llama.cpp's fallbacks), a size target that counts the GGUF, the GGUF written from the plan holding
+exactly the planned blocks (gguf-py and transformers' GGUF loader read it), F16 choices stored as
+f16 and written as F16, the candidates measured in worker processes with --jobs, ``cmf report``'s
+columns beside llama.cpp's recipes, and the refusals before any work."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,10 +62,37 @@ def test_recipes_follow_llama_cpp_rules_and_fallbacks():
 
 
 def test_choices_take_llama_cpp_fallbacks():
-    assert [c.label for c in ggml_choices(576)] == ["Q8_0", "Q5_1", "Q5_0", "Q4_0", "IQ4_NL"]
-    assert len(ggml_choices(512)) == 8
-    assert ggml_choices(40) == []  # no type takes the rows: only the lossless (F32) point
+    assert [c.label for c in ggml_choices(576)] == ["F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_0", "IQ4_NL"]
+    assert len(ggml_choices(512)) == 10
+    assert [c.label for c in ggml_choices(40)] == ["F16", "BF16"]  # no block type takes the rows
     assert gguf_tensor_bytes("Q4_K", (4, 512)) == 4 * 2 * 144
+    assert gguf_tensor_bytes("F16", (4, 40)) == gguf_tensor_bytes("BF16", (4, 40)) == 4 * 40 * 2
+
+
+def test_f16_and_bf16_choices_round_as_llama_cpp_and_refuse_what_does_not_fit():
+    import ml_dtypes
+
+    from cmf.codecs import ArraySpec
+    from cmf.dtypes import BY_NAME
+    from cmf.pipeline import decode_pending
+    from cmf.plan.ggml_candidates import encode_ggml, measure_gguf
+
+    x = np.random.default_rng(0).standard_normal((8, 40)).astype(np.float32)
+    spec = ArraySpec(BY_NAME["f32"], x.shape)
+    for t, dt in (("F16", np.float16), ("BF16", ml_dtypes.bfloat16)):
+        pending, y = encode_ggml(x, spec, t, None, None)
+        stored = decode_pending(pending)
+        assert stored.dtype == np.dtype(dt) and pending.spec.dtype.name == t.lower()
+        np.testing.assert_array_equal(stored, x.astype(dt))  # round to nearest even
+        np.testing.assert_array_equal(y, x.astype(dt).astype(np.float32))
+    big = x * 1e5  # beyond f16's range: F16 is refused, BF16 kept
+    with pytest.raises(CmfError, match="range"):
+        encode_ggml(big, spec, "F16", None, None)
+    labels = [p.choice.label for p in measure_gguf("big", big).points]
+    assert labels == ["BF16", "lossless"]
+    curve = measure_gguf("x", x)
+    f16 = next(p for p in curve.points if p.choice.label == "F16")
+    assert f16.bytes == 8 * 40 * 2 and 0 < f16.error < next(p for p in curve.points if p.choice.label == "BF16").error
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +109,10 @@ def planned(tmp_path_factory):
     return model, path, result, target
 
 
-def test_size_target_counts_the_gguf_and_unpack_writes_the_planned_blocks(planned, run, tmp_path):
-    model, path, result, target = planned
-    assert result.target["gguf"] is True and result.target_met
-    labels = {tp.point.choice.label for tp in result.tensors.values()}
-    assert labels and labels <= {"Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL", "lossless"}
-    out = tmp_path / "out" / "m.gguf"
+def _check_unpacked(model, path, result, out, run):
+    """``cmf unpack -o out`` writes the planned types and values exactly; its size is the plan's."""
     assert run("unpack", path, "-o", out, "-q").code == 0
-    assert os.path.getsize(out) == result.gguf_bytes <= target
+    assert os.path.getsize(out) == result.gguf_bytes
     reader = gguf.GGUFReader(str(out))
     got = {t.name: t for t in reader.tensors}
     import cmf
@@ -99,16 +124,69 @@ def test_size_target_counts_the_gguf_and_unpack_writes_the_planned_blocks(planne
             t = got[hf_to_gguf_name(name)]
             want = "F32" if tp.point.choice.family == "lossless" else tp.point.choice.label
             assert t.tensor_type.name == want, name
+            assert int(t.n_bytes) == gguf_tensor_bytes(want, f.spec(name).shape) == tp.point.bytes, name
             values = gguf.quants.dequantize(t.data, t.tensor_type).reshape(f.spec(name).shape)
             if ".q_proj." in name or ".k_proj." in name:
                 heads = config["num_attention_heads"] if ".q_proj." in name else config["num_key_value_heads"]
                 values = unpermute_qk(values, heads)
             np.testing.assert_array_equal(values, f.get_tensor(name))  # the planned blocks, exactly
+
+
+def test_size_target_counts_the_gguf_and_unpack_writes_the_planned_blocks(planned, run, tmp_path):
+    model, path, result, target = planned
+    assert result.target["gguf"] is True and result.target_met
+    labels = {tp.point.choice.label for tp in result.tensors.values()}
+    assert labels and labels <= {"F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL",
+                                  "lossless"}
+    out = tmp_path / "out" / "m.gguf"
+    _check_unpacked(model, path, result, out, run)
+    assert result.gguf_bytes <= target
     # transformers' GGUF loader runs it
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(out.parent), gguf_file=out.name, dtype=torch.float32)
     ids = torch.tensor([[1, 5, 30, 250, 77]])
     with torch.no_grad():
         assert torch.isfinite(hf(ids).logits).all()
+
+
+def test_f16_choices_are_f16_in_the_file_and_the_gguf(planned, run, tmp_path):
+    """Near the F16 size, sensitive tensors take F16 (2 bytes a weight, counted so), stored as
+    f16 tensors in the .cmf and written as F16 by cmf unpack; the model still runs from the file."""
+    import cmf
+    from cmf.plan.planner import plan_and_write
+
+    model = planned[0]
+    path = str(tmp_path / "f16.cmf")
+    target = 1_100_000
+    result = plan_and_write(model, path, PlanOptions(target_size=target, gguf=True, rounds=2,
+                                                     calibrate=list(helpers.TEXTS)))
+    chosen = {n: tp.point.choice.label for n, tp in result.tensors.items()}
+    assert "F16" in chosen.values() and result.target_met and result.gguf_bytes <= target, chosen
+    with cmf.open(path) as f:
+        for name, label in chosen.items():
+            assert f.spec(name).dtype.name == ("f16" if label == "F16" else "f32"), name
+    _check_unpacked(model, path, result, tmp_path / "f16.gguf", run)
+    assert result.file_error is not None and np.isfinite(result.file_error)
+
+
+def test_jobs_measure_the_ggml_candidates_in_workers(planned, tmp_path, monkeypatch):
+    """--jobs 2 measures the curves in worker processes (none here), giving the same plan and
+    the same bytes as one process."""
+    from cmf.plan import ggml_candidates
+    from cmf.plan.planner import plan_and_write
+
+    model, path, result, target = planned
+
+    def not_here(*a, **k):
+        raise AssertionError("measured in the planning process")
+
+    monkeypatch.setattr(ggml_candidates, "_CURVES", {})
+    monkeypatch.setattr(ggml_candidates, "measure_gguf", not_here)
+    out = tmp_path / "jobs.cmf"
+    got = plan_and_write(model, out, PlanOptions(target_size=target, gguf=True, rounds=2, jobs=2,
+                                                 calibrate=list(helpers.TEXTS)))
+    assert {n: tp.point.choice.label for n, tp in got.tensors.items()} == \
+        {n: tp.point.choice.label for n, tp in result.tensors.items()}
+    assert out.read_bytes() == Path(path).read_bytes()
 
 
 def test_report_shows_types_beside_llama_cpp_recipes(planned):
@@ -125,17 +203,30 @@ def test_report_shows_types_beside_llama_cpp_recipes(planned):
     assert result.file_error is not None and np.isfinite(result.file_error)  # the file runs
 
 
-def test_bad_input_is_refused_before_any_work(planned, run, tmp_path):
+def test_bad_input_is_refused_before_any_work(planned, run, tmp_path, monkeypatch):
+    """One clear error, before the model is loaded to run or anything is measured or written."""
+    from cmf.plan import ggml_candidates, planner
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the input was refused")
+
+    monkeypatch.setattr(planner, "open_harness", no_work)
+    monkeypatch.setattr(ggml_candidates, "measure_gguf", no_work)
     model = planned[0]
     recipe = tmp_path / "r.json"
     recipe.write_text("{}")
     r = run("pack", model, "-o", tmp_path / "a.cmf", "--gguf", "--recipe", recipe)
+    assert r.code == 2 and "--gguf plans GGML types itself: it does not go with --recipe" in r.err
+    r = run("pack", model, "-o", tmp_path / "a.cmf", "--gguf", "--target-size", "5bpp", "--recipe", recipe)
     assert r.code == 2 and "--recipe" in r.err
     r = run("pack", model, "-o", tmp_path / "a.cmf", "--gguf")
     assert r.code == 2 and "--target-size" in r.err
     r = run("pack", model, "-o", tmp_path / "a.cmf", "--gguf", "--preset", "q8")
     assert r.code == 2
     r = run("pack", model, "-o", tmp_path / "a.cmf", "--gguf", "--target-size", "1bpp")
+    assert r.code == 1 and "below the smallest GGUF the GGML types make" in r.err
+    assert r.err.count("Error") <= 1 and "Traceback" not in r.err
+    r = run("pack", model, "-o", tmp_path / "a.cmf", "--gguf", "--target-size", "100KB")
     assert r.code == 1 and "below the smallest GGUF" in r.err
     other = tmp_path / "other"
     shutil.copytree(model, other)
@@ -143,9 +234,9 @@ def test_bad_input_is_refused_before_any_work(planned, run, tmp_path):
     config["model_type"] = "phi3"
     (other / "config.json").write_text(json.dumps(config))
     r = run("pack", other, "-o", tmp_path / "b.cmf", "--gguf", "--preset", "small")
-    assert r.code == 1 and "no GGUF mapping" in r.err
+    assert r.code == 1 and "model_type 'phi3' has no GGUF mapping" in r.err
+    r = run("pack", os.path.join(model, "model.safetensors"), "-o", tmp_path / "b.cmf", "--gguf", "--preset", "small")
+    assert r.code == 1 and "Hugging Face model directory" in r.err
     assert not os.path.exists(tmp_path / "a.cmf") and not os.path.exists(tmp_path / "b.cmf")
     with pytest.raises(CmfError, match="shard"):
-        from cmf.plan.planner import plan_and_write
-
-        plan_and_write(model, tmp_path / "c.cmf", PlanOptions(preset="small", gguf=True), shard_size=1 << 20)
+        planner.plan_and_write(model, tmp_path / "c.cmf", PlanOptions(preset="small", gguf=True), shard_size=1 << 20)
