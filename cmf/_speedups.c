@@ -1,5 +1,5 @@
-/* Optional C kernels for the byteplanes and huffman codecs (spec/codecs/byteplanes.md,
- * spec/codecs/huffman.md).
+/* Optional C kernels for the byteplanes, huffman and ggml codecs (spec/codecs/byteplanes.md,
+ * spec/codecs/huffman.md, spec/codecs/ggml.md).
  *
  * interleave(out, planes, rotate): out[i] = word built from byte i of each plane, rotated
  *     right by one bit when rotate (undoing the encoder's left rotation).
@@ -10,6 +10,15 @@
  *     up the next `longest` bits in sym_tab/len_tab (2**longest entries); bits past the end
  *     read as zero. out[c * steps + s] = symbol s of chunk c; ends[c] = bit after the last
  *     symbol (for the last chunk: after `last` symbols). The caller checks ends (spec rules).
+ *
+ * ggml_join(out, fields, table, nbytes): GGML blocks from their fields (spec/codecs/ggml.md,
+ *     cmf.codecs.ggml_layout.join): each block (nbytes bytes of out) is zeroed, then for each
+ *     int32 table row (field, itemsize, count, e0, e_step, b0, b_step, len, src_shift, mask,
+ *     dst_shift) and i < len: out[b, b0 + i b_step] |= ((v >> src_shift) & mask) << dst_shift,
+ *     v = item e0 + i e_step of the field's row b (count items of itemsize 1 or 2 bytes, u16
+ *     little-endian). mask 0 marks a bit plane: byte i gets bit src_shift of values
+ *     e0 + (8 i + j) e_step at bit j (j < 8, len a multiple of 8). Rows are checked against
+ *     the buffers.
  *
  * Pure byte shuffling / table lookups over caller-checked buffers; the GIL is released.
  * Byte order: words are little-endian on disk; this code builds them with shifts, so it is
@@ -213,13 +222,157 @@ fail:
     return NULL;
 }
 
+#define MAXF 8
+#define JOIN_COLS 11
+#define JOIN_CHUNK 256 /* blocks joined at a time: their bytes stay in the L1/L2 cache */
+
+static inline uint64_t load64(const uint8_t *p) { uint64_t x; memcpy(&x, p, 8); return x; }
+static inline void store64(uint8_t *p, uint64_t x) { memcpy(p, &x, 8); }
+
+/* One table row over blocks [b0, b1): see the top of the file. */
+static void join_row(uint8_t *out, Py_ssize_t nbytes, const uint8_t *src, const int32_t *w,
+                     Py_ssize_t b0, Py_ssize_t b1) {
+    const int32_t isz = w[1], count = w[2], e0 = w[3], es = w[4], by = w[5], bs = w[6], len = w[7];
+    const unsigned ss = (unsigned)w[8], ds = (unsigned)w[10];
+    const unsigned mask = (unsigned)w[9];
+    if (isz == 1 && mask != 0 && es == 1 && bs == 1) {
+        /* 8 bytes at a time as one u64: a u8 value's shifted, masked bits stay in its own
+         * byte (ss + width <= 8 and ds + width <= 8), whatever the host's byte order */
+        const uint64_t m = (uint64_t)mask * 0x0101010101010101ull;
+        const int32_t words = len / 8;
+        for (Py_ssize_t b = b0; b < b1; b++) {
+            uint8_t *o = out + b * nbytes + by;
+            const uint8_t *v = src + b * count + e0;
+            for (int32_t i = 0; i < words; i++)
+                store64(o + 8 * i, load64(o + 8 * i) | (((load64(v + 8 * i) >> ss) & m) << ds));
+            for (int32_t i = 8 * words; i < len; i++) o[i] |= (uint8_t)(((v[i] >> ss) & mask) << ds);
+        }
+        return;
+    }
+    if (isz == 1 && mask == 0 && es == 1) {  /* a bit plane of u8 values, 8 values per byte */
+        for (Py_ssize_t b = b0; b < b1; b++) {
+            uint8_t *o = out + b * nbytes + by;
+            const uint8_t *v = src + b * count + e0;
+            for (int32_t i = 0; i < len / 8; i++) {
+                uint64_t x = 0;  /* lane j = value 8 i + j, on any host */
+                for (int j = 0; j < 8; j++) x |= (uint64_t)v[8 * i + j] << (8 * j);
+                x = (x >> ss) & 0x0101010101010101ull;
+                o[i * bs] |= (uint8_t)((x * 0x0102040810204080ull) >> 56);  /* bit j = lane j */
+            }
+        }
+        return;
+    }
+    for (Py_ssize_t b = b0; b < b1; b++) {
+        uint8_t *o = out + b * nbytes + by;
+        if (isz == 1) {
+            const uint8_t *v = src + b * count + e0;
+            if (mask == 0) {  /* a bit plane: bit ss of 8 values per byte */
+                for (int32_t i = 0; i < len / 8; i++) {
+                    unsigned byte = 0;
+                    for (int j = 0; j < 8; j++) byte |= ((unsigned)(v[(8 * i + j) * es] >> ss) & 1u) << j;
+                    o[i * bs] |= (uint8_t)byte;
+                }
+            } else {
+                for (int32_t i = 0; i < len; i++) o[i * bs] |= (uint8_t)(((v[i * es] >> ss) & mask) << ds);
+            }
+        } else {  /* u16 items, little-endian */
+            const uint8_t *v = src + 2 * (b * count + e0);
+            if (mask == 0) {
+                for (int32_t i = 0; i < len / 8; i++) {
+                    unsigned byte = 0;
+                    for (int j = 0; j < 8; j++) {
+                        Py_ssize_t at = 2 * (Py_ssize_t)(8 * i + j) * es;
+                        byte |= ((((unsigned)v[at] | (unsigned)v[at + 1] << 8) >> ss) & 1u) << j;
+                    }
+                    o[i * bs] |= (uint8_t)byte;
+                }
+            } else {
+                for (int32_t i = 0; i < len; i++) {
+                    unsigned x = (unsigned)v[2 * i * es] | (unsigned)v[2 * i * es + 1] << 8;
+                    o[i * bs] |= (uint8_t)(((x >> ss) & mask) << ds);
+                }
+            }
+        }
+    }
+}
+
+static PyObject *ggml_join(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_fields, *o_table;
+    Py_ssize_t nbytes;
+    if (!PyArg_ParseTuple(args, "OOOn", &o_out, &o_fields, &o_table, &nbytes)) return NULL;
+    Py_buffer out, tab, fv[MAXF];
+    Py_ssize_t nf = 0;
+    int got_tab = 0;
+    if (PyObject_GetBuffer(o_out, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    PyObject *fast = PySequence_Fast(o_fields, "fields must be a sequence");
+    if (!fast) goto fail;
+    if (PySequence_Fast_GET_SIZE(fast) > MAXF) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "ggml_join: too many fields");
+        goto fail;
+    }
+    for (; nf < PySequence_Fast_GET_SIZE(fast); nf++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, nf), &fv[nf], PyBUF_C_CONTIGUOUS) < 0) {
+            Py_DECREF(fast);
+            goto fail;
+        }
+    }
+    Py_DECREF(fast);
+    if (PyObject_GetBuffer(o_table, &tab, PyBUF_C_CONTIGUOUS) < 0) goto fail;
+    got_tab = 1;
+    if (nbytes < 1 || out.len % nbytes || tab.len % (JOIN_COLS * 4)) {
+        PyErr_SetString(PyExc_ValueError, "ggml_join: inconsistent buffers");
+        goto fail;
+    }
+    {
+        Py_ssize_t n = out.len / nbytes, rows = tab.len / (JOIN_COLS * 4);
+        const int32_t *t = (const int32_t *)tab.buf;
+        for (Py_ssize_t r = 0; r < rows; r++) {  /* every position read or written in range */
+            const int32_t *w = t + r * JOIN_COLS;
+            int32_t f = w[0], isz = w[1], count = w[2], e0 = w[3], es = w[4], by = w[5], bs = w[6];
+            int32_t len = w[7], plane = w[9] == 0, writes = plane ? len / 8 : len;
+            if (f < 0 || f >= nf || (isz != 1 && isz != 2) || count < 1 || len < 1 || e0 < 0
+                || es < 1 || e0 + (int64_t)(len - 1) * es >= count || by < 0 || bs < 1
+                || by + (int64_t)(writes - 1) * bs >= nbytes || w[8] < 0 || w[8] > 15
+                || w[9] < 0 || w[9] > 255 || w[10] < 0 || w[10] > 7 || (plane && (len % 8 || w[10]))
+                || fv[f].len != n * (Py_ssize_t)count * isz) {
+                PyErr_SetString(PyExc_ValueError, "ggml_join: a table row does not fit the buffers");
+                goto fail;
+            }
+        }
+        uint8_t *dst = (uint8_t *)out.buf;
+        const uint8_t *src[MAXF];
+        for (Py_ssize_t j = 0; j < nf; j++) src[j] = (const uint8_t *)fv[j].buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t b0 = 0; b0 < n; b0 += JOIN_CHUNK) {
+            Py_ssize_t b1 = b0 + JOIN_CHUNK < n ? b0 + JOIN_CHUNK : n;
+            memset(dst + b0 * nbytes, 0, (size_t)((b1 - b0) * nbytes));
+            for (Py_ssize_t r = 0; r < rows; r++) {
+                const int32_t *w = t + r * JOIN_COLS;
+                join_row(dst, nbytes, src[w[0]], w, b0, b1);
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&tab);
+    for (Py_ssize_t j = 0; j < nf; j++) PyBuffer_Release(&fv[j]);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+fail:
+    if (got_tab) PyBuffer_Release(&tab);
+    for (Py_ssize_t j = 0; j < nf; j++) PyBuffer_Release(&fv[j]);
+    PyBuffer_Release(&out);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"interleave", interleave, METH_VARARGS, "interleave(out, planes, rotate): planes -> words"},
     {"split", split, METH_VARARGS, "split(src, planes, rotate): words -> planes"},
     {"huffman_chunks", huffman_chunks, METH_VARARGS, "decode every huffman chunk (see top)"},
+    {"ggml_join", ggml_join, METH_VARARGS, "ggml_join(out, fields, table, nbytes): blocks from fields (see top)"},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups", "byteplanes and huffman kernels", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups", "byteplanes, huffman and ggml kernels", -1, methods};
 
 PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }

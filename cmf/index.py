@@ -477,8 +477,9 @@ def _metadata_value(value: Any, depth: int, max_depth: int) -> None:
             _metadata_value(k, depth, max_depth)
             _metadata_value(v, depth + 1, max_depth)
     elif isinstance(value, (list, tuple)):  # a writer's tuple is stored as an array
-        for v in value:
-            _metadata_value(v, depth + 1, max_depth)
+        if not _flat_values(value, depth + 1, max_depth):
+            for v in value:
+                _metadata_value(v, depth + 1, max_depth)
     elif isinstance(value, bytes):
         raise FormatError("metadata values must not be binary")
     elif isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < (1 << 64):
@@ -493,6 +494,30 @@ def _metadata_value(value: Any, depth: int, max_depth: int) -> None:
             f"metadata values are nil, bool, int, float, str, arrays and maps; "
             f"found {type(value).__name__}"
         )
+
+
+_FLAT = frozenset((str, int, float, bool, type(None)))
+
+
+def _flat_values(values: Any, depth: int, max_depth: int) -> bool:
+    """Check an array of scalars in a few C-level passes (tokenizer vocabularies hold ~10^5
+    strings): the same verdicts as ``_metadata_value`` on each item. False if the array holds
+    anything else (then each item is checked on its own)."""
+    kinds = set(map(type, values))
+    if not kinds <= _FLAT:
+        return False
+    if values and depth > max_depth:
+        raise LimitError(f"metadata nests deeper than {max_depth} levels")
+    if str in kinds:
+        try:  # UTF-8 refuses every surrogate, paired or not, so joining cannot hide one
+            "".join(values if len(kinds) == 1 else [v for v in values if type(v) is str]).encode("utf-8")
+        except UnicodeEncodeError:
+            raise FormatError("metadata strings must be valid UTF-8 (no lone surrogates)") from None
+    if int in kinds:
+        ints = values if len(kinds) == 1 else [v for v in values if type(v) is int]
+        if not (-(1 << 63) <= min(ints) and max(ints) < (1 << 64)):
+            raise FormatError("metadata integer out of range")
+    return True
 
 
 def check_metadata(value: Any, max_depth: int = 8) -> dict[str, Any]:

@@ -285,6 +285,29 @@ def test_metadata_rejected(value, error):
         check_metadata(value)
 
 
+@pytest.mark.parametrize("items", [
+    ["a", "\ud800", "b"],  # a lone surrogate in an array of strings
+    ["\ud83d", "\ude00"],  # halves of a pair, each alone
+    [1, 2**64],
+    [-(2**63) - 1, 0],
+    [1, "x", 2**64],  # mixed scalars
+    ["x", 2.5, None, True, "\udfff"],
+    [1, b"bin"],  # not all scalars: each item on its own
+    [1, 1j],
+])
+def test_metadata_arrays_of_scalars_give_each_items_verdict(items):
+    with pytest.raises(FormatError):
+        check_metadata({"a": items})
+    with pytest.raises(FormatError):
+        check_metadata({"a": [["ok"], items]})
+
+
+def test_metadata_arrays_of_scalars_accepted():
+    value = {"a": ["x"] * 300 + ["ünï 🙂", ""], "b": list(range(1000)) + [2**64 - 1, -(2**63)],
+             "c": [1, "x", 2.5, None, True, False], "d": [], "e": ("t", 1)}
+    assert check_metadata(value) is value
+
+
 def test_metadata_depth_limit_is_8():
     """The top map is level 1, and a scalar counts as a level, as an array or map does."""
     value: object = 1

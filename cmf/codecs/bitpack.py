@@ -84,10 +84,7 @@ def unpack(data: Value, n: int, bits: int) -> np.ndarray:
     if bits == 16:
         return raw.view("<u2").copy()
     if bits == 4:
-        codes = np.empty((raw.size, 2), dtype=np.uint8)
-        np.bitwise_and(raw, np.uint8(15), out=codes[:, 0])
-        np.right_shift(raw, np.uint8(4), out=codes[:, 1])
-        return codes.reshape(-1)[:n]
+        return _nibbles(raw)[:n]
     groups = -(-n // 8)
     buf = np.zeros((groups, 16), dtype=np.uint8)  # (g, 16): group bytes, zero past `bits`
     flat = np.zeros(groups * bits, dtype=np.uint8)
@@ -110,6 +107,24 @@ def unpack(data: Value, n: int, bits: int) -> np.ndarray:
         tmp &= mask
         codes[:, j] = tmp
     return codes.reshape(-1)[:n]
+
+
+_CHUNK = 1 << 16  # packed bytes turned into nibbles at a time (the scratch stays in the cache)
+
+
+def _nibbles(raw: np.ndarray) -> np.ndarray:
+    """Codes of 4 bits: byte x -> (x & 15, x >> 4), as little-endian u16 words
+    ``(x | x << 4) & 0x0F0F``, a chunk at a time, in place (no big temporaries)."""
+    out = np.empty(raw.size, dtype="<u2")
+    tmp = np.empty(min(raw.size, _CHUNK), dtype="<u2")
+    for a in range(0, raw.size, _CHUNK):
+        o = out[a : a + _CHUNK]
+        t = tmp[: o.size]
+        np.copyto(o, raw[a : a + _CHUNK])
+        np.left_shift(o, 4, out=t)
+        np.bitwise_or(o, t, out=o)
+        np.bitwise_and(o, 0x0F0F, out=o)
+    return out.view(np.uint8)
 
 
 @register

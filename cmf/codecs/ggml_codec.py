@@ -23,7 +23,7 @@ from ..dtypes import BY_NAME
 from ..errors import CmfError
 from .base import ArraySpec, Codec, Spec, Value, require_array_spec
 from .ggml_dequant import dequantize
-from .ggml_layout import Layout, join, part_dtype, split
+from .ggml_layout import Layout, join_into, part_dtype, split
 from .ggml_types import LAYOUTS
 from .registry import register
 from .sparse import check_keys, fail, part_array
@@ -137,9 +137,6 @@ class Ggml(Codec):
         """The GGML block bytes (flat u8) the parts hold: the inverse of ``encode``."""
         fields = self.fields(parts, spec)
         n = self.blocks(spec)
-        lay = self.layout
-        out = np.empty((n, lay.nbytes), np.uint8)  # (blocks, bytes)
-        step = max(1, (CHUNK_ELEMENTS * 4) // lay.nbytes)
-        for a in range(0, n, step):
-            out[a : a + step] = join(lay, {k: v[a : a + step] for k, v in fields.items()})
+        out = np.empty((n, self.layout.nbytes), np.uint8)  # (blocks, bytes)
+        join_into(self.layout, fields, out)
         return out.reshape(-1)

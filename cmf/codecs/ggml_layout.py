@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import CmfError
+from ..kernels import in_pieces
+from ..kernels import speedups as _speedups  # optional C kernels; same bytes either way
 
 QK_K = 256  # elements of a K-quant / I-quant super-block
 
@@ -257,11 +259,16 @@ def split(lay: Layout, blocks: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def join(lay: Layout, fields: dict[str, np.ndarray]) -> np.ndarray:
+def join(lay: Layout, fields: dict[str, np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
     """The blocks (n, nbytes) u8 of ``fields`` (each (n, count), values already checked to fit
-    their bits): the inverse of :func:`split`."""
+    their bits): the inverse of :func:`split`. Written into ``out`` when given (numpy only; see
+    :func:`join_into` for the fast path)."""
     n = next(iter(fields.values())).shape[0]
-    blocks = np.zeros((n, lay.nbytes), np.uint8)  # (n, nbytes)
+    if out is None:
+        blocks = np.zeros((n, lay.nbytes), np.uint8)  # (n, nbytes)
+    else:
+        blocks = out
+        blocks[...] = 0
     for f in lay.fields:
         v = fields[f.name]
         if f.name in lay.whole:  # a byte range: copied as is
@@ -290,3 +297,90 @@ def join(lay: Layout, fields: dict[str, np.ndarray]) -> np.ndarray:
         for idx, acc in merged.values():
             _or(blocks, idx, acc)
     return blocks
+
+
+# ----------------------------------------------------------------------------- join, fast path
+
+JOIN_PIECE = 1 << 14  # blocks per piece handed to another thread by join_into
+_JOIN_CHUNK = 1 << 22  # bytes of blocks the numpy path joins at a time
+_PLANE = 0  # mask column 0 in a join table row: a bit plane (8 values -> one byte)
+
+
+def join_into(lay: Layout, fields: dict[str, np.ndarray], out: np.ndarray) -> None:
+    """Write the blocks of ``fields`` (as :func:`join`) into ``out``, (n, nbytes) u8 and
+    C-contiguous: one pass of the C kernel over ranges of blocks on several threads when it is
+    built, else :func:`join` a few MiB at a time. Same bytes either way."""
+    n = out.shape[0]
+    if _speedups is None or not n:
+        step = max(1, _JOIN_CHUNK // lay.nbytes)
+        for a in range(0, n, step):
+            join(lay, {k: v[a : a + step] for k, v in fields.items()}, out[a : a + step])
+        return
+    table = _join_table(lay)
+    arrays = [_join_source(lay, f, fields[f.name]) for f in lay.fields]
+    in_pieces(lambda a, b: _speedups.ggml_join(out[a:b], [v[a:b] for v in arrays], table, lay.nbytes),
+              n, JOIN_PIECE)
+
+
+def _join_source(lay: Layout, f: Field, v: np.ndarray) -> np.ndarray:
+    """Field ``f``'s part as the C kernel reads it: whole-byte fields as their bytes (n, size),
+    others as u8 / little-endian u16 items; C-contiguous."""
+    v = np.ascontiguousarray(v)
+    if f.name in lay.whole:
+        return v.view(np.uint8).reshape(v.shape[0], -1)
+    return v.view(np.dtype("<u2")) if v.dtype.itemsize == 2 else v
+
+
+_TABLES: dict[int, tuple[Layout, np.ndarray]] = {}  # id(layout) -> (layout, its join table)
+
+
+def _join_table(lay: Layout) -> np.ndarray:
+    """The rows of ``cmf._speedups.ggml_join`` for ``lay`` (see cmf/_speedups.c): (field,
+    itemsize, count, e0, e_step, b0, b_step, len, src_shift, mask, dst_shift), each a run of
+    values at a constant step bound for bytes at a constant step; mask 0 marks a bit plane
+    (``len`` values into ``len / 8`` bytes)."""
+    got = _TABLES.get(id(lay))
+    if got is not None and got[0] is lay:
+        return got[1]
+    rows = []
+    for k, f in enumerate(lay.fields):
+        if f.name in lay.whole:
+            size = f.count * part_dtype(f).itemsize
+            rows.append((k, 1, size, 0, 1, lay.whole[f.name].start, 1, size, 0, 255, 0))
+            continue
+        isz = part_dtype(f).itemsize
+        for g in lay.groups[f.name]:
+            elems, where = _positions(g.elems, f.count), _positions(g.bytes, lay.nbytes)
+            if g.plane:
+                rows.append((k, isz, f.count, int(elems[0]), 1, int(where[0]), 1, elems.size, g.out, _PLANE, 0))
+                continue
+            for e0, es, b0, bs, n in _progressions(elems, where):
+                rows.append((k, isz, f.count, e0, es, b0, bs, n, g.out, (1 << g.width) - 1, g.shift))
+    table = np.array(rows, np.int32).reshape(-1, 11)
+    _TABLES[id(lay)] = (lay, table)
+    return table
+
+
+def _progressions(elems: np.ndarray, where: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+    """``elems -> where`` cut into the fewest runs (greedy) in which both go up by a constant
+    step: (e0, e_step, b0, b_step, len)."""
+    out, i, k = [], 0, elems.size
+    while i < k:
+        j = i + 1
+        if j < k and elems[j] > elems[i] and where[j] > where[i]:
+            es, bs = int(elems[j] - elems[i]), int(where[j] - where[i])
+            while j + 1 < k and elems[j + 1] - elems[j] == es and where[j + 1] - where[j] == bs:
+                j += 1
+            j += 1
+        else:
+            es = bs = 1
+        out.append((int(elems[i]), es, int(where[i]), bs, j - i))
+        i = j
+    return out
+
+
+def _positions(idx, size: int) -> np.ndarray:
+    """The positions an index (slice, :class:`Runs` or array) selects from ``size``."""
+    if isinstance(idx, Runs):
+        return (idx.start + np.arange(idx.m)[:, None] * idx.step + np.arange(idx.r)).reshape(-1)
+    return np.arange(size)[idx] if isinstance(idx, slice) else np.asarray(idx, np.intp)

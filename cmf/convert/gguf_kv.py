@@ -56,16 +56,25 @@ def string_bytes(text: Any, what: str, order: str) -> bytes:
 
 def _strings(values: list[Any], what: str, order: str) -> bytes:
     """GGUF strings back to back (one pass: tokenizer vocabularies hold ~10^5 of them)."""
-    if not all(type(v) is str for v in values):
+    if not set(map(type, values)) <= {str}:
         bad = next(v for v in values if not isinstance(v, str))
         if not isinstance(bad, str):
             raise CmfError(f"{what}: expected a string, found {type(bad).__name__}")
     try:
-        encoded = [v.encode("utf-8") for v in values]
+        encoded = list(map(str.encode, values))
     except UnicodeEncodeError:
         raise CmfError(f"{what}: string is not valid Unicode (lone surrogate)") from None
-    length = struct.Struct(order + "Q").pack
-    return b"".join([length(len(e)) + e for e in encoded])
+    if len(encoded) < 64:
+        length = struct.Struct(order + "Q").pack
+        return b"".join([length(len(e)) + e for e in encoded])
+    lens = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    ends = np.cumsum(lens + 8)  # string k ends at ends[k]; its u64 length starts 8 + len before
+    out = np.empty(int(ends[-1]), np.uint8)
+    heads = np.zeros(out.size, bool)
+    heads[(ends - lens - 8)[:, None] + np.arange(8)] = True
+    out[heads] = lens.astype(order + "u8").view(np.uint8)
+    out[~heads] = np.frombuffer(b"".join(encoded), np.uint8)
+    return out.tobytes()
 
 
 def _scalars(name: str, values: list[Any], what: str, order: str) -> bytes:
@@ -76,7 +85,8 @@ def _scalars(name: str, values: list[Any], what: str, order: str) -> bytes:
         return bytes(bytearray(int(v) for v in values))
     dt = _dtype(name, order)
     if dt.kind == "f":
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        if (not set(map(type, values)) <= {int, float}
+                and any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values)):
             raise CmfError(f"{what}: expected {name} numbers")
         with np.errstate(over="ignore"):
             out = np.array(values, dtype=np.float64).astype(dt)
@@ -85,7 +95,7 @@ def _scalars(name: str, values: list[Any], what: str, order: str) -> bytes:
         if not np.array_equal(back, src, equal_nan=True):
             raise CmfError(f"{what}: a value does not fit {name} exactly")
         return out.tobytes()
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+    if not set(map(type, values)) <= {int} and any(isinstance(v, bool) or not isinstance(v, int) for v in values):
         raise CmfError(f"{what}: expected {name} integers")
     info = np.iinfo(dt)
     if values and (min(values) < info.min or max(values) > info.max):

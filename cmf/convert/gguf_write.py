@@ -6,8 +6,9 @@ Contract:
   with a producer of their bytes, alignment, and the optional layout of a packed GGUF: data
   offsets, non-zero padding, file size); :func:`check_out` refuses an inconsistent one.
 - :func:`write_gguf_file` streams it to ``path`` atomically (a temp file beside it, renamed at the
-  end): tensors are produced on ``AHEAD`` threads a few tensors ahead of the writer, so at most
-  ``AHEAD + 1`` tensors' bytes are in memory; any CmfError leaves no output.
+  end): the next tensor is produced on a thread while one is written, and up to ``AHEAD`` of
+  them at once (on as many threads) while they hold at most ``AHEAD_BYTES``, so memory is two
+  tensors' bytes or ``AHEAD_BYTES``, whichever is more; any CmfError leaves no output.
 
 Which file a .cmf becomes is cmf.convert.gguf_export's choice (``write_gguf``).
 """
@@ -28,7 +29,8 @@ from .gguf_kv import TYPES, aligned, gguf_nbytes, string_bytes, tensor_info
 MAX_FILL = 1 << 20  # non-zero padding bytes a layout may carry
 MAX_PADDING = 64 << 20  # zero padding beyond the tensors' own bytes
 _CHUNK = 1 << 20
-AHEAD = 1  # tensors decoded ahead of the one being written (threads): memory is AHEAD + 1 tensors
+AHEAD = 2  # tensors decoded ahead of the one being written, on as many threads, while they hold
+AHEAD_BYTES = 64 << 20  # at most this many bytes (one ahead always: memory is 2 tensors or this)
 
 
 @dataclass
@@ -162,14 +164,18 @@ def write_gguf_file(path: str | os.PathLike, out: GGUFOut,
     if size - tensors_end > MAX_PADDING:
         raise CmfError(f"the recorded GGUF size {size} leaves {size - tensors_end} bytes after "
                        f"the tensors; at most {MAX_PADDING} are written")
+    tensors = out.tensors
     with AtomicFile(path) as target, ThreadPoolExecutor(max(1, AHEAD)) as pool:
         sink = _Sink(target.file, out.fill)
         sink.write(header)
-        queued: deque = deque(pool.submit(t.data) for t in out.tensors[:AHEAD])
-        for i, (t, off) in enumerate(zip(out.tensors, offsets)):
+        queued: deque = deque()  # futures of tensors i, i + 1, ... in order
+        for i, (t, off) in enumerate(zip(tensors, offsets)):
             sink.gap(data_start + off)
-            if i + AHEAD < len(out.tensors):  # decode the next ones while this one is written
-                queued.append(pool.submit(out.tensors[i + AHEAD].data))
+            k = i + len(queued)  # decode the next ones while this one is written
+            while k < len(tensors) and (k <= i + 1 or (k <= i + AHEAD and sum(
+                    u.nbytes for u in tensors[i : k + 1]) <= AHEAD_BYTES)):
+                queued.append(pool.submit(tensors[k].data))
+                k += 1
             try:
                 data = queued.popleft().result()
             except BaseException:

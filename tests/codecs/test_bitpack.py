@@ -103,6 +103,18 @@ def test_large_arrays_and_fast_paths(bits):
     assert np.array_equal(unpack(data, n, bits), codes)
 
 
+def test_nibbles_over_several_chunks():
+    import cmf.codecs.bitpack as bp
+
+    rng = np.random.default_rng(4)
+    for n in (4 * bp._CHUNK + 3, 2 * bp._CHUNK):  # several chunks, a short last one, odd and even
+        codes = rng.integers(0, 16, n).astype(np.uint8)
+        data = pack(codes, 4)
+        assert data[:12] == reference_pack(codes[:24], 4)
+        back = unpack(data, n, 4)
+        assert back.dtype == np.uint8 and np.array_equal(back, codes)
+
+
 @given(bits=st.integers(1, 16), n=st.integers(0, 40), seed=st.integers(0, 2**32 - 1))
 @settings(max_examples=80, deadline=None)
 def test_any_packed_bytes_with_zero_padding_decode_to_codes_in_range(bits, n, seed):

