@@ -382,7 +382,8 @@ def encode_decoded(choice: Choice, x: np.ndarray, spec: ArraySpec, axis: int | N
         pending = encode_template(choice.params["template"], x, spec, level)
         return pending, decode_pending(pending)
     if choice.family == "ggml":  # a GGML type (cmf.plan.ggml_candidates)
-        return encode_ggml(x, spec, choice.params["type"], axis, w, level)
+        return encode_ggml(x, spec, choice.params["type"], axis, w, level,
+                           feedback if choice.params.get("feedback") else None)
     raise CmfError(f"unknown choice family {choice.family!r}")
 
 

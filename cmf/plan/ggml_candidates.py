@@ -34,9 +34,14 @@ import numpy as np
 from .. import dtypes
 from ..codecs import ArraySpec
 from ..errors import CmfError
-from ..ggml_encode import TYPES, fallback_type
+from ..codecs.ggml_dequant import dequantize
+from ..codecs.ggml_layout import split
+from ..codecs.ggml_types import LAYOUTS
+from ..ggml_encode import TYPES, fallback_type, quantize_blocks
+from .candidates import (LOSSLESS, Choice, Curve, Point, _sample_rows, channel_weights, lower_hull, step_feedback,
+                         weighted_error)
 from .ggml_encoding import PLAIN_TYPES, encode_ggml, importance_of, plain_rounded  # noqa: F401  (re-exported)
-from .candidates import LOSSLESS, Choice, Curve, Point, _sample_rows, channel_weights, lower_hull, weighted_error
+from .ggml_gptq import gptq_blocks
 
 PLANNED_TYPES = ("F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL")
 SAMPLE_ELEMENTS = 1 << 18  # curves of bigger tensors are measured on a row sample of this many
@@ -101,6 +106,12 @@ def _digest(x: np.ndarray, moments: Any) -> bytes:
     return h.digest()
 
 
+def _values(blocks: np.ndarray, ggml_type: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The f32 values of GGML ``blocks`` as the ``ggml`` codec decodes them (no tree built)."""
+    lay = LAYOUTS[ggml_type]
+    return dequantize(ggml_type, split(lay, np.asarray(blocks).reshape(-1, lay.nbytes))).reshape(shape)
+
+
 def measure_gguf(name: str, x: np.ndarray, moments: tuple | None = None, *, level: int = 3,
                  damping: float = 0.05, sample: int = SAMPLE_ELEMENTS,
                  progress: Callable[[], None] | None = None) -> Curve:
@@ -119,23 +130,31 @@ def measure_gguf(name: str, x: np.ndarray, moments: tuple | None = None, *, leve
     sx, idx, factor = _sample_rows(x, sample) if x.ndim == 2 else (x, None, 1.0)
     sw = w if (w is None or axis == 1 or idx is None) else w[idx]
     sh = h if (h is None or axis == 1 or idx is None) else h[np.ix_(idx, idx)]
-    sspec = ArraySpec(spec.dtype, tuple(int(d) for d in sx.shape))
+    u = step_feedback(spec.shape, moments, damping) if axis == 1 and sx.ndim == 2 else None
     points = []
     for choice in ggml_choices(spec.shape[-1]) if spec.dtype.name == "f32" else []:
+        t = choice.params["type"]
+        tries = []  # (choice, values): the plain rounding, and with error feedback where it applies
         try:
-            t = choice.params["type"]
             if t in PLAIN_TYPES:  # the rounding alone (the lossless tree is not measured)
-                y = np.asarray(plain_rounded(sx, t), np.float32)
+                tries.append((choice, np.asarray(plain_rounded(sx, t), np.float32)))
             else:
-                _, y = encode_ggml(sx, sspec, t, axis, sw, level)
+                tries.append((choice, _values(quantize_blocks(sx, t, importance_of(axis, sw)), t, sx.shape)))
+                if u is not None:
+                    fed = Choice("ggml", {"type": t, "feedback": True}, t)
+                    tries.append((fed, gptq_blocks(sx, t, u, importance_of(axis, sw))[1]))
         except CmfError:
             continue
         finally:
             if progress is not None:
                 progress()
-        plain, werr = weighted_error(sx, y, axis, sw, sh)
-        points.append(Point(choice, gguf_tensor_bytes(choice.params["type"], spec.shape), werr * factor,
-                            plain * factor, factor != 1.0))
+        best = None
+        for c, y in tries:  # the smaller error on fold 1 (the feedback used fold 0)
+            plain, werr = weighted_error(sx, y, axis, sw, sh)
+            if best is None or werr < best[1]:
+                best = (c, werr, plain)
+        c, werr, plain = best  # type: ignore[misc]
+        points.append(Point(c, gguf_tensor_bytes(t, spec.shape), werr * factor, plain * factor, factor != 1.0))
     points.append(Point(LOSSLESS, gguf_tensor_bytes("F32", spec.shape), 0.0, 0.0))
     curve = Curve(name, x.size, energy, points, lower_hull(points), axis, w,
                   time.perf_counter() - start, plain_energy)

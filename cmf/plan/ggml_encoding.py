@@ -2,7 +2,7 @@
 cmf.plan.candidates and cmf.plan.ggml_candidates use it).
 
 - a block type (Q8_0 ... Q2_K, IQ4_XS, IQ4_NL, the legacy fallbacks): the ``ggml`` codec tree of
-  cmf.ggml_encode's blocks, decoding to f32;
+  cmf.ggml_encode's blocks (or, with ``feedback``, cmf.plan.ggml_gptq's), decoding to f32;
 - F16 / BF16 (:data:`PLAIN_TYPES`): the tensor rounded to that dtype (round to nearest even, as
   llama.cpp converts) and stored losslessly *as that dtype*: the .cmf tensor is f16 / bf16, which
   the GGUF writer (cmf.convert.hf_gguf) writes as F16 / BF16. A value the dtype cannot hold
@@ -40,9 +40,12 @@ def plain_rounded(x: np.ndarray, ggml_type: str) -> np.ndarray:
 
 
 def encode_ggml(x: np.ndarray, spec: ArraySpec, ggml_type: str, axis: int | None,
-                w: np.ndarray | None, level: int = 3) -> tuple[Pending, np.ndarray]:
+                w: np.ndarray | None, level: int = 3,
+                feedback: np.ndarray | None = None) -> tuple[Pending, np.ndarray]:
     """The tree of ``x`` in ``ggml_type`` (module docstring) and the f32 array a reader decodes
-    it to. CmfError where the type does not take the rows."""
+    it to. ``feedback``: ``u`` of cmf.plan.candidates.channel_hessian for a block type whose
+    input channels are the columns (``axis`` 1): the codes rounded with error feedback
+    (cmf.plan.ggml_gptq). CmfError where the type does not take the rows."""
     from ..codecs.ggml_pack import blocks_to_pending
 
     x = np.asarray(x)
@@ -55,6 +58,11 @@ def encode_ggml(x: np.ndarray, spec: ArraySpec, ggml_type: str, axis: int | None
         pending = encode_lossless(y, ArraySpec(dtypes.of_array(y), tuple(int(d) for d in x.shape)), level)
         return pending, np.asarray(y, np.float32)
     rows = x.reshape(-1, x.shape[-1])
-    blocks = quantize_blocks(rows, ggml_type, importance_of(axis, w))
+    if feedback is not None and axis == 1 and x.ndim == 2:
+        from .ggml_gptq import gptq_blocks
+
+        blocks = gptq_blocks(rows, ggml_type, feedback, importance_of(axis, w))[0]
+    else:
+        blocks = quantize_blocks(rows, ggml_type, importance_of(axis, w))
     pending = blocks_to_pending(blocks, ggml_type, tuple(int(d) for d in x.shape), level)
     return pending, decode_pending(pending)

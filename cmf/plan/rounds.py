@@ -87,7 +87,7 @@ def _encode_choices(result: PlanResult, alloc: Allocation, tensors: Mapping[str,
         if key not in cache:
             x = tensors[name]
             feedback = None
-            if point.choice.family == "step":
+            if point.choice.family == "step" or point.choice.params.get("feedback"):  # --gguf: GPTQ
                 feedback = step_feedback(tuple(np.shape(x)), result.moments.get(name))
             pending, _ = encode_decoded(point.choice, x, _spec(x), tp.curve.axis, tp.curve.weights,
                                         options.level, feedback)

@@ -95,6 +95,43 @@ def test_f16_and_bf16_choices_round_as_llama_cpp_and_refuse_what_does_not_fit():
     assert f16.bytes == 8 * 40 * 2 and 0 < f16.error < next(p for p in curve.points if p.choice.label == "BF16").error
 
 
+GPTQ_TYPES = ("Q8_0", "Q4_0", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+
+
+def test_gptq_rounding_writes_valid_blocks_and_lowers_the_output_error():
+    from cmf.ggml_encode import quantize_blocks
+    from cmf.plan.ggml_gptq import gptq_blocks
+
+    rng = np.random.default_rng(1)
+    n, rows = 256, 24
+    x = rng.standard_normal((rows, n)).astype(np.float32)
+    mix = rng.standard_normal((n, n)) / np.sqrt(n) + np.eye(n)
+    inputs = rng.standard_normal((4 * n, n)) @ mix  # correlated input channels
+    h = inputs.T @ inputs / len(inputs)
+    u = np.linalg.cholesky(np.linalg.inv(h + 0.01 * np.mean(np.diag(h)) * np.eye(n))).T
+    imp = np.diag(h).astype(np.float32)
+
+    def deq(b, t):
+        return gguf.quants.dequantize(b.reshape(-1), gguf.GGMLQuantizationType[t]).reshape(x.shape)
+
+    def out_err(y):
+        d = (y - x).astype(np.float64)
+        return float(np.einsum("ij,jk,ik->", d, h, d))
+
+    for t in GPTQ_TYPES:
+        plain = quantize_blocks(x, t, imp)
+        same, values = gptq_blocks(x, t, np.eye(n, dtype=np.float32), imp)  # no feedback: the plain
+        assert np.mean(same == plain) > 0.99, t  # rounding (ties aside: the codes from float32)
+        assert out_err(values) <= out_err(deq(plain, t)) * 1.001, t
+        blocks, values = gptq_blocks(x, t, u, imp)
+        np.testing.assert_array_equal(deq(blocks, t), values)  # valid blocks, values as llama.cpp reads them
+        assert out_err(values) < 0.9 * out_err(deq(plain, t)), t
+    with pytest.raises(CmfError, match="multiple of 256"):
+        gptq_blocks(x[:, :96], "Q4_K", u[:96, :96])
+    with pytest.raises(CmfError, match="positive diagonal"):
+        gptq_blocks(x, "Q4_0", np.zeros((n, n), np.float32))
+
+
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
     pytest.importorskip("tokenizers")
@@ -161,6 +198,7 @@ def test_f16_choices_are_f16_in_the_file_and_the_gguf(planned, run, tmp_path):
                                                      calibrate=list(helpers.TEXTS)))
     chosen = {n: tp.point.choice.label for n, tp in result.tensors.items()}
     assert "F16" in chosen.values() and result.target_met and result.gguf_bytes <= target, chosen
+    assert any(tp.point.choice.params.get("feedback") for tp in result.tensors.values())  # GPTQ blocks too
     with cmf.open(path) as f:
         for name, label in chosen.items():
             assert f.spec(name).dtype.name == ("f16" if label == "F16" else "f32"), name
