@@ -517,11 +517,11 @@ def cmd_container(args: argparse.Namespace) -> int:
 
 def _q(bits: int, block: int, scheme: str = "symmetric", codes: Any = None) -> dict[str, Any]:
     """A quantize template (cmf/plan/presets.py's code choice unless ``codes`` is given)."""
-    from cmf.plan.presets import _codes
+    from cmf.plan.presets import codes_template
 
     return {"codec": "quantize",
             "config": {"bits": bits, "block": block, "axis": -1, "scheme": scheme, "scale_dtype": "f16", "search": True},
-            "parts": {"q": codes or _codes(bits)}}
+            "parts": {"q": codes or codes_template(bits)}}
 
 
 def codec_recipes() -> dict[str, Any]:

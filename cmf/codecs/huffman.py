@@ -120,9 +120,15 @@ def _pack_bits(total_bits: int, blocks) -> bytes:
         first += 1
         first = np.concatenate([[0], first])
         acc[word[first]] |= np.bitwise_or.reduceat(val, first)  # disjoint bits: OR = sum
-    words = (acc >> np.uint64(32)).astype(np.uint32)
-    words[1:] |= acc[:-1].astype(np.uint32)  # the low halves spill into the next word
-    return words.astype(">u4").tobytes()[: (total_bits + 7) // 8]
+    words = np.empty(acc.size, ">u4")  # big-endian 32-bit words, made a slice at a time
+    step = 1 << 20
+    for i in range(0, acc.size, step):
+        part = (acc[i : i + step] >> np.uint64(32)).astype(np.uint32)
+        part[1:] |= acc[i : i + part.size - 1].astype(np.uint32)  # the low halves spill into the next word
+        if i:
+            part[0] |= np.uint32(int(acc[i - 1]) & 0xFFFFFFFF)
+        words[i : i + step] = part
+    return words.view(np.uint8)[: (total_bits + 7) // 8].tobytes()
 
 
 def _windows(buf: np.ndarray) -> np.ndarray:

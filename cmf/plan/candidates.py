@@ -54,7 +54,7 @@ from .ggml_encoding import encode_ggml
 from .presets import codes_template
 from .recipe import encode_template
 
-SAMPLE_ELEMENTS = 1 << 20  # template candidates of bigger tensors are measured on this many
+SAMPLE_ELEMENTS = 1 << 18  # template candidates of bigger tensors are measured on this many
 STEP_SAMPLE_ELEMENTS = 1 << 18  # error-feedback step candidates of bigger tensors: rows sampled to this many
 MAX_OUTLIERS = 1e-3  # a step choice needing more exact values than this fraction is dropped
 MAX_STEP_BITS = 12  # widest codes of a step choice (u16 codes beyond 8 bits)
@@ -146,16 +146,63 @@ def channel_weights(shape: tuple[int, ...], moments: tuple | None,
     return axis, m / m.mean()
 
 
+@dataclass(frozen=True)
+class LowRankForm:
+    """The matrix ``f^T f + ridge I`` (n, n), kept as ``f`` (k, n) with k < n: the ``Hn`` of
+    :func:`channel_hessian` when fold 1's rows are known (cmf.plan.harness_base.MomentSums).
+    A quadratic form through it costs ``k / n`` of one through the matrix."""
+
+    f: np.ndarray  # (k, n) float32
+    ridge: float
+
+    def take(self, idx: np.ndarray) -> "LowRankForm":
+        """The form over the channels ``idx`` (the sub-matrix ``H[idx][:, idx]``)."""
+        return LowRankForm(np.ascontiguousarray(self.f[:, idx]), self.ridge)
+
+
+def quadratic_form(d: np.ndarray, h: "np.ndarray | LowRankForm") -> float:
+    """``tr(d h d^T)`` of ``d`` (rows, n) float64 with ``h`` (n, n) or a :class:`LowRankForm`;
+    the products in float32, the sums in float64."""
+    d32 = d.astype(np.float32)
+    if isinstance(h, LowRankForm):
+        p = d32 @ h.f.T  # (rows, k)
+        return float(np.einsum("ij,ij->", p, p, dtype=np.float64)) + h.ridge * float(np.einsum("ij,ij->", d, d))
+    return float(np.einsum("ij,ij->", d32 @ h, d32, dtype=np.float64))
+
+
+def _take_channels(h: "np.ndarray | LowRankForm", idx: np.ndarray) -> "np.ndarray | LowRankForm":
+    return h.take(idx) if isinstance(h, LowRankForm) else h[np.ix_(idx, idx)]
+
+
+_HESSIAN_CACHE: list[tuple[tuple, Any, tuple]] = []  # (key, inputs kept alive, result), newest last
+HESSIAN_CACHE_ENTRIES = 3  # the inputs of a block's q/k/o/v (or gate/up) come a few tensors apart
+
+
 def channel_hessian(shape: tuple[int, ...], moments: tuple | None,
-                    damping: float = 0.05) -> tuple[np.ndarray | None, np.ndarray | None]:
+                    damping: float = 0.05) -> tuple[np.ndarray | None, "np.ndarray | LowRankForm | None"]:
     """``(u, Hn)`` from the fold matrices of ``moments`` (cmf.plan.harness): ``u`` (n, n) the
     upper Cholesky factor of ``(H0 + GPTQ_DAMPING mean(diag H0) I)^-1`` that :func:`gptq_levels`
-    feeds errors through, ``Hn`` (n, n) ``H1`` plus ``damping`` times its mean diagonal, scaled
-    to a mean diagonal of 1, that errors are measured with; ``(None, None)`` without them."""
+    feeds errors through, ``Hn`` ``H1`` plus ``damping`` times its mean diagonal, scaled to a
+    mean diagonal of 1, that errors are measured with: an (n, n) float32 matrix, or a
+    :class:`LowRankForm` where ``moments`` carries fold 1's rows; ``(None, None)`` without
+    matrices. The last few results are kept for tensors that share an input (same arrays)."""
     if moments is None or len(moments) < 3 or moments[2] is None or len(shape) != 2:
         return None, None
     n = shape[moments[0] % 2]
-    h0, h1 = (np.asarray(h, np.float64) for h in moments[2])
+    factor = moments[3] if len(moments) > 3 else None
+    key = (n, damping, id(moments[2][0]), id(moments[2][1]), id(factor))
+    for k, _, got in _HESSIAN_CACHE:
+        if k == key:
+            return got
+    got = _channel_hessian(n, moments[2], factor, damping)
+    _HESSIAN_CACHE.append((key, (moments[2], factor), got))
+    del _HESSIAN_CACHE[:-HESSIAN_CACHE_ENTRIES]
+    return got
+
+
+def _channel_hessian(n: int, folds: tuple, factor: np.ndarray | None,
+                     damping: float) -> tuple[np.ndarray | None, "np.ndarray | LowRankForm | None"]:
+    h0, h1 = (np.asarray(h, np.float64) for h in folds)
     if h0.shape != (n, n) or h1.shape != (n, n) or not (np.isfinite(h0).all() and np.isfinite(h1).all()):
         return None, None
     m0, m1 = float(np.mean(np.diag(h0))), float(np.mean(np.diag(h1)))
@@ -165,12 +212,16 @@ def channel_hessian(shape: tuple[int, ...], moments: tuple | None,
         u = np.linalg.cholesky(np.linalg.inv((h0 + h0.T) / 2 + GPTQ_DAMPING * m0 * np.eye(n))).T
     except np.linalg.LinAlgError:
         return None, None
-    hn = ((h1 + h1.T) / 2 + damping * m1 * np.eye(n)) / (m1 * (1 + damping))
-    return u, hn
+    scale = m1 * (1 + damping)
+    if factor is not None and factor.ndim == 2 and factor.shape[1] == n and factor.shape[0] < n \
+            and np.isfinite(factor).all():
+        return u, LowRankForm((factor / np.float32(np.sqrt(scale))).astype(np.float32), damping / (1 + damping))
+    hn = ((h1 + h1.T) / 2 + damping * m1 * np.eye(n)) / scale
+    return u, hn.astype(np.float32)
 
 
 def weighted_error(x: np.ndarray, y: np.ndarray, axis: int | None, w: np.ndarray | None,
-                   h: np.ndarray | None = None) -> tuple[float, float]:
+                   h: "np.ndarray | LowRankForm | None" = None) -> tuple[float, float]:
     """(plain, weighted) squared error of ``y`` against ``x`` in float64, in row chunks; with
     ``h`` (:func:`channel_hessian`) the weighted error is ``tr(dW h dW^T)`` over input channels."""
     x2 = np.asarray(x).reshape(x.shape[0], -1) if x.ndim >= 2 else np.asarray(x).reshape(1, -1)
@@ -182,7 +233,7 @@ def weighted_error(x: np.ndarray, y: np.ndarray, axis: int | None, w: np.ndarray
     for i in range(0, x2.shape[0], step):
         d = y2[i : i + step].astype(np.float64) - x2[i : i + step].astype(np.float64)
         if h is not None:
-            weighted += float(np.einsum("ij,ij->", d @ h, d))
+            weighted += quadratic_form(d, h)
         d *= d
         plain += float(d.sum())
         if w is not None and h is None:
@@ -200,44 +251,74 @@ def step_feedback(shape: tuple[int, ...], moments: tuple | None, damping: float 
     return channel_hessian(shape, moments, damping)[0]
 
 
-def gptq_levels(x: np.ndarray, steps: np.ndarray, u: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(levels, values)`` (rows, n) float64: codes of ``x`` (rows, n) with per-channel ``steps``
+def gptq_levels(x: np.ndarray, steps: np.ndarray, u: np.ndarray, limit: int,
+                sparse_values: bool = False) -> tuple[np.ndarray, Any]:
+    """``(levels, values)`` (rows, n) float32: codes of ``x`` (rows, n) with per-channel ``steps``
     (n,), rounded channel by channel with error feedback through ``u`` (:func:`channel_hessian`),
     and the values they stand for. A code beyond ``limit`` marks a value the step encoding keeps
     in an ``outlier`` node: ``values`` holds the error-adjusted value to keep there (stored in
-    the tensor's dtype, so exact up to that rounding), and no error is fed forward from it."""
-    return gptq_levels_many(x, [steps], u, limit)[0]
+    the tensor's dtype, so exact up to that rounding), and no error is fed forward from it.
+    ``sparse_values``: ``values`` is ``(flat positions, values)`` of those codes only (ascending),
+    not a second (rows, n) array. Rows are independent: a big ``x`` is rounded
+    ``GPTQ_CHUNK_ELEMENTS`` at a time, so the work arrays stay small."""
+    rows, n = x.shape
+    per = max(1, GPTQ_CHUNK_ELEMENTS // max(n, 1))
+    levels = np.empty((rows, n), np.float32)
+    values = None if sparse_values else np.empty((rows, n), np.float32)
+    where, kept = [], []
+    for r0 in range(0, rows, per):
+        lv, vv = gptq_levels_many(x[r0 : r0 + per], [steps], u, limit)[0]
+        levels[r0 : r0 + per] = lv
+        if values is not None:
+            values[r0 : r0 + per] = vv
+            continue
+        beyond = np.abs(lv) > limit
+        if beyond.any():
+            where.append(np.flatnonzero(beyond) + r0 * n)
+            kept.append(vv[beyond])
+    if values is not None:
+        return levels, values
+    if not where:
+        return levels, (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    return levels, (np.concatenate(where), np.concatenate(kept))
 
 
 GPTQ_BATCH_ELEMENTS = 1 << 23  # codes of all step sizes rounded together (bounds the batch's arrays)
+GPTQ_CHUNK_ELEMENTS = 1 << 21  # rows of one tensor rounded at a time (gptq_levels)
 
 
 def gptq_levels_many(x: np.ndarray, steps: Sequence[np.ndarray], u: np.ndarray,
                      limit: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """:func:`gptq_levels` of ``x`` for each step vector of ``steps``, the channels' loop run
     once over a batch of them side by side (the same arithmetic per element; a batch of up to
-    ``GPTQ_BATCH_ELEMENTS`` values)."""
+    ``GPTQ_BATCH_ELEMENTS`` values). float32 arithmetic; within a block of ``GPTQ_BLOCK``
+    channels each channel takes the errors of the ones before it in one matrix-vector product
+    (lazy updates), the channels after the block in one matrix product."""
     rows, n = x.shape
     per = max(1, GPTQ_BATCH_ELEMENTS // max(rows * n, 1))
     out: list[tuple[np.ndarray, np.ndarray]] = []
-    base = np.asarray(x, dtype=np.float64).T  # (n, rows)
+    u32 = np.asarray(u, np.float32)
+    base = np.asarray(x, dtype=np.float32).T  # (n, rows)
     for k0 in range(0, len(steps), per):
-        group = np.stack([np.asarray(g, np.float64) for g in steps[k0 : k0 + per]], axis=1)  # (n, S)
-        wt = np.tile(base, (1, group.shape[1]))  # (n, S * rows): copy k in columns k*rows..(k+1)*rows
+        group = np.stack([np.asarray(g, np.float32) for g in steps[k0 : k0 + per]], axis=1)  # (n, S)
+        count = group.shape[1]
+        wt = np.tile(base, (1, count))  # (n, S * rows): copy k in columns k*rows..(k+1)*rows
         levels = np.empty_like(wt)
         for b0 in range(0, n, GPTQ_BLOCK):
             b1 = min(b0 + GPTQ_BLOCK, n)
-            err = np.empty((b1 - b0, wt.shape[1]))  # (b, S * rows)
+            err = np.empty((b1 - b0, wt.shape[1]), np.float32)  # (b, S * rows)
             for j in range(b0, b1):
-                st = np.repeat(group[j], rows)  # (S * rows,) the step of channel j in each copy
-                c = np.rint(wt[j] / st)
-                levels[j] = c
-                e = np.where(np.abs(c) > limit, 0.0, wt[j] - c * st) / u[j, j]
-                wt[j + 1 : b1] -= u[j, j + 1 : b1, None] * e[None, :]
-                err[j - b0] = e
+                if j > b0:  # the errors of this block's earlier channels, fed forward now
+                    wt[j] -= u32[b0:j, j] @ err[: j - b0]
+                wj = wt[j].reshape(count, rows)
+                st = group[j][:, None]  # (S, 1): the step of channel j in each copy
+                c = np.rint(wj / st)
+                levels[j] = c.reshape(-1)
+                e = np.where(np.abs(c) > limit, np.float32(0), wj - c * st) / u32[j, j]
+                err[j - b0] = e.reshape(-1)
             if b1 < n:
-                wt[b1:] -= u[b0:b1, b1:].T @ err
-        for k in range(group.shape[1]):  # (rows, n) views, as one call each would return
+                wt[b1:] -= u32[b0:b1, b1:].T @ err
+        for k in range(count):  # (rows, n) views, as one call each would return
             cols = slice(k * rows, (k + 1) * rows)
             out.append((levels[:, cols].T, wt[:, cols].T))
     return out
@@ -248,7 +329,8 @@ def gptq_levels_many(x: np.ndarray, steps: Sequence[np.ndarray], u: np.ndarray,
 
 def encode_step(x: np.ndarray, spec: ArraySpec, rel_step: float, axis: int | None,
                 w: np.ndarray | None, level: int = 3, feedback: np.ndarray | None = None,
-                levels_of: Callable[[np.ndarray], Any] | None = None) -> tuple[Pending, np.ndarray]:
+                levels_of: Callable[[np.ndarray], Any] | None = None,
+                decoded: bool = True) -> tuple[Pending, np.ndarray | None]:
     """The step (ECSQ) encoding of ``x`` (module docstring) and the array it decodes to;
     CmfError if it cannot be made. With ``feedback`` (``u`` of :func:`channel_hessian`; per-channel
     steps only) the codes are chosen with error feedback (:func:`gptq_levels`)."""
@@ -258,20 +340,20 @@ def encode_step(x: np.ndarray, spec: ArraySpec, rel_step: float, axis: int | Non
     rms = float(np.sqrt(np.mean(np.square(xf, dtype=np.float64)))) or 1.0
     base = rel_step * rms
     if axis is None or w is None:  # one step for the whole tensor
-        return _encode_scaled(x, xf, spec, np.full((1,), base), None, level, None)
+        return _encode_scaled(x, xf, spec, np.full((1,), base), None, level, None, decoded=decoded)
     w = np.asarray(w, np.float64)
     if not (np.isfinite(w).all() and (w > 0).all()):
         raise CmfError("step: channel importances must be finite and positive")
     steps = base / np.sqrt(w)  # one step per input channel: quantize blocks run along the other axis
     if (axis == 0 and feedback is None and spec.numel >= ROW_CLASS_ELEMENTS
             and steps.max() >= ROW_CLASS_SPREAD * steps.min()):
-        return _encode_row_classes(x, xf, spec, steps, level)
+        return _encode_row_classes(x, xf, spec, steps, level, decoded)
     scales = steps.reshape((1, spec.shape[1]) if axis == 1 else (spec.shape[0], 1))
-    return _encode_scaled(x, xf, spec, scales, 1 - axis, level, feedback, levels_of)
+    return _encode_scaled(x, xf, spec, scales, 1 - axis, level, feedback, levels_of, decoded)
 
 
 def _encode_row_classes(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, steps: np.ndarray,
-                        level: int) -> tuple[Pending, np.ndarray]:
+                        level: int, decoded: bool = True) -> tuple[Pending, np.ndarray | None]:
     """Per-row ``steps`` (rows,) rounded to a grid ``sqrt(2)`` apart, each group of rows with
     one step its own single-scale node under a ``partition`` node (spec/codecs/partition.md):
     each class's codes get their own entropy-coder table. A class's step is raised where its
@@ -283,14 +365,17 @@ def _encode_row_classes(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, steps: n
     limit = STEP_LIMIT
     rest = spec.shape[1:]
     counts, parts = [], {}
-    y = np.empty(spec.shape, spec.dtype.numpy)
+    y = np.empty(spec.shape, spec.dtype.numpy) if decoded else None
     for c, g in enumerate(grid):
         rows = np.flatnonzero(classes == c)
         xc = np.ascontiguousarray(np.asarray(x)[rows])
         peak = float(np.abs(xf[rows]).max()) if xc.size else 0.0
         step = max(float(steps.min()) * 2.0 ** (g / 2), peak / (limit - 2))  # f16 rounding: margin
         cspec = ArraySpec(spec.dtype, (rows.size, *rest))
-        parts[f"p{c}"], y[rows] = _encode_scaled(xc, xf[rows], cspec, np.full((1,), step), None, level, None)
+        parts[f"p{c}"], yc = _encode_scaled(xc, xf[rows], cspec, np.full((1,), step), None, level, None,
+                                            decoded=decoded)
+        if y is not None:
+            y[rows] = yc
         counts.append(int(rows.size))
     codec = Partition(counts=tuple(counts))
     cls = encode_lossless(classes.astype(np.uint8), codec.resolve(spec)["class"], level)
@@ -310,9 +395,12 @@ def stored_steps(scales: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
 
 def _encode_scaled(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, scales: np.ndarray, qaxis: int | None,
                    level: int, feedback: np.ndarray | None,
-                   levels_of: Callable[[np.ndarray], Any] | None = None) -> tuple[Pending, np.ndarray]:
+                   levels_of: Callable[[np.ndarray], Any] | None = None,
+                   decoded: bool = True) -> tuple[Pending, np.ndarray | None]:
     """The step encoding of ``x`` (``xf`` its float32 copy) with ``scales`` (``(1,)``, or the
-    blocks shape of per-channel steps with quantize axis ``qaxis``)."""
+    blocks shape of per-channel steps with quantize axis ``qaxis``), and the array it decodes
+    to (None unless ``decoded``). Work arrays: the codes (float32), the error-adjusted values
+    (with feedback), the stored codes and the decoded array, each made once."""
     sdt, s_stored, s32 = stored_steps(scales)
     limit = STEP_LIMIT
     kept = np.asarray(x)  # the values outliers keep exactly
@@ -320,41 +408,56 @@ def _encode_scaled(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, scales: np.nd
         steps = s32.reshape(-1).astype(np.float64)
         if qaxis == 0:  # (rows, n): channels along columns
             got = levels_of(steps) if levels_of is not None else None
-            levels, kept = got if got is not None else gptq_levels(xf, steps, feedback, limit)
+            if got is not None:  # views of a batch: copied before the changes below
+                levels, kept = np.array(got[0], dtype=np.float32), got[1]
+            else:
+                levels, kept = gptq_levels(xf, steps, feedback, limit, sparse_values=True)
         else:
-            levels, kept = (a.T for a in gptq_levels(xf.T, steps, feedback, limit))
-        levels = np.ascontiguousarray(levels, dtype=np.float32) + np.float32(0)  # no -0.0
+            levels, kept = gptq_levels(xf.T, steps, feedback, limit)
+            levels, kept = np.ascontiguousarray(levels.T), kept.T
     else:
-        levels = np.rint(xf / (s32 if qaxis is not None else s32[0])) + np.float32(0)  # no -0.0
+        levels = np.rint(xf / (s32 if qaxis is not None else s32[0]))
+    levels = np.ascontiguousarray(levels, dtype=np.float32)
+    np.add(levels, np.float32(0), out=levels)  # no -0.0
     outliers = np.abs(levels) > limit
     count = int(outliers.sum())
     if count > MAX_OUTLIERS * xf.size:
         raise CmfError("step: too many values beyond the code range")
+    flat = np.flatnonzero(outliers.reshape(-1)) if count else None
+    del outliers
     if count:
-        levels[outliers] = 0
+        levels.reshape(-1)[flat] = 0
     lo, hi = (int(levels.min()), int(levels.max())) if levels.size else (0, 0)
     bits = 2
     while -lo > (1 << (bits - 1)) or hi > (1 << (bits - 1)) - 1:  # [-2^(b-1), 2^(b-1) - 1]
         bits += 1
+    y = None
+    if decoded:  # what the quantize decoder computes: f32(level) * f32(scale), one rounding, then the dtype
+        with np.errstate(over="ignore"):
+            y = (levels * (s32 if qaxis is not None else s32[0])).astype(spec.dtype.numpy, copy=False)
+    levels += np.float32(1 << (bits - 1))
+    q = levels.astype(np.uint8 if bits <= 8 else np.uint16)
+    del levels
     codec = Quantize(bits=bits, block=0, axis=qaxis, scheme="symmetric", scale_dtype=sdt, search=False)
-    q = (levels + (1 << (bits - 1))).astype(np.uint8 if bits <= 8 else np.uint16)
     parts_spec = codec.resolve(spec)
     quant = PendingNode(codec, {
         "q": encode_template(codes_template(bits), q, parts_spec["q"], level),
         "scale": encode_lossless(s_stored.reshape(parts_spec["scale"].shape), parts_spec["scale"], level),
     }, spec)
-    # what the quantize decoder computes: f32(level) * f32(scale), one rounding, then the dtype
-    with np.errstate(over="ignore"):
-        y = (levels.astype(np.float32) * (s32 if qaxis is not None else s32[0])).astype(spec.dtype.numpy)
     if not count:
         return quant, y
-    flat = np.flatnonzero(outliers.reshape(-1))
     nbits, entries, _ = choose_index_bits(flat, (8, 16))
     ocodec = Outlier(count=count, bits=nbits, entries=entries)
     ospec = ocodec.resolve(spec)
     codes = delta_encode(flat, nbits)
-    values = np.ascontiguousarray(np.asarray(kept).reshape(-1)[flat], dtype=spec.dtype.numpy)
-    y.reshape(-1)[flat] = values
+    if isinstance(kept, tuple):  # (positions, values) of the codes beyond the range (gptq_levels)
+        if not np.array_equal(kept[0], flat):
+            raise CmfError("step: the error-feedback outliers disagree with the codes (internal error)")
+        values = np.ascontiguousarray(kept[1], dtype=spec.dtype.numpy)
+    else:
+        values = np.ascontiguousarray(np.asarray(kept).reshape(-1)[flat], dtype=spec.dtype.numpy)
+    if y is not None:
+        y.reshape(-1)[flat] = values
     return PendingNode(ocodec, {
         "dense": quant,  # the quantized values at the outlier positions are replaced on decode
         "index": encode_lossless(codes, ospec["index"], level),
@@ -365,19 +468,21 @@ def _encode_scaled(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, scales: np.nd
 def encode_choice(choice: Choice, x: np.ndarray, spec: ArraySpec, axis: int | None,
                   w: np.ndarray | None, level: int = 3, feedback: np.ndarray | None = None) -> Pending:
     """The pending tree of ``choice`` for ``x`` (CmfError / FitRefused if it does not apply)."""
-    return encode_decoded(choice, x, spec, axis, w, level, feedback)[0]
+    return encode_decoded(choice, x, spec, axis, w, level, feedback, decoded=False)[0]
 
 
 def encode_decoded(choice: Choice, x: np.ndarray, spec: ArraySpec, axis: int | None,
                    w: np.ndarray | None, level: int = 3, feedback: np.ndarray | None = None,
-                   levels_of: Callable[[np.ndarray], Any] | None = None) -> tuple[Pending, np.ndarray]:
+                   levels_of: Callable[[np.ndarray], Any] | None = None,
+                   decoded: bool = True) -> tuple[Pending, np.ndarray | None]:
     """The pending tree of ``choice`` for ``x`` and the array a reader decodes it to
     (``feedback``: see :func:`encode_step`; ``levels_of(steps)``: error-feedback codes and
-    values already rounded for those steps, or None)."""
+    values already rounded for those steps, or None). ``decoded=False``: the step family
+    skips making the decoded array and returns None for it (the others return it anyway)."""
     if choice.family == "lossless":
         return encode_lossless(np.asarray(x), spec, level), np.asarray(x)
     if choice.family == "step":
-        return encode_step(x, spec, choice.params["rel_step"], axis, w, level, feedback, levels_of)
+        return encode_step(x, spec, choice.params["rel_step"], axis, w, level, feedback, levels_of, decoded)
     if choice.family == "template":
         pending = encode_template(choice.params["template"], x, spec, level)
         return pending, decode_pending(pending)
@@ -506,7 +611,7 @@ def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
                 if sample_of is None:
                     sx, idx, factor = _sample_rows(x, sample)
                     sw = w if (w is None or axis == 1 or idx is None) else w[idx]
-                    sh = h if (h is None or axis == 1 or idx is None) else h[np.ix_(idx, idx)]
+                    sh = h if (h is None or axis == 1 or idx is None) else _take_channels(h, idx)
                     sspec = ArraySpec(spec.dtype, tuple(int(d) for d in sx.shape))
                     sample_of = (sx, sw, sh, sspec, factor)
                 sx, sw, sh, sspec, factor = sample_of

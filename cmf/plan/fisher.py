@@ -79,7 +79,7 @@ def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str
         for y in drawn:
             gx, gh = torch.autograd.grad(logp.gather(1, y).sum(), [x_n, head], retain_graph=True)
             grads_x.append(gx)
-            head_sq += float((gh.double() ** 2).sum())
+            head_sq += _square_sum(torch, gh)
             head_rows.append(gh[uniq])  # [u, d]: for the tied embedding's cross term
             del gh
         del logp
@@ -95,15 +95,18 @@ def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str
                  for a in ("w_qkv", "w_o", "w_gate_up", "w_down")}
             x_i = torch.from_numpy(np.array(inputs[i], np.float32)).requires_grad_(True)
             out = _block(torch, x_i, w, layer, cfg, cos, sin, mask)
-            spans = {attr: list(zip(group, _spans(attr, w[attr].shape[0], cfg)))  # name, fused rows
-                     for attr, group in harness.layer_names(i) if group}
+            spans = {}  # attr -> [(name, fused rows)]; a group not matching the fused layout is left
+            for attr, group in harness.layer_names(i):  # to the noise measurement
+                rows = _spans(attr, w[attr].shape[0], cfg)
+                if group and len(group) == len(rows):
+                    spans[attr] = list(zip(group, rows))
             for k in range(samples):
                 got = torch.autograd.grad(out, [x_i, *w.values()], grad_outputs=grads_x[k],
                                           retain_graph=k + 1 < samples)
                 grads_x[k] = got[0]
                 for attr, g in zip(w, got[1:]):
                     for name, (a, b) in spans.get(attr, ()):
-                        traces[name] = traces.get(name, 0.0) + float((g[a:b].double() ** 2).sum()) / samples
+                        traces[name] = traces.get(name, 0.0) + _square_sum(torch, g[a:b]) / samples
             del out, w, x_i
         # the embedding: a lookup of the input tokens (and the head too when tied)
         embed_name = harness.embedding_name()
@@ -120,6 +123,18 @@ def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str
         if head_name is not None and not tied:
             traces[head_name] = head_sq / samples
     return traces
+
+
+def _square_sum(torch: Any, g: Any) -> float:
+    """``sum(g^2)`` of a float32 gradient without a float64 copy of it: one dot product per
+    chunk of rows (float32 accumulation within a chunk), the chunks summed in float64."""
+    flat = g.reshape(g.shape[0], -1) if g.dim() > 1 else g.reshape(1, -1)
+    step = max(1, (1 << 16) // max(flat.shape[1], 1))
+    total = 0.0
+    for i in range(0, flat.shape[0], step):
+        part = flat[i : i + step].reshape(-1)
+        total += float(torch.dot(part, part))
+    return total
 
 
 def _spans(attr: str, rows: int, cfg: Any) -> list[tuple[int, int]]:

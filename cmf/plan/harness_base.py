@@ -16,8 +16,9 @@ DEFAULT_MAX_TOKENS = 256
 METRIC = "1 - mean cosine"
 DECODER_METRIC = "mean KL of next-token distributions (nats)"
 
-# tensor name -> (input-channel axis, E[x_j^2] (n,), (E[x x^T] of fold 0, of fold 1) or None)
-Moments = dict[str, tuple[int, np.ndarray, "tuple[np.ndarray, np.ndarray] | None"]]
+# tensor name -> (input-channel axis, E[x_j^2] (n,), (E[x x^T] of fold 0, of fold 1) or None,
+#                 fold 1's rows scaled by 1/sqrt(count) (k, n) float32 or None)
+Moments = dict[str, tuple]
 MAX_HESSIAN_DIM = 4096  # input channels up to which E[x x^T] is kept (2 x 128 MiB at 4096)
 MAX_HESSIAN_BYTES = 1 << 30  # all kept matrices together
 
@@ -25,10 +26,14 @@ MAX_HESSIAN_BYTES = 1 << 30  # all kept matrices together
 class MomentSums:
     """Running sums of input activations per key: ``sum x_j^2``, the row count, and per fold
     ``sum x x^T`` and its row count, while the matrices fit ``MAX_HESSIAN_DIM`` /
-    ``MAX_HESSIAN_BYTES`` (one budget per instance)."""
+    ``MAX_HESSIAN_BYTES`` (one budget per instance). Fold 1's rows themselves are kept too
+    while there are at most half as many as channels: ``E[x x^T]`` of fold 1 is then
+    ``f^T f`` with ``f`` (k, n) those rows over ``sqrt(k)``, and a quadratic form through ``f``
+    costs ``k / n`` of one through the matrix (cmf.plan.candidates.LowRankForm)."""
 
     def __init__(self, full: bool = True) -> None:
-        self.sums: dict[Any, list] = {}  # key -> [sum x^2, rows, [sum x x^T] * 2 | None, [rows] * 2]
+        # key -> [sum x^2, rows, [sum x x^T] * 2 | None, [rows] * 2, [fold-1 rows (float32)] | None]
+        self.sums: dict[Any, list] = {}
         self.budget = MAX_HESSIAN_BYTES if full else 0
 
     def add(self, key: Any, rows: np.ndarray, fold: np.ndarray | int = 0) -> None:
@@ -41,7 +46,7 @@ class MomentSums:
             if n <= MAX_HESSIAN_DIM and 2 * n * n * 8 <= self.budget:
                 self.budget -= 2 * n * n * 8
                 full = [np.zeros((n, n)), np.zeros((n, n))]
-            acc = self.sums[key] = [np.zeros(n), 0, full, [0, 0]]
+            acc = self.sums[key] = [np.zeros(n), 0, full, [0, 0], [] if full is not None else None]
         acc[0] += np.einsum("ij,ij->j", rows, rows)
         acc[1] += rows.shape[0]
         if acc[2] is not None:
@@ -51,17 +56,23 @@ class MomentSums:
                 if part.shape[0]:
                     acc[2][f] += part.T @ part
                     acc[3][f] += part.shape[0]
+                    if f == 1 and acc[4] is not None:
+                        acc[4] = acc[4] + [part.astype(np.float32)] if acc[3][1] <= n // 2 else None
 
-    def result(self, key: Any) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None] | None:
-        """``(E[x_j^2], (E[x x^T] of each fold) or None)`` of ``key``; None if it saw no rows.
-        The matrices are None unless both folds saw rows."""
+    def result(self, key: Any) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None,
+                                        np.ndarray | None] | None:
+        """``(E[x_j^2], (E[x x^T] of each fold) or None, fold 1's factor or None)`` of ``key``
+        (class docstring); None if it saw no rows. The matrices are None unless both folds saw
+        rows."""
         acc = self.sums.get(key)
         if acc is None or not acc[1]:
             return None
-        full = None
+        full = factor = None
         if acc[2] is not None and min(acc[3]) > 0:
             full = (acc[2][0] / acc[3][0], acc[2][1] / acc[3][1])
-        return acc[0] / acc[1], full
+            if acc[4]:
+                factor = np.concatenate(acc[4]) / np.float32(np.sqrt(acc[3][1]))  # (k, n)
+        return acc[0] / acc[1], full, factor
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, heap
 from ..codecs import ArraySpec, BytesSpec
 from ..errors import CmfError
 from ..jsonable import json_safe
@@ -200,6 +200,7 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
         refine_sensitivity(result, tensors, harness, options, fixed_bytes)  # at the chosen errors
         _floor_generated(result, options, harness, fixed_bytes)
     result.seconds["sensitivity"] = time.perf_counter() - t0
+    heap.trim()  # the backward passes' buffers
 
     # 3-4. allocate, encode, verify
     t0 = time.perf_counter()
@@ -456,6 +457,7 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
 
     options.check()
     check_outputs([os.fspath(output)], [os.fspath(source)], force=True)  # never onto the model
+    heap.keep_big_blocks_off_heap()  # the stages make and drop many arrays of a few MiB
     src = open_source(source)
     refs = file_refs(src)  # safetensors-backed: tensors read from the files as the plan asks
     tensors: Mapping[str, Any] = file_tensors(refs) if refs else dict(src.items())

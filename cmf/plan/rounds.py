@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, heap
 from ..codecs import ArraySpec
 from ..errors import CmfError
 from . import sensitivity as sens_mod
@@ -90,7 +90,7 @@ def _encode_choices(result: PlanResult, alloc: Allocation, tensors: Mapping[str,
             if point.choice.family == "step" or point.choice.params.get("feedback"):  # --gguf: GPTQ
                 feedback = step_feedback(tuple(np.shape(x)), result.moments.get(name))
             pending, _ = encode_decoded(point.choice, x, _spec(x), tp.curve.axis, tp.curve.weights,
-                                        options.level, feedback)
+                                        options.level, feedback, decoded=False)
             cache[key] = pending  # decoded again when a run asks for it (result.decoded()): bounded memory
         tp.point = point
         tp.pending = cache[key]
@@ -136,6 +136,7 @@ def allocate_and_verify(result: PlanResult, tensors: Mapping[str, Any], options:
         else:
             _, alloc, row = best
             _encode_choices(result, alloc, tensors, options, cache)
+        _evict(cache, result, [alloc])  # only the chosen encodings stay
         _finish(result, alloc, row)
         return
     # a size target: bytes of the whole file
@@ -183,6 +184,7 @@ def _round(result: PlanResult, alloc: Allocation, budget: float, tensors: Mappin
            "planned_bytes": planned}
     if harness is not None:
         stats = harness.stats(result.decoded())
+        heap.trim()
         row.update({"measured_error": stats["error"], "cosine_mean": stats["cosine_mean"],
                     "cosine_min": stats["cosine_min"]})
         row.update({k: stats[k] for k in OUTPUT_KEYS if k in stats})

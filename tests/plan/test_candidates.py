@@ -221,6 +221,23 @@ def test_error_feedback_works_along_either_axis_and_keeps_outliers_exact():
     assert np.array_equal(a[mask], b[mask])
 
 
+def test_gptq_levels_in_row_chunks_with_sparse_outliers_equal_one_pass(monkeypatch):
+    import cmf.plan.candidates as candidates
+
+    rng = np.random.default_rng(8)
+    x = correlated_inputs(rng, 600, rng.standard_normal((4, 24)) * 2)
+    u, _ = channel_hessian((30, 24), fold_moments(x))
+    w = rng.standard_normal((30, 24)).astype(np.float32)
+    w[3, 4], w[17, 20], w[29, 0] = 400.0, -900.0, 250.0  # beyond the codes of this step
+    steps = np.full(24, 0.2)
+    whole, values = gptq_levels(w, steps, u, 1000)
+    monkeypatch.setattr(candidates, "GPTQ_CHUNK_ELEMENTS", 24 * 4)  # 4 rows at a time
+    chunked, (where, kept) = gptq_levels(w, steps, u, 1000, sparse_values=True)
+    assert np.array_equal(chunked, whole)
+    assert np.array_equal(where, np.flatnonzero(np.abs(whole) > 1000)) and where.size == 3
+    assert np.array_equal(kept, values.reshape(-1)[where])
+
+
 def test_channel_hessian_refuses_what_does_not_fit():
     ok = (1, np.ones(5), (np.eye(5), np.eye(5)))
     assert channel_hessian((4, 5), ok)[0] is not None

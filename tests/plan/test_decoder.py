@@ -104,9 +104,12 @@ def test_moments_are_computed_a_block_at_a_time_and_equal_the_whole_pass(tmp_pat
     runner.logits(np.asarray(h.ids))
     monkeypatch.undo()
     x = np.concatenate(seen)
-    axis, diag, folds = m[name]
+    axis, diag, folds, factor = m[name]
     assert axis == 1 and np.allclose(diag, np.mean(x * x, axis=0), rtol=1e-6)
     assert folds is not None and folds[0].shape == (x.shape[1], x.shape[1])
+    if factor is not None:  # fold 1's rows, kept while fewer than half the channels
+        assert factor.shape[1] == x.shape[1] and factor.shape[0] <= x.shape[1] // 2
+        assert np.allclose(factor.T.astype(np.float64) @ factor, folds[1], rtol=1e-4, atol=1e-6 * np.abs(folds[1]).max())
     assert m._cached[0] == 1  # one block kept
     _ = m["model.layers.0.mlp.up_proj.weight"]
     assert m._cached[0] == 0
@@ -168,3 +171,14 @@ def test_a_failing_fisher_pass_falls_back_to_noise_with_a_warning(tmp_path, monk
     monkeypatch.setattr(fisher, "fisher_traces", broken)
     items = [(n, x, None, None, 1.0) for n, x in h.tensors.items() if x.ndim == 2]
     assert h.sensitivities(items) is None and "shape mismatch" in h.fisher_note
+
+
+def test_fisher_square_sum_matches_float64():
+    torch = pytest.importorskip("torch")
+    from cmf.plan.fisher import _square_sum
+
+    g = torch.from_numpy(np.random.default_rng(3).standard_normal((300, 700)).astype(np.float32))
+    want = float((g.double() ** 2).sum())
+    assert _square_sum(torch, g) == pytest.approx(want, rel=1e-5)
+    assert _square_sum(torch, g[10:20]) == pytest.approx(float((g[10:20].double() ** 2).sum()), rel=1e-5)
+    assert _square_sum(torch, g[0]) == pytest.approx(float((g[0].double() ** 2).sum()), rel=1e-5)
