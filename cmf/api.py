@@ -27,7 +27,35 @@ def open(  # noqa: A001
 
     ``framework="np"`` gives numpy arrays (a CmfFile or ShardedFile); ``"pt"`` gives a
     cmf.torch.TorchFile whose tensors are torch tensors on ``device``, with ``get_slice(name)``
-    as in safetensors (needs PyTorch)."""
+    as in safetensors (needs PyTorch). Only the index is read on opening; each tensor is read
+    and decoded when asked for. Use it as a context manager (or call ``close()``).
+
+    Args:
+        path: a ``.cmf`` file, a shard index (``*.cmf.index.json``) or a directory holding one.
+        limits: reader limits (spec/format.md §6) checked against the file's declared sizes.
+        framework: ``"np"`` (or ``"numpy"``) for numpy arrays, ``"pt"`` (or ``"torch"``) for
+            torch tensors.
+        device: where torch tensors go (``"cpu"``, ``"cuda:0"``, ...); with ``"np"`` it must be
+            ``"cpu"`` or None.
+
+    Returns:
+        A :class:`~cmf.CmfFile` (one file) or :class:`~cmf.shards.ShardedFile` (a sharded set)
+        for ``"np"``; a :class:`cmf.torch.TorchFile` wrapping either for ``"pt"``.
+
+    Raises:
+        UsageError: ``framework`` is neither numpy nor torch, or a ``device`` other than the
+            cpu is asked of numpy.
+        CmfError: the file cannot be opened or read, or is not a valid cmf file
+            (:class:`~cmf.FormatError`, :class:`~cmf.ChecksumError`, :class:`~cmf.LimitError`,
+            :class:`~cmf.UnsupportedError` are subclasses); ``"pt"`` without PyTorch installed.
+
+    Example:
+        >>> import numpy as np, cmf
+        >>> cmf.save_file({"w": np.ones((2, 3), np.float32)}, "model.cmf")
+        >>> with cmf.open("model.cmf") as f:
+        ...     print(f.keys(), f.get_tensor("w").shape)
+        ['w'] (2, 3)
+    """
     if framework in ("np", "numpy"):
         if device is not None and str(device) != "cpu":
             raise UsageError(f"device {device!r} needs framework='pt'; numpy arrays are on the cpu")

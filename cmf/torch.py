@@ -37,7 +37,30 @@ def save_file(
 ) -> None:
     """Write ``tensors`` to ``path`` as :func:`cmf.save_file` does (``options``: preset, recipe,
     level, jobs, attachments). Tensors sharing memory are fine: identical ones are stored once
-    (aliases)."""
+    (aliases).
+
+    Each tensor is stored through its bytes (bit for bit, bf16 and fp8 included); the file is
+    written atomically (a temporary file beside ``path`` replaces it only when complete).
+
+    Args:
+        tensors: name -> ``torch.Tensor`` (dense, on any device; moved to the cpu to be stored).
+        path: the ``.cmf`` file to write (replaced if it exists).
+        metadata: string keys -> JSON-like values (spec/format.md §3.4), stored in the index.
+        **options: passed to :func:`cmf.save_file`: ``attachments``, ``preset``, ``recipe``,
+            ``level``, ``jobs``.
+
+    Returns:
+        None.
+
+    Raises:
+        CmfError: ``tensors`` is not a mapping, a value is not a dense torch tensor of a dtype
+            cmf stores, or a name, metadata value or option is invalid (:class:`UsageError` for
+            options that cannot go together, such as a preset and a recipe).
+
+    Example:
+        >>> import torch, cmf.torch
+        >>> cmf.torch.save_file({"w": torch.zeros(2, 3, dtype=torch.bfloat16)}, "model.cmf")
+    """
     if not isinstance(tensors, Mapping):
         raise CmfError(f"save_file takes a dict of name -> torch.Tensor, not "
                        f"{type(tensors).__name__}")
@@ -47,14 +70,51 @@ def save_file(
 
 def load_file(path: str | os.PathLike, device: Any = "cpu", *,
               limits: Limits = DEFAULT_LIMITS) -> dict[str, "torch.Tensor"]:
-    """Every tensor of ``path`` (a .cmf file or a sharded set), in file order, on ``device``."""
+    """Every tensor of ``path`` (a .cmf file or a sharded set), in file order, on ``device``.
+
+    Args:
+        path: a ``.cmf`` file, a shard index (``*.cmf.index.json``) or its directory.
+        device: where the tensors go (``"cpu"``, ``"cuda:0"``, a ``torch.device``).
+        limits: reader limits (spec/format.md §6).
+
+    Returns:
+        A dict name -> ``torch.Tensor`` in the dtype each tensor was stored with.
+
+    Raises:
+        CmfError: the file cannot be read or is not valid (FormatError, ChecksumError,
+            LimitError, UnsupportedError are subclasses).
+
+    Example:
+        >>> import cmf.torch
+        >>> tensors = cmf.torch.load_file("model.cmf")
+        >>> tensors["w"].dtype
+        torch.bfloat16
+    """
     return {name: to_torch(a, device) for name, a in files.load_file(path, limits=limits).items()}
 
 
 def save_model(model: "torch.nn.Module", path: str | os.PathLike,
                metadata: Mapping[str, Any] | None = None, **options: Any) -> None:
     """Write ``model.state_dict()``; tied and shared weights are stored once (every name kept,
-    as an alias of the first), so :func:`load_model` needs no special case for them."""
+    as an alias of the first), so :func:`load_model` needs no special case for them.
+
+    Args:
+        model: the module whose parameters and buffers are written.
+        path: the ``.cmf`` file to write (replaced if it exists).
+        metadata: string keys -> JSON-like values (spec/format.md §3.4), stored in the index.
+        **options: as for :func:`save_file` (``preset``, ``recipe``, ``level``, ``jobs``,
+            ``attachments``).
+
+    Returns:
+        None.
+
+    Raises:
+        CmfError: as :func:`save_file`.
+
+    Example:
+        >>> import torch, cmf.torch
+        >>> cmf.torch.save_model(torch.nn.Linear(4, 2), "linear.cmf")
+    """
     save_file(model.state_dict(), path, metadata, **options)
 
 
@@ -100,7 +160,28 @@ def load_model(
     file is not missing when it is tied to (the same memory as) a name the file has. Shapes and
     dtypes are checked first: one CmfError lists every tensor that differs. With ``strict``,
     missing or unexpected keys raise CmfError before anything is loaded. Tensors are decoded and
-    loaded in batches (bounded memory: about 256 MiB at a time beside the model)."""
+    loaded in batches (bounded memory: about 256 MiB at a time beside the model).
+
+    Args:
+        model: the module to fill (in place, through ``load_state_dict(..., strict=False)``).
+        path: a ``.cmf`` file, a shard index (``*.cmf.index.json``) or its directory.
+        strict: raise if the file and the model's keys differ (else report them).
+        device: where the decoded tensors go before they are copied into the model.
+        limits: reader limits (spec/format.md §6).
+
+    Returns:
+        ``(missing, unexpected)``: model keys the file lacks, file keys the model lacks.
+
+    Raises:
+        CmfError: a tensor's shape or dtype differs from the model's; with ``strict``, keys
+            are missing or unexpected; the file cannot be read or is not valid.
+
+    Example:
+        >>> import torch, cmf.torch
+        >>> cmf.torch.save_model(torch.nn.Linear(4, 2), "linear.cmf")
+        >>> cmf.torch.load_model(torch.nn.Linear(4, 2), "linear.cmf")
+        ([], [])
+    """
     state = model.state_dict()
     with open_model(path, limits=limits) as f:
         names = f.keys()
@@ -161,7 +242,17 @@ class TorchSlice:
 
 class TorchFile:
     """An open .cmf file or sharded set whose tensors come out as torch tensors on ``device``:
-    ``keys()``, ``metadata()``, ``get_tensor(name)``, ``get_slice(name)``, attachments."""
+    ``keys()``, ``metadata()``, ``get_tensor(name)``, ``get_slice(name)``, attachments.
+
+    Made by ``cmf.open(path, framework="pt", device=...)``; ``get_tensor`` and ``get_slice``
+    raise CmfError for a name the file does not have.
+
+    Example:
+        >>> import cmf
+        >>> with cmf.open("model.cmf", framework="pt") as f:
+        ...     print(f.keys(), f.get_slice("w")[:1].shape)
+        ['w'] torch.Size([1, 3])
+    """
 
     def __init__(self, f: Any, device: Any = "cpu") -> None:
         self.file = f

@@ -60,6 +60,28 @@ class Writer:
     """Write a ``.cmf`` file tensor by tensor.
 
     ``encoder(array, spec) -> pending tree`` chooses each tensor's encoding (lossless by default).
+
+    Each tensor goes to disk as soon as it is added; :meth:`close` writes the index and
+    atomically replaces ``path``. Used as a context manager it closes on success and aborts
+    (leaving ``path`` as it was) on an exception.
+
+    Args:
+        path: the ``.cmf`` file to write; a temporary file beside it is written meanwhile.
+        metadata: string keys -> JSON-like values (spec/format.md §3.4), stored in the index.
+        encoder: ``encoder(array, spec) -> Pending``, the default encoding of every tensor.
+        level: the zstd level of lossless encodings (and of attachments).
+        dedupe: store a tensor identical to an earlier one as an alias of it.
+        limits: the limits written values are checked against (names, rank, sizes).
+
+    Raises:
+        CmfError: ``metadata`` is not valid (a FormatError), or the temporary file cannot be
+            created (e.g. the directory does not exist).
+
+    Example:
+        >>> import numpy as np, cmf
+        >>> with cmf.Writer("model.cmf", metadata={"source": "example"}) as w:
+        ...     _ = w.add_tensor("w", np.arange(6, dtype=np.float32).reshape(2, 3))
+        ...     w.add_attachment("config.json", b"{}")
     """
 
     def __init__(
@@ -177,6 +199,27 @@ class Writer:
         """Encode and write one tensor. Identical tensors become aliases of the first.
 
         If the encoding is lossy, its measured error goes into the index entry.
+
+        Args:
+            name: the tensor's name (1 to 1024 bytes of UTF-8, no NUL), unique in the file.
+            array: the values (any numpy array of a dtype cmf stores; stored little-endian,
+                C order).
+            encoder: this tensor's encoder instead of the writer's.
+
+        Returns:
+            The :class:`~cmf.index.TensorEntry` written (``alias`` set for a duplicate).
+
+        Raises:
+            CmfError: the writer is not open; the name is invalid or already used; the dtype is
+                not one cmf stores or the rank is over the limit; the encoding's shared
+                references do not fit (nothing is written then).
+
+        Example:
+            >>> import numpy as np, cmf
+            >>> with cmf.Writer("model.cmf") as w:
+            ...     entry = w.add_tensor("b", np.zeros(4, np.float16))
+            >>> entry.name, entry.spec.shape
+            ('b', (4,))
         """
         self._expect("open", "add a tensor")
         spec, array = tensor_array(name, array, self.limits)
@@ -243,7 +286,31 @@ class Writer:
     def add_encoded(
         self, name: str, spec: ArraySpec, pending: Pending, error: dict[str, float] | None = None
     ) -> TensorEntry:
-        """Write a tensor that is already encoded (e.g. GGUF blocks kept as they are)."""
+        """Write a tensor that is already encoded (e.g. GGUF blocks kept as they are).
+
+        No deduplication and no error measurement: ``error`` is recorded as given.
+
+        Args:
+            name: the tensor's name (1 to 1024 bytes of UTF-8, no NUL), unique in the file.
+            spec: the decoded tensor's dtype and shape.
+            pending: its encoding (a pending codec tree that decodes to ``spec``).
+            error: the encoding's error statistics for the index entry, None if lossless.
+
+        Returns:
+            The :class:`~cmf.index.TensorEntry` written.
+
+        Raises:
+            CmfError: the writer is not open; the name is invalid or already used; a shared
+                reference in ``pending`` does not stand for a part of its spec.
+
+        Example:
+            >>> import numpy as np, cmf
+            >>> from cmf.pipeline import encode_lossless
+            >>> from cmf.writer import tensor_array
+            >>> spec, x = tensor_array("x", np.ones(8, np.float32))
+            >>> with cmf.Writer("model.cmf") as w:
+            ...     _ = w.add_encoded("x", spec, encode_lossless(x, spec))
+        """
         self._expect("open", "add a tensor")
         _check_root(name, pending, spec)
         self._claim(name)
@@ -251,7 +318,21 @@ class Writer:
         return self._append(TensorEntry(name, spec, encoding=node, error=error))
 
     def add_attachment(self, name: str, data: bytes) -> None:
-        """Carry a small file (config.json, tokenizer.json, ...) inside the cmf file."""
+        """Carry a small file (config.json, tokenizer.json, ...) inside the cmf file.
+
+        Args:
+            name: the attachment's name (spec/format.md §3.3), unique among attachments.
+            data: its bytes (``bytes``, ``bytearray`` or ``memoryview``); stored losslessly.
+
+        Raises:
+            CmfError: the writer is not open; the name is invalid or already used; ``data`` is
+                not bytes or is over ``limits.max_attachment_bytes``.
+
+        Example:
+            >>> import cmf
+            >>> with cmf.Writer("model.cmf") as w:
+            ...     w.add_attachment("tokenizer.json", b'{"version": "1.0"}')
+        """
         self._expect("open", "add an attachment")
         name = check_attachment_name(name)
         if any(a.name == name for a in self.index.attachments):
@@ -266,7 +347,22 @@ class Writer:
         self.index.attachments.append(Attachment(name, len(data), node))
 
     def close(self) -> None:
-        """Write index and trailer, then atomically replace the target."""
+        """Write index and trailer, then atomically replace the target.
+
+        On any failure the temporary file is dropped (:meth:`abort`) and ``path`` is left as it
+        was. ``with Writer(...)`` calls it on leaving the block without an exception.
+
+        Raises:
+            CmfError: the writer is not open; a shared value was added but never referenced;
+                the index is over ``limits.max_index_bytes``.
+            OSError: the file cannot be written or moved into place.
+
+        Example:
+            >>> import numpy as np, cmf
+            >>> w = cmf.Writer("model.cmf")
+            >>> _ = w.add_tensor("w", np.ones(3, np.float32))
+            >>> w.close()
+        """
         self._expect("open", "close")
         try:
             unused = [i for i, uses in enumerate(self._shared_uses) if not uses]
@@ -292,7 +388,15 @@ class Writer:
         self.state = "closed"
 
     def abort(self) -> None:
-        """Drop the temporary file; the target is left as it was."""
+        """Drop the temporary file; the target is left as it was. Safe to call more than once.
+
+        Example:
+            >>> import numpy as np, cmf
+            >>> w = cmf.Writer("draft.cmf")
+            >>> w.abort()
+            >>> w.state
+            'aborted'
+        """
         if self.state == "open":
             self.state = "aborted"
         self._out.discard()

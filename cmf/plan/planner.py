@@ -449,7 +449,43 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
                    shard_size: int | None = None) -> PlanResult:
     """Pack the model at ``source`` (as ``cmf pack``) into ``output`` with a planned recipe:
     one file, or a sharded set named by ``output`` with ``shard_size`` (then ``result.path`` is
-    its shard index). ``options.jobs`` > 1 measures the candidates in that many processes."""
+    its shard index). ``options.jobs`` > 1 measures the candidates in that many processes.
+
+    The stages are those of this module's docstring. A model that cannot be run is planned
+    data-free (on weight error) with a warning in ``result.warnings``, unless
+    ``options.calibrate`` asks for calibration. A missed target is no error:
+    ``result.target_met`` is False and ``result.notes`` says by how much.
+
+    Args:
+        source: the model: a Hugging Face model directory, or a safetensors, GGUF, ONNX or
+            PyTorch checkpoint file (as :func:`cmf.convert.open_source` opens).
+        output: the ``.cmf`` file to write (or the name of the sharded set); never ``source``.
+        options: one of a planning preset, a target error or a target size, and the rest of
+            the planner's settings (:class:`~cmf.plan.contracts.PlanOptions`).
+        extra_attachments: name -> bytes carried in the file beside the source's own.
+        on_tensor: called with each tensor's name as it is written.
+        shard_size: write a sharded set of shards of about this many bytes.
+
+    Returns:
+        The :class:`~cmf.plan.contracts.PlanResult`: per-tensor choices, predicted and
+        measured errors, ``file_bytes``, ``files`` written and ``path`` to open.
+
+    Raises:
+        UsageError: ``options`` that cannot go together or are out of range, or ``output`` is
+            an input of the command.
+        CmfError: the source cannot be opened or converted; ``options.calibrate`` is given for
+            a model that cannot be run or with ``data_free``.
+
+    Example:
+        >>> import numpy as np
+        >>> from safetensors.numpy import save_file
+        >>> from cmf.plan.planner import PlanOptions, plan_and_write
+        >>> save_file({"w": np.random.rand(64, 64).astype(np.float32)}, "model.safetensors")
+        >>> options = PlanOptions(preset="balanced", data_free=True)
+        >>> result = plan_and_write("model.safetensors", "model.cmf", options)
+        >>> result.path
+        'model.cmf'
+    """
     from ..convert import Encoded, open_source
     from ..parallel import file_refs
 
@@ -534,7 +570,31 @@ def save_planned(tensors: Mapping[str, np.ndarray], path: str | os.PathLike, opt
     """``cmf.save_file(..., preset="balanced")``: plan a dict of arrays with the data-free proxy
     (no model to run), write it (one file, or a sharded set with ``shard_size``), check a size
     target on the file. ``options.jobs`` > 1 sends the arrays to that many processes to measure
-    the candidates."""
+    the candidates.
+
+    Args:
+        tensors: name -> numpy array; float matrices are planned, the rest stored losslessly.
+        path: the ``.cmf`` file to write (or the name of the sharded set).
+        options: a planning preset, target error or target size (not ``calibrate``).
+        metadata: string keys -> JSON-like values, stored beside the plan's own metadata.
+        attachments: name -> bytes carried in the file.
+        shard_size: write a sharded set of shards of about this many bytes.
+
+    Returns:
+        The :class:`~cmf.plan.contracts.PlanResult` (``result.path`` is what to open).
+
+    Raises:
+        UsageError: ``options`` that cannot go together or are out of range.
+        CmfError: ``options.calibrate`` is given (there is no model to run), or a tensor,
+            name or metadata value cannot be stored.
+
+    Example:
+        >>> import numpy as np
+        >>> from cmf.plan.planner import PlanOptions, save_planned
+        >>> tensors = {"w": np.random.rand(64, 64).astype(np.float32)}
+        >>> save_planned(tensors, "model.cmf", PlanOptions(preset="small")).path
+        'model.cmf'
+    """
     options.check()
     if options.calibrate is not None:
         raise CmfError("calibration needs a model that runs: use cmf.plan.planner.plan_and_write "
