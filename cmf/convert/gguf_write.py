@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..atomic import AtomicFile
 from ..errors import CmfError
@@ -60,7 +61,7 @@ def header_bytes(out: GGUFOut, offsets: list[int]) -> bytes:
         chunks += [string_bytes(key, f"GGUF key {key!r}", o), struct.pack(o + "I", TYPES[type_name][0]), value]
     import gguf
 
-    for t, off in zip(out.tensors, offsets):
+    for t, off in zip(out.tensors, offsets, strict=True):
         chunks.append(tensor_info(t.name, t.dims, int(gguf.GGMLQuantizationType[t.ggml_type]), off, o))
     return b"".join(chunks)
 
@@ -96,7 +97,7 @@ def check_out(out: GGUFOut) -> list[int]:
     if len(offsets) != len(sizes):
         raise CmfError(f"{len(offsets)} tensor offsets for {len(sizes)} tensors")
     end = 0
-    for t, off in zip(out.tensors, offsets):
+    for t, off in zip(out.tensors, offsets, strict=True):
         if not isinstance(off, int) or isinstance(off, bool) or off < end or off % a:
             raise CmfError(f"tensor {t.name!r}: offset {off!r} is not an aligned offset at or "
                            f"after {end} (the end of the previous tensor)")
@@ -124,7 +125,8 @@ class _Sink:
 
     def write(self, data: Any) -> None:
         if self.fill and self.fill[0][0] < self.pos + len(memoryview(data).cast("B")):
-            raise CmfError(f"padding bytes (fill) at offset {self.fill[0][0]} lie inside the header or a tensor")
+            raise CmfError(f"padding bytes (fill) at offset {self.fill[0][0]} lie inside the header "
+                           "or a tensor")
         self.file.write(data)
         self.pos += len(memoryview(data).cast("B"))
 
@@ -166,7 +168,7 @@ def write_gguf_file(path: str | os.PathLike, out: GGUFOut,
         sink = _Sink(target.file, out.fill)
         sink.write(header)
         queued: deque = deque(pool.submit(t.data) for t in out.tensors[:AHEAD])
-        for i, (t, off) in enumerate(zip(out.tensors, offsets)):
+        for i, (t, off) in enumerate(zip(out.tensors, offsets, strict=True)):
             sink.gap(data_start + off)
             if i + AHEAD < len(out.tensors):  # decode the next ones while this one is written
                 queued.append(pool.submit(out.tensors[i + AHEAD].data))

@@ -18,7 +18,6 @@ import numpy as np
 from ..runtime import llama
 
 
-
 def _rms(torch: Any, x: Any, w: Any, eps: float) -> Any:  # [n, d], [d] -> [n, d]
     return x / torch.sqrt(torch.mean(x * x, dim=-1, keepdim=True) + eps) * w
 
@@ -95,13 +94,13 @@ def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str
                  for a in ("w_qkv", "w_o", "w_gate_up", "w_down")}
             x_i = torch.from_numpy(np.array(inputs[i], np.float32)).requires_grad_(True)
             out = _block(torch, x_i, w, layer, cfg, cos, sin, mask)
-            spans = {attr: list(zip(group, _spans(attr, w[attr].shape[0], cfg)))  # name, fused rows
+            spans = {attr: list(zip(group, _spans(attr, w[attr].shape[0], cfg), strict=False))  # name, fused rows
                      for attr, group in harness.layer_names(i) if group}
             for k in range(samples):
                 got = torch.autograd.grad(out, [x_i, *w.values()], grad_outputs=grads_x[k],
                                           retain_graph=k + 1 < samples)
                 grads_x[k] = got[0]
-                for attr, g in zip(w, got[1:]):
+                for attr, g in zip(w, got[1:], strict=True):
                     for name, (a, b) in spans.get(attr, ()):
                         traces[name] = traces.get(name, 0.0) + float((g[a:b].double() ** 2).sum()) / samples
             del out, w, x_i
@@ -132,4 +131,4 @@ def _spans(attr: str, rows: int, cfg: Any) -> list[tuple[int, int]]:
     else:
         sizes = [rows]
     bounds = np.cumsum([0, *sizes])
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]

@@ -23,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,17 @@ from .. import dtypes
 from ..codecs import ArraySpec
 from ..errors import CmfError
 from ..ggml_encode import TYPES, fallback_type
+from .candidates import (
+    LOSSLESS,
+    Choice,
+    Curve,
+    Point,
+    _sample_rows,
+    channel_weights,
+    lower_hull,
+    weighted_error,
+)
 from .ggml_encoding import encode_ggml, importance_of  # noqa: F401  (re-exported)
-from .candidates import LOSSLESS, Choice, Curve, Point, _sample_rows, channel_weights, lower_hull, weighted_error
 
 PLANNED_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL")
 SAMPLE_ELEMENTS = 1 << 18  # curves of bigger tensors are measured on a row sample of this many
