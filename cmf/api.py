@@ -21,7 +21,7 @@ def open(  # noqa: A001
     limits: Limits = DEFAULT_LIMITS,
     framework: str = "np",
     device: Any = "cpu",
-) -> "CmfFile | ShardedFile | TorchFile":
+) -> CmfFile | ShardedFile | TorchFile:
     """Open ``path`` lazily: ``keys()``, ``metadata()``, ``get_tensor(name)``. A shard index
     (``model.cmf.index.json``) or its directory opens a sharded set as one model.
 

@@ -55,7 +55,7 @@ class AtomicFile:
         except FileNotFoundError:
             pass
 
-    def __enter__(self) -> "AtomicFile":
+    def __enter__(self) -> AtomicFile:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:

@@ -10,8 +10,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import click
 
@@ -42,6 +43,7 @@ from .shards import ShardedFile, is_sharded, open_model, set_paths
 from .sizes import parse_size
 from .validate import validate as validate_file
 
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cmf")
 def main() -> None:
@@ -68,14 +70,19 @@ def _read_attachments(paths: tuple[str, ...]) -> list[tuple[str, bytes]]:
 
 @main.command()
 @click.argument("source", type=click.Path(dir_okay=True, path_type=str))
-@click.option("-o", "--output", type=click.Path(path_type=str), help="Output .cmf file, or a directory (ends with /, exists, or has no suffix: OUTPUT/<source name>.cmf). Default: SOURCE with .cmf.")
+@click.option("-o", "--output", type=click.Path(path_type=str), help="Output .cmf file, or a directory (ends with /, exists, or has no suffix: "
+              "OUTPUT/<source name>.cmf). Default: SOURCE with .cmf.")
 @click.option("-f", "--force", is_flag=True, help="Replace an existing output (an input of the command is never replaced).")
-@click.option("--preset", type=click.Choice(["lossless", "q8", "q4", "balanced", "small"]), help="Named recipe (default: lossless); balanced and small are planned per tensor from measured sensitivity (cmf.plan.planner).")
+@click.option("--preset", type=click.Choice(["lossless", "q8", "q4", "balanced", "small"]), help="Named recipe (default: lossless); balanced and small are planned per tensor from "
+              "measured sensitivity (cmf.plan.planner).")
 @click.option("--recipe", "recipe_path", type=click.Path(exists=True, dir_okay=False, path_type=str), help="JSON recipe: tensor-name globs -> codec trees, first match wins.")
 @click.option("--level", type=click.IntRange(-7, 22), default=3, show_default=True, help="zstd level for the lossless candidates.")
 @click.option("--attach", "attach", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=str), help="Carry this file inside the .cmf (repeatable).")
-@click.option("--jobs", type=click.IntRange(1, 1024), default=1, show_default=True, help="Encode tensors in this many worker processes (the same bytes as --jobs 1); with a planner, measure the candidates in them.")
-@click.option("--executor", type=click.Choice(["process", "dask"]), default="process", show_default=True, help="Where tensors are encoded (with a planner: where the candidates are measured): local processes, or a dask.distributed cluster (needs --scheduler; workers read SOURCE from shared storage).")
+@click.option("--jobs", type=click.IntRange(1, 1024), default=1, show_default=True, help="Encode tensors in this many worker processes (the same bytes as --jobs 1); with a "
+              "planner, measure the candidates in them.")
+@click.option("--executor", type=click.Choice(["process", "dask"]), default="process", show_default=True, help="Where tensors are encoded (with a planner: where the candidates are measured): "
+              "local processes, or a dask.distributed cluster (needs --scheduler; workers read "
+              "SOURCE from shared storage).")
 @click.option("--scheduler", help="dask scheduler address (tcp://host:8786) for --executor dask.")
 @click.option("--shard-size", "shard_size", help="Write a sharded set (OUTPUT-00001-of-0000N.cmf + OUTPUT.cmf.index.json), shards of about this size (e.g. 2GB, 500MiB).")
 @click.option("--target-size", "target_size", help="Planner: the best output error within this size, as bits per parameter (4.0bpp) or bytes (12MB, 500KiB).")
@@ -86,7 +93,8 @@ def _read_attachments(paths: tuple[str, ...]) -> list[tuple[str, bytes]]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def pack(source: str, output: str | None, force: bool, preset: str | None, recipe_path: str | None, level: int, attach: tuple[str, ...], jobs: int, executor: str, scheduler: str | None, shard_size: str | None, target_size: str | None, target_error: float | None, calibrate: str | None, token_prior: str, gguf: bool, quiet: bool, as_json: bool) -> None:
-    """Pack a model (.safetensors, .gguf, .onnx, a PyTorch .bin/.pt checkpoint, or a Hugging Face model directory) into one .cmf file."""
+    """Pack a model (.safetensors, .gguf, .onnx, a PyTorch .bin/.pt checkpoint, or a Hugging Face
+    model directory) into one .cmf file."""
     planned = wants_planner(preset, target_size, target_error, calibrate) or gguf
     if planned:
         check_planner_flags(preset, target_size, target_error, calibrate, recipe_path, gguf=gguf, shard_size=shard_size)
@@ -193,14 +201,18 @@ def _apply_cast(f: Any, specs: list[tuple[str, Any]], cast: str) -> tuple[list[t
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=str))
-@click.option("-o", "--output", type=click.Path(path_type=str), help="Output .safetensors file, .onnx (a model packed from ONNX), or a directory (ends with /, exists, or has no suffix) for model.safetensors + attachments. Default: PATH with .safetensors.")
+@click.option("-o", "--output", type=click.Path(path_type=str), help="Output .safetensors file, .onnx (a model packed from ONNX), or a directory (ends "
+              "with /, exists, or has no suffix) for model.safetensors + attachments. Default: "
+              "PATH with .safetensors.")
 @click.option("-f", "--force", is_flag=True, help="Replace existing outputs (the .cmf being read is never replaced).")
-@click.option("--dtype", "cast", type=click.Choice(["bf16", "f16", "f32"]), help="Cast float tensors to this dtype (ints and bools untouched; default: each tensor's own dtype).")
+@click.option("--dtype", "cast", type=click.Choice(["bf16", "f16", "f32"]), help="Cast float tensors to this dtype (ints and bools untouched; default: each "
+              "tensor's own dtype).")
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def unpack(path: str, output: str | None, force: bool, cast: str | None, quiet: bool, as_json: bool) -> None:
-    """Unpack a .cmf file back to safetensors, to ONNX if packed from ONNX, or to GGUF (-o x.gguf) if packed
-    from GGUF (the same bytes for lossless files) or from a Llama/Mistral/Qwen2 directory.
+    """Unpack a .cmf file back to safetensors, to ONNX if packed from ONNX, or to GGUF (-o x.gguf)
+    if packed from GGUF (the same bytes for lossless files) or from a Llama/Mistral/Qwen2
+    directory.
 
     With --dtype, float tensors (f64, f32, f16, bf16, fp8) are converted to that dtype
     (round to nearest even; overflow to infinity); integer and bool tensors are written as stored.
@@ -277,8 +289,8 @@ def _unpack_gguf(path: str, f: Any, output: str, inputs: list[str], force: bool,
 def _unpack_summary(path: str, written: list[str], left_out: list[str], quiet: bool, as_json: bool) -> None:
     if left_out:
         shown = ", ".join(printable(a) for a in left_out[:8]) + (" ..." if len(left_out) > 8 else "")
-        warn(f"{len(left_out)} attachment{'s' if len(left_out) != 1 else ''} not written to a single "
-             f"file: {shown} (unpack to a directory, -o DIR/, to keep them)")
+        warn(f"{len(left_out)} attachment{'s' if len(left_out) != 1 else ''} not written to a "
+             f"single file: {shown} (unpack to a directory, -o DIR/, to keep them)")
     if as_json:
         emit_json({"source": path, "written": written, "attachments_not_written": left_out})
     elif not quiet:
@@ -352,23 +364,27 @@ def info(path: str, as_json: bool) -> None:
     width = min(max((len(r["shown"]) for r in rows), default=4), 60)
     has_ggml = any("ggml_type" in r for r in rows)
     ggml_head = f"{'ggml':<8} " if has_ggml else ""
-    click.echo(f"{'name':<{width}}  {'dtype':<7} {ggml_head}{'shape':<18} {'stored':>10} {'ratio':>7} {'rel_rmse':>9}  encoding")
+    click.echo(f"{'name':<{width}}  {'dtype':<7} {ggml_head}{'shape':<18} {'stored':>10} "
+               f"{'ratio':>7} {'rel_rmse':>9}  encoding")
     for r in rows:
         shape = "x".join(map(str, r["shape"])) or "scalar"
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
         ggml_cell = f"{printable(r.get('ggml_type') or '-')[:8]:<8} " if has_ggml else ""
         click.echo(
             f"{r['shown'][:width]:<{width}}  {r['dtype']:<7} {ggml_cell}{shape:<18} "
-            f"{human_bytes(r['stored_bytes']):>10} {ratio:>7} {_error_cell(r['error']):>9}  {r['encoding']}"
+            f"{human_bytes(r['stored_bytes']):>10} {ratio:>7} {_error_cell(r['error']):>9}  "
+            f"{r['encoding']}"
         )
     click.echo(
         f"{summary['tensors']} tensors, {human_bytes(raw_total)} raw -> "
-        f"{human_bytes(f.size)} {'in ' + str(len(summary['shards'])) + ' shards' if 'shards' in summary else 'file'} "
+        f"{human_bytes(f.size)} "
+        f"{'in ' + str(len(summary['shards'])) + ' shards' if 'shards' in summary else 'file'} "
         f"({summary['ratio']}x), cmf {summary['version']}"
     )
     for i, v in enumerate(summary["shared"]):
         shape = "x".join(map(str, v["shape"])) or "scalar"
-        click.echo(f"shared value {i}: {v['dtype']} {shape}, {human_bytes(v['stored_bytes'])}, {v['encoding']}")
+        click.echo(f"shared value {i}: {v['dtype']} {shape}, {human_bytes(v['stored_bytes'])}, "
+                   f"{v['encoding']}")
     for a in summary["attachments"]:
         click.echo(f"attachment {printable(a['name'])} ({human_bytes(a['size'])})")
     if summary["metadata"]:
@@ -380,7 +396,8 @@ def info(path: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing; the exit code tells.")
 def validate(path: str, as_json: bool, quiet: bool) -> None:
-    """Check a .cmf file (or a sharded set: its .cmf.index.json or directory) against the spec; exit 0 only if it is valid."""
+    """Check a .cmf file (or a sharded set: its .cmf.index.json or directory) against the spec;
+    exit 0 only if it is valid."""
     report = validate_file(path)
     if as_json:
         emit_json(report.to_json())

@@ -150,7 +150,8 @@ def _itemsize(dtype: str) -> int:
 @click.option("--png", "png", type=click.Path(dir_okay=False, path_type=str), help="Also draw the report to this PNG (needs matplotlib: " + install_hint("report") + ").")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def report_command(path: str, png: str | None, as_json: bool) -> None:
-    """Per-tensor bits per weight, recorded error and (for a planned file) sensitivity and share of the output error."""
+    """Per-tensor bits per weight, recorded error and (for a planned file) sensitivity and share
+    of the output error."""
     from .plan.report import render_png, render_text, report
 
     rep = report(path)
@@ -181,7 +182,8 @@ def check_planner_flags(preset: str | None, target_size: str | None, target_erro
         if shard_size is not None:
             raise UsageError("--gguf writes one .cmf (one GGUF): it does not go with --shard-size")
     if recipe is not None:
-        raise UsageError("--recipe does not go with --preset balanced|small, --target-size, --target-error or --calibrate")
+        raise UsageError("--recipe does not go with --preset balanced|small, --target-size, "
+                         "--target-error or --calibrate")
 
 
 __all__ = ["PLANNED", "check_planner_flags", "pack_planned", "report_command", "wants_planner"]

@@ -70,11 +70,13 @@ def _feeds(runner: Any, items: tuple[str, ...]) -> dict[str, np.ndarray]:
 @click.command("run")
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("-i", "--input", "inputs", multiple=True, metavar="FILE|NAME=FILE",
-              help="ONNX model inputs: x.npz (named arrays), x.npy (a model with one input) or NAME=x.npy; repeatable. Without it, generated inputs that fit the graph.")
+              help="ONNX model inputs: x.npz (named arrays), x.npy (a model with one input) or "
+                   "NAME=x.npy; repeatable. Without it, generated inputs that fit the graph.")
 @click.option("-t", "--text", "texts", multiple=True, help="A text to embed (BERT-family encoder); repeatable.")
 @click.option("-p", "--prompt", help="A prompt to continue greedily (Llama-family decoder).")
 @click.option("-n", "--max-new-tokens", "n", type=click.IntRange(0, 1 << 20), default=32, show_default=True, help="Tokens to generate after --prompt.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Save the outputs: .npz (ONNX outputs by name, 'embeddings', or 'prompt_ids'/'ids'), or .npy for one array.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Save the outputs: .npz (ONNX outputs by name, 'embeddings', or "
+                   "'prompt_ids'/'ids'), or .npy for one array.")
 @click.option("--engine", type=click.Choice(ENGINES), help=ENGINE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def run_command(model: str, inputs: tuple[str, ...], texts: tuple[str, ...], prompt: str | None, n: int,
@@ -92,7 +94,8 @@ def run_command(model: str, inputs: tuple[str, ...], texts: tuple[str, ...], pro
     given = [flag for flag, value in (("--input", inputs), ("--text", texts), ("--prompt", prompt)) if value]
     wants = {"onnx": "--input", "encoder": "--text", "decoder": "--prompt"}[kind]
     if any(flag != wants for flag in given):
-        raise CmfError(f"{model} is {KIND_NAMES[kind]}: it takes {wants}, not {', '.join(f for f in given if f != wants)}")
+        raise CmfError(f"{model} is {KIND_NAMES[kind]}: it takes {wants}, "
+                       f"not {', '.join(f for f in given if f != wants)}")
     head = {"model": model, "kind": kind, "engine": runner.engine, "load_seconds": round(loaded, 3)}
     if kind == "onnx":
         _run_onnx(runner, inputs, output, as_json, head)
@@ -118,7 +121,8 @@ def _run_onnx(runner: Any, inputs: tuple[str, ...], output: str | None, as_json:
     if not inputs:
         click.echo("no --input: ran on generated inputs " + ", ".join(f"{k} {v.dtype} {list(v.shape)}" for k, v in feeds.items()))
     for r in rows:
-        click.echo(f"{r['name']}: {r['dtype']} {r['shape']}  {_fmt(r['first'])}{' ...' if np.prod(r['shape']) > _SHOWN else ''}")
+        click.echo(f"{r['name']}: {r['dtype']} {r['shape']}  {_fmt(r['first'])}"
+                   f"{' ...' if np.prod(r['shape']) > _SHOWN else ''}")
     click.echo(f"{runner.engine}, {seconds * 1000:.1f} ms" + (f"; saved {output}" if output else ""))
 
 
@@ -136,10 +140,11 @@ def _run_encoder(runner: Any, texts: tuple[str, ...], output: str | None, as_jso
                     "seconds": round(seconds, 4), "saved": output})
         return
     norm = "L2-normalised" if runner.pipeline.normalize else "not normalised"
-    click.echo(f"embeddings: {emb.shape[0]} x {emb.shape[1]} ({'+'.join(runner.pipeline.modes)} pooling, {norm}), "
+    click.echo(f"embeddings: {emb.shape[0]} x {emb.shape[1]} "
+               f"({'+'.join(runner.pipeline.modes)} pooling, {norm}), "
                f"{runner.engine}, {seconds * 1000:.1f} ms"
                + (f"; saved {output}" if output else ""))
-    for text, row in zip(texts, emb):
+    for text, row in zip(texts, emb, strict=True):
         shown = text if len(text) <= 40 else text[:37] + "..."
         click.echo(f"{_fmt(_first(row))} ...  {shown!r}")
 
@@ -171,7 +176,8 @@ def _run_decoder(runner: Any, prompt: str | None, n: int, output: str | None, as
 @click.argument("original", type=click.Path(path_type=str))
 @click.argument("compressed", type=click.Path(path_type=str))
 @click.option("--data", type=click.Path(dir_okay=False, path_type=str),
-              help="Inputs: .npz/.npy for ONNX models, a .txt (one text per line) for text models. Default: built-in samples.")
+              help="Inputs: .npz/.npy for ONNX models, a .txt (one text per line) for text models. "
+                   "Default: built-in samples.")
 @click.option("--max-tokens", type=click.IntRange(2, 1 << 20), default=256, show_default=True, help="Decoders: tokens of text scored.")
 @click.option("--engine", type=click.Choice(ENGINES), help=ENGINE_HELP + " Both models run on it.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -197,7 +203,8 @@ def eval_command(original: str, compressed: str, data: str | None, max_tokens: i
         for name, row in report["outputs"].items():
             click.echo(f"  {name} {row['dtype']} {row['shape']}: " + _metrics(row))
     if kind == "decoder":
-        click.echo(f"perplexity {report['perplexity_original']:.4f} -> {report['perplexity_compressed']:.4f}; "
+        click.echo(f"perplexity {report['perplexity_original']:.4f} -> "
+                   f"{report['perplexity_compressed']:.4f}; "
                    f"KL mean {report['kl_mean']:.3g}, max {report['kl_max']:.3g}; "
                    f"top-1 agreement {report['top1_agreement']:.2%}")
     click.echo(("bit-identical outputs; " if report["identical"] else "") + _metrics(report))

@@ -4,7 +4,8 @@ framework adapters such as cmf.torch, which cmf.api's ``open`` imports in turn).
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -9,8 +9,9 @@ collects them all (one per bad entry).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Union
+from typing import Any
 
 import msgpack
 
@@ -47,7 +48,7 @@ class Leaf:
 @dataclass(frozen=True)
 class CodecNode:
     codec: Codec
-    parts: dict[str, "Node"]
+    parts: dict[str, Node]
     spec: Spec
 
 
@@ -59,7 +60,7 @@ class SharedRef:
     spec: ArraySpec
 
 
-Node = Union[Leaf, CodecNode, SharedRef]
+Node = Leaf | CodecNode | SharedRef
 
 
 @dataclass(frozen=True)
@@ -407,7 +408,7 @@ class _TreeParser:
         self.shared_refs[i] += 1
         return SharedRef(i, entry.spec)
 
-    def shared_values(self, obj: Any, problems: "Problems") -> list[SharedEntry | None]:
+    def shared_values(self, obj: Any, problems: Problems) -> list[SharedEntry | None]:
         """Parse the top-level ``shared`` array (spec §3.5); bad entries go to ``problems``
         and are None in the result (only a collecting sink gets that far)."""
         if not isinstance(obj, list):

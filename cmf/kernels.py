@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 try:
     if os.environ.get("CMF_NO_SPEEDUPS"):
@@ -35,7 +35,7 @@ def in_pieces(fn: Callable[[int, int], None], n: int, min_piece: int = PIECE_MIN
         fn(0, n)
         return
     cuts = [n * i // k for i in range(k + 1)]
-    for future in [executor("pieces").submit(fn, a, b) for a, b in zip(cuts, cuts[1:])]:
+    for future in [executor("pieces").submit(fn, a, b) for a, b in zip(cuts, cuts[1:], strict=False)]:
         future.result()
 
 

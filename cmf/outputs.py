@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from .atomic import AtomicFile
 from .errors import CmfError, UsageError

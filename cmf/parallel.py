@@ -11,13 +11,13 @@ Bounded work in flight: tensors submitted and not yet written are at most ``jobs
 size, or more while their sizes add up to at most ``jobs`` times the largest tensor seen so far
 (so small tensors keep the workers busy while one large tensor is encoded, and at most
 ``MAX_AHEAD`` per job). Memory is therefore about ``jobs`` times the largest tensor (arrays being
-encoded, and encoded results waiting to be written) plus each process's baseline. A worker reads its tensor
-itself when the source is a safetensors file or a Hugging Face directory (the task carries the
-path and the tensor name, not the array); other sources (ONNX, GGUF, in-memory tensors) send the
-array with the task. Tied weights: each task carries the digests of the tensors of the same size
-already written, and a worker whose tensor matches one returns no encoding (the writer writes an
-alias, as a serial pack does); a duplicate of a tensor still in flight is encoded and then
-written as an alias all the same.
+encoded, and encoded results waiting to be written) plus each process's baseline. A worker
+reads its tensor itself when the source is a safetensors file or a Hugging Face directory (the
+task carries the path and the tensor name, not the array); other sources (ONNX, GGUF, in-memory
+tensors) send the array with the task. Tied weights: each task carries the digests of the
+tensors of the same size already written, and a worker whose tensor matches one returns no
+encoding (the writer writes an alias, as a serial pack does); a duplicate of a tensor still in
+flight is encoded and then written as an alias all the same.
 
 The planner (cmf.plan.planner, ``--jobs`` with a planning preset) uses the same executors for
 its candidates stage: :func:`measure_task` measures one tensor's candidates in a worker and
@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 

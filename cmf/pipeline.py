@@ -10,19 +10,19 @@ segment bytes, and shared values through a callback (the reader decodes each onc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from concurrent.futures import wait
 from dataclasses import dataclass
-from typing import Callable, Union
 
 import numpy as np
 
 from .codecs import ArraySpec, BytesSpec, Codec, Spec, Value
 from .codecs.byteplanes import BytePlanes
-from .kernels import executor
 from .codecs.raw import Raw
 from .codecs.zstd import Zstd
 from .errors import CmfError, FormatError, LimitError
-from .index import CodecNode, Leaf, Node, SharedRef
+from .index import Leaf, Node, SharedRef
+from .kernels import executor
 from .limits import Limits
 
 
@@ -41,7 +41,7 @@ class PendingLeaf:
 @dataclass(frozen=True)
 class PendingNode:
     codec: Codec
-    parts: dict[str, "Pending"]
+    parts: dict[str, Pending]
     spec: Spec
 
     @property
@@ -59,7 +59,7 @@ class SharedValue:
     def __init__(
         self,
         value: np.ndarray,
-        encoding: "Pending | None" = None,
+        encoding: Pending | None = None,
         *,
         level: int = 3,
         label: str = "",
@@ -106,7 +106,7 @@ class PendingShared:
         return 0  # stored once, with the shared value
 
 
-Pending = Union[PendingLeaf, PendingNode, PendingShared]
+Pending = PendingLeaf | PendingNode | PendingShared
 Encoder = Callable[[np.ndarray, ArraySpec], Pending]
 
 
@@ -194,7 +194,7 @@ def best_bytes(data: Value, spec: BytesSpec, level: int = 3) -> Pending:
     if sample is not None:  # skip a zstd that is clearly beaten on the sample
         sizes = _sample_sizes(sample, codecs)
         above = _skip_above(sample, sizes)
-        codecs = tuple(c for c, size in zip(codecs, sizes) if size <= above)
+        codecs = tuple(c for c, size in zip(codecs, sizes, strict=True) if size <= above)
     for codec in codecs:
         candidate = apply(codec, data, spec, lambda v, s: PendingLeaf(v, s))
         if candidate.stored < best.stored:

@@ -11,14 +11,15 @@ import mmap
 import os
 import stat
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from . import format as fmt
 from .checksum import crc32c
 from .codecs import ArraySpec
-from .errors import CmfError, ChecksumError, FormatError, LimitError, UnsupportedError
+from .errors import ChecksumError, CmfError, FormatError, LimitError, UnsupportedError
 from .index import (
     Index,
     Node,
@@ -278,7 +279,7 @@ class CmfFile:
                 pass  # views still exported; the mapping is freed when they go
             self._mm = None
 
-    def __enter__(self) -> "CmfFile":
+    def __enter__(self) -> CmfFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

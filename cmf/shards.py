@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -229,7 +230,8 @@ def check_membership(shards: list[str], weight_map: dict[str, str], contents: di
                 problems.append(f"tensor {name[:200]!r} is in shard {shard!r}, the weight_map says {mapped!r}")
     for name, shard in weight_map.items():
         if shard in contents and name not in home:
-            problems.append(f"the weight_map puts tensor {name[:200]!r} in shard {shard!r}, which has no such tensor")
+            problems.append(f"the weight_map puts tensor {name[:200]!r} in shard {shard!r}, "
+                            "which has no such tensor")
     return problems
 
 
@@ -254,7 +256,7 @@ class ShardedFile:
                     if str(exc).startswith(f"shard {name!r}"):
                         raise
                     raise type(exc)(f"shard {name!r}: {exc}") from None
-            contents = {n: f.keys() for n, f in zip(self.shard_names, self.shards)}
+            contents = {n: f.keys() for n, f in zip(self.shard_names, self.shards, strict=True)}
             problems = check_membership(self.shard_names, weight_map, contents)
             problems += model_data_problems(self.shard_names, self.shards)
             if problems:
@@ -266,7 +268,7 @@ class ShardedFile:
         except BaseException:
             self.close()
             raise
-        self._where = {name: f for n, f in zip(self.shard_names, self.shards) for name in f.keys()}
+        self._where = {name: f for n, f in zip(self.shard_names, self.shards, strict=True) for name in f.keys()}
         self._last = self.shards[-1]
         self.size = sum(f.size for f in self.shards)
         self.minor = max(f.minor for f in self.shards)
@@ -314,7 +316,7 @@ class ShardedFile:
         for f in self.shards:
             f.close()
 
-    def __enter__(self) -> "ShardedFile":
+    def __enter__(self) -> ShardedFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -323,7 +325,7 @@ class ShardedFile:
 
 def model_data_problems(names: list[str], files: list[CmfFile]) -> list[str]:
     out = []
-    for name, f in zip(names[:-1], files[:-1]):
+    for name, f in zip(names[:-1], files[:-1], strict=True):
         if f.index.metadata or f.index.attachments:
             out.append(f"shard {name!r} has metadata or attachments; only the last shard may")
     return out
@@ -343,7 +345,7 @@ def load_all(f: Any, workers: int) -> dict[str, np.ndarray]:
         return {name: f.get_tensor(name) for name in names}
     largest_first = sorted(names, key=lambda n: -f.spec(n).nbytes)
     with ThreadPoolExecutor(workers) as pool:
-        decoded = dict(zip(largest_first, pool.map(f.get_tensor, largest_first)))
+        decoded = dict(zip(largest_first, pool.map(f.get_tensor, largest_first), strict=True))
     return {name: decoded[name] for name in names}
 
 
@@ -443,7 +445,7 @@ class ShardedWriter:
             for name in names:
                 check_shard_name(name, "output")
             weight_map = {}
-            for (tmp, tensors), name in zip(self._parts, names):
+            for (tmp, tensors), name in zip(self._parts, names, strict=True):
                 final = os.path.join(self.directory, name)
                 if os.path.islink(final) or os.path.isdir(final):
                     raise CmfError(f"refusing to replace {final}: it is a symlink or a directory")
@@ -475,7 +477,7 @@ class ShardedWriter:
             except FileNotFoundError:
                 pass
 
-    def __enter__(self) -> "ShardedWriter":
+    def __enter__(self) -> ShardedWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

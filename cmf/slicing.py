@@ -33,7 +33,7 @@ from .codecs.byteplanes import BytePlanes, plane_names
 from .codecs.partition import Partition, part_names
 from .codecs.quantize import Quantize
 from .codecs.raw import Raw
-from .codecs.zstd import Zstd, _MAX_RATIO
+from .codecs.zstd import _MAX_RATIO, Zstd
 from .errors import CmfError, FormatError
 from .index import CodecNode, Leaf, Node, SharedRef
 from .pipeline import check_decodable

@@ -12,7 +12,8 @@ torch.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from .extras import install_hint
 
@@ -28,9 +29,10 @@ from .shards import ShardedFile, open_model
 from .slicing import slice_of
 from .torch_arrays import CMF_OF, TORCH_DTYPES, to_numpy, to_torch
 
+
 # ----------------------------------------------------------------------------- files
 def save_file(
-    tensors: Mapping[str, "torch.Tensor"],
+    tensors: Mapping[str, torch.Tensor],
     path: str | os.PathLike,
     metadata: Mapping[str, Any] | None = None,
     **options: Any,
@@ -93,7 +95,7 @@ def load_file(path: str | os.PathLike, device: Any = "cpu", *,
     return {name: to_torch(a, device) for name, a in files.load_file(path, limits=limits).items()}
 
 
-def save_model(model: "torch.nn.Module", path: str | os.PathLike,
+def save_model(model: torch.nn.Module, path: str | os.PathLike,
                metadata: Mapping[str, Any] | None = None, **options: Any) -> None:
     """Write ``model.state_dict()``; tied and shared weights are stored once (every name kept,
     as an alias of the first), so :func:`load_model` needs no special case for them.
@@ -118,7 +120,7 @@ def save_model(model: "torch.nn.Module", path: str | os.PathLike,
     save_file(model.state_dict(), path, metadata, **options)
 
 
-def shared_groups(state: Mapping[str, "torch.Tensor"]) -> list[list[str]]:
+def shared_groups(state: Mapping[str, torch.Tensor]) -> list[list[str]]:
     """Names of ``state`` that are the same tensor memory (tied weights), in groups of two or
     more: same storage, offset, shape and strides."""
     groups: dict[tuple, list[str]] = {}
@@ -131,7 +133,7 @@ def shared_groups(state: Mapping[str, "torch.Tensor"]) -> list[list[str]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def check_compatible(path: Any, f: Any, state: Mapping[str, "torch.Tensor"]) -> None:
+def check_compatible(path: Any, f: Any, state: Mapping[str, torch.Tensor]) -> None:
     """CmfError listing every tensor whose shape or dtype in ``f`` differs from ``state``'s."""
     bad = []
     for name in f.keys():
@@ -148,7 +150,7 @@ def check_compatible(path: Any, f: Any, state: Mapping[str, "torch.Tensor"]) -> 
 
 
 def load_model(
-    model: "torch.nn.Module",
+    model: torch.nn.Module,
     path: str | os.PathLike,
     strict: bool = True,
     device: Any = "cpu",
@@ -220,7 +222,7 @@ class TorchSlice:
     ``[rows, ...]`` indexing that decodes only the rows asked for where the codec tree allows
     it (cmf.slicing)."""
 
-    def __init__(self, owner: "TorchFile", name: str) -> None:
+    def __init__(self, owner: TorchFile, name: str) -> None:
         self._owner, self._name = owner, name
         self._spec = owner._file_of(name).entry(name).spec
 
@@ -235,7 +237,7 @@ class TorchSlice:
     def shape(self) -> tuple[int, ...]:
         return tuple(self._spec.shape)
 
-    def __getitem__(self, key: Any) -> "torch.Tensor":
+    def __getitem__(self, key: Any) -> torch.Tensor:
         array = slice_of(self._owner._file_of(self._name), self._name, key)
         return to_torch(array, self._owner.device)
 
@@ -285,7 +287,7 @@ class TorchFile:
     def get_attachment(self, name: str) -> bytes:
         return self.file.get_attachment(name)
 
-    def get_tensor(self, name: str) -> "torch.Tensor":
+    def get_tensor(self, name: str) -> torch.Tensor:
         return to_torch(self.file.get_tensor(name), self.device)
 
     def get_slice(self, name: str) -> TorchSlice:
@@ -294,7 +296,7 @@ class TorchFile:
     def close(self) -> None:
         self.file.close()
 
-    def __enter__(self) -> "TorchFile":
+    def __enter__(self) -> TorchFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -29,7 +29,7 @@ _CARRIER = {1: (np.uint8, torch.uint8), 2: (np.int16, torch.int16), 4: (np.int32
 
 
 # ----------------------------------------------------------------------------- conversion
-def to_torch(array: np.ndarray, device: Any = "cpu") -> "torch.Tensor":
+def to_torch(array: np.ndarray, device: Any = "cpu") -> torch.Tensor:
     """``array`` (a cmf dtype) as a tensor of the same dtype and bytes, sharing its memory on the
     CPU (a copy only if ``array`` is read-only or not C-contiguous), then moved to ``device``."""
     name = _cmf_name_of_array(array)
@@ -45,7 +45,7 @@ def to_torch(array: np.ndarray, device: Any = "cpu") -> "torch.Tensor":
     return _to_device(tensor, device)
 
 
-def to_numpy(name: str, tensor: "torch.Tensor") -> np.ndarray:
+def to_numpy(name: str, tensor: torch.Tensor) -> np.ndarray:
     """The exact values of ``tensor`` as a C-contiguous numpy array (a view of its memory when
     it is a contiguous CPU tensor). CmfError for dtypes and layouts cmf does not store."""
     if not isinstance(tensor, torch.Tensor):
@@ -70,5 +70,5 @@ def _cmf_name_of_array(array: np.ndarray) -> str:
     return of_array(array).name
 
 
-def _to_device(tensor: "torch.Tensor", device: Any) -> "torch.Tensor":
+def _to_device(tensor: torch.Tensor, device: Any) -> torch.Tensor:
     return tensor if device is None or str(device) == "cpu" else tensor.to(device)

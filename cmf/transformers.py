@@ -17,7 +17,8 @@ import json
 import os
 import tempfile
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .errors import CmfError
 from .extras import install_hint

@@ -18,7 +18,8 @@ only for :func:`tokenizer`; bad metadata is a CmfError.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -188,7 +188,7 @@ def validate_set(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) ->
     try:
         if len(contents) == len(shards):
             report.errors += [f"shard index: {p}" for p in check_membership(shards, weight_map, contents)]
-            names, files = zip(*opened) if opened else ((), ())
+            names, files = zip(*opened, strict=True) if opened else ((), ())
             report.errors += [f"shard index: {p}" for p in model_data_problems(list(names), list(files))]
         else:  # some shards unreadable: report what can be checked
             for p in check_membership(shards, weight_map, contents):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -23,11 +24,11 @@ from .checksum import crc32c
 from .codecs import ArraySpec, BytesSpec
 from .errors import CmfError
 from .index import (
+    SHARED_MINOR,
     Attachment,
     CodecNode,
     Index,
     Leaf,
-    SHARED_MINOR,
     Node,
     Segment,
     SharedEntry,
@@ -405,7 +406,7 @@ class Writer:
     def stored_bytes(self) -> int:
         return self._pos
 
-    def __enter__(self) -> "Writer":
+    def __enter__(self) -> Writer:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import ml_dtypes  # noqa: F401  (registers bf16/fp8 with numpy, as safetensors.numpy needs)
 import numpy as np

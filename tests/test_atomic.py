@@ -1,4 +1,5 @@
-"""cmf.atomic.AtomicFile: the target holds the old file or the complete new one, never a torn one."""
+"""cmf.atomic.AtomicFile: the target holds the old file or the complete new one, never a torn
+one."""
 
 from __future__ import annotations
 

@@ -20,7 +20,6 @@ from safetensors.numpy import load_file as st_load
 from safetensors.numpy import save_file as st_save
 
 import cmf
-from cmf import cli
 
 from .conftest import CliResult
 
@@ -203,7 +202,8 @@ def test_unpack_to_directory_writes_attachments(tmp_path, model, run, read_safet
     assert (dest / "config.json").read_text() == '{"a": 1}'
     assert (dest / "tokenizer.json").read_bytes() == b"\x00binary\xff"
     assert read_safetensors(dest / "model.safetensors")[0] == read_safetensors(src)[0]
-    # an existing directory without the trailing slash works the same (its files replaced on --force)
+    # an existing directory without the trailing slash works the same (its files replaced on
+    # --force)
     r = run("unpack", out, "-o", dest, "-q")
     assert r.code == 2 and "already exist; use --force" in r.err
     r = run("unpack", out, "-o", dest, "-q", "--force")
@@ -308,7 +308,9 @@ def test_console_script_round_trip(tmp_path, model, read_safetensors):
     src, tensors = model
     out = tmp_path / "s.cmf"
 
-    def call(*args, base=_script()):
+    script = _script()
+
+    def call(*args, base=script):
         return subprocess.run([*base, *map(str, args)], capture_output=True, text=True, timeout=120)
 
     r = call("pack", src, "-o", out, "--json")

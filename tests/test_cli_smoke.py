@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import ml_dtypes  # noqa: F401  (bf16 for safetensors.numpy)
-import numpy as np
 from safetensors.numpy import load_file as st_load
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "tiny.safetensors")

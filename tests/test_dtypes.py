@@ -27,7 +27,7 @@ def spec_table() -> dict[str, int]:
         names = re.findall(r"`([a-z0-9_]+)`", cells[0])
         sizes = [int(s) for s in cells[1].split()]
         assert len(names) == len(sizes), line
-        out.update(zip(names, sizes))
+        out.update(zip(names, sizes, strict=True))
     return out
 
 

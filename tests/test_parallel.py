@@ -104,7 +104,8 @@ def test_save_file_jobs_matches_serial(tmp_path):
 
 def test_gguf_kept_blocks_in_order(tmp_path):
     pytest.importorskip("gguf")
-    from tests.convert.test_gguf import model_tensors as gguf_tensors, write_gguf
+    from tests.convert.test_gguf import model_tensors as gguf_tensors
+    from tests.convert.test_gguf import write_gguf
 
     path = write_gguf(tmp_path / "m.gguf", gguf_tensors())
     run_cli("pack", path, "-o", tmp_path / "one.cmf", "-q")

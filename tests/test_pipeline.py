@@ -22,10 +22,10 @@ from cmf.pipeline import (
     apply,
     best_bytes,
     decode,
+    decode_pending,
     describe,
     encode_lossless,
 )
-from cmf.pipeline import decode_pending
 
 
 def spec_of(array: np.ndarray) -> ArraySpec:
@@ -105,18 +105,18 @@ def test_chosen_is_the_smallest_candidate():
     """Never worse than any candidate of spec/format.md §7, built by hand."""
     from cmf.codecs.byteplanes import BytePlanes
 
+    leaf_choices = [
+        lambda v, s: PendingLeaf(v, s),
+        lambda v, s: apply(Zstd(level=3), v, s, lambda v2, s2: PendingLeaf(v2, s2)),
+        lambda v, s: apply(Zstd(level=1, literals_only=True), v, s, lambda v2, s2: PendingLeaf(v2, s2)),
+    ]
+
+    def best_leaf(v, s):
+        return min((c(v, s) for c in leaf_choices), key=stored_size)
+
     for name in ("random_f32", "zeros_f32", "ints"):
         array = CASES[name]
         spec = spec_of(array)
-        leaf_choices = [
-            lambda v, s: PendingLeaf(v, s),
-            lambda v, s: apply(Zstd(level=3), v, s, lambda v2, s2: PendingLeaf(v2, s2)),
-            lambda v, s: apply(Zstd(level=1, literals_only=True), v, s, lambda v2, s2: PendingLeaf(v2, s2)),
-        ]
-
-        def best_leaf(v, s):
-            return min((c(v, s) for c in leaf_choices), key=stored_size)
-
         candidates = [apply(Raw(), array, spec, best_leaf)]
         candidates.append(apply(BytePlanes(rotate=spec.dtype.is_float), array, spec, best_leaf))
         assert lossless(array).stored <= min(c.stored for c in candidates), name

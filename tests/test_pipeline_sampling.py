@@ -8,12 +8,11 @@ import pytest
 import zstandard
 
 import cmf
-from cmf import pipeline
+from cmf import dtypes, pipeline
 from cmf.codecs.base import ArraySpec, BytesSpec
-from cmf.codecs.zstd import Zstd
-from cmf import dtypes
 from cmf.codecs.byteplanes import BytePlanes
 from cmf.codecs.raw import Raw
+from cmf.codecs.zstd import Zstd
 from cmf.pipeline import PendingLeaf, apply, describe
 
 

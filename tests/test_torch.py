@@ -22,12 +22,12 @@ DTYPES = ["f64", "f32", "f16", "bf16", "f8_e4m3", "f8_e5m2", "i8", "i16", "i32",
 SHAPES = [(3, 5), (), (0, 4), (7,)]
 
 
-def bits(t: "torch.Tensor") -> bytes:
+def bits(t: torch.Tensor) -> bytes:
     """The bytes of a CPU tensor (C order), computed by torch alone."""
     return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def random_tensor(dtype: str, shape: tuple, seed: int = 0) -> "torch.Tensor":
+def random_tensor(dtype: str, shape: tuple, seed: int = 0) -> torch.Tensor:
     """Random bit patterns of ``dtype`` (NaNs with payloads among the floats), built by torch."""
     tdt = ct.TORCH_DTYPES[dtype]
     n = int(np.prod(shape, dtype=np.int64))
@@ -173,7 +173,7 @@ KEYS = [np.s_[1:5], np.s_[3], np.s_[-2:], np.s_[::3], np.s_[9:1:-2], np.s_[:, 2:
         np.s_[2:3]]
 
 
-def matrix(rows: int = 64, cols: int = 96, seed: int = 3) -> "torch.Tensor":
+def matrix(rows: int = 64, cols: int = 96, seed: int = 3) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).standard_normal((rows, cols), np.float32))
 
 

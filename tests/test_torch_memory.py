@@ -1,7 +1,7 @@
 """Issue 18's memory goal: ``cmf.torch.load_file`` of a q4 file of an N-byte fp32 model peaks at
 most N + the largest tensor + 64 MiB over the import baseline (``VmHWM`` of a child process after
-``import torch, cmf.torch``, as tools/bench_torch.py measures it). A generated 56 MiB model here (measured: 70 MiB over);
-the real SmolLM2-135M f32 directory (538 MB) behind the slow marker."""
+``import torch, cmf.torch``, as tools/bench_torch.py measures it). A generated 56 MiB model here
+(measured: 70 MiB over); the real SmolLM2-135M f32 directory (538 MB) behind the slow marker."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + \
     "the a cat dog sat on mat hello world is big small red blue".split()
 
 
-def tiny_tokenizer() -> "transformers.PreTrainedTokenizerFast":
+def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
     tk = Tokenizer(models.WordPiece({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))

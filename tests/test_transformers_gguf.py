@@ -46,7 +46,8 @@ def gguf_name(name: str) -> str:
 
 
 def llamacpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
-    """llama.cpp's q/k row order: within each head, row 2i + j takes Hugging Face row j * hd/2 + i."""
+    """llama.cpp's q/k row order: within each head, row 2i + j takes Hugging Face row
+    j * hd/2 + i."""
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 

@@ -52,7 +52,7 @@ def _same(a, b, where="metadata") -> None:
             _same(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, list):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _same(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
@@ -163,8 +163,9 @@ def test_load_file_agrees():
 def test_empty_vector_bytes():
     """empty.cmf by hand from format.md: preamble, index {segments: [], tensors: []} at 64,
     trailer. Independent of cmf."""
-    import crc32c as _crc32c
     import struct
+
+    import crc32c as _crc32c
 
     index = b"\x82\xa8segments\x90\xa7tensors\x90"
     head = b"\x89CMF\r\n\x1a\n" + struct.pack("<HHI", 1, 0, 0)

@@ -5,7 +5,8 @@
     python tools/bench.py scale [--jobs N] [--gib G] [--presets ...] [--dask] (tools/bench_scale.py)
     python tools/bench.py plan [--json] [--no-onnx] [--no-llama] (tools/bench_plan.py)
     python tools/bench.py torch [--repeat N] [--json] [--model PATH] (tools/bench_torch.py)
-    python tools/bench.py llm [--model DIR | --gguf FILE] [--methods ...] [--json] (tools/bench_llm.py)
+    python tools/bench.py llm [--model DIR | --gguf FILE] [--methods ...] [--json]
+                              (tools/bench_llm.py)
     python tools/bench.py gguf [--gguf FILE ...] [--repeat N] [--json] (tools/bench_gguf.py)
 
 ``codecs`` compares lossy encodings of the model's 2-D float weights (the tensors GGUF
@@ -53,16 +54,18 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 import zstandard
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import cmf  # noqa: E402  (the working tree's cmf, not an installed copy)
 from safetensors.numpy import load_file as st_load_file  # noqa: E402
 from safetensors.numpy import save_file as st_save_file  # noqa: E402
+
+import cmf  # noqa: E402  (the working tree's cmf, not an installed copy)
 
 GOAL_RATIO = 1.19  # cmf lossless on fp32 MiniLM
 GOAL_LOAD = 2.0  # cmf load time / safetensors load time
@@ -423,7 +426,7 @@ def bench_variant(label: str, tensors: Tensors, st_path: str | None, repeat: int
             # median of per-run ratios: runs are interleaved, so this cancels slow drifts in
             # machine load better than a ratio of medians
             "load_vs_safetensors": statistics.median(
-                a / b for a, b in zip(times[m.name]["load"], st_runs)
+                a / b for a, b in zip(times[m.name]["load"], st_runs, strict=True)
             ),
             "load_MBps": raw_bytes / load / 1e6,
             "pack_MBps": raw_bytes / pack / 1e6,
@@ -586,22 +589,22 @@ def bench_codecs(weights: Tensors, repeat: int, work: str, log: Callable[[str], 
                     pending = gguf_tensor_to_pending(b, qt, weights[k].shape)
                     w.add_encoded(k, pending.spec, pending)
             enc_kept = enc + time.perf_counter() - t0
-            dec = statistics.median(_timed(lambda: cmf.load_file(path)) for _ in range(repeat))
+            dec = statistics.median(_timed(cmf.load_file, path) for _ in range(repeat))
             kept = cmf.load_file(path)
             assert all(np.array_equal(kept[k].view(np.uint32), got[k].view(np.uint32)) for k in got), tname
             row(f"cmf kept {tname}", os.path.getsize(path), kept, enc_kept, dec)
     for label, recipe in codec_recipes().items():
         path = os.path.join(work, "recipe.cmf")
         kw = {"preset": recipe} if isinstance(recipe, str) else {"recipe": recipe}
-        enc = _timed(lambda: cmf.save_file(weights, path, **kw))
-        dec = statistics.median(_timed(lambda: cmf.load_file(path)) for _ in range(repeat))
+        enc = _timed(cmf.save_file, weights, path, **kw)
+        dec = statistics.median(_timed(cmf.load_file, path) for _ in range(repeat))
         row(label, os.path.getsize(path), cmf.load_file(path), enc, dec)
     return rows
 
 
-def _timed(fn: Callable[[], Any]) -> float:
+def _timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
     t0 = time.perf_counter()
-    fn()
+    fn(*args, **kwargs)
     return time.perf_counter() - t0
 
 
@@ -618,12 +621,16 @@ def cmd_codecs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
         return 0
-    print(f"model: {meta['model']}: {meta['weights']} 2-D weights, {meta['parameters'] / 1e6:.1f} M parameters")
-    print(f"medians of {args.repeat} decodes; decode/st = decode time / safetensors.numpy.load_file of the fp32 weights")
-    print(f"{'method':<20} {'bits/w':>7} {'rel_rmse':>9} {'SQNR dB':>8} {'enc s':>7} {'dec s':>7} {'dec/st':>7}")
+    print(f"model: {meta['model']}: {meta['weights']} 2-D weights, "
+          f"{meta['parameters'] / 1e6:.1f} M parameters")
+    print(f"medians of {args.repeat} decodes; decode/st = decode time / "
+          "safetensors.numpy.load_file of the fp32 weights")
+    print(f"{'method':<20} {'bits/w':>7} {'rel_rmse':>9} {'SQNR dB':>8} {'enc s':>7} {'dec s':>7} "
+          f"{'dec/st':>7}")
     for r in rows:
-        print(f"{r['method']:<20} {r['bits_per_weight']:>7.3f} {r['rel_rmse']:>9.5f} {r['sqnr_db']:>8.2f} "
-              f"{r['encode_s']:>7.2f} {r['decode_s']:>7.3f} {r['decode_vs_safetensors']:>6.1f}x")
+        print(f"{r['method']:<20} {r['bits_per_weight']:>7.3f} {r['rel_rmse']:>9.5f} "
+              f"{r['sqnr_db']:>8.2f} {r['encode_s']:>7.2f} {r['decode_s']:>7.3f} "
+              f"{r['decode_vs_safetensors']:>6.1f}x")
     return 0
 
 
@@ -638,19 +645,23 @@ def main(argv: list[str] | None = None) -> int:
     import bench_plan  # tools/bench_plan.py: planner presets vs q8/q4 and gguf-py, output cosine
 
     bench_plan.add_arguments(sub.add_parser("plan", help="planner presets vs q8/q4 and gguf-py: bits/param, cosine"))
-    import bench_torch  # tools/bench_torch.py: cmf.torch.load_file vs safetensors.torch, time and memory
+    # tools/bench_torch.py: cmf.torch.load_file vs safetensors.torch, time and memory
+    import bench_torch
 
     bench_torch.add_arguments(sub.add_parser("torch", help="cmf.torch.load_file vs safetensors.torch: time, peak RSS"))
     import bench_gguf  # tools/bench_gguf.py: GGUF -> .cmf -> GGUF sizes, speeds, sha256
 
     bench_gguf.add_arguments(sub.add_parser("gguf", help="GGUF -> .cmf -> GGUF: ratio, MB/s, same sha256"))
-    import bench_llm  # tools/bench_llm.py: the planner on a real causal LM, held-out KL, pack time and RSS
+    # tools/bench_llm.py: the planner on a real causal LM, held-out KL, pack time and RSS
+    import bench_llm
 
     bench_llm.add_arguments(sub.add_parser("llm", help="planner on a real causal LM: KL, perplexity, pack time, peak RSS"))
-    import bench_gguf_plan  # tools/bench_gguf_plan.py: cmf --gguf vs llama.cpp's recipes at equal GGUF size
+    # tools/bench_gguf_plan.py: cmf --gguf vs llama.cpp's recipes at equal GGUF size
+    import bench_gguf_plan
 
     bench_gguf_plan.add_arguments(sub.add_parser("gguf-plan", help="cmf --gguf vs llama.cpp recipes: GGUF size, KL, perplexity"))
-    for p, top in ((parser, True), (c, False), (k, False)):  # options go before or after the subcommand
+
+    def add_options(p: argparse.ArgumentParser, top: bool) -> None:
         def opt(*names: str, default: Any, **kw: Any) -> None:
             p.add_argument(*names, default=default if top else argparse.SUPPRESS, **kw)
 
@@ -660,6 +671,9 @@ def main(argv: list[str] | None = None) -> int:
         opt("--generated", action="store_true", default=False, help="use a generated model")
         opt("--no-bf16", action="store_true", default=False, help="skip the bf16 view")
         opt("--no-zipnn", action="store_true", default=False, help="skip ZipNN")
+
+    for p, top in ((parser, True), (c, False), (k, False)):  # options go before or after the subcommand
+        add_options(p, top)
     args = parser.parse_args(argv)
     if args.command == "scale":
         return bench_scale.run(args)

@@ -22,6 +22,7 @@ import statistics
 import time
 from typing import Any
 
+
 def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn(*args)

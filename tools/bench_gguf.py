@@ -98,10 +98,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0 if all(r["sha256_equal"] for r in rows) else 1
-    print(f"{'GGUF':<20} {'GGUF MB':>9} {'.cmf MB':>9} {'ratio':>6} {'pack MB/s':>10} {'unpack MB/s':>12}  same sha256")
+    print(f"{'GGUF':<20} {'GGUF MB':>9} {'.cmf MB':>9} {'ratio':>6} {'pack MB/s':>10} "
+          f"{'unpack MB/s':>12}  same sha256")
     for r in rows:
-        print(f"{r['gguf']:<20} {r['gguf_bytes'] / 1e6:>9.2f} {r['cmf_bytes'] / 1e6:>9.2f} {r['ratio']:>6.3f} "
-              f"{r['pack_mb_s']:>10.1f} {r['unpack_mb_s']:>12.1f}  {'yes' if r['sha256_equal'] else 'NO'}")
+        print(f"{r['gguf']:<20} {r['gguf_bytes'] / 1e6:>9.2f} {r['cmf_bytes'] / 1e6:>9.2f} "
+              f"{r['ratio']:>6.3f} {r['pack_mb_s']:>10.1f} {r['unpack_mb_s']:>12.1f}  "
+              f"{'yes' if r['sha256_equal'] else 'NO'}")
     return 0 if all(r["sha256_equal"] for r in rows) else 1
 
 

@@ -172,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_row(r: dict, params: int, file: Any) -> None:
-    print(f"{r['method']}: GGUF {r['gguf_bytes']} ({r['gguf_bytes'] * 8 / params:.3f} bpw), .cmf {r['cmf_bytes']}, "
+    print(f"{r['method']}: GGUF {r['gguf_bytes']} ({r['gguf_bytes'] * 8 / params:.3f} bpw), "
+          f".cmf {r['cmf_bytes']}, "
           f"KL {r['kl_mean']:.4f}, ppl {r['perplexity']:.3f}, {r['seconds']:.0f} s", file=file, flush=True)
 
 

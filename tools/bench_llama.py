@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for row in rows:
         row.update(kl_stats(ref_logits, np.load(row.pop("logits_path"))))
         same = 0
-        for a, b in zip(ref_tokens, row["generated"]):
+        for a, b in zip(ref_tokens, row["generated"], strict=False):
             if a != b:
                 break
             same += 1
@@ -266,7 +266,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["pack_s"] = pack_s.get(row["variant"].removeprefix("cmf "))
         row.pop("generated")
     return {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, numpy {np.__version__}, python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, numpy {np.__version__}, "
+                   f"python {platform.python_version()}",
         "model": {**{k: config[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
                                              "num_key_value_heads", "vocab_size", "tie_word_embeddings")}, "parameters": params},
         "settings": {"prompt": args.prompt, "gen": args.gen, "eval_len": args.eval_len, "repeat": args.repeat,
@@ -278,11 +279,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(report: dict[str, Any]) -> None:
     m, s = report["model"], report["settings"]
-    print(f"Llama-family model: {m['num_hidden_layers']} layers, hidden {m['hidden_size']}, ff {m['intermediate_size']}, "
+    print(f"Llama-family model: {m['num_hidden_layers']} layers, hidden {m['hidden_size']}, "
+          f"ff {m['intermediate_size']}, "
           f"{m['num_attention_heads']}/{m['num_key_value_heads']} heads, vocab {m['vocab_size']}, "
           f"{'tied' if m['tie_word_embeddings'] else 'untied'}, {m['parameters'] / 1e6:.2f} M params")
     print(f"prompt {s['prompt']} tokens, {s['gen']} generated, eval sequence {s['eval_len']} tokens "
-          f"(sampled from the original), medians of {s['repeat']}, BLAS threads {s['blas_threads']}; {report['machine']}")
+          f"(sampled from the original), medians of {s['repeat']}, "
+          f"BLAS threads {s['blas_threads']}; {report['machine']}")
     head = ("variant", "MB", "ratio", "load s", "prompt tok/s", "gen tok/s", "loaded RSS MB", "peak RSS MB", "ppl", "mean KL", "top-1", "max |dlogit|", "greedy")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
@@ -294,7 +297,8 @@ def print_table(report: dict[str, Any]) -> None:
             f"{r['greedy_prefix_match']}/{s['gen']}",
         ]
         print("| " + " | ".join(cells) + " |")
-    print(f"(files in {report['directory']}; RSS before loading the model: {report['rows'][0]['rss_before_model'] / 1e6:.0f} MB)")
+    print(f"(files in {report['directory']}; RSS before loading the model: "
+          f"{report['rows'][0]['rss_before_model'] / 1e6:.0f} MB)")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:

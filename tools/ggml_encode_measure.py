@@ -161,9 +161,10 @@ def main(argv=None) -> None:
             imp = np.ones(x.shape[1], np.float32) if imp is None else imp
             for m in methods:
                 t0 = time.perf_counter()
-                b = {"naive": lambda: naive_blocks(x, n), "cmf": lambda: quantize_blocks(x, n),
-                     "cmf+imp": lambda: quantize_blocks(x, n, imp),
-                     "llama": lambda: ref(x, n), "llama+imp": lambda: ref(x, n, imp)}[m]()
+                fn, extra = {"naive": (naive_blocks, ()), "cmf": (quantize_blocks, ()),
+                             "cmf+imp": (quantize_blocks, (imp,)),
+                             "llama": (ref, ()), "llama+imp": (ref, (imp,))}[m]
+                b = fn(x, n, *extra)
                 if m == "cmf":
                     secs += time.perf_counter() - t0
                     mb += x.nbytes / 1e6

@@ -5,11 +5,12 @@
 For each type: the 2-D weights of the first ``--layers`` layers of a safetensors checkpoint
 (each flattened to rows of 256 elements, so that every block type applies), quantized to the
 type (cmf.ggml_encode's importance-free K-quant/IQ4 encoders, gguf-py's quantizer for the
-others; or, with ``--llama-lib``, llama.cpp's own quantizer for every type), written as a GGUF with gguf-py's GGUFWriter, packed with ``cmf pack`` (the ``ggml``
-codec), checked bit-equal to ``gguf.quants.dequantize`` and block-identical, and measured:
-GGUF tensor-data bytes, .cmf file bytes, ratio, and per field the stored bytes and the order-0
-entropy bound (bits per value x values; f16 fields at the entropy of each byte plane). The
-order-0 bound of all fields is the best any per-field table coder can reach with this layout.
+others; or, with ``--llama-lib``, llama.cpp's own quantizer for every type), written as a GGUF
+with gguf-py's GGUFWriter, packed with ``cmf pack`` (the ``ggml`` codec), checked bit-equal to
+``gguf.quants.dequantize`` and block-identical, and measured: GGUF tensor-data bytes, .cmf file
+bytes, ratio, and per field the stored bytes and the order-0 entropy bound (bits per value x
+values; f16 fields at the entropy of each byte plane). The order-0 bound of all fields is the
+best any per-field table coder can reach with this layout.
 ``--styles Q4_K_M,Q6_K`` also packs llama.cpp-like mixes of the unflattened weights and the
 embedding (K-quants where rows are whole super-blocks, llama.cpp's fallbacks elsewhere).
 """
@@ -178,8 +179,10 @@ def main(argv=None) -> int:
         if args.types:
             tensors = weights(args.model_dir, args.layers)
             n = sum(x.size for x in tensors.values())
-            print(f"{len(tensors)} tensors, {n / 1e6:.1f} M weights (layers 0..{args.layers - 1}, rows of 256)")
-            print(f"{'type':8} {'GGUF B':>11} {'.cmf B':>11} {'ratio':>6} {'bound':>6}  fields: stored/bound bytes")
+            print(f"{len(tensors)} tensors, {n / 1e6:.1f} M weights "
+                  f"(layers 0..{args.layers - 1}, rows of 256)")
+            print(f"{'type':8} {'GGUF B':>11} {'.cmf B':>11} {'ratio':>6} {'bound':>6}  "
+                  "fields: stored/bound bytes")
             for kind in args.types.split(","):
                 r = measure(kind, tensors, lambda name, x, kind=kind: kind, tmp)
                 bound = sum(v[2] for v in r["fields"].values())
@@ -189,7 +192,8 @@ def main(argv=None) -> int:
         if args.styles:
             tensors = weights(args.model_dir, args.layers, flat=False)
             n = sum(x.size for x in tensors.values())
-            print(f"{len(tensors)} tensors, {n / 1e6:.1f} M weights (layers 0..{args.layers - 1} and the embedding)")
+            print(f"{len(tensors)} tensors, {n / 1e6:.1f} M weights "
+                  f"(layers 0..{args.layers - 1} and the embedding)")
             for style in args.styles.split(","):
                 r = measure(style, tensors, lambda name, x, style=style: style_type(style, name, x.shape[-1]), tmp)
                 per = "  ".join(f"{k} {v[1] / v[0]:.3f} of {v[0] / 1e6:.1f} MB" for k, v in r["types"].items())

@@ -17,10 +17,9 @@ import time
 
 import numpy as np
 
-from cmf.codecs.base import ArraySpec, BytesSpec
+from cmf.codecs.base import BytesSpec
 from cmf.codecs.huffman import Huffman
 from cmf.codecs.zstd import Zstd
-from cmf.dtypes import by_name
 
 
 def load_minilm() -> dict[str, np.ndarray]:
@@ -73,14 +72,14 @@ def measure(label: str, streams: list[np.ndarray], codecs, repeat: int) -> None:
     print(f"| order-0 entropy (per stream) | {ent:,.0f} | {n / ent:.3f} | {8 * ent / n:.3f} | | |")
     for name, codec in codecs:
         specs = [BytesSpec(s.size) for s in streams]
-        enc = [codec.encode(s.tobytes(), sp)["data"] for s, sp in zip(streams, specs)]
+        enc = [codec.encode(s.tobytes(), sp)["data"] for s, sp in zip(streams, specs, strict=True)]
         size = sum(len(e) for e in enc)
-        for e, s, sp in zip(enc, streams, specs):
+        for e, s, sp in zip(enc, streams, specs, strict=True):
             if codec.decode({"data": e}, sp) != s.tobytes():
                 raise SystemExit(f"{name}: round trip failed")
         raw = [s.tobytes() for s in streams]
-        te = timed(lambda: [codec.encode(r, sp) for r, sp in zip(raw, specs)], repeat)
-        td = timed(lambda: [codec.decode({"data": e}, sp) for e, sp in zip(enc, specs)], repeat)
+        te = timed(lambda codec=codec, raw=raw, specs=specs: [codec.encode(r, sp) for r, sp in zip(raw, specs, strict=True)], repeat)
+        td = timed(lambda codec=codec, enc=enc, specs=specs: [codec.decode({"data": e}, sp) for e, sp in zip(enc, specs, strict=True)], repeat)
         print(
             f"| {name} | {size:,} | {n / size:.3f} | {8 * size / n:.3f} "
             f"| {n / te / 1e6:.1f} | {n / td / 1e6:.1f} |"

@@ -1,7 +1,7 @@
 """kill -9 a writer at random points; the target must hold the old file or the new one, whole.
 
-    python tools/kill9_writer.py --runs 100            # prints a JSON summary, exit 1 on a torn file
-    python tools/kill9_writer.py --runs 100 --cli      # the writer is `cmf pack` instead
+    python tools/kill9_writer.py --runs 100        # prints a JSON summary, exit 1 on a torn file
+    python tools/kill9_writer.py --runs 100 --cli  # the writer is `cmf pack` instead
 
 Each run: the target holds a known *old* .cmf file; a child process imports cmf, prepares a
 model, says "go" and writes a *new* .cmf over the target (``cmf.save_file``, which writes a temp

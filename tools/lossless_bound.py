@@ -301,7 +301,8 @@ def main() -> int:
         if v["best_x_zipnn"]:
             h, i = v["best_x_zipnn"]
             print(f"{v['label']}: best context-model coder = {h:.4f}x ZipNN held-out "
-                  f"({i:.4f}x in-sample); goal {GOAL}x: {'reachable' if h >= GOAL else 'NOT reachable'}")
+                  f"({i:.4f}x in-sample); "
+                  f"goal {GOAL}x: {'reachable' if h >= GOAL else 'NOT reachable'}")
     return 0
 
 

@@ -1,8 +1,11 @@
 """Write the golden vectors in spec/vectors/ and their manifest.
 
-    python tools/make_vectors.py                # write the vectors that are missing, refresh manifest.json
-    python tools/make_vectors.py --check        # rebuild every writer vector in a temp dir and compare
-    python tools/make_vectors.py --force NAME   # overwrite NAME: only when the spec deliberately changes it
+    # write the vectors that are missing, refresh manifest.json
+    python tools/make_vectors.py
+    # rebuild every writer vector in a temp dir and compare
+    python tools/make_vectors.py --check
+    # overwrite NAME: only when the spec deliberately changes it
+    python tools/make_vectors.py --force NAME
 
 A committed vector is never overwritten without ``--force``: its bytes are what
 tests/test_vectors.py decodes forever. Each builder makes its file from deterministic inputs and
@@ -33,7 +36,8 @@ import shutil
 import struct
 import sys
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_dtypes
 import msgpack
@@ -448,7 +452,8 @@ def quantize_vector(path: str) -> Expect:
     pendings["sym8_rows_f32"] = (spec, PendingNode(Quantize(bits=8, block=0, axis=-1, scheme="symmetric", scale_dtype="f16", search=False), {"q": q, "scale": leaf_raw(s, "f16")}, spec))
     tensors["sym8_rows_f32"] = cast(v, "f32")
 
-    # asymmetric, 4 bits, bf16 scale and min, groups of 16 along rows of 50 (last group: 2), bf16 tensor
+    # asymmetric, 4 bits, bf16 scale and min, groups of 16 along rows of 50 (last group: 2), bf16
+    # tensor
     u, q = codes(4, (3, 50))
     s = np.abs(rng.standard_normal((3, 4)) * 0.1).astype(ml_dtypes.bfloat16)
     m = (rng.standard_normal((3, 4)) * 0.5).astype(ml_dtypes.bfloat16)
@@ -689,9 +694,9 @@ def sparse_vector(path: str) -> Expect:
     delta codes are made here from the positions by the page's rules; the expected tensors
     scatter the values' bytes into zeros."""
     from cmf.codecs import ArraySpec
+    from cmf.codecs.base import BytesSpec
     from cmf.codecs.quantize import Quantize
     from cmf.codecs.sparse import Sparse
-    from cmf.codecs.base import BytesSpec
     from cmf.dtypes import BY_NAME
 
     tensors: dict[str, np.ndarray] = {}
@@ -761,11 +766,11 @@ def outlier_vector(path: str) -> Expect:
     positions, delta indices with filler codes (4-bit bit-packed, 2-bit raw), count = 0, and an
     f8_e4m3 tensor with a raw dense part. Expected: quantize.md's formulas in numpy float32 for
     the dense part, then the outliers' bytes at their positions (outlier.md)."""
+    from cmf.codecs import ArraySpec
     from cmf.codecs.outlier import Outlier
     from cmf.codecs.quantize import Quantize
-    from cmf.pipeline import PendingNode
-    from cmf.codecs import ArraySpec
     from cmf.dtypes import BY_NAME
+    from cmf.pipeline import PendingNode
 
     rng = np.random.default_rng(37)
     tensors: dict[str, np.ndarray] = {}
@@ -868,11 +873,11 @@ def lowrank_vector(path: str) -> Expect:
     tie), and quantized bf16 factors for an f16 tensor with elements beyond f16 (±inf).
     Expected: the exact sum of products, rounded once to the tensor dtype; lowrank decodes up
     to the page's tolerance, so these tensors are compared with same_decoding, not bytes."""
+    from cmf.codecs import ArraySpec
     from cmf.codecs.lowrank import LowRank
     from cmf.codecs.quantize import Quantize
-    from cmf.pipeline import PendingNode
-    from cmf.codecs import ArraySpec
     from cmf.dtypes import BY_NAME
+    from cmf.pipeline import PendingNode
 
     rng = np.random.default_rng(41)
     tensors: dict[str, np.ndarray] = {}
@@ -950,9 +955,9 @@ def partition_vector(path: str) -> Expect:
     middle class is empty, an f8_e5m2 tensor whose rows alternate between 2 classes, and an
     empty ``(0, 3)`` f32 tensor with K = 1. Expected: quantize.md's formula in numpy float32
     for the quantized class, then the rows put back one by one by partition.md's rule."""
+    from cmf.codecs import ArraySpec
     from cmf.codecs.partition import Partition
     from cmf.codecs.quantize import Quantize
-    from cmf.codecs import ArraySpec
     from cmf.dtypes import BY_NAME
     from cmf.pipeline import PendingNode
 

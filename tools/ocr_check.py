@@ -49,7 +49,7 @@ def _texts(rng: np.random.Generator, n: int) -> list[str]:
         if s.strip()
     ]
     out = []
-    for i in range(n):
+    for _ in range(n):
         s = lines[int(rng.integers(len(lines)))]
         k = int(rng.integers(12, 41))
         start = int(rng.integers(0, max(1, len(s) - k)))
@@ -112,19 +112,19 @@ def rec(args: argparse.Namespace) -> dict:
     ref = [orig.run({"x": x})[name][0] for x in inputs]
     del orig
     read = ["".join(chars[c] if c < len(chars) else "?" for c in _ctc(p)) for p in ref]
-    acc = float(np.mean([_char_accuracy(r, t) for r, t in zip(read, texts)]))
+    acc = float(np.mean([_char_accuracy(r, t) for r, t in zip(read, texts, strict=True)]))
     report = {
         "lines": len(texts),
         "original_char_accuracy": round(acc, 4),
-        "examples": list(zip(texts, read))[:3],
+        "examples": list(zip(texts, read, strict=True))[:3],
         "files": {},
     }
     for path in args.compressed:
         r = _runner(path)
         got = [r.run({"x": x})[name][0] for x in inputs]
-        exact = np.mean([_ctc(a) == _ctc(b) for a, b in zip(ref, got)])
-        pos = np.mean(np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref, got)]))
-        cos = np.mean([_cos(a, b) for a, b in zip(ref, got)])
+        exact = np.mean([_ctc(a) == _ctc(b) for a, b in zip(ref, got, strict=True)])
+        pos = np.mean(np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref, got, strict=True)]))
+        cos = np.mean([_cos(a, b) for a, b in zip(ref, got, strict=True)])
         report["files"][path] = {
             "exact_lines": round(float(exact), 4),
             "position_argmax_agreement": round(float(pos), 5),
@@ -203,12 +203,12 @@ def det(args: argparse.Namespace) -> dict:
         got = [r.run({"x": x})[name] for x in pages]
         iou = [
             ((a > 0.3) & (b > 0.3)).sum() / max(((a > 0.3) | (b > 0.3)).sum(), 1)
-            for a, b in zip(ref, got)
+            for a, b in zip(ref, got, strict=True)
         ]
         report["files"][path] = {
             "mask_iou": round(float(np.mean(iou)), 5),
             "mask_iou_min": round(float(np.min(iou)), 5),
-            "cosine_mean": round(float(np.mean([_cos(a, b) for a, b in zip(ref, got)])), 6),
+            "cosine_mean": round(float(np.mean([_cos(a, b) for a, b in zip(ref, got, strict=True)])), 6),
         }
     if args.save_inputs:
         np.savez(args.save_inputs, x=np.concatenate(pages))

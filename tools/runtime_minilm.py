@@ -126,8 +126,8 @@ def main() -> None:
               f"1 - cosine min {1 - r['cosine_min']:.1e}, max abs error {r['max_abs_error']:.2e}")
     print(f"\n{'preset':<9} {'size':>10} {'ratio':>6} {'cos mean':>10} {'cos min':>10} {'max abs':>9}")
     for preset, r in report["presets"].items():
-        print(f"{preset:<9} {r['bytes'] / 2**20:>7.1f} MiB {r['ratio']:>5.2f}x {r['cosine_mean']:>10.6f} "
-              f"{r['cosine_min']:>10.6f} {r['max_abs_error']:>9.2e}")
+        print(f"{preset:<9} {r['bytes'] / 2**20:>7.1f} MiB {r['ratio']:>5.2f}x "
+              f"{r['cosine_mean']:>10.6f} {r['cosine_min']:>10.6f} {r['max_abs_error']:>9.2e}")
     print(f"\n{'loaded from':<36} {'load s':>7} {'sent/s':>7} {'cpu ms/sent':>11} {'peak RSS':>10}")
     for where, r in report["speed"].items():
         if "load_seconds" in r:

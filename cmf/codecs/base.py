@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -74,8 +74,8 @@ class BytesSpec:
         return f"bytes[{'?' if self.length is None else self.length}]"
 
 
-Spec = Union[ArraySpec, BytesSpec]
-Value = Union[np.ndarray, bytes, bytearray, memoryview]
+Spec = ArraySpec | BytesSpec
+Value = np.ndarray | bytes | bytearray | memoryview
 
 
 class Codec(ABC):
@@ -92,7 +92,7 @@ class Codec(ABC):
 
     @classmethod
     @abstractmethod
-    def from_config(cls, config: dict[str, Any]) -> "Codec":
+    def from_config(cls, config: dict[str, Any]) -> Codec:
         """The codec of ``config`` (as ``to_config`` gives it); CmfError for unknown keys,
         missing keys and bad values."""
 
@@ -115,7 +115,7 @@ class Codec(ABC):
         raise FormatError(f"codec {cls.name!r} takes no fit options; give its 'config'")
 
     @classmethod
-    def fit(cls, value: Value, spec: Spec, options: dict[str, Any]) -> tuple["Codec", Value]:
+    def fit(cls, value: Value, spec: Spec, options: dict[str, Any]) -> tuple[Codec, Value]:
         """The codec configured for ``value`` by ``options`` (checked by check_fit), and the
         value to encode with it."""
         raise FormatError(f"codec {cls.name!r} takes no fit options; give its 'config'")

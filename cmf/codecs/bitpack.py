@@ -145,7 +145,7 @@ class BitPack(Codec):
         return {"bits": self.bits}
 
     @classmethod
-    def from_config(cls, config) -> "BitPack":
+    def from_config(cls, config) -> BitPack:
         check_config_keys(cls.name, config, {"bits": int})
         if "bits" not in config:
             raise FormatError("bitpack: config needs 'bits'")

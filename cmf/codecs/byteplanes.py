@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FormatError
+from ..kernels import in_pieces
+from ..kernels import speedups as _speedups  # optional C kernels; same bytes either way
 from .base import (
     ArraySpec,
     BytesSpec,
@@ -17,9 +19,6 @@ from .base import (
     require_array_spec,
 )
 from .registry import register
-
-from ..kernels import in_pieces
-from ..kernels import speedups as _speedups  # optional C kernels; same bytes either way
 
 _UINT = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 _CHUNK = 1 << 16  # elements per decode step: chunk + planes stay in L2 (measured best of 2^14..2^18)
@@ -41,7 +40,7 @@ class BytePlanes(Codec):
         return {"rotate": self.rotate}
 
     @classmethod
-    def from_config(cls, config) -> "BytePlanes":
+    def from_config(cls, config) -> BytePlanes:
         check_config_keys(cls.name, config, {"rotate": bool})
         return cls(**config)
 

@@ -19,7 +19,6 @@ a shared value, spec/format.md §3.5).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -133,7 +132,7 @@ class Codebook(Codec):
         return {key: getattr(self, key) for key in _CONFIG}
 
     @classmethod
-    def from_config(cls, config: Any) -> "Codebook":
+    def from_config(cls, config: Any) -> Codebook:
         return cls(**require_config_keys(cls.name, config, _CONFIG))
 
     # ------------------------------------------------------------------------- specs
@@ -238,7 +237,7 @@ class Codebook(Codec):
         _fit_options(options)
 
     @classmethod
-    def fit(cls, value: Value, spec: Spec, options: dict[str, Any]) -> tuple["Codebook", Value]:
+    def fit(cls, value: Value, spec: Spec, options: dict[str, Any]) -> tuple[Codebook, Value]:
         o = _fit_options(options)
         if o.get("shared") is not None:
             raise CmfError(
@@ -279,7 +278,7 @@ class Codebook(Codec):
     @classmethod
     def fit_group(
         cls, samples: list[tuple[np.ndarray, np.ndarray]], options: dict[str, Any]
-    ) -> "Codebook":
+    ) -> Codebook:
         """The one codec a group shares: its codebook fitted on every member's sample."""
         o = _fit_options(options)
         base = cls(**o["config"])
@@ -481,7 +480,7 @@ class _Prefix:
         return c
 
 
-def optimal_intervals(p: "_Prefix", k: int) -> np.ndarray:
+def optimal_intervals(p: _Prefix, k: int) -> np.ndarray:
     """Cut positions ``0 = b_0 <= ... <= b_k = n`` of the k intervals of ``p``'s sorted values
     with the least total squared error (clusters may be empty only when n < k).
 

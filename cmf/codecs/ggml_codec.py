@@ -70,7 +70,7 @@ class Ggml(Codec):
         return {"type": self.type}
 
     @classmethod
-    def from_config(cls, config: Any) -> "Ggml":
+    def from_config(cls, config: Any) -> Ggml:
         return cls(type=check_keys(cls.name, config, ("type",))["type"])
 
     def blocks(self, spec: Spec) -> int:

@@ -8,7 +8,7 @@ one ``gguf.quants.dequantize`` gives, bit for bit (NaN payloads aside).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -4,13 +4,14 @@ Each grid is a table of ``rows`` rows of ``width`` small integers. It is stored 
 of each value in ``levels`` (row-major), ``bits`` bits per index packed from the low bits of each
 byte up, in base64. :func:`grid` expands one; the spec pins the sha256 of each expanded table
 (its values as int8 bytes, row-major). ``KSIGNS`` (IQ2_XXS, IQ2_XS, IQ3_XXS) is computed: entry
-``i`` (7 bits) gets bit 7 set when ``i`` has an odd number of set bits (an even count of minus signs).
+``i`` (7 bits) gets bit 7 set when ``i`` has an odd number of set bits (an even count of minus
+signs).
 """
 
 from __future__ import annotations
 
 import base64
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -182,7 +183,7 @@ GRID_SHA256 = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def grid(name: str) -> np.ndarray:
     """The grid of I-quant ``name`` as a read-only float32 array ``(rows, width)``."""
     rows, width, levels, bits, text = GRIDS[name]

@@ -46,8 +46,8 @@ class Group:
     """Pieces of one field that share a shift in the byte, a width and an offset in the value:
     ``value[elems] |= ((block[bytes] >> shift) & (2**width - 1)) << out``."""
 
-    elems: "np.ndarray | slice | Runs"
-    bytes: "np.ndarray | slice | Runs"
+    elems: np.ndarray | slice | Runs
+    bytes: np.ndarray | slice | Runs
     shift: int
     width: int
     out: int
@@ -130,7 +130,7 @@ def layout(name: str, block: int, nbytes: int, fields: list[Field]) -> Layout:
     seen = np.zeros(nbytes * 8, np.int64)
     for f in fields:
         for start, width in f.runs:
-            for s, w in zip(start.tolist(), width.tolist()):
+            for s, w in zip(start.tolist(), width.tolist(), strict=True):
                 seen[s : s + w] += 1
                 if s + w > nbytes * 8:
                     raise CmfError(f"layout {name}: field {f.name} runs past the block")

@@ -9,8 +9,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ggml_layout import (QK_K, Field, Layout, bit_planes, bits_at, crumbs, f16, halves, layout, nibble_chunks,
-                          run, u, u8s)
+from .ggml_layout import (
+    QK_K,
+    Field,
+    Layout,
+    bit_planes,
+    bits_at,
+    crumbs,
+    f16,
+    halves,
+    layout,
+    nibble_chunks,
+    run,
+    u,
+    u8s,
+)
 
 _e8 = np.arange(8)
 _e16 = np.arange(16)

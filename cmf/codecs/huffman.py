@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CmfError, FormatError
-from .base import ArraySpec, BytesSpec, Codec, Spec, Value, check_config_keys
 from ..kernels import PIECE_MIN, in_pieces, speedups
+from .base import ArraySpec, BytesSpec, Codec, Spec, Value, check_config_keys
 from .registry import register
 
 MAX_LENGTH = 16  # longest code a table may hold: 2**16 symbols, 4-bit length fields
@@ -176,7 +176,7 @@ class Huffman(Codec):
         return {"chunk": self.chunk, "max_length": self.max_length}
 
     @classmethod
-    def from_config(cls, config) -> "Huffman":
+    def from_config(cls, config) -> Huffman:
         check_config_keys(cls.name, config, {"chunk": int, "max_length": int})
         return cls(**config)
 

@@ -107,7 +107,7 @@ class LowRank(Codec):
         return {key: getattr(self, key) for key in _CONFIG}
 
     @classmethod
-    def from_config(cls, config: Any) -> "LowRank":
+    def from_config(cls, config: Any) -> LowRank:
         return cls(**require_config_keys(cls.name, config, _CONFIG))
 
     # ------------------------------------------------------------------------- specs
@@ -160,7 +160,7 @@ class LowRank(Codec):
         _fit_options(options)
 
     @classmethod
-    def fit(cls, value: Value, spec: Spec, options: dict[str, Any]) -> tuple["LowRank", Value]:
+    def fit(cls, value: Value, spec: Spec, options: dict[str, Any]) -> tuple[LowRank, Value]:
         """The codec for ``value`` at the target of ``options`` (one of ``rank``, ``energy``,
         ``rel_error``; optionally ``split``, ``factor_dtype``), and ``value`` carrying the
         factors for ``encode``. FitRefused where low rank stores no fewer elements."""
@@ -260,7 +260,9 @@ def _exact_svd(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
         return np.linalg.svd(w, full_matrices=False)
     except np.linalg.LinAlgError as exc:
-        raise CmfError(f"lowrank: the SVD of a {w.shape[0]}x{w.shape[1]} matrix failed: {exc}")
+        raise CmfError(
+            f"lowrank: the SVD of a {w.shape[0]}x{w.shape[1]} matrix failed: {exc}"
+        ) from exc
 
 
 def _gram_svd(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -273,7 +275,7 @@ def _gram_svd(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lam, q = np.linalg.eigh(a @ a.T)
     except np.linalg.LinAlgError as exc:
         raise CmfError(f"lowrank: the eigendecomposition of a {a.shape[0]}-square Gram matrix "
-                       f"failed: {exc}")
+                       f"failed: {exc}") from exc
     q = q[:, ::-1]  # decreasing eigenvalues
     b = q.T @ a  # (k, N): row i has norm s_i
     s = np.linalg.norm(b, axis=1)

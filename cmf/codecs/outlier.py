@@ -23,7 +23,6 @@ from .registry import register
 from .sparse import (
     MAX_COUNT,
     MAX_INDEX_BITS,
-    fail,
     bits_view,
     check_delta_counts,
     check_index_bits,
@@ -31,8 +30,9 @@ from .sparse import (
     check_keys,
     choose_index_bits,
     delta_chunks,
-    delta_decode,
+    delta_decode,  # noqa: F401  (re-exported: the position coding is sparse's, tests check it)
     delta_encode,
+    fail,
     index_dtype,
     input_array,
     largest,
@@ -73,7 +73,7 @@ class Outlier(Codec):
         return {k: getattr(self, k) for k in _KEYS}
 
     @classmethod
-    def from_config(cls, config: Any) -> "Outlier":
+    def from_config(cls, config: Any) -> Outlier:
         return cls(**check_keys(cls.name, config, _KEYS))
 
     @classmethod
@@ -152,7 +152,7 @@ class Outlier(Codec):
         check_index_bits(cls.name, options)
 
     @classmethod
-    def fit(cls, value: Value, spec: Spec, options: dict[str, Any]) -> tuple["Outlier", Value]:
+    def fit(cls, value: Value, spec: Spec, options: dict[str, Any]) -> tuple[Outlier, Value]:
         cls.check_fit(options)
         spec = cls._check(spec)
         x = input_array(cls.name, value, spec)

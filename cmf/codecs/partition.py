@@ -88,7 +88,7 @@ class Partition(Codec):
         return {"counts": list(self.counts)}
 
     @classmethod
-    def from_config(cls, config: Any) -> "Partition":
+    def from_config(cls, config: Any) -> Partition:
         counts = check_keys(cls.name, config, ("counts",))["counts"]
         if not isinstance(counts, list):
             raise fail(cls.name, f"config 'counts' must be an array, found {type(counts).__name__}")
@@ -108,7 +108,7 @@ class Partition(Codec):
         spec = self._check(spec)
         rest = spec.shape[1:]
         out: dict[str, Spec] = {"class": ArraySpec(_U8, (spec.shape[0],))}
-        for name, n in zip(part_names(len(self.counts)), self.counts):
+        for name, n in zip(part_names(len(self.counts)), self.counts, strict=True):
             out[name] = ArraySpec(spec.dtype, (n, *rest))
         return out
 
@@ -141,9 +141,9 @@ class Partition(Codec):
                                       f"{self.counts[j]}")
         uint = _UINT[spec.dtype.itemsize]
         out = np.empty((d0, width), dtype=uint)  # owned, writable; bits copied, never converted
-        src = [bits_view(rows[n]).reshape(c, width) for n, c in zip(rows, self.counts)]
+        src = [bits_view(rows[n]).reshape(c, width) for n, c in zip(rows, self.counts, strict=True)]
         cursor = [0] * k  # rows of each class placed so far
-        for start, j in zip(range(0, d0, CHUNK_ROWS), uniform):  # scratch: one chunk's order
+        for start, j in zip(range(0, d0, CHUNK_ROWS), uniform, strict=True):  # scratch: one chunk's order
             chunk = cls[start : start + CHUNK_ROWS]
             if j >= 0:  # one class: its next rows, in order (no sort, no scatter)
                 n = chunk.size
@@ -204,7 +204,7 @@ class Partition(Codec):
             raise CmfError(f"partition: fit option 'classes' must be in [0, {MAX_CLASSES - 1}]")
 
     @classmethod
-    def fit(cls, value: Value, spec: Spec, options: dict[str, Any]) -> tuple["Partition", Value]:
+    def fit(cls, value: Value, spec: Spec, options: dict[str, Any]) -> tuple[Partition, Value]:
         """The codec for the classes of ``options`` (``K = max + 1``; one class, of no rows,
         for an empty tensor) and the :class:`Partitioned` value to encode."""
         cls.check_fit(options)

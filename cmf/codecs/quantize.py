@@ -138,7 +138,7 @@ class Quantize(Codec):
         return {key: getattr(self, key) for key in _CONFIG}
 
     @classmethod
-    def from_config(cls, config: Any) -> "Quantize":
+    def from_config(cls, config: Any) -> Quantize:
         return cls(**require_config_keys(cls.name, config, _CONFIG))
 
     # ------------------------------------------------------------------------- specs

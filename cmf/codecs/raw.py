@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FormatError
-from .base import ArraySpec, BytesSpec, Codec, Spec, Value, check_config_keys, require_array_spec
+from .base import BytesSpec, Codec, Spec, Value, check_config_keys, require_array_spec
 from .registry import register
 
 
@@ -20,7 +20,7 @@ class Raw(Codec):
         return {}
 
     @classmethod
-    def from_config(cls, config) -> "Raw":
+    def from_config(cls, config) -> Raw:
         check_config_keys(cls.name, config, {})
         return cls()
 

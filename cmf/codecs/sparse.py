@@ -20,8 +20,9 @@ lossless sub-tree.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -396,7 +397,7 @@ class Sparse(Codec):
         return {k: getattr(self, k) for k in _KEYS[self.layout]}
 
     @classmethod
-    def from_config(cls, config: Any) -> "Sparse":
+    def from_config(cls, config: Any) -> Sparse:
         if not isinstance(config, dict):
             raise fail(cls.name, f"config must be a map, found {type(config).__name__}")
         layout = config.get("layout")
@@ -521,7 +522,7 @@ class Sparse(Codec):
         check_index_bits(cls.name, options)
 
     @classmethod
-    def fit(cls, value: Value, spec: Spec, options: dict[str, Any]) -> tuple["Sparse", Value]:
+    def fit(cls, value: Value, spec: Spec, options: dict[str, Any]) -> tuple[Sparse, Value]:
         cls.check_fit(options)
         spec = require_array_spec(cls.name, spec)
         x = input_array(cls.name, value, spec)

@@ -45,7 +45,7 @@ class Zstd(Codec):
         return {"level": self.level, "literals_only": self.literals_only}
 
     @classmethod
-    def from_config(cls, config) -> "Zstd":
+    def from_config(cls, config) -> Zstd:
         check_config_keys(cls.name, config, {"level": int, "literals_only": bool})
         return cls(**config)
 

@@ -21,7 +21,8 @@ Contract of :class:`GGUFSource` (a converter source, see cmf.convert):
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import ml_dtypes
 import numpy as np

@@ -2,8 +2,8 @@
 
 :func:`block_bytes` reads the tensor's tree, not its floats: a ``ggml`` node (spec/codecs/ggml.md)
 or a legacy ``quantize`` node of a GGML-compatible configuration (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
-as cmf.convert.gguf_legacy wrote them before the ``ggml`` codec) gives the blocks back; anything else
-gives None.
+as cmf.convert.gguf_legacy wrote them before the ``ggml`` codec) gives the blocks back; anything
+else gives None.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from ..index import CodecNode
 
 def stored_type(f: Any, name: str) -> str | None:
     """The GGML type whose blocks tensor ``name`` holds exactly (from the index alone), or None."""
-    from .gguf_legacy import BLOCK_TYPES
     from ..codecs.ggml_codec import Ggml
+    from .gguf_legacy import BLOCK_TYPES
 
     entry = f.entry(name)
     if entry.alias is not None:
@@ -38,8 +38,8 @@ def block_bytes(f: Any, name: str, decode_node: Any = None) -> np.ndarray | None
     """The original GGML block bytes (flat uint8) of tensor ``name`` of the open file ``f``
     (a CmfFile; ``decode_node`` decodes a sub-tree, ``f.decode_node`` by default), or None when
     the file does not hold them exactly. CmfError if the parts are damaged."""
-    from .gguf_legacy import parts_to_gguf_blocks
     from ..codecs.ggml_codec import Ggml
+    from .gguf_legacy import parts_to_gguf_blocks
 
     kind = stored_type(f, name)
     if kind is None:

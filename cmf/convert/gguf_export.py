@@ -9,7 +9,8 @@ CmfError. :func:`gguf_writable` says why a file cannot be written, before any wo
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .gguf_write import write_gguf_file
 

@@ -78,7 +78,8 @@ def _strings(values: list[Any], what: str, order: str) -> bytes:
 
 
 def _scalars(name: str, values: list[Any], what: str, order: str) -> bytes:
-    """Scalars of type ``name`` (numbers range-checked, floats kept bit for bit as float64 holds them)."""
+    """Scalars of type ``name`` (numbers range-checked, floats kept bit for bit as float64 holds
+    them)."""
     if name == "BOOL":
         if any(not isinstance(v, bool) for v in values):
             raise CmfError(f"{what}: expected booleans")

@@ -47,7 +47,7 @@ def _nonzero_runs(data: np.ndarray, base: int, out: list[list[Any]], budget: lis
         breaks = np.flatnonzero(np.diff(nz) > 1)
         starts = np.concatenate([[nz[0]], nz[breaks + 1]])
         ends = np.concatenate([nz[breaks], [nz[-1]]]) + 1
-        for s, e in zip(starts.tolist(), ends.tolist()):
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             out.append([base + lo + s, _b64(chunk[s:e].tobytes())])
 
 
@@ -84,7 +84,7 @@ def _record(reader: Any, metadata: dict[str, Any]) -> dict[str, Any]:
     version = int(reader.fields["GGUF.version"].contents())
     out = GGUFOut(version, order, kvs, [
         TensorOut(t.name, [int(d) for d in t.shape], t.tensor_type.name, lambda: b"", n)
-        for t, n in zip(tensors, sizes)
+        for t, n in zip(tensors, sizes, strict=True)
     ], alignment)
     header = header_bytes(out, rel)
     if header != data[:len(header)].tobytes():
@@ -103,7 +103,7 @@ def _record(reader: Any, metadata: dict[str, Any]) -> dict[str, Any]:
     if data_start != aligned(len(header), alignment):
         raise CmfError("its data does not start at the header's end rounded up to the alignment")
     gaps, at = [], len(header)
-    for off, n in zip(rel, sizes):
+    for off, n in zip(rel, sizes, strict=True):
         if data_start + off < at:
             raise CmfError("its tensors overlap, or are not in file order")
         gaps.append((at, data_start + off))

@@ -18,9 +18,10 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..atomic import AtomicFile
 from ..errors import CmfError
@@ -62,7 +63,7 @@ def header_bytes(out: GGUFOut, offsets: list[int]) -> bytes:
         chunks += [string_bytes(key, f"GGUF key {key!r}", o), struct.pack(o + "I", TYPES[type_name][0]), value]
     import gguf
 
-    for t, off in zip(out.tensors, offsets):
+    for t, off in zip(out.tensors, offsets, strict=True):
         chunks.append(tensor_info(t.name, t.dims, int(gguf.GGMLQuantizationType[t.ggml_type]), off, o))
     return b"".join(chunks)
 
@@ -98,7 +99,7 @@ def check_out(out: GGUFOut) -> list[int]:
     if len(offsets) != len(sizes):
         raise CmfError(f"{len(offsets)} tensor offsets for {len(sizes)} tensors")
     end = 0
-    for t, off in zip(out.tensors, offsets):
+    for t, off in zip(out.tensors, offsets, strict=True):
         if not isinstance(off, int) or isinstance(off, bool) or off < end or off % a:
             raise CmfError(f"tensor {t.name!r}: offset {off!r} is not an aligned offset at or "
                            f"after {end} (the end of the previous tensor)")
@@ -126,7 +127,8 @@ class _Sink:
 
     def write(self, data: Any) -> None:
         if self.fill and self.fill[0][0] < self.pos + len(memoryview(data).cast("B")):
-            raise CmfError(f"padding bytes (fill) at offset {self.fill[0][0]} lie inside the header or a tensor")
+            raise CmfError(f"padding bytes (fill) at offset {self.fill[0][0]} lie inside the header "
+                           "or a tensor")
         self.file.write(data)
         self.pos += len(memoryview(data).cast("B"))
 

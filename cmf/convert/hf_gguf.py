@@ -174,8 +174,8 @@ def _blocks_held(f: Any, name: str) -> str | None:
 
 def _requantized(f: Any, name: str, ggml_type: str) -> np.ndarray:
     """Blocks of ``ggml_type`` from a ``quantize`` tree :func:`_blocks_held` accepted."""
-    from .gguf_legacy import parts_to_gguf_blocks
     from .gguf_blocks import stored_type
+    from .gguf_legacy import parts_to_gguf_blocks
     from .gguf_tensor_out import _entry_and_decoder, gguf_tensor_bytes
 
     if stored_type(f, name) == ggml_type:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -52,13 +52,14 @@ class HFDirectorySource:
         else:  # a PyTorch checkpoint (pytorch_model.bin, or its shards): read weights-only
             shard_names = self._pickle_names()
             if not shard_names:
-                raise CmfError(f"{self.path}: no *.safetensors files (nor pytorch_model*.bin) in this directory")
+                raise CmfError(f"{self.path}: no *.safetensors files (nor pytorch_model*.bin) in "
+                               "this directory")
             paths = [os.path.join(self.path, s) for s in shard_names]
             self.shards = [TorchPickleSource(paths[0], paths)]
             shard_names = shard_names[:1]
         self.metadata: dict[str, str] = dict(self.shards[0].metadata)
         seen: dict[str, str] = {}
-        for shard, fname in zip(self.shards, shard_names):
+        for shard, fname in zip(self.shards, shard_names, strict=True):
             for name in shard.names():
                 if name in seen:
                     raise CmfError(f"tensor {name!r} is in both {seen[name]} and {fname}")

@@ -45,8 +45,9 @@ import shutil
 import stat
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import ml_dtypes
 import numpy as np
@@ -135,7 +136,7 @@ def _graph_slots(graph: onnx.GraphProto, prefix: str, depth: int = 0) -> Iterato
 
 
 def _node_slots(nodes: Any, prefix: str, depth: int) -> Iterator[Slot]:
-    for node, nid in zip(nodes, _node_ids(nodes)):
+    for node, nid in zip(nodes, _node_ids(nodes), strict=True):
         constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1
         base = prefix + (node.output[0] if constant and node.output[0] else nid)
         for a in node.attribute:
@@ -239,7 +240,8 @@ def _external(t: TensorProto, base: str, nbytes: int | None, what: str) -> Exter
     entries: dict[str, str] = {}
     for e in t.external_data:
         if e.key in entries or e.key not in ("location", "offset", "length", "checksum"):
-            raise CmfError(f"{what}: {'duplicate' if e.key in entries else 'unknown'} external data key {e.key!r}")
+            raise CmfError(f"{what}: {'duplicate' if e.key in entries else 'unknown'} external "
+                           f"data key {e.key!r}")
         entries[e.key] = e.value
     location = entries.get("location", "")
     offset_text = entries.get("offset", "0")
@@ -415,7 +417,7 @@ class OnnxSource:
         skeleton.CopyFrom(self._model)  # loses its weights as they are found
         self._plan: list[tuple[str, TensorProto | External | np.ndarray, TensorProto | None]] = []
         used: set[str] = set()
-        for slot, skel in zip(model_slots(self._model), model_slots(skeleton)):
+        for slot, skel in zip(model_slots(self._model), model_slots(skeleton), strict=True):
             self._take(slot, skel, base, min_constant_bytes, used)
         m = self._model
         self.metadata: dict[str, Any] = {

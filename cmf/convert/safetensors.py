@@ -6,7 +6,8 @@ import json
 import math
 import os
 import struct
-from typing import Any, BinaryIO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 

@@ -11,8 +11,8 @@ importance-weighted squared error. The method is described in spec/planner.md ("
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -218,7 +218,7 @@ def fit_positive(
     return scale, np.where(ok[:, None], codes, 0).astype(np.int64)
 
 
-def nearest_index(values: np.ndarray) -> "callable":
+def nearest_index(values: np.ndarray) -> callable:
     """A function mapping an array ``y`` to the index of the nearest entry of the sorted integer
     table ``values`` (ties go to the larger entry), by a lookup on ``floor(2 y)``."""
     v = np.asarray(values, dtype=np.int64)

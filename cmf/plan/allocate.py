@@ -21,8 +21,8 @@ allocation along the way is optimal for its own total size — it solves the Lag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 
 @dataclass
@@ -106,7 +106,7 @@ def allocate(items: Sequence[Item], *, max_error: float | None = None,
     if max_error is not None:
         if err <= max_error:
             return Allocation(choice, nbytes, err, True)
-        for _, i, k, db in _moves(items):
+        for _, i, k, _db in _moves(items):
             it = items[i]
             if choice[it.name] != k:
                 continue  # cannot happen on convex hulls; kept as a guard
@@ -121,7 +121,7 @@ def allocate(items: Sequence[Item], *, max_error: float | None = None,
         nbytes, err = evaluate(items, choice, fixed)
         return Allocation(choice, nbytes, err, err <= max_error * (1 + 1e-12))
     stuck: set[str] = set()
-    for _, i, k, db in _moves(items):
+    for _, i, k, _db in _moves(items):
         it = items[i]
         if it.name in stuck or choice[it.name] != k:
             continue

@@ -28,17 +28,19 @@ Families of choices:
 The *error* of a choice is the importance-weighted squared error ``sum_ij w_j dW_ij^2`` (plain
 squared error without activations), or with the fold matrices the quadratic form
 ``tr(dW Hn dW^T)``, ``Hn`` the damped ``H1`` scaled to a mean diagonal of 1 (as ``w``); the
-sensitivity (cmf.plan.sensitivity) turns it into output error. Fixed-rate and codebook candidates of a large tensor are measured on a sample of
-its rows (``SAMPLE_ELEMENTS``) and scaled; so are step candidates of a matrix of more than
-``STEP_SAMPLE_ELEMENTS`` whose steps run along its columns or are one for all (each row is
-rounded on its own, error feedback included): on a row sample of that size. Per-row steps
-(token-embedding rows) are measured on the whole tensor.
+sensitivity (cmf.plan.sensitivity) turns it into output error. Fixed-rate and codebook
+candidates of a large tensor are measured on a sample of its rows (``SAMPLE_ELEMENTS``) and
+scaled; so are step candidates of a matrix of more than ``STEP_SAMPLE_ELEMENTS`` whose steps run
+along its columns or are one for all (each row is rounded on its own, error feedback included):
+on a row sample of that size. Per-row steps (token-embedding rows) are measured on the whole
+tensor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +112,8 @@ def template_choices(thorough: bool = False) -> list[Choice]:
         grid += [(2, 64, "asymmetric"), (3, 32, "symmetric"), (4, 64, "symmetric"), (5, 32, "symmetric"),
                  (5, 0, "symmetric"), (6, 0, "symmetric"), (8, 0, "symmetric"), (4, 32, "asymmetric")]
     for bits, block, scheme in grid:
-        label = f"q{bits} {'row' if block == 0 else f'g{block}'}{' asym' if scheme == 'asymmetric' else ''}"
+        label = (f"q{bits} {'row' if block == 0 else f'g{block}'}"
+                 f"{' asym' if scheme == 'asymmetric' else ''}")
         out.append(Choice("template", {"template": _qt(bits, block, scheme)}, label))
     for k in ((4, 8, 16) if not thorough else (4, 8, 16, 32, 64)):
         t = {"codec": "codebook", "fit": {"k": k}, "parts": {"indices": codes_template(8)}}
@@ -582,7 +585,7 @@ def _feedback_batch(x: np.ndarray, choices: Sequence[Choice], w: np.ndarray | No
         except CmfError:
             continue
         vectors.append(s32.reshape(-1).astype(np.float64))
-    return {v.tobytes(): r for v, r in zip(vectors, gptq_levels_many(xf, vectors, u, STEP_LIMIT))}
+    return {v.tobytes(): r for v, r in zip(vectors, gptq_levels_many(xf, vectors, u, STEP_LIMIT), strict=True)}
 
 
 def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
@@ -629,14 +632,14 @@ def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
                 sx, _, factor = step_of
                 sspec = ArraySpec(spec.dtype, tuple(int(d) for d in sx.shape))
                 pending, y = encode_decoded(choice, sx, sspec, axis, w, level, u,
-                                            lambda steps: batch.get(steps.tobytes()))
+                                            lambda steps, batch=batch: batch.get(steps.tobytes()))
                 plain, werr = weighted_error(sx, y, axis, w, h)
                 point = Point(choice, round(pending.stored * factor), werr * factor, plain * factor, factor != 1.0)
             else:
                 if choice.family == "step" and u is not None and axis == 1 and x.ndim == 2 and not whole:
                     whole = _feedback_batch(x, choices, w, u)  # every step's codes in one pass
                 pending, y = encode_decoded(choice, x, spec, axis, w, level, u,
-                                            lambda steps: whole.get(steps.tobytes()))
+                                            lambda steps, whole=whole: whole.get(steps.tobytes()))
                 plain, werr = weighted_error(x, y, axis, w, h)
                 point = Point(choice, pending.stored, werr, plain)
         except CmfError:

@@ -6,8 +6,9 @@ for them."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,8 @@ class PlanOptions:
             raise UsageError("give one of a planning preset (balanced, small), a target error or a "
                            f"target size; found {', '.join(given) or 'none'}")
         if self.preset is not None and self.preset not in PLANNED_PRESETS:
-            raise UsageError(f"unknown planning preset {self.preset!r}; choose one of {', '.join(PLANNED_PRESETS)}")
+            raise UsageError(f"unknown planning preset {self.preset!r}; choose one of "
+                             f"{', '.join(PLANNED_PRESETS)}")
         if self.target_error is not None:
             e = self.target_error
             if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or not 0 < e < 1:

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Mapping as MappingABC
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -143,7 +144,7 @@ class DecoderHarness(Harness):
                 "cosine_mean": float(c.mean()), "cosine_min": float(c.min())}
 
     # -- input moments, one block at a time
-    def input_moments(self) -> "DecoderMoments":
+    def input_moments(self) -> DecoderMoments:
         _ = self.reference
         return DecoderMoments(self)
 

@@ -18,7 +18,6 @@ import numpy as np
 from ..runtime import llama
 
 
-
 def _rms(torch: Any, x: Any, w: Any, eps: float) -> Any:  # [n, d], [d] -> [n, d]
     return x / torch.sqrt(torch.mean(x * x, dim=-1, keepdim=True) + eps) * w
 
@@ -104,7 +103,7 @@ def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str
                 got = torch.autograd.grad(out, [x_i, *w.values()], grad_outputs=grads_x[k],
                                           retain_graph=k + 1 < samples)
                 grads_x[k] = got[0]
-                for attr, g in zip(w, got[1:]):
+                for attr, g in zip(w, got[1:], strict=True):
                     for name, (a, b) in spans.get(attr, ()):
                         traces[name] = traces.get(name, 0.0) + _square_sum(torch, g[a:b]) / samples
             del out, w, x_i
@@ -147,4 +146,4 @@ def _spans(attr: str, rows: int, cfg: Any) -> list[tuple[int, int]]:
     else:
         sizes = [rows]
     bounds = np.cumsum([0, *sizes])
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]

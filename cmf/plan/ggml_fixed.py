@@ -8,7 +8,8 @@ then writes those blocks. Used by ``tools/bench.py gguf-plan`` as the fixed-reci
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -11,7 +11,8 @@ any work (spec/planner.md, "Planning into GGML types").
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

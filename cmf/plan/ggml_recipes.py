@@ -24,7 +24,7 @@ The rules (non-Falcon, no experts, ``quantize_output_tensor`` on):
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from ..errors import CmfError
 from ..ggml_encode import TYPES, fallback_type

@@ -36,31 +36,32 @@ rows' importance from token frequencies instead (cmf.plan.tokens), along axis 0.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import CmfError
-
+from .decoder import DecoderHarness
 from .harness_base import (  # noqa: F401  (re-exported: the harness API lives here)
-    DEFAULT_ONNX_SAMPLES,
-    DEFAULT_MAX_TOKENS,
-    METRIC,
     DECODER_METRIC,
-    Moments,
-    MAX_HESSIAN_DIM,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_ONNX_SAMPLES,
     MAX_HESSIAN_BYTES,
+    MAX_HESSIAN_DIM,
+    METRIC,
+    Harness,
+    Moments,
     MomentSums,
-    output_error,
-    kl_rows,
+    _patched,
     cosine_stats,
     fallback_warnings,
-    Harness,
-    _patched,
+    kl_rows,
+    output_error,
 )
-from .decoder import DecoderHarness
 
-__all__ = [  # the harness API: the base pieces live in cmf.plan.harness_base, decoders in cmf.plan.decoder
+# The harness API: the base pieces live in cmf.plan.harness_base, decoders in cmf.plan.decoder.
+__all__ = [
     "DEFAULT_MAX_TOKENS", "DEFAULT_ONNX_SAMPLES", "DECODER_METRIC", "MAX_HESSIAN_BYTES", "MAX_HESSIAN_DIM",
     "METRIC", "DecoderHarness", "EncoderHarness", "Harness", "MomentSums", "Moments", "OnnxHarness",
     "cosine_stats", "fallback_warnings", "kl_rows", "open_harness", "output_error",
@@ -278,9 +279,9 @@ def open_harness(path: str | os.PathLike, calibrate: Any = None, *,
     ``calibrate``: a .txt (one text per line), a .npz/.npy (ONNX inputs), a list of strings or
     of input dicts; default: the built-in sentences (text models) or generated inputs (ONNX).
     """
+    from ..runtime.bert import pipeline_from
     from ..runtime.evaluate import calibration_texts, read_arrays, read_texts
     from ..runtime.rebuild import ONNX_SKELETON, detect_kind, load_tokenizer, open_model
-    from ..runtime.bert import pipeline_from
 
     if isinstance(calibrate, (str, os.PathLike)):
         p = os.fspath(calibrate)
@@ -292,7 +293,8 @@ def open_harness(path: str | os.PathLike, calibrate: Any = None, *,
         if kind == "onnx":
             if calibrate is not None and not (isinstance(calibrate, (dict, np.ndarray))
                                               or (isinstance(calibrate, list) and all(isinstance(x, dict) for x in calibrate))):
-                raise CmfError("calibration inputs for an ONNX model: a .npz/.npy, a dict of arrays or a list of dicts")
+                raise CmfError("calibration inputs for an ONNX model: a .npz/.npy, a dict of arrays "
+                               "or a list of dicts")
             feeds = None
             if calibrate is not None:
                 feeds = calibrate if isinstance(calibrate, list) else [calibrate]
@@ -303,7 +305,7 @@ def open_harness(path: str | os.PathLike, calibrate: Any = None, *,
         if calibrate:
             texts = list(calibrate)
         else:  # every kind of text, interleaved (a decoder reads the first tokens only)
-            domains, texts = (list(x) for x in zip(*calibration_texts()))
+            domains, texts = (list(x) for x in zip(*calibration_texts(), strict=True))
         tokenizer = load_tokenizer(src)
         if kind == "encoder":
             return EncoderHarness(tensors, config, pipeline_from(src.json), tokenizer, texts, domains)

@@ -3,8 +3,9 @@ input moments, and :class:`Harness`, a model run with some tensors replaced."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -129,7 +130,7 @@ def cosine_stats(kind: str, ref: Any, out: Any) -> dict[str, float]:
     return {"cosine_mean": float(c.mean()), "cosine_min": float(c.min())}
 
 
-def fallback_warnings(harness: "Harness") -> list[str]:
+def fallback_warnings(harness: Harness) -> list[str]:
     """What a user must know about the data ``harness`` calibrates on: generated rather than
     real inputs, or less text than the planner asks for."""
     out = []
@@ -139,8 +140,8 @@ def fallback_warnings(harness: "Harness") -> list[str]:
                    "with --calibrate inputs.npz")
     asked = getattr(harness, "asked_tokens", None)
     if asked is not None and harness.samples < asked:
-        out.append(f"the calibration text gave {harness.samples} tokens, fewer than the {asked} the planner "
-                   "uses: sensitivities are measured on less data")
+        out.append(f"the calibration text gave {harness.samples} tokens, fewer than the {asked} "
+                   "the planner uses: sensitivities are measured on less data")
     return out
 
 
@@ -150,7 +151,8 @@ class Harness:
     kind = "?"
 
     def __init__(self, tensors: Mapping[str, np.ndarray]) -> None:
-        # a plain dict is copied; a lazy mapping (cmf.plan.lazy) is kept: its tensors are read as runs ask
+        # a plain dict is copied; a lazy mapping (cmf.plan.lazy) is kept: its tensors are read as
+        # runs ask
         self.tensors = dict(tensors) if isinstance(tensors, dict) else tensors
         self._ref: Any = None
         self.samples = 0

@@ -7,9 +7,10 @@ iterated (``LazyItems``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Mapping as MappingABC
 from collections.abc import Sequence as SequenceABC
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 
 class LazyMapping(MappingABC):

@@ -11,11 +11,11 @@ Stages (``plan_and_write``):
    data-free proxy when the model cannot be run;
 3. **allocation** (cmf.plan.allocate): greedy marginal analysis on the hulls; sensitivities
    measured again where the first allocation puts a tensor far from the noise first used;
-4. **verification** (cmf.plan.rounds): the chosen encodings are decoded as a reader decodes them, the model is run
-   with them, and the measured output error is compared with the prediction. If it misses an
-   error target the prediction budget is scaled by ``target / measured`` and the allocation
-   redone (at most ``rounds`` times); a size target is checked on the written file and the
-   byte budget shrunk by the excess;
+4. **verification** (cmf.plan.rounds): the chosen encodings are decoded as a reader decodes
+   them, the model is run with them, and the measured output error is compared with the
+   prediction. If it misses an error target the prediction budget is scaled by
+   ``target / measured`` and the allocation redone (at most ``rounds`` times); a size target is
+   checked on the written file and the byte budget shrunk by the excess;
 5. the file is written with the planner's decisions in its metadata (``cmf.plan``,
    ``cmf.plan.tensors``) and, for a model that runs, run again from the file.
 
@@ -30,7 +30,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +42,6 @@ from ..jsonable import json_safe
 from ..pipeline import Pending, best_bytes, decode_pending, encode_lossless
 from . import sensitivity as sens_mod
 from .candidates import LOSSLESS, Curve, Point, measure, plannable, step_choices, template_choices
-from .lazy import LazyItems, LazyMapping, file_tensors, float32_view
-from .harness import DECODER_METRIC, METRIC, Harness, fallback_warnings, open_harness
 from .contracts import (
     ATTACHMENT_LEVEL,
     INDEX_BYTES_PER_TENSOR,
@@ -54,7 +53,10 @@ from .contracts import (
     TensorPlan,
     parse_target_size,
 )
+from .harness import DECODER_METRIC, METRIC, Harness, fallback_warnings, open_harness
+from .lazy import LazyItems, LazyMapping, file_tensors, float32_view
 from .rounds import SEGMENT_PADDING, allocate_and_verify, refine_sensitivity, shrink_for_size
+
 
 # Presets: output-error targets (1 - mean cosine on the calibration inputs), and the data-free
 # equivalents (parameter-weighted mean squared relative weight error) for models that cannot run.
@@ -341,7 +343,7 @@ def fixed_bytes_of(tensors: Mapping[str, Any], planned: set[str], attachments: M
             total += encode_lossless(x, _spec(x), max(level, ATTACHMENT_LEVEL)).stored + 2 * SEGMENT_PADDING
         except CmfError:
             total += x.nbytes
-    for name, data in attachments.items():
+    for data in attachments.values():
         total += best_bytes(data, BytesSpec(len(data)), max(level, ATTACHMENT_LEVEL)).stored + INDEX_BYTES_PER_TENSOR // 2 + SEGMENT_PADDING
     return total
 
@@ -487,9 +489,8 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
         'model.cmf'
     """
     from ..convert import Encoded, open_source
-    from ..parallel import file_refs
-
     from ..outputs import check_outputs
+    from ..parallel import file_refs
 
     options.check()
     check_outputs([os.fspath(output)], [os.fspath(source)], force=True)  # never onto the model

@@ -31,8 +31,9 @@ import dataclasses
 import fnmatch
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def encode_template(
     value: Value,
     spec: Spec,
     level: int = 3,
-    groups: Mapping[str, "Group"] | None = None,
+    groups: Mapping[str, Group] | None = None,
 ) -> Pending:
     """Encode ``value`` (of ``spec``) as template ``t`` says; ``groups`` are the shared groups
     ``prepare`` fitted."""
@@ -179,7 +180,7 @@ def _root_groups(t: Template) -> list[dict]:
     return [t] if _group_name(t) is not None else []
 
 
-def shared_groups(recipe: "Recipe") -> dict[str, dict]:
+def shared_groups(recipe: Recipe) -> dict[str, dict]:
     """Group name -> its template; CmfError if a name is used with different templates."""
     found: dict[str, dict] = {}
     for t in [r.encoding for r in recipe.rules] + [recipe.default]:
@@ -194,7 +195,7 @@ def shared_groups(recipe: "Recipe") -> dict[str, dict]:
     return found
 
 
-def prepare(recipe: "Recipe", items: Iterable[tuple[str, Any]], level: int = 3) -> "Recipe":
+def prepare(recipe: Recipe, items: Iterable[tuple[str, Any]], level: int = 3) -> Recipe:
     """Fit the recipe's shared groups on ``(name, array)`` pairs (the tensors to be packed, in
     any order; values that are not numpy arrays, such as pre-encoded GGUF blocks, are skipped)
     and return the recipe with them. Each member contributes a bounded sample, so memory stays

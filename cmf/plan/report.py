@@ -149,7 +149,8 @@ def render_text(rep: dict[str, Any], printable: Any = str) -> list[str]:
     bpp = rep["bits_per_parameter"]
     where = f" in {len(rep['shards'])} shards" if rep.get("shards") else ""
     lines.append(f"{len(rows)} tensors, {rep['parameters']} parameters, {rep['file_bytes']} bytes{where}: "
-                 f"{bpp:.3f} bits/parameter (whole file), {rep['weights_bits_per_parameter']:.3f} (tensor data)"
+                 f"{bpp:.3f} bits/parameter (whole file), "
+                 f"{rep['weights_bits_per_parameter']:.3f} (tensor data)"
                  if bpp is not None else f"{len(rows)} tensors, {rep['file_bytes']} bytes{where}")
     if rep.get("gguf_bytes") is not None:
         lines.append(f"GGUF (cmf unpack -o x.gguf): {rep['gguf_bytes']} bytes, "

@@ -1,12 +1,14 @@
 """The planner's allocation rounds (cmf.plan.planner): allocate on the hulls, encode the
 chosen points, run the model with them, and allocate again while the measured error misses an
-error target or stays far under it (the smallest allocation that met it is kept); re-measure sensitivities at the chosen errors; shrink a byte budget after a file
-came out over a size target. The ``result`` is a cmf.plan.planner.PlanResult."""
+error target or stays far under it (the smallest allocation that met it is kept); re-measure
+sensitivities at the chosen errors; shrink a byte budget after a file came out over a size
+target. The ``result`` is a cmf.plan.planner.PlanResult."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +20,6 @@ from .allocate import Allocation, Item, allocate
 from .candidates import Curve, Point, encode_decoded, step_feedback
 from .contracts import PlanOptions, PlanResult, TensorPlan
 from .harness import Harness
-
 
 LOOSEN_BELOW = 0.9  # a measured error under this share of an error target: allocate again, looser
 REFINE_FACTOR = 3.0  # re-measure a sensitivity where the chosen error is this far from the noise

@@ -22,7 +22,7 @@ the predicted error is the parameter-weighted mean of each tensor's squared rela
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 

@@ -28,7 +28,8 @@ stored as ``partition`` classes (cmf.plan.candidates).
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

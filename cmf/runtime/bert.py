@@ -19,8 +19,9 @@ Computation is float32 (as transformers on CPU) except the GELU, evaluated in fl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.polynomial import chebyshev
@@ -150,7 +151,7 @@ def normalize(e: np.ndarray) -> np.ndarray:
     return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)  # [b, d]
 
 
-# -- configuration: weights, pooling, tokenizer -------------------------------------------------------
+# -- configuration: weights, pooling, tokenizer ----------------------------------------------------
 POOLING_KEYS = {  # sentence-transformers' Pooling config key -> mode, in its concatenation order
     "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
     "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
@@ -282,7 +283,7 @@ class BertEncoder:
 
     @classmethod
     def from_tensors(cls, get_tensor: Callable[[str], np.ndarray], names: Sequence[str], config: dict,
-                     pipeline: Pipeline | None = None, tokenizer: Any = None) -> "BertEncoder":
+                     pipeline: Pipeline | None = None, tokenizer: Any = None) -> BertEncoder:
         params = load_params(get_tensor, names, _int(config, "num_hidden_layers"))
         return cls(params, config, pipeline or Pipeline(), tokenizer)
 
@@ -298,7 +299,8 @@ class BertEncoder:
         """Token states [b, s, d] of padded ``ids`` [b, s] with ``mask`` [b, s] (1 = real token)."""
         ids, mask = np.asarray(ids, np.int64), np.asarray(mask, np.int64)
         if ids.ndim != 2 or mask.shape != ids.shape:
-            raise CmfError(f"ids and mask must be [batch, seq] arrays of one shape, got {ids.shape} and {mask.shape}")
+            raise CmfError(f"ids and mask must be [batch, seq] arrays of one shape, got {ids.shape} "
+                           f"and {mask.shape}")
         vocab, n_type = self.params["wte"].shape[0], self.params["wtt"].shape[0]
         type_ids = np.zeros_like(ids) if type_ids is None else np.asarray(type_ids, np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= vocab):
@@ -328,7 +330,8 @@ class BertEncoder:
         return self.tokenizer.encode_batch(list(texts))
 
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Sentence embeddings [len(texts), dim], batched by length as sentence-transformers does."""
+        """Sentence embeddings [len(texts), dim], batched by length as sentence-transformers
+        does."""
         encodings = self.tokenize(texts)
         out = np.zeros((len(encodings), self.dim), np.float32)
         order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))

@@ -25,8 +25,9 @@ import gc
 import os
 import time
 import zipfile
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -157,21 +158,21 @@ def compare_outputs(a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray
     worst, same = 0.0, True
     for name in a[0]:
         xs, ys = [s[name] for s in a], [s[name] for s in b]
-        if any(x.shape != y.shape for x, y in zip(xs, ys)):
+        if any(x.shape != y.shape for x, y in zip(xs, ys, strict=True)):
             raise CmfError(f"output {name!r} has different shapes in the two models")
-        identical = all(_identical(x, y) for x, y in zip(xs, ys))
-        max_abs = max((_max_abs(x, y) for x, y in zip(xs, ys)), default=0.0)
+        identical = all(_identical(x, y) for x, y in zip(xs, ys, strict=True))
+        max_abs = max((_max_abs(x, y) for x, y in zip(xs, ys, strict=True)), default=0.0)
         row: dict[str, Any] = {"shape": list(xs[0].shape), "dtype": str(xs[0].dtype)}
         if xs[0].dtype.kind in "fc":
-            cos = [cosine(x, y) for x, y in zip(xs, ys)]
+            cos = [cosine(x, y) for x, y in zip(xs, ys, strict=True)]
             row.update(_summary(cos, max_abs, identical))
             all_cos += cos
             if xs[0].ndim >= 2 and xs[0].shape[-1] >= 2:
-                agree = [np.mean(np.argmax(x, -1) == np.argmax(y, -1)) for x, y in zip(xs, ys)]
+                agree = [np.mean(np.argmax(x, -1) == np.argmax(y, -1)) for x, y in zip(xs, ys, strict=True)]
                 row["top1_agreement"] = float(np.mean(agree))
         else:
             row.update({"max_abs_error": max_abs, "identical": identical,
-                        "equal_fraction": float(np.mean([np.mean(x == y) if x.size else 1.0 for x, y in zip(xs, ys)]))})
+                        "equal_fraction": float(np.mean([np.mean(x == y) if x.size else 1.0 for x, y in zip(xs, ys, strict=True)]))})
         per[name] = row
         worst = max(worst, max_abs)
         same = same and identical
@@ -190,7 +191,7 @@ def compare_logits(ids: Sequence[int], a: np.ndarray, b: np.ndarray) -> dict[str
     la, lb = log_softmax(a.astype(np.float64)), log_softmax(b.astype(np.float64))  # [n, V]
     nxt, rows = np.asarray(ids[1:]), np.arange(len(ids) - 1)
     kl = np.sum(np.exp(la) * (la - lb), axis=-1)  # [n]
-    cos = [cosine(x, y) for x, y in zip(a, b)]
+    cos = [cosine(x, y) for x, y in zip(a, b, strict=True)]
     return {
         **_summary(cos, _max_abs(a, b), _identical(a, b)),
         "tokens": len(ids),
@@ -202,7 +203,7 @@ def compare_logits(ids: Sequence[int], a: np.ndarray, b: np.ndarray) -> dict[str
     }
 
 
-# -- the report -------------------------------------------------------------------------------------
+# -- the report ------------------------------------------------------------------------------------
 def evaluate(original: str | os.PathLike, compressed: str | os.PathLike, inputs: Any = None, *,
              max_tokens: int = DEFAULT_MAX_TOKENS, samples: int = DEFAULT_ONNX_SAMPLES,
              engine: str | None = None) -> dict[str, Any]:
@@ -247,7 +248,7 @@ def evaluate(original: str | os.PathLike, compressed: str | os.PathLike, inputs:
         return {**head, "samples": len(prepared), **compare_outputs(results[0], results[1])}
     if kind == "encoder":
         a, b = results
-        cos = [cosine(x, y) for x, y in zip(a, b)]
+        cos = [cosine(x, y) for x, y in zip(a, b, strict=True)]
         return {**head, "samples": len(prepared), "dim": int(a.shape[1]),
                 **_summary(cos, _max_abs(a, b), _identical(a, b))}
     return {**head, **compare_logits(prepared, results[0], results[1])}
@@ -260,7 +261,8 @@ def _signature(kind: str, runner: Any) -> str:
         return f"inputs ({inputs}) -> outputs ({', '.join(runner.output_names)})"
     if kind == "encoder":
         return f"embeddings of size {runner.dim}"
-    return f"vocabulary of {runner.runner.vocab_size if hasattr(runner.runner, 'vocab_size') else '?'} tokens"
+    size = runner.runner.vocab_size if hasattr(runner.runner, "vocab_size") else "?"
+    return f"vocabulary of {size} tokens"
 
 
 def _prepare(kind: str, runner: Any, inputs: Any, max_tokens: int, samples: int) -> Any:

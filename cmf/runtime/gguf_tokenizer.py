@@ -20,8 +20,9 @@ Anything else (another tokenizer model, malformed keys) is a CmfError.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import CmfError, UnsupportedError
 from ..extras import install_hint
@@ -86,7 +87,7 @@ def _merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[st
         raise CmfError(f"GGUF metadata: tokens too long to derive merges from scores "
                        f"({work} > {MAX_SPLIT_WORK} characters of splits)")
     ids = {t: i for i, t in enumerate(tokens)}
-    score = dict(zip(tokens, scores))
+    score = dict(zip(tokens, scores, strict=True))
     found = []
     for token, s in score.items():
         pairs = [(token[:k], token[k:]) for k in range(1, len(token))
@@ -113,7 +114,15 @@ def _merges(meta: Mapping[str, Any]) -> list[tuple[str, str]] | None:
 def tokenizer_from_gguf(meta: Mapping[str, Any]) -> Any:
     """The ``tokenizers.Tokenizer`` of a GGUF import's metadata (see the module docstring)."""
     try:
-        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+        from tokenizers import (
+            AddedToken,
+            Regex,
+            Tokenizer,
+            decoders,
+            models,
+            pre_tokenizers,
+            processors,
+        )
     except ImportError:
         raise CmfError(f"running text models needs the tokenizers package: {install_hint('run')}") from None
     kind = meta.get(P + "model")
@@ -181,11 +190,11 @@ def _token(meta: Mapping[str, Any], key: str, tokens: list[str]) -> tuple[str, i
 def _add_tokens(tk: Any, meta: Mapping[str, Any], kind: str, tokens: list[str], types: list[int],
                 added: Any) -> None:
     alphabet = set(byte_alphabet().values()) if kind == "gpt2" else None
-    special = [t for t, ty in zip(tokens, types) if ty == CONTROL and (alphabet is None or set(t) <= alphabet)]
+    special = [t for t, ty in zip(tokens, types, strict=False) if ty == CONTROL and (alphabet is None or set(t) <= alphabet)]
     special += [found[0] for key in _SPECIAL_IDS if (found := _token(meta, key, tokens)) is not None]
     if special:
         tk.add_special_tokens([added(t, normalized=False, special=True) for t in dict.fromkeys(special)])
-    user = [t for t, ty in zip(tokens, types) if ty == USER_DEFINED]
+    user = [t for t, ty in zip(tokens, types, strict=False) if ty == USER_DEFINED]
     if user:
         tk.add_tokens([added(t, normalized=False, special=False) for t in user])
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,8 @@ def rope_inv_freq(
         low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
         old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
         if not 0 < low < high or old_ctx <= 0:
-            raise CmfError(f"rope scaling 'llama3': expected 0 < low_freq_factor < high_freq_factor, found {low}, {high}")
+            raise CmfError("rope scaling 'llama3': expected 0 < low_freq_factor < high_freq_factor, "
+                           f"found {low}, {high}")
         wavelen = 2 * math.pi / inv
         smooth = np.clip((old_ctx / wavelen - low) / (high - low), 0.0, 1.0)
         inv = np.where(wavelen > old_ctx / low, inv / factor, (1 - smooth) * inv / factor + smooth * inv)
@@ -219,7 +221,8 @@ class LlamaConfig:
         kv_heads = _positive_int(config, "num_key_value_heads", heads)
         head_dim = _positive_int(config, "head_dim", d // heads if d % heads == 0 else None)
         if heads % kv_heads:
-            raise CmfError(f"config: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+            raise CmfError(f"config: num_attention_heads {heads} is not a multiple of "
+                           f"num_key_value_heads {kv_heads}")
         if head_dim % 2:
             raise CmfError(f"config: head_dim must be even for rotary embeddings, found {head_dim}")
         n_layers = _positive_int(config, "num_hidden_layers")
@@ -307,7 +310,8 @@ class KVCache:
 
 
 def _load(get_tensor: GetTensor, name: str, shape: tuple[int | None, ...]) -> np.ndarray:
-    """Tensor ``name`` as float32 of ``shape`` (None: any size); any problem is a CmfError naming it."""
+    """Tensor ``name`` as float32 of ``shape`` (None: any size); any problem is a CmfError naming
+    it."""
     try:
         value = get_tensor(name)
     except CmfError:
@@ -317,7 +321,7 @@ def _load(get_tensor: GetTensor, name: str, shape: tuple[int | None, ...]) -> np
     array = np.asarray(value)
     if array.dtype.kind in "biuOSUmM":
         raise CmfError(f"tensor {name!r}: expected floating-point values, found {array.dtype}")
-    if len(array.shape) != len(shape) or any(w is not None and w != n for w, n in zip(shape, array.shape)):
+    if len(array.shape) != len(shape) or any(w is not None and w != n for w, n in zip(shape, array.shape, strict=True)):
         want = "(" + ", ".join("any" if w is None else str(w) for w in shape) + ("," if len(shape) == 1 else "") + ")"
         raise CmfError(f"tensor {name!r}: expected shape {want}, found {array.shape}")
     try:
@@ -334,9 +338,11 @@ def check_ids(ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
     except (TypeError, ValueError):
         raise CmfError("token ids: expected a sequence of integers") from None
     if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "iu":
-        raise CmfError(f"token ids: expected a non-empty 1-D sequence of integers, found shape {arr.shape} {arr.dtype}")
+        raise CmfError("token ids: expected a non-empty 1-D sequence of integers, found shape "
+                       f"{arr.shape} {arr.dtype}")
     if arr.min() < 0 or arr.max() >= vocab_size:
-        raise CmfError(f"token ids: expected values in [0, {vocab_size}), found {int(arr.min())}..{int(arr.max())}")
+        raise CmfError(f"token ids: expected values in [0, {vocab_size}), found "
+                       f"{int(arr.min())}..{int(arr.max())}")
     return arr.astype(np.int64)
 
 
@@ -344,7 +350,7 @@ class LazyLayers(Sequence):
     """The decoder blocks of a runner built with ``lazy=True``: ``layers[i]`` fetches block
     ``i``'s weights (``make(i)``) on each access and keeps none, so a pass holds one block."""
 
-    def __init__(self, make: Callable[[int], "Layer"], n: int) -> None:
+    def __init__(self, make: Callable[[int], Layer], n: int) -> None:
         self._make, self._n = make, n
 
     def __len__(self) -> int:
@@ -359,7 +365,8 @@ class LazyLayers(Sequence):
 
 
 class LlamaRunner:
-    """A Llama-family causal LM: ``logits``, ``next_logits`` (KV cache), ``generate``, ``perplexity``."""
+    """A Llama-family causal LM: ``logits``, ``next_logits`` (KV cache), ``generate``,
+    ``perplexity``."""
 
     def __init__(
         self, cfg: LlamaConfig, embed: np.ndarray, layers: list[Layer], norm: np.ndarray,
@@ -562,12 +569,14 @@ def hf_to_gguf_name(name: str) -> str | None:
 
 
 def gguf_name_map(names: Iterable[str]) -> dict[str, str]:
-    """GGUF name -> HF name for each of ``names`` this runner uses (others, e.g. rope_freqs, left out)."""
+    """GGUF name -> HF name for each of ``names`` this runner uses (others, e.g. rope_freqs, left
+    out)."""
     return {n: hf for n in names if (hf := gguf_to_hf_name(n)) is not None}
 
 
 def _tensor_types(meta: Mapping[str, Any]) -> Mapping[str, Any]:
-    """GGUF tensor name -> GGML type, as cmf.convert.gguf records them (older files: gguf.tensor_types)."""
+    """GGUF tensor name -> GGML type, as cmf.convert.gguf records them (older files:
+    gguf.tensor_types)."""
     types = meta.get("cmf.gguf.tensor_types", meta.get("gguf.tensor_types"))
     return types if isinstance(types, Mapping) else {}
 
@@ -599,12 +608,14 @@ def from_gguf_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
     d = _uniform(meta, p + "embedding_length")
     heads = _uniform(meta, p + "attention.head_count")
     if not isinstance(d, int) or not isinstance(heads, int) or heads <= 0:
-        raise CmfError(f"GGUF metadata: expected integer {arch}.embedding_length and {arch}.attention.head_count, found {d!r}, {heads!r}")
+        raise CmfError(f"GGUF metadata: expected integer {arch}.embedding_length and "
+                       f"{arch}.attention.head_count, found {d!r}, {heads!r}")
     head_dim = _uniform(meta, p + "attention.key_length", d // heads)
     value_dim = _uniform(meta, p + "attention.value_length", head_dim)
     rope_dim = _uniform(meta, p + "rope.dimension_count", head_dim)
     if value_dim != head_dim or rope_dim != head_dim:
-        raise UnsupportedError(f"GGUF metadata: key/value/rope sizes {head_dim}/{value_dim}/{rope_dim} differ; only equal ones are supported")
+        raise UnsupportedError(f"GGUF metadata: key/value/rope sizes {head_dim}/{value_dim}/{rope_dim} "
+                               "differ; only equal ones are supported")
     types = _tensor_types(meta)
     tokens = meta.get("gguf.tokenizer.ggml.tokens")
     config: dict[str, Any] = {
@@ -640,7 +651,8 @@ def from_gguf_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     """Undo llama.cpp's q/k row order: per head it interleaves the two rotary halves (rows
-    0, hd/2, 1, hd/2 + 1, ...) for its adjacent-pair rope; HF rotates halves. [rows, ...] -> same."""
+    0, hd/2, 1, hd/2 + 1, ...) for its adjacent-pair rope; HF rotates halves.
+    [rows, ...] -> same."""
     rows = w.shape[0]
     if n_heads <= 0 or rows % (2 * n_heads):
         raise CmfError(f"cannot un-permute {rows} rows into {n_heads} heads of even size")

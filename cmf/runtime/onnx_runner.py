@@ -26,8 +26,9 @@ inputs are ones, ``*type*``/``*segment*`` ids zeros, other integers in [0, 10).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -95,7 +96,8 @@ class _ArraySpecOf:
 
 
 class OnnxRunner:
-    """A rebuilt ONNX model and the engine that runs it (``engine``: "onnxruntime" or "reference")."""
+    """A rebuilt ONNX model and the engine that runs it (``engine``: "onnxruntime" or
+    "reference")."""
 
     def __init__(self, model: ModelProto, engine: str | None = None) -> None:
         self.model: ModelProto | None = model
@@ -140,7 +142,7 @@ class OnnxRunner:
             outputs = self._session.run(None, feeds)
         except Exception as exc:  # shape/type mismatches surface here
             raise CmfError(f"{self.engine} failed to run the model: {_first_line(exc)}") from None
-        return {name: np.asarray(v) for name, v in zip(self.output_names, outputs)}
+        return {name: np.asarray(v) for name, v in zip(self.output_names, outputs, strict=True)}
 
     def sample_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         """Generated inputs, deterministic for ``seed``, at the shapes of :meth:`fitting_shapes`
@@ -202,7 +204,7 @@ class OnnxRunner:
             outputs = self._session.run(None, feeds, options)
         except Exception as exc:
             raise CmfError(f"{self.engine} failed to run the model: {_first_line(exc)}") from None
-        return {name: np.asarray(v) for name, v in zip(self.output_names, outputs)}
+        return {name: np.asarray(v) for name, v in zip(self.output_names, outputs, strict=True)}
 
 
 # Sizes tried for the dims a graph leaves open (module docstring), best first.
@@ -267,7 +269,7 @@ def candidate_shapes(inputs: Sequence[InputSpec]) -> list[dict[str, tuple[int, .
                 roles[key] = role
             order.append((spec.name, k, key))
     legacy: dict[Any, int] = {}
-    for name, k, key in order:
+    for _name, k, key in order:
         legacy.setdefault(key, 1 if k == 0 else 8)
     n = max((len(sizes) for _, sizes in roles.values()), default=1)
     lengths = [key for key, (priority, _) in roles.items() if priority == 1]
@@ -350,7 +352,7 @@ def _as_input(array: np.ndarray, spec: InputSpec) -> np.ndarray:
         if not np.can_cast(array.dtype, spec.dtype, "same_kind"):
             raise CmfError(f"input {spec.name!r} is {array.dtype}; the model wants {spec.dtype}")
         array = array.astype(spec.dtype)
-    if len(spec.shape) != array.ndim or any(isinstance(d, int) and d >= 0 and d != n for d, n in zip(spec.shape, array.shape)):
+    if len(spec.shape) != array.ndim or any(isinstance(d, int) and d >= 0 and d != n for d, n in zip(spec.shape, array.shape, strict=True)):
         shown = ["?" if not isinstance(d, int) else d for d in spec.shape]
         raise CmfError(f"input {spec.name!r} has shape {list(array.shape)}; the model wants {shown}")
     return np.ascontiguousarray(array)

@@ -25,7 +25,8 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,7 @@ class ModelSource:
         except (ValueError, UnicodeDecodeError) as exc:
             raise CmfError(f"{self.path}: {name} is not valid JSON ({exc})") from None
 
-    def borrow(self, other: "ModelSource") -> None:
+    def borrow(self, other: ModelSource) -> None:
         """Use ``other``'s own side files where this model has none of that name (a bare
         .safetensors original takes config.json and tokenizer.json from its .cmf)."""
         if other is not self:
@@ -99,7 +100,7 @@ class ModelSource:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "ModelSource":
+    def __enter__(self) -> ModelSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -269,7 +270,7 @@ def open_model(path: str | os.PathLike) -> ModelSource:
     return SafetensorsModel(path)
 
 
-# -- what model is it? ------------------------------------------------------------------------------
+# -- what model is it? -----------------------------------------------------------------------------
 def _llama() -> Any:
     """cmf.runtime.llama, or None when this installation has no decoder runner."""
     try:
@@ -306,7 +307,8 @@ def detect_kind(src: ModelSource) -> tuple[str, dict[str, Any]]:
 
 
 def load_tokenizer(src: ModelSource) -> Any:
-    """The ``tokenizers`` tokenizer of ``tokenizer.json``; CmfError when it or the package is missing."""
+    """The ``tokenizers`` tokenizer of ``tokenizer.json``; CmfError when it or the package is
+    missing."""
     data = src.attachment("tokenizer.json")
     if data is None:
         raise CmfError(f"{src.path} has no tokenizer.json (attach it: cmf pack ... --attach tokenizer.json)")
@@ -322,7 +324,7 @@ def load_tokenizer(src: ModelSource) -> Any:
         raise CmfError(f"{src.path}: tokenizer.json cannot be loaded ({type(exc).__name__}: {exc})") from None
 
 
-# -- decoders: the Llama-family runner plus a tokenizer ---------------------------------------------------
+# -- decoders: the Llama-family runner plus a tokenizer --------------------------------------------
 class Decoder:
     """A causal LM (cmf.runtime.llama's ``LlamaRunner``) with its tokenizer."""
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,7 @@ class TorchEncoder(BertEncoder):
 
     @classmethod
     def from_source(cls, src: Any, config: dict, pipeline: Pipeline,
-                    tokenizer: Any = None) -> "TorchEncoder":
+                    tokenizer: Any = None) -> TorchEncoder:
         """The encoder of a cmf.runtime.rebuild ``ModelSource`` (no pooler: it is not used)."""
         model = build_model(src, config, "AutoModel", add_pooling_layer=False)
         return cls(model, config, pipeline, tokenizer)
@@ -174,7 +175,7 @@ class TorchCausalLM:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
-    def from_source(cls, src: Any, config: dict) -> "TorchCausalLM":
+    def from_source(cls, src: Any, config: dict) -> TorchCausalLM:
         return cls(build_model(src, config, "AutoModelForCausalLM"))
 
     def _ids(self, ids: Sequence[int] | np.ndarray) -> Any:

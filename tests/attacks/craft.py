@@ -12,8 +12,9 @@ blocks, header fields set by hand), its own preamble/trailer packing. Nothing he
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import crc32c as _crc32c
 import msgpack
@@ -60,7 +61,7 @@ class RawMP:
 def _head(n: int, fix: int | None, fixmax: int, codes: tuple[int, ...], sizes: tuple[int, ...]) -> bytes:
     if fix is not None and n <= fixmax:
         return bytes([fix | n])
-    for code, size in zip(codes, sizes):
+    for code, size in zip(codes, sizes, strict=True):
         if n < 1 << (8 * size):
             return bytes([code]) + n.to_bytes(size, "big")
     raise ValueError(f"length {n} too large")

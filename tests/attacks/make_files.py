@@ -8,7 +8,7 @@ test_regression_files.py checks that the stored files are current and that each 
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from . import craft as c
 from .common import base_file, base_parts

@@ -13,7 +13,6 @@ import cmf
 from . import craft as c
 from .common import CONFIG, base_parts, expect_error, expect_ok, write
 
-
 _KEEP = object()
 
 

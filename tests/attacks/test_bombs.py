@@ -32,7 +32,8 @@ def test_bomb(tmp_path, name):
     assert m["tracemalloc_peak"] < LIMIT, f"tracemalloc peak {m['tracemalloc_peak'] / MiB:.1f} MiB"
     grew = m["rss_after"] - m["rss_before"]
     assert grew < LIMIT, f"ru_maxrss grew by {grew / MiB:.1f} MiB"
-    print(f"\n{name}: {m['file_bytes']} B file, tracemalloc peak {m['tracemalloc_peak'] / 1024:.1f} KiB, "
+    print(f"\n{name}: {m['file_bytes']} B file, "
+          f"tracemalloc peak {m['tracemalloc_peak'] / 1024:.1f} KiB, "
           f"maxrss {m['rss_before'] / MiB:.1f} -> {m['rss_after'] / MiB:.1f} MiB: {m['message'][:90]}")
 
 

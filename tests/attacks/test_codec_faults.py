@@ -1,6 +1,6 @@
 """Fault injection on a small file per codec (tools/fuzz_seeds.py): quantize, codebook (a shared
-codebook and a scaled NF4 one), sparse (bitmask and delta), outlier, lowrank, partition, huffman, bitpack,
-and the lossless trees (byteplanes, zstd, raw).
+codebook and a scaled NF4 one), sparse (bitmask and delta), outlier, lowrank, partition, huffman,
+bitpack, and the lossless trees (byteplanes, zstd, raw).
 
 - every truncation: a CmfError;
 - every single-bit flip of the file: a CmfError, or a decode identical to the original (lowrank:

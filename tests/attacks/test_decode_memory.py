@@ -81,5 +81,6 @@ CASES = {name: rest for name, *rest in _cases()}
 def test_decode_scratch_is_bounded(name):
     factor, codec, spec, parts = CASES[name]
     peak, out = _peak(codec, spec, parts)
-    print(f"\n{name}: output {out / MiB:.0f} MiB, peak {peak / MiB:.0f} MiB ({peak / max(out, 1):.2f}x)")
+    print(f"\n{name}: output {out / MiB:.0f} MiB, peak {peak / MiB:.0f} MiB "
+          f"({peak / max(out, 1):.2f}x)")
     assert peak <= factor * out + 40 * MiB, f"{name}: peak {peak / MiB:.0f} MiB for {out / MiB:.0f} MiB"

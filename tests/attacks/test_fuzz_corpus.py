@@ -3,18 +3,24 @@
 - Regression corpus: every input a fuzz target found a bug with is kept in
   ``tests/attacks/corpus/<target>/`` and replayed through that target with the harness's checks
   (tools/fuzz_common.py: only CmfError, under 1 s, address space capped): it must give a
-  CmfError, or decode cleanly for files named ``ok-*``. The bugs, one file each:
+  CmfError, or decode cleanly for files named ``ok-*``. The bugs (all fixed), one file each:
 
-  | file | bug (fixed) |
-  |------|-------------|
-  | container/zero-dim-2e40x2e40-shape.bin | a tensor ``f32[0, 2^40, 2^40]`` (empty) made numpy raise ValueError in get_tensor and in ``cmf validate`` |
-  | codec-byteplanes/zero-dim-2e31x2e32-shape.bin | the same in ``byteplanes`` (found by the codec fuzzer) |
-  | onnx/non-utf8-*.bin | a protobuf string field that is not UTF-8 comes back as bytes: TypeError while packing |
-  | onnx/zero-dim-2e62-shape.bin | an initializer of dims ``[0, 2^62]`` (empty): ValueError from numpy while packing |
-  | codec-lowrank/bf16-signalling-nan-factor.bin | a bf16 signalling NaN in a factor raised a RuntimeWarning before the FormatError |
-  | gguf/array-of-2e60-items.bin | a 524-byte GGUF file declaring an array of 2^60 items: gguf-py appended empty views until the machine ran out of memory |
-  | gguf-write/byte-order-list.bin | a ``cmf.gguf.layout`` byte order that is a list: TypeError (unhashable) in the GGUF writer |
-  | codec-quantize/ok-*, codec-codebook/ok-* | f32 overflow to infinity (a valid result) raised numpy RuntimeWarnings |
+  - container/zero-dim-2e40x2e40-shape.bin: a tensor ``f32[0, 2^40, 2^40]`` (empty) made numpy
+    raise ValueError in get_tensor and in ``cmf validate``;
+  - codec-byteplanes/zero-dim-2e31x2e32-shape.bin: the same in ``byteplanes`` (found by the codec
+    fuzzer);
+  - onnx/non-utf8-*.bin: a protobuf string field that is not UTF-8 comes back as bytes: TypeError
+    while packing;
+  - onnx/zero-dim-2e62-shape.bin: an initializer of dims ``[0, 2^62]`` (empty): ValueError from
+    numpy while packing;
+  - codec-lowrank/bf16-signalling-nan-factor.bin: a bf16 signalling NaN in a factor raised a
+    RuntimeWarning before the FormatError;
+  - gguf/array-of-2e60-items.bin: a 524-byte GGUF file declaring an array of 2^60 items: gguf-py
+    appended empty views until the machine ran out of memory;
+  - gguf-write/byte-order-list.bin: a ``cmf.gguf.layout`` byte order that is a list: TypeError
+    (unhashable) in the GGUF writer;
+  - codec-quantize/ok-*, codec-codebook/ok-*: f32 overflow to infinity (a valid result) raised
+    numpy RuntimeWarnings.
 
 - Smoke: every target runs its seeds and 150 mutated inputs (python engine, fixed seed) with no
   finding; ``tools/fuzz_smoke.py`` runs more in CI, ``tools/fuzz_campaign.py`` the real thing.

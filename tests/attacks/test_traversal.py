@@ -230,7 +230,7 @@ def test_hf_cache_snapshot_packs(tmp_path):
 def _with_attachment(name: str, extra: tuple[str, ...] = ()) -> bytes:
     segments, index = base_parts()
     index["attachments"][0]["name"] = name
-    for k, other in enumerate(extra):
+    for other in extra:
         segments.append(b"x")
         index["attachments"].append(c.attachment(other, 1, c.leaf(len(segments) - 1)))
     return c.assemble(segments, index)

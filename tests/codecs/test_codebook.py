@@ -19,8 +19,8 @@ from cmf.codecs import ArraySpec, codec_from_config
 from cmf.codecs.codebook import FIXED, FP4, NF4, Codebook, assign, index_dtype, kmeans_1d
 from cmf.dtypes import BY_NAME
 from cmf.errors import CmfError, FormatError
-from cmf.plan.recipe import encode_template
 from cmf.pipeline import decode_pending, is_lossy
+from cmf.plan.recipe import encode_template
 
 F32 = np.float32
 RNG = np.random.default_rng(7)
@@ -247,7 +247,8 @@ def test_fixed_fit_encodes_with_absmax_blocks(table):
     amax = np.abs(x.reshape(32, 4, 64)).max(axis=2)
     assert np.array_equal(parts["scale"], amax)
     y = codec.decode(parts, s)
-    # every element is at its nearest level: the error is at most half the widest gap times the scale
+    # every element is at its nearest level: the error is at most half the widest gap times the
+    # scale
     levels = np.unique(FIXED[table].astype(np.float64))
     half_gap = np.diff(levels).max() / 2
     assert np.all(np.abs(y - x).reshape(32, 4, 64) <= amax[..., None] * half_gap * (1 + 1e-6))

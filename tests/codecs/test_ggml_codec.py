@@ -251,8 +251,8 @@ def test_blocks_from_cmf_encoders(name):
 def test_block_bytes_of_legacy_quantize_trees_and_plain_tensors(tmp_path):
     """Files written before the ggml codec hold Q8_0 ... Q5_1 as quantize trees: their blocks
     come back too; a plain tensor gives None."""
-    from cmf.convert.gguf_legacy import gguf_tensor_to_pending
     from cmf.convert.gguf_blocks import stored_type
+    from cmf.convert.gguf_legacy import gguf_tensor_to_pending
 
     rng = np.random.default_rng(13)
     x = (rng.standard_normal((3, 64)) * 0.1).astype(np.float32)

@@ -460,7 +460,7 @@ def test_in_pieces_covers_the_range_once_and_raises():
     in_pieces(lambda a, b: seen.append((a, b)), 10_000, min_piece=100)
     seen.sort()
     assert seen[0][0] == 0 and seen[-1][1] == 10_000
-    assert all(p[1] == q[0] for p, q in zip(seen, seen[1:]))
+    assert all(p[1] == q[0] for p, q in zip(seen, seen[1:], strict=False))
 
     def boom(a, b):
         raise ValueError(f"piece {a}")

@@ -10,13 +10,22 @@ import inspect
 import json
 import pathlib
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
 import cmf.codecs
-from cmf.codecs import ArraySpec, BytesSpec, Codec, codec_class, codec_from_config, register, registered
+from cmf.codecs import (
+    ArraySpec,
+    BytesSpec,
+    Codec,
+    codec_class,
+    codec_from_config,
+    register,
+    registered,
+)
 from cmf.codecs.bitpack import BitPack
 from cmf.codecs.byteplanes import BytePlanes
 from cmf.codecs.codebook import Codebook

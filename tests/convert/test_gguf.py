@@ -2,8 +2,9 @@
 the CLI and through ``open_source``.
 
 Every block type gguf-py dequantizes is kept as a ``ggml`` tree that decodes bit for bit to
-``gguf.quants.dequantize`` (older files' ``quantize`` trees are still read); plain floats and ints bit for bit; shapes in numpy order; GGUF metadata kept as
-``gguf.<key>``; bad files give one ``cmf: error:`` line and leave no output.
+``gguf.quants.dequantize`` (older files' ``quantize`` trees are still read); plain floats and ints
+bit for bit; shapes in numpy order; GGUF metadata kept as ``gguf.<key>``; bad files give one
+``cmf: error:`` line and leave no output.
 """
 
 from __future__ import annotations

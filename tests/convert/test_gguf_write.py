@@ -17,8 +17,8 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 import cmf  # noqa: E402
-from cmf.convert.gguf_kv import encode_value  # noqa: E402
 from cmf.convert.gguf_export import write_gguf  # noqa: E402
+from cmf.convert.gguf_kv import encode_value  # noqa: E402
 from cmf.convert.gguf_write import GGUFOut, TensorOut, write_gguf_file  # noqa: E402
 
 from .test_gguf import finish_gguf  # noqa: E402

@@ -8,13 +8,13 @@ import os
 import ml_dtypes  # noqa: F401  (registers bfloat16 for safetensors.numpy)
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from safetensors.numpy import load_file as st_load
 from safetensors.numpy import save_file as st_save
 
 import cmf
 from cmf.cli import main
 from cmf.convert import HFDirectorySource, open_source
-from click.testing import CliRunner
 
 
 def _model(rng: np.random.Generator) -> dict[str, np.ndarray]:

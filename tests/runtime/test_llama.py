@@ -151,7 +151,7 @@ def naive_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.ndar
                 top = max(scores)
                 weights = [math.exp(z - top) for z in scores]
                 total = sum(weights)
-                heads.append(sum(wt / total * values[s][kv] for wt, s in zip(weights, seen)))
+                heads.append(sum(wt / total * values[s][kv] for wt, s in zip(weights, seen, strict=True)))
             x = x + W[p + "self_attn.o_proj.weight"] @ np.concatenate(heads) + W.get(p + "self_attn.o_proj.bias", zero)
             h = rms(x, W[p + "post_attention_layernorm.weight"])
             gate = W[p + "mlp.gate_proj.weight"] @ h + W.get(p + "mlp.gate_proj.bias", zero)

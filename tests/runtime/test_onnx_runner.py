@@ -24,7 +24,7 @@ ort = pytest.importorskip("onnxruntime")
 
 def original_outputs(path, feeds):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
 
 
 @pytest.fixture

@@ -16,8 +16,14 @@ from cmf.runtime.evaluate import cosine
 from cmf.runtime.rebuild import ModelSource, load_runner, pick_engine
 
 from . import helpers
-from .helpers import (TEXTS, assert_one_error_line, bert_config, mlp_onnx, write_bert_dir,
-                      write_llama_dir)
+from .helpers import (
+    TEXTS,
+    assert_one_error_line,
+    bert_config,
+    mlp_onnx,
+    write_bert_dir,
+    write_llama_dir,
+)
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -59,7 +65,7 @@ def test_embeddings_agree_with_reference(models, name):
     assert torch_enc.pipeline == ref.pipeline and torch_enc.dim == ref.dim
     a, b = torch_enc.embed(TEXTS), ref.embed(TEXTS)
     assert a.shape == b.shape == (len(TEXTS), ref.dim) and a.dtype == np.float32
-    assert min(cosine(x, y) for x, y in zip(a, b)) > 0.99999
+    assert min(cosine(x, y) for x, y in zip(a, b, strict=True)) > 0.99999
     assert np.max(np.abs(a - b)) < 1e-5
     # the original directory through transformers' own config (no cmf.transformers): same numbers
     orig = load_runner(models / name, engine="torch").embed(TEXTS)
