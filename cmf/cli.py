@@ -70,34 +70,140 @@ def _read_attachments(paths: tuple[str, ...]) -> list[tuple[str, bytes]]:
 
 @main.command()
 @click.argument("source", type=click.Path(dir_okay=True, path_type=str))
-@click.option("-o", "--output", type=click.Path(path_type=str), help="Output .cmf file, or a directory (ends with /, exists, or has no suffix: "
-              "OUTPUT/<source name>.cmf). Default: SOURCE with .cmf.")
-@click.option("-f", "--force", is_flag=True, help="Replace an existing output (an input of the command is never replaced).")
-@click.option("--preset", type=click.Choice(["lossless", "q8", "q4", "balanced", "small"]), help="Named recipe (default: lossless); balanced and small are planned per tensor from "
-              "measured sensitivity (cmf.plan.planner).")
-@click.option("--recipe", "recipe_path", type=click.Path(exists=True, dir_okay=False, path_type=str), help="JSON recipe: tensor-name globs -> codec trees, first match wins.")
-@click.option("--level", type=click.IntRange(-7, 22), default=3, show_default=True, help="zstd level for the lossless candidates.")
-@click.option("--attach", "attach", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=str), help="Carry this file inside the .cmf (repeatable).")
-@click.option("--jobs", type=click.IntRange(1, 1024), default=1, show_default=True, help="Encode tensors in this many worker processes (the same bytes as --jobs 1); with a "
-              "planner, measure the candidates in them.")
-@click.option("--executor", type=click.Choice(["process", "dask"]), default="process", show_default=True, help="Where tensors are encoded (with a planner: where the candidates are measured): "
-              "local processes, or a dask.distributed cluster (needs --scheduler; workers read "
-              "SOURCE from shared storage).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=str),
+    help="Output .cmf file, or a directory (ends with /, exists, or has no suffix: "
+    "OUTPUT/<source name>.cmf). Default: SOURCE with .cmf.",
+)
+@click.option(
+    "-f",
+    "--force",
+    is_flag=True,
+    help="Replace an existing output (an input of the command is never replaced).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["lossless", "q8", "q4", "balanced", "small"]),
+    help="Named recipe (default: lossless); balanced and small are planned per tensor from "
+    "measured sensitivity (cmf.plan.planner).",
+)
+@click.option(
+    "--recipe",
+    "recipe_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=str),
+    help="JSON recipe: tensor-name globs -> codec trees, first match wins.",
+)
+@click.option(
+    "--level",
+    type=click.IntRange(-7, 22),
+    default=3,
+    show_default=True,
+    help="zstd level for the lossless candidates.",
+)
+@click.option(
+    "--attach",
+    "attach",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=str),
+    help="Carry this file inside the .cmf (repeatable).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 1024),
+    default=1,
+    show_default=True,
+    help="Encode tensors in this many worker processes (the same bytes as --jobs 1); with a "
+    "planner, measure the candidates in them.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["process", "dask"]),
+    default="process",
+    show_default=True,
+    help="Where tensors are encoded (with a planner: where the candidates are measured): "
+    "local processes, or a dask.distributed cluster (needs --scheduler; workers read "
+    "SOURCE from shared storage).",
+)
 @click.option("--scheduler", help="dask scheduler address (tcp://host:8786) for --executor dask.")
-@click.option("--shard-size", "shard_size", help="Write a sharded set (OUTPUT-00001-of-0000N.cmf + OUTPUT.cmf.index.json), shards of about this size (e.g. 2GB, 500MiB).")
-@click.option("--target-size", "target_size", help="Planner: the best output error within this size, as bits per parameter (4.0bpp) or bytes (12MB, 500KiB).")
-@click.option("--target-error", "target_error", type=float, help="Planner: the smallest file whose output error (1 - mean cosine on the calibration inputs) is at most this.")
-@click.option("--calibrate", type=click.Path(exists=True, dir_okay=False, path_type=str), help="Planner: calibration inputs, a .txt (one text per line) or .npz/.npy (ONNX inputs); default: built-in.")
-@click.option("--token-prior", "token_prior", default="en,world", show_default=True, metavar="LANG[,LANG...]|none", help="Planner: languages whose word frequencies weigh the token-embedding rows, the first with 3/4 of the weight ('world': 20 major languages; needs wordfreq: " + install_hint("plan") + "); every row keeps a floor; 'none' weighs every row alike.")
-@click.option("--gguf", is_flag=True, help="Planner: choose each tensor's GGML type (F16, BF16, Q8_0 ... Q2_K, IQ4_XS, IQ4_NL; llama.cpp's fallbacks) for a GGUF (cmf unpack -o x.gguf); --target-size counts the GGUF.")
+@click.option(
+    "--shard-size",
+    "shard_size",
+    help="Write a sharded set (OUTPUT-00001-of-0000N.cmf + OUTPUT.cmf.index.json), shards "
+    "of about this size (e.g. 2GB, 500MiB).",
+)
+@click.option(
+    "--target-size",
+    "target_size",
+    help="Planner: the best output error within this size, as bits per parameter (4.0bpp) "
+    "or bytes (12MB, 500KiB).",
+)
+@click.option(
+    "--target-error",
+    "target_error",
+    type=float,
+    help="Planner: the smallest file whose output error (1 - mean cosine on the calibration "
+    "inputs) is at most this.",
+)
+@click.option(
+    "--calibrate",
+    type=click.Path(exists=True, dir_okay=False, path_type=str),
+    help="Planner: calibration inputs, a .txt (one text per line) or .npz/.npy (ONNX "
+    "inputs); default: built-in.",
+)
+@click.option(
+    "--token-prior",
+    "token_prior",
+    default="en,world",
+    show_default=True,
+    metavar="LANG[,LANG...]|none",
+    help="Planner: languages whose word frequencies weigh the token-embedding rows, the "
+    "first with 3/4 of the weight ('world': 20 major languages; needs wordfreq: "
+    + install_hint("plan")
+    + "); every row keeps a floor; 'none' weighs every row alike.",
+)
+@click.option(
+    "--gguf",
+    is_flag=True,
+    help="Planner: choose each tensor's GGML type (F16, BF16, Q8_0 ... Q2_K, IQ4_XS, IQ4_NL; "
+    "llama.cpp's fallbacks) for a GGUF (cmf unpack -o x.gguf); --target-size counts the GGUF.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def pack(source: str, output: str | None, force: bool, preset: str | None, recipe_path: str | None, level: int, attach: tuple[str, ...], jobs: int, executor: str, scheduler: str | None, shard_size: str | None, target_size: str | None, target_error: float | None, calibrate: str | None, token_prior: str, gguf: bool, quiet: bool, as_json: bool) -> None:
+def pack(
+    source: str,
+    output: str | None,
+    force: bool,
+    preset: str | None,
+    recipe_path: str | None,
+    level: int,
+    attach: tuple[str, ...],
+    jobs: int,
+    executor: str,
+    scheduler: str | None,
+    shard_size: str | None,
+    target_size: str | None,
+    target_error: float | None,
+    calibrate: str | None,
+    token_prior: str,
+    gguf: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Pack a model (.safetensors, .gguf, .onnx, a PyTorch .bin/.pt checkpoint, or a Hugging Face
     model directory) into one .cmf file."""
     planned = wants_planner(preset, target_size, target_error, calibrate) or gguf
     if planned:
-        check_planner_flags(preset, target_size, target_error, calibrate, recipe_path, gguf=gguf, shard_size=shard_size)
+        check_planner_flags(
+            preset,
+            target_size,
+            target_error,
+            calibrate,
+            recipe_path,
+            gguf=gguf,
+            shard_size=shard_size,
+        )
     if executor == "dask" and not scheduler:
         raise UsageError("--executor dask needs --scheduler ADDRESS")
     size = _size(shard_size, "--shard-size")
@@ -106,16 +212,32 @@ def pack(source: str, output: str | None, force: bool, preset: str | None, recip
         check_outputs([output], inputs, force=True)
     target = pack_output(source, output)
     if size is None and target.lower().endswith(SHARD_INDEX_SUFFIX):
-        raise UsageError(f"{target} names a sharded set's index: add --shard-size, or name a .cmf file")
+        raise UsageError(
+            f"{target} names a sharded set's index: add --shard-size, or name a .cmf file"
+        )
     check_outputs(shard_set_files(target) if size is not None else [target], inputs, force)
     if not os.path.exists(source):
         raise CmfError(f"{source}: no such file or directory")
     if planned:  # cmf.plan.planner
         make_directory(os.path.dirname(os.path.abspath(target)))
-        pack_planned(source, target, preset=preset, target_size=target_size, target_error=target_error,
-                     calibrate=calibrate, level=level, attach=attach, quiet=quiet, as_json=as_json,
-                     jobs=jobs, executor=executor, scheduler=scheduler, shard_size=size,
-                     token_prior=token_prior, gguf=gguf)
+        pack_planned(
+            source,
+            target,
+            preset=preset,
+            target_size=target_size,
+            target_error=target_error,
+            calibrate=calibrate,
+            level=level,
+            attach=attach,
+            quiet=quiet,
+            as_json=as_json,
+            jobs=jobs,
+            executor=executor,
+            scheduler=scheduler,
+            shard_size=size,
+            token_prior=token_prior,
+            gguf=gguf,
+        )
         return
     recipe, fallback = resolve_recipe(preset, recipe_path)
     src = open_source(source)
@@ -125,22 +247,57 @@ def pack(source: str, output: str | None, force: bool, preset: str | None, recip
     start = time.perf_counter()
     aliases = lossy = 0
     with progress(len(src), "packing", quiet or as_json) as bar:
+
         def counted(entry: Any) -> None:
             nonlocal aliases, lossy
             aliases += entry.alias is not None
             lossy += entry.error is not None
             bar.update(1)
 
-        packed = pack_source(src, target, EncodeSettings(recipe, level, fallback), jobs=jobs, executor=executor,
-                             scheduler=scheduler, shard_size=size, attachments=extra, on_entry=counted)
+        packed = pack_source(
+            src,
+            target,
+            EncodeSettings(recipe, level, fallback),
+            jobs=jobs,
+            executor=executor,
+            scheduler=scheduler,
+            shard_size=size,
+            attachments=extra,
+            on_entry=counted,
+        )
     files = [os.path.join(os.path.dirname(target), os.path.basename(f)) for f in packed.files]
-    _pack_summary(source, files[-1] if size is not None else target, len(src), aliases, recipe.name, lossy,
-                  len(src.attachments) + len(attach), packed.raw_bytes, packed.stored_bytes,
-                  time.perf_counter() - start, quiet, as_json, files=files if size is not None else None)
+    _pack_summary(
+        source,
+        files[-1] if size is not None else target,
+        len(src),
+        aliases,
+        recipe.name,
+        lossy,
+        len(src.attachments) + len(attach),
+        packed.raw_bytes,
+        packed.stored_bytes,
+        time.perf_counter() - start,
+        quiet,
+        as_json,
+        files=files if size is not None else None,
+    )
 
 
-def _pack_summary(source: str, output: str, tensors: int, aliases: int, recipe: str, lossy: int, attachments: int,
-                  raw: int, stored: int, seconds: float, quiet: bool, as_json: bool, files: list[str] | None = None) -> None:
+def _pack_summary(
+    source: str,
+    output: str,
+    tensors: int,
+    aliases: int,
+    recipe: str,
+    lossy: int,
+    attachments: int,
+    raw: int,
+    stored: int,
+    seconds: float,
+    quiet: bool,
+    as_json: bool,
+    files: list[str] | None = None,
+) -> None:
     summary = {
         "source": source,
         "output": output,
@@ -181,7 +338,9 @@ def _model_files(path: str, f: Any) -> list[str]:
     return [path]
 
 
-def _apply_cast(f: Any, specs: list[tuple[str, Any]], cast: str) -> tuple[list[tuple[str, Any]], Callable[[str], Any]]:
+def _apply_cast(
+    f: Any, specs: list[tuple[str, Any]], cast: str
+) -> tuple[list[tuple[str, Any]], Callable[[str], Any]]:
     """Specs and a tensor getter with float tensors converted to ``cast`` (ints and bools kept)."""
     import numpy as np
 
@@ -201,15 +360,32 @@ def _apply_cast(f: Any, specs: list[tuple[str, Any]], cast: str) -> tuple[list[t
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=str))
-@click.option("-o", "--output", type=click.Path(path_type=str), help="Output .safetensors file, .onnx (a model packed from ONNX), or a directory (ends "
-              "with /, exists, or has no suffix) for model.safetensors + attachments. Default: "
-              "PATH with .safetensors.")
-@click.option("-f", "--force", is_flag=True, help="Replace existing outputs (the .cmf being read is never replaced).")
-@click.option("--dtype", "cast", type=click.Choice(["bf16", "f16", "f32"]), help="Cast float tensors to this dtype (ints and bools untouched; default: each "
-              "tensor's own dtype).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=str),
+    help="Output .safetensors file, .onnx (a model packed from ONNX), or a directory (ends "
+    "with /, exists, or has no suffix) for model.safetensors + attachments. Default: "
+    "PATH with .safetensors.",
+)
+@click.option(
+    "-f",
+    "--force",
+    is_flag=True,
+    help="Replace existing outputs (the .cmf being read is never replaced).",
+)
+@click.option(
+    "--dtype",
+    "cast",
+    type=click.Choice(["bf16", "f16", "f32"]),
+    help="Cast float tensors to this dtype (ints and bools untouched; default: each "
+    "tensor's own dtype).",
+)
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def unpack(path: str, output: str | None, force: bool, cast: str | None, quiet: bool, as_json: bool) -> None:
+def unpack(
+    path: str, output: str | None, force: bool, cast: str | None, quiet: bool, as_json: bool
+) -> None:
     """Unpack a .cmf file back to safetensors, to ONNX if packed from ONNX, or to GGUF (-o x.gguf)
     if packed from GGUF (the same bytes for lossless files) or from a Llama/Mistral/Qwen2
     directory.
@@ -226,21 +402,28 @@ def unpack(path: str, output: str | None, force: bool, cast: str | None, quiet: 
         kind = kind or output_kind(output, UNPACK_KINDS)
         attachments = f.attachments()
         inputs = _model_files(path, f)
-        choices = ".safetensors file or a directory" + (", or an .onnx file" if ONNX_SKELETON in attachments else "")
+        choices = ".safetensors file or a directory" + (
+            ", or an .onnx file" if ONNX_SKELETON in attachments else ""
+        )
         if kind == "gguf":
             _unpack_gguf(path, f, output, inputs, force, cast, quiet, as_json)
             return
         if kind == "onnx":
             if ONNX_SKELETON not in attachments:
-                raise UsageError(f"cannot write {output}: {path} was not packed from an ONNX model "
-                                 f"(no {ONNX_SKELETON!r} attachment); write a {choices}")
+                raise UsageError(
+                    f"cannot write {output}: {path} was not packed from an ONNX model "
+                    f"(no {ONNX_SKELETON!r} attachment); write a {choices}"
+                )
             if cast is not None:  # the skeleton's markers pin each weight's data type
                 raise UsageError("--dtype applies to safetensors output, not ONNX")
             check_outputs([output, output + ".data"], inputs, force)
             make_directory(os.path.dirname(os.path.abspath(output)))
             from .convert.onnx import write_onnx  # graph from the attachment, weights from tensors
 
-            written = [os.path.join(os.path.dirname(output), os.path.basename(w)) for w in write_onnx(f, output)]
+            written = [
+                os.path.join(os.path.dirname(output), os.path.basename(w))
+                for w in write_onnx(f, output)
+            ]
             _unpack_summary(path, written, [], quiet, as_json)
             return
         to_dir = kind == DIRECTORY
@@ -249,7 +432,9 @@ def unpack(path: str, output: str | None, force: bool, cast: str | None, quiet: 
             clash = [a for a in attachments if a.casefold() == "model.safetensors"]
             if clash:  # it would silently replace the tensors written below
                 raise CmfError(f"refusing to write attachment {clash[0]!r} over {target}")
-            check_outputs([target, *(os.path.join(output, *a.split("/")) for a in attachments)], inputs, force)
+            check_outputs(
+                [target, *(os.path.join(output, *a.split("/")) for a in attachments)], inputs, force
+            )
         else:
             check_outputs([target], inputs, force)
         make_directory(output if to_dir else os.path.dirname(os.path.abspath(output)))
@@ -269,8 +454,16 @@ def unpack(path: str, output: str | None, force: bool, cast: str | None, quiet: 
     _unpack_summary(path, written, left_out, quiet, as_json)
 
 
-def _unpack_gguf(path: str, f: Any, output: str, inputs: list[str], force: bool, cast: str | None,
-                 quiet: bool, as_json: bool) -> None:
+def _unpack_gguf(
+    path: str,
+    f: Any,
+    output: str,
+    inputs: list[str],
+    force: bool,
+    cast: str | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """``cmf unpack -o x.gguf`` (spec/converters.md § GGUF out); UsageError when it cannot apply."""
     from .convert.gguf_export import gguf_writable, write_gguf
 
@@ -286,11 +479,17 @@ def _unpack_gguf(path: str, f: Any, output: str, inputs: list[str], force: bool,
     _unpack_summary(path, [output], [], quiet, as_json)
 
 
-def _unpack_summary(path: str, written: list[str], left_out: list[str], quiet: bool, as_json: bool) -> None:
+def _unpack_summary(
+    path: str, written: list[str], left_out: list[str], quiet: bool, as_json: bool
+) -> None:
     if left_out:
-        shown = ", ".join(printable(a) for a in left_out[:8]) + (" ..." if len(left_out) > 8 else "")
-        warn(f"{len(left_out)} attachment{'s' if len(left_out) != 1 else ''} not written to a "
-             f"single file: {shown} (unpack to a directory, -o DIR/, to keep them)")
+        shown = ", ".join(printable(a) for a in left_out[:8]) + (
+            " ..." if len(left_out) > 8 else ""
+        )
+        warn(
+            f"{len(left_out)} attachment{'s' if len(left_out) != 1 else ''} not written to a "
+            f"single file: {shown} (unpack to a directory, -o DIR/, to keep them)"
+        )
     if as_json:
         emit_json({"source": path, "written": written, "attachments_not_written": left_out})
     elif not quiet:
@@ -318,22 +517,31 @@ def info(path: str, as_json: bool) -> None:
                 if entry.alias is not None:
                     stored, encoding = 0, f"alias of {entry.alias}"
                 else:
-                    stored = sum(shard.index.segments[leaf.segment].length for leaf in iter_leaves(entry.encoding))
+                    stored = sum(
+                        shard.index.segments[leaf.segment].length
+                        for leaf in iter_leaves(entry.encoding)
+                    )
                     encoding = describe(entry.encoding)
                 raw = entry.spec.nbytes
-                rows.append({
-                    "name": entry.name,
-                    "dtype": entry.spec.dtype.name,
-                    "shape": list(entry.spec.shape),
-                    "encoding": encoding,
-                    "raw_bytes": raw,
-                    "stored_bytes": stored,
-                    "ratio": round(raw / stored, 4) if stored else None,
-                    "error": dict(entry.error) if entry.error is not None else None,
-                })
+                rows.append(
+                    {
+                        "name": entry.name,
+                        "dtype": entry.spec.dtype.name,
+                        "shape": list(entry.spec.shape),
+                        "encoding": encoding,
+                        "raw_bytes": raw,
+                        "stored_bytes": stored,
+                        "ratio": round(raw / stored, 4) if stored else None,
+                        "error": dict(entry.error) if entry.error is not None else None,
+                    }
+                )
                 if isinstance(f, ShardedFile):
                     rows[-1]["shard"] = os.path.basename(shard.path)
-        ggml = f.metadata().get("cmf.gguf.tensor_types") if f.metadata().get("cmf.source_format") == "gguf" else None
+        ggml = (
+            f.metadata().get("cmf.gguf.tensor_types")
+            if f.metadata().get("cmf.source_format") == "gguf"
+            else None
+        )
         if isinstance(ggml, dict):  # a GGUF import: each tensor's GGML type in the source file
             for r in rows:
                 r["ggml_type"] = ggml[r["name"]] if isinstance(ggml.get(r["name"]), str) else None
@@ -347,10 +555,19 @@ def info(path: str, as_json: bool) -> None:
             "ratio": round(raw_total / f.size, 4) if f.size else None,
             "attachments": [{"name": a.name, "size": a.size} for a in files[-1].index.attachments],
             "shared": [  # values stored once and referenced from trees (e.g. group codebooks)
-                {"dtype": e.spec.dtype.name, "shape": list(e.spec.shape), "encoding": describe(e.encoding),
-                 "raw_bytes": e.spec.nbytes,
-                 "stored_bytes": sum(shard.index.segments[leaf.segment].length for leaf in iter_leaves(e.encoding))}
-                for shard in files for e in shard.index.shared if e is not None
+                {
+                    "dtype": e.spec.dtype.name,
+                    "shape": list(e.spec.shape),
+                    "encoding": describe(e.encoding),
+                    "raw_bytes": e.spec.nbytes,
+                    "stored_bytes": sum(
+                        shard.index.segments[leaf.segment].length
+                        for leaf in iter_leaves(e.encoding)
+                    ),
+                }
+                for shard in files
+                for e in shard.index.shared
+                if e is not None
             ],
             "metadata": f.metadata(),
         }
@@ -364,8 +581,10 @@ def info(path: str, as_json: bool) -> None:
     width = min(max((len(r["shown"]) for r in rows), default=4), 60)
     has_ggml = any("ggml_type" in r for r in rows)
     ggml_head = f"{'ggml':<8} " if has_ggml else ""
-    click.echo(f"{'name':<{width}}  {'dtype':<7} {ggml_head}{'shape':<18} {'stored':>10} "
-               f"{'ratio':>7} {'rel_rmse':>9}  encoding")
+    click.echo(
+        f"{'name':<{width}}  {'dtype':<7} {ggml_head}{'shape':<18} {'stored':>10} "
+        f"{'ratio':>7} {'rel_rmse':>9}  encoding"
+    )
     for r in rows:
         shape = "x".join(map(str, r["shape"])) or "scalar"
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
@@ -383,8 +602,10 @@ def info(path: str, as_json: bool) -> None:
     )
     for i, v in enumerate(summary["shared"]):
         shape = "x".join(map(str, v["shape"])) or "scalar"
-        click.echo(f"shared value {i}: {v['dtype']} {shape}, {human_bytes(v['stored_bytes'])}, "
-                   f"{v['encoding']}")
+        click.echo(
+            f"shared value {i}: {v['dtype']} {shape}, {human_bytes(v['stored_bytes'])}, "
+            f"{v['encoding']}"
+        )
     for a in summary["attachments"]:
         click.echo(f"attachment {printable(a['name'])} ({human_bytes(a['size'])})")
     if summary["metadata"]:

@@ -30,14 +30,18 @@ def printable(text: str) -> str:
     """``text`` with control and other non-printable characters escaped."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
 
 
 def progress(length: int, label: str, quiet: bool) -> Any:
     """A click progress bar on stderr, hidden when ``quiet`` or off a terminal (there click
     prints only the label, which would make an error two lines on stderr)."""
     hidden = quiet or not sys.stderr.isatty()
-    return click.progressbar(length=length, label=label, file=sys.stderr, hidden=hidden, show_pos=True)
+    return click.progressbar(
+        length=length, label=label, file=sys.stderr, hidden=hidden, show_pos=True
+    )
 
 
 def warn(message: str) -> None:

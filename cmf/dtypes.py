@@ -56,7 +56,5 @@ def of_array(array: np.ndarray) -> DType:
     dt = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
     found = _BY_NUMPY.get(dt)
     if found is None:
-        raise CmfError(
-            f"unsupported array dtype {array.dtype}; cmf stores {', '.join(BY_NAME)}"
-        )
+        raise CmfError(f"unsupported array dtype {array.dtype}; cmf stores {', '.join(BY_NAME)}")
     return found

@@ -71,8 +71,13 @@ def save_file(
 
         if recipe is not None:
             raise UsageError("give a preset or a recipe, not both")
-        save_planned(tensors, path, PlanOptions(preset=preset, level=level, jobs=jobs), metadata=metadata,
-                     attachments=attachments)
+        save_planned(
+            tensors,
+            path,
+            PlanOptions(preset=preset, level=level, jobs=jobs),
+            metadata=metadata,
+            attachments=attachments,
+        )
         return
     chosen, fallback = resolve_recipe(preset, recipe)
     chosen = prepare(chosen, tensors.items(), level)  # fits shared groups (a no-op without)
@@ -81,13 +86,22 @@ def save_file(
 
         with closing(make_executor(jobs)) as executor:
             with Writer(path, metadata=dict(metadata or {}), level=level) as w:
-                pack_tasks(WriterSink(w), tensors.items(), EncodeSettings(chosen, level, fallback), executor)
+                pack_tasks(
+                    WriterSink(w),
+                    tensors.items(),
+                    EncodeSettings(chosen, level, fallback),
+                    executor,
+                )
                 for name, data in (attachments or {}).items():
                     w.add_attachment(name, data)
         return
     with Writer(path, metadata=dict(metadata or {}), level=level) as w:
-        write_tensors(WriterSink(w), tensors.items(), lambda name: encoder_for(chosen, name, level, fallback),
-                      (attachments or {}).items())
+        write_tensors(
+            WriterSink(w),
+            tensors.items(),
+            lambda name: encoder_for(chosen, name, level, fallback),
+            (attachments or {}).items(),
+        )
 
 
 def load_file(

@@ -21,8 +21,7 @@ def _libc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt  # noqa: B018  (glibc: both functions exist)
-        libc.malloc_trim
+        _ = (libc.mallopt, libc.malloc_trim)  # glibc: both functions exist
     except (OSError, AttributeError):
         return None
     return libc

@@ -324,7 +324,11 @@ def _name(value: Any, what: str, max_bytes: int) -> str:
 def check_attachment_name(value: Any) -> str:
     """A safe relative POSIX path (spec §3.3); FormatError otherwise."""
     name = _name(value, "attachment name", MAX_ATTACHMENT_NAME)
-    if name.startswith("/") or "\\" in name or (len(name) >= 2 and name[0].isalpha() and name[1] == ":"):
+    if (
+        name.startswith("/")
+        or "\\" in name
+        or (len(name) >= 2 and name[0].isalpha() and name[1] == ":")
+    ):
         raise FormatError(f"attachment name {name[:200]!r} is not a relative POSIX path")
     if any(part in ("", ".", "..") for part in name.split("/")):
         raise FormatError(f"attachment name {name[:200]!r} has an empty, '.' or '..' component")
@@ -483,7 +487,11 @@ def _metadata_value(value: Any, depth: int, max_depth: int) -> None:
                 _metadata_value(v, depth + 1, max_depth)
     elif isinstance(value, bytes):
         raise FormatError("metadata values must not be binary")
-    elif isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < (1 << 64):
+    elif (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and not -(1 << 63) <= value < (1 << 64)
+    ):
         raise FormatError("metadata integer out of range")
     elif isinstance(value, str):
         try:
@@ -511,7 +519,9 @@ def _flat_values(values: Any, depth: int, max_depth: int) -> bool:
         raise LimitError(f"metadata nests deeper than {max_depth} levels")
     if str in kinds:
         try:  # UTF-8 refuses every surrogate, paired or not, so joining cannot hide one
-            "".join(values if len(kinds) == 1 else [v for v in values if type(v) is str]).encode("utf-8")
+            "".join(values if len(kinds) == 1 else [v for v in values if type(v) is str]).encode(
+                "utf-8"
+            )
         except UnicodeEncodeError:
             raise FormatError("metadata strings must be valid UTF-8 (no lone surrogates)") from None
     if int in kinds:
@@ -529,9 +539,7 @@ def check_metadata(value: Any, max_depth: int = 8) -> dict[str, Any]:
     return value
 
 
-def parse_index(
-    obj: Any, limits: Limits, index_offset: int | None, problems: Problems
-) -> Index:
+def parse_index(obj: Any, limits: Limits, index_offset: int | None, problems: Problems) -> Index:
     """Check a parsed msgpack object against spec §3 and build an :class:`Index`."""
     top = obj
     if not isinstance(top, dict):
@@ -633,8 +641,10 @@ def _tensor(
 
 def _error_stats(value: Any, where: str) -> dict[str, float] | None:
     """The optional ``error`` map: metric name -> number (informative, never used to decode)."""
-    if not isinstance(value, dict) or len(value) > 16 or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+    if (
+        not isinstance(value, dict)
+        or len(value) > 16
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())
     ):
         raise FormatError(f"{where}: 'error' must be a map of at most 16 metric names to numbers")
     return value

@@ -35,7 +35,9 @@ def in_pieces(fn: Callable[[int, int], None], n: int, min_piece: int = PIECE_MIN
         fn(0, n)
         return
     cuts = [n * i // k for i in range(k + 1)]
-    for future in [executor("pieces").submit(fn, a, b) for a, b in zip(cuts, cuts[1:], strict=False)]:
+    for future in [
+        executor("pieces").submit(fn, a, b) for a, b in zip(cuts, cuts[1:], strict=False)
+    ]:
         future.result()
 
 
@@ -45,7 +47,9 @@ def executor(kind: str) -> ThreadPoolExecutor:
     tasks decode serially below them)."""
     with _pool_lock:
         if kind not in _pools:
-            _pools[kind] = ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix=f"cmf-{kind}")
+            _pools[kind] = ThreadPoolExecutor(
+                max_workers=_cores(), thread_name_prefix=f"cmf-{kind}"
+            )
         return _pools[kind]
 
 

@@ -44,8 +44,10 @@ def output_kind(path: str, kinds: dict[str, str]) -> str:
     if suffix in kinds:
         return kinds[suffix]
     choices = ", ".join(kinds)
-    raise UsageError(f"cannot tell what to write to {path}: name a {choices} file, or a directory "
-                     f"(a name ending in /)")
+    raise UsageError(
+        f"cannot tell what to write to {path}: name a {choices} file, or a directory "
+        f"(a name ending in /)"
+    )
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -68,8 +70,9 @@ def input_files(paths: Iterable[str]) -> list[str]:
     return out
 
 
-def check_outputs(outputs: Iterable[str], inputs: Iterable[str], force: bool,
-                  flag: str = "--force") -> None:
+def check_outputs(
+    outputs: Iterable[str], inputs: Iterable[str], force: bool, flag: str = "--force"
+) -> None:
     """UsageError if an output is one of ``inputs`` (same inode: links too; never allowed) or
     exists and ``force`` is false (``flag`` names the way to allow it)."""
     taken = {}
@@ -83,14 +86,20 @@ def check_outputs(outputs: Iterable[str], inputs: Iterable[str], force: bool,
         if ident is not None and ident in taken:
             same = taken[ident]
             how = "" if os.path.abspath(same) == os.path.abspath(out) else f" (it is {same})"
-            raise UsageError(f"refusing to write {out}: it is an input of this command{how}; "
-                             "choose another output name")
+            raise UsageError(
+                f"refusing to write {out}: it is an input of this command{how}; "
+                "choose another output name"
+            )
         if os.path.lexists(out):
             existing.append(out)
     if existing and not force:
-        shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
-        raise UsageError(f"{shown} already exist{'s' if len(existing) == 1 else ''}; "
-                         f"use {flag} to replace {'it' if len(existing) == 1 else 'them'}")
+        shown = ", ".join(existing[:5]) + (
+            f" and {len(existing) - 5} more" if len(existing) > 5 else ""
+        )
+        raise UsageError(
+            f"{shown} already exist{'s' if len(existing) == 1 else ''}; "
+            f"use {flag} to replace {'it' if len(existing) == 1 else 'them'}"
+        )
 
 
 def make_directory(path: str) -> None:
@@ -107,7 +116,9 @@ def shard_set_files(output: str) -> list[str]:
     """The files of an existing sharded set named ``output`` (``dir/model.cmf`` or its shard
     index): the shard index and every ``model-NNNNN-of-NNNNN.cmf`` beside it."""
     directory, stem = set_paths(output)
-    found = glob.glob(os.path.join(glob.escape(directory), glob.escape(stem) + "-?????-of-?????.cmf"))
+    found = glob.glob(
+        os.path.join(glob.escape(directory), glob.escape(stem) + "-?????-of-?????.cmf")
+    )
     return [os.path.join(directory, stem + SHARD_INDEX_SUFFIX), *sorted(found)]
 
 
@@ -145,5 +156,15 @@ def write_attachment(directory: str, name: str, data: bytes) -> str:
     return os.path.join(directory, *parts)
 
 
-__all__ = ["DIRECTORY", "PACK_KINDS", "UNPACK_KINDS", "check_outputs", "input_files", "make_directory",
-           "output_kind", "pack_output", "shard_set_files", "write_attachment"]
+__all__ = [
+    "DIRECTORY",
+    "PACK_KINDS",
+    "UNPACK_KINDS",
+    "check_outputs",
+    "input_files",
+    "make_directory",
+    "output_kind",
+    "pack_output",
+    "shard_set_files",
+    "write_attachment",
+]

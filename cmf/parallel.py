@@ -116,7 +116,9 @@ def read_tensor(ref: FileTensor) -> np.ndarray:
         raise CmfError(f"{src.path}: cannot read tensor {ref.name!r} ({exc})") from None
 
 
-def encode_task(name: str, source: FileTensor | np.ndarray, skip: frozenset, settings: EncodeSettings) -> Result:
+def encode_task(
+    name: str, source: FileTensor | np.ndarray, skip: frozenset, settings: EncodeSettings
+) -> Result:
     """Encode one tensor as ``Writer.add_tensor`` would (runs in a worker; top-level so that
     spawned processes and dask workers can import it)."""
     array = read_tensor(source) if isinstance(source, FileTensor) else source
@@ -131,7 +133,9 @@ def encode_task(name: str, source: FileTensor | np.ndarray, skip: frozenset, set
     return Result(name, spec, key, to_portable(pending, shared), error)
 
 
-def measure_task(name: str, source: FileTensor | np.ndarray, choices: Any, moments: Any, level: int) -> Any:
+def measure_task(
+    name: str, source: FileTensor | np.ndarray, choices: Any, moments: Any, level: int
+) -> Any:
     """The planner's curves stage for one tensor (cmf.plan.candidates.measure) in a worker: the
     tensor read from its file (a FileTensor) or sent as an array; returns its Curve."""
     from .plan.candidates import measure
@@ -170,7 +174,9 @@ def from_portable(p: Any, shared: list[SharedValue]) -> Pending:
             raise CmfError(f"a worker referenced shared value {p.number} of {len(shared)}")
         return PendingShared(shared[p.number], p.spec)
     if isinstance(p, PendingNode):
-        return PendingNode(p.codec, {n: from_portable(c, shared) for n, c in p.parts.items()}, p.spec)
+        return PendingNode(
+            p.codec, {n: from_portable(c, shared) for n, c in p.parts.items()}, p.spec
+        )
     return p
 
 
@@ -221,8 +227,9 @@ class ProcessExecutor:
         from concurrent.futures import ProcessPoolExecutor
 
         self.window, self.jobs = jobs + 1, jobs
-        self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_ignore_sigint)
+        self.pool = ProcessPoolExecutor(
+            jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint
+        )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         return self.pool.submit(fn, *args)
@@ -400,10 +407,18 @@ class Sink(Protocol):
 
     def has_key(self, key: bytes) -> bool: ...
 
-    def add_result(self, name: str, spec: ArraySpec, pending: Pending | None,
-                   error: dict | None = None, key: bytes | None = None) -> Any: ...
+    def add_result(
+        self,
+        name: str,
+        spec: ArraySpec,
+        pending: Pending | None,
+        error: dict | None = None,
+        key: bytes | None = None,
+    ) -> Any: ...
 
-    def add_encoded(self, name: str, spec: ArraySpec, pending: Pending, error: dict | None = None) -> Any: ...
+    def add_encoded(
+        self, name: str, spec: ArraySpec, pending: Pending, error: dict | None = None
+    ) -> Any: ...
 
 
 class WriterSink:
@@ -436,10 +451,13 @@ class WriterSink:
         return self.writer.limits
 
 
-def write_tensors(sink: Any, items: Iterable[tuple[str, Any]],
-                  encoder_of: Callable[[str], Callable[[np.ndarray, ArraySpec], Pending]],
-                  attachments: Iterable[tuple[str, bytes]] = (),
-                  on_entry: Callable[[Any], None] | None = None) -> None:
+def write_tensors(
+    sink: Any,
+    items: Iterable[tuple[str, Any]],
+    encoder_of: Callable[[str], Callable[[np.ndarray, ArraySpec], Pending]],
+    attachments: Iterable[tuple[str, bytes]] = (),
+    on_entry: Callable[[Any], None] | None = None,
+) -> None:
     """The one serial write path: each ``(name, value)`` written to ``sink`` (a WriterSink or a
     cmf.shards.ShardedWriter) as ``Writer.add_tensor`` writes it — an ``Encoded`` value as it
     is, an array encoded by ``encoder_of(name)`` (or an alias of an identical tensor the sink
@@ -486,8 +504,13 @@ def _result(future: Any, name: str, doing: str = "encoding") -> Any:
         raise
 
 
-def map_in_order(executor: Executor, fn: Callable[..., Any], calls: Iterable[tuple[str, tuple]],
-                 doing: str = "encoding", ahead: int | None = None) -> Iterator[tuple[str, Any]]:
+def map_in_order(
+    executor: Executor,
+    fn: Callable[..., Any],
+    calls: Iterable[tuple[str, tuple]],
+    doing: str = "encoding",
+    ahead: int | None = None,
+) -> Iterator[tuple[str, Any]]:
     """``(name, fn(*args))`` for each ``(name, args)`` of ``calls``, in order, run on
     ``executor`` with at most ``ahead`` (default ``executor.window``) calls in flight (an
     InlineExecutor runs each as it is submitted). An error is raised when its call is reached;
@@ -625,11 +648,18 @@ def pack_source(
     peaks: list[int] = []
     with closing(ex):
         if shard_size is not None:
-            sink: Any = ShardedWriter(output, shard_size, metadata=src.metadata, level=settings.level,
-                                      limits=settings.limits)
+            sink: Any = ShardedWriter(
+                output,
+                shard_size,
+                metadata=src.metadata,
+                level=settings.level,
+                limits=settings.limits,
+            )
             target = sink
         else:
-            target = Writer(output, metadata=src.metadata, level=settings.level, limits=settings.limits)
+            target = Writer(
+                output, metadata=src.metadata, level=settings.level, limits=settings.limits
+            )
             sink = WriterSink(target)
         with target:
             pack_tasks(sink, source_tasks(src), settings, ex, on_entry)

@@ -139,7 +139,9 @@ def is_lossy(p: Pending) -> bool:
     return (not p.codec.lossless) or any(is_lossy(c) for c in p.parts.values())
 
 
-def apply(codec: Codec, value: Value, spec: Spec, encode_part: Callable[[Value, Spec], Pending]) -> PendingNode:
+def apply(
+    codec: Codec, value: Value, spec: Spec, encode_part: Callable[[Value, Spec], Pending]
+) -> PendingNode:
     """Encode ``value`` with ``codec``, then each part with ``encode_part``."""
     part_specs = codec.resolve(spec)
     parts = codec.encode(value, spec)
@@ -173,8 +175,7 @@ def _sample(data: Value) -> list[memoryview] | None:
 def _sample_sizes(sample: list[memoryview], codecs: tuple[Zstd, ...]) -> list[int]:
     """Compressed size of the sample with each codec (slices compressed one by one)."""
     return [
-        sum(len(c.encode(piece, BytesSpec(len(piece)))["data"]) for piece in sample)
-        for c in codecs
+        sum(len(c.encode(piece, BytesSpec(len(piece)))["data"]) for piece in sample) for c in codecs
     ]
 
 
@@ -204,6 +205,7 @@ def best_bytes(data: Value, spec: BytesSpec, level: int = 3) -> Pending:
 
 def encode_lossless(array: np.ndarray, spec: ArraySpec, level: int = 3) -> Pending:
     """Choose-the-smallest lossless rule: raw or byte planes, each leaf stored or zstd'ed."""
+
     def leaf(v: Value, s: Spec) -> Pending:
         return best_bytes(v, s, level)  # type: ignore[arg-type]
 
@@ -242,7 +244,10 @@ def check_decodable(spec: Spec, limits: Limits) -> None:
             f"decoding needs {size} bytes for {spec.describe()}, "
             f"over the memory budget of {limits.max_tensor_bytes}"
         )
-    if isinstance(spec, ArraySpec) and math.prod(d for d in spec.shape if d) * spec.dtype.itemsize > _NUMPY_MAX:
+    if (
+        isinstance(spec, ArraySpec)
+        and math.prod(d for d in spec.shape if d) * spec.dtype.itemsize > _NUMPY_MAX
+    ):
         raise LimitError(  # e.g. [0, 2^40, 2^40]: empty, yet numpy cannot make that shape
             f"{spec.describe()} cannot be an array here: its non-zero dimensions times the "
             f"item size exceed {_NUMPY_MAX} (numpy's limit, even for an empty array)"
@@ -270,17 +275,31 @@ def decode(
         value = shared(node.index)
         _check_matches(value, node.spec, "shared")
         return value
-    big = [n for n, c in node.parts.items() if _nbytes(c.spec) >= PARALLEL_PART_BYTES] if parallel else []
+    big = (
+        [n for n, c in node.parts.items() if _nbytes(c.spec) >= PARALLEL_PART_BYTES]
+        if parallel
+        else []
+    )
     if len(big) < 2:
-        parts = {name: decode(child, fetch, limits, shared, parallel=False) for name, child in node.parts.items()}
+        parts = {
+            name: decode(child, fetch, limits, shared, parallel=False)
+            for name, child in node.parts.items()
+        }
     else:  # big parts (byte planes; not a small scale next to codes) decode at once on threads:
         # zstd and the C kernels release the GIL; below the top level it stays serial
-        jobs = {n: executor("parts").submit(decode, node.parts[n], fetch, limits, shared, parallel=False)
-                for n in big}
+        jobs = {
+            n: executor("parts").submit(
+                decode, node.parts[n], fetch, limits, shared, parallel=False
+            )
+            for n in big
+        }
         try:
-            parts = {name: jobs[name].result() if name in jobs else decode(child, fetch, limits, shared,
-                                                                           parallel=False)
-                     for name, child in node.parts.items()}
+            parts = {
+                name: jobs[name].result()
+                if name in jobs
+                else decode(child, fetch, limits, shared, parallel=False)
+                for name, child in node.parts.items()
+            }
         except BaseException:
             for job in jobs.values():  # no orphaned work after an error: cancel or wait
                 job.cancel()
@@ -305,7 +324,9 @@ def _check_matches(value: Value, spec: Spec, codec: str) -> None:
             and value.shape == spec.shape
         )
     else:
-        ok = not isinstance(value, np.ndarray) and (spec.length is None or len(value) == spec.length)
+        ok = not isinstance(value, np.ndarray) and (
+            spec.length is None or len(value) == spec.length
+        )
     if not ok:
         raise FormatError(f"codec {codec!r} did not produce {spec.describe()}")
 
@@ -325,6 +346,4 @@ def describe(node: Node | Pending) -> str:
         (child,) = node.parts.values()
         sub = describe(child)
         return name if sub == "seg" else f"{name}>{sub}"
-    return f"{name}(" + ",".join(
-        f"{k}={describe(c)}" for k, c in node.parts.items()
-    ) + ")"
+    return f"{name}(" + ",".join(f"{k}={describe(c)}" for k, c in node.parts.items()) + ")"

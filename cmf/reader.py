@@ -122,9 +122,7 @@ class CmfFile:
         if off % fmt.ALIGN or off < fmt.DATA_START:
             raise FormatError(f"index offset {off} is not a multiple of 64 at or after 64")
         if not 1 <= length <= self.limits.max_index_bytes:
-            raise LimitError(
-                f"index length {length} is outside [1, {self.limits.max_index_bytes}]"
-            )
+            raise LimitError(f"index length {length} is outside [1, {self.limits.max_index_bytes}]")
         if off + length + fmt.TRAILER_SIZE != self.size:
             raise FormatError(
                 f"index at {off} of {length} bytes plus the trailer gives "
@@ -184,7 +182,11 @@ class CmfFile:
                 if entry is None:
                     continue
                 used = users.get(k, [])
-                by = f" of tensor {', '.join(used[:3])}{' ...' if len(used) > 3 else ''}" if used else ""
+                by = (
+                    f" of tensor {', '.join(used[:3])}{' ...' if len(used) > 3 else ''}"
+                    if used
+                    else ""
+                )
                 for leaf in iter_leaves(entry.encoding):
                     owners.setdefault(leaf.segment, []).append(f"shared value {k}{by}")
             self._owners = owners
@@ -295,4 +297,3 @@ def _shared_refs(node: Node) -> Iterator[int]:
         yield node.index
     for child in getattr(node, "parts", {}).values():
         yield from _shared_refs(child)
-

@@ -32,6 +32,8 @@ VERSION = 1
 INDEX_SUFFIX = ".cmf.index.json"
 MAX_SHARDS = 100_000
 MAX_SHARD_NAME = 255
+
+
 def is_sharded(path: str | os.PathLike) -> bool:
     """True if ``path`` names a shard index (a ``.json`` file) or a directory."""
     path = os.fspath(path)
@@ -126,7 +128,9 @@ def _depth(obj: Any, limit: int) -> None:
             stack.extend((v, depth + 1) for v in value)
 
 
-def read_index(path: str, limits: Limits = DEFAULT_LIMITS) -> tuple[list[str], dict[str, str], dict]:
+def read_index(
+    path: str, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[str], dict[str, str], dict]:
     """Parse and check a shard index: (shard names, tensor -> shard, metadata); unknown
     top-level keys are returned in metadata under ``"unknown_keys"`` (a validator warns)."""
     where = f"shard index {path}"
@@ -135,7 +139,9 @@ def read_index(path: str, limits: Limits = DEFAULT_LIMITS) -> tuple[list[str], d
         if not stat.S_ISREG(st.st_mode):
             raise _fail(where, "is not a regular file")
         if st.st_size > limits.max_index_bytes:
-            raise LimitError(f"{where}: {st.st_size} bytes, over the limit of {limits.max_index_bytes}")
+            raise LimitError(
+                f"{where}: {st.st_size} bytes, over the limit of {limits.max_index_bytes}"
+            )
         with open(path, "rb") as fh:
             raw = fh.read(limits.max_index_bytes + 1)
     except OSError as exc:
@@ -167,7 +173,9 @@ def read_index(path: str, limits: Limits = DEFAULT_LIMITS) -> tuple[list[str], d
     if type(version) is not int:
         raise _fail(where, f"'version' must be an integer, found {json.dumps(version)[:100]}")
     if version != VERSION:
-        raise UnsupportedError(f"{where}: version {version} is not supported (this reader reads {VERSION})")
+        raise UnsupportedError(
+            f"{where}: version {version} is not supported (this reader reads {VERSION})"
+        )
     shards = obj.get("shards")
     if not isinstance(shards, list) or not 1 <= len(shards) <= MAX_SHARDS:
         raise _fail(where, f"'shards' must be an array of 1 to {MAX_SHARDS} file names")
@@ -181,7 +189,9 @@ def read_index(path: str, limits: Limits = DEFAULT_LIMITS) -> tuple[list[str], d
     if not isinstance(weight_map, dict):
         raise _fail(where, f"'weight_map' must be an object, found {type(weight_map).__name__}")
     if len(weight_map) > limits.max_tensors:
-        raise LimitError(f"{where}: {len(weight_map)} tensors, over the limit of {limits.max_tensors}")
+        raise LimitError(
+            f"{where}: {len(weight_map)} tensors, over the limit of {limits.max_tensors}"
+        )
     names = set(shards)
     for tensor, shard in weight_map.items():
         try:
@@ -189,8 +199,11 @@ def read_index(path: str, limits: Limits = DEFAULT_LIMITS) -> tuple[list[str], d
         except CmfError as exc:
             raise _fail(where, f"weight_map: {exc}") from None
         if not isinstance(shard, str) or shard not in names:
-            raise _fail(where, f"weight_map: tensor {tensor[:200]!r} maps to {str(shard)[:200]!r}, "
-                               "which is not in 'shards'")
+            raise _fail(
+                where,
+                f"weight_map: tensor {tensor[:200]!r} maps to {str(shard)[:200]!r}, "
+                "which is not in 'shards'",
+            )
     meta = obj.get("metadata", {})
     if not isinstance(meta, dict):
         raise _fail(where, f"'metadata' must be an object, found {type(meta).__name__}")
@@ -214,7 +227,9 @@ def shard_file(directory: str, name: str) -> str:
     return path
 
 
-def check_membership(shards: list[str], weight_map: dict[str, str], contents: dict[str, list[str]]) -> list[str]:
+def check_membership(
+    shards: list[str], weight_map: dict[str, str], contents: dict[str, list[str]]
+) -> list[str]:
     """Problems with 'each tensor in exactly one shard' (spec §2), given each shard's tensors."""
     problems, home = [], {}
     for shard in shards:
@@ -225,13 +240,19 @@ def check_membership(shards: list[str], weight_map: dict[str, str], contents: di
             home[name] = shard
             mapped = weight_map.get(name)
             if mapped is None:
-                problems.append(f"tensor {name[:200]!r} of shard {shard!r} is not in the weight_map")
+                problems.append(
+                    f"tensor {name[:200]!r} of shard {shard!r} is not in the weight_map"
+                )
             elif mapped != shard:
-                problems.append(f"tensor {name[:200]!r} is in shard {shard!r}, the weight_map says {mapped!r}")
+                problems.append(
+                    f"tensor {name[:200]!r} is in shard {shard!r}, the weight_map says {mapped!r}"
+                )
     for name, shard in weight_map.items():
         if shard in contents and name not in home:
-            problems.append(f"the weight_map puts tensor {name[:200]!r} in shard {shard!r}, "
-                            "which has no such tensor")
+            problems.append(
+                f"the weight_map puts tensor {name[:200]!r} in shard {shard!r}, "
+                "which has no such tensor"
+            )
     return problems
 
 
@@ -250,8 +271,11 @@ class ShardedFile:
         try:
             for name in self.shard_names:
                 try:
-                    self.shards.append(CmfFile(shard_file(self.directory, name), limits=limits,
-                                               follow_symlinks=False))
+                    self.shards.append(
+                        CmfFile(
+                            shard_file(self.directory, name), limits=limits, follow_symlinks=False
+                        )
+                    )
                 except CmfError as exc:
                     if str(exc).startswith(f"shard {name!r}"):
                         raise
@@ -264,11 +288,15 @@ class ShardedFile:
                 raise FormatError(f"shard index {self.path}: {problems[0]}{more}")
             total = sum(len(c) for c in contents.values())
             if total > limits.max_tensors:
-                raise LimitError(f"{total} tensors in the shards, over the limit of {limits.max_tensors}")
+                raise LimitError(
+                    f"{total} tensors in the shards, over the limit of {limits.max_tensors}"
+                )
         except BaseException:
             self.close()
             raise
-        self._where = {name: f for n, f in zip(self.shard_names, self.shards, strict=True) for name in f.keys()}
+        self._where = {
+            name: f for n, f in zip(self.shard_names, self.shards, strict=True) for name in f.keys()
+        }
         self._last = self.shards[-1]
         self.size = sum(f.size for f in self.shards)
         self.minor = max(f.minor for f in self.shards)
@@ -331,7 +359,9 @@ def model_data_problems(names: list[str], files: list[CmfFile]) -> list[str]:
     return out
 
 
-def open_model(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> CmfFile | ShardedFile:
+def open_model(
+    path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS
+) -> CmfFile | ShardedFile:
     """A .cmf file, or a sharded set (its index JSON or its directory)."""
     if is_sharded(path):
         return ShardedFile(path, limits=limits)
@@ -410,13 +440,21 @@ class ShardedWriter:
     def has_key(self, key: bytes | None) -> bool:
         return key is not None and self._writer.has_key(key)
 
-    def add_result(self, name: str, spec: ArraySpec, pending: Pending | None,
-                   error: dict | None = None, key: bytes | None = None) -> TensorEntry:
+    def add_result(
+        self,
+        name: str,
+        spec: ArraySpec,
+        pending: Pending | None,
+        error: dict | None = None,
+        key: bytes | None = None,
+    ) -> TensorEntry:
         if pending is not None and not self.has_key(key):
             self._roll(pending.stored)
         return self._added(name, self._writer.add_result(name, spec, pending, error, key))
 
-    def add_encoded(self, name: str, spec: ArraySpec, pending: Pending, error: dict | None = None) -> TensorEntry:
+    def add_encoded(
+        self, name: str, spec: ArraySpec, pending: Pending, error: dict | None = None
+    ) -> TensorEntry:
         self._roll(pending.stored)
         return self._added(name, self._writer.add_encoded(name, spec, pending, error))
 
@@ -460,7 +498,9 @@ class ShardedWriter:
                 "weight_map": weight_map,
             }
             with AtomicFile(self.index_file) as out:
-                out.file.write(json.dumps(index, indent=2, ensure_ascii=False).encode("utf-8") + b"\n")
+                out.file.write(
+                    json.dumps(index, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+                )
         except BaseException:
             self.abort()
             raise

@@ -68,8 +68,11 @@ class RowReader:
             parts = self._row_parts(node, a, b, sub)
             if parts is not None:
                 value = node.codec.decode(parts, sub)
-                if not (isinstance(value, np.ndarray) and value.shape == sub.shape
-                        and value.dtype == sub.dtype.numpy):
+                if not (
+                    isinstance(value, np.ndarray)
+                    and value.shape == sub.shape
+                    and value.dtype == sub.dtype.numpy
+                ):
                     raise FormatError(f"codec {node.codec.name!r} did not produce {sub.describe()}")
                 return value
         if (a, b) != (0, d0):
@@ -84,14 +87,17 @@ class RowReader:
             per = width * spec.dtype.itemsize
             return {"data": self.byte_range(node.parts["data"], a * per, b * per)}
         if isinstance(codec, BytePlanes):
-            return {p: self.byte_range(node.parts[p], a * width, b * width)
-                    for p in plane_names(spec.dtype.itemsize)}
+            return {
+                p: self.byte_range(node.parts[p], a * width, b * width)
+                for p in plane_names(spec.dtype.itemsize)
+            }
         if isinstance(codec, Quantize):
             rank = len(spec.shape)
             if codec.axis is None or rank < 2 or codec.axis % rank == 0:
                 return None  # blocks may run across rows
-            if any(not c.spec.shape or c.spec.shape[0] != spec.shape[0]
-                   for c in node.parts.values()):
+            if any(
+                not c.spec.shape or c.spec.shape[0] != spec.shape[0] for c in node.parts.values()
+            ):
                 return None
             return {n: self.rows(c, a, b) for n, c in node.parts.items()}
         if isinstance(codec, BitPack):
@@ -114,14 +120,16 @@ class RowReader:
         k = len(codec.counts)
         cls = self.f.decode_node(node.parts["class"])
         if cls.size and int(cls.max()) >= k:
-            raise FormatError(f"partition: class value {int(cls.max())} is out of range for "
-                              f"{k} classes")
+            raise FormatError(
+                f"partition: class value {int(cls.max())} is out of range for {k} classes"
+            )
         found = np.bincount(cls, minlength=k)
         bad = np.flatnonzero(found != np.asarray(codec.counts, dtype=np.int64))
         if bad.size:
             j = int(bad[0])
-            raise FormatError(f"partition: class {j} occurs {int(found[j])} times, counts says "
-                              f"{codec.counts[j]}")
+            raise FormatError(
+                f"partition: class {j} occurs {int(found[j])} times, counts says {codec.counts[j]}"
+            )
         before = np.bincount(cls[:a], minlength=k)
         chosen = cls[a:b]
         out = np.empty((b - a, *spec.shape[1:]), dtype=spec.dtype.numpy)
@@ -144,8 +152,12 @@ class RowReader:
         if isinstance(node, Leaf):
             return self.f.segment(node.segment)[lo:hi]  # the whole segment is CRC-checked
         part = (lo, hi) != (0, length)
-        if part and isinstance(node, CodecNode) and isinstance(node.codec, Zstd) \
-                and isinstance(node.parts["data"], Leaf):
+        if (
+            part
+            and isinstance(node, CodecNode)
+            and isinstance(node.codec, Zstd)
+            and isinstance(node.parts["data"], Leaf)
+        ):
             return _zstd_range(self.f.segment(node.parts["data"].segment), length, lo, hi)
         if part:
             self.whole.append(node.codec.name if isinstance(node, CodecNode) else "shared")
@@ -198,8 +210,13 @@ def _owned(array: np.ndarray) -> np.ndarray:
     root = array
     while isinstance(root, np.ndarray) and root.base is not None:
         root = root.base
-    if array.flags.writeable and array.flags.c_contiguous and isinstance(root, np.ndarray) \
-            and root.flags.owndata and root.nbytes == array.nbytes:
+    if (
+        array.flags.writeable
+        and array.flags.c_contiguous
+        and isinstance(root, np.ndarray)
+        and root.flags.owndata
+        and root.nbytes == array.nbytes
+    ):
         return array
     return np.array(array, copy=True, order="C")
 
@@ -245,4 +262,3 @@ def slice_of(f: CmfFile, name: str, key: Any) -> np.ndarray:
     if out.base is not None or not out.flags.c_contiguous:  # a view would keep the block
         out = np.array(out, copy=True, order="C")
     return out
-

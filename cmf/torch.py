@@ -64,14 +64,16 @@ def save_file(
         >>> cmf.torch.save_file({"w": torch.zeros(2, 3, dtype=torch.bfloat16)}, "model.cmf")
     """
     if not isinstance(tensors, Mapping):
-        raise CmfError(f"save_file takes a dict of name -> torch.Tensor, not "
-                       f"{type(tensors).__name__}")
+        raise CmfError(
+            f"save_file takes a dict of name -> torch.Tensor, not {type(tensors).__name__}"
+        )
     arrays = {name: to_numpy(name, t) for name, t in tensors.items()}
     files.save_file(arrays, path, metadata, **options)
 
 
-def load_file(path: str | os.PathLike, device: Any = "cpu", *,
-              limits: Limits = DEFAULT_LIMITS) -> dict[str, "torch.Tensor"]:
+def load_file(
+    path: str | os.PathLike, device: Any = "cpu", *, limits: Limits = DEFAULT_LIMITS
+) -> dict[str, torch.Tensor]:
     """Every tensor of ``path`` (a .cmf file or a sharded set), in file order, on ``device``.
 
     Args:
@@ -95,8 +97,12 @@ def load_file(path: str | os.PathLike, device: Any = "cpu", *,
     return {name: to_torch(a, device) for name, a in files.load_file(path, limits=limits).items()}
 
 
-def save_model(model: torch.nn.Module, path: str | os.PathLike,
-               metadata: Mapping[str, Any] | None = None, **options: Any) -> None:
+def save_model(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    metadata: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> None:
     """Write ``model.state_dict()``; tied and shared weights are stored once (every name kept,
     as an alias of the first), so :func:`load_model` needs no special case for them.
 
@@ -127,8 +133,14 @@ def shared_groups(state: Mapping[str, torch.Tensor]) -> list[list[str]]:
     for name, t in state.items():
         if t.device.type == "meta" or t.numel() == 0:
             continue
-        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-               t.stride(), t.dtype)
+        key = (
+            t.device,
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            tuple(t.shape),
+            t.stride(),
+            t.dtype,
+        )
         groups.setdefault(key, []).append(name)
     return [g for g in groups.values() if len(g) > 1]
 
@@ -145,8 +157,9 @@ def check_compatible(path: Any, f: Any, state: Mapping[str, torch.Tensor]) -> No
             model = f"{CMF_OF.get(want.dtype, str(want.dtype))}{list(want.shape)}"
             bad.append(f"{name}: file {spec.describe()}, model {model}")
     if bad:
-        raise CmfError(f"{os.fspath(path)}: {len(bad)} tensor(s) differ from the model: "
-                       + "; ".join(bad))
+        raise CmfError(
+            f"{os.fspath(path)}: {len(bad)} tensor(s) differ from the model: " + "; ".join(bad)
+        )
 
 
 def load_model(
@@ -303,5 +316,13 @@ class TorchFile:
         self.close()
 
 
-__all__ = ["TorchFile", "TorchSlice", "load_file", "load_model", "save_file", "save_model",
-           "to_numpy", "to_torch"]
+__all__ = [
+    "TorchFile",
+    "TorchSlice",
+    "load_file",
+    "load_model",
+    "save_file",
+    "save_model",
+    "to_numpy",
+    "to_torch",
+]

@@ -13,10 +13,21 @@ from .dtypes import BY_NAME
 from .errors import CmfError
 
 _TORCH_TO_CMF = {  # torch dtype name -> cmf dtype name
-    "float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16",
-    "float8_e4m3fn": "f8_e4m3", "float8_e5m2": "f8_e5m2",
-    "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64",
-    "uint8": "u8", "uint16": "u16", "uint32": "u32", "uint64": "u64", "bool": "bool",
+    "float64": "f64",
+    "float32": "f32",
+    "float16": "f16",
+    "bfloat16": "bf16",
+    "float8_e4m3fn": "f8_e4m3",
+    "float8_e5m2": "f8_e5m2",
+    "int8": "i8",
+    "int16": "i16",
+    "int32": "i32",
+    "int64": "i64",
+    "uint8": "u8",
+    "uint16": "u16",
+    "uint32": "u32",
+    "uint64": "u64",
+    "bool": "bool",
 }
 # cmf dtype name <-> torch dtype (a torch without uint16/32/64, before 2.3, lacks those three)
 TORCH_DTYPES: dict[str, Any] = {
@@ -24,8 +35,12 @@ TORCH_DTYPES: dict[str, Any] = {
 }
 CMF_OF: dict[Any, str] = {t: cmf for cmf, t in TORCH_DTYPES.items()}
 _NATIVE = {"f64", "f32", "f16", "i8", "i16", "i32", "i64", "u8", "bool"}  # torch.from_numpy's
-_CARRIER = {1: (np.uint8, torch.uint8), 2: (np.int16, torch.int16), 4: (np.int32, torch.int32),
-            8: (np.int64, torch.int64)}  # same-size integers that carry other dtypes' bytes
+_CARRIER = {
+    1: (np.uint8, torch.uint8),
+    2: (np.int16, torch.int16),
+    4: (np.int32, torch.int32),
+    8: (np.int64, torch.int64),
+}  # same-size integers that carry other dtypes' bytes
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -52,11 +67,15 @@ def to_numpy(name: str, tensor: torch.Tensor) -> np.ndarray:
         raise CmfError(f"tensor {name!r}: expected a torch.Tensor, found {type(tensor).__name__}")
     cmf = CMF_OF.get(tensor.dtype)
     if cmf is None:
-        raise CmfError(f"tensor {name!r}: torch dtype {tensor.dtype} is not one cmf stores "
-                       f"({', '.join(TORCH_DTYPES)})")
+        raise CmfError(
+            f"tensor {name!r}: torch dtype {tensor.dtype} is not one cmf stores "
+            f"({', '.join(TORCH_DTYPES)})"
+        )
     if tensor.layout != torch.strided or tensor.is_quantized or tensor.device.type == "meta":
-        raise CmfError(f"tensor {name!r}: only dense tensors with data are stored "
-                       f"(found layout {tensor.layout}, device {tensor.device})")
+        raise CmfError(
+            f"tensor {name!r}: only dense tensors with data are stored "
+            f"(found layout {tensor.layout}, device {tensor.device})"
+        )
     t = tensor.detach().to("cpu").contiguous()
     if cmf in _NATIVE:
         return t.numpy()

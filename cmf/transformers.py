@@ -27,8 +27,9 @@ try:
     import torch
     import transformers
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(f"cmf.transformers needs transformers and PyTorch: "
-                      f"{install_hint('transformers')}") from exc
+    raise ImportError(
+        f"cmf.transformers needs transformers and PyTorch: {install_hint('transformers')}"
+    ) from exc
 
 from .limits import DEFAULT_LIMITS, Limits
 from .shards import open_model
@@ -47,8 +48,13 @@ _DTYPE_KW = "dtype" if _MAJOR >= 5 else "torch_dtype"  # the builder's name for 
 def _safe_name(name: str) -> bool:
     """True for a relative attachment name that stays inside a directory (no '..', no root)."""
     parts = name.split("/")
-    return bool(name) and "\\" not in name and not name.startswith("/") and \
-        all(p not in ("", ".", "..") for p in parts) and "\0" not in name
+    return (
+        bool(name)
+        and "\\" not in name
+        and not name.startswith("/")
+        and all(p not in ("", ".", "..") for p in parts)
+        and "\0" not in name
+    )
 
 
 @contextlib.contextmanager
@@ -112,8 +118,10 @@ def _model_class(config: Any, model_class: Any) -> Any:
         return transformers.AutoModel
     cls = getattr(transformers, arch, None)
     if cls is None:
-        raise CmfError(f"architecture {arch!r} (config.json) is not known to transformers "
-                       f"{transformers.__version__}")
+        raise CmfError(
+            f"architecture {arch!r} (config.json) is not known to transformers "
+            f"{transformers.__version__}"
+        )
     return cls
 
 
@@ -146,7 +154,7 @@ def _key_map(model_keys: list[str], file_keys: list[str], prefix: str) -> dict[s
     out = {}
     for name in file_keys:
         if file_has and not model_has and name.startswith(dot):
-            out[name] = name[len(dot):]
+            out[name] = name[len(dot) :]
         elif model_has and not file_has and dot + name in wanted:
             out[name] = dot + name
         else:
@@ -167,8 +175,9 @@ def _config_and_tensors(path: Any, f: Any) -> tuple[Any, Any, list[str], Any]:
         try:
             config = transformers.AutoConfig.for_model(**gguf_config_dict(meta))
         except (ValueError, KeyError, TypeError) as exc:
-            raise CmfError(f"transformers cannot build a config from {os.fspath(path)}'s GGUF "
-                           f"metadata: {exc}") from None
+            raise CmfError(
+                f"transformers cannot build a config from {os.fspath(path)}'s GGUF metadata: {exc}"
+            ) from None
         return config, None, names, get
     _require_config(path, f)
     with side_files(f) as tmp:
@@ -179,8 +188,14 @@ def _config_and_tensors(path: Any, f: Any) -> tuple[Any, Any, list[str], Any]:
     return config, generation, names, get
 
 
-def from_pretrained(path: str | os.PathLike, model_class: Any = None, *, device: Any = None,
-                    limits: Limits = DEFAULT_LIMITS, **kwargs: Any) -> Any:
+def from_pretrained(
+    path: str | os.PathLike,
+    model_class: Any = None,
+    *,
+    device: Any = None,
+    limits: Limits = DEFAULT_LIMITS,
+    **kwargs: Any,
+) -> Any:
     """The transformers model packed in ``path`` (a .cmf file or sharded set), in eval mode.
 
     The class is ``model_class`` (e.g. ``transformers.AutoModelForCausalLM``, or a model class)
@@ -201,8 +216,10 @@ def from_pretrained(path: str | os.PathLike, model_class: Any = None, *, device:
             with _params_on_meta():
                 model = build(config, **{_DTYPE_KW: dtype}, **kwargs)
         except (ValueError, KeyError) as exc:
-            raise CmfError(f"transformers cannot build {getattr(cls, '__name__', cls)} from "
-                           f"{os.fspath(path)}'s config: {exc}") from None
+            raise CmfError(
+                f"transformers cannot build {getattr(cls, '__name__', cls)} from "
+                f"{os.fspath(path)}'s config: {exc}"
+            ) from None
         state = model.state_dict()
         names = _key_map(list(state), file_keys, getattr(model, "base_model_prefix", ""))
         loaded = {}
@@ -212,8 +229,10 @@ def from_pretrained(path: str | os.PathLike, model_class: Any = None, *, device:
             t = to_torch(get_tensor(name))
             want = state[key]
             if tuple(t.shape) != tuple(want.shape):
-                raise CmfError(f"{os.fspath(path)}: tensor {name!r} has shape {list(t.shape)}, "
-                               f"{type(model).__name__} expects {list(want.shape)}")
+                raise CmfError(
+                    f"{os.fspath(path)}: tensor {name!r} has shape {list(t.shape)}, "
+                    f"{type(model).__name__} expects {list(want.shape)}"
+                )
             if t.dtype != want.dtype and t.is_floating_point() and want.is_floating_point():
                 t = t.to(want.dtype)
             loaded[key] = t
@@ -235,14 +254,17 @@ def _init_missing(model: Any) -> None:
         return
     import warnings
 
-    warnings.warn(f"weights of {type(model).__name__} not in the file, newly initialised: {left}",
-                  stacklevel=3)
+    warnings.warn(
+        f"weights of {type(model).__name__} not in the file, newly initialised: {left}",
+        stacklevel=3,
+    )
     for name in left:
         owner, _, leaf = name.rpartition(".")
         module = model.get_submodule(owner)
         old = module._parameters[leaf]
-        module._parameters[leaf] = torch.nn.Parameter(torch.empty_like(old, device="cpu"),
-                                                      requires_grad=old.requires_grad)
+        module._parameters[leaf] = torch.nn.Parameter(
+            torch.empty_like(old, device="cpu"), requires_grad=old.requires_grad
+        )
         with torch.no_grad():
             try:
                 model._init_weights(module)
@@ -256,16 +278,21 @@ def tokenizer(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS, **kwa
     import without them, the ``PreTrainedTokenizerFast`` transformers' GGUF loader gives
     (vocabulary, merges, special tokens and chat template from the GGUF metadata)."""
     with open_model(path, limits=limits) as f:
-        if not any(n.startswith(("tokenizer", "vocab", "merges", "spiece", "sentencepiece"))
-                   for n in f.attachments()):
+        if not any(
+            n.startswith(("tokenizer", "vocab", "merges", "spiece", "sentencepiece"))
+            for n in f.attachments()
+        ):
             meta = f.metadata()
             if is_gguf_import(meta) and "gguf.tokenizer.ggml.model" in meta:
                 return gguf_tokenizer(meta, **kwargs)
-            raise CmfError(f"{os.fspath(path)} has no tokenizer attachments (tokenizer.json, "
-                           "tokenizer_config.json, vocab.txt ...): pack the model directory")
+            raise CmfError(
+                f"{os.fspath(path)} has no tokenizer attachments (tokenizer.json, "
+                "tokenizer_config.json, vocab.txt ...): pack the model directory"
+            )
         with side_files(f) as tmp:
-            return transformers.AutoTokenizer.from_pretrained(tmp, trust_remote_code=False,
-                                                              **kwargs)
+            return transformers.AutoTokenizer.from_pretrained(
+                tmp, trust_remote_code=False, **kwargs
+            )
 
 
 # ------------------------------------------------------------------ sentence-transformers
@@ -286,8 +313,9 @@ def _patched_loader(original: Any) -> Any:
     return load
 
 
-def sentence_transformer(path: str | os.PathLike, *, device: Any = None,
-                         limits: Limits = DEFAULT_LIMITS, **kwargs: Any) -> Any:
+def sentence_transformer(
+    path: str | os.PathLike, *, device: Any = None, limits: Limits = DEFAULT_LIMITS, **kwargs: Any
+) -> Any:
     """The ``sentence_transformers.SentenceTransformer`` of a packed sentence-transformers
     directory (modules.json, pooling, normalize): the transformer's weights come from the .cmf
     (built by :func:`from_pretrained`), the module configs and tokenizer from its attachments.
@@ -296,27 +324,36 @@ def sentence_transformer(path: str | os.PathLike, *, device: Any = None,
         import sentence_transformers
         from sentence_transformers.models import Transformer
     except ImportError as exc:
-        raise CmfError(f"sentence_transformer needs sentence-transformers: "
-                       f"{install_hint('transformers')}") from exc
+        raise CmfError(
+            f"sentence_transformer needs sentence-transformers: {install_hint('transformers')}"
+        ) from exc
     model = from_pretrained(path, transformers.AutoModel, limits=limits, **kwargs)
     with open_model(path, limits=limits) as f:
         if "modules.json" not in f.attachments():
-            raise CmfError(f"{os.fspath(path)} has no modules.json attachment: not a packed "
-                           "sentence-transformers directory (use from_pretrained and tokenizer)")
+            raise CmfError(
+                f"{os.fspath(path)} has no modules.json attachment: not a packed "
+                "sentence-transformers directory (use from_pretrained and tokenizer)"
+            )
         modules = json.loads(f.get_attachment("modules.json"))
-        dense = [m.get("path") for m in modules if isinstance(m, dict)
-                 and str(m.get("type", "")).endswith("Dense")]
+        dense = [
+            m.get("path")
+            for m in modules
+            if isinstance(m, dict) and str(m.get("type", "")).endswith("Dense")
+        ]
         if dense:
-            raise CmfError(f"{os.fspath(path)}: Dense modules ({dense}) keep their weights in "
-                           "sub-directories, which cmf pack does not carry")
+            raise CmfError(
+                f"{os.fspath(path)}: Dense modules ({dense}) keep their weights in "
+                "sub-directories, which cmf pack does not carry"
+            )
         with side_files(f) as tmp:
             loader = Transformer._load_model
             if not getattr(loader, "__cmf_patch__", False):
                 Transformer._load_model = _patched_loader(loader)  # type: ignore[method-assign]
             _ST_LOCAL.model = model
             try:
-                st = sentence_transformers.SentenceTransformer(tmp, device=str(device or "cpu"),
-                                                               local_files_only=True)
+                st = sentence_transformers.SentenceTransformer(
+                    tmp, device=str(device or "cpu"), local_files_only=True
+                )
             finally:
                 _ST_LOCAL.model = None
     return st.eval()

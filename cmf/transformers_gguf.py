@@ -26,8 +26,12 @@ import numpy as np
 from .errors import CmfError
 
 P = "gguf.tokenizer."
-_SPECIAL = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
-            "unk_token": "unknown_token_id", "pad_token": "padding_token_id"}
+_SPECIAL = {
+    "bos_token": "bos_token_id",
+    "eos_token": "eos_token_id",
+    "unk_token": "unknown_token_id",
+    "pad_token": "padding_token_id",
+}
 
 
 def is_gguf_import(metadata: Mapping[str, Any], attachments: Any = ()) -> bool:
@@ -46,8 +50,10 @@ def config_dict(metadata: Mapping[str, Any]) -> dict[str, Any]:
     unk = metadata.get(P + "ggml.unknown_token_id")
     if isinstance(unk, int) and not isinstance(unk, bool):
         config["unk_token_id"] = unk
-    if config["model_type"] != "llama" and \
-            config.get("head_dim") == config["hidden_size"] // config["num_attention_heads"]:
+    if (
+        config["model_type"] != "llama"
+        and config.get("head_dim") == config["hidden_size"] // config["num_attention_heads"]
+    ):
         config.pop("head_dim")  # transformers reads rope.dimension_count for llama only
     if config.get("rope_scaling") is None:
         config.pop("rope_scaling", None)  # transformers' own default ("default" rope)
@@ -58,8 +64,9 @@ def config_dict(metadata: Mapping[str, Any]) -> dict[str, Any]:
 GetTensor = Callable[[str], np.ndarray]
 
 
-def hf_tensors(metadata: Mapping[str, Any], names: list[str],
-               get_tensor: GetTensor) -> tuple[list[str], GetTensor]:
+def hf_tensors(
+    metadata: Mapping[str, Any], names: list[str], get_tensor: GetTensor
+) -> tuple[list[str], GetTensor]:
     """``(hf_names, get)``: the Hugging Face names of the GGUF tensors ``names`` (in file order;
     tensors the model has no place for, e.g. ``rope_freqs.weight``, left out) and ``get(hf_name)``
     returning the tensor renamed, q/k rows un-permuted for llama."""
@@ -97,8 +104,9 @@ def tokenizer(metadata: Mapping[str, Any], **overrides: Any) -> Any:
         value = metadata.get(P + "ggml." + flag, kind == "llama" and flag == "add_bos_token")
         kwargs[flag] = value is True and name in kwargs  # as cmf's tokenizer: no token, not added
     try:
-        return transformers.PreTrainedTokenizerFast(tokenizer_object=backend,
-                                                    **{**kwargs, **overrides})
+        return transformers.PreTrainedTokenizerFast(
+            tokenizer_object=backend, **{**kwargs, **overrides}
+        )
     except (ValueError, TypeError, KeyError) as exc:
         raise CmfError(f"GGUF tokenizer cannot be built by transformers ({exc})") from None
 

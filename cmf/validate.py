@@ -163,7 +163,9 @@ def validate_set(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) ->
     except CmfError as exc:
         report.errors.append(str(exc))
         return report
-    report.warnings += [f"shard index: unknown top-level key {k[:100]!r}" for k in meta["unknown_keys"]]
+    report.warnings += [
+        f"shard index: unknown top-level key {k[:100]!r}" for k in meta["unknown_keys"]
+    ]
     directory = os.path.dirname(os.path.abspath(ipath))
     contents: dict[str, list[str]] = {}
     opened: list[tuple[str, CmfFile]] = []
@@ -177,22 +179,37 @@ def validate_set(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) ->
         report.errors += [f"shard {name!r}: {e}" for e in sub.errors]
         report.warnings += [f"shard {name!r}: {w}" for w in sub.warnings]
         report.damaged += [{**d, "shard": name} for d in sub.damaged]
-        for counter in ("tensors_checked", "attachments_checked", "shared_checked", "segments_checked"):
+        for counter in (
+            "tensors_checked",
+            "attachments_checked",
+            "shared_checked",
+            "segments_checked",
+        ):
             setattr(report, counter, getattr(report, counter) + getattr(sub, counter))
         try:
-            f = CmfFile(shard_path, limits=limits, problems=Problems(collect=True), follow_symlinks=False)
+            f = CmfFile(
+                shard_path, limits=limits, problems=Problems(collect=True), follow_symlinks=False
+            )
         except CmfError:
             continue  # reported by validate()
         opened.append((name, f))
         contents[name] = [t.name for t in f.index.tensors]
     try:
         if len(contents) == len(shards):
-            report.errors += [f"shard index: {p}" for p in check_membership(shards, weight_map, contents)]
+            report.errors += [
+                f"shard index: {p}" for p in check_membership(shards, weight_map, contents)
+            ]
             names, files = zip(*opened, strict=True) if opened else ((), ())
-            report.errors += [f"shard index: {p}" for p in model_data_problems(list(names), list(files))]
+            report.errors += [
+                f"shard index: {p}" for p in model_data_problems(list(names), list(files))
+            ]
         else:  # some shards unreadable: report what can be checked
             for p in check_membership(shards, weight_map, contents):
-                if "in both" in p or "is not in the weight_map" in p or ", the weight_map says" in p:
+                if (
+                    "in both" in p
+                    or "is not in the weight_map" in p
+                    or ", the weight_map says" in p
+                ):
                     report.errors.append(f"shard index: {p}")
     finally:
         for _, f in opened:

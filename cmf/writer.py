@@ -196,7 +196,9 @@ class Writer:
         return entry
 
     # -- public ---------------------------------------------------------------------
-    def add_tensor(self, name: str, array: np.ndarray, encoder: Encoder | None = None) -> TensorEntry:
+    def add_tensor(
+        self, name: str, array: np.ndarray, encoder: Encoder | None = None
+    ) -> TensorEntry:
         """Encode and write one tensor. Identical tensors become aliases of the first.
 
         If the encoding is lossy, its measured error goes into the index entry.
@@ -245,7 +247,9 @@ class Writer:
         would have: an alias if ``key`` is an earlier tensor's (``pending`` may then be None)."""
         self._expect("open", "add a tensor")
         if len(spec.shape) > self.limits.max_rank:
-            raise CmfError(f"tensor {name!r} has rank {len(spec.shape)}, limit {self.limits.max_rank}")
+            raise CmfError(
+                f"tensor {name!r} has rank {len(spec.shape)}, limit {self.limits.max_rank}"
+            )
         self._claim(name)
         if key is not None and self.dedupe and key in self._hashes:
             return self._append(TensorEntry(name, spec, alias=self._hashes[key]))
@@ -419,15 +423,20 @@ class Writer:
 
 def check_tensor_name(name: str, limits: Limits = DEFAULT_LIMITS) -> None:
     """CmfError unless ``name`` is a valid tensor name (spec §3.2)."""
-    if not isinstance(name, str) or not name or "\x00" in name or len(
-        name.encode("utf-8", "surrogatepass")
-    ) > limits.max_name_bytes:
+    if (
+        not isinstance(name, str)
+        or not name
+        or "\x00" in name
+        or len(name.encode("utf-8", "surrogatepass")) > limits.max_name_bytes
+    ):
         raise CmfError(f"bad tensor name {name!r}: 1 to 1024 bytes of UTF-8, no NUL")
     if any("\ud800" <= c <= "\udfff" for c in name):  # not encodable as UTF-8
         raise CmfError(f"bad tensor name {name!r}: a lone surrogate is not UTF-8")
 
 
-def tensor_array(name: str, array: np.ndarray, limits: Limits = DEFAULT_LIMITS) -> tuple[ArraySpec, np.ndarray]:
+def tensor_array(
+    name: str, array: np.ndarray, limits: Limits = DEFAULT_LIMITS
+) -> tuple[ArraySpec, np.ndarray]:
     """(spec, the array as stored: little-endian, C order); CmfError if its rank is too high."""
     array = np.asarray(array)
     spec = ArraySpec(dtypes.of_array(array), tuple(int(d) for d in array.shape))

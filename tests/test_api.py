@@ -114,7 +114,11 @@ def test_many_tensors_keep_order_and_bytes(tmp_path, assert_same, items):
 @SETTINGS
 @given(
     base=arrays(max_dims=2, max_side=12),
-    cuts=st.lists(st.tuples(st.integers(-12, 12), st.integers(-12, 12), st.sampled_from([1, 2, 3, -1, -2])), min_size=1, max_size=6),
+    cuts=st.lists(
+        st.tuples(st.integers(-12, 12), st.integers(-12, 12), st.sampled_from([1, 2, 3, -1, -2])),
+        min_size=1,
+        max_size=6,
+    ),
     data=st.data(),
 )
 def test_views_of_one_base_and_aliases(tmp_path, assert_same, base, cuts, data):
@@ -162,11 +166,21 @@ def _nan_patterns(bits: int, mant: int) -> list[int]:
     exp_all = ((1 << (bits - 1 - mant)) - 1) << mant
     sign = 1 << (bits - 1)
     quiet = 1 << (mant - 1)
-    payloads = [1, 2, quiet, quiet | 1, (1 << mant) - 1, quiet - 1, 0x5A5A5A5A5A5A5 & ((1 << mant) - 1) or 3]
+    payloads = [
+        1,
+        2,
+        quiet,
+        quiet | 1,
+        (1 << mant) - 1,
+        quiet - 1,
+        0x5A5A5A5A5A5A5 & ((1 << mant) - 1) or 3,
+    ]
     return [s | exp_all | p for s in (0, sign) for p in payloads]
 
 
-@pytest.mark.parametrize("name,bits,mant,uint", [("f32", 32, 23, np.uint32), ("f64", 64, 52, np.uint64)])
+@pytest.mark.parametrize(
+    "name,bits,mant,uint", [("f32", 32, 23, np.uint32), ("f64", 64, 52, np.uint64)]
+)
 @pytest.mark.parametrize("n", [32, 20_000])  # short: raw; long: byteplanes with rotation
 def test_distinct_nan_payloads_survive(tmp_path, name, bits, mant, uint, n):
     pats = np.array(_nan_patterns(bits, mant), dtype=uint)
@@ -177,7 +191,9 @@ def test_distinct_nan_payloads_survive(tmp_path, name, bits, mant, uint, n):
     normal[: len(pats)] = pats
     normal[len(pats) : len(pats) + 3] = specials
     array = normal.view(BY_NAME[name].numpy)
-    eager, lazy = save_and_load(tmp_path / "n.cmf", {"x": array, "be": array.astype(array.dtype.newbyteorder(">"))})
+    eager, lazy = save_and_load(
+        tmp_path / "n.cmf", {"x": array, "be": array.astype(array.dtype.newbyteorder(">"))}
+    )
     for back in (eager, lazy):
         assert back["x"].view(uint).tobytes() == normal.tobytes()
         assert back["be"].view(uint).tobytes() == normal.tobytes()
@@ -294,7 +310,9 @@ json_values = st.recursive(
     | st.integers(-(2**63), 2**64 - 1)
     | st.floats(allow_nan=False)
     | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -365,7 +383,9 @@ def test_attachments_round_trip(tmp_path):
     assert cmf.validate(path).valid
 
 
-@pytest.mark.parametrize("name", ["/abs", "../up", "a/../b", "a//b", "./a", "C:x", "a\\b", "", "nul\x00"])
+@pytest.mark.parametrize(
+    "name", ["/abs", "../up", "a/../b", "a//b", "./a", "C:x", "a\\b", "", "nul\x00"]
+)
 def test_unsafe_attachment_names_are_rejected(tmp_path, name):
     with pytest.raises(cmf.CmfError):
         cmf.save_file({"x": np.ones(1)}, tmp_path / "a.cmf", attachments={name: b"x"})
@@ -421,7 +441,9 @@ def test_save_file_is_deterministic(tmp_path, mixed_tensors):
     assert (tmp_path / "1.cmf").read_bytes() == (tmp_path / "2.cmf").read_bytes()
 
 
-@pytest.mark.parametrize("bad", [np.ones(3, np.complex64), np.array([object()]), np.array(["s"]), np.zeros(2, "M8[s]")])
+@pytest.mark.parametrize(
+    "bad", [np.ones(3, np.complex64), np.array([object()]), np.array(["s"]), np.zeros(2, "M8[s]")]
+)
 def test_unsupported_dtypes_raise_cmf_error(tmp_path, bad):
     with pytest.raises(cmf.CmfError, match="unsupported array dtype"):
         cmf.save_file({"bad": bad}, tmp_path / "u.cmf")

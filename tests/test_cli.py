@@ -23,13 +23,42 @@ import cmf
 
 from .conftest import CliResult
 
-PACK_FIELDS = {"source", "output", "tensors", "aliases", "recipe", "lossy_tensors", "attachments",
-               "raw_bytes", "stored_bytes", "ratio", "seconds"}
-INFO_FIELDS = {"path", "version", "file_bytes", "tensors", "raw_bytes", "ratio", "attachments", "shared",
-               "metadata", "tensor_list"}
+PACK_FIELDS = {
+    "source",
+    "output",
+    "tensors",
+    "aliases",
+    "recipe",
+    "lossy_tensors",
+    "attachments",
+    "raw_bytes",
+    "stored_bytes",
+    "ratio",
+    "seconds",
+}
+INFO_FIELDS = {
+    "path",
+    "version",
+    "file_bytes",
+    "tensors",
+    "raw_bytes",
+    "ratio",
+    "attachments",
+    "shared",
+    "metadata",
+    "tensor_list",
+}
 ROW_FIELDS = {"name", "dtype", "shape", "encoding", "raw_bytes", "stored_bytes", "ratio", "error"}
-VALIDATE_FIELDS = {"path", "valid", "errors", "warnings", "tensors_checked", "damaged",
-                   "attachments_checked", "segments_checked"}
+VALIDATE_FIELDS = {
+    "path",
+    "valid",
+    "errors",
+    "warnings",
+    "tensors_checked",
+    "damaged",
+    "attachments_checked",
+    "segments_checked",
+}
 
 
 Result = CliResult  # the shared `run` fixture (tests/conftest.py) returns these
@@ -87,7 +116,9 @@ def test_pack_json(tmp_path, model, run, read_safetensors):
     assert summary["attachments"] == 1
     assert summary["raw_bytes"] == sum(a.nbytes for a in tensors.values())
     assert summary["stored_bytes"] == os.path.getsize(out)
-    assert summary["ratio"] == pytest.approx(summary["raw_bytes"] / summary["stored_bytes"], rel=1e-3)
+    assert summary["ratio"] == pytest.approx(
+        summary["raw_bytes"] / summary["stored_bytes"], rel=1e-3
+    )
     assert summary["ratio"] > 1.3  # the tied copy is free, the floats compress
     with cmf.open(out) as f:
         assert f.attachments() == ["config.json"]
@@ -111,7 +142,10 @@ def test_info_json(packed, run):
     info = r.json()
     assert set(info) == INFO_FIELDS
     assert info["version"] == "1.0" and info["file_bytes"] == os.path.getsize(path)
-    assert info["tensors"] == len(tensors) and info["metadata"] == {"format": "pt", "origin": "unit test"}
+    assert info["tensors"] == len(tensors) and info["metadata"] == {
+        "format": "pt",
+        "origin": "unit test",
+    }
     rows = {row["name"]: row for row in info["tensor_list"]}
     assert set(rows) == set(tensors)
     for name, row in rows.items():
@@ -191,13 +225,27 @@ def test_unpack_to_directory_writes_attachments(tmp_path, model, run, read_safet
     (tmp_path / "config.json").write_text('{"a": 1}')
     (tmp_path / "tokenizer.json").write_bytes(b"\x00binary\xff")
     out = tmp_path / "m.cmf"
-    r = run("pack", src, "-o", out, "-q", "--attach", tmp_path / "config.json", "--attach", tmp_path / "tokenizer.json")
+    r = run(
+        "pack",
+        src,
+        "-o",
+        out,
+        "-q",
+        "--attach",
+        tmp_path / "config.json",
+        "--attach",
+        tmp_path / "tokenizer.json",
+    )
     assert r.code == 0
     dest = tmp_path / "restored"
     r = run("unpack", out, "-o", f"{dest}/", "--json")
     assert r.code == 0
     written = r.json()["written"]
-    assert sorted(os.path.basename(p) for p in written) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(os.path.basename(p) for p in written) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
     assert sorted(os.listdir(dest)) == ["config.json", "model.safetensors", "tokenizer.json"]
     assert (dest / "config.json").read_text() == '{"a": 1}'
     assert (dest / "tokenizer.json").read_bytes() == b"\x00binary\xff"
@@ -207,7 +255,11 @@ def test_unpack_to_directory_writes_attachments(tmp_path, model, run, read_safet
     r = run("unpack", out, "-o", dest, "-q")
     assert r.code == 2 and "already exist; use --force" in r.err
     r = run("unpack", out, "-o", dest, "-q", "--force")
-    assert r.code == 0 and sorted(os.listdir(dest)) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert r.code == 0 and sorted(os.listdir(dest)) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
 
 
 def test_pack_a_model_directory(tmp_path, model, run):
@@ -225,7 +277,11 @@ def test_pack_a_model_directory(tmp_path, model, run):
 
 def test_missing_files(tmp_path, run):
     missing = tmp_path / "missing.cmf"
-    for args in (["info", missing], ["unpack", missing], ["pack", tmp_path / "missing.safetensors"]):
+    for args in (
+        ["info", missing],
+        ["unpack", missing],
+        ["pack", tmp_path / "missing.safetensors"],
+    ):
         assert_one_error_line(run(*args))
     r = run("validate", missing)
     assert r.code == 1 and "INVALID" in r.out and "cannot open" in r.out and r.err == ""
@@ -323,4 +379,8 @@ def test_console_script_round_trip(tmp_path, model, read_safetensors):
     assert read_safetensors(tmp_path / "back.safetensors") == read_safetensors(src)
     r = call("info", tmp_path / "missing.cmf", base=[sys.executable, "-m", "cmf.cli"])
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr.startswith("cmf: error:") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert (
+        r.stderr.startswith("cmf: error:")
+        and r.stderr.count("\n") == 1
+        and "Traceback" not in r.stderr
+    )

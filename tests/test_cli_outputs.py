@@ -30,9 +30,11 @@ def sha(path) -> str:
 def model(tmp_path):
     """A safetensors file of a few float matrices and an int tensor."""
     rng = np.random.default_rng(0)
-    tensors = {"a.weight": rng.standard_normal((64, 64)).astype(np.float32),
-               "b.weight": rng.standard_normal((32, 64)).astype(np.float32),
-               "ids": np.arange(10, dtype=np.int64)}
+    tensors = {
+        "a.weight": rng.standard_normal((64, 64)).astype(np.float32),
+        "b.weight": rng.standard_normal((32, 64)).astype(np.float32),
+        "ids": np.arange(10, dtype=np.int64),
+    }
     path = tmp_path / "t.safetensors"
     st_save(tensors, str(path))
     return path
@@ -52,7 +54,9 @@ def hf_dir(tmp_path, model):
 # -- 1. never onto the source; existing outputs only with --force --------------------------------
 
 
-@pytest.mark.parametrize("flags", [[], ["--preset", "q4"], ["--force"], ["--preset", "q4", "--force"]])
+@pytest.mark.parametrize(
+    "flags", [[], ["--preset", "q4"], ["--force"], ["--preset", "q4", "--force"]]
+)
 def test_1_pack_onto_its_source_is_refused(tmp_path, model, run, flags):
     before = sha(model)
     r = run("pack", model, "-o", model, *flags)
@@ -83,7 +87,9 @@ def test_1_an_existing_output_needs_force(tmp_path, model, run):
     out = tmp_path / "m.cmf"
     out.write_bytes(b"precious")
     r = run("pack", model, "-o", out)
-    assert r.code == 2 and "already exists; use --force" in r.err and out.read_bytes() == b"precious"
+    assert (
+        r.code == 2 and "already exists; use --force" in r.err and out.read_bytes() == b"precious"
+    )
     assert run("pack", model, "-o", out, "--force", "-q").code == 0
     assert cmf.validate(out).valid
     back = tmp_path / "back.safetensors"
@@ -116,24 +122,42 @@ def test_2_pack_into_a_new_directory(tmp_path, model, run):
     r = run("pack", model, "-o", f"{tmp_path / 'outdir2'}/", "--json")
     assert r.code == 0, r.err
     assert r.json()["output"] == os.path.join(f"{tmp_path / 'outdir2'}/", "model.cmf")
-    assert os.listdir(tmp_path / "outdir2") == ["model.cmf"] and cmf.validate(tmp_path / "outdir2" / "model.cmf").valid
-    r = run("pack", model, "-o", tmp_path / "nested" / "deeper", "-q")  # no suffix: a directory, parents made
+    assert (
+        os.listdir(tmp_path / "outdir2") == ["model.cmf"]
+        and cmf.validate(tmp_path / "outdir2" / "model.cmf").valid
+    )
+    r = run(
+        "pack", model, "-o", tmp_path / "nested" / "deeper", "-q"
+    )  # no suffix: a directory, parents made
     assert r.code == 0 and os.listdir(tmp_path / "nested" / "deeper") == ["model.cmf"]
 
 
 # -- 3. output names are checked before any work ------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["out.gguf", "out.npz", "out.safetensors", "out.onnx", "out.CMF.bak", ""])
+@pytest.mark.parametrize(
+    "name", ["out.gguf", "out.npz", "out.safetensors", "out.onnx", "out.CMF.bak", ""]
+)
 def test_3_pack_writes_only_cmf(tmp_path, model, run, name):
     r = run("pack", model, "-o", tmp_path / name if name else "")
     assert r.code == 2, r.err
-    assert ("cannot tell what to write" in r.err and ".cmf" in r.err) if name else "name is empty" in r.err
+    assert (
+        ("cannot tell what to write" in r.err and ".cmf" in r.err)
+        if name
+        else "name is empty" in r.err
+    )
     assert sorted(os.listdir(tmp_path)) == ["t.safetensors"]
 
 
-@pytest.mark.parametrize("name, says", [("x.npz", "cannot tell what to write"), ("x.gguf", "cmf writes as GGUF"),
-                                        ("x.onnx", "not packed from an ONNX model"), ("x.cmf", "cannot tell")])
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("x.npz", "cannot tell what to write"),
+        ("x.gguf", "cmf writes as GGUF"),
+        ("x.onnx", "not packed from an ONNX model"),
+        ("x.cmf", "cannot tell"),
+    ],
+)
 def test_3_unpack_names(tmp_path, hf_dir, run, name, says):
     packed = tmp_path / "m.cmf"
     assert run("pack", hf_dir, "-o", packed, "-q").code == 0
@@ -147,7 +171,11 @@ def test_3_unpack_to_a_name_without_suffix_is_a_directory(tmp_path, hf_dir, run)
     assert run("pack", hf_dir, "-o", packed, "-q").code == 0
     r = run("unpack", packed, "-o", tmp_path / "outdir3", "--json")
     assert r.code == 0, r.err
-    assert sorted(os.listdir(tmp_path / "outdir3")) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(os.listdir(tmp_path / "outdir3")) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
     assert r.json()["attachments_not_written"] == []
 
 
@@ -156,7 +184,10 @@ def test_3_a_single_file_names_the_attachments_it_leaves_out(tmp_path, hf_dir, r
     assert run("pack", hf_dir, "-o", packed, "-q").code == 0
     r = run("unpack", packed, "-o", tmp_path / "one.safetensors")
     assert r.code == 0
-    assert "cmf: warning: 2 attachments not written to a single file: config.json, tokenizer.json" in r.err
+    assert (
+        "cmf: warning: 2 attachments not written to a single file: config.json, tokenizer.json"
+        in r.err
+    )
     r = run("unpack", packed, "-o", tmp_path / "two.safetensors", "--json")
     assert r.json()["attachments_not_written"] == ["config.json", "tokenizer.json"]
 
@@ -171,7 +202,11 @@ def test_4_hints_name_the_distribution_we_publish():
     stale = []
     for top in ("cmf", "spec", "docs", "tools", "README.md"):
         path = os.path.join(ROOT, top)
-        files = [path] if os.path.isfile(path) else [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs]
+        files = (
+            [path]
+            if os.path.isfile(path)
+            else [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs]
+        )
         for f in files:
             if f.endswith((".py", ".md")):
                 with open(f, encoding="utf-8") as fh:
@@ -210,8 +245,12 @@ def test_6_shard_size_creates_the_directory(tmp_path, model, run):
     r = run("pack", model, "--shard-size", "10KB", "-o", tmp_path / "out" / "model.cmf")
     assert r.code == 2 and "already exist" in r.err  # the set is an existing output
     r = run("pack", model, "-o", tmp_path / "x.cmf.index.json")  # an index name without shards
-    assert r.code == 2 and "add --shard-size" in r.err and not (tmp_path / "x.cmf.index.json").exists()
-    r = run("pack", model, "--shard-size", "10KB", "-o", tmp_path / "set" / "m.cmf.index.json", "-q")
+    assert (
+        r.code == 2 and "add --shard-size" in r.err and not (tmp_path / "x.cmf.index.json").exists()
+    )
+    r = run(
+        "pack", model, "--shard-size", "10KB", "-o", tmp_path / "set" / "m.cmf.index.json", "-q"
+    )
     assert r.code == 0 and (tmp_path / "set" / "m.cmf.index.json").exists()
 
 
@@ -235,7 +274,9 @@ def test_8_crc_errors_name_the_tensor_and_attachment(tmp_path, hf_dir, run):
     assert run("pack", hf_dir, "-o", packed, "-q").code == 0
     seg = _flip_segment_of(packed, "tensor 'b.weight'")
     r = run("validate", packed)
-    assert r.code == 1 and f"segment {seg} CRC-32C" in r.out and "damaged tensor 'b.weight'" in r.out
+    assert (
+        r.code == 1 and f"segment {seg} CRC-32C" in r.out and "damaged tensor 'b.weight'" in r.out
+    )
     j = run("validate", packed, "--json").json()
     assert j["damaged"] == [{"segment": seg, "owners": ["tensor 'b.weight'"]}]
     with pytest.raises(cmf.ChecksumError, match="damaged tensor 'b.weight'") as info:
@@ -248,13 +289,20 @@ def test_8_crc_errors_name_the_tensor_and_attachment(tmp_path, hf_dir, run):
 
 
 def test_8_a_shard_is_named(tmp_path, model, run):
-    assert run("pack", model, "--shard-size", "10KB", "-o", tmp_path / "s" / "model.cmf", "-q").code == 0
+    assert (
+        run("pack", model, "--shard-size", "10KB", "-o", tmp_path / "s" / "model.cmf", "-q").code
+        == 0
+    )
     index = json.loads((tmp_path / "s" / "model.cmf.index.json").read_text())
     shard = index["weight_map"]["a.weight"]
     _flip_segment_of(tmp_path / "s" / shard, "tensor 'a.weight'")
     j = run("validate", tmp_path / "s", "--json").json()
-    assert [d["shard"] for d in j["damaged"]] == [shard] and j["damaged"][0]["owners"] == ["tensor 'a.weight'"]
-    assert any(e.startswith(f"shard {shard!r}") and "damaged tensor 'a.weight'" in e for e in j["errors"])
+    assert [d["shard"] for d in j["damaged"]] == [shard] and j["damaged"][0]["owners"] == [
+        "tensor 'a.weight'"
+    ]
+    assert any(
+        e.startswith(f"shard {shard!r}") and "damaged tensor 'a.weight'" in e for e in j["errors"]
+    )
 
 
 # -- 10. exit codes and path style -------------------------------------------------------------

@@ -14,7 +14,9 @@ EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "tiny.safete
 
 
 def cmf(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cmf.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cmf.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_pack_info_validate_unpack(tmp_path):
@@ -40,13 +42,22 @@ def test_pack_info_validate_unpack(tmp_path):
     a, b = st_load(EXAMPLE), st_load(str(back))
     assert a.keys() == b.keys()
     for k in a:
-        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes()
+        assert (
+            a[k].dtype == b[k].dtype
+            and a[k].shape == b[k].shape
+            and a[k].tobytes() == b[k].tobytes()
+        )
 
 
 def test_bad_inputs_give_one_line_and_exit_1(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    for args in (["pack", str(text)], ["info", str(text)], ["unpack", str(text)], ["info", str(tmp_path / "missing.cmf")]):
+    for args in (
+        ["pack", str(text)],
+        ["info", str(text)],
+        ["unpack", str(text)],
+        ["info", str(tmp_path / "missing.cmf")],
+    ):
         r = cmf(*args)
         assert r.returncode == 1, args
         assert "Traceback" not in r.stderr

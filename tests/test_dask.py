@@ -37,8 +37,19 @@ def _bytes(path) -> bytes:
 def test_dask_pack_is_byte_identical(cluster, model, tmp_path, preset):
     one, dist = tmp_path / "one.cmf", tmp_path / "dask.cmf"
     run_cli("pack", model, "-o", one, "--preset", preset, "-q")
-    run_cli("pack", model, "-o", dist, "--preset", preset, "-q",
-            "--executor", "dask", "--scheduler", cluster.scheduler_address)
+    run_cli(
+        "pack",
+        model,
+        "-o",
+        dist,
+        "--preset",
+        preset,
+        "-q",
+        "--executor",
+        "dask",
+        "--scheduler",
+        cluster.scheduler_address,
+    )
     assert _bytes(one) == _bytes(dist)
 
 
@@ -46,8 +57,19 @@ def test_dask_sharded_set_is_byte_identical(cluster, model, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     run_cli("pack", model, "-o", tmp_path / "a" / "m.cmf", "-q", "--shard-size", "40KB")
-    run_cli("pack", model, "-o", tmp_path / "b" / "m.cmf", "-q", "--shard-size", "40KB",
-            "--executor", "dask", "--scheduler", cluster.scheduler_address)
+    run_cli(
+        "pack",
+        model,
+        "-o",
+        tmp_path / "b" / "m.cmf",
+        "-q",
+        "--shard-size",
+        "40KB",
+        "--executor",
+        "dask",
+        "--scheduler",
+        cluster.scheduler_address,
+    )
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert len(names) > 3 and names == sorted(p.name for p in (tmp_path / "b").iterdir())
     for name in names:

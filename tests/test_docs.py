@@ -24,6 +24,10 @@ def test_readme_links_every_spec_page_and_the_reliability_report():
 
 def test_tools_readme_lists_every_tool():
     text = _read("tools", "README.md")
-    tools = [f for f in os.listdir(os.path.join(ROOT, "tools")) if f.endswith(".py") and f != "__init__.py"]
+    tools = [
+        f
+        for f in os.listdir(os.path.join(ROOT, "tools"))
+        if f.endswith(".py") and f != "__init__.py"
+    ]
     assert len(tools) >= 20
     assert [t for t in tools if f"| `{t}` |" not in text] == []

@@ -32,10 +32,21 @@ def spec_table() -> dict[str, int]:
 
 
 NUMPY = {
-    "f64": np.float64, "f32": np.float32, "f16": np.float16, "bf16": ml_dtypes.bfloat16,
-    "f8_e4m3": ml_dtypes.float8_e4m3fn, "f8_e5m2": ml_dtypes.float8_e5m2,
-    "i8": np.int8, "i16": np.int16, "i32": np.int32, "i64": np.int64,
-    "u8": np.uint8, "u16": np.uint16, "u32": np.uint32, "u64": np.uint64, "bool": np.bool_,
+    "f64": np.float64,
+    "f32": np.float32,
+    "f16": np.float16,
+    "bf16": ml_dtypes.bfloat16,
+    "f8_e4m3": ml_dtypes.float8_e4m3fn,
+    "f8_e5m2": ml_dtypes.float8_e5m2,
+    "i8": np.int8,
+    "i16": np.int16,
+    "i32": np.int32,
+    "i64": np.int64,
+    "u8": np.uint8,
+    "u16": np.uint16,
+    "u32": np.uint32,
+    "u64": np.uint64,
+    "bool": np.bool_,
 }
 
 
@@ -65,9 +76,21 @@ def test_big_endian_arrays_map_to_the_same_dtype(name):
 
 @pytest.mark.parametrize(
     "numpy_type,name",
-    [(np.intc, "i32"), (np.longlong, "i64"), (np.ulonglong, "u64"), (np.int_, "i64"),
-     (np.uintc, "u32"), (np.short, "i16"), (np.byte, "i8"), (np.ubyte, "u8"), (np.half, "f16"),
-     (np.single, "f32"), (np.double, "f64"), (np.dtype("=f4"), "f32"), (np.dtype("<u2"), "u16")],
+    [
+        (np.intc, "i32"),
+        (np.longlong, "i64"),
+        (np.ulonglong, "u64"),
+        (np.int_, "i64"),
+        (np.uintc, "u32"),
+        (np.short, "i16"),
+        (np.byte, "i8"),
+        (np.ubyte, "u8"),
+        (np.half, "f16"),
+        (np.single, "f32"),
+        (np.double, "f64"),
+        (np.dtype("=f4"), "f32"),
+        (np.dtype("<u2"), "u16"),
+    ],
 )
 def test_numpy_aliases(numpy_type, name):
     assert dtypes.of_array(np.zeros(1, numpy_type)).name == name
@@ -75,8 +98,20 @@ def test_numpy_aliases(numpy_type, name):
 
 @pytest.mark.parametrize(
     "dtype",
-    [np.complex64, np.complex128, object, "U3", "S3", "V4", "M8[s]", "m8[s]",
-     [("a", "<i4")], ml_dtypes.float8_e4m3fnuz, ml_dtypes.int4, np.longdouble],
+    [
+        np.complex64,
+        np.complex128,
+        object,
+        "U3",
+        "S3",
+        "V4",
+        "M8[s]",
+        "m8[s]",
+        [("a", "<i4")],
+        ml_dtypes.float8_e4m3fnuz,
+        ml_dtypes.int4,
+        np.longdouble,
+    ],
 )
 def test_unsupported_dtypes(dtype):
     if np.dtype(dtype) == np.float64:

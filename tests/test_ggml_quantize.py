@@ -71,8 +71,13 @@ def _fields(rng, name, n):
     return layouts.pack_iq4_xs(L, sc, d), (df * rep(sc - 32, 32)) * IQ4_VALUES[L]
 
 
-LEGACY = {"Q4_0": (16, 8, False), "Q5_0": (32, 16, False), "Q8_0": (256, 128, False),
-          "Q4_1": (16, 0, True), "Q5_1": (32, 0, True)}  # levels, offset, has a min
+LEGACY = {
+    "Q4_0": (16, 8, False),
+    "Q5_0": (32, 16, False),
+    "Q8_0": (256, 128, False),
+    "Q4_1": (16, 0, True),
+    "Q5_1": (32, 0, True),
+}  # levels, offset, has a min
 
 
 def _legacy_fields(rng, name, n, d, dm, df, dmf):
@@ -231,7 +236,13 @@ def test_fallback_types_follow_llama_cpp():
 
     assert fallback_type("Q6_K", 1536) == "Q6_K"
     assert [fallback_type(t, 576) for t in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")] == [
-        "Q4_0", "Q4_0", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"]
+        "Q4_0",
+        "Q4_0",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "IQ4_NL",
+    ]
     assert fallback_type("q4_k", 100) == "F16" and fallback_type("Q8_0", 48) == "F16"
     with pytest.raises(CmfError):
         fallback_type("Q7_K", 256)

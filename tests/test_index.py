@@ -88,7 +88,11 @@ def test_pack_parse_round_trip():
 
 def test_node_obj_is_the_spec_shape():
     index = sample_index()
-    assert node_obj(index.tensors[0].encoding) == {"codec": "raw", "config": {}, "parts": {"data": {"segment": 0}}}
+    assert node_obj(index.tensors[0].encoding) == {
+        "codec": "raw",
+        "config": {},
+        "parts": {"data": {"segment": 0}},
+    }
     assert node_obj(index.tensors[1].encoding)["config"] == {"rotate": True}
     assert tensor_nbytes(index.tensors[0]) == 40
 
@@ -250,8 +254,25 @@ def test_attachment_names_accepted(name):
 
 @pytest.mark.parametrize(
     "name",
-    ["", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a/", ".", "..", "C:x", "c:\\x",
-     "a\\b", "nul\x00", "x" * 4097, 5, None, "\ud800"],
+    [
+        "",
+        "/etc/passwd",
+        "../x",
+        "a/../../x",
+        "a/./b",
+        "a//b",
+        "a/",
+        ".",
+        "..",
+        "C:x",
+        "c:\\x",
+        "a\\b",
+        "nul\x00",
+        "x" * 4097,
+        5,
+        None,
+        "\ud800",
+    ],
 )
 def test_attachment_names_rejected(name):
     with pytest.raises(FormatError):
@@ -260,7 +281,19 @@ def test_attachment_names_rejected(name):
 
 @pytest.mark.parametrize(
     "value",
-    [{}, {"a": None, "b": True, "c": -(2**63), "d": 2**64 - 1, "e": 1e308, "f": "s", "g": [[]], "h": {"i": {}}}],
+    [
+        {},
+        {
+            "a": None,
+            "b": True,
+            "c": -(2**63),
+            "d": 2**64 - 1,
+            "e": 1e308,
+            "f": "s",
+            "g": [[]],
+            "h": {"i": {}},
+        },
+    ],
 )
 def test_metadata_accepted(value):
     assert check_metadata(value) is value
@@ -285,16 +318,19 @@ def test_metadata_rejected(value, error):
         check_metadata(value)
 
 
-@pytest.mark.parametrize("items", [
-    ["a", "\ud800", "b"],  # a lone surrogate in an array of strings
-    ["\ud83d", "\ude00"],  # halves of a pair, each alone
-    [1, 2**64],
-    [-(2**63) - 1, 0],
-    [1, "x", 2**64],  # mixed scalars
-    ["x", 2.5, None, True, "\udfff"],
-    [1, b"bin"],  # not all scalars: each item on its own
-    [1, 1j],
-])
+@pytest.mark.parametrize(
+    "items",
+    [
+        ["a", "\ud800", "b"],  # a lone surrogate in an array of strings
+        ["\ud83d", "\ude00"],  # halves of a pair, each alone
+        [1, 2**64],
+        [-(2**63) - 1, 0],
+        [1, "x", 2**64],  # mixed scalars
+        ["x", 2.5, None, True, "\udfff"],
+        [1, b"bin"],  # not all scalars: each item on its own
+        [1, 1j],
+    ],
+)
 def test_metadata_arrays_of_scalars_give_each_items_verdict(items):
     with pytest.raises(FormatError):
         check_metadata({"a": items})
@@ -303,8 +339,13 @@ def test_metadata_arrays_of_scalars_give_each_items_verdict(items):
 
 
 def test_metadata_arrays_of_scalars_accepted():
-    value = {"a": ["x"] * 300 + ["ünï 🙂", ""], "b": list(range(1000)) + [2**64 - 1, -(2**63)],
-             "c": [1, "x", 2.5, None, True, False], "d": [], "e": ("t", 1)}
+    value = {
+        "a": ["x"] * 300 + ["ünï 🙂", ""],
+        "b": list(range(1000)) + [2**64 - 1, -(2**63)],
+        "c": [1, "x", 2.5, None, True, False],
+        "d": [],
+        "e": ("t", 1),
+    }
     assert check_metadata(value) is value
 
 

@@ -23,13 +23,24 @@ def slow_model(tmp_path_factory):
     """A model whose planned pack measures candidates for tens of seconds (data-free plan)."""
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("interrupt") / "big.safetensors"
-    st_save({f"layer{i}.weight": rng.standard_normal((1024, 1024)).astype(np.float32) for i in range(16)}, str(path))
+    st_save(
+        {
+            f"layer{i}.weight": rng.standard_normal((1024, 1024)).astype(np.float32)
+            for i in range(16)
+        },
+        str(path),
+    )
     return path
 
 
 def _cmf(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cmf.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cmf.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        text=True,
+    )
 
 
 def _children(pid: int) -> list[int]:
@@ -78,7 +89,9 @@ def test_ctrl_c_with_busy_workers(tmp_path, slow_model, sig, code):
     workers: list[int] = []
 
     def busy() -> bool:  # two workers have spent 1.5 s measuring (imports take less; the
-        workers[:] = [c for c in _children(proc.pid) if _cpu_seconds(c) > 1.5]  # resource tracker, ~0)
+        workers[:] = [
+            c for c in _children(proc.pid) if _cpu_seconds(c) > 1.5
+        ]  # resource tracker, ~0)
         return len(workers) >= 2
 
     _wait_for(busy, proc)
@@ -103,10 +116,24 @@ def test_ctrl_c_while_writing_leaves_no_temporary_file(tmp_path, slow_model):
 
 def test_ctrl_c_with_the_dask_executor(tmp_path, slow_model):
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        proc = _cmf("pack", slow_model, "-o", tmp_path / "m.cmf", "--preset", "balanced",
-                    "--executor", "dask", "--scheduler", cluster.scheduler_address)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        proc = _cmf(
+            "pack",
+            slow_model,
+            "-o",
+            tmp_path / "m.cmf",
+            "--preset",
+            "balanced",
+            "--executor",
+            "dask",
+            "--scheduler",
+            cluster.scheduler_address,
+        )
         _wait_for(lambda: any(client.processing().values()), proc)
         time.sleep(0.5)  # a task is running, not only queued
         seconds, err = _interrupt(proc)

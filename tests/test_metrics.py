@@ -53,7 +53,8 @@ def test_errors():
 
 
 arrays = hnp.arrays(
-    np.float64, hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=6),
+    np.float64,
+    hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=6),
     elements=st.floats(-1e6, 1e6).filter(lambda v: v == 0 or abs(v) > 1e-100),
 )
 

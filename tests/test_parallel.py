@@ -50,7 +50,9 @@ def model_tensors(seed: int = 0) -> dict[str, np.ndarray]:
     for i in range(3):
         t[f"layer.{i}.q.weight"] = (rng.standard_normal((64, 128)) * 0.05).astype(np.float32)
         t[f"layer.{i}.q.bias"] = rng.standard_normal(64).astype(np.float32)
-        t[f"layer.{i}.up.weight"] = (rng.standard_normal((128, 64)) * 0.05).astype(ml_dtypes.bfloat16)
+        t[f"layer.{i}.up.weight"] = (rng.standard_normal((128, 64)) * 0.05).astype(
+            ml_dtypes.bfloat16
+        )
         t[f"layer.{i}.down.weight"] = rng.standard_normal((64, 96)).astype(np.float16)
     t["layer.2.q.weight.copy"] = t["layer.2.q.weight"].copy()  # adjacent tie: still in flight
     t["lm_head.weight"] = emb.copy()  # far from its twin: already written when submitted
@@ -87,8 +89,11 @@ def test_jobs_2_writes_the_bytes_of_jobs_1(model, tmp_path, preset):
     assert _bytes(one) == _bytes(two)
     with cmf.open(two) as f:
         aliases = {e.name: e.alias for e in f.index.tensors if e.alias}
-        assert aliases == {"layer.2.q.weight.copy": "layer.2.q.weight",
-                           "lm_head.weight": "embed.weight", "lm_head.weight.again": "embed.weight"}
+        assert aliases == {
+            "layer.2.q.weight.copy": "layer.2.q.weight",
+            "lm_head.weight": "embed.weight",
+            "lm_head.weight.again": "embed.weight",
+        }
         if preset != "lossless":
             assert f.entry("layer.0.q.weight").error is not None  # the recorded error is there
     assert cmf.validate(two).valid
@@ -96,9 +101,12 @@ def test_jobs_2_writes_the_bytes_of_jobs_1(model, tmp_path, preset):
 
 def test_save_file_jobs_matches_serial(tmp_path):
     tensors = model_tensors(1)
-    cmf.save_file(tensors, tmp_path / "a.cmf", {"k": "v"}, preset="q4", attachments={"x.txt": b"hi"})
-    cmf.save_file(tensors, tmp_path / "b.cmf", {"k": "v"}, preset="q4", attachments={"x.txt": b"hi"},
-                  jobs=2)
+    cmf.save_file(
+        tensors, tmp_path / "a.cmf", {"k": "v"}, preset="q4", attachments={"x.txt": b"hi"}
+    )
+    cmf.save_file(
+        tensors, tmp_path / "b.cmf", {"k": "v"}, preset="q4", attachments={"x.txt": b"hi"}, jobs=2
+    )
     assert _bytes(tmp_path / "a.cmf") == _bytes(tmp_path / "b.cmf")
 
 
@@ -116,8 +124,18 @@ def test_gguf_kept_blocks_in_order(tmp_path):
 def test_shared_group_recipe_in_workers(tmp_path):
     """A recipe with a shared codebook: workers reference the main process's shared value
     (shipped as a token), so it is written once, as in a serial pack."""
-    recipe = recipe_from_obj({"rules": [{"match": "layer.*.weight", "dtypes": ["f32"], "min_rank": 2,
-                                         "encoding": {"codec": "codebook", "fit": {"k": 16, "shared": "g"}}}]})
+    recipe = recipe_from_obj(
+        {
+            "rules": [
+                {
+                    "match": "layer.*.weight",
+                    "dtypes": ["f32"],
+                    "min_rank": 2,
+                    "encoding": {"codec": "codebook", "fit": {"k": 16, "shared": "g"}},
+                }
+            ]
+        }
+    )
     tensors = model_tensors(2)
     cmf.save_file(tensors, tmp_path / "a.cmf", recipe=recipe)
     cmf.save_file(tensors, tmp_path / "b.cmf", recipe=recipe, jobs=2)

@@ -108,7 +108,9 @@ def test_chosen_is_the_smallest_candidate():
     leaf_choices = [
         lambda v, s: PendingLeaf(v, s),
         lambda v, s: apply(Zstd(level=3), v, s, lambda v2, s2: PendingLeaf(v2, s2)),
-        lambda v, s: apply(Zstd(level=1, literals_only=True), v, s, lambda v2, s2: PendingLeaf(v2, s2)),
+        lambda v, s: apply(
+            Zstd(level=1, literals_only=True), v, s, lambda v2, s2: PendingLeaf(v2, s2)
+        ),
     ]
 
     def best_leaf(v, s):
@@ -134,8 +136,12 @@ def test_describe_strings():
     spec = ArraySpec(dtypes.by_name("f32"), (3,))
     node = apply(Raw(), np.zeros(3, np.float32), spec, lambda v, s: PendingLeaf(v, s))
     assert describe(node) == "raw"
-    z = apply(Raw(), np.zeros(3, np.float32), spec,
-              lambda v, s: apply(Zstd(literals_only=True, level=1), v, s, lambda a, b: PendingLeaf(a, b)))
+    z = apply(
+        Raw(),
+        np.zeros(3, np.float32),
+        spec,
+        lambda v, s: apply(Zstd(literals_only=True, level=1), v, s, lambda a, b: PendingLeaf(a, b)),
+    )
     assert describe(z) == "raw>zstd-lit"
     assert describe(PendingLeaf(b"", BytesSpec(0))) == "seg"
 
@@ -222,5 +228,7 @@ def test_written_file_matches_pending_choice(tmp_path):
             assert describe(entry.encoding) == describe(pending)
             from cmf.index import iter_leaves
 
-            stored = sum(f.index.segments[leaf.segment].length for leaf in iter_leaves(entry.encoding))
+            stored = sum(
+                f.index.segments[leaf.segment].length for leaf in iter_leaves(entry.encoding)
+            )
             assert stored == pending.stored

@@ -116,6 +116,7 @@ def test_unknown_names(cmf_file):
 def test_concurrent_reads_agree(cmf_file, mixed_tensors):
     results: dict[int, dict] = {}
     with cmf.open(cmf_file) as f:
+
         def work(i):
             results[i] = {n: f.get_tensor(n).tobytes() for n in mixed_tensors}
 
@@ -285,8 +286,11 @@ def test_big_tensors_decode_their_parts_on_threads(tmp_path):
     cmf.save_file({"x": x}, path)
     with cmf.open(path) as f:
         leaves = [leaf.segment for leaf in iter_leaves(f.entry("x").encoding)]
-        big = [n for n, c in f.entry("x").encoding.parts.items()
-               if pipeline._nbytes(c.spec) >= pipeline.PARALLEL_PART_BYTES]
+        big = [
+            n
+            for n, c in f.entry("x").encoding.parts.items()
+            if pipeline._nbytes(c.spec) >= pipeline.PARALLEL_PART_BYTES
+        ]
         assert len(big) >= 2
         assert f.get_tensor("x").tobytes() == x.tobytes()
         seg = f.index.segments[leaves[-1]]
@@ -341,7 +345,9 @@ def test_shared_values_with_big_parts_under_big_parts_do_not_deadlock(tmp_path):
     with Writer(path) as w:
         w.add_shared(u)
         w.add_shared(v)
-        w.add_encoded("t", spec, PendingNode(LowRank(rank=n), {"u": shared_ref(u), "v": shared_ref(v)}, spec))
+        w.add_encoded(
+            "t", spec, PendingNode(LowRank(rank=n), {"u": shared_ref(u), "v": shared_ref(v)}, spec)
+        )
     expected = u.value.astype(np.float64) @ v.value.astype(np.float64)
     for _ in range(3):
         got = _in_thread(lambda: cmf.load_file(path)["t"])

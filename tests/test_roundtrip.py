@@ -15,15 +15,19 @@ import cmf
 from cmf.dtypes import BY_NAME
 
 DTYPES = [d.numpy for d in BY_NAME.values()]
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def same(a: np.ndarray, b: np.ndarray) -> bool:
     """Equal dtype, shape and bytes (NaN payloads included)."""
     a, b = np.asarray(a), np.asarray(b)
     return (
-        a.dtype.newbyteorder("<") == b.dtype.newbyteorder("<") or a.dtype == b.dtype
-    ) and a.shape == b.shape and np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes() == b.tobytes()
+        (a.dtype.newbyteorder("<") == b.dtype.newbyteorder("<") or a.dtype == b.dtype)
+        and a.shape == b.shape
+        and np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes() == b.tobytes()
+    )
 
 
 def random_bits(dtype: np.dtype, shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -52,7 +56,9 @@ def test_every_dtype_and_shape_round_trips(tmp_path, dtype, shape, seed):
 @SETTINGS
 @given(
     arrays=st.lists(
-        st.tuples(st.sampled_from(DTYPES), shapes, st.integers(0, 2**32 - 1)), min_size=1, max_size=6
+        st.tuples(st.sampled_from(DTYPES), shapes, st.integers(0, 2**32 - 1)),
+        min_size=1,
+        max_size=6,
     )
 )
 def test_many_tensors_lazy_and_eager_agree(tmp_path, arrays):
@@ -70,7 +76,19 @@ def test_many_tensors_lazy_and_eager_agree(tmp_path, arrays):
 
 
 def test_nan_payloads_and_specials_survive(tmp_path):
-    bits = np.array([0x7FC00000, 0x7FC00001, 0xFFBFFFFF, 0x7F800001, 0x7F800000, 0xFF800000, 0x00000001, 0x80000000], dtype=np.uint32)
+    bits = np.array(
+        [
+            0x7FC00000,
+            0x7FC00001,
+            0xFFBFFFFF,
+            0x7F800001,
+            0x7F800000,
+            0xFF800000,
+            0x00000001,
+            0x80000000,
+        ],
+        dtype=np.uint32,
+    )
     f32 = np.tile(bits, 1000).view(np.float32)  # long enough that byteplanes wins
     f16 = np.array([0x7E01, 0xFC00, 0x7C00, 0x0001, 0x8000], dtype=np.uint16).view(np.float16)
     bf = np.array([0x7FC1, 0xFF81, 0x7F80], dtype=np.uint16).view(ml_dtypes.bfloat16)
@@ -100,7 +118,9 @@ def test_non_contiguous_big_endian_and_shared_storage(tmp_path):
 
 def test_tied_weights_are_stored_once(tmp_path):
     w = np.random.default_rng(0).standard_normal((256, 64)).astype(np.float32)
-    cmf.save_file({"embed": w, "lm_head": w.copy(), "other": w[:, :32].copy()}, tmp_path / "tied.cmf")
+    cmf.save_file(
+        {"embed": w, "lm_head": w.copy(), "other": w[:, :32].copy()}, tmp_path / "tied.cmf"
+    )
     cmf.save_file({"embed": w}, tmp_path / "single.cmf")
     with cmf.open(tmp_path / "tied.cmf") as f:
         assert f.entry("lm_head").alias == "embed"
@@ -114,16 +134,24 @@ def test_lossless_chooses_byteplanes_for_floats_and_zstd_for_zeros(tmp_path):
     from cmf.pipeline import describe
 
     rng = np.random.default_rng(0)
-    cmf.save_file({"w": rng.standard_normal(50_000).astype(np.float32), "z": np.zeros(50_000, np.float32)}, tmp_path / "c.cmf")
+    cmf.save_file(
+        {"w": rng.standard_normal(50_000).astype(np.float32), "z": np.zeros(50_000, np.float32)},
+        tmp_path / "c.cmf",
+    )
     with cmf.open(tmp_path / "c.cmf") as f:
         assert describe(f.entry("w").encoding).startswith("byteplanes(")
         assert describe(f.entry("z").encoding).startswith(("raw>zstd", "byteplanes("))
-        assert f.index.segments[f.entry("w").encoding.parts["p3"].parts["data"].segment].length < 50_000
+        assert (
+            f.index.segments[f.entry("w").encoding.parts["p3"].parts["data"].segment].length
+            < 50_000
+        )
 
 
 def test_get_tensor_reads_only_its_segments(tmp_path):
     path = tmp_path / "g.cmf"
-    cmf.save_file({"good": np.arange(1000, dtype=np.int32), "bad": np.ones(1000, np.float64) * 3.25}, path)
+    cmf.save_file(
+        {"good": np.arange(1000, dtype=np.int32), "bad": np.ones(1000, np.float64) * 3.25}, path
+    )
     with cmf.open(path) as f:
         seg = f.index.segments[next(iter(_leaves(f.entry("bad").encoding)))]
     data = bytearray(path.read_bytes())
@@ -165,8 +193,22 @@ def test_writer_state_machine(tmp_path):
 
 
 def test_attachments_and_metadata_round_trip(tmp_path):
-    meta = {"s": "x", "i": -5, "big": 2**63, "f": 1.5, "b": True, "n": None, "l": [1, "a"], "m": {"k": [1.0]}}
-    cmf.save_file({"x": np.zeros(1, np.uint8)}, tmp_path / "a.cmf", meta, attachments={"config.json": b"{}", "sub/tok.txt": b"a\nb"})
+    meta = {
+        "s": "x",
+        "i": -5,
+        "big": 2**63,
+        "f": 1.5,
+        "b": True,
+        "n": None,
+        "l": [1, "a"],
+        "m": {"k": [1.0]},
+    }
+    cmf.save_file(
+        {"x": np.zeros(1, np.uint8)},
+        tmp_path / "a.cmf",
+        meta,
+        attachments={"config.json": b"{}", "sub/tok.txt": b"a\nb"},
+    )
     with cmf.open(tmp_path / "a.cmf") as f:
         assert f.metadata() == meta
         assert f.attachments() == ["config.json", "sub/tok.txt"]

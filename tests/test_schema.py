@@ -57,16 +57,18 @@ def _written(tmp_path, **kwargs) -> dict:
 
 RNG = np.random.default_rng(3)
 WRITTEN = {
-    "lossless floats and ints": dict(tensors={
-        "w": (RNG.standard_normal((32, 40)) * 0.02).astype(np.float32),
-        "h": RNG.standard_normal(500).astype(np.float16),
-        "d": RNG.standard_normal(64),
-        "ids": RNG.integers(0, 50, 2000).astype(np.int64),
-        "z": np.zeros(5000, np.float32),
-        "mask": np.ones((4, 4), bool),
-        "scalar": np.array(3, np.uint8),
-        "empty": np.zeros((0, 3), np.int16),
-    }),
+    "lossless floats and ints": dict(
+        tensors={
+            "w": (RNG.standard_normal((32, 40)) * 0.02).astype(np.float32),
+            "h": RNG.standard_normal(500).astype(np.float16),
+            "d": RNG.standard_normal(64),
+            "ids": RNG.integers(0, 50, 2000).astype(np.int64),
+            "z": np.zeros(5000, np.float32),
+            "mask": np.ones((4, 4), bool),
+            "scalar": np.array(3, np.uint8),
+            "empty": np.zeros((0, 3), np.int16),
+        }
+    ),
     "alias, attachments and metadata": dict(
         tensors={"a": np.arange(10, dtype=np.int32), "b": np.arange(10, dtype=np.int32)},
         metadata={"format": "pt", "n": 3, "x": [1.5, None, {"k": [True]}], "big": 2**64 - 1},
@@ -74,7 +76,14 @@ WRITTEN = {
     ),
     "huffman recipe": dict(
         tensors={"codes": RNG.integers(0, 16, 3000).astype(np.uint8)},
-        recipe={"rules": [{"match": "*", "encoding": {"codec": "huffman", "config": {"chunk": 512, "max_length": 10}}}]},
+        recipe={
+            "rules": [
+                {
+                    "match": "*",
+                    "encoding": {"codec": "huffman", "config": {"chunk": 512, "max_length": 10}},
+                }
+            ]
+        },
     ),
     "nothing": dict(tensors={}),
 }
@@ -143,19 +152,35 @@ MUTATIONS = {
     "extra key in a node": lambda i: _first_codec(i).update(checksum=0),
     "leaf with extra key": lambda i: i["attachments"][1]["encoding"].update(length=4),
     "leaf and codec in one node": lambda i: i["attachments"][1]["encoding"].update(
-        codec="zstd", config={"level": 3, "literals_only": False}, parts={}),
+        codec="zstd", config={"level": 3, "literals_only": False}, parts={}
+    ),
     "raw with config": lambda i: _first_codec(i).__setitem__("config", {"order": "F"}),
     "raw with a second part": lambda i: _first_codec(i)["parts"].update(extra={"segment": 0}),
     "zstd level 23": lambda i: _zstd_node(i)["config"].update(level=23),
     "zstd literals_only not bool": lambda i: _zstd_node(i)["config"].update(literals_only=1),
     "zstd config missing literals_only": lambda i: _zstd_node(i)["config"].pop("literals_only"),
     "zstd extra config": lambda i: _zstd_node(i)["config"].update(dict=1),
-    "byteplanes rotate missing": lambda i: i["tensors"][0].update(encoding={
-        "codec": "byteplanes", "config": {}, "parts": {"p0": {"segment": 0}, "p1": {"segment": 1}}}),
-    "byteplanes part q0": lambda i: i["tensors"][0].update(encoding={
-        "codec": "byteplanes", "config": {"rotate": False}, "parts": {"p0": {"segment": 0}, "q1": {"segment": 1}}}),
-    "huffman max_length 17": lambda i: i["tensors"][0].update(encoding={
-        "codec": "huffman", "config": {"chunk": 8, "max_length": 17}, "parts": {"data": {"segment": 0}}}),
+    "byteplanes rotate missing": lambda i: i["tensors"][0].update(
+        encoding={
+            "codec": "byteplanes",
+            "config": {},
+            "parts": {"p0": {"segment": 0}, "p1": {"segment": 1}},
+        }
+    ),
+    "byteplanes part q0": lambda i: i["tensors"][0].update(
+        encoding={
+            "codec": "byteplanes",
+            "config": {"rotate": False},
+            "parts": {"p0": {"segment": 0}, "q1": {"segment": 1}},
+        }
+    ),
+    "huffman max_length 17": lambda i: i["tensors"][0].update(
+        encoding={
+            "codec": "huffman",
+            "config": {"chunk": 8, "max_length": 17},
+            "parts": {"data": {"segment": 0}},
+        }
+    ),
     "attachment without size": lambda i: i["attachments"][0].pop("size"),
     "attachment ..": lambda i: i["attachments"][0].update(name="a/../b"),
     "attachment absolute": lambda i: i["attachments"][0].update(name="/etc/passwd"),
@@ -207,11 +232,15 @@ def test_metadata_depth_8_is_allowed(tmp_path):
 READER_LENIENT: set[str] = set()
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(c, marks=pytest.mark.xfail(reason="reader laxer than format.md", strict=False))
-    if c in READER_LENIENT else c
-    for c in MUTATIONS
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=pytest.mark.xfail(reason="reader laxer than format.md", strict=False))
+        if c in READER_LENIENT
+        else c
+        for c in MUTATIONS
+    ],
+)
 def test_reader_rejects_what_the_schema_rejects(tmp_path, case):
     index = _base(tmp_path)
     MUTATIONS[case](index)
@@ -219,14 +248,23 @@ def test_reader_rejects_what_the_schema_rejects(tmp_path, case):
         parse_index(index, DEFAULT_LIMITS, None, Problems())
 
 
-@pytest.mark.parametrize("codec, key", [("zstd", "literals_only"), ("zstd", "level"), ("byteplanes", "rotate")])
+@pytest.mark.parametrize(
+    "codec, key", [("zstd", "literals_only"), ("zstd", "level"), ("byteplanes", "rotate")]
+)
 def test_reader_requires_every_config_key(tmp_path, codec, key):
     path = str(tmp_path / "x.cmf")
     rng = np.random.default_rng(0)
-    cmf.save_file({"z": np.arange(4096, dtype=np.float32) % 7,
-                   "w": (rng.standard_normal(4096) * 0.02).astype(np.float32)}, path)
+    cmf.save_file(
+        {
+            "z": np.arange(4096, dtype=np.float32) % 7,
+            "w": (rng.standard_normal(4096) * 0.02).astype(np.float32),
+        },
+        path,
+    )
     index = index_of(path)
-    node = _find(index["tensors"][0]["encoding"], codec) or _find(index["tensors"][1]["encoding"], codec)
+    node = _find(index["tensors"][0]["encoding"], codec) or _find(
+        index["tensors"][1]["encoding"], codec
+    )
     assert node is not None, index["tensors"]
     node["config"].pop(key)
     assert errors(index)

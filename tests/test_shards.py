@@ -50,7 +50,9 @@ def packed(source, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("set") / "model.cmf"
     attach = tmp_path_factory.mktemp("att") / "config.json"
     attach.write_text('{"a": 1}')
-    code, _, err = run("pack", source[0], "-o", out, "-q", "--shard-size", "40KB", "--attach", attach)
+    code, _, err = run(
+        "pack", source[0], "-o", out, "-q", "--shard-size", "40KB", "--attach", attach
+    )
     assert code == 0, err
     return str(out) + ".index.json"
 
@@ -88,7 +90,9 @@ def test_round_trip_open_load_info_validate_unpack(packed, source, tmp_path):
         assert report.valid, report.errors
         with cmf.open(path) as f:  # ties across shards are stored again: fewer aliases
             stored = [n for n in f.keys() if f.entry(n).alias is None]
-        assert report.tensors_checked == len(stored) and len(tensors) - 3 <= len(stored) < len(tensors)
+        assert report.tensors_checked == len(stored) and len(tensors) - 3 <= len(stored) < len(
+            tensors
+        )
     code, out, _ = run("info", packed, "--json")
     info = json.loads(out)
     assert code == 0 and info["tensors"] == len(tensors) and len(info["shards"]) > 3
@@ -109,8 +113,19 @@ def test_round_trip_open_load_info_validate_unpack(packed, source, tmp_path):
 def test_jobs_2_writes_the_same_set(source, tmp_path):
     for jobs in (1, 2):
         (tmp_path / str(jobs)).mkdir()
-        code, _, err = run("pack", source[0], "-o", tmp_path / str(jobs) / "m.cmf", "-q",
-                           "--shard-size", "40KB", "--jobs", jobs, "--preset", "q4")
+        code, _, err = run(
+            "pack",
+            source[0],
+            "-o",
+            tmp_path / str(jobs) / "m.cmf",
+            "-q",
+            "--shard-size",
+            "40KB",
+            "--jobs",
+            jobs,
+            "--preset",
+            "q4",
+        )
         assert code == 0, err
     names = sorted(os.listdir(tmp_path / "1"))
     assert len(names) > 2 and names == sorted(os.listdir(tmp_path / "2"))
@@ -121,7 +136,12 @@ def test_jobs_2_writes_the_same_set(source, tmp_path):
 def test_tied_weights_across_shards_are_stored_again(tmp_path):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((64, 64)).astype(np.float32)
-    tensors = {"a": w, "big": rng.standard_normal((64, 64)).astype(np.float32), "b": w.copy(), "c": w.copy()}
+    tensors = {
+        "a": w,
+        "big": rng.standard_normal((64, 64)).astype(np.float32),
+        "b": w.copy(),
+        "c": w.copy(),
+    }
     with ShardedWriter(tmp_path / "t.cmf", 16 << 10) as sw:  # one matrix per shard
         for name, array in tensors.items():
             from cmf.parallel import EncodeSettings, InlineExecutor, pack_tasks
@@ -185,15 +205,27 @@ HOSTILE = {
     "drive": (lambda i: i["shards"].__setitem__(0, "C:x.cmf"), "drive"),
     "not .cmf": (lambda i: i["shards"].__setitem__(0, "x.json"), "end with '.cmf'"),
     "missing shard": (lambda i: _rename(i, _first(i), "gone.cmf"), "missing"),
-    "shard twice": (lambda i: i["shards"].append(_first(i).upper().replace(".CMF", ".cmf")), "listed twice"),
+    "shard twice": (
+        lambda i: i["shards"].append(_first(i).upper().replace(".CMF", ".cmf")),
+        "listed twice",
+    ),
     "no shards": (lambda i: i.__setitem__("shards", []), "1 to"),
     "wrong format": (lambda i: i.__setitem__("format", "safetensors"), "'format'"),
     "future version": (lambda i: i.__setitem__("version", 2), "version 2"),
     "bool version": (lambda i: i.__setitem__("version", True), "integer"),
-    "map to unknown shard": (lambda i: i["weight_map"].__setitem__("ids", "other.cmf"), "not in 'shards'"),
-    "tensor in wrong shard": (lambda i: i["weight_map"].__setitem__("ids", i["shards"][-1]), "the weight_map says"),
+    "map to unknown shard": (
+        lambda i: i["weight_map"].__setitem__("ids", "other.cmf"),
+        "not in 'shards'",
+    ),
+    "tensor in wrong shard": (
+        lambda i: i["weight_map"].__setitem__("ids", i["shards"][-1]),
+        "the weight_map says",
+    ),
     "tensor not mapped": (lambda i: i["weight_map"].pop("ids"), "not in the weight_map"),
-    "mapped tensor missing": (lambda i: i["weight_map"].__setitem__("ghost", _first(i)), "no such tensor"),
+    "mapped tensor missing": (
+        lambda i: i["weight_map"].__setitem__("ghost", _first(i)),
+        "no such tensor",
+    ),
     "bad tensor name": (lambda i: i["weight_map"].__setitem__("", _first(i)), "bad tensor name"),
     "weight_map not a map": (lambda i: i.__setitem__("weight_map", []), "must be an object"),
 }
@@ -215,10 +247,16 @@ def test_hostile_index_is_one_clear_error(packed, tmp_path, case):
 
 
 RAW = {
-    "duplicate tensor": (b'{"format": "cmf.shards", "version": 1, "shards": ["a.cmf"], '
-                         b'"weight_map": {"t": "a.cmf", "t": "a.cmf"}}', "duplicate key"),
-    "nan": (b'{"format": "cmf.shards", "version": 1, "shards": ["a.cmf"], "weight_map": {}, '
-            b'"metadata": {"x": NaN}}', "NaN"),
+    "duplicate tensor": (
+        b'{"format": "cmf.shards", "version": 1, "shards": ["a.cmf"], '
+        b'"weight_map": {"t": "a.cmf", "t": "a.cmf"}}',
+        "duplicate key",
+    ),
+    "nan": (
+        b'{"format": "cmf.shards", "version": 1, "shards": ["a.cmf"], "weight_map": {}, '
+        b'"metadata": {"x": NaN}}',
+        "NaN",
+    ),
     "bom": ("\ufeff{}".encode(), "byte order mark"),
     "not utf-8": (b'{"format": "\xff"}', "UTF-8"),
     "not json": (b"{", "not valid JSON"),

@@ -111,11 +111,19 @@ def test_shared_value_written_lazily_before_its_first_user(tmp_path):
         for name in ("a", "b"):
             parts = codec.encode(x * (1 + len(name)), s)
             specs = codec.resolve(s)
-            w.add_encoded(name, s, PendingNode(codec, {
-                "indices": encode_lossless(parts["indices"], specs["indices"]),
-                "codebook": shared_ref(value),
-                "scale": encode_lossless(parts["scale"], specs["scale"]),
-            }, s))
+            w.add_encoded(
+                name,
+                s,
+                PendingNode(
+                    codec,
+                    {
+                        "indices": encode_lossless(parts["indices"], specs["indices"]),
+                        "codebook": shared_ref(value),
+                        "scale": encode_lossless(parts["scale"], specs["scale"]),
+                    },
+                    s,
+                ),
+            )
         assert w.add_shared(value) == 0  # the same object: already written
     with cmf.open(path) as f:
         (leaf,) = iter_leaves(f.index.shared[0].encoding)
@@ -152,17 +160,23 @@ def test_writer_refuses_inconsistent_references(tmp_path):
     with Writer(tmp_path / "bad.cmf") as w:
         i = w.add_shared(np.zeros(8, F32))
         x = np.zeros((2, 3), F32)
-        with pytest.raises(CmfError, match=r"tensor 'x' is f32\[2, 3\]; a shared f32\[8\] cannot stand for it"):
+        with pytest.raises(
+            CmfError, match=r"tensor 'x' is f32\[2, 3\]; a shared f32\[8\] cannot stand for it"
+        ):
             w.add_tensor("x", x, lambda a, s: w.shared_ref(i))
         codec = Codebook(k=16, centroids=np.zeros(16, F32))
-        with pytest.raises(CmfError, match=r"part 'codebook' is f32\[16\]; a shared f32\[8\] cannot"):
+        with pytest.raises(
+            CmfError, match=r"part 'codebook' is f32\[16\]; a shared f32\[8\] cannot"
+        ):
             w.add_tensor("y", x, lambda a, s: codebook_tree(codec, a, w.shared_ref(i)))
         with pytest.raises(CmfError, match="no shared value 3"):
             w.shared_ref(3)
         with pytest.raises(CmfError, match="cannot stand for"):
             PendingShared(w._shared_values[0], spec("f16", (8,)))
         w.add_tensor("z", np.zeros(8, F32), lambda a, s: w.shared_ref(i))
-        assert [t.name for t in w.index.tensors] == ["z"] and len(w.index.segments) == 1  # nothing half-written
+        assert [t.name for t in w.index.tensors] == ["z"] and len(
+            w.index.segments
+        ) == 1  # nothing half-written
     inner = SharedValue(np.ones(4, F32))
     with pytest.raises(CmfError, match="must not reference shared values"):
         SharedValue(np.ones(4, F32), shared_ref(inner))
@@ -174,7 +188,9 @@ def test_an_unreferenced_shared_value_is_not_written(tmp_path):
     path = tmp_path / "unused.cmf"
     w = Writer(path)
     w.add_shared(np.zeros(4, F32))
-    with pytest.raises(CmfError, match=r"shared values \[0\] were added but no tree references them"):
+    with pytest.raises(
+        CmfError, match=r"shared values \[0\] were added but no tree references them"
+    ):
         w.close()
     assert not path.exists() and w.state == "aborted"
 
@@ -224,7 +240,9 @@ def test_three_tensors_share_one_codebook_end_to_end(tmp_path):
                 assert np.array_equal(y, x)
                 continue
             node = f.entry(name).encoding
-            assert node.codec.name == "codebook" and node.parts["codebook"] == SharedRef(0, spec("f32", (16,)))
+            assert node.codec.name == "codebook" and node.parts["codebook"] == SharedRef(
+                0, spec("f32", (16,))
+            )
             assert node.codec.k == 16 and 0.05 < f.entry(name).error["rel_rmse"] < 0.2
             assert len(np.unique(y)) <= 16
             assert set(np.unique(y)) <= set(f.shared_value(0).tolist())
@@ -232,7 +250,10 @@ def test_three_tensors_share_one_codebook_end_to_end(tmp_path):
     assert report.valid and report.warnings == [] and report.shared_checked == 1
     result = CliRunner().invoke(cmf.cli.main, ["info", str(path)])
     assert result.exit_code == 0, result.output
-    assert result.output.count("codebook(indices=") == 3 and result.output.count("codebook=shared#0") == 3
+    assert (
+        result.output.count("codebook(indices=") == 3
+        and result.output.count("codebook=shared#0") == 3
+    )
     assert "cmf 1.1" in result.output
     assert "shared value 0: f32 16," in result.output  # the one codebook, listed once
     result = CliRunner().invoke(cmf.cli.main, ["info", str(path), "--json"])
@@ -245,7 +266,7 @@ def test_three_tensors_share_one_codebook_end_to_end(tmp_path):
     from cmf.index import unpack
 
     data = path.read_bytes()
-    off, length, _, _, _ = fmt.TRAILER.unpack(data[-fmt.TRAILER_SIZE:])
+    off, length, _, _, _ = fmt.TRAILER.unpack(data[-fmt.TRAILER_SIZE :])
     index = unpack(data[off : off + length], cmf.Limits())
     assert list(index) == ["segments", "shared", "tensors"]
     schema = json.loads((Path(__file__).parents[1] / "spec" / "index.schema.json").read_text())
@@ -276,7 +297,9 @@ def test_prepare_without_groups_reads_nothing():
         raise AssertionError("read")
         yield  # pragma: no cover
 
-    recipe = recipe_from_obj({"rules": [{"match": "*", "encoding": {"codec": "codebook", "fit": {"k": 4}}}]})
+    recipe = recipe_from_obj(
+        {"rules": [{"match": "*", "encoding": {"codec": "codebook", "fit": {"k": 4}}}]}
+    )
     assert prepare(recipe, boom()) is recipe
 
 
@@ -289,12 +312,25 @@ def test_shared_groups_with_scales_dtypes_and_fixed_tables(tmp_path):
         "c.ffn": RNG.standard_normal((8, 128)).astype(np.float16),
         "d.ffn": RNG.standard_normal((8, 128)).astype(F32),
     }
-    recipe = {"rules": [
-        {"match": "*.attn", "encoding": {"codec": "codebook", "fit": {"k": 8, "block": 32, "shared": "attn"},
-                                         "parts": {"codebook": "stored",
-                                                   "indices": {"codec": "bitpack", "config": {"bits": 3}}}}},
-        {"match": "*.ffn", "encoding": {"codec": "codebook", "fit": {"fixed": "fp4", "shared": "ffn"}}},
-    ]}
+    recipe = {
+        "rules": [
+            {
+                "match": "*.attn",
+                "encoding": {
+                    "codec": "codebook",
+                    "fit": {"k": 8, "block": 32, "shared": "attn"},
+                    "parts": {
+                        "codebook": "stored",
+                        "indices": {"codec": "bitpack", "config": {"bits": 3}},
+                    },
+                },
+            },
+            {
+                "match": "*.ffn",
+                "encoding": {"codec": "codebook", "fit": {"fixed": "fp4", "shared": "ffn"}},
+            },
+        ]
+    }
     path = tmp_path / "mixed.cmf"
     cmf.save_file(tensors, path, recipe=recipe)
     with cmf.open(path) as f:
@@ -313,8 +349,17 @@ def test_shared_groups_with_scales_dtypes_and_fixed_tables(tmp_path):
 
 def test_choose_between_a_shared_codebook_and_quantize(tmp_path):
     tensors = three_tensors()
-    q4 = {"codec": "quantize", "config": {"bits": 4, "block": 32, "axis": -1, "scheme": "symmetric",
-                                          "scale_dtype": "f16", "search": True}}
+    q4 = {
+        "codec": "quantize",
+        "config": {
+            "bits": 4,
+            "block": 32,
+            "axis": -1,
+            "scheme": "symmetric",
+            "scale_dtype": "f16",
+            "search": True,
+        },
+    }
     recipe = {"rules": [{"match": "*.mlp.weight", "encoding": {"choose": [MLP, q4]}}]}
     path = tmp_path / "choose.cmf"
     cmf.save_file(tensors, path, recipe=recipe)
@@ -327,13 +372,41 @@ def test_choose_between_a_shared_codebook_and_quantize(tmp_path):
 @pytest.mark.parametrize(
     "recipe, match",
     [
-        ({"rules": [{"match": "*", "encoding": {"codec": "codebook", "fit": {"k": 16},
-                                                "parts": {"indices": MLP}}}]}, "allowed only where a template encodes a whole tensor"),
-        ({"rules": [{"match": "a", "encoding": MLP},
-                    {"match": "b", "encoding": {"codec": "codebook", "fit": {"k": 8, "shared": "mlp"}}}]},
-         "shared group 'mlp' is given two different templates"),
-        ({"rules": [{"match": "*", "encoding": {"codec": "codebook", "fit": {"k": 16, "shared": 3}}}]},
-         "non-empty group name"),
+        (
+            {
+                "rules": [
+                    {
+                        "match": "*",
+                        "encoding": {
+                            "codec": "codebook",
+                            "fit": {"k": 16},
+                            "parts": {"indices": MLP},
+                        },
+                    }
+                ]
+            },
+            "allowed only where a template encodes a whole tensor",
+        ),
+        (
+            {
+                "rules": [
+                    {"match": "a", "encoding": MLP},
+                    {
+                        "match": "b",
+                        "encoding": {"codec": "codebook", "fit": {"k": 8, "shared": "mlp"}},
+                    },
+                ]
+            },
+            "shared group 'mlp' is given two different templates",
+        ),
+        (
+            {
+                "rules": [
+                    {"match": "*", "encoding": {"codec": "codebook", "fit": {"k": 16, "shared": 3}}}
+                ]
+            },
+            "non-empty group name",
+        ),
     ],
 )
 def test_bad_shared_recipes(recipe, match):
@@ -344,7 +417,9 @@ def test_bad_shared_recipes(recipe, match):
 def test_encoding_without_prepare_names_the_fix():
     recipe = recipe_from_obj({"rules": [{"match": "*", "encoding": MLP}]})
     x = np.ones((4, 4), F32)
-    with pytest.raises(CmfError, match=r"shared group 'mlp' was not prepared: call cmf.plan.recipe.prepare"):
+    with pytest.raises(
+        CmfError, match=r"shared group 'mlp' was not prepared: call cmf.plan.recipe.prepare"
+    ):
         encoder_for(recipe, "w")(x, spec("f32", x.shape))
     check_template(MLP)  # fine at the root
 
@@ -370,7 +445,9 @@ def test_cli_pack_with_a_shared_group(tmp_path):
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"rules": [{"match": "*.mlp.weight", "encoding": MLP}]}))
     out = tmp_path / "model.cmf"
-    result = CliRunner().invoke(cmf.cli.main, ["pack", str(src), "--recipe", str(recipe), "-o", str(out), "--json"])
+    result = CliRunner().invoke(
+        cmf.cli.main, ["pack", str(src), "--recipe", str(recipe), "-o", str(out), "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["lossy_tensors"] == 3
     with cmf.open(out) as f:

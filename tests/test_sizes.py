@@ -8,15 +8,28 @@ from cmf.errors import CmfError, UsageError
 from cmf.sizes import UNITS, parse_size, size_bytes
 
 
-@pytest.mark.parametrize("text, size", [
-    ("1000", 1000), ("2GB", 2 * 10**9), ("512MiB", 512 << 20), ("1.5kb", 1500), (" 3 MB ", 3 * 10**6),
-    ("1e6", 10**6), (".5KiB", 512), ("4k", 4000), ("1TiB", 1 << 40), ("2.7", 2),
-])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("1000", 1000),
+        ("2GB", 2 * 10**9),
+        ("512MiB", 512 << 20),
+        ("1.5kb", 1500),
+        (" 3 MB ", 3 * 10**6),
+        ("1e6", 10**6),
+        (".5KiB", 512),
+        ("4k", 4000),
+        ("1TiB", 1 << 40),
+        ("2.7", 2),
+    ],
+)
 def test_sizes(text, size):
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "GB", "-1GB", "2 parsecs", "0", "0.5", "1e999", "nan", "1 2MB", None, True])
+@pytest.mark.parametrize(
+    "text", ["", "GB", "-1GB", "2 parsecs", "0", "0.5", "1e999", "nan", "1 2MB", None, True]
+)
 def test_not_sizes(text):
     with pytest.raises(UsageError) as info:
         parse_size(text, "--shard-size")

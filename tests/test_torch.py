@@ -17,8 +17,23 @@ import cmf.torch as ct  # noqa: E402
 from cmf import cli  # noqa: E402
 from cmf.slicing import RowReader, read_rows  # noqa: E402
 
-DTYPES = ["f64", "f32", "f16", "bf16", "f8_e4m3", "f8_e5m2", "i8", "i16", "i32", "i64", "u8",
-          "u16", "u32", "u64", "bool"]
+DTYPES = [
+    "f64",
+    "f32",
+    "f16",
+    "bf16",
+    "f8_e4m3",
+    "f8_e5m2",
+    "i8",
+    "i16",
+    "i32",
+    "i64",
+    "u8",
+    "u16",
+    "u32",
+    "u64",
+    "bool",
+]
 SHAPES = [(3, 5), (), (0, 4), (7,)]
 
 
@@ -36,8 +51,12 @@ def random_tensor(dtype: str, shape: tuple, seed: int = 0) -> torch.Tensor:
     if dtype == "bool":
         raw &= 1
     if dtype in ("f32", "bf16", "f16", "f64") and n:  # a NaN with a payload first
-        nan = {"f32": b"\x01\x00\xc0\x7f", "bf16": b"\xc1\x7f", "f16": b"\x01\x7e",
-               "f64": b"\x01\x00\x00\x00\x00\x00\xf8\x7f"}[dtype]
+        nan = {
+            "f32": b"\x01\x00\xc0\x7f",
+            "bf16": b"\xc1\x7f",
+            "f16": b"\x01\x7e",
+            "f64": b"\x01\x00\x00\x00\x00\x00\xf8\x7f",
+        }[dtype]
         raw[:size] = np.frombuffer(nan, np.uint8)
     if not n:
         return torch.empty(shape, dtype=tdt)
@@ -168,25 +187,54 @@ def test_load_model_lists_every_shape_and_dtype_mismatch(tmp_path):
 
 
 # ----------------------------------------------------------------------------- slices
-KEYS = [np.s_[1:5], np.s_[3], np.s_[-2:], np.s_[::3], np.s_[9:1:-2], np.s_[:, 2:40],
-        np.s_[2:3, ::2], np.s_[...], np.s_[5:5], np.s_[-1, 2], np.s_[0:63],
-        np.s_[2:3]]
+KEYS = [
+    np.s_[1:5],
+    np.s_[3],
+    np.s_[-2:],
+    np.s_[::3],
+    np.s_[9:1:-2],
+    np.s_[:, 2:40],
+    np.s_[2:3, ::2],
+    np.s_[...],
+    np.s_[5:5],
+    np.s_[-1, 2],
+    np.s_[0:63],
+    np.s_[2:3],
+]
 
 
 def matrix(rows: int = 64, cols: int = 96, seed: int = 3) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).standard_normal((rows, cols), np.float32))
 
 
-ZSTD_CODES = {"codec": "raw", "parts": {"data": {"codec": "zstd",
-                                                 "config": {"level": 1, "literals_only": True}}}}
+ZSTD_CODES = {
+    "codec": "raw",
+    "parts": {"data": {"codec": "zstd", "config": {"level": 1, "literals_only": True}}},
+}
 
 
 def quantized(bits: int, block: int, codes) -> dict:
-    return {"rules": [{"match": "*", "dtypes": ["f32", "bf16"], "min_rank": 2, "encoding": {
-        "codec": "quantize", "config": {"bits": bits, "block": block, "axis": -1,
-                                        "scheme": "asymmetric", "scale_dtype": "f16",
-                                        "search": False},
-        "parts": {"q": codes}}}]}
+    return {
+        "rules": [
+            {
+                "match": "*",
+                "dtypes": ["f32", "bf16"],
+                "min_rank": 2,
+                "encoding": {
+                    "codec": "quantize",
+                    "config": {
+                        "bits": bits,
+                        "block": block,
+                        "axis": -1,
+                        "scheme": "asymmetric",
+                        "scale_dtype": "f16",
+                        "search": False,
+                    },
+                    "parts": {"q": codes},
+                },
+            }
+        ]
+    }
 
 
 CASES = {
@@ -196,19 +244,31 @@ CASES = {
     "q4": dict(preset="q4"),
     "q8-zstd": dict(recipe=quantized(8, 0, ZSTD_CODES)),
     "q4-bitpack": dict(recipe=quantized(4, 32, {"codec": "bitpack", "config": {"bits": 4}})),
-    "partition": dict(recipe={"default": {"codec": "partition",
-                                          "fit": {"classes": [i % 3 for i in range(64)]},
-                                          "parts": {"p0": "lossless", "p1": "stored",
-                                                    "p2": quantized(8, 0, ZSTD_CODES)["rules"][0]
-                                                    ["encoding"]}}}),
+    "partition": dict(
+        recipe={
+            "default": {
+                "codec": "partition",
+                "fit": {"classes": [i % 3 for i in range(64)]},
+                "parts": {
+                    "p0": "lossless",
+                    "p1": "stored",
+                    "p2": quantized(8, 0, ZSTD_CODES)["rules"][0]["encoding"],
+                },
+            }
+        }
+    ),
 }
 ROW_ONLY = {"lossless", "stored", "q8-zstd", "q4-bitpack", "partition"}  # no node decoded whole
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_get_slice_equals_slicing_the_whole_tensor(tmp_path, case):
-    tensors = {"w": matrix(), "b": matrix(64, 8, 4).to(torch.bfloat16), "o": matrix(64, 33, 5),
-               "i": torch.arange(64 * 3).reshape(64, 3)}
+    tensors = {
+        "w": matrix(),
+        "b": matrix(64, 8, 4).to(torch.bfloat16),
+        "o": matrix(64, 33, 5),
+        "i": torch.arange(64 * 3).reshape(64, 3),
+    }
     if case == "partition":
         del tensors["i"]  # the recipe's third class quantizes: floats only
     path = tmp_path / f"{case}.cmf"
@@ -257,4 +317,3 @@ def test_get_slice_of_a_sharded_set(tmp_path):
         setattr(model, f"layer{i}", torch.nn.Linear(64, 32, bias=False))
     assert ct.load_model(model, index) == ([], [])
     assert bits(model.layer2.weight.detach()) == bits(tensors["layer2.weight"])
-

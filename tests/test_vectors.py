@@ -157,7 +157,9 @@ def test_load_file_agrees():
                 if want["tensors"][tname].get("compare") == LOWRANK_COMPARE:
                     assert array.tobytes() == f.get_tensor(tname).tobytes(), tname
                     continue
-                assert hashlib.sha256(array.tobytes()).hexdigest() == want["tensors"][tname]["sha256"]
+                assert (
+                    hashlib.sha256(array.tobytes()).hexdigest() == want["tensors"][tname]["sha256"]
+                )
 
 
 def test_empty_vector_bytes():

@@ -26,7 +26,12 @@ def listing(directory) -> list[str]:
 
 @pytest.mark.parametrize(
     "bad",
-    [np.ones(4, np.complex64), np.array([object(), None]), np.array(["text"]), np.zeros(2, [("a", "<i4")])],
+    [
+        np.ones(4, np.complex64),
+        np.array([object(), None]),
+        np.array(["text"]),
+        np.zeros(2, [("a", "<i4")]),
+    ],
     ids=["complex64", "object", "str", "structured"],
 )
 def test_failure_midway_keeps_the_old_file_and_leaves_no_temp(tmp_path, bad):
@@ -133,7 +138,9 @@ def test_duplicate_names_rejected(tmp_path):
         assert np.array_equal(f.get_tensor("a"), np.zeros(2))
 
 
-@pytest.mark.parametrize("name", ["", "nul\x00byte", "x" * 1025, "é" * 513, "\ud800", 5, None, b"bytes"])
+@pytest.mark.parametrize(
+    "name", ["", "nul\x00byte", "x" * 1025, "é" * 513, "\ud800", 5, None, b"bytes"]
+)
 def test_bad_tensor_names_rejected(tmp_path, name):
     with cmf.Writer(tmp_path / "n.cmf") as w:
         with pytest.raises(cmf.CmfError, match="bad tensor name"):
@@ -180,7 +187,10 @@ def test_rank_above_limit_rejected(tmp_path):
     assert cmf.load_file(tmp_path / "r.cmf")["ok"].shape == (1,) * 32
 
 
-@pytest.mark.parametrize("metadata", [{1: "a"}, {"k": {(1, 2): "tuple key"}}, {"k": b"x"}, {"k": np.int64(1)}, {"k": "\udc80"}])
+@pytest.mark.parametrize(
+    "metadata",
+    [{1: "a"}, {"k": {(1, 2): "tuple key"}}, {"k": b"x"}, {"k": np.int64(1)}, {"k": "\udc80"}],
+)
 def test_bad_metadata_rejected_before_any_file_exists(tmp_path, metadata):
     with pytest.raises(cmf.CmfError):
         cmf.Writer(tmp_path / "m.cmf", metadata=metadata)
@@ -264,14 +274,18 @@ def test_custom_encoder_and_add_encoded(tmp_path):
         w.add_encoded("pre", spec, stored(np.full(10_000, 3, np.float32), spec))
     assert os.path.getsize(tmp_path / "c.cmf") > 3 * 40_000  # nothing was compressed
     back = cmf.load_file(tmp_path / "c.cmf")
-    assert np.array_equal(back["z"], zeros) and np.array_equal(back["pre"], np.full(10_000, 3, np.float32))
+    assert np.array_equal(back["z"], zeros) and np.array_equal(
+        back["pre"], np.full(10_000, 3, np.float32)
+    )
 
 
 def test_encoder_gets_a_c_contiguous_little_endian_array_of_the_spec(tmp_path):
     seen = []
 
     def spy(array, spec):
-        seen.append((array.shape == spec.shape, array.flags.c_contiguous, array.dtype == spec.dtype.numpy))
+        seen.append(
+            (array.shape == spec.shape, array.flags.c_contiguous, array.dtype == spec.dtype.numpy)
+        )
         return apply(Raw(), array, spec, lambda v, s: PendingLeaf(v, s))
 
     inputs = {

@@ -162,9 +162,16 @@ def _read(path: str) -> bytes:
 
 
 _ST_DTYPES = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
 }
 
 
@@ -266,8 +273,15 @@ class PlanesZstd(Method):
         for name, a in tensors.items():
             k = a.dtype.itemsize
             planes = np.ascontiguousarray(a).reshape(-1).view(np.uint8).reshape(-1, k).T
-            entries.append((name, a.dtype, a.shape, "planes",
-                            [c.compress(np.ascontiguousarray(p)) for p in planes]))
+            entries.append(
+                (
+                    name,
+                    a.dtype,
+                    a.shape,
+                    "planes",
+                    [c.compress(np.ascontiguousarray(p)) for p in planes],
+                )
+            )
         _write_blobs(path, entries)
 
     def load(self, path):
@@ -335,7 +349,8 @@ class ZipnnTensors(Method):
         # fresh copies outside the timing: ZipNN reorders its input buffer in place
         self._scratch = {
             n: bytearray(np.ascontiguousarray(a).tobytes())
-            for n, a in tensors.items() if str(a.dtype) in _ZIPNN_DTYPES
+            for n, a in tensors.items()
+            if str(a.dtype) in _ZIPNN_DTYPES
         }
 
     def pack(self, tensors, st_bytes, path):
@@ -378,8 +393,15 @@ def _same(a: Tensors, b: Tensors) -> bool:
     )
 
 
-def bench_variant(label: str, tensors: Tensors, st_path: str | None, repeat: int, zipnn: Any,
-                  workdir: str, log: Callable[[str], None]) -> dict:
+def bench_variant(
+    label: str,
+    tensors: Tensors,
+    st_path: str | None,
+    repeat: int,
+    zipnn: Any,
+    workdir: str,
+    log: Callable[[str], None],
+) -> dict:
     """Every method on one set of tensors; ``st_path`` is their safetensors file (or None)."""
     if st_path is None:
         st_path = os.path.join(workdir, f"{label}.safetensors")
@@ -418,32 +440,39 @@ def bench_variant(label: str, tensors: Tensors, st_path: str | None, repeat: int
     for m in methods:
         pack = statistics.median(times[m.name]["pack"])
         load = statistics.median(times[m.name]["load"])
-        rows.append({
-            "method": m.name,
-            "ratio": len(st_bytes) / sizes[m.name],
-            "pack_s": pack,
-            "load_s": load,
-            # median of per-run ratios: runs are interleaved, so this cancels slow drifts in
-            # machine load better than a ratio of medians
-            "load_vs_safetensors": statistics.median(
-                a / b for a, b in zip(times[m.name]["load"], st_runs, strict=True)
-            ),
-            "load_MBps": raw_bytes / load / 1e6,
-            "pack_MBps": raw_bytes / pack / 1e6,
-            "stored_bytes": sizes[m.name],
-            "bit_exact": exact[m.name],
-            "note": m.note,
-            "pack_runs": times[m.name]["pack"],
-            "load_runs": times[m.name]["load"],
-        })
+        rows.append(
+            {
+                "method": m.name,
+                "ratio": len(st_bytes) / sizes[m.name],
+                "pack_s": pack,
+                "load_s": load,
+                # median of per-run ratios: runs are interleaved, so this cancels slow drifts in
+                # machine load better than a ratio of medians
+                "load_vs_safetensors": statistics.median(
+                    a / b for a, b in zip(times[m.name]["load"], st_runs, strict=True)
+                ),
+                "load_MBps": raw_bytes / load / 1e6,
+                "pack_MBps": raw_bytes / pack / 1e6,
+                "stored_bytes": sizes[m.name],
+                "bit_exact": exact[m.name],
+                "note": m.note,
+                "pack_runs": times[m.name]["pack"],
+                "load_runs": times[m.name]["load"],
+            }
+        )
     return {
-        "variant": label, "safetensors_bytes": len(st_bytes), "raw_bytes": raw_bytes, "rows": rows,
+        "variant": label,
+        "safetensors_bytes": len(st_bytes),
+        "raw_bytes": raw_bytes,
+        "rows": rows,
     }
 
 
 def print_table(v: dict) -> None:
     print(f"\n{v['variant']}: {v['safetensors_bytes'] / 1e6:.1f} MB safetensors")
-    print(f"{'method':<18} {'ratio':>7} {'pack s':>8} {'load s':>8} {'load/st':>8} {'MB/s':>7}  exact")
+    print(
+        f"{'method':<18} {'ratio':>7} {'pack s':>8} {'load s':>8} {'load/st':>8} {'MB/s':>7}  exact"
+    )
     for r in v["rows"]:
         print(
             f"{r['method']:<18} {r['ratio']:>6.3f}x {r['pack_s']:>8.3f} {r['load_s']:>8.3f} "
@@ -475,11 +504,14 @@ def cmd_container(args: argparse.Namespace) -> int:
             variants.append(bench_variant("bf16 view", bf16, None, args.repeat, zipnn, work, log))
     first = {r["method"]: r for r in variants[0]["rows"]}
     goals = {
-        f"cmf lossless ratio >= {GOAL_RATIO}x": (first["cmf lossless"]["ratio"] >= GOAL_RATIO,
-                                                  round(first["cmf lossless"]["ratio"], 4)),
+        f"cmf lossless ratio >= {GOAL_RATIO}x": (
+            first["cmf lossless"]["ratio"] >= GOAL_RATIO,
+            round(first["cmf lossless"]["ratio"], 4),
+        ),
         f"cmf load <= {GOAL_LOAD}x safetensors load": (
             first["cmf lossless"]["load_vs_safetensors"] <= GOAL_LOAD,
-            round(first["cmf lossless"]["load_vs_safetensors"], 3)),
+            round(first["cmf lossless"]["load_vs_safetensors"], 3),
+        ),
     }
     meta = {
         "model": source,
@@ -522,9 +554,18 @@ def _q(bits: int, block: int, scheme: str = "symmetric", codes: Any = None) -> d
     """A quantize template (cmf/plan/presets.py's code choice unless ``codes`` is given)."""
     from cmf.plan.presets import codes_template
 
-    return {"codec": "quantize",
-            "config": {"bits": bits, "block": block, "axis": -1, "scheme": scheme, "scale_dtype": "f16", "search": True},
-            "parts": {"q": codes or codes_template(bits)}}
+    return {
+        "codec": "quantize",
+        "config": {
+            "bits": bits,
+            "block": block,
+            "axis": -1,
+            "scheme": scheme,
+            "scale_dtype": "f16",
+            "search": True,
+        },
+        "parts": {"q": codes or codes_template(bits)},
+    }
 
 
 def codec_recipes() -> dict[str, Any]:
@@ -544,13 +585,18 @@ def codec_recipes() -> dict[str, Any]:
 
 def _error(orig: Tensors, got: Tensors) -> tuple[float, float]:
     """(relative RMSE over all weights, SQNR dB)."""
-    noise = sum(float(np.sum((got[k].astype(np.float64) - v.astype(np.float64)) ** 2)) for k, v in orig.items())
+    noise = sum(
+        float(np.sum((got[k].astype(np.float64) - v.astype(np.float64)) ** 2))
+        for k, v in orig.items()
+    )
     signal = sum(float(np.sum(v.astype(np.float64) ** 2)) for v in orig.values())
     rel = (noise / signal) ** 0.5
     return rel, (10 * np.log10(signal / noise) if noise else float("inf"))
 
 
-def bench_codecs(weights: Tensors, repeat: int, work: str, log: Callable[[str], None]) -> list[dict]:
+def bench_codecs(
+    weights: Tensors, repeat: int, work: str, log: Callable[[str], None]
+) -> list[dict]:
     """One row per method: bits/weight, error, encode s, decode s and decode/safetensors."""
     import gguf
     from gguf import quants
@@ -566,8 +612,17 @@ def bench_codecs(weights: Tensors, repeat: int, work: str, log: Callable[[str], 
 
     def row(method: str, nbytes: int, got: Tensors, enc: float, dec: float) -> None:
         rel, sqnr = _error(weights, got)
-        rows.append({"method": method, "bits_per_weight": nbytes * 8 / numel, "rel_rmse": rel, "sqnr_db": sqnr,
-                     "encode_s": enc, "decode_s": dec, "decode_vs_safetensors": dec / st_load})
+        rows.append(
+            {
+                "method": method,
+                "bits_per_weight": nbytes * 8 / numel,
+                "rel_rmse": rel,
+                "sqnr_db": sqnr,
+                "encode_s": enc,
+                "decode_s": dec,
+                "decode_vs_safetensors": dec / st_load,
+            }
+        )
         log(f"  {method}: {nbytes * 8 / numel:.3f} bits/weight, rel_rmse {rel:.5f}")
 
     for tname in ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"):
@@ -580,7 +635,13 @@ def bench_codecs(weights: Tensors, repeat: int, work: str, log: Callable[[str], 
             t0 = time.perf_counter()
             got = {k: quants.dequantize(b, qt).reshape(weights[k].shape) for k, b in blocks.items()}
             decs.append(time.perf_counter() - t0)
-        row(f"gguf-py {tname}", sum(b.nbytes for b in blocks.values()), got, enc, statistics.median(decs))
+        row(
+            f"gguf-py {tname}",
+            sum(b.nbytes for b in blocks.values()),
+            got,
+            enc,
+            statistics.median(decs),
+        )
         if tname in ("Q8_0", "Q4_0", "Q5_0"):  # the same blocks, kept by cmf and entropy coded
             path = os.path.join(work, f"kept-{tname}.cmf")
             t0 = time.perf_counter()
@@ -591,7 +652,9 @@ def bench_codecs(weights: Tensors, repeat: int, work: str, log: Callable[[str], 
             enc_kept = enc + time.perf_counter() - t0
             dec = statistics.median(_timed(cmf.load_file, path) for _ in range(repeat))
             kept = cmf.load_file(path)
-            assert all(np.array_equal(kept[k].view(np.uint32), got[k].view(np.uint32)) for k in got), tname
+            assert all(
+                np.array_equal(kept[k].view(np.uint32), got[k].view(np.uint32)) for k in got
+            ), tname
             row(f"cmf kept {tname}", os.path.getsize(path), kept, enc_kept, dec)
     for label, recipe in codec_recipes().items():
         path = os.path.join(work, "recipe.cmf")
@@ -612,25 +675,40 @@ def cmd_codecs(args: argparse.Namespace) -> int:
     log = (lambda s: print(s, file=sys.stderr)) if not args.json else (lambda s: None)
     path = None if args.generated else (args.model or minilm_path())
     tensors = generated_model() if path is None else st_load_file(path)
-    weights = {k: v.astype(np.float32) for k, v in tensors.items()
-               if v.ndim == 2 and v.dtype.kind == "f" and v.shape[-1] % 32 == 0 and v.size >= 4096}
+    weights = {
+        k: v.astype(np.float32)
+        for k, v in tensors.items()
+        if v.ndim == 2 and v.dtype.kind == "f" and v.shape[-1] % 32 == 0 and v.size >= 4096
+    }
     with tempfile.TemporaryDirectory(prefix="cmf-bench-") as work:
         rows = bench_codecs(weights, args.repeat, work, log)
-    meta = {"model": path or "generated", "weights": len(weights),
-            "parameters": sum(v.size for v in weights.values()), "repeat": args.repeat}
+    meta = {
+        "model": path or "generated",
+        "weights": len(weights),
+        "parameters": sum(v.size for v in weights.values()),
+        "repeat": args.repeat,
+    }
     if args.json:
         print(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
         return 0
-    print(f"model: {meta['model']}: {meta['weights']} 2-D weights, "
-          f"{meta['parameters'] / 1e6:.1f} M parameters")
-    print(f"medians of {args.repeat} decodes; decode/st = decode time / "
-          "safetensors.numpy.load_file of the fp32 weights")
-    print(f"{'method':<20} {'bits/w':>7} {'rel_rmse':>9} {'SQNR dB':>8} {'enc s':>7} {'dec s':>7} "
-          f"{'dec/st':>7}")
+    print(
+        f"model: {meta['model']}: {meta['weights']} 2-D weights, "
+        f"{meta['parameters'] / 1e6:.1f} M parameters"
+    )
+    print(
+        f"medians of {args.repeat} decodes; decode/st = decode time / "
+        "safetensors.numpy.load_file of the fp32 weights"
+    )
+    print(
+        f"{'method':<20} {'bits/w':>7} {'rel_rmse':>9} {'SQNR dB':>8} {'enc s':>7} {'dec s':>7} "
+        f"{'dec/st':>7}"
+    )
     for r in rows:
-        print(f"{r['method']:<20} {r['bits_per_weight']:>7.3f} {r['rel_rmse']:>9.5f} "
-              f"{r['sqnr_db']:>8.2f} {r['encode_s']:>7.2f} {r['decode_s']:>7.3f} "
-              f"{r['decode_vs_safetensors']:>6.1f}x")
+        print(
+            f"{r['method']:<20} {r['bits_per_weight']:>7.3f} {r['rel_rmse']:>9.5f} "
+            f"{r['sqnr_db']:>8.2f} {r['encode_s']:>7.2f} {r['decode_s']:>7.3f} "
+            f"{r['decode_vs_safetensors']:>6.1f}x"
+        )
     return 0
 
 
@@ -641,25 +719,41 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("codecs", help="lossy: cmf presets/recipes vs gguf-py quantizers")
     import bench_scale  # tools/bench_scale.py: --jobs speed-up, peak memory, decode vs safetensors
 
-    bench_scale.add_arguments(sub.add_parser("scale", help="--jobs speed-up and memory, decode speed, dask"))
+    bench_scale.add_arguments(
+        sub.add_parser("scale", help="--jobs speed-up and memory, decode speed, dask")
+    )
     import bench_plan  # tools/bench_plan.py: planner presets vs q8/q4 and gguf-py, output cosine
 
-    bench_plan.add_arguments(sub.add_parser("plan", help="planner presets vs q8/q4 and gguf-py: bits/param, cosine"))
+    bench_plan.add_arguments(
+        sub.add_parser("plan", help="planner presets vs q8/q4 and gguf-py: bits/param, cosine")
+    )
     # tools/bench_torch.py: cmf.torch.load_file vs safetensors.torch, time and memory
     import bench_torch
 
-    bench_torch.add_arguments(sub.add_parser("torch", help="cmf.torch.load_file vs safetensors.torch: time, peak RSS"))
+    bench_torch.add_arguments(
+        sub.add_parser("torch", help="cmf.torch.load_file vs safetensors.torch: time, peak RSS")
+    )
     import bench_gguf  # tools/bench_gguf.py: GGUF -> .cmf -> GGUF sizes, speeds, sha256
 
-    bench_gguf.add_arguments(sub.add_parser("gguf", help="GGUF -> .cmf -> GGUF: ratio, MB/s, same sha256"))
+    bench_gguf.add_arguments(
+        sub.add_parser("gguf", help="GGUF -> .cmf -> GGUF: ratio, MB/s, same sha256")
+    )
     # tools/bench_llm.py: the planner on a real causal LM, held-out KL, pack time and RSS
     import bench_llm
 
-    bench_llm.add_arguments(sub.add_parser("llm", help="planner on a real causal LM: KL, perplexity, pack time, peak RSS"))
+    bench_llm.add_arguments(
+        sub.add_parser(
+            "llm", help="planner on a real causal LM: KL, perplexity, pack time, peak RSS"
+        )
+    )
     # tools/bench_gguf_plan.py: cmf --gguf vs llama.cpp's recipes at equal GGUF size
     import bench_gguf_plan
 
-    bench_gguf_plan.add_arguments(sub.add_parser("gguf-plan", help="cmf --gguf vs llama.cpp recipes: GGUF size, KL, perplexity"))
+    bench_gguf_plan.add_arguments(
+        sub.add_parser(
+            "gguf-plan", help="cmf --gguf vs llama.cpp recipes: GGUF size, KL, perplexity"
+        )
+    )
 
     def add_options(p: argparse.ArgumentParser, top: bool) -> None:
         def opt(*names: str, default: Any, **kw: Any) -> None:
@@ -672,7 +766,11 @@ def main(argv: list[str] | None = None) -> int:
         opt("--no-bf16", action="store_true", default=False, help="skip the bf16 view")
         opt("--no-zipnn", action="store_true", default=False, help="skip ZipNN")
 
-    for p, top in ((parser, True), (c, False), (k, False)):  # options go before or after the subcommand
+    for p, top in (
+        (parser, True),
+        (c, False),
+        (k, False),
+    ):  # options go before or after the subcommand
         add_options(p, top)
     args = parser.parse_args(argv)
     if args.command == "scale":

@@ -38,8 +38,11 @@ def encoder_row(path: str, engine: str, repeat: int) -> dict[str, Any]:
     sentences = sample_sentences()
     runner.embed(sentences)  # warm-up
     _, seconds = _timed(lambda: [runner.embed(sentences) for _ in range(repeat)])
-    return {"engine": runner.engine, "load_s": load,
-            "sentences_per_s": len(sentences) * repeat / seconds}
+    return {
+        "engine": runner.engine,
+        "load_s": load,
+        "sentences_per_s": len(sentences) * repeat / seconds,
+    }
 
 
 def decoder_row(path: str, engine: str, prompt: int, gen: int) -> dict[str, Any]:
@@ -53,9 +56,13 @@ def decoder_row(path: str, engine: str, prompt: int, gen: int) -> dict[str, Any]
     passes = [_timed(runner.logits, ids)[1] for _ in range(3)]
     runner.generate(ids[:8], 2)  # warm-up
     out, seconds = _timed(runner.generate, ids[:8], gen)
-    return {"engine": runner.engine, "load_s": load,
-            "prompt_tok_per_s": len(ids) / statistics.median(passes),
-            "gen_tok_per_s": len(out) / seconds, "generated": len(out)}
+    return {
+        "engine": runner.engine,
+        "load_s": load,
+        "prompt_tok_per_s": len(ids) / statistics.median(passes),
+        "gen_tok_per_s": len(out) / seconds,
+        "generated": len(out),
+    }
 
 
 def _thread_counts() -> list[int]:
@@ -65,8 +72,9 @@ def _thread_counts() -> list[int]:
     return [default] + ([1] if default > 1 else [])
 
 
-def measure(models: list[tuple[str, str, str]], *, repeat: int = 3, prompt: int = 128,
-            gen: int = 16) -> list[dict[str, Any]]:
+def measure(
+    models: list[tuple[str, str, str]], *, repeat: int = 3, prompt: int = 128, gen: int = 16
+) -> list[dict[str, Any]]:
     """One row per (label, kind, path) of ``models`` ("encoder" or "decoder"), engine and (for
     torch) thread count."""
     import torch
@@ -79,30 +87,53 @@ def measure(models: list[tuple[str, str, str]], *, repeat: int = 3, prompt: int 
         for engine, threads in [("torch", t) for t in _thread_counts()] + [("reference", None)]:
             torch.set_num_threads(threads or default)
             try:
-                row = (encoder_row(path, engine, repeat) if kind == "encoder"
-                       else decoder_row(path, engine, prompt, gen))
+                row = (
+                    encoder_row(path, engine, repeat)
+                    if kind == "encoder"
+                    else decoder_row(path, engine, prompt, gen)
+                )
             finally:
                 torch.set_num_threads(default)
-            rows.append({"model": label, "kind": kind, **row, "threads": threads,
-                         "loadavg": os.getloadavg()[0]})
+            rows.append(
+                {
+                    "model": label,
+                    "kind": kind,
+                    **row,
+                    "threads": threads,
+                    "loadavg": os.getloadavg()[0],
+                }
+            )
     return rows
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     """Markdown: throughput per model and engine, and torch's speed-up over the reference."""
-    print("| model | engine | load s | sentences/s | prompt tok/s | gen tok/s | torch / reference "
-          "| load avg |")
+    print(
+        "| model | engine | load s | sentences/s | prompt tok/s | gen tok/s | torch / reference "
+        "| load avg |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     ref = {(r["model"], r["kind"]): r for r in rows if r["engine"] == "reference"}
     for r in rows:
         base = ref.get((r["model"], r["kind"]))
-        keys = (("sentences_per_s",) if r["kind"] == "encoder"
-                else ("prompt_tok_per_s", "gen_tok_per_s"))
-        speedup = "" if base is None or r["engine"] != "torch" else \
-            " / ".join(f"{r[k] / base[k]:.2f}x" for k in keys)
+        keys = (
+            ("sentences_per_s",)
+            if r["kind"] == "encoder"
+            else ("prompt_tok_per_s", "gen_tok_per_s")
+        )
+        speedup = (
+            ""
+            if base is None or r["engine"] != "torch"
+            else " / ".join(f"{r[k] / base[k]:.2f}x" for k in keys)
+        )
         cell = {k: f"{r[k]:.1f}" for k in keys}
-        engine = r["engine"] if r["threads"] is None else \
-            f"{r['engine']} ({r['threads']} thread{'s' if r['threads'] > 1 else ''})"
-        print(f"| {r['model']} | {engine} | {r['load_s']:.2f} | {cell.get('sentences_per_s', '')} "
-              f"| {cell.get('prompt_tok_per_s', '')} | {cell.get('gen_tok_per_s', '')} | {speedup} "
-              f"| {r['loadavg']:.1f} |")
+        engine = (
+            r["engine"]
+            if r["threads"] is None
+            else f"{r['engine']} ({r['threads']} thread{'s' if r['threads'] > 1 else ''})"
+        )
+        print(
+            f"| {r['model']} | {engine} | {r['load_s']:.2f} | {cell.get('sentences_per_s', '')} "
+            f"| {cell.get('prompt_tok_per_s', '')} | {cell.get('gen_tok_per_s', '')} | {speedup} "
+            f"| {r['loadavg']:.1f} |"
+        )

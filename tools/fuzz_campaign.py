@@ -36,9 +36,23 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS = {
     "fuzz_container.py": ["container", "index"],
-    "fuzz_codecs.py": [f"codec-{n}" for n in ("bitpack", "byteplanes", "codebook", "ggml",
-                                              "huffman", "lowrank", "outlier", "partition",
-                                              "quantize", "raw", "sparse", "zstd")],
+    "fuzz_codecs.py": [
+        f"codec-{n}"
+        for n in (
+            "bitpack",
+            "byteplanes",
+            "codebook",
+            "ggml",
+            "huffman",
+            "lowrank",
+            "outlier",
+            "partition",
+            "quantize",
+            "raw",
+            "sparse",
+            "zstd",
+        )
+    ],
     "fuzz_convert.py": ["safetensors", "onnx", "gguf", "gguf-write", "gguf-write-hf"],
     "fuzz_shards.py": ["shards"],
 }
@@ -91,8 +105,9 @@ def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int, bool]:
             return proc.wait(), True
 
 
-def run_one(target: str, seconds: float, work: str, engine: str, seed: int,
-            runs: int | None = None) -> list[dict]:
+def run_one(
+    target: str, seconds: float, work: str, engine: str, seed: int, runs: int | None = None
+) -> list[dict]:
     """Run ``target`` for ``seconds`` or ``runs`` executions, whichever ends first (restarting
     after a finding); one record per process. Interrupted (with the records) if stopped."""
     records = []
@@ -104,17 +119,33 @@ def run_one(target: str, seconds: float, work: str, engine: str, seed: int,
         stats_path = os.path.join(work, f"stats-{target}.json")
         log_path = os.path.join(work, "logs", f"{target}-{int(time.time())}.log")
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        cmd = ["nice", "-n", "10", sys.executable, os.path.join(ROOT, "tools", SCRIPT[target]),
-               target, "--engine", engine, "--seconds", str(int(left)), "--seed", str(seed),
-               "--corpus", os.path.join(work, "corpus", target),
-               "--findings", os.path.join(work, "findings"), "--stats", stats_path]
+        cmd = [
+            "nice",
+            "-n",
+            "10",
+            sys.executable,
+            os.path.join(ROOT, "tools", SCRIPT[target]),
+            target,
+            "--engine",
+            engine,
+            "--seconds",
+            str(int(left)),
+            "--seed",
+            str(seed),
+            "--corpus",
+            os.path.join(work, "corpus", target),
+            "--findings",
+            os.path.join(work, "findings"),
+            "--stats",
+            stats_path,
+        ]
         if runs is not None:
             done = sum(r.get("runs", 0) for r in records)
             if done >= runs:
                 break
             cmd += ["--runs", str(runs - done)]
         elif engine == "python":
-            cmd += ["--runs", str(10 ** 12)]
+            cmd += ["--runs", str(10**12)]
         start = time.monotonic()
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work)
@@ -122,14 +153,27 @@ def run_one(target: str, seconds: float, work: str, engine: str, seed: int,
         wall = time.monotonic() - start
         with open(log_path) as fh:
             text = fh.read()
-        rec = {"target": target, "engine": engine, "seed": seed, "rc": rc,
-               "wall_seconds": round(wall, 1), "log": log_path, **parse_log(text)}
+        rec = {
+            "target": target,
+            "engine": engine,
+            "seed": seed,
+            "rc": rc,
+            "wall_seconds": round(wall, 1),
+            "log": log_path,
+            **parse_log(text),
+        }
         try:
             with open(stats_path) as fh:
                 h = json.load(fh)
-            rec.update(harness_execs=h["execs"], accepted=h["accepted"], rejected=h["rejected"],
-                       slowest=h["slowest"], slowest_sha1=h["slowest_sha1"],
-                       findings=h["findings"], peak_rss=h["peak_rss"])
+            rec.update(
+                harness_execs=h["execs"],
+                accepted=h["accepted"],
+                rejected=h["rejected"],
+                slowest=h["slowest"],
+                slowest_sha1=h["slowest_sha1"],
+                findings=h["findings"],
+                peak_rss=h["peak_rss"],
+            )
             if engine == "python":
                 rec.update(runs=h["execs"], exec_per_s=h.get("exec_per_s"))
             elif interrupted:  # libFuzzer's last status line may be old; the harness's count is not
@@ -174,9 +218,11 @@ def save(work: str, records: list[dict]) -> None:
 
 
 def table(records: list[dict]) -> str:
-    rows = ["| target | runs | executions | seconds | exec/s | cov | ft | slowest (ms) "
-            "| peak RSS (MiB) | findings |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| target | runs | executions | seconds | exec/s | cov | ft | slowest (ms) "
+        "| peak RSS (MiB) | findings |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for t in ALL:
         rs = [r for r in records if r["target"] == t]
         if not rs:
@@ -189,21 +235,33 @@ def table(records: list[dict]) -> str:
         rss = max((r.get("peak_rss", 0) for r in rs), default=0) / 2**20
         rss = max(rss, max((r.get("rss_mb", 0) for r in rs), default=0))
         found = sum(len(r.get("findings", [])) for r in rs)
-        rows.append(f"| {t} | {len(rs)} | {execs:,} | {secs:,.0f} | {execs / secs if secs else 0:,.0f} "
-                    f"| {cov or '-'} | {ft or '-'} | {1000 * slow:.1f} | {rss:.0f} | {found} |")
+        rows.append(
+            f"| {t} | {len(rs)} | {execs:,} | {secs:,.0f} | {execs / secs if secs else 0:,.0f} "
+            f"| {cov or '-'} | {ft or '-'} | {1000 * slow:.1f} | {rss:.0f} | {found} |"
+        )
     return "\n".join(rows)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("targets", nargs="*", default=None)
-    p.add_argument("--seconds", type=float, default=120, help="per target (at most, with --executions)")
-    p.add_argument("--executions", type=int, default=None,
-                   help="run each target until its executions over all runs reach this many")
+    p.add_argument(
+        "--seconds", type=float, default=120, help="per target (at most, with --executions)"
+    )
+    p.add_argument(
+        "--executions",
+        type=int,
+        default=None,
+        help="run each target until its executions over all runs reach this many",
+    )
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cmf-fuzz"))
     p.add_argument("--engine", choices=("atheris", "python"), default="atheris")
-    p.add_argument("--seed", type=int, default=None,
-                   help="first run's seed (default: one more than the target's last recorded seed)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="first run's seed (default: one more than the target's last recorded seed)",
+    )
     p.add_argument("--report", action="store_true", help="print the table of the runs so far")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
@@ -230,9 +288,25 @@ def main() -> int:
         records = load(a.work) + new  # other campaigns may share the work directory
         save(a.work, records)
         for r in new:
-            print(json.dumps({k: r.get(k) for k in ("target", "rc", "runs", "exec_per_s", "cov",
-                                                    "ft", "slowest", "findings", "interrupted")}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        k: r.get(k)
+                        for k in (
+                            "target",
+                            "rc",
+                            "runs",
+                            "exec_per_s",
+                            "cov",
+                            "ft",
+                            "slowest",
+                            "findings",
+                            "interrupted",
+                        )
+                    }
+                ),
+                flush=True,
+            )
         if status:
             break
     print(table(records))

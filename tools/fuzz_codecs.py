@@ -50,8 +50,16 @@ from tools.fuzz_common import Finding, Target, byte_mutate, main, scratch_file
 
 MAX_PART = 4 << 20  # harness bound on any spec's decoded size
 LIMITS = cmf.Limits(max_tensor_bytes=MAX_PART)
-LOSSLESS_CHECKED = {"raw", "byteplanes", "zstd", "huffman", "bitpack", "sparse", "outlier",
-                    "partition"}
+LOSSLESS_CHECKED = {
+    "raw",
+    "byteplanes",
+    "zstd",
+    "huffman",
+    "bitpack",
+    "sparse",
+    "outlier",
+    "partition",
+}
 # codecs whose encode takes more than the decoded value: what to encode, from it and its parts
 ENCODE_INPUT = {"partition": lambda value, parts: Partitioned(value, parts["class"])}
 
@@ -69,7 +77,9 @@ def spec_obj(spec: Spec) -> list:
     return [spec.dtype.name, list(spec.shape)]
 
 
-def encode_case(config: Any, spec: Spec, parts: dict[str, Any], part_specs: dict[str, Spec]) -> bytes:
+def encode_case(
+    config: Any, spec: Spec, parts: dict[str, Any], part_specs: dict[str, Spec]
+) -> bytes:
     head = msgpack.packb({"config": config, "spec": spec_obj(spec)}, use_bin_type=True)
     payload = bytearray()
     for name in sorted(part_specs):
@@ -92,11 +102,17 @@ def decode_case(data: bytes) -> tuple[Any, Spec, bytes]:
         head = msgpack.unpackb(data[2 : 2 + n], raw=False, strict_map_key=False, max_ext_len=0)
     except Exception:  # noqa: BLE001
         raise BadCase("header is not msgpack") from None
-    if not isinstance(head, dict) or not isinstance(head.get("spec"), list) or len(head["spec"]) != 2:
+    if (
+        not isinstance(head, dict)
+        or not isinstance(head.get("spec"), list)
+        or len(head["spec"]) != 2
+    ):
         raise BadCase("header has no spec")
     kind, shape = head["spec"]
     if kind == "bytes":
-        if shape is not None and (isinstance(shape, bool) or not isinstance(shape, int) or not 0 <= shape <= MAX_PART):
+        if shape is not None and (
+            isinstance(shape, bool) or not isinstance(shape, int) or not 0 <= shape <= MAX_PART
+        ):
             raise BadCase("bad byte length")
         spec: Spec = BytesSpec(shape)
     else:
@@ -147,9 +163,15 @@ def build_parts(part_specs: dict[str, Spec], payload: bytes) -> dict[str, Any]:
 
 def _check(value: Any, spec: Spec, codec: str) -> None:
     if isinstance(spec, ArraySpec):
-        if not isinstance(value, np.ndarray) or value.dtype != spec.dtype.numpy or value.shape != spec.shape:
-            raise Finding(f"{codec}: decoded {type(value).__name__} {getattr(value, 'dtype', '')}"
-                          f"{getattr(value, 'shape', '')}, expected {spec.describe()}")
+        if (
+            not isinstance(value, np.ndarray)
+            or value.dtype != spec.dtype.numpy
+            or value.shape != spec.shape
+        ):
+            raise Finding(
+                f"{codec}: decoded {type(value).__name__} {getattr(value, 'dtype', '')}"
+                f"{getattr(value, 'shape', '')}, expected {spec.describe()}"
+            )
         if spec.dtype.name == "bool" and value.size and int(value.view(np.uint8).max()) > 1:
             raise Finding(f"{codec}: decoded a bool byte other than 0 or 1")
     else:
@@ -172,7 +194,9 @@ def _check_blocks(codec: Any, parts: dict[str, Any], spec: Spec, value: np.ndarr
     again = codec.encode(Blocks(blocks), spec)
     for pname, part in parts.items():
         if _as_bytes(again[pname]) != _as_bytes(part):
-            raise Finding(f"ggml {codec.type}: part {pname!r} differs after parts -> blocks -> parts")
+            raise Finding(
+                f"ggml {codec.type}: part {pname!r} differs after parts -> blocks -> parts"
+            )
     if _as_bytes(codec.decode(again, spec)) != _as_bytes(value):
         raise Finding(f"ggml {codec.type}: decoding the re-split blocks differs")
 
@@ -198,19 +222,25 @@ def run_case(name: str, data: bytes) -> None:
         again = codec.encode(make(value, parts) if make else value, spec)
     except CmfError as exc:
         if make:  # the decoder checked the classes: its encoder must take them back
-            raise Finding(f"{name}: encode rejects a decoded value with its own parts: {exc}") from None
+            raise Finding(
+                f"{name}: encode rejects a decoded value with its own parts: {exc}"
+            ) from None
         return  # the value does not fit this config (sparse nnz, outlier entries ...)
     if set(again) != set(part_specs):
         raise Finding(f"{name}: encode gave parts {sorted(again)}, resolve {sorted(part_specs)}")
     for pname, ps in part_specs.items():  # as the writer would store them
         if isinstance(ps, ArraySpec):
-            again[pname] = np.ascontiguousarray(again[pname], dtype=ps.dtype.numpy).reshape(ps.shape)
+            again[pname] = np.ascontiguousarray(again[pname], dtype=ps.dtype.numpy).reshape(
+                ps.shape
+            )
         else:
             again[pname] = _as_bytes(again[pname])
     try:
         value2 = codec.decode(again, spec)
     except CmfError as exc:
-        raise Finding(f"{name}: decode rejects what encode made of a decoded value: {exc}") from None
+        raise Finding(
+            f"{name}: decode rejects what encode made of a decoded value: {exc}"
+        ) from None
     if _as_bytes(value2) != _as_bytes(value):
         raise Finding(f"{name}: decode(encode(x)) != x for a decoded x")
 
@@ -296,8 +326,13 @@ def mutate_case(data: bytes, rng: random.Random) -> bytes:
 
 
 def _target(name: str) -> Target:
-    return Target(f"codec-{name}", lambda data: run_case(name, data),
-                  lambda: all_seeds()[name], mutate=mutate_case, dataflow=False)
+    return Target(
+        f"codec-{name}",
+        lambda data: run_case(name, data),
+        lambda: all_seeds()[name],
+        mutate=mutate_case,
+        dataflow=False,
+    )
 
 
 TARGETS = {f"codec-{n}": _target(n) for n in sorted(registered())}

@@ -112,7 +112,7 @@ def scratch_file(data: bytes, name: str = "input.cmf", directory: str | None = N
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
     os.replace(tmp, path)
@@ -220,7 +220,9 @@ def execute(target: Target, data: bytes, stats: Stats, key: bool = True) -> str:
         tb = traceback.format_exc(limit=-6)
         raise Finding(f"{type(e).__name__}: {str(e)[:500]}\n{tb}") from None
     elapsed = time.perf_counter() - start
-    if elapsed > TIME_LIMIT:  # once more, in CPU time (all threads): a busy neighbour is not a slow input
+    if (
+        elapsed > TIME_LIMIT
+    ):  # once more, in CPU time (all threads): a busy neighbour is not a slow input
         wall, cpu = time.perf_counter(), time.process_time()
         try:
             target.run(data)
@@ -242,15 +244,46 @@ def execute(target: Target, data: bytes, stats: Stats, key: bool = True) -> str:
 
 # ----------------------------------------------------------------------------- byte mutations
 
-INTERESTING = (
-    [0, 1, 2, 3, 7, 8, 15, 16, 31, 32, 63, 64, 127, 128, 255, 256, 1023, 1024, 4095, 4096,
-     32767, 32768, 65535, 65536, (1 << 31) - 1, 1 << 31, (1 << 32) - 1, 1 << 32, (1 << 53),
-     (1 << 53) + 1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
-)
+INTERESTING = [
+    0,
+    1,
+    2,
+    3,
+    7,
+    8,
+    15,
+    16,
+    31,
+    32,
+    63,
+    64,
+    127,
+    128,
+    255,
+    256,
+    1023,
+    1024,
+    4095,
+    4096,
+    32767,
+    32768,
+    65535,
+    65536,
+    (1 << 31) - 1,
+    1 << 31,
+    (1 << 32) - 1,
+    1 << 32,
+    (1 << 53),
+    (1 << 53) + 1,
+    (1 << 63) - 1,
+    1 << 63,
+    (1 << 64) - 1,
+]
 
 
-def byte_mutate(data: bytes, rng: random.Random, max_len: int = MAX_LEN,
-                others: list[bytes] | None = None) -> bytes:
+def byte_mutate(
+    data: bytes, rng: random.Random, max_len: int = MAX_LEN, others: list[bytes] | None = None
+) -> bytes:
     """1 to 4 random byte-level edits (flips, interesting integers, inserts, deletes, copies,
     splices with another corpus entry, truncation)."""
     buf = bytearray(data)
@@ -262,7 +295,9 @@ def byte_mutate(data: bytes, rng: random.Random, max_len: int = MAX_LEN,
         elif op == 1 and n:
             buf[rng.randrange(n)] = rng.randrange(256)
         elif op == 2 and n:
-            buf[rng.randrange(n)] = rng.choice((0, 1, 0x7F, 0x80, 0xFF, 0xC0, 0xC1, 0xDC, 0xDD, 0xDF))
+            buf[rng.randrange(n)] = rng.choice(
+                (0, 1, 0x7F, 0x80, 0xFF, 0xC0, 0xC1, 0xDC, 0xDD, 0xDF)
+            )
         elif op == 3 and n:  # an interesting integer, 1/2/4/8 bytes, either byte order
             width = rng.choice((1, 2, 4, 8))
             value = rng.choice(INTERESTING) & ((1 << (8 * width)) - 1)
@@ -303,15 +338,25 @@ def byte_mutate(data: bytes, rng: random.Random, max_len: int = MAX_LEN,
 # ----------------------------------------------------------------------------- python engine
 
 
-def fuzz_python(target: Target, *, runs: int | None, seconds: float | None, seed: int,
-                findings_dir: str | None, stats_path: str | None = None,
-                stop_on_finding: bool = False, quiet: bool = False) -> Stats:
+def fuzz_python(
+    target: Target,
+    *,
+    runs: int | None,
+    seconds: float | None,
+    seed: int,
+    findings_dir: str | None,
+    stats_path: str | None = None,
+    stop_on_finding: bool = False,
+    quiet: bool = False,
+) -> Stats:
     """Mutation fuzzing without coverage: keeps every input with a new outcome."""
     stats = Stats(target.name, "python")
     stats.memory_cap = cap_memory()
     rng = random.Random(seed)
     corpus: list[bytes] = []
-    good: list[bytes] = []  # accepted inputs: half the parents (mutants of broken files stay broken)
+    good: list[
+        bytes
+    ] = []  # accepted inputs: half the parents (mutants of broken files stay broken)
     seen: set[str] = set()
     start = time.perf_counter()
     last_report = start - 10  # the first figures right after the seeds
@@ -381,8 +426,14 @@ def _finish(stats: Stats, start: float, seen: set, corpus: list) -> None:
     stats.peak_rss = peak_rss()
 
 
-def record(target: Target, data: bytes, what: str, stats: Stats, findings_dir: str | None,
-           quiet: bool = False) -> None:
+def record(
+    target: Target,
+    data: bytes,
+    what: str,
+    stats: Stats,
+    findings_dir: str | None,
+    quiet: bool = False,
+) -> None:
     sha = hashlib.sha1(data).hexdigest()
     entry = {"sha1": sha, "what": what.splitlines()[0][:300], "size": len(data)}
     if findings_dir:
@@ -487,8 +538,13 @@ def plain_functions(module: Any, names: tuple[str, ...]) -> dict[str, Callable]:
     return out
 
 
-def fuzz_atheris(target: Target, corpus_dir: str, findings_dir: str, stats_path: str | None,
-                 libfuzzer_args: list[str]) -> None:
+def fuzz_atheris(
+    target: Target,
+    corpus_dir: str,
+    findings_dir: str,
+    stats_path: str | None,
+    libfuzzer_args: list[str],
+) -> None:
     """Hand over to libFuzzer (never returns). Seeds are written to ``corpus_dir`` first."""
     import atheris
 
@@ -529,9 +585,15 @@ def fuzz_atheris(target: Target, corpus_dir: str, findings_dir: str, stats_path:
                 pass
         return atheris.Mutate(data, max_size)
 
-    args = [sys.argv[0], f"-max_len={target.max_len}", "-timeout=30", "-rss_limit_mb=4096",
-            f"-artifact_prefix={findings_dir.rstrip('/')}/{target.name}-", *libfuzzer_args,
-            corpus_dir]
+    args = [
+        sys.argv[0],
+        f"-max_len={target.max_len}",
+        "-timeout=30",
+        "-rss_limit_mb=4096",
+        f"-artifact_prefix={findings_dir.rstrip('/')}/{target.name}-",
+        *libfuzzer_args,
+        corpus_dir,
+    ]
     kw = {"custom_mutator": mutator} if target.mutate is not None else {}
     atheris.Setup(args, one_input, **kw)
     atheris.Fuzz()
@@ -549,17 +611,26 @@ def _atheris_stats(stats: Stats, start: float, path: str) -> None:
 def main(targets: dict[str, Target], argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="cmf fuzz targets (see tools/fuzz_common.py)")
     p.add_argument("target", choices=sorted(targets) + ["all"])
-    p.add_argument("--engine", choices=("atheris", "python"), default=None,
-                   help="default: atheris if installed, else python")
+    p.add_argument(
+        "--engine",
+        choices=("atheris", "python"),
+        default=None,
+        help="default: atheris if installed, else python",
+    )
     p.add_argument("--runs", type=int, default=None, help="inputs to try (python engine)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--corpus", default=None, help="atheris corpus directory")
-    p.add_argument("--findings", default=os.path.join(WORK, "findings"),
-                   help="where failing inputs go")
+    p.add_argument(
+        "--findings", default=os.path.join(WORK, "findings"), help="where failing inputs go"
+    )
     p.add_argument("--stats", default=None, help="write figures (JSON) here")
-    p.add_argument("--replay", nargs="*", default=None,
-                   help="run the target once on each of these files and exit")
+    p.add_argument(
+        "--replay",
+        nargs="*",
+        default=None,
+        help="run the target once on each of these files and exit",
+    )
     a, libfuzzer = p.parse_known_args(argv)  # the rest (-dict=..., -jobs=...) go to libFuzzer
     chosen = sorted(targets) if a.target == "all" else [a.target]
     if a.replay is not None:
@@ -598,9 +669,14 @@ def main(targets: dict[str, Target], argv: list[str] | None = None) -> int:
         return 0  # not reached
     failed = 0
     for name in chosen:
-        stats = fuzz_python(targets[name], runs=a.runs if a.runs is not None or a.seconds else 1000,
-                            seconds=a.seconds, seed=a.seed, findings_dir=a.findings,
-                            stats_path=a.stats if len(chosen) == 1 else None)
+        stats = fuzz_python(
+            targets[name],
+            runs=a.runs if a.runs is not None or a.seconds else 1000,
+            seconds=a.seconds,
+            seed=a.seed,
+            findings_dir=a.findings,
+            stats_path=a.stats if len(chosen) == 1 else None,
+        )
         print(json.dumps(stats.to_json()))
         failed += bool(stats.findings)
     return 1 if failed else 0

@@ -70,16 +70,24 @@ def check_file(path: str) -> None:
             for name in f.keys():
                 spec = f.spec(name)
                 a = f.get_tensor(name)
-                if not isinstance(a, np.ndarray) or a.dtype != spec.dtype.numpy or a.shape != spec.shape:
-                    raise Finding(f"tensor {name!r}: decoded {type(a).__name__} "
-                                  f"{getattr(a, 'dtype', '?')}{getattr(a, 'shape', '?')}, "
-                                  f"index says {spec.describe()}")
+                if (
+                    not isinstance(a, np.ndarray)
+                    or a.dtype != spec.dtype.numpy
+                    or a.shape != spec.shape
+                ):
+                    raise Finding(
+                        f"tensor {name!r}: decoded {type(a).__name__} "
+                        f"{getattr(a, 'dtype', '?')}{getattr(a, 'shape', '?')}, "
+                        f"index says {spec.describe()}"
+                    )
                 if not a.flags.writeable:
                     raise Finding(f"tensor {name!r}: get_tensor returned a read-only array")
             for att in f.index.attachments:
                 data = f.get_attachment(att.name)
                 if len(data) != att.size:
-                    raise Finding(f"attachment {att.name!r}: {len(data)} bytes, index says {att.size}")
+                    raise Finding(
+                        f"attachment {att.name!r}: {len(data)} bytes, index says {att.size}"
+                    )
             f.metadata()
     except CmfError as exc:
         rejected = exc
@@ -111,18 +119,100 @@ def seed_files() -> list[bytes]:
 
 CODECS = sorted(registered())
 DTYPES = sorted(BY_NAME)
-PARTS = ["data", "p0", "p1", "p2", "p3", "p7", "q", "scale", "min", "zero", "indices",
-         "codebook", "values", "mask", "index", "dense", "u", "v"]
-KEYS = ["segment", "shared", "codec", "config", "parts", "name", "dtype", "shape", "encoding",
-        "alias", "error", "size", "level", "literals_only", "rotate", "chunk", "max_length",
-        "bits", "block", "axis", "scheme", "scale_dtype", "search", "k", "layout", "nnz",
-        "entries", "count", "rank", "split", "factor_dtype", "segments", "tensors",
-        "attachments", "metadata"]
-WORDS = CODECS + DTYPES + PARTS + KEYS + [
-    "symmetric", "asymmetric", "zero_point", "bitmask", "delta", "", "a" * 1025, "\x00",
-    "../x", "a/../../b", "/etc/passwd", "config.json", "é", "\ud800x"]
-FLOATS = [float("nan"), float("inf"), float("-inf"), -0.0, 0.0, 1e308, 5e-324, 65504.0,
-          3.4e38, 1.0, -1.0, 0.5, 2.0 ** 480]
+PARTS = [
+    "data",
+    "p0",
+    "p1",
+    "p2",
+    "p3",
+    "p7",
+    "q",
+    "scale",
+    "min",
+    "zero",
+    "indices",
+    "codebook",
+    "values",
+    "mask",
+    "index",
+    "dense",
+    "u",
+    "v",
+]
+KEYS = [
+    "segment",
+    "shared",
+    "codec",
+    "config",
+    "parts",
+    "name",
+    "dtype",
+    "shape",
+    "encoding",
+    "alias",
+    "error",
+    "size",
+    "level",
+    "literals_only",
+    "rotate",
+    "chunk",
+    "max_length",
+    "bits",
+    "block",
+    "axis",
+    "scheme",
+    "scale_dtype",
+    "search",
+    "k",
+    "layout",
+    "nnz",
+    "entries",
+    "count",
+    "rank",
+    "split",
+    "factor_dtype",
+    "segments",
+    "tensors",
+    "attachments",
+    "metadata",
+]
+WORDS = (
+    CODECS
+    + DTYPES
+    + PARTS
+    + KEYS
+    + [
+        "symmetric",
+        "asymmetric",
+        "zero_point",
+        "bitmask",
+        "delta",
+        "",
+        "a" * 1025,
+        "\x00",
+        "../x",
+        "a/../../b",
+        "/etc/passwd",
+        "config.json",
+        "é",
+        "\ud800x",
+    ]
+)
+FLOATS = [
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    -0.0,
+    0.0,
+    1e308,
+    5e-324,
+    65504.0,
+    3.4e38,
+    1.0,
+    -1.0,
+    0.5,
+    2.0**480,
+]
 
 
 class _Parsed:
@@ -140,8 +230,9 @@ def parse_file(data: bytes) -> _Parsed | None:
     if off + length + 32 != len(data) or off < 64:
         return None
     try:
-        index = msgpack.unpackb(data[off : off + length], raw=False, strict_map_key=False,
-                                max_ext_len=0)
+        index = msgpack.unpackb(
+            data[off : off + length], raw=False, strict_map_key=False, max_ext_len=0
+        )
     except Exception:  # noqa: BLE001
         return None
     if not isinstance(index, dict) or not isinstance(index.get("segments"), list):
@@ -158,8 +249,9 @@ def parse_file(data: bytes) -> _Parsed | None:
     return _Parsed(minor, segments, index)
 
 
-def frame(p: _Parsed, keep_table: bool = False, fix_crcs: bool = True,
-          head: bytes | None = None) -> bytes:
+def frame(
+    p: _Parsed, keep_table: bool = False, fix_crcs: bool = True, head: bytes | None = None
+) -> bytes:
     """Lay ``p.segments`` out 64-aligned after the preamble, fix the segment table (unless
     ``keep_table``) and write index + trailer with the right CRC."""
     out = bytearray(MAGIC + struct.pack("<HHI", 1, p.minor & 0xFFFF, 0) + bytes(48))
@@ -191,7 +283,13 @@ def _slots(obj: Any) -> list[tuple[Any, Any, tuple]]:
     stack: list[tuple[Any, tuple]] = [(obj, ())]
     while stack:
         node, path = stack.pop()
-        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        items = (
+            node.items()
+            if isinstance(node, dict)
+            else enumerate(node)
+            if isinstance(node, list)
+            else ()
+        )
         for k, v in list(items):
             out.append((node, k, path + (k,)))
             if isinstance(v, (dict, list)):
@@ -282,7 +380,9 @@ def _new_value(old: Any, rng: random.Random, tree: Any, slots: list) -> Any:
         if op == 0 and new:
             del new[rng.choice(list(new))]
         elif op == 1:
-            new[rng.choice(KEYS + PARTS)] = rng.choice([0, 1, "raw", {"segment": 0}, {"shared": 0}, None, []])
+            new[rng.choice(KEYS + PARTS)] = rng.choice(
+                [0, 1, "raw", {"segment": 0}, {"shared": 0}, None, []]
+            )
         elif op == 2 and new:
             k = rng.choice(list(new))
             new[rng.choice(KEYS + PARTS)] = new.pop(k)
@@ -301,8 +401,18 @@ def _copy(v: Any) -> Any:
 
 
 _FLOAT_BITS = [np.float32(x).tobytes() for x in FLOATS[:5] + FLOATS[6:8]] + [
-    b"\x01\x00\xc0\x7f", b"\x00\x00\x80\x7f", b"\xff\xff\x7f\x7f", b"\x00\x7c", b"\x00\xfc",
-    b"\x01\x7e", b"\xff\x7b", b"\x80\x7f", b"\x00\x80", b"\xff\xff\xff\xff", b"\x00\x00\x00\x00"]
+    b"\x01\x00\xc0\x7f",
+    b"\x00\x00\x80\x7f",
+    b"\xff\xff\x7f\x7f",
+    b"\x00\x7c",
+    b"\x00\xfc",
+    b"\x01\x7e",
+    b"\xff\x7b",
+    b"\x80\x7f",
+    b"\x00\x80",
+    b"\xff\xff\xff\xff",
+    b"\x00\x00\x00\x00",
+]
 
 
 def _mutate_bytes(seg: bytes, rng: random.Random) -> bytes:

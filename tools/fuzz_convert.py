@@ -57,9 +57,15 @@ MARK = b"SECRET-OUTSIDE"
 def _check_array(name: str, a: Any) -> None:
     if isinstance(a, Encoded):
         v = decode_pending(a.pending)
-        if not isinstance(v, np.ndarray) or v.shape != a.spec.shape or v.dtype != a.spec.dtype.numpy:
-            raise Finding(f"{name}: Encoded decodes to {getattr(v, 'dtype', '?')}"
-                          f"{getattr(v, 'shape', '?')}, spec {a.spec.describe()}")
+        if (
+            not isinstance(v, np.ndarray)
+            or v.shape != a.spec.shape
+            or v.dtype != a.spec.dtype.numpy
+        ):
+            raise Finding(
+                f"{name}: Encoded decodes to {getattr(v, 'dtype', '?')}"
+                f"{getattr(v, 'shape', '?')}, spec {a.spec.describe()}"
+            )
         return
     if not isinstance(a, np.ndarray):
         raise Finding(f"{name}: items() gave {type(a).__name__}")
@@ -95,14 +101,30 @@ def safetensors_seeds() -> list[bytes]:
 
     rng = np.random.default_rng(0)
     seeds = [
-        save({"w": rng.standard_normal((4, 5)).astype(np.float32),
-              "b": np.arange(3, dtype=np.int64)}, metadata={"format": "pt"}),
-        save({"h": rng.standard_normal(7).astype(ml_dtypes.bfloat16),
-              "f": np.array([1.5, -0.0], np.float16), "m": np.array([True, False]),
-              "e": np.zeros((0, 3), np.float32), "s": np.array(2.5, np.float64),
-              "q": np.array([-3, 4], np.int8), "u": np.array([7, 8], np.uint16)}),
-        save({"f8": np.array([1, 2, 3], np.uint8).view(ml_dtypes.float8_e4m3fn),
-              "f5": np.array([1, 2], np.uint8).view(ml_dtypes.float8_e5m2)}),
+        save(
+            {
+                "w": rng.standard_normal((4, 5)).astype(np.float32),
+                "b": np.arange(3, dtype=np.int64),
+            },
+            metadata={"format": "pt"},
+        ),
+        save(
+            {
+                "h": rng.standard_normal(7).astype(ml_dtypes.bfloat16),
+                "f": np.array([1.5, -0.0], np.float16),
+                "m": np.array([True, False]),
+                "e": np.zeros((0, 3), np.float32),
+                "s": np.array(2.5, np.float64),
+                "q": np.array([-3, 4], np.int8),
+                "u": np.array([7, 8], np.uint16),
+            }
+        ),
+        save(
+            {
+                "f8": np.array([1, 2, 3], np.uint8).view(ml_dtypes.float8_e4m3fn),
+                "f5": np.array([1, 2], np.uint8).view(ml_dtypes.float8_e5m2),
+            }
+        ),
     ]
     return seeds
 
@@ -123,29 +145,54 @@ def mutate_safetensors(data: bytes, rng: random.Random) -> bytes:
         if isinstance(info, dict):
             key = rng.choice(["dtype", "shape", "data_offsets", "extra"])
             if key == "dtype":
-                info["dtype"] = rng.choice(["F32", "F16", "BF16", "F64", "I8", "U8", "BOOL", "I64",
-                                            "F8_E4M3", "F8_E5M2", "U64", "C64", "F4", "", 5])
+                info["dtype"] = rng.choice(
+                    [
+                        "F32",
+                        "F16",
+                        "BF16",
+                        "F64",
+                        "I8",
+                        "U8",
+                        "BOOL",
+                        "I64",
+                        "F8_E4M3",
+                        "F8_E5M2",
+                        "U64",
+                        "C64",
+                        "F4",
+                        "",
+                        5,
+                    ]
+                )
             elif key == "shape":
                 shape = list(info.get("shape") or [])
                 op = rng.randrange(4)
                 if op == 0 and shape:
                     i = rng.randrange(len(shape))
-                    shape[i] = rng.choice([0, 1, -1, 2 ** 32, 2 ** 63, shape[i] + 1, 1.5, "2"])
+                    shape[i] = rng.choice([0, 1, -1, 2**32, 2**63, shape[i] + 1, 1.5, "2"])
                 elif op == 1:
                     shape.append(rng.choice([1, 2, 0]))
                 elif op == 2 and shape:
                     shape.pop()
                 else:
-                    shape = rng.choice([[], [2 ** 31] * 3, None])
+                    shape = rng.choice([[], [2**31] * 3, None])
                 info["shape"] = shape
             elif key == "data_offsets":
                 offs = info.get("data_offsets")
                 if isinstance(offs, list) and len(offs) == 2 and rng.random() < 0.6:
                     i = rng.randrange(2)
-                    offs[i] = rng.choice([0, offs[i] + rng.choice((-1, 1, 8)), 2 ** 64 - 1, -1,
-                                          len(body), len(body) + 1])
+                    offs[i] = rng.choice(
+                        [
+                            0,
+                            offs[i] + rng.choice((-1, 1, 8)),
+                            2**64 - 1,
+                            -1,
+                            len(body),
+                            len(body) + 1,
+                        ]
+                    )
                 else:
-                    info["data_offsets"] = rng.choice([[0], [1, 0], [0, 2 ** 40], None])
+                    info["data_offsets"] = rng.choice([[0], [1, 0], [0, 2**40], None])
             else:
                 info[rng.choice(["extra", "dtype2"])] = 1
     elif r < 0.85:
@@ -219,8 +266,15 @@ def onnx_seeds() -> list[bytes]:
     try:  # the rich models of the ONNX tests (every dtype, subgraphs, functions, sparse)
         from tests.convert import test_onnx as t
 
-        for make in (t.zoo_model, t.constants_model, t.sparse_model, t.if_model, t.loop_model,
-                     t.scan_model, t.mlp_model):
+        for make in (
+            t.zoo_model,
+            t.constants_model,
+            t.sparse_model,
+            t.if_model,
+            t.loop_model,
+            t.scan_model,
+            t.mlp_model,
+        ):
             seeds.append(make().SerializeToString())
     except Exception:  # noqa: BLE001 - tests not importable: the small models below still work
         pass
@@ -228,8 +282,12 @@ def onnx_seeds() -> list[bytes]:
     w = rng.standard_normal((4, 8)).astype(np.float32)
     x = oh.make_tensor_value_info("X", TP.FLOAT, [1, 4])
     y = oh.make_tensor_value_info("Y", TP.FLOAT, [1, 8])
-    for location, offset, length in (("w.bin", "0", "128"), ("sub/../w.bin", "64", None),
-                                     ("link.bin", None, None), ("./w.bin", "4096", "128")):
+    for location, offset, length in (
+        ("w.bin", "0", "128"),
+        ("sub/../w.bin", "64", None),
+        ("link.bin", None, None),
+        ("./w.bin", "4096", "128"),
+    ):
         init = TP(name="W", data_type=TP.FLOAT, dims=[4, 8], data_location=TP.EXTERNAL)
         for k, v in (("location", location), ("offset", offset), ("length", length)):
             if v is not None:
@@ -263,26 +321,53 @@ def mutate_onnx(data: bytes, rng: random.Random) -> bytes:
             dims = list(t.dims)
             if dims and rng.random() < 0.7:
                 i = rng.randrange(len(dims))
-                dims[i] = rng.choice([0, 1, -1, dims[i] + 1, dims[i] * 2, 2 ** 31, 2 ** 62, -(2 ** 63)])
+                dims[i] = rng.choice([0, 1, -1, dims[i] + 1, dims[i] * 2, 2**31, 2**62, -(2**63)])
             else:
-                dims = rng.choice([[], [0], [2 ** 40, 2 ** 40], dims + [1]])
+                dims = rng.choice([[], [0], [2**40, 2**40], dims + [1]])
             del t.dims[:]
             t.dims.extend(dims)
         elif op == 1:
             t.data_type = rng.choice(list(range(0, 26)) + [1000])
         elif op == 2:
             raw = t.raw_data
-            t.raw_data = raw[: rng.randrange(len(raw) + 1)] if raw and rng.random() < 0.5 else raw + b"\x01" * rng.randint(1, 9)
+            t.raw_data = (
+                raw[: rng.randrange(len(raw) + 1)]
+                if raw and rng.random() < 0.5
+                else raw + b"\x01" * rng.randint(1, 9)
+            )
         elif op in (3, 4):
             t.data_location = TensorProto.EXTERNAL
             del t.external_data[:]
-            loc = rng.choice(["w.bin", "../secret.bin", "link.bin", "linkdir/secret.bin", "/etc/passwd",
-                              "sub", "sub/../w.bin", "sub/../../secret.bin", "w.bin\x00x", "..\\secret.bin",
-                              "C:/x", "", ".", "nothere", "model/../w.bin", "w.bin/", "./link.bin"])
-            for k, v in (("location", loc),
-                         ("offset", rng.choice([None, "0", "64", "-1", "1e3", "99999999999999999999", " 1"])),
-                         ("length", rng.choice([None, "0", "128", "4096", "8192", "-5", "0x10"])),
-                         (rng.choice(["checksum", "basepath", "location", "cmf.tensor"]), "x")):
+            loc = rng.choice(
+                [
+                    "w.bin",
+                    "../secret.bin",
+                    "link.bin",
+                    "linkdir/secret.bin",
+                    "/etc/passwd",
+                    "sub",
+                    "sub/../w.bin",
+                    "sub/../../secret.bin",
+                    "w.bin\x00x",
+                    "..\\secret.bin",
+                    "C:/x",
+                    "",
+                    ".",
+                    "nothere",
+                    "model/../w.bin",
+                    "w.bin/",
+                    "./link.bin",
+                ]
+            )
+            for k, v in (
+                ("location", loc),
+                (
+                    "offset",
+                    rng.choice([None, "0", "64", "-1", "1e3", "99999999999999999999", " 1"]),
+                ),
+                ("length", rng.choice([None, "0", "128", "4096", "8192", "-5", "0x10"])),
+                (rng.choice(["checksum", "basepath", "location", "cmf.tensor"]), "x"),
+            ):
                 if v is not None and rng.random() < 0.9:
                     e = t.external_data.add()
                     e.key, e.value = k, v
@@ -291,7 +376,7 @@ def mutate_onnx(data: bytes, rng: random.Random) -> bytes:
         elif op == 6:
             t.ClearField("raw_data")
             t.float_data.extend([1.0, float("nan")][: rng.randint(0, 2)])
-            t.int64_data.extend([2 ** 40][: rng.randint(0, 1)])
+            t.int64_data.extend([2**40][: rng.randint(0, 1)])
             t.int32_data.extend([300, -1][: rng.randint(0, 2)])
         else:
             t.name = rng.choice(["", "x" * 2000, "a\x00b", "dup", t.name + "#2"])
@@ -333,16 +418,37 @@ def gguf_seeds() -> list[bytes]:
     rng = np.random.default_rng(3)
     seeds = []
     sets = [
-        {"f32": (rng.standard_normal((3, 4)).astype(np.float32), None),
-         "q8": (gguf.quants.quantize(rng.standard_normal((2, 32)).astype(np.float32), Q.Q8_0), Q.Q8_0)},
-        {"q4": (gguf.quants.quantize(rng.standard_normal((1, 64)).astype(np.float32), Q.Q4_0), Q.Q4_0),
-         "q41": (gguf.quants.quantize(rng.standard_normal((1, 32)).astype(np.float32), Q.Q4_1), Q.Q4_1),
-         "q5": (gguf.quants.quantize(rng.standard_normal((1, 32)).astype(np.float32), Q.Q5_0), Q.Q5_0),
-         "q51": (gguf.quants.quantize(rng.standard_normal((1, 32)).astype(np.float32), Q.Q5_1), Q.Q5_1),
-         "f16": (rng.standard_normal(5).astype(np.float16), None),
-         "i32": (np.arange(4, dtype=np.int32), None)},
-        {f"k.{name}": (_blocks(name, rng), Q[name])  # K-/I-quants: the ggml codec's fields
-         for name in ("Q4_K", "Q6_K", "IQ4_XS", "IQ2_XS", "IQ1_M", "TQ1_0", "MXFP4")},
+        {
+            "f32": (rng.standard_normal((3, 4)).astype(np.float32), None),
+            "q8": (
+                gguf.quants.quantize(rng.standard_normal((2, 32)).astype(np.float32), Q.Q8_0),
+                Q.Q8_0,
+            ),
+        },
+        {
+            "q4": (
+                gguf.quants.quantize(rng.standard_normal((1, 64)).astype(np.float32), Q.Q4_0),
+                Q.Q4_0,
+            ),
+            "q41": (
+                gguf.quants.quantize(rng.standard_normal((1, 32)).astype(np.float32), Q.Q4_1),
+                Q.Q4_1,
+            ),
+            "q5": (
+                gguf.quants.quantize(rng.standard_normal((1, 32)).astype(np.float32), Q.Q5_0),
+                Q.Q5_0,
+            ),
+            "q51": (
+                gguf.quants.quantize(rng.standard_normal((1, 32)).astype(np.float32), Q.Q5_1),
+                Q.Q5_1,
+            ),
+            "f16": (rng.standard_normal(5).astype(np.float16), None),
+            "i32": (np.arange(4, dtype=np.int32), None),
+        },
+        {
+            f"k.{name}": (_blocks(name, rng), Q[name])  # K-/I-quants: the ggml codec's fields
+            for name in ("Q4_K", "Q6_K", "IQ4_XS", "IQ2_XS", "IQ1_M", "TQ1_0", "MXFP4")
+        },
     ]
     with tempfile.TemporaryDirectory() as d:
         for i, tensors in enumerate(sets):
@@ -370,14 +476,30 @@ def gguf_seeds() -> list[bytes]:
 
 
 TARGETS = {
-    "safetensors": Target("safetensors", run_safetensors, safetensors_seeds,
-                          mutate=mutate_safetensors, instrument=("cmf.convert",)),
-    "onnx": Target("onnx", run_onnx, onnx_seeds, mutate=mutate_onnx,
-                   instrument=("cmf.convert", "cmf.errors")),
-    "gguf": Target("gguf", run_gguf, gguf_seeds,
-                   instrument=("cmf.convert", "cmf.convert.gguf_legacy", "gguf.gguf_reader", "gguf.quants",
-                               "cmf.codecs.ggml_codec", "cmf.codecs.ggml_layout",
-                               "cmf.codecs.ggml_dequant")),
+    "safetensors": Target(
+        "safetensors",
+        run_safetensors,
+        safetensors_seeds,
+        mutate=mutate_safetensors,
+        instrument=("cmf.convert",),
+    ),
+    "onnx": Target(
+        "onnx", run_onnx, onnx_seeds, mutate=mutate_onnx, instrument=("cmf.convert", "cmf.errors")
+    ),
+    "gguf": Target(
+        "gguf",
+        run_gguf,
+        gguf_seeds,
+        instrument=(
+            "cmf.convert",
+            "cmf.convert.gguf_legacy",
+            "gguf.gguf_reader",
+            "gguf.quants",
+            "cmf.codecs.ggml_codec",
+            "cmf.codecs.ggml_layout",
+            "cmf.codecs.ggml_dequant",
+        ),
+    ),
 }
 from tools.fuzz_gguf_write import TARGETS as _GGUF_WRITE  # noqa: E402  (the GGUF writer)
 

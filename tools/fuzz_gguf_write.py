@@ -62,10 +62,16 @@ def _base() -> tuple[str, dict[str, Any]]:
         w.add_array("test.nested", [[1, 2], [3]])
         w.add_bool("test.b", True)
         w.add_tensor("f32", rng.standard_normal((3, 4)).astype(np.float32))
-        w.add_tensor("q8", gguf.quants.quantize(rng.standard_normal((2, 32)).astype(np.float32), Q.Q8_0),
-                     raw_dtype=Q.Q8_0)
-        w.add_tensor("q41", gguf.quants.quantize(rng.standard_normal((1, 64)).astype(np.float32), Q.Q4_1),
-                     raw_dtype=Q.Q4_1)
+        w.add_tensor(
+            "q8",
+            gguf.quants.quantize(rng.standard_normal((2, 32)).astype(np.float32), Q.Q8_0),
+            raw_dtype=Q.Q8_0,
+        )
+        w.add_tensor(
+            "q41",
+            gguf.quants.quantize(rng.standard_normal((1, 64)).astype(np.float32), Q.Q4_1),
+            raw_dtype=Q.Q4_1,
+        )
         w.add_tensor("i16", np.arange(6, dtype=np.int16))
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -131,17 +137,27 @@ def _write_checked(f: Any, tensors: Any) -> None:
         r = gguf.GGUFReader(out)
         names = [t.name for t in r.tensors]
     except Exception as exc:  # noqa: BLE001 - any failure of gguf-py on our output is the finding
-        raise Finding(f"gguf-py cannot read the GGUF written ({type(exc).__name__}: {exc})") from None
+        raise Finding(
+            f"gguf-py cannot read the GGUF written ({type(exc).__name__}: {exc})"
+        ) from None
     if tensors is not None and names != tensors:
-        raise Finding(f"the GGUF written holds tensors {names[:4]}, the layout names {str(tensors)[:80]}")
+        raise Finding(
+            f"the GGUF written holds tensors {names[:4]}, the layout names {str(tensors)[:80]}"
+        )
 
 
 def gguf_write_seeds() -> list[bytes]:
     _, meta = _base()
     seeds = [json.dumps(meta).encode()]
     layout = dict(meta["cmf.gguf.layout"])
-    odd = dict(meta, **{"cmf.gguf.layout": dict(layout, offsets=[0, 64, 192, 256],
-                                                fill=[[10**4, "AQI="]], size=10**4 + 64)})
+    odd = dict(
+        meta,
+        **{
+            "cmf.gguf.layout": dict(
+                layout, offsets=[0, 64, 192, 256], fill=[[10**4, "AQI="]], size=10**4 + 64
+            )
+        },
+    )
     seeds.append(json.dumps(odd).encode())
     return seeds
 
@@ -154,8 +170,25 @@ def _leaves(value: Any, path: tuple = ()) -> list[tuple]:
     return [path]
 
 
-_REPLACEMENTS = [None, True, -1, 0.5, "", "UINT8", "ARRAY/ARRAY/INT8", "ARRAY", "Q4_0", "F16", "big",
-                 [], {}, [[0, "AA=="]], base64.b64encode(b"\x00" * 12).decode(), "!!", [1, "x"]]
+_REPLACEMENTS = [
+    None,
+    True,
+    -1,
+    0.5,
+    "",
+    "UINT8",
+    "ARRAY/ARRAY/INT8",
+    "ARRAY",
+    "Q4_0",
+    "F16",
+    "big",
+    [],
+    {},
+    [[0, "AA=="]],
+    base64.b64encode(b"\x00" * 12).decode(),
+    "!!",
+    [1, "x"],
+]
 
 
 def mutate_gguf_write(data: bytes, rng: random.Random) -> bytes:
@@ -205,27 +238,51 @@ def _hf_base() -> tuple[Any, dict[str, Any]]:
         os.makedirs(d, exist_ok=True)
         tk = Tokenizer(models.BPE())
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tk.train_from_iterator(["hello world, 123 spaces  here"] * 10, trainers.BpeTrainer(
-            vocab_size=270, special_tokens=["<|endoftext|>"], show_progress=False,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tk.train_from_iterator(
+            ["hello world, 123 spaces  here"] * 10,
+            trainers.BpeTrainer(
+                vocab_size=270,
+                special_tokens=["<|endoftext|>"],
+                show_progress=False,
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            ),
+        )
         tokenizer = json.loads(tk.to_str())
         vocab, dim, ff = tk.get_vocab_size(), 32, 48
-        config = {"model_type": "llama", "hidden_size": dim, "intermediate_size": ff, "num_hidden_layers": 1,
-                  "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": vocab,
-                  "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 64,
-                  "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 0}
+        config = {
+            "model_type": "llama",
+            "hidden_size": dim,
+            "intermediate_size": ff,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "vocab_size": vocab,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "max_position_embeddings": 64,
+            "tie_word_embeddings": False,
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+        }
         rng = np.random.default_rng(4)
-        shapes = {"model.embed_tokens.weight": (vocab, dim), "lm_head.weight": (vocab, dim),
-                  "model.norm.weight": (dim,), "model.layers.0.input_layernorm.weight": (dim,),
-                  "model.layers.0.post_attention_layernorm.weight": (dim,),
-                  "model.layers.0.self_attn.q_proj.weight": (dim, dim),
-                  "model.layers.0.self_attn.k_proj.weight": (dim // 2, dim),
-                  "model.layers.0.self_attn.v_proj.weight": (dim // 2, dim),
-                  "model.layers.0.self_attn.o_proj.weight": (dim, dim),
-                  "model.layers.0.mlp.gate_proj.weight": (ff, dim), "model.layers.0.mlp.up_proj.weight": (ff, dim),
-                  "model.layers.0.mlp.down_proj.weight": (dim, ff)}
-        save_file({k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()},
-                  os.path.join(d, "model.safetensors"))
+        shapes = {
+            "model.embed_tokens.weight": (vocab, dim),
+            "lm_head.weight": (vocab, dim),
+            "model.norm.weight": (dim,),
+            "model.layers.0.input_layernorm.weight": (dim,),
+            "model.layers.0.post_attention_layernorm.weight": (dim,),
+            "model.layers.0.self_attn.q_proj.weight": (dim, dim),
+            "model.layers.0.self_attn.k_proj.weight": (dim // 2, dim),
+            "model.layers.0.self_attn.v_proj.weight": (dim // 2, dim),
+            "model.layers.0.self_attn.o_proj.weight": (dim, dim),
+            "model.layers.0.mlp.gate_proj.weight": (ff, dim),
+            "model.layers.0.mlp.up_proj.weight": (ff, dim),
+            "model.layers.0.mlp.down_proj.weight": (dim, ff),
+        }
+        save_file(
+            {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()},
+            os.path.join(d, "model.safetensors"),
+        )
         for name, value in (("config.json", config), ("tokenizer.json", tokenizer)):
             with open(os.path.join(d, name), "w") as fh:
                 json.dump(value, fh)
@@ -235,7 +292,10 @@ def _hf_base() -> tuple[Any, dict[str, Any]]:
         except SystemExit as exc:
             if exc.code:
                 raise RuntimeError("packing the gguf-write-hf seed failed") from None
-        _HF = (cmf.CmfFile(packed), {"config": config, "tokenizer": tokenizer, "tokenizer_config": {}})
+        _HF = (
+            cmf.CmfFile(packed),
+            {"config": config, "tokenizer": tokenizer, "tokenizer_config": {}},
+        )
     return _HF
 
 
@@ -244,8 +304,10 @@ class _HFView(_View):
 
     def __init__(self, f: Any, files: dict[str, Any]) -> None:
         super().__init__(f, f.metadata())
-        self._files = {f"{k}.json": (v if isinstance(v, str) else json.dumps(v)).encode("utf-8", "replace")
-                       for k, v in files.items()}
+        self._files = {
+            f"{k}.json": (v if isinstance(v, str) else json.dumps(v)).encode("utf-8", "replace")
+            for k, v in files.items()
+        }
 
     def attachments(self) -> list[str]:
         return list(self._files)
@@ -269,15 +331,38 @@ def gguf_write_hf_seeds() -> list[bytes]:
     _, files = _hf_base()
     spm = json.loads(json.dumps(files))
     spm["tokenizer"]["model"]["byte_fallback"] = True
-    spm["tokenizer"]["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first"}
+    spm["tokenizer"]["pre_tokenizer"] = {
+        "type": "Metaspace",
+        "replacement": "\u2581",
+        "prepend_scheme": "first",
+    }
     return [json.dumps(files).encode(), json.dumps(spm).encode()]
 
 
 TARGETS = {
-    "gguf-write": Target("gguf-write", run_gguf_write, gguf_write_seeds, mutate=mutate_gguf_write,
-                         instrument=("cmf.convert.gguf_export", "cmf.convert.gguf_write", "cmf.convert.gguf_restore",
-                                     "cmf.convert.gguf_kv", "cmf.convert.gguf_tensor_out")),
-    "gguf-write-hf": Target("gguf-write-hf", run_gguf_write_hf, gguf_write_hf_seeds, mutate=mutate_gguf_write,
-                            instrument=("cmf.convert.hf_gguf", "cmf.convert.hf_gguf_vocab",
-                                        "cmf.convert.gguf_write", "cmf.convert.gguf_kv")),
+    "gguf-write": Target(
+        "gguf-write",
+        run_gguf_write,
+        gguf_write_seeds,
+        mutate=mutate_gguf_write,
+        instrument=(
+            "cmf.convert.gguf_export",
+            "cmf.convert.gguf_write",
+            "cmf.convert.gguf_restore",
+            "cmf.convert.gguf_kv",
+            "cmf.convert.gguf_tensor_out",
+        ),
+    ),
+    "gguf-write-hf": Target(
+        "gguf-write-hf",
+        run_gguf_write_hf,
+        gguf_write_hf_seeds,
+        mutate=mutate_gguf_write,
+        instrument=(
+            "cmf.convert.hf_gguf",
+            "cmf.convert.hf_gguf_vocab",
+            "cmf.convert.gguf_write",
+            "cmf.convert.gguf_kv",
+        ),
+    ),
 }

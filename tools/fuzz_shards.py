@@ -73,8 +73,15 @@ from tools.fuzz_common import (
 INDEX = "model.cmf.index.json"
 SECRET = b"\xde\xad\xbe\xefSECRET-OUTSIDE!" * 64
 MARK = b"SECRET-OUTSIDE"
-HOSTILE_FILES = ["link.cmf", "up.cmf", "dir.cmf", "junk.cmf", "trunc.cmf", "missing.cmf",
-                 "secret.cmf"]
+HOSTILE_FILES = [
+    "link.cmf",
+    "up.cmf",
+    "dir.cmf",
+    "junk.cmf",
+    "trunc.cmf",
+    "missing.cmf",
+    "secret.cmf",
+]
 OTHER_VALID = ["extra.cmf", "dup.cmf", "none.cmf"]
 
 
@@ -94,9 +101,12 @@ class _Fixture:
         os.makedirs(os.path.join(self.dir, "dir.cmf"), exist_ok=True)
         self.secret = os.path.join(self.root, "secret.cmf")
         marks = np.frombuffer(SECRET, np.uint8)
-        cmf.save_file({"secret": marks, "q": marks[:256].copy(), "embed.weight": marks[:64].copy()},
-                      self.secret, metadata={"secret": MARK.decode()},
-                      attachments={"secret.bin": SECRET})
+        cmf.save_file(
+            {"secret": marks, "q": marks[:256].copy(), "embed.weight": marks[:64].copy()},
+            self.secret,
+            metadata={"secret": MARK.decode()},
+            attachments={"secret.bin": SECRET},
+        )
 
         r = np.random.default_rng(5)
         emb = r.standard_normal((8, 8)).astype(np.float32)
@@ -113,9 +123,12 @@ class _Fixture:
             "lm_head.weight": emb.copy(),  # another shard: stored again
         }
         recipe, fallback = resolve_recipe("lossless")
-        with ShardedWriter(os.path.join(self.dir, "model.cmf"), 400,
-                           metadata={"format": "pt", "name": "fuzz"}) as sw:
-            pack_tasks(sw, list(tensors.items()), EncodeSettings(recipe, 3, fallback), InlineExecutor())
+        with ShardedWriter(
+            os.path.join(self.dir, "model.cmf"), 400, metadata={"format": "pt", "name": "fuzz"}
+        ) as sw:
+            pack_tasks(
+                sw, list(tensors.items()), EncodeSettings(recipe, 3, fallback), InlineExecutor()
+            )
             sw.add_attachment("config.json", b'{"hidden_size": 8}')
         with open(os.path.join(self.dir, INDEX), "rb") as fh:
             self.index_bytes = fh.read()
@@ -124,10 +137,15 @@ class _Fixture:
         if len(self.shards) < 2:
             raise RuntimeError(f"the fuzz set has {len(self.shards)} shard(s); expected several")
 
-        cmf.save_file({"extra.w": np.linspace(-2, 2, 6).reshape(2, 3),
-                       "extra.alias": np.linspace(-2, 2, 6).reshape(2, 3)},
-                      os.path.join(self.dir, "extra.cmf"), metadata={"note": "extra"},
-                      attachments={"extra.txt": b"extra attachment"})
+        cmf.save_file(
+            {
+                "extra.w": np.linspace(-2, 2, 6).reshape(2, 3),
+                "extra.alias": np.linspace(-2, 2, 6).reshape(2, 3),
+            },
+            os.path.join(self.dir, "extra.cmf"),
+            metadata={"note": "extra"},
+            attachments={"extra.txt": b"extra attachment"},
+        )
         first = next(iter(self.index["weight_map"]))
         cmf.save_file({first: np.arange(5, dtype=np.int32)}, os.path.join(self.dir, "dup.cmf"))
         cmf.save_file({}, os.path.join(self.dir, "none.cmf"))
@@ -146,13 +164,16 @@ class _Fixture:
         for name in self.shards + OTHER_VALID:
             with cmf.open(os.path.join(self.dir, name)) as f:
                 self.contents[name] = {
-                    "tensors": {t: (f.spec(t).dtype.numpy, f.spec(t).shape,
-                                    f.get_tensor(t).tobytes()) for t in f.keys()},
+                    "tensors": {
+                        t: (f.spec(t).dtype.numpy, f.spec(t).shape, f.get_tensor(t).tobytes())
+                        for t in f.keys()
+                    },
                     "metadata": f.metadata(),
                     "attachments": {a: f.get_attachment(a) for a in f.attachments()},
                 }
-        self.tensor_names = sorted({t for c in self.contents.values() for t in c["tensors"]}
-                                   | {"secret"})
+        self.tensor_names = sorted(
+            {t for c in self.contents.values() for t in c["tensors"]} | {"secret"}
+        )
         self.index_path = os.path.join(self.dir, INDEX)  # where each input goes
         self.real_dir = os.path.realpath(self.dir)
         self.real_secret = os.path.realpath(self.secret)
@@ -186,11 +207,23 @@ _O_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_AP
 # in place as the index (a new regular file: it resolves as before); relative paths (they depend
 # on the cwd) are not cached.
 _VERDICTS: dict[tuple[str, bool], str | None] = {}
-_RESOLVING_EVENTS = frozenset({  # os.rename: rename, replace; os.remove: remove, unlink
-    "os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.symlink", "os.link", "os.chdir",
-    "os.truncate", "shutil.move", "shutil.rmtree", "shutil.copytree", "shutil.copyfile",
-    "shutil.unpack_archive",
-})
+_RESOLVING_EVENTS = frozenset(
+    {  # os.rename: rename, replace; os.remove: remove, unlink
+        "os.rename",
+        "os.remove",
+        "os.rmdir",
+        "os.mkdir",
+        "os.symlink",
+        "os.link",
+        "os.chdir",
+        "os.truncate",
+        "shutil.move",
+        "shutil.rmtree",
+        "shutil.copytree",
+        "shutil.copyfile",
+        "shutil.unpack_archive",
+    }
+)
 
 
 def _verdict(path: str, nofollow: bool, f: _Fixture) -> str | None:
@@ -204,8 +237,9 @@ def _verdict(path: str, nofollow: bool, f: _Fixture) -> str | None:
     else:
         real = os.path.realpath(path)
     inside = real.startswith(f.real_dir + os.sep)
-    if real == f.real_secret or (not inside and (real.startswith(f.real_root + os.sep)
-                                                 or real.endswith(".cmf"))):
+    if real == f.real_secret or (
+        not inside and (real.startswith(f.real_root + os.sep) or real.endswith(".cmf"))
+    ):
         return real
     return None
 
@@ -214,8 +248,12 @@ def _audit(event: str, args: tuple) -> None:
     if event != "open":
         if event in _RESOLVING_EVENTS and _VERDICTS:
             try:
-                ours = (_WATCH is None and event == "os.rename" and _FIXTURE is not None
-                        and args[1] == _FIXTURE.index_path)  # scratch_file's, outside a run
+                ours = (
+                    _WATCH is None
+                    and event == "os.rename"
+                    and _FIXTURE is not None
+                    and args[1] == _FIXTURE.index_path
+                )  # scratch_file's, outside a run
             except Exception:  # noqa: BLE001 - never break the audited call
                 ours = False
             if not ours:
@@ -268,24 +306,33 @@ def _check_accepted(f: Any, data: bytes, fx: _Fixture) -> None:
     if list(f.shard_names) != shards:
         raise Finding(f"opened shards {f.shard_names[:5]} but the index lists {shards[:5]}")
     if set(f.keys()) != set(weight_map):
-        raise Finding(f"tensors {sorted(f.keys())[:8]} but the weight_map has "
-                      f"{sorted(weight_map)[:8]}")
+        raise Finding(
+            f"tensors {sorted(f.keys())[:8]} but the weight_map has {sorted(weight_map)[:8]}"
+        )
     if any(s not in fx.contents for s in shards):
-        raise Finding(f"opened a set with shards {shards[:5]}: not all are valid files of the "
-                      "set directory")
+        raise Finding(
+            f"opened a set with shards {shards[:5]}: not all are valid files of the set directory"
+        )
     for name in f.keys():
         shard = weight_map[name]
         if f.shard_of(name) != shard:
-            raise Finding(f"tensor {name!r} read from {f.shard_of(name)!r}, the weight_map says "
-                          f"{shard!r}")
+            raise Finding(
+                f"tensor {name!r} read from {f.shard_of(name)!r}, the weight_map says {shard!r}"
+            )
         dtype, shape, raw = fx.contents[shard]["tensors"][name]
         spec = f.spec(name)
         a = f.get_tensor(name)
-        if (not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape
-                or spec.shape != shape):
-            raise Finding(f"tensor {name!r}: decoded "
-                          f"{getattr(a, 'dtype', '?')}{getattr(a, 'shape', '?')}, "
-                          f"index says {spec.describe()}, shard {shard!r} holds {dtype}{shape}")
+        if (
+            not isinstance(a, np.ndarray)
+            or a.dtype != dtype
+            or a.shape != shape
+            or spec.shape != shape
+        ):
+            raise Finding(
+                f"tensor {name!r}: decoded "
+                f"{getattr(a, 'dtype', '?')}{getattr(a, 'shape', '?')}, "
+                f"index says {spec.describe()}, shard {shard!r} holds {dtype}{shape}"
+            )
         if a.tobytes() != raw:
             raise Finding(f"tensor {name!r}: not the bytes of shard {shard!r}")
         if not a.flags.writeable:
@@ -293,11 +340,13 @@ def _check_accepted(f: Any, data: bytes, fx: _Fixture) -> None:
     last = fx.contents[shards[-1]]
     meta = f.metadata()
     if meta != last["metadata"]:
-        raise Finding(f"metadata {str(meta)[:200]} is not the last shard's "
-                      f"{str(last['metadata'])[:200]}")
+        raise Finding(
+            f"metadata {str(meta)[:200]} is not the last shard's {str(last['metadata'])[:200]}"
+        )
     if list(f.attachments()) != list(last["attachments"]):
-        raise Finding(f"attachments {f.attachments()} are not the last shard's "
-                      f"{list(last['attachments'])}")
+        raise Finding(
+            f"attachments {f.attachments()} are not the last shard's {list(last['attachments'])}"
+        )
     for name in f.attachments():
         blob = f.get_attachment(name)
         if blob != last["attachments"][name]:
@@ -330,8 +379,10 @@ def check_set(path: str, data: bytes, fx: _Fixture) -> None:
     except CmfError as exc:
         raise Finding(f"validate raised {type(exc).__name__}: {exc}") from None
     if rejected is None and not report.valid:
-        raise Finding(f"the reader accepts the set (every file valid) but validate reports "
-                      f"{report.errors[:3]}")
+        raise Finding(
+            f"the reader accepts the set (every file valid) but validate reports "
+            f"{report.errors[:3]}"
+        )
     if rejected is not None and report.valid:
         raise Finding(f"the reader rejects ({rejected}) but validate reports the set valid")
     if rejected is not None:
@@ -348,8 +399,9 @@ def run_shards(data: bytes) -> None:
     finally:
         opened, _WATCH = _WATCH, None
         if opened:
-            raise Finding(f"opened (or tried to open) a file outside the set's directory: "
-                          f"{opened[:3]}")
+            raise Finding(
+                f"opened (or tried to open) a file outside the set's directory: {opened[:3]}"
+            )
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -367,8 +419,13 @@ def consistent(fx: _Fixture, shards: list) -> dict:
     for s in shards:
         for t in fx.contents.get(s, {}).get("tensors", {}) if isinstance(s, str) else ():
             weight_map.setdefault(t, s)
-    return {"format": "cmf.shards", "version": 1, "metadata": {"total_size": 1},
-            "shards": list(shards), "weight_map": weight_map}
+    return {
+        "format": "cmf.shards",
+        "version": 1,
+        "metadata": {"total_size": 1},
+        "shards": list(shards),
+        "weight_map": weight_map,
+    }
 
 
 def _renamed(index: dict, old: str, new: Any) -> dict:
@@ -382,8 +439,13 @@ def shard_seeds() -> list[bytes]:
     fx = fixture()
     s = fx.shards
     seeds = [fx.index_bytes, _dump(fx.index, None)]
-    for shards in (s[:-1] + ["extra.cmf"], ["extra.cmf"], s + ["none.cmf"],
-                   [s[0], "dup.cmf"] + s[1:], list(reversed(s))):
+    for shards in (
+        s[:-1] + ["extra.cmf"],
+        ["extra.cmf"],
+        s + ["none.cmf"],
+        [s[0], "dup.cmf"] + s[1:],
+        list(reversed(s)),
+    ):
         seeds.append(_dump(consistent(fx, shards)))
     for new in ("link.cmf", "../" + s[0], "/secret.cmf", "..\\" + s[0], "junk.cmf", "up.cmf"):
         seeds.append(_dump(_renamed(fx.index, s[0], new)))
@@ -400,15 +462,53 @@ def shard_seeds() -> list[bytes]:
 def _hostile_names(fx: _Fixture) -> list:
     s0 = fx.shards[0]
     return [
-        "../secret.cmf", "/secret.cmf", "/tmp/secret.cmf", "/dev/shm/../secret.cmf",
-        "..\\secret.cmf", "../set/" + s0, "./" + s0, "set/" + s0,
-        "/etc/passwd.cmf", "C:secret.cmf", "c:\\secret.cmf", "\\\\server\\share\\x.cmf",
-        "." + s0, ".cmf", "..cmf", "...cmf", "~/x.cmf", "%2e%2e%2fsecret.cmf",
-        "\uff0e\uff0e\uff0fsecret.cmf", "..\u2215secret.cmf", s0 + "\x00", s0 + "/", s0 + " ",
-        " " + s0, s0.upper(), s0.upper().replace(".CMF", ".cmf"), s0[:-4], s0 + ".json",
-        "x" * 251 + ".cmf", "x" * 252 + ".cmf", "\u00e9" * 126 + ".cmf", "\u00e9" * 125 + ".cmf",
-        "\ud800.cmf", "", "secret.cmf\u202e", INDEX, "model.cmf", "con.cmf", "a:b.cmf", "1:x.cmf",
-        1, None, True, 1.5, [], {}, [s0],
+        "../secret.cmf",
+        "/secret.cmf",
+        "/tmp/secret.cmf",
+        "/dev/shm/../secret.cmf",
+        "..\\secret.cmf",
+        "../set/" + s0,
+        "./" + s0,
+        "set/" + s0,
+        "/etc/passwd.cmf",
+        "C:secret.cmf",
+        "c:\\secret.cmf",
+        "\\\\server\\share\\x.cmf",
+        "." + s0,
+        ".cmf",
+        "..cmf",
+        "...cmf",
+        "~/x.cmf",
+        "%2e%2e%2fsecret.cmf",
+        "\uff0e\uff0e\uff0fsecret.cmf",
+        "..\u2215secret.cmf",
+        s0 + "\x00",
+        s0 + "/",
+        s0 + " ",
+        " " + s0,
+        s0.upper(),
+        s0.upper().replace(".CMF", ".cmf"),
+        s0[:-4],
+        s0 + ".json",
+        "x" * 251 + ".cmf",
+        "x" * 252 + ".cmf",
+        "\u00e9" * 126 + ".cmf",
+        "\u00e9" * 125 + ".cmf",
+        "\ud800.cmf",
+        "",
+        "secret.cmf\u202e",
+        INDEX,
+        "model.cmf",
+        "con.cmf",
+        "a:b.cmf",
+        "1:x.cmf",
+        1,
+        None,
+        True,
+        1.5,
+        [],
+        {},
+        [s0],
     ]
 
 
@@ -426,15 +526,52 @@ def _name(fx: _Fixture, rng: random.Random) -> Any:
 def _tensor_name(fx: _Fixture, rng: random.Random) -> str:
     if rng.random() < 0.75:
         return rng.choice(fx.tensor_names)
-    return rng.choice(["", "\x00", "a\x00b", "a" * 1024, "a" * 1025, "\u00e9" * 513, "\ud800",
-                       "../x", "embed.weight ", "EMBED.WEIGHT", "__metadata__", "\u00e9"])
+    return rng.choice(
+        [
+            "",
+            "\x00",
+            "a\x00b",
+            "a" * 1024,
+            "a" * 1025,
+            "\u00e9" * 513,
+            "\ud800",
+            "../x",
+            "embed.weight ",
+            "EMBED.WEIGHT",
+            "__metadata__",
+            "\u00e9",
+        ]
+    )
 
 
-_RAW = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "-0", "1.0", "1E0", "1e0", "0x1", "01",
-        "+1", "1" * 5000, "-" + "9" * 30, "true", "false", "null", '"1"', "[1]", "{}",
-        '"\\ud800.cmf"', '"\\udfff"', '"a\\u0000.cmf"', "[" * 70 + "]" * 70,
-        "[" * 3000 + "]" * 3000,
-        "{" + ",".join(f'"k{i}": {i}' for i in range(300)) + "}"]
+_RAW = [
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e400",
+    "-1e400",
+    "-0",
+    "1.0",
+    "1E0",
+    "1e0",
+    "0x1",
+    "01",
+    "+1",
+    "1" * 5000,
+    "-" + "9" * 30,
+    "true",
+    "false",
+    "null",
+    '"1"',
+    "[1]",
+    "{}",
+    '"\\ud800.cmf"',
+    '"\\udfff"',
+    '"a\\u0000.cmf"',
+    "[" * 70 + "]" * 70,
+    "[" * 3000 + "]" * 3000,
+    "{" + ",".join(f'"k{i}": {i}' for i in range(300)) + "}",
+]
 
 
 class _Doc:
@@ -459,8 +596,9 @@ class _Doc:
         for i, raw in enumerate(self.raw):
             text = text.replace(json.dumps(f"\x00RAW{i}\x00"), raw)
         for i, key in enumerate(self.dups):
-            text = text.replace(json.dumps(f"\x00DUP{i}\x00"),
-                                json.dumps(key, ensure_ascii=ascii_only))
+            text = text.replace(
+                json.dumps(f"\x00DUP{i}\x00"), json.dumps(key, ensure_ascii=ascii_only)
+            )
         return text.encode("utf-8", "surrogatepass")
 
 
@@ -473,9 +611,16 @@ def _edit_shards(doc: _Doc, fx: _Fixture, rng: random.Random) -> None:
     shards = idx.get("shards")
     if not isinstance(shards, list) or rng.random() < 0.05:
         n = rng.choice((2, 100, 3000))  # drawn first, as when the list below was built eagerly
-        idx["shards"] = rng.choice((lambda: list(fx.shards), list, lambda: None, lambda: "x.cmf",
-                                    lambda: {"a": 1},
-                                    lambda: [f"s{i}.cmf" for i in range(n)]))()  # built if drawn
+        idx["shards"] = rng.choice(
+            (
+                lambda: list(fx.shards),
+                list,
+                lambda: None,
+                lambda: "x.cmf",
+                lambda: {"a": 1},
+                lambda: [f"s{i}.cmf" for i in range(n)],
+            )
+        )()  # built if drawn
         return
     op = rng.randrange(9)
     if op == 0 and shards:  # rename consistently in shards and weight_map: gets past membership
@@ -510,20 +655,29 @@ def _edit_weight_map(doc: _Doc, fx: _Fixture, rng: random.Random) -> None:
     idx = doc.obj
     wm = idx.get("weight_map")
     if not isinstance(wm, dict) or rng.random() < 0.05:
-        idx["weight_map"] = rng.choice((lambda: dict(fx.index["weight_map"]), dict, list,
-                                        lambda: None, lambda: "x",
-                                        lambda: {f"t{i}": fx.shards[0] for i in range(2000)}))()
+        idx["weight_map"] = rng.choice(
+            (
+                lambda: dict(fx.index["weight_map"]),
+                dict,
+                list,
+                lambda: None,
+                lambda: "x",
+                lambda: {f"t{i}": fx.shards[0] for i in range(2000)},
+            )
+        )()
         return
     shards = idx.get("shards") if isinstance(idx.get("shards"), list) else fx.shards
     op = rng.randrange(7)
     if op == 0 and wm:  # move a tensor
-        wm[rng.choice(list(wm))] = (rng.choice(shards) if shards and rng.random() < 0.6
-                                    else _name(fx, rng))
+        wm[rng.choice(list(wm))] = (
+            rng.choice(shards) if shards and rng.random() < 0.6 else _name(fx, rng)
+        )
     elif op == 1 and wm:
         del wm[rng.choice(list(wm))]
     elif op == 2:
-        wm[_tensor_name(fx, rng)] = (rng.choice(shards) if shards and rng.random() < 0.8
-                                     else _name(fx, rng))
+        wm[_tensor_name(fx, rng)] = (
+            rng.choice(shards) if shards and rng.random() < 0.8 else _name(fx, rng)
+        )
     elif op == 3 and wm:  # rename a tensor
         k = rng.choice(list(wm))
         wm[_tensor_name(fx, rng)] = wm.pop(k)
@@ -542,26 +696,50 @@ def _edit_top(doc: _Doc, fx: _Fixture, rng: random.Random) -> None:
     idx = doc.obj
     op = rng.randrange(8)
     if op == 0:
-        idx["format"] = rng.choice(["cmf.shards", "CMF.shards", "cmf.shards\x00", "cmf.shards ", "",
-                                    "safetensors", None, 1, ["cmf.shards"], "cmf.shards\u200b"])
+        idx["format"] = rng.choice(
+            [
+                "cmf.shards",
+                "CMF.shards",
+                "cmf.shards\x00",
+                "cmf.shards ",
+                "",
+                "safetensors",
+                None,
+                1,
+                ["cmf.shards"],
+                "cmf.shards\u200b",
+            ]
+        )
     elif op == 1:
-        idx["version"] = rng.choice([1, 0, 2, -1, True, False, 1.0, "1", None, [1], 2 ** 64,
-                                     rng.choice(INTERESTING)])
+        idx["version"] = rng.choice(
+            [1, 0, 2, -1, True, False, 1.0, "1", None, [1], 2**64, rng.choice(INTERESTING)]
+        )
     elif op == 2:
-        idx["version"] = doc.raw_token(rng.choice(["1.0", "1e0", "-0", "1" * 5000, "NaN", "01",
-                                                   "1E400"]))
+        idx["version"] = doc.raw_token(
+            rng.choice(["1.0", "1e0", "-0", "1" * 5000, "NaN", "01", "1E400"])
+        )
     elif op == 3:
-        idx["metadata"] = rng.choice([{}, None, [], "x", {"total_size": -1},
-                                      {"total_size": 2 ** 70},
-                                      {"total_size": doc.raw_token("NaN")},
-                                      {"nested": doc.raw_token("[" * 70 + "]" * 70)},
-                                      {"a": "\x00", "b": "\ud800"}, {"format": "other"}])
+        idx["metadata"] = rng.choice(
+            [
+                {},
+                None,
+                [],
+                "x",
+                {"total_size": -1},
+                {"total_size": 2**70},
+                {"total_size": doc.raw_token("NaN")},
+                {"nested": doc.raw_token("[" * 70 + "]" * 70)},
+                {"a": "\x00", "b": "\ud800"},
+                {"format": "other"},
+            ]
+        )
     elif op == 4:  # an unknown top-level key, or one missing
         if rng.random() < 0.5 and idx:
             del idx[rng.choice(list(idx))]
         else:
-            key = rng.choice(["comment", "Format", "shards ", "__proto__", "weight_map\x00",
-                              "\ud800"])
+            key = rng.choice(
+                ["comment", "Format", "shards ", "__proto__", "weight_map\x00", "\ud800"]
+            )
             idx[key] = rng.choice([1, "x", {}, [], None])
     elif op == 5 and idx:  # a duplicate top-level key
         k = rng.choice(list(idx))

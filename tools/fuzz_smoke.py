@@ -24,13 +24,29 @@ if __package__ in (None, ""):
 from tools import fuzz_codecs, fuzz_container, fuzz_convert, fuzz_shards  # noqa: E402
 from tools.fuzz_common import fuzz_python  # noqa: E402
 
-TARGETS = {**fuzz_container.TARGETS, **fuzz_codecs.TARGETS, **fuzz_convert.TARGETS,
-           **fuzz_shards.TARGETS}
-RUNS = {"container": 12000, "index": 12000, "safetensors": 10000, "onnx": 8000, "gguf": 10000, "gguf-write": 3000, "gguf-write-hf": 3000,
-        "shards": 10000}
+TARGETS = {
+    **fuzz_container.TARGETS,
+    **fuzz_codecs.TARGETS,
+    **fuzz_convert.TARGETS,
+    **fuzz_shards.TARGETS,
+}
+RUNS = {
+    "container": 12000,
+    "index": 12000,
+    "safetensors": 10000,
+    "onnx": 8000,
+    "gguf": 10000,
+    "gguf-write": 3000,
+    "gguf-write-hf": 3000,
+    "shards": 10000,
+}
 CODEC_RUNS = 6000
-SCRIPTS = {"fuzz_container.py": fuzz_container.TARGETS, "fuzz_codecs.py": fuzz_codecs.TARGETS,
-           "fuzz_convert.py": fuzz_convert.TARGETS, "fuzz_shards.py": fuzz_shards.TARGETS}
+SCRIPTS = {
+    "fuzz_container.py": fuzz_container.TARGETS,
+    "fuzz_codecs.py": fuzz_codecs.TARGETS,
+    "fuzz_convert.py": fuzz_convert.TARGETS,
+    "fuzz_shards.py": fuzz_shards.TARGETS,
+}
 
 
 def main() -> int:
@@ -50,25 +66,49 @@ def main() -> int:
             script = next(s for s, ts in SCRIPTS.items() if name in ts)
             with tempfile.TemporaryDirectory() as corpus:
                 rc = subprocess.call(
-                    [sys.executable, os.path.join(os.path.dirname(__file__), script), name,
-                     "--engine", "atheris", "--runs", str(runs), "--seed", str(a.seed),
-                     "--corpus", corpus, "--findings", a.findings],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    [
+                        sys.executable,
+                        os.path.join(os.path.dirname(__file__), script),
+                        name,
+                        "--engine",
+                        "atheris",
+                        "--runs",
+                        str(runs),
+                        "--seed",
+                        str(a.seed),
+                        "--corpus",
+                        corpus,
+                        "--findings",
+                        a.findings,
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             line = f"{name:18s} {runs:7d} inputs  {'FINDING' if rc else 'ok'}"
             if rc:
                 failed.append(name)
         else:
-            s = fuzz_python(TARGETS[name], runs=runs, seconds=None, seed=a.seed,
-                            findings_dir=a.findings, quiet=False)
-            line = (f"{name:18s} {s.execs:7d} inputs {s.seconds:6.1f} s "
-                    f"{s.execs / max(s.seconds, 1e-9):8.0f}/s  accepted {s.accepted:6d}  "
-                    f"outcomes {s.outcomes:4d}  slowest {1000 * s.slowest:6.1f} ms  "
-                    f"{'FINDINGS ' + str(len(s.findings)) if s.findings else 'ok'}")
+            s = fuzz_python(
+                TARGETS[name],
+                runs=runs,
+                seconds=None,
+                seed=a.seed,
+                findings_dir=a.findings,
+                quiet=False,
+            )
+            line = (
+                f"{name:18s} {s.execs:7d} inputs {s.seconds:6.1f} s "
+                f"{s.execs / max(s.seconds, 1e-9):8.0f}/s  accepted {s.accepted:6d}  "
+                f"outcomes {s.outcomes:4d}  slowest {1000 * s.slowest:6.1f} ms  "
+                f"{'FINDINGS ' + str(len(s.findings)) if s.findings else 'ok'}"
+            )
             if s.findings:
                 failed.append(name)
         print(line, flush=True)
-    print(f"{len(names)} targets in {time.perf_counter() - start:.0f} s; "
-          + (f"findings in {', '.join(failed)} (inputs in {a.findings})" if failed else "no findings"))
+    print(
+        f"{len(names)} targets in {time.perf_counter() - start:.0f} s; "
+        + (f"findings in {', '.join(failed)} (inputs in {a.findings})" if failed else "no findings")
+    )
     return 1 if failed else 0
 
 

@@ -90,15 +90,27 @@ def llama_quantizer(path: str):
         out = np.zeros((x.shape[0], x.shape[1] // blk * nb), np.uint8)
         lib.ggml_quantize_init(int(qt))
         imp = None if imp is None else np.ascontiguousarray(imp, np.float32)
-        lib.ggml_quantize_chunk(int(qt), x.ctypes.data, out.ctypes.data, 0, x.shape[0],
-                                x.shape[1], None if imp is None else imp.ctypes.data)
+        lib.ggml_quantize_chunk(
+            int(qt),
+            x.ctypes.data,
+            out.ctypes.data,
+            0,
+            x.shape[0],
+            x.shape[1],
+            None if imp is None else imp.ctypes.data,
+        )
         return out
 
     class Traits(ctypes.Structure):  # ggml.h struct ggml_type_traits
-        _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
-                    ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
-                    ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p),
-                    ("from_float_ref", ctypes.c_void_p)]
+        _fields_ = [
+            ("type_name", ctypes.c_char_p),
+            ("blck_size", ctypes.c_int64),
+            ("blck_size_interleave", ctypes.c_int64),
+            ("type_size", ctypes.c_size_t),
+            ("is_quantized", ctypes.c_bool),
+            ("to_float", ctypes.c_void_p),
+            ("from_float_ref", ctypes.c_void_p),
+        ]
 
     lib.ggml_get_type_traits.restype = ctypes.POINTER(Traits)
     to_float_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
@@ -129,28 +141,46 @@ def main(argv=None) -> None:
     from gguf.quants import dequantize
     from safetensors.numpy import load_file
 
-    weights = {k: v for k, v in load_file(os.path.join(args.model_dir, "model.safetensors")).items()
-               if v.ndim == 2 and v.dtype == np.float32}
+    weights = {
+        k: v
+        for k, v in load_file(os.path.join(args.model_dir, "model.safetensors")).items()
+        if v.ndim == 2 and v.dtype == np.float32
+    }
     if args.layers is not None:
-        weights = {k: v for k, v in weights.items()
-                   if ".layers." not in k
-                   or int(k.split(".layers.")[1].split(".")[0]) < args.layers}
-    imps = {k: v.astype(np.float32) for k, v in
-            activation_stats(args.model_dir, _texts(SENTENCES, args.texts), False).items()}
+        weights = {
+            k: v
+            for k, v in weights.items()
+            if ".layers." not in k or int(k.split(".layers.")[1].split(".")[0]) < args.layers
+        }
+    imps = {
+        k: v.astype(np.float32)
+        for k, v in activation_stats(args.model_dir, _texts(SENTENCES, args.texts), False).items()
+    }
     covs = activation_stats(args.model_dir, _texts(HELDOUT, args.heldout), True)
     ref = llama_quantizer(args.llama_lib) if args.llama_lib else None
     methods = ["naive", "cmf", "cmf+imp"] + (["llama", "llama+imp"] if ref else [])
-    print(f"{len(weights)} 2-D tensors; importance from {args.texts} calibration texts, "
-          f"output error on {args.heldout} held-out texts")
+    print(
+        f"{len(weights)} 2-D tensors; importance from {args.texts} calibration texts, "
+        f"output error on {args.heldout} held-out texts"
+    )
     checks: list[str] = []
     names = [t.strip().upper() for t in args.types.split(",") if t.strip()]
     fits = {n: [k for k, v in weights.items() if v.shape[1] % TYPES[n].block == 0] for n in names}
     for n, ks in fits.items():
-        print(f"  {n:7s} can take {len(ks):3d} tensors: "
-              f"{sorted({tuple(weights[k].shape) for k in ks})}")
+        print(
+            f"  {n:7s} can take {len(ks):3d} tensors: "
+            f"{sorted({tuple(weights[k].shape) for k in ks})}"
+        )
     heads = " ".join(f"{m:>9s}" for m in methods)
-    print(f"\n{'type':7s} {'tensors':>7s} | relative RMS error " + heads
-          + " | importance-weighted " + heads + " | held-out output err " + heads + " | cmf MB/s")
+    print(
+        f"\n{'type':7s} {'tensors':>7s} | relative RMS error "
+        + heads
+        + " | importance-weighted "
+        + heads
+        + " | held-out output err "
+        + heads
+        + " | cmf MB/s"
+    )
     for n, ks in fits.items():
         qt = gguf.GGMLQuantizationType[n]
         err = {m: [[], [], []] for m in methods}  # per tensor: relative, imp-weighted, output
@@ -161,16 +191,21 @@ def main(argv=None) -> None:
             imp = np.ones(x.shape[1], np.float32) if imp is None else imp
             for m in methods:
                 t0 = time.perf_counter()
-                fn, extra = {"naive": (naive_blocks, ()), "cmf": (quantize_blocks, ()),
-                             "cmf+imp": (quantize_blocks, (imp,)),
-                             "llama": (ref, ()), "llama+imp": (ref, (imp,))}[m]
+                fn, extra = {
+                    "naive": (naive_blocks, ()),
+                    "cmf": (quantize_blocks, ()),
+                    "cmf+imp": (quantize_blocks, (imp,)),
+                    "llama": (ref, ()),
+                    "llama+imp": (ref, (imp,)),
+                }[m]
                 b = fn(x, n, *extra)
                 if m == "cmf":
                     secs += time.perf_counter() - t0
                     mb += x.nbytes / 1e6
                     if ref and k == ks[0]:  # llama.cpp decodes cmf's bytes as gguf-py does
-                        same = np.array_equal(ref.decode(b, n, x.size),
-                                              dequantize(b, qt).reshape(-1))
+                        same = np.array_equal(
+                            ref.decode(b, n, x.size), dequantize(b, qt).reshape(-1)
+                        )
                         checks.append(f"{n}: llama.cpp decode {'==' if same else '!='} gguf-py")
                 e2 = (dequantize(b, qt).reshape(x.shape) - x).astype(np.float64) ** 2
                 x2 = x.astype(np.float64) ** 2
@@ -183,8 +218,10 @@ def main(argv=None) -> None:
         rel = " ".join(f"{np.mean(err[m][0]):9.5f}" for m in methods)
         wrel = " ".join(f"{np.mean(err[m][1]):9.5f}" for m in methods)
         orel = " ".join(f"{np.mean(err[m][2]) if err[m][2] else np.nan:9.5f}" for m in methods)
-        print(f"{n:7s} {len(ks):7d} | {'':19s}{rel} | {'':20s}{wrel} | {'':19s}{orel} "
-              f"| {mb / max(secs, 1e-9):7.1f}")
+        print(
+            f"{n:7s} {len(ks):7d} | {'':19s}{rel} | {'':20s}{wrel} | {'':19s}{orel} "
+            f"| {mb / max(secs, 1e-9):7.1f}"
+        )
 
     if checks:
         print("\n" + "; ".join(checks))

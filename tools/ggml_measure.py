@@ -40,7 +40,9 @@ def weights(model_dir: str, layers: int, flat: bool = True) -> dict[str, np.ndar
     sd = load_file(os.path.join(model_dir, "model.safetensors"))
     keep = {}
     for k, v in sd.items():
-        if v.ndim == 2 and (any(f".layers.{i}." in k for i in range(layers)) or (not flat and "embed" in k)):
+        if v.ndim == 2 and (
+            any(f".layers.{i}." in k for i in range(layers)) or (not flat and "embed" in k)
+        ):
             x = v.astype(np.float32)
             keep[k] = x.reshape(-1, 256) if flat else x  # (rows, 256) or (out, in)
     return keep
@@ -69,7 +71,9 @@ def llama_quantize(lib_path: str):
 
     lib = ctypes.CDLL(lib_path)
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+    lib.ggml_quantize_chunk.argtypes = (
+        [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+    )
     lib.ggml_quantize_init.argtypes = [ctypes.c_int]
 
     def f(x: np.ndarray, kind: str) -> np.ndarray:
@@ -79,7 +83,9 @@ def llama_quantize(lib_path: str):
         out = np.zeros((x.shape[0], x.shape[1] // block * size), np.uint8)
         imp = np.ones(x.shape[1], np.float32)
         lib.ggml_quantize_init(int(qt))
-        lib.ggml_quantize_chunk(int(qt), x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], imp.ctypes.data)
+        lib.ggml_quantize_chunk(
+            int(qt), x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], imp.ctypes.data
+        )
         return out
 
     return f
@@ -137,7 +143,9 @@ def measure(label: str, tensors: dict[str, np.ndarray], type_of, tmp: str) -> di
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    subprocess.run([sys.executable, "-m", "cmf.cli", "pack", path, "-o", out, "-q", "--force"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "cmf.cli", "pack", path, "-o", out, "-q", "--force"], check=True
+    )
     fields: dict[str, list[float]] = {}
     types: dict[str, list[int]] = {}
     with cmf.open(out) as f:
@@ -159,8 +167,14 @@ def measure(label: str, tensors: dict[str, np.ndarray], type_of, tmp: str) -> di
                 acc[0] += parts[field].nbytes
                 acc[1] += size
                 acc[2] += entropy_bytes(parts[field])
-    return {"label": label, "gguf": os.path.getsize(path), "data": sum(b.nbytes for b, _ in blocks.values()),
-            "cmf": os.path.getsize(out), "fields": fields, "types": types}
+    return {
+        "label": label,
+        "gguf": os.path.getsize(path),
+        "data": sum(b.nbytes for b, _ in blocks.values()),
+        "cmf": os.path.getsize(out),
+        "fields": fields,
+        "types": types,
+    }
 
 
 def main(argv=None) -> int:
@@ -168,9 +182,16 @@ def main(argv=None) -> int:
     ap.add_argument("model_dir")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--types", default=",".join(DEFAULT))
-    ap.add_argument("--styles", default="", help="llama.cpp-like mixes on the unflattened weights "
-                    "and the embedding, e.g. Q4_K_M,Q6_K (see style_type)")
-    ap.add_argument("--llama-lib", help="quantize with llama.cpp's ggml_quantize_chunk from this libggml-base.so")
+    ap.add_argument(
+        "--styles",
+        default="",
+        help="llama.cpp-like mixes on the unflattened weights "
+        "and the embedding, e.g. Q4_K_M,Q6_K (see style_type)",
+    )
+    ap.add_argument(
+        "--llama-lib",
+        help="quantize with llama.cpp's ggml_quantize_chunk from this libggml-base.so",
+    )
     args = ap.parse_args(argv)
     global LLAMA
     if args.llama_lib:
@@ -179,25 +200,46 @@ def main(argv=None) -> int:
         if args.types:
             tensors = weights(args.model_dir, args.layers)
             n = sum(x.size for x in tensors.values())
-            print(f"{len(tensors)} tensors, {n / 1e6:.1f} M weights "
-                  f"(layers 0..{args.layers - 1}, rows of 256)")
-            print(f"{'type':8} {'GGUF B':>11} {'.cmf B':>11} {'ratio':>6} {'bound':>6}  "
-                  "fields: stored/bound bytes")
+            print(
+                f"{len(tensors)} tensors, {n / 1e6:.1f} M weights "
+                f"(layers 0..{args.layers - 1}, rows of 256)"
+            )
+            print(
+                f"{'type':8} {'GGUF B':>11} {'.cmf B':>11} {'ratio':>6} {'bound':>6}  "
+                "fields: stored/bound bytes"
+            )
             for kind in args.types.split(","):
                 r = measure(kind, tensors, lambda name, x, kind=kind: kind, tmp)
                 bound = sum(v[2] for v in r["fields"].values())
-                desc = "  ".join(f"{k} {v[1] / 1e3:.0f}/{v[2] / 1e3:.0f}K" for k, v in r["fields"].items())
-                print(f"{kind:8} {r['gguf']:>11} {r['cmf']:>11} {r['cmf'] / r['gguf']:6.3f} "
-                      f"{bound / r['data']:6.3f}  {desc}", flush=True)
+                desc = "  ".join(
+                    f"{k} {v[1] / 1e3:.0f}/{v[2] / 1e3:.0f}K" for k, v in r["fields"].items()
+                )
+                print(
+                    f"{kind:8} {r['gguf']:>11} {r['cmf']:>11} {r['cmf'] / r['gguf']:6.3f} "
+                    f"{bound / r['data']:6.3f}  {desc}",
+                    flush=True,
+                )
         if args.styles:
             tensors = weights(args.model_dir, args.layers, flat=False)
             n = sum(x.size for x in tensors.values())
-            print(f"{len(tensors)} tensors, {n / 1e6:.1f} M weights "
-                  f"(layers 0..{args.layers - 1} and the embedding)")
+            print(
+                f"{len(tensors)} tensors, {n / 1e6:.1f} M weights "
+                f"(layers 0..{args.layers - 1} and the embedding)"
+            )
             for style in args.styles.split(","):
-                r = measure(style, tensors, lambda name, x, style=style: style_type(style, name, x.shape[-1]), tmp)
-                per = "  ".join(f"{k} {v[1] / v[0]:.3f} of {v[0] / 1e6:.1f} MB" for k, v in r["types"].items())
-                print(f"{style:8} {r['gguf']:>11} {r['cmf']:>11} {r['cmf'] / r['gguf']:6.3f}  {per}", flush=True)
+                r = measure(
+                    style,
+                    tensors,
+                    lambda name, x, style=style: style_type(style, name, x.shape[-1]),
+                    tmp,
+                )
+                per = "  ".join(
+                    f"{k} {v[1] / v[0]:.3f} of {v[0] / 1e6:.1f} MB" for k, v in r["types"].items()
+                )
+                print(
+                    f"{style:8} {r['gguf']:>11} {r['cmf']:>11} {r['cmf'] / r['gguf']:6.3f}  {per}",
+                    flush=True,
+                )
     return 0
 
 

@@ -107,17 +107,23 @@ def main() -> None:
             g = os.path.join(out, f"minilm-{name}.gguf")
             c = os.path.join(out, f"minilm-{name}.cmf")
             params = write_gguf(g, model_dir, qtype)
-            subprocess.run([sys.executable, "-m", "cmf.cli", "pack", g, "-o", c, "-q", "--force"], check=True)
+            subprocess.run(
+                [sys.executable, "-m", "cmf.cli", "pack", g, "-o", c, "-q", "--force"], check=True
+            )
             n = check_equal(g, c)
             gb, cb = os.path.getsize(g), os.path.getsize(c)
             rows.append((name, gb, cb, gb / cb, 8 * gb / params, 8 * cb / params, n))
     print(f"all-MiniLM-L6-v2, {params:,} parameters; 2-D weights quantized, others F32")
-    print("| type | GGUF bytes | .cmf bytes | GGUF / cmf | GGUF bits/param | cmf bits/param "
-          "| bit-exact |")
+    print(
+        "| type | GGUF bytes | .cmf bytes | GGUF / cmf | GGUF bits/param | cmf bits/param "
+        "| bit-exact |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|")
     for name, gb, cb, ratio, gbits, cbits, n in rows:
-        print(f"| {name} | {gb:,} | {cb:,} | {ratio:.3f}x | {gbits:.3f} | {cbits:.3f} "
-              f"| {n}/{n} tensors |")
+        print(
+            f"| {name} | {gb:,} | {cb:,} | {ratio:.3f}x | {gbits:.3f} | {cbits:.3f} "
+            f"| {n}/{n} tensors |"
+        )
 
 
 if __name__ == "__main__":

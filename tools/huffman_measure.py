@@ -78,8 +78,18 @@ def measure(label: str, streams: list[np.ndarray], codecs, repeat: int) -> None:
             if codec.decode({"data": e}, sp) != s.tobytes():
                 raise SystemExit(f"{name}: round trip failed")
         raw = [s.tobytes() for s in streams]
-        te = timed(lambda codec=codec, raw=raw, specs=specs: [codec.encode(r, sp) for r, sp in zip(raw, specs, strict=True)], repeat)
-        td = timed(lambda codec=codec, enc=enc, specs=specs: [codec.decode({"data": e}, sp) for e, sp in zip(enc, specs, strict=True)], repeat)
+        te = timed(
+            lambda codec=codec, raw=raw, specs=specs: [
+                codec.encode(r, sp) for r, sp in zip(raw, specs, strict=True)
+            ],
+            repeat,
+        )
+        td = timed(
+            lambda codec=codec, enc=enc, specs=specs: [
+                codec.decode({"data": e}, sp) for e, sp in zip(enc, specs, strict=True)
+            ],
+            repeat,
+        )
         print(
             f"| {name} | {size:,} | {n / size:.3f} | {8 * size / n:.3f} "
             f"| {n / te / 1e6:.1f} | {n / td / 1e6:.1f} |"

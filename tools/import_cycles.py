@@ -54,7 +54,10 @@ def import_graph(root: str = ROOT, packages_too: bool = False) -> dict[str, set[
                     parts = package.split(".")
                     parts = parts[: len(parts) - (node.level - 1)]
                     base = ".".join(parts + ([base] if base else []))
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                    for a in node.names
+                ]
             for t in targets:
                 while t and t not in modules:
                     t = t.rsplit(".", 1)[0] if "." in t else ""
@@ -105,7 +108,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true")
-    p.add_argument("--packages", action="store_true", help="count packages' __init__ re-exports too")
+    p.add_argument(
+        "--packages", action="store_true", help="count packages' __init__ re-exports too"
+    )
     args = p.parse_args()
     graph = import_graph(packages_too=args.packages)
     found = cycles(graph)

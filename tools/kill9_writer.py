@@ -53,12 +53,17 @@ print("done", flush=True)
 
 
 def _child(code: str, mode: str, target: str, source: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code, mode, target, source],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, mode, target, source],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def campaign(runs: int, workdir: str, cli: bool = False, seed: int = 0, layers: int = 48,
-             calibrate: int = 3) -> dict:
+def campaign(
+    runs: int, workdir: str, cli: bool = False, seed: int = 0, layers: int = 48, calibrate: int = 3
+) -> dict:
     import cmf
 
     rng = random.Random(seed)
@@ -90,7 +95,9 @@ def campaign(runs: int, workdir: str, cli: bool = False, seed: int = 0, layers: 
         p = _child(code, mode, target, source)
         assert p.stdout.readline().strip() == "go"
         t0 = time.perf_counter()
-        assert p.stdout.readline().strip() == "done"  # the write returned (not the interpreter's exit)
+        assert (
+            p.stdout.readline().strip() == "done"
+        )  # the write returned (not the interpreter's exit)
         durations.append(time.perf_counter() - t0)
         p.communicate(timeout=300)
     write_time = sorted(durations)[len(durations) // 2]
@@ -117,9 +124,16 @@ def campaign(runs: int, workdir: str, cli: bool = False, seed: int = 0, layers: 
         elif not cmf.validate(target).valid:
             invalid += 1
     leftovers = len(glob.glob(os.path.join(d, ".model.cmf.*.tmp")))
-    return {"runs": runs, "writer": "cmf pack" if cli else "cmf.save_file",
-            "write_seconds": round(write_time, 3), "new_bytes": len(new), **outcomes,
-            "invalid": invalid, "torn_runs": torn, "temp_files_left_after_last_run": leftovers}
+    return {
+        "runs": runs,
+        "writer": "cmf pack" if cli else "cmf.save_file",
+        "write_seconds": round(write_time, 3),
+        "new_bytes": len(new),
+        **outcomes,
+        "invalid": invalid,
+        "torn_runs": torn,
+        "temp_files_left_after_last_run": leftovers,
+    }
 
 
 def main() -> int:

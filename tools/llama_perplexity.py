@@ -1,4 +1,5 @@
-"""llama.cpp's own perplexity (and KL divergence) on the GGUF a .cmf unpacks to, beside ``cmf eval``.
+"""llama.cpp's own perplexity (and KL divergence) on the GGUF a .cmf unpacks to, beside
+``cmf eval``.
 
     python tools/llama_perplexity.py PLANNED.cmf|x.gguf [--original ORIGINAL.cmf|x.gguf]
         [--text FILE] [--ctx 512] [--chunks N] [--llama-bin DIR] [--threads 2] [--out DIR] [--json]
@@ -64,18 +65,34 @@ def as_gguf(path: str, out_dir: str) -> str:
     return out
 
 
-def run_perplexity(binary: str, model: str, text: str, ctx: int, chunks: int | None, threads: int,
-                   extra: list[str]) -> dict[str, Any]:
+def run_perplexity(
+    binary: str, model: str, text: str, ctx: int, chunks: int | None, threads: int, extra: list[str]
+) -> dict[str, Any]:
     """One ``llama-perplexity`` run; its figures parsed from the log (CmfError-free: a failed
     run raises RuntimeError with the log's tail)."""
-    cmd = [binary, "-m", model, "-f", text, "-c", str(ctx), "-t", str(threads), "-b", str(ctx), *extra]
+    cmd = [
+        binary,
+        "-m",
+        model,
+        "-f",
+        text,
+        "-c",
+        str(ctx),
+        "-t",
+        str(threads),
+        "-b",
+        str(ctx),
+        *extra,
+    ]
     if chunks is not None:
         cmd += ["--chunks", str(chunks)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n" + "\n".join(log.splitlines()[-25:]))
+        raise RuntimeError(
+            f"{' '.join(cmd)} exited with {proc.returncode}:\n" + "\n".join(log.splitlines()[-25:])
+        )
     out: dict[str, Any] = {"seconds": time.perf_counter() - t0}
     m = re.search(r"Final estimate: PPL = " + _FLOAT + r" \+/- " + _FLOAT, log)
     if m:
@@ -99,7 +116,9 @@ def run_perplexity(binary: str, model: str, text: str, ctx: int, chunks: int | N
     if m:
         out["chunks"] = int(m.group(1))
     if "perplexity" not in out:
-        raise RuntimeError("no perplexity in llama-perplexity's output:\n" + "\n".join(log.splitlines()[-25:]))
+        raise RuntimeError(
+            "no perplexity in llama-perplexity's output:\n" + "\n".join(log.splitlines()[-25:])
+        )
     return out
 
 
@@ -117,8 +136,13 @@ def cmf_eval(original: str, planned: str, text: str, tokens: int) -> dict[str, A
     from cmf.runtime.evaluate import evaluate
 
     r = evaluate(original, planned, text, max_tokens=tokens)
-    return {"perplexity_original": r["perplexity_original"], "perplexity": r["perplexity_compressed"],
-            "kl_mean": r["kl_mean"], "top1": r.get("top1_agreement"), "tokens": r["tokens"]}
+    return {
+        "perplexity_original": r["perplexity_original"],
+        "perplexity": r["perplexity_compressed"],
+        "kl_mean": r["kl_mean"],
+        "top1": r.get("top1_agreement"),
+        "tokens": r["tokens"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,10 +150,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", help="the planned .cmf (unpacked to GGUF) or a .gguf")
     p.add_argument("--original", help="the original .cmf or .gguf: KL divergence against it")
     p.add_argument("--text", help="evaluation text (default: tools/data/heldout joined)")
-    p.add_argument("--ctx", type=int, default=512, help="llama-perplexity context (tokens per chunk; default 512)")
-    p.add_argument("--chunks", type=int, default=None, help="at most this many chunks (default: all the text gives)")
+    p.add_argument(
+        "--ctx",
+        type=int,
+        default=512,
+        help="llama-perplexity context (tokens per chunk; default 512)",
+    )
+    p.add_argument(
+        "--chunks",
+        type=int,
+        default=None,
+        help="at most this many chunks (default: all the text gives)",
+    )
     p.add_argument("--tokens", type=int, default=1024, help="cmf eval --max-tokens (default 1024)")
-    p.add_argument("--llama-bin", default=DEFAULT_BIN, help=f"directory of llama-perplexity (default {DEFAULT_BIN})")
+    p.add_argument(
+        "--llama-bin",
+        default=DEFAULT_BIN,
+        help=f"directory of llama-perplexity (default {DEFAULT_BIN})",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="keep the GGUFs and logits here (default: a temporary directory)")
     p.add_argument("--no-cmf-eval", action="store_true", help="llama.cpp only")
@@ -137,40 +175,72 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     binary = os.path.join(args.llama_bin, "llama-perplexity")
     if not os.access(binary, os.X_OK):
-        p.error(f"{binary} not found: build llama.cpp (see this tool's docstring) or pass --llama-bin")
+        p.error(
+            f"{binary} not found: build llama.cpp (see this tool's docstring) or pass --llama-bin"
+        )
     out_dir = args.out or tempfile.mkdtemp(prefix="cmf-llama-ppl-")
     os.makedirs(out_dir, exist_ok=True)
     text = args.text or heldout_text(os.path.join(out_dir, "heldout.txt"))
     report: dict[str, Any] = {"model": args.model, "text": text, "ctx": args.ctx}
     planned = as_gguf(args.model, out_dir)
-    report["gguf"], report["gguf_bytes"], report["types"] = planned, os.path.getsize(planned), gguf_types(planned)
+    report["gguf"], report["gguf_bytes"], report["types"] = (
+        planned,
+        os.path.getsize(planned),
+        gguf_types(planned),
+    )
     if args.original:
         original = as_gguf(args.original, out_dir)
         base = os.path.join(out_dir, "original.kld")
-        report["llama_original"] = run_perplexity(binary, original, text, args.ctx, args.chunks, args.threads,
-                                                  ["--kl-divergence-base", base])
-        report["llama"] = run_perplexity(binary, planned, text, args.ctx, args.chunks, args.threads,
-                                         ["--kl-divergence-base", base, "--kl-divergence"])
-        if not args.no_cmf_eval and not args.original.lower().endswith(".gguf") \
-                and not args.model.lower().endswith(".gguf"):
+        report["llama_original"] = run_perplexity(
+            binary,
+            original,
+            text,
+            args.ctx,
+            args.chunks,
+            args.threads,
+            ["--kl-divergence-base", base],
+        )
+        report["llama"] = run_perplexity(
+            binary,
+            planned,
+            text,
+            args.ctx,
+            args.chunks,
+            args.threads,
+            ["--kl-divergence-base", base, "--kl-divergence"],
+        )
+        if (
+            not args.no_cmf_eval
+            and not args.original.lower().endswith(".gguf")
+            and not args.model.lower().endswith(".gguf")
+        ):
             report["cmf_eval"] = cmf_eval(args.original, args.model, text, args.tokens)
     else:
-        report["llama"] = run_perplexity(binary, planned, text, args.ctx, args.chunks, args.threads, [])
+        report["llama"] = run_perplexity(
+            binary, planned, text, args.ctx, args.chunks, args.threads, []
+        )
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
     ll = report["llama"]
-    print(f"{args.model}: GGUF {report['gguf_bytes']} bytes, tensors {report['types']}; llama.cpp loads and runs it")
+    print(
+        f"{args.model}: GGUF {report['gguf_bytes']} bytes, tensors {report['types']}; "
+        "llama.cpp loads and runs it"
+    )
     print("| runner | perplexity (original) | perplexity | KL vs original | top-1 |")
     print("|---|---|---|---|---|")
     lo = report.get("llama_original", {})
-    print(f"| llama.cpp llama-perplexity, ctx {args.ctx}, {ll.get('chunks', '?')} chunks | "
-          f"{lo.get('perplexity', float('nan')):.3f} | {ll['perplexity']:.3f} | "
-          f"{ll.get('kl_mean', float('nan')):.4f} | {ll.get('top1', float('nan')):.4f} |")
+    print(
+        f"| llama.cpp llama-perplexity, ctx {args.ctx}, {ll.get('chunks', '?')} chunks | "
+        f"{lo.get('perplexity', float('nan')):.3f} | {ll['perplexity']:.3f} | "
+        f"{ll.get('kl_mean', float('nan')):.4f} | {ll.get('top1', float('nan')):.4f} |"
+    )
     ce = report.get("cmf_eval")
     if ce:
-        print(f"| cmf eval, {ce['tokens']} tokens | {ce['perplexity_original']:.3f} | {ce['perplexity']:.3f} | "
-              f"{ce['kl_mean']:.4f} | {ce['top1']:.4f} |")
+        print(
+            f"| cmf eval, {ce['tokens']} tokens | {ce['perplexity_original']:.3f} | "
+            f"{ce['perplexity']:.3f} | {ce['kl_mean']:.4f} | {ce['top1']:.4f} |"
+        )
     return 0
 
 

@@ -51,14 +51,22 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 GOAL = 1.02
 BACKOFF = 4.0  # pseudo-count weight of the order-0 table in held-out estimates
-FORMATS = {"F32": ("<u4", 32, 8, "float32"), "BF16": ("<u2", 16, 8, "bfloat16"),
-           "F16": ("<u2", 16, 5, "float16")}  # numpy bits, width, exponent bits, ZipNN dtype
+FORMATS = {
+    "F32": ("<u4", 32, 8, "float32"),
+    "BF16": ("<u2", 16, 8, "bfloat16"),
+    "F16": ("<u2", 16, 5, "float16"),
+}  # numpy bits, width, exponent bits, ZipNN dtype
 COMBINED = "combined: best per plane & tensor"
-ROWS = [("order-0 (per byte plane)", {}),
-        ("exp given prev exp", {"exp": "prev"}), ("exp given exp above", {"exp": "above"}),
-        ("exp given row class (16 q)", {"exp": "row"}), ("exp given col class (16 q)", {"exp": "col"}),
-        ("exp given prev & above", {"exp": "prev&above"}),
-        ("plane below exp given exp", {"hi": "exp"}), ("lower planes given row tz", {"lo": "rowtz"})]
+ROWS = [
+    ("order-0 (per byte plane)", {}),
+    ("exp given prev exp", {"exp": "prev"}),
+    ("exp given exp above", {"exp": "above"}),
+    ("exp given row class (16 q)", {"exp": "row"}),
+    ("exp given col class (16 q)", {"exp": "col"}),
+    ("exp given prev & above", {"exp": "prev&above"}),
+    ("plane below exp given exp", {"hi": "exp"}),
+    ("lower planes given row tz", {"lo": "rowtz"}),
+]
 
 
 def minilm_path() -> str | None:
@@ -136,7 +144,9 @@ def contexts(u: np.ndarray, fmt: str, top: np.ndarray):
         exp["prev&above"] = (prev * 16 + above, 256, 0.0)
         exp["row"] = (np.repeat(rc, cols), 16, 4.0 * rows)
         exp["col"] = (np.tile(cc, rows), 16, 4.0 * cols)
-        orr = np.bitwise_or.reduce(u.reshape(rows, cols).astype(np.uint32) & ((1 << mb) - 1), axis=1)
+        orr = np.bitwise_or.reduce(
+            u.reshape(rows, cols).astype(np.uint32) & ((1 << mb) - 1), axis=1
+        )
         for k in range(1, mb + 1):
             tz[(orr & ((1 << k) - 1)) == 0] = k
         n = np.bincount(tz)[np.bincount(tz) > 0]
@@ -148,10 +158,16 @@ def contexts(u: np.ndarray, fmt: str, top: np.ndarray):
 
 def estimate(sym: np.ndarray, ctx: np.ndarray, k: int, fold: np.ndarray) -> tuple[float, float]:
     """(in-sample bits, held-out 2-fold bits) of coding ``sym`` given ``ctx`` (k contexts)."""
-    n = np.bincount((ctx * 256 + sym) * 2 + fold, minlength=k * 512).reshape(k, 256, 2).astype(float)
+    n = (
+        np.bincount((ctx * 256 + sym) * 2 + fold, minlength=k * 512)
+        .reshape(k, 256, 2)
+        .astype(float)
+    )
     both = n.sum(axis=2)
     nz = both > 0
-    insample = float(-(both[nz] * np.log2((both / np.maximum(both.sum(1, keepdims=True), 1))[nz])).sum())
+    insample = float(
+        -(both[nz] * np.log2((both / np.maximum(both.sum(1, keepdims=True), 1))[nz])).sum()
+    )
     held = 0.0
     for tr in (0, 1):
         a, t = n[:, :, tr], n[:, :, 1 - tr]
@@ -171,8 +187,10 @@ def analyse(tensors, cmf_planes: dict) -> dict:
         f = fields(u, fmt)
         groups, tz, rows, cols = contexts(u, fmt, f[f"p{width // 8 - 1}"])
         if rows >= 2 and (tz >= 13).any() and mb > 10:
-            notes.append(f"{tname}: {(tz >= 13).sum()} of {rows} rows have >= 13 trailing zero "
-                         f"mantissa bits (fp16 precision)")
+            notes.append(
+                f"{tname}: {(tz >= 13).sum()} of {rows} rows have >= 13 trailing zero "
+                f"mantissa bits (fp16 precision)"
+            )
         fold = (np.arange(u.size) // cols % 2) if rows >= 2 else (np.arange(u.size) % 2)
         cost: dict[str, dict[str, tuple[float, float]]] = {}  # plane -> context -> bits
         side: dict[str, float] = {}
@@ -196,8 +214,14 @@ def analyse(tensors, cmf_planes: dict) -> dict:
                     pick = {p: n if n in cost[p] else "none" for p, n in pick.items()}
                 totals[rname][j] += sum(cost[p][n][j] for p, n in pick.items())
                 totals[rname][j] += sum(side[n] for n in set(pick.values()))
-    return {"params": params, "bits": totals, "notes": notes,
-            "combined_held_out_bits_per_param_by_plane": {p: b / params for p, b in sorted(by_plane.items())}}
+    return {
+        "params": params,
+        "bits": totals,
+        "notes": notes,
+        "combined_held_out_bits_per_param_by_plane": {
+            p: b / params for p, b in sorted(by_plane.items())
+        },
+    }
 
 
 def zipnn_bits(tensors) -> float | None:
@@ -227,6 +251,7 @@ def cmf_bits(tensors) -> tuple[float, dict]:
     for name, fmt, u in tensors:
         if fmt == "BF16":
             import ml_dtypes
+
             a = u.view(ml_dtypes.bfloat16)
         else:
             a = u.view("<f4" if fmt == "F32" else "<f2")
@@ -248,8 +273,9 @@ def variant(label: str, tensors, args) -> dict:
 
 
 def table(variants: list[dict]) -> str:
-    head = "| model |" + "".join(f" {v['label']} in-sample | {v['label']} held-out | ratio | x ZipNN |"
-                                 for v in variants)
+    head = "| model |" + "".join(
+        f" {v['label']} in-sample | {v['label']} held-out | ratio | x ZipNN |" for v in variants
+    )
     lines = [head, "|---|" + "---:|" * (4 * len(variants))]
 
     actual = {"ZipNN (actual)": "zipnn", "cmf lossless (actual)": "cmf"}
@@ -273,7 +299,9 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
     ap.add_argument("--no-zipnn", action="store_true", help="skip ZipNN")
     ap.add_argument("--no-cmf", action="store_true", help="skip cmf's lossless encoder")
-    ap.add_argument("--bf16-round", action="store_true", help="bf16 view rounds instead of truncating")
+    ap.add_argument(
+        "--bf16-round", action="store_true", help="bf16 view rounds instead of truncating"
+    )
     args = ap.parse_args()
     path = args.model or minilm_path()
     if path is None or not os.path.exists(path):
@@ -300,9 +328,11 @@ def main() -> int:
     for v in variants:
         if v["best_x_zipnn"]:
             h, i = v["best_x_zipnn"]
-            print(f"{v['label']}: best context-model coder = {h:.4f}x ZipNN held-out "
-                  f"({i:.4f}x in-sample); "
-                  f"goal {GOAL}x: {'reachable' if h >= GOAL else 'NOT reachable'}")
+            print(
+                f"{v['label']}: best context-model coder = {h:.4f}x ZipNN held-out "
+                f"({i:.4f}x in-sample); "
+                f"goal {GOAL}x: {'reachable' if h >= GOAL else 'NOT reachable'}"
+            )
     return 0
 
 

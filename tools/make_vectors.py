@@ -52,7 +52,9 @@ from cmf.index import node_obj, unpack
 from cmf.limits import DEFAULT_LIMITS
 from cmf.pipeline import describe
 
-HERE = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "spec", "vectors"))
+HERE = os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "spec", "vectors")
+)
 TINY = 64  # tensors and attachments of at most this many bytes are also recorded as hex
 KNOWN_MINOR = 3  # format 1.3: a file of minor <= 3 validates without warnings
 LOWRANK_COMPARE = "lowrank tolerance"  # manifest: compared with lowrank.same_decoding
@@ -89,7 +91,9 @@ def _bits(dtype: Any, n: int, seed: int) -> np.ndarray:
 
 def dtypes_vector(path: str) -> Expect:
     """One tensor per dtype (every bit pattern), plus rank 0 and empty tensors."""
-    tensors = {d.name: _bits(d.numpy, 37, i).reshape(37) for i, d in enumerate(cmf.dtypes.BY_NAME.values())}
+    tensors = {
+        d.name: _bits(d.numpy, 37, i).reshape(37) for i, d in enumerate(cmf.dtypes.BY_NAME.values())
+    }
     tensors["scalar_f32"] = np.array(-2.5, np.float32)
     tensors["scalar_bool"] = np.array(True)
     tensors["empty_f16"] = np.zeros((3, 0, 2), np.float16)
@@ -113,7 +117,16 @@ def lossless_paths_vector(path: str) -> Expect:
         "tiny": np.array([1, 2, 3], np.uint8),
         "tied": w.copy(),
     }
-    metadata = {"s": "text", "i": -7, "u": 2**64 - 1, "f": 0.25, "b": False, "n": None, "l": [1, "x", [2.5]], "m": {"k": {"v": True}}}
+    metadata = {
+        "s": "text",
+        "i": -7,
+        "u": 2**64 - 1,
+        "f": 0.25,
+        "b": False,
+        "n": None,
+        "l": [1, "x", [2.5]],
+        "m": {"k": {"v": True}},
+    }
     attachments = {"config.json": b'{"model_type": "golden"}' * 20, "sub/vocab.txt": b"a\nb\nc\n"}
     cmf.save_file(tensors, path, metadata, attachments=attachments)
     tensors.pop("tied")
@@ -122,7 +135,19 @@ def lossless_paths_vector(path: str) -> Expect:
 
 def nan_payloads_vector(path: str) -> Expect:
     """Distinct NaN payloads, infinities, signed zeros and subnormals in f32, f16 and bf16."""
-    f32 = np.array([0x7FC00000, 0x7FC00001, 0xFFBFFFFF, 0x7F800001, 0x7F800000, 0xFF800000, 0x00000001, 0x80000000], np.uint32)
+    f32 = np.array(
+        [
+            0x7FC00000,
+            0x7FC00001,
+            0xFFBFFFFF,
+            0x7F800001,
+            0x7F800000,
+            0xFF800000,
+            0x00000001,
+            0x80000000,
+        ],
+        np.uint32,
+    )
     f16 = np.array([0x7E01, 0xFC01, 0x7C00, 0xFC00, 0x0001, 0x8000], np.uint16)
     bf = np.array([0x7FC1, 0xFF81, 0x7F80, 0x0001], np.uint16)
     tensors = {
@@ -139,7 +164,14 @@ def huffman_vector(path: str) -> Expect:
     rng = np.random.default_rng(11)
     codes = np.clip(np.round(rng.standard_normal(5000) * 2.5 + 8), 0, 15).astype(np.uint8)
     wide = (rng.zipf(1.3, 3000) % 40000).astype(np.uint16)
-    recipe = {"rules": [{"match": "*", "encoding": {"codec": "huffman", "config": {"chunk": 256, "max_length": 12}}}]}
+    recipe = {
+        "rules": [
+            {
+                "match": "*",
+                "encoding": {"codec": "huffman", "config": {"chunk": 256, "max_length": 12}},
+            }
+        ]
+    }
     tensors = {"codes_u8": codes.reshape(50, 100), "wide_u16": wide}
     cmf.save_file(tensors, path, recipe=recipe)
     return _expect(tensors)
@@ -150,7 +182,7 @@ def future_minor_vector(path: str) -> Expect:
     tensors = {"x": np.arange(12, dtype=np.int16).reshape(3, 4)}
     cmf.save_file(tensors, path)
     data = bytearray(open(path, "rb").read())
-    off, length, _, _, _ = fmt.TRAILER.unpack(data[-fmt.TRAILER_SIZE:])
+    off, length, _, _, _ = fmt.TRAILER.unpack(data[-fmt.TRAILER_SIZE :])
     index = unpack(bytes(data[off : off + length]), DEFAULT_LIMITS)
     index["x-future"] = {"note": "ignored by 1.0 readers"}
     blob = msgpack.packb(index, use_bin_type=True)
@@ -170,13 +202,27 @@ def empty_vector(path: str) -> Expect:
 def specials_vector(path: str) -> Expect:
     """f64 NaN payloads through rotated byte planes, stored (zstd-free); fp8 NaNs, infinities,
     signed zeros and subnormals; u64/i64 extremes; bool all false and all true."""
-    f64 = np.array([
-        0x7FF8000000000000, 0x7FF8000000000001, 0xFFF0000000000001, 0x7FF7FFFFFFFFFFFF,
-        0x7FF0000000000000, 0xFFF0000000000000, 0x8000000000000000, 0x0000000000000001,
-        0x3FF0000000000000, 0xBFF0000000000000,
-    ], np.uint64).view(np.float64)
-    e4m3 = np.array([0x7F, 0xFF, 0x7E, 0x80, 0x00, 0x01, 0x81, 0x08], np.uint8).view(ml_dtypes.float8_e4m3fn)
-    e5m2 = np.array([0x7D, 0x7E, 0x7F, 0xFD, 0x7C, 0xFC, 0x80, 0x01], np.uint8).view(ml_dtypes.float8_e5m2)
+    f64 = np.array(
+        [
+            0x7FF8000000000000,
+            0x7FF8000000000001,
+            0xFFF0000000000001,
+            0x7FF7FFFFFFFFFFFF,
+            0x7FF0000000000000,
+            0xFFF0000000000000,
+            0x8000000000000000,
+            0x0000000000000001,
+            0x3FF0000000000000,
+            0xBFF0000000000000,
+        ],
+        np.uint64,
+    ).view(np.float64)
+    e4m3 = np.array([0x7F, 0xFF, 0x7E, 0x80, 0x00, 0x01, 0x81, 0x08], np.uint8).view(
+        ml_dtypes.float8_e4m3fn
+    )
+    e5m2 = np.array([0x7D, 0x7E, 0x7F, 0xFD, 0x7C, 0xFC, 0x80, 0x01], np.uint8).view(
+        ml_dtypes.float8_e5m2
+    )
     tensors = {
         "f64_planes": f64.reshape(2, 5),
         "f8_e4m3": e4m3,
@@ -186,8 +232,11 @@ def specials_vector(path: str) -> Expect:
         "bool_false": np.zeros((2, 2), bool),
         "bool_true": np.ones(3, bool),
     }
-    stored = {"codec": "byteplanes", "config": {"rotate": True},
-              "parts": {f"p{j}": "stored" for j in range(8)}}
+    stored = {
+        "codec": "byteplanes",
+        "config": {"rotate": True},
+        "parts": {f"p{j}": "stored" for j in range(8)},
+    }
     recipe = {"rules": [{"match": "f64_planes", "encoding": stored}], "default": "stored"}
     cmf.save_file(tensors, path, recipe=recipe)
     return _expect(tensors)
@@ -213,7 +262,16 @@ def mp(obj: Any) -> bytes:
     if isinstance(obj, Fmt):
         v, c = obj.value, obj.code
         if c in (0xCC, 0xCD, 0xCE, 0xCF, 0xD0, 0xD1, 0xD2, 0xD3):
-            spec = {0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q", 0xD0: ">b", 0xD1: ">h", 0xD2: ">i", 0xD3: ">q"}[c]
+            spec = {
+                0xCC: ">B",
+                0xCD: ">H",
+                0xCE: ">I",
+                0xCF: ">Q",
+                0xD0: ">b",
+                0xD1: ">h",
+                0xD2: ">i",
+                0xD3: ">q",
+            }[c]
             return bytes([c]) + struct.pack(spec, v)
         if c == 0xDB:  # str 32
             b = v.encode()
@@ -221,7 +279,9 @@ def mp(obj: Any) -> bytes:
         if c == 0xDD:  # array 32
             return b"\xdd" + struct.pack(">I", len(v)) + b"".join(mp(x) for x in v)
         if c == 0xDF:  # map 32
-            return b"\xdf" + struct.pack(">I", len(v)) + b"".join(mp(k) + mp(x) for k, x in v.items())
+            return (
+                b"\xdf" + struct.pack(">I", len(v)) + b"".join(mp(k) + mp(x) for k, x in v.items())
+            )
         if c == 0xA0:  # fixstr
             b = v.encode()
             return bytes([0xA0 | len(b)]) + b
@@ -233,23 +293,37 @@ def mp(obj: Any) -> bytes:
     if obj is None or isinstance(obj, bool):
         return msgpack.packb(obj)
     if isinstance(obj, int):
-        return (b"\xcf" + struct.pack(">Q", obj)) if obj >= 0 else (b"\xd3" + struct.pack(">q", obj))
+        return (
+            (b"\xcf" + struct.pack(">Q", obj)) if obj >= 0 else (b"\xd3" + struct.pack(">q", obj))
+        )
     if isinstance(obj, F32):
         return b"\xca" + struct.pack(">f", obj)
     if isinstance(obj, float):
         return b"\xcb" + struct.pack(">d", obj)
     if isinstance(obj, str):
         b = obj.encode("utf-8")
-        return (b"\xd9" + struct.pack(">B", len(b)) if len(b) < 256 else b"\xda" + struct.pack(">H", len(b))) + b
+        return (
+            b"\xd9" + struct.pack(">B", len(b))
+            if len(b) < 256
+            else b"\xda" + struct.pack(">H", len(b))
+        ) + b
     if isinstance(obj, (list, tuple)):
         return b"\xdc" + struct.pack(">H", len(obj)) + b"".join(mp(x) for x in obj)
     if isinstance(obj, dict):
-        return b"\xde" + struct.pack(">H", len(obj)) + b"".join(mp(k) + mp(v) for k, v in obj.items())
+        return (
+            b"\xde" + struct.pack(">H", len(obj)) + b"".join(mp(k) + mp(v) for k, v in obj.items())
+        )
     raise TypeError(type(obj))
 
 
-def zstd_frame(content: bytes, blocks: list[tuple[str, bytes]], *, fcs_bytes: int, single_segment: bool,
-               window: int = 0) -> bytes:
+def zstd_frame(
+    content: bytes,
+    blocks: list[tuple[str, bytes]],
+    *,
+    fcs_bytes: int,
+    single_segment: bool,
+    window: int = 0,
+) -> bytes:
     """A Zstandard frame (RFC 8878) built by hand: ``blocks`` are ("raw", bytes) or
     ("rle", bytes of one repeated value); no checksum, no dictionary. ``window`` is the
     Window_Descriptor byte (only when not single-segment)."""
@@ -301,28 +375,37 @@ def foreign_writer_vector(path: str) -> Expect:
     bf16 = np.array(bf, np.uint16).view(ml_dtypes.bfloat16)
     small = np.array([-128, -1, 0, 1, 127], np.int8)
     license_text = b"Golden vector text, stored as one segment.\n"
-    readme = (b"# readme\n\nThis attachment is a zstd frame with a content checksum, "
-              b"written by libzstd at level 19.\n") * 4
+    readme = (
+        b"# readme\n\nThis attachment is a zstd frame with a content checksum, "
+        b"written by libzstd at level 19.\n"
+    ) * 4
 
     p0, p1 = _planes(bf, 2, rotate=True)
     frame_a = zstd_frame(f32.tobytes(), [("raw", f32.tobytes())], fcs_bytes=1, single_segment=True)
-    frame_b = zstd_frame(rle.tobytes(), [("rle", rle[:200].tobytes()), ("raw", rle[200:].tobytes())],
-                         fcs_bytes=2, single_segment=False, window=0x00)  # 1 KiB window
+    frame_b = zstd_frame(
+        rle.tobytes(),
+        [("rle", rle[:200].tobytes()), ("raw", rle[200:].tobytes())],
+        fcs_bytes=2,
+        single_segment=False,
+        window=0x00,
+    )  # 1 KiB window
     frame_c = zstd_frame(p1, [("raw", p1)], fcs_bytes=8, single_segment=True)
-    frame_d = zstandard.ZstdCompressor(level=19, write_checksum=True, write_content_size=True).compress(readme)
+    frame_d = zstandard.ZstdCompressor(
+        level=19, write_checksum=True, write_content_size=True
+    ).compress(readme)
     assert zstandard.get_frame_parameters(frame_d).has_checksum
 
     payloads = [
-        license_text,             # 0: attachment LICENSE, a bare segment
-        b"",                      # 1: attachment empty.txt
-        b"",                      # 2: tensor empty (f32 [0, 5])
-        wide.tobytes(),           # 3: tensor wide_ints
-        frame_a,                  # 4: tensor zstd_raw_block
-        frame_b,                  # 5: tensor zstd_rle
-        frame_c,                  # 6: planes_bf16 p1
-        p0,                       # 7: planes_bf16 p0
-        small.tobytes(),          # 8: tensor with_error
-        frame_d,                  # 9: attachment notes/readme.md
+        license_text,  # 0: attachment LICENSE, a bare segment
+        b"",  # 1: attachment empty.txt
+        b"",  # 2: tensor empty (f32 [0, 5])
+        wide.tobytes(),  # 3: tensor wide_ints
+        frame_a,  # 4: tensor zstd_raw_block
+        frame_b,  # 5: tensor zstd_rle
+        frame_c,  # 6: planes_bf16 p1
+        p0,  # 7: planes_bf16 p0
+        small.tobytes(),  # 8: tensor with_error
+        frame_d,  # 9: attachment notes/readme.md
     ]
     data = bytearray(fmt.pack_preamble())
     segments = []
@@ -337,31 +420,70 @@ def foreign_writer_vector(path: str) -> Expect:
         return {"parts": {"data": seg}, "config": {}, "codec": "raw"}
 
     def zstd(seg: Any, level: int = 19) -> dict:
-        return {"codec": "zstd", "parts": {"data": seg}, "config": {"literals_only": False, "level": level}}
+        return {
+            "codec": "zstd",
+            "parts": {"data": seg},
+            "config": {"literals_only": False, "level": level},
+        }
 
     tensors = [
-        {"name": "wide_ints", "dtype": "u16", "shape": [Fmt(2, 0xD3), Fmt(3, 0xCC)],
-         "encoding": raw({"segment": Fmt(3, 0xD0)})},
-        {"shape": [0, 5], "name": Fmt("empty", 0xDB), "dtype": "f32", "encoding": raw({"segment": 2})},
-        {"name": "zstd_raw_block", "dtype": "f32", "shape": [4],
-         "encoding": {"codec": "raw", "config": {}, "parts": {"data": zstd({"segment": 4}, level=-5)}}},
-        {"encoding": {"codec": "raw", "config": Fmt({}, 0xDF),
-                      "parts": {"data": zstd({"segment": 5}, level=22)}},
-         "dtype": Fmt("u8", 0xA0), "shape": Fmt([300], 0xDD), "name": "zstd_rle"},
-        {"name": "planes_bf16", "dtype": "bf16", "shape": [3],
-         "encoding": {"config": {"rotate": True}, "codec": "byteplanes",
-                      "parts": {"p1": zstd({"segment": 6}, level=1), "p0": {"segment": 7}}}},
+        {
+            "name": "wide_ints",
+            "dtype": "u16",
+            "shape": [Fmt(2, 0xD3), Fmt(3, 0xCC)],
+            "encoding": raw({"segment": Fmt(3, 0xD0)}),
+        },
+        {
+            "shape": [0, 5],
+            "name": Fmt("empty", 0xDB),
+            "dtype": "f32",
+            "encoding": raw({"segment": 2}),
+        },
+        {
+            "name": "zstd_raw_block",
+            "dtype": "f32",
+            "shape": [4],
+            "encoding": {
+                "codec": "raw",
+                "config": {},
+                "parts": {"data": zstd({"segment": 4}, level=-5)},
+            },
+        },
+        {
+            "encoding": {
+                "codec": "raw",
+                "config": Fmt({}, 0xDF),
+                "parts": {"data": zstd({"segment": 5}, level=22)},
+            },
+            "dtype": Fmt("u8", 0xA0),
+            "shape": Fmt([300], 0xDD),
+            "name": "zstd_rle",
+        },
+        {
+            "name": "planes_bf16",
+            "dtype": "bf16",
+            "shape": [3],
+            "encoding": {
+                "config": {"rotate": True},
+                "codec": "byteplanes",
+                "parts": {"p1": zstd({"segment": 6}, level=1), "p0": {"segment": 7}},
+            },
+        },
         {"alias": "wide_ints", "shape": [2, 3], "dtype": "u16", "name": "alias_of_wide"},
-        {"name": "with_error", "dtype": "i8", "shape": Fmt([5], 0x90),
-         "error": {"rel_rmse": F32(0.0), "max_abs": 0, "sqnr_db": float("inf")},
-         "encoding": raw({"segment": 8})},
+        {
+            "name": "with_error",
+            "dtype": "i8",
+            "shape": Fmt([5], 0x90),
+            "error": {"rel_rmse": F32(0.0), "max_abs": 0, "sqnr_db": float("inf")},
+            "encoding": raw({"segment": 8}),
+        },
     ]
     deep = "leaf"
     for _ in range(6):  # metadata map = depth 1, "deep" value = 2, ... the string at depth 8
         deep = [deep]
     metadata = {
         "": "",
-        "unicode \u2713": "\u00fcn\u00efc\u00f8d\u00e9 \u20ac \U0001F600",
+        "unicode \u2713": "\u00fcn\u00efc\u00f8d\u00e9 \u20ac \U0001f600",
         "f32": F32(0.1),
         "f64_integral": 1.0,
         "big_float": 1e300,
@@ -378,7 +500,11 @@ def foreign_writer_vector(path: str) -> Expect:
         "attachments": [
             {"size": len(license_text), "encoding": {"segment": 0}, "name": "LICENSE"},
             {"name": "empty.txt", "size": 0, "encoding": {"segment": Fmt(1, 0xCC)}},
-            {"name": "notes/readme.md", "size": Fmt(len(readme), 0xD3), "encoding": zstd({"segment": 9})},
+            {
+                "name": "notes/readme.md",
+                "size": Fmt(len(readme), 0xD3),
+                "encoding": zstd({"segment": 9}),
+            },
         ],
         "metadata": metadata,
         "tensors": tensors,
@@ -402,8 +528,14 @@ def foreign_writer_vector(path: str) -> Expect:
         return v
 
     return _expect(
-        {"wide_ints": wide, "empty": np.zeros((0, 5), np.float32), "zstd_raw_block": f32,
-         "zstd_rle": rle, "planes_bf16": bf16, "with_error": small},
+        {
+            "wide_ints": wide,
+            "empty": np.zeros((0, 5), np.float32),
+            "zstd_raw_block": f32,
+            "zstd_rle": rle,
+            "planes_bf16": bf16,
+            "with_error": small,
+        },
         plain(metadata),
         {"LICENSE": license_text, "empty.txt": b"", "notes/readme.md": readme},
         aliases={"alias_of_wide": "wide_ints"},
@@ -432,14 +564,21 @@ def quantize_vector(path: str) -> Expect:
 
     def leaf_raw(array: np.ndarray, name: str) -> Any:
         from cmf.codecs.raw import Raw
+
         return apply(Raw(), array, A(BY_NAME[name], array.shape), stored)
 
     def codes(bits: int, shape: tuple[int, ...]) -> tuple[np.ndarray, Any]:
         u = rng.integers(0, 2**bits, shape).astype(np.uint8 if bits <= 8 else np.uint16)
-        return u, apply(BitPack(bits=bits), u, A(BY_NAME["u8" if bits <= 8 else "u16"], shape), stored)
+        return u, apply(
+            BitPack(bits=bits), u, A(BY_NAME["u8" if bits <= 8 else "u16"], shape), stored
+        )
 
     def cast(v32: np.ndarray, dtype: str) -> np.ndarray:
-        return v32.astype({"f32": np.float32, "f64": np.float64, "f16": np.float16, "bf16": ml_dtypes.bfloat16}[dtype])
+        return v32.astype(
+            {"f32": np.float32, "f64": np.float64, "f16": np.float16, "bf16": ml_dtypes.bfloat16}[
+                dtype
+            ]
+        )
 
     tensors: dict[str, np.ndarray] = {}
     pendings: dict[str, tuple[A, Any]] = {}
@@ -449,7 +588,14 @@ def quantize_vector(path: str) -> Expect:
     s = (rng.standard_normal((6, 1)) * 0.02).astype(np.float16)
     v = _f32(s) * _f32(u.astype(np.int32) - 128)
     spec = A(BY_NAME["f32"], (6, 40))
-    pendings["sym8_rows_f32"] = (spec, PendingNode(Quantize(bits=8, block=0, axis=-1, scheme="symmetric", scale_dtype="f16", search=False), {"q": q, "scale": leaf_raw(s, "f16")}, spec))
+    pendings["sym8_rows_f32"] = (
+        spec,
+        PendingNode(
+            Quantize(bits=8, block=0, axis=-1, scheme="symmetric", scale_dtype="f16", search=False),
+            {"q": q, "scale": leaf_raw(s, "f16")},
+            spec,
+        ),
+    )
     tensors["sym8_rows_f32"] = cast(v, "f32")
 
     # asymmetric, 4 bits, bf16 scale and min, groups of 16 along rows of 50 (last group: 2), bf16
@@ -460,7 +606,16 @@ def quantize_vector(path: str) -> Expect:
     per = lambda p: np.repeat(_f32(p), 16, axis=1)[:, :50]  # noqa: E731  block j covers 16j..16j+15
     v = (per(s) * _f32(u)).astype(np.float32) + per(m)
     spec = A(BY_NAME["bf16"], (3, 50))
-    pendings["asym4_g16_bf16"] = (spec, PendingNode(Quantize(bits=4, block=16, axis=-1, scheme="asymmetric", scale_dtype="bf16", search=False), {"q": q, "scale": leaf_raw(s, "bf16"), "min": leaf_raw(m, "bf16")}, spec))
+    pendings["asym4_g16_bf16"] = (
+        spec,
+        PendingNode(
+            Quantize(
+                bits=4, block=16, axis=-1, scheme="asymmetric", scale_dtype="bf16", search=False
+            ),
+            {"q": q, "scale": leaf_raw(s, "bf16"), "min": leaf_raw(m, "bf16")},
+            spec,
+        ),
+    )
     tensors["asym4_g16_bf16"] = cast(v, "bf16")
 
     # zero point, 3 bits, blocks of 4 down the columns (axis 0) of a (10, 7) f16 tensor, f32 scales
@@ -471,7 +626,14 @@ def quantize_vector(path: str) -> Expect:
     v = _f32(s)[np.arange(10) // 4] * _f32(u.astype(np.int32) - down(z).astype(np.int32))
     spec = A(BY_NAME["f16"], (10, 7))
     zleaf = apply(BitPack(bits=8), z, A(BY_NAME["u8"], z.shape), stored)
-    pendings["zp3_cols_f16"] = (spec, PendingNode(Quantize(bits=3, block=4, axis=0, scheme="zero_point", scale_dtype="f32", search=False), {"q": q, "scale": leaf_raw(s, "f32"), "zero": zleaf}, spec))
+    pendings["zp3_cols_f16"] = (
+        spec,
+        PendingNode(
+            Quantize(bits=3, block=4, axis=0, scheme="zero_point", scale_dtype="f32", search=False),
+            {"q": q, "scale": leaf_raw(s, "f32"), "zero": zleaf},
+            spec,
+        ),
+    )
     tensors["zp3_cols_f16"] = cast(v, "f16")
 
     # symmetric, 12 bits (u16 codes), whole tensor flattened (axis nil), f64 tensor
@@ -479,7 +641,16 @@ def quantize_vector(path: str) -> Expect:
     s = np.array([1.5e-3], np.float32)
     v = _f32(s) * _f32(u.astype(np.int32) - 2048)
     spec = A(BY_NAME["f64"], (2, 3, 5))
-    pendings["sym12_flat_f64"] = (spec, PendingNode(Quantize(bits=12, block=0, axis=None, scheme="symmetric", scale_dtype="f32", search=False), {"q": q, "scale": leaf_raw(s, "f32")}, spec))
+    pendings["sym12_flat_f64"] = (
+        spec,
+        PendingNode(
+            Quantize(
+                bits=12, block=0, axis=None, scheme="symmetric", scale_dtype="f32", search=False
+            ),
+            {"q": q, "scale": leaf_raw(s, "f32")},
+            spec,
+        ),
+    )
     tensors["sym12_flat_f64"] = cast(v, "f64")
 
     # 1-bit symmetric in groups of 8; the f16 scales are themselves quantized (8 bits, per tensor)
@@ -489,9 +660,20 @@ def quantize_vector(path: str) -> Expect:
     s16 = (_f32(ss) * _f32(su.astype(np.int32) - 128)).astype(np.float16)  # the inner decode
     v = np.repeat(_f32(s16), 8, axis=1) * _f32(u.astype(np.int32) - 1)
     sspec = A(BY_NAME["f16"], (4, 3))
-    inner = PendingNode(Quantize(bits=8, block=0, axis=None, scheme="symmetric", scale_dtype="f32", search=False), {"q": sq, "scale": leaf_raw(ss, "f32")}, sspec)
+    inner = PendingNode(
+        Quantize(bits=8, block=0, axis=None, scheme="symmetric", scale_dtype="f32", search=False),
+        {"q": sq, "scale": leaf_raw(ss, "f32")},
+        sspec,
+    )
     spec = A(BY_NAME["f32"], (4, 24))
-    pendings["sym1_doubleq_f32"] = (spec, PendingNode(Quantize(bits=1, block=8, axis=-1, scheme="symmetric", scale_dtype="f16", search=False), {"q": q, "scale": inner}, spec))
+    pendings["sym1_doubleq_f32"] = (
+        spec,
+        PendingNode(
+            Quantize(bits=1, block=8, axis=-1, scheme="symmetric", scale_dtype="f16", search=False),
+            {"q": q, "scale": inner},
+            spec,
+        ),
+    )
     tensors["sym1_doubleq_f32"] = cast(v, "f32")
 
     with Writer(path) as w:
@@ -511,6 +693,7 @@ _NP = {"f32": np.float32, "f64": np.float64, "f16": np.float16, "bf16": ml_dtype
 
 def _stored(value: Any, spec: Any) -> Any:
     from cmf.pipeline import PendingLeaf
+
     return PendingLeaf(value, spec)
 
 
@@ -520,6 +703,7 @@ def _raw(array: np.ndarray, dtype: str) -> Any:
     from cmf.codecs.raw import Raw
     from cmf.dtypes import BY_NAME
     from cmf.pipeline import apply
+
     return apply(Raw(), np.asarray(array), ArraySpec(BY_NAME[dtype], np.shape(array)), _stored)
 
 
@@ -529,6 +713,7 @@ def _bitpack(codes: np.ndarray, bits: int) -> Any:
     from cmf.codecs.bitpack import BitPack
     from cmf.dtypes import BY_NAME
     from cmf.pipeline import apply
+
     dtype = "u8" if codes.dtype == np.uint8 else "u16"
     return apply(BitPack(bits=bits), codes, ArraySpec(BY_NAME[dtype], codes.shape), _stored)
 
@@ -539,20 +724,25 @@ def _huffman(codes: np.ndarray) -> Any:
     from cmf.codecs.huffman import Huffman
     from cmf.dtypes import BY_NAME
     from cmf.pipeline import apply
+
     dtype = "u8" if codes.dtype == np.uint8 else "u16"
-    return apply(Huffman(chunk=64, max_length=12), codes, ArraySpec(BY_NAME[dtype], codes.shape), _stored)
+    return apply(
+        Huffman(chunk=64, max_length=12), codes, ArraySpec(BY_NAME[dtype], codes.shape), _stored
+    )
 
 
 def _node(codec: Any, parts: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> tuple[Any, Any]:
     from cmf.codecs import ArraySpec
     from cmf.dtypes import BY_NAME
     from cmf.pipeline import PendingNode
+
     spec = ArraySpec(BY_NAME[dtype], tuple(shape))
     return spec, PendingNode(codec, parts, spec)
 
 
 def _write(path: str, pendings: dict[str, tuple[Any, Any]]) -> None:
     from cmf.writer import Writer
+
     with Writer(path) as w:
         for name, (spec, pending) in pendings.items():
             w.add_encoded(name, spec, pending)
@@ -608,8 +798,14 @@ def codebook_vector(path: str) -> Expect:
     tensors: dict[str, np.ndarray] = {}
     pendings: dict[str, tuple[Any, Any]] = {}
 
-    def decode(table: np.ndarray, idx: np.ndarray, dtype: str, scale: np.ndarray | None = None,
-               block: int = 0, axis: int | None = None) -> np.ndarray:
+    def decode(
+        table: np.ndarray,
+        idx: np.ndarray,
+        dtype: str,
+        scale: np.ndarray | None = None,
+        block: int = 0,
+        axis: int | None = None,
+    ) -> np.ndarray:
         v = table.astype(np.float32)[idx.astype(np.int64)]  # 1. v = c_u (exact)
         if scale is not None:  # 2. v = round_f32(v * s), one binary32 operation
             v = v * _per_block(scale.astype(np.float32), idx.shape, block, axis)
@@ -617,26 +813,49 @@ def codebook_vector(path: str) -> Expect:
             return v.astype(_NP[dtype])  # 3. to the tensor dtype, nearest-even, overflow to inf
 
     # learned, no scale: k = 13, u8 indices bit-packed at 4 bits, f32
-    table = np.array([0.75, -1.5, 0.0, -0.0, 2.0**-140, 3.25, -0.03125, 0.75, 1e30, -7.0, 0.1,
-                      -2.5e-3, 12.0], np.float32)
+    table = np.array(
+        [0.75, -1.5, 0.0, -0.0, 2.0**-140, 3.25, -0.03125, 0.75, 1e30, -7.0, 0.1, -2.5e-3, 12.0],
+        np.float32,
+    )
     idx = rng.integers(0, 13, (5, 9)).astype(np.uint8)
     idx.reshape(-1)[:13] = np.arange(13)
     codec = Codebook(k=13, block=0, axis=None, scale_dtype=None)
-    pendings["plain_k13_f32"] = _node(codec, {"indices": _bitpack(idx, 4), "codebook": _raw(table, "f32")}, "f32", idx.shape)
+    pendings["plain_k13_f32"] = _node(
+        codec, {"indices": _bitpack(idx, 4), "codebook": _raw(table, "f32")}, "f32", idx.shape
+    )
     tensors["plain_k13_f32"] = decode(table, idx, "f32")
 
     # NF4 from the page's binary32 patterns, f16 scales, blocks of 64 along rows of 160, bf16
-    nf4 = _u32f(0xBF800000, 0xBF3239B1, 0xBF066B30, 0xBECA32A0, 0xBE91A24D, 0xBE3D353F,
-                0xBDBA7871, 0x00000000, 0x3DA2FAFF, 0x3E24CAE3, 0x3E7C04DD, 0x3EAD033A,
-                0x3EE1A4B8, 0x3F1007AB, 0x3F3913B3, 0x3F800000)
+    nf4 = _u32f(
+        0xBF800000,
+        0xBF3239B1,
+        0xBF066B30,
+        0xBECA32A0,
+        0xBE91A24D,
+        0xBE3D353F,
+        0xBDBA7871,
+        0x00000000,
+        0x3DA2FAFF,
+        0x3E24CAE3,
+        0x3E7C04DD,
+        0x3EAD033A,
+        0x3EE1A4B8,
+        0x3F1007AB,
+        0x3F3913B3,
+        0x3F800000,
+    )
     idx = rng.integers(0, 16, (3, 160)).astype(np.uint8)
     scale = np.abs(rng.standard_normal((3, 3)) * 0.05).astype(np.float16)
     scale[0, 1] = 0.0  # an all-zero block: ±0 by the sign of each entry
     scale[1, 2] = -0.75  # a negative scale (finite: allowed)
     scale[2, 0] = np.float16(2.0**-20)  # a subnormal f16 scale
     codec = Codebook(k=16, block=64, axis=-1, scale_dtype="f16")
-    pendings["nf4_g64_bf16"] = _node(codec, {"indices": _bitpack(idx, 4), "codebook": _raw(nf4, "f32"),
-                                             "scale": _raw(scale, "f16")}, "bf16", idx.shape)
+    pendings["nf4_g64_bf16"] = _node(
+        codec,
+        {"indices": _bitpack(idx, 4), "codebook": _raw(nf4, "f32"), "scale": _raw(scale, "f16")},
+        "bf16",
+        idx.shape,
+    )
     tensors["nf4_g64_bf16"] = decode(nf4, idx, "bf16", scale, 64, -1)
 
     # k = 300: u16 indices (9-bit bitpack), bf16 scales in blocks of 4 down the columns, f16
@@ -647,8 +866,12 @@ def codebook_vector(path: str) -> Expect:
     idx[0, :6] = [299, 298, 297, 296, 256, 255]
     scale = rng.uniform(0.75, 2.0, (3, 6)).astype(ml_dtypes.bfloat16)
     codec = Codebook(k=300, block=4, axis=0, scale_dtype="bf16")
-    pendings["k300_u16_cols_f16"] = _node(codec, {"indices": _bitpack(idx, 9), "codebook": _raw(table, "f32"),
-                                                  "scale": _raw(scale, "bf16")}, "f16", idx.shape)
+    pendings["k300_u16_cols_f16"] = _node(
+        codec,
+        {"indices": _bitpack(idx, 9), "codebook": _raw(table, "f32"), "scale": _raw(scale, "bf16")},
+        "f16",
+        idx.shape,
+    )
     tensors["k300_u16_cols_f16"] = decode(table, idx, "f16", scale, 4, 0)
 
     # an empty tensor: (0, 3), scales of shape (0, 2)
@@ -656,8 +879,12 @@ def codebook_vector(path: str) -> Expect:
     idx = np.zeros((0, 3), np.uint8)
     scale = np.zeros((0, 2), np.float32)
     codec = Codebook(k=2, block=2, axis=-1, scale_dtype="f32")
-    pendings["empty_f16"] = _node(codec, {"indices": _bitpack(idx, 1), "codebook": _raw(table, "f32"),
-                                          "scale": _raw(scale, "f32")}, "f16", idx.shape)
+    pendings["empty_f16"] = _node(
+        codec,
+        {"indices": _bitpack(idx, 1), "codebook": _raw(table, "f32"), "scale": _raw(scale, "f32")},
+        "f16",
+        idx.shape,
+    )
     tensors["empty_f16"] = decode(table, idx, "f16", scale, 2, -1)
 
     # one shared codebook (shared value 0, f32[16]) for three tensors of different dtypes
@@ -665,21 +892,31 @@ def codebook_vector(path: str) -> Expect:
     sv = SharedValue(table, _raw(table, "f32"))
     idx = rng.integers(0, 16, (6, 5)).astype(np.uint8)
     codec = Codebook(k=16, block=0, axis=None, scale_dtype=None)
-    pendings["shared_f32"] = _node(codec, {"indices": _huffman(idx), "codebook": shared_ref(sv)}, "f32", idx.shape)
+    pendings["shared_f32"] = _node(
+        codec, {"indices": _huffman(idx), "codebook": shared_ref(sv)}, "f32", idx.shape
+    )
     tensors["shared_f32"] = decode(table, idx, "f32")
 
     idx = np.array(11, np.uint8)  # rank 0: one element, one scale (axis nil: K = (1,))
     scale = np.array([-3.0e-3], np.float32)
     codec = Codebook(k=16, block=0, axis=None, scale_dtype="f32")
-    pendings["shared_scalar_f64"] = _node(codec, {"indices": _raw(idx, "u8"), "codebook": shared_ref(sv),
-                                                  "scale": _raw(scale, "f32")}, "f64", ())
+    pendings["shared_scalar_f64"] = _node(
+        codec,
+        {"indices": _raw(idx, "u8"), "codebook": shared_ref(sv), "scale": _raw(scale, "f32")},
+        "f64",
+        (),
+    )
     tensors["shared_scalar_f64"] = decode(table, idx, "f64", scale, 0, None)
 
     idx = rng.integers(0, 16, (4, 6)).astype(np.uint8)
     scale = rng.uniform(0.01, 4.0, (4, 2)).astype(np.float16)  # blocks of 4 along rows of 6
     codec = Codebook(k=16, block=4, axis=-1, scale_dtype="f16")
-    pendings["shared_g4_bf16"] = _node(codec, {"indices": _bitpack(idx, 4), "codebook": shared_ref(sv),
-                                               "scale": _raw(scale, "f16")}, "bf16", idx.shape)
+    pendings["shared_g4_bf16"] = _node(
+        codec,
+        {"indices": _bitpack(idx, 4), "codebook": shared_ref(sv), "scale": _raw(scale, "f16")},
+        "bf16",
+        idx.shape,
+    )
     tensors["shared_g4_bf16"] = decode(table, idx, "bf16", scale, 4, -1)
 
     _write(path, pendings)
@@ -702,8 +939,17 @@ def sparse_vector(path: str) -> Expect:
     tensors: dict[str, np.ndarray] = {}
     pendings: dict[str, tuple[Any, Any]] = {}
 
-    def add(name: str, dtype: str, shape: tuple[int, ...], positions: list[int], values: np.ndarray,
-            layout: str, bits: int = 0, values_node: Any = None, index: Callable | None = None) -> None:
+    def add(
+        name: str,
+        dtype: str,
+        shape: tuple[int, ...],
+        positions: list[int],
+        values: np.ndarray,
+        layout: str,
+        bits: int = 0,
+        values_node: Any = None,
+        index: Callable | None = None,
+    ) -> None:
         n = int(np.prod(shape))
         vnode = values_node if values_node is not None else _raw(values, dtype)
         if layout == "bitmask":
@@ -719,8 +965,17 @@ def sparse_vector(path: str) -> Expect:
         pendings[name] = _node(codec, parts, dtype, shape)
         tensors[name] = _scatter(n, positions, values).reshape(shape)
 
-    f32 = _u32f(0x3FC00000, 0x80000000, 0x7FC00123, 0xFF800001, 0x7F800000, 0xFF800000,
-                0x00000001, 0xC0500000, 0x3A83126F)  # 1.5 -0 qNaN sNaN inf -inf 2^-149 -3.25 1e-3
+    f32 = _u32f(
+        0x3FC00000,
+        0x80000000,
+        0x7FC00123,
+        0xFF800001,
+        0x7F800000,
+        0xFF800000,
+        0x00000001,
+        0xC0500000,
+        0x3A83126F,
+    )  # 1.5 -0 qNaN sNaN inf -inf 2^-149 -3.25 1e-3
     add("bitmask_f32", "f32", (5, 7), [0, 3, 8, 9, 10, 17, 22, 30, 34], f32, "bitmask")
 
     f16 = np.array([0x3C00, 0x8000, 0x7E01, 0x0001, 0xFC00, 0xC500], np.uint16).view(np.float16)
@@ -737,8 +992,16 @@ def sparse_vector(path: str) -> Expect:
 
     add("scalar_f64", "f64", (), [0], np.array([-0.0]), "bitmask")
     add("empty_f32", "f32", (0, 4), [], np.zeros(0, np.float32), "bitmask")
-    add("nnz0_u8", "u8", (3, 5), [], np.zeros(0, np.uint8), "delta", bits=8,
-        index=lambda c: _raw(c, "u8"))
+    add(
+        "nnz0_u8",
+        "u8",
+        (3, 5),
+        [],
+        np.zeros(0, np.uint8),
+        "delta",
+        bits=8,
+        index=lambda c: _raw(c, "u8"),
+    )
 
     # values quantized (symmetric 6 bits, one f32 scale) and the index huffman-coded: code 32
     # decodes to +0 (a zero in values that a reader must not reject)
@@ -749,11 +1012,24 @@ def sparse_vector(path: str) -> Expect:
     s = np.array([0.0371], np.float32)
     vspec = ArraySpec(BY_NAME["bf16"], (len(positions),))
     from cmf.pipeline import PendingNode
-    vnode = PendingNode(Quantize(bits=6, block=0, axis=None, scheme="symmetric", scale_dtype="f32", search=False),
-                        {"q": _bitpack(u, 6), "scale": _raw(s, "f32")}, vspec)
+
+    vnode = PendingNode(
+        Quantize(bits=6, block=0, axis=None, scheme="symmetric", scale_dtype="f32", search=False),
+        {"q": _bitpack(u, 6), "scale": _raw(s, "f32")},
+        vspec,
+    )
     vals = (s[0] * (u.astype(np.float32) - np.float32(32))).astype(ml_dtypes.bfloat16)
-    add("delta4_quantized_bf16", "bf16", (6, 10), positions, vals, "delta", bits=4, values_node=vnode,
-        index=_huffman)
+    add(
+        "delta4_quantized_bf16",
+        "bf16",
+        (6, 10),
+        positions,
+        vals,
+        "delta",
+        bits=4,
+        values_node=vnode,
+        index=_huffman,
+    )
 
     _write(path, pendings)
     return _expect(tensors, minor=1)
@@ -776,8 +1052,17 @@ def outlier_vector(path: str) -> Expect:
     tensors: dict[str, np.ndarray] = {}
     pendings: dict[str, tuple[Any, Any]] = {}
 
-    def add(name: str, dtype: str, shape: tuple[int, ...], dense_node: Any, dense: np.ndarray,
-            positions: list[int], values: np.ndarray, bits: int, index: Callable) -> None:
+    def add(
+        name: str,
+        dtype: str,
+        shape: tuple[int, ...],
+        dense_node: Any,
+        dense: np.ndarray,
+        positions: list[int],
+        values: np.ndarray,
+        bits: int,
+        index: Callable,
+    ) -> None:
         codes = _delta_codes(positions, bits)
         codec = Outlier(count=len(positions), bits=bits, entries=len(codes))
         parts = {"dense": dense_node, "index": index(codes), "values": _raw(values, dtype)}
@@ -785,7 +1070,9 @@ def outlier_vector(path: str) -> Expect:
         out = np.ascontiguousarray(dense).reshape(-1).copy()
         item = out.dtype.itemsize
         if positions:
-            out.view(np.uint8).reshape(-1, item)[positions] = values.view(np.uint8).reshape(-1, item)
+            out.view(np.uint8).reshape(-1, item)[positions] = values.view(np.uint8).reshape(
+                -1, item
+            )
         tensors[name] = out.reshape(shape)
 
     # f32, dense: symmetric 4 bits, groups of 8 along rows of 16, f16 scales
@@ -794,13 +1081,27 @@ def outlier_vector(path: str) -> Expect:
     u.reshape(-1)[[3, 20, 21, 50, 95]] = [15, 0, 9, 3, 8]  # dense values the outliers replace
     s = (rng.standard_normal((6, 2)) * 0.1).astype(np.float16)
     spec = ArraySpec(BY_NAME["f32"], shape)
-    dense_node = PendingNode(Quantize(bits=4, block=8, axis=-1, scheme="symmetric", scale_dtype="f16", search=False),
-                             {"q": _bitpack(u, 4), "scale": _raw(s, "f16")}, spec)
+    dense_node = PendingNode(
+        Quantize(bits=4, block=8, axis=-1, scheme="symmetric", scale_dtype="f16", search=False),
+        {"q": _bitpack(u, 4), "scale": _raw(s, "f16")},
+        spec,
+    )
     dense = _per_block(s.astype(np.float32), shape, 8, -1) * (u.astype(np.float32) - np.float32(8))
-    values = _u32f(0xC2200000, 0x49742400, 0x7FA00001, 0x80000000, 0x40600000)  # -40 1e6 sNaN -0 3.5
+    values = _u32f(
+        0xC2200000, 0x49742400, 0x7FA00001, 0x80000000, 0x40600000
+    )  # -40 1e6 sNaN -0 3.5
     # gaps 3, 16 (a filler, then 1), 0, 28 (a filler, 13), 44 (two fillers, 14)
-    add("sym4_g8_f32", "f32", shape, dense_node, dense, [3, 20, 21, 50, 95], values, 4,
-        lambda c: _bitpack(c, 4))
+    add(
+        "sym4_g8_f32",
+        "f32",
+        shape,
+        dense_node,
+        dense,
+        [3, 20, 21, 50, 95],
+        values,
+        4,
+        lambda c: _bitpack(c, 4),
+    )
 
     # f16, dense: asymmetric 3 bits, blocks of 16 (last: 8), bf16 scale and min
     shape = (40,)
@@ -808,24 +1109,55 @@ def outlier_vector(path: str) -> Expect:
     s = np.abs(rng.standard_normal(3) * 0.3).astype(ml_dtypes.bfloat16)
     m = (rng.standard_normal(3) * 0.5).astype(ml_dtypes.bfloat16)
     spec = ArraySpec(BY_NAME["f16"], shape)
-    dense_node = PendingNode(Quantize(bits=3, block=16, axis=-1, scheme="asymmetric", scale_dtype="bf16", search=False),
-                             {"q": _bitpack(u, 3), "scale": _raw(s, "bf16"), "min": _raw(m, "bf16")}, spec)
+    dense_node = PendingNode(
+        Quantize(bits=3, block=16, axis=-1, scheme="asymmetric", scale_dtype="bf16", search=False),
+        {"q": _bitpack(u, 3), "scale": _raw(s, "bf16"), "min": _raw(m, "bf16")},
+        spec,
+    )
     p = _per_block(s.astype(np.float32), shape, 16, -1) * u.astype(np.float32)  # round(s * u)
     dense = (p + _per_block(m.astype(np.float32), shape, 16, -1)).astype(np.float16)  # round(p + m)
     values = np.array([0x7BFF, 0xFC00, 0x7E01], np.uint16).view(np.float16)  # 65504 -inf NaN
     # gaps 0, 6 (two fillers, 0), 31 (ten fillers, 1)
-    add("asym3_g16_f16", "f16", shape, dense_node, dense, [0, 7, 39], values, 2, lambda c: _raw(c, "u8"))
+    add(
+        "asym3_g16_f16",
+        "f16",
+        shape,
+        dense_node,
+        dense,
+        [0, 7, 39],
+        values,
+        2,
+        lambda c: _raw(c, "u8"),
+    )
 
     # no outliers (count = entries = 0), dense stored raw, bf16
     dense = (rng.standard_normal((2, 3))).astype(ml_dtypes.bfloat16)
-    add("none_bf16", "bf16", (2, 3), _raw(dense, "bf16"), dense, [], np.zeros(0, ml_dtypes.bfloat16), 8,
-        lambda c: _raw(c, "u8"))
+    add(
+        "none_bf16",
+        "bf16",
+        (2, 3),
+        _raw(dense, "bf16"),
+        dense,
+        [],
+        np.zeros(0, ml_dtypes.bfloat16),
+        8,
+        lambda c: _raw(c, "u8"),
+    )
 
     # f8_e4m3, dense stored raw (any bits), outliers NaN (S.1111.111) and -0
     dense = rng.integers(0, 256, 12).astype(np.uint8).view(ml_dtypes.float8_e4m3fn)
     values = np.array([0x7F, 0x80], np.uint8).view(ml_dtypes.float8_e4m3fn)
-    add("raw_f8_e4m3", "f8_e4m3", (12,), _raw(dense, "f8_e4m3"), dense, [4, 11], values, 8,
-        lambda c: _bitpack(c, 8))
+    add(
+        "raw_f8_e4m3",
+        "f8_e4m3",
+        (12,),
+        _raw(dense, "f8_e4m3"),
+        dense,
+        [4, 11],
+        values,
+        8,
+        lambda c: _bitpack(c, 8),
+    )
 
     _write(path, pendings)
     return _expect(tensors, minor=1)
@@ -835,8 +1167,13 @@ def _round_exact(q: Any, dtype: str) -> float:
     """The rational ``q`` rounded to ``dtype`` (nearest, ties to even, subnormals, IEEE overflow
     to ±inf), as a Python float (exact: every result fits binary64). +0 for 0."""
     from fractions import Fraction
-    p, emin, emax = {"f32": (24, -126, 127), "f16": (11, -14, 15), "bf16": (8, -126, 127),
-                     "f64": (53, -1022, 1023)}[dtype]
+
+    p, emin, emax = {
+        "f32": (24, -126, 127),
+        "f16": (11, -14, 15),
+        "bf16": (8, -126, 127),
+        "f64": (53, -1022, 1023),
+    }[dtype]
     if q == 0:
         return 0.0
     sign, a = (-1 if q < 0 else 1), abs(Fraction(q))
@@ -857,11 +1194,14 @@ def _round_exact(q: Any, dtype: str) -> float:
 def _exact_lowrank(u: np.ndarray, v: np.ndarray, dtype: str) -> np.ndarray:
     """lowrank.md: E_ij = sum_k u[i,k] v[k,j] exactly (rationals), rounded once to ``dtype``."""
     from fractions import Fraction
+
     uf = [[Fraction(float(x)) for x in row] for row in u.astype(np.float64)]
     vf = [[Fraction(float(x)) for x in row] for row in v.astype(np.float64)]
     r = u.shape[1]
-    out = [[_round_exact(sum(uf[i][k] * vf[k][j] for k in range(r)), dtype)
-            for j in range(v.shape[1])] for i in range(u.shape[0])]
+    out = [
+        [_round_exact(sum(uf[i][k] * vf[k][j] for k in range(r)), dtype) for j in range(v.shape[1])]
+        for i in range(u.shape[0])
+    ]
     with np.errstate(over="ignore"):
         return np.array(out, np.float64).astype(_NP[dtype])  # exact: each value is in dtype
 
@@ -883,8 +1223,16 @@ def lowrank_vector(path: str) -> Expect:
     tensors: dict[str, np.ndarray] = {}
     pendings: dict[str, tuple[Any, Any]] = {}
 
-    def add(name: str, dtype: str, shape: tuple[int, ...], split: int, fdt: str, u: np.ndarray,
-            v: np.ndarray, u_node: Any = None) -> None:
+    def add(
+        name: str,
+        dtype: str,
+        shape: tuple[int, ...],
+        split: int,
+        fdt: str,
+        u: np.ndarray,
+        v: np.ndarray,
+        u_node: Any = None,
+    ) -> None:
         codec = LowRank(rank=u.shape[1], split=split, factor_dtype=fdt)
         parts = {"u": u_node if u_node is not None else _raw(u, fdt), "v": _raw(v, fdt)}
         pendings[name] = _node(codec, parts, dtype, shape)
@@ -916,9 +1264,14 @@ def lowrank_vector(path: str) -> Expect:
     codes[0] = [255, 255]
     s = np.array([[0.37, 0.29]], np.float32)
     uspec = ArraySpec(BY_NAME["bf16"], (6, 2))
-    u_node = PendingNode(Quantize(bits=8, block=0, axis=0, scheme="symmetric", scale_dtype="f32", search=False),
-                         {"q": _bitpack(codes, 8), "scale": _raw(s, "f32")}, uspec)
-    u = (np.repeat(s, 6, axis=0) * (codes.astype(np.float32) - np.float32(128))).astype(ml_dtypes.bfloat16)
+    u_node = PendingNode(
+        Quantize(bits=8, block=0, axis=0, scheme="symmetric", scale_dtype="f32", search=False),
+        {"q": _bitpack(codes, 8), "scale": _raw(s, "f32")},
+        uspec,
+    )
+    u = (np.repeat(s, 6, axis=0) * (codes.astype(np.float32) - np.float32(128))).astype(
+        ml_dtypes.bfloat16
+    )
     v = (rng.standard_normal((2, 10)) * 4).astype(ml_dtypes.bfloat16)
     v[:, 0] = [3000.0, 3000.0]
     v[:, 1] = [-3000.0, -1500.0]
@@ -931,8 +1284,9 @@ def lowrank_vector(path: str) -> Expect:
 # ----------------------------------------------------------------------------- 1.2 codec vectors
 
 
-def _rows_by_class(classes: list[int], parts: list[np.ndarray],
-                   rest: tuple[int, ...]) -> np.ndarray:
+def _rows_by_class(
+    classes: list[int], parts: list[np.ndarray], rest: tuple[int, ...]
+) -> np.ndarray:
     """partition.md "Decoding", step 3, row by row: row i is row j of part p{c}, c = class[i],
     j = the number of earlier rows of class c; bytes copied as they are."""
     dtype = parts[0].dtype
@@ -965,8 +1319,13 @@ def partition_vector(path: str) -> Expect:
     tensors: dict[str, np.ndarray] = {}
     pendings: dict[str, tuple[Any, Any]] = {}
 
-    def add(name: str, dtype: str, classes: list[int], rest: tuple[int, ...],
-            parts: list[tuple[np.ndarray, Any]]) -> None:
+    def add(
+        name: str,
+        dtype: str,
+        classes: list[int],
+        rest: tuple[int, ...],
+        parts: list[tuple[np.ndarray, Any]],
+    ) -> None:
         codec = Partition(counts=tuple(int(v.shape[0]) for v, _ in parts))
         nodes = {"class": _raw(np.array(classes, np.uint8), "u8")}
         nodes.update({f"p{k}": node for k, (_, node) in enumerate(parts)})
@@ -974,8 +1333,16 @@ def partition_vector(path: str) -> Expect:
         tensors[name] = _rows_by_class(classes, [v for v, _ in parts], rest)
 
     # f32 (6, 4): classes [2, 0, 1, 2, 0, 1]
-    p0 = _u32f(0x7FA00001, 0x80000000, 0x00000001, 0x3F800000,  # sNaN payload, -0, min subnormal, 1
-               0xC2C80000, 0x7F800000, 0x7FC12345, 0x00000000)  # -100, inf, qNaN payload, +0
+    p0 = _u32f(
+        0x7FA00001,
+        0x80000000,
+        0x00000001,
+        0x3F800000,  # sNaN payload, -0, min subnormal, 1
+        0xC2C80000,
+        0x7F800000,
+        0x7FC12345,
+        0x00000000,
+    )  # -100, inf, qNaN payload, +0
     p0 = p0.reshape(2, 4)
     u = rng.integers(0, 16, (2, 4)).astype(np.uint8)
     u[0, 0], u[1, 3] = 0, 15  # the extreme codes: -8 and +7 steps
@@ -985,26 +1352,46 @@ def partition_vector(path: str) -> Expect:
     q = Quantize(bits=4, block=0, axis=None, scheme="symmetric", scale_dtype="f32", search=False)
     node1 = PendingNode(q, {"q": _bitpack(u, 4), "scale": _raw(scale, "f32")}, spec1)
     p2 = np.array([[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, -0.75]], np.float32)
-    add("f32_3_classes", "f32", [2, 0, 1, 2, 0, 1], (4,),
-        [(p0, _raw(p0, "f32")), (p1, node1), (p2, _raw(p2, "f32"))])
+    add(
+        "f32_3_classes",
+        "f32",
+        [2, 0, 1, 2, 0, 1],
+        (4,),
+        [(p0, _raw(p0, "f32")), (p1, node1), (p2, _raw(p2, "f32"))],
+    )
 
     # bf16 (4, 3, 2): classes [1, 1, 0, 1]; NaN payloads (quiet, signalling, negative), ±inf
     words = np.array([0x7FC1, 0x7F81, 0xFFAA, 0x7F80, 0xFF80, 0x8000], np.uint16)
     b0 = words.view(ml_dtypes.bfloat16).reshape(1, 3, 2)
     b1 = rng.standard_normal((3, 3, 2)).astype(ml_dtypes.bfloat16)
-    add("bf16_rank3_2_classes", "bf16", [1, 1, 0, 1], (3, 2),
-        [(b0, _raw(b0, "bf16")), (b1, _raw(b1, "bf16"))])
+    add(
+        "bf16_rank3_2_classes",
+        "bf16",
+        [1, 1, 0, 1],
+        (3, 2),
+        [(b0, _raw(b0, "bf16")), (b1, _raw(b1, "bf16"))],
+    )
 
     # i16 (3, 0): rows of no elements still have a class each; class 1 is empty
     e0, e1, e2 = (np.zeros((n, 0), np.int16) for n in (2, 0, 1))
-    add("i16_empty_rows", "i16", [2, 0, 0], (0,),
-        [(e0, _raw(e0, "i16")), (e1, _raw(e1, "i16")), (e2, _raw(e2, "i16"))])
+    add(
+        "i16_empty_rows",
+        "i16",
+        [2, 0, 0],
+        (0,),
+        [(e0, _raw(e0, "i16")), (e1, _raw(e1, "i16")), (e2, _raw(e2, "i16"))],
+    )
 
     # f8_e5m2 (5, 2): classes alternate; NaNs (0x7D, 0xFE), ±inf, -0, a subnormal
     f0 = np.array([[0x7D, 0xFC], [0x01, 0x3C], [0x80, 0x7C]], np.uint8).view(ml_dtypes.float8_e5m2)
     f1 = np.array([[0xFE, 0x00], [0x42, 0xC0]], np.uint8).view(ml_dtypes.float8_e5m2)
-    add("f8_e5m2_alternating", "f8_e5m2", [0, 1, 0, 1, 0], (2,),
-        [(f0, _raw(f0, "f8_e5m2")), (f1, _raw(f1, "f8_e5m2"))])
+    add(
+        "f8_e5m2_alternating",
+        "f8_e5m2",
+        [0, 1, 0, 1, 0],
+        (2,),
+        [(f0, _raw(f0, "f8_e5m2")), (f1, _raw(f1, "f8_e5m2"))],
+    )
 
     # f32 (0, 3), K = 1: every part empty
     z = np.zeros((0, 3), np.float32)
@@ -1028,13 +1415,14 @@ def ggml_vector(path: str) -> Expect:
     from cmf.codecs.ggml_types import LAYOUTS
 
     rng = np.random.default_rng(47)
-    scales = np.array([0.0123, -0.5, -0.0, 2.0 ** -20, 65504.0, 3.0e-3], np.float16)
+    scales = np.array([0.0123, -0.5, -0.0, 2.0**-20, 65504.0, 3.0e-3], np.float16)
     tensors: dict[str, np.ndarray] = {}
     pendings: dict[str, tuple[Any, Any]] = {}
     for t, (name, lay) in enumerate(LAYOUTS.items()):
         codec = Ggml(type=name)
         from cmf.codecs import ArraySpec
         from cmf.dtypes import BY_NAME
+
         n = 2 if lay.block < 256 else 1  # (super-blocks: one, to keep the file small)
         spec = ArraySpec(BY_NAME["f32"], (n, lay.block))
         parts = codec.encode(Blocks(rng.integers(0, 256, (n, lay.nbytes), dtype=np.uint8)), spec)
@@ -1120,7 +1508,10 @@ def manifest_entry(name: str, path: str, expect: Expect, zstd_version: list[int]
         names = list(expect["tensors"]) + list(expect["aliases"])
         assert sorted(f.keys()) == sorted(names), (name, f.keys())
         for entry_t in f.index.tensors:
-            t: dict[str, Any] = {"dtype": entry_t.spec.dtype.name, "shape": list(entry_t.spec.shape)}
+            t: dict[str, Any] = {
+                "dtype": entry_t.spec.dtype.name,
+                "shape": list(entry_t.spec.shape),
+            }
             if entry_t.alias is not None:
                 assert expect["aliases"][entry_t.name] == entry_t.alias
                 target = expect["tensors"][entry_t.alias]
@@ -1128,7 +1519,10 @@ def manifest_entry(name: str, path: str, expect: Expect, zstd_version: list[int]
                 want = _le(target)
             else:
                 array = expect["tensors"][entry_t.name]
-                assert cmf.dtypes.of_array(array).name == t["dtype"] and list(array.shape) == t["shape"]
+                assert (
+                    cmf.dtypes.of_array(array).name == t["dtype"]
+                    and list(array.shape) == t["shape"]
+                )
                 want = _le(array)
                 tree = node_obj(entry_t.encoding)
                 t["encoding"] = describe(entry_t.encoding)
@@ -1138,7 +1532,11 @@ def manifest_entry(name: str, path: str, expect: Expect, zstd_version: list[int]
             got = f.get_tensor(entry_t.name)
             tolerance = entry_t.alias is None and '"lowrank"' in json.dumps(t["tree"])
             if tolerance:  # lowrank decodes up to its page's tolerance, not bit for bit
-                assert t["tree"]["codec"] == "lowrank", (name, entry_t.name, "lowrank below the root")
+                assert t["tree"]["codec"] == "lowrank", (
+                    name,
+                    entry_t.name,
+                    "lowrank below the root",
+                )
                 u, v = (f.decode_node(entry_t.encoding.parts[p]) for p in ("u", "v"))
                 want_array = np.frombuffer(want, array.dtype).reshape(array.shape)
                 assert same_decoding(got, want_array, u, v, t["dtype"]), (name, entry_t.name)
@@ -1164,7 +1562,9 @@ def manifest_entry(name: str, path: str, expect: Expect, zstd_version: list[int]
                 a["hex"] = want.hex()
             entry["attachments"][att.name] = a
     report = cmf.validate(path)
-    assert report.valid and (report.warnings == []) == (expect["minor"] <= KNOWN_MINOR), report.to_json()
+    assert report.valid and (report.warnings == []) == (expect["minor"] <= KNOWN_MINOR), (
+        report.to_json()
+    )
     return entry
 
 
@@ -1184,17 +1584,28 @@ def build_manifest(out_dir: str, old: dict[str, Any], rebuilt: set[str]) -> dict
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=HERE)
-    ap.add_argument("--force", action="append", default=[], metavar="NAME",
-                    help="overwrite this committed vector (the spec changed it on purpose)")
-    ap.add_argument("--check", action="store_true",
-                    help="rebuild every vector in a temporary directory and report which differ")
+    ap.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="overwrite this committed vector (the spec changed it on purpose)",
+    )
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="rebuild every vector in a temporary directory and report which differ",
+    )
     args = ap.parse_args(argv)
     if args.check:
         differ = []
         with tempfile.TemporaryDirectory() as tmp:
             for name, build in VECTORS.items():
                 build(os.path.join(tmp, name))
-                same = open(os.path.join(tmp, name), "rb").read() == open(os.path.join(args.out, name), "rb").read()
+                same = (
+                    open(os.path.join(tmp, name), "rb").read()
+                    == open(os.path.join(args.out, name), "rb").read()
+                )
                 print(f"{'same   ' if same else 'DIFFERS'} {name}")
                 differ += [] if same else [name]
         return 1 if differ else 0

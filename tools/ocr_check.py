@@ -123,7 +123,9 @@ def rec(args: argparse.Namespace) -> dict:
         r = _runner(path)
         got = [r.run({"x": x})[name][0] for x in inputs]
         exact = np.mean([_ctc(a) == _ctc(b) for a, b in zip(ref, got, strict=True)])
-        pos = np.mean(np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref, got, strict=True)]))
+        pos = np.mean(
+            np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref, got, strict=True)])
+        )
         cos = np.mean([_cos(a, b) for a, b in zip(ref, got, strict=True)])
         report["files"][path] = {
             "exact_lines": round(float(exact), 4),
@@ -208,7 +210,9 @@ def det(args: argparse.Namespace) -> dict:
         report["files"][path] = {
             "mask_iou": round(float(np.mean(iou)), 5),
             "mask_iou_min": round(float(np.min(iou)), 5),
-            "cosine_mean": round(float(np.mean([_cos(a, b) for a, b in zip(ref, got, strict=True)])), 6),
+            "cosine_mean": round(
+                float(np.mean([_cos(a, b) for a, b in zip(ref, got, strict=True)])), 6
+            ),
         }
     if args.save_inputs:
         np.savez(args.save_inputs, x=np.concatenate(pages))

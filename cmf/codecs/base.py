@@ -32,6 +32,7 @@ input as hostile: they check every value that drives decoding and raise CmfError
 tests/codecs/test_registry.py checks the contract for every registered codec (a spec page, a
 config that round-trips, encode -> decode within the contract).
 """
+
 from __future__ import annotations
 
 import math
@@ -151,10 +152,14 @@ def require_config_keys(name: str, config: Any, keys: Any) -> dict[str, Any]:
         raise FormatError(f"{name}: config must be a map, found {type(config).__name__}")
     unknown = set(config) - set(keys)
     if unknown:
-        raise FormatError(f"{name}: unknown config keys {sorted(map(str, unknown))}; expected {list(keys)}")
+        raise FormatError(
+            f"{name}: unknown config keys {sorted(map(str, unknown))}; expected {list(keys)}"
+        )
     missing = [key for key in keys if key not in config]
     if missing:
-        raise FormatError(f"{name}: config is missing {missing}; every key of {list(keys)} is required")
+        raise FormatError(
+            f"{name}: config is missing {missing}; every key of {list(keys)} is required"
+        )
     return config
 
 

@@ -21,7 +21,9 @@ from .base import (
 from .registry import register
 
 _UINT = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
-_CHUNK = 1 << 16  # elements per decode step: chunk + planes stay in L2 (measured best of 2^14..2^18)
+_CHUNK = (
+    1 << 16
+)  # elements per decode step: chunk + planes stay in L2 (measured best of 2^14..2^18)
 
 
 def plane_names(itemsize: int) -> list[str]:
@@ -98,7 +100,9 @@ class BytePlanes(Codec):
         # rotating each chunk while it is hot: about 2x faster than writing strided byte columns.
         u = np.empty(n, dtype=_UINT[k])  # (n,) owned, writable: the reader need not copy it
         if _speedups is not None and n:  # big tensors: ranges of words on several threads
-            in_pieces(lambda a, b: _speedups.interleave(u[a:b], [p[a:b] for p in planes], self.rotate), n)
+            in_pieces(
+                lambda a, b: _speedups.interleave(u[a:b], [p[a:b] for p in planes], self.rotate), n
+            )
             return u.view(spec.dtype.numpy).reshape(spec.shape)
         tmp = np.empty(min(n, _CHUNK), dtype=_UINT[k])
         for a in range(0, n, _CHUNK):

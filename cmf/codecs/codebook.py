@@ -48,10 +48,24 @@ SAMPLE = 1 << 16  # values per member tensor when a group's codebook is fitted
 
 # NF4 (QLoRA, bitsandbytes): the 16 levels in index order; exact float32 values.
 NF4 = np.array(
-    [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-     -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-     0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0],
+    [
+        -1.0,
+        -0.6961928009986877,
+        -0.5250730514526367,
+        -0.39491748809814453,
+        -0.28444138169288635,
+        -0.18477343022823334,
+        -0.09105003625154495,
+        0.0,
+        0.07958029955625534,
+        0.16093020141124725,
+        0.24611230194568634,
+        0.33791524171829224,
+        0.44070982933044434,
+        0.5626170039176941,
+        0.7229568362236023,
+        1.0,
+    ],
     dtype=_F32,
 )
 
@@ -337,8 +351,11 @@ def _fit_options(options: Any) -> dict[str, Any]:
     if scale_dtype is None:
         config = {"k": k, "block": options.get("block", 0), "axis": options.get("axis")}
     else:
-        config = {"k": k, "block": options.get("block", 64 if fixed else 0),
-                  "axis": options.get("axis", -1)}
+        config = {
+            "k": k,
+            "block": options.get("block", 64 if fixed else 0),
+            "axis": options.get("axis", -1),
+        }
     config["scale_dtype"] = scale_dtype
     Codebook(**config)  # check the config values
     return {"config": config, "fixed": fixed, "shared": shared, "sample": sample}

@@ -59,8 +59,10 @@ class Ggml(Codec):
 
     def __post_init__(self) -> None:
         if not isinstance(self.type, str) or self.type not in LAYOUTS:
-            raise fail(self.name, f"config 'type' must be one of {', '.join(LAYOUTS)}, "
-                                  f"found {str(self.type)[:40]!r}")
+            raise fail(
+                self.name,
+                f"config 'type' must be one of {', '.join(LAYOUTS)}, found {str(self.type)[:40]!r}",
+            )
 
     @property
     def layout(self) -> Layout:
@@ -79,8 +81,11 @@ class Ggml(Codec):
         spec = require_array_spec(self.name, spec)
         lay = self.layout
         if spec.dtype.name != "f32" or not spec.shape or spec.shape[-1] % lay.block:
-            raise fail(self.name, f"{self.type} decodes to f32 of rank >= 1 whose last dimension "
-                                  f"is a multiple of {lay.block}, not {spec.describe()}")
+            raise fail(
+                self.name,
+                f"{self.type} decodes to f32 of rank >= 1 whose last dimension "
+                f"is a multiple of {lay.block}, not {spec.describe()}",
+            )
         return math.prod(spec.shape) // lay.block
 
     def resolve(self, spec: Spec) -> dict[str, Spec]:
@@ -92,7 +97,9 @@ class Ggml(Codec):
         their bits. FormatError otherwise."""
         specs = self.resolve(spec)
         if set(parts) != set(specs):
-            raise fail(self.name, f"{self.type}: parts {sorted(map(str, parts))}, expected {sorted(specs)}")
+            raise fail(
+                self.name, f"{self.type}: parts {sorted(map(str, parts))}, expected {sorted(specs)}"
+            )
         out = {}
         for f in self.layout.fields:
             v = part_array(self.name, parts, f.name, specs[f.name])  # type: ignore[arg-type]
@@ -100,8 +107,11 @@ class Ggml(Codec):
                 top = int(v.max())
                 if top >> f.bits:
                     what = "grid index" if f.name == "grid" else "code"
-                    raise fail(self.name, f"{self.type}: part {f.name!r} holds {what} {top}, "
-                                          f"which does not fit {f.bits} bits (< {1 << f.bits})")
+                    raise fail(
+                        self.name,
+                        f"{self.type}: part {f.name!r} holds {what} {top}, "
+                        f"which does not fit {f.bits} bits (< {1 << f.bits})",
+                    )
             out[f.name] = v
         return out
 
@@ -112,26 +122,41 @@ class Ggml(Codec):
         out = np.empty((n, lay.block), np.float32)  # (blocks, block)
         step = max(1, CHUNK_ELEMENTS // lay.block)
         for a in range(0, n, step):
-            out[a : a + step] = dequantize(self.type, {k: v[a : a + step] for k, v in fields.items()})
+            out[a : a + step] = dequantize(
+                self.type, {k: v[a : a + step] for k, v in fields.items()}
+            )
         return out.reshape(spec.shape)  # type: ignore[union-attr]
 
     def encode(self, value: Value, spec: Spec) -> dict[str, Value]:
         if not isinstance(value, Blocks):
-            raise CmfError(f"ggml: encode takes cmf.codecs.ggml_codec.Blocks(bytes), "
-                           f"not {type(value).__name__}")
+            raise CmfError(
+                f"ggml: encode takes cmf.codecs.ggml_codec.Blocks(bytes), "
+                f"not {type(value).__name__}"
+            )
         n = self.blocks(spec)
         lay = self.layout
         data = value.data
-        raw = (np.ascontiguousarray(data).reshape(-1).view(np.uint8) if isinstance(data, np.ndarray)
-               else np.frombuffer(data, np.uint8))
+        raw = (
+            np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+            if isinstance(data, np.ndarray)
+            else np.frombuffer(data, np.uint8)
+        )
         if raw.size != n * lay.nbytes:
-            raise CmfError(f"ggml: {raw.size} bytes given, {n} {self.type} blocks of {lay.nbytes} "
-                           f"bytes = {n * lay.nbytes} expected for {spec.describe()}")  # type: ignore[union-attr]
+            raise CmfError(
+                f"ggml: {raw.size} bytes given, {n} {self.type} blocks of {lay.nbytes} "
+                f"bytes = {n * lay.nbytes} expected for {spec.describe()}"
+            )  # type: ignore[union-attr]
         blocks = raw.reshape(n, lay.nbytes)
         step = max(1, CHUNK_ELEMENTS // lay.block)
-        chunks = [split(lay, blocks[a : a + step]) for a in range(0, n, step)] or [split(lay, blocks)]
-        return {f.name: np.ascontiguousarray(np.concatenate([c[f.name] for c in chunks]))
-                .astype(part_dtype(f), copy=False) for f in lay.fields}
+        chunks = [split(lay, blocks[a : a + step]) for a in range(0, n, step)] or [
+            split(lay, blocks)
+        ]
+        return {
+            f.name: np.ascontiguousarray(np.concatenate([c[f.name] for c in chunks])).astype(
+                part_dtype(f), copy=False
+            )
+            for f in lay.fields
+        }
 
     def blocks_of(self, parts: dict[str, Value], spec: Spec) -> np.ndarray:
         """The GGML block bytes (flat u8) the parts hold: the inverse of ``encode``."""

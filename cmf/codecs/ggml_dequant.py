@@ -115,10 +115,14 @@ _POW3 = np.array([1, 3, 9, 27, 81], np.uint8)
 def _tq1_0(p):
     q = p["q"]
     n = q.shape[0]
-    trits = np.concatenate([  # each byte times 3^k modulo 256: trit k sits in its top bits
-        (q[:, None, :32] * _POW3[:, None]).reshape(n, 160),
-        (q[:, None, 32:48] * _POW3[:, None]).reshape(n, 80),
-        (q[:, None, 48:52] * _POW3[:4, None]).reshape(n, 16)], axis=1)  # (n, 256) u8
+    trits = np.concatenate(
+        [  # each byte times 3^k modulo 256: trit k sits in its top bits
+            (q[:, None, :32] * _POW3[:, None]).reshape(n, 160),
+            (q[:, None, 32:48] * _POW3[:, None]).reshape(n, 80),
+            (q[:, None, 48:52] * _POW3[:4, None]).reshape(n, 16),
+        ],
+        axis=1,
+    )  # (n, 256) u8
     t = ((trits.astype(np.uint16) * np.uint16(3)) >> np.uint16(8)).astype(np.int8) - np.int8(1)
     return p["d"].astype(F32) * _f(t)
 
@@ -136,12 +140,14 @@ def _iq4_xs(p):
 def _iq2(name: str, sub: int, signs: str, mult: float) -> Callable:
     """IQ2_XXS / IQ2_XS / IQ2_S / IQ3_XXS: ``sub`` sub-blocks, each of one scale;
     ``signs`` "ksigns" (7-bit indices) or "bits" (sign bytes)."""
+
     def kernel(p):
         n = p["grid"].shape[0]
         db = p["d"].astype(F32) * (F32(0.5) + _f(p["sc"])) * F32(mult)  # (n, sub)
         g = grid(name)[p["grid"]].reshape(n, sub, -1)  # (n, sub, 256 / sub)
         s = _signs(KSIGNS[p["sign"]] if signs == "ksigns" else p["sign"]).reshape(n, sub, -1)
         return (db.reshape(n, sub, 1) * g * s).reshape(n, 256)
+
     return kernel
 
 
@@ -155,6 +161,7 @@ def _iq3_s(p):
 
 def _iq1(name: str, groups: int) -> Callable:
     """IQ1_S (8 scales, 8 deltas) / IQ1_M (16 scales, 32 deltas)."""
+
     def kernel(p):
         n = p["grid"].shape[0]
         dl = p["d"].astype(F32) * _f(np.uint8(2) * p["sc"] + np.uint8(1))  # (n, scales)
@@ -163,17 +170,34 @@ def _iq1(name: str, groups: int) -> Callable:
         ns, nd = dl.shape[1], delta.shape[1]
         x = g.reshape(n, nd, -1) + delta.reshape(n, nd, 1)
         return (dl.reshape(n, ns, 1) * x.reshape(n, ns, -1)).reshape(n, 256)
+
     return kernel
 
 
 KERNELS: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {
-    "Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q4_1, "Q8_0": _q8_0,
-    "IQ4_NL": _iq4_nl, "MXFP4": _mxfp4, "NVFP4": _nvfp4,
-    "Q2_K": _q2_k, "Q3_K": _q3_k, "Q4_K": _q45_k, "Q5_K": _q45_k, "Q6_K": _q6_k,
-    "TQ1_0": _tq1_0, "TQ2_0": _tq2_0, "IQ4_XS": _iq4_xs,
-    "IQ2_XXS": _iq2("IQ2_XXS", 8, "ksigns", 0.25), "IQ2_XS": _iq2("IQ2_XS", 16, "ksigns", 0.25),
-    "IQ2_S": _iq2("IQ2_S", 16, "bits", 0.25), "IQ3_XXS": _iq2("IQ3_XXS", 8, "ksigns", 0.5),
-    "IQ3_S": _iq3_s, "IQ1_S": _iq1("IQ1_S", 8), "IQ1_M": _iq1("IQ1_M", 16),
+    "Q4_0": _q4_0,
+    "Q4_1": _q4_1,
+    "Q5_0": _q5_0,
+    "Q5_1": _q4_1,
+    "Q8_0": _q8_0,
+    "IQ4_NL": _iq4_nl,
+    "MXFP4": _mxfp4,
+    "NVFP4": _nvfp4,
+    "Q2_K": _q2_k,
+    "Q3_K": _q3_k,
+    "Q4_K": _q45_k,
+    "Q5_K": _q45_k,
+    "Q6_K": _q6_k,
+    "TQ1_0": _tq1_0,
+    "TQ2_0": _tq2_0,
+    "IQ4_XS": _iq4_xs,
+    "IQ2_XXS": _iq2("IQ2_XXS", 8, "ksigns", 0.25),
+    "IQ2_XS": _iq2("IQ2_XS", 16, "ksigns", 0.25),
+    "IQ2_S": _iq2("IQ2_S", 16, "bits", 0.25),
+    "IQ3_XXS": _iq2("IQ3_XXS", 8, "ksigns", 0.5),
+    "IQ3_S": _iq3_s,
+    "IQ1_S": _iq1("IQ1_S", 8),
+    "IQ1_M": _iq1("IQ1_M", 16),
 }
 
 

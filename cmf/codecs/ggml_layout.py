@@ -32,7 +32,9 @@ class Field:
     count: int
     bits: int
     kind: str  # "u" or "f16"
-    runs: tuple[tuple[np.ndarray, np.ndarray], ...] = field(repr=False)  # (start[count], width[count])
+    runs: tuple[tuple[np.ndarray, np.ndarray], ...] = field(
+        repr=False
+    )  # (start[count], width[count])
 
     @property
     def dtype(self) -> str:
@@ -63,7 +65,9 @@ class Layout:
     nbytes: int
     fields: tuple[Field, ...]
     groups: dict[str, tuple[Group, ...]] = field(repr=False, compare=False)
-    whole: dict[str, slice] = field(repr=False, compare=False)  # fields that are whole bytes in order
+    whole: dict[str, slice] = field(
+        repr=False, compare=False
+    )  # fields that are whole bytes in order
 
 
 @dataclass(frozen=True)
@@ -102,10 +106,23 @@ def _groups(f: Field) -> tuple[Group, ...]:
     groups = []
     for start, width in f.runs:
         at = int(start[0])
-        if (np.all(width == 1) and np.all(out == out[0]) and at % 8 == 0 and f.count % 8 == 0
-                and np.array_equal(start, at + np.arange(f.count))):
-            groups.append(Group(slice(0, f.count), slice(at // 8, at // 8 + f.count // 8), 0, 1,
-                                int(out[0]), plane=True))
+        if (
+            np.all(width == 1)
+            and np.all(out == out[0])
+            and at % 8 == 0
+            and f.count % 8 == 0
+            and np.array_equal(start, at + np.arange(f.count))
+        ):
+            groups.append(
+                Group(
+                    slice(0, f.count),
+                    slice(at // 8, at // 8 + f.count // 8),
+                    0,
+                    1,
+                    int(out[0]),
+                    plane=True,
+                )
+            )
             out = out + width
             continue
         for e in range(f.count):
@@ -117,7 +134,9 @@ def _groups(f: Field) -> tuple[Group, ...]:
                 pos, left, o = pos + w, left - w, o + w
         out = out + width
     if not np.all(out == f.bits):
-        raise CmfError(f"layout field {f.name}: runs give {sorted(set(out.tolist()))} bits, {f.bits} declared")
+        raise CmfError(
+            f"layout field {f.name}: runs give {sorted(set(out.tolist()))} bits, {f.bits} declared"
+        )
     for (shift, w, o), items in sorted(pieces.items()):
         elems = np.array([e for e, _ in items], np.intp)
         where = np.array([b for _, b in items], np.intp)
@@ -135,13 +154,19 @@ def layout(name: str, block: int, nbytes: int, fields: list[Field]) -> Layout:
                 if s + w > nbytes * 8:
                     raise CmfError(f"layout {name}: field {f.name} runs past the block")
     if not np.all(seen == 1):
-        raise CmfError(f"layout {name}: bits {np.flatnonzero(seen != 1)[:8].tolist()} not covered once")
+        raise CmfError(
+            f"layout {name}: bits {np.flatnonzero(seen != 1)[:8].tolist()} not covered once"
+        )
     whole = {}
     for f in fields:  # one run of consecutive whole bytes, values in order: a plain byte range
         if len(f.runs) == 1 and f.bits in (8, 16):
             start, width = f.runs[0]
             at = int(start[0])
-            if at % 8 == 0 and np.all(width == f.bits) and np.array_equal(start, at + f.bits * np.arange(f.count)):
+            if (
+                at % 8 == 0
+                and np.all(width == f.bits)
+                and np.array_equal(start, at + f.bits * np.arange(f.count))
+            ):
                 whole[f.name] = slice(at // 8, at // 8 + f.count * f.bits // 8)
     return Layout(name, block, nbytes, tuple(fields), {f.name: _groups(f) for f in fields}, whole)
 
@@ -215,8 +240,11 @@ def part_dtype(f: Field) -> np.dtype:
 
 def _sliced(lay: Layout) -> bool:
     """Whether every group indexes with slices (then blocks are cut in place, row-major)."""
-    return all(isinstance(g.elems, slice) and isinstance(g.bytes, slice)
-               for gs in lay.groups.values() for g in gs)
+    return all(
+        isinstance(g.elems, slice) and isinstance(g.bytes, slice)
+        for gs in lay.groups.values()
+        for g in gs
+    )
 
 
 def _view(a: np.ndarray, idx, writeable: bool = False) -> np.ndarray:
@@ -224,8 +252,11 @@ def _view(a: np.ndarray, idx, writeable: bool = False) -> np.ndarray:
     if isinstance(idx, Runs):
         s0, s1 = a.strides
         return np.lib.stride_tricks.as_strided(
-            a[:, idx.start :], shape=(a.shape[0], idx.m, idx.r), strides=(s0, idx.step * s1, s1),
-            writeable=writeable)
+            a[:, idx.start :],
+            shape=(a.shape[0], idx.m, idx.r),
+            strides=(s0, idx.step * s1, s1),
+            writeable=writeable,
+        )
     return a[:, idx]
 
 
@@ -318,8 +349,11 @@ def join_into(lay: Layout, fields: dict[str, np.ndarray], out: np.ndarray) -> No
         return
     table = _join_table(lay)
     arrays = [_join_source(lay, f, fields[f.name]) for f in lay.fields]
-    in_pieces(lambda a, b: _speedups.ggml_join(out[a:b], [v[a:b] for v in arrays], table, lay.nbytes),
-              n, JOIN_PIECE)
+    in_pieces(
+        lambda a, b: _speedups.ggml_join(out[a:b], [v[a:b] for v in arrays], table, lay.nbytes),
+        n,
+        JOIN_PIECE,
+    )
 
 
 def _join_source(lay: Layout, f: Field, v: np.ndarray) -> np.ndarray:
@@ -352,10 +386,26 @@ def _join_table(lay: Layout) -> np.ndarray:
         for g in lay.groups[f.name]:
             elems, where = _positions(g.elems, f.count), _positions(g.bytes, lay.nbytes)
             if g.plane:
-                rows.append((k, isz, f.count, int(elems[0]), 1, int(where[0]), 1, elems.size, g.out, _PLANE, 0))
+                rows.append(
+                    (
+                        k,
+                        isz,
+                        f.count,
+                        int(elems[0]),
+                        1,
+                        int(where[0]),
+                        1,
+                        elems.size,
+                        g.out,
+                        _PLANE,
+                        0,
+                    )
+                )
                 continue
             for e0, es, b0, bs, n in _progressions(elems, where):
-                rows.append((k, isz, f.count, e0, es, b0, bs, n, g.out, (1 << g.width) - 1, g.shift))
+                rows.append(
+                    (k, isz, f.count, e0, es, b0, bs, n, g.out, (1 << g.width) - 1, g.shift)
+                )
     table = np.array(rows, np.int32).reshape(-1, 11)
     _TABLES[id(lay)] = (lay, table)
     return table

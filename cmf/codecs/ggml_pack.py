@@ -30,8 +30,11 @@ def blocks_to_pending(raw: Any, ggml_type: Any, shape: tuple[int, ...], level: i
     children = {}
     for f in lay.fields:
         s = specs[f.name]
-        children[f.name] = (encode_lossless(parts[f.name], s, level) if f.kind == "f16"
-                            else encode_codes(parts[f.name], s, f.bits))
+        children[f.name] = (
+            encode_lossless(parts[f.name], s, level)
+            if f.kind == "f16"
+            else encode_codes(parts[f.name], s, f.bits)
+        )
     return PendingNode(codec, children, spec)
 
 

@@ -124,7 +124,9 @@ def _pack_bits(total_bits: int, blocks) -> bytes:
     step = 1 << 20
     for i in range(0, acc.size, step):
         part = (acc[i : i + step] >> np.uint64(32)).astype(np.uint32)
-        part[1:] |= acc[i : i + part.size - 1].astype(np.uint32)  # the low halves spill into the next word
+        part[1:] |= acc[i : i + part.size - 1].astype(
+            np.uint32
+        )  # the low halves spill into the next word
         if i:
             part[0] |= np.uint32(int(acc[i - 1]) & 0xFFFFFFFF)
         words[i : i + step] = part
@@ -408,8 +410,17 @@ class Huffman(Codec):
             lens8 = len_tab.astype(np.uint8)
 
             def decode_range(a: int, b: int) -> None:  # chunks [a, b); only the final one is short
-                speedups.huffman_chunks(stream, starts[a:b], steps, last if b == n_chunks else steps,
-                                        sym_tab, lens8, longest, by_chunk[a:b], ends[a:b])
+                speedups.huffman_chunks(
+                    stream,
+                    starts[a:b],
+                    steps,
+                    last if b == n_chunks else steps,
+                    sym_tab,
+                    lens8,
+                    longest,
+                    by_chunk[a:b],
+                    ends[a:b],
+                )
 
             in_pieces(decode_range, n_chunks, max(1, PIECE_MIN // max(steps, 1)))
             out = by_chunk.T  # out[s, c], as the numpy decoders give it

@@ -44,8 +44,12 @@ _FIT_TARGETS = ("rank", "energy", "rel_error")
 _FIT_KEYS = _FIT_TARGETS + ("split", "factor_dtype")
 _F64 = np.dtype("<f8")
 # (precision p, emin, emax) of each tensor dtype, for the decoding tolerance
-_FORMAT = {"f32": (24, -126, 127), "f16": (11, -14, 15), "bf16": (8, -126, 127),
-           "f64": (53, -1022, 1023)}
+_FORMAT = {
+    "f32": (24, -126, 127),
+    "f16": (11, -14, 15),
+    "bf16": (8, -126, 127),
+    "f64": (53, -1022, 1023),
+}
 
 _EXACT_MAX = 1024  # min(rows, cols) up to which the encoder uses LAPACK's full SVD
 _OVERSAMPLE = 16  # randomized SVD: extra columns beyond the rank sought ...
@@ -72,8 +76,10 @@ def matrix_shape(shape: tuple[int, ...], split: int) -> tuple[int, int]:
     if rank < 2:
         raise _fail(f"needs a tensor of rank >= 2 to view as a matrix, found rank {rank}")
     if not (-rank < split < rank) or split == 0:
-        raise _fail(f"split {split} is out of range for a rank-{rank} tensor "
-                    f"(1..{rank - 1} or -{rank - 1}..-1)")
+        raise _fail(
+            f"split {split} is out of range for a rank-{rank} tensor "
+            f"(1..{rank - 1} or -{rank - 1}..-1)"
+        )
     s = split % rank
     return math.prod(shape[:s]), math.prod(shape[s:])
 
@@ -100,8 +106,10 @@ class LowRank(Codec):
         if not -64 <= self.split < 64 or self.split == 0:
             raise _fail(f"split must be in [-64, 64) and not 0, found {self.split}")
         if self.factor_dtype not in FACTOR_DTYPES:
-            raise _fail(f"factor_dtype must be one of {', '.join(FACTOR_DTYPES)}, "
-                        f"found {self.factor_dtype!r}")
+            raise _fail(
+                f"factor_dtype must be one of {', '.join(FACTOR_DTYPES)}, "
+                f"found {self.factor_dtype!r}"
+            )
 
     def to_config(self) -> dict:
         return {key: getattr(self, key) for key in _CONFIG}
@@ -118,8 +126,10 @@ class LowRank(Codec):
             raise _fail(f"decodes to {', '.join(TENSOR_DTYPES)}, not {spec.dtype.name}")
         rows, cols = matrix_shape(spec.shape, self.split)
         if self.rank > min(rows, cols):  # also bounds the parts by the tensor: checked first
-            raise _fail(f"rank {self.rank} exceeds min(rows, cols) = {min(rows, cols)} of the "
-                        f"{rows}x{cols} matrix view of {spec.describe()}")
+            raise _fail(
+                f"rank {self.rank} exceeds min(rows, cols) = {min(rows, cols)} of the "
+                f"{rows}x{cols} matrix view of {spec.describe()}"
+            )
         return spec, rows, cols
 
     def resolve(self, spec: Spec) -> dict[str, Spec]:
@@ -179,8 +189,10 @@ class LowRank(Codec):
         if limit < 1:
             raise FitRefused(f"lowrank: the {where} is too small to save anything at rank 1")
         if opts.get("rank", 0) > limit:
-            raise FitRefused(f"lowrank: rank {opts['rank']} stores no fewer elements than the "
-                             f"{where} (rank <= {limit} does)")
+            raise FitRefused(
+                f"lowrank: rank {opts['rank']} stores no fewer elements than the "
+                f"{where} (rank <= {limit} does)"
+            )
         w = _matrix(value, spec, rows, cols)
         if "rank" in opts:
             rank = opts["rank"]
@@ -212,8 +224,10 @@ def _fit_options(options: Any) -> dict[str, Any]:
         raise CmfError(f"lowrank: fit options must be a map, found {type(options).__name__}")
     unknown = set(options) - set(_FIT_KEYS)
     if unknown:
-        raise CmfError(f"lowrank: unknown fit options {sorted(map(str, unknown))}; "
-                       f"expected one of {list(_FIT_TARGETS)}, optionally split, factor_dtype")
+        raise CmfError(
+            f"lowrank: unknown fit options {sorted(map(str, unknown))}; "
+            f"expected one of {list(_FIT_TARGETS)}, optionally split, factor_dtype"
+        )
     targets = [key for key in _FIT_TARGETS if key in options]
     if len(targets) != 1:
         raise CmfError(f"lowrank: fit needs exactly one of {list(_FIT_TARGETS)}, found {targets}")
@@ -222,8 +236,10 @@ def _fit_options(options: Any) -> dict[str, Any]:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise CmfError(f"lowrank: fit option {key!r} must be an int, found {value!r}")
         elif key in ("energy", "rel_error"):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
-                math.isfinite(value)
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not (math.isfinite(value))
             ):
                 raise CmfError(f"lowrank: fit option {key!r} must be a number, found {value!r}")
     if "rank" in options and not 1 <= options["rank"] <= MAX_RANK:
@@ -274,8 +290,9 @@ def _gram_svd(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
         lam, q = np.linalg.eigh(a @ a.T)
     except np.linalg.LinAlgError as exc:
-        raise CmfError(f"lowrank: the eigendecomposition of a {a.shape[0]}-square Gram matrix "
-                       f"failed: {exc}") from exc
+        raise CmfError(
+            f"lowrank: the eigendecomposition of a {a.shape[0]}-square Gram matrix failed: {exc}"
+        ) from exc
     q = q[:, ::-1]  # decreasing eigenvalues
     b = q.T @ a  # (k, N): row i has norm s_i
     s = np.linalg.norm(b, axis=1)
@@ -392,8 +409,10 @@ def _factor(parts: dict[str, Value], name: str, spec: ArraySpec) -> np.ndarray:
         bad = value[~finite].reshape(-1)[0]
         raise _fail(f"part {name!r} holds a non-finite value ({bad}); factors must be finite")
     if value.dtype == _F64 and value.size and float(np.abs(value).max()) >= FACTOR_BOUND:
-        raise _fail(f"part {name!r} holds {float(np.abs(value).max()):.6g}; factor values must "
-                    f"be below 2^480 in magnitude")
+        raise _fail(
+            f"part {name!r} holds {float(np.abs(value).max()):.6g}; factor values must "
+            f"be below 2^480 in magnitude"
+        )
     return value
 
 

@@ -56,8 +56,10 @@ def _classes(who: str, classes: Any, d0: int) -> np.ndarray:
     if c.shape != (d0,):
         raise CmfError(f"{who}: classes of shape {list(c.shape)}, one per row ({d0}) expected")
     if c.size and (int(c.min()) < 0 or int(c.max()) >= MAX_CLASSES):
-        raise CmfError(f"{who}: classes must be in [0, {MAX_CLASSES - 1}], found "
-                       f"{int(c.min())}..{int(c.max())}")
+        raise CmfError(
+            f"{who}: classes must be in [0, {MAX_CLASSES - 1}], found "
+            f"{int(c.min())}..{int(c.max())}"
+        )
     return c.astype(np.int64)
 
 
@@ -75,8 +77,10 @@ class Partition(Codec):
         if not isinstance(counts, (list, tuple)):
             raise fail(self.name, f"config 'counts' must be an array of ints, found {counts!r}")
         if not 1 <= len(counts) <= MAX_CLASSES:
-            raise fail(self.name, f"config 'counts' must have 1 to {MAX_CLASSES} entries, "
-                                  f"found {len(counts)}")
+            raise fail(
+                self.name,
+                f"config 'counts' must have 1 to {MAX_CLASSES} entries, found {len(counts)}",
+            )
         for k, n in enumerate(counts):
             if isinstance(n, bool) or not isinstance(n, int):
                 raise fail(self.name, f"config 'counts'[{k}] must be an integer, found {n!r}")
@@ -100,8 +104,10 @@ class Partition(Codec):
             raise fail(self.name, "decodes to an array of rank >= 1, not a rank-0 array")
         total = sum(self.counts)
         if total != spec.shape[0]:
-            raise fail(self.name, f"counts add up to {total} rows, the tensor "
-                                  f"{spec.describe()} has {spec.shape[0]}")
+            raise fail(
+                self.name,
+                f"counts add up to {total} rows, the tensor {spec.describe()} has {spec.shape[0]}",
+            )
         return spec
 
     def resolve(self, spec: Spec) -> dict[str, Spec]:
@@ -116,8 +122,10 @@ class Partition(Codec):
         spec = self._check(spec)
         specs = self.resolve(spec)
         cls = part_array(self.name, parts, "class", specs["class"])  # type: ignore[arg-type]
-        rows = {n: part_array(self.name, parts, n, specs[n])  # type: ignore[arg-type]
-                for n in part_names(len(self.counts))}
+        rows = {
+            n: part_array(self.name, parts, n, specs[n])  # type: ignore[arg-type]
+            for n in part_names(len(self.counts))
+        }
         k = len(self.counts)
         d0, width = spec.shape[0], math.prod(spec.shape[1:])
         uniform: list[int] = []  # per chunk: its one class, or -1 if it holds several
@@ -137,13 +145,17 @@ class Partition(Codec):
             bad = np.flatnonzero(found != np.asarray(self.counts, dtype=np.int64))
             if bad.size:
                 j = int(bad[0])
-                raise fail(self.name, f"class {j} occurs {int(found[j])} times, counts says "
-                                      f"{self.counts[j]}")
+                raise fail(
+                    self.name,
+                    f"class {j} occurs {int(found[j])} times, counts says {self.counts[j]}",
+                )
         uint = _UINT[spec.dtype.itemsize]
         out = np.empty((d0, width), dtype=uint)  # owned, writable; bits copied, never converted
         src = [bits_view(rows[n]).reshape(c, width) for n, c in zip(rows, self.counts, strict=True)]
         cursor = [0] * k  # rows of each class placed so far
-        for start, j in zip(range(0, d0, CHUNK_ROWS), uniform, strict=True):  # scratch: one chunk's order
+        for start, j in zip(
+            range(0, d0, CHUNK_ROWS), uniform, strict=True
+        ):  # scratch: one chunk's order
             chunk = cls[start : start + CHUNK_ROWS]
             if j >= 0:  # one class: its next rows, in order (no sort, no scatter)
                 n = chunk.size
@@ -174,8 +186,10 @@ class Partition(Codec):
             raise CmfError(f"partition: class {int(c.max())} is out of range for {k} classes")
         found = np.bincount(c, minlength=k)
         if found.tolist() != list(self.counts):
-            raise CmfError(f"partition: the classes occur {found.tolist()} times, counts says "
-                           f"{list(self.counts)}")
+            raise CmfError(
+                f"partition: the classes occur {found.tolist()} times, counts says "
+                f"{list(self.counts)}"
+            )
         out: dict[str, Value] = {"class": c.astype(np.uint8)}
         for j, name in enumerate(part_names(k)):
             out[name] = x[c == j]  # a copy, rows in row order
@@ -186,8 +200,10 @@ class Partition(Codec):
         if not isinstance(options, dict):
             raise CmfError(f"partition: fit options must be a map, found {type(options).__name__}")
         if set(options) != {"classes"}:
-            raise CmfError(f"partition: fit options must be exactly {{'classes': [...]}}, found "
-                           f"{sorted(map(str, options))}")
+            raise CmfError(
+                f"partition: fit options must be exactly {{'classes': [...]}}, found "
+                f"{sorted(map(str, options))}"
+            )
         classes = options["classes"]
         if isinstance(classes, np.ndarray):
             if classes.ndim != 1 or (classes.size and classes.dtype.kind not in "iu"):
@@ -198,8 +214,10 @@ class Partition(Codec):
                 raise CmfError("partition: fit option 'classes' must hold ints (one per row)")
             bad = any(not 0 <= c < MAX_CLASSES for c in classes)
         else:
-            raise CmfError(f"partition: fit option 'classes' must be a list of ints, found "
-                           f"{type(classes).__name__}")
+            raise CmfError(
+                f"partition: fit option 'classes' must be a list of ints, found "
+                f"{type(classes).__name__}"
+            )
         if bad:
             raise CmfError(f"partition: fit option 'classes' must be in [0, {MAX_CLASSES - 1}]")
 

@@ -78,7 +78,9 @@ class Layout:
         return self.full + (1 if self.tail else 0)
 
 
-def block_layout(shape: tuple[int, ...], axis: int | None, block: int, codec: str = "quantize") -> Layout:
+def block_layout(
+    shape: tuple[int, ...], axis: int | None, block: int, codec: str = "quantize"
+) -> Layout:
     """How a tensor of ``shape`` splits into blocks of ``block`` elements along ``axis``
     (spec/codecs/quantize.md § Blocks; codebook's scales use the same rule). FormatError naming
     ``codec`` if ``axis`` is out of range for the rank."""
@@ -247,8 +249,12 @@ class Quantize(Codec):
         if m <= step:
             return _Fitter(self, x, dtype, axis).run()
         pieces = [
-            _Fitter(self, np.ascontiguousarray(x[i : i + step] if axis else x[:, i : i + step]),
-                    dtype, axis).run()
+            _Fitter(
+                self,
+                np.ascontiguousarray(x[i : i + step] if axis else x[:, i : i + step]),
+                dtype,
+                axis,
+            ).run()
             for i in range(0, m, step)
         ]
         params = {name: np.concatenate([p[name] for p, _ in pieces]) for name in pieces[0][0]}
@@ -387,8 +393,12 @@ class _Fitter:
                 s2, a2 = self.stored(s_fit), self.stored(m_fit)
                 sf, mf = s2.astype(np.float64), a2.astype(np.float64)
                 err = (
-                    self.sxx + sf * sf * stt + k * mf * mf
-                    - 2 * sf * sxt - 2 * mf * self.sx + 2 * sf * mf * st
+                    self.sxx
+                    + sf * sf * stt
+                    + k * mf * mf
+                    - 2 * sf * sxt
+                    - 2 * mf * self.sx
+                    + 2 * sf * mf * st
                 )
             else:
                 s2, a2 = self.stored(np.where(stt > 0, sxt / stt, s)), a

@@ -198,7 +198,9 @@ def delta_decode(who: str, codes: np.ndarray, count: int, numel: int, bits: int)
     return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
 
 
-def delta_chunks(who: str, codes: np.ndarray, count: int, numel: int, bits: int) -> Iterator[np.ndarray]:
+def delta_chunks(
+    who: str, codes: np.ndarray, count: int, numel: int, bits: int
+) -> Iterator[np.ndarray]:
     """:func:`delta_decode`'s positions, a chunk of codes at a time, so that decoding needs
     O(chunk) scratch memory beside the output (not ~25 bytes per code). A chunk is checked
     before it is yielded (a caller's output is garbage after a FormatError)."""
@@ -447,8 +449,9 @@ class Sparse(Codec):
                     self.name, f"the {8 - used} padding bits of the mask's last byte must be zero"
                 )
             pieces = range(0, raw.size, _MASK_CHUNK)
-            set_bits = sum(int(_POPCOUNT.take(raw[a : a + _MASK_CHUNK]).sum(dtype=np.int64))
-                           for a in pieces)
+            set_bits = sum(
+                int(_POPCOUNT.take(raw[a : a + _MASK_CHUNK]).sum(dtype=np.int64)) for a in pieces
+            )
             if set_bits != self.nnz:
                 raise fail(self.name, f"the mask has {set_bits} bits set, nnz is {self.nnz}")
             chunks: Iterator[np.ndarray] = _mask_positions(raw, pieces)

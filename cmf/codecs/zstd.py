@@ -96,9 +96,7 @@ class Zstd(Codec):
                 f"(at most {_MAX_RATIO}x: 4-byte RLE blocks of 128 KiB)"
             )
         try:
-            out = _decompressor().decompress(
-                data, max_output_size=expected, allow_extra_data=False
-            )
+            out = _decompressor().decompress(data, max_output_size=expected, allow_extra_data=False)
         except zstandard.ZstdError as exc:
             raise FormatError(f"zstd: corrupt frame ({exc})") from None
         if len(out) != expected:

@@ -45,4 +45,13 @@ def open_source(path: str | os.PathLike) -> Source:
     return SafetensorsSource(path)
 
 
-__all__ = ["Encoded", "GGUFSource", "HFDirectorySource", "SafetensorsSource", "Source", "TorchPickleSource", "open_source", "write_safetensors"]
+__all__ = [
+    "Encoded",
+    "GGUFSource",
+    "HFDirectorySource",
+    "SafetensorsSource",
+    "Source",
+    "TorchPickleSource",
+    "open_source",
+    "write_safetensors",
+]

@@ -35,8 +35,13 @@ from ..errors import CmfError
 from ..extras import install_hint
 
 _PLAIN = {  # GGML type name -> numpy dtype of its elements (little-endian)
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-    "I8": np.dtype("i1"), "I16": np.dtype("<i2"), "I32": np.dtype("<i4"), "I64": np.dtype("<i8"),
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "I8": np.dtype("i1"),
+    "I16": np.dtype("<i2"),
+    "I32": np.dtype("<i4"),
+    "I64": np.dtype("<i8"),
 }
 KEPT_BLOCKS = tuple(LAYOUTS)  # held exactly by the ggml codec (spec/codecs/ggml.md)
 _READER_FIELDS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")  # not key/values
@@ -161,8 +166,10 @@ class _Scan:
 
     def need(self, n: int, what: str) -> None:
         if n > self.size - self.pos:
-            raise self.fail(f"{what} needs {n} bytes at offset {self.pos}, "
-                            f"{self.size - self.pos} left in the file")
+            raise self.fail(
+                f"{what} needs {n} bytes at offset {self.pos}, "
+                f"{self.size - self.pos} left in the file"
+            )
 
     def read(self, n: int, what: str) -> bytes:
         self.need(n, what)
@@ -181,8 +188,10 @@ class _Scan:
         self.need(n * each, f"{n} {what}")
         self.items += n
         if self.items > MAX_ITEMS:
-            raise CmfError(f"{self.path}: GGUF header declares more than {MAX_ITEMS} key/values, "
-                           "array elements and tensors; refusing to parse it")
+            raise CmfError(
+                f"{self.path}: GGUF header declares more than {MAX_ITEMS} key/values, "
+                "array elements and tensors; refusing to parse it"
+            )
 
     def string(self, what: str) -> None:
         n = self.uint(8, f"the length of {what}")

@@ -19,8 +19,13 @@ def is_gguf_origin(metadata: dict[str, Any]) -> bool:
     return metadata.get("cmf.source_format") == "gguf"
 
 
-def write_gguf(f: Any, path: str | os.PathLike, *, blocks_as_f32: bool = False,
-               progress: Callable[[str], None] | None = None) -> None:
+def write_gguf(
+    f: Any,
+    path: str | os.PathLike,
+    *,
+    blocks_as_f32: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> None:
     """Write the open .cmf file or set ``f`` as the GGUF ``path`` (see the module docstring).
     ``blocks_as_f32``: a block-type tensor not kept exactly is written as F32 (with a warning
     through ``warnings``) instead of refusing the file."""

@@ -22,9 +22,18 @@ MAX_DEPTH = 8
 
 # name -> (GGUF type code, numpy dtype of one scalar, or None for STRING / ARRAY)
 TYPES: dict[str, tuple[int, str | None]] = {
-    "UINT8": (0, "u1"), "INT8": (1, "i1"), "UINT16": (2, "u2"), "INT16": (3, "i2"),
-    "UINT32": (4, "u4"), "INT32": (5, "i4"), "FLOAT32": (6, "f4"), "BOOL": (7, "u1"),
-    "STRING": (8, None), "ARRAY": (9, None), "UINT64": (10, "u8"), "INT64": (11, "i8"),
+    "UINT8": (0, "u1"),
+    "INT8": (1, "i1"),
+    "UINT16": (2, "u2"),
+    "INT16": (3, "i2"),
+    "UINT32": (4, "u4"),
+    "INT32": (5, "i4"),
+    "FLOAT32": (6, "f4"),
+    "BOOL": (7, "u1"),
+    "STRING": (8, None),
+    "ARRAY": (9, None),
+    "UINT64": (10, "u8"),
+    "INT64": (11, "i8"),
     "FLOAT64": (12, "f8"),
 }
 BY_CODE = {code: name for name, (code, _) in TYPES.items()}
@@ -38,8 +47,10 @@ def parse_type(text: Any, key: str) -> list[str]:
     """``"UINT32"`` / ``"ARRAY/STRING"`` as a list of type names; CmfError if malformed."""
     names = text.split("/") if isinstance(text, str) else None
     if not names or any(n not in TYPES for n in names) or any(n != "ARRAY" for n in names[:-1]):
-        raise CmfError(f"GGUF key {key!r}: value type {text!r} is not a GGUF type "
-                       f"(one of {', '.join(TYPES)}, or ARRAY/<type>)")
+        raise CmfError(
+            f"GGUF key {key!r}: value type {text!r} is not a GGUF type "
+            f"(one of {', '.join(TYPES)}, or ARRAY/<type>)"
+        )
     return names
 
 
@@ -86,8 +97,9 @@ def _scalars(name: str, values: list[Any], what: str, order: str) -> bytes:
         return bytes(bytearray(int(v) for v in values))
     dt = _dtype(name, order)
     if dt.kind == "f":
-        if (not set(map(type, values)) <= {int, float}
-                and any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values)):
+        if not set(map(type, values)) <= {int, float} and any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) for v in values
+        ):
             raise CmfError(f"{what}: expected {name} numbers")
         with np.errstate(over="ignore"):
             out = np.array(values, dtype=np.float64).astype(dt)
@@ -96,7 +108,9 @@ def _scalars(name: str, values: list[Any], what: str, order: str) -> bytes:
         if not np.array_equal(back, src, equal_nan=True):
             raise CmfError(f"{what}: a value does not fit {name} exactly")
         return out.tobytes()
-    if not set(map(type, values)) <= {int} and any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+    if not set(map(type, values)) <= {int} and any(
+        isinstance(v, bool) or not isinstance(v, int) for v in values
+    ):
         raise CmfError(f"{what}: expected {name} integers")
     info = np.iinfo(dt)
     if values and (min(values) < info.min or max(values) > info.max):
@@ -116,7 +130,9 @@ def encode_value(types: list[str], value: Any, what: str, order: str = "<") -> b
     if len(types) != 2:
         raise CmfError(f"{what}: nested arrays are kept only as raw bytes (cmf.gguf.layout raw)")
     if not isinstance(value, list):
-        raise CmfError(f"{what}: expected a list for {'/'.join(types)}, found {type(value).__name__}")
+        raise CmfError(
+            f"{what}: expected a list for {'/'.join(types)}, found {type(value).__name__}"
+        )
     if len(value) > MAX_ITEMS:
         raise CmfError(f"{what}: {len(value)} array items, more than {MAX_ITEMS}")
     item = types[1]
@@ -132,9 +148,11 @@ class _Walk:
 
     def take(self, n: int) -> bytes:
         if n > len(self.data) - self.pos:
-            raise CmfError(f"{self.what}: raw value ends early ({n} bytes needed at {self.pos}, "
-                           f"{len(self.data) - self.pos} left)")
-        out = self.data[self.pos:self.pos + n]
+            raise CmfError(
+                f"{self.what}: raw value ends early ({n} bytes needed at {self.pos}, "
+                f"{len(self.data) - self.pos} left)"
+            )
+        out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -179,10 +197,12 @@ def aligned(n: int, alignment: int) -> int:
 
 def tensor_info(name: str, dims: list[int], type_code: int, offset: int, order: str) -> bytes:
     """A tensor info record: name, rank, dims (fastest first), GGML type, data offset."""
-    return (string_bytes(name, f"tensor name {name!r}", order)
-            + struct.pack(order + "I", len(dims))
-            + struct.pack(order + "Q" * len(dims), *dims)
-            + struct.pack(order + "IQ", type_code, offset))
+    return (
+        string_bytes(name, f"tensor name {name!r}", order)
+        + struct.pack(order + "I", len(dims))
+        + struct.pack(order + "Q" * len(dims), *dims)
+        + struct.pack(order + "IQ", type_code, offset)
+    )
 
 
 def gguf_nbytes(ggml_type: str, dims: list[int]) -> int:

@@ -37,7 +37,7 @@ def _value_span(field: Any) -> tuple[int, int]:
 def _nonzero_runs(data: np.ndarray, base: int, out: list[list[Any]], budget: list[int]) -> None:
     """Append ``[offset, base64]`` for each run of non-zero bytes of ``data`` (at ``base``)."""
     for lo in range(0, data.size, _SCAN):
-        chunk = np.asarray(data[lo:lo + _SCAN])
+        chunk = np.asarray(data[lo : lo + _SCAN])
         nz = np.flatnonzero(chunk)
         if not nz.size:
             continue
@@ -82,12 +82,18 @@ def _record(reader: Any, metadata: dict[str, Any]) -> dict[str, Any]:
     sizes = [int(t.n_bytes) for t in tensors]
     alignment = int(reader.alignment)
     version = int(reader.fields["GGUF.version"].contents())
-    out = GGUFOut(version, order, kvs, [
-        TensorOut(t.name, [int(d) for d in t.shape], t.tensor_type.name, lambda: b"", n)
-        for t, n in zip(tensors, sizes, strict=True)
-    ], alignment)
+    out = GGUFOut(
+        version,
+        order,
+        kvs,
+        [
+            TensorOut(t.name, [int(d) for d in t.shape], t.tensor_type.name, lambda: b"", n)
+            for t, n in zip(tensors, sizes, strict=True)
+        ],
+        alignment,
+    )
     header = header_bytes(out, rel)
-    if header != data[:len(header)].tobytes():
+    if header != data[: len(header)].tobytes():
         raise CmfError("its header does not serialize back to the same bytes")
     layout: dict[str, Any] = {
         "byte_order": "big" if order == ">" else "little",

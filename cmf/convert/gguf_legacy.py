@@ -91,9 +91,7 @@ def ggml_codec(ggml_type: Any) -> Quantize:
 def _check_shape(bt: BlockType, shape: tuple[int, ...]) -> int:
     """Number of blocks of a tensor of numpy ``shape``; CmfError unless rows are whole blocks."""
     if len(shape) < 1 or shape[-1] % QK:
-        raise CmfError(
-            f"{bt.name}: the last dimension of {list(shape)} must be a multiple of {QK}"
-        )
+        raise CmfError(f"{bt.name}: the last dimension of {list(shape)} must be a multiple of {QK}")
     return math.prod(shape) // QK
 
 
@@ -130,7 +128,7 @@ def gguf_blocks_to_parts(raw: Any, ggml_type: Any, shape: tuple[int, ...]) -> di
         q = np.concatenate([qs & np.uint8(0x0F), qs >> np.uint8(4)], axis=1)  # (nb, 32)
         if qh is not None:
             bit = (qh >> np.arange(QK, dtype=np.uint32)) & np.uint32(1)  # (nb, 32)
-            q |= (bit.astype(np.uint8) << np.uint8(4))
+            q |= bit.astype(np.uint8) << np.uint8(4)
     parts["q"] = np.ascontiguousarray(q).reshape(shape)
     parts["scale"] = scale.reshape(shape[:-1] + (-1,))
     return {name: parts[name] for name in ("q", "scale", "min") if name in parts}

@@ -35,8 +35,10 @@ def _b64(text: Any, what: str) -> bytes:
 def _get(meta: dict[str, Any], key: str, kind: type, what: str | None = None) -> Any:
     value = meta.get(key)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise CmfError(f"{what or key}: expected {kind.__name__}, found "
-                       f"{'nothing' if value is None else type(value).__name__} (metadata of a GGUF import)")
+        raise CmfError(
+            f"{what or key}: expected {kind.__name__}, found "
+            f"{'nothing' if value is None else type(value).__name__} (metadata of a GGUF import)"
+        )
     return value
 
 
@@ -84,8 +86,13 @@ def _fill(layout: dict[str, Any]) -> list[tuple[int, bytes]]:
         raise CmfError(f"{LAYOUT}.fill: expected a list")
     out = []
     for i, item in enumerate(items):
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)
-                and not isinstance(item[0], bool) and item[0] >= 0):
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], int)
+            and not isinstance(item[0], bool)
+            and item[0] >= 0
+        ):
             raise CmfError(f"{LAYOUT}.fill[{i}]: expected [offset, base64]")
         out.append((item[0], _b64(item[1], f"{LAYOUT}.fill[{i}]")))
     return out
@@ -95,14 +102,18 @@ def restore_out(f: Any, meta: dict[str, Any], *, blocks_as_f32: bool = False) ->
     """The GGUF file ``f`` (a GGUF-origin .cmf) was packed from (see the module docstring)."""
     layout = meta.get(LAYOUT)
     if not isinstance(layout, dict):
-        raise CmfError(f"this file was packed from GGUF without {LAYOUT} (by an older cmf): "
-                       "pack the GGUF again to write it back as GGUF")
+        raise CmfError(
+            f"this file was packed from GGUF without {LAYOUT} (by an older cmf): "
+            "pack the GGUF again to write it back as GGUF"
+        )
     if "inexact" in layout:
         raise CmfError(f"the source GGUF cannot be rebuilt byte for byte: {layout['inexact']}")
     byte_order = layout.get("byte_order")
     order = {"little": "<", "big": ">"}.get(byte_order) if isinstance(byte_order, str) else None
     if order is None:
-        raise CmfError(f"{LAYOUT}.byte_order: expected 'little' or 'big', found {layout.get('byte_order')!r}")
+        raise CmfError(
+            f"{LAYOUT}.byte_order: expected 'little' or 'big', found {layout.get('byte_order')!r}"
+        )
     version = _get(meta, "cmf.gguf.version", int)
     kvs = _kvs(meta, layout, order)
     ggml_types = _get(meta, "cmf.gguf.tensor_types", dict)
@@ -115,15 +126,19 @@ def restore_out(f: Any, meta: dict[str, Any], *, blocks_as_f32: bool = False) ->
             raise CmfError(f"tensor {name!r} of the GGUF layout is not in the file")
         dims = [int(d) for d in reversed(f.spec(name).shape)]
         if blocks_as_f32 and not kept_exactly(f, name, ggml_type):
-            warnings.warn(f"tensor {name!r}: its {ggml_type} blocks are not kept exactly; "
-                          "written as F32", stacklevel=2)
+            warnings.warn(
+                f"tensor {name!r}: its {ggml_type} blocks are not kept exactly; written as F32",
+                stacklevel=2,
+            )
             changed = True
             tensors.append(TensorOut(name, dims, "F32", _f32(f, name, order)))
             continue
         tensors.append(TensorOut(name, dims, ggml_type, _lazy(f, name, ggml_type, order)))
     if set(ggml_types) - {t.name for t in tensors}:
         extra = sorted(set(ggml_types) - {t.name for t in tensors})[:3]
-        raise CmfError(f"cmf.gguf.tensor_types names tensors missing from {LAYOUT}.tensors: {extra}")
+        raise CmfError(
+            f"cmf.gguf.tensor_types names tensors missing from {LAYOUT}.tensors: {extra}"
+        )
     out = GGUFOut(version, order, kvs, tensors, alignment=_alignment(kvs, order))
     if not changed:  # a type changed: the source's offsets and size no longer apply
         offsets = layout.get("offsets")
@@ -146,6 +161,8 @@ def _f32(f: Any, name: str, order: str):
     import numpy as np
 
     def data() -> Any:
-        return np.ascontiguousarray(f.get_tensor(name), dtype=order + "f4").reshape(-1).view(np.uint8)
+        return (
+            np.ascontiguousarray(f.get_tensor(name), dtype=order + "f4").reshape(-1).view(np.uint8)
+        )
 
     return data

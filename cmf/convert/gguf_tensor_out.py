@@ -20,8 +20,14 @@ import numpy as np
 from ..errors import CmfError
 
 PLAIN = {  # GGML type -> cmf dtype name of its elements
-    "F64": "f64", "F32": "f32", "F16": "f16", "BF16": "bf16",
-    "I8": "i8", "I16": "i16", "I32": "i32", "I64": "i64",
+    "F64": "f64",
+    "F32": "f32",
+    "F16": "f16",
+    "BF16": "bf16",
+    "I8": "i8",
+    "I16": "i16",
+    "I32": "i32",
+    "I64": "i64",
 }
 
 
@@ -44,8 +50,10 @@ def _entry_and_decoder(f: Any, name: str) -> tuple[Any, Any]:
 def _plain(f: Any, name: str, ggml_type: str, order: str) -> np.ndarray:
     spec = f.spec(name)
     if spec.dtype.name != PLAIN[ggml_type]:
-        raise CmfError(f"tensor {name!r}: GGML type {ggml_type} needs cmf dtype "
-                       f"{PLAIN[ggml_type]}, the file stores {spec.dtype.name}")
+        raise CmfError(
+            f"tensor {name!r}: GGML type {ggml_type} needs cmf dtype "
+            f"{PLAIN[ggml_type]}, the file stores {spec.dtype.name}"
+        )
     array = np.ascontiguousarray(f.get_tensor(name)).reshape(-1)
     if array.dtype.itemsize > 1 and order == ">":
         array = array.view(f"<u{array.dtype.itemsize}").astype(f">u{array.dtype.itemsize}")
@@ -70,7 +78,8 @@ def _blocks(f: Any, name: str, ggml_type: str) -> np.ndarray:
         raise InexactBlocks(
             f"tensor {name!r}: its {ggml_type} blocks are not stored as such in this file "
             f"(it holds {entry.spec.dtype.name} values, e.g. a dequantization), so it cannot "
-            "be written back as the same GGUF bytes")
+            "be written back as the same GGUF bytes"
+        )
     return block_bytes(f, name, decode)
 
 

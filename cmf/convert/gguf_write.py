@@ -60,11 +60,17 @@ def header_bytes(out: GGUFOut, offsets: list[int]) -> bytes:
     o = out.order
     chunks = [b"GGUF", struct.pack(o + "IQQ", out.version, len(out.tensors), len(out.kvs))]
     for key, type_name, value in out.kvs:
-        chunks += [string_bytes(key, f"GGUF key {key!r}", o), struct.pack(o + "I", TYPES[type_name][0]), value]
+        chunks += [
+            string_bytes(key, f"GGUF key {key!r}", o),
+            struct.pack(o + "I", TYPES[type_name][0]),
+            value,
+        ]
     import gguf
 
     for t, off in zip(out.tensors, offsets, strict=True):
-        chunks.append(tensor_info(t.name, t.dims, int(gguf.GGMLQuantizationType[t.ggml_type]), off, o))
+        chunks.append(
+            tensor_info(t.name, t.dims, int(gguf.GGMLQuantizationType[t.ggml_type]), off, o)
+        )
     return b"".join(chunks)
 
 
@@ -91,8 +97,9 @@ def check_out(out: GGUFOut) -> list[int]:
             raise CmfError(f"tensor {t.name!r} appears twice")
         seen.add(t.name)
         if not 1 <= len(t.dims) <= 4 or any(not isinstance(d, int) or d < 0 for d in t.dims):
-            raise CmfError(f"tensor {t.name!r}: GGUF holds 1 to 4 non-negative dimensions, "
-                           f"found {t.dims}")
+            raise CmfError(
+                f"tensor {t.name!r}: GGUF holds 1 to 4 non-negative dimensions, found {t.dims}"
+            )
         t.nbytes = gguf_nbytes(t.ggml_type, t.dims)
     sizes = [t.nbytes for t in out.tensors]
     offsets = canonical_offsets(sizes, a) if out.offsets is None else list(out.offsets)
@@ -101,13 +108,17 @@ def check_out(out: GGUFOut) -> list[int]:
     end = 0
     for t, off in zip(out.tensors, offsets, strict=True):
         if not isinstance(off, int) or isinstance(off, bool) or off < end or off % a:
-            raise CmfError(f"tensor {t.name!r}: offset {off!r} is not an aligned offset at or "
-                           f"after {end} (the end of the previous tensor)")
+            raise CmfError(
+                f"tensor {t.name!r}: offset {off!r} is not an aligned offset at or "
+                f"after {end} (the end of the previous tensor)"
+            )
         end = off + t.nbytes
     padding = end - sum(sizes)
     if padding > MAX_PADDING + sum(sizes):
-        raise CmfError(f"the layout puts {padding} bytes of padding between tensors; at most "
-                       f"{MAX_PADDING} beyond the tensors' size are written")
+        raise CmfError(
+            f"the layout puts {padding} bytes of padding between tensors; at most "
+            f"{MAX_PADDING} beyond the tensors' size are written"
+        )
     at, total = -1, 0
     for item in out.fill:
         pos, data = item
@@ -127,8 +138,10 @@ class _Sink:
 
     def write(self, data: Any) -> None:
         if self.fill and self.fill[0][0] < self.pos + len(memoryview(data).cast("B")):
-            raise CmfError(f"padding bytes (fill) at offset {self.fill[0][0]} lie inside the header "
-                           "or a tensor")
+            raise CmfError(
+                f"padding bytes (fill) at offset {self.fill[0][0]} lie inside the header "
+                "or a tensor"
+            )
         self.file.write(data)
         self.pos += len(memoryview(data).cast("B"))
 
@@ -140,8 +153,9 @@ class _Sink:
             if self.fill and self.fill[0][0] < end:
                 pos, data = self.fill[0]
                 if pos < self.pos or pos + len(data) > end:
-                    raise CmfError(f"padding bytes (fill) at offset {pos} leave the padding "
-                                   f"{self.pos}..{end}")
+                    raise CmfError(
+                        f"padding bytes (fill) at offset {pos} leave the padding {self.pos}..{end}"
+                    )
                 self.file.write(bytes(pos - self.pos))
                 self.file.write(data)
                 self.pos = pos + len(data)
@@ -152,8 +166,9 @@ class _Sink:
                 self.pos += n
 
 
-def write_gguf_file(path: str | os.PathLike, out: GGUFOut,
-                    progress: Callable[[str], None] | None = None) -> None:
+def write_gguf_file(
+    path: str | os.PathLike, out: GGUFOut, progress: Callable[[str], None] | None = None
+) -> None:
     """Write ``out`` to ``path`` atomically, one tensor at a time (see the module docstring)."""
     offsets = check_out(out)
     header = header_bytes(out, offsets)
@@ -161,21 +176,27 @@ def write_gguf_file(path: str | os.PathLike, out: GGUFOut,
     tensors_end = data_start + (offsets[-1] + out.tensors[-1].nbytes if out.tensors else 0)
     size = aligned(tensors_end, out.alignment) if out.size is None else out.size
     if not isinstance(size, int) or size < max(len(header), tensors_end if out.tensors else 0):
-        raise CmfError(f"the recorded GGUF size {size!r} is short of its header and tensors "
-                       f"({tensors_end} bytes)")
+        raise CmfError(
+            f"the recorded GGUF size {size!r} is short of its header and tensors "
+            f"({tensors_end} bytes)"
+        )
     if size - tensors_end > MAX_PADDING:
-        raise CmfError(f"the recorded GGUF size {size} leaves {size - tensors_end} bytes after "
-                       f"the tensors; at most {MAX_PADDING} are written")
+        raise CmfError(
+            f"the recorded GGUF size {size} leaves {size - tensors_end} bytes after "
+            f"the tensors; at most {MAX_PADDING} are written"
+        )
     tensors = out.tensors
     with AtomicFile(path) as target, ThreadPoolExecutor(max(1, AHEAD)) as pool:
         sink = _Sink(target.file, out.fill)
         sink.write(header)
         queued: deque = deque()  # futures of tensors i, i + 1, ... in order
-        for i, (t, off) in enumerate(zip(tensors, offsets)):
+        for i, (t, off) in enumerate(zip(tensors, offsets, strict=True)):
             sink.gap(data_start + off)
             k = i + len(queued)  # decode the next ones while this one is written
-            while k < len(tensors) and (k <= i + 1 or (k <= i + AHEAD and sum(
-                    u.nbytes for u in tensors[i : k + 1]) <= AHEAD_BYTES)):
+            while k < len(tensors) and (
+                k <= i + 1
+                or (k <= i + AHEAD and sum(u.nbytes for u in tensors[i : k + 1]) <= AHEAD_BYTES)
+            ):
                 queued.append(pool.submit(tensors[k].data))
                 k += 1
             try:
@@ -186,12 +207,15 @@ def write_gguf_file(path: str | os.PathLike, out: GGUFOut,
                 raise
             n = len(memoryview(data).cast("B"))
             if n != t.nbytes:
-                raise CmfError(f"tensor {t.name!r}: {n} bytes for {t.ggml_type} {t.dims}, "
-                               f"{t.nbytes} expected")
+                raise CmfError(
+                    f"tensor {t.name!r}: {n} bytes for {t.ggml_type} {t.dims}, {t.nbytes} expected"
+                )
             sink.write(data)
             del data
             if progress is not None:
                 progress(t.name)
         sink.gap(size)
         if sink.fill:
-            raise CmfError(f"padding bytes (fill) at offset {sink.fill[0][0]} lie past the end of the file")
+            raise CmfError(
+                f"padding bytes (fill) at offset {sink.fill[0][0]} lie past the end of the file"
+            )

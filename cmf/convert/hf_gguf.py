@@ -40,7 +40,9 @@ def permute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     if n_heads <= 0 or rows % (2 * n_heads):
         raise CmfError(f"cannot split {rows} rows into {n_heads} heads of an even size")
     half = rows // n_heads // 2
-    return np.ascontiguousarray(w.reshape(n_heads, 2, half, *w.shape[1:]).swapaxes(1, 2)).reshape(w.shape)
+    return np.ascontiguousarray(w.reshape(n_heads, 2, half, *w.shape[1:]).swapaxes(1, 2)).reshape(
+        w.shape
+    )
 
 
 def _json(f: Any, name: str) -> dict[str, Any] | None:
@@ -91,16 +93,23 @@ def _check(f: Any, meta: dict[str, Any]) -> tuple[dict[str, Any], str]:
         raise CmfError("it has no config.json attachment (pack a Hugging Face model directory)")
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
-        raise CmfError(f"model_type {model_type!r} is not one cmf writes as GGUF "
-                       f"({', '.join(ARCHITECTURES)} are)")
+        raise CmfError(
+            f"model_type {model_type!r} is not one cmf writes as GGUF "
+            f"({', '.join(ARCHITECTURES)} are)"
+        )
     if "tokenizer.json" not in f.attachments():
         raise CmfError("it has no tokenizer.json attachment")
     _rope_theta(config)
     window, context = config.get("sliding_window"), config.get("max_position_embeddings", 2048)
-    if (isinstance(window, int) and window < context
-            and config.get("use_sliding_window", model_type == "mistral")):
-        raise CmfError(f"sliding-window attention ({window} of {context} positions) is not "
-                       "written to GGUF by cmf")
+    if (
+        isinstance(window, int)
+        and window < context
+        and config.get("use_sliding_window", model_type == "mistral")
+    ):
+        raise CmfError(
+            f"sliding-window attention ({window} of {context} positions) is not "
+            "written to GGUF by cmf"
+        )
     return config, ARCHITECTURES[model_type]
 
 
@@ -111,7 +120,9 @@ def hf_refusal(f: Any, meta: dict[str, Any]) -> str | None:
         _arch_keys(arch, config)
         for name, _ in _names(f, config):
             if f.spec(name).dtype.name not in DTYPES:
-                raise CmfError(f"tensor {name!r} is {f.spec(name).dtype.name}; GGUF models hold f32/f16/bf16")
+                raise CmfError(
+                    f"tensor {name!r} is {f.spec(name).dtype.name}; GGUF models hold f32/f16/bf16"
+                )
     except CmfError as exc:
         return str(exc)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
@@ -127,9 +138,13 @@ def _positive(value: Any, what: str) -> int:
 
 def _arch_keys(arch: str, config: dict[str, Any]) -> list[tuple[str, str, Any]]:
     d, heads = config.get("hidden_size"), config.get("num_attention_heads")
-    values = {"block_count": config.get("num_hidden_layers"), "embedding_length": d,
-              "feed_forward_length": config.get("intermediate_size"), "attention.head_count": heads,
-              "attention.head_count_kv": config.get("num_key_value_heads", heads)}
+    values = {
+        "block_count": config.get("num_hidden_layers"),
+        "embedding_length": d,
+        "feed_forward_length": config.get("intermediate_size"),
+        "attention.head_count": heads,
+        "attention.head_count_kv": config.get("num_key_value_heads", heads),
+    }
     for key, value in values.items():
         _positive(value, key)
     head_dim = _positive(config.get("head_dim") or d // heads, "head_dim")
@@ -140,17 +155,26 @@ def _arch_keys(arch: str, config: dict[str, Any]) -> list[tuple[str, str, Any]]:
     context = _positive(config.get("max_position_embeddings", 2048), "max_position_embeddings")
     keys = [(f"{arch}.context_length", "UINT32", context)]
     keys += [(f"{arch}.{k}", "UINT32", v) for k, v in values.items()]
-    keys += [(f"{arch}.rope.freq_base", "FLOAT32", float(np.float32(_rope_theta(config)))),
-             (f"{arch}.attention.layer_norm_rms_epsilon", "FLOAT32", eps),
-             (f"{arch}.rope.dimension_count", "UINT32", int(head_dim))]
+    keys += [
+        (f"{arch}.rope.freq_base", "FLOAT32", float(np.float32(_rope_theta(config)))),
+        (f"{arch}.attention.layer_norm_rms_epsilon", "FLOAT32", eps),
+        (f"{arch}.rope.dimension_count", "UINT32", int(head_dim)),
+    ]
     if head_dim * heads != d:
-        keys += [(f"{arch}.attention.key_length", "UINT32", int(head_dim)),
-                 (f"{arch}.attention.value_length", "UINT32", int(head_dim))]
+        keys += [
+            (f"{arch}.attention.key_length", "UINT32", int(head_dim)),
+            (f"{arch}.attention.value_length", "UINT32", int(head_dim)),
+        ]
     return keys
 
 
-_AS_BLOCKS = {(8, "symmetric"): "Q8_0", (4, "symmetric"): "Q4_0", (4, "asymmetric"): "Q4_1",
-              (5, "symmetric"): "Q5_0", (5, "asymmetric"): "Q5_1"}
+_AS_BLOCKS = {
+    (8, "symmetric"): "Q8_0",
+    (4, "symmetric"): "Q4_0",
+    (4, "asymmetric"): "Q4_1",
+    (5, "symmetric"): "Q5_0",
+    (5, "asymmetric"): "Q5_1",
+}
 
 
 def _blocks_held(f: Any, name: str) -> str | None:
@@ -165,9 +189,15 @@ def _blocks_held(f: Any, name: str) -> str | None:
     entry = f.entry(f.entry(name).alias or name)
     node, shape = entry.encoding, entry.spec.shape
     codec = getattr(node, "codec", None)
-    if (getattr(codec, "name", None) != "quantize" or entry.spec.dtype.name != "f32" or not shape
-            or shape[-1] % 32 or codec.scale_dtype != "f16" or codec.axis not in (-1, len(shape) - 1)
-            or codec.block % 32):
+    if (
+        getattr(codec, "name", None) != "quantize"
+        or entry.spec.dtype.name != "f32"
+        or not shape
+        or shape[-1] % 32
+        or codec.scale_dtype != "f16"
+        or codec.axis not in (-1, len(shape) - 1)
+        or codec.block % 32
+    ):
         return None
     return _AS_BLOCKS.get((codec.bits, codec.scheme))
 
@@ -184,8 +214,10 @@ def _requantized(f: Any, name: str, ggml_type: str) -> np.ndarray:
     n, block = entry.spec.shape[-1], entry.encoding.codec.block or entry.spec.shape[-1]
     which = np.arange(n // 32) * 32 // block  # the quantize block of each 32-element block
     parts = {k: decode(c) for k, c in entry.encoding.parts.items()}
-    return parts_to_gguf_blocks({k: v if k == "q" else np.ascontiguousarray(v[..., which])
-                                 for k, v in parts.items()}, ggml_type)
+    return parts_to_gguf_blocks(
+        {k: v if k == "q" else np.ascontiguousarray(v[..., which]) for k, v in parts.items()},
+        ggml_type,
+    )
 
 
 def _ggml_type(f: Any, name: str) -> str:
@@ -205,12 +237,16 @@ def _producer(f: Any, name: str, ggml_type: str, heads: int | None):
     def data() -> Any:
         plain = ggml_type in DTYPES.values()
         if heads is None:
-            return gguf_tensor_bytes(f, name, ggml_type) if plain else _requantized(f, name, ggml_type)
+            return (
+                gguf_tensor_bytes(f, name, ggml_type) if plain else _requantized(f, name, ggml_type)
+            )
         if plain:
             array = f.get_tensor(name)
             return permute_qk(np.ascontiguousarray(array), heads).reshape(-1).view(np.uint8)
         row_bytes = _requantized(f, name, ggml_type).reshape(f.spec(name).shape[0], -1)
-        return permute_qk(row_bytes, heads).reshape(-1)  # blocks never cross rows: permute rows of blocks
+        return permute_qk(row_bytes, heads).reshape(
+            -1
+        )  # blocks never cross rows: permute rows of blocks
 
     return data
 
@@ -221,9 +257,17 @@ def hf_out(f: Any, meta: dict[str, Any]) -> GGUFOut:
         return _hf_out(f, meta)
     except RecursionError:
         raise CmfError("config.json or tokenizer.json nests too deeply") from None
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a value of an unexpected kind
-        raise CmfError(f"config.json or tokenizer.json holds an unexpected value "
-                       f"({type(exc).__name__}: {str(exc)[:80]})") from None
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        IndexError,
+    ) as exc:  # a value of an unexpected kind
+        raise CmfError(
+            f"config.json or tokenizer.json holds an unexpected value "
+            f"({type(exc).__name__}: {str(exc)[:80]})"
+        ) from None
 
 
 def _hf_out(f: Any, meta: dict[str, Any]) -> GGUFOut:
@@ -231,13 +275,18 @@ def _hf_out(f: Any, meta: dict[str, Any]) -> GGUFOut:
 
     config, arch = _check(f, meta)
     tok_config = _json(f, "tokenizer_config.json") or {}
-    template = f.get_attachment("chat_template.jinja").decode("utf-8", "replace") \
-        if "chat_template.jinja" in f.attachments() else None
+    template = (
+        f.get_attachment("chat_template.jinja").decode("utf-8", "replace")
+        if "chat_template.jinja" in f.attachments()
+        else None
+    )
     vocab = vocab_keys(f.get_attachment("tokenizer.json"), config, tok_config, template)
     names = _names(f, config)
     arch_keys = _arch_keys(arch, config)  # checks the sizes used below
-    heads = {"attn_q": config["num_attention_heads"],
-             "attn_k": config.get("num_key_value_heads", config["num_attention_heads"])}
+    heads = {
+        "attn_q": config["num_attention_heads"],
+        "attn_k": config.get("num_key_value_heads", config["num_attention_heads"]),
+    }
     tensors, counts = [], {}
     for name, gguf_name in names:
         ggml_type = _ggml_type(f, name)
@@ -245,7 +294,9 @@ def _hf_out(f: Any, meta: dict[str, Any]) -> GGUFOut:
         part = gguf_name.split(".")[2] if gguf_name.startswith("blk.") else ""
         n_heads = heads.get(part) if arch in PERMUTED else None
         dims = [int(d) for d in reversed(f.spec(name).shape)]
-        tensors.append(TensorOut(gguf_name, dims, ggml_type, _producer(f, name, ggml_type, n_heads)))
+        tensors.append(
+            TensorOut(gguf_name, dims, ggml_type, _producer(f, name, ggml_type, n_heads))
+        )
     main = max(counts, key=counts.get) if counts else "F32"
     keys: list[tuple[str, str, Any]] = [("general.architecture", "STRING", arch)]
     name = config.get("_name_or_path") or config.get("_model_name_or_path")
@@ -257,5 +308,8 @@ def _hf_out(f: Any, meta: dict[str, Any]) -> GGUFOut:
     tokens = next(v for k, _, v in vocab if k == "tokenizer.ggml.tokens")
     keys.append((f"{arch}.vocab_size", "UINT32", len(tokens)))
     keys += vocab
-    kvs = [(k, parse_type(t, k)[0], encode_value(parse_type(t, k), v, f"GGUF key {k!r}")) for k, t, v in keys]
+    kvs = [
+        (k, parse_type(t, k)[0], encode_value(parse_type(t, k), v, f"GGUF key {k!r}"))
+        for k, t, v in keys
+    ]
     return GGUFOut(3, "<", kvs, tensors)

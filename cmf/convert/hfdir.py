@@ -22,7 +22,20 @@ from .safetensors import SafetensorsSource
 from .torch_pickle import WEIGHTS_INDEX, TorchPickleSource
 
 SHARD_INDEX = "model.safetensors.index.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".gguf", ".h5", ".msgpack", ".npz", ".tflite", ".cmf")
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".onnx",
+    ".gguf",
+    ".h5",
+    ".msgpack",
+    ".npz",
+    ".tflite",
+    ".cmf",
+)
 MAX_SIDE_FILE = 64 << 20  # tokenizer.json of large vocabularies is tens of MB
 
 
@@ -52,8 +65,10 @@ class HFDirectorySource:
         else:  # a PyTorch checkpoint (pytorch_model.bin, or its shards): read weights-only
             shard_names = self._pickle_names()
             if not shard_names:
-                raise CmfError(f"{self.path}: no *.safetensors files (nor pytorch_model*.bin) in "
-                               "this directory")
+                raise CmfError(
+                    f"{self.path}: no *.safetensors files (nor pytorch_model*.bin) in "
+                    "this directory"
+                )
             paths = [os.path.join(self.path, s) for s in shard_names]
             self.shards = [TorchPickleSource(paths[0], paths)]
             shard_names = shard_names[:1]
@@ -75,7 +90,9 @@ class HFDirectorySource:
     def _pickle_names(self) -> list[str]:
         """The PyTorch checkpoint files of the model: those of ``pytorch_model.bin.index.json``,
         else every ``pytorch_model*.bin`` (never ``training_args.bin`` and other pickles)."""
-        return self._weight_files(WEIGHTS_INDEX, lambda f: f.startswith("pytorch_model") and f.endswith(".bin"))
+        return self._weight_files(
+            WEIGHTS_INDEX, lambda f: f.startswith("pytorch_model") and f.endswith(".bin")
+        )
 
     def _weight_files(self, index_name: str, matches: Callable[[str], bool]) -> list[str]:
         """The files named by the shard index ``index_name`` (each a plain name of an existing
@@ -133,7 +150,11 @@ class HFDirectorySource:
             for f in sorted(files):
                 full = os.path.join(root, f)
                 rel = os.path.relpath(full, self.path).replace(os.sep, "/")
-                if f.startswith(".") or f.endswith(WEIGHT_SUFFIXES) or f in (SHARD_INDEX, WEIGHTS_INDEX):
+                if (
+                    f.startswith(".")
+                    or f.endswith(WEIGHT_SUFFIXES)
+                    or f in (SHARD_INDEX, WEIGHTS_INDEX)
+                ):
                     continue
                 if not os.path.isfile(full) or os.path.getsize(full) > MAX_SIDE_FILE:
                     continue  # FIFOs, devices, dangling links, huge files: not side files

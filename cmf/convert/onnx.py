@@ -71,28 +71,71 @@ MAX_NAME_BYTES = 1024
 T = TensorProto
 # ONNX data type -> numpy dtype of the cmf dtype that stores it (spec/format.md §4)
 NUMPY = {
-    T.FLOAT: np.dtype("<f4"), T.DOUBLE: np.dtype("<f8"), T.FLOAT16: np.dtype("<f2"),
+    T.FLOAT: np.dtype("<f4"),
+    T.DOUBLE: np.dtype("<f8"),
+    T.FLOAT16: np.dtype("<f2"),
     T.BFLOAT16: np.dtype(ml_dtypes.bfloat16),
-    T.FLOAT8E4M3FN: np.dtype(ml_dtypes.float8_e4m3fn), T.FLOAT8E5M2: np.dtype(ml_dtypes.float8_e5m2),
-    T.INT8: np.dtype("i1"), T.INT16: np.dtype("<i2"), T.INT32: np.dtype("<i4"), T.INT64: np.dtype("<i8"),
-    T.UINT8: np.dtype("u1"), T.UINT16: np.dtype("<u2"), T.UINT32: np.dtype("<u4"), T.UINT64: np.dtype("<u8"),
+    T.FLOAT8E4M3FN: np.dtype(ml_dtypes.float8_e4m3fn),
+    T.FLOAT8E5M2: np.dtype(ml_dtypes.float8_e5m2),
+    T.INT8: np.dtype("i1"),
+    T.INT16: np.dtype("<i2"),
+    T.INT32: np.dtype("<i4"),
+    T.INT64: np.dtype("<i8"),
+    T.UINT8: np.dtype("u1"),
+    T.UINT16: np.dtype("<u2"),
+    T.UINT32: np.dtype("<u4"),
+    T.UINT64: np.dtype("<u8"),
     T.BOOL: np.dtype("?"),
 }
 # bits per element of the types cmf leaves in the graph, for reading their external data
 _OTHER_BITS = {
-    T.COMPLEX64: 64, T.COMPLEX128: 128, T.FLOAT8E4M3FNUZ: 8, T.FLOAT8E5M2FNUZ: 8,
-    **{getattr(T, n): b for n, b in [("UINT4", 4), ("INT4", 4), ("FLOAT4E2M1", 4), ("FLOAT8E8M0", 8),
-                                     ("UINT2", 2), ("INT2", 2)] if hasattr(T, n)},
+    T.COMPLEX64: 64,
+    T.COMPLEX128: 128,
+    T.FLOAT8E4M3FNUZ: 8,
+    T.FLOAT8E5M2FNUZ: 8,
+    **{
+        getattr(T, n): b
+        for n, b in [
+            ("UINT4", 4),
+            ("INT4", 4),
+            ("FLOAT4E2M1", 4),
+            ("FLOAT8E8M0", 8),
+            ("UINT2", 2),
+            ("INT2", 2),
+        ]
+        if hasattr(T, n)
+    },
 }
 # typed field holding each type's values when raw_data is not used (protobuf TensorProto doc)
-_FIELD = {T.FLOAT: "float_data", T.DOUBLE: "double_data", T.INT64: "int64_data",
-          T.UINT32: "uint64_data", T.UINT64: "uint64_data"}
-_BITS_IN_INT32 = {T.FLOAT16: np.uint16, T.BFLOAT16: np.uint16, T.FLOAT8E4M3FN: np.uint8, T.FLOAT8E5M2: np.uint8}
-_LISTS = {"value_floats": (AttributeProto.FLOATS, T.FLOAT), "value_ints": (AttributeProto.INTS, T.INT64)}
+_FIELD = {
+    T.FLOAT: "float_data",
+    T.DOUBLE: "double_data",
+    T.INT64: "int64_data",
+    T.UINT32: "uint64_data",
+    T.UINT64: "uint64_data",
+}
+_BITS_IN_INT32 = {
+    T.FLOAT16: np.uint16,
+    T.BFLOAT16: np.uint16,
+    T.FLOAT8E4M3FN: np.uint8,
+    T.FLOAT8E5M2: np.uint8,
+}
+_LISTS = {
+    "value_floats": (AttributeProto.FLOATS, T.FLOAT),
+    "value_ints": (AttributeProto.INTS, T.INT64),
+}
 _NUMBER = re.compile(r"[0-9]{1,19}")
 A = AttributeProto
-_FIELD_KIND = {"t": A.TENSOR, "tensors": A.TENSORS, "sparse_tensor": A.SPARSE_TENSOR,  # IR < 3: no type
-               "sparse_tensors": A.SPARSE_TENSORS, "g": A.GRAPH, "graphs": A.GRAPHS, "floats": A.FLOATS, "ints": A.INTS}
+_FIELD_KIND = {
+    "t": A.TENSOR,
+    "tensors": A.TENSORS,
+    "sparse_tensor": A.SPARSE_TENSOR,  # IR < 3: no type
+    "sparse_tensors": A.SPARSE_TENSORS,
+    "g": A.GRAPH,
+    "graphs": A.GRAPHS,
+    "floats": A.FLOATS,
+    "ints": A.INTS,
+}
 
 
 def _type_name(data_type: int) -> str:
@@ -117,7 +160,10 @@ class Slot:
 
 def _node_ids(nodes: Any) -> list[str]:
     counts = Counter(n.name for n in nodes)
-    return [n.name if n.name and counts[n.name] == 1 else f"{n.op_type}_{i}" for i, n in enumerate(nodes)]
+    return [
+        n.name if n.name and counts[n.name] == 1 else f"{n.op_type}_{i}"
+        for i, n in enumerate(nodes)
+    ]
 
 
 def _sparse(sp: Any, base: str, always: bool) -> Iterator[Slot]:
@@ -137,11 +183,15 @@ def _graph_slots(graph: onnx.GraphProto, prefix: str, depth: int = 0) -> Iterato
 
 def _node_slots(nodes: Any, prefix: str, depth: int) -> Iterator[Slot]:
     for node, nid in zip(nodes, _node_ids(nodes), strict=True):
-        constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1
+        constant = (
+            node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1
+        )
         base = prefix + (node.output[0] if constant and node.output[0] else nid)
         for a in node.attribute:
             where = base if constant else f"{base}.{a.name}"
-            kind = a.type or _FIELD_KIND.get(next((f.name for f, _ in a.ListFields() if f.name in _FIELD_KIND), ""))
+            kind = a.type or _FIELD_KIND.get(
+                next((f.name for f, _ in a.ListFields() if f.name in _FIELD_KIND), "")
+            )
             if kind == AttributeProto.TENSOR:
                 yield Slot(where, a.t, None, False)
             elif kind == AttributeProto.TENSORS:
@@ -173,7 +223,9 @@ def _numel(t: TensorProto, what: str) -> int:
     if any(d < 0 for d in t.dims):
         raise CmfError(f"{what}: inconsistent shape, negative dimension in {list(t.dims)}")
     if math.prod(int(d) for d in t.dims if d) > 1 << 59:  # numpy refuses such a shape, even empty
-        raise CmfError(f"{what}: inconsistent shape, dims {list(t.dims)} are too large for an array")
+        raise CmfError(
+            f"{what}: inconsistent shape, dims {list(t.dims)} are too large for an array"
+        )
     return math.prod(int(d) for d in t.dims)
 
 
@@ -194,8 +246,10 @@ def _check_location(location: str, what: str) -> list[str]:
     if "\x00" in location or "\\" in location:
         raise CmfError(f"{what}: external data location {location!r} has a NUL or a backslash")
     if location.startswith("/") or re.match(r"^[A-Za-z]:", location):
-        raise CmfError(f"{what}: external data location {location!r} is absolute; only paths "
-                       "relative to the model's directory are read")
+        raise CmfError(
+            f"{what}: external data location {location!r} is absolute; only paths "
+            "relative to the model's directory are read"
+        )
     parts = [p for p in location.split("/") if p not in ("", ".")]
     if ".." in parts or not parts:
         raise CmfError(f"{what}: external data location {location!r} leaves the model's directory")
@@ -208,7 +262,9 @@ def _open_external(base: str, location: str, what: str) -> int:
     try:
         dir_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
-        raise CmfError(f"{what}: cannot open the model's directory {base}: {exc.strerror}") from None
+        raise CmfError(
+            f"{what}: cannot open the model's directory {base}: {exc.strerror}"
+        ) from None
     try:
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
@@ -216,7 +272,9 @@ def _open_external(base: str, location: str, what: str) -> int:
             try:
                 st = os.lstat(part, dir_fd=dir_fd)
             except OSError as exc:
-                raise CmfError(f"{what}: external data file {location!r}: {sub}: {exc.strerror}") from None
+                raise CmfError(
+                    f"{what}: external data file {location!r}: {sub}: {exc.strerror}"
+                ) from None
             if stat.S_ISLNK(st.st_mode):
                 raise CmfError(f"{what}: external data {location!r}: {sub} is a symlink (refused)")
             flags = os.O_RDONLY | os.O_NOFOLLOW | (os.O_NONBLOCK if last else os.O_DIRECTORY)
@@ -240,8 +298,10 @@ def _external(t: TensorProto, base: str, nbytes: int | None, what: str) -> Exter
     entries: dict[str, str] = {}
     for e in t.external_data:
         if e.key in entries or e.key not in ("location", "offset", "length", "checksum"):
-            raise CmfError(f"{what}: {'duplicate' if e.key in entries else 'unknown'} external "
-                           f"data key {e.key!r}")
+            raise CmfError(
+                f"{what}: {'duplicate' if e.key in entries else 'unknown'} external "
+                f"data key {e.key!r}"
+            )
         entries[e.key] = e.value
     location = entries.get("location", "")
     offset_text = entries.get("offset", "0")
@@ -254,8 +314,9 @@ def _external(t: TensorProto, base: str, nbytes: int | None, what: str) -> Exter
     finally:
         os.close(fd)
     if offset > size:
-        raise CmfError(f"{what}: external data offset {offset} is past the end of {location!r} "
-                       f"({size} bytes)")
+        raise CmfError(
+            f"{what}: external data offset {offset} is past the end of {location!r} ({size} bytes)"
+        )
     length_text = entries.get("length")
     if length_text is None:
         length = size - offset
@@ -264,11 +325,15 @@ def _external(t: TensorProto, base: str, nbytes: int | None, what: str) -> Exter
     else:
         length = int(length_text)
     if offset + length > size:
-        raise CmfError(f"{what}: external data [{offset}, {offset + length}) is outside "
-                       f"{location!r} ({size} bytes; truncated?)")
+        raise CmfError(
+            f"{what}: external data [{offset}, {offset + length}) is outside "
+            f"{location!r} ({size} bytes; truncated?)"
+        )
     if nbytes is not None and length != nbytes:
-        raise CmfError(f"{what}: inconsistent shapes: external data has {length} bytes, dims "
-                       f"{list(t.dims)} of {_type_name(t.data_type)} need {nbytes}")
+        raise CmfError(
+            f"{what}: inconsistent shapes: external data has {length} bytes, dims "
+            f"{list(t.dims)} of {_type_name(t.data_type)} need {nbytes}"
+        )
     return External(base, location, offset, length)
 
 
@@ -301,8 +366,10 @@ def _from_bytes(data: bytes, t: TensorProto, what: str) -> np.ndarray:
     dtype = NUMPY[t.data_type]
     numel = _numel(t, what)
     if len(data) != numel * dtype.itemsize:
-        raise CmfError(f"{what}: inconsistent shapes: {len(data)} bytes of data, dims "
-                       f"{list(t.dims)} of {_type_name(t.data_type)} need {numel * dtype.itemsize}")
+        raise CmfError(
+            f"{what}: inconsistent shapes: {len(data)} bytes of data, dims "
+            f"{list(t.dims)} of {_type_name(t.data_type)} need {numel * dtype.itemsize}"
+        )
     array = np.frombuffer(data, dtype=dtype).reshape(tuple(int(d) for d in t.dims))
     if dtype == np.bool_ and numel and np.frombuffer(data, np.uint8).max() > 1:
         raise CmfError(f"{what}: bool data holds a byte other than 0 or 1")
@@ -315,8 +382,9 @@ def _from_fields(t: TensorProto, what: str) -> np.ndarray:
     values = np.asarray(getattr(t, _FIELD.get(t.data_type, "int32_data")))
     numel = _numel(t, what)
     if values.size != numel:
-        raise CmfError(f"{what}: inconsistent shapes: {values.size} values, dims {list(t.dims)} "
-                       f"hold {numel}")
+        raise CmfError(
+            f"{what}: inconsistent shapes: {values.size} values, dims {list(t.dims)} hold {numel}"
+        )
     bits = _BITS_IN_INT32.get(t.data_type)
     target = np.dtype(bits) if bits else dtype
     if values.size and target.kind in "iub":
@@ -335,8 +403,18 @@ def _is_marker(t: TensorProto) -> bool:
 
 
 def _clear_data(t: TensorProto) -> None:
-    for field in ("raw_data", "float_data", "int32_data", "string_data", "int64_data",
-                  "double_data", "uint64_data", "external_data", "segment", "data_location"):
+    for field in (
+        "raw_data",
+        "float_data",
+        "int32_data",
+        "string_data",
+        "int64_data",
+        "double_data",
+        "uint64_data",
+        "external_data",
+        "segment",
+        "data_location",
+    ):
         t.ClearField(field)
 
 
@@ -359,13 +437,17 @@ def load_model_proto(path: str) -> ModelProto:
         raise CmfError(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
         if st.st_size > MAX_PROTOBUF:
-            raise CmfError(f"{path}: {st.st_size} bytes is over protobuf's 2 GiB limit; not an ONNX file")
+            raise CmfError(
+                f"{path}: {st.st_size} bytes is over protobuf's 2 GiB limit; not an ONNX file"
+            )
         data = fh.read()
     model = ModelProto()
     try:
         model.ParseFromString(data)
     except Exception as exc:  # protobuf's DecodeError (upb raises its own type)
-        raise CmfError(f"{path}: not an ONNX model, or truncated ({type(exc).__name__}: {exc})") from None
+        raise CmfError(
+            f"{path}: not an ONNX model, or truncated ({type(exc).__name__}: {exc})"
+        ) from None
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise CmfError(f"{path}: not an ONNX model (no ir_version or no graph)")
     check_strings(model, path)
@@ -385,7 +467,9 @@ def _field_kind(f: Any) -> tuple[int, bool]:
             repeated = f.label == f.LABEL_REPEATED
         elif callable(repeated):
             repeated = repeated()
-        what = _MESSAGE if f.type == f.TYPE_MESSAGE else _STRING if f.type == f.TYPE_STRING else _OTHER
+        what = (
+            _MESSAGE if f.type == f.TYPE_MESSAGE else _STRING if f.type == f.TYPE_STRING else _OTHER
+        )
         kind = _FIELD_KINDS[f] = (what, bool(repeated))
     return kind
 
@@ -402,14 +486,18 @@ def check_strings(message: Any, what: str) -> None:
                     stack.extend(value)
                 else:
                     stack.append(value)
-            elif kind == _STRING and not (set(map(type, value)) <= _STR if repeated else type(value) is str):
+            elif kind == _STRING and not (
+                set(map(type, value)) <= _STR if repeated else type(value) is str
+            ):
                 raise CmfError(f"{what}: not a valid ONNX model: {f.full_name} is not UTF-8 text")
 
 
 class OnnxSource:
     """An ONNX model opened for packing (see module docstring)."""
 
-    def __init__(self, path: str | os.PathLike, *, min_constant_bytes: int = MIN_CONSTANT_BYTES) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, min_constant_bytes: int = MIN_CONSTANT_BYTES
+    ) -> None:
         self.path = os.fspath(path)
         base = os.path.dirname(os.path.abspath(self.path))
         self._model = load_model_proto(self.path)  # keeps the weights; items() reads them from it
@@ -467,7 +555,9 @@ class OnnxSource:
             if not external:  # stays in the graph; stray entries (ONNX ignores them) go
                 skel.tensor.ClearField("external_data")
             elif nbytes is None:
-                raise CmfError(f"{what}: unsupported dtype {_type_name(t.data_type)} with external data")
+                raise CmfError(
+                    f"{what}: unsupported dtype {_type_name(t.data_type)} with external data"
+                )
             else:  # bring its data inline so the skeleton stands alone
                 data = read_external(_external(t, base, nbytes, what), what)
                 _clear_data(skel.tensor)
@@ -508,8 +598,10 @@ class OnnxSource:
 # -- cmf -> ONNX ---------------------------------------------------------------------------------
 def _skeleton(cmf_file: CmfFile) -> ModelProto:
     if SKELETON not in cmf_file.attachments():
-        raise CmfError(f"{cmf_file.path} has no ONNX graph (attachment {SKELETON!r}): it was not "
-                       "packed from an ONNX model; unpack it to .safetensors instead")
+        raise CmfError(
+            f"{cmf_file.path} has no ONNX graph (attachment {SKELETON!r}): it was not "
+            "packed from an ONNX model; unpack it to .safetensors instead"
+        )
     model = ModelProto()
     try:
         model.ParseFromString(cmf_file.get_attachment(SKELETON))
@@ -545,18 +637,26 @@ def _markers(model: ModelProto) -> list[tuple[str, TensorProto, AttributeProto |
 def _marker_name(t: TensorProto) -> str:
     entries = {e.key: e.value for e in t.external_data}
     if len(t.external_data) != 1 or t.data_location != T.DEFAULT:
-        raise CmfError(f"marker for {entries.get(MARKER_KEY)!r} in {SKELETON} has other external data")
+        raise CmfError(
+            f"marker for {entries.get(MARKER_KEY)!r} in {SKELETON} has other external data"
+        )
     return entries[MARKER_KEY]
 
 
 def _check_spec(name: str, marker: TensorProto, spec: Any) -> None:
     want = NUMPY.get(marker.data_type)
     if want is None:
-        raise CmfError(f"tensor {name!r}: unsupported dtype {_type_name(marker.data_type)} in {SKELETON}")
+        raise CmfError(
+            f"tensor {name!r}: unsupported dtype {_type_name(marker.data_type)} in {SKELETON}"
+        )
     if spec.dtype.numpy != want:
-        raise CmfError(f"tensor {name!r} is {spec.dtype.name}; the graph wants {_type_name(marker.data_type)}")
+        raise CmfError(
+            f"tensor {name!r} is {spec.dtype.name}; the graph wants {_type_name(marker.data_type)}"
+        )
     if tuple(int(d) for d in marker.dims) != tuple(spec.shape):
-        raise CmfError(f"tensor {name!r} has shape {list(spec.shape)}; the graph wants {list(marker.dims)}")
+        raise CmfError(
+            f"tensor {name!r} has shape {list(spec.shape)}; the graph wants {list(marker.dims)}"
+        )
 
 
 def _fill(marker: TensorProto, attr: AttributeProto | None, array: np.ndarray) -> None:
@@ -589,8 +689,11 @@ def write_onnx(
     total = sum(s.nbytes for s in specs.values())
     outside: set[int] = set()  # indices of the markers whose data goes to the sidecar
     if external_data_threshold is not None and total > external_data_threshold:
-        outside = {i for i, (n, _, _, top) in enumerate(markers)
-                   if top and specs[n].nbytes >= EXTERNAL_MIN_TENSOR_BYTES}
+        outside = {
+            i
+            for i, (n, _, _, top) in enumerate(markers)
+            if top and specs[n].nbytes >= EXTERNAL_MIN_TENSOR_BYTES
+        }
     if not outside:
         for name, marker, attr, _ in markers:
             _fill(marker, attr, cmf_file.get_tensor(name))
@@ -605,7 +708,9 @@ def check_rebuilt(model: Any, too_big: str) -> None:
     """CmfError unless the rebuilt ``model`` fits in one protobuf (``too_big`` says what to do
     instead) and passes onnx.checker."""
     if model.ByteSize() > MAX_PROTOBUF:
-        raise CmfError(f"the rebuilt model is {model.ByteSize()} bytes, over protobuf's 2 GiB limit; {too_big}")
+        raise CmfError(
+            f"the rebuilt model is {model.ByteSize()} bytes, over protobuf's 2 GiB limit; {too_big}"
+        )
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -616,7 +721,9 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _write_with_sidecar(cmf_file: CmfFile, model: ModelProto, markers: list, outside: set[int], path: str) -> list[str]:
+def _write_with_sidecar(
+    cmf_file: CmfFile, model: ModelProto, markers: list, outside: set[int], path: str
+) -> list[str]:
     directory, base = os.path.split(path)
     data_name = base + ".data"
     if os.path.isdir(path) or os.path.isdir(os.path.join(directory, data_name)):
@@ -641,15 +748,21 @@ def _write_with_sidecar(cmf_file: CmfFile, model: ModelProto, markers: list, out
                 fh.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
                 _clear_data(marker)
                 marker.data_location = T.EXTERNAL
-                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(array.nbytes))):
+                for key, value in (
+                    ("location", data_name),
+                    ("offset", str(offset)),
+                    ("length", str(array.nbytes)),
+                ):
                     e = marker.external_data.add()
                     e.key, e.value = key, value
                 offset += array.nbytes
             fh.flush()
             os.fsync(fh.fileno())
         if model.ByteSize() > MAX_PROTOBUF:
-            raise CmfError(f"the rebuilt graph is {model.ByteSize()} bytes without its initializers, "
-                           "over protobuf's 2 GiB limit")
+            raise CmfError(
+                f"the rebuilt graph is {model.ByteSize()} bytes without its initializers, "
+                "over protobuf's 2 GiB limit"
+            )
         with open(staged_model, "wb") as fh:
             fh.write(model.SerializeToString())
             fh.flush()

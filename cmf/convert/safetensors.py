@@ -18,10 +18,21 @@ from ..errors import CmfError
 
 # cmf dtype name <-> safetensors dtype string
 _ST_NAMES = {
-    "f64": "F64", "f32": "F32", "f16": "F16", "bf16": "BF16",
-    "f8_e4m3": "F8_E4M3", "f8_e5m2": "F8_E5M2",
-    "i8": "I8", "i16": "I16", "i32": "I32", "i64": "I64",
-    "u8": "U8", "u16": "U16", "u32": "U32", "u64": "U64", "bool": "BOOL",
+    "f64": "F64",
+    "f32": "F32",
+    "f16": "F16",
+    "bf16": "BF16",
+    "f8_e4m3": "F8_E4M3",
+    "f8_e5m2": "F8_E5M2",
+    "i8": "I8",
+    "i16": "I16",
+    "i32": "I32",
+    "i64": "I64",
+    "u8": "U8",
+    "u16": "U16",
+    "u32": "U32",
+    "u64": "U64",
+    "bool": "BOOL",
 }
 _BY_ST = {st: BY_NAME[name].numpy for name, st in _ST_NAMES.items()}
 
@@ -126,4 +137,3 @@ def write_safetensors(
             out.file.write(memoryview(np.ascontiguousarray(array.reshape(-1)).view(np.uint8)))
             if progress:
                 progress(name)
-

@@ -26,12 +26,13 @@ PICKLE_PROTOCOL = 0x80  # the first byte of a protocol-2+ pickle (torch's legacy
 WEIGHTS_INDEX = "pytorch_model.bin.index.json"
 
 
-
 def looks_like_pickle(path: str, head: bytes) -> bool:
     """A PyTorch checkpoint by name, or by its first bytes (a zip archive or a pickle)."""
     if path.lower().endswith(SUFFIXES):
         return True
-    return head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == PICKLE_PROTOCOL and 2 <= head[1] <= 5)
+    return head[:4] == b"PK\x03\x04" or (
+        len(head) >= 2 and head[0] == PICKLE_PROTOCOL and 2 <= head[1] <= 5
+    )
 
 
 def _torch() -> Any:
@@ -80,13 +81,28 @@ class TorchPickleSource:
         try:
             mmap = zipfile.is_zipfile(path)  # the zip format maps; the legacy one cannot
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except (OSError, RuntimeError, ValueError, EOFError, zipfile.BadZipFile, TypeError, AttributeError,
-                ImportError, KeyError, IndexError, MemoryError) as exc:
-            raise CmfError(f"{path}: not a checkpoint PyTorch's weights-only loader accepts "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''})") from None
+        except (
+            OSError,
+            RuntimeError,
+            ValueError,
+            EOFError,
+            zipfile.BadZipFile,
+            TypeError,
+            AttributeError,
+            ImportError,
+            KeyError,
+            IndexError,
+            MemoryError,
+        ) as exc:
+            raise CmfError(
+                f"{path}: not a checkpoint PyTorch's weights-only loader accepts "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''})"
+            ) from None
         except Exception as exc:  # the unpickler's own errors (pickle.UnpicklingError, ...)
-            raise CmfError(f"{path}: refused by PyTorch's weights-only loader "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''})") from None
+            raise CmfError(
+                f"{path}: refused by PyTorch's weights-only loader "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''})"
+            ) from None
         return _state_dict(path, obj, torch)
 
     def __len__(self) -> int:
@@ -119,7 +135,9 @@ def _state_dict(path: str, obj: Any, torch: Any) -> dict[str, Any]:
     for name, value in obj.items():
         if isinstance(value, torch.Tensor):
             if not isinstance(name, str):
-                raise CmfError(f"{path}: a tensor name must be a string, found {type(name).__name__}")
+                raise CmfError(
+                    f"{path}: a tensor name must be a string, found {type(name).__name__}"
+                )
             out[name] = value
     if not out and obj:
         raise CmfError(f"{path}: no tensors at its top level or in a 'state_dict' / 'model' entry")

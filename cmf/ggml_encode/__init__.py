@@ -52,8 +52,14 @@ TYPES = {
 # What llama.cpp's quantizer uses when a row length is not a multiple of a type's block
 # (llama-quant.cpp ``tensor_type_fallback``, llama.cpp as vendored by llama-cpp-python 0.3.36);
 # a row that does not fit the fallback either is stored as F16.
-FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
-            "IQ4_XS": "IQ4_NL"}
+FALLBACK = {
+    "Q2_K": "Q4_0",
+    "Q3_K": "Q4_0",
+    "Q4_K": "Q5_0",
+    "Q5_K": "Q5_1",
+    "Q6_K": "Q8_0",
+    "IQ4_XS": "IQ4_NL",
+}
 
 
 def fallback_type(ggml_type: str, cols: int) -> str:
@@ -67,6 +73,7 @@ def fallback_type(ggml_type: str, cols: int) -> str:
         if t is not None and cols > 0 and cols % TYPES[t].block == 0:
             return t
     return "F16"
+
 
 CHUNK_ELEMENTS = 1 << 20  # elements encoded at a time (bounds the searches' temporaries)
 

@@ -144,8 +144,9 @@ def _symmetric(x, imp, sub: int, nmax: int, snmax: int, search: bool):
     codes = _reround(codes, scale * amax[:, None], d * amax, d16, -snmax, snmax - 1)
     xk = x.reshape(n, k, sub)
     if search:
-        codes, _ = _polish(xk, w.reshape(n, k, sub), d16, codes, None, None, -nmax, nmax - 1,
-                           -snmax, snmax - 1)
+        codes, _ = _polish(
+            xk, w.reshape(n, k, sub), d16, codes, None, None, -nmax, nmax - 1, -snmax, snmax - 1
+        )
     step = d16.astype(np.float64)[:, None] * codes
     L = round_codes(xk, step, np.zeros_like(step), -nmax, nmax - 1)
     return L.reshape(n, QK_K) + nmax, codes, d16

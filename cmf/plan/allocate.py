@@ -95,8 +95,13 @@ def _trim(items: Sequence[Item], choice: dict[str, int], max_error: float) -> No
         err += extra
 
 
-def allocate(items: Sequence[Item], *, max_error: float | None = None,
-             max_bytes: int | None = None, fixed: int = 0) -> Allocation:
+def allocate(
+    items: Sequence[Item],
+    *,
+    max_error: float | None = None,
+    max_bytes: int | None = None,
+    fixed: int = 0,
+) -> Allocation:
     """The allocation for exactly one of ``max_error`` (predicted output error) or
     ``max_bytes`` (total, ``fixed`` bytes included); see the module docstring."""
     if (max_error is None) == (max_bytes is None):
@@ -136,10 +141,16 @@ def allocate(items: Sequence[Item], *, max_error: float | None = None,
         best = None
         for it in items:
             b0, e0 = _point(it, choice[it.name])
-            options = [(k, p) for k, p in enumerate(it.points)] + [(-1 - j, p) for j, p in enumerate(it.extra)]
+            options = [(k, p) for k, p in enumerate(it.points)] + [
+                (-1 - j, p) for j, p in enumerate(it.extra)
+            ]
             for k, (b1, e1) in options:
                 gain = it.sensitivity * (e0 - e1)
-                if gain > 0 and nbytes + (b1 - b0) <= max_bytes and (best is None or gain > best[0]):
+                if (
+                    gain > 0
+                    and nbytes + (b1 - b0) <= max_bytes
+                    and (best is None or gain > best[0])
+                ):
                     best = (gain, it, k, b1 - b0)
         if best is None:
             break

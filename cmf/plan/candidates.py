@@ -57,10 +57,14 @@ from .presets import codes_template
 from .recipe import encode_template
 
 SAMPLE_ELEMENTS = 1 << 18  # template candidates of bigger tensors are measured on this many
-STEP_SAMPLE_ELEMENTS = 1 << 18  # error-feedback step candidates of bigger tensors: rows sampled to this many
+STEP_SAMPLE_ELEMENTS = (
+    1 << 18
+)  # error-feedback step candidates of bigger tensors: rows sampled to this many
 MAX_OUTLIERS = 1e-3  # a step choice needing more exact values than this fraction is dropped
 MAX_STEP_BITS = 12  # widest codes of a step choice (u16 codes beyond 8 bits)
-STEP_LIMIT = (1 << (MAX_STEP_BITS - 1)) - 1  # largest code magnitude; beyond it a value is an outlier
+STEP_LIMIT = (
+    1 << (MAX_STEP_BITS - 1)
+) - 1  # largest code magnitude; beyond it a value is an outlier
 FLOATS = ("f32", "f16", "bf16", "f64")
 MIN_ELEMENTS = 4096  # as the q8/q4 presets: smaller tensors stay lossless
 ROW_CLASS_SPREAD = 2.0  # per-row steps spanning this ratio or more are stored as row classes
@@ -92,36 +96,64 @@ class Choice:
 def step_choices(levels: Sequence[float] | None = None, per_bit: int = 4) -> list[Choice]:
     """Step sizes relative to the tensor's RMS, ``1 / per_bit`` bit apart (about 1 to 10
     bits)."""
-    rel = levels if levels is not None else [2.0 ** (1 - k / per_bit) for k in range(9 * per_bit + 1)]
+    rel = (
+        levels if levels is not None else [2.0 ** (1 - k / per_bit) for k in range(9 * per_bit + 1)]
+    )
     return [Choice("step", {"rel_step": float(r)}, f"step {r:.3g}") for r in rel]
 
 
 def _qt(bits: int, block: int, scheme: str = "symmetric") -> dict:
-    return {"codec": "quantize",
-            "config": {"bits": bits, "block": block, "axis": -1, "scheme": scheme,
-                       "scale_dtype": "f16", "search": True},
-            "parts": {"q": codes_template(bits)}}
+    return {
+        "codec": "quantize",
+        "config": {
+            "bits": bits,
+            "block": block,
+            "axis": -1,
+            "scheme": scheme,
+            "scale_dtype": "f16",
+            "search": True,
+        },
+        "parts": {"q": codes_template(bits)},
+    }
 
 
 def template_choices(thorough: bool = False) -> list[Choice]:
     """Fixed-rate quantize, codebook and low-rank templates (a few; more with ``thorough``)."""
     out = []
-    grid = [(2, 32, "asymmetric"), (3, 32, "asymmetric"), (3, 64, "symmetric"), (4, 32, "symmetric"),
-            (4, 128, "symmetric")]
+    grid = [
+        (2, 32, "asymmetric"),
+        (3, 32, "asymmetric"),
+        (3, 64, "symmetric"),
+        (4, 32, "symmetric"),
+        (4, 128, "symmetric"),
+    ]
     if thorough:
-        grid += [(2, 64, "asymmetric"), (3, 32, "symmetric"), (4, 64, "symmetric"), (5, 32, "symmetric"),
-                 (5, 0, "symmetric"), (6, 0, "symmetric"), (8, 0, "symmetric"), (4, 32, "asymmetric")]
+        grid += [
+            (2, 64, "asymmetric"),
+            (3, 32, "symmetric"),
+            (4, 64, "symmetric"),
+            (5, 32, "symmetric"),
+            (5, 0, "symmetric"),
+            (6, 0, "symmetric"),
+            (8, 0, "symmetric"),
+            (4, 32, "asymmetric"),
+        ]
     for bits, block, scheme in grid:
-        label = (f"q{bits} {'row' if block == 0 else f'g{block}'}"
-                 f"{' asym' if scheme == 'asymmetric' else ''}")
+        label = (
+            f"q{bits} {'row' if block == 0 else f'g{block}'}"
+            f"{' asym' if scheme == 'asymmetric' else ''}"
+        )
         out.append(Choice("template", {"template": _qt(bits, block, scheme)}, label))
-    for k in ((4, 8, 16) if not thorough else (4, 8, 16, 32, 64)):
+    for k in (4, 8, 16) if not thorough else (4, 8, 16, 32, 64):
         t = {"codec": "codebook", "fit": {"k": k}, "parts": {"indices": codes_template(8)}}
         out.append(Choice("template", {"template": t}, f"codebook k{k}"))
     if thorough:
         for r in (0.1, 0.2):
-            t = {"codec": "lowrank", "fit": {"rel_error": r},
-                 "parts": {p: _qt(8, 0) for p in ("u", "v")}}
+            t = {
+                "codec": "lowrank",
+                "fit": {"rel_error": r},
+                "parts": {p: _qt(8, 0) for p in ("u", "v")},
+            }
             out.append(Choice("template", {"template": t}, f"lowrank {r}"))
     return out
 
@@ -132,8 +164,9 @@ LOSSLESS = Choice("lossless", {}, "lossless")
 # ----------------------------------------------------------------------------- importance
 
 
-def channel_weights(shape: tuple[int, ...], moments: tuple | None,
-                    damping: float = 0.05) -> tuple[int | None, np.ndarray | None]:
+def channel_weights(
+    shape: tuple[int, ...], moments: tuple | None, damping: float = 0.05
+) -> tuple[int | None, np.ndarray | None]:
     """``(axis, w)``: per-input-channel importance along ``axis`` of a 2-D weight, mean 1
     (``E[x_j^2]`` plus ``damping`` times its mean, so channels the calibration barely saw
     still count), or ``(None, None)`` for uniform importance. ``moments`` is
@@ -158,22 +191,24 @@ class LowRankForm:
     f: np.ndarray  # (k, n) float32
     ridge: float
 
-    def take(self, idx: np.ndarray) -> "LowRankForm":
+    def take(self, idx: np.ndarray) -> LowRankForm:
         """The form over the channels ``idx`` (the sub-matrix ``H[idx][:, idx]``)."""
         return LowRankForm(np.ascontiguousarray(self.f[:, idx]), self.ridge)
 
 
-def quadratic_form(d: np.ndarray, h: "np.ndarray | LowRankForm") -> float:
+def quadratic_form(d: np.ndarray, h: np.ndarray | LowRankForm) -> float:
     """``tr(d h d^T)`` of ``d`` (rows, n) float64 with ``h`` (n, n) or a :class:`LowRankForm`;
     the products in float32, the sums in float64."""
     d32 = d.astype(np.float32)
     if isinstance(h, LowRankForm):
         p = d32 @ h.f.T  # (rows, k)
-        return float(np.einsum("ij,ij->", p, p, dtype=np.float64)) + h.ridge * float(np.einsum("ij,ij->", d, d))
+        return float(np.einsum("ij,ij->", p, p, dtype=np.float64)) + h.ridge * float(
+            np.einsum("ij,ij->", d, d)
+        )
     return float(np.einsum("ij,ij->", d32 @ h, d32, dtype=np.float64))
 
 
-def _take_channels(h: "np.ndarray | LowRankForm", idx: np.ndarray) -> "np.ndarray | LowRankForm":
+def _take_channels(h: np.ndarray | LowRankForm, idx: np.ndarray) -> np.ndarray | LowRankForm:
     return h.take(idx) if isinstance(h, LowRankForm) else h[np.ix_(idx, idx)]
 
 
@@ -181,8 +216,9 @@ _HESSIAN_CACHE: list[tuple[tuple, Any, tuple]] = []  # (key, inputs kept alive, 
 HESSIAN_CACHE_ENTRIES = 3  # the inputs of a block's q/k/o/v (or gate/up) come a few tensors apart
 
 
-def channel_hessian(shape: tuple[int, ...], moments: tuple | None,
-                    damping: float = 0.05) -> tuple[np.ndarray | None, "np.ndarray | LowRankForm | None"]:
+def channel_hessian(
+    shape: tuple[int, ...], moments: tuple | None, damping: float = 0.05
+) -> tuple[np.ndarray | None, np.ndarray | LowRankForm | None]:
     """``(u, Hn)`` from the fold matrices of ``moments`` (cmf.plan.harness): ``u`` (n, n) the
     upper Cholesky factor of ``(H0 + GPTQ_DAMPING mean(diag H0) I)^-1`` that :func:`gptq_levels`
     feeds errors through, ``Hn`` ``H1`` plus ``damping`` times its mean diagonal, scaled to a
@@ -203,10 +239,15 @@ def channel_hessian(shape: tuple[int, ...], moments: tuple | None,
     return got
 
 
-def _channel_hessian(n: int, folds: tuple, factor: np.ndarray | None,
-                     damping: float) -> tuple[np.ndarray | None, "np.ndarray | LowRankForm | None"]:
+def _channel_hessian(
+    n: int, folds: tuple, factor: np.ndarray | None, damping: float
+) -> tuple[np.ndarray | None, np.ndarray | LowRankForm | None]:
     h0, h1 = (np.asarray(h, np.float64) for h in folds)
-    if h0.shape != (n, n) or h1.shape != (n, n) or not (np.isfinite(h0).all() and np.isfinite(h1).all()):
+    if (
+        h0.shape != (n, n)
+        or h1.shape != (n, n)
+        or not (np.isfinite(h0).all() and np.isfinite(h1).all())
+    ):
         return None, None
     m0, m1 = float(np.mean(np.diag(h0))), float(np.mean(np.diag(h1)))
     if m0 <= 0 or m1 <= 0:
@@ -216,15 +257,27 @@ def _channel_hessian(n: int, folds: tuple, factor: np.ndarray | None,
     except np.linalg.LinAlgError:
         return None, None
     scale = m1 * (1 + damping)
-    if factor is not None and factor.ndim == 2 and factor.shape[1] == n and factor.shape[0] < n \
-            and np.isfinite(factor).all():
-        return u, LowRankForm((factor / np.float32(np.sqrt(scale))).astype(np.float32), damping / (1 + damping))
+    if (
+        factor is not None
+        and factor.ndim == 2
+        and factor.shape[1] == n
+        and factor.shape[0] < n
+        and np.isfinite(factor).all()
+    ):
+        return u, LowRankForm(
+            (factor / np.float32(np.sqrt(scale))).astype(np.float32), damping / (1 + damping)
+        )
     hn = ((h1 + h1.T) / 2 + damping * m1 * np.eye(n)) / scale
     return u, hn.astype(np.float32)
 
 
-def weighted_error(x: np.ndarray, y: np.ndarray, axis: int | None, w: np.ndarray | None,
-                   h: "np.ndarray | LowRankForm | None" = None) -> tuple[float, float]:
+def weighted_error(
+    x: np.ndarray,
+    y: np.ndarray,
+    axis: int | None,
+    w: np.ndarray | None,
+    h: np.ndarray | LowRankForm | None = None,
+) -> tuple[float, float]:
     """(plain, weighted) squared error of ``y`` against ``x`` in float64, in row chunks; with
     ``h`` (:func:`channel_hessian`) the weighted error is ``tr(dW h dW^T)`` over input channels."""
     x2 = np.asarray(x).reshape(x.shape[0], -1) if x.ndim >= 2 else np.asarray(x).reshape(1, -1)
@@ -245,7 +298,9 @@ def weighted_error(x: np.ndarray, y: np.ndarray, axis: int | None, w: np.ndarray
     return plain, (weighted if w is not None else plain)
 
 
-def step_feedback(shape: tuple[int, ...], moments: tuple | None, damping: float = 0.05) -> np.ndarray | None:
+def step_feedback(
+    shape: tuple[int, ...], moments: tuple | None, damping: float = 0.05
+) -> np.ndarray | None:
     """The ``feedback`` that :func:`measure` used for the step choices of a tensor of ``shape``
     with ``moments`` (None where it used none): recomputed rather than kept, so a plan holds
     one matrix pair per layer input, not a factor per tensor."""
@@ -254,8 +309,9 @@ def step_feedback(shape: tuple[int, ...], moments: tuple | None, damping: float 
     return channel_hessian(shape, moments, damping)[0]
 
 
-def gptq_levels(x: np.ndarray, steps: np.ndarray, u: np.ndarray, limit: int,
-                sparse_values: bool = False) -> tuple[np.ndarray, Any]:
+def gptq_levels(
+    x: np.ndarray, steps: np.ndarray, u: np.ndarray, limit: int, sparse_values: bool = False
+) -> tuple[np.ndarray, Any]:
     """``(levels, values)`` (rows, n) float32: codes of ``x`` (rows, n) with per-channel ``steps``
     (n,), rounded channel by channel with error feedback through ``u`` (:func:`channel_hessian`),
     and the values they stand for. A code beyond ``limit`` marks a value the step encoding keeps
@@ -286,12 +342,15 @@ def gptq_levels(x: np.ndarray, steps: np.ndarray, u: np.ndarray, limit: int,
     return levels, (np.concatenate(where), np.concatenate(kept))
 
 
-GPTQ_BATCH_ELEMENTS = 1 << 23  # codes of all step sizes rounded together (bounds the batch's arrays)
+GPTQ_BATCH_ELEMENTS = (
+    1 << 23
+)  # codes of all step sizes rounded together (bounds the batch's arrays)
 GPTQ_CHUNK_ELEMENTS = 1 << 21  # rows of one tensor rounded at a time (gptq_levels)
 
 
-def gptq_levels_many(x: np.ndarray, steps: Sequence[np.ndarray], u: np.ndarray,
-                     limit: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def gptq_levels_many(
+    x: np.ndarray, steps: Sequence[np.ndarray], u: np.ndarray, limit: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """:func:`gptq_levels` of ``x`` for each step vector of ``steps``, the channels' loop run
     once over a batch of them side by side (the same arithmetic per element; a batch of up to
     ``GPTQ_BATCH_ELEMENTS`` values). float32 arithmetic; within a block of ``GPTQ_BLOCK``
@@ -303,7 +362,9 @@ def gptq_levels_many(x: np.ndarray, steps: Sequence[np.ndarray], u: np.ndarray,
     u32 = np.asarray(u, np.float32)
     base = np.asarray(x, dtype=np.float32).T  # (n, rows)
     for k0 in range(0, len(steps), per):
-        group = np.stack([np.asarray(g, np.float32) for g in steps[k0 : k0 + per]], axis=1)  # (n, S)
+        group = np.stack(
+            [np.asarray(g, np.float32) for g in steps[k0 : k0 + per]], axis=1
+        )  # (n, S)
         count = group.shape[1]
         wt = np.tile(base, (1, count))  # (n, S * rows): copy k in columns k*rows..(k+1)*rows
         levels = np.empty_like(wt)
@@ -330,10 +391,17 @@ def gptq_levels_many(x: np.ndarray, steps: Sequence[np.ndarray], u: np.ndarray,
 # ----------------------------------------------------------------------------- encoding
 
 
-def encode_step(x: np.ndarray, spec: ArraySpec, rel_step: float, axis: int | None,
-                w: np.ndarray | None, level: int = 3, feedback: np.ndarray | None = None,
-                levels_of: Callable[[np.ndarray], Any] | None = None,
-                decoded: bool = True) -> tuple[Pending, np.ndarray | None]:
+def encode_step(
+    x: np.ndarray,
+    spec: ArraySpec,
+    rel_step: float,
+    axis: int | None,
+    w: np.ndarray | None,
+    level: int = 3,
+    feedback: np.ndarray | None = None,
+    levels_of: Callable[[np.ndarray], Any] | None = None,
+    decoded: bool = True,
+) -> tuple[Pending, np.ndarray | None]:
     """The step (ECSQ) encoding of ``x`` (module docstring) and the array it decodes to;
     CmfError if it cannot be made. With ``feedback`` (``u`` of :func:`channel_hessian`; per-channel
     steps only) the codes are chosen with error feedback (:func:`gptq_levels`)."""
@@ -347,16 +415,28 @@ def encode_step(x: np.ndarray, spec: ArraySpec, rel_step: float, axis: int | Non
     w = np.asarray(w, np.float64)
     if not (np.isfinite(w).all() and (w > 0).all()):
         raise CmfError("step: channel importances must be finite and positive")
-    steps = base / np.sqrt(w)  # one step per input channel: quantize blocks run along the other axis
-    if (axis == 0 and feedback is None and spec.numel >= ROW_CLASS_ELEMENTS
-            and steps.max() >= ROW_CLASS_SPREAD * steps.min()):
+    steps = base / np.sqrt(
+        w
+    )  # one step per input channel: quantize blocks run along the other axis
+    if (
+        axis == 0
+        and feedback is None
+        and spec.numel >= ROW_CLASS_ELEMENTS
+        and steps.max() >= ROW_CLASS_SPREAD * steps.min()
+    ):
         return _encode_row_classes(x, xf, spec, steps, level, decoded)
     scales = steps.reshape((1, spec.shape[1]) if axis == 1 else (spec.shape[0], 1))
     return _encode_scaled(x, xf, spec, scales, 1 - axis, level, feedback, levels_of, decoded)
 
 
-def _encode_row_classes(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, steps: np.ndarray,
-                        level: int, decoded: bool = True) -> tuple[Pending, np.ndarray | None]:
+def _encode_row_classes(
+    x: np.ndarray,
+    xf: np.ndarray,
+    spec: ArraySpec,
+    steps: np.ndarray,
+    level: int,
+    decoded: bool = True,
+) -> tuple[Pending, np.ndarray | None]:
     """Per-row ``steps`` (rows,) rounded to a grid ``sqrt(2)`` apart, each group of rows with
     one step its own single-scale node under a ``partition`` node (spec/codecs/partition.md):
     each class's codes get their own entropy-coder table. A class's step is raised where its
@@ -375,8 +455,9 @@ def _encode_row_classes(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, steps: n
         peak = float(np.abs(xf[rows]).max()) if xc.size else 0.0
         step = max(float(steps.min()) * 2.0 ** (g / 2), peak / (limit - 2))  # f16 rounding: margin
         cspec = ArraySpec(spec.dtype, (rows.size, *rest))
-        parts[f"p{c}"], yc = _encode_scaled(xc, xf[rows], cspec, np.full((1,), step), None, level, None,
-                                            decoded=decoded)
+        parts[f"p{c}"], yc = _encode_scaled(
+            xc, xf[rows], cspec, np.full((1,), step), None, level, None, decoded=decoded
+        )
         if y is not None:
             y[rows] = yc
         counts.append(int(rows.size))
@@ -396,10 +477,17 @@ def stored_steps(scales: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
     return sdt, s_stored, s32
 
 
-def _encode_scaled(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, scales: np.ndarray, qaxis: int | None,
-                   level: int, feedback: np.ndarray | None,
-                   levels_of: Callable[[np.ndarray], Any] | None = None,
-                   decoded: bool = True) -> tuple[Pending, np.ndarray | None]:
+def _encode_scaled(
+    x: np.ndarray,
+    xf: np.ndarray,
+    spec: ArraySpec,
+    scales: np.ndarray,
+    qaxis: int | None,
+    level: int,
+    feedback: np.ndarray | None,
+    levels_of: Callable[[np.ndarray], Any] | None = None,
+    decoded: bool = True,
+) -> tuple[Pending, np.ndarray | None]:
     """The step encoding of ``x`` (``xf`` its float32 copy) with ``scales`` (``(1,)``, or the
     blocks shape of per-channel steps with quantize axis ``qaxis``), and the array it decodes
     to (None unless ``decoded``). Work arrays: the codes (float32), the error-adjusted values
@@ -435,18 +523,30 @@ def _encode_scaled(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, scales: np.nd
     while -lo > (1 << (bits - 1)) or hi > (1 << (bits - 1)) - 1:  # [-2^(b-1), 2^(b-1) - 1]
         bits += 1
     y = None
-    if decoded:  # what the quantize decoder computes: f32(level) * f32(scale), one rounding, then the dtype
+    if (
+        decoded
+    ):  # what the quantize decoder computes: f32(level) * f32(scale), one rounding, then the dtype
         with np.errstate(over="ignore"):
-            y = (levels * (s32 if qaxis is not None else s32[0])).astype(spec.dtype.numpy, copy=False)
+            y = (levels * (s32 if qaxis is not None else s32[0])).astype(
+                spec.dtype.numpy, copy=False
+            )
     levels += np.float32(1 << (bits - 1))
     q = levels.astype(np.uint8 if bits <= 8 else np.uint16)
     del levels
-    codec = Quantize(bits=bits, block=0, axis=qaxis, scheme="symmetric", scale_dtype=sdt, search=False)
+    codec = Quantize(
+        bits=bits, block=0, axis=qaxis, scheme="symmetric", scale_dtype=sdt, search=False
+    )
     parts_spec = codec.resolve(spec)
-    quant = PendingNode(codec, {
-        "q": encode_template(codes_template(bits), q, parts_spec["q"], level),
-        "scale": encode_lossless(s_stored.reshape(parts_spec["scale"].shape), parts_spec["scale"], level),
-    }, spec)
+    quant = PendingNode(
+        codec,
+        {
+            "q": encode_template(codes_template(bits), q, parts_spec["q"], level),
+            "scale": encode_lossless(
+                s_stored.reshape(parts_spec["scale"].shape), parts_spec["scale"], level
+            ),
+        },
+        spec,
+    )
     if not count:
         return quant, y
     nbits, entries, _ = choose_index_bits(flat, (8, 16))
@@ -455,29 +555,49 @@ def _encode_scaled(x: np.ndarray, xf: np.ndarray, spec: ArraySpec, scales: np.nd
     codes = delta_encode(flat, nbits)
     if isinstance(kept, tuple):  # (positions, values) of the codes beyond the range (gptq_levels)
         if not np.array_equal(kept[0], flat):
-            raise CmfError("step: the error-feedback outliers disagree with the codes (internal error)")
+            raise CmfError(
+                "step: the error-feedback outliers disagree with the codes (internal error)"
+            )
         values = np.ascontiguousarray(kept[1], dtype=spec.dtype.numpy)
     else:
         values = np.ascontiguousarray(np.asarray(kept).reshape(-1)[flat], dtype=spec.dtype.numpy)
     if y is not None:
         y.reshape(-1)[flat] = values
-    return PendingNode(ocodec, {
-        "dense": quant,  # the quantized values at the outlier positions are replaced on decode
-        "index": encode_lossless(codes, ospec["index"], level),
-        "values": encode_lossless(values, ospec["values"], level),
-    }, spec), y
+    return PendingNode(
+        ocodec,
+        {
+            "dense": quant,  # the quantized values at the outlier positions are replaced on decode
+            "index": encode_lossless(codes, ospec["index"], level),
+            "values": encode_lossless(values, ospec["values"], level),
+        },
+        spec,
+    ), y
 
 
-def encode_choice(choice: Choice, x: np.ndarray, spec: ArraySpec, axis: int | None,
-                  w: np.ndarray | None, level: int = 3, feedback: np.ndarray | None = None) -> Pending:
+def encode_choice(
+    choice: Choice,
+    x: np.ndarray,
+    spec: ArraySpec,
+    axis: int | None,
+    w: np.ndarray | None,
+    level: int = 3,
+    feedback: np.ndarray | None = None,
+) -> Pending:
     """The pending tree of ``choice`` for ``x`` (CmfError / FitRefused if it does not apply)."""
     return encode_decoded(choice, x, spec, axis, w, level, feedback, decoded=False)[0]
 
 
-def encode_decoded(choice: Choice, x: np.ndarray, spec: ArraySpec, axis: int | None,
-                   w: np.ndarray | None, level: int = 3, feedback: np.ndarray | None = None,
-                   levels_of: Callable[[np.ndarray], Any] | None = None,
-                   decoded: bool = True) -> tuple[Pending, np.ndarray | None]:
+def encode_decoded(
+    choice: Choice,
+    x: np.ndarray,
+    spec: ArraySpec,
+    axis: int | None,
+    w: np.ndarray | None,
+    level: int = 3,
+    feedback: np.ndarray | None = None,
+    levels_of: Callable[[np.ndarray], Any] | None = None,
+    decoded: bool = True,
+) -> tuple[Pending, np.ndarray | None]:
     """The pending tree of ``choice`` for ``x`` and the array a reader decodes it to
     (``feedback``: see :func:`encode_step`; ``levels_of(steps)``: error-feedback codes and
     values already rounded for those steps, or None). ``decoded=False``: the step family
@@ -485,13 +605,22 @@ def encode_decoded(choice: Choice, x: np.ndarray, spec: ArraySpec, axis: int | N
     if choice.family == "lossless":
         return encode_lossless(np.asarray(x), spec, level), np.asarray(x)
     if choice.family == "step":
-        return encode_step(x, spec, choice.params["rel_step"], axis, w, level, feedback, levels_of, decoded)
+        return encode_step(
+            x, spec, choice.params["rel_step"], axis, w, level, feedback, levels_of, decoded
+        )
     if choice.family == "template":
         pending = encode_template(choice.params["template"], x, spec, level)
         return pending, decode_pending(pending)
     if choice.family == "ggml":  # a GGML type (cmf.plan.ggml_candidates)
-        return encode_ggml(x, spec, choice.params["type"], axis, w, level,
-                           feedback if choice.params.get("feedback") else None)
+        return encode_ggml(
+            x,
+            spec,
+            choice.params["type"],
+            axis,
+            w,
+            level,
+            feedback if choice.params.get("feedback") else None,
+        )
     raise CmfError(f"unknown choice family {choice.family!r}")
 
 
@@ -507,8 +636,12 @@ class Point:
     sampled: bool = False
 
     def to_json(self) -> dict:
-        return {"choice": self.choice.label, "bytes": self.bytes, "error": self.error,
-                "sampled": self.sampled}
+        return {
+            "choice": self.choice.label,
+            "bytes": self.bytes,
+            "error": self.error,
+            "sampled": self.sampled,
+        }
 
 
 @dataclass
@@ -540,7 +673,9 @@ def lower_hull(points: Sequence[Point]) -> list[Point]:
         while len(hull) >= 2:
             a, b = hull[-2], hull[-1]
             # b is above the segment a-p (or on it): drop it
-            cross = (b.bytes - a.bytes) * (p.error - a.error) - (b.error - a.error) * (p.bytes - a.bytes)
+            cross = (b.bytes - a.bytes) * (p.error - a.error) - (b.error - a.error) * (
+                p.bytes - a.bytes
+            )
             if cross <= 0:
                 hull.pop()
             else:
@@ -564,8 +699,9 @@ def _sample_rows(x: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray | No
     return np.ascontiguousarray(x[idx]), idx, rows / idx.size
 
 
-def _feedback_batch(x: np.ndarray, choices: Sequence[Choice], w: np.ndarray | None,
-                    u: np.ndarray) -> dict[bytes, tuple[np.ndarray, np.ndarray]]:
+def _feedback_batch(
+    x: np.ndarray, choices: Sequence[Choice], w: np.ndarray | None, u: np.ndarray
+) -> dict[bytes, tuple[np.ndarray, np.ndarray]]:
     """Error-feedback codes and values of ``x`` (rows, n) for every step choice at once
     (:func:`gptq_levels_many`), keyed by the stored steps' bytes as :func:`encode_step`
     computes them (per-column steps ``rel * rms / sqrt(w)``)."""
@@ -585,13 +721,24 @@ def _feedback_batch(x: np.ndarray, choices: Sequence[Choice], w: np.ndarray | No
         except CmfError:
             continue
         vectors.append(s32.reshape(-1).astype(np.float64))
-    return {v.tobytes(): r for v, r in zip(vectors, gptq_levels_many(xf, vectors, u, STEP_LIMIT), strict=True)}
+    return {
+        v.tobytes(): r
+        for v, r in zip(vectors, gptq_levels_many(xf, vectors, u, STEP_LIMIT), strict=True)
+    }
 
 
-def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
-            moments: tuple | None = None, *, level: int = 3,
-            sample: int = SAMPLE_ELEMENTS, damping: float = 0.05, step_sample: int = STEP_SAMPLE_ELEMENTS,
-            progress: Callable[[], None] | None = None) -> Curve:
+def measure(
+    name: str,
+    x: np.ndarray,
+    choices: Sequence[Choice],
+    moments: tuple | None = None,
+    *,
+    level: int = 3,
+    sample: int = SAMPLE_ELEMENTS,
+    damping: float = 0.05,
+    step_sample: int = STEP_SAMPLE_ELEMENTS,
+    progress: Callable[[], None] | None = None,
+) -> Curve:
     """Measure every choice on ``x`` (module docstring) and return its curve. ``moments``:
     cmf.plan.harness's ``(axis, E[x_j^2][, fold matrices])`` of the tensor's input, or None.
     Encoding a step point again (:func:`step_feedback`) needs the same ``moments``."""
@@ -620,9 +767,19 @@ def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
                 sx, sw, sh, sspec, factor = sample_of
                 pending, y = encode_decoded(choice, sx, sspec, axis, sw, level)
                 plain, werr = weighted_error(sx, y, axis, sw, sh)
-                point = Point(choice, round(pending.stored * factor), werr * factor, plain * factor,
-                              factor != 1.0)
-            elif choice.family == "step" and axis in (1, None) and x.ndim == 2 and x.size > step_sample:
+                point = Point(
+                    choice,
+                    round(pending.stored * factor),
+                    werr * factor,
+                    plain * factor,
+                    factor != 1.0,
+                )
+            elif (
+                choice.family == "step"
+                and axis in (1, None)
+                and x.ndim == 2
+                and x.size > step_sample
+            ):
                 # steps per input column (or one step) and error feedback along each row alone: a
                 # sample of rows measures the curve (the chosen point is encoded on the whole
                 # tensor, and measured, by the rounds)
@@ -631,15 +788,43 @@ def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
                     batch = _feedback_batch(step_of[0], choices, w, u) if u is not None else {}
                 sx, _, factor = step_of
                 sspec = ArraySpec(spec.dtype, tuple(int(d) for d in sx.shape))
-                pending, y = encode_decoded(choice, sx, sspec, axis, w, level, u,
-                                            lambda steps, batch=batch: batch.get(steps.tobytes()))
+                pending, y = encode_decoded(
+                    choice,
+                    sx,
+                    sspec,
+                    axis,
+                    w,
+                    level,
+                    u,
+                    lambda steps, batch=batch: batch.get(steps.tobytes()),
+                )
                 plain, werr = weighted_error(sx, y, axis, w, h)
-                point = Point(choice, round(pending.stored * factor), werr * factor, plain * factor, factor != 1.0)
+                point = Point(
+                    choice,
+                    round(pending.stored * factor),
+                    werr * factor,
+                    plain * factor,
+                    factor != 1.0,
+                )
             else:
-                if choice.family == "step" and u is not None and axis == 1 and x.ndim == 2 and not whole:
+                if (
+                    choice.family == "step"
+                    and u is not None
+                    and axis == 1
+                    and x.ndim == 2
+                    and not whole
+                ):
                     whole = _feedback_batch(x, choices, w, u)  # every step's codes in one pass
-                pending, y = encode_decoded(choice, x, spec, axis, w, level, u,
-                                            lambda steps, whole=whole: whole.get(steps.tobytes()))
+                pending, y = encode_decoded(
+                    choice,
+                    x,
+                    spec,
+                    axis,
+                    w,
+                    level,
+                    u,
+                    lambda steps, whole=whole: whole.get(steps.tobytes()),
+                )
                 plain, werr = weighted_error(x, y, axis, w, h)
                 point = Point(choice, pending.stored, werr, plain)
         except CmfError:
@@ -651,5 +836,14 @@ def measure(name: str, x: np.ndarray, choices: Sequence[Choice],
     if not any(p.choice.family == "lossless" for p in points):
         pending = encode_lossless(x, spec, level)
         points.append(Point(LOSSLESS, pending.stored, 0.0, 0.0))
-    return Curve(name, x.size, energy, points, lower_hull(points), axis, w,
-                 time.perf_counter() - start, plain_energy)
+    return Curve(
+        name,
+        x.size,
+        energy,
+        points,
+        lower_hull(points),
+        axis,
+        w,
+        time.perf_counter() - start,
+        plain_energy,
+    )

@@ -23,9 +23,17 @@ PLANNED_PRESETS: dict[str, dict[str, float]] = {
     # 1 - mean cosine on the calibration inputs, with a margin for other inputs (on MiniLM the
     # error on 300 held-out sentences came out 7-11 % above the calibration error)
     # kl: causal LMs, mean KL of next-token distributions (nats) on the calibration tokens
-    "balanced": {"error": 8e-4, "kl": 0.01, "data_free": 10 ** -3.4},  # cosine >= 0.999; weights ~34 dB SQNR
+    "balanced": {
+        "error": 8e-4,
+        "kl": 0.01,
+        "data_free": 10**-3.4,
+    },  # cosine >= 0.999; weights ~34 dB SQNR
     # small: with error-feedback (GPTQ) codes the held-out error came out 19 % above the prediction
-    "small": {"error": 7.8e-3, "kl": 0.05, "data_free": 10 ** -2.4},  # cosine >= 0.99; weights ~24 dB SQNR
+    "small": {
+        "error": 7.8e-3,
+        "kl": 0.05,
+        "data_free": 10**-2.4,
+    },  # cosine >= 0.99; weights ~24 dB SQNR
 }
 DEFAULT_ROUNDS = 4
 INDEX_BYTES_PER_TENSOR = 400  # estimate of a tensor's share of the index (names, trees, crcs)
@@ -58,7 +66,9 @@ def parse_target_size(text: str | int | float) -> tuple[str, float]:
             raise UsageError(f"target size {text!r}: more than 64 bits per parameter")
         return "bpp", value
     if unit not in SIZE_UNITS:
-        raise UsageError(f"target size {text!r}: unknown unit {unit!r} (bpp, B, KB, MB, GB, KiB, MiB, GiB)")
+        raise UsageError(
+            f"target size {text!r}: unknown unit {unit!r} (bpp, B, KB, MB, GB, KiB, MiB, GiB)"
+        )
     return "bytes", size_bytes(text, "target size")
 
 
@@ -68,7 +78,9 @@ class PlanOptions:
     target_error: float | None = None
     target_size: str | int | float | None = None
     calibrate: Any = None  # path (.txt, .npz, .npy) or list of texts / input dicts
-    token_prior: str | None = "en,world"  # languages of the token-embedding rows' frequency prior; None: off
+    token_prior: str | None = (
+        "en,world"  # languages of the token-embedding rows' frequency prior; None: off
+    )
     data_free: bool = False
     level: int = 3
     rounds: int = DEFAULT_ROUNDS
@@ -83,17 +95,33 @@ class PlanOptions:
 
     def check(self) -> None:
         """UsageError for options that cannot go together or are out of range."""
-        given = [k for k, v in (("preset", self.preset), ("target_error", self.target_error),
-                                ("target_size", self.target_size)) if v is not None]
+        given = [
+            k
+            for k, v in (
+                ("preset", self.preset),
+                ("target_error", self.target_error),
+                ("target_size", self.target_size),
+            )
+            if v is not None
+        ]
         if len(given) != 1:
-            raise UsageError("give one of a planning preset (balanced, small), a target error or a "
-                           f"target size; found {', '.join(given) or 'none'}")
+            raise UsageError(
+                "give one of a planning preset (balanced, small), a target error or a "
+                f"target size; found {', '.join(given) or 'none'}"
+            )
         if self.preset is not None and self.preset not in PLANNED_PRESETS:
-            raise UsageError(f"unknown planning preset {self.preset!r}; choose one of "
-                             f"{', '.join(PLANNED_PRESETS)}")
+            raise UsageError(
+                f"unknown planning preset {self.preset!r}; choose one of "
+                f"{', '.join(PLANNED_PRESETS)}"
+            )
         if self.target_error is not None:
             e = self.target_error
-            if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or not 0 < e < 1:
+            if (
+                isinstance(e, bool)
+                or not isinstance(e, (int, float))
+                or not math.isfinite(e)
+                or not 0 < e < 1
+            ):
                 raise UsageError(f"target error must be a number in (0, 1), found {e!r}")
         if self.target_size is not None:
             parse_target_size(self.target_size)
@@ -136,15 +164,23 @@ class PlanResult:
     file_error: float | None = None
     file_bytes: int = 0
     rounds: list[dict] = field(default_factory=list)
-    copies: dict[str, list[str]] = field(default_factory=dict)  # planned name -> its identical tensors
+    copies: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # planned name -> its identical tensors
     seconds: dict[str, float] = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
     target_met: bool = True
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # fallbacks: what the plan could not use
-    files: list[str] = field(default_factory=list)  # written: the file, or the shards then the shard index
-    moments: Mapping = field(default_factory=dict, repr=False)  # the harness's input moments (not stored)
-    output: dict = field(default_factory=dict)  # decoders: KL, top-1 agreement, perplexity of the chosen plan
+    files: list[str] = field(
+        default_factory=list
+    )  # written: the file, or the shards then the shard index
+    moments: Mapping = field(
+        default_factory=dict, repr=False
+    )  # the harness's input moments (not stored)
+    output: dict = field(
+        default_factory=dict
+    )  # decoders: KL, top-1 agreement, perplexity of the chosen plan
 
     @property
     def path(self) -> str | None:
@@ -187,8 +223,12 @@ class PlanResult:
         """Every encoded planned tensor (and its copies) as the file will decode it: a mapping
         that decodes a tensor's pending tree each time it is asked for and keeps nothing, so a
         harness that runs one block at a time holds one block of decoded weights."""
-        plans = {n: tp for name, tp in self.tensors.items() if tp.pending is not None
-                 for n in [name, *self.copies.get(name, ())]}
+        plans = {
+            n: tp
+            for name, tp in self.tensors.items()
+            if tp.pending is not None
+            for n in [name, *self.copies.get(name, ())]
+        }
         return LazyMapping(plans, lambda n: np.asarray(decode_pending(plans[n].pending)))
 
     def tensor_table(self) -> dict[str, dict]:

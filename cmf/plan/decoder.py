@@ -40,7 +40,14 @@ _HEADS = ("lm_head.weight", "output.weight")  # an output head of its own (Huggi
 _HEAD_NAMES = (*_HEADS, "model.norm.weight", "output_norm.weight")  # what sits after the last block
 _EMBED_NAMES = ("model.embed_tokens.weight", "token_embd.weight")
 _SUBS = (  # fused weight of a Layer -> its tensors, Hugging Face and GGUF names
-    ("w_qkv", (("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"))),
+    (
+        "w_qkv",
+        (
+            ("self_attn.q_proj", "attn_q"),
+            ("self_attn.k_proj", "attn_k"),
+            ("self_attn.v_proj", "attn_v"),
+        ),
+    ),
     ("w_o", (("self_attn.o_proj", "attn_output"),)),
     ("w_gate_up", (("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"))),
     ("w_down", (("mlp.down_proj", "ffn_down"),)),
@@ -56,13 +63,21 @@ def block_of(name: str) -> int | None:
 class DecoderHarness(Harness):
     kind = "decoder"
 
-    def __init__(self, tensors: Mapping[str, np.ndarray], config: dict, ids: Sequence[int],
-                 build: Callable[..., Any], tokenizer: Any = None) -> None:
+    def __init__(
+        self,
+        tensors: Mapping[str, np.ndarray],
+        config: dict,
+        ids: Sequence[int],
+        build: Callable[..., Any],
+        tokenizer: Any = None,
+    ) -> None:
         super().__init__(tensors)
         self.config, self.ids, self.build, self.tokenizer = config, list(ids), build, tokenizer
         self.samples = len(self.ids)
         self.tokens = len(self.ids)
-        self._inputs: list[np.ndarray] | None = None  # each block's input in the reference pass, then the final states
+        self._inputs: list[np.ndarray] | None = (
+            None  # each block's input in the reference pass, then the final states
+        )
         self._n_layers: int | None = None
         self.fisher_note: str | None = None  # why the Fisher sensitivities were not used, if so
         self._recording = False  # the reference pass is running: keep each block's input
@@ -82,7 +97,9 @@ class DecoderHarness(Harness):
             self._inputs = kept
             return np.asarray(out, np.float32)
         if self._start > 0 and self._inputs is not None:
-            return np.asarray(runner.logits_from(self._start, self._inputs[self._start]), np.float32)
+            return np.asarray(
+                runner.logits_from(self._start, self._inputs[self._start]), np.float32
+            )
         return np.asarray(runner.logits_from(0, runner.embed[runner._ids(ids)]), np.float32)
 
     @property
@@ -137,11 +154,16 @@ class DecoderHarness(Harness):
         nxt, rows = np.asarray(self.ids[1:]), np.arange(len(self.ids) - 1)
         la = log_softmax(np.asarray(ref[:-1], np.float64))
         lb = log_softmax(np.asarray(out[:-1], np.float64))
-        return {"error": float(kl.mean()), "kl_mean": float(kl.mean()), "kl_max": float(kl.max()),
-                "top1_agreement": float(np.mean(np.argmax(ref, -1) == np.argmax(out, -1))),
-                "perplexity_original": float(np.exp(-la[rows, nxt].mean())) if len(rows) else None,
-                "perplexity": float(np.exp(-lb[rows, nxt].mean())) if len(rows) else None,
-                "cosine_mean": float(c.mean()), "cosine_min": float(c.min())}
+        return {
+            "error": float(kl.mean()),
+            "kl_mean": float(kl.mean()),
+            "kl_max": float(kl.max()),
+            "top1_agreement": float(np.mean(np.argmax(ref, -1) == np.argmax(out, -1))),
+            "perplexity_original": float(np.exp(-la[rows, nxt].mean())) if len(rows) else None,
+            "perplexity": float(np.exp(-lb[rows, nxt].mean())) if len(rows) else None,
+            "cosine_mean": float(c.mean()),
+            "cosine_min": float(c.min()),
+        }
 
     # -- input moments, one block at a time
     def input_moments(self) -> DecoderMoments:
@@ -162,9 +184,13 @@ class DecoderHarness(Harness):
         return out
 
     # -- sensitivities through the Fisher information (torch)
-    def sensitivities(self, items: Sequence[tuple[str, np.ndarray, int | None, np.ndarray | None, float]],
-                      *, copies: Mapping[str, Sequence[str]] | None = None,
-                      progress: Callable[[str], None] | None = None) -> dict[str, dict] | None:
+    def sensitivities(
+        self,
+        items: Sequence[tuple[str, np.ndarray, int | None, np.ndarray | None, float]],
+        *,
+        copies: Mapping[str, Sequence[str]] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict[str, dict] | None:
         """``{name: {"sensitivity", "fisher_trace", "seconds"}}`` for the items (as
         cmf.plan.sensitivity.measured takes them) from the Fisher information (module docstring),
         or None without torch. Tensors stored twice (``copies``) are left out: the caller
@@ -179,7 +205,9 @@ class DecoderHarness(Harness):
         try:
             traces = fisher_traces(torch, self, FISHER_SAMPLES, FISHER_SEED)
         except (RuntimeError, ValueError) as exc:  # torch refused this model: measure with noise
-            self.fisher_note = f"Fisher sensitivities failed ({type(exc).__name__}: {exc}); measured with noise"
+            self.fisher_note = (
+                f"Fisher sensitivities failed ({type(exc).__name__}: {exc}); measured with noise"
+            )
             return None
         n = max(len(self.ids), 1)
         out: dict[str, dict] = {}
@@ -191,7 +219,9 @@ class DecoderHarness(Harness):
             if w is None or axis is None:
                 total_w = float(np.prod(shape))
             else:
-                total_w = float(np.sum(w, dtype=np.float64)) * float(shape[1 - axis] if len(shape) == 2 else 1)
+                total_w = float(np.sum(w, dtype=np.float64)) * float(
+                    shape[1 - axis] if len(shape) == 2 else 1
+                )
             s = 0.5 * traces[name] / n / total_w if total_w > 0 else 0.0
             out[name] = {"sensitivity": s, "fisher_trace": traces[name], "seconds": seconds}
             if progress is not None:
@@ -220,8 +250,14 @@ class DecoderMoments(MappingABC):
         elif tied and self.head is None and self.embedding is not None:
             self.head = self.embedding  # the output head too: its columns weigh by the final states
             self._keys.append(self.embedding)
-        if not tied and self.embedding is not None and not (
-                self.head is not None and np.array_equal(harness.tensors[self.head], harness.tensors[self.embedding])):
+        if (
+            not tied
+            and self.embedding is not None
+            and not (
+                self.head is not None
+                and np.array_equal(harness.tensors[self.head], harness.tensors[self.embedding])
+            )
+        ):
             rows: dict = {}
             harness._token_rows(rows, self.embedding, harness.tokenizer, [harness.ids])
             if self.embedding in rows:
@@ -288,4 +324,3 @@ class DecoderMoments(MappingABC):
                 for n in names:
                     out[n] = (1, *got)
         return out
-

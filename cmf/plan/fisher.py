@@ -37,10 +37,12 @@ def _block(torch: Any, x: Any, w: dict, layer: Any, cfg: Any, cos: Any, sin: Any
     n, H, K, hd = x.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     t = torch.from_numpy
     h = _rms(torch, x, t(layer.attn_norm), cfg.rms_norm_eps)  # [n, d]
-    qkv = _linear(h, w["w_qkv"], None if layer.b_qkv is None else t(layer.b_qkv))  # [n, (H + 2K) hd]
+    qkv = _linear(
+        h, w["w_qkv"], None if layer.b_qkv is None else t(layer.b_qkv)
+    )  # [n, (H + 2K) hd]
     q = qkv[:, : H * hd].reshape(n, H, hd).transpose(0, 1)  # [H, n, hd]
-    k = qkv[:, H * hd:(H + K) * hd].reshape(n, K, hd).transpose(0, 1)  # [K, n, hd]
-    v = qkv[:, (H + K) * hd:].reshape(n, K, hd).transpose(0, 1)  # [K, n, hd]
+    k = qkv[:, H * hd : (H + K) * hd].reshape(n, K, hd).transpose(0, 1)  # [K, n, hd]
+    v = qkv[:, (H + K) * hd :].reshape(n, K, hd).transpose(0, 1)  # [K, n, hd]
     q, k = _rope(torch, q, cos, sin), _rope(torch, k, cos, sin)
     q4 = q.reshape(K, H // K, n, hd)  # query head = kv * g + r
     scores = torch.einsum("kgnd,ktd->kgnt", q4, k) * (1.0 / math.sqrt(hd)) + mask  # [K, g, n, n]
@@ -48,10 +50,15 @@ def _block(torch: Any, x: Any, w: dict, layer: Any, cfg: Any, cos: Any, sin: Any
     a = a.reshape(H, n, hd).transpose(0, 1).reshape(n, H * hd)  # [n, H hd]
     x = x + _linear(a, w["w_o"], None if layer.b_o is None else t(layer.b_o))  # [n, d]
     h2 = _rms(torch, x, t(layer.mlp_norm), cfg.rms_norm_eps)
-    gu = _linear(h2, w["w_gate_up"], None if layer.b_gate_up is None else t(layer.b_gate_up))  # [n, 2 ff]
+    gu = _linear(
+        h2, w["w_gate_up"], None if layer.b_gate_up is None else t(layer.b_gate_up)
+    )  # [n, 2 ff]
     gate, up = gu.chunk(2, dim=-1)
-    return x + _linear(torch.nn.functional.silu(gate) * up, w["w_down"],
-                       None if layer.b_down is None else t(layer.b_down))  # [n, d]
+    return x + _linear(
+        torch.nn.functional.silu(gate) * up,
+        w["w_down"],
+        None if layer.b_down is None else t(layer.b_down),
+    )  # [n, d]
 
 
 def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str, float]:
@@ -71,8 +78,12 @@ def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str
         # the head: log p of drawn tokens, gradients to the final hidden states and the head matrix
         x_n = torch.from_numpy(np.array(inputs[n_layers], np.float32)).requires_grad_(True)
         head = torch.from_numpy(np.asarray(runner.lm_head, np.float32)).requires_grad_(True)
-        logp = torch.log_softmax(_rms(torch, x_n, torch.from_numpy(runner.norm), cfg.rms_norm_eps) @ head.T, dim=-1)
-        drawn = [torch.multinomial(logp.detach().exp(), 1, generator=gen) for _ in range(samples)]  # [n, 1] each
+        logp = torch.log_softmax(
+            _rms(torch, x_n, torch.from_numpy(runner.norm), cfg.rms_norm_eps) @ head.T, dim=-1
+        )
+        drawn = [
+            torch.multinomial(logp.detach().exp(), 1, generator=gen) for _ in range(samples)
+        ]  # [n, 1] each
         grads_x, head_sq, head_rows = [], 0.0, []
         uniq, inverse = torch.unique(ids, return_inverse=True)
         for y in drawn:
@@ -90,18 +101,23 @@ def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str
         for i in reversed(range(n_layers)):
             layer = runner.layers[i]
             mask = torch.from_numpy(llama.causal_mask(n, 0, layer.window))
-            w = {a: torch.from_numpy(getattr(layer, a)).requires_grad_(True)
-                 for a in ("w_qkv", "w_o", "w_gate_up", "w_down")}
+            w = {
+                a: torch.from_numpy(getattr(layer, a)).requires_grad_(True)
+                for a in ("w_qkv", "w_o", "w_gate_up", "w_down")
+            }
             x_i = torch.from_numpy(np.array(inputs[i], np.float32)).requires_grad_(True)
             out = _block(torch, x_i, w, layer, cfg, cos, sin, mask)
-            spans = {}  # attr -> [(name, fused rows)]; a group not matching the fused layout is left
-            for attr, group in harness.layer_names(i):  # to the noise measurement
+            # attr -> [(name, fused rows)]; a group not matching the fused layout is left to
+            # the noise measurement
+            spans = {}
+            for attr, group in harness.layer_names(i):
                 rows = _spans(attr, w[attr].shape[0], cfg)
                 if group and len(group) == len(rows):
-                    spans[attr] = list(zip(group, rows))
+                    spans[attr] = list(zip(group, rows, strict=True))
             for k in range(samples):
-                got = torch.autograd.grad(out, [x_i, *w.values()], grad_outputs=grads_x[k],
-                                          retain_graph=k + 1 < samples)
+                got = torch.autograd.grad(
+                    out, [x_i, *w.values()], grad_outputs=grads_x[k], retain_graph=k + 1 < samples
+                )
                 grads_x[k] = got[0]
                 for attr, g in zip(w, got[1:], strict=True):
                     for name, (a, b) in spans.get(attr, ()):
@@ -112,8 +128,10 @@ def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str
         embed_sq = head_sq / samples if tied else 0.0  # mean |g_head|^2, then the lookup's part
         for k in range(samples):
             rows = torch.zeros(len(uniq), grads_x[k].shape[1], dtype=torch.float64)
-            rows.index_add_(0, inverse, grads_x[k].double())  # [u, d]: gradient of the looked-up rows
-            sq = float((rows ** 2).sum())
+            rows.index_add_(
+                0, inverse, grads_x[k].double()
+            )  # [u, d]: gradient of the looked-up rows
+            sq = float((rows**2).sum())
             if tied:  # |g_head + g_lookup|^2 = |g_head|^2 + 2 <g_head, g_lookup> + |g_lookup|^2
                 sq += 2.0 * float((rows * head_rows[k].double()).sum())
             embed_sq += sq / samples
@@ -140,7 +158,11 @@ def _spans(attr: str, rows: int, cfg: Any) -> list[tuple[int, int]]:
     """Row ranges of the tensors fused into weight ``attr`` of ``rows`` rows: q, k, v (by head
     counts) or gate, up (halves); one range for the others."""
     if attr == "w_qkv":
-        sizes = [cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim]
+        sizes = [
+            cfg.n_heads * cfg.head_dim,
+            cfg.n_kv_heads * cfg.head_dim,
+            cfg.n_kv_heads * cfg.head_dim,
+        ]
     elif attr == "w_gate_up":
         sizes = [rows // 2, rows // 2]
     else:

@@ -34,13 +34,22 @@ import numpy as np
 
 from .. import dtypes
 from ..codecs import ArraySpec
-from ..errors import CmfError
 from ..codecs.ggml_dequant import dequantize
 from ..codecs.ggml_layout import split
 from ..codecs.ggml_types import LAYOUTS
+from ..errors import CmfError
 from ..ggml_encode import TYPES, fallback_type, quantize_blocks
-from .candidates import (LOSSLESS, Choice, Curve, Point, _sample_rows, channel_weights, lower_hull, step_feedback,
-                         weighted_error)
+from .candidates import (
+    LOSSLESS,
+    Choice,
+    Curve,
+    Point,
+    _sample_rows,
+    channel_weights,
+    lower_hull,
+    step_feedback,
+    weighted_error,
+)
 from .ggml_encoding import PLAIN_TYPES, encode_ggml, importance_of, plain_rounded  # noqa: F401  (re-exported)
 from .ggml_gptq import gptq_blocks
 
@@ -71,7 +80,9 @@ def gguf_tensor_bytes(ggml_type: str, shape: tuple[int, ...]) -> int:
     return numel // t.block * t.nbytes
 
 
-def fold_matrix(shape: tuple[int, ...], moments: tuple | None, damping: float = 0.05) -> np.ndarray | None:
+def fold_matrix(
+    shape: tuple[int, ...], moments: tuple | None, damping: float = 0.05
+) -> np.ndarray | None:
     """``Hn`` of candidates.channel_hessian (fold 1's input matrix, damped, mean diagonal 1)
     without the factor the step candidates' error feedback needs (GGML rounding uses none)."""
     if moments is None or len(moments) < 3 or moments[2] is None or len(shape) != 2:
@@ -110,12 +121,21 @@ def _digest(x: np.ndarray, moments: Any) -> bytes:
 def _values(blocks: np.ndarray, ggml_type: str, shape: tuple[int, ...]) -> np.ndarray:
     """The f32 values of GGML ``blocks`` as the ``ggml`` codec decodes them (no tree built)."""
     lay = LAYOUTS[ggml_type]
-    return dequantize(ggml_type, split(lay, np.asarray(blocks).reshape(-1, lay.nbytes))).reshape(shape)
+    return dequantize(ggml_type, split(lay, np.asarray(blocks).reshape(-1, lay.nbytes))).reshape(
+        shape
+    )
 
 
-def measure_gguf(name: str, x: np.ndarray, moments: tuple | None = None, *, level: int = 3,
-                 damping: float = 0.05, sample: int = SAMPLE_ELEMENTS,
-                 progress: Callable[[], None] | None = None) -> Curve:
+def measure_gguf(
+    name: str,
+    x: np.ndarray,
+    moments: tuple | None = None,
+    *,
+    level: int = 3,
+    damping: float = 0.05,
+    sample: int = SAMPLE_ELEMENTS,
+    progress: Callable[[], None] | None = None,
+) -> Curve:
     """The curve of ``x`` over its GGML choices (module docstring): points of (GGUF bytes,
     weighted error), the lossless F32 point at the top."""
     start = time.perf_counter()
@@ -140,7 +160,9 @@ def measure_gguf(name: str, x: np.ndarray, moments: tuple | None = None, *, leve
             if t in PLAIN_TYPES:  # the rounding alone (the lossless tree is not measured)
                 tries.append((choice, np.asarray(plain_rounded(sx, t), np.float32)))
             else:
-                tries.append((choice, _values(quantize_blocks(sx, t, importance_of(axis, sw)), t, sx.shape)))
+                tries.append(
+                    (choice, _values(quantize_blocks(sx, t, importance_of(axis, sw)), t, sx.shape))
+                )
                 if u is not None:
                     fed = Choice("ggml", {"type": t, "feedback": True}, t)
                     tries.append((fed, gptq_blocks(sx, t, u, importance_of(axis, sw))[1]))
@@ -155,10 +177,21 @@ def measure_gguf(name: str, x: np.ndarray, moments: tuple | None = None, *, leve
             if best is None or werr < best[1]:
                 best = (c, werr, plain)
         c, werr, plain = best  # type: ignore[misc]
-        points.append(Point(c, gguf_tensor_bytes(t, spec.shape), werr * factor, plain * factor, factor != 1.0))
+        points.append(
+            Point(c, gguf_tensor_bytes(t, spec.shape), werr * factor, plain * factor, factor != 1.0)
+        )
     points.append(Point(LOSSLESS, gguf_tensor_bytes("F32", spec.shape), 0.0, 0.0))
-    curve = Curve(name, x.size, energy, points, lower_hull(points), axis, w,
-                  time.perf_counter() - start, plain_energy)
+    curve = Curve(
+        name,
+        x.size,
+        energy,
+        points,
+        lower_hull(points),
+        axis,
+        w,
+        time.perf_counter() - start,
+        plain_energy,
+    )
     if len(_CURVES) < _CURVES_MAX:
         _CURVES[key] = replace(curve, points=list(points), hull=list(curve.hull))
     return curve
@@ -177,9 +210,15 @@ def gguf_measure_task(name: str, source: Any, choices: Any, moments: Any, level:
     return measure_gguf(name, array, moments, level=level)
 
 
-def measure_gguf_curves(names: list[str], tensors: Any, moments: Any, *, level: int = 3,
-                        progress: Callable[[], None] | None = None,
-                        in_workers: Callable[[list[str]], dict[str, Curve]] | None = None) -> dict[str, Curve]:
+def measure_gguf_curves(
+    names: list[str],
+    tensors: Any,
+    moments: Any,
+    *,
+    level: int = 3,
+    progress: Callable[[], None] | None = None,
+    in_workers: Callable[[list[str]], dict[str, Curve]] | None = None,
+) -> dict[str, Curve]:
     """The curves stage under ``--gguf``: each tensor's :func:`measure_gguf` curve, from this
     process's cache where it has one; the others measured here, or, with ``in_workers`` (the
     planner's worker processes running :func:`gguf_measure_task` on a list of names), there,
@@ -204,9 +243,19 @@ def measure_gguf_curves(names: list[str], tensors: Any, moments: Any, *, level: 
                 _CURVES[key] = replace(curve, points=list(curve.points), hull=list(curve.hull))
     else:
         for name, _ in todo:
-            curves[name] = measure_gguf(name, tensors[name], moments.get(name), level=level, progress=progress)
+            curves[name] = measure_gguf(
+                name, tensors[name], moments.get(name), level=level, progress=progress
+            )
     return {n: curves[n] for n in names}
 
 
-__all__ = ["PLANNED_TYPES", "encode_ggml", "ggml_choices", "gguf_measure_task", "gguf_tensor_bytes", "importance_of",
-           "measure_gguf", "measure_gguf_curves"]
+__all__ = [
+    "PLANNED_TYPES",
+    "encode_ggml",
+    "ggml_choices",
+    "gguf_measure_task",
+    "gguf_tensor_bytes",
+    "importance_of",
+    "measure_gguf",
+    "measure_gguf_curves",
+]

@@ -39,9 +39,15 @@ def plain_rounded(x: np.ndarray, ggml_type: str) -> np.ndarray:
     return y
 
 
-def encode_ggml(x: np.ndarray, spec: ArraySpec, ggml_type: str, axis: int | None,
-                w: np.ndarray | None, level: int = 3,
-                feedback: np.ndarray | None = None) -> tuple[Pending, np.ndarray]:
+def encode_ggml(
+    x: np.ndarray,
+    spec: ArraySpec,
+    ggml_type: str,
+    axis: int | None,
+    w: np.ndarray | None,
+    level: int = 3,
+    feedback: np.ndarray | None = None,
+) -> tuple[Pending, np.ndarray]:
     """The tree of ``x`` in ``ggml_type`` (module docstring) and the f32 array a reader decodes
     it to. ``feedback``: ``u`` of cmf.plan.candidates.channel_hessian for a block type whose
     input channels are the columns (``axis`` 1): the codes rounded with error feedback
@@ -52,10 +58,14 @@ def encode_ggml(x: np.ndarray, spec: ArraySpec, ggml_type: str, axis: int | None
     if x.ndim < 2:
         raise CmfError(f"{ggml_type}: a planned GGML tensor has rank >= 2, found shape {x.shape}")
     if spec.dtype.name != "f32":
-        raise CmfError(f"{ggml_type}: the ggml codec decodes to f32, the tensor is {spec.dtype.name}")
+        raise CmfError(
+            f"{ggml_type}: the ggml codec decodes to f32, the tensor is {spec.dtype.name}"
+        )
     if ggml_type in PLAIN_TYPES:
         y = plain_rounded(x, ggml_type)
-        pending = encode_lossless(y, ArraySpec(dtypes.of_array(y), tuple(int(d) for d in x.shape)), level)
+        pending = encode_lossless(
+            y, ArraySpec(dtypes.of_array(y), tuple(int(d) for d in x.shape)), level
+        )
         return pending, np.asarray(y, np.float32)
     rows = x.reshape(-1, x.shape[-1])
     if feedback is not None and axis == 1 and x.ndim == 2:

@@ -18,9 +18,16 @@ from .candidates import channel_weights
 from .ggml_candidates import PLAIN_TYPES, encode_ggml, plain_rounded
 
 
-def write_ggml_types(path: str | os.PathLike, tensors: Mapping[str, Any], types: Mapping[str, str | None],
-                     moments: Mapping[str, Any] | None = None, *, attachments: Mapping[str, bytes] | None = None,
-                     metadata: Mapping[str, Any] | None = None, level: int = 3) -> int:
+def write_ggml_types(
+    path: str | os.PathLike,
+    tensors: Mapping[str, Any],
+    types: Mapping[str, str | None],
+    moments: Mapping[str, Any] | None = None,
+    *,
+    attachments: Mapping[str, bytes] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    level: int = 3,
+) -> int:
     """Write ``tensors`` (name -> float32 array) with ``types`` (name -> GGML type or None for
     lossless) to ``path``; returns the file's size. CmfError where a type does not take a
     tensor's rows."""
@@ -42,7 +49,10 @@ def write_ggml_types(path: str | os.PathLike, tensors: Mapping[str, Any], types:
         return encode
 
     with Writer(path, metadata=dict(metadata or {}), level=level) as w:
-        items = ((n, plain_rounded(x, types[n]) if types.get(n) in PLAIN_TYPES else x) for n, x in tensors.items())
+        items = (
+            (n, plain_rounded(x, types[n]) if types.get(n) in PLAIN_TYPES else x)
+            for n, x in tensors.items()
+        )
         write_tensors(WriterSink(w), items, encoder, (attachments or {}).items())
     return os.path.getsize(path)
 

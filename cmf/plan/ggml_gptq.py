@@ -47,7 +47,9 @@ def _with_codes(fields: dict[str, np.ndarray], code: int) -> dict[str, np.ndarra
     return out
 
 
-def _block(w: np.ndarray, ggml_type: str, u: np.ndarray, imp: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _block(
+    w: np.ndarray, ggml_type: str, u: np.ndarray, imp: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One column block ``w`` (rows, B), updated in place as its columns are rounded: the
     block bytes (rows, nbytes), the values (rows, B) and the scaled errors (rows, B)."""
     lay = LAYOUTS[ggml_type]
@@ -82,8 +84,9 @@ def _block(w: np.ndarray, ggml_type: str, u: np.ndarray, imp: np.ndarray | None)
     return join(lay, fields), dequantize(ggml_type, fields), err
 
 
-def gptq_blocks(x: np.ndarray, ggml_type: str, u: np.ndarray,
-                importance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def gptq_blocks(
+    x: np.ndarray, ggml_type: str, u: np.ndarray, importance: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(blocks (rows, n // B * nbytes) u8, values (rows, n) f32)`` of ``x`` (rows, n) in
     ``ggml_type`` rounded with error feedback through ``u`` (n, n) (module docstring);
     ``importance`` (n,) is the imatrix of each block's parameter search. CmfError where the
@@ -99,7 +102,9 @@ def gptq_blocks(x: np.ndarray, ggml_type: str, u: np.ndarray,
         raise CmfError(f"{ggml_type}: row length must be a multiple of {width}, found {n}")
     u = np.asarray(u, np.float32)
     if u.shape != (n, n) or not np.isfinite(u).all() or (np.diag(u) <= 0).any():
-        raise CmfError(f"GPTQ rounding: the feedback factor must be ({n}, {n}) with a positive diagonal")
+        raise CmfError(
+            f"GPTQ rounding: the feedback factor must be ({n}, {n}) with a positive diagonal"
+        )
     if not np.isfinite(x).all():
         raise CmfError(f"{ggml_type}: the input holds NaN or infinite values")
     imp = None if importance is None else np.asarray(importance, np.float32).reshape(n)
@@ -112,7 +117,8 @@ def gptq_blocks(x: np.ndarray, ggml_type: str, u: np.ndarray,
             c1 = c0 + width
             blk = np.ascontiguousarray(w[:, c0:c1])
             blocks[r0:r1, b], values[r0:r1, c0:c1], err = _block(
-                blk, ggml_type, u[c0:c1, c0:c1], None if imp is None else imp[c0:c1])
+                blk, ggml_type, u[c0:c1, c0:c1], None if imp is None else imp[c0:c1]
+            )
             if c1 < n:
                 w[:, c1:] -= err @ u[c0:c1, c1:]
     return blocks.reshape(rows, -1), values

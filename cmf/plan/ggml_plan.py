@@ -21,8 +21,12 @@ from .contracts import PlanOptions, parse_target_size
 from .ggml_size import check_gguf_source, gguf_fixed_bytes, gguf_min_bytes
 
 
-def gguf_source(tensors: Mapping[str, Any], attachments: Mapping[str, bytes],
-                shard_size: int | None, options: PlanOptions | None = None) -> dict[str, Any]:
+def gguf_source(
+    tensors: Mapping[str, Any],
+    attachments: Mapping[str, bytes],
+    shard_size: int | None,
+    options: PlanOptions | None = None,
+) -> dict[str, Any]:
     """The tensors to plan (module docstring)."""
     if shard_size is not None:
         raise CmfError("--gguf writes one .cmf (one GGUF): it does not go with --shard-size")
@@ -46,29 +50,42 @@ def _planned(tensors: Mapping[str, Any]) -> set[str]:
     out = set()
     for name, x in tensors.items():
         try:
-            if isinstance(x, np.ndarray) and plannable(ArraySpec(dtypes.of_array(x), tuple(int(d) for d in x.shape))):
+            if isinstance(x, np.ndarray) and plannable(
+                ArraySpec(dtypes.of_array(x), tuple(int(d) for d in x.shape))
+            ):
                 out.add(name)
         except CmfError:
             continue
     return out
 
 
-def _check_target(tensors: Mapping[str, Any], planned: set[str], attachments: Mapping[str, bytes],
-                  config: dict[str, Any], options: PlanOptions) -> None:
+def _check_target(
+    tensors: Mapping[str, Any],
+    planned: set[str],
+    attachments: Mapping[str, bytes],
+    config: dict[str, Any],
+    options: PlanOptions,
+) -> None:
     fixed = gguf_fixed_bytes(tensors, planned, attachments, config)
     unit, value = parse_target_size(options.target_size)
     params = sum(int(np.asarray(v).size) for v in tensors.values() if isinstance(v, np.ndarray))
     goal = value * params / 8 if unit == "bpp" else value
     least = fixed + gguf_min_bytes(tensors, planned)
     if goal < least:
-        raise CmfError(f"target size {int(goal)} bytes is below the smallest GGUF the GGML types "
-                       f"make of this model (about {least} bytes, {least * 8 / max(params, 1):.2f} "
-                       f"bits/parameter: the header and unplanned tensors {fixed}, the planned "
-                       f"tensors in their smallest types {least - fixed})")
+        raise CmfError(
+            f"target size {int(goal)} bytes is below the smallest GGUF the GGML types "
+            f"make of this model (about {least} bytes, {least * 8 / max(params, 1):.2f} "
+            f"bits/parameter: the header and unplanned tensors {fixed}, the planned "
+            f"tensors in their smallest types {least - fixed})"
+        )
 
 
-def gguf_fixed(tensors: Mapping[str, Any], planned: set[str], attachments: Mapping[str, bytes],
-               options: PlanOptions) -> int:
+def gguf_fixed(
+    tensors: Mapping[str, Any],
+    planned: set[str],
+    attachments: Mapping[str, bytes],
+    options: PlanOptions,
+) -> int:
     """The fixed GGUF bytes (module docstring)."""
     return gguf_fixed_bytes(tensors, planned, attachments, check_gguf_source(tensors, attachments))
 

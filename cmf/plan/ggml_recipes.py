@@ -35,7 +35,11 @@ COMPARED = ("Q4_K_M", "Q5_K_M", "Q6_K")  # the recipes ``cmf report`` shows besi
 
 def use_more_bits(i_layer: int, n_layers: int) -> bool:
     """llama.cpp's choice of the layers that get more bits (C integer division: n >= 0)."""
-    return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
+    return (
+        i_layer < n_layers // 8
+        or i_layer >= 7 * n_layers // 8
+        or (i_layer - n_layers // 8) % 3 == 2
+    )
 
 
 def _layer(name: str) -> int | None:
@@ -43,8 +47,14 @@ def _layer(name: str) -> int | None:
     return int(parts[1]) if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit() else None
 
 
-def recipe_types(shapes: Mapping[str, tuple[int, ...]], ftype: str, *, n_gqa: int = 1,
-                 n_layers: int | None = None, imatrix: bool = True) -> dict[str, str | None]:
+def recipe_types(
+    shapes: Mapping[str, tuple[int, ...]],
+    ftype: str,
+    *,
+    n_gqa: int = 1,
+    n_layers: int | None = None,
+    imatrix: bool = True,
+) -> dict[str, str | None]:
     """llama.cpp name -> GGML type for recipe ``ftype`` (one of :data:`BASE`); ``shapes`` are
     numpy shapes (GGUF rows = the last axis), in the model's tensor order. ``n_gqa`` is
     ``n_head / n_head_kv``; ``n_layers`` the block count (default: from the names)."""
@@ -86,8 +96,9 @@ def recipe_types(shapes: Mapping[str, tuple[int, ...]], ftype: str, *, n_gqa: in
     return out
 
 
-def hf_recipe_types(shapes: Mapping[str, tuple[int, ...]], config: Mapping, ftype: str,
-                    imatrix: bool = True) -> dict[str, str | None]:
+def hf_recipe_types(
+    shapes: Mapping[str, tuple[int, ...]], config: Mapping, ftype: str, imatrix: bool = True
+) -> dict[str, str | None]:
     """:func:`recipe_types` for a Hugging Face model's tensors (HF names in, HF names out);
     ``config`` is its config.json. A tied ``lm_head.weight`` is left out as llama.cpp's
     converter leaves it out; tensors without a llama.cpp name map to None."""
@@ -98,8 +109,13 @@ def hf_recipe_types(shapes: Mapping[str, tuple[int, ...]], config: Mapping, ftyp
     kv = int(config.get("num_key_value_heads") or heads)
     names = {n: hf_to_gguf_name(n) for n in shapes if not (tied and n == "lm_head.weight")}
     by_gguf = {g: tuple(shapes[n]) for n, g in names.items() if g is not None}
-    got = recipe_types(by_gguf, ftype, n_gqa=max(1, heads // max(kv, 1)),
-                       n_layers=config.get("num_hidden_layers"), imatrix=imatrix)
+    got = recipe_types(
+        by_gguf,
+        ftype,
+        n_gqa=max(1, heads // max(kv, 1)),
+        n_layers=config.get("num_hidden_layers"),
+        imatrix=imatrix,
+    )
     return {n: (got[g] if g is not None else None) for n, g in names.items()}
 
 

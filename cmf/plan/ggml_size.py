@@ -32,8 +32,10 @@ def _aligned(n: int, a: int = ALIGNMENT) -> int:
 def _config(attachments: Mapping[str, bytes]) -> dict[str, Any]:
     raw = attachments.get("config.json")
     if raw is None:
-        raise CmfError("--gguf needs a Hugging Face model directory (its config.json): the GGUF "
-                       "writer names tensors and keys from it")
+        raise CmfError(
+            "--gguf needs a Hugging Face model directory (its config.json): the GGUF "
+            "writer names tensors and keys from it"
+        )
     try:
         config = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -43,7 +45,9 @@ def _config(attachments: Mapping[str, bytes]) -> dict[str, Any]:
     return config
 
 
-def check_gguf_source(tensors: Mapping[str, Any], attachments: Mapping[str, bytes]) -> dict[str, Any]:
+def check_gguf_source(
+    tensors: Mapping[str, Any], attachments: Mapping[str, bytes]
+) -> dict[str, Any]:
     """config.json of a model the GGUF writer takes; CmfError naming why not otherwise (an
     architecture without a GGUF mapping, no tokenizer.json, a tensor llama.cpp has no name
     for, rope scaling or sliding windows the writer does not write)."""
@@ -53,15 +57,21 @@ def check_gguf_source(tensors: Mapping[str, Any], attachments: Mapping[str, byte
     config = _config(attachments)
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
-        raise CmfError(f"--gguf: model_type {str(model_type)[:40]!r} has no GGUF mapping in cmf "
-                       f"({', '.join(ARCHITECTURES)} do)")
+        raise CmfError(
+            f"--gguf: model_type {str(model_type)[:40]!r} has no GGUF mapping in cmf "
+            f"({', '.join(ARCHITECTURES)} do)"
+        )
     if "tokenizer.json" not in attachments:
-        raise CmfError("--gguf: the model directory has no tokenizer.json (a GGUF carries the tokenizer)")
+        raise CmfError(
+            "--gguf: the model directory has no tokenizer.json (a GGUF carries the tokenizer)"
+        )
     try:
         _rope_theta(config)
         _arch_keys(ARCHITECTURES[model_type], config)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise CmfError(f"--gguf: config.json holds an unexpected value ({type(exc).__name__})") from None
+        raise CmfError(
+            f"--gguf: config.json holds an unexpected value ({type(exc).__name__})"
+        ) from None
     tied = bool(config.get("tie_word_embeddings", False))
     for name in tensors:
         if name.endswith(SKIPPED) or tied and name == "lm_head.weight":
@@ -71,8 +81,9 @@ def check_gguf_source(tensors: Mapping[str, Any], attachments: Mapping[str, byte
     return config
 
 
-def _header_estimate(tensors: Mapping[str, Any], attachments: Mapping[str, bytes],
-                     config: dict[str, Any]) -> int:
+def _header_estimate(
+    tensors: Mapping[str, Any], attachments: Mapping[str, bytes], config: dict[str, Any]
+) -> int:
     from ..convert.gguf_kv import encode_value, parse_type, string_bytes, tensor_info
     from ..convert.hf_gguf import ARCHITECTURES, SKIPPED, _arch_keys
     from ..convert.hf_gguf_vocab import vocab_keys
@@ -87,17 +98,30 @@ def _header_estimate(tensors: Mapping[str, Any], attachments: Mapping[str, bytes
         except (ValueError, UnicodeDecodeError):
             tok_config = {}
     template = attachments.get("chat_template.jinja")
-    vocab = vocab_keys(attachments["tokenizer.json"], config, tok_config,
-                       template.decode("utf-8", "replace") if template is not None else None)
-    keys = [("general.architecture", "STRING", arch), ("general.name", "STRING", str(config.get("_name_or_path", ""))),
-            ("general.file_type", "UINT32", 0), (f"{arch}.vocab_size", "UINT32", 0)]
+    vocab = vocab_keys(
+        attachments["tokenizer.json"],
+        config,
+        tok_config,
+        template.decode("utf-8", "replace") if template is not None else None,
+    )
+    keys = [
+        ("general.architecture", "STRING", arch),
+        ("general.name", "STRING", str(config.get("_name_or_path", ""))),
+        ("general.file_type", "UINT32", 0),
+        (f"{arch}.vocab_size", "UINT32", 0),
+    ]
     keys += _arch_keys(arch, config) + vocab
     size = 4 + 4 + 8 + 8
     for k, t, v in keys:
         size += len(string_bytes(k, k, "<")) + 4 + len(encode_value(parse_type(t, k), v, k))
     tied = bool(config.get("tie_word_embeddings", False))
     for name, x in tensors.items():
-        if name.endswith(SKIPPED) or tied and name == "lm_head.weight" or not isinstance(x, np.ndarray):
+        if (
+            name.endswith(SKIPPED)
+            or tied
+            and name == "lm_head.weight"
+            or not isinstance(x, np.ndarray)
+        ):
             continue
         dims = [int(d) for d in reversed(x.shape)] or [1]
         size += len(tensor_info(hf_to_gguf_name(name) or name, dims, 0, 0, "<"))
@@ -108,11 +132,17 @@ def _stored(name: str, x: Any, config: dict[str, Any]) -> bool:
     from ..convert.hf_gguf import SKIPPED
 
     tied = bool(config.get("tie_word_embeddings", False))
-    return isinstance(x, np.ndarray) and not (name.endswith(SKIPPED) or tied and name == "lm_head.weight")
+    return isinstance(x, np.ndarray) and not (
+        name.endswith(SKIPPED) or tied and name == "lm_head.weight"
+    )
 
 
-def gguf_fixed_bytes(tensors: Mapping[str, Any], planned: Iterable[str],
-                     attachments: Mapping[str, bytes], config: dict[str, Any]) -> int:
+def gguf_fixed_bytes(
+    tensors: Mapping[str, Any],
+    planned: Iterable[str],
+    attachments: Mapping[str, bytes],
+    config: dict[str, Any],
+) -> int:
     """Header plus the unplanned tensors' bytes (module docstring)."""
     planned = set(planned)
     size = _header_estimate(tensors, attachments, config)
@@ -155,4 +185,10 @@ def gguf_file_bytes(path: str | os.PathLike) -> int:
         return gguf_out_bytes(hf_out(f, f.metadata()))
 
 
-__all__ = ["check_gguf_source", "gguf_file_bytes", "gguf_out_bytes", "gguf_fixed_bytes", "gguf_min_bytes"]
+__all__ = [
+    "check_gguf_source",
+    "gguf_file_bytes",
+    "gguf_out_bytes",
+    "gguf_fixed_bytes",
+    "gguf_min_bytes",
+]

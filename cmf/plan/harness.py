@@ -62,9 +62,23 @@ from .harness_base import (  # noqa: F401  (re-exported: the harness API lives h
 
 # The harness API: the base pieces live in cmf.plan.harness_base, decoders in cmf.plan.decoder.
 __all__ = [
-    "DEFAULT_MAX_TOKENS", "DEFAULT_ONNX_SAMPLES", "DECODER_METRIC", "MAX_HESSIAN_BYTES", "MAX_HESSIAN_DIM",
-    "METRIC", "DecoderHarness", "EncoderHarness", "Harness", "MomentSums", "Moments", "OnnxHarness",
-    "cosine_stats", "fallback_warnings", "kl_rows", "open_harness", "output_error",
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_ONNX_SAMPLES",
+    "DECODER_METRIC",
+    "MAX_HESSIAN_BYTES",
+    "MAX_HESSIAN_DIM",
+    "METRIC",
+    "DecoderHarness",
+    "EncoderHarness",
+    "Harness",
+    "MomentSums",
+    "Moments",
+    "OnnxHarness",
+    "cosine_stats",
+    "fallback_warnings",
+    "kl_rows",
+    "open_harness",
+    "output_error",
 ]
 
 # ----------------------------------------------------------------------------- encoders
@@ -73,14 +87,23 @@ __all__ = [
 class EncoderHarness(Harness):
     kind = "encoder"
 
-    def __init__(self, tensors: Mapping[str, np.ndarray], config: dict, pipeline: Any,
-                 tokenizer: Any, texts: Sequence[str], domains: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        tensors: Mapping[str, np.ndarray],
+        config: dict,
+        pipeline: Any,
+        tokenizer: Any,
+        texts: Sequence[str],
+        domains: Sequence[str] | None = None,
+    ) -> None:
         from ..runtime import bert
         from ..runtime.bert import BertEncoder
 
         super().__init__(tensors)
         self.config, self.pipeline = config, pipeline
-        probe = BertEncoder.from_tensors(self.tensors.__getitem__, list(self.tensors), config, pipeline, tokenizer)
+        probe = BertEncoder.from_tensors(
+            self.tensors.__getitem__, list(self.tensors), config, pipeline, tokenizer
+        )
         encodings = probe.tokenize(texts)
         self.tokenizer, self.calibration_ids = probe.tokenizer, [e.ids for e in encodings]
         self.embedding = f"{bert._prefix(list(self.tensors))}embeddings.word_embeddings.weight"
@@ -110,7 +133,9 @@ class EncoderHarness(Harness):
 
     def _run(self, get: Callable[[str], np.ndarray]) -> np.ndarray:
         enc = self.runner(get)
-        return np.concatenate([enc.embed_ids(ids, mask, types) for ids, mask, types in self.batches])
+        return np.concatenate(
+            [enc.embed_ids(ids, mask, types) for ids, mask, types in self.batches]
+        )
 
     def input_moments(self) -> Moments:
         from ..runtime import bert
@@ -120,9 +145,12 @@ class EncoderHarness(Harness):
         owners: dict[int, list[str]] = {}
         for i, p in enumerate(enc.params["blocks"]):
             L = f"{pre}encoder.layer.{i}."
-            for key, subs in (("qkv", ["attention.self.query", "attention.self.key", "attention.self.value"]),
-                              ("o", ["attention.output.dense"]), ("fc", ["intermediate.dense"]),
-                              ("proj", ["output.dense"])):
+            for key, subs in (
+                ("qkv", ["attention.self.query", "attention.self.key", "attention.self.value"]),
+                ("o", ["attention.output.dense"]),
+                ("fc", ["intermediate.dense"]),
+                ("proj", ["output.dense"]),
+            ):
                 owners[id(p[key])] = [L + s + ".weight" for s in subs]
         sums = MomentSums()
 
@@ -132,8 +160,11 @@ class EncoderHarness(Harness):
                 keep = self._mask_rows(flat.shape[0])
                 per = x.shape[1] if x.ndim == 3 else 1  # [b, s, d]: fold = the sentence's parity
                 fold = (self._sentence0 + np.arange(flat.shape[0]) // per) % 2
-                sums.add(id(w), flat[keep] if keep is not None else flat,
-                         fold[keep] if keep is not None else fold)
+                sums.add(
+                    id(w),
+                    flat[keep] if keep is not None else flat,
+                    fold[keep] if keep is not None else fold,
+                )
             return original(x, w)
 
         original = bert.linear
@@ -167,8 +198,14 @@ class EncoderHarness(Harness):
 class OnnxHarness(Harness):
     kind = "onnx"
 
-    def __init__(self, tensors: Mapping[str, np.ndarray], skeleton: bytes, where: str,
-                 feeds: list[dict[str, np.ndarray]] | None, samples: int = DEFAULT_ONNX_SAMPLES) -> None:
+    def __init__(
+        self,
+        tensors: Mapping[str, np.ndarray],
+        skeleton: bytes,
+        where: str,
+        feeds: list[dict[str, np.ndarray]] | None,
+        samples: int = DEFAULT_ONNX_SAMPLES,
+    ) -> None:
         from ..runtime import onnx_runner
 
         super().__init__(tensors)
@@ -220,7 +257,9 @@ class OnnxHarness(Harness):
         from ..runtime import onnx_runner
 
         model = onnx_runner.skeleton_from(self.skeleton, self.where)
-        uses: dict[str, list[tuple[str, int, int]]] = {}  # activation -> (weight, weight axis, act axis)
+        uses: dict[
+            str, list[tuple[str, int, int]]
+        ] = {}  # activation -> (weight, weight axis, act axis)
         for node in model.graph.node:
             if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
                 continue
@@ -270,9 +309,14 @@ class OnnxHarness(Harness):
 # ----------------------------------------------------------------------------- opening
 
 
-def open_harness(path: str | os.PathLike, calibrate: Any = None, *,
-                 max_tokens: int = DEFAULT_MAX_TOKENS, samples: int = DEFAULT_ONNX_SAMPLES,
-                 tensors: Mapping[str, np.ndarray] | None = None) -> Harness:
+def open_harness(
+    path: str | os.PathLike,
+    calibrate: Any = None,
+    *,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    samples: int = DEFAULT_ONNX_SAMPLES,
+    tensors: Mapping[str, np.ndarray] | None = None,
+) -> Harness:
     """The harness of the model at ``path`` (a model directory, .onnx, .safetensors with side
     files, .gguf or .cmf); CmfError when no runner fits it (the planner then goes data-free).
 
@@ -291,16 +335,26 @@ def open_harness(path: str | os.PathLike, calibrate: Any = None, *,
         if tensors is None:
             tensors = {n: _as_float32(src.get_tensor(n)) for n in src.keys()}
         if kind == "onnx":
-            if calibrate is not None and not (isinstance(calibrate, (dict, np.ndarray))
-                                              or (isinstance(calibrate, list) and all(isinstance(x, dict) for x in calibrate))):
-                raise CmfError("calibration inputs for an ONNX model: a .npz/.npy, a dict of arrays "
-                               "or a list of dicts")
+            if calibrate is not None and not (
+                isinstance(calibrate, (dict, np.ndarray))
+                or (isinstance(calibrate, list) and all(isinstance(x, dict) for x in calibrate))
+            ):
+                raise CmfError(
+                    "calibration inputs for an ONNX model: a .npz/.npy, a dict of arrays "
+                    "or a list of dicts"
+                )
             feeds = None
             if calibrate is not None:
                 feeds = calibrate if isinstance(calibrate, list) else [calibrate]
-            return OnnxHarness(tensors, src.attachment(ONNX_SKELETON), os.fspath(path), feeds, samples)
-        if calibrate is not None and not (isinstance(calibrate, list) and all(isinstance(t, str) for t in calibrate)):
-            raise CmfError(f"calibration inputs for a text model ({kind}): a .txt file or a list of strings")
+            return OnnxHarness(
+                tensors, src.attachment(ONNX_SKELETON), os.fspath(path), feeds, samples
+            )
+        if calibrate is not None and not (
+            isinstance(calibrate, list) and all(isinstance(t, str) for t in calibrate)
+        ):
+            raise CmfError(
+                f"calibration inputs for a text model ({kind}): a .txt file or a list of strings"
+            )
         domains = None
         if calibrate:
             texts = list(calibrate)
@@ -308,7 +362,9 @@ def open_harness(path: str | os.PathLike, calibrate: Any = None, *,
             domains, texts = (list(x) for x in zip(*calibration_texts(), strict=True))
         tokenizer = load_tokenizer(src)
         if kind == "encoder":
-            return EncoderHarness(tensors, config, pipeline_from(src.json), tokenizer, texts, domains)
+            return EncoderHarness(
+                tensors, config, pipeline_from(src.json), tokenizer, texts, domains
+            )
         from ..runtime import llama
 
         meta = dict(src.metadata)

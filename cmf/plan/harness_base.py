@@ -60,8 +60,9 @@ class MomentSums:
                     if f == 1 and acc[4] is not None:
                         acc[4] = acc[4] + [part.astype(np.float32)] if acc[3][1] <= n // 2 else None
 
-    def result(self, key: Any) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None,
-                                        np.ndarray | None] | None:
+    def result(
+        self, key: Any
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None, np.ndarray | None] | None:
         """``(E[x_j^2], (E[x x^T] of each fold) or None, fold 1's factor or None)`` of ``key``
         (class docstring); None if it saw no rows. The matrices are None unless both folds saw
         rows."""
@@ -125,8 +126,14 @@ def cosine_stats(kind: str, ref: Any, out: Any) -> dict[str, float]:
     if kind in ("encoder", "decoder"):
         c = _cosines(ref, out)
     else:
-        c = np.array([1.0 - output_error(kind, [{k: s[k]} for s in ref], [{k: s[k]} for s in out])
-                      for k in ref[0] if ref[0][k].dtype.kind == "f"] or [1.0])
+        c = np.array(
+            [
+                1.0 - output_error(kind, [{k: s[k]} for s in ref], [{k: s[k]} for s in out])
+                for k in ref[0]
+                if ref[0][k].dtype.kind == "f"
+            ]
+            or [1.0]
+        )
     return {"cosine_mean": float(c.mean()), "cosine_min": float(c.min())}
 
 
@@ -135,13 +142,17 @@ def fallback_warnings(harness: Harness) -> list[str]:
     real inputs, or less text than the planner asks for."""
     out = []
     if getattr(harness, "generated", False):
-        out.append("calibrated on generated inputs (no --calibrate): errors are measured on data made "
-                   "from the graph's input types, not on what the model is fed; pass real inputs "
-                   "with --calibrate inputs.npz")
+        out.append(
+            "calibrated on generated inputs (no --calibrate): errors are measured on data made "
+            "from the graph's input types, not on what the model is fed; pass real inputs "
+            "with --calibrate inputs.npz"
+        )
     asked = getattr(harness, "asked_tokens", None)
     if asked is not None and harness.samples < asked:
-        out.append(f"the calibration text gave {harness.samples} tokens, fewer than the {asked} "
-                   "the planner uses: sensitivities are measured on less data")
+        out.append(
+            f"the calibration text gave {harness.samples} tokens, fewer than the {asked} "
+            "the planner uses: sensitivities are measured on less data"
+        )
     return out
 
 
@@ -188,36 +199,58 @@ class Harness:
 
     def stats(self, overrides: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
         out = self.run(overrides)
-        got: dict[str, Any] = {"error": output_error(self.kind, self.reference, out, self.groups),
-                               **cosine_stats(self.kind, self.reference, out)}
+        got: dict[str, Any] = {
+            "error": output_error(self.kind, self.reference, out, self.groups),
+            **cosine_stats(self.kind, self.reference, out),
+        }
         if self.groups is not None:
             c = _cosines(self.reference, out)
-            got["domains"] = {name: {"cosine_mean": float(c[self.groups == g].mean()),
-                                     "cosine_min": float(c[self.groups == g].min())}
-                              for g, name in enumerate(self.group_names) if np.any(self.groups == g)}
+            got["domains"] = {
+                name: {
+                    "cosine_mean": float(c[self.groups == g].mean()),
+                    "cosine_min": float(c[self.groups == g].min()),
+                }
+                for g, name in enumerate(self.group_names)
+                if np.any(self.groups == g)
+            }
         return got
 
     def input_moments(self) -> Moments:
         return {}
 
-    token_prior: str | None = "en,world"  # languages of the token-frequency prior (cmf.plan.tokens), None: off
-    token_note: str | None = None  # why the token-embedding rows got no weights, if they should have
+    token_prior: str | None = (
+        "en,world"  # languages of the token-frequency prior (cmf.plan.tokens), None: off
+    )
+    token_note: str | None = (
+        None  # why the token-embedding rows got no weights, if they should have
+    )
 
-    def _token_rows(self, out: Moments, name: str | None, tokenizer: Any, ids: Sequence[Sequence[int]]) -> None:
+    def _token_rows(
+        self, out: Moments, name: str | None, tokenizer: Any, ids: Sequence[Sequence[int]]
+    ) -> None:
         """Add the token-embedding matrix ``name``'s rows as input channels weighted by token
         frequency (cmf.plan.tokens) to ``out``, where a prior is at hand."""
         from .tokens import row_importance, token_frequencies, word_prior
 
         self.token_note = None
-        if name is None or name not in self.tensors or tokenizer is None or self.tensors[name].ndim != 2:
+        if (
+            name is None
+            or name not in self.tensors
+            or tokenizer is None
+            or self.tensors[name].ndim != 2
+        ):
             return
         vocab = self.tensors[name].shape[0]
         prior = word_prior(tokenizer, vocab, self.token_prior)
         if prior is None and self.token_prior is not None:
-            self.token_note = (f"no word frequencies for --token-prior {self.token_prior} (needs wordfreq: "
-                               f"{install_hint('plan')}, and a language it knows): {name}'s rows weighed alike")
+            self.token_note = (
+                f"no word frequencies for --token-prior {self.token_prior} (needs wordfreq: "
+                f"{install_hint('plan')}, and a language it knows): {name}'s rows weighed alike"
+            )
         p = token_frequencies(ids, vocab, prior)
-        if p is not None:  # one-hot inputs: E[x_t^2] = p_t (weighed as its square root), E[x x^T] diagonal
+        if (
+            p is not None
+        ):  # one-hot inputs: E[x_t^2] = p_t (weighed as its square root), E[x x^T] diagonal
             out[name] = (0, row_importance(p), None)
 
 

@@ -75,8 +75,14 @@ def _spec(x: np.ndarray) -> ArraySpec:
     return ArraySpec(dtypes.of_array(x), tuple(int(d) for d in x.shape))
 
 
-def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | None = None, *,
-         fixed_bytes: int = 0, sources: Mapping[str, Any] | None = None) -> PlanResult:
+def plan(
+    tensors: Mapping[str, Any],
+    options: PlanOptions,
+    harness: Harness | None = None,
+    *,
+    fixed_bytes: int = 0,
+    sources: Mapping[str, Any] | None = None,
+) -> PlanResult:
     """Plan the encodings of ``tensors`` (name -> array; other values are left alone) and
     return the result with every planned tensor's pending tree (not yet written).
 
@@ -107,7 +113,11 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
         seen[d] = name
         names.append(name)
     kind = harness.kind if harness is not None else "data-free"
-    metric = (DECODER_METRIC if kind == "decoder" else METRIC) if harness is not None else "relative weight error"
+    metric = (
+        (DECODER_METRIC if kind == "decoder" else METRIC)
+        if harness is not None
+        else "relative weight error"
+    )
     if harness is not None and harness.groups is not None:
         metric = f"{METRIC} of the worst of {len(harness.group_names)} kinds of text"
     if options.preset is not None:
@@ -121,13 +131,18 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
     if "bytes" in target or "bits_per_parameter" in target:
         goal = target.get("bytes") or target["bits_per_parameter"] * parameters / 8
         if goal <= fixed_bytes:  # fail before measuring anything
-            raise CmfError(f"target size {int(goal)} bytes is below the smallest file the planner can make "
-                           f"(the tensors it does not plan, the attachments and the index alone take "
-                           f"about {fixed_bytes} bytes)")
+            raise CmfError(
+                f"target size {int(goal)} bytes is below the smallest file the planner can make "
+                f"(the tensors it does not plan, the attachments and the index alone take "
+                f"about {fixed_bytes} bytes)"
+            )
     result = PlanResult(kind, metric, target, options.preset, parameters, {})
     result.copies = copies
     if harness is not None:
-        result.calibration = {"samples": harness.samples, "tokens": getattr(harness, "tokens", harness.samples)}
+        result.calibration = {
+            "samples": harness.samples,
+            "tokens": getattr(harness, "tokens", harness.samples),
+        }
 
     # 1. moments and curves
     t0 = time.perf_counter()
@@ -162,16 +177,25 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
         from .ggml_candidates import gguf_measure_task, measure_gguf_curves
 
         def in_workers(todo: list[str]) -> dict[str, Curve]:
-            return _measure_in_workers(todo, tensors, choices, moments, options, sources or {}, gguf_measure_task)
+            return _measure_in_workers(
+                todo, tensors, choices, moments, options, sources or {}, gguf_measure_task
+            )
 
-        curves = measure_gguf_curves(names, tensors, moments, level=options.level, progress=tick,
-                                     in_workers=in_workers if parallel else None)
+        curves = measure_gguf_curves(
+            names,
+            tensors,
+            moments,
+            level=options.level,
+            progress=tick,
+            in_workers=in_workers if parallel else None,
+        )
     elif parallel:
         curves = _measure_in_workers(names, tensors, choices, moments, options, sources or {})
     else:
         for name in names:
-            curves[name] = measure(name, tensors[name], choices, moments.get(name), level=options.level,
-                                   progress=tick)
+            curves[name] = measure(
+                name, tensors[name], choices, moments.get(name), level=options.level, progress=tick
+            )
     result.seconds["curves"] = time.perf_counter() - t0
 
     # 2. sensitivity
@@ -186,15 +210,25 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
 
         rows = [(n, curves[n].axis, curves[n].weights, curves[n].energy) for n in names]
         fisher = getattr(harness, "sensitivities", None)  # decoders with torch: all at once
-        sens = (fisher(LazyItems(tensors, rows), copies=copies, progress=tick_s) if fisher is not None else None) or {}
+        sens = (
+            fisher(LazyItems(tensors, rows), copies=copies, progress=tick_s)
+            if fisher is not None
+            else None
+        ) or {}
         if getattr(harness, "fisher_note", None):
             result.warnings.append(harness.fisher_note)
-        rest = LazyItems(tensors, [r for r in rows if r[0] not in sens])  # each array read when measured
-        sens.update(sens_mod.measured(harness, rest, copies=copies, progress=tick_s) if len(rest) else {})
+        rest = LazyItems(
+            tensors, [r for r in rows if r[0] not in sens]
+        )  # each array read when measured
+        sens.update(
+            sens_mod.measured(harness, rest, copies=copies, progress=tick_s) if len(rest) else {}
+        )
     else:
         plain = {n: float(np.sum(np.square(np.asarray(tensors[n], np.float64)))) for n in names}
         total_planned = sum(int(np.asarray(tensors[n]).size) for n in names) or 1
-        sens = sens_mod.data_free([(n, int(np.asarray(tensors[n]).size), plain[n]) for n in names], total_planned)
+        sens = sens_mod.data_free(
+            [(n, int(np.asarray(tensors[n]).size), plain[n]) for n in names], total_planned
+        )
     for n in names:
         result.tensors[n] = TensorPlan(n, curves[n], float(sens[n]["sensitivity"]))
     if harness is not None:
@@ -212,8 +246,15 @@ def plan(tensors: Mapping[str, Any], options: PlanOptions, harness: Harness | No
     return result
 
 
-def _measure_in_workers(names: list[str], tensors: Mapping[str, Any], choices: list, moments: Mapping[str, Any],
-                        options: PlanOptions, sources: Mapping[str, Any], task: Any = None) -> dict[str, Curve]:
+def _measure_in_workers(
+    names: list[str],
+    tensors: Mapping[str, Any],
+    choices: list,
+    moments: Mapping[str, Any],
+    options: PlanOptions,
+    sources: Mapping[str, Any],
+    task: Any = None,
+) -> dict[str, Curve]:
     """The curves stage on ``options.jobs`` spawned processes (or a dask cluster) with
     cmf.parallel's executors: each worker measures one tensor at a time, exactly as
     :func:`measure` does here, so the curves are the same as with one process. A worker reads
@@ -226,15 +267,23 @@ def _measure_in_workers(names: list[str], tensors: Mapping[str, Any], choices: l
     worker function (default cmf.parallel.measure_task; ``--gguf``: its GGML counterpart)."""
     from ..parallel import ProcessExecutor, closing, make_executor, map_in_order, measure_task
 
-    order = sorted(names, key=lambda n: -int(np.asarray(tensors[n]).size))  # stable: ties in file order
-    calls = ((n, (n, sources.get(n, tensors[n]), choices, moments.get(n), options.level)) for n in order)
+    order = sorted(
+        names, key=lambda n: -int(np.asarray(tensors[n]).size)
+    )  # stable: ties in file order
+    calls = (
+        (n, (n, sources.get(n, tensors[n]), choices, moments.get(n), options.level)) for n in order
+    )
     executor = make_executor(options.jobs, options.executor, options.scheduler)
     got: dict[str, Curve] = {}
     with closing(executor):
         ahead = len(order) if isinstance(executor, ProcessExecutor) else None
-        for name, curve in map_in_order(executor, task or measure_task, calls, doing="measuring", ahead=ahead):
+        for name, curve in map_in_order(
+            executor, task or measure_task, calls, doing="measuring", ahead=ahead
+        ):
             got[name] = curve
-            _progress(options, "measuring candidates", len(got) * len(choices), len(names) * len(choices))
+            _progress(
+                options, "measuring candidates", len(got) * len(choices), len(names) * len(choices)
+            )
     return {n: got[n] for n in names}
 
 
@@ -251,15 +300,18 @@ def _floor_unexercised(result: PlanResult, options: PlanOptions) -> None:
         keep = [p for p in tp.curve.hull if p.plain / tp.curve.plain_energy <= floor]
         if keep and len(keep) < len(tp.curve.hull):
             tp.curve.hull = keep
-            result.notes.append(f"{name}: the calibration inputs never moved the outputs through it; "
-                                f"kept at relative weight error <= {floor ** 0.5:.3g}")
+            result.notes.append(
+                f"{name}: the calibration inputs never moved the outputs through it; "
+                f"kept at relative weight error <= {floor**0.5:.3g}"
+            )
 
 
 GENERATED_OUTPUT_FACTOR = 0.25  # tensors feeding an output: a quarter of the floor (half the error)
 
 
-def _floor_generated(result: PlanResult, options: PlanOptions, harness: Harness,
-                     fixed_bytes: int) -> None:
+def _floor_generated(
+    result: PlanResult, options: PlanOptions, harness: Harness, fixed_bytes: int
+) -> None:
     """Generated calibration inputs (``harness.generated``: made from the graph's input types)
     may leave a tensor nearly idle that real inputs use — a classifier whose classes random
     pictures never call measures as insensitive and would be driven to a large error. So, from
@@ -296,9 +348,11 @@ def _floor_generated(result: PlanResult, options: PlanOptions, harness: Harness,
         if not sized or not hulls or least <= _byte_budget(result, fixed_bytes):
             break
     else:
-        result.notes.append("calibrated on generated inputs: the data-free floor on each "
-                            "tensor's relative weight error does not fit the size target and was "
-                            "not applied")
+        result.notes.append(
+            "calibrated on generated inputs: the data-free floor on each "
+            "tensor's relative weight error does not fit the size target and was "
+            "not applied"
+        )
         return
     held, added = [], 0
     for name, keep in hulls.items():
@@ -316,17 +370,26 @@ def _floor_generated(result: PlanResult, options: PlanOptions, harness: Harness,
     tight = (bound * GENERATED_OUTPUT_FACTOR) ** 0.5
     result.notes.append(
         f"calibrated on generated inputs: {len(held)} tensors ({params} parameters) held at "
-        f"relative weight error <= {bound ** 0.5:.3g}"
+        f"relative weight error <= {bound**0.5:.3g}"
         + (f", {', '.join(at_output)} (feeding an output) <= {tight:.3g}" if at_output else "")
-        + (" (loosened to fit the size target)" if loosen > 1
-           else f", {added * 8 / max(result.parameters, 1):.3g} bits per parameter more"))
+        + (
+            " (loosened to fit the size target)"
+            if loosen > 1
+            else f", {added * 8 / max(result.parameters, 1):.3g} bits per parameter more"
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- writing
 
 
-def fixed_bytes_of(tensors: Mapping[str, Any], planned: set[str], attachments: Mapping[str, bytes],
-                   metadata_bytes: int, level: int) -> int:
+def fixed_bytes_of(
+    tensors: Mapping[str, Any],
+    planned: set[str],
+    attachments: Mapping[str, bytes],
+    metadata_bytes: int,
+    level: int,
+) -> int:
     """Bytes of everything in the file the plan does not choose (lossless tensors, attachments,
     index)."""
     total = 64 + metadata_bytes  # preamble, trailer
@@ -340,18 +403,32 @@ def fixed_bytes_of(tensors: Mapping[str, Any], planned: set[str], attachments: M
             continue
         seen.add(d)
         try:
-            total += encode_lossless(x, _spec(x), max(level, ATTACHMENT_LEVEL)).stored + 2 * SEGMENT_PADDING
+            total += (
+                encode_lossless(x, _spec(x), max(level, ATTACHMENT_LEVEL)).stored
+                + 2 * SEGMENT_PADDING
+            )
         except CmfError:
             total += x.nbytes
     for data in attachments.values():
-        total += best_bytes(data, BytesSpec(len(data)), max(level, ATTACHMENT_LEVEL)).stored + INDEX_BYTES_PER_TENSOR // 2 + SEGMENT_PADDING
+        total += (
+            best_bytes(data, BytesSpec(len(data)), max(level, ATTACHMENT_LEVEL)).stored
+            + INDEX_BYTES_PER_TENSOR // 2
+            + SEGMENT_PADDING
+        )
     return total
 
 
-def write_planned(path: str | os.PathLike, tensors: Mapping[str, Any], result: PlanResult, *,
-                  metadata: Mapping[str, Any] | None = None, attachments: Mapping[str, bytes] | None = None,
-                  level: int = 3, on_tensor: Callable[[str], None] | None = None,
-                  shard_size: int | None = None) -> int:
+def write_planned(
+    path: str | os.PathLike,
+    tensors: Mapping[str, Any],
+    result: PlanResult,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    attachments: Mapping[str, bytes] | None = None,
+    level: int = 3,
+    on_tensor: Callable[[str], None] | None = None,
+    shard_size: int | None = None,
+) -> int:
     """Write the planned file — or, with ``shard_size``, a sharded set named by ``path`` as
     ``cmf pack --shard-size`` writes one (cmf.shards.ShardedWriter; the plan's metadata in the
     last shard) — and return its size in bytes (the shards' sizes for a set). ``result.files``
@@ -370,7 +447,9 @@ def write_planned(path: str | os.PathLike, tensors: Mapping[str, Any], result: P
 
     def encoder(name: str) -> Callable[[np.ndarray, ArraySpec], Pending]:
         tp = result.tensors.get(name) or result.tensors.get(copy_of.get(name, ""))
-        if tp is not None and tp.pending is not None:  # a copy in another shard: the plan's encoding too
+        if (
+            tp is not None and tp.pending is not None
+        ):  # a copy in another shard: the plan's encoding too
             return lambda a, s, p=tp.pending: p
         return lambda a, s: encode_lossless(a, s, lossless_level)
 
@@ -381,7 +460,12 @@ def write_planned(path: str | os.PathLike, tensors: Mapping[str, Any], result: P
     def as_stored(name: str, x: Any) -> Any:  # a --gguf F16 / BF16 choice: the tensor is that dtype
         tp = result.tensors.get(name) or result.tensors.get(copy_of.get(name, ""))
         p = tp.pending if tp is not None else None
-        if p is not None and isinstance(x, np.ndarray) and isinstance(p.spec, ArraySpec) and p.spec.dtype != _spec(x).dtype:
+        if (
+            p is not None
+            and isinstance(x, np.ndarray)
+            and isinstance(p.spec, ArraySpec)
+            and p.spec.dtype != _spec(x).dtype
+        ):
             return decode_pending(p)
         return x
 
@@ -399,17 +483,33 @@ def write_planned(path: str | os.PathLike, tensors: Mapping[str, Any], result: P
     return result.file_bytes
 
 
-def _write_and_fit(output: str | os.PathLike, tensors: Mapping[str, Any], result: PlanResult,
-                   options: PlanOptions, harness: Harness | None, *, metadata: Mapping[str, Any] | None,
-                   attachments: Mapping[str, bytes] | None, on_tensor: Callable[[str], None] | None = None,
-                   shard_size: int | None = None) -> None:
+def _write_and_fit(
+    output: str | os.PathLike,
+    tensors: Mapping[str, Any],
+    result: PlanResult,
+    options: PlanOptions,
+    harness: Harness | None,
+    *,
+    metadata: Mapping[str, Any] | None,
+    attachments: Mapping[str, bytes] | None,
+    on_tensor: Callable[[str], None] | None = None,
+    shard_size: int | None = None,
+) -> None:
     """Write the plan; under a size target, shrink the byte budget by the excess and write
     again while the file is over it. Shards of an earlier try that the last one did not
     write again (a set with fewer shards) are removed."""
     earlier: set[str] = set()
     for _ in range(options.rounds + 1):
-        size = write_planned(output, tensors, result, metadata=metadata, attachments=attachments,
-                             level=options.level, on_tensor=on_tensor, shard_size=shard_size)
+        size = write_planned(
+            output,
+            tensors,
+            result,
+            metadata=metadata,
+            attachments=attachments,
+            level=options.level,
+            on_tensor=on_tensor,
+            shard_size=shard_size,
+        )
         if options.gguf:  # a size target counts the GGUF the file unpacks to
             from .ggml_size import gguf_file_bytes
 
@@ -429,7 +529,9 @@ def _write_and_fit(output: str | os.PathLike, tensors: Mapping[str, Any], result
     size = getattr(result, "gguf_bytes", None) if options.gguf else result.file_bytes
     if goal is not None and size is not None and size > goal:
         result.target_met = False
-        result.notes.append(f"the {'GGUF' if options.gguf else 'file'} is {size} bytes, over the target {goal}")
+        result.notes.append(
+            f"the {'GGUF' if options.gguf else 'file'} is {size} bytes, over the target {goal}"
+        )
 
 
 def verify_file(path: str | os.PathLike, harness: Harness) -> dict[str, float]:
@@ -438,17 +540,23 @@ def verify_file(path: str | os.PathLike, harness: Harness) -> dict[str, float]:
     from ..shards import open_model
 
     with open_model(path) as f:  # read as the run asks: a streamed decoder holds one block
-        return harness.stats(LazyMapping([n for n in f.keys() if n in harness.tensors], f.get_tensor))
-
+        return harness.stats(
+            LazyMapping([n for n in f.keys() if n in harness.tensors], f.get_tensor)
+        )
 
 
 # ----------------------------------------------------------------------------- one call
 
 
-def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options: PlanOptions, *,
-                   extra_attachments: Mapping[str, bytes] | None = None,
-                   on_tensor: Callable[[str], None] | None = None,
-                   shard_size: int | None = None) -> PlanResult:
+def plan_and_write(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    options: PlanOptions,
+    *,
+    extra_attachments: Mapping[str, bytes] | None = None,
+    on_tensor: Callable[[str], None] | None = None,
+    shard_size: int | None = None,
+) -> PlanResult:
     """Pack the model at ``source`` (as ``cmf pack``) into ``output`` with a planned recipe:
     one file, or a sharded set named by ``output`` with ``shard_size`` (then ``result.path`` is
     its shard index). ``options.jobs`` > 1 measures the candidates in that many processes.
@@ -500,7 +608,9 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
     tensors: Mapping[str, Any] = file_tensors(refs) if refs else dict(src.items())
     attachments = dict(src.attachments)
     attachments.update(extra_attachments or {})
-    if options.gguf:  # refused before any work; float tensors as f32 (the ggml codec decodes to f32)
+    if (
+        options.gguf
+    ):  # refused before any work; float tensors as f32 (the ggml codec decodes to f32)
         from .ggml_plan import gguf_source
 
         tensors = gguf_source(tensors, attachments, shard_size, options)
@@ -508,8 +618,10 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
     warnings = []
     if not options.data_free:
         if not refs and any(isinstance(v, Encoded) for v in tensors.values()):
-            warnings.append("the source holds pre-quantized GGUF blocks: planned data-free (on weight error, "
-                            "not on the model's outputs)")
+            warnings.append(
+                "the source holds pre-quantized GGUF blocks: planned data-free (on weight error, "
+                "not on the model's outputs)"
+            )
         else:
             try:
                 floats = float32_view(tensors, _as_float32)
@@ -517,14 +629,21 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
             except CmfError as exc:
                 if options.calibrate is not None:
                     raise CmfError(f"cannot calibrate on this model: {exc}") from None
-                warnings.append(f"the model cannot be run ({exc}): planned data-free (on weight error, "
-                                "not on the model's outputs)")
+                warnings.append(
+                    f"the model cannot be run ({exc}): planned data-free (on weight error, "
+                    "not on the model's outputs)"
+                )
     if harness is None and options.calibrate is not None and options.data_free:
         raise CmfError("--calibrate needs a model that runs; it cannot go with a data-free plan")
     if harness is not None:
-        harness.calibration_source = (os.fspath(options.calibrate) if isinstance(options.calibrate, (str, os.PathLike))
-                                      else ("given" if options.calibrate is not None else "built-in"))
-    planned_names = {n for n, v in tensors.items() if isinstance(v, np.ndarray) and plannable(_spec_or_none(v))}
+        harness.calibration_source = (
+            os.fspath(options.calibrate)
+            if isinstance(options.calibrate, (str, os.PathLike))
+            else ("given" if options.calibrate is not None else "built-in")
+        )
+    planned_names = {
+        n for n, v in tensors.items() if isinstance(v, np.ndarray) and plannable(_spec_or_none(v))
+    }
     meta_guess = 4096 + 600 * len(planned_names)  # the plan's own metadata
     if options.gguf:  # sizes are the GGUF's (the target was checked by gguf_source)
         from .ggml_plan import gguf_fixed
@@ -537,8 +656,17 @@ def plan_and_write(source: str | os.PathLike, output: str | os.PathLike, options
     result.warnings[:0] = warnings + (fallback_warnings(harness) if harness is not None else [])
     if harness is not None:
         result.calibration["source"] = harness.calibration_source
-    _write_and_fit(output, tensors, result, options, harness, metadata=src.metadata, attachments=attachments,
-                   on_tensor=on_tensor, shard_size=shard_size)
+    _write_and_fit(
+        output,
+        tensors,
+        result,
+        options,
+        harness,
+        metadata=src.metadata,
+        attachments=attachments,
+        on_tensor=on_tensor,
+        shard_size=shard_size,
+    )
     if harness is not None:
         t0 = time.perf_counter()
         stats = verify_file(result.path or output, harness)
@@ -565,9 +693,15 @@ def _spec_or_none(x: np.ndarray) -> ArraySpec:
         return ArraySpec(dtypes.BY_NAME["u8"], (0,))
 
 
-def save_planned(tensors: Mapping[str, np.ndarray], path: str | os.PathLike, options: PlanOptions, *,
-                 metadata: Mapping[str, Any] | None = None, attachments: Mapping[str, bytes] | None = None,
-                 shard_size: int | None = None) -> PlanResult:
+def save_planned(
+    tensors: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    options: PlanOptions,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    attachments: Mapping[str, bytes] | None = None,
+    shard_size: int | None = None,
+) -> PlanResult:
     """``cmf.save_file(..., preset="balanced")``: plan a dict of arrays with the data-free proxy
     (no model to run), write it (one file, or a sharded set with ``shard_size``), check a size
     target on the file. ``options.jobs`` > 1 sends the arrays to that many processes to measure
@@ -598,12 +732,26 @@ def save_planned(tensors: Mapping[str, np.ndarray], path: str | os.PathLike, opt
     """
     options.check()
     if options.calibrate is not None:
-        raise CmfError("calibration needs a model that runs: use cmf.plan.planner.plan_and_write "
-                       "on a model directory, .onnx or .safetensors with its config")
+        raise CmfError(
+            "calibration needs a model that runs: use cmf.plan.planner.plan_and_write "
+            "on a model directory, .onnx or .safetensors with its config"
+        )
     tensors = dict(tensors)
-    planned_names = {n for n, v in tensors.items() if isinstance(v, np.ndarray) and plannable(_spec_or_none(v))}
-    fixed = fixed_bytes_of(tensors, planned_names, attachments or {}, 4096 + 600 * len(planned_names), options.level)
+    planned_names = {
+        n for n, v in tensors.items() if isinstance(v, np.ndarray) and plannable(_spec_or_none(v))
+    }
+    fixed = fixed_bytes_of(
+        tensors, planned_names, attachments or {}, 4096 + 600 * len(planned_names), options.level
+    )
     result = plan(tensors, options, None, fixed_bytes=fixed)
-    _write_and_fit(path, tensors, result, options, None, metadata=metadata, attachments=attachments,
-                   shard_size=shard_size)
+    _write_and_fit(
+        path,
+        tensors,
+        result,
+        options,
+        None,
+        metadata=metadata,
+        attachments=attachments,
+        shard_size=shard_size,
+    )
     return result

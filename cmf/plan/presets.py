@@ -23,17 +23,29 @@ CODES_HUFFMAN = {"codec": "huffman", "config": {"chunk": 1024, "max_length": 16}
 def codes_template(bits: int) -> Any:
     """Entropy coding of quantized codes: the smallest of zstd literals (Huffman in C), cmf's
     Huffman and plain bit packing."""
-    return {"choose": [
-        {"codec": "raw", "parts": {"data": {"codec": "zstd", "config": {"level": 1, "literals_only": True}}}},
-        CODES_HUFFMAN,
-        {"codec": "bitpack", "config": {"bits": bits}},
-    ]}
+    return {
+        "choose": [
+            {
+                "codec": "raw",
+                "parts": {"data": {"codec": "zstd", "config": {"level": 1, "literals_only": True}}},
+            },
+            CODES_HUFFMAN,
+            {"codec": "bitpack", "config": {"bits": bits}},
+        ]
+    }
 
 
 def _quantized(bits: int, block: int) -> dict[str, Any]:
     return {
         "codec": "quantize",
-        "config": {"bits": bits, "block": block, "axis": -1, "scheme": "symmetric", "scale_dtype": "f16", "search": True},
+        "config": {
+            "bits": bits,
+            "block": block,
+            "axis": -1,
+            "scheme": "symmetric",
+            "scale_dtype": "f16",
+            "search": True,
+        },
         "parts": {"q": codes_template(bits)},
     }
 
@@ -41,11 +53,29 @@ def _quantized(bits: int, block: int) -> dict[str, Any]:
 PRESETS: dict[str, dict[str, Any]] = {
     "lossless": {"rules": [], "default": "lossless"},
     # 8-bit, one scale per output channel (row), entropy-coded codes
-    "q8": {"rules": [{"match": "*", "dtypes": _FLOATS, "min_rank": 2, "min_elements": _MIN_ELEMENTS,
-                      "encoding": _quantized(8, 0)}]},
+    "q8": {
+        "rules": [
+            {
+                "match": "*",
+                "dtypes": _FLOATS,
+                "min_rank": 2,
+                "min_elements": _MIN_ELEMENTS,
+                "encoding": _quantized(8, 0),
+            }
+        ]
+    },
     # 4-bit, groups of 32 along each row, entropy-coded codes
-    "q4": {"rules": [{"match": "*", "dtypes": _FLOATS, "min_rank": 2, "min_elements": _MIN_ELEMENTS,
-                      "encoding": _quantized(4, 32)}]},
+    "q4": {
+        "rules": [
+            {
+                "match": "*",
+                "dtypes": _FLOATS,
+                "min_rank": 2,
+                "min_elements": _MIN_ELEMENTS,
+                "encoding": _quantized(4, 32),
+            }
+        ]
+    },
 }
 
 

@@ -274,19 +274,23 @@ def recipe_from_obj(obj: Any, name: str = "custom") -> Recipe:
     rules = []
     for i, r in enumerate(obj.get("rules", [])):
         if not isinstance(r, dict) or not {"match", "encoding"} <= set(r) <= _RULE_KEYS:
-            raise CmfError(f"recipe rule {i}: needs 'match' and 'encoding', may have {sorted(_RULE_KEYS)}")
+            raise CmfError(
+                f"recipe rule {i}: needs 'match' and 'encoding', may have {sorted(_RULE_KEYS)}"
+            )
         match = (r["match"],) if isinstance(r["match"], str) else tuple(r["match"])
         if not match or not all(isinstance(m, str) for m in match):
             raise CmfError(f"recipe rule {i}: 'match' must be a glob or a list of globs")
         check_template(r["encoding"], f"recipe rule {i}")
         dts = r.get("dtypes")
-        rules.append(Rule(
-            match=match,
-            encoding=r["encoding"],
-            dtypes=tuple(dts) if dts is not None else None,
-            min_rank=int(r.get("min_rank", 0)),
-            min_elements=int(r.get("min_elements", 0)),
-        ))
+        rules.append(
+            Rule(
+                match=match,
+                encoding=r["encoding"],
+                dtypes=tuple(dts) if dts is not None else None,
+                min_rank=int(r.get("min_rank", 0)),
+                min_elements=int(r.get("min_elements", 0)),
+            )
+        )
     default = obj.get("default", "lossless")
     check_template(default, "recipe default")
     recipe = Recipe(tuple(rules), default, name)
@@ -317,5 +321,3 @@ def encoder_for(recipe: Recipe, name: str, level: int = 3, fallback: bool = Fals
             return encode_lossless(array, spec, level)
 
     return encode
-
-

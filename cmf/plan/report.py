@@ -42,7 +42,10 @@ def report(path: str | os.PathLike) -> dict[str, Any]:
             if entry.alias is not None:
                 stored, encoding = 0, f"alias of {entry.alias}"
             else:
-                stored = sum(shard.index.segments[leaf.segment].length for leaf in iter_leaves(entry.encoding))
+                stored = sum(
+                    shard.index.segments[leaf.segment].length
+                    for leaf in iter_leaves(entry.encoding)
+                )
                 encoding = describe(entry.encoding)
             tensor_bytes += stored
             row: dict[str, Any] = {
@@ -66,7 +69,11 @@ def report(path: str | os.PathLike) -> dict[str, Any]:
         size = f.size  # a sharded set: its shards' bytes
         shards = list(f.shard_names) if isinstance(f, ShardedFile) else None
         gguf = None
-        if isinstance(plan, dict) and isinstance(plan.get("target"), dict) and plan["target"].get("gguf"):
+        if (
+            isinstance(plan, dict)
+            and isinstance(plan.get("target"), dict)
+            and plan["target"].get("gguf")
+        ):
             from .ggml_report import gguf_columns  # a --gguf plan: types beside llama.cpp's recipes
 
             gguf = gguf_columns(f)
@@ -98,11 +105,11 @@ def report(path: str | os.PathLike) -> dict[str, Any]:
 def _short(name: str, width: int) -> str:
     if len(name) <= width:
         return name
-    return "…" + name[-(width - 1):]
+    return "…" + name[-(width - 1) :]
 
 
 def _target_text(plan: dict) -> str:
-    """"balanced", "error <= 0.001", "<= 4.5 bits/parameter" or "<= 12000000 bytes"."""
+    """ "balanced", "error <= 0.001", "<= 4.5 bits/parameter" or "<= 12000000 bytes"."""
     if plan.get("preset"):
         return str(plan["preset"])
     t = plan.get("target")
@@ -123,7 +130,9 @@ def render_text(rep: dict[str, Any], printable: Any = str) -> list[str]:
     head = f"{'tensor':<{width}}  {'params':>9} {'bits/w':>7} {'rel_rmse':>9}"
     recipes = next((list(r["ggml"])[1:] for r in rows if isinstance(r.get("ggml"), dict)), [])
     if recipes:  # a --gguf plan: the GGUF's type, then llama.cpp's recipes' types
-        head += f" {'sensitivity':>11} {'err share':>9} {'GGUF':>7} " + " ".join(f"{t:>7}" for t in recipes)
+        head += f" {'sensitivity':>11} {'err share':>9} {'GGUF':>7} " + " ".join(
+            f"{t:>7}" for t in recipes
+        )
     elif has_plan:
         head += f" {'sensitivity':>11} {'err share':>9}  choice"
     else:
@@ -131,14 +140,17 @@ def render_text(rep: dict[str, Any], printable: Any = str) -> list[str]:
     lines = [head]
     for r in rows:
         rel = f"{r['rel_rmse']:.2e}" if r["rel_rmse"] is not None else "-"
-        line = (f"{_short(printable(r['name']), width):<{width}}  {r['parameters']:>9} "
-                f"{r['bits_per_weight']:>7.3f} {rel:>9}")
+        line = (
+            f"{_short(printable(r['name']), width):<{width}}  {r['parameters']:>9} "
+            f"{r['bits_per_weight']:>7.3f} {rel:>9}"
+        )
         if recipes:
             sens = f"{r['sensitivity']:.3e}" if r.get("sensitivity") is not None else "-"
             share = f"{100 * r['error_share']:.1f}%" if r.get("error_share") is not None else "-"
             g = r.get("ggml") or {}
             line += f" {sens:>11} {share:>9} {g.get('gguf') or '-':>7} " + " ".join(
-                f"{g.get(t) or '-':>7}" for t in recipes)
+                f"{g.get(t) or '-':>7}" for t in recipes
+            )
         elif has_plan:
             sens = f"{r['sensitivity']:.3e}" if r.get("sensitivity") is not None else "-"
             share = f"{100 * r['error_share']:.1f}%" if r.get("error_share") is not None else "-"
@@ -148,14 +160,19 @@ def render_text(rep: dict[str, Any], printable: Any = str) -> list[str]:
         lines.append(line)
     bpp = rep["bits_per_parameter"]
     where = f" in {len(rep['shards'])} shards" if rep.get("shards") else ""
-    lines.append(f"{len(rows)} tensors, {rep['parameters']} parameters, {rep['file_bytes']} bytes{where}: "
-                 f"{bpp:.3f} bits/parameter (whole file), "
-                 f"{rep['weights_bits_per_parameter']:.3f} (tensor data)"
-                 if bpp is not None else f"{len(rows)} tensors, {rep['file_bytes']} bytes{where}")
+    lines.append(
+        f"{len(rows)} tensors, {rep['parameters']} parameters, {rep['file_bytes']} bytes{where}: "
+        f"{bpp:.3f} bits/parameter (whole file), "
+        f"{rep['weights_bits_per_parameter']:.3f} (tensor data)"
+        if bpp is not None
+        else f"{len(rows)} tensors, {rep['file_bytes']} bytes{where}"
+    )
     if rep.get("gguf_bytes") is not None:
-        lines.append(f"GGUF (cmf unpack -o x.gguf): {rep['gguf_bytes']} bytes, "
-                     f"{rep['gguf_bits_per_parameter']:.3f} bits/parameter; beside it, the types "
-                     f"llama.cpp's {', '.join(recipes)} recipes give each tensor")
+        lines.append(
+            f"GGUF (cmf unpack -o x.gguf): {rep['gguf_bytes']} bytes, "
+            f"{rep['gguf_bits_per_parameter']:.3f} bits/parameter; beside it, the types "
+            f"llama.cpp's {', '.join(recipes)} recipes give each tensor"
+        )
     plan = rep.get("plan")
     if isinstance(plan, dict):
         parts = [f"plan: {printable(_target_text(plan))[:200]}"]
@@ -164,18 +181,24 @@ def render_text(rep: dict[str, Any], printable: Any = str) -> list[str]:
             if v is not None:
                 parts.append(f"{label} {v:.3g}")
         output = plan.get("output") if isinstance(plan.get("output"), dict) else {}
-        kl, top1, ppl = (_number(output.get(k)) for k in ("kl_mean", "top1_agreement", "perplexity"))
+        kl, top1, ppl = (
+            _number(output.get(k)) for k in ("kl_mean", "top1_agreement", "perplexity")
+        )
         ppl0 = _number(output.get("perplexity_original"))
         if kl is not None:  # a decoder: next-token distributions
             parts.append(f"KL {kl:.4g}")
         if top1 is not None:
             parts.append(f"top-1 agreement {top1:.4f}")
         if ppl is not None:
-            parts.append(f"perplexity {ppl:.4g}" + (f" (original {ppl0:.4g})" if ppl0 is not None else ""))
+            parts.append(
+                f"perplexity {ppl:.4g}" + (f" (original {ppl0:.4g})" if ppl0 is not None else "")
+            )
         cm = _number(plan.get("cosine_mean"))
         if cm is not None and kl is None:
             parts.append(f"cosine mean {cm:.5f}")
-        parts.append(f"({printable(str(plan.get('metric', '?')))}, {printable(str(plan.get('kind', '?')))})")
+        parts.append(
+            f"({printable(str(plan.get('metric', '?')))}, {printable(str(plan.get('kind', '?')))})"
+        )
         lines.append(", ".join(parts[:-1]) + " " + parts[-1])
         for message in plan.get("warnings") or []:  # the fallbacks the pack printed
             lines.append(f"warning: {printable(str(message))[:500]}")
@@ -198,15 +221,21 @@ def render_png(rep: dict[str, Any], path: str | os.PathLike) -> None:
     except ImportError:
         raise CmfError(f"--png needs matplotlib: {install_hint('report')}") from None
     rows = [r for r in rep["tensors"] if r["parameters"] > 0]
-    planned = [r for r in rows if r.get("sensitivity") is not None or r.get("predicted_error") is not None]
+    planned = [
+        r for r in rows if r.get("sensitivity") is not None or r.get("predicted_error") is not None
+    ]
     lossy = [r for r in rows if r["rel_rmse"] is not None]
-    rows = planned or lossy or rows  # the tensors worth a bar; small lossless ones only if nothing else
+    rows = (
+        planned or lossy or rows
+    )  # the tensors worth a bar; small lossless ones only if nothing else
     if not rows:
         raise CmfError("the file holds no tensors to draw")
     names = [_plain(_short(r["name"], 48)) for r in rows]
     bits = [r["bits_per_weight"] for r in rows]
     has_plan = any(r.get("error_share") is not None for r in rows)
-    err = [100 * (r.get("error_share") or 0.0) if has_plan else (r["rel_rmse"] or 0.0) for r in rows]
+    err = [
+        100 * (r.get("error_share") or 0.0) if has_plan else (r["rel_rmse"] or 0.0) for r in rows
+    ]
     height = max(4.0, 0.22 * len(rows) + 1.5)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, height), sharey=True)
     y = list(range(len(rows)))

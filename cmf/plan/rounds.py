@@ -23,7 +23,13 @@ from .harness import Harness
 
 LOOSEN_BELOW = 0.9  # a measured error under this share of an error target: allocate again, looser
 REFINE_FACTOR = 3.0  # re-measure a sensitivity where the chosen error is this far from the noise
-OUTPUT_KEYS = ("kl_mean", "kl_max", "top1_agreement", "perplexity_original", "perplexity")  # decoders
+OUTPUT_KEYS = (
+    "kl_mean",
+    "kl_max",
+    "top1_agreement",
+    "perplexity_original",
+    "perplexity",
+)  # decoders
 SEGMENT_PADDING = 32  # mean zero padding per segment (segments are 64-byte aligned)
 
 
@@ -36,8 +42,13 @@ def _spec(x: Any) -> ArraySpec:
     return ArraySpec(dtypes.of_array(x), tuple(int(d) for d in x.shape))
 
 
-def refine_sensitivity(result: PlanResult, tensors: Mapping[str, Any], harness: Harness,
-                        options: PlanOptions, fixed_bytes: int) -> None:
+def refine_sensitivity(
+    result: PlanResult,
+    tensors: Mapping[str, Any],
+    harness: Harness,
+    options: PlanOptions,
+    fixed_bytes: int,
+) -> None:
     """Output error is not exactly quadratic in a tensor's error (saturating nonlinearities):
     measure the sensitivity again, at the relative error the first allocation chose, for the
     tensors whose choice is more than ``REFINE_FACTOR`` away from the noise first measured."""
@@ -56,8 +67,12 @@ def refine_sensitivity(result: PlanResult, tensors: Mapping[str, Any], harness: 
             redo.append((name, min(max(rel, 1e-4), 0.3)))
     for k, (name, rel) in enumerate(redo):
         tp = result.tensors[name]
-        got = sens_mod.measured(harness, [(name, tensors[name], tp.curve.axis, tp.curve.weights, tp.curve.energy)],
-                                rel=rel, copies=result.copies)
+        got = sens_mod.measured(
+            harness,
+            [(name, tensors[name], tp.curve.axis, tp.curve.weights, tp.curve.energy)],
+            rel=rel,
+            copies=result.copies,
+        )
         tp.sensitivity = float(got[name]["sensitivity"])
         _progress(options, "refining sensitivity", k + 1, len(redo))
 
@@ -65,22 +80,41 @@ def refine_sensitivity(result: PlanResult, tensors: Mapping[str, Any], harness: 
 def _byte_budget(result: PlanResult, fixed_bytes: int) -> int:
     """The bytes the planned tensors may take under a size target."""
     t = result.target
-    goal = int(t["bytes"]) if "bytes" in t else int(math.floor(t["bits_per_parameter"] * result.parameters / 8))
-    return goal - fixed_bytes - SEGMENT_PADDING * sum(_segments(tp.curve) for tp in result.tensors.values())
+    goal = (
+        int(t["bytes"])
+        if "bytes" in t
+        else int(math.floor(t["bits_per_parameter"] * result.parameters / 8))
+    )
+    return (
+        goal
+        - fixed_bytes
+        - SEGMENT_PADDING * sum(_segments(tp.curve) for tp in result.tensors.values())
+    )
 
 
 def _items(result: PlanResult) -> list[Item]:
-    return [Item(n, [(p.bytes, p.error) for p in tp.curve.hull], tp.sensitivity,
-                 [(p.bytes, p.error) for p in tp.curve.points])
-            for n, tp in result.tensors.items()]
+    return [
+        Item(
+            n,
+            [(p.bytes, p.error) for p in tp.curve.hull],
+            tp.sensitivity,
+            [(p.bytes, p.error) for p in tp.curve.points],
+        )
+        for n, tp in result.tensors.items()
+    ]
 
 
 def _point_of(tp: TensorPlan, k: int) -> Point:
     return tp.curve.hull[k] if k >= 0 else tp.curve.points[-1 - k]
 
 
-def _encode_choices(result: PlanResult, alloc: Allocation, tensors: Mapping[str, Any],
-                    options: PlanOptions, cache: dict) -> None:
+def _encode_choices(
+    result: PlanResult,
+    alloc: Allocation,
+    tensors: Mapping[str, Any],
+    options: PlanOptions,
+    cache: dict,
+) -> None:
     total = len(result.tensors)
     for i, (name, tp) in enumerate(result.tensors.items()):
         point = _point_of(tp, alloc.choice[name])
@@ -90,16 +124,31 @@ def _encode_choices(result: PlanResult, alloc: Allocation, tensors: Mapping[str,
             feedback = None
             if point.choice.family == "step" or point.choice.params.get("feedback"):  # --gguf: GPTQ
                 feedback = step_feedback(tuple(np.shape(x)), result.moments.get(name))
-            pending, _ = encode_decoded(point.choice, x, _spec(x), tp.curve.axis, tp.curve.weights,
-                                        options.level, feedback, decoded=False)
-            cache[key] = pending  # decoded again when a run asks for it (result.decoded()): bounded memory
+            pending, _ = encode_decoded(
+                point.choice,
+                x,
+                _spec(x),
+                tp.curve.axis,
+                tp.curve.weights,
+                options.level,
+                feedback,
+                decoded=False,
+            )
+            cache[key] = (
+                pending  # decoded again when a run asks for it (result.decoded()): bounded memory
+            )
         tp.point = point
         tp.pending = cache[key]
         _progress(options, "encoding", i + 1, total)
 
 
-def allocate_and_verify(result: PlanResult, tensors: Mapping[str, Any], options: PlanOptions,
-                         harness: Harness | None, fixed_bytes: int) -> None:
+def allocate_and_verify(
+    result: PlanResult,
+    tensors: Mapping[str, Any],
+    options: PlanOptions,
+    harness: Harness | None,
+    fixed_bytes: int,
+) -> None:
     items = _items(result)
     cache: dict = {}
     target = result.target
@@ -129,8 +178,10 @@ def allocate_and_verify(result: PlanResult, tensors: Mapping[str, Any], options:
             budget = new_budget
         if best is None:
             result.target_met = False
-            result.notes.append(f"the measured error stayed above the target {goal:g} after "
-                                f"{options.rounds} rounds; the most accurate allocation tried is kept")
+            result.notes.append(
+                f"the measured error stayed above the target {goal:g} after "
+                f"{options.rounds} rounds; the most accurate allocation tried is kept"
+            )
             alloc = allocate(items, max_error=budget)
             _encode_choices(result, alloc, tensors, options, cache)
             row = result.rounds[-1]
@@ -151,17 +202,24 @@ def allocate_and_verify(result: PlanResult, tensors: Mapping[str, Any], options:
     budget = goal_bytes - overhead
     minimum = sum(tp.curve.hull[0].bytes for tp in result.tensors.values())
     if budget < minimum:
-        raise CmfError(f"target size {goal_bytes} bytes is below the smallest file the planner can make "
-                       f"(about {minimum + overhead} bytes: {minimum} for the planned tensors, "
-                       f"{overhead} for the rest)")
+        raise CmfError(
+            f"target size {goal_bytes} bytes is below the smallest file the planner can make "
+            f"(about {minimum + overhead} bytes: {minimum} for the planned tensors, "
+            f"{overhead} for the rest)"
+        )
     alloc = allocate(items, max_bytes=budget)
     row = _round(result, alloc, budget, tensors, options, cache, harness)
     result._size_state = (items, cache, budget, goal_bytes)  # type: ignore[attr-defined]
     _finish(result, alloc, row)
 
 
-def shrink_for_size(result: PlanResult, tensors: Mapping[str, Any], options: PlanOptions,
-                    harness: Harness | None, excess: int) -> bool:
+def shrink_for_size(
+    result: PlanResult,
+    tensors: Mapping[str, Any],
+    options: PlanOptions,
+    harness: Harness | None,
+    excess: int,
+) -> bool:
     """After a written file came out ``excess`` bytes over a size target: allocate again with a
     smaller byte budget. False when nothing smaller is possible."""
     items, cache, budget, goal = result._size_state  # type: ignore[attr-defined]
@@ -175,19 +233,35 @@ def shrink_for_size(result: PlanResult, tensors: Mapping[str, Any], options: Pla
     return True
 
 
-def _round(result: PlanResult, alloc: Allocation, budget: float, tensors: Mapping[str, Any],
-           options: PlanOptions, cache: dict, harness: Harness | None) -> dict:
+def _round(
+    result: PlanResult,
+    alloc: Allocation,
+    budget: float,
+    tensors: Mapping[str, Any],
+    options: PlanOptions,
+    cache: dict,
+    harness: Harness | None,
+) -> dict:
     """One round: encode ``alloc``'s choices, run the model with them (if it runs), and append
     the round's row (budget, predicted and measured error, planned bytes) to ``result.rounds``."""
     _encode_choices(result, alloc, tensors, options, cache)
     planned = sum(tp.pending.stored for tp in result.tensors.values())  # type: ignore[union-attr]
-    row = {"round": len(result.rounds) + 1, "budget": budget, "predicted_error": alloc.error,
-           "planned_bytes": planned}
+    row = {
+        "round": len(result.rounds) + 1,
+        "budget": budget,
+        "predicted_error": alloc.error,
+        "planned_bytes": planned,
+    }
     if harness is not None:
         stats = harness.stats(result.decoded())
         heap.trim()
-        row.update({"measured_error": stats["error"], "cosine_mean": stats["cosine_mean"],
-                    "cosine_min": stats["cosine_min"]})
+        row.update(
+            {
+                "measured_error": stats["error"],
+                "cosine_mean": stats["cosine_mean"],
+                "cosine_min": stats["cosine_min"],
+            }
+        )
         row.update({k: stats[k] for k in OUTPUT_KEYS if k in stats})
         if "domains" in stats:  # per kind of calibration text; the error is the worst one's
             row["domains"] = stats["domains"]
@@ -198,8 +272,11 @@ def _round(result: PlanResult, alloc: Allocation, budget: float, tensors: Mappin
 def _evict(cache: dict, result: PlanResult, keep: list[Allocation]) -> None:
     """Drop the encodings of ``cache`` that no allocation of ``keep`` chooses (the current and
     the best so far): the cache holds at most two encoded models, not one per round."""
-    wanted = {(name, _point_of(tp, a.choice[name]).choice.label)
-              for a in keep for name, tp in result.tensors.items()}
+    wanted = {
+        (name, _point_of(tp, a.choice[name]).choice.label)
+        for a in keep
+        for name, tp in result.tensors.items()
+    }
     for key in [k for k in cache if k not in wanted]:
         del cache[key]
 

@@ -32,8 +32,9 @@ REL_NOISE = 0.01
 SEED = 0x5E75
 
 
-def noise_like(x: np.ndarray, axis: int | None, w: np.ndarray | None, rel: float,
-               energy: float, seed: int) -> tuple[np.ndarray, float]:
+def noise_like(
+    x: np.ndarray, axis: int | None, w: np.ndarray | None, rel: float, energy: float, seed: int
+) -> tuple[np.ndarray, float]:
     """Noise for ``x`` of weighted energy ``rel**2 * energy`` (its weighted error ``e``)."""
     rng = np.random.default_rng(seed)
     g = rng.standard_normal(x.shape)
@@ -42,9 +43,15 @@ def noise_like(x: np.ndarray, axis: int | None, w: np.ndarray | None, rel: float
     return (g * scale), (rel * rel * energy)
 
 
-def measured(harness: Harness, items: Sequence[tuple[str, np.ndarray, int | None, np.ndarray | None, float]],
-             *, rel: float = REL_NOISE, seed: int = SEED, copies: Mapping[str, Sequence[str]] | None = None,
-             progress: Callable[[str], None] | None = None) -> dict[str, dict]:
+def measured(
+    harness: Harness,
+    items: Sequence[tuple[str, np.ndarray, int | None, np.ndarray | None, float]],
+    *,
+    rel: float = REL_NOISE,
+    seed: int = SEED,
+    copies: Mapping[str, Sequence[str]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, dict]:
     """``{name: {"sensitivity", "noise_error", "output_error", "seconds"}}`` for each
     ``(name, array, axis, w, energy)`` (``energy``: the tensor's weighted sum of squares).
     ``copies``: name -> other names holding the same tensor (stored once, so noisy together)."""
@@ -57,8 +64,12 @@ def measured(harness: Harness, items: Sequence[tuple[str, np.ndarray, int | None
         e_real = _weighted(np.asarray(noisy, np.float64) - np.asarray(x, np.float64), axis, w)
         over = {n: noisy for n in [name, *((copies or {}).get(name, ()))]}
         d = harness.error(over) if e_real > 0 else 0.0
-        out[name] = {"sensitivity": (d / e_real) if e_real > 0 else 0.0, "noise_error": e_real,
-                     "output_error": d, "seconds": time.perf_counter() - start}
+        out[name] = {
+            "sensitivity": (d / e_real) if e_real > 0 else 0.0,
+            "noise_error": e_real,
+            "output_error": d,
+            "seconds": time.perf_counter() - start,
+        }
         if progress is not None:
             progress(name)
     return out
@@ -66,8 +77,10 @@ def measured(harness: Harness, items: Sequence[tuple[str, np.ndarray, int | None
 
 def data_free(items: Sequence[tuple[str, int, float]], total_params: int) -> dict[str, dict]:
     """``{name: {"sensitivity"}}`` for ``(name, numel, plain energy)`` (module docstring)."""
-    return {name: {"sensitivity": (n / total_params) / energy if energy > 0 else 0.0}
-            for name, n, energy in items}
+    return {
+        name: {"sensitivity": (n / total_params) / energy if energy > 0 else 0.0}
+        for name, n, energy in items
+    }
 
 
 def _weighted(d: np.ndarray, axis: int | None, w: np.ndarray | None) -> float:

@@ -36,8 +36,28 @@ import numpy as np
 PRIOR_WORDS = 100_000  # most frequent words of the language (96 % of English running text)
 CONTEXT_FORMS = 256  # words tokenized together, as running text
 DEFAULT_PRIOR = "en,world"  # --token-prior: English first, then the world's major languages
-WORLD = ("de", "fr", "es", "pt", "it", "nl", "pl", "ru", "uk", "zh", "ja", "ko", "ar", "tr", "hi", "fa",
-         "id", "vi", "sv", "cs")
+WORLD = (
+    "de",
+    "fr",
+    "es",
+    "pt",
+    "it",
+    "nl",
+    "pl",
+    "ru",
+    "uk",
+    "zh",
+    "ja",
+    "ko",
+    "ar",
+    "tr",
+    "hi",
+    "fa",
+    "id",
+    "vi",
+    "sv",
+    "cs",
+)
 MAIN_SHARE = 0.75  # of a several-language prior's mass, given to its first language
 OTHER_WORDS = 20_000  # words of each other language (their frequent words cover most text)
 ROW_FLOOR = 0.25  # least importance of a row, as a share of the mean (row_importance)
@@ -45,14 +65,40 @@ CALIBRATION_HALF = 20_000  # calibration tokens at which the counts weigh as muc
 CAPITALIZED_SHARE = 0.15  # of a word's frequency given to its capitalized form (sentence starts)
 # Punctuation, which word lists leave out: rough rates per word of English prose (straight and
 # typographic quotes alike, as published text uses both).
-PUNCTUATION = {",": 0.05, ".": 0.045, '"': 0.006, "\u201c": 0.004, "\u201d": 0.004, "'": 0.004,
-               "\u2018": 0.002, "\u2019": 0.006, "-": 0.006, "\u2013": 0.001, "\u2014": 0.002,
-               "?": 0.003, "!": 0.002, ":": 0.003, ";": 0.002, "(": 0.002, ")": 0.002,
-               "/": 0.001, "...": 0.001, "\u2026": 0.0005, "%": 0.0005, "$": 0.0005, "&": 0.0003}
+PUNCTUATION = {
+    ",": 0.05,
+    ".": 0.045,
+    '"': 0.006,
+    "\u201c": 0.004,
+    "\u201d": 0.004,
+    "'": 0.004,
+    "\u2018": 0.002,
+    "\u2019": 0.006,
+    "-": 0.006,
+    "\u2013": 0.001,
+    "\u2014": 0.002,
+    "?": 0.003,
+    "!": 0.002,
+    ":": 0.003,
+    ";": 0.002,
+    "(": 0.002,
+    ")": 0.002,
+    "/": 0.001,
+    "...": 0.001,
+    "\u2026": 0.0005,
+    "%": 0.0005,
+    "$": 0.0005,
+    "&": 0.0003,
+}
 # Every other printable ASCII character, digits and the symbols of code, markup and numbers: few
 # rows, so weighing them costs nothing, and text that is mostly symbols (code) keeps them fine.
-PUNCTUATION.update({c: (0.001 if c.isdigit() else 0.0002) for c in map(chr, range(33, 127))
-                    if c not in PUNCTUATION and not c.isalpha()})
+PUNCTUATION.update(
+    {
+        c: (0.001 if c.isdigit() else 0.0002)
+        for c in map(chr, range(33, 127))
+        if c not in PUNCTUATION and not c.isalpha()
+    }
+)
 
 
 @functools.lru_cache(maxsize=32)
@@ -76,7 +122,7 @@ def languages(spec: str) -> list[str]:
     and ``WORLD``); the first is the main one."""
     out: list[str] = []
     for part in spec.split(","):
-        for lang in (WORLD if part.strip() == "world" else (part.strip(),)):
+        for lang in WORLD if part.strip() == "world" else (part.strip(),):
             if lang and lang not in out:
                 out.append(lang)
     return out
@@ -94,7 +140,11 @@ def word_prior(tokenizer: Any, vocab: int, lang: str | None = DEFAULT_PRIOR) -> 
     main = _one_prior(tokenizer, vocab, langs[0], PRIOR_WORDS)
     if main is None or len(langs) == 1:
         return main
-    others = [q for q in (_one_prior(tokenizer, vocab, x, OTHER_WORDS) for x in langs[1:]) if q is not None]
+    others = [
+        q
+        for q in (_one_prior(tokenizer, vocab, x, OTHER_WORDS) for x in langs[1:])
+        if q is not None
+    ]
     if not others:
         return main
     return MAIN_SHARE * main + (1 - MAIN_SHARE) * np.mean(others, axis=0)
@@ -112,7 +162,13 @@ def _one_prior(tokenizer: Any, vocab: int, lang: str, n: int) -> np.ndarray | No
     _spread(tok, list(words), freqs * (1 - CAPITALIZED_SHARE), p)
     _spread(tok, [w[:1].upper() + w[1:] for w in words], freqs * CAPITALIZED_SHARE, p)
     marks = list(PUNCTUATION)  # after a word, as they are written: "a," (the "a" not counted)
-    _spread(tok, ["a" + m for m in marks], np.array([PUNCTUATION[m] for m in marks]) * freqs.sum(), p, skip=1)
+    _spread(
+        tok,
+        ["a" + m for m in marks],
+        np.array([PUNCTUATION[m] for m in marks]) * freqs.sum(),
+        p,
+        skip=1,
+    )
     total = p.sum()
     return p / total if total > 0 else None
 
@@ -127,7 +183,9 @@ def _plain(tokenizer: Any) -> Any:
     return tok
 
 
-def _spread(tokenizer: Any, forms: Sequence[str], mass: np.ndarray, p: np.ndarray, skip: int = 0) -> None:
+def _spread(
+    tokenizer: Any, forms: Sequence[str], mass: np.ndarray, p: np.ndarray, skip: int = 0
+) -> None:
     """Add ``mass[i]`` to ``p``, shared equally by the tokens of ``forms[i]``. The forms are
     tokenized ``CONTEXT_FORMS`` at a time joined by spaces, so each is tokenized as in running
     text (a word-initial marker or space prefix included, whatever the tokenizer's convention);
@@ -144,20 +202,25 @@ def _spread(tokenizer: Any, forms: Sequence[str], mass: np.ndarray, p: np.ndarra
         offs = np.asarray(enc.offsets, np.int64).reshape(-1, 2)
         last = offs[:, 1] - 1  # the token's last character
         form = np.searchsorted(starts, last, side="right") - 1
-        keep = (offs[:, 1] > offs[:, 0]) & (form >= 0) & (last >= starts[np.maximum(form, 0)] + skip)
+        keep = (
+            (offs[:, 1] > offs[:, 0]) & (form >= 0) & (last >= starts[np.maximum(form, 0)] + skip)
+        )
         keep &= (ids >= 0) & (ids < vocab)
         ids, form = ids[keep], form[keep]
         per = np.bincount(form, minlength=len(chunk))  # tokens of each form
         np.add.at(p, ids, mass[i : i + len(chunk)][form] / per[form])
 
 
-def token_frequencies(calibration_ids: Sequence[Sequence[int]], vocab: int,
-                      prior: np.ndarray | None) -> np.ndarray | None:
+def token_frequencies(
+    calibration_ids: Sequence[Sequence[int]], vocab: int, prior: np.ndarray | None
+) -> np.ndarray | None:
     """``p`` (vocab,) summing to 1: ``prior`` mixed with the token counts of the calibration
     sequences (module docstring); None without a prior or without calibration tokens."""
     if prior is None or prior.shape != (vocab,):
         return None
-    ids = np.concatenate([np.asarray(s, np.int64).reshape(-1) for s in calibration_ids] or [np.zeros(0, np.int64)])
+    ids = np.concatenate(
+        [np.asarray(s, np.int64).reshape(-1) for s in calibration_ids] or [np.zeros(0, np.int64)]
+    )
     counts = np.bincount(ids[(ids >= 0) & (ids < vocab)], minlength=vocab).astype(np.float64)
     n = counts.sum()
     if n <= 0:

@@ -12,4 +12,12 @@ Text models need the ``tokenizers`` package (``pip install 'cmf-container[run]'`
 from .evaluate import evaluate, sample_sentences
 from .rebuild import Decoder, ModelSource, detect_kind, load_runner, open_model
 
-__all__ = ["Decoder", "ModelSource", "detect_kind", "evaluate", "load_runner", "open_model", "sample_sentences"]
+__all__ = [
+    "Decoder",
+    "ModelSource",
+    "detect_kind",
+    "evaluate",
+    "load_runner",
+    "open_model",
+    "sample_sentences",
+]

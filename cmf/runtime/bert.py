@@ -54,17 +54,17 @@ def gelu(x: np.ndarray) -> np.ndarray:
     out = np.empty(x.shape, x.dtype)
     flat, flat_out = x.reshape(-1), out.reshape(-1)
     for start in range(0, flat.size, _CHUNK):
-        x64 = flat[start : start + _CHUNK].astype(np.float64)   # [c]
-        u = np.minimum(np.abs(x64) * (1 / math.sqrt(2)), 6.0)   # [c]  |x| / sqrt 2
-        t = u / 3.0 - 1.0                                       # [c]  [0, 6] -> [-1, 1]
+        x64 = flat[start : start + _CHUNK].astype(np.float64)  # [c]
+        u = np.minimum(np.abs(x64) * (1 / math.sqrt(2)), 6.0)  # [c]  |x| / sqrt 2
+        t = u / 3.0 - 1.0  # [c]  [0, 6] -> [-1, 1]
         t2, b1, b2, tmp = 2 * t, np.zeros_like(t), np.zeros_like(t), np.empty_like(t)
-        for c in _ERFCX[:0:-1]:                                 # Clenshaw: b_k = 2t b_k+1 - b_k+2 + c_k
+        for c in _ERFCX[:0:-1]:  # Clenshaw: b_k = 2t b_k+1 - b_k+2 + c_k
             np.multiply(t2, b1, out=tmp)
             tmp -= b2
             tmp += c
             b2, b1, tmp = b1, tmp, b2
-        erfcx = t * b1 - b2 + _ERFCX[0]                         # [c]  exp(u^2) erfc(u)
-        h = 0.5 * np.exp(-u * u) * erfcx                        # [c]  erfc(u) / 2
+        erfcx = t * b1 - b2 + _ERFCX[0]  # [c]  exp(u^2) erfc(u)
+        h = 0.5 * np.exp(-u * u) * erfcx  # [c]  erfc(u) / 2
         flat_out[start : start + _CHUNK] = x64 * np.where(x64 >= 0, 1.0 - h, h)  # [c]  x Phi(x)
     return out
 
@@ -79,69 +79,85 @@ def relu(x: np.ndarray) -> np.ndarray:
 
 
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "gelu": gelu, "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh, "gelu_fast": gelu_tanh, "relu": relu,
+    "gelu": gelu,
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_fast": gelu_tanh,
+    "relu": relu,
 }
 
 
 # -- the forward pass -----------------------------------------------------------------------------
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
-    mean = x.mean(axis=-1, keepdims=True)                       # [..., 1]
-    var = np.square(x - mean).mean(axis=-1, keepdims=True)      # [..., 1]
-    return (x - mean) / np.sqrt(var + eps) * g + b              # [..., d]
+    mean = x.mean(axis=-1, keepdims=True)  # [..., 1]
+    var = np.square(x - mean).mean(axis=-1, keepdims=True)  # [..., 1]
+    return (x - mean) / np.sqrt(var + eps) * g + b  # [..., d]
 
 
 def linear(x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
-    y = x.reshape(-1, x.shape[-1]) @ w["w"] + w["b"]            # [n, in] @ [in, out] -> [n, out]
-    return y.reshape(*x.shape[:-1], -1)                         # [..., out] (one BLAS call)
+    y = x.reshape(-1, x.shape[-1]) @ w["w"] + w["b"]  # [n, in] @ [in, out] -> [n, out]
+    return y.reshape(*x.shape[:-1], -1)  # [..., out] (one BLAS call)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))               # [..., n]
-    return e / e.sum(axis=-1, keepdims=True)                    # [..., n]
+    e = np.exp(x - x.max(axis=-1, keepdims=True))  # [..., n]
+    return e / e.sum(axis=-1, keepdims=True)  # [..., n]
 
 
 def attention(x: np.ndarray, bias: np.ndarray, p: dict, n_head: int) -> np.ndarray:
     b, s, d = x.shape
     qkv = linear(x, p["qkv"]).reshape(b, s, 3, n_head, d // n_head)  # [b, s, 3, h, d/h]
-    q = qkv[:, :, 0].transpose(0, 2, 1, 3)                      # [b, h, s, d/h]
-    k = qkv[:, :, 1].transpose(0, 2, 3, 1)                      # [b, h, d/h, s]
-    v = qkv[:, :, 2].transpose(0, 2, 1, 3)                      # [b, h, s, d/h]
+    q = qkv[:, :, 0].transpose(0, 2, 1, 3)  # [b, h, s, d/h]
+    k = qkv[:, :, 1].transpose(0, 2, 3, 1)  # [b, h, d/h, s]
+    v = qkv[:, :, 2].transpose(0, 2, 1, 3)  # [b, h, s, d/h]
     scores = (q @ k) / np.float32(math.sqrt(d // n_head)) + bias  # [b, h, s, s]
-    out = softmax(scores) @ v                                   # [b, h, s, d/h]
-    out = out.transpose(0, 2, 1, 3).reshape(b, s, d)            # [b, s, d]
-    return linear(out, p["o"])                                  # [b, s, d]
+    out = softmax(scores) @ v  # [b, h, s, d/h]
+    out = out.transpose(0, 2, 1, 3).reshape(b, s, d)  # [b, s, d]
+    return linear(out, p["o"])  # [b, s, d]
 
 
-def block(x: np.ndarray, bias: np.ndarray, p: dict, n_head: int, eps: float, act: Callable) -> np.ndarray:
+def block(
+    x: np.ndarray, bias: np.ndarray, p: dict, n_head: int, eps: float, act: Callable
+) -> np.ndarray:
     x = layer_norm(x + attention(x, bias, p, n_head), **p["ln_1"], eps=eps)  # [b, s, d]
-    h = act(linear(x, p["fc"]))                                 # [b, s, f]
+    h = act(linear(x, p["fc"]))  # [b, s, f]
     return layer_norm(x + linear(h, p["proj"]), **p["ln_2"], eps=eps)  # [b, s, d]
 
 
-def encoder(ids: np.ndarray, type_ids: np.ndarray, positions: np.ndarray, mask: np.ndarray,
-            params: dict, n_head: int, eps: float, act: Callable) -> np.ndarray:
+def encoder(
+    ids: np.ndarray,
+    type_ids: np.ndarray,
+    positions: np.ndarray,
+    mask: np.ndarray,
+    params: dict,
+    n_head: int,
+    eps: float,
+    act: Callable,
+) -> np.ndarray:
     """Token states of a BERT encoder: ``ids``, ``type_ids``, ``positions``, ``mask`` [b, s]
     -> [b, s, d]."""
     x = params["wte"][ids] + params["wpe"][positions] + params["wtt"][type_ids]  # [b, s, d]
-    x = layer_norm(x, **params["ln_emb"], eps=eps)              # [b, s, d]
-    bias = np.where(mask, 0, np.finfo(np.float32).min).astype(np.float32)[:, None, None, :]  # [b, 1, 1, s]
+    x = layer_norm(x, **params["ln_emb"], eps=eps)  # [b, s, d]
+    bias = np.where(mask, 0, np.finfo(np.float32).min).astype(np.float32)[
+        :, None, None, :
+    ]  # [b, 1, 1, s]
     for p in params["blocks"]:
-        x = block(x, bias, p, n_head, eps, act)                 # [b, s, d]
+        x = block(x, bias, p, n_head, eps, act)  # [b, s, d]
     return x
 
 
 def pool(states: np.ndarray, mask: np.ndarray, modes: Sequence[str]) -> np.ndarray:
     """sentence-transformers' Pooling: [b, s, d], mask [b, s] -> [b, len(modes) * d]."""
-    m = mask[:, :, None].astype(states.dtype)                   # [b, s, 1]
-    count = np.maximum(m.sum(axis=1), 1e-9)                     # [b, 1]
+    m = mask[:, :, None].astype(states.dtype)  # [b, s, 1]
+    count = np.maximum(m.sum(axis=1), 1e-9)  # [b, 1]
     out = []
     for mode in modes:
         if mode == "cls":
-            out.append(states[:, 0])                            # [b, d]
+            out.append(states[:, 0])  # [b, d]
         elif mode == "max":
             out.append(np.where(m > 0, states, np.float32(-1e9)).max(axis=1))  # [b, d]
         elif mode == "mean":
-            out.append((states * m).sum(axis=1) / count)        # [b, d]
+            out.append((states * m).sum(axis=1) / count)  # [b, d]
         elif mode == "mean_sqrt_len":
             out.append((states * m).sum(axis=1) / np.sqrt(count))  # [b, d]
     return np.concatenate(out, axis=-1)
@@ -153,8 +169,10 @@ def normalize(e: np.ndarray) -> np.ndarray:
 
 # -- configuration: weights, pooling, tokenizer ----------------------------------------------------
 POOLING_KEYS = {  # sentence-transformers' Pooling config key -> mode, in its concatenation order
-    "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
 }
 _UNSUPPORTED_POOLING = ("pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
 
@@ -163,11 +181,15 @@ def _prefix(names: Sequence[str]) -> str:
     for candidate in ("", "bert.", "roberta.", "model."):
         if candidate + "embeddings.word_embeddings.weight" in names:
             return candidate
-    raise CmfError("no BERT embeddings among the tensors (expected 'embeddings.word_embeddings.weight', "
-                   "possibly under 'bert.' or 'roberta.')")
+    raise CmfError(
+        "no BERT embeddings among the tensors (expected 'embeddings.word_embeddings.weight', "
+        "possibly under 'bert.' or 'roberta.')"
+    )
 
 
-def load_params(get_tensor: Callable[[str], np.ndarray], names: Sequence[str], n_layer: int) -> dict:
+def load_params(
+    get_tensor: Callable[[str], np.ndarray], names: Sequence[str], n_layer: int
+) -> dict:
     """Fetch the encoder's weights one tensor at a time (as float32) into picoGPT-style params:
     linear weights as [in, out] (query, key and value side by side), biases, LayerNorm g and b."""
     pre = _prefix(names)
@@ -178,8 +200,10 @@ def load_params(get_tensor: Callable[[str], np.ndarray], names: Sequence[str], n
         return np.ascontiguousarray(get_tensor(pre + name), dtype=np.float32)
 
     def lin(*names: str) -> dict[str, np.ndarray]:  # [out, in] weights -> one [in, sum(out)] matrix
-        return {"w": np.ascontiguousarray(np.concatenate([t(n + ".weight") for n in names]).T),
-                "b": np.concatenate([t(n + ".bias") for n in names])}
+        return {
+            "w": np.ascontiguousarray(np.concatenate([t(n + ".weight") for n in names]).T),
+            "b": np.concatenate([t(n + ".bias") for n in names]),
+        }
 
     def ln(name: str) -> dict[str, np.ndarray]:
         return {"g": t(name + ".weight"), "b": t(name + ".bias")}
@@ -187,13 +211,18 @@ def load_params(get_tensor: Callable[[str], np.ndarray], names: Sequence[str], n
     blocks = []
     for i in range(n_layer):
         L = f"encoder.layer.{i}."
-        blocks.append({
-            "qkv": lin(L + "attention.self.query", L + "attention.self.key", L + "attention.self.value"),
-            "o": lin(L + "attention.output.dense"),
-            "ln_1": ln(L + "attention.output.LayerNorm"),
-            "fc": lin(L + "intermediate.dense"), "proj": lin(L + "output.dense"),
-            "ln_2": ln(L + "output.LayerNorm"),
-        })
+        blocks.append(
+            {
+                "qkv": lin(
+                    L + "attention.self.query", L + "attention.self.key", L + "attention.self.value"
+                ),
+                "o": lin(L + "attention.output.dense"),
+                "ln_1": ln(L + "attention.output.LayerNorm"),
+                "fc": lin(L + "intermediate.dense"),
+                "proj": lin(L + "output.dense"),
+                "ln_2": ln(L + "output.LayerNorm"),
+            }
+        )
     wtt_name = "embeddings.token_type_embeddings.weight"
     return {
         "wte": t("embeddings.word_embeddings.weight"),
@@ -236,8 +265,10 @@ def pipeline_from(read_json: Callable[[str], Any]) -> Pipeline:
             elif kind == "Normalize":
                 out.normalize = True
             else:
-                raise CmfError(f"sentence-transformers module {m.get('type')!r} is not supported "
-                               "(Transformer, Pooling and Normalize are)")
+                raise CmfError(
+                    f"sentence-transformers module {m.get('type')!r} is not supported "
+                    "(Transformer, Pooling and Normalize are)"
+                )
     if isinstance(st, dict):
         if isinstance(st.get("max_seq_length"), int) and st["max_seq_length"] > 0:
             out.max_length = st["max_seq_length"]
@@ -262,8 +293,15 @@ class BertEncoder:
 
     engine = "reference"  # the numpy reference engine (cmf.runtime.torch_engine: "torch")
 
-    def __init__(self, params: dict, config: dict, pipeline: Pipeline, tokenizer: Any = None) -> None:
-        self.params, self.config, self.pipeline, self.tokenizer = params, config, pipeline, tokenizer
+    def __init__(
+        self, params: dict, config: dict, pipeline: Pipeline, tokenizer: Any = None
+    ) -> None:
+        self.params, self.config, self.pipeline, self.tokenizer = (
+            params,
+            config,
+            pipeline,
+            tokenizer,
+        )
         self.model_type = config.get("model_type", "bert")
         self.n_head = _int(config, "num_attention_heads")
         self.eps = float(config.get("layer_norm_eps", 1e-12))
@@ -272,7 +310,9 @@ class BertEncoder:
             raise CmfError(f"hidden_act {act!r} is not supported ({', '.join(ACTIVATIONS)} are)")
         self.act = ACTIVATIONS[act]
         if config.get("position_embedding_type", "absolute") != "absolute":
-            raise CmfError(f"position_embedding_type {config['position_embedding_type']!r} is not supported")
+            raise CmfError(
+                f"position_embedding_type {config['position_embedding_type']!r} is not supported"
+            )
         d = params["wte"].shape[1]
         if d % self.n_head:
             raise CmfError(f"hidden size {d} is not a multiple of {self.n_head} heads")
@@ -282,8 +322,14 @@ class BertEncoder:
             params["wtt"] = np.zeros((1, d), np.float32)
 
     @classmethod
-    def from_tensors(cls, get_tensor: Callable[[str], np.ndarray], names: Sequence[str], config: dict,
-                     pipeline: Pipeline | None = None, tokenizer: Any = None) -> BertEncoder:
+    def from_tensors(
+        cls,
+        get_tensor: Callable[[str], np.ndarray],
+        names: Sequence[str],
+        config: dict,
+        pipeline: Pipeline | None = None,
+        tokenizer: Any = None,
+    ) -> BertEncoder:
         params = load_params(get_tensor, names, _int(config, "num_hidden_layers"))
         return cls(params, config, pipeline or Pipeline(), tokenizer)
 
@@ -295,12 +341,16 @@ class BertEncoder:
         n_pos = self.params["wpe"].shape[0] - (self.pad_id + 1 if self.offset_positions else 0)
         return min(self.pipeline.max_length or n_pos, n_pos)
 
-    def states(self, ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray | None = None) -> np.ndarray:
+    def states(
+        self, ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray | None = None
+    ) -> np.ndarray:
         """Token states [b, s, d] of padded ``ids`` [b, s] with ``mask`` [b, s] (1 = real token)."""
         ids, mask = np.asarray(ids, np.int64), np.asarray(mask, np.int64)
         if ids.ndim != 2 or mask.shape != ids.shape:
-            raise CmfError(f"ids and mask must be [batch, seq] arrays of one shape, got {ids.shape} "
-                           f"and {mask.shape}")
+            raise CmfError(
+                f"ids and mask must be [batch, seq] arrays of one shape, got {ids.shape} "
+                f"and {mask.shape}"
+            )
         vocab, n_type = self.params["wte"].shape[0], self.params["wtt"].shape[0]
         type_ids = np.zeros_like(ids) if type_ids is None else np.asarray(type_ids, np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= vocab):
@@ -312,11 +362,24 @@ class BertEncoder:
         else:
             positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
         if positions.size and positions.max() >= self.params["wpe"].shape[0]:
-            raise CmfError(f"sequence of {ids.shape[1]} tokens is longer than the model's "
-                           f"{self.params['wpe'].shape[0]} positions")
-        return encoder(ids, type_ids, positions, mask.astype(bool), self.params, self.n_head, self.eps, self.act)
+            raise CmfError(
+                f"sequence of {ids.shape[1]} tokens is longer than the model's "
+                f"{self.params['wpe'].shape[0]} positions"
+            )
+        return encoder(
+            ids,
+            type_ids,
+            positions,
+            mask.astype(bool),
+            self.params,
+            self.n_head,
+            self.eps,
+            self.act,
+        )
 
-    def embed_ids(self, ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray | None = None) -> np.ndarray:
+    def embed_ids(
+        self, ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray | None = None
+    ) -> np.ndarray:
         e = pool(self.states(ids, mask, type_ids), np.asarray(mask), self.pipeline.modes)  # [b, d]
         return normalize(e) if self.pipeline.normalize else e
 
@@ -343,7 +406,11 @@ class BertEncoder:
             mask = np.zeros((len(chunk), s), np.int64)
             for row, i in enumerate(chunk):
                 e = encodings[i]
-                ids[row, : len(e.ids)], types[row, : len(e.ids)], mask[row, : len(e.ids)] = e.ids, e.type_ids, 1
+                ids[row, : len(e.ids)], types[row, : len(e.ids)], mask[row, : len(e.ids)] = (
+                    e.ids,
+                    e.type_ids,
+                    1,
+                )
             out[chunk] = self.embed_ids(ids, mask, types)
         return out
 

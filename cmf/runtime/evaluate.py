@@ -35,7 +35,11 @@ from ..errors import CmfError
 from .rebuild import detect_kind, kind_of, load_runner, open_model
 
 DEFAULT_ONNX_SAMPLES = 8
-KIND_NAMES = {"onnx": "an ONNX model", "encoder": "a BERT-family encoder", "decoder": "a Llama-family decoder"}
+KIND_NAMES = {
+    "onnx": "an ONNX model",
+    "encoder": "a BERT-family encoder",
+    "decoder": "a Llama-family decoder",
+}
 DEFAULT_MAX_TOKENS = 256
 
 
@@ -89,7 +93,9 @@ def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray] | np.ndarray:
     except OSError as exc:
         raise CmfError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise CmfError(f"{path}: not a .npy/.npz of plain arrays ({type(exc).__name__}: {exc})") from None
+        raise CmfError(
+            f"{path}: not a .npy/.npz of plain arrays ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def onnx_feeds(runner: Any, data: Any) -> dict[str, np.ndarray]:
@@ -98,8 +104,10 @@ def onnx_feeds(runner: Any, data: Any) -> dict[str, np.ndarray]:
         return {str(k): np.asarray(v) for k, v in data.items()}
     names = [i.name for i in runner.input_specs()]
     if len(names) != 1:
-        raise CmfError(f"the model has {len(names)} inputs ({', '.join(names)}); give them by name "
-                       "(a .npz, or NAME=file.npy)")
+        raise CmfError(
+            f"the model has {len(names)} inputs ({', '.join(names)}); give them by name "
+            "(a .npz, or NAME=file.npy)"
+        )
     return {names[0]: np.asarray(data)}
 
 
@@ -113,8 +121,10 @@ def split_samples(runner: Any, feeds: dict[str, np.ndarray]) -> list[dict[str, n
         return [feeds]
     counts = {len(v) for v in feeds.values()}
     if len(counts) != 1:
-        raise CmfError(f"calibration inputs with a leading sample axis must agree on its length, "
-                       f"found {sorted(counts)}")
+        raise CmfError(
+            f"calibration inputs with a leading sample axis must agree on its length, "
+            f"found {sorted(counts)}"
+        )
     n = counts.pop()
     if n == 0:
         raise CmfError("calibration inputs: the sample axis is empty")
@@ -139,7 +149,11 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _identical(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+    )
 
 
 def _summary(cosines: Sequence[float], max_abs: float, identical: bool) -> dict[str, Any]:
@@ -151,7 +165,9 @@ def _summary(cosines: Sequence[float], max_abs: float, identical: bool) -> dict[
     }
 
 
-def compare_outputs(a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+def compare_outputs(
+    a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray]]
+) -> dict[str, Any]:
     """Per-output and overall agreement of two runs over the same list of input sets."""
     per: dict[str, Any] = {}
     all_cos: list[float] = []
@@ -168,11 +184,26 @@ def compare_outputs(a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray
             row.update(_summary(cos, max_abs, identical))
             all_cos += cos
             if xs[0].ndim >= 2 and xs[0].shape[-1] >= 2:
-                agree = [np.mean(np.argmax(x, -1) == np.argmax(y, -1)) for x, y in zip(xs, ys, strict=True)]
+                agree = [
+                    np.mean(np.argmax(x, -1) == np.argmax(y, -1))
+                    for x, y in zip(xs, ys, strict=True)
+                ]
                 row["top1_agreement"] = float(np.mean(agree))
         else:
-            row.update({"max_abs_error": max_abs, "identical": identical,
-                        "equal_fraction": float(np.mean([np.mean(x == y) if x.size else 1.0 for x, y in zip(xs, ys, strict=True)]))})
+            row.update(
+                {
+                    "max_abs_error": max_abs,
+                    "identical": identical,
+                    "equal_fraction": float(
+                        np.mean(
+                            [
+                                np.mean(x == y) if x.size else 1.0
+                                for x, y in zip(xs, ys, strict=True)
+                            ]
+                        )
+                    ),
+                }
+            )
         per[name] = row
         worst = max(worst, max_abs)
         same = same and identical
@@ -204,9 +235,15 @@ def compare_logits(ids: Sequence[int], a: np.ndarray, b: np.ndarray) -> dict[str
 
 
 # -- the report ------------------------------------------------------------------------------------
-def evaluate(original: str | os.PathLike, compressed: str | os.PathLike, inputs: Any = None, *,
-             max_tokens: int = DEFAULT_MAX_TOKENS, samples: int = DEFAULT_ONNX_SAMPLES,
-             engine: str | None = None) -> dict[str, Any]:
+def evaluate(
+    original: str | os.PathLike,
+    compressed: str | os.PathLike,
+    inputs: Any = None,
+    *,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    samples: int = DEFAULT_ONNX_SAMPLES,
+    engine: str | None = None,
+) -> dict[str, Any]:
     """Run ``original`` and ``compressed`` on the same inputs and report how far the outputs
     moved (see the module docstring for ``inputs`` and the fields). ``engine`` as
     cmf.runtime.rebuild.load_runner takes it; the report's ``engines`` names the one each ran on."""
@@ -219,7 +256,9 @@ def evaluate(original: str | os.PathLike, compressed: str | os.PathLike, inputs:
         srcs[1].borrow(srcs[0])
         kinds = [detect_kind(src)[0] for src in srcs]
         if kinds[0] != kinds[1]:
-            raise CmfError(f"{original} is {KIND_NAMES[kinds[0]]} but {compressed} is {KIND_NAMES[kinds[1]]}")
+            raise CmfError(
+                f"{original} is {KIND_NAMES[kinds[0]]} but {compressed} is {KIND_NAMES[kinds[1]]}"
+            )
         results, seconds, engines = [], [], []
         prepared: Any = None
         for src in srcs:
@@ -230,8 +269,10 @@ def evaluate(original: str | os.PathLike, compressed: str | os.PathLike, inputs:
                 prepared = _prepare(kind, runner, inputs, max_tokens, samples)
                 signature = _signature(kind, runner)
             elif _signature(kind, runner) != signature:
-                raise CmfError(f"{original} and {compressed} are different models: "
-                               f"{_signature(kind, runner)} vs {signature}")
+                raise CmfError(
+                    f"{original} and {compressed} are different models: "
+                    f"{_signature(kind, runner)} vs {signature}"
+                )
             start = time.perf_counter()
             results.append(_run(kind, runner, prepared))
             seconds.append(time.perf_counter() - start)
@@ -241,16 +282,24 @@ def evaluate(original: str | os.PathLike, compressed: str | os.PathLike, inputs:
         for src in srcs:
             src.close()
     kind = kinds[0]
-    head = {"kind": kind, "original": os.fspath(original), "compressed": os.fspath(compressed),
-            "seconds": {"original": round(seconds[0], 3), "compressed": round(seconds[1], 3)},
-            "engines": {"original": engines[0], "compressed": engines[1]}}
+    head = {
+        "kind": kind,
+        "original": os.fspath(original),
+        "compressed": os.fspath(compressed),
+        "seconds": {"original": round(seconds[0], 3), "compressed": round(seconds[1], 3)},
+        "engines": {"original": engines[0], "compressed": engines[1]},
+    }
     if kind == "onnx":
         return {**head, "samples": len(prepared), **compare_outputs(results[0], results[1])}
     if kind == "encoder":
         a, b = results
         cos = [cosine(x, y) for x, y in zip(a, b, strict=True)]
-        return {**head, "samples": len(prepared), "dim": int(a.shape[1]),
-                **_summary(cos, _max_abs(a, b), _identical(a, b))}
+        return {
+            **head,
+            "samples": len(prepared),
+            "dim": int(a.shape[1]),
+            **_summary(cos, _max_abs(a, b), _identical(a, b)),
+        }
     return {**head, **compare_logits(prepared, results[0], results[1])}
 
 

@@ -59,7 +59,10 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndar
 
 
 def rope_inv_freq(
-    head_dim: int, theta: float, scaling: Mapping[str, Any] | None = None, factors: np.ndarray | None = None
+    head_dim: int,
+    theta: float,
+    scaling: Mapping[str, Any] | None = None,
+    factors: np.ndarray | None = None,
 ) -> np.ndarray:  # -> [hd/2] float64, the angle per position of each rotated pair
     inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     kind = _rope_type(scaling)
@@ -67,15 +70,24 @@ def rope_inv_freq(
         inv = inv / float(scaling["factor"])
     elif kind == "llama3":  # long wavelengths slowed by `factor`, short kept, a smooth ramp between
         factor = float(scaling["factor"])
-        low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+        low, high = (
+            float(scaling.get("low_freq_factor", 1.0)),
+            float(scaling.get("high_freq_factor", 4.0)),
+        )
         old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
         if not 0 < low < high or old_ctx <= 0:
-            raise CmfError("rope scaling 'llama3': expected 0 < low_freq_factor < high_freq_factor, "
-                           f"found {low}, {high}")
+            raise CmfError(
+                "rope scaling 'llama3': expected 0 < low_freq_factor < high_freq_factor, "
+                f"found {low}, {high}"
+            )
         wavelen = 2 * math.pi / inv
         smooth = np.clip((old_ctx / wavelen - low) / (high - low), 0.0, 1.0)
-        inv = np.where(wavelen > old_ctx / low, inv / factor, (1 - smooth) * inv / factor + smooth * inv)
-    if factors is not None:  # GGUF rope_freqs.weight: llama.cpp divides each frequency by its factor
+        inv = np.where(
+            wavelen > old_ctx / low, inv / factor, (1 - smooth) * inv / factor + smooth * inv
+        )
+    if (
+        factors is not None
+    ):  # GGUF rope_freqs.weight: llama.cpp divides each frequency by its factor
         inv = inv / np.asarray(factors, dtype=np.float64)
     return inv
 
@@ -100,7 +112,9 @@ def causal_mask(n: int, past: int, window: int | None = None) -> np.ndarray:
     k = np.arange(past + n)[None, :]  # [1, t] key positions
     allowed = k <= q
     if window is not None:
-        allowed &= k > q - window  # as HF: a query sees the `window` most recent keys, itself included
+        allowed &= (
+            k > q - window
+        )  # as HF: a query sees the `window` most recent keys, itself included
     return np.where(allowed, np.float32(0), np.float32(-np.inf))  # [n, t] additive
 
 
@@ -136,7 +150,11 @@ def mlp(x: np.ndarray, layer: Layer) -> np.ndarray:  # [n, d] -> [n, d]
 
 
 def block(
-    x: np.ndarray, layer: Layer, cfg: LlamaConfig, cos: np.ndarray, sin: np.ndarray,
+    x: np.ndarray,
+    layer: Layer,
+    cfg: LlamaConfig,
+    cos: np.ndarray,
+    sin: np.ndarray,
     kv_sink: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> np.ndarray:  # x [n, d] -> [n, d]
     n, H, K, hd = x.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -163,9 +181,13 @@ def _rope_type(scaling: Mapping[str, Any] | None) -> str:
         return "default"
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind not in ROPE_TYPES:
-        raise UnsupportedError(f"rope scaling type {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
+        raise UnsupportedError(
+            f"rope scaling type {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})"
+        )
     if kind in ("linear", "llama3") and not _positive_number(scaling.get("factor")):
-        raise CmfError(f"rope scaling {kind!r} needs a positive 'factor', found {scaling.get('factor')!r}")
+        raise CmfError(
+            f"rope scaling {kind!r} needs a positive 'factor', found {scaling.get('factor')!r}"
+        )
     return kind
 
 
@@ -221,21 +243,35 @@ class LlamaConfig:
         kv_heads = _positive_int(config, "num_key_value_heads", heads)
         head_dim = _positive_int(config, "head_dim", d // heads if d % heads == 0 else None)
         if heads % kv_heads:
-            raise CmfError(f"config: num_attention_heads {heads} is not a multiple of "
-                           f"num_key_value_heads {kv_heads}")
+            raise CmfError(
+                f"config: num_attention_heads {heads} is not a multiple of "
+                f"num_key_value_heads {kv_heads}"
+            )
         if head_dim % 2:
             raise CmfError(f"config: head_dim must be even for rotary embeddings, found {head_dim}")
         n_layers = _positive_int(config, "num_hidden_layers")
-        params = config.get("rope_parameters") or {}  # transformers >= 5 keeps theta and scaling here
+        params = (
+            config.get("rope_parameters") or {}
+        )  # transformers >= 5 keeps theta and scaling here
         if not isinstance(params, Mapping):
             raise CmfError(f"config 'rope_parameters': expected an object, found {params!r}")
         theta = config.get("rope_theta", params.get("rope_theta", 10000.0))
-        scaling = config.get("rope_scaling") or {k: v for k, v in params.items() if k != "rope_theta"} or None
+        scaling = (
+            config.get("rope_scaling")
+            or {k: v for k, v in params.items() if k != "rope_theta"}
+            or None
+        )
         if scaling is not None and not isinstance(scaling, Mapping):
             raise CmfError(f"config 'rope_scaling': expected an object or null, found {scaling!r}")
-        partial = config.get("partial_rotary_factor") or (scaling or {}).get("partial_rotary_factor") or 1.0
+        partial = (
+            config.get("partial_rotary_factor")
+            or (scaling or {}).get("partial_rotary_factor")
+            or 1.0
+        )
         if partial != 1.0:
-            raise UnsupportedError(f"partial_rotary_factor {partial!r} is not supported (only full rotary)")
+            raise UnsupportedError(
+                f"partial_rotary_factor {partial!r} is not supported (only full rotary)"
+            )
         eps = config.get("rms_norm_eps", 1e-6)
         for key, value in (("rope_theta", theta), ("rms_norm_eps", eps)):
             if not _positive_number(value):
@@ -244,11 +280,19 @@ class LlamaConfig:
         biased = bool(config.get("attention_bias", False))
         vocab = config.get("vocab_size")
         return cls(
-            model_type=model_type, hidden_size=d, intermediate_size=_positive_int(config, "intermediate_size"),
-            n_layers=n_layers, n_heads=heads, n_kv_heads=kv_heads, head_dim=head_dim,
-            rms_norm_eps=float(eps), rope_theta=float(theta), rope_scaling=scaling,
+            model_type=model_type,
+            hidden_size=d,
+            intermediate_size=_positive_int(config, "intermediate_size"),
+            n_layers=n_layers,
+            n_heads=heads,
+            n_kv_heads=kv_heads,
+            head_dim=head_dim,
+            rms_norm_eps=float(eps),
+            rope_theta=float(theta),
+            rope_scaling=scaling,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            qkv_bias=model_type == "qwen2" or biased, o_bias=model_type == "llama" and biased,
+            qkv_bias=model_type == "qwen2" or biased,
+            o_bias=model_type == "llama" and biased,
             mlp_bias=model_type == "llama" and bool(config.get("mlp_bias", False)),
             windows=_windows(config, model_type, n_layers),
             vocab_size=vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else None,
@@ -262,7 +306,9 @@ def _windows(config: Mapping[str, Any], model_type: str, n_layers: int) -> tuple
     if model_type == "llama" or window is None:
         return (None,) * n_layers
     if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
-        raise CmfError(f"config 'sliding_window': expected a positive integer or null, found {window!r}")
+        raise CmfError(
+            f"config 'sliding_window': expected a positive integer or null, found {window!r}"
+        )
     if model_type == "mistral":
         return (window,) * n_layers
     if not config.get("use_sliding_window", False):
@@ -321,13 +367,22 @@ def _load(get_tensor: GetTensor, name: str, shape: tuple[int | None, ...]) -> np
     array = np.asarray(value)
     if array.dtype.kind in "biuOSUmM":
         raise CmfError(f"tensor {name!r}: expected floating-point values, found {array.dtype}")
-    if len(array.shape) != len(shape) or any(w is not None and w != n for w, n in zip(shape, array.shape, strict=True)):
-        want = "(" + ", ".join("any" if w is None else str(w) for w in shape) + ("," if len(shape) == 1 else "") + ")"
+    if len(array.shape) != len(shape) or any(
+        w is not None and w != n for w, n in zip(shape, array.shape, strict=True)
+    ):
+        want = (
+            "("
+            + ", ".join("any" if w is None else str(w) for w in shape)
+            + ("," if len(shape) == 1 else "")
+            + ")"
+        )
         raise CmfError(f"tensor {name!r}: expected shape {want}, found {array.shape}")
     try:
         return np.ascontiguousarray(array, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise CmfError(f"tensor {name!r}: cannot convert {array.dtype} to float32 ({exc})") from None
+        raise CmfError(
+            f"tensor {name!r}: cannot convert {array.dtype} to float32 ({exc})"
+        ) from None
 
 
 def check_ids(ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
@@ -338,11 +393,15 @@ def check_ids(ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
     except (TypeError, ValueError):
         raise CmfError("token ids: expected a sequence of integers") from None
     if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "iu":
-        raise CmfError("token ids: expected a non-empty 1-D sequence of integers, found shape "
-                       f"{arr.shape} {arr.dtype}")
+        raise CmfError(
+            "token ids: expected a non-empty 1-D sequence of integers, found shape "
+            f"{arr.shape} {arr.dtype}"
+        )
     if arr.min() < 0 or arr.max() >= vocab_size:
-        raise CmfError(f"token ids: expected values in [0, {vocab_size}), found "
-                       f"{int(arr.min())}..{int(arr.max())}")
+        raise CmfError(
+            f"token ids: expected values in [0, {vocab_size}), found "
+            f"{int(arr.min())}..{int(arr.max())}"
+        )
     return arr.astype(np.int64)
 
 
@@ -369,8 +428,13 @@ class LlamaRunner:
     ``perplexity``."""
 
     def __init__(
-        self, cfg: LlamaConfig, embed: np.ndarray, layers: list[Layer], norm: np.ndarray,
-        lm_head: np.ndarray, inv_freq: np.ndarray,
+        self,
+        cfg: LlamaConfig,
+        embed: np.ndarray,
+        layers: list[Layer],
+        norm: np.ndarray,
+        lm_head: np.ndarray,
+        inv_freq: np.ndarray,
     ) -> None:
         self.config = cfg
         self.embed = embed  # [V, d]
@@ -382,7 +446,11 @@ class LlamaRunner:
 
     @classmethod
     def from_tensors(
-        cls, get_tensor: GetTensor, config: Mapping[str, Any], *, rope_freq_factors: np.ndarray | None = None,
+        cls,
+        get_tensor: GetTensor,
+        config: Mapping[str, Any],
+        *,
+        rope_freq_factors: np.ndarray | None = None,
         lazy: bool = False,
     ) -> LlamaRunner:
         """Build from Hugging Face tensor names (``model.layers.{i}.self_attn.q_proj.weight``...).
@@ -392,7 +460,13 @@ class LlamaRunner:
         reaches it and dropped after (:class:`LazyLayers`): memory holds one block, not the model.
         """
         cfg = LlamaConfig.from_hf(config)
-        d, ff, H, K, hd = cfg.hidden_size, cfg.intermediate_size, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        d, ff, H, K, hd = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+        )
         embed = _load(get_tensor, "model.embed_tokens.weight", (cfg.vocab_size, d))  # [V, d]
         vocab = embed.shape[0]
 
@@ -401,23 +475,33 @@ class LlamaRunner:
 
         def layer(i: int) -> Layer:
             p = f"model.layers.{i}."
-            qkv = [get(p + f"self_attn.{x}_proj.weight", (rows, d)) for x, rows in (("q", H * hd), ("k", K * hd), ("v", K * hd))]
-            qkv_b = [get(p + f"self_attn.{x}_proj.bias", (rows,), cfg.qkv_bias) for x, rows in (("q", H * hd), ("k", K * hd), ("v", K * hd))]
+            qkv = [
+                get(p + f"self_attn.{x}_proj.weight", (rows, d))
+                for x, rows in (("q", H * hd), ("k", K * hd), ("v", K * hd))
+            ]
+            qkv_b = [
+                get(p + f"self_attn.{x}_proj.bias", (rows,), cfg.qkv_bias)
+                for x, rows in (("q", H * hd), ("k", K * hd), ("v", K * hd))
+            ]
             gate_up = [get(p + f"mlp.{x}_proj.weight", (ff, d)) for x in ("gate", "up")]
             gate_up_b = [get(p + f"mlp.{x}_proj.bias", (ff,), cfg.mlp_bias) for x in ("gate", "up")]
             return Layer(
                 attn_norm=get(p + "input_layernorm.weight", (d,)),
-                w_qkv=np.concatenate(qkv), b_qkv=np.concatenate(qkv_b) if cfg.qkv_bias else None,
+                w_qkv=np.concatenate(qkv),
+                b_qkv=np.concatenate(qkv_b) if cfg.qkv_bias else None,
                 w_o=get(p + "self_attn.o_proj.weight", (d, H * hd)),
                 b_o=get(p + "self_attn.o_proj.bias", (d,), cfg.o_bias),
                 mlp_norm=get(p + "post_attention_layernorm.weight", (d,)),
-                w_gate_up=np.concatenate(gate_up), b_gate_up=np.concatenate(gate_up_b) if cfg.mlp_bias else None,
+                w_gate_up=np.concatenate(gate_up),
+                b_gate_up=np.concatenate(gate_up_b) if cfg.mlp_bias else None,
                 w_down=get(p + "mlp.down_proj.weight", (d, ff)),
                 b_down=get(p + "mlp.down_proj.bias", (d,), cfg.mlp_bias),
                 window=cfg.windows[i],
             )
 
-        layers: Sequence[Layer] = LazyLayers(layer, cfg.n_layers) if lazy else [layer(i) for i in range(cfg.n_layers)]
+        layers: Sequence[Layer] = (
+            LazyLayers(layer, cfg.n_layers) if lazy else [layer(i) for i in range(cfg.n_layers)]
+        )
         norm = get("model.norm.weight", (d,))
         if cfg.tie_word_embeddings:
             lm_head = embed
@@ -428,18 +512,30 @@ class LlamaRunner:
                 raise CmfError(f"{exc} (config.json says tie_word_embeddings is false)") from None
         factors = None
         if rope_freq_factors is not None:
-            factors = _load({"rope_freqs.weight": rope_freq_factors}.__getitem__, "rope_freqs.weight", (hd // 2,))
+            factors = _load(
+                {"rope_freqs.weight": rope_freq_factors}.__getitem__,
+                "rope_freqs.weight",
+                (hd // 2,),
+            )
             if not np.all(np.isfinite(factors) & (factors > 0)):
                 raise CmfError("rope_freqs.weight: expected positive finite factors")
         inv_freq = rope_inv_freq(hd, cfg.rope_theta, cfg.rope_scaling, factors)
         return cls(cfg, embed, layers, norm, lm_head, inv_freq)
 
     @classmethod
-    def from_gguf(cls, get_tensor: GetTensor, metadata: Mapping[str, Any], *, lazy: bool = False) -> LlamaRunner:
+    def from_gguf(
+        cls, get_tensor: GetTensor, metadata: Mapping[str, Any], *, lazy: bool = False
+    ) -> LlamaRunner:
         """Build from a GGUF import: GGUF tensor names, ``gguf.*`` metadata as cmf keeps them."""
         config = from_gguf_metadata(metadata)
-        factors = get_tensor("rope_freqs.weight") if "rope_freqs.weight" in _tensor_types(metadata) else None
-        return cls.from_tensors(gguf_tensor_getter(get_tensor, metadata), config, rope_freq_factors=factors, lazy=lazy)
+        factors = (
+            get_tensor("rope_freqs.weight")
+            if "rope_freqs.weight" in _tensor_types(metadata)
+            else None
+        )
+        return cls.from_tensors(
+            gguf_tensor_getter(get_tensor, metadata), config, rope_freq_factors=factors, lazy=lazy
+        )
 
     # -- running
 
@@ -449,7 +545,13 @@ class LlamaRunner:
     def _ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         return check_ids(ids, self.vocab_size)
 
-    def forward(self, ids: Sequence[int] | np.ndarray, cache: KVCache | None = None, *, last_only: bool = False) -> np.ndarray:
+    def forward(
+        self,
+        ids: Sequence[int] | np.ndarray,
+        cache: KVCache | None = None,
+        *,
+        last_only: bool = False,
+    ) -> np.ndarray:
         """Logits [n, V] of the n given tokens (after ``cache``'s positions, which it extends);
         [1, V] with ``last_only``."""
         ids = self._ids(ids)
@@ -462,14 +564,17 @@ class LlamaRunner:
             cache.length += len(ids)
         if last_only:
             x = x[-1:]  # [1, d]
-        return linear(rms_norm(x, self.norm, self.config.rms_norm_eps), self.lm_head).astype(np.float32, copy=False)  # [n, V]
+        return linear(rms_norm(x, self.norm, self.config.rms_norm_eps), self.lm_head).astype(
+            np.float32, copy=False
+        )  # [n, V]
 
     def logits(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """float32 [len(ids), V]: row i is the distribution of the token after ids[: i + 1]."""
         return self.forward(ids)
 
-    def logits_from(self, start: int, x: np.ndarray,
-                    keep: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+    def logits_from(
+        self, start: int, x: np.ndarray, keep: Callable[[int, np.ndarray], None] | None = None
+    ) -> np.ndarray:
         """float32 [n, V]: a whole-sequence pass (positions 0..n-1, no cache) entered at block
         ``start`` with hidden states ``x`` [n, d] (``embed[ids]`` for ``start`` 0). ``keep(i,
         x_i)`` sees each block's input, and the final hidden states as ``keep(n_layers, x)``."""
@@ -480,9 +585,13 @@ class LlamaRunner:
             x = block(x, self.layers[i], self.config, cos, sin)
         if keep is not None:
             keep(self.config.n_layers, x)
-        return linear(rms_norm(x, self.norm, self.config.rms_norm_eps), self.lm_head).astype(np.float32, copy=False)
+        return linear(rms_norm(x, self.norm, self.config.rms_norm_eps), self.lm_head).astype(
+            np.float32, copy=False
+        )
 
-    def next_logits(self, ids: Sequence[int] | np.ndarray, cache: KVCache | None = None) -> np.ndarray:
+    def next_logits(
+        self, ids: Sequence[int] | np.ndarray, cache: KVCache | None = None
+    ) -> np.ndarray:
         """float32 [V] for the token after ``ids``. With a cache (``new_cache()``), pass only the
         tokens the cache has not seen yet: the whole prompt first, then one token at a time."""
         return self.forward(ids, cache, last_only=True)[0]
@@ -516,7 +625,9 @@ class LlamaRunner:
             logits = self.forward(piece, cache)  # [m, V]
             top = logits.max(axis=-1, keepdims=True)  # [m, 1]
             log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=-1, dtype=np.float64))  # [m]
-            out.append(logits[np.arange(len(piece)), ids[start + 1 : start + 1 + len(piece)]] - log_z)
+            out.append(
+                logits[np.arange(len(piece)), ids[start + 1 : start + 1 + len(piece)]] - log_z
+            )
         return np.concatenate(out)
 
     def perplexity(self, ids: Sequence[int] | np.ndarray) -> float:
@@ -608,14 +719,18 @@ def from_gguf_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
     d = _uniform(meta, p + "embedding_length")
     heads = _uniform(meta, p + "attention.head_count")
     if not isinstance(d, int) or not isinstance(heads, int) or heads <= 0:
-        raise CmfError(f"GGUF metadata: expected integer {arch}.embedding_length and "
-                       f"{arch}.attention.head_count, found {d!r}, {heads!r}")
+        raise CmfError(
+            f"GGUF metadata: expected integer {arch}.embedding_length and "
+            f"{arch}.attention.head_count, found {d!r}, {heads!r}"
+        )
     head_dim = _uniform(meta, p + "attention.key_length", d // heads)
     value_dim = _uniform(meta, p + "attention.value_length", head_dim)
     rope_dim = _uniform(meta, p + "rope.dimension_count", head_dim)
     if value_dim != head_dim or rope_dim != head_dim:
-        raise UnsupportedError(f"GGUF metadata: key/value/rope sizes {head_dim}/{value_dim}/{rope_dim} "
-                               "differ; only equal ones are supported")
+        raise UnsupportedError(
+            f"GGUF metadata: key/value/rope sizes {head_dim}/{value_dim}/{rope_dim} "
+            "differ; only equal ones are supported"
+        )
     types = _tensor_types(meta)
     tokens = meta.get("gguf.tokenizer.ggml.tokens")
     config: dict[str, Any] = {
@@ -642,8 +757,15 @@ def from_gguf_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
         config["mlp_bias"] = "blk.0.ffn_gate.bias" in types
     scaling = meta.get(p + "rope.scaling.type")
     if scaling not in (None, "none"):
-        config["rope_scaling"] = {"rope_type": scaling, "factor": meta.get(p + "rope.scaling.factor")}
-    for ours, theirs in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id")):
+        config["rope_scaling"] = {
+            "rope_type": scaling,
+            "factor": meta.get(p + "rope.scaling.factor"),
+        }
+    for ours, theirs in (
+        ("bos_token_id", "bos_token_id"),
+        ("eos_token_id", "eos_token_id"),
+        ("pad_token_id", "padding_token_id"),
+    ):
         if isinstance(meta.get(f"gguf.tokenizer.ggml.{theirs}"), int):
             config[ours] = meta[f"gguf.tokenizer.ggml.{theirs}"]
     return config

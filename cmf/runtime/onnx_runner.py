@@ -50,14 +50,19 @@ def skeleton_from(data: bytes, where: str) -> ModelProto:
     try:
         model.ParseFromString(data)
     except Exception as exc:  # protobuf's DecodeError (upb raises its own type)
-        raise CmfError(f"{where}: attachment {SKELETON!r} is not a serialized ONNX model ({exc})") from None
+        raise CmfError(
+            f"{where}: attachment {SKELETON!r} is not a serialized ONNX model ({exc})"
+        ) from None
     if not model.HasField("graph"):
         raise CmfError(f"{where}: attachment {SKELETON!r} is not an ONNX model (no graph)")
     return model
 
 
-def rebuild(skeleton: ModelProto, items: Iterable[tuple[str, np.ndarray]],
-            spec: Callable[[str], Any] | None = None) -> ModelProto:
+def rebuild(
+    skeleton: ModelProto,
+    items: Iterable[tuple[str, np.ndarray]],
+    spec: Callable[[str], Any] | None = None,
+) -> ModelProto:
     """Fill the markers of ``skeleton`` (in place) with the arrays of ``items``, one at a time.
 
     ``spec(name)`` (a cmf ArraySpec) lets each marker be checked before its tensor is decoded;
@@ -79,8 +84,10 @@ def rebuild(skeleton: ModelProto, items: Iterable[tuple[str, np.ndarray]],
         filled.add(name)
     missing = [n for n in markers if n not in filled]
     if missing:
-        raise CmfError(f"the graph needs tensor {missing[0]!r}, which the model does not have"
-                       + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise CmfError(
+            f"the graph needs tensor {missing[0]!r}, which the model does not have"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     check_rebuilt(skeleton, "cmf run handles ONNX models up to 2 GiB")
     return skeleton
 
@@ -114,7 +121,9 @@ class OnnxRunner:
 
                 options = ort.SessionOptions()
                 options.log_severity_level = 3
-                self._session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+                self._session = ort.InferenceSession(
+                    model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+                )
                 self.model = None  # onnxruntime holds its own copy of the weights
             else:
                 from onnx.reference import ReferenceEvaluator
@@ -133,7 +142,9 @@ class OnnxRunner:
         wanted = {i.name: i for i in self.inputs}
         unknown = sorted(set(feeds) - set(wanted))
         if unknown:
-            raise CmfError(f"the model has no input {unknown[0]!r} (inputs: {', '.join(wanted) or 'none'})")
+            raise CmfError(
+                f"the model has no input {unknown[0]!r} (inputs: {', '.join(wanted) or 'none'})"
+            )
         missing = [n for n in wanted if n not in feeds]
         if missing:
             raise CmfError(f"input {missing[0]!r} is missing (inputs: {', '.join(wanted)})")
@@ -168,12 +179,16 @@ class OnnxRunner:
                     break
                 ran = ran or shapes
             if ran is None:
-                tried = "; ".join(", ".join(f"{n} {list(s)}" for n, s in sh.items()) or "no inputs"
-                                  for sh, _ in failures[:4])
+                tried = "; ".join(
+                    ", ".join(f"{n} {list(s)}" for n, s in sh.items()) or "no inputs"
+                    for sh, _ in failures[:4]
+                )
                 more = f" and {len(failures) - 4} more" if len(failures) > 4 else ""
-                raise CmfError(f"no generated inputs fit the model (tried {tried}{more}): "
-                               f"{failures[0][1] if failures else 'nothing to try'}; give real "
-                               "inputs (cmf pack --calibrate, cmf run --input, cmf eval --data)")
+                raise CmfError(
+                    f"no generated inputs fit the model (tried {tried}{more}): "
+                    f"{failures[0][1] if failures else 'nothing to try'}; give real "
+                    "inputs (cmf pack --calibrate, cmf run --input, cmf eval --data)"
+                )
             self._shapes = ran
         return dict(self._shapes)
 
@@ -191,8 +206,9 @@ class OnnxRunner:
                 out[spec.name] = _sample(spec, shapes[spec.name], rng, bound)
         return out
 
-    def _run_checked(self, feeds: dict[str, np.ndarray],
-                     quiet: bool = False) -> dict[str, np.ndarray]:
+    def _run_checked(
+        self, feeds: dict[str, np.ndarray], quiet: bool = False
+    ) -> dict[str, np.ndarray]:
         """:meth:`run` on inputs made here; ``quiet``: onnxruntime logs nothing on failure."""
         if not quiet or self.engine != "onnxruntime":
             return self.run(feeds)
@@ -285,15 +301,19 @@ def candidate_shapes(inputs: Sequence[InputSpec]) -> list[dict[str, tuple[int, .
         shapes = {}
         for spec in inputs:
             shapes[spec.name] = tuple(
-                d if isinstance(d, int) and d >= 0
+                d
+                if isinstance(d, int) and d >= 0
                 else sizes[d if isinstance(d, str) else (spec.name, k)]
-                for k, d in enumerate(spec.shape))
+                for k, d in enumerate(spec.shape)
+            )
         if shapes not in out:
             out.append(shapes)
     return out
 
 
-def _sample(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, bound: int | None) -> np.ndarray:
+def _sample(
+    spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, bound: int | None
+) -> np.ndarray:
     name, dt = spec.name.lower(), spec.dtype
     if dt.kind == "f":
         channels = _channel_axis(spec, shape)
@@ -335,12 +355,12 @@ def strokes(shape: tuple[int, ...], channel_axis: int, rng: np.random.Generator)
                     if rng.random() < 0.5:  # horizontal stroke
                         y, a = int(rng.integers(lo, hi)), int(rng.integers(0, max(1, cell // 2)))
                         end = x0 + min(cell, a + int(rng.integers(max(1, cell // 3), cell + 1)))
-                        img[y:y + t, x0 + a:end] = fg
+                        img[y : y + t, x0 + a : end] = fg
                     else:
                         x = x0 + int(rng.integers(0, cell))
                         a = int(rng.integers(lo, max(lo + 1, (lo + hi) // 2)))
                         end = a + int(rng.integers(max(1, (hi - lo) // 2), hi - lo + 1))
-                        img[a:end, x:x + t] = fg
+                        img[a:end, x : x + t] = fg
             top += int(line * rng.uniform(1.1, 1.6))
         img += rng.normal(0.0, 0.03, (h, w))
         out[b] = np.clip(img[None] * rng.uniform(0.9, 1.1, (c, 1, 1)), 0.0, 1.0) * 2.0 - 1.0
@@ -352,16 +372,23 @@ def _as_input(array: np.ndarray, spec: InputSpec) -> np.ndarray:
         if not np.can_cast(array.dtype, spec.dtype, "same_kind"):
             raise CmfError(f"input {spec.name!r} is {array.dtype}; the model wants {spec.dtype}")
         array = array.astype(spec.dtype)
-    if len(spec.shape) != array.ndim or any(isinstance(d, int) and d >= 0 and d != n for d, n in zip(spec.shape, array.shape, strict=True)):
+    if len(spec.shape) != array.ndim or any(
+        isinstance(d, int) and d >= 0 and d != n
+        for d, n in zip(spec.shape, array.shape, strict=True)
+    ):
         shown = ["?" if not isinstance(d, int) else d for d in spec.shape]
-        raise CmfError(f"input {spec.name!r} has shape {list(array.shape)}; the model wants {shown}")
+        raise CmfError(
+            f"input {spec.name!r} has shape {list(array.shape)}; the model wants {shown}"
+        )
     return np.ascontiguousarray(array)
 
 
 def _input_spec(v: onnx.ValueInfoProto) -> InputSpec:
     t = v.type.tensor_type
     if not v.type.HasField("tensor_type"):
-        raise CmfError(f"input {v.name!r} is not a tensor (sequences, maps and optionals are not supported)")
+        raise CmfError(
+            f"input {v.name!r} is not a tensor (sequences, maps and optionals are not supported)"
+        )
     try:
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
     except Exception:
@@ -372,8 +399,17 @@ def _input_spec(v: onnx.ValueInfoProto) -> InputSpec:
     return InputSpec(v.name, dtype, shape)
 
 
-_PASS_INDICES = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Transpose",
-                 "Expand", "Clip"}  # ids keep their values through these (first input)
+_PASS_INDICES = {
+    "Cast",
+    "Reshape",
+    "Unsqueeze",
+    "Squeeze",
+    "Flatten",
+    "Identity",
+    "Transpose",
+    "Expand",
+    "Clip",
+}  # ids keep their values through these (first input)
 
 
 def _gather_bounds(model: ModelProto) -> dict[str, int]:
@@ -441,14 +477,58 @@ def _compared_values(model: ModelProto) -> dict[str, list[int]]:
 
 WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum"}
 # elementwise and shape ops between a last weighted layer and a graph output
-OUTPUT_PASS = {"Add", "Sub", "Mul", "Div", "Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Relu",
-               "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Reshape",
-               "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast",
-               "BatchNormalization", "Resize", "Upsample", "Concat", "Split", "Slice", "Pad",
-               "ReduceMean", "GlobalAveragePool", "AveragePool", "Dropout", "Neg", "Exp", "Log",
-               "Abs", "Pow", "Sqrt", "Max", "Min"}
-_WEIGHT_PASS = {"Transpose", "Cast", "Reshape", "Identity", "Unsqueeze", "Squeeze",
-                "DequantizeLinear"}
+OUTPUT_PASS = {
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Softmax",
+    "LogSoftmax",
+    "Sigmoid",
+    "Tanh",
+    "Relu",
+    "LeakyRelu",
+    "Clip",
+    "HardSigmoid",
+    "HardSwish",
+    "Gelu",
+    "Erf",
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Identity",
+    "Cast",
+    "BatchNormalization",
+    "Resize",
+    "Upsample",
+    "Concat",
+    "Split",
+    "Slice",
+    "Pad",
+    "ReduceMean",
+    "GlobalAveragePool",
+    "AveragePool",
+    "Dropout",
+    "Neg",
+    "Exp",
+    "Log",
+    "Abs",
+    "Pow",
+    "Sqrt",
+    "Max",
+    "Min",
+}
+_WEIGHT_PASS = {
+    "Transpose",
+    "Cast",
+    "Reshape",
+    "Identity",
+    "Unsqueeze",
+    "Squeeze",
+    "DequantizeLinear",
+}
 
 
 def output_weights(model: ModelProto, tensors: Iterable[str]) -> set[str]:

@@ -238,7 +238,9 @@ class GGUFModel(ModelSource):
         except NotImplementedError:  # integer tensors
             values = np.array(t.data)
         except Exception as exc:
-            raise CmfError(f"{self.path}: cannot read tensor {name!r} ({type(exc).__name__}: {exc})") from None
+            raise CmfError(
+                f"{self.path}: cannot read tensor {name!r} ({type(exc).__name__}: {exc})"
+            ) from None
         return np.asarray(values).reshape(shape)
 
 
@@ -261,7 +263,9 @@ def open_model(path: str | os.PathLike) -> ModelSource:
             head = fh.read(len(MAGIC))
     except OSError as exc:
         raise CmfError(f"cannot open {path}: {exc.strerror}") from None
-    if head == MAGIC or path.lower().endswith(".cmf"):  # the reader says what is wrong with a bad one
+    if head == MAGIC or path.lower().endswith(
+        ".cmf"
+    ):  # the reader says what is wrong with a bad one
         return CmfModel(path)
     if head[:4] == b"GGUF":
         return GGUFModel(path)
@@ -292,8 +296,10 @@ def detect_kind(src: ModelSource) -> tuple[str, dict[str, Any]]:
             raise CmfError(f"no runner for GGUF architecture {arch!r} in this installation")
         return "decoder", dict(llama.from_gguf_metadata(src.metadata))
     if config is None:
-        raise CmfError(f"{src.path} has no config.json, so which model it is cannot be told; pack the "
-                       "model directory (cmf pack dir/) so that config.json travels with the weights")
+        raise CmfError(
+            f"{src.path} has no config.json, so which model it is cannot be told; pack the "
+            "model directory (cmf pack dir/) so that config.json travels with the weights"
+        )
     if not isinstance(config, dict):
         raise CmfError(f"{src.path}: config.json is not a JSON object")
     model_type = config.get("model_type")
@@ -311,17 +317,27 @@ def load_tokenizer(src: ModelSource) -> Any:
     missing."""
     data = src.attachment("tokenizer.json")
     if data is None:
-        raise CmfError(f"{src.path} has no tokenizer.json (attach it: cmf pack ... --attach tokenizer.json)")
+        raise CmfError(
+            f"{src.path} has no tokenizer.json (attach it: cmf pack ... --attach tokenizer.json)"
+        )
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        raise CmfError(f"running text models needs the tokenizers package: {install_hint('run')}") from None
+        raise CmfError(
+            f"running text models needs the tokenizers package: {install_hint('run')}"
+        ) from None
     try:
         return Tokenizer.from_str(data.decode("utf-8"))
-    except BaseException as exc:  # a bare Exception for malformed files; a Rust panic (merges naming
-        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":  # missing tokens)
+    except (
+        BaseException
+    ) as exc:  # a bare Exception for malformed files; a Rust panic (merges naming
+        if (
+            not isinstance(exc, Exception) and type(exc).__name__ != "PanicException"
+        ):  # missing tokens)
             raise  # is a BaseException
-        raise CmfError(f"{src.path}: tokenizer.json cannot be loaded ({type(exc).__name__}: {exc})") from None
+        raise CmfError(
+            f"{src.path}: tokenizer.json cannot be loaded ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 # -- decoders: the Llama-family runner plus a tokenizer --------------------------------------------
@@ -334,7 +350,9 @@ class Decoder:
 
     def encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
-            raise CmfError("this model has no tokenizer.json (pack it with --attach tokenizer.json)")
+            raise CmfError(
+                "this model has no tokenizer.json (pack it with --attach tokenizer.json)"
+            )
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         return list(self.tokenizer.encode(text).ids)
@@ -382,22 +400,32 @@ def pick_engine(kind: str, src: ModelSource, engine: str | None) -> str | None:
         raise UsageError(f"engine {engine!r} is not one of auto, {', '.join(ENGINES)}")
     if kind == "onnx":
         if engine == "torch":
-            raise UsageError(f"{src.path} is an ONNX graph: it runs on --engine onnxruntime or "
-                             "reference, not torch")
+            raise UsageError(
+                f"{src.path} is an ONNX graph: it runs on --engine onnxruntime or "
+                "reference, not torch"
+            )
         return None if engine == "auto" else engine
     if engine == "onnxruntime":
-        raise UsageError(f"{src.path} is a text model: it runs on --engine torch or reference, "
-                         "not onnxruntime (that is for ONNX graphs)")
+        raise UsageError(
+            f"{src.path} is a text model: it runs on --engine torch or reference, "
+            "not onnxruntime (that is for ONNX graphs)"
+        )
     if engine == "torch" and not has_hf_config(src):
-        raise UsageError(f"{src.path} has no config.json (nor GGUF metadata to build one from): "
-                         "transformers cannot build it, so only --engine reference runs it")
+        raise UsageError(
+            f"{src.path} has no config.json (nor GGUF metadata to build one from): "
+            "transformers cannot build it, so only --engine reference runs it"
+        )
     if engine == "auto":
         return "torch" if available() and has_hf_config(src) else "reference"
     return engine or "reference"
 
 
-def load_runner(source: str | os.PathLike | ModelSource, *, borrow: ModelSource | None = None,
-                engine: str | None = None) -> Any:
+def load_runner(
+    source: str | os.PathLike | ModelSource,
+    *,
+    borrow: ModelSource | None = None,
+    engine: str | None = None,
+) -> Any:
     """The runner of a model: OnnxRunner, BertEncoder or Decoder (see module docstring).
 
     ``borrow``: another model whose side files fill in missing ones (see ModelSource.borrow).

@@ -43,8 +43,10 @@ def _modules() -> tuple[Any, Any]:
         import torch
         import transformers
     except ImportError:
-        raise CmfError("the torch engine needs PyTorch and transformers: "
-                       f"{install_hint('transformers')} (or use --engine reference)") from None
+        raise CmfError(
+            "the torch engine needs PyTorch and transformers: "
+            f"{install_hint('transformers')} (or use --engine reference)"
+        ) from None
     return torch, transformers
 
 
@@ -63,32 +65,39 @@ def build_model(src: Any, config: dict, auto_class: str, **kwargs: Any) -> Any:
         from .. import transformers as cmf_transformers
 
         return cmf_transformers.from_pretrained(src.path, cls, dtype=torch.float32, **kwargs)
-    names, get = (hf_tensors(src.metadata, src.keys(), src.get_tensor) if gguf
-                  else (src.keys(), src.get_tensor))
+    names, get = (
+        hf_tensors(src.metadata, src.keys(), src.get_tensor)
+        if gguf
+        else (src.keys(), src.get_tensor)
+    )
     try:
         cfg = transformers.AutoConfig.for_model(
-            **(config if own_config else config_dict(src.metadata)))
+            **(config if own_config else config_dict(src.metadata))
+        )
         dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         model = cls.from_config(cfg, **{dtype_kw: torch.float32}, **kwargs)
     except (ValueError, KeyError, TypeError) as exc:
-        raise CmfError(f"transformers cannot build a model from {src.path}'s config: "
-                       f"{exc}") from None
+        raise CmfError(
+            f"transformers cannot build a model from {src.path}'s config: {exc}"
+        ) from None
     state = model.state_dict()
     prefix = getattr(model, "base_model_prefix", "")
     dot = f"{prefix}." if prefix else ""
     loaded = {}
     for name in names:
         key = name
-        if key not in state and dot and key.startswith(dot) and key[len(dot):] in state:
-            key = key[len(dot):]
+        if key not in state and dot and key.startswith(dot) and key[len(dot) :] in state:
+            key = key[len(dot) :]
         elif key not in state and dot + key in state:
             key = dot + key
         if key not in state:
             continue
         t = torch.from_numpy(np.array(get(name), copy=True))
         if tuple(t.shape) != tuple(state[key].shape):
-            raise CmfError(f"{src.path}: tensor {name!r} has shape {list(t.shape)}, "
-                           f"{type(model).__name__} expects {list(state[key].shape)}")
+            raise CmfError(
+                f"{src.path}: tensor {name!r} has shape {list(t.shape)}, "
+                f"{type(model).__name__} expects {list(state[key].shape)}"
+            )
         loaded[key] = t.to(state[key].dtype) if t.is_floating_point() else t
     result = model.load_state_dict(loaded, strict=False)
     model.tie_weights()
@@ -96,8 +105,10 @@ def build_model(src: Any, config: dict, auto_class: str, **kwargs: Any) -> Any:
     filled = {params[k].data_ptr() for k in loaded if k in params}
     missing = [k for k in result.missing_keys if k in params and params[k].data_ptr() not in filled]
     if missing:
-        raise CmfError(f"{src.path}: tensors the model needs are missing: {', '.join(missing[:5])}"
-                       + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        raise CmfError(
+            f"{src.path}: tensors the model needs are missing: {', '.join(missing[:5])}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        )
     return model.eval()
 
 
@@ -120,8 +131,9 @@ class TorchEncoder(BertEncoder):
         self.vocab = _int(config, "vocab_size")
 
     @classmethod
-    def from_source(cls, src: Any, config: dict, pipeline: Pipeline,
-                    tokenizer: Any = None) -> TorchEncoder:
+    def from_source(
+        cls, src: Any, config: dict, pipeline: Pipeline, tokenizer: Any = None
+    ) -> TorchEncoder:
         """The encoder of a cmf.runtime.rebuild ``ModelSource`` (no pooler: it is not used)."""
         model = build_model(src, config, "AutoModel", add_pooling_layer=False)
         return cls(model, config, pipeline, tokenizer)
@@ -134,30 +146,39 @@ class TorchEncoder(BertEncoder):
         n_pos = self.n_positions - (self.pad_id + 1 if self.offset_positions else 0)
         return min(self.pipeline.max_length or n_pos, n_pos)
 
-    def states(self, ids: np.ndarray, mask: np.ndarray,
-               type_ids: np.ndarray | None = None) -> np.ndarray:
+    def states(
+        self, ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray | None = None
+    ) -> np.ndarray:
         """Token states [b, s, d] (float32) of padded ``ids`` [b, s] with ``mask`` [b, s]."""
         import torch
 
         ids, mask = np.asarray(ids, np.int64), np.asarray(mask, np.int64)
         if ids.ndim != 2 or mask.shape != ids.shape:
-            raise CmfError("ids and mask must be [batch, seq] arrays of one shape, "
-                           f"got {ids.shape} and {mask.shape}")
+            raise CmfError(
+                "ids and mask must be [batch, seq] arrays of one shape, "
+                f"got {ids.shape} and {mask.shape}"
+            )
         type_ids = np.zeros_like(ids) if type_ids is None else np.asarray(type_ids, np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab):
             raise CmfError(f"token id out of range [0, {self.vocab})")
         if type_ids.size and (type_ids.min() < 0 or type_ids.max() >= self.n_types):
             raise CmfError(f"token type id out of range [0, {self.n_types})")
         if ids.shape[1] > self.n_positions - (self.pad_id + 1 if self.offset_positions else 0):
-            raise CmfError(f"sequence of {ids.shape[1]} tokens is longer than the model's "
-                           f"{self.n_positions} positions")
+            raise CmfError(
+                f"sequence of {ids.shape[1]} tokens is longer than the model's "
+                f"{self.n_positions} positions"
+            )
         extra = {}
         if self.offset_positions:  # RoBERTa: as the reference counts them, from the mask (not
             # from ids equal to the pad id, which a real token may share in a foreign vocabulary)
             extra["position_ids"] = torch.from_numpy(np.cumsum(mask, axis=1) * mask + self.pad_id)
         with torch.inference_mode():
-            out = self.model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                             token_type_ids=torch.from_numpy(type_ids), **extra)
+            out = self.model(
+                input_ids=torch.from_numpy(ids),
+                attention_mask=torch.from_numpy(mask),
+                token_type_ids=torch.from_numpy(type_ids),
+                **extra,
+            )
         return out.last_hidden_state.numpy().astype(np.float32, copy=False)
 
 
@@ -191,8 +212,9 @@ class TorchCausalLM:
             out = self.model(input_ids=self._ids(ids), use_cache=False)
         return out.logits[0].float().numpy()
 
-    def generate(self, ids: Sequence[int], n: int, *,
-                 eos_token_id: int | Iterable[int] | None = None) -> list[int]:
+    def generate(
+        self, ids: Sequence[int], n: int, *, eos_token_id: int | Iterable[int] | None = None
+    ) -> list[int]:
         """Greedy decoding: the up to ``n`` new tokens after ``ids`` (stops after an eos token)."""
         import torch
 

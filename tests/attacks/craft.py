@@ -58,7 +58,9 @@ class RawMP:
     data: bytes
 
 
-def _head(n: int, fix: int | None, fixmax: int, codes: tuple[int, ...], sizes: tuple[int, ...]) -> bytes:
+def _head(
+    n: int, fix: int | None, fixmax: int, codes: tuple[int, ...], sizes: tuple[int, ...]
+) -> bytes:
     if fix is not None and n <= fixmax:
         return bytes([fix | n])
     for code, size in zip(codes, sizes, strict=True):
@@ -138,16 +140,24 @@ def raw(data: Any) -> dict:
 
 
 def zstd(data: Any, level: int = 3, literals_only: bool = False) -> dict:
-    return {"codec": "zstd", "config": {"level": level, "literals_only": literals_only},
-            "parts": {"data": data}}
+    return {
+        "codec": "zstd",
+        "config": {"level": level, "literals_only": literals_only},
+        "parts": {"data": data},
+    }
 
 
 def byteplanes(planes: list, rotate: bool = False) -> dict:
-    return {"codec": "byteplanes", "config": {"rotate": rotate},
-            "parts": {f"p{j}": p for j, p in enumerate(planes)}}
+    return {
+        "codec": "byteplanes",
+        "config": {"rotate": rotate},
+        "parts": {f"p{j}": p for j, p in enumerate(planes)},
+    }
 
 
-def tensor(name: Any, dtype: Any, shape: Any, encoding: Any = None, alias: Any = None, **extra: Any) -> dict:
+def tensor(
+    name: Any, dtype: Any, shape: Any, encoding: Any = None, alias: Any = None, **extra: Any
+) -> dict:
     t = {"name": name, "dtype": dtype, "shape": shape}
     if encoding is not None:
         t["encoding"] = encoding
@@ -195,7 +205,12 @@ def zstd_frame(
     did_flag, did = 0, b""
     if dict_id is not None:
         did_flag, did = 3, struct.pack("<I", dict_id)
-    fhd = (fcs_flag << 6) | (0x20 if single_segment else 0) | (0x04 if checksum is not None else 0) | did_flag
+    fhd = (
+        (fcs_flag << 6)
+        | (0x20 if single_segment else 0)
+        | (0x04 if checksum is not None else 0)
+        | did_flag
+    )
     window = b"" if single_segment else bytes([(17 - 10) << 3])  # 128 KiB window
     blocks = []
     if rle is not None:  # RLE blocks of at most 128 KiB each
@@ -225,15 +240,21 @@ def skippable_frame(payload: bytes, declared: int | None = None) -> bytes:
 # ----------------------------------------------------------------------------- container
 
 
-def preamble(magic: bytes = MAGIC, major: int = 1, minor: int = 0, flags: int = 0,
-             pad: bytes | None = None) -> bytes:
+def preamble(
+    magic: bytes = MAGIC, major: int = 1, minor: int = 0, flags: int = 0, pad: bytes | None = None
+) -> bytes:
     head = magic + struct.pack("<HHI", major, minor, flags)
     pad = bytes(DATA_START - len(head)) if pad is None else pad
     return head + pad
 
 
-def trailer(index_offset: int, index_length: int, index_crc: int, reserved: int = 0,
-            magic: bytes = TRAILER_MAGIC) -> bytes:
+def trailer(
+    index_offset: int,
+    index_length: int,
+    index_crc: int,
+    reserved: int = 0,
+    magic: bytes = TRAILER_MAGIC,
+) -> bytes:
     return struct.pack("<QQII", index_offset, index_length, index_crc, reserved) + magic
 
 
@@ -309,8 +330,13 @@ def parse(data: bytes) -> Parsed:
     return Parsed(data, off, length, index)
 
 
-def rewrite_index(data: bytes, edit: Callable[[dict], Any] | None = None, *, blob: bytes | None = None,
-                  **trailer_fields: Any) -> bytes:
+def rewrite_index(
+    data: bytes,
+    edit: Callable[[dict], Any] | None = None,
+    *,
+    blob: bytes | None = None,
+    **trailer_fields: Any,
+) -> bytes:
     """Replace the index of a file (``edit`` mutates the decoded dict in place or returns a new
     object), keeping the data area, and write a consistent (or overridden) trailer."""
     p = parse(data)

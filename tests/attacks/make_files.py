@@ -25,11 +25,15 @@ def _zstd_small_tensor_1tib_frame() -> bytes:
 
 def _zstd_16gib_in_budget() -> bytes:
     frame = c.zstd_frame(rle=(0, 1000), declared=16 << 30)
-    return c.assemble([frame], {"tensors": [c.tensor("t", "u8", [16 << 30], c.raw(c.zstd(c.leaf(0))))]})
+    return c.assemble(
+        [frame], {"tensors": [c.tensor("t", "u8", [16 << 30], c.raw(c.zstd(c.leaf(0))))]}
+    )
 
 
 def _shape_product_2_64() -> bytes:
-    return c.assemble([b""], {"tensors": [c.tensor("t", "u8", [1 << 32, 1 << 32], c.raw(c.leaf(0)))]})
+    return c.assemble(
+        [b""], {"tensors": [c.tensor("t", "u8", [1 << 32, 1 << 32], c.raw(c.leaf(0)))]}
+    )
 
 
 def _attachment_escape() -> bytes:
@@ -76,21 +80,44 @@ def _trailer_wrap() -> bytes:
 # name -> (builder, expected CmfError subclass name, message substring)
 FILES: dict[str, tuple[Callable[[], bytes], str, str]] = {
     "zstd-20-byte-frame-declares-1tib.cmf": (
-        _zstd_small_tensor_1tib_frame, "FormatError", "frame declares 1099511627776 bytes, 16 expected"),
+        _zstd_small_tensor_1tib_frame,
+        "FormatError",
+        "frame declares 1099511627776 bytes, 16 expected",
+    ),
     "zstd-frame-declares-16gib-within-budget.cmf": (
-        _zstd_16gib_in_budget, "FormatError", "cannot hold 17179869184 bytes"),
+        _zstd_16gib_in_budget,
+        "FormatError",
+        "cannot hold 17179869184 bytes",
+    ),
     "msgpack-nesting-2000.cmf": (
-        lambda: c.assemble([], b"\x91" * 2000 + b"\xc0"), "LimitError", "nests deeper than 64"),
+        lambda: c.assemble([], b"\x91" * 2000 + b"\xc0"),
+        "LimitError",
+        "nests deeper than 64",
+    ),
     "msgpack-array32-header.cmf": (
-        lambda: c.assemble([], b"\xdd\xff\xff\xff\xff" + b"\xc0" * 8), "FormatError", "max_array_len"),
+        lambda: c.assemble([], b"\xdd\xff\xff\xff\xff" + b"\xc0" * 8),
+        "FormatError",
+        "max_array_len",
+    ),
     "msgpack-duplicate-key.cmf": (_duplicate_key, "FormatError", "duplicate map key 'tensors'"),
     "shape-product-2-64.cmf": (
-        _shape_product_2_64, "FormatError", "holds 0 bytes, 18446744073709551616 expected"),
+        _shape_product_2_64,
+        "FormatError",
+        "holds 0 bytes, 18446744073709551616 expected",
+    ),
     "trailer-offset-length-wrap.cmf": (_trailer_wrap, "FormatError", "but the file has"),
     "attachment-dotdot.cmf": (_attachment_escape, "FormatError", "'..' component"),
-    "alias-to-later-tensor.cmf": (_alias_to_later, "FormatError", "alias must name an earlier tensor"),
+    "alias-to-later-tensor.cmf": (
+        _alias_to_later,
+        "FormatError",
+        "alias must name an earlier tensor",
+    ),
     "bool-byte-2.cmf": (_bool_byte_2, "FormatError", "bool byte is neither 0 nor 1"),
-    "segments-overlap.cmf": (_segments_overlap, "FormatError", "segment 1 starts at 64, expected 128"),
+    "segments-overlap.cmf": (
+        _segments_overlap,
+        "FormatError",
+        "segment 1 starts at 64, expected 128",
+    ),
     "unknown-codec.cmf": (_unknown_codec, "UnsupportedError", "unknown codec 'lz4'"),
     "major-version-2.cmf": (lambda: base_file(major=2), "UnsupportedError", "major version 2 "),
 }

@@ -61,7 +61,9 @@ def test_bad_attachment_names(tmp_path, name, match):
     expect_error(tmp_path, with_attachment(name=name), match, error=cmf.FormatError)
 
 
-@pytest.mark.parametrize("name", ["config.json", "a/b/c.txt", "..a", "a..", "a/.hidden", "é/ü.json", "a" * 4096])
+@pytest.mark.parametrize(
+    "name", ["config.json", "a/b/c.txt", "..a", "a..", "a/.hidden", "é/ü.json", "a" * 4096]
+)
 def test_good_attachment_names(tmp_path, name):
     snap = expect_ok(tmp_path, with_attachment(name=name))
     assert snap["attachments"] == {name: CONFIG}
@@ -97,8 +99,13 @@ def test_attachment_size(tmp_path, size, match, error):
 
 
 def test_attachment_size_over_a_configured_limit(tmp_path):
-    expect_error(tmp_path, with_attachment(), "is 34 bytes, limit 33",
-                 limits=cmf.Limits(max_attachment_bytes=33), error=cmf.LimitError)
+    expect_error(
+        tmp_path,
+        with_attachment(),
+        "is 34 bytes, limit 33",
+        limits=cmf.Limits(max_attachment_bytes=33),
+        error=cmf.LimitError,
+    )
 
 
 @pytest.mark.parametrize("key", ["name", "size", "encoding"])
@@ -131,11 +138,17 @@ def test_unpack_never_writes_outside_the_target(tmp_path):
 
     path = write(tmp_path, with_attachment(edit=edit), "collide.cmf")
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "cmf.cli", "unpack", path, "-o", f"{out}/"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "cmf.cli", "unpack", path, "-o", f"{out}/"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr and "cmf: error" in r.stderr
-    written = {os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path) for f in fs}
+    written = {
+        os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path) for f in fs
+    }
     assert all(w.startswith("out/") or w == "collide.cmf" for w in written), written
 
 
@@ -149,8 +162,12 @@ def test_unpack_refuses_symlinked_directory(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     os.symlink(elsewhere, out / "sub")
-    r = subprocess.run([sys.executable, "-m", "cmf.cli", "unpack", path, "-o", f"{out}/"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "cmf.cli", "unpack", path, "-o", f"{out}/"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "symlink" in r.stderr and "Traceback" not in r.stderr
     assert not os.listdir(elsewhere)
@@ -160,8 +177,12 @@ def test_unpack_refuses_symlinked_directory(tmp_path):
 def test_unpack_refuses_attachment_over_the_tensors_file(tmp_path, name):
     path = write(tmp_path, with_attachment(name=name), "clobber.cmf")
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "cmf.cli", "unpack", path, "-o", f"{out}/"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "cmf.cli", "unpack", path, "-o", f"{out}/"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "refusing to write attachment" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists() or not any(out.iterdir())

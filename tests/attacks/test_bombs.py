@@ -17,8 +17,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def measure(name: str, directory: str) -> dict:
-    r = subprocess.run([sys.executable, "-m", "tests.attacks.bombs", name, directory], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "tests.attacks.bombs", name, directory],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -32,9 +37,11 @@ def test_bomb(tmp_path, name):
     assert m["tracemalloc_peak"] < LIMIT, f"tracemalloc peak {m['tracemalloc_peak'] / MiB:.1f} MiB"
     grew = m["rss_after"] - m["rss_before"]
     assert grew < LIMIT, f"ru_maxrss grew by {grew / MiB:.1f} MiB"
-    print(f"\n{name}: {m['file_bytes']} B file, "
-          f"tracemalloc peak {m['tracemalloc_peak'] / 1024:.1f} KiB, "
-          f"maxrss {m['rss_before'] / MiB:.1f} -> {m['rss_after'] / MiB:.1f} MiB: {m['message'][:90]}")
+    print(
+        f"\n{name}: {m['file_bytes']} B file, "
+        f"tracemalloc peak {m['tracemalloc_peak'] / 1024:.1f} KiB, "
+        f"maxrss {m['rss_before'] / MiB:.1f} -> {m['rss_after'] / MiB:.1f} MiB: {m['message'][:90]}"
+    )
 
 
 def test_measurement_sees_real_allocations(tmp_path):

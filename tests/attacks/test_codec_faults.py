@@ -57,7 +57,11 @@ def _lowrank_factors(path: str) -> dict:
     with cmf.open(path) as f:
         for e in f.index.tensors:
             node = e.encoding
-            if node is not None and getattr(node, "codec", None) is not None and node.codec.name == "lowrank":
+            if (
+                node is not None
+                and getattr(node, "codec", None) is not None
+                and node.codec.name == "lowrank"
+            ):
                 u = f.decode_node(node.parts["u"])
                 v = f.decode_node(node.parts["v"])
                 out[e.name] = (u, v, e.spec.dtype.name)
@@ -140,14 +144,20 @@ def _check_flips(name: str, data: bytes, tmp_path, stride: int) -> None:
                 rejected += 1
                 assert detail
             else:
-                assert _same(detail, original, factors), f"{name}: flip of bit {bit} at {pos} changed the output"
+                assert _same(detail, original, factors), (
+                    f"{name}: flip of bit {bit} at {pos} changed the output"
+                )
                 harmless += 1
                 report = cmf.validate(path)
-                assert not report.valid or pos in MINOR_BYTES, f"{name}: validate accepts byte {pos} bit {bit}"
+                assert not report.valid or pos in MINOR_BYTES, (
+                    f"{name}: validate accepts byte {pos} bit {bit}"
+                )
             if kind == "error" and (pos * 8 + bit) % 5 == 0:  # the validator agrees (sampled)
                 assert not cmf.validate(path).valid, f"{name}: byte {pos} bit {bit}"
-    print(f"\n{name}: bit flips {flips} tried (1 in {stride}), {rejected} rejected, {harmless} "
-          f"harmless ({time.perf_counter() - start:.1f} s)")
+    print(
+        f"\n{name}: bit flips {flips} tried (1 in {stride}), {rejected} rejected, {harmless} "
+        f"harmless ({time.perf_counter() - start:.1f} s)"
+    )
     assert flips == rejected + harmless and (stride > 1 or flips == 8 * len(data))
 
 
@@ -200,8 +210,10 @@ def _check_behind(name: str, data: bytes, tmp_path, stride: int) -> None:
                 assert (np.dtype(dtype), shape) == (spec.dtype.numpy, spec.shape), t
                 if spec.dtype.name == "bool":
                     assert set(raw) <= {0, 1}, t
-    print(f"\n{name}: flips behind the CRCs {tried} tried (1 in {stride}), {rejected} rejected, "
-          f"{accepted} decoded cleanly ({time.perf_counter() - start:.1f} s)")
+    print(
+        f"\n{name}: flips behind the CRCs {tried} tried (1 in {stride}), {rejected} rejected, "
+        f"{accepted} decoded cleanly ({time.perf_counter() - start:.1f} s)"
+    )
     assert tried == rejected + accepted and tried > 0
 
 

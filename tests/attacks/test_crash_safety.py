@@ -50,10 +50,25 @@ def test_kill9_cmf_pack_20_runs(tmp_path):
 MIXED_RECIPE = {
     "rules": [
         {"match": "cb.*", "encoding": {"codec": "codebook", "fit": {"k": 16, "shared": "g"}}},
-        {"match": "q.*", "encoding": {"codec": "quantize", "config": {
-            "bits": 4, "block": 32, "axis": -1, "scheme": "symmetric", "scale_dtype": "f16",
-            "search": False}, "parts": {"q": {"codec": "bitpack", "config": {"bits": 4}}}}},
-        {"match": "h.*", "encoding": {"codec": "huffman", "config": {"chunk": 256, "max_length": 12}}},
+        {
+            "match": "q.*",
+            "encoding": {
+                "codec": "quantize",
+                "config": {
+                    "bits": 4,
+                    "block": 32,
+                    "axis": -1,
+                    "scheme": "symmetric",
+                    "scale_dtype": "f16",
+                    "search": False,
+                },
+                "parts": {"q": {"codec": "bitpack", "config": {"bits": 4}}},
+            },
+        },
+        {
+            "match": "h.*",
+            "encoding": {"codec": "huffman", "config": {"chunk": 256, "max_length": 12}},
+        },
         {"match": "sp.*", "encoding": {"codec": "sparse", "fit": {"sparsity": 0.8}}},
         {"match": "lr.*", "encoding": {"codec": "lowrank", "fit": {"rank": 4}}},
         {"match": "ol.*", "encoding": {"codec": "outlier", "fit": {"count": 8}}},
@@ -70,7 +85,9 @@ def mixed_tensors(seed: int = 0) -> dict[str, np.ndarray]:
         out[f"q.{i}"] = r.standard_normal((32, 64)).astype(np.float32)
         out[f"h.{i}"] = np.minimum(r.geometric(0.3, 4000), 40).astype(np.uint8)
         out[f"sp.{i}"] = r.standard_normal((48, 48)).astype(np.float32)
-        out[f"lr.{i}"] = (r.standard_normal((96, 4)) @ r.standard_normal((4, 80))).astype(np.float32)
+        out[f"lr.{i}"] = (r.standard_normal((96, 4)) @ r.standard_normal((4, 80))).astype(
+            np.float32
+        )
         out[f"ol.{i}"] = r.standard_normal((40, 40)).astype(np.float16)
         out[f"raw.{i}"] = r.standard_normal((128, 32)).astype(np.float32)
         out[f"i.{i}"] = r.integers(-1000, 1000, 500).astype(np.int32)
@@ -97,6 +114,7 @@ def test_8_threads_x_1000_get_tensor_one_handle(mixed):
     errors: list[str] = []
     barrier = threading.Barrier(8)
     with cmf.open(path) as f:
+
         def worker(k: int) -> None:
             rng = random.Random(k)
             barrier.wait()

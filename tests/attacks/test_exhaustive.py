@@ -81,8 +81,10 @@ def test_every_truncation_is_rejected(small, tmp_path):
         kind, detail = _outcome(path)
         assert kind == "error", f"truncated to {n} of {len(data)} bytes was accepted"
         assert detail, n
-    print(f"\ntruncations: {len(data)} tried, {len(data)} rejected "
-          f"({time.perf_counter() - start:.1f} s)")
+    print(
+        f"\ntruncations: {len(data)} tried, {len(data)} rejected "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
 
 
 def test_truncation_then_validate_never_raises(small, tmp_path):
@@ -124,9 +126,11 @@ def test_every_bit_flip(small, tmp_path):
             if kind == "error":
                 assert not report.valid, f"reader rejects byte {pos} bit {bit}, validate accepts"
     seconds = time.perf_counter() - start
-    print(f"\nbit flips: {flips} tried, {rejected} rejected by the reader, {harmless} harmless "
-          f"(bytes {_ranges(where_harmless)}); validate rejected {validate_rejected} "
-          f"({seconds:.1f} s)")
+    print(
+        f"\nbit flips: {flips} tried, {rejected} rejected by the reader, {harmless} harmless "
+        f"(bytes {_ranges(where_harmless)}); validate rejected {validate_rejected} "
+        f"({seconds:.1f} s)"
+    )
     assert flips == 8 * len(data) == rejected + harmless
     # Harmless flips may only be in bytes the reader does not interpret: minor version,
     # preamble padding, padding between segments.
@@ -189,6 +193,8 @@ def test_every_bit_flip_behind_the_crcs(small, tmp_path):
                 seg[pos] ^= 1 << bit
                 check(c.patch_segment(data, i, bytes(seg)))
                 seg[pos] ^= 1 << bit
-    print(f"\nflips behind the CRCs: {flips} tried ({index_flips} in the index), {rejected} "
-          f"rejected, {accepted} decoded cleanly ({time.perf_counter() - start:.1f} s)")
+    print(
+        f"\nflips behind the CRCs: {flips} tried ({index_flips} in the index), {rejected} "
+        f"rejected, {accepted} decoded cleanly ({time.perf_counter() - start:.1f} s)"
+    )
     assert flips == rejected + accepted

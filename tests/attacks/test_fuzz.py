@@ -19,16 +19,62 @@ from .common import base_parts, read_all
 EXAMPLES = int(os.environ.get("CMF_FUZZ_EXAMPLES", "300"))
 
 LEAVES = (
-    st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1) | st.floats()
-    | st.text(max_size=12) | st.binary(max_size=12)
-    | st.sampled_from(["raw", "zstd", "byteplanes", "segment", "data", "p0", "p1", "f32", "bool",
-                       "u8", "w", "h", "config.json", "../x", 0, 1, 5, 6, 16, 64, -1, 1 << 40])
+    st.none()
+    | st.booleans()
+    | st.integers(-(1 << 63), (1 << 64) - 1)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.binary(max_size=12)
+    | st.sampled_from(
+        [
+            "raw",
+            "zstd",
+            "byteplanes",
+            "segment",
+            "data",
+            "p0",
+            "p1",
+            "f32",
+            "bool",
+            "u8",
+            "w",
+            "h",
+            "config.json",
+            "../x",
+            0,
+            1,
+            5,
+            6,
+            16,
+            64,
+            -1,
+            1 << 40,
+        ]
+    )
 )
 VALUES = st.recursive(
     LEAVES,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | st.sampled_from(
-        ["segment", "codec", "config", "parts", "name", "dtype", "shape", "alias", "encoding"]),
-        inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.text(max_size=8)
+            | st.sampled_from(
+                [
+                    "segment",
+                    "codec",
+                    "config",
+                    "parts",
+                    "name",
+                    "dtype",
+                    "shape",
+                    "alias",
+                    "encoding",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
     max_leaves=12,
 )
 

@@ -14,8 +14,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_sigterm_records_the_interrupted_run(tmp_path):
     work = tmp_path / "work"
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "fuzz_campaign.py"), "codec-raw",
-           "--engine", "python", "--seconds", "600", "--work", str(work)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "fuzz_campaign.py"),
+        "codec-raw",
+        "--engine",
+        "python",
+        "--seconds",
+        "600",
+        "--work",
+        str(work),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stats_path = work / "stats-codec-raw.json"
     deadline = time.monotonic() + 60
@@ -37,14 +46,25 @@ def test_sigterm_records_the_interrupted_run(tmp_path):
 
 def test_a_continued_campaign_runs_a_new_seed(tmp_path):
     work = tmp_path / "work"
-    base = [sys.executable, os.path.join(ROOT, "tools", "fuzz_campaign.py"), "codec-raw",
-            "--engine", "python", "--seconds", "120", "--work", str(work)]
+    base = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "fuzz_campaign.py"),
+        "codec-raw",
+        "--engine",
+        "python",
+        "--seconds",
+        "120",
+        "--work",
+        str(work),
+    ]
     for total in (300, 600):  # the second campaign continues the first up to 600 executions
-        subprocess.run(base + ["--executions", str(total)], check=True, capture_output=True,
-                       timeout=120)
+        subprocess.run(
+            base + ["--executions", str(total)], check=True, capture_output=True, timeout=120
+        )
     records = json.loads((work / "campaign.json").read_text())
     assert [r["seed"] for r in records] == [1, 2]
     assert sum(r["runs"] for r in records) >= 600
-    subprocess.run(base + ["--executions", "900", "--seed", "7"], check=True, capture_output=True,
-                   timeout=120)
+    subprocess.run(
+        base + ["--executions", "900", "--seed", "7"], check=True, capture_output=True, timeout=120
+    )
     assert json.loads((work / "campaign.json").read_text())[-1]["seed"] == 7

@@ -35,8 +35,12 @@ import pytest
 from tools import fuzz_codecs, fuzz_container, fuzz_convert, fuzz_shards
 from tools.fuzz_common import Finding, Stats, cap_memory, execute, fuzz_python, restore_memory
 
-TARGETS = {**fuzz_container.TARGETS, **fuzz_codecs.TARGETS, **fuzz_convert.TARGETS,
-           **fuzz_shards.TARGETS}
+TARGETS = {
+    **fuzz_container.TARGETS,
+    **fuzz_codecs.TARGETS,
+    **fuzz_convert.TARGETS,
+    **fuzz_shards.TARGETS,
+}
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 FILES = sorted(
     (target, name)
@@ -71,7 +75,13 @@ def test_regression_input(target, name):
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_target_smoke(target, tmp_path):
-    stats = fuzz_python(TARGETS[target], runs=150, seconds=None, seed=7,
-                        findings_dir=os.fspath(tmp_path), quiet=True)
+    stats = fuzz_python(
+        TARGETS[target],
+        runs=150,
+        seconds=None,
+        seed=7,
+        findings_dir=os.fspath(tmp_path),
+        quiet=True,
+    )
     assert not stats.findings, stats.findings[:3]
     assert stats.execs >= 150

@@ -36,10 +36,12 @@ def _read(path: str, flags: int = 0) -> None:
 @pytest.mark.parametrize("where", ["secret", "dotdot", "link", "up"])
 def test_outside_open_flagged_every_run(monkeypatch, where):
     def opens(fx):
-        path = {"secret": fx.secret,
-                "dotdot": os.path.join(fx.dir, "..", "secret.cmf"),
-                "link": os.path.join(fx.dir, "link.cmf"),  # followed: reads secret.cmf
-                "up": os.path.join(fx.dir, "up.cmf", "secret.cmf")}[where]
+        path = {
+            "secret": fx.secret,
+            "dotdot": os.path.join(fx.dir, "..", "secret.cmf"),
+            "link": os.path.join(fx.dir, "link.cmf"),  # followed: reads secret.cmf
+            "up": os.path.join(fx.dir, "up.cmf", "secret.cmf"),
+        }[where]
         _read(path)
 
     for _ in range(3):  # the first run fills the cache, the others use it
@@ -62,6 +64,7 @@ def test_verdict_recomputed_after_a_symlink(monkeypatch):
     probe = os.path.join(fx.dir, "probe.cmf")
     _run_with(monkeypatch, lambda fx: _read(probe))  # missing, inside the set: fine, cached
     try:
+
         def opens(fx):
             os.symlink(os.path.join("..", "secret.cmf"), probe)  # what a broken reader might do
             _read(probe)

@@ -23,8 +23,14 @@ SIZE = len(GOOD)
 
 @pytest.mark.parametrize(
     "magic",
-    [bytes(8), b"\x89CMF\r\n\x1a\x0b", b"\x89cmf\r\n\x1a\n", b"PK\x03\x04\x14\x00\x00\x00",
-     b"CMFINDX\x00", b"\x89CMF\n\n\x1a\n"],
+    [
+        bytes(8),
+        b"\x89CMF\r\n\x1a\x0b",
+        b"\x89cmf\r\n\x1a\n",
+        b"PK\x03\x04\x14\x00\x00\x00",
+        b"CMFINDX\x00",
+        b"\x89CMF\n\n\x1a\n",
+    ],
 )
 def test_bad_magic(tmp_path, magic):
     expect_error(tmp_path, base_file(magic=magic), "magic", error=cmf.FormatError)
@@ -37,7 +43,9 @@ def test_file_too_short(tmp_path, size):
 
 @pytest.mark.parametrize("major", [0, 2, 3, 255, 65535])
 def test_unknown_major_version_is_named(tmp_path, major):
-    exc = expect_error(tmp_path, base_file(major=major), "major version", error=cmf.UnsupportedError)
+    exc = expect_error(
+        tmp_path, base_file(major=major), "major version", error=cmf.UnsupportedError
+    )
     assert f"version {major} " in str(exc)
 
 
@@ -96,8 +104,9 @@ def test_index_length_lies(tmp_path, length, match):
 
 def test_index_length_over_a_configured_limit(tmp_path):
     limits = cmf.Limits(max_index_bytes=P.index_length - 1)
-    expect_error(tmp_path, GOOD, f"outside [1, {P.index_length - 1}]", limits=limits,
-                 error=cmf.LimitError)
+    expect_error(
+        tmp_path, GOOD, f"outside [1, {P.index_length - 1}]", limits=limits, error=cmf.LimitError
+    )
 
 
 @pytest.mark.parametrize(
@@ -123,8 +132,12 @@ def test_offset_plus_length_wrapping_2_64(tmp_path):
     k = 1 << 14  # keeps length under the index limit, so the sum is what fails
     off = (1 << 64) - 64 * k
     length = SIZE - 32 + 64 * k
-    assert (off + length + 32) % (1 << 64) == SIZE and length <= cmf.limits.DEFAULT_LIMITS.max_index_bytes
-    exc = expect_error(tmp_path, base_file(index_offset=off, index_length=length), "but the file has")
+    assert (off + length + 32) % (
+        1 << 64
+    ) == SIZE and length <= cmf.limits.DEFAULT_LIMITS.max_index_bytes
+    exc = expect_error(
+        tmp_path, base_file(index_offset=off, index_length=length), "but the file has"
+    )
     assert str(SIZE) in str(exc)
 
 
@@ -193,7 +206,11 @@ def test_index_lacks_required_key(tmp_path, missing):
         ("attachments", {}, "'attachments' must be an array"),
         ("metadata", [], "metadata must be a map"),
         ("metadata", {"k": b"\x00"}, "binary"),
-        ("metadata", {"k": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}}, "deeper than 8"),
+        (
+            "metadata",
+            {"k": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}},
+            "deeper than 8",
+        ),
         ("metadata", {"k": [[[[[[[[[1]]]]]]]]]}, "deeper than 8"),
     ],
 )
@@ -240,8 +257,9 @@ def test_fifo_does_not_hang(tmp_path):
         "except cmf.CmfError as e:\n    print('CmfError:', e)\n"
         "r = cmf.validate(sys.argv[1]); print('valid' if r.valid else 'invalid')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert "CmfError:" in out.stdout and "not a regular file" in out.stdout
     assert out.stdout.strip().endswith("invalid")

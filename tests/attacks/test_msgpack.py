@@ -74,8 +74,13 @@ def test_length_bomb_at_top_level(tmp_path, head, match):
 
 
 @pytest.mark.parametrize(
-    "head", [b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff", b"\xdb\xff\xff\xff\xff",
-             b"\xc6\xff\xff\xff\xff"],
+    "head",
+    [
+        b"\xdd\xff\xff\xff\xff",
+        b"\xdf\xff\xff\xff\xff",
+        b"\xdb\xff\xff\xff\xff",
+        b"\xc6\xff\xff\xff\xff",
+    ],
     ids=["array32", "map32", "str32", "bin32"],
 )
 def test_length_bomb_nested(tmp_path, head):
@@ -107,8 +112,7 @@ def test_duplicate_map_keys(tmp_path, where):
         elif where == "node":
             t[0]["encoding"] = c.Pairs(tuple(t[0]["encoding"].items()) + (("codec", "zstd"),))
         elif where == "config":
-            t[1]["encoding"]["parts"]["data"]["config"] = c.Pairs(
-                (("level", 3), ("level", 99)))
+            t[1]["encoding"]["parts"]["data"]["config"] = c.Pairs((("level", 3), ("level", 99)))
         elif where == "parts":
             t[0]["encoding"]["parts"] = c.Pairs((("data", c.leaf(0)), ("data", c.leaf(1))))
         elif where == "metadata":
@@ -125,8 +129,15 @@ def test_duplicate_map_keys(tmp_path, where):
 
 @pytest.mark.parametrize(
     "key, typename",
-    [(1, "int"), (None, "NoneType"), (b"name", "bytes"), (1.5, "float"), (True, "bool"),
-     (c.RawMP(b"\x91\x01"), "list"), (c.RawMP(b"\x81\xa1a\x01"), "dict")],
+    [
+        (1, "int"),
+        (None, "NoneType"),
+        (b"name", "bytes"),
+        (1.5, "float"),
+        (True, "bool"),
+        (c.RawMP(b"\x91\x01"), "list"),
+        (c.RawMP(b"\x81\xa1a\x01"), "dict"),
+    ],
     ids=["int", "nil", "bin", "float", "bool", "array", "map"],
 )
 @pytest.mark.parametrize("where", ["top", "tensor", "metadata"])
@@ -140,8 +151,12 @@ def test_non_string_keys(tmp_path, key, typename, where):
             idx["metadata"] = c.Pairs(((key, "v"),))
         return None
 
-    expect_error(tmp_path, with_index(index_blob(edit)), f"map key must be a string, found {typename}",
-                 error=cmf.FormatError)
+    expect_error(
+        tmp_path,
+        with_index(index_blob(edit)),
+        f"map key must be a string, found {typename}",
+        error=cmf.FormatError,
+    )
 
 
 # ----------------------------------------------------------------------------- odd values
@@ -149,8 +164,13 @@ def test_non_string_keys(tmp_path, key, typename, where):
 
 @pytest.mark.parametrize(
     "ext",
-    [c.Ext(1, b"\x00"), c.Ext(-1, b"\x00\x00\x00\x00"), c.Ext(127, b"x" * 16), c.Ext(5, b"abc"),
-     c.Ext(-1, b"\x00" * 8)],
+    [
+        c.Ext(1, b"\x00"),
+        c.Ext(-1, b"\x00\x00\x00\x00"),
+        c.Ext(127, b"x" * 16),
+        c.Ext(5, b"abc"),
+        c.Ext(-1, b"\x00" * 8),
+    ],
     ids=["fixext1", "timestamp32", "fixext16", "ext8", "timestamp64"],
 )
 @pytest.mark.parametrize("where", ["metadata", "shape", "top"])
@@ -164,12 +184,19 @@ def test_extension_types(tmp_path, ext, where):
             return [ext]
         return None
 
-    expect_error(tmp_path, with_index(index_blob(edit)), ("extension type", "type Timestamp"),
-                 error=cmf.FormatError)
+    expect_error(
+        tmp_path,
+        with_index(index_blob(edit)),
+        ("extension type", "type Timestamp"),
+        error=cmf.FormatError,
+    )
 
 
-@pytest.mark.parametrize("bad", [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"w\x80"],
-                         ids=["ff", "bad-continuation", "surrogate", "over-max", "lone-continuation"])
+@pytest.mark.parametrize(
+    "bad",
+    [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"w\x80"],
+    ids=["ff", "bad-continuation", "surrogate", "over-max", "lone-continuation"],
+)
 @pytest.mark.parametrize("where", ["name", "key", "dtype"])
 def test_invalid_utf8(tmp_path, bad, where):
     s = c.RawMP(c.str_header(len(bad)) + bad)
@@ -195,7 +222,9 @@ def test_truncated_index_object(tmp_path, cut):
     expect_error(tmp_path, with_index(index_blob()[:-cut]), "msgpack", error=cmf.FormatError)
 
 
-@pytest.mark.parametrize("blob", [b"\xc1", b"\xc1" * 5, b"\x81\xc1\xc0"], ids=["c1", "c1x5", "key-c1"])
+@pytest.mark.parametrize(
+    "blob", [b"\xc1", b"\xc1" * 5, b"\x81\xc1\xc0"], ids=["c1", "c1x5", "key-c1"]
+)
 def test_never_used_byte(tmp_path, blob):
     expect_error(tmp_path, with_index(blob), "reserved type byte", error=cmf.FormatError)
 
@@ -205,7 +234,9 @@ def test_two_index_objects(tmp_path):
 
 
 def test_validate_on_bombs_never_raises(tmp_path):
-    for i, blob in enumerate([b"\x91" * 100_000, b"\xdd\xff\xff\xff\xff", b"\xc1", b"\x81\x01\x02"]):
+    for i, blob in enumerate(
+        [b"\x91" * 100_000, b"\xdd\xff\xff\xff\xff", b"\xc1", b"\x81\x01\x02"]
+    ):
         report = cmf.validate(write(tmp_path, with_index(blob), f"b{i}.cmf"))
         assert not report.valid and len(report.errors) == 1
 

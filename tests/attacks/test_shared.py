@@ -56,7 +56,9 @@ def test_the_base_file_is_valid(tmp_path):
     snap = expect_ok(tmp_path, build(minor=1))
     a = np.frombuffer(snap["tensors"]["a"][2], "<f4").reshape(2, 3)
     b = np.frombuffer(snap["tensors"]["b"][2], "<f2")
-    assert np.array_equal(a, TABLE[IDX_A].reshape(2, 3)) and np.array_equal(b, TABLE[IDX_B].astype("<f2"))
+    assert np.array_equal(a, TABLE[IDX_A].reshape(2, 3)) and np.array_equal(
+        b, TABLE[IDX_B].astype("<f2")
+    )
     report = cmf.validate(write(tmp_path, build(minor=1)))
     assert report.valid and report.warnings == [] and report.shared_checked == 1
 
@@ -64,7 +66,9 @@ def test_the_base_file_is_valid(tmp_path):
 def test_minor_0_with_shared_values_is_read_but_warned(tmp_path):
     path = write(tmp_path, build(minor=0))
     assert cmf.validate(path).valid
-    assert any("shared values (cmf 1.1)" in w and "minor version is 0" for w in cmf.validate(path).warnings)
+    assert any(
+        "shared values (cmf 1.1)" in w and "minor version is 0" for w in cmf.validate(path).warnings
+    )
 
 
 def test_codebook_without_shared_values_needs_minor_1_too(tmp_path):
@@ -97,7 +101,10 @@ def set_shared(key, value, i=0):
     [
         # references
         (ref_at(0, shared(1)), "shared value 1 does not exist (1 in the index)"),
-        (ref_at(0, shared(-1)), "shared value number must be an integer in [0, 18446744073709551616)"),
+        (
+            ref_at(0, shared(-1)),
+            "shared value number must be an integer in [0, 18446744073709551616)",
+        ),
         (ref_at(0, shared(0.0)), "shared value number must be an integer"),
         (ref_at(0, shared(True)), "shared value number must be an integer"),
         (ref_at(0, shared("0")), "shared value number must be an integer"),
@@ -105,24 +112,51 @@ def set_shared(key, value, i=0):
         (ref_at(0, shared((1 << 64) - 1)), "shared value 18446744073709551615 does not exist"),
         (ref_at(0, {"shared": 0, "extra": 1}), "shared reference has unknown key 'extra'"),
         (ref_at(0, {"shared": 0, "segment": 0}), "leaf has unknown key 'shared'"),
-        (ref_at(0, {"shared": 0, "codec": "raw", "config": {}, "parts": {}}), "unknown key 'codec'"),
+        (
+            ref_at(0, {"shared": 0, "codec": "raw", "config": {}, "parts": {}}),
+            "unknown key 'codec'",
+        ),
         # the spec a reference stands for
         (set_shared("shape", [2, 2]), "shared value 0 is f32[2, 2], f32[4] expected"),
-        (lambda i: i["tensors"][0]["encoding"]["parts"].update(indices=shared(0)),
-         "shared value 0 is f32[4], u8[2, 3] expected"),
-        (lambda i: i["tensors"][0]["encoding"]["parts"]["indices"]["parts"].update(data=shared(0)),
-         "shared value 0 is f32[4], bytes[6] expected"),
-        (lambda i: i["tensors"][0].update(encoding=shared(0)), "shared value 0 is f32[4], f32[2, 3] expected"),
-        (lambda i: i.update(attachments=[c.attachment("x", 16, shared(0))]), "f32[4], bytes[16] expected"),
+        (
+            lambda i: i["tensors"][0]["encoding"]["parts"].update(indices=shared(0)),
+            "shared value 0 is f32[4], u8[2, 3] expected",
+        ),
+        (
+            lambda i: i["tensors"][0]["encoding"]["parts"]["indices"]["parts"].update(
+                data=shared(0)
+            ),
+            "shared value 0 is f32[4], bytes[6] expected",
+        ),
+        (
+            lambda i: i["tensors"][0].update(encoding=shared(0)),
+            "shared value 0 is f32[4], f32[2, 3] expected",
+        ),
+        (
+            lambda i: i.update(attachments=[c.attachment("x", 16, shared(0))]),
+            "f32[4], bytes[16] expected",
+        ),
         # shared values do not chain
-        (set_shared("encoding", shared(0)), "a shared value's encoding must not reference a shared value"),
+        (
+            set_shared("encoding", shared(0)),
+            "a shared value's encoding must not reference a shared value",
+        ),
         (set_shared("encoding", c.raw(shared(0))), "must not reference a shared value"),
-        (lambda i: i["shared"].append({"dtype": "f32", "shape": [4], "encoding": shared(0)}),
-         "must not reference a shared value"),
+        (
+            lambda i: i["shared"].append({"dtype": "f32", "shape": [4], "encoding": shared(0)}),
+            "must not reference a shared value",
+        ),
         # unreferenced, malformed
-        (lambda i: i["shared"].append({"dtype": "u8", "shape": [0], "encoding": c.raw(c.leaf(3))}),
-         "shared value 1 is not referenced"),
-        (lambda i: i.update(shared={"0": i["shared"][0]}), "index 'shared' must be an array, found dict"),
+        (
+            lambda i: i["shared"].append(
+                {"dtype": "u8", "shape": [0], "encoding": c.raw(c.leaf(3))}
+            ),
+            "shared value 1 is not referenced",
+        ),
+        (
+            lambda i: i.update(shared={"0": i["shared"][0]}),
+            "index 'shared' must be an array, found dict",
+        ),
         (lambda i: i.update(shared=None), "index 'shared' must be an array"),
         (lambda i: i["shared"].__setitem__(0, [1, 2, 3]), "shared value 0 must be a map"),
         (lambda i: i["shared"][0].pop("shape"), "shared value 0 lacks required key 'shape'"),
@@ -133,10 +167,17 @@ def set_shared(key, value, i=0):
         (set_shared("shape", "4"), "shape must be an array"),
         (set_shared("encoding", c.leaf(0)), "a segment holds bytes, f32[4] expected"),
         (set_shared("encoding", c.raw(c.leaf(1))), "segment 1 holds 6 bytes, 16 expected"),
-        (set_shared("shape", [1 << 40]), "shared values decode to more than 1073741824 bytes together"),
+        (
+            set_shared("shape", [1 << 40]),
+            "shared values decode to more than 1073741824 bytes together",
+        ),
         # segments: the shared tree counts in the exactly-once rule
-        (lambda i: i["tensors"][0]["encoding"]["parts"]["indices"]["parts"].update(data=c.leaf(0)),
-         "segment 0 holds 16 bytes, 6 expected"),
+        (
+            lambda i: i["tensors"][0]["encoding"]["parts"]["indices"]["parts"].update(
+                data=c.leaf(0)
+            ),
+            "segment 0 holds 16 bytes, 6 expected",
+        ),
     ],
 )
 def test_bad_shared_references_and_entries(tmp_path, edit, match):
@@ -159,8 +200,12 @@ def test_a_well_formed_shared_value_of_another_spec(tmp_path, dtype, shape, data
 
 
 def test_a_huge_shared_value_with_a_tiny_segment(tmp_path):
-    expect_error(tmp_path, build(set_shared("shape", [1 << 40])), "holds 16 bytes, 4398046511104 expected",
-                 limits=cmf.Limits(max_shared_bytes=1 << 60))
+    expect_error(
+        tmp_path,
+        build(set_shared("shape", [1 << 40])),
+        "holds 16 bytes, 4398046511104 expected",
+        limits=cmf.Limits(max_shared_bytes=1 << 60),
+    )
 
 
 def test_a_segment_used_by_a_shared_value_and_a_tensor(tmp_path):
@@ -185,12 +230,27 @@ def test_shared_limits(tmp_path):
 
     data = build(second, lambda s: s.append(TABLE.tobytes()))
     expect_ok(tmp_path, data)
-    expect_error(tmp_path, data, "2 shared values exceed the limit 1", limits=cmf.Limits(max_shared=1),
-                 error=cmf.LimitError)
-    expect_error(tmp_path, data, "shared values decode to more than 31 bytes together",
-                 limits=cmf.Limits(max_shared_bytes=31), error=cmf.LimitError)
-    expect_error(tmp_path, build(), "over the memory budget of 15", limits=cmf.Limits(max_tensor_bytes=15),
-                 error=cmf.LimitError)
+    expect_error(
+        tmp_path,
+        data,
+        "2 shared values exceed the limit 1",
+        limits=cmf.Limits(max_shared=1),
+        error=cmf.LimitError,
+    )
+    expect_error(
+        tmp_path,
+        data,
+        "shared values decode to more than 31 bytes together",
+        limits=cmf.Limits(max_shared_bytes=31),
+        error=cmf.LimitError,
+    )
+    expect_error(
+        tmp_path,
+        build(),
+        "over the memory budget of 15",
+        limits=cmf.Limits(max_tensor_bytes=15),
+        error=cmf.LimitError,
+    )
 
 
 @pytest.mark.parametrize("levels, ok", [(15, True), (16, False)])
@@ -224,8 +284,14 @@ def test_a_bad_crc_in_a_shared_segment_is_found_when_first_used(tmp_path):
 @pytest.mark.parametrize(
     "table, match",
     [
-        (np.array([-1.0, np.nan, 0.5, 2.0], "<f4"), "part 'codebook' holds a non-finite value (nan)"),
-        (np.array([-1.0, 0.0, np.inf, 2.0], "<f4"), "part 'codebook' holds a non-finite value (inf)"),
+        (
+            np.array([-1.0, np.nan, 0.5, 2.0], "<f4"),
+            "part 'codebook' holds a non-finite value (nan)",
+        ),
+        (
+            np.array([-1.0, 0.0, np.inf, 2.0], "<f4"),
+            "part 'codebook' holds a non-finite value (inf)",
+        ),
     ],
 )
 def test_a_non_finite_shared_codebook_fails_every_user(tmp_path, table, match):
@@ -270,7 +336,11 @@ def test_codebook_scale_part(tmp_path):
         node["config"].update(block=0, axis=-1, scale_dtype="f16")
         node["parts"]["scale"] = c.raw(c.leaf(3))
 
-    expect_error(tmp_path, build(edit, lambda s: s.append(scale.tobytes())), "part 'scale' holds a non-finite value")
+    expect_error(
+        tmp_path,
+        build(edit, lambda s: s.append(scale.tobytes())),
+        "part 'scale' holds a non-finite value",
+    )
     good = np.array([2.0, -0.5], "<f2")
     snap = expect_ok(tmp_path, build(edit, lambda s: s.append(good.tobytes())))
     a = np.frombuffer(snap["tensors"]["a"][2], "<f4").reshape(2, 3)
@@ -280,7 +350,11 @@ def test_codebook_scale_part(tmp_path):
         edit(index)
         del index["tensors"][0]["encoding"]["parts"]["scale"]
 
-    expect_error(tmp_path, build(missing, lambda s: s.append(b"")), "expected ['codebook', 'indices', 'scale']")
+    expect_error(
+        tmp_path,
+        build(missing, lambda s: s.append(b"")),
+        "expected ['codebook', 'indices', 'scale']",
+    )
 
 
 def test_validate_lists_every_shared_problem(tmp_path):
@@ -288,10 +362,18 @@ def test_validate_lists_every_shared_problem(tmp_path):
         index["shared"].append({"dtype": "f32", "shape": [4], "encoding": shared(0)})  # nested
         index["shared"].append({"dtype": "f32", "shape": [4], "encoding": c.raw(c.leaf(3))})
         index["tensors"][1]["encoding"]["parts"]["codebook"] = shared(1)  # refers to the bad one
-        index["tensors"].append(c.tensor("c", "f32", [2], codebook(c.raw(c.leaf(4)), shared(7), k=4)))
-        index["tensors"].append(c.tensor("d", "f32", [4], codebook(c.raw(c.leaf(5)), shared(2), k=4)))
+        index["tensors"].append(
+            c.tensor("c", "f32", [2], codebook(c.raw(c.leaf(4)), shared(7), k=4))
+        )
+        index["tensors"].append(
+            c.tensor("d", "f32", [4], codebook(c.raw(c.leaf(5)), shared(2), k=4))
+        )
 
-    segments_extra = [np.array([0, 1, np.nan, 3], "<f4").tobytes(), bytes([0, 1]), bytes([0, 1, 2, 3])]
+    segments_extra = [
+        np.array([0, 1, np.nan, 3], "<f4").tobytes(),
+        bytes([0, 1]),
+        bytes([0, 1, 2, 3]),
+    ]
     data = build(edit, lambda s: s.extend(segments_extra))
     report = cmf.validate(write(tmp_path, data))
     text = "\n".join(report.errors)

@@ -42,10 +42,14 @@ def set_encoding(i, encoding):
 
 @pytest.mark.parametrize(
     "dtype, shape",
-    [("u8", [TIB]), ("f32", [1 << 20, 1 << 18]), ("f64", [1 << 13] * 3 + [1 << 1]),
-     ("u8", [1 << 32, 1 << 32]),  # numel 2^64: wraps to 0 in uint64 arithmetic
-     ("f32", [1 << 31, 1 << 31]),  # nbytes 2^64: wraps to 0 in uint64 arithmetic
-     ("u8", [(1 << 53) - 1] * 32)],
+    [
+        ("u8", [TIB]),
+        ("f32", [1 << 20, 1 << 18]),
+        ("f64", [1 << 13] * 3 + [1 << 1]),
+        ("u8", [1 << 32, 1 << 32]),  # numel 2^64: wraps to 0 in uint64 arithmetic
+        ("f32", [1 << 31, 1 << 31]),  # nbytes 2^64: wraps to 0 in uint64 arithmetic
+        ("u8", [(1 << 53) - 1] * 32),
+    ],
     ids=["1TiB-u8", "1TiB-f32", "8TiB-f64", "2^64-elements", "2^64-bytes", "rank32-max"],
 )
 def test_huge_shape_with_tiny_raw_segment(tmp_path, dtype, shape):
@@ -61,23 +65,30 @@ def test_huge_shape_with_tiny_zstd_segment(tmp_path, shape):
     # zstd leaves have no fixed length, so the memory budget must catch it before decoding.
     frame = c.zstd_frame(rle=(0, 1000), declared=TIB)
     index = {"tensors": [c.tensor("t", "u8", shape, c.raw(c.zstd(c.leaf(0))))]}
-    expect_error(tmp_path, c.assemble([frame], index), "over the memory budget",
-                 error=cmf.LimitError)
+    expect_error(
+        tmp_path, c.assemble([frame], index), "over the memory budget", error=cmf.LimitError
+    )
 
 
 def test_huge_byteplanes_with_tiny_zstd_planes(tmp_path):
     frames = [c.zstd_frame(rle=(0, 1000), declared=TIB) for _ in range(4)]
     enc = c.byteplanes([c.zstd(c.leaf(i)) for i in range(4)], rotate=True)
     index = {"tensors": [c.tensor("t", "f32", [TIB], enc)]}
-    expect_error(tmp_path, c.assemble(frames, index), "over the memory budget",
-                 error=cmf.LimitError)
+    expect_error(
+        tmp_path, c.assemble(frames, index), "over the memory budget", error=cmf.LimitError
+    )
 
 
 def test_budget_is_configurable(tmp_path):
     segments, index = base_parts()
     data = c.assemble(segments, index)
-    expect_error(tmp_path, data, "over the memory budget of 47", limits=cmf.Limits(max_tensor_bytes=47),
-                 error=cmf.LimitError)
+    expect_error(
+        tmp_path,
+        data,
+        "over the memory budget of 47",
+        limits=cmf.Limits(max_tensor_bytes=47),
+        error=cmf.LimitError,
+    )
     expect_ok(tmp_path, data, limits=cmf.Limits(max_tensor_bytes=48))
 
 
@@ -119,8 +130,13 @@ def test_rank_32_is_fine(tmp_path):
 
 
 def test_rank_limit_is_configurable(tmp_path):
-    expect_error(tmp_path, with_tensor(lambda t: None), "rank 2 exceeds the limit 1",
-                 limits=cmf.Limits(max_rank=1), error=cmf.LimitError)
+    expect_error(
+        tmp_path,
+        with_tensor(lambda t: None),
+        "rank 2 exceeds the limit 1",
+        limits=cmf.Limits(max_rank=1),
+        error=cmf.LimitError,
+    )
 
 
 # ----------------------------------------------------------------------------- names
@@ -161,10 +177,16 @@ def test_name_of_1024_bytes_is_fine(tmp_path):
 # ----------------------------------------------------------------------------- dtypes
 
 
-@pytest.mark.parametrize("dtype", ["f128", "F32", "float32", "", "f8", "c64", "bool ", 4, None, b"f32"])
+@pytest.mark.parametrize(
+    "dtype", ["f128", "F32", "float32", "", "f8", "c64", "bool ", 4, None, b"f32"]
+)
 def test_unknown_dtype(tmp_path, dtype):
-    exc = expect_error(tmp_path, with_tensor(set_key(0, "dtype", dtype)), "unknown dtype",
-                       error=cmf.UnsupportedError)
+    exc = expect_error(
+        tmp_path,
+        with_tensor(set_key(0, "dtype", dtype)),
+        "unknown dtype",
+        error=cmf.UnsupportedError,
+    )
     assert repr(dtype) in str(exc)
 
 
@@ -187,8 +209,13 @@ def test_tensor_not_a_map(tmp_path, entry):
 
 
 def test_too_many_tensors(tmp_path):
-    expect_error(tmp_path, with_tensor(lambda t: None), "5 tensors exceed the limit 4",
-                 limits=cmf.Limits(max_tensors=4), error=cmf.LimitError)
+    expect_error(
+        tmp_path,
+        with_tensor(lambda t: None),
+        "5 tensors exceed the limit 4",
+        limits=cmf.Limits(max_tensors=4),
+        error=cmf.LimitError,
+    )
 
 
 # ----------------------------------------------------------------------------- codecs
@@ -197,8 +224,9 @@ def test_too_many_tensors(tmp_path):
 @pytest.mark.parametrize("name", ["lz4", "ZSTD", "", "raw2", "pickle", "x" * 100])
 def test_unknown_codec_is_named(tmp_path, name):
     enc = {"codec": name, "config": {}, "parts": {"data": c.leaf(0)}}
-    exc = expect_error(tmp_path, with_tensor(set_encoding(0, enc)), "unknown codec",
-                       error=cmf.UnsupportedError)
+    exc = expect_error(
+        tmp_path, with_tensor(set_encoding(0, enc)), "unknown codec", error=cmf.UnsupportedError
+    )
     assert name[:60] in str(exc)
 
 
@@ -217,8 +245,11 @@ def _zstd_cfg(cfg):
 
 
 def _bp_cfg(cfg):
-    return {"codec": "byteplanes", "config": cfg,
-            "parts": {"p0": c.leaf(2), "p1": c.zstd(c.leaf(3))}}
+    return {
+        "codec": "byteplanes",
+        "config": cfg,
+        "parts": {"p0": c.leaf(2), "p1": c.zstd(c.leaf(3))},
+    }
 
 
 @pytest.mark.parametrize(
@@ -228,8 +259,16 @@ def _bp_cfg(cfg):
         (0, _raw_cfg({"order": "F"}), "unknown config key 'order'"),
         (0, _raw_cfg([]), "config must be a map"),
         (0, _raw_cfg(None), "config must be a map"),
-        (1, _zstd_cfg({"level": 3, "literals_only": False, "dict": 1}), "unknown config key 'dict'"),
-        (1, _zstd_cfg({"level": 23, "literals_only": False}), "level must be in [-131072, 22], found 23"),
+        (
+            1,
+            _zstd_cfg({"level": 3, "literals_only": False, "dict": 1}),
+            "unknown config key 'dict'",
+        ),
+        (
+            1,
+            _zstd_cfg({"level": 23, "literals_only": False}),
+            "level must be in [-131072, 22], found 23",
+        ),
         (1, _zstd_cfg({"level": -131073, "literals_only": False}), "level must be in"),
         (1, _zstd_cfg({"level": "3", "literals_only": False}), "'level' must be int, found str"),
         (1, _zstd_cfg({"level": True, "literals_only": False}), "'level' must be int, found bool"),
@@ -284,12 +323,20 @@ def test_bad_nodes(tmp_path, node, match):
 
 def test_codec_that_cannot_produce_the_spec(tmp_path):
     # byteplanes needs k in (2, 4, 8); rotate only for floats; raw cannot give bytes.
-    expect_error(tmp_path, with_tensor(set_encoding(4, c.byteplanes([c.leaf(4)]))),
-                 "byteplanes: needs an item size of 2, 4 or 8, not bool")
+    expect_error(
+        tmp_path,
+        with_tensor(set_encoding(4, c.byteplanes([c.leaf(4)]))),
+        "byteplanes: needs an item size of 2, 4 or 8, not bool",
+    )
     segments, index = base_parts()
-    index["tensors"].append(c.tensor("i", "i16", [1], c.byteplanes([c.leaf(6), c.leaf(7)], rotate=True)))
-    expect_error(tmp_path, c.assemble(segments + [b"\x01", b"\x02"], index),
-                 "rotate is only for floats, not i16")
+    index["tensors"].append(
+        c.tensor("i", "i16", [1], c.byteplanes([c.leaf(6), c.leaf(7)], rotate=True))
+    )
+    expect_error(
+        tmp_path,
+        c.assemble(segments + [b"\x01", b"\x02"], index),
+        "rotate is only for floats, not i16",
+    )
     segments, index = base_parts()
     index["attachments"][0]["encoding"] = c.raw(c.zstd(c.leaf(5)))
     expect_error(tmp_path, c.assemble(segments, index), "codec 'raw' decodes to an array")
@@ -306,8 +353,11 @@ def test_tree_deeper_than_16(tmp_path, depth):
     node = c.leaf(1)
     for _ in range(depth - 1):
         node = c.zstd(node)
-    expect_error(tmp_path, with_tensor(set_encoding(1, c.raw(node))),
-                 ("deeper than 16", "decoded length must be known"))
+    expect_error(
+        tmp_path,
+        with_tensor(set_encoding(1, c.raw(node))),
+        ("deeper than 16", "decoded length must be known"),
+    )
 
 
 def test_tree_deeper_than_nesting_limit(tmp_path):
@@ -315,8 +365,12 @@ def test_tree_deeper_than_nesting_limit(tmp_path):
     node = c.leaf(1)
     for _ in range(40):
         node = c.zstd(node)
-    expect_error(tmp_path, with_tensor(set_encoding(1, c.raw(node))), "nests deeper than 64",
-                 error=cmf.LimitError)
+    expect_error(
+        tmp_path,
+        with_tensor(set_encoding(1, c.raw(node))),
+        "nests deeper than 64",
+        error=cmf.LimitError,
+    )
 
 
 @pytest.mark.parametrize("limit, ok", [(1, False), (2, True)])
@@ -326,8 +380,9 @@ def test_tree_depth_limit(tmp_path, limit, ok):
     if ok:
         expect_ok(tmp_path, data, limits=limits)
     else:
-        expect_error(tmp_path, data, f"codec tree deeper than {limit}", limits=limits,
-                     error=cmf.LimitError)
+        expect_error(
+            tmp_path, data, f"codec tree deeper than {limit}", limits=limits, error=cmf.LimitError
+        )
 
 
 # ----------------------------------------------------------------------------- aliases
@@ -354,10 +409,16 @@ def test_bad_alias(tmp_path, alias, match):
 def test_alias_to_alias(tmp_path):
     segments, index = base_parts()
     index["tensors"].append(c.tensor("w_tied2", "f32", [4, 3], alias="w_tied"))
-    expect_error(tmp_path, c.assemble(segments, index), "alias must name an earlier tensor that has an encoding")
+    expect_error(
+        tmp_path,
+        c.assemble(segments, index),
+        "alias must name an earlier tensor that has an encoding",
+    )
 
 
-@pytest.mark.parametrize("dtype, shape", [("f32", [3, 4]), ("f32", [12]), ("i32", [4, 3]), ("f32", [4, 3, 1])])
+@pytest.mark.parametrize(
+    "dtype, shape", [("f32", [3, 4]), ("f32", [12]), ("i32", [4, 3]), ("f32", [4, 3, 1])]
+)
 def test_alias_with_different_spec(tmp_path, dtype, shape):
     def edit(t):
         t[3]["dtype"], t[3]["shape"] = dtype, shape
@@ -378,8 +439,11 @@ def test_both_encoding_and_alias(tmp_path):
 
 
 def test_neither_encoding_nor_alias(tmp_path):
-    expect_error(tmp_path, with_tensor(del_key(0, "encoding")),
-                 ("must have exactly one of 'encoding' and 'alias'", "not referenced"))
+    expect_error(
+        tmp_path,
+        with_tensor(del_key(0, "encoding")),
+        ("must have exactly one of 'encoding' and 'alias'", "not referenced"),
+    )
 
 
 # ----------------------------------------------------------------------------- values

@@ -149,8 +149,19 @@ def _secret(root):
     return p
 
 
-@pytest.mark.parametrize("shard", ["../outside.safetensors", "/abs/outside.safetensors",
-                                   "sub/model.safetensors", "..", ".", "", 5, None])
+@pytest.mark.parametrize(
+    "shard",
+    [
+        "../outside.safetensors",
+        "/abs/outside.safetensors",
+        "sub/model.safetensors",
+        "..",
+        ".",
+        "",
+        5,
+        None,
+    ],
+)
 def test_hf_shard_index_names_outside(tmp_path, shard):
     d = _hf_dir(tmp_path)
     st_save({"x": np.zeros(2, np.float32)}, os.fspath(tmp_path / "outside.safetensors"))
@@ -171,8 +182,9 @@ def test_hf_indexed_shard_symlink_outside(tmp_path):
     d = _hf_dir(tmp_path)
     st_save({"x": np.zeros(2, np.float32)}, os.fspath(tmp_path / "elsewhere.safetensors"))
     os.symlink(tmp_path / "elsewhere.safetensors", d / "shard-2.safetensors")
-    (d / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {"w": "model.safetensors", "x": "shard-2.safetensors"}}))
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "model.safetensors", "x": "shard-2.safetensors"}})
+    )
     with pytest.raises(cmf.CmfError, match="refusing to read shard-2.safetensors"):
         open_source(d)
 
@@ -257,9 +269,21 @@ def _written_outside(tmp_path, out) -> list[str]:
     return found
 
 
-UNPACK_NAMES = ["../evil.json", "a/../../evil.json", "/tmp/evil.json", "..\\evil.json",
-                "C:evil.json", "a//evil.json", "./evil.json", "..", ".", "a/./b", "a/", "/",
-                "a\\b"]
+UNPACK_NAMES = [
+    "../evil.json",
+    "a/../../evil.json",
+    "/tmp/evil.json",
+    "..\\evil.json",
+    "C:evil.json",
+    "a//evil.json",
+    "./evil.json",
+    "..",
+    ".",
+    "a/./b",
+    "a/",
+    "/",
+    "a\\b",
+]
 
 
 @pytest.mark.parametrize("name", UNPACK_NAMES)
@@ -271,12 +295,15 @@ def test_unpack_refuses_escaping_names(tmp_path, name, capsys):
     assert not _written_outside(tmp_path, out)
 
 
-@pytest.mark.parametrize("name, plant", [
-    ("config.json", "file-link"),        # out/config.json is a symlink to a file elsewhere
-    ("sub/config.json", "dir-link"),     # out/sub is a symlink to a directory elsewhere
-    ("a/b/c/config.json", "deep-link"),  # out/a/b is a symlink
-    ("sub/config.json", "dangling"),     # out/sub is a dangling symlink
-])
+@pytest.mark.parametrize(
+    "name, plant",
+    [
+        ("config.json", "file-link"),  # out/config.json is a symlink to a file elsewhere
+        ("sub/config.json", "dir-link"),  # out/sub is a symlink to a directory elsewhere
+        ("a/b/c/config.json", "deep-link"),  # out/a/b is a symlink
+        ("sub/config.json", "dangling"),  # out/sub is a dangling symlink
+    ],
+)
 def test_unpack_refuses_symlinks_in_the_output(tmp_path, name, plant, capsys):
     out = tmp_path / "out"
     keep = tmp_path / "keep"
@@ -316,5 +343,7 @@ def test_corpus_size():
     onnx_more = 14  # tests/convert/test_onnx.py::HOSTILE
     hf = 8 + 1 + 1 + 2 + 1 + 1
     unpack = len(UNPACK_NAMES) + 4
-    print(f"\ntraversal corpus: ONNX external data {len(ONNX_CASES) + 1 + onnx_more}, HF directories "
-          f"{hf}, cmf unpack {unpack}: {len(ONNX_CASES) + 1 + onnx_more + hf + unpack} cases refused")
+    print(
+        f"\ntraversal corpus: ONNX external data {len(ONNX_CASES) + 1 + onnx_more}, HF directories "
+        f"{hf}, cmf unpack {unpack}: {len(ONNX_CASES) + 1 + onnx_more + hf + unpack} cases refused"
+    )

@@ -60,8 +60,13 @@ def test_validate_lists_each_problem(tmp_path):
 
 def test_validate_report_json(tmp_path):
     data, expected = many_problems()
-    r = subprocess.run([sys.executable, "-m", "cmf.cli", "validate", "--json", write(tmp_path, data)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "cmf.cli", "validate", "--json", write(tmp_path, data)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr
     out = json.loads(r.stdout)
     assert out["valid"] is False and len(out["errors"]) >= len(expected)
@@ -88,7 +93,10 @@ HOSTILE = {
     "major-9": (base_file(major=9), True),
     "trailer-wraps": (base_file(index_offset=(1 << 64) - 64), True),
     "nest-bomb": (c.assemble([], b"\x91" * 100_000), True),
-    "dup-key": (c.assemble([], c.mp(c.Pairs((("segments", []), ("tensors", []), ("tensors", []))))), True),
+    "dup-key": (
+        c.assemble([], c.mp(c.Pairs((("segments", []), ("tensors", []), ("tensors", []))))),
+        True,
+    ),
     "escape": (None, True),
     "zstd-1tib": (None, False),
     "crc": (None, False),
@@ -112,8 +120,13 @@ _fill()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cmf.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cmf.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))

@@ -32,14 +32,19 @@ def test_control_hand_made_frame_is_accepted(tmp_path):
 def test_20_byte_frame_declaring_1tib_for_a_small_tensor(tmp_path):
     frame = c.zstd_frame(rle=(0, 1000), declared=TIB)
     assert len(frame) <= 20
-    expect_error(tmp_path, with_frame(frame), f"frame declares {TIB} bytes, {N} expected",
-                 error=cmf.FormatError)
+    expect_error(
+        tmp_path,
+        with_frame(frame),
+        f"frame declares {TIB} bytes, {N} expected",
+        error=cmf.FormatError,
+    )
 
 
 def test_20_byte_frame_declaring_1tib_for_a_1tib_tensor(tmp_path):
     frame = c.zstd_frame(rle=(0, 1000), declared=TIB)
-    expect_error(tmp_path, with_frame(frame, size=TIB), "over the memory budget",
-                 error=cmf.LimitError)
+    expect_error(
+        tmp_path, with_frame(frame, size=TIB), "over the memory budget", error=cmf.LimitError
+    )
 
 
 @pytest.mark.parametrize("size", [1 << 30, 1 << 34])  # within the 16 GiB default budget
@@ -95,8 +100,15 @@ def test_frame_with_wrong_checksum(tmp_path):
 
 @pytest.mark.parametrize(
     "frame",
-    [b"", b"\x28", b"\x28\xb5\x2f", b"\x28\xb5\x2f\xfd", b"\x00" * 16, b"PK\x03\x04" + bytes(12),
-     b"\x28\xb5\x2f\xfd\x28"],  # reserved bit 3 of the frame header descriptor set
+    [
+        b"",
+        b"\x28",
+        b"\x28\xb5\x2f",
+        b"\x28\xb5\x2f\xfd",
+        b"\x00" * 16,
+        b"PK\x03\x04" + bytes(12),
+        b"\x28\xb5\x2f\xfd\x28",
+    ],  # reserved bit 3 of the frame header descriptor set
     ids=["empty", "1", "3", "magic-only", "zeros", "zip", "reserved-bit"],
 )
 def test_not_a_frame_header(tmp_path, frame):
@@ -144,8 +156,12 @@ def test_attachment_size_over_limit_with_tiny_frame(tmp_path):
     segments, index = base_parts()
     segments[5] = c.zstd_frame(rle=(0x20, 1000), declared=TIB)
     index["attachments"][0]["size"] = TIB
-    expect_error(tmp_path, c.assemble(segments, index), f"is {TIB} bytes, limit {1 << 30}",
-                 error=cmf.LimitError)
+    expect_error(
+        tmp_path,
+        c.assemble(segments, index),
+        f"is {TIB} bytes, limit {1 << 30}",
+        error=cmf.LimitError,
+    )
 
 
 def test_frame_header_fields_written_by_hand_parse_as_intended():

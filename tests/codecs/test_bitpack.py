@@ -172,8 +172,17 @@ def test_encode_checks_the_input():
 
 @pytest.mark.parametrize(
     "config",
-    [{}, {"bits": 0}, {"bits": 17}, {"bits": True}, {"bits": "4"}, {"bits": 4.0},
-     {"bits": 4, "extra": 1}, [4], None],
+    [
+        {},
+        {"bits": 0},
+        {"bits": 17},
+        {"bits": True},
+        {"bits": "4"},
+        {"bits": 4.0},
+        {"bits": 4, "extra": 1},
+        [4],
+        None,
+    ],
 )
 def test_bad_configs(config):
     with pytest.raises(CmfError):

@@ -41,7 +41,18 @@ def test_config_round_trip(rotate):
     assert codec_from_config("byteplanes", {"rotate": rotate}) == codec
 
 
-@pytest.mark.parametrize("config", [{"rotate": 1}, {"rotate": "true"}, {"rotate": None}, {"rotate": True, "k": 4}, {"shuffle": True}, [], None])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"rotate": 1},
+        {"rotate": "true"},
+        {"rotate": None},
+        {"rotate": True, "k": 4},
+        {"shuffle": True},
+        [],
+        None,
+    ],
+)
 def test_config_rejected(config):
     with pytest.raises(FormatError):
         BytePlanes.from_config(config)
@@ -58,7 +69,10 @@ def test_resolve(name, shape):
 
 @pytest.mark.parametrize("name", FLOATS)
 def test_rotate_allowed_for_floats(name):
-    assert len(BytePlanes(rotate=True).resolve(ArraySpec(by_name(name), (4,)))) == by_name(name).itemsize
+    assert (
+        len(BytePlanes(rotate=True).resolve(ArraySpec(by_name(name), (4,))))
+        == by_name(name).itemsize
+    )
 
 
 @pytest.mark.parametrize("name", INTS)

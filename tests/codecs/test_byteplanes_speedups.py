@@ -13,7 +13,9 @@ from cmf.dtypes import of_array
 pytestmark = pytest.mark.skipif(bp._speedups is None, reason="C kernels not built")
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16, np.float64, np.int32, np.uint16, np.int64])
+@pytest.mark.parametrize(
+    "dtype", [np.float32, np.float16, ml_dtypes.bfloat16, np.float64, np.int32, np.uint16, np.int64]
+)
 @pytest.mark.parametrize("n", [1, 7, (1 << 16) + 3])
 def test_c_and_numpy_agree(monkeypatch, dtype, n):
     rng = np.random.default_rng(n)

@@ -43,7 +43,11 @@ def rel_rmse(x, y) -> float:
 
 
 def test_config_round_trips_and_every_key_is_required():
-    for codec in (cb(), cb(k=256, block=64, axis=-1, scale_dtype="f16"), cb(k=65536, block=0, axis=None, scale_dtype="bf16")):
+    for codec in (
+        cb(),
+        cb(k=256, block=64, axis=-1, scale_dtype="f16"),
+        cb(k=65536, block=0, axis=None, scale_dtype="bf16"),
+    ):
         config = codec.to_config()
         assert list(config) == ["k", "block", "axis", "scale_dtype"]
         assert codec_from_config("codebook", config) == codec
@@ -85,8 +89,11 @@ def test_resolve():
     parts = cb().resolve(s)
     assert parts == {"indices": spec("u8", (6, 100)), "codebook": spec("f32", (16,))}
     parts = cb(k=257, block=32, axis=-1, scale_dtype="f16").resolve(s)
-    assert parts == {"indices": spec("u16", (6, 100)), "codebook": spec("f32", (257,)),
-                     "scale": spec("f16", (6, 4))}
+    assert parts == {
+        "indices": spec("u16", (6, 100)),
+        "codebook": spec("f32", (257,)),
+        "scale": spec("f16", (6, 4)),
+    }
     assert cb(block=0, axis=0, scale_dtype="f32").resolve(s)["scale"] == spec("f32", (1, 100))
     assert cb(block=64, axis=None, scale_dtype="f32").resolve(s)["scale"] == spec("f32", (10,))
     assert index_dtype(256) == "u8" and index_dtype(257) == "u16"
@@ -143,7 +150,9 @@ def test_decode_matches_the_element_by_element_formula(dtype, shape, codec):
         "codebook": (rng.standard_normal(codec.k) * 3).astype(F32),
     }
     if codec.scaled:
-        parts["scale"] = (rng.standard_normal(specs["scale"].shape) * 7).astype(specs["scale"].dtype.numpy)
+        parts["scale"] = (rng.standard_normal(specs["scale"].shape) * 7).astype(
+            specs["scale"].dtype.numpy
+        )
     got = codec.decode(parts, s)
     want = reference_decode(codec, parts, s)
     assert got.dtype == s.dtype.numpy and got.shape == s.shape
@@ -153,13 +162,20 @@ def test_decode_matches_the_element_by_element_formula(dtype, shape, codec):
 def test_decode_rounds_once_and_overflows_to_infinity():
     codec = cb(k=2, block=0, axis=None, scale_dtype="f32")
     s = spec("f16", (2,))
-    parts = {"indices": np.array([0, 1], np.uint8), "codebook": np.array([1e5, -0.1], F32),
-             "scale": np.array([3.0], F32)}
+    parts = {
+        "indices": np.array([0, 1], np.uint8),
+        "codebook": np.array([1e5, -0.1], F32),
+        "scale": np.array([3.0], F32),
+    }
     with np.errstate(over="raise"):
         y = codec.decode(parts, s)
     assert np.isposinf(y[0]) and y[1] == np.float16(F32(-0.1) * F32(3.0))
     # signed zero: a negative entry times a zero scale
-    parts = {"indices": np.array([1], np.uint8), "codebook": np.array([0, -2], F32), "scale": np.array([0.0], F32)}
+    parts = {
+        "indices": np.array([1], np.uint8),
+        "codebook": np.array([0, -2], F32),
+        "scale": np.array([0.0], F32),
+    }
     z = codec.decode(parts, spec("f32", (1,)))
     assert z[0] == 0 and np.signbit(z[0])
 
@@ -179,11 +195,16 @@ def test_index_out_of_range_is_rejected(k, bad):
     codec, s = cb(k=k), spec("f32", (3, 4))
     parts = _parts(codec, s)
     parts["indices"][1, 2] = bad
-    with pytest.raises(FormatError, match=f"index {bad} is out of range for a codebook of {k} entries"):
+    with pytest.raises(
+        FormatError, match=f"index {bad} is out of range for a codebook of {k} entries"
+    ):
         codec.decode(parts, s)
 
 
-@pytest.mark.parametrize("part, value", [("codebook", np.nan), ("codebook", np.inf), ("scale", np.nan), ("scale", -np.inf)])
+@pytest.mark.parametrize(
+    "part, value",
+    [("codebook", np.nan), ("codebook", np.inf), ("scale", np.nan), ("scale", -np.inf)],
+)
 def test_non_finite_codebook_or_scale_is_rejected(part, value):
     codec, s = cb(block=2, axis=-1, scale_dtype="f16"), spec("f32", (3, 4))
     parts = _parts(codec, s)
@@ -195,10 +216,22 @@ def test_non_finite_codebook_or_scale_is_rejected(part, value):
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda p: p.__setitem__("indices", p["indices"].astype(np.uint16)), "part 'indices' must be a u8"),
-        (lambda p: p.__setitem__("codebook", p["codebook"].astype(np.float64)), "part 'codebook' must be a f32"),
-        (lambda p: p.__setitem__("codebook", p["codebook"][:-1]), "part 'codebook' has shape \\[15\\]"),
-        (lambda p: p.__setitem__("indices", p["indices"].reshape(4, 3)), "part 'indices' has shape \\[4, 3\\]"),
+        (
+            lambda p: p.__setitem__("indices", p["indices"].astype(np.uint16)),
+            "part 'indices' must be a u8",
+        ),
+        (
+            lambda p: p.__setitem__("codebook", p["codebook"].astype(np.float64)),
+            "part 'codebook' must be a f32",
+        ),
+        (
+            lambda p: p.__setitem__("codebook", p["codebook"][:-1]),
+            "part 'codebook' has shape \\[15\\]",
+        ),
+        (
+            lambda p: p.__setitem__("indices", p["indices"].reshape(4, 3)),
+            "part 'indices' has shape \\[4, 3\\]",
+        ),
         (lambda p: p.__setitem__("scale", b"\x00" * 12), "part 'scale' must be a f16"),
     ],
 )
@@ -214,10 +247,42 @@ def test_parts_of_the_wrong_spec_are_rejected(edit, match):
 
 
 def test_fixed_tables_are_the_documented_bit_patterns():
-    nf4 = ["bf800000", "bf3239b1", "bf066b30", "beca32a0", "be91a24d", "be3d353f", "bdba7871", "00000000",
-           "3da2faff", "3e24cae3", "3e7c04dd", "3ead033a", "3ee1a4b8", "3f1007ab", "3f3913b3", "3f800000"]
-    fp4 = ["00000000", "3daaaaab", "3e2aaaab", "3e800000", "3eaaaaab", "3f000000", "3f2aaaab", "3f800000",
-           "80000000", "bdaaaaab", "be2aaaab", "be800000", "beaaaaab", "bf000000", "bf2aaaab", "bf800000"]
+    nf4 = [
+        "bf800000",
+        "bf3239b1",
+        "bf066b30",
+        "beca32a0",
+        "be91a24d",
+        "be3d353f",
+        "bdba7871",
+        "00000000",
+        "3da2faff",
+        "3e24cae3",
+        "3e7c04dd",
+        "3ead033a",
+        "3ee1a4b8",
+        "3f1007ab",
+        "3f3913b3",
+        "3f800000",
+    ]
+    fp4 = [
+        "00000000",
+        "3daaaaab",
+        "3e2aaaab",
+        "3e800000",
+        "3eaaaaab",
+        "3f000000",
+        "3f2aaaab",
+        "3f800000",
+        "80000000",
+        "bdaaaaab",
+        "be2aaaab",
+        "be800000",
+        "beaaaaab",
+        "bf000000",
+        "bf2aaaab",
+        "bf800000",
+    ]
     assert [f"{v:08x}" for v in NF4.view(np.uint32)] == nf4
     assert [f"{v:08x}" for v in FP4.view(np.uint32)] == fp4
     # FP4 entry j is the OCP E2M1 value of bit pattern j (ml_dtypes' float4_e2m1fn) over 6
@@ -232,7 +297,9 @@ def test_fixed_tables_are_the_documented_bit_patterns():
 def cmf_spec_page() -> str:
     import pathlib
 
-    return (pathlib.Path(__file__).resolve().parents[2] / "spec" / "codecs" / "codebook.md").read_text()
+    return (
+        pathlib.Path(__file__).resolve().parents[2] / "spec" / "codecs" / "codebook.md"
+    ).read_text()
 
 
 @pytest.mark.parametrize("table", ["nf4", "fp4"])
@@ -271,8 +338,19 @@ def test_fp4_zero_is_code_zero_not_minus_zero():
 def test_kmeans_reaches_the_lloyd_max_quantizer_of_a_normal():
     x = np.random.default_rng(0).standard_normal(1 << 20).astype(F32)
     c = kmeans_1d(x, None, 16)
-    lloyd_max = [0.1284, 0.3881, 0.6568, 0.9424, 1.2562, 1.6181, 2.0690, 2.7326]  # Max (1960), N(0,1)
-    assert np.allclose(c[8:], lloyd_max, atol=0.03) and np.allclose(-c[:8][::-1], lloyd_max, atol=0.03)
+    lloyd_max = [
+        0.1284,
+        0.3881,
+        0.6568,
+        0.9424,
+        1.2562,
+        1.6181,
+        2.0690,
+        2.7326,
+    ]  # Max (1960), N(0,1)
+    assert np.allclose(c[8:], lloyd_max, atol=0.03) and np.allclose(
+        -c[:8][::-1], lloyd_max, atol=0.03
+    )
     codec, _ = Codebook.fit(x, spec("f32", x.shape), {"k": 16})
     y = codec.decode(codec.encode(x, spec("f32", x.shape)), spec("f32", x.shape))
     assert abs(rel_rmse(x, y) - math.sqrt(0.009497)) < 0.001  # Lloyd-Max MSE for 16 levels
@@ -318,8 +396,16 @@ def sse(x: np.ndarray, c: np.ndarray) -> float:
 @pytest.mark.parametrize(
     "x, k",
     [
-        (np.concatenate([np.zeros(3000), np.random.default_rng(1).standard_normal(300)]), 8),  # pruned
-        (np.concatenate([np.full(500, -3.0), np.random.default_rng(2).normal(2, 0.1, 200), [40.0]]), 5),
+        (
+            np.concatenate([np.zeros(3000), np.random.default_rng(1).standard_normal(300)]),
+            8,
+        ),  # pruned
+        (
+            np.concatenate(
+                [np.full(500, -3.0), np.random.default_rng(2).normal(2, 0.1, 200), [40.0]]
+            ),
+            5,
+        ),
         (np.random.default_rng(3).standard_t(2, 400), 12),  # heavy tails
         (np.round(np.random.default_rng(4).standard_normal(600) * 4) / 4, 6),  # few distinct values
     ],
@@ -345,8 +431,10 @@ def test_kmeans_with_few_distinct_values_and_heavy_ties():
 # Values on a 1/8 grid: interval errors come from prefix sums, so distinct values 1e-45 apart
 # next to -1024 are beyond float64's resolution (found by hypothesis; the fit is then merely
 # slightly suboptimal, which test_kmeans_is_close_to_the_optimum bounds on real data).
-@given(st.lists(st.integers(-8_000_000, 8_000_000).map(lambda i: i / 8), min_size=1, max_size=300),
-       st.integers(1, 40))
+@given(
+    st.lists(st.integers(-8_000_000, 8_000_000).map(lambda i: i / 8), min_size=1, max_size=300),
+    st.integers(1, 40),
+)
 def test_kmeans_never_does_worse_than_its_nearest_assignment_needs(values, k):
     x = np.array(values, F32)
     c = kmeans_1d(x, None, k)
@@ -370,15 +458,21 @@ def test_fit_encode_decode_every_dtype(dtype):
         codec, _ = Codebook.fit(x, s, options)
         parts = codec.encode(x, s)
         assert {n: (p.dtype, p.shape) for n, p in parts.items()} == {
-            n: (p.dtype.numpy, p.shape) for n, p in codec.resolve(s).items()}
+            n: (p.dtype.numpy, p.shape) for n, p in codec.resolve(s).items()
+        }
         y = codec.decode(parts, s)
         assert y.dtype == x.dtype and rel_rmse(x, y) < 0.12
 
 
 @pytest.mark.parametrize(
     "x",
-    [np.zeros((4, 8), F32), np.full((3, 5), -2.5, F32), np.zeros((0, 3), F32), np.array(1.5, F32),
-     np.array([7.0], F32)],
+    [
+        np.zeros((4, 8), F32),
+        np.full((3, 5), -2.5, F32),
+        np.zeros((0, 3), F32),
+        np.array(1.5, F32),
+        np.array([7.0], F32),
+    ],
     ids=["zeros", "constant", "empty", "scalar", "one"],
 )
 def test_edge_tensors(x):
@@ -392,20 +486,25 @@ def test_edge_tensors(x):
 def test_non_finite_inputs_are_rejected_with_a_clear_error():
     x = np.array([[1.0, np.nan], [2.0, 3.0]], F32)
     for options in ({"k": 4}, {"fixed": "nf4"}):
-        with pytest.raises(CmfError, match=r"cannot encode a non-finite value \(nan at index \[0, 1\]\)"):
+        with pytest.raises(
+            CmfError, match=r"cannot encode a non-finite value \(nan at index \[0, 1\]\)"
+        ):
             codec, _ = Codebook.fit(x, spec("f32", x.shape), options)
             codec.encode(x, spec("f32", x.shape))
     with pytest.raises(CmfError, match="beyond the float32 range"):
         cb().encode(np.array([1e300]), spec("f64", (1,)))
     with pytest.raises(CmfError, match="absmax does not fit f16"):
-        Codebook.fit(np.array([1e6], F32), spec("f32", (1,)), {"fixed": "nf4", "scale_dtype": "f16"})[0].encode(
-            np.array([1e6], F32), spec("f32", (1,)))
+        Codebook.fit(
+            np.array([1e6], F32), spec("f32", (1,)), {"fixed": "nf4", "scale_dtype": "f16"}
+        )[0].encode(np.array([1e6], F32), spec("f32", (1,)))
 
 
 def test_encode_without_fit_learns_k_centroids_and_pads():
     x = np.array([1.0, 2.0, 2.0, 5.0], F32)
     parts = cb(k=8).encode(x, spec("f32", (4,)))
-    assert parts["codebook"].shape == (8,) and np.array_equal(cb(k=8).decode(parts, spec("f32", (4,))), x)
+    assert parts["codebook"].shape == (8,) and np.array_equal(
+        cb(k=8).decode(parts, spec("f32", (4,))), x
+    )
 
 
 def test_encode_does_not_touch_the_input():
@@ -452,7 +551,11 @@ def test_fit_option_defaults():
     assert config({"k": 16, "block": 32}) == {"block": 32, "axis": -1, "scale_dtype": "f32"}
     assert config({"k": 16, "axis": -1}) == {"block": 0, "axis": -1, "scale_dtype": "f32"}
     assert config({"fixed": "fp4"}) == {"block": 64, "axis": -1, "scale_dtype": "f32"}
-    assert config({"fixed": "nf4", "block": 128, "scale_dtype": "bf16"}) == {"block": 128, "axis": -1, "scale_dtype": "bf16"}
+    assert config({"fixed": "nf4", "block": 128, "scale_dtype": "bf16"}) == {
+        "block": 128,
+        "axis": -1,
+        "scale_dtype": "bf16",
+    }
     with pytest.raises(CmfError, match="group pre-pass"):
         Codebook.fit(np.zeros(4, F32), spec("f32", (4,)), {"k": 16, "shared": "g"})
 
@@ -466,10 +569,12 @@ def test_template_with_entropy_coded_indices_round_trips_through_a_file(tmp_path
         "codec": "codebook",
         "fit": {"k": 16, "block": 32},
         "parts": {
-            "indices": {"choose": [
-                {"codec": "huffman", "config": {"chunk": 1024, "max_length": 12}},
-                {"codec": "bitpack", "config": {"bits": 4}},
-            ]},
+            "indices": {
+                "choose": [
+                    {"codec": "huffman", "config": {"chunk": 1024, "max_length": 12}},
+                    {"codec": "bitpack", "config": {"bits": 4}},
+                ]
+            },
             "scale": "lossless",
         },
     }

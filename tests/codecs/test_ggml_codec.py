@@ -69,7 +69,10 @@ def test_random_blocks_round_trip_and_decode_like_gguf_py(name):
     parts = codec.encode(Blocks(blocks), spec)
     assert set(parts) == set(codec.resolve(spec))
     for k, v in parts.items():
-        assert v.dtype == codec.resolve(spec)[k].dtype.numpy and v.shape == codec.resolve(spec)[k].shape
+        assert (
+            v.dtype == codec.resolve(spec)[k].dtype.numpy
+            and v.shape == codec.resolve(spec)[k].shape
+        )
     assert codec.blocks_of(parts, spec).tobytes() == blocks.tobytes()
     got = codec.decode(parts, spec)
     want = dequantized(blocks, name).reshape(spec.shape)
@@ -89,7 +92,9 @@ def test_pending_tree_decodes_like_gguf_py(name):
     assert got.tobytes() == dequantized(blocks, name).tobytes()
 
 
-@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "TQ1_0", "TQ2_0", "MXFP4"])
+@pytest.mark.parametrize(
+    "name", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "TQ1_0", "TQ2_0", "MXFP4"]
+)
 def test_weight_like_blocks(name):
     """Blocks gguf-py's own quantizer makes from weight-like values."""
     rng = np.random.default_rng(3)
@@ -135,10 +140,15 @@ def test_config_and_registry():
             codec_from_config("ggml", bad)
 
 
-@pytest.mark.parametrize("spec", [
-    ArraySpec(BY_NAME["f16"], (2, 256)), ArraySpec(F32, ()), ArraySpec(F32, (2, 100)),
-    ArraySpec(F32, (256, 3)),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ArraySpec(BY_NAME["f16"], (2, 256)),
+        ArraySpec(F32, ()),
+        ArraySpec(F32, (2, 100)),
+        ArraySpec(F32, (256, 3)),
+    ],
+)
 def test_bad_specs(spec):
     with pytest.raises(CmfError):
         Ggml(type="Q4_K").resolve(spec)
@@ -152,17 +162,20 @@ def _parts(name="IQ2_XS", n=3):
     return codec, spec, codec.encode(Blocks(random_blocks(name, n, rng, finite=True)), spec)
 
 
-@pytest.mark.parametrize("break_it", [
-    lambda p: p.pop("sign"),
-    lambda p: p.update(extra=np.zeros((3, 1), np.uint8)),
-    lambda p: p.update(grid=p["grid"].astype(np.uint32)),
-    lambda p: p.update(grid=p["grid"][:2]),
-    lambda p: p.update(grid=p["grid"][:, :-1]),
-    lambda p: p.update(d=p["d"].astype(np.float32)),
-    lambda p: p.update(sc=np.full_like(p["sc"], 16)),  # a 4-bit field holding 16
-    lambda p: p.update(grid=np.full_like(p["grid"], 512)),  # an out-of-range grid index
-    lambda p: p.update(sign=p["sign"].tobytes()),
-])
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        lambda p: p.pop("sign"),
+        lambda p: p.update(extra=np.zeros((3, 1), np.uint8)),
+        lambda p: p.update(grid=p["grid"].astype(np.uint32)),
+        lambda p: p.update(grid=p["grid"][:2]),
+        lambda p: p.update(grid=p["grid"][:, :-1]),
+        lambda p: p.update(d=p["d"].astype(np.float32)),
+        lambda p: p.update(sc=np.full_like(p["sc"], 16)),  # a 4-bit field holding 16
+        lambda p: p.update(grid=np.full_like(p["grid"], 512)),  # an out-of-range grid index
+        lambda p: p.update(sign=p["sign"].tobytes()),
+    ],
+)
 def test_hostile_parts_are_cmf_errors(break_it):
     codec, spec, parts = _parts()
     break_it(parts)
@@ -260,7 +273,9 @@ def test_block_bytes_of_legacy_quantize_trees_and_plain_tensors(tmp_path):
     with cmf.Writer(path) as w:
         for name in ("Q8_0", "Q4_1", "Q5_0"):
             blocks = gguf.quants.quantize(x, Q[name])
-            w.add_encoded(name, ArraySpec(F32, x.shape), gguf_tensor_to_pending(blocks, name, x.shape))
+            w.add_encoded(
+                name, ArraySpec(F32, x.shape), gguf_tensor_to_pending(blocks, name, x.shape)
+            )
         w.add_tensor("plain", x)
     with cmf.open(path) as f:
         for name in ("Q8_0", "Q4_1", "Q5_0"):

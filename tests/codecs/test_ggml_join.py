@@ -36,7 +36,9 @@ def test_c_and_numpy_join_give_the_blocks_back(monkeypatch, name, n):
 
 
 @needs_c
-@pytest.mark.parametrize("name", ["Q4_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K", "IQ2_XS", "IQ3_S", "IQ1_M"])
+@pytest.mark.parametrize(
+    "name", ["Q4_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K", "IQ2_XS", "IQ3_S", "IQ1_M"]
+)
 def test_threaded_join_equals_serial(monkeypatch, name):
     lay = LAYOUTS[name]
     blocks = _blocks(name, 1000, 3)
@@ -47,8 +49,19 @@ def test_threaded_join_equals_serial(monkeypatch, name):
     real = gl._speedups.ggml_join
     monkeypatch.setattr(gl, "JOIN_PIECE", 7)
     monkeypatch.setattr(kernels, "_cores", lambda: 4)
-    monkeypatch.setattr(gl, "_speedups", type("K", (), {"ggml_join": staticmethod(
-        lambda out, *rest: calls.append(out.shape[0]) or real(out, *rest))}))
+    monkeypatch.setattr(
+        gl,
+        "_speedups",
+        type(
+            "K",
+            (),
+            {
+                "ggml_join": staticmethod(
+                    lambda out, *rest: calls.append(out.shape[0]) or real(out, *rest)
+                )
+            },
+        ),
+    )
     threaded = np.empty_like(blocks)
     gl.join_into(lay, fields, threaded)
     assert len(calls) == 4 and sum(calls) == 1000
@@ -66,17 +79,20 @@ def test_fields_given_as_views_are_joined_from_their_values():
 
 
 @needs_c
-@pytest.mark.parametrize("column,value", [
-    (0, 5),  # no such field
-    (1, 3),  # itemsize
-    (3, 40),  # values past the field's count
-    (4, 0),  # step 0
-    (5, 17),  # bytes past the block
-    (7, 0),  # empty run
-    (8, 16),  # source shift
-    (9, 256),  # mask
-    (10, 8),  # destination shift
-])
+@pytest.mark.parametrize(
+    "column,value",
+    [
+        (0, 5),  # no such field
+        (1, 3),  # itemsize
+        (3, 40),  # values past the field's count
+        (4, 0),  # step 0
+        (5, 17),  # bytes past the block
+        (7, 0),  # empty run
+        (8, 16),  # source shift
+        (9, 256),  # mask
+        (10, 8),  # destination shift
+    ],
+)
 def test_the_kernel_refuses_rows_that_do_not_fit(column, value):
     lay = LAYOUTS["Q4_0"]
     blocks = _blocks("Q4_0", 4)
@@ -87,6 +103,8 @@ def test_the_kernel_refuses_rows_that_do_not_fit(column, value):
     with pytest.raises(ValueError):
         gl._speedups.ggml_join(np.empty_like(blocks), arrays, table, lay.nbytes)
     with pytest.raises(ValueError):  # a field buffer of the wrong size
-        gl._speedups.ggml_join(np.empty_like(blocks), [arrays[0], arrays[1][:3]], gl._join_table(lay), lay.nbytes)
+        gl._speedups.ggml_join(
+            np.empty_like(blocks), [arrays[0], arrays[1][:3]], gl._join_table(lay), lay.nbytes
+        )
     with pytest.raises(ValueError):  # an output that is not whole blocks
         gl._speedups.ggml_join(np.empty(17, np.uint8), arrays, gl._join_table(lay), lay.nbytes)

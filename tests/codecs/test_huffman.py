@@ -20,21 +20,25 @@ from cmf.dtypes import by_name
 from cmf.errors import CmfError, FormatError
 
 U8, U16 = by_name("u8"), by_name("u16")
-DECODERS = [None, "lanes", "jumps"] + (["c"] if hm.speedups is not None else [])  # None: default choice
+DECODERS = [None, "lanes", "jumps"] + (
+    ["c"] if hm.speedups is not None else []
+)  # None: default choice
 FIXTURE = [HealthCheck.function_scoped_fixture]  # the decoder fixture is the same per example
 
 # Golden vectors of spec/codecs/huffman.md, "Example".
 ABRA = bytes.fromhex(
     "0b00000000000000"  # n = 11
-    "6100" "7200"  # lo, hi
+    "6100"
+    "7200"  # lo, hi
     "f00040"  # used bitmap
     "022220"  # lengths - 1
-    "02" "05000000"  # width, base
+    "02"
+    "05000000"  # width, base
     "88"  # chunk lengths 2 0 2 (+ base: 7, 5, 7 bits)
     "4eac9c"  # stream
 )
 ABRA_CODEC = Huffman(chunk=3, max_length=12)
-ONE = bytes.fromhex("0500000000000000" "0700" "0700" "80" "00" "00000000")
+ONE = bytes.fromhex("050000000000000007000700800000000000")
 EMPTY = bytes(8)
 
 

@@ -39,8 +39,12 @@ from cmf.plan.recipe import encode_template
 from cmf.writer import Writer
 
 F32, F64 = np.float32, np.float64
-FORMAT = {"f32": (24, -126, 127), "f16": (11, -14, 15), "bf16": (8, -126, 127),
-          "f64": (53, -1022, 1023)}
+FORMAT = {
+    "f32": (24, -126, 127),
+    "f16": (11, -14, 15),
+    "bf16": (8, -126, 127),
+    "f64": (53, -1022, 1023),
+}
 
 
 def spec(dtype: str, shape) -> ArraySpec:
@@ -205,8 +209,17 @@ def test_ulp_table():
 FROZEN = {  # a small tree frozen in the repo: factors (f32 bit patterns) and the decoded f32
     "u": ["3f800000", "bf000000", "40490fdb", "00000001", "c2f6e979", "3eaaaaab"],
     "v": ["3f800000", "3f800001", "c0000000", "3dcccccd", "4b800000", "bf7fffff"],
-    "x": ["3f733333", "cafffffe", "bfc00000", "40490fdb", "40490fdd", "c0c90fdb",
-          "c2f6d868", "4aaaa9b4", "43769424"],
+    "x": [
+        "3f733333",
+        "cafffffe",
+        "bfc00000",
+        "40490fdb",
+        "40490fdd",
+        "c0c90fdb",
+        "c2f6d868",
+        "4aaaa9b4",
+        "43769424",
+    ],
 }
 
 
@@ -228,8 +241,15 @@ def test_frozen_vector_decodes_within_the_tolerance():
 
 @pytest.mark.parametrize(
     "shape,split,rc",
-    [((6, 4), -1, (6, 4)), ((6, 4), 1, (6, 4)), ((2, 3, 4), -1, (6, 4)), ((2, 3, 4), 1, (2, 12)),
-     ((2, 3, 4), -2, (2, 12)), ((8, 3, 3, 3), 1, (8, 27)), ((8, 3, 3, 3), -1, (72, 3))],
+    [
+        ((6, 4), -1, (6, 4)),
+        ((6, 4), 1, (6, 4)),
+        ((2, 3, 4), -1, (6, 4)),
+        ((2, 3, 4), 1, (2, 12)),
+        ((2, 3, 4), -2, (2, 12)),
+        ((8, 3, 3, 3), 1, (8, 27)),
+        ((8, 3, 3, 3), -1, (72, 3)),
+    ],
 )
 def test_matrix_view(shape, split, rc):
     assert matrix_shape(shape, split) == rc
@@ -314,8 +334,9 @@ def test_fit_targets_pick_the_smallest_rank():
         r = codec.rank
         err = error_stats(x, codec.decode(codec.encode(value, s), s))["rel_rmse"]
         assert err <= target * (1 + 1e-9) and err == pytest.approx(
-            math.sqrt(np.sum(sv[r:] ** 2) / total), rel=1e-9)
-        assert math.sqrt(np.sum(sv[r - 1:] ** 2) / total) > target  # r - 1 is not enough
+            math.sqrt(np.sum(sv[r:] ** 2) / total), rel=1e-9
+        )
+        assert math.sqrt(np.sum(sv[r - 1 :] ** 2) / total) > target  # r - 1 is not enough
         assert codec.factor_dtype == "f64"
     for energy in (0.5, 0.9, 0.99):
         r = LowRank.fit(x, s, {"energy": energy})[0].rank
@@ -457,16 +478,18 @@ def test_randomized_svd_for_large_matrices(monkeypatch):
     total = float(np.sum(sv**2))
     calls = []
     real = lowrank_module._randomized_svd
-    monkeypatch.setattr(lowrank_module, "_randomized_svd",
-                        lambda w, r: calls.append(r) or real(w, r))
+    monkeypatch.setattr(
+        lowrank_module, "_randomized_svd", lambda w, r: calls.append(r) or real(w, r)
+    )
     codec = lr(rank=20, factor_dtype="f64")
     err = error_stats(x, codec.decode(codec.encode(x, s), s))["rel_rmse"]
     assert calls == [20]
     assert err == pytest.approx(math.sqrt(np.sum(sv[20:] ** 2) / total), rel=1e-6)
     fitted, value = LowRank.fit(x, s, {"rel_error": 0.01})  # needs rank 44: widths 64
     assert calls[1:] == [64]
-    exact_rank = int(np.argmax([math.sqrt(np.sum(sv[r:] ** 2) / total) <= 0.01
-                                for r in range(1, 601)])) + 1
+    exact_rank = (
+        int(np.argmax([math.sqrt(np.sum(sv[r:] ** 2) / total) <= 0.01 for r in range(1, 601)])) + 1
+    )
     assert fitted.rank == exact_rank
     err = error_stats(x, fitted.decode(fitted.encode(value, s), s))["rel_rmse"]
     assert err <= 0.01
@@ -478,8 +501,9 @@ def test_randomized_fit_refuses_then_goes_exact(monkeypatch):
     calls = []
     for name in ("_randomized_svd", "_gram_svd"):
         real = getattr(lowrank_module, name)
-        monkeypatch.setattr(lowrank_module, name,
-                            lambda *a, real=real, name=name: calls.append(name) or real(*a))
+        monkeypatch.setattr(
+            lowrank_module, name, lambda *a, real=real, name=name: calls.append(name) or real(*a)
+        )
     x = np.random.default_rng(10).standard_normal((700, 520))
     with pytest.raises(FitRefused, match="needs rank"):
         LowRank.fit(x, spec("f64", x.shape), {"rel_error": 0.1})
@@ -501,8 +525,9 @@ def test_gram_path_matches_gesdd(monkeypatch, shape):
         b = error_stats(x, got.decode(got.encode(gvalue, s), s))["rel_rmse"]
         assert b == pytest.approx(a, rel=1e-9)
         parts = got.encode(gvalue, s)
-        np.testing.assert_allclose(np.linalg.norm(parts["u"], axis=0),
-                                   np.sqrt(sv[: got.rank]), rtol=1e-9)  # still balanced
+        np.testing.assert_allclose(
+            np.linalg.norm(parts["u"], axis=0), np.sqrt(sv[: got.rank]), rtol=1e-9
+        )  # still balanced
     y = low_rank_matrix(*shape, 8, seed=16)
     codec, value = LowRank.fit(y, spec("f32", y.shape), {"rel_error": 1e-4})
     assert codec.rank == 8
@@ -513,11 +538,13 @@ def test_gram_path_matches_gesdd(monkeypatch, shape):
 # ----------------------------------------------------------------------------- config
 
 
-configs = st.fixed_dictionaries({
-    "rank": st.integers(1, 2**32 - 1),
-    "split": st.integers(-64, 63).filter(lambda s: s != 0),
-    "factor_dtype": st.sampled_from(FACTOR_DTYPES),
-})
+configs = st.fixed_dictionaries(
+    {
+        "rank": st.integers(1, 2**32 - 1),
+        "split": st.integers(-64, 63).filter(lambda s: s != 0),
+        "factor_dtype": st.sampled_from(FACTOR_DTYPES),
+    }
+)
 
 
 @given(config=configs)
@@ -534,10 +561,25 @@ GOOD = lr().to_config()
 
 @pytest.mark.parametrize(
     "change",
-    [{"rank": 0}, {"rank": -1}, {"rank": 2**32}, {"rank": True}, {"rank": 2.0}, {"rank": "2"},
-     {"rank": None}, {"split": 0}, {"split": 64}, {"split": -65}, {"split": True},
-     {"split": 1.0}, {"split": None}, {"factor_dtype": "u8"}, {"factor_dtype": "F32"},
-     {"factor_dtype": 4}, {"extra": 1}],
+    [
+        {"rank": 0},
+        {"rank": -1},
+        {"rank": 2**32},
+        {"rank": True},
+        {"rank": 2.0},
+        {"rank": "2"},
+        {"rank": None},
+        {"split": 0},
+        {"split": 64},
+        {"split": -65},
+        {"split": True},
+        {"split": 1.0},
+        {"split": None},
+        {"factor_dtype": "u8"},
+        {"factor_dtype": "F32"},
+        {"factor_dtype": 4},
+        {"extra": 1},
+    ],
 )
 def test_bad_configs(change):
     with pytest.raises(FormatError, match="lowrank"):
@@ -555,10 +597,25 @@ def test_every_config_key_is_required(missing):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"rank": 2, "energy": 0.9}, {"rank": 0}, {"rank": True}, {"rank": 1.5},
-     {"energy": 0}, {"energy": 1.5}, {"energy": float("nan")}, {"energy": True},
-     {"rel_error": 1}, {"rel_error": -0.1}, {"rel_error": "0.1"}, {"rank": 2, "split": 0},
-     {"rank": 2, "factor_dtype": "i8"}, {"rank": 2, "bogus": 1}, [("rank", 2)], None],
+    [
+        {},
+        {"rank": 2, "energy": 0.9},
+        {"rank": 0},
+        {"rank": True},
+        {"rank": 1.5},
+        {"energy": 0},
+        {"energy": 1.5},
+        {"energy": float("nan")},
+        {"energy": True},
+        {"rel_error": 1},
+        {"rel_error": -0.1},
+        {"rel_error": "0.1"},
+        {"rank": 2, "split": 0},
+        {"rank": 2, "factor_dtype": "i8"},
+        {"rank": 2, "bogus": 1},
+        [("rank", 2)],
+        None,
+    ],
 )
 def test_bad_fit_options(options):
     with pytest.raises(CmfError, match="lowrank"):
@@ -566,8 +623,13 @@ def test_bad_fit_options(options):
 
 
 def test_good_fit_options():
-    for options in ({"rank": 3}, {"energy": 1}, {"energy": 0.9}, {"rel_error": 0},
-                    {"rel_error": 0.05, "split": 1, "factor_dtype": "bf16"}):
+    for options in (
+        {"rank": 3},
+        {"energy": 1},
+        {"energy": 0.9},
+        {"rel_error": 0},
+        {"rel_error": 0.05, "split": 1, "factor_dtype": "bf16"},
+    ):
         LowRank.check_fit(options)
 
 
@@ -583,9 +645,15 @@ def _valid(factor_dtype="f32"):
 
 @pytest.mark.parametrize(
     "name,make",
-    [("u", lambda p: p.astype(F64)), ("u", lambda p: p[:, :1]), ("u", lambda p: p.T.copy()),
-     ("v", lambda p: p.reshape(-1)), ("v", lambda p: p.tobytes()),
-     ("v", lambda p: p.astype(ml_dtypes.bfloat16)), ("u", lambda p: None)],
+    [
+        ("u", lambda p: p.astype(F64)),
+        ("u", lambda p: p[:, :1]),
+        ("u", lambda p: p.T.copy()),
+        ("v", lambda p: p.reshape(-1)),
+        ("v", lambda p: p.tobytes()),
+        ("v", lambda p: p.astype(ml_dtypes.bfloat16)),
+        ("u", lambda p: None),
+    ],
 )
 def test_parts_of_the_wrong_kind_are_rejected(name, make):
     codec, parts, s = _valid()
@@ -667,8 +735,11 @@ def test_hostile_index_is_refused_on_open(tmp_path, edit, match):
     x = low_rank_matrix(6, 5, 2, seed=12)
     good = tmp_path / "good.cmf"
     stored = {"codec": "raw", "parts": {"data": "stored"}}
-    encoding = {"codec": "lowrank", "config": lr(rank=2).to_config(),
-                "parts": {"u": stored, "v": stored}}
+    encoding = {
+        "codec": "lowrank",
+        "config": lr(rank=2).to_config(),
+        "parts": {"u": stored, "v": stored},
+    }
     recipe = {"rules": [{"match": "*", "encoding": encoding}]}
     cmf.save_file({"w": x}, good, recipe=recipe)
     data = rewrite_index(good.read_bytes(), lambda idx: edit(_lowrank_node(idx)) and None)
@@ -684,14 +755,32 @@ def test_hostile_index_is_refused_on_open(tmp_path, edit, match):
 
 def _recipe(fit, u_axis=0):
     def q8(axis):
-        return {"codec": "quantize",
-                "config": {"bits": 8, "block": 0, "axis": axis, "scheme": "symmetric",
-                           "scale_dtype": "f16", "search": True},
-                "parts": {"q": {"codec": "bitpack", "config": {"bits": 8}}}}
+        return {
+            "codec": "quantize",
+            "config": {
+                "bits": 8,
+                "block": 0,
+                "axis": axis,
+                "scheme": "symmetric",
+                "scale_dtype": "f16",
+                "search": True,
+            },
+            "parts": {"q": {"codec": "bitpack", "config": {"bits": 8}}},
+        }
 
-    return {"rules": [{"match": "*.weight", "min_rank": 2,
-                       "encoding": {"codec": "lowrank", "fit": fit,
-                                    "parts": {"u": q8(u_axis), "v": q8(-1)}}}]}
+    return {
+        "rules": [
+            {
+                "match": "*.weight",
+                "min_rank": 2,
+                "encoding": {
+                    "codec": "lowrank",
+                    "fit": fit,
+                    "parts": {"u": q8(u_axis), "v": q8(-1)},
+                },
+            }
+        ]
+    }
 
 
 def test_recipe_with_quantized_factors(tmp_path):
@@ -711,8 +800,7 @@ def test_recipe_with_quantized_factors(tmp_path):
         assert {c.codec.name for c in node.parts.values()} == {"quantize"}
         assert node.parts["u"].codec.axis == 0 and node.parts["v"].codec.axis == -1
         rank = node.codec.rank
-        stored = sum(f.index.segments[leaf.segment].length
-                     for leaf in _leaves(node))
+        stored = sum(f.index.segments[leaf.segment].length for leaf in _leaves(node))
         assert entry.error is not None
         assert entry.error["rel_rmse"] == pytest.approx(error_stats(x, y)["rel_rmse"])
         assert f.index.tensors[1 - i].error is None  # lossless bias
@@ -735,8 +823,16 @@ def test_recipe_refusal_propagates_and_choose_can_fall_back(tmp_path):
     assert not (tmp_path / "no.cmf").exists()
     # the same template where it pays: picked over the lossless alternative by choose
     y = low_rank_matrix(64, 64, 4, seed=14)
-    recipe = {"rules": [{"match": "*", "encoding": {"choose": [
-        _recipe({"rel_error": 1e-3})["rules"][0]["encoding"], "lossless"]}}]}
+    recipe = {
+        "rules": [
+            {
+                "match": "*",
+                "encoding": {
+                    "choose": [_recipe({"rel_error": 1e-3})["rules"][0]["encoding"], "lossless"]
+                },
+            }
+        ]
+    }
     cmf.save_file({"w.weight": y}, tmp_path / "yes.cmf", recipe=recipe)
     with cmf.open(tmp_path / "yes.cmf") as f:
         assert f.entry("w.weight").encoding.codec.name == "lowrank"

@@ -127,9 +127,17 @@ def test_config_round_trip_and_bad_configs():
     good = {"count": 2, "bits": 2, "entries": 4}
     assert codec_from_config("outlier", good).to_config() == good
     for bad in (
-        [], {"count": 2, "bits": 2}, {**good, "extra": 1}, {**good, "count": True},
-        {**good, "count": -1}, {**good, "count": 2.0}, {**good, "bits": 0}, {**good, "bits": 17},
-        {**good, "bits": False}, {**good, "entries": "4"}, {**good, "entries": -1},
+        [],
+        {"count": 2, "bits": 2},
+        {**good, "extra": 1},
+        {**good, "count": True},
+        {**good, "count": -1},
+        {**good, "count": 2.0},
+        {**good, "bits": 0},
+        {**good, "bits": 17},
+        {**good, "bits": False},
+        {**good, "entries": "4"},
+        {**good, "entries": -1},
         {**good, "count": 2**63},
     ):
         with pytest.raises(FormatError, match="outlier"):
@@ -156,11 +164,18 @@ def test_resolve_bounds_everything_before_allocating():
 
 @pytest.mark.parametrize(
     "options,match",
-    [([], "map"), ({}, "exactly one"), ({"fraction": 0.1, "count": 3}, "exactly one"),
-     ({"fraction": 2}, "fraction"), ({"fraction": True}, "fraction"), ({"count": -1}, "count"),
-     ({"count": 1.0}, "count"), ({"count": True}, "count"),
-     ({"count": 1, "index_bits": 17}, "index_bits"),
-     ({"count": 1, "sparsity": 0.5}, "unknown")],
+    [
+        ([], "map"),
+        ({}, "exactly one"),
+        ({"fraction": 0.1, "count": 3}, "exactly one"),
+        ({"fraction": 2}, "fraction"),
+        ({"fraction": True}, "fraction"),
+        ({"count": -1}, "count"),
+        ({"count": 1.0}, "count"),
+        ({"count": True}, "count"),
+        ({"count": 1, "index_bits": 17}, "index_bits"),
+        ({"count": 1, "sparsity": 0.5}, "unknown"),
+    ],
 )
 def test_bad_fit_options(options, match):
     with pytest.raises(CmfError, match=match):
@@ -208,13 +223,25 @@ def test_recipe_outlier_plus_quantize_in_a_file(tmp_path):
         "exact": rng.standard_normal((9, 7)).astype(F32),
     }
     qconfig = q4().to_config()
-    recipe = {"rules": [
-        {"match": "w", "encoding": {
-            "codec": "outlier", "fit": {"fraction": 0.005},
-            "parts": {"dense": {"codec": "quantize", "config": qconfig,
-                                "parts": {"q": {"codec": "bitpack", "config": {"bits": 4}}}}}}},
-        {"match": "exact", "encoding": {"codec": "outlier", "fit": {"count": 3}}},
-    ]}
+    recipe = {
+        "rules": [
+            {
+                "match": "w",
+                "encoding": {
+                    "codec": "outlier",
+                    "fit": {"fraction": 0.005},
+                    "parts": {
+                        "dense": {
+                            "codec": "quantize",
+                            "config": qconfig,
+                            "parts": {"q": {"codec": "bitpack", "config": {"bits": 4}}},
+                        }
+                    },
+                },
+            },
+            {"match": "exact", "encoding": {"codec": "outlier", "fit": {"count": 3}}},
+        ]
+    }
     path = tmp_path / "o.cmf"
     cmf.save_file(tensors, path, recipe=recipe)
     loaded = cmf.load_file(path)

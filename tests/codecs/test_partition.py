@@ -49,8 +49,11 @@ def test_example_of_the_page():
     s = spec_of(x)
     codec, value = Partition.fit(x, s, {"classes": [1, 0, 1, 1]})
     assert codec == Partition(counts=(1, 3)) and codec.to_config() == {"counts": [1, 3]}
-    assert codec.resolve(s) == {"class": spec("u8", (4,)), "p0": spec("f32", (1, 2)),
-                                "p1": spec("f32", (3, 2))}
+    assert codec.resolve(s) == {
+        "class": spec("u8", (4,)),
+        "p0": spec("f32", (1, 2)),
+        "p1": spec("f32", (3, 2)),
+    }
     parts = codec.encode(value, s)
     assert parts["class"].dtype == np.uint8 and parts["class"].tolist() == [1, 0, 1, 1]
     assert bits(parts["p0"]) == bits(np.array([[3, 4]], F32))
@@ -76,8 +79,17 @@ def test_nan_payloads_signed_zeros_and_infinities_survive(dtype):
     dt = BY_NAME[dtype].numpy
     words = {  # quiet and signalling NaNs with payloads, -0.0, -inf, the smallest subnormal
         "f32": ([0x7FC00001, 0x7F800001, 0xFFA5A5A5, 0x80000000, 0xFF800000, 1], np.uint32),
-        "f64": ([0x7FF8000000000001, 0x7FF0000000000001, 0xFFFDEADBEEF00000, 1 << 63,
-                 0xFFF0000000000000, 1], np.uint64),
+        "f64": (
+            [
+                0x7FF8000000000001,
+                0x7FF0000000000001,
+                0xFFFDEADBEEF00000,
+                1 << 63,
+                0xFFF0000000000000,
+                1,
+            ],
+            np.uint64,
+        ),
         "f16": ([0x7E01, 0x7C01, 0xFD55, 0x8000, 0xFC00, 1], np.uint16),
         "bf16": ([0x7FC1, 0x7F81, 0xFFAA, 0x8000, 0xFF80, 1], np.uint16),
         "f8_e4m3": ([0x7F, 0xFF, 0x80, 0x01, 0x78, 0xF8], np.uint8),
@@ -138,14 +150,26 @@ def test_config_round_trip_and_bad_configs():
     assert codec_from_config("partition", {"counts": [2**53 - 1]}).counts == (2**53 - 1,)
     assert len(codec_from_config("partition", {"counts": [0] * 256}).counts) == 256
     for bad, match in [
-        ([], "map"), ("counts", "map"), ({}, "missing"), ({"counts": [1], "extra": 1}, "unknown"),
-        ({"count": [1]}, "unknown"), ({"counts": 3}, "array"), ({"counts": (1, 2)}, "array"),
-        ({"counts": {"0": 1}}, "array"), ({"counts": "12"}, "array"), ({"counts": None}, "array"),
-        ({"counts": []}, "1 to 256"), ({"counts": [0] * 257}, "1 to 256"),
-        ({"counts": [1, True]}, "integer"), ({"counts": [False]}, "integer"),
-        ({"counts": [1.0]}, "integer"), ({"counts": ["1"]}, "integer"),
-        ({"counts": [None]}, "integer"), ({"counts": [-1]}, r"\[0, 2\^53\)"),
-        ({"counts": [2**53]}, r"\[0, 2\^53\)"), ({"counts": [2**64]}, r"\[0, 2\^53\)"),
+        ([], "map"),
+        ("counts", "map"),
+        ({}, "missing"),
+        ({"counts": [1], "extra": 1}, "unknown"),
+        ({"count": [1]}, "unknown"),
+        ({"counts": 3}, "array"),
+        ({"counts": (1, 2)}, "array"),
+        ({"counts": {"0": 1}}, "array"),
+        ({"counts": "12"}, "array"),
+        ({"counts": None}, "array"),
+        ({"counts": []}, "1 to 256"),
+        ({"counts": [0] * 257}, "1 to 256"),
+        ({"counts": [1, True]}, "integer"),
+        ({"counts": [False]}, "integer"),
+        ({"counts": [1.0]}, "integer"),
+        ({"counts": ["1"]}, "integer"),
+        ({"counts": [None]}, "integer"),
+        ({"counts": [-1]}, r"\[0, 2\^53\)"),
+        ({"counts": [2**53]}, r"\[0, 2\^53\)"),
+        ({"counts": [2**64]}, r"\[0, 2\^53\)"),
     ]:
         with pytest.raises(FormatError, match=match):
             codec_from_config("partition", bad)
@@ -169,12 +193,22 @@ def test_resolve_bounds_everything_before_allocating():
 
 @pytest.mark.parametrize(
     "options,match",
-    [([], "map"), ({}, "exactly"), ({"classes": [0], "k": 2}, "exactly"),
-     ({"count": [0]}, "exactly"), ({"classes": 3}, "list"), ({"classes": "01"}, "list"),
-     ({"classes": [0, True]}, "ints"), ({"classes": [0.0]}, "ints"), ({"classes": [None]}, "ints"),
-     ({"classes": [-1]}, r"\[0, 255\]"), ({"classes": [256]}, r"\[0, 255\]"),
-     ({"classes": np.array([0.5])}, "ints"), ({"classes": np.zeros((2, 2), int)}, "1-D"),
-     ({"classes": np.array([300])}, r"\[0, 255\]")],
+    [
+        ([], "map"),
+        ({}, "exactly"),
+        ({"classes": [0], "k": 2}, "exactly"),
+        ({"count": [0]}, "exactly"),
+        ({"classes": 3}, "list"),
+        ({"classes": "01"}, "list"),
+        ({"classes": [0, True]}, "ints"),
+        ({"classes": [0.0]}, "ints"),
+        ({"classes": [None]}, "ints"),
+        ({"classes": [-1]}, r"\[0, 255\]"),
+        ({"classes": [256]}, r"\[0, 255\]"),
+        ({"classes": np.array([0.5])}, "ints"),
+        ({"classes": np.zeros((2, 2), int)}, "1-D"),
+        ({"classes": np.array([300])}, r"\[0, 255\]"),
+    ],
 )
 def test_bad_fit_options(options, match):
     with pytest.raises(CmfError, match=match):
@@ -201,9 +235,12 @@ def test_encode_needs_a_partitioned_value():
     with pytest.raises(CmfError, match="Partitioned"):
         codec.encode(x, s)
     for classes, match in [
-        ([1, 0, 1], "one per row"), ([[1, 0, 1, 1]], "one per row"),
-        ([1.0, 0.0, 1.0, 1.0], "integers"), ([True, False, True, True], "integers"),
-        ([1, -1, 1, 1], r"\[0, 255\]"), ([1, 0, 2, 1], "out of range for 2 classes"),
+        ([1, 0, 1], "one per row"),
+        ([[1, 0, 1, 1]], "one per row"),
+        ([1.0, 0.0, 1.0, 1.0], "integers"),
+        ([True, False, True, True], "integers"),
+        ([1, -1, 1, 1], r"\[0, 255\]"),
+        ([1, 0, 2, 1], "out of range for 2 classes"),
         ([1, 0, 0, 1], r"occur \[2, 2\] times, counts says \[1, 3\]"),
     ]:
         with pytest.raises(CmfError, match=match):
@@ -288,10 +325,18 @@ def test_decode_scratch_is_output_plus_order_n():
 
 
 def _q(bits_: int) -> dict:
-    return {"codec": "quantize", "config": {"bits": bits_, "block": 0, "axis": None,
-                                            "scheme": "symmetric", "scale_dtype": "f32",
-                                            "search": False},
-            "parts": {"q": {"codec": "huffman", "config": {"chunk": 64, "max_length": 12}}}}
+    return {
+        "codec": "quantize",
+        "config": {
+            "bits": bits_,
+            "block": 0,
+            "axis": None,
+            "scheme": "symmetric",
+            "scale_dtype": "f32",
+            "search": False,
+        },
+        "parts": {"q": {"codec": "huffman", "config": {"chunk": 64, "max_length": 12}}},
+    }
 
 
 def test_recipe_with_quantized_classes_in_a_file(tmp_path):
@@ -300,9 +345,18 @@ def test_recipe_with_quantized_classes_in_a_file(tmp_path):
     w[::3] *= 50  # class 0: wide rows; class 1: narrow rows; class 2: kept exactly
     classes = [0 if i % 3 == 0 else (1 if i % 3 == 1 else 2) for i in range(24)]
     w[2, 5] = -0.0
-    recipe = {"rules": [{"match": "w", "encoding": {
-        "codec": "partition", "fit": {"classes": classes},
-        "parts": {"p0": _q(8), "p1": _q(4), "class": "stored"}}}]}
+    recipe = {
+        "rules": [
+            {
+                "match": "w",
+                "encoding": {
+                    "codec": "partition",
+                    "fit": {"classes": classes},
+                    "parts": {"p0": _q(8), "p1": _q(4), "class": "stored"},
+                },
+            }
+        ]
+    }
     path = tmp_path / "p.cmf"
     cmf.save_file({"w": w, "plain": np.arange(6, dtype=np.int16)}, path, recipe=recipe)
     with cmf.open(path) as f:
@@ -316,8 +370,9 @@ def test_recipe_with_quantized_classes_in_a_file(tmp_path):
         assert entry.error is not None and entry.error["rel_rmse"] > 0
     rows = np.asarray(classes)
     for k, bits_ in ((0, 8), (1, 4)):
-        q = Quantize(bits=bits_, block=0, axis=None, scheme="symmetric", scale_dtype="f32",
-                     search=False)
+        q = Quantize(
+            bits=bits_, block=0, axis=None, scheme="symmetric", scale_dtype="f32", search=False
+        )
         rs = spec("f32", (8, 32))
         expect = q.decode(q.encode(w[rows == k], rs), rs)  # each class with its own scale
         assert bits(y[rows == k]) == bits(expect)
@@ -350,8 +405,13 @@ def test_big_parts_decode_on_threads(tmp_path):
     x = random_bits("f32", (2048, 256), 9)  # two 1 MiB classes: the pipeline's threaded path
     classes = [i % 2 for i in range(2048)]
     path = tmp_path / "big.cmf"
-    recipe = {"default": {"codec": "partition", "fit": {"classes": classes},
-                          "parts": {"p0": "stored", "p1": "stored"}}}
+    recipe = {
+        "default": {
+            "codec": "partition",
+            "fit": {"classes": classes},
+            "parts": {"p0": "stored", "p1": "stored"},
+        }
+    }
     cmf.save_file({"x": x}, path, recipe=recipe)
     assert bits(cmf.load_file(path)["x"]) == bits(x)
     with cmf.open(path) as f:

@@ -153,8 +153,15 @@ def test_f16_output_rounds_and_overflows_to_infinity():
 
 @pytest.mark.parametrize(
     "axis,block,blocks_shape",
-    [(None, 0, (1,)), (-1, 0, (4096, 1)), (0, 0, (1, 1000)), (-1, 64, (4096, 16)),
-     (1, 64, (4096, 16)), (None, 1000, (4096,)), (None, 3, (1365334,))],
+    [
+        (None, 0, (1,)),
+        (-1, 0, (4096, 1)),
+        (0, 0, (1, 1000)),
+        (-1, 64, (4096, 16)),
+        (1, 64, (4096, 16)),
+        (None, 1000, (4096,)),
+        (None, 3, (1365334,)),
+    ],
 )
 def test_resolve_blocks_shape_without_data(axis, block, blocks_shape):
     s = spec("bf16", (4096, 1000))
@@ -407,10 +414,27 @@ GOOD = q().to_config()
 
 @pytest.mark.parametrize(
     "change",
-    [{"bits": 0}, {"bits": 17}, {"bits": True}, {"bits": 4.0}, {"block": -1}, {"block": 2**53},
-     {"block": False}, {"block": 1.5}, {"axis": "0"}, {"axis": True}, {"axis": 64}, {"axis": -65},
-     {"scheme": "sym"}, {"scheme": None}, {"scale_dtype": "f64"}, {"scale_dtype": "u8"},
-     {"search": 1}, {"search": "yes"}, {"extra": 1}],
+    [
+        {"bits": 0},
+        {"bits": 17},
+        {"bits": True},
+        {"bits": 4.0},
+        {"block": -1},
+        {"block": 2**53},
+        {"block": False},
+        {"block": 1.5},
+        {"axis": "0"},
+        {"axis": True},
+        {"axis": 64},
+        {"axis": -65},
+        {"scheme": "sym"},
+        {"scheme": None},
+        {"scale_dtype": "f64"},
+        {"scale_dtype": "u8"},
+        {"search": 1},
+        {"search": "yes"},
+        {"extra": 1},
+    ],
 )
 def test_bad_configs(change):
     with pytest.raises(CmfError):
@@ -580,13 +604,23 @@ def test_double_quantization_in_a_file(tmp_path):
     x = np.random.default_rng(9).standard_normal((32, 512)).astype(F32)
     inner = q(bits=8, block=256, axis=None, scheme="asymmetric").to_config()
     recipe = {
-        "rules": [{"match": "w", "encoding": {
-            "codec": "quantize",
-            "config": q(bits=4, block=64, search=True).to_config(),
-            "parts": {"q": {"codec": "bitpack", "config": {"bits": 4}},
-                      "scale": {"codec": "quantize", "config": inner,
-                                "parts": {"q": {"codec": "bitpack", "config": {"bits": 8}}}}},
-        }}],
+        "rules": [
+            {
+                "match": "w",
+                "encoding": {
+                    "codec": "quantize",
+                    "config": q(bits=4, block=64, search=True).to_config(),
+                    "parts": {
+                        "q": {"codec": "bitpack", "config": {"bits": 4}},
+                        "scale": {
+                            "codec": "quantize",
+                            "config": inner,
+                            "parts": {"q": {"codec": "bitpack", "config": {"bits": 8}}},
+                        },
+                    },
+                },
+            }
+        ],
     }
     path = tmp_path / "dq.cmf"
     cmf.save_file({"w": x}, path, recipe=recipe)
@@ -679,7 +713,11 @@ def test_gguf_tensor_to_pending_decodes_like_gguf(name, tmp_path):
 
 def test_ggml_mapping_and_errors():
     assert ggml_codec("Q4_1").to_config() == {
-        "bits": 4, "block": 32, "axis": -1, "scheme": "asymmetric", "scale_dtype": "f16",
+        "bits": 4,
+        "block": 32,
+        "axis": -1,
+        "scheme": "asymmetric",
+        "scale_dtype": "f16",
         "search": False,
     }
     assert {n: BLOCK_TYPES[n].nbytes for n in GGML} == {

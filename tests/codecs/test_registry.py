@@ -142,13 +142,17 @@ def test_the_base_class_is_abstract():
 
 @pytest.mark.parametrize("name", CODECS)
 def test_since_minor_is_a_format_minor(name):
-    latest = int(re.search(r"\| minor +\| `0` to `(\d+)`", (SPEC / "format.md").read_text()).group(1))
+    latest = int(
+        re.search(r"\| minor +\| `0` to `(\d+)`", (SPEC / "format.md").read_text()).group(1)
+    )
     since = codec_class(name).since_minor
     assert isinstance(since, int) and not isinstance(since, bool) and 0 <= since <= latest
 
 
 def _kind(attr: Any) -> str:
-    return type(attr).__name__ if isinstance(attr, (classmethod, staticmethod, property)) else "method"
+    return (
+        type(attr).__name__ if isinstance(attr, (classmethod, staticmethod, property)) else "method"
+    )
 
 
 def _parameters(attr: Any) -> list[str]:
@@ -169,7 +173,9 @@ def test_overrides_keep_the_base_meaning(name):
         if method.startswith("_"):
             continue
         base, mine = inspect.getattr_static(Codec, method), inspect.getattr_static(cls, method)
-        assert _kind(mine) == _kind(base), f"{name}.{method} is a {_kind(mine)}, not a {_kind(base)}"
+        assert _kind(mine) == _kind(base), (
+            f"{name}.{method} is a {_kind(mine)}, not a {_kind(base)}"
+        )
         assert _parameters(mine) == _parameters(base), f"{name}.{method}{_parameters(mine)}"
 
 
@@ -228,13 +234,20 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
     "raw": lambda: _lossless(Raw(), _f32(3, 5)),
     "byteplanes": lambda: _lossless(BytePlanes(rotate=True), _f32(4, 33)),
     "bitpack": lambda: _lossless(BitPack(bits=3), _rng.integers(0, 8, (7, 9)).astype(np.uint8)),
-    "huffman": lambda: _lossless(Huffman(chunk=64, max_length=12),
-                                 _rng.geometric(0.3, 500).clip(0, 255).astype(np.uint8)),
-    "zstd": lambda: (lambda b: Example(Zstd(level=3), BytesSpec(len(b)), b, b))(bytes(range(256)) * 7),
-    "quantize": lambda: (lambda x: Example(Quantize(bits=8, block=32, axis=-1), spec_of(x), x, x,
-                                           atol=float(np.abs(x).max()) / 127))(_f32(4, 64)),
-    "codebook": lambda: _fitted(Codebook, _rng.choice(np.array([-1.0, 0.0, 0.5, 2.0], np.float32), 256),
-                                {"k": 4}, atol=1e-6),
+    "huffman": lambda: _lossless(
+        Huffman(chunk=64, max_length=12), _rng.geometric(0.3, 500).clip(0, 255).astype(np.uint8)
+    ),
+    "zstd": lambda: (lambda b: Example(Zstd(level=3), BytesSpec(len(b)), b, b))(
+        bytes(range(256)) * 7
+    ),
+    "quantize": lambda: (
+        lambda x: Example(
+            Quantize(bits=8, block=32, axis=-1), spec_of(x), x, x, atol=float(np.abs(x).max()) / 127
+        )
+    )(_f32(4, 64)),
+    "codebook": lambda: _fitted(
+        Codebook, _rng.choice(np.array([-1.0, 0.0, 0.5, 2.0], np.float32), 256), {"k": 4}, atol=1e-6
+    ),
     "lowrank": _low_rank,
     "sparse": _sparse,
     "outlier": lambda: _fitted(Outlier, _f32(64), {"count": 3}),
@@ -245,8 +258,11 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
 
 def _matches(value: Any, part_spec: Any) -> bool:
     if isinstance(part_spec, ArraySpec):
-        return (isinstance(value, np.ndarray) and value.dtype == part_spec.dtype.numpy
-                and value.shape == part_spec.shape)
+        return (
+            isinstance(value, np.ndarray)
+            and value.dtype == part_spec.dtype.numpy
+            and value.shape == part_spec.shape
+        )
     n = memoryview(value).nbytes
     return part_spec.length is None or n == part_spec.length
 
@@ -269,7 +285,9 @@ def test_encode_decode_config_round_trip(name):
     parts = codec.encode(ex.value, ex.spec)
     assert set(parts) == set(specs)
     for part, value in parts.items():
-        assert _matches(value, specs[part]), f"{name}: part {part!r} is not {specs[part].describe()}"
+        assert _matches(value, specs[part]), (
+            f"{name}: part {part!r} is not {specs[part].describe()}"
+        )
     assert again.resolve(ex.spec) == specs  # data-free: the decoder's view is the encoder's
 
     decoded = again.decode(parts, ex.spec)

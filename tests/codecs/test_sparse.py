@@ -314,14 +314,22 @@ def test_config_round_trip(config):
 @pytest.mark.parametrize(
     "config",
     [
-        "bitmask", [], None,
-        {"nnz": 3}, {"layout": "csr", "nnz": 3}, {"layout": 1, "nnz": 3},
-        {"layout": "bitmask"}, {"layout": "bitmask", "nnz": True},
+        "bitmask",
+        [],
+        None,
+        {"nnz": 3},
+        {"layout": "csr", "nnz": 3},
+        {"layout": 1, "nnz": 3},
+        {"layout": "bitmask"},
+        {"layout": "bitmask", "nnz": True},
         {"layout": "bitmask", "nnz": 3.0},
-        {"layout": "bitmask", "nnz": -1}, {"layout": "bitmask", "nnz": 2**63},
-        {"layout": "bitmask", "nnz": "3"}, {"layout": "bitmask", "nnz": 3, "bits": 8},
+        {"layout": "bitmask", "nnz": -1},
+        {"layout": "bitmask", "nnz": 2**63},
+        {"layout": "bitmask", "nnz": "3"},
+        {"layout": "bitmask", "nnz": 3, "bits": 8},
         {"layout": "bitmask", "nnz": 3, "extra": 0},
-        {"layout": "delta", "nnz": 3, "bits": 2}, {"layout": "delta", "nnz": 3, "entries": 4},
+        {"layout": "delta", "nnz": 3, "bits": 2},
+        {"layout": "delta", "nnz": 3, "entries": 4},
         {"layout": "delta", "nnz": 3, "bits": 0, "entries": 4},
         {"layout": "delta", "nnz": 3, "bits": 17, "entries": 4},
         {"layout": "delta", "nnz": 3, "bits": True, "entries": 4},
@@ -356,15 +364,23 @@ def test_resolve_bounds_everything_before_allocating():
 @pytest.mark.parametrize(
     "options,match",
     [
-        ([], "map"), ({"sparsity": 1.5}, "sparsity"), ({"sparsity": True}, "sparsity"),
-        ({"sparsity": "0.5"}, "sparsity"), ({"sparsity": float("nan")}, "sparsity"),
-        ({"pattern": "4:2"}, "N:M"), ({"pattern": "2-4"}, "N:M"), ({"pattern": 24}, "N:M"),
-        ({"pattern": "0:4"}, "N:M"), ({"pattern": " 2:4"}, "N:M"),
+        ([], "map"),
+        ({"sparsity": 1.5}, "sparsity"),
+        ({"sparsity": True}, "sparsity"),
+        ({"sparsity": "0.5"}, "sparsity"),
+        ({"sparsity": float("nan")}, "sparsity"),
+        ({"pattern": "4:2"}, "N:M"),
+        ({"pattern": "2-4"}, "N:M"),
+        ({"pattern": 24}, "N:M"),
+        ({"pattern": "0:4"}, "N:M"),
+        ({"pattern": " 2:4"}, "N:M"),
         ({"pattern": "2:4", "sparsity": 0.5}, "excludes"),
         ({"structured": "rows"}, "needs a 'sparsity'"),
         ({"structured": "cols", "sparsity": 0.1}, "rows"),
-        ({"layout": "csr"}, "layout"), ({"index_bits": 0}, "index_bits"),
-        ({"index_bits": True}, "index_bits"), ({"ratio": 0.5}, "unknown"),
+        ({"layout": "csr"}, "layout"),
+        ({"index_bits": 0}, "index_bits"),
+        ({"index_bits": True}, "index_bits"),
+        ({"ratio": 0.5}, "unknown"),
     ],
 )
 def test_bad_fit_options(options, match):
@@ -453,8 +469,14 @@ def test_encode_checks_the_config_against_the_data():
 # ----------------------------------------------------------------------------- files and recipes
 
 
-QCONFIG = {"bits": 8, "block": 64, "axis": -1, "scheme": "symmetric", "scale_dtype": "f16",
-           "search": True}
+QCONFIG = {
+    "bits": 8,
+    "block": 64,
+    "axis": -1,
+    "scheme": "symmetric",
+    "scale_dtype": "f16",
+    "search": True,
+}
 
 
 def test_recipe_prune_quantize_and_read_back(tmp_path, capsys):
@@ -465,13 +487,23 @@ def test_recipe_prune_quantize_and_read_back(tmp_path, capsys):
         "mostly_zero": random_sparse("bf16", (40, 40), 0.05, seed=1),
         "ids": random_sparse("i64", (100,), 0.3, seed=2),
     }
-    recipe = {"rules": [
-        {"match": "w", "encoding": {"codec": "sparse", "fit": {"sparsity": 0.5},
-                                    "parts": {"values": {"codec": "quantize", "config": QCONFIG}}}},
-        {"match": "nm",
-         "encoding": {"codec": "sparse", "fit": {"pattern": "2:4", "layout": "delta"}}},
-        {"match": "*", "encoding": {"codec": "sparse", "fit": {}}},
-    ]}
+    recipe = {
+        "rules": [
+            {
+                "match": "w",
+                "encoding": {
+                    "codec": "sparse",
+                    "fit": {"sparsity": 0.5},
+                    "parts": {"values": {"codec": "quantize", "config": QCONFIG}},
+                },
+            },
+            {
+                "match": "nm",
+                "encoding": {"codec": "sparse", "fit": {"pattern": "2:4", "layout": "delta"}},
+            },
+            {"match": "*", "encoding": {"codec": "sparse", "fit": {}}},
+        ]
+    }
     path = tmp_path / "s.cmf"
     cmf.save_file(tensors, path, recipe=recipe)
     loaded = cmf.load_file(path)

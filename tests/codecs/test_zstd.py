@@ -30,8 +30,12 @@ def decode(blob: bytes, n: int = len(DATA)) -> bytes:
 
 @pytest.mark.parametrize(
     "config",
-    [{"level": 3, "literals_only": False}, {"level": 1, "literals_only": True},
-     {"level": -131072, "literals_only": False}, {"level": 22, "literals_only": True}],
+    [
+        {"level": 3, "literals_only": False},
+        {"level": 1, "literals_only": True},
+        {"level": -131072, "literals_only": False},
+        {"level": 22, "literals_only": True},
+    ],
 )
 def test_config_round_trip(config):
     codec = Zstd.from_config(config)
@@ -41,8 +45,18 @@ def test_config_round_trip(config):
 
 @pytest.mark.parametrize(
     "config",
-    [{"level": 3, "extra": 1}, {"window": 10}, {"level": 23}, {"level": -131073}, {"level": 3.0},
-     {"level": True}, {"literals_only": 1}, {"literals_only": "yes"}, [], None],
+    [
+        {"level": 3, "extra": 1},
+        {"window": 10},
+        {"level": 23},
+        {"level": -131073},
+        {"level": 3.0},
+        {"level": True},
+        {"literals_only": 1},
+        {"literals_only": "yes"},
+        [],
+        None,
+    ],
 )
 def test_config_rejected(config):
     with pytest.raises(FormatError):
@@ -57,7 +71,9 @@ def test_resolve():
         Zstd().resolve(ArraySpec(by_name("u8"), (10,)))
 
 
-@pytest.mark.parametrize("codec", [Zstd(), Zstd(level=1, literals_only=True), Zstd(level=19), Zstd(level=-5)])
+@pytest.mark.parametrize(
+    "codec", [Zstd(), Zstd(level=1, literals_only=True), Zstd(level=19), Zstd(level=-5)]
+)
 def test_round_trip_and_frame_header(codec):
     blob = codec.encode(DATA, SPEC)["data"]
     assert len(blob) < len(DATA)

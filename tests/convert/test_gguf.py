@@ -30,6 +30,7 @@ TOKENS = ["<unk>", "<s>", "</s>", "▁the", "▁héllo", "\n", "🙂", ""]
 
 # ------------------------------------------------------------------------- helpers
 
+
 def _weights(rng, shape):
     """Weight-like values: normal, a per-row magnitude, a few zeros."""
     x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 1, shape[:-1] + (1,))
@@ -145,6 +146,7 @@ def model(tmp_path_factory):
 
 # ------------------------------------------------------------------------- packing
 
+
 def test_cli_pack_decodes_like_gguf_py(model, run, tmp_path):
     path, tensors = model
     out = tmp_path / "model.cmf"
@@ -237,9 +239,16 @@ def test_metadata_keeps_architecture_hyperparameters_tokenizer(model, tmp_path, 
     assert types["llama.block_count"] == "UINT32" and types["test.u64"] == "UINT64"
     assert types["tokenizer.ggml.tokens"] == "ARRAY/STRING" and types["test.f64"] == "FLOAT64"
     assert types["llama.rope.freq_base"] == "FLOAT32"
-    assert set(types) == {k[len("gguf."):] for k in md if k.startswith("gguf.")}
-    plain = {"float32": "F32", "float16": "F16", "float64": "F64", "int8": "I8", "int16": "I16",
-             "int32": "I32", "int64": "I64"}
+    assert set(types) == {k[len("gguf.") :] for k in md if k.startswith("gguf.")}
+    plain = {
+        "float32": "F32",
+        "float16": "F16",
+        "float64": "F64",
+        "int8": "I8",
+        "int16": "I16",
+        "int32": "I32",
+        "int64": "I64",
+    }
     assert md["cmf.gguf.tensor_types"] == {
         n: k.name if k is not None else plain[a.dtype.name] for n, (a, k) in tensors.items()
     }
@@ -271,8 +280,11 @@ def test_big_endian_file(tmp_path, run):
         "f16": (rng.standard_normal(7).astype(np.float16), None),
         "bf16": (rng.standard_normal((2, 3)).astype(ml_dtypes.bfloat16).view(np.uint16), Q.BF16),
     }
-    path = write_gguf(tmp_path / "be.gguf", {k: (a.copy(), t) for k, (a, t) in tensors.items()},
-                      endian=gguf.GGUFEndian.BIG)
+    path = write_gguf(
+        tmp_path / "be.gguf",
+        {k: (a.copy(), t) for k, (a, t) in tensors.items()},
+        endian=gguf.GGUFEndian.BIG,
+    )
     out = tmp_path / "be.cmf"
     assert run("pack", path, "-o", out, "-q")[0] == 0
     with cmf.open(out) as f:
@@ -329,6 +341,7 @@ def test_unpack_to_safetensors_keeps_metadata_as_json(model, tmp_path, run):
 
 # ------------------------------------------------------------------------- bad inputs
 
+
 def _assert_refused(run, path, out, *needles):
     code, stdout, err = run("pack", path, "-o", out)
     assert code == 1, (code, stdout, err)
@@ -355,8 +368,10 @@ def test_truncated_gguf_files_are_refused(model, tmp_path, run):
 
 def test_every_truncation_of_a_small_gguf_is_refused_by_open_source(tmp_path):
     rng = np.random.default_rng(4)
-    tensors = {"a": (gguf.quants.quantize(_weights(rng, (1, 32)), Q.Q4_1), Q.Q4_1),
-               "b": (np.arange(3, dtype=np.float32), None)}
+    tensors = {
+        "a": (gguf.quants.quantize(_weights(rng, (1, 32)), Q.Q4_1), Q.Q4_1),
+        "b": (np.arange(3, dtype=np.float32), None),
+    }
     path = write_gguf(tmp_path / "s.gguf", tensors, kv=False)
     data = open(path, "rb").read()
     reader = gguf.GGUFReader(path)
@@ -371,8 +386,9 @@ def test_every_truncation_of_a_small_gguf_is_refused_by_open_source(tmp_path):
 
 def test_garbage_named_gguf_is_refused(tmp_path, run):
     rng = np.random.default_rng(5)
-    for i, blob in enumerate([rng.bytes(1000), b"GGUF" + rng.bytes(1000),
-                              b"GGUF\x03\x00\x00\x00" + b"\xff" * 16, b""]):
+    for i, blob in enumerate(
+        [rng.bytes(1000), b"GGUF" + rng.bytes(1000), b"GGUF\x03\x00\x00\x00" + b"\xff" * 16, b""]
+    ):
         d = tmp_path / f"g{i}"
         d.mkdir()
         (d / "g.gguf").write_bytes(blob)
@@ -390,6 +406,7 @@ def test_unsupported_quant_type_is_refused(tmp_path, run):
 
 def test_quantized_blocks_in_a_big_endian_file_are_refused(tmp_path, run):
     blocks = gguf.quants.quantize(_weights(np.random.default_rng(6), (2, 32)), Q.Q4_0)
-    path = write_gguf(tmp_path / "beq.gguf", {"w": (blocks, Q.Q4_0)}, kv=False,
-                      endian=gguf.GGUFEndian.BIG)
+    path = write_gguf(
+        tmp_path / "beq.gguf", {"w": (blocks, Q.Q4_0)}, kv=False, endian=gguf.GGUFEndian.BIG
+    )
     _assert_refused(run, path, str(tmp_path / "beq.cmf"), "big-endian")

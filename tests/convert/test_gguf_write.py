@@ -67,12 +67,19 @@ def write_with_gguf_py(path, tensors, alignment=None, endian=None, kv=None):
 
 
 ALL_VALUES = [
-    ("v.u8", 200, V.UINT8, None), ("v.i8", -100, V.INT8, None), ("v.u16", 60000, V.UINT16, None),
-    ("v.i16", -30000, V.INT16, None), ("v.u32", 4_000_000_000, V.UINT32, None),
-    ("v.i32", -2_000_000_000, V.INT32, None), ("v.f32", 0.1, V.FLOAT32, None),
-    ("v.bool", True, V.BOOL, None), ("v.str", "héllo 🙂\n\t", V.STRING, None),
-    ("v.u64", 2**64 - 1, V.UINT64, None), ("v.i64", -(2**63), V.INT64, None),
-    ("v.f64", float("inf"), V.FLOAT64, None), ("v.nan", float("nan"), V.FLOAT32, None),
+    ("v.u8", 200, V.UINT8, None),
+    ("v.i8", -100, V.INT8, None),
+    ("v.u16", 60000, V.UINT16, None),
+    ("v.i16", -30000, V.INT16, None),
+    ("v.u32", 4_000_000_000, V.UINT32, None),
+    ("v.i32", -2_000_000_000, V.INT32, None),
+    ("v.f32", 0.1, V.FLOAT32, None),
+    ("v.bool", True, V.BOOL, None),
+    ("v.str", "héllo 🙂\n\t", V.STRING, None),
+    ("v.u64", 2**64 - 1, V.UINT64, None),
+    ("v.i64", -(2**63), V.INT64, None),
+    ("v.f64", float("inf"), V.FLOAT64, None),
+    ("v.nan", float("nan"), V.FLOAT32, None),
     ("v.strings", ["a", "", "ünï", "x" * 300], V.ARRAY, None),
     ("v.bools", [True, False, True], V.ARRAY, None),
     ("v.big", list(range(100_000)), V.ARRAY, V.INT32),
@@ -90,7 +97,8 @@ def test_string_arrays_are_length_prefixed_utf8(order, n):
     pool = ["", "a", "ünï", "🙂 x", "Ġthe", "x" * 300, "\x00"]
     values = [pool[i] + str(i) * int(rng.integers(0, 3)) for i in rng.integers(0, len(pool), n)]
     want = struct.pack(order + "IQ", 8, n) + b"".join(
-        struct.pack(order + "Q", len(v.encode())) + v.encode() for v in values)
+        struct.pack(order + "Q", len(v.encode())) + v.encode() for v in values
+    )
     assert encode_value(["ARRAY", "STRING"], values, "k", order) == want
 
 
@@ -121,7 +129,9 @@ def test_every_type_and_value_round_trips_byte_for_byte(run, tmp_path, alignment
 def test_big_endian_file_round_trips(run, tmp_path):
     rng = np.random.default_rng(1)
     tensors = {k: v for k, v in every_type(rng).items() if not k.startswith("blk.")}
-    src = write_with_gguf_py(tmp_path / "be.gguf", tensors, endian=gguf.GGUFEndian.BIG, kv=ALL_VALUES[:12])
+    src = write_with_gguf_py(
+        tmp_path / "be.gguf", tensors, endian=gguf.GGUFEndian.BIG, kv=ALL_VALUES[:12]
+    )
     _, back = roundtrip(run, src, tmp_path)
     assert sha(back) == sha(src)
 
@@ -146,8 +156,15 @@ def exotic(path):
         ("general.architecture", "STRING", encode_value(["STRING"], "llama", "k")),
         ("general.alignment", "UINT32", struct.pack("<I", 16)),
         ("x.empty", "ARRAY", struct.pack("<IQ", 8, 0)),
-        ("x.nested", "ARRAY", struct.pack("<IQ", 9, 2) + struct.pack("<IQ", 4, 1) + struct.pack("<I", 7)
-         + struct.pack("<IQ", 4, 2) + struct.pack("<II", 8, 9)),
+        (
+            "x.nested",
+            "ARRAY",
+            struct.pack("<IQ", 9, 2)
+            + struct.pack("<IQ", 4, 1)
+            + struct.pack("<I", 7)
+            + struct.pack("<IQ", 4, 2)
+            + struct.pack("<II", 8, 9),
+        ),
         ("x.snan", "FLOAT32", struct.pack("<I", 0x7F800001)),
         ("x.bool2", "BOOL", b"\x02"),
     ]
@@ -155,8 +172,16 @@ def exotic(path):
         TensorOut("a", [5, 3], "F32", lambda: a.tobytes()),
         TensorOut("b", [64, 2], "Q4_0", lambda: b.tobytes()),
     ]
-    out = GGUFOut(3, "<", kvs, tensors, alignment=16, offsets=[32, 32 + 64], fill=[(900, b"\x07\x08")],
-                  size=1000)
+    out = GGUFOut(
+        3,
+        "<",
+        kvs,
+        tensors,
+        alignment=16,
+        offsets=[32, 32 + 64],
+        fill=[(900, b"\x07\x08")],
+        size=1000,
+    )
     write_gguf_file(path, out)
     return str(path)
 
@@ -180,6 +205,7 @@ def test_unpack_to_safetensors_still_works(run, tmp_path):
 
 # ------------------------------------------------------------------------- refusals
 
+
 def _no_output(tmp_path, name="out.gguf"):
     left = [p for p in os.listdir(tmp_path) if p.startswith((name, "." + name))]
     assert left == [], left
@@ -188,7 +214,9 @@ def _no_output(tmp_path, name="out.gguf"):
 def test_lossy_blocks_are_refused_or_written_as_f32(tmp_path):
     rng = np.random.default_rng(4)
     q = gguf.quants.quantize(_weights(rng, (4, 64)), Q.Q8_0)
-    meta_src = write_with_gguf_py(tmp_path / "q.gguf", {"w": (q, Q.Q8_0), "n": (_weights(rng, (4,)), None)})
+    meta_src = write_with_gguf_py(
+        tmp_path / "q.gguf", {"w": (q, Q.Q8_0), "n": (_weights(rng, (4,)), None)}
+    )
     packed = tmp_path / "q.cmf"
     from cmf.convert import open_source
 
@@ -209,8 +237,11 @@ def test_lossy_blocks_are_refused_or_written_as_f32(tmp_path):
 
 
 def _packed_meta(tmp_path):
-    src = write_with_gguf_py(tmp_path / "h.gguf", {"t": (np.arange(8, dtype=np.float32), None)},
-                             kv=ALL_VALUES[:3] + ALL_VALUES[13:14])
+    src = write_with_gguf_py(
+        tmp_path / "h.gguf",
+        {"t": (np.arange(8, dtype=np.float32), None)},
+        kv=ALL_VALUES[:3] + ALL_VALUES[13:14],
+    )
     from cmf.convert import open_source
 
     return dict(open_source(src).metadata)
@@ -219,31 +250,74 @@ def _packed_meta(tmp_path):
 HOSTILE = [
     ("value out of range", lambda m: m.__setitem__("gguf.v.u8", 300), "out of the range"),
     ("float for an int", lambda m: m.__setitem__("gguf.v.i8", 1.5), "integers"),
-    ("bad value type", lambda m: m["cmf.gguf.value_types"].__setitem__("v.u8", "UINT7"), "not a GGUF type"),
+    (
+        "bad value type",
+        lambda m: m["cmf.gguf.value_types"].__setitem__("v.u8", "UINT7"),
+        "not a GGUF type",
+    ),
     ("list for a scalar", lambda m: m.__setitem__("gguf.v.u16", [1, 2]), "found a list"),
     ("missing value", lambda m: m.pop("gguf.v.i8"), "no gguf.v.i8"),
-    ("string array of ints", lambda m: m.__setitem__("gguf.v.strings", [1, 2]), "expected a string"),
-    ("bad raw base64", lambda m: m["cmf.gguf.layout"].setdefault("raw", {}).__setitem__("v.u8", "!!"), "base64"),
-    ("raw of the wrong size", lambda m: m["cmf.gguf.layout"].setdefault("raw", {}).__setitem__("v.u8", "AAAA"), "after the raw"),
-    ("raw array too long", lambda m: (m["cmf.gguf.value_types"].__setitem__("v.u8", "ARRAY/UINT32"),
-                                      m["cmf.gguf.layout"].setdefault("raw", {}).__setitem__(
-                                          "v.u8", "BAAAAP////////8=")), "ends early|more than"),
+    (
+        "string array of ints",
+        lambda m: m.__setitem__("gguf.v.strings", [1, 2]),
+        "expected a string",
+    ),
+    (
+        "bad raw base64",
+        lambda m: m["cmf.gguf.layout"].setdefault("raw", {}).__setitem__("v.u8", "!!"),
+        "base64",
+    ),
+    (
+        "raw of the wrong size",
+        lambda m: m["cmf.gguf.layout"].setdefault("raw", {}).__setitem__("v.u8", "AAAA"),
+        "after the raw",
+    ),
+    (
+        "raw array too long",
+        lambda m: (
+            m["cmf.gguf.value_types"].__setitem__("v.u8", "ARRAY/UINT32"),
+            m["cmf.gguf.layout"].setdefault("raw", {}).__setitem__("v.u8", "BAAAAP////////8="),
+        ),
+        "ends early|more than",
+    ),
     ("layout missing", lambda m: m.pop("cmf.gguf.layout"), "older cmf"),
     ("keys not a list", lambda m: m["cmf.gguf.layout"].__setitem__("keys", "abc"), "expected list"),
     ("unknown tensor", lambda m: m["cmf.gguf.layout"]["tensors"].append("nope"), "nope"),
-    ("unknown GGML type", lambda m: m["cmf.gguf.tensor_types"].__setitem__("t", "Q9_9"), "unknown GGML type"),
+    (
+        "unknown GGML type",
+        lambda m: m["cmf.gguf.tensor_types"].__setitem__("t", "Q9_9"),
+        "unknown GGML type",
+    ),
     ("offsets backwards", lambda m: m["cmf.gguf.layout"].__setitem__("offsets", [-32]), "offset"),
     ("huge gap", lambda m: m["cmf.gguf.layout"].__setitem__("offsets", [1 << 40]), "padding"),
     ("huge size", lambda m: m["cmf.gguf.layout"].__setitem__("size", 1 << 50), "after the tensors"),
     ("short size", lambda m: m["cmf.gguf.layout"].__setitem__("size", 10), "short"),
     ("fill in header", lambda m: m["cmf.gguf.layout"].__setitem__("fill", [[3, "AQ=="]]), "fill"),
-    ("fill past end", lambda m: m["cmf.gguf.layout"].__setitem__("fill", [[1 << 20, "AQ=="]]), "fill"),
-    ("byte order", lambda m: m["cmf.gguf.layout"].__setitem__("byte_order", "middle"), "byte_order"),
+    (
+        "fill past end",
+        lambda m: m["cmf.gguf.layout"].__setitem__("fill", [[1 << 20, "AQ=="]]),
+        "fill",
+    ),
+    (
+        "byte order",
+        lambda m: m["cmf.gguf.layout"].__setitem__("byte_order", "middle"),
+        "byte_order",
+    ),
     ("version", lambda m: m.__setitem__("cmf.gguf.version", 7), "version"),
-    ("bad alignment", lambda m: m.__setitem__("gguf.general.alignment", 3)
-     or m["cmf.gguf.value_types"].__setitem__("general.alignment", "UINT32")
-     or m["cmf.gguf.layout"]["keys"].append("general.alignment"), "alignment"),
-    ("inexact", lambda m: m["cmf.gguf.layout"].__setitem__("inexact", "overlapping tensors"), "overlapping"),
+    (
+        "bad alignment",
+        lambda m: (
+            m.__setitem__("gguf.general.alignment", 3)
+            or m["cmf.gguf.value_types"].__setitem__("general.alignment", "UINT32")
+            or m["cmf.gguf.layout"]["keys"].append("general.alignment")
+        ),
+        "alignment",
+    ),
+    (
+        "inexact",
+        lambda m: m["cmf.gguf.layout"].__setitem__("inexact", "overlapping tensors"),
+        "overlapping",
+    ),
 ]
 
 
@@ -291,7 +365,9 @@ def test_info_shows_each_tensors_ggml_type(run, tmp_path):
 
 
 def test_sharded_set_round_trips(run, tmp_path):
-    src = write_with_gguf_py(tmp_path / "s.gguf", every_type(np.random.default_rng(6)), kv=ALL_VALUES[:4])
+    src = write_with_gguf_py(
+        tmp_path / "s.gguf", every_type(np.random.default_rng(6)), kv=ALL_VALUES[:4]
+    )
     sharded = tmp_path / "set" / "model.cmf"
     assert run("pack", src, "-o", sharded, "--shard-size", "2KB", "-q").code == 0
     assert len(os.listdir(tmp_path / "set")) > 2
@@ -356,11 +432,14 @@ def test_tensors_decode_ahead_within_the_byte_budget(monkeypatch, tmp_path, budg
             with lock:
                 running[0] -= 1
             return np.full(1000, k, np.float32)
+
         return data
 
     def out():
         kv = [("general.architecture", "STRING", encode_value(["STRING"], "llama", "k"))]
-        return GGUFOut(3, "<", kv, [TensorOut(f"t{k}", [1000], "F32", producer(k)) for k in range(12)])
+        return GGUFOut(
+            3, "<", kv, [TensorOut(f"t{k}", [1000], "F32", producer(k)) for k in range(12)]
+        )
 
     write_gguf_file(tmp_path / "a.gguf", out(), progress=written.append)
     assert len(written) == 12 and max(ahead) == most

@@ -21,20 +21,38 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from cmf.convert.hf_gguf import permute_qk  # noqa: E402
 from cmf.runtime.llama import unpermute_qk  # noqa: E402
 
-CORPUS = ["The quick brown fox jumps over the lazy dog.", "def main():\n    return 42  # answer",
-          "Grüße aus Köln, café naïve", "numbers 12345 and 3.14159", "    indented   spaces   here",
-          "print('hello world')", "Привет мир 日本語"] * 40
-TEXTS = ["Hello  world 123", "Grüße aus Köln — naïve café 🙂 日本語", "def f(x):\n\tif x >= 10_000:\n        return x**2\n",
-         "    lots     of   spaces\n\n  and\r\n tabs\t!", "3.14159 1234567", "<|im_start|>user\nhi<|im_end|>"]
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "def main():\n    return 42  # answer",
+    "Grüße aus Köln, café naïve",
+    "numbers 12345 and 3.14159",
+    "    indented   spaces   here",
+    "print('hello world')",
+    "Привет мир 日本語",
+] * 40
+TEXTS = [
+    "Hello  world 123",
+    "Grüße aus Köln — naïve café 🙂 日本語",
+    "def f(x):\n\tif x >= 10_000:\n        return x**2\n",
+    "    lots     of   spaces\n\n  and\r\n tabs\t!",
+    "3.14159 1234567",
+    "<|im_start|>user\nhi<|im_end|>",
+]
 
 
 def gpt2_tokenizer_json() -> str:
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=500, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tk.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=500,
+            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     return tk.to_str()
 
 
@@ -42,30 +60,67 @@ def spm_tokenizer_json() -> str:
     """SentencePiece-style BPE: <unk> <s> </s>, 256 byte tokens, learned pieces; BOS added."""
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tk.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
-                                                       show_progress=False))
+    tk.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
+        ),
+    )
     model = json.loads(tk.to_str())["model"]
-    learned = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1]) if t not in ("<unk>", "<s>", "</s>")]
+    learned = [
+        t
+        for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])
+        if t not in ("<unk>", "<s>", "</s>")
+    ]
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + learned
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    out = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, unk_token="<unk>",
-                               byte_fallback=True, fuse_unk=True))
-    out.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-    out.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
+    out = Tokenizer(
+        models.BPE(
+            vocab={t: i for i, t in enumerate(tokens)},
+            merges=merges,
+            unk_token="<unk>",
+            byte_fallback=True,
+            fuse_unk=True,
+        )
+    )
+    out.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="first", split=False
+    )
+    out.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
     out.add_special_tokens(["<unk>", "<s>", "</s>"])
-    out.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    out.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
     return out.to_str()
 
 
 def write_model(path, kind, tokenizer_json, dtype="float32", **over):
     vocab = len(json.loads(tokenizer_json)["model"]["vocab"]) + 3
-    classes = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
-               "mistral": ("MistralConfig", "MistralForCausalLM")}[kind]
+    classes = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM"),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+        "mistral": ("MistralConfig", "MistralForCausalLM"),
+    }[kind]
     cfg = getattr(transformers, classes[0])(
-        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
-        **over)
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        **over,
+    )
     torch.manual_seed(0)
     model = getattr(transformers, classes[1])(cfg).to(getattr(torch, dtype))
     model.save_pretrained(path)
@@ -84,25 +139,35 @@ def to_gguf(run, hf_dir, tmp_path, name="model.gguf"):
 
 def assert_same_logits(hf_dir, gguf_path):
     ref = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
-    got = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf_path), dtype=torch.float32,
-                                                            gguf_file=os.path.basename(gguf_path))
+    got = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(gguf_path), dtype=torch.float32, gguf_file=os.path.basename(gguf_path)
+    )
     ids = torch.tensor([[1, 5, 30, 250, 77, 12, 9, 100]])
     with torch.no_grad():
-        np.testing.assert_allclose(got(ids).logits.numpy(), ref(ids).logits.numpy(), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            got(ids).logits.numpy(), ref(ids).logits.numpy(), rtol=0, atol=1e-6
+        )
 
 
 def assert_same_ids(hf_dir, gguf_path):
-    ref = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(hf_dir, "tokenizer.json"))
-    got = transformers.AutoTokenizer.from_pretrained(os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path))
+    ref = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=os.path.join(hf_dir, "tokenizer.json")
+    )
+    got = transformers.AutoTokenizer.from_pretrained(
+        os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path)
+    )
     for text in TEXTS:
         assert got.encode(text) == ref.encode(text), text
 
 
-@pytest.mark.parametrize("kind, over", [
-    ("llama", {"tie_word_embeddings": False}),
-    ("qwen2", {"tie_word_embeddings": True}),
-    ("mistral", {"tie_word_embeddings": False, "sliding_window": None}),
-])
+@pytest.mark.parametrize(
+    "kind, over",
+    [
+        ("llama", {"tie_word_embeddings": False}),
+        ("qwen2", {"tie_word_embeddings": True}),
+        ("mistral", {"tie_word_embeddings": False, "sliding_window": None}),
+    ],
+)
 def test_llama_family_gguf_loads_with_the_same_logits_and_ids(run, tmp_path, kind, over):
     hf = write_model(tmp_path / kind, kind, gpt2_tokenizer_json(), **over)
     out = to_gguf(run, hf, tmp_path)
@@ -143,8 +208,12 @@ def _refused(run, path, tmp_path, needle):
 
 
 def test_other_models_are_refused(run, tmp_path):
-    hf = write_model(tmp_path / "rope", "llama", gpt2_tokenizer_json(),
-                     rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
+    hf = write_model(
+        tmp_path / "rope",
+        "llama",
+        gpt2_tokenizer_json(),
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+    )
     packed = tmp_path / "rope.cmf"
     assert run("pack", hf, "-o", packed, "-q").code == 0
     _refused(run, packed, tmp_path, "rope scaling")
@@ -174,7 +243,9 @@ def test_quantized_presets_are_written_as_the_blocks_they_hold(run, tmp_path, pr
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(out)).tensors}
     assert types["blk.0.attn_q.weight"] == block and types["blk.0.attn_norm.weight"] == "F32"
     decoded = tmp_path / "decoded"
-    assert run("unpack", packed, "-o", f"{decoded}/", "-q").code == 0  # the same values as safetensors
+    assert (
+        run("unpack", packed, "-o", f"{decoded}/", "-q").code == 0
+    )  # the same values as safetensors
     assert_same_logits(str(decoded), str(out))
 
 
@@ -196,7 +267,13 @@ def test_llama_attention_biases_are_permuted_like_their_rows(run, tmp_path):
 
     from cmf.runtime.rebuild import load_runner
 
-    hf = write_model(tmp_path / "b", "llama", gpt2_tokenizer_json(), attention_bias=True, tie_word_embeddings=False)
+    hf = write_model(
+        tmp_path / "b",
+        "llama",
+        gpt2_tokenizer_json(),
+        attention_bias=True,
+        tie_word_embeddings=False,
+    )
     weights = load_file(os.path.join(hf, "model.safetensors"))
     gen = torch.Generator().manual_seed(1)
     for name in [n for n in weights if n.endswith(".bias")]:

@@ -30,12 +30,17 @@ def _sharded(tmp_path, tensors: dict[str, np.ndarray]) -> str:
     d = tmp_path / "model"
     (d / "1_Pooling").mkdir(parents=True)
     names = sorted(tensors)
-    shards = {"model-00001-of-00002.safetensors": names[:2], "model-00002-of-00002.safetensors": names[2:]}
+    shards = {
+        "model-00001-of-00002.safetensors": names[:2],
+        "model-00002-of-00002.safetensors": names[2:],
+    }
     weight_map = {}
     for fname, keys in shards.items():
         st_save({k: tensors[k] for k in keys}, str(d / fname), metadata={"format": "pt"})
         weight_map.update({k: fname for k in keys})
-    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     (d / "config.json").write_text('{"model_type": "bert"}')
     (d / "tokenizer.json").write_text('{"version": "1.0"}')
     (d / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
@@ -66,7 +71,9 @@ def test_sharded_directory_round_trip(tmp_path):
     back = st_load(str(rebuilt / "model.safetensors"))
     for k, v in tensors.items():
         assert back[k].dtype == v.dtype and np.array_equal(back[k].view(np.uint8), v.view(np.uint8))
-    assert (rebuilt / "1_Pooling" / "config.json").read_text() == '{"pooling_mode_mean_tokens": true}'
+    assert (
+        rebuilt / "1_Pooling" / "config.json"
+    ).read_text() == '{"pooling_mode_mean_tokens": true}'
     assert not (rebuilt / "model.safetensors.index.json").exists()  # one file now, no stale index
 
 

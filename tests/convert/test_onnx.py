@@ -38,9 +38,16 @@ def rand(shape, seed=0, dtype=np.float32):
 
 
 def model_of(nodes, inputs, outputs, inits=(), sparse=(), functions=(), name="g"):
-    graph = oh.make_graph(nodes, name, inputs, outputs, initializer=list(inits), sparse_initializer=list(sparse))
-    m = oh.make_model(graph, opset_imports=[oh.make_opsetid("", OPSET), oh.make_opsetid("local", 1)],
-                      ir_version=9, functions=list(functions), producer_name="cmf-tests")
+    graph = oh.make_graph(
+        nodes, name, inputs, outputs, initializer=list(inits), sparse_initializer=list(sparse)
+    )
+    m = oh.make_model(
+        graph,
+        opset_imports=[oh.make_opsetid("", OPSET), oh.make_opsetid("local", 1)],
+        ir_version=9,
+        functions=list(functions),
+        producer_name="cmf-tests",
+    )
     onnx.checker.check_model(m)
     return m
 
@@ -112,7 +119,14 @@ def normalized(path):
         if t.data_type == TP.STRING:
             continue
         raw = np.ascontiguousarray(nh.to_array(t)).tobytes()
-        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        for field in (
+            "raw_data",
+            "float_data",
+            "int32_data",
+            "int64_data",
+            "double_data",
+            "uint64_data",
+        ):
             t.ClearField(field)
         t.raw_data = raw
         if t.data_location == TP.DEFAULT:
@@ -150,10 +164,21 @@ def dense(shape, seed):
 
 # -- models: one place each --------------------------------------------------------------------
 ZOO = {  # onnx type -> (numpy dtype, random bits incl. NaN payloads for floats)
-    TP.FLOAT: np.float32, TP.DOUBLE: np.float64, TP.FLOAT16: np.float16, TP.BFLOAT16: ml_dtypes.bfloat16,
-    TP.FLOAT8E4M3FN: ml_dtypes.float8_e4m3fn, TP.FLOAT8E5M2: ml_dtypes.float8_e5m2,
-    TP.INT8: np.int8, TP.INT16: np.int16, TP.INT32: np.int32, TP.INT64: np.int64,
-    TP.UINT8: np.uint8, TP.UINT16: np.uint16, TP.UINT32: np.uint32, TP.UINT64: np.uint64, TP.BOOL: np.bool_,
+    TP.FLOAT: np.float32,
+    TP.DOUBLE: np.float64,
+    TP.FLOAT16: np.float16,
+    TP.BFLOAT16: ml_dtypes.bfloat16,
+    TP.FLOAT8E4M3FN: ml_dtypes.float8_e4m3fn,
+    TP.FLOAT8E5M2: ml_dtypes.float8_e5m2,
+    TP.INT8: np.int8,
+    TP.INT16: np.int16,
+    TP.INT32: np.int32,
+    TP.INT64: np.int64,
+    TP.UINT8: np.uint8,
+    TP.UINT16: np.uint16,
+    TP.UINT32: np.uint32,
+    TP.UINT64: np.uint64,
+    TP.BOOL: np.bool_,
 }
 
 
@@ -208,18 +233,27 @@ def zoo_model():
 def constants_model():
     """Constant value / value_floats / value_ints / tiny scalar, ConstantOfShape, a function."""
     fn = oh.make_function(
-        "local", "AddBias", ["x"], ["y"],
-        [oh.make_node("Constant", [], ["bias"], value=nh.from_array(rand((16,), 5), "bias")),
-         oh.make_node("Add", ["x", "bias"], ["y"])],
+        "local",
+        "AddBias",
+        ["x"],
+        ["y"],
+        [
+            oh.make_node("Constant", [], ["bias"], value=nh.from_array(rand((16,), 5), "bias")),
+            oh.make_node("Add", ["x", "bias"], ["y"]),
+        ],
         opset_imports=[oh.make_opsetid("", OPSET)],
     )
     nodes = [
         oh.make_node("Constant", [], ["W"], value=nh.from_array(rand((16, 16), 1), "W")),
-        oh.make_node("Constant", [], ["two"], value=nh.from_array(np.array(2.0, np.float32), "two")),
+        oh.make_node(
+            "Constant", [], ["two"], value=nh.from_array(np.array(2.0, np.float32), "two")
+        ),
         oh.make_node("Constant", [], ["fl"], value_floats=rand(16, 2).tolist()),
         oh.make_node("Constant", [], ["ints"], value_ints=list(range(40, 0, -1))),
         oh.make_node("Constant", [], ["shape"], value_ints=[2, 16]),
-        oh.make_node("ConstantOfShape", ["shape"], ["fill"], value=nh.from_array(np.array([0.5], np.float32))),
+        oh.make_node(
+            "ConstantOfShape", ["shape"], ["fill"], value=nh.from_array(np.array([0.5], np.float32))
+        ),
         oh.make_node("MatMul", ["X", "W"], ["xw"]),
         oh.make_node("Mul", ["xw", "two"], ["x2"]),
         oh.make_node("Add", ["x2", "fl"], ["x3"]),
@@ -227,7 +261,9 @@ def constants_model():
         oh.make_node("AddBias", ["x4"], ["Y"], domain="local"),
         oh.make_node("Identity", ["ints"], ["I"]),
     ]
-    return model_of(nodes, [vi("X", F, [2, 16])], [vi("Y", F, [2, 16]), vi("I", TP.INT64, [40])], functions=[fn])
+    return model_of(
+        nodes, [vi("X", F, [2, 16])], [vi("Y", F, [2, 16]), vi("I", TP.INT64, [40])], functions=[fn]
+    )
 
 
 def sparse_model():
@@ -237,7 +273,9 @@ def sparse_model():
     cvals = nh.from_array(rand((20,), 4), "cv")
     cidx = nh.from_array(np.arange(0, 60, 3, dtype=np.int64), "ci")
     nodes = [
-        oh.make_node("Constant", [], ["C"], sparse_value=oh.make_sparse_tensor(cvals, cidx, [8, 8])),
+        oh.make_node(
+            "Constant", [], ["C"], sparse_value=oh.make_sparse_tensor(cvals, cidx, [8, 8])
+        ),
         oh.make_node("Add", ["X", "S"], ["xs"]),
         oh.make_node("Add", ["xs", "C"], ["Y"]),
     ]
@@ -259,52 +297,82 @@ def branch(name, op, const, init=None):
 def if_model():
     """Then branch: a Constant; else branch: an initializer."""
     nodes = [
-        oh.make_node("If", ["cond"], ["Z"], then_branch=branch("then", "Add", rand((16,), 10)),
-                     else_branch=branch("else", "Mul", rand((16,), 11), init=True)),
+        oh.make_node(
+            "If",
+            ["cond"],
+            ["Z"],
+            then_branch=branch("then", "Add", rand((16,), 10)),
+            else_branch=branch("else", "Mul", rand((16,), 11), init=True),
+        ),
         oh.make_node("Add", ["Z", "K"], ["Y"]),
     ]
-    return model_of(nodes, [vi("X", F, [4, 16]), vi("cond", TP.BOOL, [])], [vi("Y", F, [4, 16])],
-                    inits=[nh.from_array(rand((16,), 12), "K")])
+    return model_of(
+        nodes,
+        [vi("X", F, [4, 16]), vi("cond", TP.BOOL, [])],
+        [vi("Y", F, [4, 16])],
+        inits=[nh.from_array(rand((16,), 12), "K")],
+    )
 
 
 def loop_model():
     """Loop body: an initializer, and an If nested in the body with a Constant in each branch."""
-    inner_if = oh.make_node("If", ["c_in"], ["delta"], then_branch=branch("t", "Add", rand((16,), 20)),
-                            else_branch=branch("e", "Sub", rand((16,), 21)))
+    inner_if = oh.make_node(
+        "If",
+        ["c_in"],
+        ["delta"],
+        then_branch=branch("t", "Add", rand((16,), 20)),
+        else_branch=branch("e", "Sub", rand((16,), 21)),
+    )
     body = oh.make_graph(
-        [inner_if,
-         oh.make_node("Add", ["acc", "step"], ["acc1"]),
-         oh.make_node("Add", ["acc1", "delta"], ["acc_out"]),
-         oh.make_node("Identity", ["c_in"], ["c_out"])],
+        [
+            inner_if,
+            oh.make_node("Add", ["acc", "step"], ["acc1"]),
+            oh.make_node("Add", ["acc1", "delta"], ["acc_out"]),
+            oh.make_node("Identity", ["c_in"], ["c_out"]),
+        ],
         "body",
         [vi("i", TP.INT64, []), vi("c_in", TP.BOOL, []), vi("acc", F, [4, 16])],
         [vi("c_out", TP.BOOL, []), vi("acc_out", F, [4, 16])],
         initializer=[nh.from_array(rand((4, 16), 22), "step")],
     )
     nodes = [oh.make_node("Loop", ["M", "cond", "X"], ["Y"], body=body)]
-    return model_of(nodes, [vi("X", F, [4, 16]), vi("M", TP.INT64, []), vi("cond", TP.BOOL, [])],
-                    [vi("Y", F, [4, 16])])
+    return model_of(
+        nodes,
+        [vi("X", F, [4, 16]), vi("M", TP.INT64, []), vi("cond", TP.BOOL, [])],
+        [vi("Y", F, [4, 16])],
+    )
 
 
 def scan_model():
     body = oh.make_graph(
-        [oh.make_node("Constant", [], ["W"], value=nh.from_array(rand((16,), 30), "W")),
-         oh.make_node("Mul", ["x_t", "W"], ["xw"]),
-         oh.make_node("Add", ["s_in", "xw"], ["s_out"]),
-         oh.make_node("Identity", ["s_out"], ["y_t"])],
+        [
+            oh.make_node("Constant", [], ["W"], value=nh.from_array(rand((16,), 30), "W")),
+            oh.make_node("Mul", ["x_t", "W"], ["xw"]),
+            oh.make_node("Add", ["s_in", "xw"], ["s_out"]),
+            oh.make_node("Identity", ["s_out"], ["y_t"]),
+        ],
         "scan_body",
         [vi("s_in", F, [16]), vi("x_t", F, [16])],
         [vi("s_out", F, [16]), vi("y_t", F, [16])],
     )
     nodes = [oh.make_node("Scan", ["S0", "X"], ["S", "Y"], body=body, num_scan_inputs=1)]
-    return model_of(nodes, [vi("S0", F, [16]), vi("X", F, [5, 16])], [vi("S", F, [16]), vi("Y", F, [5, 16])])
+    return model_of(
+        nodes, [vi("S0", F, [16]), vi("X", F, [5, 16])], [vi("S", F, [16]), vi("Y", F, [5, 16])]
+    )
 
 
 def mlp_model(hidden=64):
-    inits = [nh.from_array(rand((16, hidden), 40), "fc1.weight"), nh.from_array(rand((hidden,), 41), "fc1.bias"),
-             nh.from_array(rand((hidden, 8), 42), "fc2.weight"), nh.from_array(rand((8,), 43), "fc2.bias")]
-    nodes = [oh.make_node("Gemm", ["X", "fc1.weight", "fc1.bias"], ["h"]), oh.make_node("Relu", ["h"], ["r"]),
-             oh.make_node("Gemm", ["r", "fc2.weight", "fc2.bias"], ["Y"])]
+    inits = [
+        nh.from_array(rand((16, hidden), 40), "fc1.weight"),
+        nh.from_array(rand((hidden,), 41), "fc1.bias"),
+        nh.from_array(rand((hidden, 8), 42), "fc2.weight"),
+        nh.from_array(rand((8,), 43), "fc2.bias"),
+    ]
+    nodes = [
+        oh.make_node("Gemm", ["X", "fc1.weight", "fc1.bias"], ["h"]),
+        oh.make_node("Relu", ["h"], ["r"]),
+        oh.make_node("Gemm", ["r", "fc2.weight", "fc2.bias"], ["Y"]),
+    ]
     return model_of(nodes, [vi("X", F, [3, 16])], [vi("Y", F, [3, 8])], inits)
 
 
@@ -314,11 +382,16 @@ def test_initializers_every_dtype_and_typed_fields(tmp_path):
     names = set(src.names())
     assert {f"w.{TP.DataType.Name(t).lower()}" for t in ZOO} <= names
     assert {"tf.float", "tf.f16", "tf.i8", "tf.f64", "tf.u32", "scalar", "empty"} <= names
-    assert "strings" not in names and "complex" not in names  # dtypes cmf does not store stay inline
+    assert (
+        "strings" not in names and "complex" not in names
+    )  # dtypes cmf does not store stay inline
     with cmf.open(tmp_path / "m.cmf") as f:
         assert f.get_tensor("w.bfloat16").dtype == ml_dtypes.bfloat16
         assert f.get_tensor("tf.f16").tobytes() == nh.to_array(typed_fields()[1]).tobytes()
-        assert f.metadata()["cmf.source_format"] == "onnx" and f.metadata()["onnx.skeleton"] == SKELETON
+        assert (
+            f.metadata()["cmf.source_format"] == "onnx"
+            and f.metadata()["onnx.skeleton"] == SKELETON
+        )
     assert_same_model(orig, out)
     assert_same_outputs(orig, out)
 
@@ -351,16 +424,26 @@ def test_if_branches(tmp_path):
     assert len(set(names)) == len(names) == 3
     assert_same_model(orig, out)
     x = rand((4, 16), 3)
-    assert_same_outputs(orig, out, {"X": x, "cond": np.array(True)}, {"X": x, "cond": np.array(False)})
+    assert_same_outputs(
+        orig, out, {"X": x, "cond": np.array(True)}, {"X": x, "cond": np.array(False)}
+    )
 
 
 def test_loop_body_with_nested_if(tmp_path):
     orig, out, src = roundtrip(tmp_path, loop_model())
-    assert src.names() == ["Loop_0.body/step", "Loop_0.body/If_0.else_branch/K_e", "Loop_0.body/If_0.then_branch/K_t"]
+    assert src.names() == [
+        "Loop_0.body/step",
+        "Loop_0.body/If_0.else_branch/K_e",
+        "Loop_0.body/If_0.then_branch/K_t",
+    ]
     assert_same_model(orig, out)
     x = rand((4, 16), 4)
-    assert_same_outputs(orig, out, {"X": x, "M": np.array(3, np.int64), "cond": np.array(True)},
-                        {"X": x, "M": np.array(2, np.int64), "cond": np.array(False)})
+    assert_same_outputs(
+        orig,
+        out,
+        {"X": x, "M": np.array(3, np.int64), "cond": np.array(True)},
+        {"X": x, "M": np.array(2, np.int64), "cond": np.array(False)},
+    )
 
 
 def test_scan_body(tmp_path):
@@ -374,8 +457,13 @@ def test_external_data_in(tmp_path):
     """Weights in external files (one in a subdirectory) are read by cmf, checked, and rebuilt
     inline."""
     (tmp_path / "data").mkdir()
-    orig = save(mlp_model(), tmp_path / "m.onnx", save_as_external_data=True, location="data/weights.bin",
-                size_threshold=0)
+    orig = save(
+        mlp_model(),
+        tmp_path / "m.onnx",
+        save_as_external_data=True,
+        location="data/weights.bin",
+        size_threshold=0,
+    )
     assert b"data/weights.bin" in (tmp_path / "m.onnx").read_bytes()
     src = pack(orig, tmp_path / "m.cmf")
     assert src.names() == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
@@ -385,8 +473,14 @@ def test_external_data_in(tmp_path):
     assert_same_model(orig, tmp_path / "out.onnx")
     assert_same_outputs(orig, tmp_path / "out.onnx", dense((3, 16), 7))
     # Constant attributes in external data too (tiny ones are brought back inline)
-    orig = save(constants_model(), tmp_path / "c.onnx", save_as_external_data=True, location="c.bin",
-                size_threshold=0, convert_attribute=True)
+    orig = save(
+        constants_model(),
+        tmp_path / "c.onnx",
+        save_as_external_data=True,
+        location="c.bin",
+        size_threshold=0,
+        convert_attribute=True,
+    )
     src = pack(orig, tmp_path / "c.cmf")
     assert b"c.bin" not in src.attachments[SKELETON] and "W" in src.names()
     with cmf.open(tmp_path / "c.cmf") as f:
@@ -419,7 +513,9 @@ def test_cli_pack_and_unpack(tmp_path, capsys):
     cli_run(["unpack", str(tmp_path / "loop.cmf"), "-o", str(tmp_path / "back.onnx")])
     assert "back.onnx" in capsys.readouterr().out
     assert_same_model(orig, tmp_path / "back.onnx")
-    cli_run(["unpack", str(tmp_path / "loop.cmf"), "-o", str(tmp_path / "d") + "/", "-q"])  # dir: as before
+    cli_run(
+        ["unpack", str(tmp_path / "loop.cmf"), "-o", str(tmp_path / "d") + "/", "-q"]
+    )  # dir: as before
     assert (tmp_path / "d" / SKELETON).exists() and (tmp_path / "d" / "model.safetensors").exists()
 
 
@@ -430,8 +526,12 @@ def test_names_are_stable_and_unique(tmp_path):
     m = loop_model()
     m.graph.initializer.append(nh.from_array(rand((4,), 1), "Loop_0.body/step"))
     m.graph.initializer.append(nh.from_array(rand((4,), 2), ""))
-    m.graph.node.append(oh.make_node("Constant", [], ["c1"], value=nh.from_array(rand((32,), 3)), name="dup"))
-    m.graph.node.append(oh.make_node("Constant", [], ["c2"], value=nh.from_array(rand((32,), 4)), name="dup"))
+    m.graph.node.append(
+        oh.make_node("Constant", [], ["c1"], value=nh.from_array(rand((32,), 3)), name="dup")
+    )
+    m.graph.node.append(
+        oh.make_node("Constant", [], ["c2"], value=nh.from_array(rand((32,), 4)), name="dup")
+    )
     m.graph.initializer.append(nh.from_array(rand((4,), 5), "x" * 2000))
     path = save(m, tmp_path / "clash.onnx")
     names = OnnxSource(path).names()
@@ -463,7 +563,9 @@ def external_model(tmp_path, location, offset=None, length=None, name="m.onnx"):
     t = m.graph.initializer[0]
     t.ClearField("raw_data")
     t.data_location = TP.EXTERNAL
-    entries = [("location", location)] + [(k, str(v)) for k, v in (("offset", offset), ("length", length)) if v is not None]
+    entries = [("location", location)] + [
+        (k, str(v)) for k, v in (("offset", offset), ("length", length)) if v is not None
+    ]
     for k, v in entries:
         e = t.external_data.add()
         e.key, e.value = k, v
@@ -530,7 +632,9 @@ def test_hostile_external_data_cli_one_line(tmp_path, capsys):
         cli_run(["pack", str(path)])
     assert exc.value.code == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("cmf: error:") and "leaves the model's directory" in err and "\n" not in err
+    assert (
+        err.startswith("cmf: error:") and "leaves the model's directory" in err and "\n" not in err
+    )
     assert not (tmp_path / "m.cmf").exists()
 
 
@@ -542,7 +646,11 @@ def test_not_onnx_files(tmp_path):
     good = save(mlp_model(), tmp_path / "good.onnx").read_bytes()
     truncated = tmp_path / "trunc.onnx"
     truncated.write_bytes(good[: len(good) // 2])
-    for path, words in ((text, "not an ONNX model"), (empty, "not an ONNX model"), (truncated, "not an ONNX model")):
+    for path, words in (
+        (text, "not an ONNX model"),
+        (empty, "not an ONNX model"),
+        (truncated, "not an ONNX model"),
+    ):
         with pytest.raises(CmfError, match=words):
             open_source(path)
     with pytest.raises(CmfError, match="not a regular file"):
@@ -569,8 +677,14 @@ def test_strings_must_be_utf8(tmp_path, where):
     elif where == "branch node name":
         m.graph.node[0].attribute[0].g.node[0].name, field = marker, "onnx.NodeProto.name"
     else:
-        fn = oh.make_function("local", "F", ["a"], ["b"], [oh.make_node("Identity", ["a"], ["b"])],
-                              [oh.make_opsetid("", OPSET)])
+        fn = oh.make_function(
+            "local",
+            "F",
+            ["a"],
+            ["b"],
+            [oh.make_node("Identity", ["a"], ["b"])],
+            [oh.make_opsetid("", OPSET)],
+        )
         fn.doc_string, field = marker, "onnx.FunctionProto.doc_string"
         m.functions.append(fn)
     path = tmp_path / "bad.onnx"
@@ -583,16 +697,24 @@ def test_bytes_fields_may_hold_any_bytes(tmp_path):
     m = mlp_model()
     m.graph.node[0].attribute.append(oh.make_attribute("blob", b"MARKER_BYTES"))
     m.graph.node[0].attribute.append(oh.make_attribute("blobs", [b"x", b"MARKER_LIST"]))
-    data = m.SerializeToString().replace(b"MARKER_BYTES", b"\xff" * 12).replace(b"MARKER_LIST", b"\xfe" * 11)
+    data = (
+        m.SerializeToString()
+        .replace(b"MARKER_BYTES", b"\xff" * 12)
+        .replace(b"MARKER_LIST", b"\xfe" * 11)
+    )
     path = tmp_path / "bytes.onnx"
     path.write_bytes(data)
-    assert OnnxSource(path).names() == OnnxSource(save(mlp_model(), tmp_path / "plain.onnx")).names()
+    assert (
+        OnnxSource(path).names() == OnnxSource(save(mlp_model(), tmp_path / "plain.onnx")).names()
+    )
 
 
 def test_inconsistent_inline_tensors(tmp_path):
     m = mlp_model()
     m.graph.initializer[1].raw_data = m.graph.initializer[1].raw_data[:-4]
-    with pytest.raises(CmfError, match="inconsistent shapes.*fc1.bias|fc1.bias.*inconsistent shapes"):
+    with pytest.raises(
+        CmfError, match="inconsistent shapes.*fc1.bias|fc1.bias.*inconsistent shapes"
+    ):
         OnnxSource(save(m, tmp_path / "short.onnx"))
     m = mlp_model()
     t = TP(name="b", data_type=TP.BOOL, dims=[3], raw_data=b"\x00\x01\x02")
@@ -624,9 +746,15 @@ def test_write_onnx_refuses_bad_cmf_files(tmp_path):
             write_onnx(f, tmp_path / "x.onnx")
         assert not (tmp_path / "x.onnx").exists()
 
-    attempt(skeleton, {**arrays, "fc1.bias": arrays["fc1.bias"].astype(np.float16)}, "is f16; the graph wants FLOAT")
+    attempt(
+        skeleton,
+        {**arrays, "fc1.bias": arrays["fc1.bias"].astype(np.float16)},
+        "is f16; the graph wants FLOAT",
+    )
     attempt(skeleton, {**arrays, "fc1.bias": arrays["fc1.bias"][:10]}, "shape")
-    attempt(skeleton, {k: v for k, v in arrays.items() if k != "fc2.bias"}, "no tensor named 'fc2.bias'")
+    attempt(
+        skeleton, {k: v for k, v in arrays.items() if k != "fc2.bias"}, "no tensor named 'fc2.bias'"
+    )
     evil = onnx.ModelProto()
     evil.CopyFrom(skeleton)
     t = evil.graph.initializer[0]
@@ -665,16 +793,22 @@ def test_real_model_silero_vad(tmp_path):
         raw = sum(f.spec(n).nbytes for n in f.keys())
         write_onnx(f, tmp_path / "vad.onnx")
     stored, onnx_size = os.path.getsize(tmp_path / "vad.cmf"), os.path.getsize(path)
-    print(f"\nsilero_vad.onnx {onnx_size} B, {len(src)} tensors {raw} B -> cmf {stored} B: "
-          f"{raw / stored:.3f}x of the weights, {onnx_size / stored:.3f}x of the .onnx file, "
-          f"{seconds:.2f} s")
+    print(
+        f"\nsilero_vad.onnx {onnx_size} B, {len(src)} tensors {raw} B -> cmf {stored} B: "
+        f"{raw / stored:.3f}x of the weights, {onnx_size / stored:.3f}x of the .onnx file, "
+        f"{seconds:.2f} s"
+    )
     assert onnx_size / stored > 1.2
     assert_same_model(path, tmp_path / "vad.onnx")
     rng = np.random.default_rng(0)
     feeds = []
     for sr, n in ((16000, 512), (8000, 256)):
         for batch in (1, 3):
-            feeds.append({"input": rng.standard_normal((batch, n)).astype(np.float32),
-                          "state": rng.standard_normal((2, batch, 128)).astype(np.float32),
-                          "sr": np.array(sr, np.int64)})
+            feeds.append(
+                {
+                    "input": rng.standard_normal((batch, n)).astype(np.float32),
+                    "state": rng.standard_normal((2, batch, 128)).astype(np.float32),
+                    "sr": np.array(sr, np.int64),
+                }
+            )
     assert_same_outputs(path, tmp_path / "vad.onnx", *feeds)

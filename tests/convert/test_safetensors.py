@@ -17,9 +17,21 @@ from cmf.convert import SafetensorsSource, open_source, write_safetensors
 from cmf.dtypes import BY_NAME
 
 ST_NAME = {
-    "f64": "F64", "f32": "F32", "f16": "F16", "bf16": "BF16", "f8_e4m3": "F8_E4M3",
-    "f8_e5m2": "F8_E5M2", "i8": "I8", "i16": "I16", "i32": "I32", "i64": "I64", "u8": "U8",
-    "u16": "U16", "u32": "U32", "u64": "U64", "bool": "BOOL",
+    "f64": "F64",
+    "f32": "F32",
+    "f16": "F16",
+    "bf16": "BF16",
+    "f8_e4m3": "F8_E4M3",
+    "f8_e5m2": "F8_E5M2",
+    "i8": "I8",
+    "i16": "I16",
+    "i32": "I32",
+    "i64": "I64",
+    "u8": "U8",
+    "u16": "U16",
+    "u32": "U32",
+    "u64": "U64",
+    "bool": "BOOL",
 }
 META = {"format": "pt", "note": "ünïcode ✓", "json": '{"a": [1, 2]}'}
 
@@ -71,10 +83,14 @@ def test_source_reads_every_dtype(st_file, all_dtypes, read_safetensors):
 
 
 @pytest.mark.parametrize("name", ["f8_e4m3", "f8_e5m2", "bf16"])
-def test_bf16_and_fp8_files_pack_and_unpack_bit_exact(tmp_path, random_bits, read_safetensors, name):
+def test_bf16_and_fp8_files_pack_and_unpack_bit_exact(
+    tmp_path, random_bits, read_safetensors, name
+):
     # every bit pattern of the dtype, NaN payloads included
     k = BY_NAME[name].itemsize
-    every = np.arange(1 << (8 * k), dtype=np.uint8 if k == 1 else np.uint16).view(BY_NAME[name].numpy)
+    every = np.arange(1 << (8 * k), dtype=np.uint8 if k == 1 else np.uint16).view(
+        BY_NAME[name].numpy
+    )
     tensors = {"every": every, "matrix": random_bits(name, (16, 8), seed=1), "tied": every.copy()}
     src = tmp_path / "in.safetensors"
     st_save(tensors, str(src), metadata={"dtype": name})
@@ -108,7 +124,11 @@ def test_pack_unpack_every_dtype_is_bit_exact(tmp_path, st_file, all_dtypes, rea
     back = st_load(str(tmp_path / "p.safetensors"))
     assert back.keys() == plain.keys()
     for k, v in plain.items():
-        assert back[k].dtype == v.dtype and back[k].shape == v.shape and back[k].tobytes() == v.tobytes()
+        assert (
+            back[k].dtype == v.dtype
+            and back[k].shape == v.shape
+            and back[k].tobytes() == v.tobytes()
+        )
 
 
 def test_write_safetensors_header_and_layout(tmp_path, read_safetensors):
@@ -126,7 +146,9 @@ def test_write_safetensors_header_and_layout(tmp_path, read_safetensors):
     }
     progress = []
     path = tmp_path / "w.safetensors"
-    write_safetensors(path, specs, values.__getitem__, {"k": "v", "n": 3, "l": [1]}, progress.append)
+    write_safetensors(
+        path, specs, values.__getitem__, {"k": "v", "n": 3, "l": [1]}, progress.append
+    )
     assert progress == ["a", "s", "e", "b"]
     data = path.read_bytes()
     header_len = int.from_bytes(data[:8], "little")
@@ -148,7 +170,9 @@ def test_write_safetensors_shape_mismatch_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("content", [b"", b"hello world", b"\xff" * 100, (2**60).to_bytes(8, "little") + b"{}"])
+@pytest.mark.parametrize(
+    "content", [b"", b"hello world", b"\xff" * 100, (2**60).to_bytes(8, "little") + b"{}"]
+)
 def test_not_a_safetensors_file(tmp_path, content):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(content)
@@ -162,7 +186,10 @@ def test_missing_source(tmp_path):
 
 
 def test_unsupported_safetensors_dtype(tmp_path):
-    st_save({"ok": np.ones(2, np.float32), "z": np.ones(2, np.complex64)}, str(tmp_path / "c.safetensors"))
+    st_save(
+        {"ok": np.ones(2, np.float32), "z": np.ones(2, np.complex64)},
+        str(tmp_path / "c.safetensors"),
+    )
     with pytest.raises(cmf.CmfError, match="complex64|C64"):
         pack(tmp_path / "c.safetensors", tmp_path / "c.cmf")
     assert sorted(os.listdir(tmp_path)) == ["c.safetensors"]

@@ -23,8 +23,11 @@ def test_without_torch_the_message_says_how_to_convert(tmp_path, run, monkeypatc
     path.write_bytes(b"PK\x03\x04" + bytes(60))
     r = run("pack", path, "-o", tmp_path / "m.cmf")
     assert r.code == 1 and r.err.count("\n") == 1, r.err
-    for words in ("is a PyTorch pickle checkpoint", "pip install 'cmf-container[torch]'",
-                  "safetensors.torch.save_file"):
+    for words in (
+        "is a PyTorch pickle checkpoint",
+        "pip install 'cmf-container[torch]'",
+        "safetensors.torch.save_file",
+    ):
         assert words in r.err, r.err
     d = tmp_path / "hf"
     d.mkdir()
@@ -105,8 +108,16 @@ def test_a_sharded_directory_of_bin_files(tmp_path, run, torch):
     d.mkdir()
     torch.save({"x": torch.ones(2)}, d / "pytorch_model-00001-of-00002.bin")
     torch.save({"y": torch.zeros(3)}, d / "pytorch_model-00002-of-00002.bin")
-    (d / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {
-        "x": "pytorch_model-00001-of-00002.bin", "y": "pytorch_model-00002-of-00002.bin"}}))
+    (d / "pytorch_model.bin.index.json").write_text(
+        json.dumps(
+            {
+                "weight_map": {
+                    "x": "pytorch_model-00001-of-00002.bin",
+                    "y": "pytorch_model-00002-of-00002.bin",
+                }
+            }
+        )
+    )
     (d / "config.json").write_text('{"model_type": "x"}')
     marker = tmp_path / "ran"
     with open(d / "training_args.bin", "wb") as fh:  # a pickle that runs code: never read
@@ -151,10 +162,12 @@ def test_hostile_pickles_are_refused_and_never_run(tmp_path, run, torch, form):
 
 
 def test_bad_checkpoints_are_one_error(tmp_path, run, torch):
-    cases = {"garbage.pt": (b"PK\x03\x04garbage", "not a checkpoint"),
-             "plain.pt": (pickle.dumps({"w": 1}, protocol=2), "not a checkpoint"),  # not torch's format
-             "list.pt": (None, "not a state dict"),
-             "strings.pt": (None, "no tensors")}
+    cases = {
+        "garbage.pt": (b"PK\x03\x04garbage", "not a checkpoint"),
+        "plain.pt": (pickle.dumps({"w": 1}, protocol=2), "not a checkpoint"),  # not torch's format
+        "list.pt": (None, "not a state dict"),
+        "strings.pt": (None, "no tensors"),
+    }
     torch.save([torch.ones(1)], tmp_path / "list.pt")
     torch.save({"a": "text", "b": 3}, tmp_path / "strings.pt")
     for name, (data, says) in cases.items():

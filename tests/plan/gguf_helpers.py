@@ -12,8 +12,14 @@ def write_gguf_llama(path, **over) -> str:
     from ..runtime.helpers import llama_config, write_llama_dir
 
     tok = gpt2_tokenizer_json()
-    settings = dict(vocab_size=len(json.loads(tok)["model"]["vocab"]) + 3, hidden_size=256,
-                    intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    settings = dict(
+        vocab_size=len(json.loads(tok)["model"]["vocab"]) + 3,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     settings.update(over)
     write_llama_dir(path, llama_config(**settings))
     with open(os.path.join(path, "tokenizer.json"), "w") as fh:

@@ -24,7 +24,9 @@ def convex_curve(rng, n):
 
 def toy(seed, tensors=3, points=4):
     rng = np.random.default_rng(seed)
-    return [Item(f"t{i}", convex_curve(rng, points), float(rng.random() + 0.1)) for i in range(tensors)]
+    return [
+        Item(f"t{i}", convex_curve(rng, points), float(rng.random() + 0.1)) for i in range(tensors)
+    ]
 
 
 def brute(items):
@@ -77,7 +79,9 @@ def test_error_target_is_close_to_the_brute_force_optimum(seed):
     one move of the optimum."""
     items = toy(seed, tensors=3, points=5)
     everything = brute(items)
-    biggest_move = max(b1 - b0 for it in items for (b0, _), (b1, _) in zip(it.points, it.points[1:], strict=False))
+    biggest_move = max(
+        b1 - b0 for it in items for (b0, _), (b1, _) in zip(it.points, it.points[1:], strict=False)
+    )
     errors = sorted({e for _, e, _ in everything})
     for target in errors[:: max(1, len(errors) // 10)]:
         a = allocate(items, max_error=target * (1 + 1e-12))
@@ -96,7 +100,9 @@ def test_more_budget_never_more_error(seed):
         assert e <= last + 1e-12
         last = e
     last_bytes = -1
-    for target in sorted(np.linspace(0, evaluate(items, {it.name: 0 for it in items})[1], 30), reverse=True):
+    for target in sorted(
+        np.linspace(0, evaluate(items, {it.name: 0 for it in items})[1], 30), reverse=True
+    ):
         b = allocate(items, max_error=float(target)).bytes
         assert b >= last_bytes
         last_bytes = b

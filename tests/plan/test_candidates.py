@@ -93,8 +93,10 @@ def test_plannable():
 
 
 def _random_points(rng, n):
-    return [Point(LOSSLESS, int(b), float(e), float(e)) for b, e in
-            zip(rng.integers(1, 1000, n), rng.random(n) * 10, strict=True)]
+    return [
+        Point(LOSSLESS, int(b), float(e), float(e))
+        for b, e in zip(rng.integers(1, 1000, n), rng.random(n) * 10, strict=True)
+    ]
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -107,7 +109,9 @@ def test_hull_is_convex_monotone_and_below_every_point(seed):
     e = [p.error for p in hull]
     assert b == sorted(set(b)) and all(x > y for x, y in zip(e, e[1:], strict=False))  # monotone
     slopes = [(e[i] - e[i + 1]) / (b[i + 1] - b[i]) for i in range(len(hull) - 1)]
-    assert all(s1 > s2 for s1, s2 in zip(slopes, slopes[1:], strict=False))  # convex: savings per byte fall
+    assert all(
+        s1 > s2 for s1, s2 in zip(slopes, slopes[1:], strict=False)
+    )  # convex: savings per byte fall
     assert hull[0].bytes == min(p.bytes for p in pts)
     assert hull[-1].error == min(p.error for p in pts)
     for p in pts:  # no point lies below the hull
@@ -154,7 +158,12 @@ def test_big_tensors_measure_templates_on_a_sample():
 def test_choices_that_do_not_apply_are_left_out():
     x = np.zeros((64, 64), np.float32)
     x[0, 0] = np.nan
-    curve = measure("w", x, step_choices([0.5]) + [Choice("template", {"template": {"codec": "lowrank", "fit": {"rank": 1}}}, "lr")])
+    curve = measure(
+        "w",
+        x,
+        step_choices([0.5])
+        + [Choice("template", {"template": {"codec": "lowrank", "fit": {"rank": 1}}}, "lr")],
+    )
     assert [p.choice.family for p in curve.points] == ["lossless"]
 
 
@@ -164,12 +173,19 @@ def test_choices_that_do_not_apply_are_left_out():
 def correlated_inputs(rng, tokens, basis):
     """Activations (tokens, n) with a few strong shared directions (``basis``: (rank, n)), as a
     layer's inputs have."""
-    return rng.standard_normal((tokens, len(basis))) @ basis + rng.standard_normal((tokens, basis.shape[1])) * 0.3
+    return (
+        rng.standard_normal((tokens, len(basis))) @ basis
+        + rng.standard_normal((tokens, basis.shape[1])) * 0.3
+    )
 
 
 def fold_moments(x):
     """cmf.plan.harness's moments of inputs ``x``: alternate tokens in two folds."""
-    return (1, np.mean(x * x, axis=0), (x[0::2].T @ x[0::2] / len(x[0::2]), x[1::2].T @ x[1::2] / len(x[1::2])))
+    return (
+        1,
+        np.mean(x * x, axis=0),
+        (x[0::2].T @ x[0::2] / len(x[0::2]), x[1::2].T @ x[1::2] / len(x[1::2])),
+    )
 
 
 def test_error_feedback_lowers_the_output_error_on_inputs_it_never_saw():
@@ -287,10 +303,14 @@ def test_small_or_flat_row_steps_stay_one_quantize_node():
     rng = np.random.default_rng(9)
     small = rng.standard_normal((64, 64)).astype(np.float32)  # under ROW_CLASS_ELEMENTS
     w = np.r_[np.full(8, 50.0), np.ones(56)]
-    assert describe(encode_step(small, spec_of(small), 0.3, 0, w / w.mean())[0]).startswith("quantize")
+    assert describe(encode_step(small, spec_of(small), 0.3, 0, w / w.mean())[0]).startswith(
+        "quantize"
+    )
     flat = rng.standard_normal((1024, 128)).astype(np.float32)
     w = 1 + 0.5 * rng.random(1024)  # spread under 2x
-    assert describe(encode_step(flat, spec_of(flat), 0.3, 0, w / w.mean())[0]).startswith("quantize")
+    assert describe(encode_step(flat, spec_of(flat), 0.3, 0, w / w.mean())[0]).startswith(
+        "quantize"
+    )
 
 
 @pytest.mark.parametrize("bad", [0.0, np.inf, np.nan, -1.0])

@@ -24,7 +24,9 @@ def _harness(tmp_path, **config) -> DecoderHarness:
         st = str(tmp_path / "llama" / "model.safetensors")
         t = load_file(st)
         rng = np.random.default_rng(5)
-        t["lm_head.weight"] = (rng.standard_normal(t["model.embed_tokens.weight"].shape) * 0.5).astype(np.float32)
+        t["lm_head.weight"] = (
+            rng.standard_normal(t["model.embed_tokens.weight"].shape) * 0.5
+        ).astype(np.float32)
         save_file(t, st)
     h = open_harness(str(path))
     assert isinstance(h, DecoderHarness)
@@ -76,11 +78,16 @@ def test_decoder_error_is_the_mean_kl_cmf_eval_reports(tmp_path):
     h = _harness(tmp_path)
     rng = np.random.default_rng(2)
     name = "model.layers.0.self_attn.v_proj.weight"
-    over = {name: h.tensors[name] * (1 + 0.2 * rng.standard_normal(h.tensors[name].shape)).astype(np.float32)}
+    over = {
+        name: h.tensors[name]
+        * (1 + 0.2 * rng.standard_normal(h.tensors[name].shape)).astype(np.float32)
+    }
     stats = h.stats(over)
     report = compare_logits(h.ids, h.reference, h.run(over))
     assert stats["error"] == pytest.approx(report["kl_mean"], rel=1e-9)
-    assert stats["error"] == pytest.approx(output_error("decoder", h.reference, h.run(over)), rel=1e-12)
+    assert stats["error"] == pytest.approx(
+        output_error("decoder", h.reference, h.run(over)), rel=1e-12
+    )
     assert stats["top1_agreement"] == pytest.approx(report["top1_agreement"])
     assert stats["perplexity"] == pytest.approx(report["perplexity_compressed"], rel=1e-9)
     assert h.stats()["error"] == 0.0
@@ -110,7 +117,12 @@ def test_moments_are_computed_a_block_at_a_time_and_equal_the_whole_pass(tmp_pat
     assert folds is not None and folds[0].shape == (x.shape[1], x.shape[1])
     if factor is not None:  # fold 1's rows, kept while fewer than half the channels
         assert factor.shape[1] == x.shape[1] and factor.shape[0] <= x.shape[1] // 2
-        assert np.allclose(factor.T.astype(np.float64) @ factor, folds[1], rtol=1e-4, atol=1e-6 * np.abs(folds[1]).max())
+        assert np.allclose(
+            factor.T.astype(np.float64) @ factor,
+            folds[1],
+            rtol=1e-4,
+            atol=1e-6 * np.abs(folds[1]).max(),
+        )
     assert m._cached[0] == 1  # one block kept
     _ = m["model.layers.0.mlp.up_proj.weight"]
     assert m._cached[0] == 0
@@ -127,8 +139,16 @@ def test_torch_block_equals_the_reference_block(tmp_path):
     cos, sin = llama.rope_cos_sin(np.arange(7), runner.inv_freq)
     want = llama.block(x, layer, runner.config, cos, sin)
     w = {a: torch.from_numpy(getattr(layer, a)) for a in ("w_qkv", "w_o", "w_gate_up", "w_down")}
-    got = _block(torch, torch.from_numpy(x), w, layer, runner.config, torch.from_numpy(cos),
-                 torch.from_numpy(sin), torch.from_numpy(llama.causal_mask(7, 0, None)))
+    got = _block(
+        torch,
+        torch.from_numpy(x),
+        w,
+        layer,
+        runner.config,
+        torch.from_numpy(cos),
+        torch.from_numpy(sin),
+        torch.from_numpy(llama.causal_mask(7, 0, None)),
+    )
     assert np.allclose(got.numpy(), want, atol=1e-5)
 
 
@@ -152,8 +172,11 @@ def test_fisher_sensitivities_predict_the_measured_noise_effect(tmp_path):
     from cmf.plan import sensitivity
 
     h = _harness(tmp_path, hidden_size=128, num_hidden_layers=2)
-    items = [(n, x, None, None, float(np.sum(np.square(x, dtype=np.float64)))) for n, x in h.tensors.items()
-             if x.ndim == 2]
+    items = [
+        (n, x, None, None, float(np.sum(np.square(x, dtype=np.float64))))
+        for n, x in h.tensors.items()
+        if x.ndim == 2
+    ]
     fisher = h.sensitivities(items)
     noise = sensitivity.measured(h, items, rel=0.003)
     ratios = [fisher[n]["sensitivity"] / noise[n]["sensitivity"] for n, *_ in items]
@@ -181,5 +204,7 @@ def test_fisher_square_sum_matches_float64():
     g = torch.from_numpy(np.random.default_rng(3).standard_normal((300, 700)).astype(np.float32))
     want = float((g.double() ** 2).sum())
     assert _square_sum(torch, g) == pytest.approx(want, rel=1e-5)
-    assert _square_sum(torch, g[10:20]) == pytest.approx(float((g[10:20].double() ** 2).sum()), rel=1e-5)
+    assert _square_sum(torch, g[10:20]) == pytest.approx(
+        float((g[10:20].double() ** 2).sum()), rel=1e-5
+    )
     assert _square_sum(torch, g[0]) == pytest.approx(float((g[0].double() ** 2).sum()), rel=1e-5)

@@ -28,13 +28,25 @@ from ..runtime import helpers  # noqa: E402
 from .gguf_helpers import write_gguf_llama  # noqa: E402
 
 
-def _shapes(n_layers: int = 8, d: int = 576, f: int = 1536, kv: int = 192, tied: bool = True) -> dict:
+def _shapes(
+    n_layers: int = 8, d: int = 576, f: int = 1536, kv: int = 192, tied: bool = True
+) -> dict:
     out = {"token_embd.weight": (1000, d)}
     for i in range(n_layers):
         p = f"blk.{i}."
-        out.update({p + "attn_norm.weight": (d,), p + "attn_q.weight": (d, d), p + "attn_k.weight": (kv, d),
-                    p + "attn_v.weight": (kv, d), p + "attn_output.weight": (d, d), p + "ffn_norm.weight": (d,),
-                    p + "ffn_gate.weight": (f, d), p + "ffn_up.weight": (f, d), p + "ffn_down.weight": (d, f)})
+        out.update(
+            {
+                p + "attn_norm.weight": (d,),
+                p + "attn_q.weight": (d, d),
+                p + "attn_k.weight": (kv, d),
+                p + "attn_v.weight": (kv, d),
+                p + "attn_output.weight": (d, d),
+                p + "ffn_norm.weight": (d,),
+                p + "ffn_gate.weight": (f, d),
+                p + "ffn_up.weight": (f, d),
+                p + "ffn_down.weight": (d, f),
+            }
+        )
     out["output_norm.weight"] = (d,)
     if not tied:
         out["output.weight"] = (1000, d)
@@ -62,7 +74,15 @@ def test_recipes_follow_llama_cpp_rules_and_fallbacks():
 
 
 def test_choices_take_llama_cpp_fallbacks():
-    assert [c.label for c in ggml_choices(576)] == ["F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_0", "IQ4_NL"]
+    assert [c.label for c in ggml_choices(576)] == [
+        "F16",
+        "BF16",
+        "Q8_0",
+        "Q5_1",
+        "Q5_0",
+        "Q4_0",
+        "IQ4_NL",
+    ]
     assert len(ggml_choices(512)) == 10
     assert [c.label for c in ggml_choices(40)] == ["F16", "BF16"]  # no block type takes the rows
     assert gguf_tensor_bytes("Q4_K", (4, 512)) == 4 * 2 * 144
@@ -92,10 +112,25 @@ def test_f16_and_bf16_choices_round_as_llama_cpp_and_refuse_what_does_not_fit():
     assert labels == ["BF16", "lossless"]
     curve = measure_gguf("x", x)
     f16 = next(p for p in curve.points if p.choice.label == "F16")
-    assert f16.bytes == 8 * 40 * 2 and 0 < f16.error < next(p for p in curve.points if p.choice.label == "BF16").error
+    assert (
+        f16.bytes == 8 * 40 * 2
+        and 0 < f16.error < next(p for p in curve.points if p.choice.label == "BF16").error
+    )
 
 
-GPTQ_TYPES = ("Q8_0", "Q4_0", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+GPTQ_TYPES = (
+    "Q8_0",
+    "Q4_0",
+    "Q5_0",
+    "Q5_1",
+    "IQ4_NL",
+    "IQ4_XS",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+)
 
 
 def test_gptq_rounding_writes_valid_blocks_and_lowers_the_output_error():
@@ -124,7 +159,9 @@ def test_gptq_rounding_writes_valid_blocks_and_lowers_the_output_error():
         assert np.mean(same == plain) > 0.99, t  # rounding (ties aside: the codes from float32)
         assert out_err(values) <= out_err(deq(plain, t)) * 1.001, t
         blocks, values = gptq_blocks(x, t, u, imp)
-        np.testing.assert_array_equal(deq(blocks, t), values)  # valid blocks, values as llama.cpp reads them
+        np.testing.assert_array_equal(
+            deq(blocks, t), values
+        )  # valid blocks, values as llama.cpp reads them
         assert out_err(values) < 0.9 * out_err(deq(plain, t)), t
     with pytest.raises(CmfError, match="multiple of 256"):
         gptq_blocks(x[:, :96], "Q4_K", u[:96, :96])
@@ -135,14 +172,21 @@ def test_gptq_rounding_writes_valid_blocks_and_lowers_the_output_error():
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
     pytest.importorskip("tokenizers")
+    from cmf.plan import ggml_candidates
     from cmf.plan.planner import plan_and_write
 
+    # curves cached by earlier tests of the same tiny model (under monkeypatched settings) would
+    # make this plan differ from one measured afresh in workers
+    ggml_candidates._CURVES.clear()
     tmp = tmp_path_factory.mktemp("gguf-plan")
     model = write_gguf_llama(tmp / "llama", num_hidden_layers=1)
     path = str(tmp / "m.cmf")
     target = 600_000
-    result = plan_and_write(model, path, PlanOptions(target_size=target, gguf=True, rounds=2,
-                                                     calibrate=list(helpers.TEXTS)))
+    result = plan_and_write(
+        model,
+        path,
+        PlanOptions(target_size=target, gguf=True, rounds=2, calibrate=list(helpers.TEXTS)),
+    )
     return model, path, result, target
 
 
@@ -161,10 +205,16 @@ def _check_unpacked(model, path, result, out, run):
             t = got[hf_to_gguf_name(name)]
             want = "F32" if tp.point.choice.family == "lossless" else tp.point.choice.label
             assert t.tensor_type.name == want, name
-            assert int(t.n_bytes) == gguf_tensor_bytes(want, f.spec(name).shape) == tp.point.bytes, name
+            assert (
+                int(t.n_bytes) == gguf_tensor_bytes(want, f.spec(name).shape) == tp.point.bytes
+            ), name
             values = gguf.quants.dequantize(t.data, t.tensor_type).reshape(f.spec(name).shape)
             if ".q_proj." in name or ".k_proj." in name:
-                heads = config["num_attention_heads"] if ".q_proj." in name else config["num_key_value_heads"]
+                heads = (
+                    config["num_attention_heads"]
+                    if ".q_proj." in name
+                    else config["num_key_value_heads"]
+                )
                 values = unpermute_qk(values, heads)
             np.testing.assert_array_equal(values, f.get_tensor(name))  # the planned blocks, exactly
 
@@ -173,13 +223,26 @@ def test_size_target_counts_the_gguf_and_unpack_writes_the_planned_blocks(planne
     model, path, result, target = planned
     assert result.target["gguf"] is True and result.target_met
     labels = {tp.point.choice.label for tp in result.tensors.values()}
-    assert labels and labels <= {"F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL",
-                                  "lossless"}
+    assert labels and labels <= {
+        "F16",
+        "BF16",
+        "Q8_0",
+        "Q6_K",
+        "Q5_K",
+        "Q4_K",
+        "Q3_K",
+        "Q2_K",
+        "IQ4_XS",
+        "IQ4_NL",
+        "lossless",
+    }
     out = tmp_path / "out" / "m.gguf"
     _check_unpacked(model, path, result, out, run)
     assert result.gguf_bytes <= target
     # transformers' GGUF loader runs it
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(out.parent), gguf_file=out.name, dtype=torch.float32)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(out.parent), gguf_file=out.name, dtype=torch.float32
+    )
     ids = torch.tensor([[1, 5, 30, 250, 77]])
     with torch.no_grad():
         assert torch.isfinite(hf(ids).logits).all()
@@ -194,11 +257,16 @@ def test_f16_choices_are_f16_in_the_file_and_the_gguf(planned, run, tmp_path):
     model = planned[0]
     path = str(tmp_path / "f16.cmf")
     target = 1_100_000
-    result = plan_and_write(model, path, PlanOptions(target_size=target, gguf=True, rounds=2,
-                                                     calibrate=list(helpers.TEXTS)))
+    result = plan_and_write(
+        model,
+        path,
+        PlanOptions(target_size=target, gguf=True, rounds=2, calibrate=list(helpers.TEXTS)),
+    )
     chosen = {n: tp.point.choice.label for n, tp in result.tensors.items()}
     assert "F16" in chosen.values() and result.target_met and result.gguf_bytes <= target, chosen
-    assert any(tp.point.choice.params.get("feedback") for tp in result.tensors.values())  # GPTQ blocks too
+    assert any(
+        tp.point.choice.params.get("feedback") for tp in result.tensors.values()
+    )  # GPTQ blocks too
     with cmf.open(path) as f:
         for name, label in chosen.items():
             assert f.spec(name).dtype.name == ("f16" if label == "F16" else "f32"), name
@@ -220,10 +288,14 @@ def test_jobs_measure_the_ggml_candidates_in_workers(planned, tmp_path, monkeypa
     monkeypatch.setattr(ggml_candidates, "_CURVES", {})
     monkeypatch.setattr(ggml_candidates, "measure_gguf", not_here)
     out = tmp_path / "jobs.cmf"
-    got = plan_and_write(model, out, PlanOptions(target_size=target, gguf=True, rounds=2, jobs=2,
-                                                 calibrate=list(helpers.TEXTS)))
-    assert {n: tp.point.choice.label for n, tp in got.tensors.items()} == \
-        {n: tp.point.choice.label for n, tp in result.tensors.items()}
+    got = plan_and_write(
+        model,
+        out,
+        PlanOptions(target_size=target, gguf=True, rounds=2, jobs=2, calibrate=list(helpers.TEXTS)),
+    )
+    assert {n: tp.point.choice.label for n, tp in got.tensors.items()} == {
+        n: tp.point.choice.label for n, tp in result.tensors.items()
+    }
     assert out.read_bytes() == Path(path).read_bytes()
 
 
@@ -255,7 +327,17 @@ def test_bad_input_is_refused_before_any_work(planned, run, tmp_path, monkeypatc
     recipe.write_text("{}")
     r = run("pack", model, "-o", tmp_path / "a.cmf", "--gguf", "--recipe", recipe)
     assert r.code == 2 and "--gguf plans GGML types itself: it does not go with --recipe" in r.err
-    r = run("pack", model, "-o", tmp_path / "a.cmf", "--gguf", "--target-size", "5bpp", "--recipe", recipe)
+    r = run(
+        "pack",
+        model,
+        "-o",
+        tmp_path / "a.cmf",
+        "--gguf",
+        "--target-size",
+        "5bpp",
+        "--recipe",
+        recipe,
+    )
     assert r.code == 2 and "--recipe" in r.err
     r = run("pack", model, "-o", tmp_path / "a.cmf", "--gguf")
     assert r.code == 2 and "--target-size" in r.err
@@ -273,8 +355,18 @@ def test_bad_input_is_refused_before_any_work(planned, run, tmp_path, monkeypatc
     (other / "config.json").write_text(json.dumps(config))
     r = run("pack", other, "-o", tmp_path / "b.cmf", "--gguf", "--preset", "small")
     assert r.code == 1 and "model_type 'phi3' has no GGUF mapping" in r.err
-    r = run("pack", os.path.join(model, "model.safetensors"), "-o", tmp_path / "b.cmf", "--gguf", "--preset", "small")
+    r = run(
+        "pack",
+        os.path.join(model, "model.safetensors"),
+        "-o",
+        tmp_path / "b.cmf",
+        "--gguf",
+        "--preset",
+        "small",
+    )
     assert r.code == 1 and "Hugging Face model directory" in r.err
     assert not os.path.exists(tmp_path / "a.cmf") and not os.path.exists(tmp_path / "b.cmf")
     with pytest.raises(CmfError, match="shard"):
-        planner.plan_and_write(model, tmp_path / "c.cmf", PlanOptions(preset="small", gguf=True), shard_size=1 << 20)
+        planner.plan_and_write(
+            model, tmp_path / "c.cmf", PlanOptions(preset="small", gguf=True), shard_size=1 << 20
+        )

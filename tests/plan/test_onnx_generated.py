@@ -126,4 +126,3 @@ def test_rapidocr_models_plan_on_generated_inputs(tmp_path, cli, kind):
     plan = json.loads(r.out)["plan"]
     assert plan["target_met"] and "cmf: warning: calibrated on generated inputs" in r.err
     assert any("held at relative weight error" in n for n in plan["notes"])
-

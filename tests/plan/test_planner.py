@@ -29,7 +29,6 @@ pytest.importorskip("tokenizers")
 pytest.importorskip("onnxruntime")
 
 
-
 @pytest.fixture(scope="module")
 def onnx_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("plan") / "mlp.onnx"
@@ -67,7 +66,7 @@ def test_target_error_is_met_on_the_written_file(tmp_path, bert_dir):
     # the pooler never moves a sentence embedding, yet it is kept usable, and the plan says so
     pooler = result.tensors["pooler.dense.weight"]
     assert pooler.sensitivity == 0
-    assert pooler.point.plain / pooler.curve.plain_energy <= 10 ** -2.4
+    assert pooler.point.plain / pooler.curve.plain_energy <= 10**-2.4
     assert any("pooler.dense.weight" in n for n in plan["notes"])
 
 
@@ -105,15 +104,32 @@ def test_sensitivity_is_measured_and_unused_tensors_are_free(bert_dir):
     h = open_harness(bert_dir, list(helpers.TEXTS))
     x = h.tensors["encoder.layer.0.attention.self.value.weight"]
     pooler = h.tensors["pooler.dense.weight"]
-    s = sensitivity.measured(h, [("encoder.layer.0.attention.self.value.weight", x, None, None, float((x.astype(np.float64) ** 2).sum())),
-                                 ("pooler.dense.weight", pooler, None, None, float((pooler.astype(np.float64) ** 2).sum()))])
+    s = sensitivity.measured(
+        h,
+        [
+            (
+                "encoder.layer.0.attention.self.value.weight",
+                x,
+                None,
+                None,
+                float((x.astype(np.float64) ** 2).sum()),
+            ),
+            (
+                "pooler.dense.weight",
+                pooler,
+                None,
+                None,
+                float((pooler.astype(np.float64) ** 2).sum()),
+            ),
+        ],
+    )
     assert s["encoder.layer.0.attention.self.value.weight"]["sensitivity"] > 0
     assert s["pooler.dense.weight"]["sensitivity"] == 0  # the sentence encoder never reads it
     # the prediction s * e matches a run with other noise of the same size
     rng = np.random.default_rng(5)
     noise = rng.standard_normal(x.shape) * 0.02 * np.sqrt(np.mean(x.astype(np.float64) ** 2))
     d = h.error({"encoder.layer.0.attention.self.value.weight": (x + noise).astype(np.float32)})
-    pred = s["encoder.layer.0.attention.self.value.weight"]["sensitivity"] * float((noise ** 2).sum())
+    pred = s["encoder.layer.0.attention.self.value.weight"]["sensitivity"] * float((noise**2).sum())
     assert d == pytest.approx(pred, rel=0.5)
 
 
@@ -137,10 +153,18 @@ def test_token_embedding_rows_weighted_by_token_frequency(bert_dir, word_list):
     h = open_harness(bert_dir, list(helpers.TEXTS))
     emb = h.tensors["embeddings.word_embeddings.weight"]
     axis, w, full = h.input_moments()["embeddings.word_embeddings.weight"]
-    assert axis == 0 and full is None and w.shape == (emb.shape[0],) and w.mean() == pytest.approx(1.0)
+    assert (
+        axis == 0 and full is None and w.shape == (emb.shape[0],) and w.mean() == pytest.approx(1.0)
+    )
     ids = h.tokenizer.encode("the house", add_special_tokens=False).ids
-    unused = next(t for t in helpers.WORDS if t not in " ".join(helpers.TEXTS).split() + ["the", "cat", "dog", "house"])
-    never = h.tokenizer.encode(unused, add_special_tokens=False).ids  # neither calibrated nor in the list
+    unused = next(
+        t
+        for t in helpers.WORDS
+        if t not in " ".join(helpers.TEXTS).split() + ["the", "cat", "dog", "house"]
+    )
+    never = h.tokenizer.encode(
+        unused, add_special_tokens=False
+    ).ids  # neither calibrated nor in the list
     assert w[ids[0]] > w[ids[1]] > w[never[0]] > 0  # "the" > "house" > a word nobody gave
     assert w[never[0]] == pytest.approx(w.min())  # ... which keeps the floor: never starved
     h.token_prior = None  # --token-prior none: rows alike
@@ -150,13 +174,17 @@ def test_token_embedding_rows_weighted_by_token_frequency(bert_dir, word_list):
 def test_token_rows_of_a_llama_only_when_not_tied(tmp_path, word_list):
     from safetensors.numpy import load_file, save_file
 
-    untied, _ = write_llama_dir(tmp_path / "untied", helpers.llama_config(tie_word_embeddings=False))
+    untied, _ = write_llama_dir(
+        tmp_path / "untied", helpers.llama_config(tie_word_embeddings=False)
+    )
     st = str(tmp_path / "untied" / "model.safetensors")
     t = load_file(st)
     t["lm_head.weight"] = t["model.embed_tokens.weight"].copy()
     save_file(t, st)  # a head equal to the embedding: stored once, so every row counts
     assert "model.embed_tokens.weight" not in open_harness(untied).input_moments()
-    t["lm_head.weight"] = np.random.default_rng(3).standard_normal(t["lm_head.weight"].shape).astype(np.float32)
+    t["lm_head.weight"] = (
+        np.random.default_rng(3).standard_normal(t["lm_head.weight"].shape).astype(np.float32)
+    )
     save_file(t, st)
     assert open_harness(untied).input_moments()["model.embed_tokens.weight"][0] == 0
     tied, _ = write_llama_dir(tmp_path / "tied", helpers.llama_config(tie_word_embeddings=True))
@@ -166,13 +194,17 @@ def test_token_rows_of_a_llama_only_when_not_tied(tmp_path, word_list):
 
 def test_onnx_model_with_generated_and_given_inputs(tmp_path, onnx_path):
     out = tmp_path / "m.cmf"
-    r = plan_and_write(onnx_path, out, PlanOptions(target_error=1e-3, **{**FAST, "calibrate": None}))
+    r = plan_and_write(
+        onnx_path, out, PlanOptions(target_error=1e-3, **{**FAST, "calibrate": None})
+    )
     assert r.kind == "onnx" and r.file_error <= 1e-3
     m = open_harness(onnx_path).input_moments()  # x @ w1 and relu(...) @ w2: rows of w are inputs
     assert m["w1"][0] == 0 and m["w1"][1].shape == (64,) and m["w2"][1].shape == (128,)
     npz = tmp_path / "inputs.npz"
     np.savez(npz, x=np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32))
-    r = plan_and_write(onnx_path, out, PlanOptions(target_error=1e-3, **{**FAST, "calibrate": str(npz)}))
+    r = plan_and_write(
+        onnx_path, out, PlanOptions(target_error=1e-3, **{**FAST, "calibrate": str(npz)})
+    )
     assert r.calibration["samples"] == 1 and r.file_error <= 1e-3
     assert cmf.open(out).metadata()[META_PLAN]["calibration"]["source"] == str(npz)
 
@@ -197,9 +229,12 @@ def test_llama_decoder(tmp_path):
 
 def test_dict_of_arrays_is_planned_data_free(tmp_path):
     rng = np.random.default_rng(0)
-    tensors = {"a.weight": rng.standard_normal((128, 96)).astype(np.float32),
-               "b.weight": (rng.standard_normal((96, 128)) * 5).astype(np.float32),
-               "b.bias": np.zeros(96, np.float32), "ids": np.arange(10)}
+    tensors = {
+        "a.weight": rng.standard_normal((128, 96)).astype(np.float32),
+        "b.weight": (rng.standard_normal((96, 128)) * 5).astype(np.float32),
+        "b.bias": np.zeros(96, np.float32),
+        "ids": np.arange(10),
+    }
     out = tmp_path / "d.cmf"
     cmf.save_file(tensors, out, preset="small")
     with cmf.open(out) as f:
@@ -239,7 +274,11 @@ def test_cli_pack_and_report(tmp_path, bert_dir, cli):
 
 def test_cli_report_of_an_unplanned_file(tmp_path, cli):
     path = tmp_path / "q.cmf"
-    cmf.save_file({"w": np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)}, path, preset="q8")
+    cmf.save_file(
+        {"w": np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)},
+        path,
+        preset="q8",
+    )
     r = cli("report", path)
     assert r.code == 0 and "quantize" in r.out and "sensitivity" not in r.out
     assert cli("report", path, "--json").json()["plan"] is None
@@ -270,20 +309,23 @@ def test_cli_report_png(tmp_path, bert_dir, cli, monkeypatch):
     assert cli("report", out).code == 0  # the text report needs no matplotlib
 
 
-@pytest.mark.parametrize("args, fragment, code", [  # usage errors exit 2, bad input 1
-    (["--target-size", "3 parsecs"], "unknown unit", 2),
-    (["--target-size", "-1MB"], "target size", 2),
-    (["--target-error", "2"], "target error", 2),
-    (["--target-error", "0"], "target error", 2),
-    (["--target-error", "0.01", "--preset", "small"], "one of --preset", 2),
-    (["--target-error", "0.01", "--target-size", "1MB"], "one of --preset", 2),
-    (["--preset", "q8", "--calibrate", "CAL"], "fixed recipe", 2),
-    (["--calibrate", "CAL"], "--calibrate needs", 2),
-    (["--preset", "small", "--recipe", "RECIPE"], "--recipe does not go", 2),
-    (["--preset", "q8", "--recipe", "RECIPE"], "a preset or a recipe", 2),
-    (["--preset", "small", "--shard-size", "lots"], "size 'lots'", 2),
-    (["--target-size", "1KB"], "below the smallest file", 1),
-])
+@pytest.mark.parametrize(
+    "args, fragment, code",
+    [  # usage errors exit 2, bad input 1
+        (["--target-size", "3 parsecs"], "unknown unit", 2),
+        (["--target-size", "-1MB"], "target size", 2),
+        (["--target-error", "2"], "target error", 2),
+        (["--target-error", "0"], "target error", 2),
+        (["--target-error", "0.01", "--preset", "small"], "one of --preset", 2),
+        (["--target-error", "0.01", "--target-size", "1MB"], "one of --preset", 2),
+        (["--preset", "q8", "--calibrate", "CAL"], "fixed recipe", 2),
+        (["--calibrate", "CAL"], "--calibrate needs", 2),
+        (["--preset", "small", "--recipe", "RECIPE"], "--recipe does not go", 2),
+        (["--preset", "q8", "--recipe", "RECIPE"], "a preset or a recipe", 2),
+        (["--preset", "small", "--shard-size", "lots"], "size 'lots'", 2),
+        (["--target-size", "1KB"], "below the smallest file", 1),
+    ],
+)
 def test_cli_bad_options_give_one_error_line(tmp_path, bert_dir, cli, args, fragment, code):
     cal = tmp_path / "cal.txt"
     cal.write_text("the cat sat\n")
@@ -302,7 +344,9 @@ def test_cli_calibrate_needs_a_model_that_runs(tmp_path, cli):
     save_file({"w": np.ones((64, 64), np.float32)}, str(bare))
     cal = tmp_path / "cal.txt"
     cal.write_text("hello\n")
-    assert_one_error_line(cli("pack", bare, "--preset", "small", "--calibrate", cal), "cannot calibrate")
+    assert_one_error_line(
+        cli("pack", bare, "--preset", "small", "--calibrate", cal), "cannot calibrate"
+    )
     # without --calibrate the same model is planned data-free
     r = cli("pack", bare, "-o", tmp_path / "b.cmf", "--preset", "small", "--json")
     assert r.code == 0 and r.json()["plan"]["kind"] == "data-free"
@@ -313,13 +357,25 @@ def test_cli_calibrate_needs_a_model_that_runs(tmp_path, cli):
 def test_cli_calibration_texts(tmp_path, bert_dir, cli):
     cal = tmp_path / "cal.txt"
     cal.write_text("the cat sat on the mat\na dog ran fast\nthe red bird sings\n")
-    r = cli("pack", bert_dir, "-o", tmp_path / "c.cmf", "--preset", "balanced", "--calibrate", cal, "--json")
+    r = cli(
+        "pack",
+        bert_dir,
+        "-o",
+        tmp_path / "c.cmf",
+        "--preset",
+        "balanced",
+        "--calibrate",
+        cal,
+        "--json",
+    )
     assert r.code == 0, r.err
     assert r.json()["plan"]["calibration"]["samples"] == 3
     bad = tmp_path / "x.npz"
     np.savez(bad, x=np.ones(3))
-    assert_one_error_line(cli("pack", bert_dir, "-o", tmp_path / "d.cmf", "--preset", "small", "--calibrate", bad),
-                          "text model")
+    assert_one_error_line(
+        cli("pack", bert_dir, "-o", tmp_path / "d.cmf", "--preset", "small", "--calibrate", bad),
+        "text model",
+    )
 
 
 def test_identical_tensors_are_planned_once_and_measured_together(tmp_path):
@@ -347,10 +403,18 @@ def test_report_survives_odd_metadata(tmp_path, cli):
     """The plan keys are metadata: anything may be there; the report shows what it can."""
     path = tmp_path / "odd.cmf"
     w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
-    cmf.save_file({"w$x$": w, "v": w[:2]}, path, metadata={
-        META_PLAN: {"preset": "\x1b[31mred", "metric": ["?"], "measured_error": "nan"},
-        META_TENSORS: {"w$x$": {"choice": {"a": 1}, "sensitivity": "high", "predicted": 1e300},
-                       "v": [1, 2], "ghost": {"choice": "q"}}})
+    cmf.save_file(
+        {"w$x$": w, "v": w[:2]},
+        path,
+        metadata={
+            META_PLAN: {"preset": "\x1b[31mred", "metric": ["?"], "measured_error": "nan"},
+            META_TENSORS: {
+                "w$x$": {"choice": {"a": 1}, "sensitivity": "high", "predicted": 1e300},
+                "v": [1, 2],
+                "ghost": {"choice": "q"},
+            },
+        },
+    )
     r = cli("report", path)
     assert r.code == 0 and "\x1b" not in r.out
     rep = cli("report", path, "--json").json()
@@ -378,20 +442,46 @@ def test_feedback_codes_in_the_file_are_the_ones_measured(tmp_path, bert_dir):
             x = originals[name]
             axis, w = channel_weights(x.shape, moments)
             hn = channel_hessian(x.shape, moments)[1]
-            assert weighted_error(x, f.get_tensor(name), axis, w, hn)[1] == pytest.approx(tp.point.error, rel=1e-9)
+            assert weighted_error(x, f.get_tensor(name), axis, w, hn)[1] == pytest.approx(
+                tp.point.error, rel=1e-9
+            )
             checked += 1
     assert checked >= 4
 
 
 def test_cli_token_prior(tmp_path, bert_dir, cli, word_list):
-    r = cli("pack", bert_dir, "-o", tmp_path / "a.cmf", "--preset", "small", "--token-prior", "xx", "--json")
+    r = cli(
+        "pack",
+        bert_dir,
+        "-o",
+        tmp_path / "a.cmf",
+        "--preset",
+        "small",
+        "--token-prior",
+        "xx",
+        "--json",
+    )
     assert r.code == 0
-    assert any("--token-prior xx" in n for n in r.json()["plan"]["warnings"])  # no word list: said so
+    assert any(
+        "--token-prior xx" in n for n in r.json()["plan"]["warnings"]
+    )  # no word list: said so
     assert "cmf: warning: no word frequencies for --token-prior xx" in r.err
     report = cli("report", tmp_path / "a.cmf")
     assert report.code == 0 and "warning: no word frequencies for --token-prior xx" in report.out
-    r = cli("pack", bert_dir, "-o", tmp_path / "b.cmf", "--preset", "small", "--token-prior", "none", "--json")
-    assert r.code == 0 and "token-prior" not in json.dumps(r.json()["plan"]) and "warning" not in r.err
+    r = cli(
+        "pack",
+        bert_dir,
+        "-o",
+        tmp_path / "b.cmf",
+        "--preset",
+        "small",
+        "--token-prior",
+        "none",
+        "--json",
+    )
+    assert (
+        r.code == 0 and "token-prior" not in json.dumps(r.json()["plan"]) and "warning" not in r.err
+    )
 
 
 @pytest.mark.parametrize("which", ["bert", "onnx"])
@@ -413,8 +503,13 @@ def test_error_targets_are_not_overshot(tmp_path, bert_dir):
     r = plan_and_write(bert_dir, tmp_path / "m.cmf", PlanOptions(target_error=3e-3, **FAST))
     assert r.target_met and r.file_error <= 3e-3
     rows = r.rounds
-    if len(rows) > 1 or rows[0]["measured_error"] < 0.8 * 3e-3:  # loosened, or could not loosen further
-        assert max(x["measured_error"] for x in rows if x["measured_error"] <= 3e-3) >= 0.3 * 3e-3 or len(rows) >= 4
+    if (
+        len(rows) > 1 or rows[0]["measured_error"] < 0.8 * 3e-3
+    ):  # loosened, or could not loosen further
+        assert (
+            max(x["measured_error"] for x in rows if x["measured_error"] <= 3e-3) >= 0.3 * 3e-3
+            or len(rows) >= 4
+        )
 
 
 def test_onnx_calibration_with_a_leading_sample_axis(tmp_path, onnx_path):
@@ -434,7 +529,10 @@ def test_onnx_calibration_with_a_leading_sample_axis(tmp_path, onnx_path):
         def input_specs(self):
             from cmf.runtime.onnx_runner import InputSpec
 
-            return [InputSpec("a", np.dtype("f4"), (None, 4)), InputSpec("b", np.dtype("f4"), (None, 4))]
+            return [
+                InputSpec("a", np.dtype("f4"), (None, 4)),
+                InputSpec("b", np.dtype("f4"), (None, 4)),
+            ]
 
     with pytest.raises(CmfError, match="agree on its length"):
         split_samples(Runner(), {"a": np.zeros((2, 3, 4)), "b": np.zeros((3, 3, 4))})

@@ -21,7 +21,6 @@ cli = helpers.cli
 pytest.importorskip("tokenizers")
 
 
-
 @pytest.fixture(scope="module")
 def single(bert_dir, tmp_path_factory):
     """The planned single file of one process: (path, result)."""
@@ -30,17 +29,22 @@ def single(bert_dir, tmp_path_factory):
 
 
 def _tensors(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    t = {"a.weight": rng.standard_normal((128, 96)).astype(np.float32),
-         "b.weight": (rng.standard_normal((96, 128)) * 5).astype(np.float32),
-         "b.bias": np.zeros(96, np.float32), "ids": np.arange(10),
-         "c.weight": rng.standard_normal((64, 256)).astype(np.float16)}
+    t = {
+        "a.weight": rng.standard_normal((128, 96)).astype(np.float32),
+        "b.weight": (rng.standard_normal((96, 128)) * 5).astype(np.float32),
+        "b.bias": np.zeros(96, np.float32),
+        "ids": np.arange(10),
+        "c.weight": rng.standard_normal((64, 256)).astype(np.float16),
+    }
     t["d.weight"] = t["a.weight"].copy()  # identical: planned once, written as an alias
     return t
 
 
 def _points(result) -> dict[str, list]:
-    return {n: [(p.choice, p.bytes, p.error, p.plain, p.sampled) for p in tp.curve.points]
-            for n, tp in result.tensors.items()}
+    return {
+        n: [(p.choice, p.bytes, p.error, p.plain, p.sampled) for p in tp.curve.points]
+        for n, tp in result.tensors.items()
+    }
 
 
 def test_jobs_2_plans_and_writes_the_bytes_of_jobs_1(tmp_path, bert_dir, single):
@@ -60,7 +64,9 @@ def test_data_free_jobs_2_is_the_same_file(tmp_path):
     tensors = _tensors(np.random.default_rng(1))
     r1 = save_planned(tensors, tmp_path / "a.cmf", PlanOptions(preset="small"))
     assert any(p[0].family == "template" for pts in _points(r1).values() for p in pts)
-    cmf.save_file(tensors, tmp_path / "b.cmf", preset="small", jobs=2)  # the public API passes jobs on
+    cmf.save_file(
+        tensors, tmp_path / "b.cmf", preset="small", jobs=2
+    )  # the public API passes jobs on
     assert (tmp_path / "b.cmf").read_bytes() == (tmp_path / "a.cmf").read_bytes()
 
 
@@ -71,7 +77,9 @@ def test_a_planned_sharded_set_is_the_single_file_in_shards(tmp_path, bert_dir, 
     r = plan_and_write(bert_dir, out, PlanOptions(preset="balanced", **FAST), shard_size=20_000)
     index = out.parent / "m.cmf.index.json"
     assert r.path == str(index) and len(r.files) > 2 and not out.exists()
-    assert r.file_bytes == sum((out.parent / n).stat().st_size for n in json.loads(index.read_text())["shards"])
+    assert r.file_bytes == sum(
+        (out.parent / n).stat().st_size for n in json.loads(index.read_text())["shards"]
+    )
     assert r.file_error == r1.file_error  # verified by running the set
     a, b = cmf.load_file(one), cmf.load_file(index)
     assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
@@ -84,9 +92,15 @@ def test_a_planned_sharded_set_is_the_single_file_in_shards(tmp_path, bert_dir, 
     assert len(rep["shards"]) == len(r.files) - 1 and rep["plan"]["preset"] == "balanced"
     assert {t["shard"] for t in rep["tensors"]} == set(rep["shards"])
     whole = cli("report", one, "--json").json()
-    assert [{k: v for k, v in t.items() if k != "shard"} for t in rep["tensors"]] == whole["tensors"]
+    assert [{k: v for k, v in t.items() if k != "shard"} for t in rep["tensors"]] == whole[
+        "tensors"
+    ]
     text = cli("report", out.parent)
-    assert text.code == 0 and f"in {len(rep['shards'])} shards" in text.out and "sensitivity" in text.out
+    assert (
+        text.code == 0
+        and f"in {len(rep['shards'])} shards" in text.out
+        and "sensitivity" in text.out
+    )
 
 
 def test_a_copy_in_another_shard_keeps_the_planned_encoding(tmp_path):
@@ -94,16 +108,22 @@ def test_a_copy_in_another_shard_keeps_the_planned_encoding(tmp_path):
     with the plan's encoding (so it decodes as the plan verified), not losslessly."""
     tensors = _tensors(np.random.default_rng(2))
     save_planned(tensors, tmp_path / "one.cmf", PlanOptions(preset="small"))
-    r = save_planned(tensors, tmp_path / "s/", PlanOptions(preset="small"), shard_size=1)  # a directory
+    r = save_planned(
+        tensors, tmp_path / "s/", PlanOptions(preset="small"), shard_size=1
+    )  # a directory
     with cmf.open(r.path) as f:
-        assert f.shard_of("a.weight") != f.shard_of("d.weight") and f.entry("d.weight").alias is None
+        assert (
+            f.shard_of("a.weight") != f.shard_of("d.weight") and f.entry("d.weight").alias is None
+        )
     a, b = cmf.load_file(tmp_path / "one.cmf"), cmf.load_file(r.path)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(b["d.weight"], tensors["d.weight"])  # lossy, as planned
     assert cmf.validate(r.path).valid
 
 
-def test_a_size_target_holds_for_a_set_and_earlier_tries_leave_nothing(tmp_path, bert_dir, monkeypatch):
+def test_a_size_target_holds_for_a_set_and_earlier_tries_leave_nothing(
+    tmp_path, bert_dir, monkeypatch
+):
     """With the fixed bytes underestimated, the first set comes out over the target (in more
     shards) and is written again smaller: the shards of the first try are gone."""
     from cmf.plan import planner
@@ -118,7 +138,9 @@ def test_a_size_target_holds_for_a_set_and_earlier_tries_leave_nothing(tmp_path,
         return size
 
     monkeypatch.setattr(planner, "write_planned", spy)
-    r = plan_and_write(bert_dir, tmp_path / "m.cmf", PlanOptions(target_size="80KB", **FAST), shard_size=20_000)
+    r = plan_and_write(
+        bert_dir, tmp_path / "m.cmf", PlanOptions(target_size="80KB", **FAST), shard_size=20_000
+    )
     assert r.target_met and r.file_bytes <= r.target["file_bytes"] == 80_000
     assert len(written) > 1 and len(written[0]) > len(written[-1])  # fewer shards at last
     names = json.loads((tmp_path / "m.cmf.index.json").read_text())["shards"]
@@ -128,8 +150,21 @@ def test_a_size_target_holds_for_a_set_and_earlier_tries_leave_nothing(tmp_path,
 def test_cli_jobs_and_shard_size(tmp_path, bert_dir, cli):
     cal = tmp_path / "cal.txt"
     cal.write_text("the cat sat on the mat\na dog ran fast\nthe red bird sings\n")
-    r = cli("pack", bert_dir, "-o", tmp_path / "p.cmf", "--preset", "small", "--calibrate", cal,
-            "--jobs", "2", "--shard-size", "30KB", "--json")
+    r = cli(
+        "pack",
+        bert_dir,
+        "-o",
+        tmp_path / "p.cmf",
+        "--preset",
+        "small",
+        "--calibrate",
+        cal,
+        "--jobs",
+        "2",
+        "--shard-size",
+        "30KB",
+        "--json",
+    )
     assert r.code == 0, r.err
     s = r.json()
     index = tmp_path / "p.cmf.index.json"
@@ -149,9 +184,18 @@ def test_dask_measures_the_same_curves(tmp_path):
     distributed = pytest.importorskip("distributed")
     tensors = _tensors(np.random.default_rng(3))
     r1 = save_planned(tensors, tmp_path / "a.cmf", PlanOptions(preset="balanced", templates=False))
-    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=2,
-                                  dashboard_address=None) as cluster:
-        r2 = save_planned(tensors, tmp_path / "b.cmf", PlanOptions(
-            preset="balanced", templates=False, executor="dask", scheduler=cluster.scheduler_address))
+    with distributed.LocalCluster(
+        n_workers=1, processes=False, threads_per_worker=2, dashboard_address=None
+    ) as cluster:
+        r2 = save_planned(
+            tensors,
+            tmp_path / "b.cmf",
+            PlanOptions(
+                preset="balanced",
+                templates=False,
+                executor="dask",
+                scheduler=cluster.scheduler_address,
+            ),
+        )
     assert _points(r1) == _points(r2)
     assert (tmp_path / "a.cmf").read_bytes() == (tmp_path / "b.cmf").read_bytes()

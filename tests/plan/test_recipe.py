@@ -23,36 +23,56 @@ from cmf.plan.recipe import (
     recipe_from_obj,
 )
 
-Q8 = {"codec": "quantize", "config": {"bits": 8, "block": 0, "axis": -1, "scheme": "symmetric",
-                                      "scale_dtype": "f16", "search": False}}
+Q8 = {
+    "codec": "quantize",
+    "config": {
+        "bits": 8,
+        "block": 0,
+        "axis": -1,
+        "scheme": "symmetric",
+        "scale_dtype": "f16",
+        "search": False,
+    },
+}
 
 
 def spec_of(a: np.ndarray) -> ArraySpec:
-    return ArraySpec(BY_NAME[{"float32": "f32", "float16": "f16", "int64": "i64"}[a.dtype.name]], a.shape)
+    return ArraySpec(
+        BY_NAME[{"float32": "f32", "float16": "f16", "int64": "i64"}[a.dtype.name]], a.shape
+    )
 
 
-@pytest.mark.parametrize("template", [
-    "lossless", "stored", Q8, {"choose": ["lossless", "stored"]},
-    {"codec": "zstd", "config": {"level": 1, "literals_only": False}},
-    {**Q8, "parts": {"q": {"codec": "bitpack", "config": {"bits": 8}}, "scale": "stored"}},
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "lossless",
+        "stored",
+        Q8,
+        {"choose": ["lossless", "stored"]},
+        {"codec": "zstd", "config": {"level": 1, "literals_only": False}},
+        {**Q8, "parts": {"q": {"codec": "bitpack", "config": {"bits": 8}}, "scale": "stored"}},
+    ],
+)
 def test_good_templates_pass(template):
     check_template(template)
 
 
-@pytest.mark.parametrize("template, message", [
-    ("fast", "expected 'lossless'"),
-    ({"choose": []}, "non-empty"),
-    ({"choose": "lossless"}, "non-empty"),
-    ({"codec": "nope", "config": {}}, "unknown codec 'nope'"),
-    ({"codec": "zstd", "config": {"level": 1}}, "lacks required keys"),
-    ({**Q8, "parts": []}, "'parts' must be a map"),
-    ({**Q8, "parts": {"q": "fast"}}, "parts.q"),
-    ({**Q8, "extra": 1}, "expected 'lossless'"),
-    ({"codec": "raw", "config": {}, "fit": {}}, "not both"),
-    ({"codec": "raw", "fit": {}}, "takes no fit options"),
-    (7, "expected 'lossless'"),
-])
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("fast", "expected 'lossless'"),
+        ({"choose": []}, "non-empty"),
+        ({"choose": "lossless"}, "non-empty"),
+        ({"codec": "nope", "config": {}}, "unknown codec 'nope'"),
+        ({"codec": "zstd", "config": {"level": 1}}, "lacks required keys"),
+        ({**Q8, "parts": []}, "'parts' must be a map"),
+        ({**Q8, "parts": {"q": "fast"}}, "parts.q"),
+        ({**Q8, "extra": 1}, "expected 'lossless'"),
+        ({"codec": "raw", "config": {}, "fit": {}}, "not both"),
+        ({"codec": "raw", "fit": {}}, "takes no fit options"),
+        (7, "expected 'lossless'"),
+    ],
+)
 def test_bad_templates_are_named(template, message):
     with pytest.raises(CmfError, match=message):
         check_template(template)
@@ -89,32 +109,48 @@ def test_template_naming_a_part_the_codec_lacks():
 
 
 def test_rules_first_match_wins_with_filters():
-    recipe = recipe_from_obj({
-        "rules": [
-            {"match": ["*.bias", "*norm*"], "encoding": "stored"},
-            {"match": "*", "dtypes": ["f32"], "min_rank": 2, "min_elements": 100, "encoding": Q8},
-        ],
-        "default": {"choose": ["lossless"]},
-    })
+    recipe = recipe_from_obj(
+        {
+            "rules": [
+                {"match": ["*.bias", "*norm*"], "encoding": "stored"},
+                {
+                    "match": "*",
+                    "dtypes": ["f32"],
+                    "min_rank": 2,
+                    "min_elements": 100,
+                    "encoding": Q8,
+                },
+            ],
+            "default": {"choose": ["lossless"]},
+        }
+    )
     f32 = lambda *shape: ArraySpec(BY_NAME["f32"], shape)  # noqa: E731
     assert recipe.template_for("l.bias", f32(10, 10)) == "stored"
     assert recipe.template_for("l.norm.weight", f32(100, 100)) == "stored"
     assert recipe.template_for("l.weight", f32(10, 10)) == Q8
     assert recipe.template_for("l.weight", f32(5, 10)) == {"choose": ["lossless"]}  # too small
     assert recipe.template_for("l.weight", f32(1000)) == {"choose": ["lossless"]}  # rank 1
-    assert recipe.template_for("l.weight", ArraySpec(BY_NAME["f16"], (10, 10))) == {"choose": ["lossless"]}
+    assert recipe.template_for("l.weight", ArraySpec(BY_NAME["f16"], (10, 10))) == {
+        "choose": ["lossless"]
+    }
 
 
-@pytest.mark.parametrize("obj, message", [
-    ([], "must be a map"),
-    ({"rules": [], "extra": 1}, "must be a map"),
-    ({"rules": [{"match": "*"}]}, "needs 'match' and 'encoding'"),
-    ({"rules": [{"match": "*", "encoding": "lossless", "when": 1}]}, "needs 'match' and 'encoding'"),
-    ({"rules": [{"match": [], "encoding": "lossless"}]}, "glob or a list"),
-    ({"rules": [{"match": [3], "encoding": "lossless"}]}, "glob or a list"),
-    ({"rules": [{"match": "*", "encoding": "nope"}]}, "recipe rule 0"),
-    ({"default": "nope"}, "recipe default"),
-])
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        ([], "must be a map"),
+        ({"rules": [], "extra": 1}, "must be a map"),
+        ({"rules": [{"match": "*"}]}, "needs 'match' and 'encoding'"),
+        (
+            {"rules": [{"match": "*", "encoding": "lossless", "when": 1}]},
+            "needs 'match' and 'encoding'",
+        ),
+        ({"rules": [{"match": [], "encoding": "lossless"}]}, "glob or a list"),
+        ({"rules": [{"match": [3], "encoding": "lossless"}]}, "glob or a list"),
+        ({"rules": [{"match": "*", "encoding": "nope"}]}, "recipe rule 0"),
+        ({"default": "nope"}, "recipe default"),
+    ],
+)
 def test_bad_recipes(obj, message):
     with pytest.raises(CmfError, match=message):
         recipe_from_obj(obj)
@@ -159,7 +195,10 @@ def test_fallback_stores_what_the_lossy_codec_refuses():
 
 def test_recipe_through_save_file_records_error(tmp_path):
     rng = np.random.default_rng(1)
-    tensors = {"w": rng.standard_normal((64, 256)).astype(np.float32), "b": np.arange(5, dtype=np.int64)}
+    tensors = {
+        "w": rng.standard_normal((64, 256)).astype(np.float32),
+        "b": np.arange(5, dtype=np.int64),
+    }
     path = tmp_path / "m.cmf"
     cmf.save_file(tensors, path, recipe={"rules": [{"match": "w", "encoding": Q8}]})
     with cmf.open(path) as f:

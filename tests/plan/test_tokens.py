@@ -51,7 +51,9 @@ def test_word_prior_shares_each_words_frequency_among_its_tokens(words, monkeypa
     assert p.sum() == pytest.approx(1.0)
     assert p[1] == pytest.approx(0.6) and p[2] == pytest.approx(0.2) and p[4] == 0.0
     x, y = 100 + ord("x") % 20, 100 + ord("y") % 20
-    assert p[x] == pytest.approx(0.05) and p[y] == pytest.approx(0.05)  # "xy": two tokens, half each
+    assert p[x] == pytest.approx(0.05) and p[y] == pytest.approx(
+        0.05
+    )  # "xy": two tokens, half each
 
 
 def test_punctuation_gets_its_rate_per_word(words, monkeypatch):
@@ -63,14 +65,20 @@ def test_punctuation_gets_its_rate_per_word(words, monkeypatch):
 
 def test_several_languages_share_the_prior(monkeypatch):
     monkeypatch.setattr(tokens, "PUNCTUATION", {})
-    tables = {"en": (("the", "cat"), np.array([0.5, 0.5])), "de": (("sat",), np.array([1.0])),
-              "fr": (("zebra",), np.array([1.0]))}
+    tables = {
+        "en": (("the", "cat"), np.array([0.5, 0.5])),
+        "de": (("sat",), np.array([1.0])),
+        "fr": (("zebra",), np.array([1.0])),
+    }
     monkeypatch.setattr(tokens, "_words", lambda lang, n=0: tables.get(lang))
     p = tokens.word_prior(FakeTokenizer(), 128, "en,de,fr,xx")  # xx: no word list, left out
     assert p.sum() == pytest.approx(1.0)
     assert p[1] == pytest.approx(0.375) and p[2] == pytest.approx(0.375)  # the main language: 3/4
     assert p[3] == pytest.approx(0.125) and p[4] == pytest.approx(0.125)  # the others share 1/4
-    assert tokens.languages("en,world")[:3] == ["en", "de", "fr"] and len(tokens.languages("en,world")) == 21
+    assert (
+        tokens.languages("en,world")[:3] == ["en", "de", "fr"]
+        and len(tokens.languages("en,world")) == 21
+    )
     assert tokens.word_prior(FakeTokenizer(), 128, "xx,de") is None  # the main language has none
 
 
@@ -88,7 +96,9 @@ def test_calibration_counts_weigh_by_how_many_tokens_there_are():
     many = tokens.token_frequencies([[2] * 60_000], 8, prior)  # 3x CALIBRATION_HALF: the counts do
     assert many[2] == pytest.approx(0.75) and many[1] == pytest.approx(0.25)
     assert tokens.token_frequencies([[]], 8, prior) is None
-    assert tokens.token_frequencies([[50, -1]], 8, prior) is None  # ids outside the vocabulary: ignored
+    assert (
+        tokens.token_frequencies([[50, -1]], 8, prior) is None
+    )  # ids outside the vocabulary: ignored
     assert tokens.token_frequencies([[1]], 9, prior) is None  # a prior of another vocabulary
 
 
@@ -128,9 +138,14 @@ def test_words_are_tokenized_in_running_text():
     from tokenizers import models, normalizers
 
     vocab = {"<unk>": 0, "\u2581": 1, "\u2581the": 2, "\u2581cat": 3, "\u2581\u2581": 4}
-    t = tok.Tokenizer(models.WordPiece(vocab, unk_token="<unk>", continuing_subword_prefix="",
-                                       max_input_chars_per_word=100))
-    t.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    t = tok.Tokenizer(
+        models.WordPiece(
+            vocab, unk_token="<unk>", continuing_subword_prefix="", max_input_chars_per_word=100
+        )
+    )
+    t.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
     p = np.zeros(5)
     tokens._spread(t, ["the", "cat", "the"], np.array([0.5, 0.3, 0.2]), p)
     assert p[2] == pytest.approx(0.7) and p[3] == pytest.approx(0.3) and p[1] == 0 and p[4] == 0

@@ -18,8 +18,10 @@ from onnx import numpy_helper as nh
 
 from ..conftest import CliResult
 
-WORDS = ("the a cat dog sat on mat ran fast slow red blue big small house tree river city night day "
-         "light dark music plays loud quiet bird sings song over under near far old new happy sad").split()
+WORDS = (
+    "the a cat dog sat on mat ran fast slow red blue big small house tree river city night day "
+    "light dark music plays loud quiet bird sings song over under near far old new happy sad"
+).split()
 PIECES = ["##s", "##ing", "##ed", "##er", "##ly"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TEXTS = [
@@ -36,11 +38,19 @@ TEXTS = [
 
 def bert_config(**over) -> dict:
     config = {
-        "model_type": "bert", "architectures": ["BertModel"], "hidden_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-        "hidden_act": "gelu", "max_position_embeddings": 64, "type_vocab_size": 2,
-        "layer_norm_eps": 1e-12, "vocab_size": len(SPECIAL) + len(WORDS) + len(PIECES),
-        "pad_token_id": 0, "position_embedding_type": "absolute",
+        "model_type": "bert",
+        "architectures": ["BertModel"],
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "hidden_act": "gelu",
+        "max_position_embeddings": 64,
+        "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12,
+        "vocab_size": len(SPECIAL) + len(WORDS) + len(PIECES),
+        "pad_token_id": 0,
+        "position_embedding_type": "absolute",
     }
     config.update(over)
     return config
@@ -59,15 +69,23 @@ def bert_tensors(config: dict, seed: int = 0, prefix: str = "") -> dict[str, np.
         "embeddings.word_embeddings.weight": w(v, d, scale=0.5),
         "embeddings.position_embeddings.weight": w(config["max_position_embeddings"], d, scale=0.2),
         "embeddings.token_type_embeddings.weight": w(config["type_vocab_size"], d, scale=0.2),
-        "embeddings.LayerNorm.weight": 1 + w(d), "embeddings.LayerNorm.bias": w(d),
-        "embeddings.position_ids": np.arange(config["max_position_embeddings"], dtype=np.int64)[None],
-        "pooler.dense.weight": w(d, d), "pooler.dense.bias": w(d),
+        "embeddings.LayerNorm.weight": 1 + w(d),
+        "embeddings.LayerNorm.bias": w(d),
+        "embeddings.position_ids": np.arange(config["max_position_embeddings"], dtype=np.int64)[
+            None
+        ],
+        "pooler.dense.weight": w(d, d),
+        "pooler.dense.bias": w(d),
     }
     for i in range(config["num_hidden_layers"]):
         L = f"encoder.layer.{i}."
         for name, (rows, cols) in {
-            "attention.self.query": (d, d), "attention.self.key": (d, d), "attention.self.value": (d, d),
-            "attention.output.dense": (d, d), "intermediate.dense": (f, d), "output.dense": (d, f),
+            "attention.self.query": (d, d),
+            "attention.self.key": (d, d),
+            "attention.self.value": (d, d),
+            "attention.output.dense": (d, d),
+            "intermediate.dense": (f, d),
+            "output.dense": (d, f),
         }.items():
             t[L + name + ".weight"] = w(rows, cols, scale=1 / math.sqrt(cols))
             t[L + name + ".bias"] = w(rows)
@@ -85,14 +103,21 @@ def wordpiece_tokenizer_json() -> str:
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     tok.decoder = decoders.WordPiece(prefix="##")
     return tok.to_str()
 
 
-def write_bert_dir(path, config: dict | None = None, seed: int = 0, modules: bool = True, pooling: dict | None = None):
+def write_bert_dir(
+    path,
+    config: dict | None = None,
+    seed: int = 0,
+    modules: bool = True,
+    pooling: dict | None = None,
+):
     """A Hugging Face model directory of a tiny BERT sentence encoder; returns (path, tensors)."""
     from safetensors.numpy import save_file
 
@@ -106,14 +131,39 @@ def write_bert_dir(path, config: dict | None = None, seed: int = 0, modules: boo
         fh.write(wordpiece_tokenizer_json())
     if modules:
         with open(os.path.join(path, "modules.json"), "w") as fh:
-            json.dump([
-                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-            ], fh)
+            json.dump(
+                [
+                    {
+                        "idx": 0,
+                        "name": "0",
+                        "path": "",
+                        "type": "sentence_transformers.models.Transformer",
+                    },
+                    {
+                        "idx": 1,
+                        "name": "1",
+                        "path": "1_Pooling",
+                        "type": "sentence_transformers.models.Pooling",
+                    },
+                    {
+                        "idx": 2,
+                        "name": "2",
+                        "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize",
+                    },
+                ],
+                fh,
+            )
         os.makedirs(os.path.join(path, "1_Pooling"), exist_ok=True)
         with open(os.path.join(path, "1_Pooling", "config.json"), "w") as fh:
-            json.dump(pooling or {"word_embedding_dimension": config["hidden_size"], "pooling_mode_mean_tokens": True}, fh)
+            json.dump(
+                pooling
+                or {
+                    "word_embedding_dimension": config["hidden_size"],
+                    "pooling_mode_mean_tokens": True,
+                },
+                fh,
+            )
         with open(os.path.join(path, "sentence_bert_config.json"), "w") as fh:
             json.dump({"max_seq_length": 32, "do_lower_case": False}, fh)
     return path, tensors
@@ -151,30 +201,73 @@ def bert_onnx(tensors: dict[str, np.ndarray], config: dict, prefix: str = "") ->
         return op("Add", op("MatMul", x, weight(key + ".weight", True)), weight(key + ".bias"))
 
     def ln(x, key):
-        return op("LayerNormalization", x, weight(key + ".weight"), weight(key + ".bias"), axis=-1, epsilon=eps)
+        return op(
+            "LayerNormalization",
+            x,
+            weight(key + ".weight"),
+            weight(key + ".bias"),
+            axis=-1,
+            epsilon=eps,
+        )
 
     seq = op("Gather", op("Shape", "input_ids"), const(np.int64(1)), axis=0)
     positions = op("Range", const(np.int64(0)), seq, const(np.int64(1)))
-    x = op("Add", op("Add", op("Gather", weight("embeddings.word_embeddings.weight"), "input_ids"),
-                      op("Gather", weight("embeddings.position_embeddings.weight"), positions)),
-           op("Gather", weight("embeddings.token_type_embeddings.weight"), "token_type_ids"))
+    x = op(
+        "Add",
+        op(
+            "Add",
+            op("Gather", weight("embeddings.word_embeddings.weight"), "input_ids"),
+            op("Gather", weight("embeddings.position_embeddings.weight"), positions),
+        ),
+        op("Gather", weight("embeddings.token_type_embeddings.weight"), "token_type_ids"),
+    )
     x = ln(x, "embeddings.LayerNorm")
     maskf = op("Cast", "attention_mask", to=TP.FLOAT)
-    bias = op("Unsqueeze", op("Mul", op("Sub", const(np.float32(1)), maskf), const(np.float32(-1e9))),
-              const(np.array([1, 2], np.int64)))
+    bias = op(
+        "Unsqueeze",
+        op("Mul", op("Sub", const(np.float32(1)), maskf), const(np.float32(-1e9))),
+        const(np.array([1, 2], np.int64)),
+    )
     heads = const(np.array([0, 0, h, d // h], np.int64))
     for i in range(config["num_hidden_layers"]):
         L = f"encoder.layer.{i}."
-        q = op("Transpose", op("Reshape", dense(x, L + "attention.self.query"), heads), perm=[0, 2, 1, 3])
-        k = op("Transpose", op("Reshape", dense(x, L + "attention.self.key"), heads), perm=[0, 2, 3, 1])
-        v = op("Transpose", op("Reshape", dense(x, L + "attention.self.value"), heads), perm=[0, 2, 1, 3])
-        scores = op("Add", op("Mul", op("MatMul", q, k), const(np.float32(1 / math.sqrt(d // h)))), bias)
+        q = op(
+            "Transpose",
+            op("Reshape", dense(x, L + "attention.self.query"), heads),
+            perm=[0, 2, 1, 3],
+        )
+        k = op(
+            "Transpose", op("Reshape", dense(x, L + "attention.self.key"), heads), perm=[0, 2, 3, 1]
+        )
+        v = op(
+            "Transpose",
+            op("Reshape", dense(x, L + "attention.self.value"), heads),
+            perm=[0, 2, 1, 3],
+        )
+        scores = op(
+            "Add", op("Mul", op("MatMul", q, k), const(np.float32(1 / math.sqrt(d // h)))), bias
+        )
         ctx = op("MatMul", op("Softmax", scores, axis=-1), v)
-        ctx = op("Reshape", op("Transpose", ctx, perm=[0, 2, 1, 3]), const(np.array([0, 0, d], np.int64)))
-        x = ln(op("Add", x, dense(ctx, L + "attention.output.dense")), L + "attention.output.LayerNorm")
+        ctx = op(
+            "Reshape", op("Transpose", ctx, perm=[0, 2, 1, 3]), const(np.array([0, 0, d], np.int64))
+        )
+        x = ln(
+            op("Add", x, dense(ctx, L + "attention.output.dense")), L + "attention.output.LayerNorm"
+        )
         y = dense(x, L + "intermediate.dense")
-        y = op("Mul", op("Mul", y, op("Add", op("Erf", op("Div", y, const(np.float32(math.sqrt(2))))),
-                                       const(np.float32(1)))), const(np.float32(0.5)))
+        y = op(
+            "Mul",
+            op(
+                "Mul",
+                y,
+                op(
+                    "Add",
+                    op("Erf", op("Div", y, const(np.float32(math.sqrt(2))))),
+                    const(np.float32(1)),
+                ),
+            ),
+            const(np.float32(0.5)),
+        )
         x = ln(op("Add", x, dense(y, L + "output.dense")), L + "output.LayerNorm")
     nodes.append(oh.make_node("Identity", [x], ["last_hidden_state"]))
     m3 = op("Unsqueeze", maskf, const(np.array([2], np.int64)))
@@ -182,13 +275,22 @@ def bert_onnx(tensors: dict[str, np.ndarray], config: dict, prefix: str = "") ->
     total = op("ReduceSum", op("Mul", x, m3), axis1, keepdims=0)
     n = op("Max", op("ReduceSum", m3, axis1, keepdims=0), const(np.float32(1e-9)))
     mean = op("Div", total, n)
-    norm = op("Max", op("ReduceL2", mean, axes=[1], keepdims=1), const(np.float32(1e-12)))  # axes: an attribute before opset 18
+    norm = op(
+        "Max", op("ReduceL2", mean, axes=[1], keepdims=1), const(np.float32(1e-12))
+    )  # axes: an attribute before opset 18
     nodes.append(oh.make_node("Div", [mean, norm], ["sentence_embedding"]))
-    ids = [oh.make_tensor_value_info(nm, TP.INT64, ["batch", "seq"]) for nm in ("input_ids", "attention_mask", "token_type_ids")]
-    outs = [oh.make_tensor_value_info("last_hidden_state", TP.FLOAT, ["batch", "seq", d]),
-            oh.make_tensor_value_info("sentence_embedding", TP.FLOAT, ["batch", d])]
+    ids = [
+        oh.make_tensor_value_info(nm, TP.INT64, ["batch", "seq"])
+        for nm in ("input_ids", "attention_mask", "token_type_ids")
+    ]
+    outs = [
+        oh.make_tensor_value_info("last_hidden_state", TP.FLOAT, ["batch", "seq", d]),
+        oh.make_tensor_value_info("sentence_embedding", TP.FLOAT, ["batch", d]),
+    ]
     graph = oh.make_graph(nodes, "bert", ids, outs, initializer=inits)
-    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8, producer_name="cmf-tests")
+    model = oh.make_model(
+        graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8, producer_name="cmf-tests"
+    )
     onnx.checker.check_model(model)
     return model
 
@@ -198,7 +300,9 @@ def ort_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nda
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     return session.run(None, feeds)
 
 
@@ -207,7 +311,11 @@ def padded(encodings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     s = max(len(e.ids) for e in encodings)
     ids, mask, types = (np.zeros((len(encodings), s), np.int64) for _ in range(3))
     for row, e in enumerate(encodings):
-        ids[row, : len(e.ids)], types[row, : len(e.ids)], mask[row, : len(e.ids)] = e.ids, e.type_ids, 1
+        ids[row, : len(e.ids)], types[row, : len(e.ids)], mask[row, : len(e.ids)] = (
+            e.ids,
+            e.type_ids,
+            1,
+        )
     return ids, mask, types
 
 
@@ -236,20 +344,29 @@ def mlp_onnx(seed: int = 0) -> onnx.ModelProto:
     w2 = (rng.standard_normal((128, 10)) / 11).astype(np.float32)
     b2 = (rng.standard_normal(32) / 10).astype(np.float32)[:10]
     nodes = [
-        oh.make_node("MatMul", ["x", "w1"], ["h0"]), oh.make_node("Add", ["h0", "b1"], ["h1"]),
-        oh.make_node("Relu", ["h1"], ["h2"]), oh.make_node("MatMul", ["h2", "w2"], ["h3"]),
+        oh.make_node("MatMul", ["x", "w1"], ["h0"]),
+        oh.make_node("Add", ["h0", "b1"], ["h1"]),
+        oh.make_node("Relu", ["h1"], ["h2"]),
+        oh.make_node("MatMul", ["h2", "w2"], ["h3"]),
         oh.make_node("Constant", [], ["b2"], value=nh.from_array(b2, "b2")),
-        oh.make_node("Add", ["h3", "b2"], ["logits"]), oh.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+        oh.make_node("Add", ["h3", "b2"], ["logits"]),
+        oh.make_node("Softmax", ["logits"], ["probs"], axis=-1),
         oh.make_node("ArgMax", ["logits"], ["label"], axis=-1, keepdims=0),
     ]
     graph = oh.make_graph(
-        nodes, "mlp", [oh.make_tensor_value_info("x", TP.FLOAT, ["batch", 64])],
-        [oh.make_tensor_value_info("logits", TP.FLOAT, ["batch", 10]),
-         oh.make_tensor_value_info("probs", TP.FLOAT, ["batch", 10]),
-         oh.make_tensor_value_info("label", TP.INT64, ["batch"])],
+        nodes,
+        "mlp",
+        [oh.make_tensor_value_info("x", TP.FLOAT, ["batch", 64])],
+        [
+            oh.make_tensor_value_info("logits", TP.FLOAT, ["batch", 10]),
+            oh.make_tensor_value_info("probs", TP.FLOAT, ["batch", 10]),
+            oh.make_tensor_value_info("label", TP.INT64, ["batch"]),
+        ],
         initializer=[nh.from_array(w1, "w1"), nh.from_array(b1, "b1"), nh.from_array(w2, "w2")],
     )
-    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8, producer_name="cmf-tests")
+    model = oh.make_model(
+        graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8, producer_name="cmf-tests"
+    )
     onnx.checker.check_model(model)
     return model
 
@@ -266,12 +383,18 @@ def embed_onnx() -> onnx.ModelProto:
         oh.make_node("ReduceSum", ["em", "axis1"], ["pooled"], keepdims=0),
     ]
     graph = oh.make_graph(
-        nodes, "embed",
-        [oh.make_tensor_value_info("ids", TP.INT64, ["batch", "seq"]),
-         oh.make_tensor_value_info("mask", TP.INT64, ["batch", "seq"])],
+        nodes,
+        "embed",
+        [
+            oh.make_tensor_value_info("ids", TP.INT64, ["batch", "seq"]),
+            oh.make_tensor_value_info("mask", TP.INT64, ["batch", "seq"]),
+        ],
         [oh.make_tensor_value_info("pooled", TP.FLOAT, ["batch", 16])],
-        initializer=[nh.from_array(table, "table"), nh.from_array(np.array([2], np.int64), "axis2"),
-                     nh.from_array(np.array([1], np.int64), "axis1")],
+        initializer=[
+            nh.from_array(table, "table"),
+            nh.from_array(np.array([2], np.int64), "axis2"),
+            nh.from_array(np.array([1], np.int64), "axis1"),
+        ],
     )
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
@@ -284,11 +407,21 @@ LLAMA_WORDS = ["<unk>", "<s>", "</s>"] + WORDS
 
 def llama_config(**over) -> dict:
     config = {
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
-        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": len(LLAMA_WORDS), "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0, "max_position_embeddings": 256, "tie_word_embeddings": True,
-        "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": len(LLAMA_WORDS),
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": True,
+        "hidden_act": "silu",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
     }
     config.update(over)
     return config
@@ -311,13 +444,19 @@ def write_llama_dir(path, config: dict | None = None, seed: int = 0):
     t = {"model.embed_tokens.weight": w(v, d) * 4, "model.norm.weight": 1 + w(d) / 4}
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        t.update({
-            p + "self_attn.q_proj.weight": w(d, d), p + "self_attn.k_proj.weight": w(kv, d),
-            p + "self_attn.v_proj.weight": w(kv, d), p + "self_attn.o_proj.weight": w(d, d),
-            p + "mlp.gate_proj.weight": w(f, d), p + "mlp.up_proj.weight": w(f, d),
-            p + "mlp.down_proj.weight": w(d, f),
-            p + "input_layernorm.weight": 1 + w(d) / 4, p + "post_attention_layernorm.weight": 1 + w(d) / 4,
-        })
+        t.update(
+            {
+                p + "self_attn.q_proj.weight": w(d, d),
+                p + "self_attn.k_proj.weight": w(kv, d),
+                p + "self_attn.v_proj.weight": w(kv, d),
+                p + "self_attn.o_proj.weight": w(d, d),
+                p + "mlp.gate_proj.weight": w(f, d),
+                p + "mlp.up_proj.weight": w(f, d),
+                p + "mlp.down_proj.weight": w(d, f),
+                p + "input_layernorm.weight": 1 + w(d) / 4,
+                p + "post_attention_layernorm.weight": 1 + w(d) / 4,
+            }
+        )
     os.makedirs(path, exist_ok=True)
     save_file(t, os.path.join(path, "model.safetensors"))
     with open(os.path.join(path, "config.json"), "w") as fh:

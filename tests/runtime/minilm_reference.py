@@ -10,7 +10,9 @@ import os
 import numpy as np
 
 
-def reference_embeddings(model_dir: str, sentences: list[str], *, prefer: str = "onnx") -> tuple[np.ndarray, str]:
+def reference_embeddings(
+    model_dir: str, sentences: list[str], *, prefer: str = "onnx"
+) -> tuple[np.ndarray, str]:
     """(embeddings [n, 384], which reference made them). ``prefer="sentence-transformers"``
     uses it when it is installed (slow to import: torch)."""
     if prefer == "sentence-transformers":
@@ -20,7 +22,9 @@ def reference_embeddings(model_dir: str, sentences: list[str], *, prefer: str = 
             pass
         else:
             model = SentenceTransformer(model_dir, device="cpu")
-            return np.asarray(model.encode(sentences, convert_to_numpy=True), np.float32), "sentence-transformers"
+            return np.asarray(
+                model.encode(sentences, convert_to_numpy=True), np.float32
+            ), "sentence-transformers"
     from safetensors.numpy import load_file
     from tokenizers import Tokenizer
 

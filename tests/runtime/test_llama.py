@@ -27,9 +27,17 @@ from cmf.runtime.llama import (
 )
 
 BASE = {
-    "model_type": "llama", "vocab_size": 100, "hidden_size": 64, "intermediate_size": 96,
-    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-    "rms_norm_eps": 1e-5, "rope_theta": 500.0, "hidden_act": "silu", "tie_word_embeddings": False,
+    "model_type": "llama",
+    "vocab_size": 100,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500.0,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
 }
 CONFIGS = {
     "llama": BASE,
@@ -37,19 +45,38 @@ CONFIGS = {
     "llama-biases": {**BASE, "attention_bias": True, "mlp_bias": True},
     "llama-linear-rope": {**BASE, "rope_scaling": {"type": "linear", "factor": 2.0}},
     "llama3-rope-v5": {  # transformers >= 5 writes theta and scaling as rope_parameters
-        **{k: v for k, v in BASE.items() if k != "rope_theta"}, "tie_word_embeddings": True,
-        "rope_parameters": {"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0, "low_freq_factor": 1.0,
-                            "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+        **{k: v for k, v in BASE.items() if k != "rope_theta"},
+        "tie_word_embeddings": True,
+        "rope_parameters": {
+            "rope_type": "llama3",
+            "rope_theta": 500.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
     },
     "qwen2": {**BASE, "model_type": "qwen2", "tie_word_embeddings": True, "rms_norm_eps": 1e-6},
-    "mistral-window": {**BASE, "model_type": "mistral", "sliding_window": 5, "num_key_value_heads": 1},
+    "mistral-window": {
+        **BASE,
+        "model_type": "mistral",
+        "sliding_window": 5,
+        "num_key_value_heads": 1,
+    },
 }
 IDS = [3, 17, 99, 0, 42, 42, 8, 61, 5, 23, 77, 1, 64, 30]
 
 
 def dims(cfg: dict) -> tuple[int, int, int, int, int, int]:
     d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-    return d, cfg["intermediate_size"], heads, cfg["num_key_value_heads"], d // heads, cfg["vocab_size"]
+    return (
+        d,
+        cfg["intermediate_size"],
+        heads,
+        cfg["num_key_value_heads"],
+        d // heads,
+        cfg["vocab_size"],
+    )
 
 
 def random_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
@@ -101,7 +128,11 @@ def naive_frequencies(cfg: dict, hd: int) -> list[float]:
         if kind == "linear":
             f /= scaling["factor"]
         elif kind == "llama3":  # Meta's reference apply_scaling, one frequency at a time
-            ctx, lo, hi = scaling["original_max_position_embeddings"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+            ctx, lo, hi = (
+                scaling["original_max_position_embeddings"],
+                scaling["low_freq_factor"],
+                scaling["high_freq_factor"],
+            )
             wavelen = 2 * math.pi / f
             if wavelen > ctx / lo:
                 f /= scaling["factor"]
@@ -137,7 +168,11 @@ def naive_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.ndar
         keys, values, queries = [], [], []
         for pos, x in enumerate(xs):
             h = rms(x, W[p + "input_layernorm.weight"])
-            proj = {n: W[p + f"self_attn.{n}_proj.weight"] @ h + W.get(p + f"self_attn.{n}_proj.bias", zero) for n in "qkv"}
+            proj = {
+                n: W[p + f"self_attn.{n}_proj.weight"] @ h
+                + W.get(p + f"self_attn.{n}_proj.bias", zero)
+                for n in "qkv"
+            }
             queries.append([rotate(proj["q"][j * hd : (j + 1) * hd], pos) for j in range(H)])
             keys.append([rotate(proj["k"][j * hd : (j + 1) * hd], pos) for j in range(K)])
             values.append([proj["v"][j * hd : (j + 1) * hd] for j in range(K)])
@@ -151,13 +186,21 @@ def naive_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.ndar
                 top = max(scores)
                 weights = [math.exp(z - top) for z in scores]
                 total = sum(weights)
-                heads.append(sum(wt / total * values[s][kv] for wt, s in zip(weights, seen, strict=True)))
-            x = x + W[p + "self_attn.o_proj.weight"] @ np.concatenate(heads) + W.get(p + "self_attn.o_proj.bias", zero)
+                heads.append(
+                    sum(wt / total * values[s][kv] for wt, s in zip(weights, seen, strict=True))
+                )
+            x = (
+                x
+                + W[p + "self_attn.o_proj.weight"] @ np.concatenate(heads)
+                + W.get(p + "self_attn.o_proj.bias", zero)
+            )
             h = rms(x, W[p + "post_attention_layernorm.weight"])
             gate = W[p + "mlp.gate_proj.weight"] @ h + W.get(p + "mlp.gate_proj.bias", zero)
             up = W[p + "mlp.up_proj.weight"] @ h + W.get(p + "mlp.up_proj.bias", zero)
             act = np.array([g / (1 + math.exp(-g)) for g in gate]) * up
-            new.append(x + W[p + "mlp.down_proj.weight"] @ act + W.get(p + "mlp.down_proj.bias", zero))
+            new.append(
+                x + W[p + "mlp.down_proj.weight"] @ act + W.get(p + "mlp.down_proj.bias", zero)
+            )
         xs = new
     head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
     return np.stack([head @ rms(x, W["model.norm.weight"]) for x in xs])
@@ -218,8 +261,12 @@ def test_bf16_weights_and_supported_types():
     assert {"llama", "qwen2", "mistral"} <= set(SUPPORTED_MODEL_TYPES)
     w = random_weights(BASE)
     half = {k: v.astype(ml_dtypes.bfloat16) for k, v in w.items()}
-    expected = LlamaRunner.from_tensors({k: v.astype(np.float32) for k, v in half.items()}.__getitem__, BASE).logits(IDS)
-    np.testing.assert_array_equal(LlamaRunner.from_tensors(half.__getitem__, BASE).logits(IDS), expected)
+    expected = LlamaRunner.from_tensors(
+        {k: v.astype(np.float32) for k, v in half.items()}.__getitem__, BASE
+    ).logits(IDS)
+    np.testing.assert_array_equal(
+        LlamaRunner.from_tensors(half.__getitem__, BASE).logits(IDS), expected
+    )
 
 
 @pytest.mark.parametrize(
@@ -229,7 +276,17 @@ def test_bf16_weights_and_supported_types():
         ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling type 'yarn'"),
         ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope scaling type 'dynamic'"),
         ({"rope_scaling": {"type": "linear"}}, "positive 'factor'"),
-        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0}}, "low_freq_factor"),
+        (
+            {
+                "rope_scaling": {
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 4.0,
+                    "high_freq_factor": 4.0,
+                }
+            },
+            "low_freq_factor",
+        ),
         ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
         ({"num_key_value_heads": 3}, "multiple of num_key_value_heads"),
         ({"num_hidden_layers": "2"}, "num_hidden_layers"),
@@ -243,7 +300,10 @@ def test_config_errors(change, message):
 
 def test_unsupported_rope_is_unsupported_error():
     with pytest.raises(UnsupportedError):
-        LlamaRunner.from_tensors(random_weights(BASE).__getitem__, {**BASE, "rope_scaling": {"rope_type": "longrope", "factor": 2.0}})
+        LlamaRunner.from_tensors(
+            random_weights(BASE).__getitem__,
+            {**BASE, "rope_scaling": {"rope_type": "longrope", "factor": 2.0}},
+        )
 
 
 def test_tensor_errors():
@@ -252,11 +312,21 @@ def test_tensor_errors():
     with pytest.raises(CmfError, match="up_proj"):
         LlamaRunner.from_tensors(missing.__getitem__, BASE)
     with pytest.raises(CmfError, match="lm_head"):
-        LlamaRunner.from_tensors({k: v for k, v in w.items() if k != "lm_head.weight"}.__getitem__, BASE)
+        LlamaRunner.from_tensors(
+            {k: v for k, v in w.items() if k != "lm_head.weight"}.__getitem__, BASE
+        )
     with pytest.raises(CmfError, match=r"expected shape \(32, 64\)"):
-        LlamaRunner.from_tensors({**w, "model.layers.0.self_attn.k_proj.weight": np.zeros((33, 64), np.float32)}.__getitem__, BASE)
+        LlamaRunner.from_tensors(
+            {
+                **w,
+                "model.layers.0.self_attn.k_proj.weight": np.zeros((33, 64), np.float32),
+            }.__getitem__,
+            BASE,
+        )
     with pytest.raises(CmfError, match="floating-point"):
-        LlamaRunner.from_tensors({**w, "model.norm.weight": np.ones(64, np.int32)}.__getitem__, BASE)
+        LlamaRunner.from_tensors(
+            {**w, "model.norm.weight": np.ones(64, np.int32)}.__getitem__, BASE
+        )
     with pytest.raises(CmfError, match=r"expected shape \(101, 64\)"):
         LlamaRunner.from_tensors(w.__getitem__, {**BASE, "vocab_size": 101})
     runner = LlamaRunner.from_tensors(w.__getitem__, BASE)
@@ -270,7 +340,9 @@ def test_tensor_errors():
 # ---------------------------------------------------------------------- transformers (dev extra)
 
 
-@pytest.mark.parametrize("name", ["llama", "llama-tied", "llama-biases", "llama3-rope-v5", "qwen2", "mistral-window"])
+@pytest.mark.parametrize(
+    "name", ["llama", "llama-tied", "llama-biases", "llama3-rope-v5", "qwen2", "mistral-window"]
+)
 def test_logits_match_transformers(name):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -278,7 +350,9 @@ def test_logits_match_transformers(name):
     classes = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}[cfg["model_type"]]
     kwargs = {k: v for k, v in cfg.items() if k not in ("model_type", "rope_parameters")}
     if "rope_parameters" in cfg:
-        kwargs["rope_scaling"] = {k: v for k, v in cfg["rope_parameters"].items() if k != "rope_theta"}
+        kwargs["rope_scaling"] = {
+            k: v for k, v in cfg["rope_parameters"].items() if k != "rope_theta"
+        }
         kwargs["rope_theta"] = cfg["rope_parameters"]["rope_theta"]
     hf_config = getattr(transformers, classes + "Config")(**kwargs)
     torch.manual_seed(0)
@@ -293,20 +367,28 @@ def test_logits_match_transformers(name):
     np.testing.assert_allclose(runner.logits(IDS), expected, atol=1e-4, rtol=0)
     with torch.no_grad():
         prompt = torch.tensor([IDS[:6]])  # token 0 is in there: say it is not padding
-        hf_out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False)
+        hf_out = model.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False
+        )
     assert runner.generate(IDS[:6], 6) == hf_out[0, 6:].tolist()
 
 
 # ------------------------------------------------------------------------------ GGUF imports
 
 GGUF_NAMES = {  # written out here independently of the runner's table
-    "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
     "lm_head.weight": "output.weight",
 }
 GGUF_BLOCK = {
-    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
 
@@ -322,7 +404,9 @@ def to_gguf_name(name: str) -> str:
 def llamacpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
     """llama.cpp's converter order: within each head, row 2i + j takes HF row j * hd/2 + i."""
     hd = w.shape[0] // n_heads
-    order = [h * hd + j * (hd // 2) + i for h in range(n_heads) for i in range(hd // 2) for j in range(2)]
+    order = [
+        h * hd + j * (hd // 2) + i for h in range(n_heads) for i in range(hd // 2) for j in range(2)
+    ]
     return w[order]
 
 
@@ -353,8 +437,11 @@ def write_gguf(path, cfg: dict, w: dict[str, np.ndarray], *, q8: bool = False) -
         elif arch == "llama" and ".k_proj." in name:
             array = llamacpp_permute(array, K)
         if q8 and array.ndim == 2:
-            out.add_tensor(to_gguf_name(name), gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0),
-                           raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            out.add_tensor(
+                to_gguf_name(name),
+                gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0),
+                raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+            )
         else:
             out.add_tensor(to_gguf_name(name), array)
     out.write_header_to_file()
@@ -389,11 +476,19 @@ def test_gguf_round_trip(tmp_path, name):
         config = from_gguf_metadata(meta)
         assert config["model_type"] == cfg["model_type"]
         assert config["tie_word_embeddings"] == cfg["tie_word_embeddings"]
-        assert (config["num_key_value_heads"], config["head_dim"], config["vocab_size"]) == (2, 16, 100)
-        assert config["rope_theta"] == 500.0 and config["rms_norm_eps"] == pytest.approx(cfg["rms_norm_eps"])
+        assert (config["num_key_value_heads"], config["head_dim"], config["vocab_size"]) == (
+            2,
+            16,
+            100,
+        )
+        assert config["rope_theta"] == 500.0 and config["rms_norm_eps"] == pytest.approx(
+            cfg["rms_norm_eps"]
+        )
         assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
         names = gguf_name_map(f.keys())
-        assert sorted(names.values()) == sorted(w) and all(hf_to_gguf_name(v) == k for k, v in names.items())
+        assert sorted(names.values()) == sorted(w) and all(
+            hf_to_gguf_name(v) == k for k, v in names.items()
+        )
         runner = LlamaRunner.from_gguf(f.get_tensor, meta)
         np.testing.assert_allclose(runner.logits(IDS), expected, atol=1e-5, rtol=0)
         # the same through the pieces: config + renaming getter
@@ -412,7 +507,10 @@ def test_gguf_q8_0_round_trip(tmp_path):
     write_gguf(tmp_path / "m.gguf", cfg, w, q8=True)
     pack_gguf(tmp_path / "m.gguf", tmp_path / "m.cmf")
     # a row permutation commutes with row-block quantization: expected = HF rows, quantized
-    dq = {k: gguf.quants.dequantize(gguf.quants.quantize(v, q8), q8) if v.ndim == 2 else v for k, v in w.items()}
+    dq = {
+        k: gguf.quants.dequantize(gguf.quants.quantize(v, q8), q8) if v.ndim == 2 else v
+        for k, v in w.items()
+    }
     expected = LlamaRunner.from_tensors(dq.__getitem__, cfg).logits(IDS)
     with cmf.open(tmp_path / "m.cmf") as f:
         got = LlamaRunner.from_gguf(f.get_tensor, f.metadata()).logits(IDS)
@@ -431,17 +529,23 @@ def test_unpermute_inverts_llamacpp_permute():
 
 def test_gguf_metadata_errors_and_rope_scaling():
     meta = {
-        "gguf.general.architecture": "llama", "gguf.llama.embedding_length": 64,
-        "gguf.llama.attention.head_count": 4, "gguf.llama.attention.head_count_kv": [2, 2],
-        "gguf.llama.block_count": 2, "gguf.llama.feed_forward_length": 96,
-        "gguf.llama.rope.scaling.type": "linear", "gguf.llama.rope.scaling.factor": 4.0,
+        "gguf.general.architecture": "llama",
+        "gguf.llama.embedding_length": 64,
+        "gguf.llama.attention.head_count": 4,
+        "gguf.llama.attention.head_count_kv": [2, 2],
+        "gguf.llama.block_count": 2,
+        "gguf.llama.feed_forward_length": 96,
+        "gguf.llama.rope.scaling.type": "linear",
+        "gguf.llama.rope.scaling.factor": 4.0,
         "cmf.gguf.tensor_types": {"token_embd.weight": "F32"},
     }
     config = from_gguf_metadata(meta)
     assert config["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
     assert config["num_key_value_heads"] == 2 and config["tie_word_embeddings"] is True
     with pytest.raises(UnsupportedError, match="yarn"):
-        LlamaRunner.from_tensors({}.__getitem__, {**config, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+        LlamaRunner.from_tensors(
+            {}.__getitem__, {**config, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+        )
     with pytest.raises(UnsupportedError, match="architecture 'gpt2'"):
         from_gguf_metadata({**meta, "gguf.general.architecture": "gpt2"})
     with pytest.raises(UnsupportedError, match="per-layer"):
@@ -458,13 +562,39 @@ def test_gguf_metadata_errors_and_rope_scaling():
 def test_bench_llama_smoke(tmp_path, capsys):
     from tools import bench_llama
 
-    report = bench_llama.main([
-        "--layers", "1", "--hidden", "64", "--vocab", "64", "--prompt", "8", "--gen", "4",
-        "--eval-len", "24", "--repeat", "1", "--in-process", "--out", str(tmp_path),
-    ])
+    report = bench_llama.main(
+        [
+            "--layers",
+            "1",
+            "--hidden",
+            "64",
+            "--vocab",
+            "64",
+            "--prompt",
+            "8",
+            "--gen",
+            "4",
+            "--eval-len",
+            "24",
+            "--repeat",
+            "1",
+            "--in-process",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     rows = {r["variant"]: r for r in report["rows"]}
     assert list(rows) == ["safetensors f32", "cmf lossless", "cmf q8", "cmf q4"]
-    assert rows["cmf lossless"]["mean_kl"] == 0 and rows["cmf lossless"]["perplexity"] == rows["safetensors f32"]["perplexity"]
-    assert rows["cmf q4"]["file_bytes"] < rows["cmf q8"]["file_bytes"] < rows["cmf lossless"]["file_bytes"]
-    assert all(r["prompt_tok_s"] > 0 and r["gen_tok_s"] > 0 and r["peak_rss"] > 0 for r in rows.values())
+    assert (
+        rows["cmf lossless"]["mean_kl"] == 0
+        and rows["cmf lossless"]["perplexity"] == rows["safetensors f32"]["perplexity"]
+    )
+    assert (
+        rows["cmf q4"]["file_bytes"]
+        < rows["cmf q8"]["file_bytes"]
+        < rows["cmf lossless"]["file_bytes"]
+    )
+    assert all(
+        r["prompt_tok_s"] > 0 and r["gen_tok_s"] > 0 and r["peak_rss"] > 0 for r in rows.values()
+    )
     assert "| cmf q4 |" in capsys.readouterr().out

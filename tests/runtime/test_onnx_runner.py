@@ -41,10 +41,16 @@ def test_lossless_outputs_are_bit_identical(mlp):
     want = original_outputs(orig, feeds)
     for model in (packed, orig):  # the .cmf and the original through the same loader
         runner = load_runner(model)
-        assert runner.engine == "onnxruntime" and runner.output_names == ["logits", "probs", "label"]
+        assert runner.engine == "onnxruntime" and runner.output_names == [
+            "logits",
+            "probs",
+            "label",
+        ]
         got = runner.run(feeds)
         for name in want:
-            assert got[name].dtype == want[name].dtype and got[name].tobytes() == want[name].tobytes()
+            assert (
+                got[name].dtype == want[name].dtype and got[name].tobytes() == want[name].tobytes()
+            )
 
 
 def test_reference_engine_and_fallback(mlp, monkeypatch):
@@ -62,8 +68,14 @@ def test_reference_engine_and_fallback(mlp, monkeypatch):
 
 def test_external_data_original(tmp_path):
     path = tmp_path / "ext.onnx"
-    onnx.save_model(mlp_onnx(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="ext.onnx.data", size_threshold=0)
+    onnx.save_model(
+        mlp_onnx(),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
     feeds = {"x": np.ones((2, 64), np.float32)}
     got = load_runner(path).run(feeds)
     want = original_outputs(path, feeds)
@@ -91,11 +103,19 @@ def test_eval_lossless_and_q8(mlp, tmp_path, cli):
     assert rep["kind"] == "onnx" and rep["samples"] == 8 and rep["identical"] is True
     assert rep["cosine_mean"] == rep["cosine_min"] == 1.0 and rep["max_abs_error"] == 0.0
     assert rep["outputs"]["logits"]["top1_agreement"] == 1.0
-    assert rep["outputs"]["label"] == {"shape": [1], "dtype": "int64", "max_abs_error": 0.0,
-                                       "identical": True, "equal_fraction": 1.0}
+    assert rep["outputs"]["label"] == {
+        "shape": [1],
+        "dtype": "int64",
+        "max_abs_error": 0.0,
+        "identical": True,
+        "equal_fraction": 1.0,
+    }
     q8 = tmp_path / "mlp-q8.cmf"
     assert cli("pack", orig, "-o", q8, "--preset", "q8", "-q").code == 0
-    feeds = [{"x": np.random.default_rng(s).standard_normal((16, 64)).astype(np.float32)} for s in range(4)]
+    feeds = [
+        {"x": np.random.default_rng(s).standard_normal((16, 64)).astype(np.float32)}
+        for s in range(4)
+    ]
     rep = evaluate(orig, q8, feeds)
     assert rep["samples"] == 4 and rep["identical"] is False
     assert 0.999 < rep["cosine_min"] <= rep["cosine_mean"] < 1.0
@@ -111,7 +131,11 @@ def test_bert_graph_packed_and_run(tmp_path, cli):
     onnx.save_model(model, str(path))
     assert cli("pack", path, "-o", tmp_path / "bert.cmf", "-q").code == 0
     ids = np.array([[2, 7, 8, 9, 3, 0]], np.int64)
-    feeds = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64), "token_type_ids": np.zeros_like(ids)}
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": (ids > 0).astype(np.int64),
+        "token_type_ids": np.zeros_like(ids),
+    }
     got = load_runner(tmp_path / "bert.cmf").run(feeds)
     want = original_outputs(path, feeds)
     assert got["sentence_embedding"].tobytes() == want["sentence_embedding"].tobytes()
@@ -129,7 +153,9 @@ def test_run_checks_inputs(mlp):
         runner.run({"x": np.ones((1, 63), np.float32)})
     with pytest.raises(CmfError, match="wants float32"):
         runner.run({"x": np.ones((1, 64), np.complex64)})
-    assert runner.run({"x": np.ones((1, 64), np.float64)})["logits"].dtype == np.float32  # same kind: cast
+    assert (
+        runner.run({"x": np.ones((1, 64), np.float64)})["logits"].dtype == np.float32
+    )  # same kind: cast
 
 
 def _skeleton_file(tmp_path, tensors):
@@ -137,7 +163,12 @@ def _skeleton_file(tmp_path, tensors):
     with cmf.open(tmp_path / "mlp.cmf") as f:
         model.ParseFromString(f.get_attachment(SKELETON))
         meta = f.metadata()
-    cmf.save_file(tensors, tmp_path / "bad.cmf", metadata=meta, attachments={SKELETON: model.SerializeToString()})
+    cmf.save_file(
+        tensors,
+        tmp_path / "bad.cmf",
+        metadata=meta,
+        attachments={SKELETON: model.SerializeToString()},
+    )
     return tmp_path / "bad.cmf"
 
 
@@ -156,7 +187,11 @@ def test_skeleton_markers_are_checked(mlp, tmp_path):
 
 def test_a_broken_skeleton_is_an_error(mlp, tmp_path):
     tensors = cmf.load_file(mlp[1])
-    cmf.save_file(tensors, tmp_path / "b.cmf", metadata={"cmf.source_format": "onnx"},
-                  attachments={SKELETON: b"\x08\x07garbage"})
+    cmf.save_file(
+        tensors,
+        tmp_path / "b.cmf",
+        metadata={"cmf.source_format": "onnx"},
+        attachments={SKELETON: b"\x08\x07garbage"},
+    )
     with pytest.raises(CmfError, match="not .*ONNX model"):
         load_runner(tmp_path / "b.cmf")

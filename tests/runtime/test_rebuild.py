@@ -39,7 +39,11 @@ def bert(tmp_path_factory):
 
 def test_every_origin_gives_the_same_tensors_and_side_files(bert):
     directory, packed, tensors = bert
-    for path, origin in ((packed, "cmf"), (directory, "hfdir"), (os.path.join(directory, "model.safetensors"), "safetensors")):
+    for path, origin in (
+        (packed, "cmf"),
+        (directory, "hfdir"),
+        (os.path.join(directory, "model.safetensors"), "safetensors"),
+    ):
         with open_model(path) as src:
             assert src.origin == origin
             assert sorted(src.keys()) == sorted(tensors)
@@ -49,7 +53,12 @@ def test_every_origin_gives_the_same_tensors_and_side_files(bert):
             with pytest.raises(CmfError, match="no tensor named"):
                 src.get_tensor("nope")
             if origin != "safetensors":
-                assert {"config.json", "tokenizer.json", "modules.json", "1_Pooling/config.json"} <= set(src.attachment_names())
+                assert {
+                    "config.json",
+                    "tokenizer.json",
+                    "modules.json",
+                    "1_Pooling/config.json",
+                } <= set(src.attachment_names())
                 assert src.json("config.json")["model_type"] == "bert"
             else:
                 assert src.attachment_names() == [] and src.json("config.json") is None
@@ -60,7 +69,10 @@ def test_borrowing_side_files(bert):
     bare, donor = open_model(os.path.join(directory, "model.safetensors")), open_model(packed)
     bare.borrow(donor)
     donor.borrow(bare)  # both ways: no loop
-    assert "config.json" in bare.attachment_names() and bare.json("config.json")["model_type"] == "bert"
+    assert (
+        "config.json" in bare.attachment_names()
+        and bare.json("config.json")["model_type"] == "bert"
+    )
     assert detect_kind(bare)[0] == "encoder"
     assert isinstance(load_runner(bare), BertEncoder)
 
@@ -88,17 +100,23 @@ def test_kinds(tmp_path, bert):
         assert "w1" in src.keys() and src.get_tensor("w1").shape == (64, 128)
     assert detect_kind(open_model(bert[1]))[0] == "encoder"
     for model_type in ("roberta", "xlm-roberta"):
-        cmf.save_file({"w": np.ones(2, np.float32)}, tmp_path / "r.cmf",
-                      attachments={"config.json": json.dumps({"model_type": model_type}).encode()})
+        cmf.save_file(
+            {"w": np.ones(2, np.float32)},
+            tmp_path / "r.cmf",
+            attachments={"config.json": json.dumps({"model_type": model_type}).encode()},
+        )
         assert detect_kind(open_model(tmp_path / "r.cmf"))[0] == "encoder"
 
 
-@pytest.mark.parametrize("attachments, message", [
-    ({}, "has no config.json"),
-    ({"config.json": b'{"model_type": "gpt2"}'}, "no runner for model_type 'gpt2'"),
-    ({"config.json": b"[1, 2]"}, "not a JSON object"),
-    ({"config.json": b"{nope"}, "config.json is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "attachments, message",
+    [
+        ({}, "has no config.json"),
+        ({"config.json": b'{"model_type": "gpt2"}'}, "no runner for model_type 'gpt2'"),
+        ({"config.json": b"[1, 2]"}, "not a JSON object"),
+        ({"config.json": b"{nope"}, "config.json is not valid JSON"),
+    ],
+)
 def test_unknown_models_are_refused(tmp_path, attachments, message):
     cmf.save_file({"w": np.ones(2, np.float32)}, tmp_path / "x.cmf", attachments=attachments)
     with pytest.raises(CmfError, match=message):
@@ -120,7 +138,9 @@ def test_decoder_dispatch_without_the_llama_runner(tmp_path, monkeypatch):
         load_runner(path)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("cmf.runtime.llama") is None, reason="no decoder runner")
+@pytest.mark.skipif(
+    importlib.util.find_spec("cmf.runtime.llama") is None, reason="no decoder runner"
+)
 def test_decoder_dispatch(tmp_path, cli):
     path, _ = write_llama_dir(tmp_path / "llama")
     assert cli("pack", path, "-o", tmp_path / "llama.cmf", "-q").code == 0
@@ -137,8 +157,11 @@ def test_decoder_dispatch(tmp_path, cli):
     assert dec.generate(ids, 0) == []
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gguf") is None or importlib.util.find_spec("cmf.runtime.llama") is None,
-                    reason="needs gguf and the decoder runner")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gguf") is None
+    or importlib.util.find_spec("cmf.runtime.llama") is None,
+    reason="needs gguf and the decoder runner",
+)
 def test_gguf_original_against_its_cmf(tmp_path, cli):
     """A qwen2-architecture GGUF (F32 tensors and one Q8_0 matrix) and the .cmf packed from it:
     the GGUF original is read by gguf-py and runs through the same decoder."""
@@ -149,10 +172,15 @@ def test_gguf_original_against_its_cmf(tmp_path, cli):
     config = llama_config(model_type="qwen2")
     _, tensors = write_llama_dir(tmp_path / "hf", config)
     rng = np.random.default_rng(3)
-    d, kv = config["hidden_size"], config["num_key_value_heads"] * config["hidden_size"] // config["num_attention_heads"]
+    d, kv = (
+        config["hidden_size"],
+        config["num_key_value_heads"] * config["hidden_size"] // config["num_attention_heads"],
+    )
     for i in range(config["num_hidden_layers"]):
         for proj, rows in (("q", d), ("k", kv), ("v", kv)):
-            tensors[f"model.layers.{i}.self_attn.{proj}_proj.bias"] = (rng.standard_normal(rows) / 10).astype(np.float32)
+            tensors[f"model.layers.{i}.self_attn.{proj}_proj.bias"] = (
+                rng.standard_normal(rows) / 10
+            ).astype(np.float32)
     w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "qwen2")
     w.add_block_count(config["num_hidden_layers"])
     w.add_context_length(256)
@@ -164,18 +192,33 @@ def test_gguf_original_against_its_cmf(tmp_path, cli):
     w.add_rope_freq_base(10000.0)
     w.add_eos_token_id(2)
     for name, array in tensors.items():
-        gname = llama.hf_to_gguf_name(name) or {"model.embed_tokens.weight": "token_embd.weight",
-                                               "model.norm.weight": "output_norm.weight"}[name]
+        gname = (
+            llama.hf_to_gguf_name(name)
+            or {
+                "model.embed_tokens.weight": "token_embd.weight",
+                "model.norm.weight": "output_norm.weight",
+            }[name]
+        )
         if name.endswith("mlp.up_proj.weight"):
             blocks = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
-            w.add_tensor(gname, blocks, raw_shape=blocks.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            w.add_tensor(
+                gname, blocks, raw_shape=blocks.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0
+            )
         else:
             w.add_tensor(gname, array)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    r = cli("pack", tmp_path / "m.gguf", "-o", tmp_path / "m.cmf", "-q", "--attach", tmp_path / "hf" / "tokenizer.json")
+    r = cli(
+        "pack",
+        tmp_path / "m.gguf",
+        "-o",
+        tmp_path / "m.cmf",
+        "-q",
+        "--attach",
+        tmp_path / "hf" / "tokenizer.json",
+    )
     assert r.code == 0, r.err
     with open_model(tmp_path / "m.gguf") as src, cmf.open(tmp_path / "m.cmf") as f:
         assert src.origin == "gguf" and detect_kind(src)[0] == "decoder"

@@ -28,7 +28,9 @@ cli = helpers.cli  # the fixture: ``cli(*args)`` runs the console entry point in
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tokenizers")
-needs_llama = pytest.mark.skipif(importlib.util.find_spec("cmf.runtime.llama") is None, reason="no decoder runner")
+needs_llama = pytest.mark.skipif(
+    importlib.util.find_spec("cmf.runtime.llama") is None, reason="no decoder runner"
+)
 INDEX = "model.cmf.index.json"
 
 
@@ -55,7 +57,9 @@ def models(tmp_path_factory):
         with open(root / f"{name}-set" / INDEX) as fh:
             shards = json.load(fh)["shards"]
         assert len(shards) > 1, (name, shards)
-        for shard in shards[:-1]:  # attachments (config, tokenizer, skeleton) are in the last shard only
+        for shard in shards[
+            :-1
+        ]:  # attachments (config, tokenizer, skeleton) are in the last shard only
             with cmf.open(root / f"{name}-set" / shard) as f:
                 assert f.attachments() == []
     return root
@@ -85,11 +89,15 @@ def test_bert_run_and_eval(models, cli, tmp_path):
     for k, path in enumerate(_names(models, "bert")):
         r = cli("run", path, *args, "-o", tmp_path / f"set{k}.npy", "--json")
         assert r.code == 0, r.err
-        assert r.json()["kind"] == "encoder" and r.json()["normalized"] is True  # modules.json found
+        assert (
+            r.json()["kind"] == "encoder" and r.json()["normalized"] is True
+        )  # modules.json found
         assert np.array_equal(np.load(tmp_path / f"set{k}.npy"), want)
         rep = cli("eval", models / "bert.cmf", path, "--json").json()
         assert rep["kind"] == "encoder" and rep["identical"] and rep["max_abs_error"] == 0
-    rep = cli("eval", models / "bert", _names(models, "bert")[1], "--json").json()  # the original vs the set
+    rep = cli(
+        "eval", models / "bert", _names(models, "bert")[1], "--json"
+    ).json()  # the original vs the set
     assert rep["identical"] and rep["samples"] == 40
     by_api = load_runner(_names(models, "bert")[0]).embed(TEXTS)
     assert np.array_equal(by_api, load_runner(models / "bert.cmf").embed(TEXTS))
@@ -106,9 +114,15 @@ def test_llama_run_and_eval(models, cli, tmp_path):
         assert r.code == 0, r.err
         got = r.json()
         assert got["kind"] == "decoder"
-        assert (got["prompt_ids"], got["ids"], got["text"]) == (want["prompt_ids"], want["ids"], want["text"])
+        assert (got["prompt_ids"], got["ids"], got["text"]) == (
+            want["prompt_ids"],
+            want["ids"],
+            want["text"],
+        )
         with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / f"set{k}.npz") as b:
-            assert np.array_equal(a["ids"], b["ids"]) and np.array_equal(a["prompt_ids"], b["prompt_ids"])
+            assert np.array_equal(a["ids"], b["ids"]) and np.array_equal(
+                a["prompt_ids"], b["prompt_ids"]
+            )
         rep = cli("eval", models / "llama.cmf", path, "--json", "--max-tokens", "48").json()
         assert rep["kind"] == "decoder" and rep["identical"] and rep["kl_mean"] == 0.0
         assert rep["perplexity_original"] == rep["perplexity_compressed"]
@@ -120,9 +134,16 @@ def test_llama_run_and_eval(models, cli, tmp_path):
 def test_onnx_run_and_eval(models, cli, tmp_path):
     x = np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    assert cli("run", models / "mlp.cmf", "--input", tmp_path / "x.npy", "-o", tmp_path / "one.npz").code == 0
+    assert (
+        cli(
+            "run", models / "mlp.cmf", "--input", tmp_path / "x.npy", "-o", tmp_path / "one.npz"
+        ).code
+        == 0
+    )
     for k, path in enumerate(_names(models, "mlp")):
-        r = cli("run", path, "--input", tmp_path / "x.npy", "-o", tmp_path / f"set{k}.npz", "--json")
+        r = cli(
+            "run", path, "--input", tmp_path / "x.npy", "-o", tmp_path / f"set{k}.npz", "--json"
+        )
         assert r.code == 0, r.err
         assert r.json()["kind"] == "onnx"
         with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / f"set{k}.npz") as b:
@@ -150,11 +171,17 @@ def test_index_naming_a_missing_shard(models, cli, tmp_path):
         assert_one_error_line(cli("eval", models / "mlp.onnx", path), f"shard '{first}' is missing")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{not json", "not valid JSON"),
-    ('{"format": "cmf.shards", "version": 1, "shards": ["../mlp.cmf"], "weight_map": {}}', "not a path"),
-    ('{"format": "safetensors"}', "'format' must be 'cmf.shards'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "not valid JSON"),
+        (
+            '{"format": "cmf.shards", "version": 1, "shards": ["../mlp.cmf"], "weight_map": {}}',
+            "not a path",
+        ),
+        ('{"format": "safetensors"}', "'format' must be 'cmf.shards'"),
+    ],
+)
 def test_a_bad_index_is_one_error_line(models, cli, tmp_path, text, message):
     directory = _copy_set(models, tmp_path)
     with open(os.path.join(directory, INDEX), "w") as fh:
@@ -168,4 +195,6 @@ def test_a_directory_with_two_indexes_is_refused(models, cli, tmp_path):
     directory = _copy_set(models, tmp_path)
     shutil.copy(os.path.join(directory, INDEX), os.path.join(directory, "other.cmf.index.json"))
     assert_one_error_line(cli("run", directory), "model.cmf.index.json, other.cmf.index.json")
-    assert cli("run", os.path.join(directory, INDEX), "--json").code == 0  # naming the index is fine
+    assert (
+        cli("run", os.path.join(directory, INDEX), "--json").code == 0
+    )  # naming the index is fine

@@ -46,10 +46,15 @@ def _pack(src, out, *more: str) -> None:
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("torch-engine")
     write_bert_dir(root / "bert")
-    write_bert_dir(root / "bert-cls-max", pooling={"pooling_mode_cls_token": True,
-                                                   "pooling_mode_max_tokens": True})
-    write_bert_dir(root / "bert-plain", bert_config(model_type="roberta", pad_token_id=1,
-                                                    max_position_embeddings=72), modules=False)
+    write_bert_dir(
+        root / "bert-cls-max",
+        pooling={"pooling_mode_cls_token": True, "pooling_mode_max_tokens": True},
+    )
+    write_bert_dir(
+        root / "bert-plain",
+        bert_config(model_type="roberta", pad_token_id=1, max_position_embeddings=72),
+        modules=False,
+    )
     write_llama_dir(root / "llama")
     for name in ("bert", "bert-cls-max", "bert-plain", "llama"):
         _pack(root / name, root / f"{name}.cmf")
@@ -115,15 +120,33 @@ def test_cli_run_reports_the_engine(models, cli):
     assert r.code == 0, r.err
     default = r.json()
     assert default["engine"] == "torch"
-    r = cli("run", models / "bert.cmf", "--text", TEXTS[0], "--text", TEXTS[1], "--json",
-            "--engine", "reference")
+    r = cli(
+        "run",
+        models / "bert.cmf",
+        "--text",
+        TEXTS[0],
+        "--text",
+        TEXTS[1],
+        "--json",
+        "--engine",
+        "reference",
+    )
     ref = r.json()
     assert ref["engine"] == "reference"
     assert np.max(np.abs(np.array(default["embeddings"]) - np.array(ref["embeddings"]))) < 1e-5
     outs = []
     for engine in ("torch", "reference"):
-        r = cli("run", models / "llama.cmf", "--prompt", PROMPTS[1], "-n", "8", "--json",
-                "--engine", engine)
+        r = cli(
+            "run",
+            models / "llama.cmf",
+            "--prompt",
+            PROMPTS[1],
+            "-n",
+            "8",
+            "--json",
+            "--engine",
+            engine,
+        )
         assert r.code == 0 and r.json()["engine"] == engine, r.err
         outs.append(r.json()["ids"])
     assert outs[0] == outs[1]
@@ -132,8 +155,16 @@ def test_cli_run_reports_the_engine(models, cli):
 def test_cli_eval_numbers_close_between_engines(models, cli):
     reports = {}
     for engine in ("torch", "reference"):
-        r = cli("eval", models / "llama", models / "llama-q8.cmf", "--max-tokens", "64", "--json",
-                "--engine", engine)
+        r = cli(
+            "eval",
+            models / "llama",
+            models / "llama-q8.cmf",
+            "--max-tokens",
+            "64",
+            "--json",
+            "--engine",
+            engine,
+        )
         assert r.code == 0, r.err
         reports[engine] = r.json()
         assert reports[engine]["engines"] == {"original": engine, "compressed": engine}
@@ -149,12 +180,20 @@ def test_cli_eval_numbers_close_between_engines(models, cli):
 def test_engine_mismatches_are_usage_errors(models, cli, tmp_path):
     onnx.save_model(mlp_onnx(), str(tmp_path / "mlp.onnx"))
     _pack(tmp_path / "mlp.onnx", tmp_path / "mlp.cmf")
-    assert_one_error_line(cli("run", tmp_path / "mlp.cmf", "--engine", "torch"),
-                          "ONNX graph", "not torch", code=2)
-    assert_one_error_line(cli("eval", tmp_path / "mlp.onnx", tmp_path / "mlp.cmf",
-                              "--engine", "torch"), "ONNX graph", code=2)
-    assert_one_error_line(cli("run", models / "bert.cmf", "--text", "x", "--engine", "onnxruntime"),
-                          "text model", "torch or reference", code=2)
+    assert_one_error_line(
+        cli("run", tmp_path / "mlp.cmf", "--engine", "torch"), "ONNX graph", "not torch", code=2
+    )
+    assert_one_error_line(
+        cli("eval", tmp_path / "mlp.onnx", tmp_path / "mlp.cmf", "--engine", "torch"),
+        "ONNX graph",
+        code=2,
+    )
+    assert_one_error_line(
+        cli("run", models / "bert.cmf", "--text", "x", "--engine", "onnxruntime"),
+        "text model",
+        "torch or reference",
+        code=2,
+    )
     r = cli("run", tmp_path / "mlp.cmf", "--engine", "reference", "--json")
     assert r.code == 0 and r.json()["engine"] == "reference"
 
@@ -176,10 +215,13 @@ def test_a_model_without_config_json_stays_on_the_reference():
 
 
 def test_cmf_and_its_cli_do_not_import_torch():
-    code = ("import sys, cmf, cmf.cli, cmf.cli_runtime, cmf.runtime.rebuild, "
-            "cmf.runtime.torch_engine; "
-            "from click.testing import CliRunner; CliRunner().invoke(cmf.cli.main, ['--help']); "
-            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys, cmf, cmf.cli, cmf.cli_runtime, cmf.runtime.rebuild, "
+        "cmf.runtime.torch_engine; "
+        "from click.testing import CliRunner; CliRunner().invoke(cmf.cli.main, ['--help']); "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
