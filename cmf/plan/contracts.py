@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -147,13 +147,25 @@ class TensorPlan:
     pending: Pending | None = None
 
 
+class PlanTarget(TypedDict, total=False):
+    """What a plan aims at, as stored in the plan's metadata (spec/planner.md): one of ``error``
+    (an output-error bound), ``bytes`` or ``bits_per_parameter`` (a size target); the rounds add
+    ``file_bytes`` (the whole-file byte goal of a size target) and ``--gguf`` adds ``gguf``."""
+
+    error: float
+    bytes: int
+    bits_per_parameter: float
+    file_bytes: int
+    gguf: bool
+
+
 @dataclass
 class PlanResult:
     """What the planner did (``summary()`` is the JSON the CLI prints and the file stores)."""
 
     kind: str  # encoder, decoder, onnx, or data-free
     metric: str
-    target: dict
+    target: PlanTarget
     preset: str | None
     parameters: int
     tensors: dict[str, TensorPlan]

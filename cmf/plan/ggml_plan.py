@@ -29,7 +29,7 @@ def gguf_source(
 ) -> dict[str, Any]:
     """The tensors to plan (module docstring)."""
     if shard_size is not None:
-        raise CmfError("--gguf writes one .cmf (one GGUF): it does not go with --shard-size")
+        raise CmfError("GGUF planning writes one .cmf (one GGUF), not a sharded set")
     config = check_gguf_source(tensors, attachments)
     out = {}
     for name, x in tensors.items():

@@ -33,15 +33,15 @@ def _config(attachments: Mapping[str, bytes]) -> dict[str, Any]:
     raw = attachments.get("config.json")
     if raw is None:
         raise CmfError(
-            "--gguf needs a Hugging Face model directory (its config.json): the GGUF "
+            "GGUF planning needs a Hugging Face model directory (its config.json): the GGUF "
             "writer names tensors and keys from it"
         )
     try:
         config = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise CmfError("--gguf: config.json is not JSON") from None
+        raise CmfError("GGUF planning: config.json is not JSON") from None
     if not isinstance(config, dict):
-        raise CmfError("--gguf: config.json is not a JSON object")
+        raise CmfError("GGUF planning: config.json is not a JSON object")
     return config
 
 
@@ -58,26 +58,27 @@ def check_gguf_source(
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
         raise CmfError(
-            f"--gguf: model_type {str(model_type)[:40]!r} has no GGUF mapping in cmf "
+            f"GGUF planning: model_type {str(model_type)[:40]!r} has no GGUF mapping in cmf "
             f"({', '.join(ARCHITECTURES)} do)"
         )
     if "tokenizer.json" not in attachments:
         raise CmfError(
-            "--gguf: the model directory has no tokenizer.json (a GGUF carries the tokenizer)"
+            "GGUF planning: the model directory has no tokenizer.json "
+            "(a GGUF carries the tokenizer)"
         )
     try:
         _rope_theta(config)
         _arch_keys(ARCHITECTURES[model_type], config)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise CmfError(
-            f"--gguf: config.json holds an unexpected value ({type(exc).__name__})"
+            f"GGUF planning: config.json holds an unexpected value ({type(exc).__name__})"
         ) from None
     tied = bool(config.get("tie_word_embeddings", False))
     for name in tensors:
         if name.endswith(SKIPPED) or tied and name == "lm_head.weight":
             continue
         if hf_to_gguf_name(name) is None:
-            raise CmfError(f"--gguf: tensor {name!r} has no llama.cpp name")
+            raise CmfError(f"GGUF planning: tensor {name!r} has no llama.cpp name")
     return config
 
 

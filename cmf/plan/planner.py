@@ -50,6 +50,7 @@ from .contracts import (
     PLANNED_PRESETS,
     PlanOptions,
     PlanResult,
+    PlanTarget,
     TensorPlan,
     parse_target_size,
 )
@@ -120,14 +121,17 @@ def plan(
     )
     if harness is not None and harness.groups is not None:
         metric = f"{METRIC} of the worst of {len(harness.group_names)} kinds of text"
+    target: PlanTarget
     if options.preset is not None:
         key = ("kl" if kind == "decoder" else "error") if harness is not None else "data_free"
-        target = {"error": PLANNED_PRESETS[options.preset][key]}
+        target = PlanTarget(error=PLANNED_PRESETS[options.preset][key])
     elif options.target_error is not None:
-        target = {"error": float(options.target_error)}
+        target = PlanTarget(error=float(options.target_error))
     else:
         unit, value = parse_target_size(options.target_size)  # type: ignore[arg-type]
-        target = {"bits_per_parameter": value} if unit == "bpp" else {"bytes": int(value)}
+        target = (
+            PlanTarget(bits_per_parameter=value) if unit == "bpp" else PlanTarget(bytes=int(value))
+        )
     if "bytes" in target or "bits_per_parameter" in target:
         goal = target.get("bytes") or target["bits_per_parameter"] * parameters / 8
         if goal <= fixed_bytes:  # fail before measuring anything
