@@ -229,7 +229,7 @@ def channel_hessian(
         return None, None
     n = shape[moments[0] % 2]
     factor = moments[3] if len(moments) > 3 else None
-    key = (n, damping, id(moments[2][0]), id(moments[2][1]), id(factor))
+    key = (n, damping, GPTQ_DAMPING, id(moments[2][0]), id(moments[2][1]), id(factor))
     for k, _, got in _HESSIAN_CACHE:
         if k == key:
             return got
@@ -237,6 +237,25 @@ def channel_hessian(
     _HESSIAN_CACHE.append((key, (moments[2], factor), got))
     del _HESSIAN_CACHE[:-HESSIAN_CACHE_ENTRIES]
     return got
+
+
+def forget_hessians() -> None:
+    """Drop the results :func:`channel_hessian` keeps (and the input matrices they hold): the
+    planner calls it when a plan is done."""
+    _HESSIAN_CACHE.clear()
+
+
+def damped_fold_matrix(h1: np.ndarray, n: int, damping: float) -> np.ndarray | None:
+    """``Hn`` as a float64 (n, n) matrix: fold 1's matrix ``h1`` symmetrised, plus ``damping``
+    times its mean diagonal, scaled to a mean diagonal of 1; None unless ``h1`` is a finite
+    (n, n) matrix with a positive mean diagonal."""
+    h1 = np.asarray(h1, np.float64)
+    if h1.shape != (n, n) or not np.isfinite(h1).all():
+        return None
+    m1 = float(np.mean(np.diag(h1)))
+    if m1 <= 0:
+        return None
+    return ((h1 + h1.T) / 2 + damping * m1 * np.eye(n)) / (m1 * (1 + damping))
 
 
 def _channel_hessian(
@@ -267,8 +286,7 @@ def _channel_hessian(
         return u, LowRankForm(
             (factor / np.float32(np.sqrt(scale))).astype(np.float32), damping / (1 + damping)
         )
-    hn = ((h1 + h1.T) / 2 + damping * m1 * np.eye(n)) / scale
-    return u, hn.astype(np.float32)
+    return u, damped_fold_matrix(h1, n, damping).astype(np.float32)
 
 
 def weighted_error(

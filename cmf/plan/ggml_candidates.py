@@ -46,6 +46,7 @@ from .candidates import (
     Point,
     _sample_rows,
     channel_weights,
+    damped_fold_matrix,
     lower_hull,
     step_feedback,
     weighted_error,
@@ -87,14 +88,7 @@ def fold_matrix(
     without the factor the step candidates' error feedback needs (GGML rounding uses none)."""
     if moments is None or len(moments) < 3 or moments[2] is None or len(shape) != 2:
         return None
-    n = shape[moments[0] % 2]
-    h1 = np.asarray(moments[2][1], np.float64)
-    if h1.shape != (n, n) or not np.isfinite(h1).all():
-        return None
-    m1 = float(np.mean(np.diag(h1)))
-    if m1 <= 0:
-        return None
-    return ((h1 + h1.T) / 2 + damping * m1 * np.eye(n)) / (m1 * (1 + damping))
+    return damped_fold_matrix(moments[2][1], shape[moments[0] % 2], damping)
 
 
 def _digest(x: np.ndarray, moments: Any) -> bytes:

@@ -41,7 +41,16 @@ from ..errors import CmfError
 from ..jsonable import json_safe
 from ..pipeline import Pending, best_bytes, decode_pending, encode_lossless
 from . import sensitivity as sens_mod
-from .candidates import LOSSLESS, Curve, Point, measure, plannable, step_choices, template_choices
+from .candidates import (
+    LOSSLESS,
+    Curve,
+    Point,
+    forget_hessians,
+    measure,
+    plannable,
+    step_choices,
+    template_choices,
+)
 from .contracts import (
     ATTACHMENT_LEVEL,
     INDEX_BYTES_PER_TENSOR,
@@ -247,6 +256,7 @@ def plan(
     allocate_and_verify(result, tensors, options, harness, fixed_bytes)
     result.seconds["allocate_and_verify"] = time.perf_counter() - t0
     result.seconds["total"] = time.perf_counter() - t_start
+    forget_hessians()  # the matrices kept for tensors sharing an input
     return result
 
 
