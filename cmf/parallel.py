@@ -255,12 +255,34 @@ class ProcessExecutor:
             self.pool.shutdown(wait=True)
             return
         procs = self._processes()
+        _quiet_broken_pool_race()
         self.pool.shutdown(wait=False, cancel_futures=True)
         for proc in procs:  # their tasks' results are wanted no more
             if proc.is_alive():
                 proc.terminate()
         for proc in procs:
             proc.join(timeout=5)
+
+
+def _quiet_broken_pool_race() -> None:
+    """Keep the traceback of a known CPython race off stderr: after workers are terminated on
+    purpose, the pool's manager thread may mark a future that was already cancelled as broken
+    and die of ``InvalidStateError``. Only that exception from that thread is silenced."""
+    import threading
+    from concurrent.futures import InvalidStateError
+
+    previous = threading.excepthook
+    if getattr(previous, "cmf_quiet_pool", False):
+        return
+
+    def hook(args: Any) -> None:
+        manager = type(args.thread).__name__ == "_ExecutorManagerThread"
+        if manager and args.exc_type is not None and issubclass(args.exc_type, InvalidStateError):
+            return
+        previous(args)
+
+    hook.cmf_quiet_pool = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def _ignore_sigint() -> None:

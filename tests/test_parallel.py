@@ -208,3 +208,27 @@ def test_memory_of_jobs_2_is_bounded_by_tensors_not_model(tmp_path):
     ref = tmp_path / "ref.cmf"
     run_cli("pack", tmp_path / "big", "-o", ref, "-q")
     assert _bytes(ref) == _bytes(tmp_path / "big.cmf")
+
+
+def test_the_broken_pool_race_is_silenced_only_for_the_pool_manager(monkeypatch):
+    import threading
+    from concurrent.futures import InvalidStateError
+
+    from cmf import parallel
+
+    seen = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_type))
+    parallel._quiet_broken_pool_race()
+    parallel._quiet_broken_pool_race()  # installed once
+
+    class _ExecutorManagerThread(threading.Thread):
+        pass
+
+    def args(exc, thread):
+        return threading.ExceptHookArgs((exc, exc(), None, thread))
+
+    threading.excepthook(args(InvalidStateError, _ExecutorManagerThread()))
+    assert seen == []
+    threading.excepthook(args(InvalidStateError, threading.Thread()))
+    threading.excepthook(args(ValueError, _ExecutorManagerThread()))
+    assert seen == [InvalidStateError, ValueError]
