@@ -1,5 +1,5 @@
-/* Optional C kernels for the byteplanes, huffman and ggml codecs (spec/codecs/byteplanes.md,
- * spec/codecs/huffman.md, spec/codecs/ggml.md).
+/* Optional C kernels for the byteplanes, huffman, bitpack, quantize and ggml codecs
+ * (spec/codecs/byteplanes.md, huffman.md, bitpack.md, quantize.md, ggml.md).
  *
  * interleave(out, planes, rotate): out[i] = word built from byte i of each plane, rotated
  *     right by one bit when rotate (undoing the encoder's left rotation).
@@ -20,7 +20,14 @@
  *     e0 + (8 i + j) e_step at bit j (j < 8, len a multiple of 8). Rows are checked against
  *     the buffers.
  *
- * Pure byte shuffling / table lookups over caller-checked buffers; the GIL is released.
+ * nibbles(out, raw): bitpack's 4-bit codes, two per byte, low nibble first.
+ *
+ * dequantize(out, q, scale, extra, n, block, scheme, offset): quantize's decoding of rows of n
+ *     codes in blocks along the row (spec/codecs/quantize.md), returning the largest code so the
+ *     caller can reject one out of range (see dequantize below).
+ *
+ * Pure byte shuffling / table lookups / float32 arithmetic over caller-checked buffers; the GIL
+ * is released.
  * Byte order: words are little-endian on disk; this code builds them with shifts, so it is
  * independent of the host's byte order.
  */
@@ -56,6 +63,56 @@ static void release(Py_buffer *views, Py_ssize_t k) {
     for (Py_ssize_t j = 0; j < k; j++) PyBuffer_Release(&views[j]);
 }
 
+/* One loop per word size with the size a constant, so the compiler vectorizes it; a word is
+ * stored whole (memcpy) where the host is little-endian, byte by byte otherwise. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define STORE_WORD(dst, w, k) memcpy((dst), &(w), (k))
+#else
+#define STORE_WORD(dst, w, k) \
+    do { for (int b_ = 0; b_ < (k); b_++) (dst)[b_] = (uint8_t)((w) >> (8 * b_)); } while (0)
+#endif
+
+static void interleave4(uint8_t *dst, const uint8_t **p, Py_ssize_t n, int rotate) {
+    const uint8_t *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
+    if (rotate) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint32_t w = (uint32_t)p0[i] | (uint32_t)p1[i] << 8 | (uint32_t)p2[i] << 16 | (uint32_t)p3[i] << 24;
+            w = (w >> 1) | (w << 31);
+            STORE_WORD(dst + 4 * i, w, 4);
+        }
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint32_t w = (uint32_t)p0[i] | (uint32_t)p1[i] << 8 | (uint32_t)p2[i] << 16 | (uint32_t)p3[i] << 24;
+            STORE_WORD(dst + 4 * i, w, 4);
+        }
+    }
+}
+
+static void interleave2(uint8_t *dst, const uint8_t **p, Py_ssize_t n, int rotate) {
+    const uint8_t *p0 = p[0], *p1 = p[1];
+    if (rotate) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint16_t w = (uint16_t)(p0[i] | p1[i] << 8);
+            w = (uint16_t)((w >> 1) | (w << 15));
+            STORE_WORD(dst + 2 * i, w, 2);
+        }
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint16_t w = (uint16_t)(p0[i] | p1[i] << 8);
+            STORE_WORD(dst + 2 * i, w, 2);
+        }
+    }
+}
+
+static void interleave8(uint8_t *dst, const uint8_t **p, Py_ssize_t n, int rotate) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t w = 0;
+        for (int j = 0; j < 8; j++) w |= (uint64_t)p[j][i] << (8 * j);
+        if (rotate) w = (w >> 1) | (w << 63);
+        STORE_WORD(dst + 8 * i, w, 8);
+    }
+}
+
 static PyObject *interleave(PyObject *self, PyObject *args) {
     PyObject *out_obj, *planes_obj;
     int rotate;
@@ -81,30 +138,9 @@ static PyObject *interleave(PyObject *self, PyObject *args) {
     const uint8_t *p[MAXK];
     for (Py_ssize_t j = 0; j < k; j++) p[j] = (const uint8_t *)pl[j].buf;
     Py_BEGIN_ALLOW_THREADS
-    if (!rotate) {
-        for (Py_ssize_t i = 0; i < n; i++)
-            for (Py_ssize_t j = 0; j < k; j++) dst[i * k + j] = p[j][i];
-    } else if (k == 4) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            uint32_t w = (uint32_t)p[0][i] | (uint32_t)p[1][i] << 8 | (uint32_t)p[2][i] << 16 | (uint32_t)p[3][i] << 24;
-            w = (w >> 1) | (w << 31);
-            dst[4 * i] = (uint8_t)w; dst[4 * i + 1] = (uint8_t)(w >> 8);
-            dst[4 * i + 2] = (uint8_t)(w >> 16); dst[4 * i + 3] = (uint8_t)(w >> 24);
-        }
-    } else if (k == 2) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            uint16_t w = (uint16_t)(p[0][i] | p[1][i] << 8);
-            w = (uint16_t)((w >> 1) | (w << 15));
-            dst[2 * i] = (uint8_t)w; dst[2 * i + 1] = (uint8_t)(w >> 8);
-        }
-    } else {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            uint64_t w = 0;
-            for (Py_ssize_t j = 0; j < 8; j++) w |= (uint64_t)p[j][i] << (8 * j);
-            w = (w >> 1) | (w << 63);
-            for (Py_ssize_t j = 0; j < 8; j++) dst[8 * i + j] = (uint8_t)(w >> (8 * j));
-        }
-    }
+    if (k == 4) interleave4(dst, p, n, rotate);
+    else if (k == 2) interleave2(dst, p, n, rotate);
+    else interleave8(dst, p, n, rotate);
     Py_END_ALLOW_THREADS
     release(pl, k);
     PyBuffer_Release(&out);
@@ -365,14 +401,125 @@ fail:
     return NULL;
 }
 
+/* nibbles(out, raw): 4-bit codes, low nibble first: out[2i] = raw[i] & 15, out[2i+1] = raw[i] >> 4
+ * (spec/codecs/bitpack.md with bits 4); out holds exactly twice raw's bytes. */
+static PyObject *nibbles(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_raw;
+    if (!PyArg_ParseTuple(args, "OO", &o_out, &o_raw)) return NULL;
+    Py_buffer out, raw;
+    if (PyObject_GetBuffer(o_out, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (PyObject_GetBuffer(o_raw, &raw, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    if (out.len != 2 * raw.len) {
+        PyBuffer_Release(&raw);
+        PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "nibbles: out must hold twice the input's bytes");
+        return NULL;
+    }
+    uint8_t *dst = (uint8_t *)out.buf;
+    const uint8_t *src = (const uint8_t *)raw.buf;
+    Py_ssize_t n = raw.len;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        dst[2 * i] = src[i] & 15;
+        dst[2 * i + 1] = src[i] >> 4;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
+/* dequantize(out, q, scale, extra, n, block, scheme, offset) -> the largest code seen.
+ * out: float32 rows of n; q: the codes (u8 or u16 by item size, same count); scale and extra:
+ * float32 values, one per block of each row (blocks of `block` elements, the last one shorter);
+ * scheme 0: x = s * (u - offset), 1: x = s * (u - z) (extra = zero points as float32),
+ * 2: x = s * u + m (extra = min). float32 with one rounding per operation in this order
+ * (spec/codecs/quantize.md; built with -ffp-contract=off, so never fused). */
+#define DEQ_LOOP(T)                                                                           \
+    for (Py_ssize_t r = 0; r < rows; r++) {                                                   \
+        const T *qr = (const T *)q.buf + r * n;                                               \
+        float *xr = (float *)out.buf + r * n;                                                 \
+        for (Py_ssize_t b = 0; b < nb; b++) {                                                 \
+            Py_ssize_t a = b * block, e = a + block < n ? a + block : n;                      \
+            float sc = sv[r * nb + b], ex = ev ? ev[r * nb + b] : (float)offset;              \
+            unsigned m = 0;                                                                   \
+            if (scheme == 2) {                                                                \
+                for (Py_ssize_t i = a; i < e; i++) {                                          \
+                    unsigned u = qr[i]; m = u > m ? u : m;                                    \
+                    float t = sc * (float)u;                                                  \
+                    xr[i] = t + ex;                                                           \
+                }                                                                             \
+            } else {                                                                          \
+                for (Py_ssize_t i = a; i < e; i++) {                                          \
+                    unsigned u = qr[i]; m = u > m ? u : m;                                    \
+                    xr[i] = ((float)u - ex) * sc;                                             \
+                }                                                                             \
+            }                                                                                 \
+            top = m > top ? m : top;                                                          \
+        }                                                                                     \
+    }
+
+static PyObject *dequantize(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_q, *o_scale, *o_extra;
+    Py_ssize_t n, block;
+    int scheme, offset;
+    if (!PyArg_ParseTuple(args, "OOOOnnii", &o_out, &o_q, &o_scale, &o_extra, &n, &block,
+                          &scheme, &offset)) return NULL;
+    Py_buffer out, q, sc, ex;
+    int got = 0, has_extra = o_extra != Py_None;
+    if (PyObject_GetBuffer(o_out, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto fail;
+    got = 1;
+    if (PyObject_GetBuffer(o_q, &q, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto fail;
+    got = 2;
+    if (PyObject_GetBuffer(o_scale, &sc, PyBUF_C_CONTIGUOUS) < 0) goto fail;
+    got = 3;
+    if (has_extra && PyObject_GetBuffer(o_extra, &ex, PyBUF_C_CONTIGUOUS) < 0) goto fail;
+    got = 4;
+    Py_ssize_t rows = n > 0 ? out.len / 4 / n : 0;
+    Py_ssize_t nb = block > 0 && n > 0 ? (n + block - 1) / block : 0;
+    if (n < 1 || block < 1 || scheme < 0 || scheme > 2 || (q.itemsize != 1 && q.itemsize != 2)
+        || out.len != rows * n * 4 || q.len != rows * n * q.itemsize || sc.len != rows * nb * 4
+        || has_extra != (scheme != 0) || (has_extra && ex.len != sc.len)) {
+        PyErr_SetString(PyExc_ValueError, "dequantize: inconsistent buffers");
+        goto fail;
+    }
+    unsigned top = 0;
+    {
+        const float *sv = (const float *)sc.buf, *ev = has_extra ? (const float *)ex.buf : NULL;
+        Py_BEGIN_ALLOW_THREADS
+        if (q.itemsize == 1) {
+            DEQ_LOOP(uint8_t)
+        } else {
+            DEQ_LOOP(uint16_t)
+        }
+        Py_END_ALLOW_THREADS
+    }
+    if (has_extra) PyBuffer_Release(&ex);
+    PyBuffer_Release(&sc);
+    PyBuffer_Release(&q);
+    PyBuffer_Release(&out);
+    return PyLong_FromUnsignedLong(top);
+fail:
+    if (got >= 4 && has_extra) PyBuffer_Release(&ex);
+    if (got >= 3) PyBuffer_Release(&sc);
+    if (got >= 2) PyBuffer_Release(&q);
+    if (got >= 1) PyBuffer_Release(&out);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"interleave", interleave, METH_VARARGS, "interleave(out, planes, rotate): planes -> words"},
     {"split", split, METH_VARARGS, "split(src, planes, rotate): words -> planes"},
     {"huffman_chunks", huffman_chunks, METH_VARARGS, "decode every huffman chunk (see top)"},
+    {"nibbles", nibbles, METH_VARARGS, "nibbles(out, raw): 4-bit codes, low nibble first"},
+    {"dequantize", dequantize, METH_VARARGS, "dequantize(out, q, scale, extra, n, block, scheme, offset): codes -> f32 (see dequantize)"},
     {"ggml_join", ggml_join, METH_VARARGS, "ggml_join(out, fields, table, nbytes): blocks from fields (see top)"},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups", "byteplanes, huffman and ggml kernels", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups", "byteplanes, huffman, bitpack, quantize and ggml kernels", -1, methods};
 
 PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }

@@ -260,12 +260,16 @@ def decode(
     limits: Limits,
     shared: Callable[[int], np.ndarray] | None = None,
     parallel: bool = True,
+    out: np.ndarray | None = None,
 ) -> Value:
     """Decode ``node``; ``fetch(i)`` returns segment ``i``'s bytes, already CRC-checked, and
     ``shared(i)`` shared value ``i`` (read-only; codecs never write to their parts). With
     ``parallel``, the big parts of the top node decode on the "parts" thread pool (``fetch``
     and ``shared`` are then called from several threads); callers running on that pool, or
-    holding a lock those threads may need, pass ``parallel=False``."""
+    holding a lock those threads may need, pass ``parallel=False``. ``out`` (an array node
+    only: writable, C-contiguous, of the node's dtype and shape) receives the value and is
+    returned: codecs with a ``decode_into(parts, spec, out)`` method (byteplanes, quantize,
+    raw) write their result there directly, the others' result is copied in."""
     check_decodable(node.spec, limits)
     if isinstance(node, Leaf):
         return fetch(node.segment)
@@ -274,7 +278,7 @@ def decode(
             raise FormatError(f"shared value {node.index} referenced where none can be")
         value = shared(node.index)
         _check_matches(value, node.spec, "shared")
-        return value
+        return value if out is None else _copy_into(out, value)
     big = (
         [n for n, c in node.parts.items() if _nbytes(c.spec) >= PARALLEL_PART_BYTES]
         if parallel
@@ -305,9 +309,18 @@ def decode(
                 job.cancel()
             wait(list(jobs.values()))
             raise
+    into = getattr(node.codec, "decode_into", None) if out is not None else None
+    if into is not None:
+        into(parts, node.spec, out)
+        return out
     value = node.codec.decode(parts, node.spec)
     _check_matches(value, node.spec, node.codec.name)
-    return value
+    return value if out is None else _copy_into(out, value)
+
+
+def _copy_into(out: np.ndarray, value: Value) -> np.ndarray:
+    out[...] = value  # shapes and dtypes already match (_check_matches)
+    return out
 
 
 def _nbytes(spec: Spec) -> int:

@@ -192,8 +192,8 @@ class CmfFile:
             self._owners = owners
         return list(dict.fromkeys(self._owners.get(i, [])))
 
-    def decode_node(self, node: Node) -> Any:
-        return decode(node, self.segment, self.limits, self.shared_value)
+    def decode_node(self, node: Node, out: np.ndarray | None = None) -> Any:
+        return decode(node, self.segment, self.limits, self.shared_value, out=out)
 
     def shared_value(self, i: int) -> np.ndarray:
         """Shared value ``i``, decoded once and kept (read-only; the index bounds their total
@@ -245,11 +245,15 @@ class CmfFile:
     def spec(self, name: str) -> ArraySpec:
         return self.entry(name).spec
 
-    def get_tensor(self, name: str) -> np.ndarray:
-        """Decode tensor ``name`` into a new writable array (its original dtype and shape)."""
+    def get_tensor(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode tensor ``name`` into a new writable array (its original dtype and shape), or
+        into ``out`` (returned): a writable C-contiguous array of that dtype and shape."""
         entry = self.entry(name)
         if entry.alias is not None:
             entry = self._entries[entry.alias]
+        if out is not None:
+            check_out(name, entry.spec, out)
+            return self.decode_node(entry.encoding, out)
         array = self.decode_node(entry.encoding)
         root = array
         while isinstance(root, np.ndarray) and root.base is not None:
@@ -289,6 +293,29 @@ class CmfFile:
 
     def __del__(self) -> None:
         self.close()
+
+
+def check_out(name: str, spec: ArraySpec, out: Any) -> None:
+    """CmfError unless ``out`` can receive tensor ``name`` of ``spec``: a writable C-contiguous
+    numpy array of its dtype and shape."""
+    if not (
+        isinstance(out, np.ndarray)
+        and out.dtype == spec.dtype.numpy
+        and out.shape == spec.shape
+        and out.flags.writeable
+        and out.flags.c_contiguous
+    ):
+        found = (
+            f"{'a writable' if out.flags.writeable else 'a read-only'} "
+            f"{'C-contiguous' if out.flags.c_contiguous else 'strided'} {out.dtype}"
+            f"{list(out.shape)} array"
+            if isinstance(out, np.ndarray)
+            else type(out).__name__
+        )
+        raise CmfError(
+            f"tensor {name!r} is {spec.describe()}: out must be a writable C-contiguous array "
+            f"of that dtype and shape, found {found}"
+        )
 
 
 def _shared_refs(node: Node) -> Iterator[int]:

@@ -30,6 +30,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..dtypes import BY_NAME
 from ..errors import CmfError, FormatError
+from ..kernels import PIECE_MIN, in_pieces
+from ..kernels import speedups as _speedups  # optional C kernels; same bits either way
 from .base import ArraySpec, Codec, Spec, Value, require_array_spec, require_config_keys
 from .registry import register
 
@@ -38,6 +40,7 @@ SCHEMES = ("symmetric", "asymmetric", "zero_point")
 TENSOR_DTYPES = ("f32", "f16", "bf16", "f64")
 SCALE_DTYPES = ("f32", "f16", "bf16")
 _F32 = np.dtype("<f4")
+_KERNEL_SCHEMES = {"symmetric": 0, "zero_point": 1, "asymmetric": 2}  # _speedups.dequantize's
 _CONFIG = {  # key -> allowed Python types (bool kept apart from int)
     "bits": (int,),
     "block": (int,),
@@ -180,6 +183,8 @@ class Quantize(Codec):
         specs = self.resolve(spec)
         q = _part(parts, "q", specs["q"])
         limit = 1 << self.bits
+        if _speedups is not None and lay.post == 1 and q.size:
+            return self._decode_rows(q, parts, specs, spec, lay, None)
         if q.size and int(q.max()) >= limit:
             raise _fail(f"code {int(q.max())} is out of range for {self.bits} bits (< {limit})")
         scale = _finite_part(parts, "scale", specs["scale"])
@@ -196,6 +201,65 @@ class Quantize(Codec):
             if self.scheme == "asymmetric":
                 _blockwise(t, _finite_part(parts, "min", specs["min"]), lay, np.add)  # one rounding
             return t.reshape(spec.shape).astype(spec.dtype.numpy, copy=False)  # f16/bf16 too
+
+    def decode_into(self, parts: dict[str, Value], spec: Spec, out: np.ndarray) -> None:
+        """decode() written into ``out`` (C-contiguous, writable, the spec's dtype and shape):
+        by the C kernel straight into it for a float32 tensor blocked along its rows."""
+        spec = self._check(spec)
+        lay = self.layout(spec.shape)
+        if _speedups is not None and lay.post == 1 and spec.numel and spec.dtype.name == "f32":
+            specs = self.resolve(spec)
+            q = _part(parts, "q", specs["q"])
+            self._decode_rows(q, parts, specs, spec, lay, out.reshape(lay.pre, lay.n))
+        else:
+            out[...] = self.decode(parts, spec)
+
+    def _decode_rows(
+        self,
+        q: np.ndarray,
+        parts: dict[str, Value],
+        specs: dict[str, Spec],
+        spec: ArraySpec,
+        lay: Layout,
+        into: np.ndarray | None,
+    ) -> np.ndarray:
+        """decode() by the C kernel where blocks run along contiguous rows (``post`` is 1):
+        one pass, rows split over threads; the same float32 operations in the same order.
+        ``into``: a (pre, n) float32 array to write (else a new one)."""
+        limit = 1 << self.bits
+        scale = _finite_part(parts, "scale", specs["scale"]).reshape(lay.pre, lay.nblocks)
+        extra = None
+        if self.scheme == "zero_point":
+            zero = _part(parts, "zero", specs["zero"])
+            if zero.size and int(zero.max()) >= limit:
+                raise _fail(f"zero point {int(zero.max())} is out of range for {self.bits} bits")
+            extra = zero.astype(_F32).reshape(lay.pre, lay.nblocks)
+        elif self.scheme == "asymmetric":
+            extra = _finite_part(parts, "min", specs["min"]).reshape(lay.pre, lay.nblocks)
+        out = np.empty((lay.pre, lay.n), dtype=_F32) if into is None else into  # owned, writable
+        codes = q.reshape(lay.pre, lay.n)
+        tops: list[int] = []
+
+        def rows(a: int, b: int) -> None:
+            tops.append(
+                _speedups.dequantize(
+                    out[a:b],
+                    codes[a:b],
+                    scale[a:b],
+                    None if extra is None else extra[a:b],
+                    lay.n,
+                    lay.size,
+                    _KERNEL_SCHEMES[self.scheme],
+                    self.offset,
+                )
+            )
+
+        in_pieces(rows, lay.pre, max(1, PIECE_MIN // lay.n))
+        top = max(tops)
+        if top >= limit:
+            raise _fail(f"code {top} is out of range for {self.bits} bits (< {limit})")
+        with np.errstate(over="ignore"):  # IEEE overflow to infinity (spec): no warning
+            return out.reshape(spec.shape).astype(spec.dtype.numpy, copy=False)  # f16/bf16 too
 
     # ------------------------------------------------------------------------- encode
 

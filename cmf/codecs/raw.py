@@ -42,3 +42,10 @@ class Raw(Codec):
         if spec.dtype.name == "bool" and flat.size and int(flat.max()) > 1:
             raise FormatError("raw: a bool byte is neither 0 nor 1")
         return flat.view(spec.dtype.numpy).reshape(spec.shape)
+
+    def decode_into(self, parts: dict[str, Value], spec: Spec, out: np.ndarray) -> None:
+        """decode() copied into ``out`` (C-contiguous, writable, the spec's dtype and shape):
+        the one copy a reader makes of bytes it must not hand out (views of its mapping)."""
+        np.copyto(
+            out.reshape(-1).view(np.uint8), self.decode(parts, spec).reshape(-1).view(np.uint8)
+        )
