@@ -10,6 +10,15 @@ swapped for others (noisy or decoded ones) on the reference decoder (cmf.runtime
   a run that changes only block ``i`` and later starts from block ``i``'s cached input);
 * ``onnx``: every float output of every calibration input set.
 
+**Engines.** Encoders run on PyTorch (float32, cmf.plan.encoder_torch: a port of
+cmf.runtime.bert's forward on the real tokens only, restarting a run at the first layer stage its
+replaced tensors touch) when torch is importable, else on the numpy reference (cmf.runtime.bert),
+which stays the reference the torch pass is tested against (they agree to float32 rounding). The
+environment variable ``CMF_PLAN_ENGINE`` chooses: ``auto`` (the default), ``torch`` (an error
+without PyTorch) or ``reference`` (numpy, as before the torch pass existed). Decoders and ONNX
+graphs always run on their reference runners (a decoder's Fisher sensitivities use torch when
+importable, whatever this variable says).
+
 **The output error** (what ``--target-error`` bounds, spec/planner.md) is ``1 - mean cosine``:
 the cosine similarity of each sentence embedding (encoder) with the original's, averaged; for
 ONNX models each float output is taken over all calibration samples at once (one vector per
@@ -35,6 +44,7 @@ rows' importance from token frequencies instead (cmf.plan.tokens), along axis 0.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -42,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CmfError
+from ..extras import install_hint
 from .decoder import DecoderHarness
 from .harness_base import (  # noqa: F401  (re-exported: the harness API lives here)
     DECODER_METRIC,
@@ -95,6 +106,7 @@ class EncoderHarness(Harness):
         tokenizer: Any,
         texts: Sequence[str],
         domains: Sequence[str] | None = None,
+        engine: str | None = None,
     ) -> None:
         from ..runtime import bert
         from ..runtime.bert import BertEncoder
@@ -125,6 +137,46 @@ class EncoderHarness(Harness):
             self.group_names = sorted(set(domains))
             number = {name: g for g, name in enumerate(self.group_names)}
             self.groups = np.array([number[domains[i]] for i in order], np.int64)
+        self.engine = plan_engine() if engine is None else _checked_engine(engine)
+        self._torch: Any = None
+        self._start: tuple[int, int] | None = None  # where a torch run restarts (run())
+        self._recording = False  # the reference pass is running: keep activations
+        if self.engine == "torch":
+            from .encoder_torch import TorchEncoderPass
+
+            names = list(self.tensors)
+            self._torch = TorchEncoderPass(
+                config,
+                pipeline,
+                bert._prefix(names),
+                self.batches,
+                probe.pad_id,
+                probe.offset_positions,
+                names,
+            )
+            self._torch.plan_cache(probe.params["wte"].shape[1])
+
+    @property
+    def reference(self) -> Any:
+        if self._ref is None:
+            self._recording = True
+            try:
+                self._ref = self.run()
+            finally:
+                self._recording = False
+        return self._ref
+
+    def run(self, overrides: Mapping[str, np.ndarray] | None = None) -> Any:
+        """Sentence embeddings with ``overrides``; on torch a run restarts at the first layer
+        stage they touch (cmf.plan.encoder_torch)."""
+        if self._torch is None or not overrides:
+            return super().run(overrides)
+        _ = self.reference  # the kept activations come with the reference pass
+        self._start = self._torch.entry(list(overrides))
+        try:
+            return super().run(overrides)
+        finally:
+            self._start = None
 
     def runner(self, get: Callable[[str], np.ndarray]) -> Any:
         from ..runtime.bert import BertEncoder
@@ -132,12 +184,16 @@ class EncoderHarness(Harness):
         return BertEncoder.from_tensors(get, list(self.tensors), self.config, self.pipeline)
 
     def _run(self, get: Callable[[str], np.ndarray]) -> np.ndarray:
+        if self._torch is not None:
+            return self._torch.run(get, self._start, record=self._recording)
         enc = self.runner(get)
         return np.concatenate(
             [enc.embed_ids(ids, mask, types) for ids, mask, types in self.batches]
         )
 
     def input_moments(self) -> Moments:
+        if self._torch is not None:
+            return self._torch_moments()
         from ..runtime import bert
 
         enc = self.runner(self.tensors.__getitem__)
@@ -177,9 +233,34 @@ class EncoderHarness(Harness):
         self._current_mask = None
         out: Moments = {}
         for key, names in owners.items():
-            got = sums.result(key)
+            got = sums.pop(key)
             if got is not None:
                 for n in names:
+                    out[n] = (1, *got)  # weights are [out, in]: input channels along axis 1
+        self._token_rows(out, self.embedding, self.tokenizer, self.calibration_ids)
+        return out
+
+    def _torch_moments(self) -> Moments:
+        """input_moments on torch: one pass (the reference pass, if it has not run yet)."""
+        from ..runtime import bert
+        from .encoder_torch import owners
+
+        pre = bert._prefix(list(self.tensors))
+        names = owners(pre, self._torch.n_layer)
+        sums = MomentSums()
+
+        def hook(key: Any, kind: str, rows: np.ndarray, fold: np.ndarray) -> None:
+            sums.add(key, rows, fold)
+
+        record = self._ref is None
+        out_ref = self._torch.run(self.tensors.__getitem__, None, record=record, hook=hook)
+        if record:
+            self._ref = out_ref
+        out: Moments = {}
+        for key, group in names.items():
+            got = sums.pop(key)
+            if got is not None:
+                for n in group:
                     out[n] = (1, *got)  # weights are [out, in]: input channels along axis 1
         self._token_rows(out, self.embedding, self.tokenizer, self.calibration_ids)
         return out
@@ -190,6 +271,29 @@ class EncoderHarness(Harness):
     def _mask_rows(self, n: int) -> np.ndarray | None:
         m = self._current_mask
         return m if m is not None and m.size == n else None
+
+
+ENGINE_VARIABLE = "CMF_PLAN_ENGINE"
+PLAN_ENGINES = ("auto", "torch", "reference")
+
+
+def _checked_engine(name: str) -> str:
+    if name not in PLAN_ENGINES:
+        raise CmfError(f"{ENGINE_VARIABLE}={name!r}: expected one of {', '.join(PLAN_ENGINES)}")
+    if name == "reference":
+        return name
+    if importlib.util.find_spec("torch") is None:
+        if name == "torch":
+            raise CmfError(
+                f"{ENGINE_VARIABLE}=torch, but PyTorch is not installed ({install_hint('torch')})"
+            )
+        return "reference"
+    return "torch"
+
+
+def plan_engine() -> str:
+    """The engine encoder harnesses run on: ``torch`` or ``reference`` (module docstring)."""
+    return _checked_engine(os.environ.get(ENGINE_VARIABLE, "").strip().lower() or "auto")
 
 
 # ----------------------------------------------------------------------------- ONNX

@@ -66,12 +66,24 @@ class MomentSums:
         """``(E[x_j^2], (E[x x^T] of each fold) or None, fold 1's factor or None)`` of ``key``
         (class docstring); None if it saw no rows. The matrices are None unless both folds saw
         rows."""
-        acc = self.sums.get(key)
+        return self._result(self.sums.get(key), copy=True)
+
+    def pop(self, key: Any) -> tuple | None:
+        """``result(key)``, after which the key's sums are gone: the matrices are divided in
+        place (no second copy of every matrix while the results are made)."""
+        return self._result(self.sums.pop(key, None), copy=False)
+
+    def _result(self, acc: list | None, copy: bool) -> tuple | None:
         if acc is None or not acc[1]:
             return None
         full = factor = None
         if acc[2] is not None and min(acc[3]) > 0:
-            full = (acc[2][0] / acc[3][0], acc[2][1] / acc[3][1])
+            if copy:
+                full = (acc[2][0] / acc[3][0], acc[2][1] / acc[3][1])
+            else:
+                acc[2][0] /= acc[3][0]
+                acc[2][1] /= acc[3][1]
+                full = (acc[2][0], acc[2][1])
             if acc[4]:
                 factor = np.concatenate(acc[4]) / np.float32(np.sqrt(acc[3][1]))  # (k, n)
         return acc[0] / acc[1], full, factor
