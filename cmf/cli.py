@@ -35,8 +35,9 @@ from .outputs import (
     shard_set_files,
     write_attachment,
 )
-from .parallel import EncodeSettings, pack_source
+from .parallel import EncodeSettings, auto_jobs, pack_source
 from .pipeline import describe
+from .plan.contracts import AUTO_JOBS
 from .plan.presets import resolve_recipe
 from .plan.recipe import prepare
 from .shards import ShardedFile, is_sharded, open_model, set_paths
@@ -54,6 +55,46 @@ def main() -> None:
     directory or a name without a suffix is a directory (created). An existing output is
     replaced only with --force; an input never is.
     """
+
+
+AUTO_PACK_BYTES = 512 << 20  # --jobs auto: a pack without a planner uses workers from this size
+
+
+class _Jobs(click.ParamType):
+    """``--jobs``: a count of worker processes (1 to 1024) or ``auto`` (AUTO_JOBS, 0)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif str(value).strip().lower() == "auto":
+            return AUTO_JOBS
+        else:
+            try:
+                number = int(str(value))
+            except ValueError:
+                self.fail(f"{value!r} is not a number of processes or 'auto'", param, ctx)
+        if not 1 <= number <= 1024:
+            self.fail(f"{number} is not in the range 1 to 1024 (or 'auto')", param, ctx)
+        return number
+
+
+JOBS = _Jobs()
+
+
+def _source_bytes(source: str) -> int:
+    """Bytes of the model at ``source`` on disk (a file, or the files of a directory)."""
+    if not os.path.isdir(source):
+        return os.path.getsize(source)
+    total = 0
+    for root, _, files in os.walk(source):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                continue
+    return total
 
 
 def _size(text: str | None, flag: str) -> int | None:
@@ -111,11 +152,12 @@ def _read_attachments(paths: tuple[str, ...]) -> list[tuple[str, bytes]]:
 )
 @click.option(
     "--jobs",
-    type=click.IntRange(1, 1024),
-    default=1,
+    type=JOBS,
+    default="auto",
     show_default=True,
     help="Encode tensors in this many worker processes (the same bytes as --jobs 1); with a "
-    "planner, measure the candidates in them.",
+    "planner, measure the candidates in them. auto: one per CPU for a planned pack of 4M+ "
+    "parameters or any pack of 512 MiB+ of tensors, else 1.",
 )
 @click.option(
     "--executor",
@@ -239,6 +281,8 @@ def pack(
             gguf=gguf,
         )
         return
+    if jobs == AUTO_JOBS:
+        jobs = auto_jobs(_source_bytes(source), AUTO_PACK_BYTES)
     recipe, fallback = resolve_recipe(preset, recipe_path)
     src = open_source(source)
     recipe = prepare(recipe, src.items(), level)  # a first pass only for shared groups

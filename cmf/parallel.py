@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from . import dtypes
 from .codecs import ArraySpec
 from .encoded import Encoded
 from .errors import CmfError
@@ -144,6 +145,29 @@ def measure_task(
     return measure(name, array, choices, moments, level=level)
 
 
+def encode_point_task(
+    name: str,
+    source: FileTensor | np.ndarray,
+    choice: Any,
+    axis: int | None,
+    weights: np.ndarray | None,
+    moments: Any,
+    level: int,
+) -> Any:
+    """The planner's rounds for one tensor in a worker: its chosen curve point (a
+    cmf.plan.candidates.Choice) encoded on the whole tensor, error feedback from ``moments`` as
+    cmf.plan.rounds does it here; returns the portable pending tree (:func:`to_portable`)."""
+    from .plan.candidates import encode_decoded, step_feedback
+
+    array = read_tensor(source) if isinstance(source, FileTensor) else source
+    spec = ArraySpec(dtypes.of_array(array), tuple(int(d) for d in array.shape))
+    feedback = None
+    if choice.family == "step" or choice.params.get("feedback"):  # --gguf: GPTQ rounding
+        feedback = step_feedback(spec.shape, moments)
+    pending, _ = encode_decoded(choice, array, spec, axis, weights, level, feedback, decoded=False)
+    return to_portable(pending, {})
+
+
 def to_portable(p: Pending, shared: dict[int, int]) -> Any:
     """``p`` with leaves as picklable bytes-likes and shared references as SharedToken."""
     if isinstance(p, PendingLeaf):
@@ -228,7 +252,7 @@ class ProcessExecutor:
 
         self.window, self.jobs = jobs + 1, jobs
         self.pool = ProcessPoolExecutor(
-            jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint
+            jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start
         )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
@@ -285,10 +309,18 @@ def _quiet_broken_pool_race() -> None:
     threading.excepthook = hook
 
 
-def _ignore_sigint() -> None:
+def _worker_start() -> None:
+    """A worker process: Ctrl-C is the parent's to handle, and BLAS runs on one thread (the
+    parent runs one worker per CPU: more threads would only contend, and OpenBLAS's idle
+    threads spin)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # a core dependency; without it BLAS keeps its default threads
+        return
+    threadpool_limits(1)
 
 
 class DaskExecutor:
@@ -356,6 +388,24 @@ def closing(executor: Executor) -> Iterator[Executor]:
         executor.close(cancel=True)
         raise
     executor.close(cancel=False)
+
+
+MAX_AUTO_JOBS = 8  # ``--jobs auto`` uses at most this many worker processes
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_jobs(work: int, worth: int) -> int:
+    """``--jobs auto``: one process per usable CPU (at most ``MAX_AUTO_JOBS``) when ``work`` (any
+    unit: bytes, elements) is at least ``worth``, the amount that pays for starting workers;
+    otherwise 1 (no worker processes)."""
+    return min(usable_cpus(), MAX_AUTO_JOBS) if work >= worth else 1
 
 
 def make_executor(jobs: int = 1, executor: str = "process", scheduler: Any = None) -> Executor:
@@ -551,6 +601,40 @@ def map_in_order(
             yield done, _result(future, done, doing)
     finally:  # an error, or the consumer stopped early
         for _, future in slots:
+            future.cancel()
+
+
+def map_as_done(
+    executor: Executor,
+    fn: Callable[..., Any],
+    calls: Iterable[tuple[str, tuple]],
+    ahead: int,
+    doing: str = "encoding",
+) -> Iterator[tuple[str, Any]]:
+    """``(name, fn(*args))`` for each ``(name, args)`` of ``calls`` as the calls finish (not in
+    order), with at most ``ahead`` in flight: a long call does not hold back the others, and
+    the arguments of at most ``ahead`` calls are alive at once (``calls`` is read lazily).
+    Futures must be concurrent.futures ones (process or inline executors). The first error
+    met is raised and the calls still in flight are cancelled."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    window = max(int(ahead), 1)
+    flight: dict[Any, str] = {}
+    todo = iter(calls)
+    try:
+        while True:
+            for name, args in todo:
+                flight[executor.submit(fn, *args)] = name
+                if len(flight) >= window:
+                    break
+            if not flight:
+                return
+            done, _ = wait(list(flight), return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: list(flight).index(f)):  # submission order
+                name = flight.pop(future)
+                yield name, _result(future, name, doing)
+    finally:  # an error, or the consumer stopped early
+        for future in flight:
             future.cancel()
 
 

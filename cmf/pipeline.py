@@ -106,7 +106,18 @@ class PendingShared:
         return 0  # stored once, with the shared value
 
 
-Pending = PendingLeaf | PendingNode | PendingShared
+@dataclass(frozen=True)
+class PendingCounted:
+    """A lossless part whose bytes were counted, not made (the planner's candidate curves):
+    ``stored`` is the length its codec's encoding would have, ``value`` what it decodes to.
+    Nothing holding one can be written (cmf.writer refuses it before writing anything)."""
+
+    value: Value
+    spec: Spec
+    stored: int
+
+
+Pending = PendingLeaf | PendingNode | PendingShared | PendingCounted
 Encoder = Callable[[np.ndarray, ArraySpec], Pending]
 
 
@@ -126,13 +137,15 @@ def decode_pending(p: Pending) -> Value:
         return bytes(memoryview(p.data).cast("B")) if not isinstance(p.data, bytes) else p.data
     if isinstance(p, PendingShared):
         return p.target.value
+    if isinstance(p, PendingCounted):
+        return p.value
     parts = {name: decode_pending(child) for name, child in p.parts.items()}
     return p.codec.decode(parts, p.spec)
 
 
 def is_lossy(p: Pending) -> bool:
     """True if any codec in the tree (shared values included) is lossy."""
-    if isinstance(p, PendingLeaf):
+    if isinstance(p, (PendingLeaf, PendingCounted)):
         return False
     if isinstance(p, PendingShared):
         return is_lossy(p.target.encoding)
@@ -352,6 +365,8 @@ def describe(node: Node | Pending) -> str:
         return f"shared#{node.index}"
     if isinstance(node, PendingShared):
         return "shared"
+    if isinstance(node, PendingCounted):
+        return "counted"
     name = node.codec.name
     if isinstance(node.codec, Zstd) and node.codec.literals_only:
         name = "zstd-lit"

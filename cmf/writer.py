@@ -43,6 +43,7 @@ from .metrics import error_stats
 from .pipeline import (
     Encoder,
     Pending,
+    PendingCounted,
     PendingLeaf,
     PendingNode,
     PendingShared,
@@ -476,6 +477,11 @@ def _check_refs(pending: Pending, in_shared: bool = False) -> None:
         return
     if isinstance(pending, PendingLeaf):
         return
+    if isinstance(pending, PendingCounted):
+        raise CmfError(
+            "internal error: an encoding whose bytes were only counted (a planner curve point) "
+            "cannot be written"
+        )
     shared = [n for n, c in pending.parts.items() if isinstance(c, PendingShared)]
     resolved = pending.codec.resolve(pending.spec) if shared else {}
     for name, child in pending.parts.items():

@@ -178,9 +178,44 @@ def test_usage_errors(tmp_path, model, capsys):
     with pytest.raises(SystemExit) as info:
         cli.run(["pack", model, "-o", str(tmp_path / "x.cmf"), "--executor", "dask"])
     assert info.value.code == 2 and "--scheduler" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as info:
-        cli.run(["pack", model, "-o", str(tmp_path / "x.cmf"), "--jobs", "0"])
-    assert info.value.code == 2
+    for bad in ("0", "-1", "1025", "two"):
+        with pytest.raises(SystemExit) as info:
+            cli.run(["pack", model, "-o", str(tmp_path / "x.cmf"), "--jobs", bad])
+        assert info.value.code == 2 and "--jobs" in capsys.readouterr().err
+
+
+def test_auto_jobs_uses_the_cpus_only_for_work_worth_workers(monkeypatch):
+    from cmf import parallel
+    from cmf.plan.contracts import AUTO_JOBS, AUTO_JOBS_ELEMENTS, PlanOptions, resolved_jobs
+
+    monkeypatch.setattr(parallel, "usable_cpus", lambda: 12)
+    assert parallel.auto_jobs(10, 11) == 1 and parallel.auto_jobs(11, 11) == parallel.MAX_AUTO_JOBS
+    assert resolved_jobs(AUTO_JOBS, AUTO_JOBS_ELEMENTS - 1) == 1
+    assert resolved_jobs(AUTO_JOBS, AUTO_JOBS_ELEMENTS) == 8
+    assert resolved_jobs(3, AUTO_JOBS_ELEMENTS) == 3  # a given count is kept
+    PlanOptions(preset="small", jobs=AUTO_JOBS).check()
+    with pytest.raises(cmf.errors.UsageError, match="jobs"):
+        PlanOptions(preset="small", jobs=-1).check()
+    monkeypatch.setattr(parallel, "usable_cpus", lambda: 1)
+    assert resolved_jobs(AUTO_JOBS, 1 << 40) == 1  # one CPU: no workers
+
+
+def test_auto_jobs_is_the_default_and_small_packs_stay_in_process(model, tmp_path, monkeypatch):
+    from cmf import parallel
+
+    made = []
+    real = parallel.make_executor
+
+    def spy(jobs=1, *args, **kwargs):
+        made.append(jobs)
+        return real(jobs, *args, **kwargs)
+
+    monkeypatch.setattr("cmf.parallel.make_executor", spy)
+    out = tmp_path / "auto.cmf"
+    run_cli("pack", model, "-o", out, "--preset", "q8", "-q")  # --jobs auto: a small model
+    assert made == [1]
+    run_cli("pack", model, "-o", tmp_path / "two.cmf", "--preset", "q8", "-q", "--jobs", "auto")
+    assert made == [1, 1] and _bytes(out) == _bytes(tmp_path / "two.cmf")
 
 
 # ----------------------------------------------------------------------------- memory
@@ -232,3 +267,69 @@ def test_the_broken_pool_race_is_silenced_only_for_the_pool_manager(monkeypatch)
     threading.excepthook(args(InvalidStateError, threading.Thread()))
     threading.excepthook(args(ValueError, _ExecutorManagerThread()))
     assert seen == [InvalidStateError, ValueError]
+
+
+def test_map_as_done_bounds_the_calls_in_flight_and_does_not_wait_in_order():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cmf.parallel import map_as_done
+
+    release = threading.Event()
+    live, most = [0], [0]
+    lock = threading.Lock()
+
+    def work(name):
+        with lock:
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+        if name == "slow":
+            release.wait(10)
+        with lock:
+            live[0] -= 1
+        return name.upper()
+
+    read = []
+
+    def calls():
+        for name in ["slow", "a", "b", "c", "d"]:
+            read.append(name)
+            yield name, (name,)
+
+    with ThreadPoolExecutor(4) as pool:
+        got = []
+        for name, value in map_as_done(pool, work, calls(), ahead=2):
+            got.append((name, value))
+            if len(got) == 4:  # the fast ones finished while "slow" held its slot
+                release.set()
+    assert got[-1] == ("slow", "SLOW") and sorted(got) == sorted((n, n.upper()) for n in read)
+    assert most[0] <= 2
+
+
+def test_map_as_done_raises_the_first_error_and_cancels_the_rest():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cmf.parallel import map_as_done
+
+    def work(k):
+        if k == 1:
+            raise cmf.CmfError("bad tensor 1")
+        return k
+
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(cmf.CmfError, match="bad tensor 1"):
+            list(map_as_done(pool, work, ((str(k), (k,)) for k in range(6)), ahead=2))
+
+
+def test_workers_run_blas_on_one_thread():
+    from threadpoolctl import threadpool_info
+
+    from cmf.parallel import ProcessExecutor
+
+    ex = ProcessExecutor(2)
+    try:
+        info = ex.submit(threadpool_info).result(timeout=120)
+    finally:
+        ex.close(cancel=False)
+    blas = [i for i in info if i["user_api"] == "blas"]
+    assert blas and all(i["num_threads"] == 1 for i in blas)

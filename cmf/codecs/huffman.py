@@ -198,7 +198,8 @@ class Huffman(Codec):
 
     # ------------------------------------------------------------------------- encode
 
-    def encode(self, value: Value, spec: Spec) -> dict[str, Value]:
+    def _symbols(self, value: Value, spec: Spec) -> tuple[np.ndarray, int, np.dtype]:
+        """(flat symbols, alphabet size, output dtype) of ``value``; CmfError on a wrong count."""
         n, alphabet, dtype = self._target(spec)
         if isinstance(value, np.ndarray):
             sym = np.ascontiguousarray(value, dtype=dtype).reshape(-1)
@@ -206,10 +207,16 @@ class Huffman(Codec):
             sym = np.frombuffer(value, dtype=np.uint8)
         if sym.size != n:
             raise CmfError(f"huffman: {sym.size} symbols given, {spec.describe()} expected")
-        head = n.to_bytes(8, "little")
-        if n == 0:
-            return {"data": head}
-        counts = np.bincount(sym, minlength=alphabet)
+        return sym, alphabet, dtype
+
+    def _code(
+        self, sym: np.ndarray, alphabet: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+        """(counts, used symbols, their code lengths, the code table's byte pieces) of a
+        non-empty stream."""
+        counts = np.zeros(alphabet, np.int64)
+        for a in range(0, sym.size, _BLOCK):  # bincount widens to intp: a block at a time
+            counts += np.bincount(sym[a : a + _BLOCK], minlength=alphabet)
         used = np.flatnonzero(counts)  # (m,) ascending symbols
         lengths = limited_lengths(counts[used], self.max_length)
         lo, hi = int(used[0]), int(used[-1])
@@ -220,6 +227,41 @@ class Huffman(Codec):
             nib = np.zeros(used.size + used.size % 2, np.uint8)
             nib[: used.size] = lengths - 1
             table.append(((nib[0::2] << 4) | nib[1::2]).tobytes())
+        return counts, used, lengths, table
+
+    def encoded_size(self, value: Value, spec: Spec) -> int:
+        """``len(self.encode(value, spec)["data"])``, counted without making the bit stream
+        (the code table and each chunk's bit length are computed; the codes are not packed)."""
+        sym, alphabet, _ = self._symbols(value, spec)
+        n = sym.size
+        if n == 0:
+            return _COUNT
+        counts, used, lengths, table = self._code(sym, alphabet)
+        size = _COUNT + sum(len(t) for t in table) + _CHUNKS
+        if used.size == 1:
+            return size
+        len_of = np.zeros(alphabet, np.int32)
+        len_of[used] = lengths
+        k = self.chunk
+        total_bits = int(counts[used] @ lengths)
+        lo = hi = None
+        step = max(k, _BLOCK // k * k)
+        for a in range(0, n - k, step):  # every chunk but the last: its length is implied
+            b = min(a + step, (n - 1) // k * k)
+            bits = np.add.reduceat(len_of.take(sym[a:b]), np.arange(0, b - a, k))
+            lo = int(bits.min()) if lo is None else min(lo, int(bits.min()))
+            hi = int(bits.max()) if hi is None else max(hi, int(bits.max()))
+        width = (hi - lo).bit_length() if lo is not None else 0
+        chunks = (n - 1) // k  # chunks whose length is stored
+        return size + (chunks * width + 7) // 8 + (total_bits + 7) // 8
+
+    def encode(self, value: Value, spec: Spec) -> dict[str, Value]:
+        sym, alphabet, _ = self._symbols(value, spec)
+        n = sym.size
+        head = n.to_bytes(8, "little")
+        if n == 0:
+            return {"data": head}
+        counts, used, lengths, table = self._code(sym, alphabet)
         k = self.chunk
         if used.size == 1:  # the empty code: no bits at all
             return {"data": b"".join([head, *table, bytes(_CHUNKS)])}

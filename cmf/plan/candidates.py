@@ -316,6 +316,23 @@ def weighted_error(
     return plain, (weighted if w is not None else plain)
 
 
+def tensor_rms(xf: np.ndarray) -> float:
+    """Root mean square of the float32 array ``xf`` (1.0 for an all-zero or empty one), summed
+    in float64 a slice of ``RMS_CHUNK`` elements at a time: no float64 copy of the tensor (an
+    embedding's would be hundreds of MB). Step sizes are relative to it."""
+    flat = xf.reshape(-1)
+    total = 0.0
+    for a in range(0, flat.size, RMS_CHUNK):
+        part = flat[a : a + RMS_CHUNK].astype(np.float64)
+        total += float(np.dot(part, part))
+    if not flat.size:
+        return 1.0
+    return float(np.sqrt(total / flat.size)) or 1.0
+
+
+RMS_CHUNK = 1 << 20
+
+
 def step_feedback(
     shape: tuple[int, ...], moments: tuple | None, damping: float = 0.05
 ) -> np.ndarray | None:
@@ -419,17 +436,21 @@ def encode_step(
     feedback: np.ndarray | None = None,
     levels_of: Callable[[np.ndarray], Any] | None = None,
     decoded: bool = True,
+    count_only: bool = False,
 ) -> tuple[Pending, np.ndarray | None]:
     """The step (ECSQ) encoding of ``x`` (module docstring) and the array it decodes to;
     CmfError if it cannot be made. With ``feedback`` (``u`` of :func:`channel_hessian`; per-channel
-    steps only) the codes are chosen with error feedback (:func:`gptq_levels`)."""
+    steps only) the codes are chosen with error feedback (:func:`gptq_levels`). ``count_only``:
+    entropy-coded parts counted, not made (cmf.plan.recipe.encode_template)."""
     xf = np.asarray(x, dtype=np.float32)
     if not np.isfinite(xf).all():
         raise CmfError("step: the tensor has non-finite values")
-    rms = float(np.sqrt(np.mean(np.square(xf, dtype=np.float64)))) or 1.0
+    rms = tensor_rms(xf)
     base = rel_step * rms
     if axis is None or w is None:  # one step for the whole tensor
-        return _encode_scaled(x, xf, spec, np.full((1,), base), None, level, None, decoded=decoded)
+        return _encode_scaled(
+            x, xf, spec, np.full((1,), base), None, level, None, None, decoded, count_only
+        )
     w = np.asarray(w, np.float64)
     if not (np.isfinite(w).all() and (w > 0).all()):
         raise CmfError("step: channel importances must be finite and positive")
@@ -442,9 +463,11 @@ def encode_step(
         and spec.numel >= ROW_CLASS_ELEMENTS
         and steps.max() >= ROW_CLASS_SPREAD * steps.min()
     ):
-        return _encode_row_classes(x, xf, spec, steps, level, decoded)
+        return _encode_row_classes(x, xf, spec, steps, level, decoded, count_only)
     scales = steps.reshape((1, spec.shape[1]) if axis == 1 else (spec.shape[0], 1))
-    return _encode_scaled(x, xf, spec, scales, 1 - axis, level, feedback, levels_of, decoded)
+    return _encode_scaled(
+        x, xf, spec, scales, 1 - axis, level, feedback, levels_of, decoded, count_only
+    )
 
 
 def _encode_row_classes(
@@ -454,6 +477,7 @@ def _encode_row_classes(
     steps: np.ndarray,
     level: int,
     decoded: bool = True,
+    count_only: bool = False,
 ) -> tuple[Pending, np.ndarray | None]:
     """Per-row ``steps`` (rows,) rounded to a grid ``sqrt(2)`` apart, each group of rows with
     one step its own single-scale node under a ``partition`` node (spec/codecs/partition.md):
@@ -474,7 +498,7 @@ def _encode_row_classes(
         step = max(float(steps.min()) * 2.0 ** (g / 2), peak / (limit - 2))  # f16 rounding: margin
         cspec = ArraySpec(spec.dtype, (rows.size, *rest))
         parts[f"p{c}"], yc = _encode_scaled(
-            xc, xf[rows], cspec, np.full((1,), step), None, level, None, decoded=decoded
+            xc, xf[rows], cspec, np.full((1,), step), None, level, None, None, decoded, count_only
         )
         if y is not None:
             y[rows] = yc
@@ -505,6 +529,7 @@ def _encode_scaled(
     feedback: np.ndarray | None,
     levels_of: Callable[[np.ndarray], Any] | None = None,
     decoded: bool = True,
+    count_only: bool = False,
 ) -> tuple[Pending, np.ndarray | None]:
     """The step encoding of ``x`` (``xf`` its float32 copy) with ``scales`` (``(1,)``, or the
     blocks shape of per-channel steps with quantize axis ``qaxis``), and the array it decodes
@@ -525,10 +550,12 @@ def _encode_scaled(
             levels, kept = gptq_levels(xf.T, steps, feedback, limit)
             levels, kept = np.ascontiguousarray(levels.T), kept.T
     else:
-        levels = np.rint(xf / (s32 if qaxis is not None else s32[0]))
+        levels = np.divide(xf, s32 if qaxis is not None else s32[0], dtype=np.float32)
+        np.rint(levels, out=levels)
     levels = np.ascontiguousarray(levels, dtype=np.float32)
     np.add(levels, np.float32(0), out=levels)  # no -0.0
-    outliers = np.abs(levels) > limit
+    outliers = levels > limit  # (no float temporary: a whole embedding's codes can be 100+ MB)
+    outliers |= levels < -limit
     count = int(outliers.sum())
     if count > MAX_OUTLIERS * xf.size:
         raise CmfError("step: too many values beyond the code range")
@@ -558,7 +585,9 @@ def _encode_scaled(
     quant = PendingNode(
         codec,
         {
-            "q": encode_template(codes_template(bits), q, parts_spec["q"], level),
+            "q": encode_template(
+                codes_template(bits), q, parts_spec["q"], level, count_only=count_only
+            ),
             "scale": encode_lossless(
                 s_stored.reshape(parts_spec["scale"].shape), parts_spec["scale"], level
             ),
@@ -615,19 +644,31 @@ def encode_decoded(
     feedback: np.ndarray | None = None,
     levels_of: Callable[[np.ndarray], Any] | None = None,
     decoded: bool = True,
+    count_only: bool = False,
 ) -> tuple[Pending, np.ndarray | None]:
     """The pending tree of ``choice`` for ``x`` and the array a reader decodes it to
     (``feedback``: see :func:`encode_step`; ``levels_of(steps)``: error-feedback codes and
     values already rounded for those steps, or None). ``decoded=False``: the step family
-    skips making the decoded array and returns None for it (the others return it anyway)."""
+    skips making the decoded array and returns None for it (the others return it anyway).
+    ``count_only``: the tree's entropy coders count their bytes without making them (its
+    ``stored`` is exact but it cannot be written: the curves measure with it)."""
     if choice.family == "lossless":
         return encode_lossless(np.asarray(x), spec, level), np.asarray(x)
     if choice.family == "step":
         return encode_step(
-            x, spec, choice.params["rel_step"], axis, w, level, feedback, levels_of, decoded
+            x,
+            spec,
+            choice.params["rel_step"],
+            axis,
+            w,
+            level,
+            feedback,
+            levels_of,
+            decoded,
+            count_only,
         )
     if choice.family == "template":
-        pending = encode_template(choice.params["template"], x, spec, level)
+        pending = encode_template(choice.params["template"], x, spec, level, count_only=count_only)
         return pending, decode_pending(pending)
     if choice.family == "ggml":  # a GGML type (cmf.plan.ggml_candidates)
         return encode_ggml(
@@ -728,7 +769,7 @@ def _feedback_batch(
     xf = np.asarray(x, dtype=np.float32)
     if not np.isfinite(xf).all():
         return {}
-    rms = float(np.sqrt(np.mean(np.square(xf, dtype=np.float64)))) or 1.0
+    rms = tensor_rms(xf)
     w = np.asarray(w, np.float64)
     vectors = []
     for choice in choices:
@@ -783,7 +824,7 @@ def measure(
                     sspec = ArraySpec(spec.dtype, tuple(int(d) for d in sx.shape))
                     sample_of = (sx, sw, sh, sspec, factor)
                 sx, sw, sh, sspec, factor = sample_of
-                pending, y = encode_decoded(choice, sx, sspec, axis, sw, level)
+                pending, y = encode_decoded(choice, sx, sspec, axis, sw, level, count_only=True)
                 plain, werr = weighted_error(sx, y, axis, sw, sh)
                 point = Point(
                     choice,
@@ -815,6 +856,7 @@ def measure(
                     level,
                     u,
                     lambda steps, batch=batch: batch.get(steps.tobytes()),
+                    count_only=True,
                 )
                 plain, werr = weighted_error(sx, y, axis, w, h)
                 point = Point(
@@ -842,6 +884,7 @@ def measure(
                     level,
                     u,
                     lambda steps, whole=whole: whole.get(steps.tobytes()),
+                    count_only=True,
                 )
                 plain, werr = weighted_error(x, y, axis, w, h)
                 point = Point(choice, pending.stored, werr, plain)

@@ -72,6 +72,19 @@ def parse_target_size(text: str | int | float) -> tuple[str, float]:
     return "bytes", size_bytes(text, "target size")
 
 
+AUTO_JOBS = 0  # PlanOptions.jobs: as many worker processes as pay off (resolved_jobs)
+AUTO_JOBS_ELEMENTS = 4 << 20  # planned elements from which measuring in workers pays off
+
+
+def resolved_jobs(jobs: int, planned_elements: int) -> int:
+    """``jobs``, or for AUTO_JOBS one worker per usable CPU when the planned tensors hold at
+    least ``AUTO_JOBS_ELEMENTS`` elements (their curves take longer than starting workers),
+    else 1."""
+    from ..parallel import auto_jobs
+
+    return auto_jobs(planned_elements, AUTO_JOBS_ELEMENTS) if jobs == AUTO_JOBS else jobs
+
+
 @dataclass
 class PlanOptions:
     preset: str | None = None
@@ -88,7 +101,8 @@ class PlanOptions:
     steps_per_bit: int = 4  # step choices per bit of rate (fewer: faster, coarser curves)
     templates: bool = True  # also fixed-rate quantize and codebook candidates
     progress: Progress | None = None
-    jobs: int = 1  # worker processes measuring the candidates (the same curves, plan and file)
+    jobs: int = 1  # worker processes measuring the candidates (the same curves, plan and file);
+    # AUTO_JOBS: one per usable CPU when the planned tensors are big enough (cmf.parallel.auto_jobs)
     executor: str = "process"  # or "dask": the candidates measured on a dask.distributed cluster
     scheduler: Any = None  # the dask scheduler address (or a distributed.Client)
     gguf: bool = False  # candidates are GGML types; sizes count the GGUF (cmf.plan.ggml_candidates)
@@ -127,8 +141,10 @@ class PlanOptions:
             parse_target_size(self.target_size)
         if not isinstance(self.rounds, int) or self.rounds < 1:
             raise UsageError(f"rounds must be a positive integer, found {self.rounds!r}")
-        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
-            raise UsageError(f"jobs must be a positive integer, found {self.jobs!r}")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < AUTO_JOBS:
+            raise UsageError(
+                f"jobs must be a positive integer or {AUTO_JOBS} (auto), found {self.jobs!r}"
+            )
         if self.executor not in ("process", "dask"):
             raise UsageError(f"unknown executor {self.executor!r}; choose 'process' or 'dask'")
         if self.executor == "dask" and self.scheduler is None:

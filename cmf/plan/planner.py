@@ -27,6 +27,7 @@ hence the same plan and the same bytes as one process. ``shard_size`` writes a s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -62,6 +63,7 @@ from .contracts import (
     PlanTarget,
     TensorPlan,
     parse_target_size,
+    resolved_jobs,
 )
 from .harness import DECODER_METRIC, METRIC, Harness, fallback_warnings, open_harness
 from .lazy import LazyItems, LazyMapping, file_tensors, float32_view
@@ -122,6 +124,9 @@ def plan(
             continue
         seen[d] = name
         names.append(name)
+    jobs = resolved_jobs(options.jobs, sum(int(np.asarray(tensors[n]).size) for n in names))
+    if jobs != options.jobs:
+        options = dataclasses.replace(options, jobs=jobs)
     kind = harness.kind if harness is not None else "data-free"
     metric = (
         (DECODER_METRIC if kind == "decoder" else METRIC)
@@ -253,7 +258,7 @@ def plan(
 
     # 3-4. allocate, encode, verify
     t0 = time.perf_counter()
-    allocate_and_verify(result, tensors, options, harness, fixed_bytes)
+    allocate_and_verify(result, tensors, options, harness, fixed_bytes, sources)
     result.seconds["allocate_and_verify"] = time.perf_counter() - t0
     result.seconds["total"] = time.perf_counter() - t_start
     forget_hessians()  # the matrices kept for tensors sharing an input
@@ -274,26 +279,39 @@ def _measure_in_workers(
     :func:`measure` does here, so the curves are the same as with one process. A worker reads
     its tensor from the source file where ``sources`` names it (nothing large is sent).
 
-    Largest tensors first, so that no worker is left alone with a big one at the end (an
-    embedding table can be half of a model). Local processes get every task at once (the pool
-    holds references to arrays already in memory and sends ``jobs + 1`` at a time); a dask
-    cluster gets ``executor.window`` at a time (arrays are sent when submitted). ``task``: the
-    worker function (default cmf.parallel.measure_task; ``--gguf``: its GGML counterpart)."""
-    from ..parallel import ProcessExecutor, closing, make_executor, map_in_order, measure_task
+    The tensors much bigger than the median go first, largest first, so that no worker is left
+    alone with a big one at the end (an embedding table can be half of a model); the others
+    follow in file order, which is block order for a decoder, whose moments are computed a
+    block at a time. Local processes get ``jobs + 1`` tasks in flight and the next as any
+    finishes (the moments, up to tens of MB a tensor, are made when a task is sent); a dask
+    cluster gets ``executor.window`` at a time, in order. ``task``: the worker function
+    (default cmf.parallel.measure_task; ``--gguf``: its GGML counterpart)."""
+    from ..parallel import (
+        ProcessExecutor,
+        closing,
+        make_executor,
+        map_as_done,
+        map_in_order,
+        measure_task,
+    )
 
-    order = sorted(
-        names, key=lambda n: -int(np.asarray(tensors[n]).size)
-    )  # stable: ties in file order
+    size = {n: int(np.asarray(tensors[n]).size) for n in names}
+    typical = float(np.median(list(size.values()))) if size else 0.0
+    big = sorted((n for n in names if size[n] > 4 * typical), key=lambda n: -size[n])
+    order = big + [n for n in names if n not in set(big)]
     calls = (
         (n, (n, sources.get(n, tensors[n]), choices, moments.get(n), options.level)) for n in order
     )
     executor = make_executor(options.jobs, options.executor, options.scheduler)
     got: dict[str, Curve] = {}
     with closing(executor):
-        ahead = len(order) if isinstance(executor, ProcessExecutor) else None
-        for name, curve in map_in_order(
-            executor, task or measure_task, calls, doing="measuring", ahead=ahead
-        ):
+        if isinstance(executor, ProcessExecutor):
+            results = map_as_done(
+                executor, task or measure_task, calls, options.jobs + 1, doing="measuring"
+            )
+        else:
+            results = map_in_order(executor, task or measure_task, calls, doing="measuring")
+        for name, curve in results:
             got[name] = curve
             _progress(
                 options, "measuring candidates", len(got) * len(choices), len(names) * len(choices)
@@ -658,6 +676,9 @@ def plan_and_write(
     planned_names = {
         n for n, v in tensors.items() if isinstance(v, np.ndarray) and plannable(_spec_or_none(v))
     }
+    jobs = resolved_jobs(options.jobs, sum(int(np.asarray(tensors[n]).size) for n in planned_names))
+    if jobs != options.jobs:
+        options = dataclasses.replace(options, jobs=jobs)
     meta_guess = 4096 + 600 * len(planned_names)  # the plan's own metadata
     if options.gguf:  # sizes are the GGUF's (the target was checked by gguf_source)
         from .ggml_plan import gguf_fixed

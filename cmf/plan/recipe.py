@@ -44,6 +44,7 @@ from ..errors import CmfError, FitRefused
 from ..pipeline import (
     Encoder,
     Pending,
+    PendingCounted,
     PendingLeaf,
     PendingNode,
     PendingShared,
@@ -102,9 +103,12 @@ def encode_template(
     spec: Spec,
     level: int = 3,
     groups: Mapping[str, Group] | None = None,
+    count_only: bool = False,
 ) -> Pending:
     """Encode ``value`` (of ``spec``) as template ``t`` says; ``groups`` are the shared groups
-    ``prepare`` fitted."""
+    ``prepare`` fitted. ``count_only``: a lossless entropy coder that can count its output
+    without making it (``encoded_size``, e.g. huffman) gives a PendingCounted (its exact
+    length, stored as is), which decodes but cannot be written (the planner's curves)."""
     if t == "lossless":
         if isinstance(spec, ArraySpec):
             return encode_lossless(np.asarray(value), spec, level)
@@ -117,7 +121,7 @@ def encode_template(
         candidates, refused = [], []
         for sub in t["choose"]:
             try:
-                candidates.append(encode_template(sub, value, spec, level, groups))
+                candidates.append(encode_template(sub, value, spec, level, groups, count_only))
             except FitRefused as exc:  # e.g. low rank would not save bytes here
                 refused.append(str(exc))
         if not candidates:
@@ -137,6 +141,9 @@ def encode_template(
         codec, value = codec_class(t["codec"]).fit(value, spec, t["fit"])
     else:
         codec = codec_from_config(t["codec"], t.get("config", {}))
+    counter = getattr(codec, "encoded_size", None) if count_only and group is None else None
+    if counter is not None and codec.lossless:
+        return PendingCounted(value, spec, counter(value, spec))
     part_templates = t.get("parts", {})
     part_specs = codec.resolve(spec)
     unknown = set(part_templates) - set(part_specs)
@@ -149,7 +156,12 @@ def encode_template(
             children[n] = PendingShared(group.shared[n], part_specs[n])  # CmfError on a mismatch
         else:
             children[n] = encode_template(
-                part_templates.get(n, "lossless"), parts[n], part_specs[n], level, groups
+                part_templates.get(n, "lossless"),
+                parts[n],
+                part_specs[n],
+                level,
+                groups,
+                count_only,
             )
     return PendingNode(codec, children, spec)
 

@@ -108,38 +108,88 @@ def _point_of(tp: TensorPlan, k: int) -> Point:
     return tp.curve.hull[k] if k >= 0 else tp.curve.points[-1 - k]
 
 
+class Workers:
+    """Worker processes that encode the rounds' chosen points (``options.jobs`` > 1 with the
+    process executor; otherwise None is used and they are encoded here). ``sources``: name ->
+    cmf.parallel.FileTensor for tensors a worker reads from the source file itself."""
+
+    def __init__(self, options: PlanOptions, sources: Mapping[str, Any] | None) -> None:
+        from ..parallel import make_executor
+
+        self.jobs, self.sources = options.jobs, dict(sources or {})
+        self.executor = make_executor(options.jobs)
+
+    def close(self, cancel: bool = False) -> None:
+        self.executor.close(cancel)
+
+
+def workers_for(options: PlanOptions, sources: Mapping[str, Any] | None) -> Workers | None:
+    """The rounds' worker processes, or None to encode in this process."""
+    return Workers(options, sources) if options.jobs > 1 and options.executor == "process" else None
+
+
 def _encode_choices(
     result: PlanResult,
     alloc: Allocation,
     tensors: Mapping[str, Any],
     options: PlanOptions,
     cache: dict,
+    workers: Workers | None = None,
 ) -> None:
     total = len(result.tensors)
-    for i, (name, tp) in enumerate(result.tensors.items()):
-        point = _point_of(tp, alloc.choice[name])
-        key = (name, point.choice.label)
-        if key not in cache:
-            x = tensors[name]
-            feedback = None
-            if point.choice.family == "step" or point.choice.params.get("feedback"):  # --gguf: GPTQ
-                feedback = step_feedback(tuple(np.shape(x)), result.moments.get(name))
-            pending, _ = encode_decoded(
-                point.choice,
-                x,
-                _spec(x),
-                tp.curve.axis,
-                tp.curve.weights,
-                options.level,
-                feedback,
-                decoded=False,
+    points = {name: _point_of(tp, alloc.choice[name]) for name, tp in result.tensors.items()}
+    todo = [n for n, p in points.items() if (n, p.choice.label) not in cache]
+    done = 0
+    if workers is not None and len(todo) > 1:
+        from ..parallel import encode_point_task, from_portable, map_as_done
+
+        calls = (
+            (
+                n,
+                (
+                    n,
+                    workers.sources.get(n, tensors[n]),
+                    points[n].choice,
+                    result.tensors[n].curve.axis,
+                    result.tensors[n].curve.weights,
+                    result.moments.get(n),
+                    options.level,
+                ),
             )
-            cache[key] = (
-                pending  # decoded again when a run asks for it (result.decoded()): bounded memory
-            )
-        tp.point = point
-        tp.pending = cache[key]
-        _progress(options, "encoding", i + 1, total)
+            for n in sorted(todo, key=lambda n: -int(np.asarray(tensors[n]).size))
+        )
+        for name, portable in map_as_done(
+            workers.executor, encode_point_task, calls, workers.jobs + 1, doing="encoding"
+        ):
+            cache[(name, points[name].choice.label)] = from_portable(portable, [])
+            done += 1
+            _progress(options, "encoding", done, len(todo))
+    for name in todo:
+        key = (name, points[name].choice.label)
+        if key in cache:
+            continue
+        x, tp = tensors[name], result.tensors[name]
+        feedback = None
+        if points[name].choice.family == "step" or points[name].choice.params.get("feedback"):
+            feedback = step_feedback(tuple(np.shape(x)), result.moments.get(name))  # --gguf: GPTQ
+        pending, _ = encode_decoded(
+            points[name].choice,
+            x,
+            _spec(x),
+            tp.curve.axis,
+            tp.curve.weights,
+            options.level,
+            feedback,
+            decoded=False,
+        )
+        cache[key] = pending  # decoded again when a run asks for it (result.decoded())
+        done += 1
+        _progress(options, "encoding", done, max(len(todo), 1))
+    for name, tp in result.tensors.items():
+        tp.point = points[name]
+        tp.pending = cache[(name, points[name].choice.label)]
+    if not todo:
+        _progress(options, "encoding", total, total)
 
 
 def allocate_and_verify(
@@ -148,6 +198,26 @@ def allocate_and_verify(
     options: PlanOptions,
     harness: Harness | None,
     fixed_bytes: int,
+    sources: Mapping[str, Any] | None = None,
+) -> None:
+    """Allocate, encode the chosen points and run the model with them, in rounds (module
+    docstring); the encodings in ``options.jobs`` worker processes when more than one
+    (``sources``: name -> FileTensor the workers read themselves)."""
+    workers = workers_for(options, sources)
+    try:
+        _allocate_and_verify(result, tensors, options, harness, fixed_bytes, workers)
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+def _allocate_and_verify(
+    result: PlanResult,
+    tensors: Mapping[str, Any],
+    options: PlanOptions,
+    harness: Harness | None,
+    fixed_bytes: int,
+    workers: Workers | None,
 ) -> None:
     items = _items(result)
     cache: dict = {}
@@ -160,7 +230,7 @@ def allocate_and_verify(
             alloc = allocate(items, max_error=budget)
             if harness is not None:
                 _progress(options, "verifying", r + 1, options.rounds)
-            row = _round(result, alloc, budget, tensors, options, cache, harness)
+            row = _round(result, alloc, budget, tensors, options, cache, harness, workers)
             planned, measured = row["planned_bytes"], row.get("measured_error")
             ok = measured is None or measured <= goal
             if ok and (best is None or planned < best[0]):
@@ -183,11 +253,11 @@ def allocate_and_verify(
                 f"{options.rounds} rounds; the most accurate allocation tried is kept"
             )
             alloc = allocate(items, max_error=budget)
-            _encode_choices(result, alloc, tensors, options, cache)
+            _encode_choices(result, alloc, tensors, options, cache, workers)
             row = result.rounds[-1]
         else:
             _, alloc, row = best
-            _encode_choices(result, alloc, tensors, options, cache)
+            _encode_choices(result, alloc, tensors, options, cache, workers)
         _evict(cache, result, [alloc])  # only the chosen encodings stay
         _finish(result, alloc, row)
         return
@@ -208,7 +278,7 @@ def allocate_and_verify(
             f"{overhead} for the rest)"
         )
     alloc = allocate(items, max_bytes=budget)
-    row = _round(result, alloc, budget, tensors, options, cache, harness)
+    row = _round(result, alloc, budget, tensors, options, cache, harness, workers)
     result._size_state = (items, cache, budget, goal_bytes)  # type: ignore[attr-defined]
     _finish(result, alloc, row)
 
@@ -241,10 +311,11 @@ def _round(
     options: PlanOptions,
     cache: dict,
     harness: Harness | None,
+    workers: Workers | None = None,
 ) -> dict:
     """One round: encode ``alloc``'s choices, run the model with them (if it runs), and append
     the round's row (budget, predicted and measured error, planned bytes) to ``result.rounds``."""
-    _encode_choices(result, alloc, tensors, options, cache)
+    _encode_choices(result, alloc, tensors, options, cache, workers)
     planned = sum(tp.pending.stored for tp in result.tensors.values())  # type: ignore[union-attr]
     row = {
         "round": len(result.rounds) + 1,

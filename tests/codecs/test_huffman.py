@@ -221,6 +221,7 @@ def streams(draw):
 def test_roundtrip(decoder, case):
     value, spec, codec = case
     data, back = roundtrip(codec, value, spec)
+    assert codec.encoded_size(value, spec) == len(data)  # counted without packing the codes
     if isinstance(spec, BytesSpec):
         assert isinstance(back, bytes) and back == value
     else:
@@ -239,6 +240,7 @@ def test_one_symbol_and_empty(n, chunk, decoder):
     ]:
         data, back = roundtrip(codec, value, spec)
         assert len(data) == (8 if n == 0 else 8 + 4 + 1 + 5)  # no lengths, chunks or stream
+        assert codec.encoded_size(value, spec) == len(data)
         if isinstance(value, bytes):
             assert back == value
         else:
@@ -253,6 +255,7 @@ def test_large_stream_many_blocks(decoder, monkeypatch):
         codec = Huffman(chunk=chunk)
         data, back = roundtrip(codec, values, ArraySpec(U8, (60_000,)))
         np.testing.assert_array_equal(back, values)
+        assert codec.encoded_size(values, ArraySpec(U8, (60_000,))) == len(data)
 
 
 def test_full_u16_alphabet(decoder):

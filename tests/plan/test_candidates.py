@@ -7,6 +7,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import cmf
 from cmf import dtypes
 from cmf.codecs import ArraySpec
 from cmf.errors import CmfError
@@ -137,11 +138,32 @@ def test_measure_gives_a_curve_from_cheap_to_lossless():
     assert curve.hull[-1].choice.family == "lossless" and curve.hull[-1].error == 0
     assert curve.hull[0].bytes * 8 / x.size < 2  # the coarsest step: under 2 bits a weight
     assert curve.energy == pytest.approx(float(np.sum(x.astype(np.float64) ** 2)))
-    # every measured point is what encoding it gives
-    for p in curve.points[:5]:
+    # every measured point (entropy coders counted, not run) is what encoding it gives
+    for p in curve.points:
         pending, y = encode_decoded(p.choice, x, spec_of(x), None, None)
         assert pending.stored == p.bytes
         assert weighted_error(x, y, None, None)[0] == pytest.approx(p.error)
+
+
+def test_counted_encodings_decode_alike_and_cannot_be_written(tmp_path):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((64, 300)) * rng.uniform(0.2, 3, 300)).astype(np.float32)
+    w = rng.uniform(0.5, 2.0, 300)
+    choices = step_choices(per_bit=1)[2:7] + template_choices()
+    counted_some = False
+    for c in choices:
+        made, y = encode_decoded(c, x, spec_of(x), 1, w)
+        counted, yc = encode_decoded(c, x, spec_of(x), 1, w, count_only=True)
+        assert counted.stored == made.stored, c.label
+        np.testing.assert_array_equal(decode_pending(counted), decode_pending(made))
+        np.testing.assert_array_equal(yc, y)
+        if "counted" in describe(counted):
+            counted_some = True
+            with pytest.raises(CmfError, match="only counted"):
+                with cmf.Writer(tmp_path / "x.cmf") as wr:
+                    wr.add_encoded("w", spec_of(x), counted)
+            assert not (tmp_path / "x.cmf").exists()
+    assert counted_some  # some choice's codes went to huffman and were counted
 
 
 def test_big_tensors_measure_templates_on_a_sample():
