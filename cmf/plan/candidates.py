@@ -353,23 +353,29 @@ def gptq_levels(
     in an ``outlier`` node: ``values`` holds the error-adjusted value to keep there (stored in
     the tensor's dtype, so exact up to that rounding), and no error is fed forward from it.
     ``sparse_values``: ``values`` is ``(flat positions, values)`` of those codes only (ascending),
-    not a second (rows, n) array. Rows are independent: a big ``x`` is rounded
+    not a second (rows, n) array, and ``levels`` are int16 with those codes set to 0 (half the
+    memory of a whole tensor's float32 codes). Rows are independent: a big ``x`` is rounded
     ``GPTQ_CHUNK_ELEMENTS`` at a time, so the work arrays stay small."""
     rows, n = x.shape
     per = max(1, GPTQ_CHUNK_ELEMENTS // max(n, 1))
-    levels = np.empty((rows, n), np.float32)
+    if sparse_values and limit >= 1 << 15:
+        raise CmfError(f"step: codes of magnitude {limit} do not fit int16")
+    levels = np.empty((rows, n), np.int16 if sparse_values else np.float32)
     values = None if sparse_values else np.empty((rows, n), np.float32)
     where, kept = [], []
     for r0 in range(0, rows, per):
         lv, vv = gptq_levels_many(x[r0 : r0 + per], [steps], u, limit)[0]
-        levels[r0 : r0 + per] = lv
         if values is not None:
+            levels[r0 : r0 + per] = lv
             values[r0 : r0 + per] = vv
             continue
-        beyond = np.abs(lv) > limit
+        beyond = lv > limit
+        beyond |= lv < -limit
         if beyond.any():
             where.append(np.flatnonzero(beyond) + r0 * n)
             kept.append(vv[beyond])
+            lv = np.where(beyond, np.float32(0), lv)
+        levels[r0 : r0 + per] = lv
     if values is not None:
         return levels, values
     if not where:
@@ -552,17 +558,23 @@ def _encode_scaled(
     else:
         levels = np.divide(xf, s32 if qaxis is not None else s32[0], dtype=np.float32)
         np.rint(levels, out=levels)
-    levels = np.ascontiguousarray(levels, dtype=np.float32)
-    np.add(levels, np.float32(0), out=levels)  # no -0.0
-    outliers = levels > limit  # (no float temporary: a whole embedding's codes can be 100+ MB)
-    outliers |= levels < -limit
-    count = int(outliers.sum())
-    if count > MAX_OUTLIERS * xf.size:
-        raise CmfError("step: too many values beyond the code range")
-    flat = np.flatnonzero(outliers.reshape(-1)) if count else None
-    del outliers
-    if count:
-        levels.reshape(-1)[flat] = 0
+    if levels.dtype == np.int16:  # gptq_levels' sparse form: codes beyond the range already 0
+        flat = kept[0] if len(kept[0]) else None
+        count = len(kept[0])
+        if count > MAX_OUTLIERS * xf.size:
+            raise CmfError("step: too many values beyond the code range")
+    else:
+        levels = np.ascontiguousarray(levels, dtype=np.float32)
+        np.add(levels, np.float32(0), out=levels)  # no -0.0
+        outliers = levels > limit  # (no float temporary: an embedding's codes can be 100+ MB)
+        outliers |= levels < -limit
+        count = int(outliers.sum())
+        if count > MAX_OUTLIERS * xf.size:
+            raise CmfError("step: too many values beyond the code range")
+        flat = np.flatnonzero(outliers.reshape(-1)) if count else None
+        del outliers
+        if count:
+            levels.reshape(-1)[flat] = 0
     lo, hi = (int(levels.min()), int(levels.max())) if levels.size else (0, 0)
     bits = 2
     while -lo > (1 << (bits - 1)) or hi > (1 << (bits - 1)) - 1:  # [-2^(b-1), 2^(b-1) - 1]
@@ -572,11 +584,14 @@ def _encode_scaled(
         decoded
     ):  # what the quantize decoder computes: f32(level) * f32(scale), one rounding, then the dtype
         with np.errstate(over="ignore"):
-            y = (levels * (s32 if qaxis is not None else s32[0])).astype(
-                spec.dtype.numpy, copy=False
-            )
-    levels += np.float32(1 << (bits - 1))
-    q = levels.astype(np.uint8 if bits <= 8 else np.uint16)
+            y = (
+                levels.astype(np.float32, copy=False) * (s32 if qaxis is not None else s32[0])
+            ).astype(spec.dtype.numpy, copy=False)
+    levels += levels.dtype.type(1 << (bits - 1))  # codes 0 .. 2^bits - 1 (bits <= 12)
+    if levels.dtype == np.int16 and bits > 8:
+        q = levels.view(np.uint16)  # the same values: no copy
+    else:
+        q = levels.astype(np.uint8 if bits <= 8 else np.uint16)
     del levels
     codec = Quantize(
         bits=bits, block=0, axis=qaxis, scheme="symmetric", scale_dtype=sdt, search=False

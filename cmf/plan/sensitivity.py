@@ -22,7 +22,7 @@ the predicted error is the parameter-weighted mean of each tensor's squared rela
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -32,15 +32,48 @@ REL_NOISE = 0.01
 SEED = 0x5E75
 
 
-def noise_like(
+NOISE_CHUNK = 1 << 20  # noise is drawn and added this many elements (whole rows) at a time
+
+
+def noisy_copy(
     x: np.ndarray, axis: int | None, w: np.ndarray | None, rel: float, energy: float, seed: int
 ) -> tuple[np.ndarray, float]:
-    """Noise for ``x`` of weighted energy ``rel**2 * energy`` (its weighted error ``e``)."""
-    rng = np.random.default_rng(seed)
-    g = rng.standard_normal(x.shape)
-    e_unit = _weighted(g, axis, w)
+    """``(x + noise, e)``: ``x`` with Gaussian noise of weighted energy ``rel**2 * energy``
+    added (in float64, stored in ``x``'s dtype), and ``e`` the weighted energy of the noise it
+    really got after that rounding. Made a slice of rows at a time (each slice's noise from its
+    own seeded stream, drawn once to size the noise and again to add it): the memory is the
+    copy plus one slice's temporaries, not float64 copies of the tensor (an embedding's would
+    take GBs)."""
+    x = np.asarray(x)
+    rows_n = x.shape[0] if x.ndim >= 2 else 1
+    x2 = x.reshape(rows_n, x.size // rows_n if rows_n else 0)  # (rows, cols)
+    rows, cols = x2.shape
+    step = max(1, NOISE_CHUNK // max(cols, 1))
+
+    def draws() -> Iterator[tuple[int, np.ndarray]]:
+        for k, r0 in enumerate(range(0, rows, step)):
+            rng = np.random.default_rng([seed, k])
+            yield r0, rng.standard_normal((min(step, rows - r0), cols))  # float64 (b, cols)
+
+    def weigh(d2: np.ndarray, r0: int) -> float:  # squares of rows r0.. -> weighted sum
+        if w is None or axis is None:
+            return float(d2.sum())
+        return float((d2 * (w[None, :] if axis == 1 else w[r0 : r0 + d2.shape[0], None])).sum())
+
+    e_unit = sum(weigh(np.square(g), r0) for r0, g in draws())
     scale = rel * np.sqrt(energy / e_unit) if e_unit > 0 else 0.0
-    return (g * scale), (rel * rel * energy)
+    noisy = np.empty_like(x2)
+    e_real = 0.0
+    for r0, g in draws():
+        rows_of = slice(r0, r0 + g.shape[0])
+        xs = x2[rows_of].astype(np.float64)
+        g *= scale
+        g += xs
+        noisy[rows_of] = g.astype(x.dtype)
+        d = noisy[rows_of].astype(np.float64)
+        d -= xs
+        e_real += weigh(np.square(d, out=d), r0)
+    return noisy.reshape(x.shape), e_real
 
 
 def measured(
@@ -59,9 +92,7 @@ def measured(
     out: dict[str, dict] = {}
     for k, (name, x, axis, w, energy) in enumerate(items):
         start = time.perf_counter()
-        n, e = noise_like(np.asarray(x, np.float64), axis, w, rel, energy, seed + k)
-        noisy = (np.asarray(x, np.float64) + n).astype(np.asarray(x).dtype)
-        e_real = _weighted(np.asarray(noisy, np.float64) - np.asarray(x, np.float64), axis, w)
+        noisy, e_real = noisy_copy(x, axis, w, rel, energy, seed + k)
         over = {n: noisy for n in [name, *((copies or {}).get(name, ()))]}
         d = harness.error(over) if e_real > 0 else 0.0
         out[name] = {
@@ -81,13 +112,6 @@ def data_free(items: Sequence[tuple[str, int, float]], total_params: int) -> dic
         name: {"sensitivity": (n / total_params) / energy if energy > 0 else 0.0}
         for name, n, energy in items
     }
-
-
-def _weighted(d: np.ndarray, axis: int | None, w: np.ndarray | None) -> float:
-    d2 = np.square(d)
-    if w is None or axis is None:
-        return float(d2.sum())
-    return float((d2 * (w[None, :] if axis == 1 else w[:, None])).sum())
 
 
 def predicted(sens: Mapping[str, dict], errors: Mapping[str, float]) -> float:

@@ -271,8 +271,9 @@ def test_gptq_levels_in_row_chunks_with_sparse_outliers_equal_one_pass(monkeypat
     whole, values = gptq_levels(w, steps, u, 1000)
     monkeypatch.setattr(candidates, "GPTQ_CHUNK_ELEMENTS", 24 * 4)  # 4 rows at a time
     chunked, (where, kept) = gptq_levels(w, steps, u, 1000, sparse_values=True)
-    assert np.array_equal(chunked, whole)
+    assert chunked.dtype == np.int16  # the codes beyond the range are 0 there, kept apart
     assert np.array_equal(where, np.flatnonzero(np.abs(whole) > 1000)) and where.size == 3
+    assert np.array_equal(chunked, np.where(np.abs(whole) > 1000, 0, whole))
     assert np.array_equal(kept, values.reshape(-1)[where])
 
 
