@@ -80,7 +80,6 @@ class DecoderHarness(Harness):
         )
         self._n_layers: int | None = None
         self.fisher_note: str | None = None  # why the Fisher sensitivities were not used, if so
-        self._recording = False  # the reference pass is running: keep each block's input
         self._start = 0  # the block the current run starts at (run() sets it)
 
     # -- running
@@ -101,16 +100,6 @@ class DecoderHarness(Harness):
                 runner.logits_from(self._start, self._inputs[self._start]), np.float32
             )
         return np.asarray(runner.logits_from(0, runner.embed[runner._ids(ids)]), np.float32)
-
-    @property
-    def reference(self) -> Any:
-        if self._ref is None:
-            self._recording = True
-            try:
-                self._ref = self.run()
-            finally:
-                self._recording = False
-        return self._ref
 
     def run(self, overrides: Mapping[str, np.ndarray] | None = None) -> Any:
         """Logits [n, V] with ``overrides``; started at the first block they touch (module doc)."""

@@ -140,7 +140,6 @@ class EncoderHarness(Harness):
         self.engine = plan_engine() if engine is None else _checked_engine(engine)
         self._torch: Any = None
         self._start: tuple[int, int] | None = None  # where a torch run restarts (run())
-        self._recording = False  # the reference pass is running: keep activations
         if self.engine == "torch":
             from .encoder_torch import TorchEncoderPass
 
@@ -155,16 +154,6 @@ class EncoderHarness(Harness):
                 names,
             )
             self._torch.plan_cache(probe.params["wte"].shape[1])
-
-    @property
-    def reference(self) -> Any:
-        if self._ref is None:
-            self._recording = True
-            try:
-                self._ref = self.run()
-            finally:
-                self._recording = False
-        return self._ref
 
     def run(self, overrides: Mapping[str, np.ndarray] | None = None) -> Any:
         """Sentence embeddings with ``overrides``; on torch a run restarts at the first layer
@@ -231,14 +220,7 @@ class EncoderHarness(Harness):
                 enc.embed_ids(ids, mask, types)
                 self._sentence0 += ids.shape[0]
         self._current_mask = None
-        out: Moments = {}
-        for key, names in owners.items():
-            got = sums.pop(key)
-            if got is not None:
-                for n in names:
-                    out[n] = (1, *got)  # weights are [out, in]: input channels along axis 1
-        self._token_rows(out, self.embedding, self.tokenizer, self.calibration_ids)
-        return out
+        return self._moments_of(sums, owners)
 
     def _torch_moments(self) -> Moments:
         """input_moments on torch: one pass (the reference pass, if it has not run yet)."""
@@ -256,11 +238,16 @@ class EncoderHarness(Harness):
         out_ref = self._torch.run(self.tensors.__getitem__, None, record=record, hook=hook)
         if record:
             self._ref = out_ref
+        return self._moments_of(sums, names)
+
+    def _moments_of(self, sums: MomentSums, owners: Mapping[Any, Sequence[str]]) -> Moments:
+        """The moments of each weight from ``sums`` (key -> the weights sharing that input), and
+        the token embedding's row importances."""
         out: Moments = {}
-        for key, group in names.items():
+        for key, names in owners.items():
             got = sums.pop(key)
             if got is not None:
-                for n in group:
+                for n in names:
                     out[n] = (1, *got)  # weights are [out, in]: input channels along axis 1
         self._token_rows(out, self.embedding, self.tokenizer, self.calibration_ids)
         return out

@@ -178,6 +178,7 @@ class Harness:
         # runs ask
         self.tensors = dict(tensors) if isinstance(tensors, dict) else tensors
         self._ref: Any = None
+        self._recording = False  # the reference pass is running: a harness may keep activations
         self.samples = 0
 
     # -- running
@@ -199,8 +200,13 @@ class Harness:
 
     @property
     def reference(self) -> Any:
+        """The outputs with the original tensors, run once (``_recording`` while it runs)."""
         if self._ref is None:
-            self._ref = self.run()
+            self._recording = True
+            try:
+                self._ref = self.run()
+            finally:
+                self._recording = False
         return self._ref
 
     groups: np.ndarray | None = None  # domain number of each output row (run order), or None
