@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import dtypes
+from .blas import blas_threads
 from .codecs import ArraySpec
 from .encoded import Encoded
 from .errors import CmfError
@@ -316,11 +317,7 @@ def _worker_start() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # a core dependency; without it BLAS keeps its default threads
-        return
-    threadpool_limits(1)
+    blas_threads(1)
 
 
 class DaskExecutor:

@@ -324,7 +324,7 @@ def tensor_rms(xf: np.ndarray) -> float:
     total = 0.0
     for a in range(0, flat.size, RMS_CHUNK):
         part = flat[a : a + RMS_CHUNK].astype(np.float64)
-        total += float(np.dot(part, part))
+        total += float(np.square(part, out=part).sum())  # numpy's own sum: no BLAS threads
     if not flat.size:
         return 1.0
     return float(np.sqrt(total / flat.size)) or 1.0

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes, heap
+from ..blas import one_blas_thread
 from ..codecs import ArraySpec, BytesSpec
 from ..errors import CmfError
 from ..jsonable import json_safe
@@ -199,21 +200,28 @@ def plan(
                 todo, tensors, choices, moments, options, sources or {}, gguf_measure_task
             )
 
-        curves = measure_gguf_curves(
-            names,
-            tensors,
-            moments,
-            level=options.level,
-            progress=tick,
-            in_workers=in_workers if parallel else None,
-        )
+        with one_blas_thread():  # as in the workers: the same curves with any --jobs
+            curves = measure_gguf_curves(
+                names,
+                tensors,
+                moments,
+                level=options.level,
+                progress=tick,
+                in_workers=in_workers if parallel else None,
+            )
     elif parallel:
         curves = _measure_in_workers(names, tensors, choices, moments, options, sources or {})
     else:
-        for name in names:
-            curves[name] = measure(
-                name, tensors[name], choices, moments.get(name), level=options.level, progress=tick
-            )
+        with one_blas_thread():  # as in the workers: the same curves with any --jobs
+            for name in names:
+                curves[name] = measure(
+                    name,
+                    tensors[name],
+                    choices,
+                    moments.get(name),
+                    level=options.level,
+                    progress=tick,
+                )
     result.seconds["curves"] = time.perf_counter() - t0
 
     # 2. sensitivity

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes, heap
+from ..blas import one_blas_thread
 from ..codecs import ArraySpec
 from ..errors import CmfError
 from . import sensitivity as sens_mod
@@ -164,6 +165,25 @@ def _encode_choices(
             cache[(name, points[name].choice.label)] = from_portable(portable, [])
             done += 1
             _progress(options, "encoding", done, len(todo))
+    with one_blas_thread():  # as in the workers: the same codes with any --jobs
+        _encode_here(result, todo, points, tensors, options, cache, done)
+    for name, tp in result.tensors.items():
+        tp.point = points[name]
+        tp.pending = cache[(name, points[name].choice.label)]
+    if not todo:
+        _progress(options, "encoding", total, total)
+
+
+def _encode_here(
+    result: PlanResult,
+    todo: list[str],
+    points: dict[str, Point],
+    tensors: Mapping[str, Any],
+    options: PlanOptions,
+    cache: dict,
+    done: int,
+) -> None:
+    """Encode the chosen points of ``todo`` not in ``cache`` yet in this process."""
     for name in todo:
         key = (name, points[name].choice.label)
         if key in cache:
@@ -185,11 +205,6 @@ def _encode_choices(
         cache[key] = pending  # decoded again when a run asks for it (result.decoded())
         done += 1
         _progress(options, "encoding", done, max(len(todo), 1))
-    for name, tp in result.tensors.items():
-        tp.point = points[name]
-        tp.pending = cache[(name, points[name].choice.label)]
-    if not todo:
-        _progress(options, "encoding", total, total)
 
 
 def allocate_and_verify(
