@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import dtypes
+from . import dtypes, heap
 from .blas import blas_threads
 from .codecs import ArraySpec
 from .encoded import Encoded
@@ -143,7 +143,11 @@ def measure_task(
     from .plan.candidates import measure
 
     array = read_tensor(source) if isinstance(source, FileTensor) else source
-    return measure(name, array, choices, moments, level=level)
+    try:
+        return measure(name, array, choices, moments, level=level)
+    finally:
+        del array
+        heap.trim()  # the task's temporaries back to the system before the next task
 
 
 def encode_point_task(
@@ -166,6 +170,8 @@ def encode_point_task(
     if choice.family == "step" or choice.params.get("feedback"):  # --gguf: GPTQ rounding
         feedback = step_feedback(spec.shape, moments)
     pending, _ = encode_decoded(choice, array, spec, axis, weights, level, feedback, decoded=False)
+    del array
+    heap.trim()  # the encoding's temporaries back to the system before the result is sent
     return to_portable(pending, {})
 
 
@@ -318,6 +324,7 @@ def _worker_start() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     blas_threads(1)
+    heap.keep_big_blocks_off_heap()  # a worker makes and drops big arrays for task after task
 
 
 class DaskExecutor:

@@ -42,6 +42,21 @@ def pack(codes: np.ndarray, bits: int) -> bytes:
         even[:] = u[0::2]
         even[: n // 2] |= u[1::2].astype(np.uint8) << np.uint8(4)
         return even.tobytes()
+    groups = -(-n // 8)  # each group of 8 codes is exactly `bits` bytes
+    out = np.empty(groups * bits, np.uint8)
+    for g0 in range(0, groups, _PACK_GROUPS):  # bounded work arrays, whatever the tensor
+        g1 = min(groups, g0 + _PACK_GROUPS)
+        out[g0 * bits : g1 * bits] = _pack_groups(u[g0 * 8 : g1 * 8], bits)
+    return out[: packed_length(n, bits)].tobytes()
+
+
+_PACK_GROUPS = 1 << 17  # groups of 8 codes packed at a time (their u64 work arrays: ~10 MiB)
+
+
+def _pack_groups(u: np.ndarray, bits: int) -> np.ndarray:
+    """The packed bytes of up to ``8 * groups`` codes ``u`` (a short last group zero padded),
+    ``groups * bits`` bytes."""
+    n = u.size
     groups = -(-n // 8)
     cols = np.zeros((8, groups), dtype=_U64)  # (8, g): code j of every group, zero past the end
     full = n // 8
@@ -61,8 +76,7 @@ def pack(codes: np.ndarray, bits: int) -> bytes:
             lo |= np.left_shift(c, np.uint64(shift), out=tmp)
             hi |= np.right_shift(c, np.uint64(64 - shift), out=tmp)
     words = np.stack([lo, hi], axis=1)  # (g, 2) little-endian u64 words
-    out = words.view(np.uint8)[:, :bits]  # (g, bits): each group is exactly `bits` bytes
-    return out.tobytes()[: packed_length(n, bits)]
+    return words.view(np.uint8)[:, :bits].reshape(-1)  # (g * bits,): a group is `bits` bytes
 
 
 def unpack(data: Value, n: int, bits: int) -> np.ndarray:

@@ -212,3 +212,15 @@ def test_resolve_needs_no_data():
     assert BitPack(bits=13).resolve(big) == {"data": BytesSpec((3 << 40) * 13 // 8)}
     assert BitPack(bits=5).resolve(spec("u8", ())) == {"data": BytesSpec(1)}
     assert BitPack(bits=5).resolve(spec("u8", (0, 9))) == {"data": BytesSpec(0)}
+
+
+@pytest.mark.parametrize("bits", [1, 3, 5, 7, 9, 12, 15])
+def test_packing_in_group_slices_gives_the_bytes_of_one_pass(bits, monkeypatch):
+    from cmf.codecs import bitpack
+
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 1 << bits, 8 * 37 + 5).astype(np.uint16)  # a short last group
+    whole = bitpack.pack(codes, bits)
+    monkeypatch.setattr(bitpack, "_PACK_GROUPS", 4)  # 32 codes a slice
+    assert bitpack.pack(codes, bits) == whole
+    assert np.array_equal(bitpack.unpack(whole, codes.size, bits), codes)
