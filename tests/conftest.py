@@ -65,6 +65,13 @@ def _read_safetensors(path) -> tuple[dict[str, tuple[str, list[int], bytes]], di
     return out, metadata
 
 
+@pytest.fixture(autouse=True)
+def _no_shared_cache(monkeypatch):
+    """cmf.cache is off in tests (a test that patches how a prior is made must not read another
+    test's entry); tests of the cache turn it on in a temporary directory."""
+    monkeypatch.setenv("CMF_CACHE_DIR", "off")
+
+
 @pytest.fixture(scope="session")
 def assert_same() -> Callable[[np.ndarray, np.ndarray], None]:
     return _assert_same

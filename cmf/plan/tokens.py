@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import cache
+
 PRIOR_WORDS = 100_000  # most frequent words of the language (96 % of English running text)
 CONTEXT_FORMS = 256  # words tokenized together, as running text
 DEFAULT_PRIOR = "en,world"  # --token-prior: English first, then the world's major languages
@@ -150,6 +152,43 @@ def word_prior(tokenizer: Any, vocab: int, lang: str | None = DEFAULT_PRIOR) -> 
     langs = languages(lang) if lang else []
     if not langs:
         return None
+    key = _prior_key(tokenizer, vocab, langs)
+    if key is not None:  # computed before for this tokenizer (cmf.cache): seconds saved
+        got = cache.load_array("token-prior", key, lambda a: _is_prior(a, vocab))
+        if got is not None:
+            return got
+    prior = _word_prior(tokenizer, vocab, langs)
+    if key is not None and prior is not None:
+        cache.save_array("token-prior", key, prior)
+    return prior
+
+
+def _prior_key(tokenizer: Any, vocab: int, langs: list[str]) -> str | None:
+    """The cache key of a prior: the tokenizer, the languages, the word lists' version and every
+    constant of the recipe; None for a tokenizer that cannot be serialized."""
+    try:
+        import wordfreq
+
+        text = tokenizer.to_str()
+    except Exception:  # no wordfreq (no prior anyway), or not a tokenizers.Tokenizer
+        return None
+    version = getattr(wordfreq, "__version__", "?")
+    recipe = (PRIOR_WORDS, OTHER_WORDS, MAIN_SHARE, CAPITALIZED_SHARE, CONTEXT_FORMS)
+    return cache.key_of("token-prior 1", text, vocab, langs, version, recipe, PUNCTUATION)
+
+
+def _is_prior(a: np.ndarray, vocab: int) -> bool:
+    return (
+        a.dtype == np.float64
+        and a.shape == (vocab,)
+        and bool(np.isfinite(a).all())
+        and bool((a >= 0).all())
+        and abs(float(a.sum()) - 1.0) < 1e-6
+    )
+
+
+def _word_prior(tokenizer: Any, vocab: int, langs: list[str]) -> np.ndarray | None:
+    """:func:`word_prior` computed (not cached)."""
     main = _one_prior(tokenizer, vocab, langs[0], PRIOR_WORDS)
     if main is None or len(langs) == 1:
         return main
