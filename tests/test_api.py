@@ -71,8 +71,9 @@ def arrays(draw, dtypes=tuple(ALL), max_dims=4, max_side=7):
                 smooth = rng.integers(0, 100, n).astype(dt)
             keep = rng.random(n) < 0.02  # planted patterns
             base = np.where(keep, base, smooth)
-    elif name == "bool":
-        base = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
+    elif name == "bool":  # one drawn byte per value (a list of n booleans is refused for big n)
+        raw = draw(st.binary(min_size=n, max_size=n))
+        base = (np.frombuffer(raw, dtype=np.uint8) & 1).astype(bool)
     else:
         raw = draw(st.binary(min_size=n * k, max_size=n * k))
         base = np.frombuffer(raw, dtype=np.uint8).view(dt).copy()
