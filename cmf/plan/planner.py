@@ -110,6 +110,7 @@ def plan(
     seen: dict[bytes, str] = {}
     copies: dict[str, list[str]] = {}  # planned name -> identical tensors (written as aliases)
     names = []
+    planned_elements = 0
     for name, x in tensors.items():
         if not isinstance(x, np.ndarray):
             continue
@@ -125,7 +126,8 @@ def plan(
             continue
         seen[d] = name
         names.append(name)
-    jobs = resolved_jobs(options.jobs, sum(int(np.asarray(tensors[n]).size) for n in names))
+        planned_elements += spec.numel
+    jobs = resolved_jobs(options.jobs, planned_elements)
     if jobs != options.jobs:
         options = dataclasses.replace(options, jobs=jobs)
     kind = harness.kind if harness is not None else "data-free"
@@ -681,10 +683,13 @@ def plan_and_write(
             if isinstance(options.calibrate, (str, os.PathLike))
             else ("given" if options.calibrate is not None else "built-in")
         )
-    planned_names = {
-        n for n, v in tensors.items() if isinstance(v, np.ndarray) and plannable(_spec_or_none(v))
-    }
-    jobs = resolved_jobs(options.jobs, sum(int(np.asarray(tensors[n]).size) for n in planned_names))
+    planned_names, planned_elements = set(), 0
+    for n, v in tensors.items():
+        spec = _spec_or_none(v) if isinstance(v, np.ndarray) else None
+        if spec is not None and plannable(spec):
+            planned_names.add(n)
+            planned_elements += spec.numel
+    jobs = resolved_jobs(options.jobs, planned_elements)
     if jobs != options.jobs:
         options = dataclasses.replace(options, jobs=jobs)
     meta_guess = 4096 + 600 * len(planned_names)  # the plan's own metadata
