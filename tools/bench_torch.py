@@ -2,7 +2,7 @@
 ``cmf run``'s torch engine against the numpy reference (sentences/s, tokens/s).
 
     python tools/bench.py torch [--repeat 5] [--json] [--model PATH ...] [--gguf FILE]
-                                [--gen 16] [--no-engines]
+                                [--gen 16] [--no-engines] [--planner]
 
 Models (``--model``, a Hugging Face directory with one model.safetensors, or a .safetensors file;
 default: MiniLM and, when present, the f32 SmolLM2-135M in /work/models/smollm2-hf) are packed
@@ -87,6 +87,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--gen", type=int, default=16, help="greedy tokens per decoder run (16)")
     p.add_argument("--no-engines", action="store_true", help="load time and memory only")
+    p.add_argument(
+        "--planner",
+        action="store_true",
+        help="also the planner's wall time (cmf pack --preset balanced on the first model) with "
+        "the torch harness and with the numpy one (CMF_PLAN_ENGINE), about 3 minutes",
+    )
+
+
+def planner_rows(source: str, work: str) -> list[dict[str, Any]]:
+    """``cmf pack SOURCE --preset balanced`` in a child process with the planner's harness on
+    torch, then on numpy (the same --jobs default): wall seconds, the plan's stage seconds,
+    bits per parameter and the measured error, the load average beside them."""
+    rows = []
+    for engine in ("torch", "reference"):
+        out = os.path.join(work, f"plan-{engine}.cmf")
+        cmd = [sys.executable, "-m", "cmf.cli", "pack", source, "-o", out, "--force", "--json"]
+        cmd += ["--preset", "balanced"]
+        env = {**os.environ, "CMF_PLAN_ENGINE": engine}
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"cmf pack ({engine}) failed: {done.stderr[-2000:]}")
+        report = json.loads(done.stdout)
+        rows.append(
+            {
+                "engine": engine,
+                "seconds": seconds,
+                "stages": report.get("plan", {}).get("seconds", {}),
+                "bits_per_parameter": report.get("bits_per_parameter"),
+                "measured_error": report.get("measured_error"),
+                "loadavg": os.getloadavg()[0],
+            }
+        )
+    return rows
+
+
+def _print_planner(rows: list[dict[str, Any]]) -> None:
+    print()
+    print("planner (cmf pack --preset balanced): harness on torch against numpy")
+    print("| harness | wall s | curves s | sensitivity s | bits/param | error | load avg |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        st = r["stages"]
+        print(
+            f"| {r['engine']} | {r['seconds']:.1f} | {st.get('curves', 0):.1f} | "
+            f"{st.get('sensitivity', 0):.1f} | {r['bits_per_parameter']:.4f} | "
+            f"{r['measured_error']:.6f} | {r['loadavg']:.1f} |"
+        )
+    print(f"torch / numpy wall: {rows[1]['seconds'] / rows[0]['seconds']:.2f}x faster")
 
 
 def touch(state: dict) -> dict:
@@ -327,8 +377,9 @@ def run(args: argparse.Namespace) -> int:
             if args.no_engines
             else bench_engines.measure(_engine_models(loads, gguf, work), gen=args.gen)
         )
+        planner = planner_rows(sources[0], work) if args.planner else []
     if args.json:
-        print(json.dumps({"loads": loads, "engines": engines}, indent=2))
+        print(json.dumps({"loads": loads, "engines": engines, "planner": planner}, indent=2))
         return 0
     for result in loads:
         _print_loads(result, args.repeat)
@@ -338,6 +389,8 @@ def run(args: argparse.Namespace) -> int:
             f"{args.gen} greedy tokens; {os.cpu_count()} CPUs"
         )
         bench_engines.print_table(engines)
+    if planner:
+        _print_planner(planner)
     return 0
 
 
