@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import dtypes, heap
+from . import heap
 from .blas import blas_threads
 from .codecs import ArraySpec
 from .encoded import Encoded
@@ -162,14 +162,10 @@ def encode_point_task(
     """The planner's rounds for one tensor in a worker: its chosen curve point (a
     cmf.plan.candidates.Choice) encoded on the whole tensor, error feedback from ``moments`` as
     cmf.plan.rounds does it here; returns the portable pending tree (:func:`to_portable`)."""
-    from .plan.candidates import encode_decoded, step_feedback
+    from .plan.candidates import encode_point
 
     array = read_tensor(source) if isinstance(source, FileTensor) else source
-    spec = ArraySpec(dtypes.of_array(array), tuple(int(d) for d in array.shape))
-    feedback = None
-    if choice.family == "step" or choice.params.get("feedback"):  # --gguf: GPTQ rounding
-        feedback = step_feedback(spec.shape, moments)
-    pending, _ = encode_decoded(choice, array, spec, axis, weights, level, feedback, decoded=False)
+    pending = encode_point(choice, array, axis, weights, moments, level)
     del array
     heap.trim()  # the encoding's temporaries back to the system before the result is sent
     return to_portable(pending, {})

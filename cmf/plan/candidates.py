@@ -649,6 +649,24 @@ def encode_choice(
     return encode_decoded(choice, x, spec, axis, w, level, feedback, decoded=False)[0]
 
 
+def encode_point(
+    choice: Choice,
+    x: np.ndarray,
+    axis: int | None,
+    w: np.ndarray | None,
+    moments: tuple | None,
+    level: int = 3,
+) -> Pending:
+    """The encoding of a chosen curve point on the whole tensor ``x`` (the planner's rounds, in
+    its process or in a worker): error feedback from ``moments`` for the step family and
+    ``--gguf``'s GPTQ-rounded types, as :func:`measure` used it (:func:`step_feedback`)."""
+    spec = ArraySpec(dtypes.of_array(x), tuple(int(d) for d in np.shape(x)))
+    feedback = None
+    if choice.family == "step" or choice.params.get("feedback"):
+        feedback = step_feedback(spec.shape, moments)
+    return encode_choice(choice, x, spec, axis, w, level, feedback)
+
+
 def encode_decoded(
     choice: Choice,
     x: np.ndarray,

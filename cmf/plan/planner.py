@@ -110,7 +110,7 @@ def plan(
     seen: dict[bytes, str] = {}
     copies: dict[str, list[str]] = {}  # planned name -> identical tensors (written as aliases)
     names = []
-    planned_elements = 0
+    sizes: dict[str, int] = {}  # planned name -> elements (from its spec: nothing read again)
     for name, x in tensors.items():
         if not isinstance(x, np.ndarray):
             continue
@@ -126,8 +126,8 @@ def plan(
             continue
         seen[d] = name
         names.append(name)
-        planned_elements += spec.numel
-    jobs = resolved_jobs(options.jobs, planned_elements)
+        sizes[name] = spec.numel
+    jobs = resolved_jobs(options.jobs, sum(sizes.values()))
     if jobs != options.jobs:
         options = dataclasses.replace(options, jobs=jobs)
     kind = harness.kind if harness is not None else "data-free"
@@ -199,7 +199,7 @@ def plan(
 
         def in_workers(todo: list[str]) -> dict[str, Curve]:
             return _measure_in_workers(
-                todo, tensors, choices, moments, options, sources or {}, gguf_measure_task
+                todo, tensors, choices, moments, options, sources or {}, sizes, gguf_measure_task
             )
 
         with one_blas_thread():  # as in the workers: the same curves with any --jobs
@@ -212,7 +212,9 @@ def plan(
                 in_workers=in_workers if parallel else None,
             )
     elif parallel:
-        curves = _measure_in_workers(names, tensors, choices, moments, options, sources or {})
+        curves = _measure_in_workers(
+            names, tensors, choices, moments, options, sources or {}, sizes
+        )
     else:
         with one_blas_thread():  # as in the workers: the same curves with any --jobs
             for name in names:
@@ -282,12 +284,14 @@ def _measure_in_workers(
     moments: Mapping[str, Any],
     options: PlanOptions,
     sources: Mapping[str, Any],
+    sizes: Mapping[str, int],
     task: Any = None,
 ) -> dict[str, Curve]:
     """The curves stage on ``options.jobs`` spawned processes (or a dask cluster) with
     cmf.parallel's executors: each worker measures one tensor at a time, exactly as
     :func:`measure` does here, so the curves are the same as with one process. A worker reads
-    its tensor from the source file where ``sources`` names it (nothing large is sent).
+    its tensor from the source file where ``sources`` names it (nothing large is sent, and
+    nothing is read here). ``sizes``: name -> elements.
 
     The tensors much bigger than the median go first, largest first, so that no worker is left
     alone with a big one at the end (an embedding table can be half of a model); the others
@@ -305,12 +309,12 @@ def _measure_in_workers(
         measure_task,
     )
 
-    size = {n: int(np.asarray(tensors[n]).size) for n in names}
-    typical = float(np.median(list(size.values()))) if size else 0.0
-    big = sorted((n for n in names if size[n] > 4 * typical), key=lambda n: -size[n])
+    typical = float(np.median([sizes[n] for n in names])) if names else 0.0
+    big = sorted((n for n in names if sizes[n] > 4 * typical), key=lambda n: -sizes[n])
     order = big + [n for n in names if n not in set(big)]
     calls = (
-        (n, (n, sources.get(n, tensors[n]), choices, moments.get(n), options.level)) for n in order
+        (n, (n, sources[n] if n in sources else tensors[n], choices, moments.get(n), options.level))
+        for n in order
     )
     executor = make_executor(options.jobs, options.executor, options.scheduler)
     got: dict[str, Curve] = {}
@@ -683,15 +687,9 @@ def plan_and_write(
             if isinstance(options.calibrate, (str, os.PathLike))
             else ("given" if options.calibrate is not None else "built-in")
         )
-    planned_names, planned_elements = set(), 0
-    for n, v in tensors.items():
-        spec = _spec_or_none(v) if isinstance(v, np.ndarray) else None
-        if spec is not None and plannable(spec):
-            planned_names.add(n)
-            planned_elements += spec.numel
-    jobs = resolved_jobs(options.jobs, planned_elements)
-    if jobs != options.jobs:
-        options = dataclasses.replace(options, jobs=jobs)
+    planned_names = {
+        n for n, v in tensors.items() if isinstance(v, np.ndarray) and plannable(_spec_or_none(v))
+    }
     meta_guess = 4096 + 600 * len(planned_names)  # the plan's own metadata
     if options.gguf:  # sizes are the GGUF's (the target was checked by gguf_source)
         from .ggml_plan import gguf_fixed
@@ -699,8 +697,7 @@ def plan_and_write(
         fixed = gguf_fixed(tensors, planned_names, attachments, options)
     else:
         fixed = fixed_bytes_of(tensors, planned_names, attachments, meta_guess, options.level)
-    parallel = options.jobs > 1 or options.executor != "process"
-    result = plan(tensors, options, harness, fixed_bytes=fixed, sources=refs if parallel else None)
+    result = plan(tensors, options, harness, fixed_bytes=fixed, sources=refs)  # read by workers
     result.warnings[:0] = warnings + (fallback_warnings(harness) if harness is not None else [])
     if harness is not None:
         result.calibration["source"] = harness.calibration_source

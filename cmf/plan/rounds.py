@@ -10,15 +10,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
-from .. import dtypes, heap
+from .. import heap
 from ..blas import one_blas_thread
-from ..codecs import ArraySpec
 from ..errors import CmfError
 from . import sensitivity as sens_mod
 from .allocate import Allocation, Item, allocate
-from .candidates import Curve, Point, encode_decoded, step_feedback
+from .candidates import Curve, Point, encode_point
 from .contracts import PlanOptions, PlanResult, TensorPlan
 from .harness import Harness
 
@@ -37,10 +34,6 @@ SEGMENT_PADDING = 32  # mean zero padding per segment (segments are 64-byte alig
 def _progress(options: PlanOptions, stage: str, done: int, total: int) -> None:
     if options.progress is not None:
         options.progress(stage, done, total)
-
-
-def _spec(x: Any) -> ArraySpec:
-    return ArraySpec(dtypes.of_array(x), tuple(int(d) for d in x.shape))
 
 
 def refine_sensitivity(
@@ -149,7 +142,7 @@ def _encode_choices(
                 n,
                 (
                     n,
-                    workers.sources.get(n, tensors[n]),
+                    workers.sources[n] if n in workers.sources else tensors[n],
                     points[n].choice,
                     result.tensors[n].curve.axis,
                     result.tensors[n].curve.weights,
@@ -157,7 +150,7 @@ def _encode_choices(
                     options.level,
                 ),
             )
-            for n in sorted(todo, key=lambda n: -int(np.asarray(tensors[n]).size))
+            for n in sorted(todo, key=lambda n: -result.tensors[n].curve.numel)
         )
         for name, portable in map_as_done(
             workers.executor, encode_point_task, calls, workers.jobs + 1, doing="encoding"
@@ -188,21 +181,15 @@ def _encode_here(
         key = (name, points[name].choice.label)
         if key in cache:
             continue
-        x, tp = tensors[name], result.tensors[name]
-        feedback = None
-        if points[name].choice.family == "step" or points[name].choice.params.get("feedback"):
-            feedback = step_feedback(tuple(np.shape(x)), result.moments.get(name))  # --gguf: GPTQ
-        pending, _ = encode_decoded(
+        curve = result.tensors[name].curve
+        cache[key] = encode_point(  # decoded again when a run asks for it (result.decoded())
             points[name].choice,
-            x,
-            _spec(x),
-            tp.curve.axis,
-            tp.curve.weights,
+            tensors[name],
+            curve.axis,
+            curve.weights,
+            result.moments.get(name),
             options.level,
-            feedback,
-            decoded=False,
         )
-        cache[key] = pending  # decoded again when a run asks for it (result.decoded())
         done += 1
         _progress(options, "encoding", done, max(len(todo), 1))
 
