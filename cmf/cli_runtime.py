@@ -276,6 +276,13 @@ def _run_decoder(
     help="Decoders: tokens of text scored.",
 )
 @click.option("--engine", type=click.Choice(ENGINES), help=ENGINE_HELP + " Both models run on it.")
+@click.option(
+    "--ggml-activations",
+    is_flag=True,
+    help="Decoders: round each matrix product's input as llama.cpp's CPU backend does for the "
+    "weight's GGML type in the GGUF a .cmf unpacks to (8-bit blocks, F16, BF16): the KL "
+    "llama.cpp will see. Runs on the numpy engine.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def eval_command(
     original: str,
@@ -283,6 +290,7 @@ def eval_command(
     data: str | None,
     max_tokens: int,
     engine: str | None,
+    ggml_activations: bool,
     as_json: bool,
 ) -> None:
     """Run ORIGINAL and COMPRESSED side by side and report how far the outputs moved: cosine
@@ -290,7 +298,14 @@ def eval_command(
     Either may be a sharded set (its .cmf.index.json or the directory holding it)."""
     from .runtime.evaluate import KIND_NAMES, evaluate
 
-    report = evaluate(original, compressed, data, max_tokens=max_tokens, engine=engine or "auto")
+    report = evaluate(
+        original,
+        compressed,
+        data,
+        max_tokens=max_tokens,
+        engine=engine or ("reference" if ggml_activations else "auto"),
+        ggml_activations=ggml_activations,
+    )
     if as_json:
         emit_json(report)
         return

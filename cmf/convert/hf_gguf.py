@@ -220,6 +220,12 @@ def _requantized(f: Any, name: str, ggml_type: str) -> np.ndarray:
     )
 
 
+def ggml_type_of(f: Any, name: str) -> str:
+    """The GGML type tensor ``name`` of the open file ``f`` has in the GGUF :func:`hf_out`
+    writes (CmfError for a dtype a GGUF model does not hold)."""
+    return _ggml_type(f, name)
+
+
 def _ggml_type(f: Any, name: str) -> str:
     """The legacy block type a tensor's tree holds, else its plain type."""
     dtype = f.spec(name).dtype.name

@@ -257,7 +257,14 @@ class PlanResult:
             if tp.pending is not None
             for n in [name, *self.copies.get(name, ())]
         }
-        return LazyMapping(plans, lambda n: np.asarray(decode_pending(plans[n].pending)))
+        out = LazyMapping(plans, lambda n: np.asarray(decode_pending(plans[n].pending)))
+        if self.target.get("gguf"):  # each one's GGML type, for the harness's llama.cpp rounding
+            out.ggml_types = {
+                n: t
+                for n, tp in plans.items()
+                if tp.point is not None and (t := tp.point.choice.params.get("type"))
+            }
+        return out
 
     def tensor_table(self) -> dict[str, dict]:
         table = {}

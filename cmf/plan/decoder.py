@@ -19,6 +19,12 @@
   ``FISHER_SAMPLES`` backward passes instead of one forward pass per tensor. Without torch, or
   for tensors stored twice, the noise measurement of cmf.plan.sensitivity is used (on the
   streamed runs above).
+* **llama.cpp's activation rounding** (``ggml_activations``, set by the planner's ``--gguf``):
+  a run whose overrides carry ``ggml_types`` (a plan's encodings, a written file) rounds each
+  matrix product's input as llama.cpp does for the weight's type (cmf.runtime.ggml_acts), and
+  the moments of each tensor a product reads carry, fifth, its activation errors per rounding
+  type (cmf.runtime.ggml_acts.activation_errors), which cmf.plan.ggml_candidates adds to each
+  type's point.
 """
 
 from __future__ import annotations
@@ -62,6 +68,10 @@ def block_of(name: str) -> int | None:
 
 class DecoderHarness(Harness):
     kind = "decoder"
+    # simulate llama.cpp (cmf.runtime.ggml_acts): a run whose overrides carry ``ggml_types``
+    # rounds each matrix product's input as llama.cpp does for the weight's type, and the input
+    # moments carry each tensor's activation-rounding errors (the planner's --gguf sets it)
+    ggml_activations = False
 
     def __init__(
         self,
@@ -81,6 +91,7 @@ class DecoderHarness(Harness):
         self._n_layers: int | None = None
         self.fisher_note: str | None = None  # why the Fisher sensitivities were not used, if so
         self._start = 0  # the block the current run starts at (run() sets it)
+        self._types: dict[str, str] | None = None  # the current run's GGML types (run() sets it)
 
     # -- running
     def _runner(self, get: Callable[[str], np.ndarray]) -> Any:
@@ -88,6 +99,22 @@ class DecoderHarness(Harness):
 
     def _run(self, get: Callable[[str], np.ndarray]) -> np.ndarray:
         runner = self._runner(get)
+        if self._types:  # llama.cpp's activation rounding per weight type (module docstring)
+            from ..runtime.ggml_acts import llama_cpp_rounding
+
+            with llama_cpp_rounding(runner, self._type_of):
+                return self._pass(runner)
+        return self._pass(runner)
+
+    def _type_of(self, hf_name: str) -> str | None:
+        """The GGML type of the run's tensor ``hf_name`` (or of its GGUF name), None if F32."""
+        from ..runtime.llama import hf_to_gguf_name
+
+        types = self._types or {}
+        got = types.get(hf_name)
+        return got if got is not None else types.get(hf_to_gguf_name(hf_name) or "")
+
+    def _pass(self, runner: Any) -> np.ndarray:
         ids = np.asarray(self.ids, np.int64)
         self._n_layers = runner.config.n_layers
         if self._inputs is None and self._recording:
@@ -105,10 +132,12 @@ class DecoderHarness(Harness):
         """Logits [n, V] with ``overrides``; started at the first block they touch (module doc)."""
         _ = self.reference if overrides else None  # the cached block inputs come with the reference
         self._start = self._first_block(overrides or {})
+        types = getattr(overrides, "ggml_types", None) if self.ggml_activations else None
+        self._types = dict(types) if types else None
         try:
             return super().run(overrides)
         finally:
-            self._start = 0
+            self._start, self._types = 0, None
 
     def _first_block(self, overrides: Mapping[str, Any]) -> int:
         n = self._n_layers
@@ -284,6 +313,10 @@ class DecoderMoments(MappingABC):
         x = rms_norm(h._inputs[-1], runner.norm, runner.config.rms_norm_eps)  # [n, d]
         sums = MomentSums()
         sums.add(0, x, (2 * np.arange(x.shape[0])) // max(x.shape[0], 1))
+        if self.h.ggml_activations:
+            from ..runtime.ggml_acts import activation_errors
+
+            return (1, *sums.result(0), activation_errors(x, h.tensors[self.head]))
         return (1, *sums.result(0))
 
     def _block_moments(self, i: int) -> dict:
@@ -295,11 +328,14 @@ class DecoderMoments(MappingABC):
         owners = {id(getattr(layer, attr)): names for attr, names in h.layer_names(i) if names}
         sums = MomentSums()
         original = llama.linear
+        acts: dict[str, dict] = {}  # with ggml_activations: name -> its activation errors
 
         def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
             if id(w) in owners:  # fold: first or second half of the sequence
                 flat = x.reshape(-1, x.shape[-1])
                 sums.add(id(w), flat, (2 * np.arange(flat.shape[0])) // max(flat.shape[0], 1))
+                if h.ggml_activations:
+                    _activation_errors(acts, flat, w, owners[id(w)], h.tensors)
             return original(x, w, b)
 
         x = h._inputs[i]
@@ -311,5 +347,23 @@ class DecoderMoments(MappingABC):
             got = sums.result(key)
             if got is not None:
                 for n in names:
-                    out[n] = (1, *got)
+                    out[n] = (1, *got, acts[n]) if n in acts else (1, *got)
         return out
+
+
+def _activation_errors(
+    out: dict[str, dict],
+    x: np.ndarray,
+    w: np.ndarray,
+    names: Sequence[str],
+    tensors: Mapping[str, np.ndarray],
+) -> None:
+    """``out[name]``: cmf.runtime.ggml_acts.activation_errors of each tensor ``names`` fuses
+    into ``w`` (their rows in order), on the input ``x``."""
+    from ..runtime.ggml_acts import activation_errors
+
+    start = 0
+    for n in names:
+        rows = int(np.shape(tensors[n])[0])
+        out[n] = activation_errors(x, w[start : start + rows])
+        start += rows

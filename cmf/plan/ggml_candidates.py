@@ -13,7 +13,10 @@ rounded to that dtype and stored as it (cmf.plan.ggml_encoding).
 A point's ``bytes`` are the **GGUF's** bytes of the tensor (blocks x block bytes; 4 per
 element for the lossless F32 point), not the .cmf's: a size target counts the GGUF. Its error is
 the planner's weighted error (candidates.weighted_error), measured on a row sample of
-``SAMPLE_ELEMENTS`` for bigger tensors (rows are encoded independently) and scaled.
+``SAMPLE_ELEMENTS`` for bigger tensors (rows are encoded independently) and scaled, plus what
+llama.cpp's rounding of the tensor's input adds for that type (:func:`activation_error`: the
+decoder harness measures it per activation type, cmf.runtime.ggml_acts, in the moments' fifth
+item).
 
 Curves are kept per process (:data:`_CURVES`, keyed by the tensor's and its moments' digests),
 so planning the same model for several targets in one process measures them once. With
@@ -89,6 +92,19 @@ def fold_matrix(
     if moments is None or len(moments) < 3 or moments[2] is None or len(shape) != 2:
         return None
     return damped_fold_matrix(moments[2][1], shape[moments[0] % 2], damping)
+
+
+def activation_error(ggml_type: str, moments: tuple | None, damping: float = 0.05) -> float:
+    """The weighted error llama.cpp's rounding of the tensor's input adds to a ``ggml_type``
+    choice (module docstring): the harness's activation error of that type's vec-dot type
+    (cmf.runtime.ggml_acts.activation_errors, the moments' fifth item) in the unit of
+    weighted_error (over ``1 + damping``, as ``w`` and ``Hn`` are); 0 without it."""
+    from ..runtime.ggml_acts import activation_type, same_values
+
+    if moments is None or len(moments) < 5 or not moments[4]:
+        return 0.0
+    act = same_values(activation_type(ggml_type))
+    return float(moments[4].get(act, 0.0)) / (1.0 + damping) if act != "F32" else 0.0
 
 
 def _digest(x: np.ndarray, moments: Any) -> bytes:
@@ -171,8 +187,9 @@ def measure_gguf(
             if best is None or werr < best[1]:
                 best = (c, werr, plain)
         c, werr, plain = best  # type: ignore[misc]
+        werr = werr * factor + activation_error(t, moments, damping)
         points.append(
-            Point(c, gguf_tensor_bytes(t, spec.shape), werr * factor, plain * factor, factor != 1.0)
+            Point(c, gguf_tensor_bytes(t, spec.shape), werr, plain * factor, factor != 1.0)
         )
     points.append(Point(LOSSLESS, gguf_tensor_bytes("F32", spec.shape), 0.0, 0.0))
     curve = Curve(
@@ -245,6 +262,7 @@ def measure_gguf_curves(
 
 __all__ = [
     "PLANNED_TYPES",
+    "activation_error",
     "encode_ggml",
     "ggml_choices",
     "gguf_measure_task",

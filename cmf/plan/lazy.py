@@ -15,7 +15,10 @@ from typing import Any
 
 class LazyMapping(MappingABC):
     """``names`` -> ``get(name)``, called on each access; nothing is kept (membership and
-    iteration never call ``get``)."""
+    iteration never call ``get``). ``ggml_types``: name -> the GGML type each tensor has in a
+    GGUF, where the mapping stands for one (cmf.plan.decoder simulates llama.cpp with it)."""
+
+    ggml_types: dict[str, str] | None = None
 
     def __init__(self, names: Iterable[str], get: Callable[[str], Any]) -> None:
         self._names = list(names)

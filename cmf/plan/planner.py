@@ -170,6 +170,8 @@ def plan(
     moments: dict = {}
     if harness is not None:
         harness.token_prior = options.token_prior
+        if options.gguf and hasattr(harness, "ggml_activations"):  # as llama.cpp will compute
+            harness.ggml_activations = True
         moments = harness.input_moments()
         if harness.token_note:
             result.warnings.append(harness.token_note)
@@ -586,9 +588,12 @@ def verify_file(path: str | os.PathLike, harness: Harness) -> dict[str, float]:
     from ..shards import open_model
 
     with open_model(path) as f:  # read as the run asks: a streamed decoder holds one block
-        return harness.stats(
-            LazyMapping([n for n in f.keys() if n in harness.tensors], f.get_tensor)
-        )
+        tensors = LazyMapping([n for n in f.keys() if n in harness.tensors], f.get_tensor)
+        if getattr(harness, "ggml_activations", False):  # the GGML type of each, as unpacked
+            from ..runtime.ggml_acts import file_ggml_types
+
+            tensors.ggml_types = file_ggml_types(f)
+        return harness.stats(tensors)
 
 
 # ----------------------------------------------------------------------------- one call

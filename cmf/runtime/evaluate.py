@@ -13,7 +13,11 @@ weights are dropped before the other model loads) and returns a JSON-able report
   sentences bundled in ``cmf/runtime/data/sentences.txt``.
 * decoders: on one text (the file's content, or the bundled sentences as one paragraph) cut to
   ``max_tokens`` tokens: perplexity of each model, mean and max KL(original || compressed) of the
-  next-token distributions, top-1 agreement of the next token, cosine of the logits.
+  next-token distributions, top-1 agreement of the next token, cosine of the logits. With
+  ``ggml_activations`` (numpy runner only) each matrix product's input is rounded as llama.cpp's
+  CPU backend rounds it for the weight's GGML type in the GGUF a .cmf unpacks to
+  (cmf.runtime.ggml_acts: 8-bit blocks for block types, F16 / BF16 for those; a source that is
+  not a .cmf, and F32 tensors, are not rounded): the KL llama.cpp will see.
 
 Every report has ``cosine_mean``, ``cosine_min``, ``max_abs_error`` and ``identical`` (every
 output equal bit for bit) at the top level.
@@ -243,10 +247,18 @@ def evaluate(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     samples: int = DEFAULT_ONNX_SAMPLES,
     engine: str | None = None,
+    ggml_activations: bool = False,
 ) -> dict[str, Any]:
     """Run ``original`` and ``compressed`` on the same inputs and report how far the outputs
-    moved (see the module docstring for ``inputs`` and the fields). ``engine`` as
-    cmf.runtime.rebuild.load_runner takes it; the report's ``engines`` names the one each ran on."""
+    moved (see the module docstring for ``inputs``, ``ggml_activations`` and the fields).
+    ``engine`` as cmf.runtime.rebuild.load_runner takes it; the report's ``engines`` names the
+    one each ran on."""
+    if ggml_activations:
+        if engine not in (None, "auto", "reference"):
+            raise CmfError(
+                f"llama.cpp's activation rounding runs on the numpy runner, not {engine}"
+            )
+        engine = "reference"
     if isinstance(inputs, (str, os.PathLike)):
         path = os.fspath(inputs)
         inputs = read_arrays(path) if path.lower().endswith((".npz", ".npy")) else read_texts(path)
@@ -274,7 +286,11 @@ def evaluate(
                     f"{_signature(kind, runner)} vs {signature}"
                 )
             start = time.perf_counter()
-            results.append(_run(kind, runner, prepared))
+            results.append(
+                _run_as_llama_cpp(kind, runner, prepared, src)
+                if ggml_activations
+                else _run(kind, runner, prepared)
+            )
             seconds.append(time.perf_counter() - start)
             del runner
             gc.collect()
@@ -300,6 +316,8 @@ def evaluate(
             "dim": int(a.shape[1]),
             **_summary(cos, _max_abs(a, b), _identical(a, b)),
         }
+    if ggml_activations:
+        head["ggml_activations"] = True
     return {**head, **compare_logits(prepared, results[0], results[1])}
 
 
@@ -334,6 +352,25 @@ def _prepare(kind: str, runner: Any, inputs: Any, max_tokens: int, samples: int)
     if len(ids) < 2:
         raise CmfError("the evaluation text is shorter than 2 tokens")
     return ids
+
+
+def _run_as_llama_cpp(kind: str, runner: Any, prepared: Any, src: Any) -> Any:
+    """:func:`_run` of a decoder with its matrix products' inputs rounded as llama.cpp does for
+    each weight's GGML type (module docstring)."""
+    from .ggml_acts import file_ggml_types, llama_cpp_rounding
+    from .llama import hf_to_gguf_name
+    from .rebuild import CmfModel
+
+    if kind != "decoder":
+        raise CmfError(f"llama.cpp's activation rounding is for decoders, not {KIND_NAMES[kind]}")
+    types = file_ggml_types(src.file) if isinstance(src, CmfModel) else {}
+
+    def type_of(name: str) -> str | None:
+        got = types.get(name)
+        return got if got is not None else types.get(hf_to_gguf_name(name) or "")
+
+    with llama_cpp_rounding(runner.runner, type_of):
+        return _run(kind, runner, prepared)
 
 
 def _run(kind: str, runner: Any, prepared: Any) -> Any:

@@ -208,3 +208,39 @@ def test_fisher_square_sum_matches_float64():
         float((g[10:20].double() ** 2).sum()), rel=1e-5
     )
     assert _square_sum(torch, g[0]) == pytest.approx(float((g[0].double() ** 2).sum()), rel=1e-5)
+
+
+def test_ggml_activations_round_runs_by_the_overrides_types_and_price_each_tensor(tmp_path):
+    """With ``ggml_activations`` (--gguf), a run whose overrides carry GGML types rounds each
+    matrix product's input as llama.cpp does; the moments carry each tensor's activation errors,
+    and the Fisher sensitivities times those errors predict the KL the rounding adds."""
+    pytest.importorskip("torch")
+    from cmf.plan.lazy import LazyMapping
+    from cmf.runtime.ggml_acts import activation_errors
+
+    h = _harness(tmp_path, num_hidden_layers=2, tie_word_embeddings=False)
+    names = [n for n, x in h.tensors.items() if x.ndim == 2]
+    same = LazyMapping(names, h.tensors.__getitem__)
+    same.ggml_types = {n: "Q8_0" for n in names}
+    assert h.error(same) == 0.0  # not simulating: the original weights give the original outputs
+    plain_moments = h.input_moments()
+    assert len(plain_moments["lm_head.weight"]) == 4
+    h.ggml_activations = True
+    q8 = h.error(same)
+    assert q8 > 0
+    same.ggml_types = {n: "F16" for n in names}
+    assert 0 < h.error(same) < q8 / 100
+    assert h.error(LazyMapping(names, h.tensors.__getitem__)) == 0.0  # no types: F32, no rounding
+
+    m = h.input_moments()
+    runner = h._runner(h.tensors.__getitem__)
+    final = llama.rms_norm(h._inputs[-1], runner.norm, runner.config.rms_norm_eps)
+    assert m["lm_head.weight"][4] == activation_errors(final, h.tensors["lm_head.weight"])
+    products = [n for n in names if n in m and n != "model.embed_tokens.weight"]
+    assert len(m["model.embed_tokens.weight"]) == 3  # a lookup: its rows are never rounded
+    assert all(set(m[n][4]) >= {"F16", "BF16", "Q8_0"} for n in products)
+    items = [(n, h.tensors[n], m[n][0], None, 1.0) for n in products]
+    sens = h.sensitivities(items)
+    predicted = sum(sens[n]["sensitivity"] * m[n][4]["Q8_0"] for n, *_ in items)
+    same.ggml_types = {n: "Q8_0" for n, *_ in items}
+    assert 0.5 < predicted / h.error(same) < 2.0

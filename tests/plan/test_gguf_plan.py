@@ -370,3 +370,52 @@ def test_bad_input_is_refused_before_any_work(planned, run, tmp_path, monkeypatc
         planner.plan_and_write(
             model, tmp_path / "c.cmf", PlanOptions(preset="small", gguf=True), shard_size=1 << 20
         )
+
+
+def test_each_type_is_priced_with_its_activation_rounding():
+    """The harness's activation errors (moments' fifth item) are added to each GGML point by the
+    type llama.cpp rounds that weight's input to (over 1 + damping, the weighted-error unit)."""
+    from cmf.plan.ggml_candidates import activation_error, measure_gguf
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((8, 512)).astype(np.float32)
+    e2 = (rng.random(512) + 0.5).astype(np.float64)
+    acts = {"F16": 1e-4, "BF16": 1e-2, "Q8_0": 0.5, "Q8_K": 2.0}
+    plain = {p.choice.label: p.error for p in measure_gguf("t", x, (1, e2)).points}
+    priced = {
+        p.choice.label: p.error for p in measure_gguf("t", x, (1, e2, None, None, acts)).points
+    }
+    assert set(priced) == set(plain) and len(priced) == 11
+    by_act = {"F16": "F16", "BF16": "BF16", "Q8_0": "Q8_0", "IQ4_NL": "Q8_0", "lossless": None}
+    for label, e in priced.items():
+        act = by_act.get(label, "Q8_K")  # the K-quants and IQ4_XS: Q8_K blocks of 256
+        want = plain[label] + (acts[act] / 1.05 if act else 0.0)
+        assert e == pytest.approx(want, rel=1e-9), label
+        if act:
+            got = activation_error(label, (1, e2, None, None, acts))
+            assert got == pytest.approx(acts[act] / 1.05), label
+    assert activation_error("Q4_K", (1, e2)) == 0.0  # no activation errors measured: none added
+
+
+def test_eval_with_ggml_activations_is_what_the_plan_verified(planned, run, tmp_path):
+    """``cmf eval --ggml-activations`` rounds as llama.cpp does for each tensor's type in the
+    GGUF: on the calibration text it gives the KL the planner verified from the file (which it
+    measured the same way), more than the float32 KL; an F32 model is not rounded."""
+    from cmf.runtime.evaluate import evaluate
+
+    model, path, result, _ = planned
+    texts = list(helpers.TEXTS)
+    rounded = evaluate(model, path, texts, max_tokens=256, ggml_activations=True)
+    plain = evaluate(model, path, texts, max_tokens=256)
+    assert rounded["ggml_activations"] is True and "ggml_activations" not in plain
+    assert rounded["kl_mean"] == pytest.approx(result.file_error, rel=1e-3)
+    assert rounded["kl_mean"] > plain["kl_mean"]
+    assert evaluate(model, model, texts, ggml_activations=True)["kl_mean"] == 0.0
+    data = tmp_path / "t.txt"
+    data.write_text("\n".join(texts))
+    got = run("eval", model, path, "--ggml-activations", "--data", data, "--json")
+    assert got.code == 0 and json.loads(got.out)["kl_mean"] == pytest.approx(
+        evaluate(model, path, str(data), ggml_activations=True)["kl_mean"]
+    )
+    with pytest.raises(CmfError, match="numpy runner"):
+        evaluate(model, path, texts, engine="torch", ggml_activations=True)
