@@ -1,7 +1,7 @@
 """The planner's candidates under ``--gguf`` (spec/planner.md, "Planning into GGML types").
 
 Each planned tensor's choices are GGML types: F16 and BF16 (any row length), and Q8_0, Q6_K,
-Q5_K, Q4_K, Q3_K, Q2_K, IQ4_XS, IQ4_NL, each mapped through llama.cpp's fallback for its row
+Q5_K, Q4_K, Q3_K, Q2_K, IQ4_XS, IQ4_NL, Q5_0, each mapped through llama.cpp's fallback for its row
 length (cmf.ggml_encode.fallback_type: a 576-wide row takes Q5_0 for Q4_K, Q8_0 for Q6_K...)
 and the duplicates dropped (a fallback to F16 is the F16 choice); the lossless point is F32 in
 the GGUF. A block type is encoded with cmf.ggml_encode.quantize_blocks, the per-column
@@ -57,7 +57,21 @@ from .candidates import (
 from .ggml_encoding import PLAIN_TYPES, encode_ggml, importance_of, plain_rounded  # noqa: F401  (re-exported)
 from .ggml_gptq import gptq_blocks
 
-PLANNED_TYPES = ("F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL")
+# Q5_0 for rows the K-quants take too: llama.cpp multiplies it by Q8_0 activation blocks of 32,
+# which round an input with outlier channels finer than the K-quants' Q8_K blocks of 256
+PLANNED_TYPES = (
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q6_K",
+    "Q5_K",
+    "Q4_K",
+    "Q3_K",
+    "Q2_K",
+    "IQ4_XS",
+    "IQ4_NL",
+    "Q5_0",
+)
 SAMPLE_ELEMENTS = 1 << 18  # curves of bigger tensors are measured on a row sample of this many
 _CURVES: dict[bytes, Curve] = {}
 _CURVES_MAX = 4096

@@ -83,7 +83,7 @@ def test_choices_take_llama_cpp_fallbacks():
         "Q4_0",
         "IQ4_NL",
     ]
-    assert len(ggml_choices(512)) == 10
+    assert len(ggml_choices(512)) == 11 and ggml_choices(512)[-1].label == "Q5_0"
     assert [c.label for c in ggml_choices(40)] == ["F16", "BF16"]  # no block type takes the rows
     assert gguf_tensor_bytes("Q4_K", (4, 512)) == 4 * 2 * 144
     assert gguf_tensor_bytes("F16", (4, 40)) == gguf_tensor_bytes("BF16", (4, 40)) == 4 * 40 * 2
@@ -234,6 +234,7 @@ def test_size_target_counts_the_gguf_and_unpack_writes_the_planned_blocks(planne
         "Q2_K",
         "IQ4_XS",
         "IQ4_NL",
+        "Q5_0",
         "lossless",
     }
     out = tmp_path / "out" / "m.gguf"
@@ -385,8 +386,9 @@ def test_each_type_is_priced_with_its_activation_rounding():
     priced = {
         p.choice.label: p.error for p in measure_gguf("t", x, (1, e2, None, None, acts)).points
     }
-    assert set(priced) == set(plain) and len(priced) == 11
-    by_act = {"F16": "F16", "BF16": "BF16", "Q8_0": "Q8_0", "IQ4_NL": "Q8_0", "lossless": None}
+    assert set(priced) == set(plain) and len(priced) == 12
+    by_act = {"F16": "F16", "BF16": "BF16", "Q8_0": "Q8_0", "IQ4_NL": "Q8_0", "Q5_0": "Q8_0"}
+    by_act["lossless"] = None
     for label, e in priced.items():
         act = by_act.get(label, "Q8_K")  # the K-quants and IQ4_XS: Q8_K blocks of 256
         want = plain[label] + (acts[act] / 1.05 if act else 0.0)
