@@ -311,12 +311,15 @@ def _uint(value: Any, what: str, bound: int) -> int:
 def _name(value: Any, what: str, max_bytes: int) -> str:
     if not isinstance(value, str):
         raise FormatError(f"{what} must be a string, found {type(value).__name__}")
-    size = len(value.encode("utf-8", "surrogatepass"))
+    try:
+        size, surrogate = len(value.encode("utf-8")), False
+    except UnicodeEncodeError:  # a writer's str that UTF-8 cannot encode
+        size, surrogate = len(value.encode("utf-8", "surrogatepass")), True
     if not 1 <= size <= max_bytes:
         raise FormatError(f"{what} must be 1 to {max_bytes} bytes, found {size}")
     if "\x00" in value:
         raise FormatError(f"{what} contains a NUL character")
-    if any("\ud800" <= c <= "\udfff" for c in value):  # a writer's str that UTF-8 cannot encode
+    if surrogate:
         raise FormatError(f"{what} contains a lone surrogate (not UTF-8)")
     return value
 
@@ -355,6 +358,33 @@ class _TreeParser:
         self.refs = [0] * len(segments)
         self.shared: list[SharedEntry | None] = []
         self.shared_refs: list[int] = []
+        # codecs and part specs already built in this index: files repeat a few configurations
+        # hundreds of times (same name + config => same codec; resolve is a function of the
+        # codec and the spec). Only successes are kept, so every bad node is checked anew.
+        self._codecs: dict[tuple, Codec] = {}
+        self._resolved: dict[tuple, dict[str, Spec]] = {}
+
+    def _codec(self, name: Any, config: Any) -> Codec:
+        try:  # value types in the key: 1, 1.0 and True are equal and hash alike
+            key = (name, *((k, type(v), v) for k, v in config.items()))
+            hash(key)
+        except (AttributeError, TypeError):  # not a map, or an array in it: not kept
+            return codec_from_config(name, config)
+        codec = self._codecs.get(key)
+        if codec is None:
+            codec = self._codecs[key] = codec_from_config(name, config)
+        return codec
+
+    def _resolve(self, codec: Codec, spec: Spec) -> dict[str, Spec]:
+        try:
+            key = (codec, spec)
+            hash(key)
+        except TypeError:
+            return codec.resolve(spec)
+        part_specs = self._resolved.get(key)
+        if part_specs is None:
+            part_specs = self._resolved[key] = codec.resolve(spec)
+        return part_specs
 
     def parse(
         self, obj: Any, spec: Spec, where: str, depth: int = 0, in_shared: bool = False
@@ -378,8 +408,8 @@ class _TreeParser:
         node = _map(obj, f"{where}: node", ("codec", "config", "parts"))
         if depth >= self.limits.max_tree_depth:
             raise LimitError(f"{where}: codec tree deeper than {self.limits.max_tree_depth}")
-        codec = codec_from_config(node["codec"], node["config"])
-        part_specs = codec.resolve(spec)
+        codec = self._codec(node["codec"], node["config"])
+        part_specs = self._resolve(codec, spec)
         parts = node["parts"]
         if not isinstance(parts, dict) or set(parts) != set(part_specs):
             found = sorted(parts) if isinstance(parts, dict) else type(parts).__name__
@@ -451,9 +481,18 @@ def _segments(obj: Any, index_offset: int | None) -> list[Segment]:
     for i, item in enumerate(obj):
         if not isinstance(item, list) or len(item) != 3:
             raise FormatError(f"segment {i} must be [offset, length, crc32c]")
-        offset = _uint(item[0], f"segment {i} offset", 1 << 64)
-        length = _uint(item[1], f"segment {i} length", 1 << 64)
-        crc = _uint(item[2], f"segment {i} crc32c", 1 << 32)
+        offset, length, crc = item
+        if not (  # the common case at a glance; _uint says what is wrong otherwise
+            type(offset) is int
+            and type(length) is int
+            and type(crc) is int
+            and 0 <= offset < 1 << 64
+            and 0 <= length < 1 << 64
+            and 0 <= crc < 1 << 32
+        ):
+            offset = _uint(offset, f"segment {i} offset", 1 << 64)
+            length = _uint(length, f"segment {i} length", 1 << 64)
+            crc = _uint(crc, f"segment {i} crc32c", 1 << 32)
         if offset != expected:
             raise FormatError(
                 f"segment {i} starts at {offset}, expected {expected} "
@@ -539,8 +578,35 @@ def check_metadata(value: Any, max_depth: int = 8) -> dict[str, Any]:
     return value
 
 
+def _check_parsed_metadata(value: Any, max_depth: int) -> dict[str, Any]:
+    """:func:`check_metadata` of metadata that :func:`unpack` parsed, with the same verdicts:
+    its keys are strings (the pairs hook), its strings valid UTF-8 (msgpack decodes them
+    strictly), its ints in [-2^63, 2^64) (all msgpack holds) and no other type survives
+    :func:`unpack`, so what is left to check is binary values and the depth, one level at a
+    time by each container's set of child types."""
+    if not isinstance(value, dict):
+        raise FormatError(f"metadata must be a map, found {type(value).__name__}")
+    level, depth = [value], 1
+    while level:
+        below: list = []
+        for item in level:
+            children = item.values() if type(item) is dict else item
+            if not children:
+                continue
+            if depth >= max_depth:  # the children would sit at depth + 1
+                raise LimitError(f"metadata nests deeper than {max_depth} levels")
+            kinds = set(map(type, children))
+            if bytes in kinds:
+                raise FormatError("metadata values must not be binary")
+            if dict in kinds or list in kinds:
+                below.extend(c for c in children if type(c) is dict or type(c) is list)
+        level, depth = below, depth + 1
+    return value
+
+
 def parse_index(obj: Any, limits: Limits, index_offset: int | None, problems: Problems) -> Index:
-    """Check a parsed msgpack object against spec §3 and build an :class:`Index`."""
+    """Check a parsed msgpack object (as :func:`unpack` returns it) against spec §3 and build
+    an :class:`Index`."""
     top = obj
     if not isinstance(top, dict):
         raise FormatError(f"index must be a map, found {type(top).__name__}")
@@ -594,7 +660,7 @@ def parse_index(obj: Any, limits: Limits, index_offset: int | None, problems: Pr
         index.attachments.append(Attachment(name, size, node))
 
     try:
-        index.metadata = check_metadata(top.get("metadata", {}), limits.max_metadata_depth)
+        index.metadata = _check_parsed_metadata(top.get("metadata", {}), limits.max_metadata_depth)
     except CmfError as exc:
         problems.error(exc)
 

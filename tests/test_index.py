@@ -362,6 +362,54 @@ def test_metadata_depth_limit_is_8():
         check_metadata({"a": [[[[[[[{}]]]]]]]})
 
 
+PARSED_METADATA = [
+    {},
+    {"a": 1, "b": [1, "x", 2.5, None, True], "c": {"d": {"e": []}}},
+    {"a": ["x"] * 300 + ["ünï 🙂", ""], "b": list(range(1000)) + [2**64 - 1, -(2**63)]},
+    {"deep": [[[[[["leaf"]]]]]], "deep_empty": [[[[[[[]]]]]]]},  # depth 8: allowed
+    {"a": [[[[[[[1]]]]]]]},  # depth 9
+    {"a": [[[[[[[{}]]]]]]]},
+    {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}},
+    {"a": b"bin"},
+    {"a": [1, "x", b"bin"]},
+    {"a": {"b": [b"", 2]}},
+    [1],
+    "text",
+]
+
+
+@pytest.mark.parametrize("value", PARSED_METADATA)
+def test_parsed_metadata_gets_check_metadatas_verdict(value):
+    """The reader checks metadata that msgpack parsed by its binary values and depth alone
+    (msgpack's strings are UTF-8, its ints in range, its keys strings by the pairs hook):
+    the same verdict as check_metadata, and the same error class."""
+    blob = pack(Index(segments=[], metadata={}))
+    obj = unpack(blob, LIMITS)
+    obj["metadata"] = value
+    obj = unpack(msgpack.packb(obj, use_bin_type=True), LIMITS)
+    try:
+        check_metadata(value)
+        want = None
+    except CmfError as exc:
+        want = type(exc)
+    if want is None:
+        assert parse_index(obj, LIMITS, None, Problems()).metadata == value
+    else:
+        with pytest.raises(want, match="metadata"):
+            parse_index(obj, LIMITS, None, Problems())
+
+
+def test_codecs_are_built_once_per_configuration_but_checked_by_type():
+    """The tree parser keeps the codecs it built by name and configuration with the values'
+    types, so a zstd level given as true after one given as 1 is still refused."""
+    index = sample_index()
+    obj = msgpack.unpackb(pack(index), raw=False)
+    assert parse(obj, end_of(index.segments)).attachments[0].encoding.codec == Zstd(level=3)
+    obj["attachments"][0]["encoding"]["config"]["level"] = True
+    with pytest.raises(FormatError, match="level"):
+        parse(obj, end_of(index.segments))
+
+
 # -- the bounded msgpack parser -------------------------------------------------------------
 
 
