@@ -26,8 +26,12 @@
  *     codes in blocks along the row (spec/codecs/quantize.md), returning the largest code so the
  *     caller can reject one out of range (see dequantize below).
  *
+ * gguf_strings(values, big_endian): the GGUF strings of the list of str `values` back to back
+ *     (u64 UTF-8 length, then the UTF-8 bytes) as one bytes object; TypeError for an item that is
+ *     not a str, UnicodeEncodeError for one UTF-8 cannot encode (a lone surrogate). Holds the GIL.
+ *
  * Pure byte shuffling / table lookups / float32 arithmetic over caller-checked buffers; the GIL
- * is released.
+ * is released (except by gguf_strings, which reads Python objects).
  * Byte order: words are little-endian on disk; this code builds them with shifts, so it is
  * independent of the host's byte order.
  */
@@ -510,6 +514,49 @@ fail:
     return NULL;
 }
 
+static PyObject *gguf_strings(PyObject *self, PyObject *args) {
+    PyObject *list;
+    int big;
+    if (!PyArg_ParseTuple(args, "O!p", &PyList_Type, &list, &big)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(list), total = 0, len;
+    for (Py_ssize_t i = 0; i < n; i++) {  /* sizes (UTF-8 kept in each str: no second encode) */
+        PyObject *item = PyList_GET_ITEM(list, i);
+        if (!PyUnicode_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "gguf_strings: item %zd is not a str", i);
+            return NULL;
+        }
+        if (!PyUnicode_AsUTF8AndSize(item, &len)) return NULL;
+        if (len > PY_SSIZE_T_MAX - 8 - total) {
+            PyErr_SetString(PyExc_OverflowError, "gguf_strings: too many bytes");
+            return NULL;
+        }
+        total += 8 + len;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (!out) return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    Py_ssize_t at = 0;
+    /* nothing above ran Python code, so the list is as it was; every write is still bounded */
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(list); i++) {
+        const char *s = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(list, i), &len);
+        if (!s || len > total - at - 8) {
+            Py_DECREF(out);
+            if (s) PyErr_SetString(PyExc_RuntimeError, "gguf_strings: the list changed");
+            return NULL;
+        }
+        uint64_t v = (uint64_t)len;
+        for (int b = 0; b < 8; b++) o[at + b] = (uint8_t)(v >> (8 * (big ? 7 - b : b)));
+        memcpy(o + at + 8, s, (size_t)len);
+        at += 8 + len;
+    }
+    if (at != total) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_RuntimeError, "gguf_strings: the list changed");
+        return NULL;
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"interleave", interleave, METH_VARARGS, "interleave(out, planes, rotate): planes -> words"},
     {"split", split, METH_VARARGS, "split(src, planes, rotate): words -> planes"},
@@ -517,6 +564,7 @@ static PyMethodDef methods[] = {
     {"nibbles", nibbles, METH_VARARGS, "nibbles(out, raw): 4-bit codes, low nibble first"},
     {"dequantize", dequantize, METH_VARARGS, "dequantize(out, q, scale, extra, n, block, scheme, offset): codes -> f32 (see dequantize)"},
     {"ggml_join", ggml_join, METH_VARARGS, "ggml_join(out, fields, table, nbytes): blocks from fields (see top)"},
+    {"gguf_strings", gguf_strings, METH_VARARGS, "gguf_strings(values, big_endian): GGUF strings back to back (see top)"},
     {NULL, NULL, 0, NULL},
 };
 

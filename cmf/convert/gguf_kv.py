@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CmfError
+from ..kernels import speedups as _speedups  # optional C kernels; same bytes either way
 
 MAX_ITEMS = 1 << 22  # array items per file, as cmf.convert.gguf's reader bounds them
 MAX_DEPTH = 8
@@ -66,11 +67,17 @@ def string_bytes(text: Any, what: str, order: str) -> bytes:
 
 
 def _strings(values: list[Any], what: str, order: str) -> bytes:
-    """GGUF strings back to back (one pass: tokenizer vocabularies hold ~10^5 of them)."""
+    """GGUF strings back to back (one pass: tokenizer vocabularies hold ~10^5 of them; in C
+    when the kernels are built)."""
+    if _speedups is not None and type(values) is list:
+        try:
+            return _speedups.gguf_strings(values, order == ">")
+        except (TypeError, UnicodeEncodeError):
+            pass  # the checks below say which
     if not set(map(type, values)) <= {str}:
-        bad = next(v for v in values if not isinstance(v, str))
-        if not isinstance(bad, str):
-            raise CmfError(f"{what}: expected a string, found {type(bad).__name__}")
+        for v in values:
+            if not isinstance(v, str):
+                raise CmfError(f"{what}: expected a string, found {type(v).__name__}")
     try:
         encoded = list(map(str.encode, values))
     except UnicodeEncodeError:
@@ -101,10 +108,10 @@ def _scalars(name: str, values: list[Any], what: str, order: str) -> bytes:
             isinstance(v, bool) or not isinstance(v, (int, float)) for v in values
         ):
             raise CmfError(f"{what}: expected {name} numbers")
-        with np.errstate(over="ignore"):
-            out = np.array(values, dtype=np.float64).astype(dt)
-        back = out.astype(np.float64)
         src = np.array(values, dtype=np.float64)
+        with np.errstate(over="ignore"):
+            out = src.astype(dt)
+        back = out.astype(np.float64)
         if not np.array_equal(back, src, equal_nan=True):
             raise CmfError(f"{what}: a value does not fit {name} exactly")
         return out.tobytes()
@@ -113,9 +120,14 @@ def _scalars(name: str, values: list[Any], what: str, order: str) -> bytes:
     ):
         raise CmfError(f"{what}: expected {name} integers")
     info = np.iinfo(dt)
-    if values and (min(values) < info.min or max(values) > info.max):
+    try:  # a C-level pass when every value fits int64 (all but the top half of UINT64)
+        wide = np.array(values, dtype=np.int64)
+        low, high = (int(wide.min()), int(wide.max())) if values else (0, 0)
+    except OverflowError:
+        wide, low, high = None, min(values), max(values)
+    if low < info.min or high > info.max:
         raise CmfError(f"{what}: a value is out of the range of {name} [{info.min}, {info.max}]")
-    return np.array(values, dtype=dt).tobytes()
+    return (wide.astype(dt) if wide is not None else np.array(values, dtype=dt)).tobytes()
 
 
 def encode_value(types: list[str], value: Any, what: str, order: str = "<") -> bytes:
