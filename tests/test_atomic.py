@@ -105,3 +105,39 @@ def test_read_only_directory(tmp_path):
             AtomicFile(ro / "f")
     finally:
         ro.chmod(0o755)
+
+
+def test_sync_behind_then_commit_or_discard(tmp_path):
+    """A writer may ask for what it wrote so far to go to the disk on a thread; the file is the
+    same, and a discard after it still leaves nothing."""
+    target = tmp_path / "big.bin"
+    out = AtomicFile(target)
+    for k in range(8):
+        out.file.write(bytes([k]) * 100_000)
+        out.sync_behind()
+    out.commit()
+    assert target.read_bytes() == b"".join(bytes([k]) * 100_000 for k in range(8))
+    out = AtomicFile(tmp_path / "other.bin")
+    out.file.write(b"x" * 100_000)
+    out.sync_behind()
+    out.discard()
+    assert sorted(os.listdir(tmp_path)) == ["big.bin"]
+
+
+def test_a_failed_sync_behind_fails_the_commit(tmp_path, monkeypatch):
+    """An error of the background sync (an EIO the final fsync would no longer see) is raised
+    by commit, and the target is left as it was."""
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", broken, raising=False)  # the final fsync works
+    out = AtomicFile(target)
+    out.file.write(b"new")
+    out.sync_behind()
+    with pytest.raises(OSError, match="Input/output"):
+        out.commit()
+    assert target.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["out.bin"]

@@ -5,7 +5,8 @@
 Contract of :func:`restore_out`: a checked :class:`~cmf.convert.gguf_write.GGUFOut` whose bytes
 are the source file's when the tensors were stored losslessly; every missing or malformed piece
 of metadata (the file may be hostile) is a CmfError naming it. Tensor bytes are produced lazily
-by :func:`~cmf.convert.gguf_tensor_out.gguf_tensor_bytes`.
+by :func:`~cmf.convert.gguf_tensor_out.gguf_tensor_bytes`, and the key/value bytes too (checked
+and encoded when the writer asks for them, before it writes anything).
 """
 
 from __future__ import annotations
@@ -51,13 +52,18 @@ def _names(layout: dict[str, Any], key: str) -> list[str]:
     return names
 
 
-def _kvs(meta: dict[str, Any], layout: dict[str, Any], order: str) -> list[tuple[str, str, bytes]]:
+def _kvs(
+    meta: dict[str, Any], layout: dict[str, Any], order: str, only: str | None = None
+) -> list[tuple[str, str, bytes]]:
+    """The key/values of the layout (``only``: that key's alone, if the layout has it)."""
     types = _get(meta, "cmf.gguf.value_types", dict)
     raw = layout.get("raw", {})
     if not isinstance(raw, dict):
         raise CmfError(f"{LAYOUT}.raw: expected a map")
     kvs = []
     for key in _names(layout, "keys"):
+        if only is not None and key != only:
+            continue
         what = f"GGUF key {key!r}"
         type_names = parse_type(types.get(key), key)
         if key in raw:
@@ -115,7 +121,7 @@ def restore_out(f: Any, meta: dict[str, Any], *, blocks_as_f32: bool = False) ->
             f"{LAYOUT}.byte_order: expected 'little' or 'big', found {layout.get('byte_order')!r}"
         )
     version = _get(meta, "cmf.gguf.version", int)
-    kvs = _kvs(meta, layout, order)
+    alignment = _alignment(_kvs(meta, layout, order, only="general.alignment"), order)
     ggml_types = _get(meta, "cmf.gguf.tensor_types", dict)
     tensors, changed = [], False
     for name in _names(layout, "tensors"):
@@ -139,7 +145,9 @@ def restore_out(f: Any, meta: dict[str, Any], *, blocks_as_f32: bool = False) ->
         raise CmfError(
             f"cmf.gguf.tensor_types names tensors missing from {LAYOUT}.tensors: {extra}"
         )
-    out = GGUFOut(version, order, kvs, tensors, alignment=_alignment(kvs, order))
+    # the key/values (a tokenizer's vocabulary: ~10^5 strings) are encoded by write_gguf_file
+    # while the first tensors decode
+    out = GGUFOut(version, order, lambda: _kvs(meta, layout, order), tensors, alignment=alignment)
     if not changed:  # a type changed: the source's offsets and size no longer apply
         offsets = layout.get("offsets")
         if offsets is not None and not isinstance(offsets, list):

@@ -6,9 +6,11 @@ Contract:
   with a producer of their bytes, alignment, and the optional layout of a packed GGUF: data
   offsets, non-zero padding, file size); :func:`check_out` refuses an inconsistent one.
 - :func:`write_gguf_file` streams it to ``path`` atomically (a temp file beside it, renamed at the
-  end): the next tensor is produced on a thread while one is written, and up to ``AHEAD`` of
-  them at once (on as many threads) while they hold at most ``AHEAD_BYTES``, so memory is two
-  tensors' bytes or ``AHEAD_BYTES``, whichever is more; any CmfError leaves no output.
+  end): tensors are produced on ``THREADS`` threads while one is written, the next one always
+  and up to ``AHEAD`` of them while they hold at most ``AHEAD_BYTES``, so memory is two
+  tensors' bytes or ``AHEAD_BYTES``, whichever is more (a big tensor decoding on one thread
+  leaves the small ones after it to the other); the first ones start before the key/values are
+  encoded (``kvs`` may be a function giving them). Any CmfError leaves no output.
 
 Which file a .cmf becomes is cmf.convert.gguf_export's choice (``write_gguf``).
 """
@@ -30,8 +32,10 @@ from .gguf_kv import TYPES, aligned, gguf_nbytes, string_bytes, tensor_info
 MAX_FILL = 1 << 20  # non-zero padding bytes a layout may carry
 MAX_PADDING = 64 << 20  # zero padding beyond the tensors' own bytes
 _CHUNK = 1 << 20
-AHEAD = 2  # tensors decoded ahead of the one being written, on as many threads, while they hold
+AHEAD = 64  # tensors decoded ahead of the one being written while they hold
 AHEAD_BYTES = 64 << 20  # at most this many bytes (one ahead always: memory is 2 tensors or this)
+THREADS = 2  # threads producing them (at most AHEAD)
+SYNC_BEHIND = 4 << 20  # bytes written between two AtomicFile.sync_behind calls
 
 
 @dataclass
@@ -47,7 +51,9 @@ class TensorOut:
 class GGUFOut:
     version: int
     order: str  # "<" or ">"
-    kvs: list[tuple[str, str, bytes]]  # key, value type name, value bytes
+    # key, value type name, value bytes; or a function giving them (called by write_gguf_file
+    # while the first tensors decode; a CmfError from it leaves no output)
+    kvs: list[tuple[str, str, bytes]] | Callable[[], list[tuple[str, str, bytes]]]
     tensors: list[TensorOut]
     alignment: int = 32
     offsets: list[int] | None = None  # relative to the data start; None: canonical
@@ -56,8 +62,11 @@ class GGUFOut:
 
 
 def header_bytes(out: GGUFOut, offsets: list[int]) -> bytes:
-    """Magic, version, counts, key/values and tensor infos (no padding)."""
+    """Magic, version, counts, key/values and tensor infos (no padding); ``out.kvs`` is
+    resolved (a function giving them is called and replaced by its list)."""
     o = out.order
+    if callable(out.kvs):
+        out.kvs = out.kvs()
     chunks = [b"GGUF", struct.pack(o + "IQQ", out.version, len(out.tensors), len(out.kvs))]
     for key, type_name, value in out.kvs:
         chunks += [
@@ -171,11 +180,65 @@ def write_gguf_file(
 ) -> None:
     """Write ``out`` to ``path`` atomically, one tensor at a time (see the module docstring)."""
     offsets = check_out(out)
-    header = header_bytes(out, offsets)
-    data_start = aligned(len(header), out.alignment)
+    tensors = out.tensors
+    with AtomicFile(path) as target, ThreadPoolExecutor(max(1, min(AHEAD, THREADS))) as pool:
+        queued: deque = deque()  # futures of tensors i, i + 1, ... in order
+        held = [0, 0]  # bytes of tensors i .. k - 1 (queued or being written), k
+
+        def ahead(i: int) -> None:
+            """Queue the tensors after ``i`` that the bounds allow (see the module docstring)."""
+            k = held[1]
+            while k < len(tensors) and (
+                k <= i + 1 or (k <= i + AHEAD and held[0] + tensors[k].nbytes <= AHEAD_BYTES)
+            ):
+                queued.append(pool.submit(tensors[k].data))
+                held[0] += tensors[k].nbytes
+                k += 1
+            held[1] = k
+
+        try:
+            ahead(0)  # decoding while the header is made
+            header = header_bytes(out, offsets)
+            data_start = aligned(len(header), out.alignment)
+            size = _file_size(out, offsets, len(header), data_start)
+            sink = _Sink(target.file, out.fill)
+            sink.write(header)
+            synced = 0
+            for i, (t, off) in enumerate(zip(tensors, offsets, strict=True)):
+                sink.gap(data_start + off)
+                ahead(i)
+                data = queued.popleft().result()
+                n = len(memoryview(data).cast("B"))
+                if n != t.nbytes:
+                    raise CmfError(
+                        f"tensor {t.name!r}: {n} bytes for {t.ggml_type} {t.dims}, "
+                        f"{t.nbytes} expected"
+                    )
+                sink.write(data)
+                held[0] -= t.nbytes
+                del data
+                if sink.pos >= synced + SYNC_BEHIND:  # the disk writes while we decode
+                    target.sync_behind()
+                    synced = sink.pos
+                if progress is not None:
+                    progress(t.name)
+        except BaseException:
+            for job in queued:
+                job.cancel()
+            raise
+        sink.gap(size)
+        if sink.fill:
+            raise CmfError(
+                f"padding bytes (fill) at offset {sink.fill[0][0]} lie past the end of the file"
+            )
+
+
+def _file_size(out: GGUFOut, offsets: list[int], header: int, data_start: int) -> int:
+    """The size of the file ``out`` describes (header ``header`` bytes long, data from
+    ``data_start``); CmfError if a recorded size is short of its tensors or pads too much."""
     tensors_end = data_start + (offsets[-1] + out.tensors[-1].nbytes if out.tensors else 0)
     size = aligned(tensors_end, out.alignment) if out.size is None else out.size
-    if not isinstance(size, int) or size < max(len(header), tensors_end if out.tensors else 0):
+    if not isinstance(size, int) or size < max(header, tensors_end if out.tensors else 0):
         raise CmfError(
             f"the recorded GGUF size {size!r} is short of its header and tensors "
             f"({tensors_end} bytes)"
@@ -185,37 +248,4 @@ def write_gguf_file(
             f"the recorded GGUF size {size} leaves {size - tensors_end} bytes after "
             f"the tensors; at most {MAX_PADDING} are written"
         )
-    tensors = out.tensors
-    with AtomicFile(path) as target, ThreadPoolExecutor(max(1, AHEAD)) as pool:
-        sink = _Sink(target.file, out.fill)
-        sink.write(header)
-        queued: deque = deque()  # futures of tensors i, i + 1, ... in order
-        for i, (t, off) in enumerate(zip(tensors, offsets, strict=True)):
-            sink.gap(data_start + off)
-            k = i + len(queued)  # decode the next ones while this one is written
-            while k < len(tensors) and (
-                k <= i + 1
-                or (k <= i + AHEAD and sum(u.nbytes for u in tensors[i : k + 1]) <= AHEAD_BYTES)
-            ):
-                queued.append(pool.submit(tensors[k].data))
-                k += 1
-            try:
-                data = queued.popleft().result()
-            except BaseException:
-                for job in queued:
-                    job.cancel()
-                raise
-            n = len(memoryview(data).cast("B"))
-            if n != t.nbytes:
-                raise CmfError(
-                    f"tensor {t.name!r}: {n} bytes for {t.ggml_type} {t.dims}, {t.nbytes} expected"
-                )
-            sink.write(data)
-            del data
-            if progress is not None:
-                progress(t.name)
-        sink.gap(size)
-        if sink.fill:
-            raise CmfError(
-                f"padding bytes (fill) at offset {sink.fill[0][0]} lie past the end of the file"
-            )
+    return size

