@@ -22,6 +22,11 @@
  *
  * nibbles(out, raw): bitpack's 4-bit codes, two per byte, low nibble first.
  *
+ * nibble_halves(out, raw, at): GGML "halves" bytes from bitpacked 4-bit codes: for each block b
+ *     (nbytes = out's row length, 16 raw bytes per block: codes 2k, 2k + 1 in the low and high
+ *     half of raw byte k), out[b, at + j] = code j | code (j + 16) << 4 for j < 16 (Q4_0, Q4_1
+ *     and IQ4_NL quants: spec/codecs/ggml.md); the block's other bytes are left as they are.
+ *
  * dequantize(out, q, scale, extra, n, block, scheme, offset): quantize's decoding of rows of n
  *     codes in blocks along the row (spec/codecs/quantize.md), returning the largest code so the
  *     caller can reject one out of range (see dequantize below).
@@ -514,6 +519,60 @@ fail:
     return NULL;
 }
 
+static PyObject *nibble_halves(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_raw;
+    Py_ssize_t at;
+    if (!PyArg_ParseTuple(args, "OOn", &o_out, &o_raw, &at)) return NULL;
+    Py_buffer out, raw;
+    if (PyObject_GetBuffer(o_out, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_ND) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(o_raw, &raw, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_ssize_t nbytes = out.ndim == 2 ? out.shape[1] : 0;
+    Py_ssize_t n = nbytes > 0 ? out.len / nbytes : 0;
+    if (out.ndim != 2 || out.itemsize != 1 || at < 0 || nbytes < 16 || at > nbytes - 16
+        || raw.len != n * 16) {
+        PyBuffer_Release(&raw);
+        PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError,
+                        "nibble_halves: out must be (n, nbytes) u8 with 16 bytes at `at`, raw n * 16 bytes");
+        return NULL;
+    }
+    uint8_t *o = (uint8_t *)out.buf + at;
+    const uint8_t *r = (const uint8_t *)raw.buf;
+    const uint16_t probe = 1;
+    const int little = *(const uint8_t *)&probe == 1;
+    Py_BEGIN_ALLOW_THREADS
+    if (little) {
+        /* byte m of L, H = raw byte m, 8 + m; even / odd out bytes 2m, 2m + 1 built in the byte
+         * lanes of e / d, then interleaved by spreading each half's bytes to every other lane */
+        const uint64_t lo4 = 0x0F0F0F0F0F0F0F0Full;
+        for (Py_ssize_t b = 0; b < n; b++, o += nbytes, r += 16) {
+            uint64_t L = load64(r), H = load64(r + 8);
+            uint64_t e = (L & lo4) | ((H & lo4) << 4), d = ((L >> 4) & lo4) | (H & ~lo4);
+            uint64_t e0 = e & 0xFFFFFFFFull, e1 = e >> 32, d0 = d & 0xFFFFFFFFull, d1 = d >> 32;
+#define SPREAD(x) (x = (x | (x << 16)) & 0x0000FFFF0000FFFFull, x = (x | (x << 8)) & 0x00FF00FF00FF00FFull)
+            SPREAD(e0); SPREAD(e1); SPREAD(d0); SPREAD(d1);
+#undef SPREAD
+            store64(o, e0 | (d0 << 8));
+            store64(o + 8, e1 | (d1 << 8));
+        }
+    } else {
+        for (Py_ssize_t b = 0; b < n; b++, o += nbytes, r += 16) {
+            for (int m = 0; m < 8; m++) {  /* codes 2m, 2m + 1 in r[m]; 2m + 16, 2m + 17 in r[8 + m] */
+                o[2 * m] = (uint8_t)((r[m] & 0x0F) | (r[8 + m] << 4));
+                o[2 * m + 1] = (uint8_t)((r[m] >> 4) | (r[8 + m] & 0xF0));
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
 static PyObject *gguf_strings(PyObject *self, PyObject *args) {
     PyObject *list;
     int big;
@@ -564,6 +623,7 @@ static PyMethodDef methods[] = {
     {"nibbles", nibbles, METH_VARARGS, "nibbles(out, raw): 4-bit codes, low nibble first"},
     {"dequantize", dequantize, METH_VARARGS, "dequantize(out, q, scale, extra, n, block, scheme, offset): codes -> f32 (see dequantize)"},
     {"ggml_join", ggml_join, METH_VARARGS, "ggml_join(out, fields, table, nbytes): blocks from fields (see top)"},
+    {"nibble_halves", nibble_halves, METH_VARARGS, "nibble_halves(out, raw, at): GGML halves bytes from bitpacked 4-bit codes (see top)"},
     {"gguf_strings", gguf_strings, METH_VARARGS, "gguf_strings(values, big_endian): GGUF strings back to back (see top)"},
     {NULL, NULL, 0, NULL},
 };

@@ -23,7 +23,7 @@ from ..dtypes import BY_NAME
 from ..errors import CmfError
 from .base import ArraySpec, Codec, Spec, Value, require_array_spec
 from .ggml_dequant import dequantize
-from .ggml_layout import Layout, join_into, part_dtype, split
+from .ggml_layout import Layout, join_into, join_nibbles_into, nibble_halves, part_dtype, split
 from .ggml_types import LAYOUTS
 from .registry import register
 from .sparse import check_keys, fail, part_array
@@ -92,16 +92,20 @@ class Ggml(Codec):
         n = self.blocks(spec)
         return {f.name: ArraySpec(BY_NAME[f.dtype], (n, f.count)) for f in self.layout.fields}
 
-    def fields(self, parts: dict[str, Value], spec: Spec) -> dict[str, np.ndarray]:
-        """The parts, checked: exactly the layout's fields, each of its spec, codes within
-        their bits. FormatError otherwise."""
+    def fields(
+        self, parts: dict[str, Value], spec: Spec, given: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """The parts, checked: exactly the layout's fields (but ``given``, which the caller
+        checks), each of its spec, codes within their bits. FormatError otherwise."""
         specs = self.resolve(spec)
-        if set(parts) != set(specs):
+        if set(parts) != set(specs) - {given} or given in parts:
             raise fail(
                 self.name, f"{self.type}: parts {sorted(map(str, parts))}, expected {sorted(specs)}"
             )
         out = {}
         for f in self.layout.fields:
+            if f.name == given:
+                continue
             v = part_array(self.name, parts, f.name, specs[f.name])  # type: ignore[arg-type]
             if f.kind == "u" and f.bits < 8 * v.dtype.itemsize and v.size:
                 top = int(v.max())
@@ -158,10 +162,28 @@ class Ggml(Codec):
             for f in lay.fields
         }
 
-    def blocks_of(self, parts: dict[str, Value], spec: Spec) -> np.ndarray:
-        """The GGML block bytes (flat u8) the parts hold: the inverse of ``encode``."""
-        fields = self.fields(parts, spec)
+    def blocks_of(
+        self, parts: dict[str, Value], spec: Spec, nibbles: str | None = None
+    ) -> np.ndarray:
+        """The GGML block bytes (flat u8) the parts hold: the inverse of ``encode``.
+        ``nibbles``: a part given as the bytes of its ``bitpack`` node of 4 bits, for a field
+        :func:`~cmf.codecs.ggml_layout.nibble_halves` finds (Q4_0 / Q4_1 codes): its blocks
+        are joined from those bytes, never unpacked (their length is checked)."""
+        lay = self.layout
         n = self.blocks(spec)
-        out = np.empty((n, self.layout.nbytes), np.uint8)  # (blocks, bytes)
-        join_into(self.layout, fields, out)
+        out = np.empty((n, lay.nbytes), np.uint8)  # (blocks, bytes)
+        if nibbles is None:
+            join_into(lay, self.fields(parts, spec), out)
+            return out.reshape(-1)
+        if nibble_halves(lay, nibbles) is None:
+            raise fail(self.name, f"{self.type}: part {nibbles!r} is not 4-bit halves")
+        packed = np.frombuffer(parts[nibbles], np.uint8)
+        if packed.size != 16 * n:
+            raise fail(
+                self.name,
+                f"{self.type}: part {nibbles!r} holds {packed.size} bitpacked bytes, "
+                f"{16 * n} expected",
+            )
+        fields = self.fields({k: v for k, v in parts.items() if k != nibbles}, spec, nibbles)
+        join_nibbles_into(lay, fields, out, nibbles, packed.reshape(n, 16))
         return out.reshape(-1)

@@ -290,17 +290,24 @@ def split(lay: Layout, blocks: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def join(lay: Layout, fields: dict[str, np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+def join(
+    lay: Layout,
+    fields: dict[str, np.ndarray],
+    out: np.ndarray | None = None,
+    skip: str | None = None,
+) -> np.ndarray:
     """The blocks (n, nbytes) u8 of ``fields`` (each (n, count), values already checked to fit
     their bits): the inverse of :func:`split`. Written into ``out`` when given (numpy only; see
-    :func:`join_into` for the fast path)."""
-    n = next(iter(fields.values())).shape[0]
+    :func:`join_into` for the fast path). Field ``skip``'s bits are left zero."""
+    n = out.shape[0] if out is not None else next(iter(fields.values())).shape[0]
     if out is None:
         blocks = np.zeros((n, lay.nbytes), np.uint8)  # (n, nbytes)
     else:
         blocks = out
         blocks[...] = 0
     for f in lay.fields:
+        if f.name == skip:
+            continue
         v = fields[f.name]
         if f.name in lay.whole:  # a byte range: copied as is
             blocks[:, lay.whole[f.name]] = np.ascontiguousarray(v).view(np.uint8).reshape(n, -1)
@@ -337,18 +344,22 @@ _JOIN_CHUNK = 1 << 22  # bytes of blocks the numpy path joins at a time
 _PLANE = 0  # mask column 0 in a join table row: a bit plane (8 values -> one byte)
 
 
-def join_into(lay: Layout, fields: dict[str, np.ndarray], out: np.ndarray) -> None:
+def join_into(
+    lay: Layout, fields: dict[str, np.ndarray], out: np.ndarray, skip: str | None = None
+) -> None:
     """Write the blocks of ``fields`` (as :func:`join`) into ``out``, (n, nbytes) u8 and
     C-contiguous: one pass of the C kernel over ranges of blocks on several threads when it is
-    built, else :func:`join` a few MiB at a time. Same bytes either way."""
+    built, else :func:`join` a few MiB at a time. Same bytes either way. Field ``skip`` (not
+    in ``fields``) is left zero."""
     n = out.shape[0]
     if _speedups is None or not n:
         step = max(1, _JOIN_CHUNK // lay.nbytes)
         for a in range(0, n, step):
-            join(lay, {k: v[a : a + step] for k, v in fields.items()}, out[a : a + step])
+            join(lay, {k: v[a : a + step] for k, v in fields.items()}, out[a : a + step], skip)
         return
-    table = _join_table(lay)
-    arrays = [_join_source(lay, f, fields[f.name]) for f in lay.fields]
+    table = _join_table(lay, skip)
+    none = np.empty((n, 0), np.uint8)  # a skipped field: no row reads it
+    arrays = [none if f.name == skip else _join_source(lay, f, fields[f.name]) for f in lay.fields]
     in_pieces(
         lambda a, b: _speedups.ggml_join(out[a:b], [v[a:b] for v in arrays], table, lay.nbytes),
         n,
@@ -365,19 +376,22 @@ def _join_source(lay: Layout, f: Field, v: np.ndarray) -> np.ndarray:
     return v.view(np.dtype("<u2")) if v.dtype.itemsize == 2 else v
 
 
-_TABLES: dict[int, tuple[Layout, np.ndarray]] = {}  # id(layout) -> (layout, its join table)
+# (id(layout), skipped field) -> (layout, its join table)
+_TABLES: dict[tuple[int, str | None], tuple[Layout, np.ndarray]] = {}
 
 
-def _join_table(lay: Layout) -> np.ndarray:
+def _join_table(lay: Layout, skip: str | None = None) -> np.ndarray:
     """The rows of ``cmf._speedups.ggml_join`` for ``lay`` (see cmf/_speedups.c): (field,
     itemsize, count, e0, e_step, b0, b_step, len, src_shift, mask, dst_shift), each a run of
     values at a constant step bound for bytes at a constant step; mask 0 marks a bit plane
-    (``len`` values into ``len / 8`` bytes)."""
-    got = _TABLES.get(id(lay))
+    (``len`` values into ``len / 8`` bytes). None for field ``skip``."""
+    got = _TABLES.get((id(lay), skip))
     if got is not None and got[0] is lay:
         return got[1]
     rows = []
     for k, f in enumerate(lay.fields):
+        if f.name == skip:
+            continue
         if f.name in lay.whole:
             size = f.count * part_dtype(f).itemsize
             rows.append((k, 1, size, 0, 1, lay.whole[f.name].start, 1, size, 0, 255, 0))
@@ -407,8 +421,61 @@ def _join_table(lay: Layout) -> np.ndarray:
                     (k, isz, f.count, e0, es, b0, bs, n, g.out, (1 << g.width) - 1, g.shift)
                 )
     table = np.array(rows, np.int32).reshape(-1, 11)
-    _TABLES[id(lay)] = (lay, table)
+    _TABLES[(id(lay), skip)] = (lay, table)
     return table
+
+
+# ----------------------------------------------------------------------------- 4-bit halves
+
+_HALVES: dict[tuple[int, str], tuple[Layout, int | None]] = {}
+
+
+def nibble_halves(lay: Layout, name: str) -> int | None:
+    """The first of the 16 bytes holding field ``name`` of a block when they hold its 32 codes
+    of 4 bits as halves (byte ``j``: code ``j`` in the low nibble, code ``j + 16`` in the high
+    one; Q4_0, Q4_1, IQ4_NL), else None."""
+    got = _HALVES.get((id(lay), name))
+    if got is not None and got[0] is lay:
+        return got[1]
+    f = next((f for f in lay.fields if f.name == name), None)
+    at = None
+    if f is not None and f.kind == "u" and f.bits == 4 and f.count == 32:
+        groups = sorted(lay.groups[name], key=lambda g: g.shift)
+        if len(groups) == 2 and not any(g.plane for g in groups):
+            lo, hi = groups
+            where = _positions(lo.bytes, lay.nbytes)
+            if (
+                (lo.shift, lo.width, lo.out, hi.shift, hi.width, hi.out) == (0, 4, 0, 4, 4, 0)
+                and np.array_equal(_positions(lo.elems, 32), np.arange(16))
+                and np.array_equal(_positions(hi.elems, 32), np.arange(16, 32))
+                and np.array_equal(_positions(hi.bytes, lay.nbytes), where)
+                and np.array_equal(where, where[0] + np.arange(16))
+            ):
+                at = int(where[0])
+    _HALVES[(id(lay), name)] = (lay, at)
+    return at
+
+
+def join_nibbles_into(
+    lay: Layout, fields: dict[str, np.ndarray], out: np.ndarray, name: str, packed: np.ndarray
+) -> None:
+    """:func:`join_into` with field ``name`` (one :func:`nibble_halves` finds) given as its codes
+    bitpacked at 4 bits (spec/codecs/bitpack.md: code ``2k`` in the low half of byte ``k``),
+    ``packed`` (n, 16) u8: each block's codes go to its bytes without being unpacked (and fit
+    4 bits by construction). Same bytes as unpacking them and joining."""
+    at = nibble_halves(lay, name)
+    n = out.shape[0]
+    if at is None or packed.shape != (n, 16) or packed.dtype != np.uint8:
+        raise CmfError(f"ggml: {lay.name} field {name!r} is not 4-bit halves given as (n, 16) u8")
+    join_into(lay, fields, out, skip=name)
+    if _speedups is not None:
+        in_pieces(lambda a, b: _speedups.nibble_halves(out[a:b], packed[a:b], at), n, JOIN_PIECE)
+        return
+    step = max(1, _JOIN_CHUNK // lay.nbytes)
+    for a in range(0, n, step):
+        lo, hi, q = packed[a : a + step, :8], packed[a : a + step, 8:], out[a : a + step, at:]
+        q[:, 0:16:2] = (lo & np.uint8(0x0F)) | (hi << np.uint8(4))
+        q[:, 1:16:2] = (lo >> np.uint8(4)) | (hi & np.uint8(0xF0))
 
 
 def _progressions(elems: np.ndarray, where: np.ndarray) -> list[tuple[int, int, int, int, int]]:

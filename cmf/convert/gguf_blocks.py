@@ -49,7 +49,29 @@ def block_bytes(f: Any, name: str, decode_node: Any = None) -> np.ndarray | None
         entry = f.entry(entry.alias)
     decode = decode_node or f.decode_node
     node = entry.encoding
-    parts = {key: decode(child) for key, child in node.parts.items()}
     if isinstance(node.codec, Ggml):
-        return node.codec.blocks_of(parts, entry.spec)
+        nibbles = _nibbles_part(node)
+        parts = {  # 4-bit codes stay packed: the blocks are joined from their bytes
+            key: decode(child.parts["data"] if key == nibbles else child)
+            for key, child in node.parts.items()
+        }
+        return node.codec.blocks_of(parts, entry.spec, nibbles)
+    parts = {key: decode(child) for key, child in node.parts.items()}
     return parts_to_gguf_blocks(parts, kind)
+
+
+def _nibbles_part(node: CodecNode) -> str | None:
+    """The part of a ``ggml`` node held by a 4-bit ``bitpack`` node whose bytes the blocks can
+    be joined from as they are (cmf.codecs.ggml_layout.nibble_halves: Q4_0, Q4_1 codes)."""
+    from ..codecs.bitpack import BitPack
+    from ..codecs.ggml_layout import nibble_halves
+
+    for key, child in node.parts.items():
+        if (
+            isinstance(child, CodecNode)
+            and isinstance(child.codec, BitPack)
+            and child.codec.bits == 4
+            and nibble_halves(node.codec.layout, key) is not None
+        ):
+            return key
+    return None

@@ -283,3 +283,68 @@ def test_block_bytes_of_legacy_quantize_trees_and_plain_tensors(tmp_path):
             assert stored_type(f, name) == name
             assert block_bytes(f, name).tobytes() == gguf.quants.quantize(x, Q[name]).tobytes()
         assert stored_type(f, "plain") is None and block_bytes(f, "plain") is None
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "IQ4_NL", "MXFP4"])
+def test_blocks_of_bitpacked_nibbles(name):
+    """``blocks_of`` takes the q part as the bytes of its 4-bit bitpack node (what
+    cmf.convert.gguf_blocks hands it for a Q4_0/Q4_1 tree) and gives the same blocks; bytes of
+    the wrong length, a missing or extra part, or a field that is not 4-bit halves: CmfError."""
+    from cmf.codecs.bitpack import pack
+
+    rng = np.random.default_rng(11)
+    codec, lay = Ggml(type=name), LAYOUTS[name]
+    blocks = random_blocks(name, 33, rng)
+    spec = ArraySpec(F32, (3, 11 * lay.block))
+    parts = codec.encode(Blocks(blocks), spec)
+    parts["q"] = pack(parts["q"], 4)
+    assert codec.blocks_of(parts, spec, nibbles="q").tobytes() == blocks.tobytes()
+    for bad in (parts["q"][:-1], parts["q"] + b"\0"):
+        with pytest.raises(CmfError, match="bitpacked bytes"):
+            codec.blocks_of({**parts, "q": bad}, spec, nibbles="q")
+    with pytest.raises(CmfError, match="parts"):
+        codec.blocks_of({"q": parts["q"]}, spec, nibbles="q")
+    other = next(k for k in parts if k != "q")
+    with pytest.raises(CmfError, match="parts"):
+        codec.blocks_of({**parts, "x": parts[other]}, spec, nibbles="q")
+    with pytest.raises(CmfError, match="halves"):
+        codec.blocks_of(parts, spec, nibbles=other)
+
+
+def test_block_bytes_joins_a_4_bit_bitpack_tree_from_its_bytes(tmp_path, monkeypatch):
+    """A Q4_0 tensor whose q codes a 4-bit bitpack node stores comes back as the same blocks,
+    joined from the packed bytes (bitpack's decode is not called); a bitpack of 8 bits is
+    unpacked as before."""
+    from cmf.codecs import bitpack
+    from cmf.codecs.bitpack import BitPack
+    from cmf.pipeline import PendingNode, best_bytes, encode_lossless
+
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((64, 256)) * 0.02).astype(np.float32)
+    blocks = gguf.quants.quantize(x, Q.Q4_0)
+    codec, spec = Ggml(type="Q4_0"), ArraySpec(F32, x.shape)
+    parts = codec.encode(Blocks(blocks), spec)
+    specs = codec.resolve(spec)
+    path = tmp_path / "q4.cmf"
+    with cmf.Writer(path) as w:
+        for name, bits in (("four", 4), ("eight", 8)):
+            packer = BitPack(bits=bits)
+            data = bitpack.pack(parts["q"], bits)
+            q = PendingNode(
+                packer,
+                {"data": best_bytes(data, packer.resolve(specs["q"])["data"], 1)},
+                specs["q"],
+            )
+            d = encode_lossless(parts["d"], specs["d"], 1)
+            w.add_encoded(name, spec, PendingNode(codec, {"d": d, "q": q}, spec))
+    unpacked = []
+    real = BitPack.decode
+    monkeypatch.setattr(
+        BitPack, "decode", lambda self, *a: unpacked.append(self.bits) or real(self, *a)
+    )
+    with cmf.open(path) as f:
+        assert block_bytes(f, "four").tobytes() == blocks.tobytes()
+        assert unpacked == []
+        assert block_bytes(f, "eight").tobytes() == blocks.tobytes()
+        assert unpacked == [8]
+        np.testing.assert_array_equal(f.get_tensor("four"), gguf.quants.dequantize(blocks, Q.Q4_0))

@@ -108,3 +108,59 @@ def test_the_kernel_refuses_rows_that_do_not_fit(column, value):
         )
     with pytest.raises(ValueError):  # an output that is not whole blocks
         gl._speedups.ggml_join(np.empty(17, np.uint8), arrays, gl._join_table(lay), lay.nbytes)
+
+
+HALVES = [name for name in sorted(LAYOUTS) if gl.nibble_halves(LAYOUTS[name], "q") is not None]
+
+
+def test_halves_layouts_are_the_32_code_4_bit_ones():
+    assert HALVES == ["IQ4_NL", "MXFP4", "Q4_0", "Q4_1"]
+    assert all(gl.nibble_halves(LAYOUTS[n], "q") is None for n in ("Q5_0", "Q8_0", "Q4_K"))
+    assert gl.nibble_halves(LAYOUTS["Q4_0"], "d") is None
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+@pytest.mark.parametrize("name", HALVES)
+@pytest.mark.parametrize("n", [1, 7, 40_000])
+def test_bitpacked_4_bit_codes_join_to_the_same_blocks(monkeypatch, name, n, kernel):
+    """Blocks joined from the q codes as bitpack stores them (two per byte, never unpacked)
+    are the source blocks, by the C kernel (on threads) and by numpy."""
+    from cmf.codecs.bitpack import pack
+
+    if not kernel:
+        monkeypatch.setattr(gl, "_speedups", None)
+    elif gl._speedups is None:
+        pytest.skip("C kernels not built")
+    monkeypatch.setattr(gl, "JOIN_PIECE", 4096)
+    lay = LAYOUTS[name]
+    blocks = _blocks(name, n, n)
+    fields = gl.split(lay, blocks)
+    packed = np.frombuffer(pack(fields.pop("q"), 4), np.uint8).reshape(n, 16)
+    out = np.full_like(blocks, 0xA5)  # stale bytes: every byte must be written
+    gl.join_nibbles_into(lay, fields, out, "q", packed)
+    assert np.array_equal(out, blocks)
+
+
+def test_bitpacked_codes_of_the_wrong_shape_are_refused():
+    lay = LAYOUTS["Q4_0"]
+    fields = gl.split(lay, _blocks("Q4_0", 4))
+    fields.pop("q")
+    out = np.empty((4, lay.nbytes), np.uint8)
+    for bad in (np.zeros((4, 15), np.uint8), np.zeros((3, 16), np.uint8)):
+        with pytest.raises(gl.CmfError, match="halves"):
+            gl.join_nibbles_into(lay, fields, out, "q", bad)
+    with pytest.raises(gl.CmfError, match="halves"):
+        gl.join_nibbles_into(LAYOUTS["Q5_0"], fields, out, "q", np.zeros((4, 16), np.uint8))
+
+
+@needs_c
+def test_the_halves_kernel_checks_its_buffers():
+    k = gl._speedups.nibble_halves
+    with pytest.raises(ValueError):
+        k(np.zeros((4, 18), np.uint8), np.zeros(63, np.uint8), 2)  # raw too short
+    with pytest.raises(ValueError):
+        k(np.zeros((4, 18), np.uint8), np.zeros(64, np.uint8), 3)  # 16 bytes past the row
+    with pytest.raises(ValueError):
+        k(np.zeros((4, 15), np.uint8), np.zeros(64, np.uint8), 0)  # rows under 16 bytes
+    with pytest.raises(ValueError):
+        k(np.zeros(72, np.uint8), np.zeros(64, np.uint8), 0)  # not (n, nbytes)
