@@ -31,6 +31,11 @@
  *     codes in blocks along the row (spec/codecs/quantize.md), returning the largest code so the
  *     caller can reject one out of range (see dequantize below).
  *
+ * halves_join(out, codes, qs_at, qh_at): the same 16 bytes at qs_at from a block's 32 codes given
+ *     one per byte (codes (n, 32) u8, already checked to fit 4 or 5 bits): out[b, qs_at + j] =
+ *     (code j & 15) | (code (j + 16) & 15) << 4; when qh_at >= 0 (Q5_0, Q5_1) bit j of the
+ *     little-endian u32 at qh_at is bit 4 of code j. Other bytes are left as they are.
+ *
  * gguf_strings(values, big_endian): the GGUF strings of the list of str `values` back to back
  *     (u64 UTF-8 length, then the UTF-8 bytes) as one bytes object; TypeError for an item that is
  *     not a str, UnicodeEncodeError for one UTF-8 cannot encode (a lone surrogate). Holds the GIL.
@@ -573,6 +578,60 @@ static PyObject *nibble_halves(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *halves_join(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_codes;
+    Py_ssize_t qs, qh;
+    if (!PyArg_ParseTuple(args, "OOnn", &o_out, &o_codes, &qs, &qh)) return NULL;
+    Py_buffer out, codes;
+    if (PyObject_GetBuffer(o_out, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_ND) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(o_codes, &codes, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_ssize_t nbytes = out.ndim == 2 ? out.shape[1] : 0;
+    Py_ssize_t n = nbytes > 0 ? out.len / nbytes : 0;
+    if (out.ndim != 2 || out.itemsize != 1 || nbytes < 16 || qs < 0 || qs > nbytes - 16
+        || qh < -1 || (qh >= 0 && (nbytes < 4 || qh > nbytes - 4)) || codes.len != n * 32) {
+        PyBuffer_Release(&codes);
+        PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError,
+                        "halves_join: out must be (n, nbytes) u8 holding 16 bytes at qs (4 at qh), codes n * 32 bytes");
+        return NULL;
+    }
+    uint8_t *o = (uint8_t *)out.buf;
+    const uint8_t *c = (const uint8_t *)codes.buf;
+    const uint16_t probe = 1;
+    const int little = *(const uint8_t *)&probe == 1;
+    Py_BEGIN_ALLOW_THREADS
+    const uint64_t lo4 = 0x0F0F0F0F0F0F0F0Full, bit0 = 0x0101010101010101ull;
+    for (Py_ssize_t b = 0; b < n; b++, o += nbytes, c += 32) {
+        if (little) {  /* lane j of word k = code 8k + j */
+            uint64_t c0 = load64(c), c1 = load64(c + 8), c2 = load64(c + 16), c3 = load64(c + 24);
+            store64(o + qs, (c0 & lo4) | ((c2 & lo4) << 4));
+            store64(o + qs + 8, (c1 & lo4) | ((c3 & lo4) << 4));
+            if (qh >= 0) {
+                o[qh] = (uint8_t)((((c0 >> 4) & bit0) * 0x0102040810204080ull) >> 56);
+                o[qh + 1] = (uint8_t)((((c1 >> 4) & bit0) * 0x0102040810204080ull) >> 56);
+                o[qh + 2] = (uint8_t)((((c2 >> 4) & bit0) * 0x0102040810204080ull) >> 56);
+                o[qh + 3] = (uint8_t)((((c3 >> 4) & bit0) * 0x0102040810204080ull) >> 56);
+            }
+        } else {
+            for (int j = 0; j < 16; j++) o[qs + j] = (uint8_t)((c[j] & 15) | (c[j + 16] & 15) << 4);
+            if (qh >= 0)
+                for (int k = 0; k < 4; k++) {
+                    unsigned byte = 0;
+                    for (int j = 0; j < 8; j++) byte |= ((unsigned)(c[8 * k + j] >> 4) & 1u) << j;
+                    o[qh + k] = (uint8_t)byte;
+                }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
 static PyObject *gguf_strings(PyObject *self, PyObject *args) {
     PyObject *list;
     int big;
@@ -624,6 +683,7 @@ static PyMethodDef methods[] = {
     {"dequantize", dequantize, METH_VARARGS, "dequantize(out, q, scale, extra, n, block, scheme, offset): codes -> f32 (see dequantize)"},
     {"ggml_join", ggml_join, METH_VARARGS, "ggml_join(out, fields, table, nbytes): blocks from fields (see top)"},
     {"nibble_halves", nibble_halves, METH_VARARGS, "nibble_halves(out, raw, at): GGML halves bytes from bitpacked 4-bit codes (see top)"},
+    {"halves_join", halves_join, METH_VARARGS, "halves_join(out, codes, qs_at, qh_at): GGML halves (+ qh plane) bytes from u8 codes (see top)"},
     {"gguf_strings", gguf_strings, METH_VARARGS, "gguf_strings(values, big_endian): GGUF strings back to back (see top)"},
     {NULL, NULL, 0, NULL},
 };

@@ -357,6 +357,15 @@ def join_into(
         for a in range(0, n, step):
             join(lay, {k: v[a : a + step] for k, v in fields.items()}, out[a : a + step], skip)
         return
+    halves = _halves_field(lay) if skip is None else None
+    kernel = getattr(_speedups, "halves_join", None)  # None: an older build
+    if halves is not None and kernel is not None:  # 4/5-bit codes as halves: a kernel of their own
+        name, qs, qh = halves
+        codes = np.ascontiguousarray(fields[name])
+        if codes.dtype == np.uint8 and codes.shape == (n, 32):
+            join_into(lay, fields, out, skip=name)
+            in_pieces(lambda a, b: kernel(out[a:b], codes[a:b], qs, qh), n, JOIN_PIECE)
+            return
     table = _join_table(lay, skip)
     none = np.empty((n, 0), np.uint8)  # a skipped field: no row reads it
     arrays = [none if f.name == skip else _join_source(lay, f, fields[f.name]) for f in lay.fields]
@@ -427,21 +436,30 @@ def _join_table(lay: Layout, skip: str | None = None) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- 4-bit halves
 
-_HALVES: dict[tuple[int, str], tuple[Layout, int | None]] = {}
+_HALVES: dict[tuple[int, str], tuple[Layout, tuple[int, int] | None]] = {}
 
 
-def nibble_halves(lay: Layout, name: str) -> int | None:
-    """The first of the 16 bytes holding field ``name`` of a block when they hold its 32 codes
-    of 4 bits as halves (byte ``j``: code ``j`` in the low nibble, code ``j + 16`` in the high
-    one; Q4_0, Q4_1, IQ4_NL), else None."""
+def code_halves(lay: Layout, name: str) -> tuple[int, int] | None:
+    """``(qs, qh)`` when field ``name`` of a block holds 32 codes of 4 or 5 bits as halves of the
+    16 bytes from ``qs`` (byte ``j``: the low 4 bits of code ``j`` in its low nibble, of code
+    ``j + 16`` in its high one) and, for 5 bits, their bit 4 as the little-endian 32-bit plane
+    at ``qh`` (-1 for 4 bits): Q4_0, Q4_1, IQ4_NL, MXFP4, Q5_0, Q5_1. Else None."""
     got = _HALVES.get((id(lay), name))
     if got is not None and got[0] is lay:
         return got[1]
     f = next((f for f in lay.fields if f.name == name), None)
-    at = None
-    if f is not None and f.kind == "u" and f.bits == 4 and f.count == 32:
-        groups = sorted(lay.groups[name], key=lambda g: g.shift)
-        if len(groups) == 2 and not any(g.plane for g in groups):
+    found = None
+    if f is not None and f.kind == "u" and f.bits in (4, 5) and f.count == 32:
+        planes = [g for g in lay.groups[name] if g.plane]
+        groups = sorted((g for g in lay.groups[name] if not g.plane), key=lambda g: g.shift)
+        qh = -1
+        if f.bits == 5 and len(planes) == 1:
+            p = planes[0]
+            at = _positions(p.bytes, lay.nbytes)
+            if (p.out, p.shift, at.size) == (4, 0, 4) and np.array_equal(at, at[0] + np.arange(4)):
+                if np.array_equal(_positions(p.elems, 32), np.arange(32)):
+                    qh = int(at[0])
+        if len(groups) == 2 and (qh >= 0) == (f.bits == 5) and len(planes) == (f.bits == 5):
             lo, hi = groups
             where = _positions(lo.bytes, lay.nbytes)
             if (
@@ -451,9 +469,26 @@ def nibble_halves(lay: Layout, name: str) -> int | None:
                 and np.array_equal(_positions(hi.bytes, lay.nbytes), where)
                 and np.array_equal(where, where[0] + np.arange(16))
             ):
-                at = int(where[0])
-    _HALVES[(id(lay), name)] = (lay, at)
-    return at
+                found = (int(where[0]), qh)
+    _HALVES[(id(lay), name)] = (lay, found)
+    return found
+
+
+def nibble_halves(lay: Layout, name: str) -> int | None:
+    """The first of the 16 bytes holding field ``name`` of a block when they hold its 32 codes
+    of 4 bits as halves (:func:`code_halves` with no plane: Q4_0, Q4_1, IQ4_NL, MXFP4), else
+    None."""
+    found = code_halves(lay, name)
+    return found[0] if found is not None and found[1] < 0 else None
+
+
+def _halves_field(lay: Layout) -> tuple[str, int, int] | None:
+    """The field of ``lay`` that :func:`code_halves` finds, with its (qs, qh), if any."""
+    for f in lay.fields:
+        found = code_halves(lay, f.name)
+        if found is not None:
+            return f.name, found[0], found[1]
+    return None
 
 
 def join_nibbles_into(
@@ -468,8 +503,9 @@ def join_nibbles_into(
     if at is None or packed.shape != (n, 16) or packed.dtype != np.uint8:
         raise CmfError(f"ggml: {lay.name} field {name!r} is not 4-bit halves given as (n, 16) u8")
     join_into(lay, fields, out, skip=name)
-    if _speedups is not None:
-        in_pieces(lambda a, b: _speedups.nibble_halves(out[a:b], packed[a:b], at), n, JOIN_PIECE)
+    kernel = getattr(_speedups, "nibble_halves", None)  # None: not built, or an older build
+    if kernel is not None:
+        in_pieces(lambda a, b: kernel(out[a:b], packed[a:b], at), n, JOIN_PIECE)
         return
     step = max(1, _JOIN_CHUNK // lay.nbytes)
     for a in range(0, n, step):

@@ -69,9 +69,10 @@ def string_bytes(text: Any, what: str, order: str) -> bytes:
 def _strings(values: list[Any], what: str, order: str) -> bytes:
     """GGUF strings back to back (one pass: tokenizer vocabularies hold ~10^5 of them; in C
     when the kernels are built)."""
-    if _speedups is not None and type(values) is list:
+    kernel = getattr(_speedups, "gguf_strings", None)  # None: not built, or an older build
+    if kernel is not None and type(values) is list:
         try:
-            return _speedups.gguf_strings(values, order == ">")
+            return kernel(values, order == ">")
         except (TypeError, UnicodeEncodeError):
             pass  # the checks below say which
     if not set(map(type, values)) <= {str}:

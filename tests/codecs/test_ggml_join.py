@@ -113,10 +113,65 @@ def test_the_kernel_refuses_rows_that_do_not_fit(column, value):
 HALVES = [name for name in sorted(LAYOUTS) if gl.nibble_halves(LAYOUTS[name], "q") is not None]
 
 
-def test_halves_layouts_are_the_32_code_4_bit_ones():
+def test_halves_layouts_are_the_32_code_4_and_5_bit_ones():
     assert HALVES == ["IQ4_NL", "MXFP4", "Q4_0", "Q4_1"]
     assert all(gl.nibble_halves(LAYOUTS[n], "q") is None for n in ("Q5_0", "Q8_0", "Q4_K"))
     assert gl.nibble_halves(LAYOUTS["Q4_0"], "d") is None
+    found = {n: gl.code_halves(lay, "q") for n, lay in LAYOUTS.items() if gl.code_halves(lay, "q")}
+    assert found == {
+        "IQ4_NL": (2, -1),
+        "MXFP4": (1, -1),
+        "Q4_0": (2, -1),
+        "Q4_1": (4, -1),
+        "Q5_0": (6, 2),
+        "Q5_1": (8, 4),
+    }
+
+
+@needs_c
+@pytest.mark.parametrize("name", ["IQ4_NL", "MXFP4", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+def test_halves_kernel_on_threads_gives_the_blocks_back(monkeypatch, name):
+    """join_into writes a field of 4/5-bit codes as halves (and the qh plane) by a kernel of its
+    own, in pieces on threads: the source blocks, whatever bytes were in the buffer."""
+    monkeypatch.setattr(gl, "JOIN_PIECE", 7)
+    monkeypatch.setattr(kernels, "_cores", lambda: 4)
+    lay = LAYOUTS[name]
+    blocks = _blocks(name, 1000, 5)
+    fields = gl.split(lay, blocks)
+    calls = []
+    real = gl._speedups.halves_join
+    monkeypatch.setattr(
+        gl,
+        "_speedups",
+        type(
+            "K",
+            (),
+            {
+                "ggml_join": staticmethod(gl._speedups.ggml_join),
+                "halves_join": staticmethod(
+                    lambda out, *r: calls.append(len(out)) or real(out, *r)
+                ),
+            },
+        ),
+    )
+    out = np.full_like(blocks, 0xA5)
+    gl.join_into(lay, fields, out)
+    assert np.array_equal(out, blocks) and len(calls) == 4 and sum(calls) == 1000
+
+
+@needs_c
+def test_the_halves_join_kernel_checks_its_buffers():
+    k = gl._speedups.halves_join
+    with pytest.raises(ValueError):
+        k(np.zeros((4, 22), np.uint8), np.zeros(127, np.uint8), 6, 2)  # codes too short
+    with pytest.raises(ValueError):
+        k(np.zeros((4, 22), np.uint8), np.zeros(128, np.uint8), 7, 2)  # 16 bytes past the row
+    with pytest.raises(ValueError):
+        k(np.zeros((4, 22), np.uint8), np.zeros(128, np.uint8), 6, 19)  # 4 bytes past the row
+    with pytest.raises(ValueError):
+        k(np.zeros((4, 22), np.uint8), np.zeros(128, np.uint8), 6, -2)
+    with pytest.raises(ValueError):
+        k(np.zeros(88, np.uint8), np.zeros(128, np.uint8), 6, 2)  # not (n, nbytes)
 
 
 @pytest.mark.parametrize("kernel", [True, False])
