@@ -604,29 +604,51 @@ def map_in_order(
             future.cancel()
 
 
+HEAVY_TASK_ELEMENTS = 1 << 25  # a planner task on a tensor this big takes > 1 GB in a worker
+# (a 1 B model's 100 M-element embedding: 1.0-1.4 GB): such tasks run one at a time
+
+
 def map_as_done(
     executor: Executor,
     fn: Callable[..., Any],
     calls: Iterable[tuple[str, tuple]],
     ahead: int,
     doing: str = "encoding",
+    heavy: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[str, Any]]:
     """``(name, fn(*args))`` for each ``(name, args)`` of ``calls`` as the calls finish (not in
     order), with at most ``ahead`` in flight: a long call does not hold back the others, and
-    the arguments of at most ``ahead`` calls are alive at once (``calls`` is read lazily).
+    the arguments of at most ``ahead`` calls are alive at once (``calls`` is read lazily), plus
+    those of heavy calls held back. ``heavy(name)``: the call is too big in memory to run beside
+    another heavy one; it waits until none is in flight while the calls after it go ahead.
     Futures must be concurrent.futures ones (process or inline executors). The first error
     met is raised and the calls still in flight are cancelled."""
+    from collections import deque
     from concurrent.futures import FIRST_COMPLETED, wait
 
     window = max(int(ahead), 1)
     flight: dict[Any, str] = {}
+    held: deque[tuple[str, tuple]] = deque()  # heavy calls waiting for the one in flight
     todo = iter(calls)
+    exhausted = False
     try:
         while True:
-            for name, args in todo:
-                flight[executor.submit(fn, *args)] = name
-                if len(flight) >= window:
+            while len(flight) < window:
+                busy = heavy is not None and any(heavy(n) for n in flight.values())
+                if held and not busy:
+                    name, args = held.popleft()
+                elif exhausted:
                     break
+                else:
+                    call = next(todo, None)
+                    if call is None:
+                        exhausted = True
+                        continue
+                    name, args = call
+                    if heavy is not None and (busy or held) and heavy(name):
+                        held.append((name, args))
+                        continue
+                flight[executor.submit(fn, *args)] = name
             if not flight:
                 return
             done, _ = wait(list(flight), return_when=FIRST_COMPLETED)

@@ -134,7 +134,8 @@ def _has_shared(p: Pending) -> bool:
 def decode_pending(p: Pending) -> Value:
     """The value ``p`` decodes to, exactly as a reader would decode the written tree."""
     if isinstance(p, PendingLeaf):
-        return bytes(memoryview(p.data).cast("B")) if not isinstance(p.data, bytes) else p.data
+        data = p.data  # once: a spilled leaf (cmf.plan.spill) reads its bytes at each use
+        return data if isinstance(data, bytes) else bytes(memoryview(data).cast("B"))
     if isinstance(p, PendingShared):
         return p.target.value
     if isinstance(p, PendingCounted):

@@ -306,6 +306,41 @@ def test_map_as_done_bounds_the_calls_in_flight_and_does_not_wait_in_order():
     assert most[0] <= 2
 
 
+def test_map_as_done_runs_heavy_calls_one_at_a_time_while_the_others_go_ahead():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cmf.parallel import map_as_done
+
+    lock = threading.Lock()
+    running: set[str] = set()
+    overlaps, started = [], []
+
+    def work(name):
+        with lock:
+            if name.startswith("big") and any(r.startswith("big") for r in running):
+                overlaps.append(name)
+            running.add(name)
+            started.append(name)
+        time.sleep(0.05 if name.startswith("big") else 0.005)
+        with lock:
+            running.discard(name)
+        return name
+
+    names = ["big1", "big2", "big3", *(f"s{k}" for k in range(12))]
+    with ThreadPoolExecutor(3) as pool:
+        got = [
+            n
+            for n, _ in map_as_done(
+                pool, work, ((n, (n,)) for n in names), 3, heavy=lambda n: n.startswith("big")
+            )
+        ]
+    assert sorted(got) == sorted(names) and not overlaps
+    assert started.index("s0") < started.index("big2")  # small calls overtook the held one
+    assert [n for n in started if n.startswith("big")] == ["big1", "big2", "big3"]
+
+
 def test_map_as_done_raises_the_first_error_and_cancels_the_rest():
     from concurrent.futures import ThreadPoolExecutor
 

@@ -99,6 +99,7 @@ def dequantized_dir(gguf_path: str, out: str) -> str:
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     model.config.quantization_config = None
+    model.hf_quantizer = None  # dequantized to f32 already; newer transformers refuse to save else
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     path = os.path.join(out, "config.json")

@@ -75,24 +75,31 @@ def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str
     traces: dict[str, float] = {}
     gen = torch.Generator().manual_seed(seed)
     with torch.enable_grad():
-        # the head: log p of drawn tokens, gradients to the final hidden states and the head matrix
+        # the head: log p of drawn tokens y. The gradient to the logits is G = onehot(y) - p
+        # [n, V], to the head matrix G^T h ([V, d], h the normalized final states [n, d]),
+        # whose square sum is sum((h h^T) * (G G^T)) over [n, n] Gram matrices: neither the
+        # [V, d] gradient nor an autograd graph through the [n, V] logits is made
         x_n = torch.from_numpy(np.array(inputs[n_layers], np.float32)).requires_grad_(True)
-        head = torch.from_numpy(np.asarray(runner.lm_head, np.float32)).requires_grad_(True)
-        logp = torch.log_softmax(
-            _rms(torch, x_n, torch.from_numpy(runner.norm), cfg.rms_norm_eps) @ head.T, dim=-1
-        )
-        drawn = [
-            torch.multinomial(logp.detach().exp(), 1, generator=gen) for _ in range(samples)
-        ]  # [n, 1] each
+        head = torch.from_numpy(np.asarray(runner.lm_head, np.float32))  # [V, d]
+        h = _rms(torch, x_n, torch.from_numpy(runner.norm), cfg.rms_norm_eps)  # [n, d]
+        with torch.no_grad():
+            p = torch.log_softmax(h @ head.T, dim=-1).exp_()  # [n, V]
+            gram_h = (h @ h.T).double()  # [n, n]
+        drawn = [torch.multinomial(p, 1, generator=gen) for _ in range(samples)]  # [n, 1] each
         grads_x, head_sq, head_rows = [], 0.0, []
         uniq, inverse = torch.unique(ids, return_inverse=True)
+        positions = torch.arange(n)
         for y in drawn:
-            gx, gh = torch.autograd.grad(logp.gather(1, y).sum(), [x_n, head], retain_graph=True)
+            with torch.no_grad():
+                g = torch.neg(p)  # [n, V]
+                g[positions, y[:, 0]] += 1.0
+                head_sq += float((gram_h * (g @ g.T).double()).sum())
+                head_rows.append(g[:, uniq].T @ h)  # [u, d]: gradient rows of the tied embedding
+                g_h = g @ head  # [n, d]
+                del g
+            (gx,) = torch.autograd.grad(h, [x_n], grad_outputs=g_h, retain_graph=True)
             grads_x.append(gx)
-            head_sq += _square_sum(torch, gh)
-            head_rows.append(gh[uniq])  # [u, d]: for the tied embedding's cross term
-            del gh
-        del logp
+        del p, h, gram_h
         head_name = harness.head_name()
         tied = runner.lm_head is runner.embed
         cos_np, sin_np = llama.rope_cos_sin(np.arange(n), runner.inv_freq)

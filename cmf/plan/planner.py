@@ -303,6 +303,7 @@ def _measure_in_workers(
     cluster gets ``executor.window`` at a time, in order. ``task``: the worker function
     (default cmf.parallel.measure_task; ``--gguf``: its GGML counterpart)."""
     from ..parallel import (
+        HEAVY_TASK_ELEMENTS,
         ProcessExecutor,
         closing,
         make_executor,
@@ -323,7 +324,12 @@ def _measure_in_workers(
     with closing(executor):
         if isinstance(executor, ProcessExecutor):
             results = map_as_done(
-                executor, task or measure_task, calls, options.jobs + 1, doing="measuring"
+                executor,
+                task or measure_task,
+                calls,
+                options.jobs + 1,
+                doing="measuring",
+                heavy=lambda n: sizes[n] >= HEAVY_TASK_ELEMENTS,  # > 1 GB each in a worker
             )
         else:
             results = map_in_order(executor, task or measure_task, calls, doing="measuring")

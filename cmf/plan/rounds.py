@@ -18,6 +18,7 @@ from .allocate import Allocation, Item, allocate
 from .candidates import Curve, Point, encode_point
 from .contracts import PlanOptions, PlanResult, TensorPlan
 from .harness import Harness
+from .spill import EncodingStore
 
 LOOSEN_BELOW = 0.9  # a measured error under this share of an error target: allocate again, looser
 REFINE_FACTOR = 3.0  # re-measure a sensitivity where the chosen error is this far from the noise
@@ -127,7 +128,7 @@ def _encode_choices(
     alloc: Allocation,
     tensors: Mapping[str, Any],
     options: PlanOptions,
-    cache: dict,
+    cache: EncodingStore,
     workers: Workers | None = None,
 ) -> None:
     total = len(result.tensors)
@@ -135,7 +136,7 @@ def _encode_choices(
     todo = [n for n, p in points.items() if (n, p.choice.label) not in cache]
     done = 0
     if workers is not None and len(todo) > 1:
-        from ..parallel import encode_point_task, from_portable, map_as_done
+        from ..parallel import HEAVY_TASK_ELEMENTS, encode_point_task, from_portable, map_as_done
 
         calls = (
             (
@@ -153,7 +154,12 @@ def _encode_choices(
             for n in sorted(todo, key=lambda n: -result.tensors[n].curve.numel)
         )
         for name, portable in map_as_done(
-            workers.executor, encode_point_task, calls, workers.jobs + 1, doing="encoding"
+            workers.executor,
+            encode_point_task,
+            calls,
+            workers.jobs + 1,
+            doing="encoding",
+            heavy=lambda n: result.tensors[n].curve.numel >= HEAVY_TASK_ELEMENTS,
         ):
             cache[(name, points[name].choice.label)] = from_portable(portable, [])
             done += 1
@@ -173,7 +179,7 @@ def _encode_here(
     points: dict[str, Point],
     tensors: Mapping[str, Any],
     options: PlanOptions,
-    cache: dict,
+    cache: EncodingStore,
     done: int,
 ) -> None:
     """Encode the chosen points of ``todo`` not in ``cache`` yet in this process."""
@@ -222,7 +228,7 @@ def _allocate_and_verify(
     workers: Workers | None,
 ) -> None:
     items = _items(result)
-    cache: dict = {}
+    cache = EncodingStore()  # the kept encodings wait on disk (cmf.plan.spill)
     target = result.target
     if "error" in target:
         goal = target["error"]
@@ -311,7 +317,7 @@ def _round(
     budget: float,
     tensors: Mapping[str, Any],
     options: PlanOptions,
-    cache: dict,
+    cache: EncodingStore,
     harness: Harness | None,
     workers: Workers | None = None,
 ) -> dict:
@@ -342,7 +348,7 @@ def _round(
     return row
 
 
-def _evict(cache: dict, result: PlanResult, keep: list[Allocation]) -> None:
+def _evict(cache: EncodingStore, result: PlanResult, keep: list[Allocation]) -> None:
     """Drop the encodings of ``cache`` that no allocation of ``keep`` chooses (the current and
     the best so far): the cache holds at most two encoded models, not one per round."""
     wanted = {
