@@ -524,19 +524,29 @@ fail:
     return NULL;
 }
 
+/* The writable C-contiguous block buffer `out` (its rows of *nbytes bytes: *n blocks when it is
+ * 2-d; *nbytes = 0 otherwise, for the caller's shape check to refuse) and the C-contiguous input
+ * `in`. 0 with both held, or -1 with a Python error set and neither held. */
+static int block_buffers(PyObject *o_out, Py_buffer *out, PyObject *o_in, Py_buffer *in,
+                         Py_ssize_t *nbytes, Py_ssize_t *n) {
+    if (PyObject_GetBuffer(o_out, out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_ND) < 0)
+        return -1;
+    if (PyObject_GetBuffer(o_in, in, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(out);
+        return -1;
+    }
+    *nbytes = out->ndim == 2 ? out->shape[1] : 0;
+    *n = *nbytes > 0 ? out->len / *nbytes : 0;
+    return 0;
+}
+
 static PyObject *nibble_halves(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_raw;
     Py_ssize_t at;
     if (!PyArg_ParseTuple(args, "OOn", &o_out, &o_raw, &at)) return NULL;
     Py_buffer out, raw;
-    if (PyObject_GetBuffer(o_out, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_ND) < 0)
-        return NULL;
-    if (PyObject_GetBuffer(o_raw, &raw, PyBUF_C_CONTIGUOUS) < 0) {
-        PyBuffer_Release(&out);
-        return NULL;
-    }
-    Py_ssize_t nbytes = out.ndim == 2 ? out.shape[1] : 0;
-    Py_ssize_t n = nbytes > 0 ? out.len / nbytes : 0;
+    Py_ssize_t nbytes, n;
+    if (block_buffers(o_out, &out, o_raw, &raw, &nbytes, &n) < 0) return NULL;
     if (out.ndim != 2 || out.itemsize != 1 || at < 0 || nbytes < 16 || at > nbytes - 16
         || raw.len != n * 16) {
         PyBuffer_Release(&raw);
@@ -583,14 +593,8 @@ static PyObject *halves_join(PyObject *self, PyObject *args) {
     Py_ssize_t qs, qh;
     if (!PyArg_ParseTuple(args, "OOnn", &o_out, &o_codes, &qs, &qh)) return NULL;
     Py_buffer out, codes;
-    if (PyObject_GetBuffer(o_out, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_ND) < 0)
-        return NULL;
-    if (PyObject_GetBuffer(o_codes, &codes, PyBUF_C_CONTIGUOUS) < 0) {
-        PyBuffer_Release(&out);
-        return NULL;
-    }
-    Py_ssize_t nbytes = out.ndim == 2 ? out.shape[1] : 0;
-    Py_ssize_t n = nbytes > 0 ? out.len / nbytes : 0;
+    Py_ssize_t nbytes, n;
+    if (block_buffers(o_out, &out, o_codes, &codes, &nbytes, &n) < 0) return NULL;
     if (out.ndim != 2 || out.itemsize != 1 || nbytes < 16 || qs < 0 || qs > nbytes - 16
         || qh < -1 || (qh >= 0 && (nbytes < 4 || qh > nbytes - 4)) || codes.len != n * 32) {
         PyBuffer_Release(&codes);

@@ -21,7 +21,7 @@ pytest.importorskip("accelerate")
 
 from cmf.errors import CmfError  # noqa: E402
 from cmf.plan.contracts import PlanOptions  # noqa: E402
-from cmf.plan.ggml_candidates import ggml_choices, gguf_tensor_bytes  # noqa: E402
+from cmf.plan.ggml_candidates import PLANNED_TYPES, ggml_choices, gguf_tensor_bytes  # noqa: E402
 from cmf.plan.ggml_recipes import recipe_types, use_more_bits  # noqa: E402
 
 from ..runtime import helpers  # noqa: E402
@@ -223,20 +223,7 @@ def test_size_target_counts_the_gguf_and_unpack_writes_the_planned_blocks(planne
     model, path, result, target = planned
     assert result.target["gguf"] is True and result.target_met
     labels = {tp.point.choice.label for tp in result.tensors.values()}
-    assert labels and labels <= {
-        "F16",
-        "BF16",
-        "Q8_0",
-        "Q6_K",
-        "Q5_K",
-        "Q4_K",
-        "Q3_K",
-        "Q2_K",
-        "IQ4_XS",
-        "IQ4_NL",
-        "Q5_0",
-        "lossless",
-    }
+    assert labels and labels <= {*PLANNED_TYPES, "lossless"}
     out = tmp_path / "out" / "m.gguf"
     _check_unpacked(model, path, result, out, run)
     assert result.gguf_bytes <= target
