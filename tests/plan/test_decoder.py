@@ -237,7 +237,8 @@ def test_ggml_activations_round_runs_by_the_overrides_types_and_price_each_tenso
     final = llama.rms_norm(h._inputs[-1], runner.norm, runner.config.rms_norm_eps)
     assert m["lm_head.weight"][4] == activation_errors(final, h.tensors["lm_head.weight"])
     products = [n for n in names if n in m and n != "model.embed_tokens.weight"]
-    assert len(m["model.embed_tokens.weight"]) == 3  # a lookup: its rows are never rounded
+    if "model.embed_tokens.weight" in m:  # token-prior rows (wordfreq installed): a lookup,
+        assert len(m["model.embed_tokens.weight"]) == 3  # its rows are never rounded
     assert all(set(m[n][4]) >= {"F16", "BF16", "Q8_0"} for n in products)
     items = [(n, h.tensors[n], m[n][0], None, 1.0) for n in products]
     sens = h.sensitivities(items)
