@@ -358,6 +358,9 @@ TARGETS = {
         run_gguf_write_hf,
         gguf_write_hf_seeds,
         mutate=mutate_gguf_write,
+        # the oracle, gguf-py's reader, takes 1.1-1.5 s on a GGUF of a 32k-token vocabulary (a
+        # config's vocab_size pads it) that cmf writes in 33 ms: measured, not cmf's time
+        time_limit=3.0,
         instrument=(
             "cmf.convert.hf_gguf",
             "cmf.convert.hf_gguf_vocab",
