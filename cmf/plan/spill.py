@@ -189,12 +189,3 @@ def _byte_view(data: object) -> memoryview:
     if not view.c_contiguous:
         view = memoryview(view.tobytes())
     return view.cast("B")
-
-
-def unspill(p: Pending) -> Pending:
-    """``p`` with every spilled leaf's bytes read back into memory."""
-    if isinstance(p, SpilledLeaf):
-        return PendingLeaf(p.data, p.spec)
-    if isinstance(p, PendingNode):
-        return PendingNode(p.codec, {n: unspill(c) for n, c in p.parts.items()}, p.spec)
-    return p
