@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -606,6 +606,17 @@ def map_in_order(
 
 HEAVY_TASK_ELEMENTS = 1 << 25  # a planner task on a tensor this big takes > 1 GB in a worker
 # (a 1 B model's 100 M-element embedding: 1.0-1.4 GB): such tasks run one at a time
+
+
+def big_first(names: Sequence[str], sizes: Mapping[str, int]) -> list[str]:
+    """The order the planner sends per-tensor tasks in: the tensors much bigger than the
+    median first, largest first (no worker is left alone with an embedding table at the end),
+    then the others in ``names``' order, which is block order for a decoder: its moments are
+    computed a block at a time, one block kept (cmf.plan.decoder.DecoderMoments)."""
+    typical = float(np.median([sizes[n] for n in names])) if names else 0.0
+    big = sorted((n for n in names if sizes[n] > 4 * typical), key=lambda n: -sizes[n])
+    taken = set(big)
+    return big + [n for n in names if n not in taken]
 
 
 def map_as_done(

@@ -368,3 +368,13 @@ def test_workers_run_blas_on_one_thread():
         ex.close(cancel=False)
     blas = [i for i in info if i["user_api"] == "blas"]
     assert blas and all(i["num_threads"] == 1 for i in blas)
+
+
+def test_big_first_sends_outsized_tensors_first_then_keeps_block_order():
+    from cmf.parallel import big_first
+
+    names = ["l0.q", "l0.k", "embed", "l1.q", "l1.k", "head"]
+    sizes = {"l0.q": 10, "l0.k": 12, "embed": 900, "l1.q": 10, "l1.k": 12, "head": 500}
+    assert big_first(names, sizes) == ["embed", "head", "l0.q", "l0.k", "l1.q", "l1.k"]
+    assert big_first([], {}) == []
+    assert big_first(["a", "b"], {"a": 5, "b": 5}) == ["a", "b"]

@@ -38,6 +38,7 @@ tensor.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -224,19 +225,33 @@ def channel_hessian(
     feeds errors through, ``Hn`` ``H1`` plus ``damping`` times its mean diagonal, scaled to a
     mean diagonal of 1, that errors are measured with: an (n, n) float32 matrix, or a
     :class:`LowRankForm` where ``moments`` carries fold 1's rows; ``(None, None)`` without
-    matrices. The last few results are kept for tensors that share an input (same arrays)."""
+    matrices. The last few results are kept for tensors that share an input: the same arrays,
+    or in a worker, where each task's moments arrive as new arrays, the same contents."""
     if moments is None or len(moments) < 3 or moments[2] is None or len(shape) != 2:
         return None, None
     n = shape[moments[0] % 2]
     factor = moments[3] if len(moments) > 3 else None
-    key = (n, damping, GPTQ_DAMPING, id(moments[2][0]), id(moments[2][1]), id(factor))
+    arrays = (moments[2][0], moments[2][1], factor)
+    for k, kept, got in _HESSIAN_CACHE:  # the same objects: no hashing
+        if k[0] == (n, damping) and all(a is b for a, b in zip(kept, arrays, strict=True)):
+            return got
+    key = ((n, damping), *(_content_key(a) for a in arrays))
     for k, _, got in _HESSIAN_CACHE:
         if k == key:
             return got
     got = _channel_hessian(n, moments[2], factor, damping)
-    _HESSIAN_CACHE.append((key, (moments[2], factor), got))
+    _HESSIAN_CACHE.append((key, arrays, got))
     del _HESSIAN_CACHE[:-HESSIAN_CACHE_ENTRIES]
     return got
+
+
+def _content_key(a: Any) -> Any:
+    """A key equal for arrays of equal dtype, shape and bytes (None stays None)."""
+    if a is None:
+        return None
+    a = np.ascontiguousarray(a)
+    digest = hashlib.blake2b(a.reshape(-1).view(np.uint8), digest_size=16).digest()
+    return (a.dtype.str, a.shape, digest)
 
 
 def forget_hessians() -> None:

@@ -11,6 +11,8 @@ import numpy as np
 
 from ..errors import CmfError
 from ..extras import install_hint
+from ..runtime.logit_stats import kl_rows, next_token_log_probs  # noqa: F401  (the harnesses' metrics)
+from ..runtime.logit_stats import row_cosines as _cosines
 
 DEFAULT_ONNX_SAMPLES = 8
 DEFAULT_MAX_TOKENS = 256
@@ -89,21 +91,6 @@ class MomentSums:
         return acc[0] / acc[1], full, factor
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two [n, d] arrays, float64 (1 where both rows are zero)."""
-    a, b = np.asarray(a), np.asarray(b)
-    n = len(a)
-    na, nb, dot = np.empty(n), np.empty(n), np.empty(n)
-    for s in _row_slices(n, a.shape[-1]):  # no float64 copies of whole logit arrays
-        x, y = np.asarray(a[s], np.float64), np.asarray(b[s], np.float64)
-        na[s], nb[s] = np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)
-        dot[s] = np.einsum("ij,ij->i", x, y)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = dot / np.sqrt(na * nb)
-    c = np.where((na == 0) & (nb == 0), 1.0, np.where((na == 0) | (nb == 0), 0.0, c))
-    return np.clip(c, -1.0, 1.0)
-
-
 def output_error(kind: str, ref: Any, out: Any, groups: np.ndarray | None = None) -> float:
     """The output error (module docstring) of outputs ``out`` against ``ref``; with ``groups``
     (a domain number per output row) the error of the worst domain, so that a plan holds on
@@ -126,41 +113,6 @@ def output_error(kind: str, ref: Any, out: Any, groups: np.ndarray | None = None
         b = np.concatenate([s[name].reshape(-1) for s in out])[None]
         errs.append(1.0 - float(_cosines(a, b)[0]))
     return float(np.mean(errs)) if errs else 0.0
-
-
-_SLICE_BYTES = 16 << 20  # float64 work of one slice of rows in the KL and likelihood sums
-
-
-def _row_slices(rows: int, width: int) -> Iterator[slice]:
-    """Slices of ``rows`` rows of ``width`` float64 values, about _SLICE_BYTES each: a row's
-    log-softmax is the same computed alone, and a 49k-token vocabulary's [n, V] float64 copies
-    (five of them at once) would take half a GB for 256 tokens."""
-    step = max(1, _SLICE_BYTES // max(8 * width, 1))
-    return (slice(a, min(a + step, rows)) for a in range(0, rows, step))
-
-
-def kl_rows(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """float64 [n]: KL(softmax(ref_i) || softmax(out_i)) of each row of two [n, V] logit arrays
-    (a slice of rows at a time)."""
-    from ..runtime.llama import log_softmax
-
-    kl = np.empty(len(ref), np.float64)
-    for s in _row_slices(len(ref), ref.shape[-1]):
-        la = log_softmax(np.asarray(ref[s], np.float64))  # [rows, V]
-        lb = log_softmax(np.asarray(out[s], np.float64))  # [rows, V]
-        kl[s] = np.maximum(np.sum(np.exp(la) * (la - lb), axis=-1), 0.0)
-    return kl
-
-
-def next_token_log_probs(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """float64 [n]: log softmax(logits_i)[ids_i] of [n, V] logits (a slice of rows at a time)."""
-    from ..runtime.llama import log_softmax
-
-    got = np.empty(len(ids), np.float64)
-    for s in _row_slices(len(ids), logits.shape[-1]):
-        la = log_softmax(np.asarray(logits[s], np.float64))  # [rows, V]
-        got[s] = la[np.arange(len(la)), ids[s]]
-    return got
 
 
 def cosine_stats(kind: str, ref: Any, out: Any) -> dict[str, float]:

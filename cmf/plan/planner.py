@@ -305,6 +305,7 @@ def _measure_in_workers(
     from ..parallel import (
         HEAVY_TASK_ELEMENTS,
         ProcessExecutor,
+        big_first,
         closing,
         make_executor,
         map_as_done,
@@ -312,12 +313,9 @@ def _measure_in_workers(
         measure_task,
     )
 
-    typical = float(np.median([sizes[n] for n in names])) if names else 0.0
-    big = sorted((n for n in names if sizes[n] > 4 * typical), key=lambda n: -sizes[n])
-    order = big + [n for n in names if n not in set(big)]
     calls = (
         (n, (n, sources[n] if n in sources else tensors[n], choices, moments.get(n), options.level))
-        for n in order
+        for n in big_first(names, sizes)
     )
     executor = make_executor(options.jobs, options.executor, options.scheduler)
     got: dict[str, Curve] = {}

@@ -136,7 +136,13 @@ def _encode_choices(
     todo = [n for n, p in points.items() if (n, p.choice.label) not in cache]
     done = 0
     if workers is not None and len(todo) > 1:
-        from ..parallel import HEAVY_TASK_ELEMENTS, encode_point_task, from_portable, map_as_done
+        from ..parallel import (
+            HEAVY_TASK_ELEMENTS,
+            big_first,
+            encode_point_task,
+            from_portable,
+            map_as_done,
+        )
 
         calls = (
             (
@@ -151,7 +157,7 @@ def _encode_choices(
                     options.level,
                 ),
             )
-            for n in sorted(todo, key=lambda n: -result.tensors[n].curve.numel)
+            for n in big_first(todo, {n: result.tensors[n].curve.numel for n in todo})
         )
         for name, portable in map_as_done(
             workers.executor,

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CmfError
+from .logit_stats import kl_rows, next_token_log_probs, row_cosines, row_slices
 from .rebuild import detect_kind, kind_of, load_runner, open_model
 
 DEFAULT_ONNX_SAMPLES = 8
@@ -146,18 +147,25 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| in float64, a slice of rows at a time (NaN if either holds one)."""
     if a.size == 0:
         return 0.0
+    a2 = a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1)  # [n, rest]
+    b2 = b.reshape(a2.shape)
+    worst = np.empty(len(a2))  # [n]
     with np.errstate(invalid="ignore", over="ignore"):
-        return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+        for s in row_slices(len(a2), a2.shape[1]):
+            d = np.asarray(a2[s], np.float64) - np.asarray(b2[s], np.float64)
+            worst[s] = np.max(np.abs(d), axis=1)
+    return float(np.max(worst))
 
 
 def _identical(a: np.ndarray, b: np.ndarray) -> bool:
-    return (
-        a.dtype == b.dtype
-        and a.shape == b.shape
-        and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
-    )
+    """The same dtype, shape and bytes (NaN payloads included; no copy of contiguous arrays)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    x, y = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
+    return bool(np.array_equal(x.view(np.uint8), y.view(np.uint8)))
 
 
 def _summary(cosines: Sequence[float], max_abs: float, identical: bool) -> dict[str, Any]:
@@ -214,24 +222,20 @@ def compare_outputs(
     return {**_summary(all_cos, worst, same), "outputs": per}
 
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
 def compare_logits(ids: Sequence[int], a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-    """Perplexities, KL(a || b) of next-token distributions, top-1 agreement, cosine of logits."""
+    """Perplexities, KL(a || b) of next-token distributions, top-1 agreement, cosine of logits
+    (of two [n, V] logit arrays, a slice of rows at a time: no float64 copy of either)."""
     if a.shape != b.shape:
         raise CmfError(f"the models' logits differ in shape: {list(a.shape)} and {list(b.shape)}")
-    la, lb = log_softmax(a.astype(np.float64)), log_softmax(b.astype(np.float64))  # [n, V]
-    nxt, rows = np.asarray(ids[1:]), np.arange(len(ids) - 1)
-    kl = np.sum(np.exp(la) * (la - lb), axis=-1)  # [n]
-    cos = [cosine(x, y) for x, y in zip(a, b, strict=True)]
+    nxt = np.asarray(ids[1:], np.int64)
+    kl = kl_rows(a, b)  # [n]
+    la, lb = next_token_log_probs(a[:-1], nxt), next_token_log_probs(b[:-1], nxt)  # [n - 1]
+    cos = row_cosines(a, b).tolist()
     return {
         **_summary(cos, _max_abs(a, b), _identical(a, b)),
         "tokens": len(ids),
-        "perplexity_original": float(np.exp(-la[rows, nxt].mean())),
-        "perplexity_compressed": float(np.exp(-lb[rows, nxt].mean())),
+        "perplexity_original": float(np.exp(-la.mean())),
+        "perplexity_compressed": float(np.exp(-lb.mean())),
         "kl_mean": float(kl.mean()),
         "kl_max": float(kl.max()),
         "top1_agreement": float(np.mean(np.argmax(a, -1) == np.argmax(b, -1))),

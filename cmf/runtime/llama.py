@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CmfError, UnsupportedError
+from .logit_stats import log_softmax  # noqa: F401  (the runner's API: tools and tests use it)
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})  # SmolLM checkpoints are "llama"
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -46,11 +47,6 @@ def silu(x: np.ndarray) -> np.ndarray:  # [...] -> [...]; sigmoid as tanh: no ov
 def softmax(x: np.ndarray) -> np.ndarray:  # [..., t] -> [..., t]
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:  # [..., V] -> [..., V]
-    s = x - x.max(axis=-1, keepdims=True)
-    return s - np.log(np.exp(s).sum(axis=-1, keepdims=True))
 
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:

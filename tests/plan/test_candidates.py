@@ -289,6 +289,28 @@ def test_channel_hessian_refuses_what_does_not_fit():
     assert channel_hessian((4, 5), zero) == (None, None)
 
 
+def test_channel_hessian_reuses_results_for_equal_contents_as_workers_receive_them():
+    """A worker gets each task's moments as new arrays (unpickled): tensors sharing an input
+    must still share one factorisation, and other contents must not."""
+    import pickle
+
+    import cmf.plan.candidates as candidates
+
+    rng = np.random.default_rng(3)
+    x = correlated_inputs(rng, 400, rng.standard_normal((3, 16)))
+    moments = fold_moments(x)
+    candidates.forget_hessians()
+    first = channel_hessian((8, 16), moments)
+    again = channel_hessian((8, 16), pickle.loads(pickle.dumps(moments)))  # equal, not same
+    assert again[0] is first[0] and again[1] is first[1]
+    other = (1, moments[1], (moments[2][0] * 2, moments[2][1]))
+    assert channel_hessian((8, 16), other)[0] is not first[0]
+    assert not np.array_equal(channel_hessian((8, 16), other)[0], first[0])
+    candidates.forget_hessians()
+    fresh = channel_hessian((8, 16), moments)
+    assert fresh[0] is not first[0] and np.array_equal(fresh[0], first[0])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16])
 def test_row_steps_spanning_2x_are_stored_as_partition_classes(dtype):
     rng = np.random.default_rng(7)
