@@ -99,7 +99,7 @@ def fisher_traces(torch: Any, harness: Any, samples: int, seed: int) -> dict[str
                 del g
             (gx,) = torch.autograd.grad(h, [x_n], grad_outputs=g_h, retain_graph=True)
             grads_x.append(gx)
-        del p, h, gram_h
+        del p, h, gram_h, head  # the [V, d] head is not held through the blocks
         head_name = harness.head_name()
         tied = runner.lm_head is runner.embed
         cos_np, sin_np = llama.rope_cos_sin(np.arange(n), runner.inv_freq)

@@ -84,6 +84,16 @@ def _digest(x: np.ndarray) -> bytes:
     return h.digest()
 
 
+def _all_finite(x: np.ndarray, chunk: int = 1 << 22) -> bool:
+    """Every value of float array ``x`` finite, checked ``chunk`` values at a time (no
+    whole-tensor bool array or float32 copy: a 1 B model's embedding is 100 M values)."""
+    flat = np.asarray(x).reshape(-1)
+    return all(
+        bool(np.isfinite(np.asarray(flat[i : i + chunk], np.float32)).all())
+        for i in range(0, flat.size, chunk)
+    )
+
+
 def _spec(x: np.ndarray) -> ArraySpec:
     return ArraySpec(dtypes.of_array(x), tuple(int(d) for d in x.shape))
 
@@ -118,7 +128,7 @@ def plan(
             spec = _spec(x)
         except CmfError:
             continue
-        if not plannable(spec) or not np.isfinite(np.asarray(x, np.float32)).all():
+        if not plannable(spec) or not _all_finite(x):
             continue
         d = _digest(x)
         if d in seen:

@@ -419,6 +419,24 @@ class LazyLayers(Sequence):
         return self._make(i % self._n)
 
 
+class LazyWeight:
+    """A ``[rows, d]`` float32 weight of a runner built with ``lazy=True`` (the token embedding,
+    the output head): loaded on each use and not kept, so that a pass, or a planner's look at
+    one block, does not hold a vocabulary-sized matrix (400 MB in a 1 B model) between uses.
+    ``w[ids]`` loads it and gathers rows; ``np.asarray(w)`` loads it whole."""
+
+    def __init__(self, load: Callable[[], np.ndarray], shape: tuple[int, int]) -> None:
+        self._load, self.shape = load, shape
+        self.ndim, self.dtype = len(shape), np.dtype(np.float32)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self._load()[index]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        got = self._load()
+        return got if dtype is None else got.astype(dtype, copy=False)
+
+
 class LlamaRunner:
     """A Llama-family causal LM: ``logits``, ``next_logits`` (KV cache), ``generate``,
     ``perplexity``."""
@@ -463,8 +481,15 @@ class LlamaRunner:
             cfg.n_kv_heads,
             cfg.head_dim,
         )
-        embed = _load(get_tensor, "model.embed_tokens.weight", (cfg.vocab_size, d))  # [V, d]
-        vocab = embed.shape[0]
+        embed: np.ndarray | LazyWeight
+        if lazy and cfg.vocab_size:  # loaded (and checked) on each use
+            vocab = cfg.vocab_size
+            embed = LazyWeight(
+                lambda: _load(get_tensor, "model.embed_tokens.weight", (vocab, d)), (vocab, d)
+            )
+        else:
+            embed = _load(get_tensor, "model.embed_tokens.weight", (cfg.vocab_size, d))  # [V, d]
+            vocab = embed.shape[0]
 
         def get(name: str, shape: tuple[int, ...], present: bool = True) -> np.ndarray | None:
             return _load(get_tensor, name, shape) if present else None
@@ -499,13 +524,20 @@ class LlamaRunner:
             LazyLayers(layer, cfg.n_layers) if lazy else [layer(i) for i in range(cfg.n_layers)]
         )
         norm = get("model.norm.weight", (d,))
-        if cfg.tie_word_embeddings:
-            lm_head = embed
-        else:
+
+        def head() -> np.ndarray:
             try:
-                lm_head = get("lm_head.weight", (vocab, d))
+                return _load(get_tensor, "lm_head.weight", (vocab, d))
             except CmfError as exc:
                 raise CmfError(f"{exc} (config.json says tie_word_embeddings is false)") from None
+
+        lm_head: np.ndarray | LazyWeight
+        if cfg.tie_word_embeddings:
+            lm_head = embed
+        elif isinstance(embed, LazyWeight):
+            lm_head = LazyWeight(head, (vocab, d))
+        else:
+            lm_head = head()
         factors = None
         if rope_freq_factors is not None:
             factors = _load(
@@ -560,9 +592,7 @@ class LlamaRunner:
             cache.length += len(ids)
         if last_only:
             x = x[-1:]  # [1, d]
-        return linear(rms_norm(x, self.norm, self.config.rms_norm_eps), self.lm_head).astype(
-            np.float32, copy=False
-        )  # [n, V]
+        return self._head(x)  # [n, V]
 
     def logits(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """float32 [len(ids), V]: row i is the distribution of the token after ids[: i + 1]."""
@@ -581,7 +611,12 @@ class LlamaRunner:
             x = block(x, self.layers[i], self.config, cos, sin)
         if keep is not None:
             keep(self.config.n_layers, x)
-        return linear(rms_norm(x, self.norm, self.config.rms_norm_eps), self.lm_head).astype(
+        return self._head(x)
+
+    def _head(self, x: np.ndarray) -> np.ndarray:
+        """float32 [n, V]: the logits of final hidden states ``x`` [n, d]."""
+        head = self.lm_head if isinstance(self.lm_head, np.ndarray) else np.asarray(self.lm_head)
+        return linear(rms_norm(x, self.norm, self.config.rms_norm_eps), head).astype(
             np.float32, copy=False
         )
 

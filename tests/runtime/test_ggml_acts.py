@@ -171,4 +171,4 @@ def test_runner_products_round_by_each_weights_type(tmp_path):
     for layer in runner.layers:
         x = llama.block(x, layer, runner.config, cos, sin)
     h = llama.rms_norm(x, runner.norm, runner.config.rms_norm_eps)
-    np.testing.assert_array_equal(got, round_activations(h, "Q8_0") @ runner.lm_head.T)
+    np.testing.assert_array_equal(got, round_activations(h, "Q8_0") @ np.asarray(runner.lm_head).T)

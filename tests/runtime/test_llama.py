@@ -255,6 +255,36 @@ def test_perplexity(case):
     assert chunked == pytest.approx(want, rel=1e-4)
 
 
+def test_lazy_runner_loads_the_vocabulary_matrices_only_when_used(case):
+    """A lazy runner (the planner's) reads the embedding and the head on each use and keeps
+    neither: building it, or taking one block, reads no vocabulary-sized matrix."""
+    cfg, w, _, expected = case
+    reads: list[str] = []
+
+    def get(name: str) -> np.ndarray:
+        reads.append(name)
+        return w[name]
+
+    runner = LlamaRunner.from_tensors(get, cfg, lazy=True)
+    vocab = ("model.embed_tokens.weight", "lm_head.weight")
+    _ = runner.layers[1]
+    assert not any(n in vocab for n in reads)
+    assert runner.vocab_size == cfg["vocab_size"]
+    assert (runner.lm_head is runner.embed) == bool(cfg.get("tie_word_embeddings"))
+    np.testing.assert_allclose(runner.logits(IDS), expected, atol=2e-4, rtol=0)
+    assert "model.embed_tokens.weight" in reads
+    assert ("lm_head.weight" in reads) != bool(cfg.get("tie_word_embeddings"))
+    np.testing.assert_array_equal(runner.embed[[3, 1]], w["model.embed_tokens.weight"][[3, 1]])
+
+
+def test_lazy_runner_reports_a_missing_head_when_it_is_used():
+    w = random_weights(BASE)
+    untied = {k: v for k, v in w.items() if k != "lm_head.weight"}
+    runner = LlamaRunner.from_tensors(untied.__getitem__, BASE, lazy=True)
+    with pytest.raises(CmfError, match="lm_head.*tie_word_embeddings is false"):
+        runner.logits(IDS)
+
+
 def test_bf16_weights_and_supported_types():
     import ml_dtypes
 
