@@ -43,7 +43,7 @@ from .encoded import Encoded
 from .errors import CmfError
 from .extras import install_hint
 from .limits import DEFAULT_LIMITS, Limits
-from .pipeline import Pending, PendingLeaf, PendingNode, PendingShared, SharedValue
+from .pipeline import Pending, PendingLeaf, PendingNode, PendingShared, SharedValue, leaf_bytes
 from .plan.recipe import Recipe, encoder_for
 from .writer import _check_root, check_tensor_name, tensor_array, tensor_error, tensor_key
 
@@ -175,13 +175,8 @@ def to_portable(p: Pending, shared: dict[int, int]) -> Any:
     """``p`` with leaves as picklable bytes-likes and shared references as SharedToken."""
     if isinstance(p, PendingLeaf):
         data = p.data
-        if not isinstance(data, (bytes, np.ndarray)):
-            try:
-                data = np.frombuffer(memoryview(data).cast("B"), np.uint8)
-            except TypeError:  # not C-contiguous
-                data = bytes(memoryview(data))
-        elif isinstance(data, np.ndarray) and data.dtype != np.uint8:
-            data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        if not isinstance(data, bytes):
+            data = np.frombuffer(leaf_bytes(data), np.uint8)
         return PendingLeaf(data, p.spec)
     if isinstance(p, PendingShared):
         number = shared.get(id(p.target))

@@ -131,6 +131,17 @@ def _has_shared(p: Pending) -> bool:
     return isinstance(p, PendingNode) and any(_has_shared(c) for c in p.parts.values())
 
 
+def leaf_bytes(data: object) -> memoryview:
+    """A leaf's data (bytes, bytearray, a numpy array of any dtype, a memoryview) as a flat
+    memoryview of its bytes in C order: no copy unless it is not contiguous."""
+    if isinstance(data, np.ndarray):
+        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    view = memoryview(data)  # type: ignore[arg-type]
+    if not view.c_contiguous:
+        view = memoryview(view.tobytes())
+    return view.cast("B")
+
+
 def decode_pending(p: Pending) -> Value:
     """The value ``p`` decodes to, exactly as a reader would decode the written tree."""
     if isinstance(p, PendingLeaf):

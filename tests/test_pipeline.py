@@ -232,3 +232,18 @@ def test_written_file_matches_pending_choice(tmp_path):
                 f.index.segments[leaf.segment].length for leaf in iter_leaves(entry.encoding)
             )
             assert stored == pending.stored
+
+
+def test_leaf_bytes_views_contiguous_data_and_copies_only_strided():
+    from cmf.pipeline import leaf_bytes
+
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    view = leaf_bytes(a)
+    assert view.format == "B" and bytes(view) == a.tobytes()
+    a[0, 0] = 7.0  # a view, not a copy
+    assert bytes(view[:4]) == np.float32(7.0).tobytes()
+    assert bytes(leaf_bytes(a[:, ::2])) == np.ascontiguousarray(a[:, ::2]).tobytes()
+    strided = memoryview(bytearray(range(10)))[::3]
+    assert bytes(leaf_bytes(strided)) == bytes([0, 3, 6, 9])
+    assert bytes(leaf_bytes(b"abc")) == b"abc" and len(leaf_bytes(np.zeros(0, bool))) == 0
+    assert bytes(leaf_bytes(np.float64(1.5))) == np.float64(1.5).tobytes()  # 0-d

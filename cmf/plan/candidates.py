@@ -540,6 +540,34 @@ def stored_steps(scales: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
     return sdt, s_stored, s32
 
 
+def _plain_levels(
+    x: np.ndarray, xf: np.ndarray, s: np.ndarray, limit: int
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """``rint(xf / s)`` (float32 division; ``s`` broadcast against ``xf``) as int16 codes, a
+    slice of rows at a time, with the codes beyond ``limit`` set to 0 and returned apart as
+    ``(flat positions, x's values there)``: the form :func:`gptq_levels` gives with
+    ``sparse_values``, without a float32 array of the whole tensor's codes."""
+    levels = np.empty(xf.shape, np.int16)
+    if xf.size == 0:
+        return levels, (np.zeros(0, np.int64), np.asarray(x).reshape(-1)[:0])
+    xr = xf.reshape(xf.shape[0], -1) if xf.ndim >= 1 else xf.reshape(1, 1)  # [rows, rest]
+    sr = np.broadcast_to(np.asarray(s, np.float32), xf.shape).reshape(xr.shape)  # a view
+    lr = levels.reshape(xr.shape)
+    per = max(1, GPTQ_CHUNK_ELEMENTS // max(xr.shape[1], 1))
+    where = []
+    for r0 in range(0, xr.shape[0], per):
+        lv = np.divide(xr[r0 : r0 + per], sr[r0 : r0 + per], dtype=np.float32)  # [per, rest]
+        np.rint(lv, out=lv)
+        beyond = lv > limit
+        beyond |= lv < -limit
+        if beyond.any():
+            where.append(np.flatnonzero(beyond) + r0 * xr.shape[1])
+            lv[beyond] = 0
+        lr[r0 : r0 + per] = lv
+    flat = np.concatenate(where) if where else np.zeros(0, np.int64)
+    return levels, (flat, np.asarray(x).reshape(-1)[flat])
+
+
 def _encode_scaled(
     x: np.ndarray,
     xf: np.ndarray,
@@ -570,6 +598,8 @@ def _encode_scaled(
         else:
             levels, kept = gptq_levels(xf.T, steps, feedback, limit)
             levels, kept = np.ascontiguousarray(levels.T), kept.T
+    elif limit < 1 << 15:
+        levels, kept = _plain_levels(x, xf, s32 if qaxis is not None else s32[0], limit)
     else:
         levels = np.divide(xf, s32 if qaxis is not None else s32[0], dtype=np.float32)
         np.rint(levels, out=levels)

@@ -14,11 +14,9 @@ import os
 import tempfile
 from collections.abc import Hashable, Iterator
 
-import numpy as np
-
 from ..codecs import BytesSpec
 from ..errors import CmfError
-from ..pipeline import Pending, PendingLeaf, PendingNode
+from ..pipeline import Pending, PendingLeaf, PendingNode, leaf_bytes
 
 _CHUNK = 1 << 30  # pread/pwrite move at most this many bytes a call
 
@@ -131,7 +129,7 @@ class EncodingStore:
 
     def _spill(self, p: Pending, extents: list[tuple[int, int]]) -> Pending:
         if isinstance(p, PendingLeaf):
-            view = _byte_view(p.data)
+            view = leaf_bytes(p.data)
             offset = self._allocate(len(view))
             extents.append((offset, len(view)))
             self._write(view, offset)
@@ -179,13 +177,3 @@ class EncodingStore:
             if self._file is not None:
                 os.ftruncate(self._file.fileno(), self._end)
         self._free = merged
-
-
-def _byte_view(data: object) -> memoryview:
-    """``data`` (bytes, bytearray, a numpy array, a memoryview) as contiguous bytes."""
-    if isinstance(data, np.ndarray):
-        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-    view = memoryview(data)  # type: ignore[arg-type]
-    if not view.c_contiguous:
-        view = memoryview(view.tobytes())
-    return view.cast("B")

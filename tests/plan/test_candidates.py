@@ -365,3 +365,28 @@ def test_step_refuses_importances_that_are_not_finite_and_positive(bad):
     w[3] = bad
     with pytest.raises(CmfError, match="finite and positive"):
         encode_step(x, spec_of(x), 0.3, 0, w)
+
+
+@pytest.mark.parametrize("steps", ["scalar", "rows", "cols"])
+def test_plain_levels_in_row_chunks_equal_the_whole_tensor_formula(monkeypatch, steps):
+    import cmf.plan.candidates as candidates
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((37, 24)).astype(np.float32)
+    x[5, 3], x[30, 23] = 900.0, -700.0  # beyond +-100 codes of the smallest steps
+    s = {
+        "scalar": np.float32(0.05),
+        "rows": (rng.random((37, 1)) * 0.1 + 0.02).astype(np.float32),
+        "cols": (rng.random((1, 24)) * 0.1 + 0.02).astype(np.float32),
+    }[steps]
+    want = np.rint(np.divide(x, s, dtype=np.float32))
+    beyond = np.abs(want) > 100
+    monkeypatch.setattr(candidates, "GPTQ_CHUNK_ELEMENTS", 24 * 5)  # 5 rows at a time
+    levels, (flat, values) = candidates._plain_levels(x, x, s, 100)
+    assert levels.dtype == np.int16 and levels.shape == x.shape
+    assert np.array_equal(levels, np.where(beyond, 0, want))
+    assert np.array_equal(flat, np.flatnonzero(beyond)) and flat.size >= 2
+    assert np.array_equal(values, x.reshape(-1)[flat])
+    empty = np.zeros((0, 24), np.float32)
+    got, (f, v) = candidates._plain_levels(empty, empty, s if steps != "rows" else 0.1, 100)
+    assert got.shape == (0, 24) and f.size == 0 and v.size == 0
