@@ -164,6 +164,8 @@ def _identical(a: np.ndarray, b: np.ndarray) -> bool:
     """The same dtype, shape and bytes (NaN payloads included; no copy of contiguous arrays)."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
+    if a.dtype.hasobject:  # e.g. an ONNX model's string outputs: compared by value
+        return bool(np.array_equal(a, b))
     x, y = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
     return bool(np.array_equal(x.view(np.uint8), y.view(np.uint8)))
 

@@ -64,3 +64,16 @@ def test_compare_logits_sliced_matches_whole(small_slices):
     nan = a.copy()
     nan[4, 7] = np.nan
     assert np.isnan(compare_logits(ids, nan, b)["max_abs_error"])
+
+
+def test_identical_outputs_of_every_kind():
+    from cmf.runtime.evaluate import _identical
+
+    a = np.array([1.0, np.nan], np.float32)
+    b = a.copy()
+    b.view(np.uint32)[1] ^= 1  # another NaN payload: not identical
+    assert _identical(a, a.copy()) and not _identical(a, b)
+    assert not _identical(a, a.astype(np.float64)) and not _identical(a, a[None])
+    s = np.array(["x", "y"], dtype=object)
+    assert _identical(s, s.copy()) and not _identical(s, np.array(["x", "z"], dtype=object))
+    assert _identical(np.zeros((2, 0)), np.zeros((2, 0)))
