@@ -629,7 +629,6 @@ def map_as_done(
     another heavy one; it waits until none is in flight while the calls after it go ahead.
     Futures must be concurrent.futures ones (process or inline executors). The first error
     met is raised and the calls still in flight are cancelled."""
-    from collections import deque
     from concurrent.futures import FIRST_COMPLETED, wait
 
     window = max(int(ahead), 1)

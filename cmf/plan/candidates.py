@@ -38,7 +38,6 @@ tensor.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes
+from ..checksum import content_digest
 from ..codecs import ArraySpec
 from ..codecs.outlier import Outlier
 from ..codecs.partition import Partition
@@ -235,7 +235,7 @@ def channel_hessian(
     for k, kept, got in _HESSIAN_CACHE:  # the same objects: no hashing
         if k[0] == (n, damping) and all(a is b for a, b in zip(kept, arrays, strict=True)):
             return got
-    key = ((n, damping), *(_content_key(a) for a in arrays))
+    key = ((n, damping), *(None if a is None else content_digest(a) for a in arrays))
     for k, _, got in _HESSIAN_CACHE:
         if k == key:
             return got
@@ -243,15 +243,6 @@ def channel_hessian(
     _HESSIAN_CACHE.append((key, arrays, got))
     del _HESSIAN_CACHE[:-HESSIAN_CACHE_ENTRIES]
     return got
-
-
-def _content_key(a: Any) -> Any:
-    """A key equal for arrays of equal dtype, shape and bytes (None stays None)."""
-    if a is None:
-        return None
-    a = np.ascontiguousarray(a)
-    digest = hashlib.blake2b(a.reshape(-1).view(np.uint8), digest_size=16).digest()
-    return (a.dtype.str, a.shape, digest)
 
 
 def forget_hessians() -> None:

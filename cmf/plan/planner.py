@@ -28,7 +28,6 @@ hence the same plan and the same bytes as one process. ``shard_size`` writes a s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +37,7 @@ import numpy as np
 
 from .. import dtypes, heap
 from ..blas import one_blas_thread
+from ..checksum import content_digest
 from ..codecs import ArraySpec, BytesSpec
 from ..errors import CmfError
 from ..jsonable import json_safe
@@ -76,12 +76,6 @@ from .rounds import SEGMENT_PADDING, allocate_and_verify, refine_sensitivity, sh
 def _progress(options: PlanOptions, stage: str, done: int, total: int) -> None:
     if options.progress is not None:
         options.progress(stage, done, total)
-
-
-def _digest(x: np.ndarray) -> bytes:
-    h = hashlib.blake2b(np.ascontiguousarray(x).reshape(-1).view(np.uint8), digest_size=16)
-    h.update(f"|{x.dtype.str}|{x.shape}".encode())
-    return h.digest()
 
 
 def _all_finite(x: np.ndarray, chunk: int = 1 << 22) -> bool:
@@ -130,7 +124,7 @@ def plan(
             continue
         if not plannable(spec) or not _all_finite(x):
             continue
-        d = _digest(x)
+        d = content_digest(x)
         if d in seen:
             copies.setdefault(seen[d], []).append(name)
             continue
@@ -460,7 +454,7 @@ def fixed_bytes_of(
         total += INDEX_BYTES_PER_TENSOR
         if name in planned or not isinstance(x, np.ndarray):
             continue
-        d = _digest(x)
+        d = content_digest(x)
         if d in seen:
             continue
         seen.add(d)

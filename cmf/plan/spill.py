@@ -51,7 +51,7 @@ class SpilledLeaf(PendingLeaf):
 class EncodingStore:
     """A mapping key -> pending tree whose leaves live in a temporary file (deleted when the store
     is closed or collected). Setting a key spills the tree's leaves and keeps the skeleton;
-    getting it returns the skeleton (``stored`` is exact; :func:`unspill` reads the bytes).
+    getting it returns the skeleton (``stored`` is exact; its leaves read their bytes on use).
     The space of deleted entries is reused (first fit), so the file stays about as big as the
     entries held at once."""
 
@@ -114,7 +114,7 @@ class EncodingStore:
             return b""
         if self._file is None:
             raise CmfError("the planner's encodings were read after their store was closed")
-        if length and self._live.get(offset) != serial:
+        if self._live.get(offset) != serial:
             raise CmfError("the planner read an encoding it had already dropped (a bug)")
         fd = self._file.fileno()
         pieces = []

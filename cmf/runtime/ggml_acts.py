@@ -230,7 +230,7 @@ def llama_cpp_rounding(runner: Any, type_of: Callable[[str], str | None]) -> Ite
         return False
 
     head = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
-    lazy_head = (runner.lm_head, runner.embed)
+    saved = (runner.lm_head, runner.embed)  # put back on the way out
     if isinstance(runner.lm_head, llama.LazyWeight):  # one array while inside, so it is known
         loaded = np.asarray(runner.lm_head)
         runner.embed = loaded if runner.embed is runner.lm_head else runner.embed
@@ -267,7 +267,7 @@ def llama_cpp_rounding(runner: Any, type_of: Callable[[str], str | None]) -> Ite
     finally:
         llama.linear = original_linear
         runner.layers = original_layers
-        runner.lm_head, runner.embed = lazy_head
+        runner.lm_head, runner.embed = saved
         known.clear()
 
 
