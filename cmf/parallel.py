@@ -136,15 +136,21 @@ def encode_task(
 
 
 def measure_task(
-    name: str, source: FileTensor | np.ndarray, choices: Any, moments: Any, level: int
+    name: str,
+    source: FileTensor | np.ndarray,
+    choices: Any,
+    moments: Any,
+    level: int,
+    feedback_dir: str | None = None,
 ) -> Any:
     """The planner's curves stage for one tensor (cmf.plan.candidates.measure) in a worker: the
-    tensor read from its file (a FileTensor) or sent as an array; returns its Curve."""
+    tensor read from its file (a FileTensor) or sent as an array; returns its Curve (its
+    error-feedback factor kept in ``feedback_dir``, cmf.plan.feedback)."""
     from .plan.candidates import measure
 
     array = read_tensor(source) if isinstance(source, FileTensor) else source
     try:
-        return measure(name, array, choices, moments, level=level)
+        return measure(name, array, choices, moments, level=level, feedback_dir=feedback_dir)
     finally:
         del array
         heap.trim()  # the task's temporaries back to the system before the next task
@@ -158,14 +164,16 @@ def encode_point_task(
     weights: np.ndarray | None,
     moments: Any,
     level: int,
+    kept_feedback: str | None = None,
 ) -> Any:
     """The planner's rounds for one tensor in a worker: its chosen curve point (a
-    cmf.plan.candidates.Choice) encoded on the whole tensor, error feedback from ``moments`` as
-    cmf.plan.rounds does it here; returns the portable pending tree (:func:`to_portable`)."""
+    cmf.plan.candidates.Choice) encoded on the whole tensor, error feedback from the factor file
+    ``kept_feedback`` or else from ``moments``, as cmf.plan.rounds does it here; returns the
+    portable pending tree (:func:`to_portable`)."""
     from .plan.candidates import encode_point
 
     array = read_tensor(source) if isinstance(source, FileTensor) else source
-    pending = encode_point(choice, array, axis, weights, moments, level)
+    pending = encode_point(choice, array, axis, weights, moments, level, kept_feedback)
     del array
     heap.trim()  # the encoding's temporaries back to the system before the result is sent
     return to_portable(pending, {})

@@ -53,6 +53,7 @@ from ..codecs.quantize import Quantize
 from ..codecs.sparse import choose_index_bits, delta_encode
 from ..errors import CmfError
 from ..pipeline import Pending, PendingNode, decode_pending, encode_lossless
+from . import feedback
 from .ggml_encoding import encode_ggml
 from .presets import codes_template
 from .recipe import encode_template
@@ -264,6 +265,30 @@ def damped_fold_matrix(h1: np.ndarray, n: int, damping: float) -> np.ndarray | N
     return ((h1 + h1.T) / 2 + damping * m1 * np.eye(n)) / (m1 * (1 + damping))
 
 
+def inverse_cholesky(h: np.ndarray) -> np.ndarray:
+    """The upper Cholesky factor ``u`` of ``h^-1`` (``h`` (n, n) symmetric positive definite;
+    ``h^-1 = u^T u``) without forming ``h^-1``: with ``h = r r^T``, ``r`` upper triangular (the
+    Cholesky factor of ``h`` with its rows and columns reversed), ``u = r^-1``. A third of the
+    work of an inverse and a factorisation. LinAlgError if ``h`` is not positive definite."""
+    lower = np.linalg.cholesky(h[::-1, ::-1])  # (n, n): J h J = lower lower^T
+    return _lower_inverse(lower)[::-1, ::-1]
+
+
+def _lower_inverse(a: np.ndarray) -> np.ndarray:
+    """The inverse of the lower-triangular ``a`` (n, n), by halves: ``[[p, 0], [c, d]]^-1 =
+    [[p^-1, 0], [-d^-1 c p^-1, d^-1]]`` (matrix products; small blocks inverted directly)."""
+    n = a.shape[0]
+    if n <= 64:
+        return np.tril(np.linalg.inv(a))
+    k = n // 2
+    p, d = _lower_inverse(a[:k, :k]), _lower_inverse(a[k:, k:])
+    out = np.zeros_like(a)
+    out[:k, :k] = p
+    out[k:, k:] = d
+    out[k:, :k] = -(d @ (a[k:, :k] @ p))
+    return out
+
+
 def _channel_hessian(
     n: int, folds: tuple, factor: np.ndarray | None, damping: float
 ) -> tuple[np.ndarray | None, np.ndarray | LowRankForm | None]:
@@ -278,7 +303,7 @@ def _channel_hessian(
     if m0 <= 0 or m1 <= 0:
         return None, None
     try:
-        u = np.linalg.cholesky(np.linalg.inv((h0 + h0.T) / 2 + GPTQ_DAMPING * m0 * np.eye(n))).T
+        u = inverse_cholesky((h0 + h0.T) / 2 + GPTQ_DAMPING * m0 * np.eye(n))
     except np.linalg.LinAlgError:
         return None, None
     scale = m1 * (1 + damping)
@@ -692,15 +717,21 @@ def encode_point(
     w: np.ndarray | None,
     moments: tuple | None,
     level: int = 3,
+    kept_feedback: str | None = None,
 ) -> Pending:
     """The encoding of a chosen curve point on the whole tensor ``x`` (the planner's rounds, in
-    its process or in a worker): error feedback from ``moments`` for the step family and
-    ``--gguf``'s GPTQ-rounded types, as :func:`measure` used it (:func:`step_feedback`)."""
+    its process or in a worker): error feedback for the step family and ``--gguf``'s
+    GPTQ-rounded types as :func:`measure` used it, read from the file ``kept_feedback`` (the
+    curve's ``feedback``) or else recomputed from ``moments`` (:func:`step_feedback`)."""
     spec = ArraySpec(dtypes.of_array(x), tuple(int(d) for d in np.shape(x)))
-    feedback = None
+    u = None
     if choice.family == "step" or choice.params.get("feedback"):
-        feedback = step_feedback(spec.shape, moments)
-    return encode_choice(choice, x, spec, axis, w, level, feedback)
+        if kept_feedback is not None and axis is not None and len(spec.shape) == 2:
+            # read into memory: the same alignment, so the same products, as a computed factor
+            u = np.array(feedback.load(kept_feedback, spec.shape[axis]))
+        else:
+            u = step_feedback(spec.shape, moments)
+    return encode_choice(choice, x, spec, axis, w, level, u)
 
 
 def encode_decoded(
@@ -783,6 +814,7 @@ class Curve:
     weights: np.ndarray | None = None
     seconds: float = 0.0
     plain_energy: float = 0.0  # plain sum of squares of the tensor
+    feedback: str | None = None  # the step points' error-feedback factor kept in a file
 
 
 def lower_hull(points: Sequence[Point]) -> list[Point]:
@@ -866,10 +898,13 @@ def measure(
     damping: float = 0.05,
     step_sample: int = STEP_SAMPLE_ELEMENTS,
     progress: Callable[[], None] | None = None,
+    feedback_dir: str | None = None,
 ) -> Curve:
     """Measure every choice on ``x`` (module docstring) and return its curve. ``moments``:
     cmf.plan.harness's ``(axis, E[x_j^2][, fold matrices])`` of the tensor's input, or None.
-    Encoding a step point again (:func:`step_feedback`) needs the same ``moments``."""
+    Encoding a step point again (:func:`step_feedback`) needs the same ``moments``, or the
+    error-feedback factor kept in ``feedback_dir`` (cmf.plan.feedback), named by the curve's
+    ``feedback``."""
     import time
 
     start = time.perf_counter()
@@ -966,6 +1001,11 @@ def measure(
     if not any(p.choice.family == "lossless" for p in points):
         pending = encode_lossless(x, spec, level)
         points.append(Point(LOSSLESS, pending.stored, 0.0, 0.0))
+    kept = (
+        feedback.keep(feedback_dir, u)
+        if any(c.family == "step" for c in choices) and u is not None
+        else None
+    )
     return Curve(
         name,
         x.size,
@@ -976,4 +1016,5 @@ def measure(
         w,
         time.perf_counter() - start,
         plain_energy,
+        kept,
     )

@@ -209,6 +209,9 @@ class PlanResult:
     output: dict = field(
         default_factory=dict
     )  # decoders: KL, top-1 agreement, perplexity of the chosen plan
+    feedback: Any = field(
+        default=None, repr=False
+    )  # cmf.plan.feedback.FeedbackFiles: the error-feedback factors the rounds read (not stored)
 
     @property
     def path(self) -> str | None:

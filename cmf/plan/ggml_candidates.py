@@ -42,6 +42,7 @@ from ..codecs.ggml_layout import split
 from ..codecs.ggml_types import LAYOUTS
 from ..errors import CmfError
 from ..ggml_encode import TYPES, fallback_type, quantize_blocks
+from . import feedback
 from .candidates import (
     LOSSLESS,
     Choice,
@@ -159,9 +160,11 @@ def measure_gguf(
     damping: float = 0.05,
     sample: int = SAMPLE_ELEMENTS,
     progress: Callable[[], None] | None = None,
+    feedback_dir: str | None = None,
 ) -> Curve:
     """The curve of ``x`` over its GGML choices (module docstring): points of (GGUF bytes,
-    weighted error), the lossless F32 point at the top."""
+    weighted error), the lossless F32 point at the top; the error-feedback factor kept in
+    ``feedback_dir`` (cmf.plan.feedback) for the rounds."""
     start = time.perf_counter()
     x = np.asarray(x)
     key = _digest(x, moments) + name.encode()
@@ -216,13 +219,21 @@ def measure_gguf(
         w,
         time.perf_counter() - start,
         plain_energy,
+        feedback.keep(feedback_dir, u),
     )
     if len(_CURVES) < _CURVES_MAX:
         _CURVES[key] = replace(curve, points=list(points), hull=list(curve.hull))
     return curve
 
 
-def gguf_measure_task(name: str, source: Any, choices: Any, moments: Any, level: int) -> Curve:
+def gguf_measure_task(
+    name: str,
+    source: Any,
+    choices: Any,
+    moments: Any,
+    level: int,
+    feedback_dir: str | None = None,
+) -> Curve:
     """cmf.parallel.measure_task under ``--gguf`` (in a worker): the tensor read from its file
     (a cmf.parallel.FileTensor) or sent as an array, float values as float32 (as
     cmf.plan.ggml_plan.gguf_source gives them), then :func:`measure_gguf`. ``choices`` is
@@ -232,7 +243,7 @@ def gguf_measure_task(name: str, source: Any, choices: Any, moments: Any, level:
     array = read_tensor(source) if isinstance(source, FileTensor) else np.asarray(source)
     if array.dtype.kind == "f" or array.dtype.name == "bfloat16":
         array = np.asarray(array, np.float32)
-    return measure_gguf(name, array, moments, level=level)
+    return measure_gguf(name, array, moments, level=level, feedback_dir=feedback_dir)
 
 
 def measure_gguf_curves(
@@ -243,6 +254,7 @@ def measure_gguf_curves(
     level: int = 3,
     progress: Callable[[], None] | None = None,
     in_workers: Callable[[list[str]], dict[str, Curve]] | None = None,
+    feedback_dir: str | None = None,
 ) -> dict[str, Curve]:
     """The curves stage under ``--gguf``: each tensor's :func:`measure_gguf` curve, from this
     process's cache where it has one; the others measured here, or, with ``in_workers`` (the
@@ -269,7 +281,12 @@ def measure_gguf_curves(
     else:
         for name, _ in todo:
             curves[name] = measure_gguf(
-                name, tensors[name], moments.get(name), level=level, progress=progress
+                name,
+                tensors[name],
+                moments.get(name),
+                level=level,
+                progress=progress,
+                feedback_dir=feedback_dir,
             )
     return {n: curves[n] for n in names}
 

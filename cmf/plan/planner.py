@@ -66,6 +66,7 @@ from .contracts import (
     parse_target_size,
     resolved_jobs,
 )
+from .feedback import FeedbackFiles
 from .harness import DECODER_METRIC, METRIC, Harness, fallback_warnings, open_harness
 from .lazy import LazyItems, LazyMapping, file_tensors, float32_view
 from .rounds import SEGMENT_PADDING, allocate_and_verify, refine_sensitivity, shrink_for_size
@@ -200,12 +201,23 @@ def plan(
 
     curves: dict[str, Curve] = {}
     parallel = options.jobs > 1 or options.executor != "process"
+    if harness is not None and options.executor == "process":  # this machine's workers
+        result.feedback = FeedbackFiles()  # factors for the rounds (cmf.plan.feedback)
+    kept = result.feedback.root if result.feedback is not None else None
     if options.gguf:  # cached curves reused; the others in the workers when parallel
         from .ggml_candidates import gguf_measure_task, measure_gguf_curves
 
         def in_workers(todo: list[str]) -> dict[str, Curve]:
             return _measure_in_workers(
-                todo, tensors, choices, moments, options, sources or {}, sizes, gguf_measure_task
+                todo,
+                tensors,
+                choices,
+                moments,
+                options,
+                sources or {},
+                sizes,
+                gguf_measure_task,
+                kept,
             )
 
         with one_blas_thread():  # as in the workers: the same curves with any --jobs
@@ -216,10 +228,11 @@ def plan(
                 level=options.level,
                 progress=tick,
                 in_workers=in_workers if parallel else None,
+                feedback_dir=kept,
             )
     elif parallel:
         curves = _measure_in_workers(
-            names, tensors, choices, moments, options, sources or {}, sizes
+            names, tensors, choices, moments, options, sources or {}, sizes, feedback_dir=kept
         )
     else:
         with one_blas_thread():  # as in the workers: the same curves with any --jobs
@@ -231,6 +244,7 @@ def plan(
                     moments.get(name),
                     level=options.level,
                     progress=tick,
+                    feedback_dir=kept,
                 )
     result.seconds["curves"] = time.perf_counter() - t0
 
@@ -292,6 +306,7 @@ def _measure_in_workers(
     sources: Mapping[str, Any],
     sizes: Mapping[str, int],
     task: Any = None,
+    feedback_dir: str | None = None,
 ) -> dict[str, Curve]:
     """The curves stage on ``options.jobs`` spawned processes (or a dask cluster) with
     cmf.parallel's executors: each worker measures one tensor at a time, exactly as
@@ -305,7 +320,8 @@ def _measure_in_workers(
     block at a time. Local processes get ``jobs + 1`` tasks in flight and the next as any
     finishes (the moments, up to tens of MB a tensor, are made when a task is sent); a dask
     cluster gets ``executor.window`` at a time, in order. ``task``: the worker function
-    (default cmf.parallel.measure_task; ``--gguf``: its GGML counterpart)."""
+    (default cmf.parallel.measure_task; ``--gguf``: its GGML counterpart). ``feedback_dir``:
+    where the workers keep the error-feedback factors (cmf.plan.feedback)."""
     from ..parallel import (
         HEAVY_TASK_ELEMENTS,
         ProcessExecutor,
@@ -318,7 +334,17 @@ def _measure_in_workers(
     )
 
     calls = (
-        (n, (n, sources[n] if n in sources else tensors[n], choices, moments.get(n), options.level))
+        (
+            n,
+            (
+                n,
+                sources[n] if n in sources else tensors[n],
+                choices,
+                moments.get(n),
+                options.level,
+                feedback_dir,
+            ),
+        )
         for n in big_first(names, sizes)
     )
     executor = make_executor(options.jobs, options.executor, options.scheduler)
@@ -708,23 +734,29 @@ def plan_and_write(
         from .ggml_plan import gguf_fixed
 
         fixed = gguf_fixed(tensors, planned_names, attachments, options)
-    else:
+    elif options.target_size is not None:  # only a size target counts them (zstd -19: seconds)
         fixed = fixed_bytes_of(tensors, planned_names, attachments, meta_guess, options.level)
+    else:
+        fixed = 0
     result = plan(tensors, options, harness, fixed_bytes=fixed, sources=refs)  # read by workers
     result.warnings[:0] = warnings + (fallback_warnings(harness) if harness is not None else [])
     if harness is not None:
         result.calibration["source"] = harness.calibration_source
-    _write_and_fit(
-        output,
-        tensors,
-        result,
-        options,
-        harness,
-        metadata=src.metadata,
-        attachments=attachments,
-        on_tensor=on_tensor,
-        shard_size=shard_size,
-    )
+    try:
+        _write_and_fit(
+            output,
+            tensors,
+            result,
+            options,
+            harness,
+            metadata=src.metadata,
+            attachments=attachments,
+            on_tensor=on_tensor,
+            shard_size=shard_size,
+        )
+    finally:
+        if result.feedback is not None:  # a size target's last re-encodings are done
+            result.feedback.close()
     if harness is not None:
         t0 = time.perf_counter()
         stats = verify_file(result.path or output, harness)

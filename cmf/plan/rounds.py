@@ -153,8 +153,9 @@ def _encode_choices(
                     points[n].choice,
                     result.tensors[n].curve.axis,
                     result.tensors[n].curve.weights,
-                    result.moments.get(n),
+                    None if _kept(result, n) else result.moments.get(n),
                     options.level,
+                    _kept(result, n),
                 ),
             )
             for n in big_first(todo, {n: result.tensors[n].curve.numel for n in todo})
@@ -179,6 +180,13 @@ def _encode_choices(
         _progress(options, "encoding", total, total)
 
 
+def _kept(result: PlanResult, name: str) -> str | None:
+    """The file of ``name``'s error-feedback factor that the curves stage kept for this plan
+    (cmf.plan.feedback), or None: then it is recomputed from the moments."""
+    path = result.tensors[name].curve.feedback
+    return path if result.feedback is not None and result.feedback.holds(path) else None
+
+
 def _encode_here(
     result: PlanResult,
     todo: list[str],
@@ -194,13 +202,15 @@ def _encode_here(
         if key in cache:
             continue
         curve = result.tensors[name].curve
+        kept = _kept(result, name)
         cache[key] = encode_point(  # decoded again when a run asks for it (result.decoded())
             points[name].choice,
             tensors[name],
             curve.axis,
             curve.weights,
-            result.moments.get(name),
+            None if kept else result.moments.get(name),
             options.level,
+            kept,
         )
         done += 1
         _progress(options, "encoding", done, max(len(todo), 1))

@@ -21,6 +21,7 @@ from cmf.plan.candidates import (
     encode_decoded,
     encode_step,
     gptq_levels,
+    inverse_cholesky,
     lower_hull,
     measure,
     plannable,
@@ -390,3 +391,20 @@ def test_plain_levels_in_row_chunks_equal_the_whole_tensor_formula(monkeypatch, 
     empty = np.zeros((0, 24), np.float32)
     got, (f, v) = candidates._plain_levels(empty, empty, s if steps != "rows" else 0.1, 100)
     assert got.shape == (0, 24) and f.size == 0 and v.size == 0
+
+
+@pytest.mark.parametrize("n", [1, 2, 63, 64, 65, 200])
+def test_inverse_cholesky_is_the_upper_cholesky_factor_of_the_inverse(n):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((3 * n + 2, n)) * rng.uniform(0.1, 10, n)
+    h = x.T @ x / len(x) + 0.01 * np.eye(n)
+    u = inverse_cholesky(h)
+    want = np.linalg.cholesky(np.linalg.inv(h)).T
+    assert u.shape == (n, n) and np.array_equal(np.triu(u), u) and (np.diag(u) > 0).all()
+    assert np.allclose(u, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+    assert np.allclose(u.T @ u @ h, np.eye(n), atol=1e-8)
+
+
+def test_inverse_cholesky_refuses_a_matrix_that_is_not_positive_definite():
+    with pytest.raises(np.linalg.LinAlgError):
+        inverse_cholesky(np.diag([1.0, -1.0, 2.0]))

@@ -6,6 +6,7 @@ runs, and ``cmf report`` reads it."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -57,6 +58,10 @@ def test_jobs_2_plans_and_writes_the_bytes_of_jobs_1(tmp_path, bert_dir, single)
     assert two.read_bytes() == one.read_bytes()  # ... the same file
     assert r2.file_error == r1.file_error and r2.summary(timings=False) == r1.summary(timings=False)
     assert "seconds" in r2.summary() and "seconds" not in cmf.open(two).metadata()[META_PLAN]
+    for r in (r1, r2):  # the rounds read the curves' error-feedback factors, removed after
+        kept = {tp.curve.feedback for tp in r.tensors.values()} - {None}
+        assert kept and not any(os.path.exists(p) for p in kept)
+        assert not os.path.exists(r.feedback.root)
 
 
 def test_data_free_jobs_2_is_the_same_file(tmp_path):
