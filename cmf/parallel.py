@@ -142,6 +142,7 @@ def measure_task(
     moments: Any,
     level: int,
     feedback_dir: str | None = None,
+    templates_with_feedback: bool = True,
 ) -> Any:
     """The planner's curves stage for one tensor (cmf.plan.candidates.measure) in a worker: the
     tensor read from its file (a FileTensor) or sent as an array; returns its Curve (its
@@ -150,7 +151,15 @@ def measure_task(
 
     array = read_tensor(source) if isinstance(source, FileTensor) else source
     try:
-        return measure(name, array, choices, moments, level=level, feedback_dir=feedback_dir)
+        return measure(
+            name,
+            array,
+            choices,
+            moments,
+            level=level,
+            feedback_dir=feedback_dir,
+            templates_with_feedback=templates_with_feedback,
+        )
     finally:
         del array
         heap.trim()  # the task's temporaries back to the system before the next task

@@ -97,7 +97,8 @@ class PlanOptions:
     data_free: bool = False
     level: int = 3
     rounds: int = DEFAULT_ROUNDS
-    thorough: bool = False  # more candidate families (fixed-rate grid, bigger codebooks, low rank)
+    thorough: bool = False  # more candidate families (fixed-rate grid, bigger codebooks, low
+    # rank), and the templates also where the step choices have error feedback
     steps_per_bit: int = 4  # step choices per bit of rate (fewer: faster, coarser curves)
     templates: bool = True  # also fixed-rate quantize and codebook candidates
     progress: Progress | None = None

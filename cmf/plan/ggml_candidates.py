@@ -233,6 +233,7 @@ def gguf_measure_task(
     moments: Any,
     level: int,
     feedback_dir: str | None = None,
+    templates_with_feedback: bool = True,  # unused: there are no templates among GGML types
 ) -> Curve:
     """cmf.parallel.measure_task under ``--gguf`` (in a worker): the tensor read from its file
     (a cmf.parallel.FileTensor) or sent as an array, float values as float32 (as

@@ -245,6 +245,7 @@ def plan(
                     level=options.level,
                     progress=tick,
                     feedback_dir=kept,
+                    templates_with_feedback=options.thorough,
                 )
     result.seconds["curves"] = time.perf_counter() - t0
 
@@ -343,6 +344,7 @@ def _measure_in_workers(
                 moments.get(n),
                 options.level,
                 feedback_dir,
+                options.thorough,
             ),
         )
         for n in big_first(names, sizes)

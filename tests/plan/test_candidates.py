@@ -408,3 +408,21 @@ def test_inverse_cholesky_is_the_upper_cholesky_factor_of_the_inverse(n):
 def test_inverse_cholesky_refuses_a_matrix_that_is_not_positive_definite():
     with pytest.raises(np.linalg.LinAlgError):
         inverse_cholesky(np.diag([1.0, -1.0, 2.0]))
+
+
+def test_templates_are_measured_where_the_steps_have_no_error_feedback_unless_asked():
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((64, 48)).astype(np.float32) * 0.1
+    moments = fold_moments(correlated_inputs(rng, 2000, rng.standard_normal((4, 48)) * 3))
+    choices = step_choices(per_bit=1) + template_choices() + [LOSSLESS]
+    ticks = []
+
+    def families(m, **kw):
+        curve = measure("w", w, choices, m, progress=lambda: ticks.append(1), **kw)
+        return {p.choice.family for p in curve.points}
+
+    assert "template" not in families(moments, templates_with_feedback=False)
+    assert len(ticks) == len(choices)  # skipped choices still count as done
+    assert "template" in families(moments)  # the default: every choice
+    assert "template" in families(None, templates_with_feedback=False)  # no feedback: measured
+    assert "template" in families((1, moments[1]), templates_with_feedback=False)  # no matrices
