@@ -428,8 +428,9 @@ def test_report_survives_odd_metadata(tmp_path, cli):
 
 
 def test_feedback_codes_in_the_file_are_the_ones_measured(tmp_path, bert_dir):
-    """Step points chosen with error feedback are encoded again for the file (the factor is not
-    kept); the file must hold the very codes the curve measured."""
+    """Step points chosen with error feedback are encoded again for the file (through the
+    factor the curves stage kept, cmf.plan.feedback); the file must hold the very codes the
+    curve measured."""
     out = tmp_path / "f.cmf"
     result = plan_and_write(bert_dir, out, PlanOptions(preset="small", **FAST))
     originals = open_harness(bert_dir, list(helpers.TEXTS)).tensors
@@ -447,6 +448,20 @@ def test_feedback_codes_in_the_file_are_the_ones_measured(tmp_path, bert_dir):
             )
             checked += 1
     assert checked >= 4
+
+
+def test_without_kept_factors_the_rounds_recompute_them_and_write_the_same_file(
+    tmp_path, bert_dir, monkeypatch
+):
+    """A factor that cannot be written (a full disk) is recomputed from the moments."""
+    from cmf.plan import feedback
+
+    kept = plan_and_write(bert_dir, tmp_path / "a.cmf", PlanOptions(preset="small", **FAST))
+    assert any(tp.curve.feedback for tp in kept.tensors.values())
+    monkeypatch.setattr(feedback, "keep", lambda root, u: None)
+    again = plan_and_write(bert_dir, tmp_path / "b.cmf", PlanOptions(preset="small", **FAST))
+    assert not any(tp.curve.feedback for tp in again.tensors.values())
+    assert (tmp_path / "a.cmf").read_bytes() == (tmp_path / "b.cmf").read_bytes()
 
 
 def test_cli_token_prior(tmp_path, bert_dir, cli, word_list):
