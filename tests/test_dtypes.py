@@ -124,3 +124,33 @@ def test_unsupported_dtypes(dtype):
 def test_unknown_names(name):
     with pytest.raises(UnsupportedError, match="unknown dtype"):
         dtypes.by_name(name)
+
+
+def test_dtypes_pickle_to_the_tables_own_instances_and_compare_by_name():
+    import pickle
+
+    for d in dtypes.BY_NAME.values():
+        assert pickle.loads(pickle.dumps(d)) is d
+        assert d == dtypes.by_name(d.name) and hash(d) == hash(d.name)
+    assert dtypes.BY_NAME["bf16"] != dtypes.BY_NAME["f16"]
+
+
+def test_ml_dtypes_arrays_are_found_by_their_dtype():
+    for name, t in (("bf16", ml_dtypes.bfloat16), ("f8_e4m3", ml_dtypes.float8_e4m3fn)):
+        assert dtypes.of_array(np.zeros(3, t)).name == name
+        assert dtypes.BY_NAME[name].numpy == np.dtype(t)
+
+
+def test_cmf_reads_and_writes_f32_without_importing_ml_dtypes(tmp_path):
+    """ml_dtypes takes most of a second to import: only bf16/fp8 need it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, cmf, cmf.cli, cmf.convert\n"
+        f"cmf.save_file({{'w': np.ones((4, 4), np.float32)}}, r'{tmp_path / 'a.cmf'}')\n"
+        f"assert cmf.load_file(r'{tmp_path / 'a.cmf'}')['w'].sum() == 16\n"
+        "print('ml_dtypes' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

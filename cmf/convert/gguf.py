@@ -24,7 +24,6 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from ..codecs import ArraySpec
@@ -137,7 +136,7 @@ class GGUFSource:
         if kind == "BF16":  # gguf-py gives BF16 as bytes
             order = ">u2" if self._swapped else "<u2"
             bits = np.ascontiguousarray(data).reshape(-1).view(order).astype("<u2")
-            return bits.view(ml_dtypes.bfloat16).reshape(shape)
+            return bits.view(BY_NAME["bf16"].numpy).reshape(shape)
         if kind in KEPT_BLOCKS:  # every block type gguf-py dequantizes: the blocks as they are
             from ..codecs.ggml_pack import blocks_to_pending
 

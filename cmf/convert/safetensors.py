@@ -34,7 +34,7 @@ _ST_NAMES = {
     "u64": "U64",
     "bool": "BOOL",
 }
-_BY_ST = {st: BY_NAME[name].numpy for name, st in _ST_NAMES.items()}
+_BY_ST = {st: BY_NAME[name] for name, st in _ST_NAMES.items()}  # .numpy: bf16/fp8 made on use
 
 
 class SafetensorsSource:
@@ -68,7 +68,8 @@ class SafetensorsSource:
             with open(self.path, "rb", buffering=0) as own:
                 return self._get(name, own)
         info = self._header[name]
-        dtype = _BY_ST.get(info["dtype"])
+        found = _BY_ST.get(info["dtype"])
+        dtype = found.numpy if found is not None else None
         if dtype is None:
             raise CmfError(f"dtype {info['dtype']} is not one cmf stores")  # items() adds the name
         shape = tuple(int(d) for d in info["shape"])
