@@ -731,8 +731,7 @@ def encode_point(
     u = None
     if choice.family == "step" or choice.params.get("feedback"):
         if kept_feedback is not None and axis is not None and len(spec.shape) == 2:
-            # read into memory: the same alignment, so the same products, as a computed factor
-            u = np.array(feedback.load(kept_feedback, spec.shape[axis]))
+            u = feedback.load(kept_feedback, spec.shape[axis])  # float32, as the rounding uses
         else:
             u = step_feedback(spec.shape, moments)
     return encode_choice(choice, x, spec, axis, w, level, u)
@@ -1012,11 +1011,7 @@ def measure(
     if not any(p.choice.family == "lossless" for p in points):
         pending = encode_lossless(x, spec, level)
         points.append(Point(LOSSLESS, pending.stored, 0.0, 0.0))
-    kept = (
-        feedback.keep(feedback_dir, u)
-        if any(c.family == "step" for c in choices) and u is not None
-        else None
-    )
+    kept = feedback.keep(feedback_dir, u) if any(c.family == "step" for c in choices) else None
     return Curve(
         name,
         x.size,

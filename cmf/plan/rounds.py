@@ -153,9 +153,7 @@ def _encode_choices(
                     points[n].choice,
                     result.tensors[n].curve.axis,
                     result.tensors[n].curve.weights,
-                    None if _kept(result, n) else result.moments.get(n),
-                    options.level,
-                    _kept(result, n),
+                    *_feedback_args(result, n, options.level),
                 ),
             )
             for n in big_first(todo, {n: result.tensors[n].curve.numel for n in todo})
@@ -180,11 +178,14 @@ def _encode_choices(
         _progress(options, "encoding", total, total)
 
 
-def _kept(result: PlanResult, name: str) -> str | None:
-    """The file of ``name``'s error-feedback factor that the curves stage kept for this plan
-    (cmf.plan.feedback), or None: then it is recomputed from the moments."""
+def _feedback_args(result: PlanResult, name: str, level: int) -> tuple[Any, int, str | None]:
+    """``(moments, level, kept_feedback)`` of :func:`encode_point` for ``name``: the file of its
+    error-feedback factor that the curves stage kept for this plan (cmf.plan.feedback) and no
+    moments, or the moments to recompute it from where there is no such file."""
     path = result.tensors[name].curve.feedback
-    return path if result.feedback is not None and result.feedback.holds(path) else None
+    if result.feedback is not None and result.feedback.holds(path):
+        return None, level, path
+    return result.moments.get(name), level, None
 
 
 def _encode_here(
@@ -202,15 +203,12 @@ def _encode_here(
         if key in cache:
             continue
         curve = result.tensors[name].curve
-        kept = _kept(result, name)
         cache[key] = encode_point(  # decoded again when a run asks for it (result.decoded())
             points[name].choice,
             tensors[name],
             curve.axis,
             curve.weights,
-            None if kept else result.moments.get(name),
-            options.level,
-            kept,
+            *_feedback_args(result, name, options.level),
         )
         done += 1
         _progress(options, "encoding", done, max(len(todo), 1))

@@ -615,7 +615,7 @@ class LlamaRunner:
 
     def _head(self, x: np.ndarray) -> np.ndarray:
         """float32 [n, V]: the logits of final hidden states ``x`` [n, d]."""
-        head = self.lm_head if isinstance(self.lm_head, np.ndarray) else np.asarray(self.lm_head)
+        head = np.asarray(self.lm_head)  # a LazyWeight loads here
         return linear(rms_norm(x, self.norm, self.config.rms_norm_eps), head).astype(
             np.float32, copy=False
         )
